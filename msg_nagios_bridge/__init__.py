@@ -1,0 +1,2 @@
+"""msg-nagios-bridge: Nagios <-> MSG (ActiveMQ over STOMP)."""
+__version__ = "0.1.0"

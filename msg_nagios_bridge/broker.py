@@ -1,0 +1,151 @@
+"""A STOMP 1.2 connection to the first reachable broker of a failover list.
+
+stomp.py's callbacks run on its receiver thread; here they only record what
+happened (connected, receipts, errors, disconnection) and the owner's loop acts.
+Two stomp.py behaviours are wrapped on purpose:
+
+* ``connect(wait=True)`` waits forever when a broker accepts TCP but never
+  answers CONNECTED (a hung broker), so we send CONNECT without waiting and
+  wait for our own event with a timeout;
+* stomp.py does not reconnect by itself and frames written into a dead socket
+  vanish without error, so only receipts count as delivery, and the owner
+  reconnects from its loop with capped backoff.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import List, Mapping, Optional, Tuple
+
+import stomp
+from stomp.exception import StompException
+
+from .config import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+
+class _Events(stomp.ConnectionListener):
+    """Notes what stomp.py reports; acts on nothing."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wakeup = threading.Event()
+        self.connected = threading.Event()
+        self.receipts: List[str] = []
+        self.errors: List[Tuple[Mapping[str, str], str]] = []
+        self.messages: List[Tuple[Mapping[str, str], str]] = []
+        self.lost = False
+
+    def on_connected(self, frame) -> None:
+        self.connected.set()
+        self.wakeup.set()
+
+    def on_receipt(self, frame) -> None:
+        with self.lock:
+            self.receipts.append(frame.headers.get("receipt-id", ""))
+        self.wakeup.set()
+
+    def on_error(self, frame) -> None:
+        with self.lock:
+            self.errors.append((dict(frame.headers), frame.body or ""))
+        self.wakeup.set()
+
+    def on_message(self, frame) -> None:
+        with self.lock:
+            self.messages.append((dict(frame.headers), frame.body))
+        self.wakeup.set()
+
+    def on_disconnected(self) -> None:
+        self.lost = True
+        self.wakeup.set()
+
+    def on_heartbeat_timeout(self) -> None:
+        self.lost = True
+        self.wakeup.set()
+
+
+class BrokerConnection:
+    """One connection attempt cycle over ``settings.hosts``, in order."""
+
+    def __init__(self, settings: BrokerSettings, client_id: str = ""):
+        self.settings = settings
+        self.client_id = client_id
+        self.events = _Events()
+        self.conn: Optional[stomp.Connection12] = None
+        self.address: Optional[Tuple[str, int]] = None
+
+    def connect(self) -> Optional[str]:
+        """Try each broker once, in order. Returns None when connected, else why not."""
+        problems = []
+        for host_port in self.settings.hosts:
+            problem = self._connect_one(host_port)
+            if problem is None:
+                return None
+            problems.append(f"{host_port[0]}:{host_port[1]}: {problem}")
+        return "; ".join(problems)
+
+    def _connect_one(self, host_port: Tuple[str, int]) -> Optional[str]:
+        s = self.settings
+        self.events = _Events()
+        conn = stomp.Connection12(
+            [host_port],
+            heartbeats=(s.heartbeat_ms, s.heartbeat_ms),
+            reconnect_attempts_max=1,
+            timeout=s.connect_timeout,
+            vhost=s.vhost or host_port[0],
+        )
+        conn.set_listener("bridge", self.events)
+        headers = {"client-id": self.client_id} if self.client_id else {}
+        try:
+            conn.connect(s.username or None, s.password or None, wait=False, headers=headers)
+        except (StompException, OSError) as exc:
+            self._close(conn)
+            return f"cannot connect ({exc.__class__.__name__}: {exc})"
+        if not self.events.connected.wait(s.connect_timeout) or self.events.lost:
+            error = self._first_error()
+            self._close(conn)
+            return error or f"no CONNECTED frame within {s.connect_timeout:g} s"
+        self.conn, self.address = conn, host_port
+        log.info("connected to broker %s:%d", *host_port)
+        return None
+
+    def _first_error(self) -> str:
+        with self.events.lock:
+            if self.events.errors:
+                headers, body = self.events.errors[0]
+                return f"refused: {headers.get('message', '')} {body.strip()[:200]}".strip()
+        return ""
+
+    @staticmethod
+    def _close(conn: stomp.Connection12) -> None:
+        try:
+            conn.disconnect()
+        except (StompException, OSError):
+            pass
+        try:
+            conn.transport.stop()
+        except (StompException, OSError, RuntimeError):
+            pass
+
+    @property
+    def is_connected(self) -> bool:
+        return self.conn is not None and not self.events.lost and self.conn.is_connected()
+
+    def send(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Write one SEND frame; raises OSError/StompException if the socket is gone."""
+        assert self.conn is not None
+        self.conn.send(destination, body, headers=dict(headers))
+
+    def take_events(self):
+        """(receipt ids, error frames) that arrived since the last call."""
+        with self.events.lock:
+            receipts, self.events.receipts = self.events.receipts, []
+            errors, self.events.errors = self.events.errors, []
+        return receipts, errors
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self._close(self.conn)
+        self.conn = None
+        self.address = None

@@ -1,0 +1,393 @@
+"""One YAML file -> validated, immutable settings.
+
+Every mistake raises ConfigError, which names the file, the key (as a dotted
+path such as ``routes[0].destination``), the offending value and why. Unknown
+keys are errors too: a typo must not silently fall back to a default.
+The example ``etc/msg-nagios-bridge.yaml`` documents every key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import string
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import yaml
+
+DEFAULT_PATH = "/etc/msg-nagios-bridge/bridge.yaml"
+MAX_CONFIG_BYTES = 1 << 20
+DESTINATION_FIELDS = ("site", "role", "vo", "host", "service", "flavour", "status")
+FORMATS = ("wlcg", "json")
+
+
+class ConfigError(Exception):
+    """A bad configuration: file, key, value and reason, in one line."""
+
+    def __init__(self, file: str, key: str, value: Any, reason: str):
+        self.file, self.key, self.value, self.reason = file, key, value, reason
+        shown = repr(value)
+        if len(shown) > 120:
+            shown = shown[:117] + "..."
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where} = {shown}: {reason}" if key else f"{where}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    name: str
+    role: str
+    nagios_name: str
+    vo: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerSettings:
+    hosts: Tuple[Tuple[str, int], ...]
+    username: str = ""
+    password: str = dataclasses.field(default="", repr=False)
+    vhost: str = ""
+    heartbeat_ms: int = 10_000
+    connect_timeout: float = 10.0
+    receipt_timeout: float = 30.0
+    max_in_flight: int = 1000
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    max_refusals: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class SpoolSettings:
+    directory: str
+    max_messages: int = 1_000_000
+    max_megabytes: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class OcspPipeSettings:
+    enabled: bool
+    path: str
+    group: str = ""
+    mode: int = 0o620
+    max_line_bytes: int = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class PerfdataSettings:
+    enabled: bool
+    service_file: str
+    host_file: str
+    poll_interval: float = 0.2
+    rotate_interval: int = 3600
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    name: str
+    destination: str
+    format: str = "wlcg"
+    hosts: Tuple[str, ...] = ("*",)
+    services: Tuple[str, ...] = ("*",)
+    exclude_hosts: Tuple[str, ...] = ()
+    exclude_services: Tuple[str, ...] = ()
+    hard_only: bool = True
+    host_checks: bool = False
+    ttl: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    file: str
+    site: Site
+    brokers: BrokerSettings
+    spool: SpoolSettings
+    ocsp_pipe: OcspPipeSettings
+    perfdata: PerfdataSettings
+    routes: Tuple[Route, ...]
+    log_level: str = "INFO"
+
+
+class _Section:
+    """Reads one mapping of the YAML tree, tracking the dotted key path for errors."""
+
+    def __init__(self, file: str, path: str, data: Any):
+        self.file, self.path = file, path
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(file, path, data, "must be a mapping of keys to values")
+        self.data = data
+        self.used: set = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, value: Any, reason: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), value, reason)
+
+    def get(self, name: str, kind: type, default: Any = dataclasses.MISSING,
+            check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            if default is dataclasses.MISSING:
+                raise self.error(name, None, "is required")
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(name, value, f"must be {_KIND_NAMES.get(kind, kind.__name__)}")
+        problem = check(value) if check else None
+        if problem:
+            raise self.error(name, value, problem)
+        return value
+
+    def section(self, name: str) -> "_Section":
+        self.used.add(name)
+        return _Section(self.file, self.key(name), self.data.get(name))
+
+    def strings(self, name: str, default: Tuple[str, ...]) -> Tuple[str, ...]:
+        value = self.get(name, list, list(default))
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise ConfigError(self.file, f"{self.key(name)}[{index}]", item, "must be non-empty text")
+        return tuple(value)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used, key=str)
+        if unknown:
+            raise self.error(str(unknown[0]), self.data[unknown[0]], "is not a known key")
+
+
+_KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
+               list: "a list", dict: "a mapping"}
+
+
+def _positive(value) -> Optional[str]:
+    return None if value > 0 else "must be greater than zero"
+
+
+def _not_negative(value) -> Optional[str]:
+    return None if value >= 0 else "must not be negative"
+
+
+def _absolute_path(value: str) -> Optional[str]:
+    return None if os.path.isabs(value) else "must be an absolute path"
+
+
+def _one_line(value: str) -> Optional[str]:
+    if not value.strip() or any(ord(c) < 32 for c in value):
+        return "must be non-empty text on one line"
+    return None
+
+
+def check_destination_template(template: str) -> Optional[str]:
+    """None if ``template`` is a usable destination template, else why not."""
+    if not template.startswith(("/topic/", "/queue/")):
+        return "must start with /topic/ or /queue/"
+    if any(c.isspace() or ord(c) < 32 for c in template):
+        return "must not contain blanks or control characters"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"is not a valid template ({exc})"
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if field not in DESTINATION_FIELDS:
+            return f"uses unknown field {{{field}}}; known fields: {', '.join(DESTINATION_FIELDS)}"
+        if spec or conversion:
+            return f"field {{{field}}} must not have a format spec or conversion"
+    return None
+
+
+def _host_port(file: str, key: str, value: Any) -> Tuple[str, int]:
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ConfigError(file, key, value, "must be HOST:PORT")
+    host, _, port = value.partition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(file, key, value, "must be HOST:PORT with a port from 1 to 65535")
+    return host, int(port)
+
+
+def _secret(section: _Section, name: str) -> str:
+    """A secret given inline, or better read from ``<name>_file``."""
+    inline = section.get(name, str, "")
+    path = section.get(name + "_file", str, "", _absolute_path)
+    if inline and path:
+        raise section.error(name + "_file", path, f"give either {name} or {name}_file, not both")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise section.error(name + "_file", path, f"cannot be read: {exc.strerror}") from None
+    return inline
+
+
+def _site(root: _Section) -> Site:
+    sec = root.section("site")
+    site = Site(
+        name=sec.get("name", str, check=_one_line),
+        role=sec.get("role", str, "site", _one_line),
+        nagios_name=sec.get("nagios_name", str, socket.getfqdn(), _one_line),
+        vo=sec.get("vo", str, ""),
+    )
+    sec.finish()
+    return site
+
+
+def _brokers(root: _Section) -> BrokerSettings:
+    sec = root.section("brokers")
+    raw_hosts = sec.get("hosts", list, check=lambda v: None if v else "must list at least one broker")
+    hosts = tuple(_host_port(sec.file, f"{sec.key('hosts')}[{i}]", h) for i, h in enumerate(raw_hosts))
+    initial = sec.get("backoff_initial", float, 1.0, _positive)
+    settings = BrokerSettings(
+        hosts=hosts,
+        username=sec.get("username", str, ""),
+        password=_secret(sec, "password"),
+        vhost=sec.get("vhost", str, ""),
+        heartbeat_ms=sec.get("heartbeat_ms", int, 10_000, _not_negative),
+        connect_timeout=sec.get("connect_timeout", float, 10.0, _positive),
+        receipt_timeout=sec.get("receipt_timeout", float, 30.0, _positive),
+        max_in_flight=sec.get("max_in_flight", int, 1000,
+                              lambda v: None if 1 <= v <= 100_000 else "must be from 1 to 100000"),
+        backoff_initial=initial,
+        backoff_max=sec.get("backoff_max", float, 60.0,
+                            lambda v: None if v >= initial else "must not be below backoff_initial"),
+        max_refusals=sec.get("max_refusals", int, 5, _positive),
+    )
+    sec.finish()
+    return settings
+
+
+def _spool(root: _Section) -> SpoolSettings:
+    sec = root.section("spool")
+    settings = SpoolSettings(
+        directory=sec.get("directory", str, "/var/spool/msg-nagios-bridge", _absolute_path),
+        max_messages=sec.get("max_messages", int, 1_000_000, _positive),
+        max_megabytes=sec.get("max_megabytes", int, 1024, _positive),
+    )
+    sec.finish()
+    return settings
+
+
+def _sources(root: _Section) -> Tuple[OcspPipeSettings, PerfdataSettings]:
+    sec = root.section("sources")
+    pipe_sec = sec.section("ocsp_pipe")
+    mode_text = pipe_sec.get("mode", str, "0620",
+                             lambda v: None if len(v) == 4 and all(c in "01234567" for c in v)
+                             else "must be four octal digits such as 0620")
+    mode = int(mode_text, 8)
+    if mode & 0o007:
+        raise pipe_sec.error("mode", mode_text, "must give others no access to the FIFO")
+    pipe = OcspPipeSettings(
+        enabled=pipe_sec.get("enabled", bool, True),
+        path=pipe_sec.get("path", str, "/run/msg-nagios-bridge/ocsp.fifo", _absolute_path),
+        group=pipe_sec.get("group", str, ""),
+        mode=mode,
+        max_line_bytes=pipe_sec.get("max_line_bytes", int, 1 << 20,
+                                    lambda v: None if v >= 4096 else "must be at least 4096"),
+    )
+    pipe_sec.finish()
+    perf_sec = sec.section("perfdata")
+    perf = PerfdataSettings(
+        enabled=perf_sec.get("enabled", bool, False),
+        service_file=perf_sec.get("service_file", str, "/var/lib/nagios4/msg-service-perfdata", _absolute_path),
+        host_file=perf_sec.get("host_file", str, "/var/lib/nagios4/msg-host-perfdata", _absolute_path),
+        poll_interval=perf_sec.get("poll_interval", float, 0.2,
+                                   lambda v: None if 0.01 <= v <= 60 else "must be from 0.01 to 60 seconds"),
+        rotate_interval=perf_sec.get("rotate_interval", int, 3600, _not_negative),
+    )
+    perf_sec.finish()
+    sec.finish()
+    return pipe, perf
+
+
+def _routes(root: _Section) -> Tuple[Route, ...]:
+    root.used.add("routes")
+    raw = root.data.get("routes")
+    if raw is None:
+        raw = [{"name": "results", "destination": "/topic/grid.probe.metricOutput.EGEE.{role}.{site}"}]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(root.file, "routes", raw, "must be a non-empty list of routes")
+    routes: List[Route] = []
+    names = set()
+    for index, item in enumerate(raw):
+        sec = _Section(root.file, f"routes[{index}]", item)
+        name = sec.get("name", str, check=_one_line)
+        if name in names:
+            raise sec.error("name", name, "is used by another route")
+        names.add(name)
+        routes.append(Route(
+            name=name,
+            destination=sec.get("destination", str, check=check_destination_template),
+            format=sec.get("format", str, "wlcg",
+                           lambda v: None if v in FORMATS else f"must be one of {', '.join(FORMATS)}"),
+            hosts=sec.strings("hosts", ("*",)),
+            services=sec.strings("services", ("*",)),
+            exclude_hosts=sec.strings("exclude_hosts", ()),
+            exclude_services=sec.strings("exclude_services", ()),
+            hard_only=sec.get("hard_only", bool, True),
+            host_checks=sec.get("host_checks", bool, False),
+            ttl=sec.get("ttl", int, 0, _not_negative),
+        ))
+        sec.finish()
+    return tuple(routes)
+
+
+def parse(text: str, file: str = "<config>") -> Settings:
+    """Validate YAML text into Settings, or raise ConfigError."""
+    try:
+        # SafeLoader: no Python objects. Aliases are refused below, which also
+        # stops "billion laughs" anchor bombs before they expand.
+        data = yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, "", None, f"is not valid YAML: {exc}") from None
+    root = _Section(file, "", data)
+    site = _site(root)
+    brokers = _brokers(root)
+    spool = _spool(root)
+    pipe, perf = _sources(root)
+    routes = _routes(root)
+    log_level = root.get("log_level", str, "INFO",
+                         lambda v: None if v in ("DEBUG", "INFO", "WARNING", "ERROR") else
+                         "must be DEBUG, INFO, WARNING or ERROR")
+    root.finish()
+    if not (pipe.enabled or perf.enabled):
+        raise ConfigError(file, "sources", None, "enable at least one source (ocsp_pipe or perfdata)")
+    return Settings(file=file, site=site, brokers=brokers, spool=spool, ocsp_pipe=pipe,
+                    perfdata=perf, routes=routes, log_level=log_level)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases are not allowed",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load(path: str = DEFAULT_PATH) -> Settings:
+    """Read and validate the file at ``path``, or raise ConfigError."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(path, "", None, f"cannot be read: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, "", None, f"is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", None, f"is not UTF-8 text ({exc})") from None
+    return parse(text, path)
+
+
+def as_dict(settings: Settings) -> Dict[str, Any]:
+    """Settings as plain data, secrets masked (for logs and ``check-config``)."""
+    data = dataclasses.asdict(settings)
+    if data["brokers"]["password"]:
+        data["brokers"]["password"] = "********"
+    return data

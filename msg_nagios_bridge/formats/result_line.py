@@ -1,0 +1,134 @@
+"""The one-line text form in which Nagios hands results to the bridge.
+
+Both outbound sources use it: the OCSP/OCHP command ``printf``s it into the
+bridge's FIFO, and the core writes it into the perfdata files through
+``service_perfdata_file_template`` / ``host_perfdata_file_template``. One
+format means one parser and one set of tests for both paths.
+
+A line is tab-separated and starts with a tag that names its kind and version::
+
+    MNB1S <timet> <host> <service> <stateid> <statetype> <attempt> <flavour> <uri> <publish> <output> <perfdata> <long output>
+    MNB1H <timet> <host> <stateid> <statetype> <attempt> <flavour> <uri> <publish> <output> <perfdata> <long output>
+
+``flavour``, ``uri`` and ``publish`` come from the custom variables
+``_MSG_FLAVOUR``, ``_MSG_URI`` and ``_MSG_PUBLISH`` (empty when not defined).
+Nagios writes newlines in long output as the two characters ``\\n``; the
+parser turns them back into newlines. The free-text fields come last, so a
+stray tab inside plugin text can only shift text between output, perfdata and
+long output; it can never move a value into a fixed field such as the state.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from ..model import CheckResult, InvalidResult
+
+SERVICE_TAG = "MNB1S"
+HOST_TAG = "MNB1H"
+
+SERVICE_MACROS = (
+    "$TIMET$", "$HOSTNAME$", "$SERVICEDESC$", "$SERVICESTATEID$", "$SERVICESTATETYPE$",
+    "$SERVICEATTEMPT$", "$_SERVICEMSG_FLAVOUR$", "$_SERVICEMSG_URI$", "$_SERVICEMSG_PUBLISH$",
+    "$SERVICEOUTPUT$", "$SERVICEPERFDATA$", "$LONGSERVICEOUTPUT$",
+)
+HOST_MACROS = (
+    "$TIMET$", "$HOSTNAME$", "$HOSTSTATEID$", "$HOSTSTATETYPE$",
+    "$HOSTATTEMPT$", "$_HOSTMSG_FLAVOUR$", "$_HOSTMSG_URI$", "$_HOSTMSG_PUBLISH$",
+    "$HOSTOUTPUT$", "$HOSTPERFDATA$", "$LONGHOSTOUTPUT$",
+)
+_SERVICE_FIELDS = 1 + len(SERVICE_MACROS)
+_HOST_FIELDS = 1 + len(HOST_MACROS)
+
+
+class BadLine(ValueError):
+    """A line that is not a result: the message says why."""
+
+
+def template(tag: str, macros) -> str:
+    """The perfdata-file template for ``tag`` (Nagios turns ``\\t`` into a tab)."""
+    return "\\t".join((tag,) + tuple(macros))
+
+
+def service_template() -> str:
+    return template(SERVICE_TAG, SERVICE_MACROS)
+
+
+def host_template() -> str:
+    return template(HOST_TAG, HOST_MACROS)
+
+
+def _unescape_long_output(text: str) -> str:
+    return text.replace("\\n", "\n").strip("\n")
+
+
+def _attributes(flavour: str, uri: str, publish: str) -> dict:
+    attrs = {}
+    if flavour:
+        attrs["flavour"] = flavour
+    if uri:
+        attrs["uri"] = uri
+    if publish:
+        attrs["publish"] = publish
+    return attrs
+
+
+def parse(line: str) -> CheckResult:
+    """Parse one line (without its newline) into a CheckResult, or raise BadLine."""
+    if "\n" in line:
+        raise BadLine("line contains a newline")
+    tag = line[:6].split("\t", 1)[0]
+    if tag == SERVICE_TAG:
+        expected = _SERVICE_FIELDS
+    elif tag == HOST_TAG:
+        expected = _HOST_FIELDS
+    else:
+        raise BadLine(f"unknown tag {tag[:10]!r} (expected {SERVICE_TAG} or {HOST_TAG})")
+    fields: List[str] = line.split("\t", expected - 1)
+    if len(fields) != expected:
+        raise BadLine(f"{tag} line has {len(fields)} fields, expected {expected}")
+    # A second tag inside one line means two writers' bytes were interleaved on
+    # the FIFO (a write over PIPE_BUF): the record cannot be trusted.
+    if "\t" + SERVICE_TAG + "\t" in line or "\t" + HOST_TAG + "\t" in line:
+        raise BadLine("two records interleaved in one line (a result over PIPE_BUF on the OCSP pipe?)")
+    try:
+        if tag == SERVICE_TAG:
+            (_, timet, host, service, state, state_type, attempt,
+             flavour, uri, publish, output, perfdata, long_output) = fields
+        else:
+            (_, timet, host, state, state_type, attempt,
+             flavour, uri, publish, output, perfdata, long_output) = fields
+            service = None
+        return CheckResult(
+            host=host,
+            service=service,
+            state=_integer("state", state),
+            state_type=state_type,
+            output=output,
+            long_output=_unescape_long_output(long_output),
+            perfdata=perfdata.strip(),
+            timestamp=float(_integer("time", timet)),
+            attempt=_integer("attempt", attempt or "1"),
+            attributes=_attributes(flavour, uri, publish),
+        )
+    except InvalidResult as exc:
+        raise BadLine(str(exc)) from None
+
+
+def _integer(name: str, text: str) -> int:
+    if not text.isdigit() or len(text) > 12:
+        raise BadLine(f"{name} {text[:20]!r} is not a non-negative integer")
+    return int(text)
+
+
+def format_line(result: CheckResult) -> str:
+    """The inverse of parse(), for tests and the ``send`` tool."""
+    attrs = result.attributes
+    common = [str(int(result.timestamp)), result.host]
+    if result.service is not None:
+        common.append(result.service)
+    fields = [SERVICE_TAG if result.service is not None else HOST_TAG] + common + [
+        str(result.state), result.state_type, str(result.attempt),
+        attrs.get("flavour", ""), attrs.get("uri", ""), attrs.get("publish", ""),
+        result.output, result.perfdata, result.long_output.replace("\n", "\\n"),
+    ]
+    return "\t".join(fields)

@@ -1,0 +1,105 @@
+"""The WLCG "metric output" text format: ``key: value`` lines ending with ``EOT``.
+
+One record per message. ``detailsData`` is the only multi-line field and comes
+last. The parser takes the final ``EOT`` line as the end, so an ``EOT`` line
+inside detailsData (which broke older parsers) is just text; unknown keys are
+kept, not refused.
+"""
+from __future__ import annotations
+
+import calendar
+import time
+from typing import Dict, Mapping
+
+from ..model import CheckResult, InvalidResult
+
+HOST_METRIC_NAME = "HOST"
+# WLCG statuses for Nagios host states: a host result travels as a metric.
+_HOST_STATUS = ("OK", "CRITICAL", "UNKNOWN")
+_SERVICE_STATUS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class BadMessage(ValueError):
+    """A body that is not a metric-output record: the message says why."""
+
+
+def format_time(epoch: float) -> str:
+    return time.strftime(TIME_FORMAT, time.gmtime(int(epoch)))
+
+
+def parse_time(text: str) -> float:
+    try:
+        return float(calendar.timegm(time.strptime(text.strip(), TIME_FORMAT)))
+    except ValueError:
+        raise BadMessage(f"timestamp {text[:40]!r} is not of the form 2009-09-21T21:35:48Z") from None
+
+
+def metric_status(result: CheckResult) -> str:
+    return (_HOST_STATUS if result.is_host_check else _SERVICE_STATUS)[result.state]
+
+
+def encode(result: CheckResult, fields: Mapping[str, str]) -> str:
+    """The metric-output text for ``result``.
+
+    ``fields`` holds what the result cannot know: ``siteName``, ``gatheredAt``
+    and optionally ``role``, ``voName``, ``serviceFlavour``, ``serviceURI``.
+    """
+    metric = result.service if result.service is not None else HOST_METRIC_NAME
+    record: Dict[str, str] = {
+        "serviceURI": fields.get("serviceURI") or result.attributes.get("uri") or result.host,
+        "hostName": result.host,
+        "serviceFlavour": fields.get("serviceFlavour") or result.attributes.get("flavour") or "unknown",
+        "siteName": fields["siteName"],
+        "metricStatus": metric_status(result),
+        "metricName": metric,
+        "summaryData": result.output,
+        "gatheredAt": fields["gatheredAt"],
+        "timestamp": format_time(result.timestamp),
+        "nagiosName": metric,
+        "statusType": result.state_type,
+    }
+    for key in ("role", "voName"):
+        if fields.get(key):
+            record[key] = fields[key]
+    if result.perfdata:
+        record["performanceData"] = result.perfdata
+    lines = []
+    for key, value in record.items():
+        if "\n" in value or "\r" in value:
+            raise InvalidResult(f"metric-output field {key} would span lines: {value[:60]!r}")
+        lines.append(f"{key}: {value}")
+    if result.long_output:
+        lines.append("detailsData: " + result.long_output)
+    lines.append("EOT")
+    return "\n".join(lines) + "\n"
+
+
+def decode(body: str) -> Dict[str, str]:
+    """Parse one record into a dict of its keys (``detailsData`` may span lines).
+
+    Raises BadMessage when the text does not end with ``EOT``, a line before
+    detailsData is not ``key: value``, or a key repeats.
+    """
+    text = body.replace("\r\n", "\n").rstrip("\n")
+    lines = text.split("\n")
+    if not lines or lines[-1].strip() != "EOT":
+        raise BadMessage("record does not end with an EOT line")
+    lines.pop()
+    record: Dict[str, str] = {}
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if not sep or not key or " " in key:
+            raise BadMessage(f"line {index + 1} is not 'key: value': {line[:60]!r}")
+        if key in record:
+            raise BadMessage(f"key {key!r} appears twice")
+        if key == "detailsData":
+            rest = "\n".join([value[1:] if value.startswith(" ") else value] + lines[index + 1:])
+            record[key] = rest
+            break
+        record[key] = value.strip()
+    return record

@@ -1,0 +1,74 @@
+"""Counters and recent errors, shared by every part of the daemon (thread-safe)."""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Deque, Dict, Tuple
+
+
+class Health:
+    """Named counters, last-success times and the last few errors.
+
+    Parts add to counters (``published``, ``spooled``, ``dead_letters`` ...),
+    mark successes (``mark("publish")``) and note errors; ``snapshot()`` is
+    what status reports and the self-check read.
+    """
+
+    def __init__(self, max_errors: int = 20):
+        self._lock = threading.Lock()
+        self._counters: Dict[str, int] = collections.Counter()
+        self._last: Dict[str, float] = {}
+        self._errors: Deque[Tuple[float, str]] = collections.deque(maxlen=max_errors)
+        self._states: Dict[str, str] = {}
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counters[name] += amount
+
+    def mark(self, name: str) -> None:
+        with self._lock:
+            self._last[name] = time.time()
+
+    def set_state(self, part: str, state: str) -> None:
+        with self._lock:
+            self._states[part] = state
+
+    def error(self, text: str) -> None:
+        with self._lock:
+            self._errors.append((time.time(), text))
+
+    def counter(self, name: str) -> int:
+        with self._lock:
+            return self._counters[name]
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "counters": dict(self._counters),
+                "last": dict(self._last),
+                "states": dict(self._states),
+                "errors": list(self._errors),
+            }
+
+
+class RateLimitedLog:
+    """Logs a repeated problem once per ``interval`` with how often it happened since."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 60.0):
+        self.logger, self.interval = logger, interval
+        self._lock = threading.Lock()
+        self._seen: Dict[str, Tuple[float, int]] = {}
+
+    def __call__(self, level: int, key: str, text: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, suppressed = self._seen.get(key, (None, 0))
+            if last is not None and now - last < self.interval:
+                self._seen[key] = (last, suppressed + 1)
+                return
+            self._seen[key] = (now, 0)
+        if suppressed:
+            text = f"{text} (and {suppressed} more like it in the last {int(now - last)} s)"
+        self.logger.log(level, "%s", text)

@@ -1,0 +1,109 @@
+"""Immutable values that flow through the bridge: CheckResult and Message.
+
+A CheckResult validates itself on construction, so nothing downstream has to
+sanitise: a host or service name can never hold ``;``, a newline or another
+control character, and a state is always in range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from typing import Mapping, Optional
+
+SERVICE_STATES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+HOST_STATES = ("UP", "DOWN", "UNREACHABLE")
+STATE_TYPES = ("SOFT", "HARD")
+
+MAX_NAME_LENGTH = 255
+# Control characters (C0, DEL, C1) and the Nagios command field separator.
+_BAD_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f;]")
+
+
+class InvalidResult(ValueError):
+    """A check result that must not exist: says which field and why."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a safe Nagios object name, else raise InvalidResult.
+
+    Refuses rather than cleans: a renamed object would report on the wrong thing.
+    """
+    if not isinstance(value, str):
+        raise InvalidResult(f"{kind} must be text, got {type(value).__name__}")
+    if not value or value.strip() != value:
+        raise InvalidResult(f"{kind} {value!r} is empty or has surrounding blanks")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidResult(f"{kind} is {len(value)} characters long (limit {MAX_NAME_LENGTH})")
+    bad = _BAD_NAME_CHARS.search(value)
+    if bad:
+        raise InvalidResult(f"{kind} {value[:80]!r} contains the forbidden character {bad.group()!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """One outcome of a Nagios host check (service is None) or service check.
+
+    ``output`` is the first line of plugin output, ``long_output`` the rest
+    (real newlines), ``perfdata`` the text after ``|``. ``timestamp`` is the
+    check time in seconds since the epoch. ``attributes`` carries optional
+    extra fields (service flavour, service URI, VO...) as text.
+    """
+
+    host: str
+    service: Optional[str]
+    state: int
+    state_type: str = "HARD"
+    output: str = ""
+    long_output: str = ""
+    perfdata: str = ""
+    timestamp: float = 0.0
+    attempt: int = 1
+    attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name("host name", self.host)
+        if self.service is not None:
+            check_name("service description", self.service)
+        limit = 3 if self.service is not None else 2
+        if not isinstance(self.state, int) or isinstance(self.state, bool) or not 0 <= self.state <= limit:
+            raise InvalidResult(f"state {self.state!r} is not an integer from 0 to {limit}")
+        if self.state_type not in STATE_TYPES:
+            raise InvalidResult(f"state type {self.state_type!r} is not SOFT or HARD")
+        for name in ("output", "long_output", "perfdata"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidResult(f"{name} must be text")
+        if "\n" in self.output or "\r" in self.output:
+            raise InvalidResult("output must be a single line (long output goes in long_output)")
+        if not isinstance(self.timestamp, (int, float)) or not 0 <= self.timestamp < 2**35:
+            raise InvalidResult(f"timestamp {self.timestamp!r} is out of range")
+        # Freeze the mapping so the value stays immutable and hashable by content.
+        object.__setattr__(self, "attributes", dict(self.attributes))
+
+    @property
+    def is_host_check(self) -> bool:
+        return self.service is None
+
+    @property
+    def state_name(self) -> str:
+        return (HOST_STATES if self.is_host_check else SERVICE_STATES)[self.state]
+
+    def identity(self) -> str:
+        """A stable id: the same result read twice (after a crash) gets the same id."""
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (self.host, self.service or "", str(self.state), self.state_type,
+                     repr(float(self.timestamp)), self.output, self.long_output, self.perfdata):
+            digest.update(part.encode("utf-8", "surrogateescape"))
+            digest.update(b"\0")
+        return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """A STOMP message ready to send: destination, headers, body (bytes)."""
+
+    message_id: str
+    destination: str
+    headers: Mapping[str, str]
+    body: bytes

@@ -1,0 +1,86 @@
+"""What both outbound sources share: lines -> results -> messages -> spool.
+
+``spool_lines`` returns only once the batch is durably in the spool (or the
+bridge is stopping): that is the moment a source may move on. When the spool
+is full or the disk is failing it waits and retries, which is the back-pressure
+the sources pass on to Nagios (see docs/spool.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from typing import List, Optional, Sequence, Tuple
+
+from ..formats import result_line
+from ..health import Health, RateLimitedLog
+from ..model import Message
+from ..routing import Router
+from ..spool import Spool, SpoolError, SpoolFull
+
+log = logging.getLogger(__name__)
+
+MAX_DEAD_LETTER_PREVIEW = 4096
+
+
+class Intake:
+    def __init__(self, source: str, router: Router, spool: Spool, health: Health,
+                 stopping: threading.Event):
+        self.source = source
+        self.router = router
+        self.spool = spool
+        self.health = health
+        self.stopping = stopping
+        self._warn = RateLimitedLog(log)
+
+    def spool_lines(self, lines: Sequence[bytes], cursor: Optional[Tuple[str, str]] = None) -> bool:
+        """Parse, route and durably spool ``lines`` with ``cursor``, retrying while full.
+
+        Returns False only if the bridge began stopping before the batch was stored.
+        """
+        now_ms = int(time.time() * 1000)
+        messages: List[Message] = []
+        for raw in lines:
+            text = raw.decode("utf-8", errors="replace").rstrip("\r")
+            if not text.strip():
+                continue
+            try:
+                result = result_line.parse(text)
+            except result_line.BadLine as exc:
+                self.dead_letter(raw, str(exc))
+                continue
+            messages.extend(self.router.messages(result, now_ms))
+        self.health.add(f"{self.source}.lines", len(lines))
+        while True:
+            try:
+                if messages or cursor is not None:
+                    self.spool.put(messages, cursor=cursor)
+                self.health.add("spooled", len(messages))
+                self.health.set_state(self.source, "reading")
+                return True
+            except SpoolError as exc:
+                kind = "full" if isinstance(exc, SpoolFull) else "unavailable"
+                self.health.add(f"spool_{kind}_waits")
+                self.health.set_state(self.source, f"waiting: spool {kind}")
+                self._warn(logging.ERROR, kind,
+                           f"{self.source}: cannot spool {len(messages)} messages, holding the source "
+                           f"until the spool takes them: {exc}")
+            if self.stopping.wait(1.0):
+                return False
+
+    def dead_letter(self, raw: bytes, reason: str) -> None:
+        """Keep an input the bridge could not use, with the reason, and say so (rate-limited)."""
+        preview = raw[:MAX_DEAD_LETTER_PREVIEW]
+        message = Message(
+            message_id=hashlib.blake2b(raw, digest_size=16).hexdigest(),
+            destination=f"dead:{self.source}",
+            headers={"source": self.source, "length": str(len(raw))},
+            body=preview,
+        )
+        self.health.add("dead_letters")
+        self._warn(logging.WARNING, "bad-line", f"{self.source}: refused input ({reason}): {preview[:120]!r}")
+        try:
+            self.spool.add_dead_letter(message, reason)
+        except SpoolError as exc:
+            self.health.error(f"{self.source}: could not keep a dead letter: {exc}")

@@ -1,0 +1,163 @@
+"""The perfdata source: tails a file the Nagios core appends result lines to.
+
+The read position (device, inode, offset of the first unread byte) is saved in
+the spool in the same transaction as the messages made from the lines before
+it, so after a crash the bridge neither loses nor repeats a line.
+
+Rotation: ``nagios-config`` has Nagios run ``mv -f FILE FILE.old`` every
+``rotate_interval`` seconds. Nagios closes the file before running that
+command and opens a new one after, so when the path's inode changes the old
+file is complete: the tailer reads it to its end through the descriptor it
+holds, then moves on (to ``FILE.old`` first if that is yet another file it has
+not read, then to ``FILE``). A file that shrinks below the read position was
+truncated (mode ``w``, or by hand): reading starts again at its beginning.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import threading
+from typing import List, Optional, Tuple
+
+from ..health import Health
+from .intake import Intake
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_BYTES = 4 << 20
+
+
+def _identity(info: os.stat_result) -> Tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+def _stat(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+class PerfdataTail(threading.Thread):
+    def __init__(self, path: str, intake: Intake, health: Health, poll_interval: float):
+        super().__init__(name=f"perfdata:{os.path.basename(path)}", daemon=True)
+        self.path = path
+        self.old_path = path + ".old"
+        self.intake = intake
+        self.health = health
+        self.poll_interval = poll_interval
+        self.cursor_name = f"perfdata:{path}"
+        self.state_name = f"perfdata {path}"
+        self.stopping = intake.stopping
+        self.fd: Optional[int] = None
+        self.file_id: Optional[Tuple[int, int]] = None
+        self.offset = 0
+        self.finished: List[Tuple[int, int]] = []   # files read to their end, newest last
+
+    # -- position -----------------------------------------------------------
+
+    def _open(self, path: str, offset: int) -> bool:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return False
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise OSError(f"{path} is not a regular file (a perfdata file must use mode 'a')")
+        self._close()
+        self.fd, self.file_id, self.offset = fd, _identity(info), min(offset, info.st_size)
+        if offset > info.st_size:
+            log.warning("%s is shorter than the saved position; reading it from the start", path)
+            self.offset = 0
+        return True
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = None
+
+    def _resume(self) -> None:
+        """At start: continue where the spool's cursor says, across one rotation if needed."""
+        saved = self.intake.spool.cursor(self.cursor_name)
+        if saved is None:
+            self._open(self.path, 0)
+            return
+        cursor = json.loads(saved)
+        wanted = (cursor["dev"], cursor["ino"])
+        for path in (self.path, self.old_path):
+            info = _stat(path)
+            if info is not None and _identity(info) == wanted:
+                self._open(path, cursor["offset"])
+                return
+        log.warning("%s: the file last read was rotated away while the bridge was stopped; "
+                    "reading %s and %s from the start", self.path, self.old_path, self.path)
+        if not self._open(self.old_path, 0):
+            self._open(self.path, 0)
+
+    def _next_file(self, leftover: bytes) -> bool:
+        """If the current file, read to its end, was replaced: switch. True if switched."""
+        current = _stat(self.path)
+        if current is not None and _identity(current) == self.file_id:
+            return False   # not rotated; maybe truncated
+        if leftover:
+            self.intake.dead_letter(leftover, "the file was rotated with an incomplete last line")
+        self.finished = (self.finished + [self.file_id])[-4:]
+        old = _stat(self.old_path)
+        if old is not None and _identity(old) not in self.finished:
+            return self._open(self.old_path, 0)
+        if current is not None:
+            return self._open(self.path, 0)
+        self._close()
+        self.file_id = None
+        return True
+
+    # -- loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._resume()
+            self.health.set_state(self.state_name, "reading" if self.fd is not None else "waiting for the file")
+            while not self.stopping.is_set():
+                if not self._step():
+                    self.stopping.wait(self.poll_interval)
+        except OSError as exc:
+            log.error("perfdata source %s stopped: %s", self.path, exc)
+            self.health.set_state(self.state_name, f"failed: {exc}")
+            self.health.error(f"perfdata {self.path}: {exc}")
+        finally:
+            self._close()
+
+    def _step(self) -> bool:
+        """Read and spool what is there. True if it did something (so go again at once)."""
+        if self.fd is None:
+            if _stat(self.path) is None:
+                return False
+            self._open(self.path, 0)
+            self.health.set_state(self.state_name, "reading")
+        data = os.pread(self.fd, MAX_BATCH_BYTES, self.offset)
+        end = data.rfind(b"\n")
+        if end >= 0:
+            lines = data[:end].split(b"\n")
+            new_offset = self.offset + end + 1
+            cursor = json.dumps({"dev": self.file_id[0], "ino": self.file_id[1], "offset": new_offset})
+            if not self.intake.spool_lines(lines, cursor=(self.cursor_name, cursor)):
+                return False
+            self.offset = new_offset
+            return True
+        if len(data) >= MAX_BATCH_BYTES:
+            self.intake.dead_letter(data, f"line longer than {MAX_BATCH_BYTES} bytes")
+            self.offset += len(data)
+            return True
+        if self._next_file(data):
+            return True
+        size = os.fstat(self.fd).st_size
+        if size < self.offset:
+            log.warning("%s was truncated (from %d to %d bytes); reading it from the start",
+                        self.path, self.offset, size)
+            self.health.add("perfdata_truncations")
+            self.offset = 0
+            return True
+        return False
