@@ -110,14 +110,17 @@ class Settings:
 class _Section:
     """Reads one mapping of the YAML tree, tracking the dotted key path for errors."""
 
-    def __init__(self, file: str, path: str, data: Any):
+    def __init__(self, file: str, path: str, data: Any, known: Tuple[str, ...]):
         self.file, self.path = file, path
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(file, path, data, "must be a mapping of keys to values")
         self.data = data
-        self.used: set = set()
+        # Unknown keys first: a typo in a required key is a typo, not a missing key.
+        for name in data:
+            if name not in known:
+                raise self.error(str(name), data[name], f"is not a known key (known: {', '.join(known)})")
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -127,7 +130,6 @@ class _Section:
 
     def get(self, name: str, kind: type, default: Any = dataclasses.MISSING,
             check: Optional[Callable[[Any], Optional[str]]] = None) -> Any:
-        self.used.add(name)
         if name not in self.data or self.data[name] is None:
             if default is dataclasses.MISSING:
                 raise self.error(name, None, "is required")
@@ -142,9 +144,8 @@ class _Section:
             raise self.error(name, value, problem)
         return value
 
-    def section(self, name: str) -> "_Section":
-        self.used.add(name)
-        return _Section(self.file, self.key(name), self.data.get(name))
+    def section(self, name: str, known: Tuple[str, ...]) -> "_Section":
+        return _Section(self.file, self.key(name), self.data.get(name), known)
 
     def strings(self, name: str, default: Tuple[str, ...]) -> Tuple[str, ...]:
         value = self.get(name, list, list(default))
@@ -152,11 +153,6 @@ class _Section:
             if not isinstance(item, str) or not item:
                 raise ConfigError(self.file, f"{self.key(name)}[{index}]", item, "must be non-empty text")
         return tuple(value)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used, key=str)
-        if unknown:
-            raise self.error(str(unknown[0]), self.data[unknown[0]], "is not a known key")
 
 
 _KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
@@ -226,19 +222,20 @@ def _secret(section: _Section, name: str) -> str:
 
 
 def _site(root: _Section) -> Site:
-    sec = root.section("site")
+    sec = root.section("site", ("name", "role", "nagios_name", "vo"))
     site = Site(
         name=sec.get("name", str, check=_one_line),
         role=sec.get("role", str, "site", _one_line),
         nagios_name=sec.get("nagios_name", str, socket.getfqdn(), _one_line),
         vo=sec.get("vo", str, ""),
     )
-    sec.finish()
     return site
 
 
 def _brokers(root: _Section) -> BrokerSettings:
-    sec = root.section("brokers")
+    sec = root.section("brokers", (
+        "hosts", "username", "password", "password_file", "vhost", "heartbeat_ms", "connect_timeout",
+        "receipt_timeout", "max_in_flight", "backoff_initial", "backoff_max", "max_refusals"))
     raw_hosts = sec.get("hosts", list, check=lambda v: None if v else "must list at least one broker")
     hosts = tuple(_host_port(sec.file, f"{sec.key('hosts')}[{i}]", h) for i, h in enumerate(raw_hosts))
     initial = sec.get("backoff_initial", float, 1.0, _positive)
@@ -257,24 +254,22 @@ def _brokers(root: _Section) -> BrokerSettings:
                             lambda v: None if v >= initial else "must not be below backoff_initial"),
         max_refusals=sec.get("max_refusals", int, 5, _positive),
     )
-    sec.finish()
     return settings
 
 
 def _spool(root: _Section) -> SpoolSettings:
-    sec = root.section("spool")
+    sec = root.section("spool", ("directory", "max_messages", "max_megabytes"))
     settings = SpoolSettings(
         directory=sec.get("directory", str, "/var/spool/msg-nagios-bridge", _absolute_path),
         max_messages=sec.get("max_messages", int, 1_000_000, _positive),
         max_megabytes=sec.get("max_megabytes", int, 1024, _positive),
     )
-    sec.finish()
     return settings
 
 
 def _sources(root: _Section) -> Tuple[OcspPipeSettings, PerfdataSettings]:
-    sec = root.section("sources")
-    pipe_sec = sec.section("ocsp_pipe")
+    sec = root.section("sources", ("ocsp_pipe", "perfdata"))
+    pipe_sec = sec.section("ocsp_pipe", ("enabled", "path", "group", "mode", "max_line_bytes"))
     mode_text = pipe_sec.get("mode", str, "0620",
                              lambda v: None if len(v) == 4 and all(c in "01234567" for c in v)
                              else "must be four octal digits such as 0620")
@@ -289,8 +284,8 @@ def _sources(root: _Section) -> Tuple[OcspPipeSettings, PerfdataSettings]:
         max_line_bytes=pipe_sec.get("max_line_bytes", int, 1 << 20,
                                     lambda v: None if v >= 4096 else "must be at least 4096"),
     )
-    pipe_sec.finish()
-    perf_sec = sec.section("perfdata")
+    perf_sec = sec.section("perfdata", (
+        "enabled", "service_file", "host_file", "poll_interval", "rotate_interval"))
     perf = PerfdataSettings(
         enabled=perf_sec.get("enabled", bool, False),
         service_file=perf_sec.get("service_file", str, "/var/lib/nagios4/msg-service-perfdata", _absolute_path),
@@ -299,13 +294,14 @@ def _sources(root: _Section) -> Tuple[OcspPipeSettings, PerfdataSettings]:
                                    lambda v: None if 0.01 <= v <= 60 else "must be from 0.01 to 60 seconds"),
         rotate_interval=perf_sec.get("rotate_interval", int, 3600, _not_negative),
     )
-    perf_sec.finish()
-    sec.finish()
     return pipe, perf
 
 
+_ROUTE_KEYS = ("name", "destination", "format", "hosts", "services", "exclude_hosts", "exclude_services",
+               "hard_only", "host_checks", "ttl")
+
+
 def _routes(root: _Section) -> Tuple[Route, ...]:
-    root.used.add("routes")
     raw = root.data.get("routes")
     if raw is None:
         raw = [{"name": "results", "destination": "/topic/grid.probe.metricOutput.EGEE.{role}.{site}"}]
@@ -314,7 +310,7 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
     routes: List[Route] = []
     names = set()
     for index, item in enumerate(raw):
-        sec = _Section(root.file, f"routes[{index}]", item)
+        sec = _Section(root.file, f"routes[{index}]", item, _ROUTE_KEYS)
         name = sec.get("name", str, check=_one_line)
         if name in names:
             raise sec.error("name", name, "is used by another route")
@@ -332,7 +328,6 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
             host_checks=sec.get("host_checks", bool, False),
             ttl=sec.get("ttl", int, 0, _not_negative),
         ))
-        sec.finish()
     return tuple(routes)
 
 
@@ -344,7 +339,7 @@ def parse(text: str, file: str = "<config>") -> Settings:
         data = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(file, "", None, f"is not valid YAML: {exc}") from None
-    root = _Section(file, "", data)
+    root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "log_level"))
     site = _site(root)
     brokers = _brokers(root)
     spool = _spool(root)
@@ -353,7 +348,6 @@ def parse(text: str, file: str = "<config>") -> Settings:
     log_level = root.get("log_level", str, "INFO",
                          lambda v: None if v in ("DEBUG", "INFO", "WARNING", "ERROR") else
                          "must be DEBUG, INFO, WARNING or ERROR")
-    root.finish()
     if not (pipe.enabled or perf.enabled):
         raise ConfigError(file, "sources", None, "enable at least one source (ocsp_pipe or perfdata)")
     return Settings(file=file, site=site, brokers=brokers, spool=spool, ocsp_pipe=pipe,

@@ -1,0 +1,93 @@
+"""Config: every mistake names file, key and value; the example file is valid."""
+import pathlib
+
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.__main__ import main
+
+EXAMPLE = pathlib.Path(__file__).parent.parent.parent / "etc" / "msg-nagios-bridge.yaml"
+MINIMAL = """
+site: {name: SITE-A}
+brokers: {hosts: ["127.0.0.1:61613"]}
+spool: {directory: /tmp/spool}
+"""
+
+
+def test_the_example_config_is_valid_and_complete():
+    settings = config.load(str(EXAMPLE))
+    assert settings.site.name == "EXAMPLE-SITE"
+    assert settings.brokers.hosts == (("127.0.0.1", 61613),)
+
+
+def test_defaults_from_a_minimal_config():
+    settings = config.parse(MINIMAL, "m.yaml")
+    assert settings.ocsp_pipe.enabled and not settings.perfdata.enabled
+    assert settings.routes[0].destination == "/topic/grid.probe.metricOutput.EGEE.{role}.{site}"
+    assert settings.routes[0].hard_only
+    assert settings.brokers.max_in_flight == 1000
+
+
+@pytest.mark.parametrize("text, key, reason", [
+    (MINIMAL + "colour: blue\n", "colour", "not a known key"),
+    (MINIMAL.replace("name: SITE-A", "nmae: SITE-A"), "site.nmae", "not a known key"),
+    (MINIMAL.replace("61613", "99999"), "brokers.hosts[0]", "port"),
+    (MINIMAL.replace('"127.0.0.1:61613"', "12"), "brokers.hosts[0]", "HOST:PORT"),
+    (MINIMAL + "routes: [{name: r, destination: '/topic/x.{planet}'}]\n", "routes[0].destination", "planet"),
+    (MINIMAL + "routes: [{name: r, destination: 'topic/x'}]\n", "routes[0].destination", "/topic/"),
+    (MINIMAL + "routes: [{name: r, destination: /topic/x, format: xml}]\n", "routes[0].format", "wlcg"),
+    (MINIMAL + "routes: [{name: r, destination: /topic/x}, {name: r, destination: /topic/y}]\n",
+     "routes[1].name", "another route"),
+    (MINIMAL + "routes: [{name: r, destination: /topic/x, hard_only: 'yes'}]\n", "routes[0].hard_only",
+     "true or false"),
+    (MINIMAL.replace("/tmp/spool", "relative/dir"), "spool.directory", "absolute"),
+    (MINIMAL + "sources: {ocsp_pipe: {mode: '0666'}}\n", "sources.ocsp_pipe.mode", "others"),
+    (MINIMAL + "brokers2: 1\n", "brokers2", "not a known key"),
+    (MINIMAL + "log_level: LOUD\n", "log_level", "DEBUG"),
+])
+def test_mistakes_name_file_key_value_and_reason(text, key, reason):
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(text, "bridge.yaml")
+    error = caught.value
+    assert error.file == "bridge.yaml"
+    assert error.key == key
+    assert reason in error.reason
+    assert str(error).startswith(f"bridge.yaml: {key} = ")
+
+
+def test_a_missing_required_key_is_named():
+    with pytest.raises(config.ConfigError, match=r"m.yaml: site.name = None: is required"):
+        config.parse("brokers: {hosts: ['a:1']}", "m.yaml")
+
+
+def test_yaml_aliases_are_refused_so_anchor_bombs_cannot_expand():
+    bomb = MINIMAL + 'a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n'
+    with pytest.raises(config.ConfigError, match="aliases"):
+        config.parse(bomb, "bomb.yaml")
+
+
+def test_invalid_yaml_and_missing_file_are_reported(tmp_path):
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.parse("site: [", "x.yaml")
+    with pytest.raises(config.ConfigError, match="cannot be read"):
+        config.load(str(tmp_path / "nope.yaml"))
+
+
+def test_password_from_a_file_and_masked(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    settings = config.parse(MINIMAL.replace('hosts:', f'password_file: {secret}, hosts:'), "p.yaml")
+    assert settings.brokers.password == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert config.as_dict(settings)["brokers"]["password"] == "********"
+
+
+def test_check_config_command_prints_the_error_and_exits_non_zero(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL + "routes: [{name: r, destination: '/topic/{nope}'}]\n")
+    assert main(["check-config", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: routes[0].destination = '/topic/{{nope}}'" in err
+    good = tmp_path / "good.yaml"
+    good.write_text(MINIMAL)
+    assert main(["check-config", "-c", str(good)]) == 0

@@ -1,0 +1,120 @@
+"""Message formats: golden files pin the exact text; parsers survive odd input."""
+import json
+import pathlib
+
+import pytest
+from hypothesis import given, strategies as st
+
+from msg_nagios_bridge.formats import json as json_format
+from msg_nagios_bridge.formats import result_line, wlcg
+from msg_nagios_bridge.model import CheckResult, InvalidResult
+
+GOLDEN = pathlib.Path(__file__).parent.parent / "fixtures" / "golden"
+FIELDS = {"siteName": "CERN-PROD", "gatheredAt": "sam-nagios.cern.ch", "role": "site", "voName": "ops"}
+
+SERVICE_RESULT = CheckResult(
+    host="ce01.cern.ch", service="org.sam.CE-JobSubmit", state=2, state_type="HARD",
+    output="CRITICAL: job submission failed; see details",
+    long_output="line one\nEOT\nline three", perfdata="time=3.2s;10;20",
+    timestamp=1253568948, attempt=3, attributes={"flavour": "CREAM-CE", "uri": "https://ce01.cern.ch:8443/ce"},
+)
+HOST_RESULT = CheckResult(host="se01.cern.ch", service=None, state=1, output="PING CRITICAL - 100% loss",
+                          timestamp=1253568948)
+
+
+def golden(name: str) -> str:
+    return (GOLDEN / name).read_text(encoding="utf-8")
+
+
+def test_wlcg_service_result_matches_golden_file():
+    assert wlcg.encode(SERVICE_RESULT, FIELDS) == golden("service.wlcg")
+
+
+def test_wlcg_host_result_matches_golden_file():
+    assert wlcg.encode(HOST_RESULT, FIELDS) == golden("host.wlcg")
+
+
+def test_json_service_result_matches_golden_file():
+    assert json.loads(json_format.encode(SERVICE_RESULT, FIELDS)) == json.loads(golden("service.json"))
+
+
+def test_wlcg_decode_takes_the_last_eot_and_keeps_eot_lines_inside_details():
+    record = wlcg.decode(wlcg.encode(SERVICE_RESULT, FIELDS))
+    assert record["detailsData"] == "line one\nEOT\nline three"
+    assert record["metricStatus"] == "CRITICAL"
+    assert record["timestamp"] == "2009-09-21T21:35:48Z"
+    assert wlcg.parse_time(record["timestamp"]) == 1253568948
+
+
+def test_wlcg_decode_keeps_unknown_keys_and_refuses_broken_records():
+    assert wlcg.decode("newKey: x\nmetricName: m\nEOT\n") == {"newKey": "x", "metricName": "m"}
+    with pytest.raises(wlcg.BadMessage, match="EOT"):
+        wlcg.decode("metricName: m\n")
+    with pytest.raises(wlcg.BadMessage, match="twice"):
+        wlcg.decode("metricName: a\nmetricName: b\nEOT")
+    with pytest.raises(wlcg.BadMessage, match="key: value"):
+        wlcg.decode("not a pair\nEOT")
+
+
+def test_wlcg_refuses_an_attribute_that_would_add_a_line():
+    result = CheckResult(host="h", service="s", state=0, attributes={"flavour": "CE\nmetricStatus: OK"})
+    with pytest.raises(InvalidResult):
+        wlcg.encode(result, FIELDS)
+
+
+@given(st.text(), st.text())
+def test_wlcg_details_round_trip(output_words, details):
+    output = output_words.replace("\n", " ").replace("\r", " ")
+    result = CheckResult(host="h", service="s", state=0, output=output, long_output=details.strip("\n"))
+    try:
+        body = wlcg.encode(result, FIELDS)
+    except InvalidResult:
+        return
+    record = wlcg.decode(body)
+    if result.long_output.replace("\r\n", "\n") and "\r" not in result.long_output:
+        assert record["detailsData"] == result.long_output
+
+
+# -- the result line both outbound sources read ---------------------------------
+
+def test_result_line_round_trips_a_service_result():
+    line = result_line.format_line(SERVICE_RESULT)
+    assert result_line.parse(line) == SERVICE_RESULT
+
+
+def test_result_line_round_trips_a_host_result():
+    assert result_line.parse(result_line.format_line(HOST_RESULT)) == HOST_RESULT
+
+
+def test_result_line_as_nagios_writes_it():
+    line = ("MNB1S\t1700000000\tweb01\tHTTP\t1\tSOFT\t2\t\t\t\tHTTP WARNING: slow\t"
+            "time=2.1s;1;5\tfirst\\nsecond")
+    result = result_line.parse(line)
+    assert (result.host, result.service, result.state, result.state_type, result.attempt) == (
+        "web01", "HTTP", 1, "SOFT", 2)
+    assert result.long_output == "first\nsecond"
+    assert result.attributes == {}
+
+
+@pytest.mark.parametrize("line, reason", [
+    ("", "unknown tag"),
+    ("XYZ\t1", "unknown tag"),
+    ("MNB1S\t1\th", "fields"),
+    ("MNB1S\tnow\th\ts\t0\tHARD\t1\t\t\t\to\tp\tl", "time"),
+    ("MNB1S\t1\th\ts\t7\tHARD\t1\t\t\t\to\tp\tl", "state"),
+    ("MNB1S\t1\th;x\ts\t0\tHARD\t1\t\t\t\to\tp\tl", "forbidden"),
+    ("MNB1S\t1\th\ts\t0\tHARD\t1\t\t\t\tbig\tMNB1S\t1\th\ts\t0\tHARD\t1\t\t\t\to\tp\tl", "interleaved"),
+    ("MNB1S\t1\th\ts\t0\tFIRM\t1\t\t\t\to\tp\tl", "state type"),
+])
+def test_result_line_refuses_with_a_reason(line, reason):
+    with pytest.raises(result_line.BadLine, match=reason):
+        result_line.parse(line)
+
+
+@given(st.text(max_size=300))
+def test_result_line_parse_never_crashes(text):
+    try:
+        result = result_line.parse(text)
+    except result_line.BadLine:
+        return
+    assert isinstance(result, CheckResult)

@@ -1,0 +1,78 @@
+"""Routing: selection, destination templates, headers, stable ids."""
+import dataclasses
+
+from msg_nagios_bridge import config, routing
+from msg_nagios_bridge.model import CheckResult
+
+SETTINGS = config.parse("""
+site: {name: CERN.PROD, role: site, nagios_name: nagios.cern.ch, vo: ops}
+brokers: {hosts: ["127.0.0.1:61613"]}
+spool: {directory: /tmp/spool}
+routes:
+  - {name: all, destination: "/topic/grid.probe.metricOutput.EGEE.{role}.{site}"}
+  - {name: json-ce, destination: "/queue/ce.{host}.{service}", format: json, services: ["org.sam.CE-*"],
+     exclude_hosts: ["test*"], hard_only: false, host_checks: true, ttl: 60}
+""", "r.yaml")
+ALL, JSON_CE = SETTINGS.routes
+
+
+def result(**changes):
+    base = CheckResult(host="ce01.cern.ch", service="org.sam.CE-JobSubmit", state=0, state_type="HARD",
+                       output="OK", timestamp=1700000000)
+    return dataclasses.replace(base, **changes)
+
+
+def test_hard_only_and_patterns():
+    assert routing.selects(ALL, result())
+    assert not routing.selects(ALL, result(state_type="SOFT"))
+    assert routing.selects(JSON_CE, result(state_type="SOFT"))
+    assert not routing.selects(JSON_CE, result(service="HTTP"))
+    assert not routing.selects(JSON_CE, result(host="test01"))
+
+
+def test_host_checks_only_where_asked():
+    host = result(service=None)
+    assert not routing.selects(ALL, host)
+    assert routing.selects(JSON_CE, host)
+
+
+def test_per_service_opt_out_by_custom_variable():
+    assert not routing.selects(ALL, result(attributes={"publish": "0"}))
+    assert not routing.selects(ALL, result(attributes={"publish": " No "}))
+    assert routing.selects(ALL, result(attributes={"publish": "1"}))
+
+
+def test_destination_makes_dots_and_wildcards_safe():
+    assert routing.destination(ALL, SETTINGS.site, result()) == "/topic/grid.probe.metricOutput.EGEE.site.CERN_PROD"
+    weird = result(host="a*b>c", service="x y.z")
+    assert routing.destination(JSON_CE, SETTINGS.site, weird) == "/queue/ce.a_b_c.x_y_z"
+
+
+def test_headers_carry_what_consumers_filter_on():
+    message = routing.build_message(ALL, SETTINGS.site, result(state=2), now_ms=1000)
+    headers = message.headers
+    assert headers["persistent"] == "true"
+    assert headers["site"] == "CERN.PROD" and headers["role"] == "site" and headers["vo"] == "ops"
+    assert headers["nagios_host"] == "nagios.cern.ch"
+    assert headers["metric"] == "org.sam.CE-JobSubmit" and headers["status"] == "CRITICAL"
+    assert headers["result_id"] == result(state=2).identity()
+    assert headers["check_time"] == "1700000000"
+    assert "expires" not in headers
+    assert b"metricStatus: CRITICAL" in message.body
+    ttl = routing.build_message(JSON_CE, SETTINGS.site, result(), now_ms=1000)
+    assert ttl.headers["expires"] == str(1000 + 60_000)
+    assert ttl.headers["content-type"] == "application/json"
+
+
+def test_ids_are_stable_and_differ_per_route_and_result():
+    router = routing.Router(SETTINGS)
+    first = router.messages(result())
+    again = router.messages(result())
+    assert [m.message_id for m in first] == [m.message_id for m in again]
+    assert len({m.message_id for m in first}) == 2
+    assert router.messages(result(output="other"))[0].message_id != first[0].message_id
+
+
+def test_echo_guard_suppresses_everything():
+    router = routing.Router(SETTINGS, is_echo=lambda r: r.host == "ce01.cern.ch")
+    assert router.messages(result()) == []
