@@ -11,7 +11,8 @@ A line is tab-separated and starts with a tag that names its kind and version::
     MNB1H <timet> <host> <stateid> <statetype> <attempt> <flavour> <uri> <publish> <output> <perfdata> <long output>
 
 ``flavour``, ``uri`` and ``publish`` come from the custom variables
-``_MSG_FLAVOUR``, ``_MSG_URI`` and ``_MSG_PUBLISH`` (empty when not defined).
+``_MSG_FLAVOUR``, ``_MSG_URI`` and ``_MSG_PUBLISH``; Nagios writes an
+undefined one as the macro's own text, which the parser reads as "not set".
 Nagios writes newlines in long output as the two characters ``\\n``; the
 parser turns them back into newlines. The free-text fields come last, so a
 stray tab inside plugin text can only shift text between output, perfdata and
@@ -62,14 +63,11 @@ def _unescape_long_output(text: str) -> str:
 
 
 def _attributes(flavour: str, uri: str, publish: str) -> dict:
-    attrs = {}
-    if flavour:
-        attrs["flavour"] = flavour
-    if uri:
-        attrs["uri"] = uri
-    if publish:
-        attrs["publish"] = publish
-    return attrs
+    # Nagios leaves the macro of an undefined custom variable as its own text
+    # (``$_SERVICEMSG_URI$``): that means "not set".
+    values = {"flavour": flavour, "uri": uri, "publish": publish}
+    return {key: value for key, value in values.items()
+            if value and not (value.startswith("$_") and value.endswith("$"))}
 
 
 def parse(line: str) -> CheckResult:

@@ -35,19 +35,19 @@ class Publisher(threading.Thread):
         self.health = health
         self.drain_timeout = drain_timeout
         self.broker = BrokerConnection(settings)
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
         self._in_flight: Dict[str, tuple] = {}   # receipt -> (entry, sent_at)
         self._generation = 0
         self._backoff = settings.backoff_initial
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
         self.broker.events.wakeup.set()
 
     def run(self) -> None:
         self.health.set_state("publisher", "starting")
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 if not self.broker.is_connected:
                     self._reconnect()
@@ -58,7 +58,7 @@ class Publisher(threading.Thread):
             except SpoolError as exc:
                 self._warn(logging.ERROR, "spool", f"spool problem, retrying: {exc}")
                 self.health.error(f"spool: {exc}")
-                self._stop.wait(1.0)
+                self._stopping.wait(1.0)
             except (StompException, OSError) as exc:
                 self._connection_lost(f"{exc.__class__.__name__}: {exc}")
         self._drain()
@@ -84,7 +84,7 @@ class Publisher(threading.Thread):
         self.health.set_state("publisher", f"disconnected: {problem}")
         self.health.error(f"broker: {problem}")
         self._warn(logging.WARNING, "connect", f"no broker reachable ({problem}); retrying in {delay:.1f} s")
-        self._stop.wait(delay)
+        self._stopping.wait(delay)
 
     def _connection_lost(self, why: str) -> None:
         """Give back everything in flight: without a receipt it may not have arrived."""

@@ -96,6 +96,13 @@ def test_result_line_as_nagios_writes_it():
     assert result.attributes == {}
 
 
+def test_result_line_reads_an_undefined_custom_variable_as_not_set():
+    # Seen with Nagios 4.4.6: an undefined $_SERVICEMSG_URI$ stays as its own text.
+    line = ("MNB1S\t1700000000\tweb01\tHTTP\t0\tHARD\t1\t$_SERVICEMSG_FLAVOUR$\thttps://web01/\t"
+            "$_SERVICEMSG_PUBLISH$\tOK\t\t")
+    assert result_line.parse(line).attributes == {"uri": "https://web01/"}
+
+
 @pytest.mark.parametrize("line, reason", [
     ("", "unknown tag"),
     ("XYZ\t1", "unknown tag"),

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests and integration tests against the real
+# ActiveMQ and Nagios 4 (started by the tests on 127.0.0.1 and stopped by PID).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
