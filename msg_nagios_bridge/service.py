@@ -26,7 +26,7 @@ from .nagios_wiring import wants_host_results
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL = 5.0
+STATUS_INTERVAL = 2.0
 
 
 def outbound_spool_path(settings: config.Settings) -> str:

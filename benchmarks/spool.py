@@ -1,0 +1,216 @@
+"""Spool throughput: SQLite WAL synchronous=FULL (the Spool) against the baselines, same run.
+
+    python benchmarks/spool.py [--dir DIR] [--seconds S]
+
+Baselines: a minimal fsyncing directory queue in the style of python-dirq's QueueSimple (one
+file per message: write a temp file, fsync, rename into place, fsync the directory), and
+SQLite with synchronous=NORMAL, which is faster but not durable against power loss (reference
+only). Messages are 300-byte bodies. Each case runs for at most --seconds, so the whole run is
+bounded (about 12 cases x S plus set-up). Run it on the file system the spool will live on:
+on tmpfs fsync costs nothing and the comparison means little.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from msg_nagios_bridge.model import Message  # noqa: E402
+from msg_nagios_bridge.spool import Spool, _encode  # noqa: E402
+
+BODY = b"m" * 300
+HEADERS = {"persistent": "true", "content-type": "text/plain"}
+DEST = "/topic/grid.probe.metricOutput.EGEE.ngi.example"
+DRAIN_DEPTH = 10_000
+
+
+class DirQueue:
+    """The smallest durable one-file-per-message queue: the directory-queue baseline.
+
+    File names sort by time, so listing gives oldest first. Same API subset as Spool.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path, self.tmp = path, os.path.join(path, "tmp")
+        os.makedirs(self.tmp, mode=0o700)
+        self._lock = threading.Lock()
+        self._leased: set = set()
+        self._seq = 0
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(fd)
+        os.close(fd)
+
+    def put(self, messages, durable: bool = True) -> int:
+        with self._lock:
+            for message in messages:
+                self._seq += 1
+                name = f"{time.time_ns():020d}{self._seq:010d}"
+                message_id, destination, headers, body, _ = _encode(message)
+                tmp = os.path.join(self.tmp, name)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.write(fd, f"{message_id}\n{destination}\n{headers}\n".encode() + body)
+                if durable:
+                    os.fsync(fd)
+                os.close(fd)
+                os.rename(tmp, os.path.join(self.path, name))
+            if durable:
+                self._fsync_dir()  # once per batch: the renames become durable together
+        return len(messages)
+
+    def take(self, limit: int):
+        with self._lock:
+            names = sorted(n for n in os.listdir(self.path)
+                           if n != "tmp" and n not in self._leased)[:limit]
+            entries = []
+            for name in names:
+                with open(os.path.join(self.path, name), "rb") as f:
+                    message_id, destination, headers, body = f.read().split(b"\n", 3)
+                entries.append((name, body))
+            self._leased.update(names)
+        return entries
+
+    def done(self, names) -> None:
+        with self._lock:
+            for name in names:
+                os.unlink(os.path.join(self.path, name))
+                self._leased.discard(name)
+            self._fsync_dir()
+
+    def close(self) -> None:
+        pass
+
+
+def open_backend(kind: str, path: str):
+    if kind == "dirq":
+        return DirQueue(path)
+    spool = Spool(os.path.join(path, "spool.db"), max_messages=10**8, max_bytes=1 << 40)
+    if kind == "sqlite-normal":
+        spool._db.execute("PRAGMA synchronous=NORMAL")  # reference only: not power-safe
+    return spool
+
+
+def entry_key(entry):
+    return entry[0] if isinstance(entry, tuple) else entry.entry_id
+
+
+def messages(start: int, count: int):
+    return [Message(f"bench-{n}", DEST, HEADERS, BODY) for n in range(start, start + count)]
+
+
+def bench_put(queue, batch: int, seconds: float) -> float:
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        queue.put(messages(n, batch))
+        n += batch
+    return n / (time.perf_counter() - started)
+
+
+def bench_drain(queue, seconds: float) -> float:
+    for start in range(0, DRAIN_DEPTH, 1000):  # set-up, not timed
+        batch = messages(start, 1000)
+        queue.put(batch, durable=False) if isinstance(queue, DirQueue) else queue.put(batch)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        entries = queue.take(100)
+        if not entries:
+            break
+        queue.done([entry_key(e) for e in entries])
+        n += len(entries)
+    return n / (time.perf_counter() - started)
+
+
+def bench_mixed(queue, seconds: float) -> float:
+    """Two source threads put batches of 10 while a publisher thread takes 100 and done()s."""
+    stop, delivered = threading.Event(), [0]
+
+    def source(k: int) -> None:
+        n = k * 10**9
+        while not stop.is_set():
+            queue.put(messages(n, 10))
+            n += 10
+
+    def publisher() -> None:
+        while not stop.is_set():
+            entries = queue.take(100)
+            if entries:
+                queue.done([entry_key(e) for e in entries])
+                delivered[0] += len(entries)
+            else:
+                time.sleep(0.001)
+
+    threads = [threading.Thread(target=source, args=(k,)) for k in (1, 2)]
+    threads.append(threading.Thread(target=publisher))
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return delivered[0] / (time.perf_counter() - started)
+
+
+CASES = [
+    ("put, batch 1", lambda q, s: bench_put(q, 1, s)),
+    ("put, batch 100", lambda q, s: bench_put(q, 100, s)),
+    (f"take 100 + done ({DRAIN_DEPTH} queued)", bench_drain),
+    ("2 putters (batch 10) + 1 taker, delivered", bench_mixed),
+]
+KINDS = ["sqlite-full", "dirq", "sqlite-normal"]
+
+
+def file_system(path: str) -> str:
+    best, fstype = "", "?"
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            mount_point, kind = line.split()[1:3]
+            if path.startswith(mount_point) and len(mount_point) > len(best):
+                best, fstype = mount_point, kind
+    return fstype
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default=".", help="where to create the scratch directory")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time limit per case")
+    args = parser.parse_args()
+    scratch = tempfile.mkdtemp(prefix="spool-bench-", dir=args.dir)
+    print(f"python {platform.python_version()}, sqlite {__import__('sqlite3').sqlite_version}, "
+          f"{os.cpu_count()} CPUs, {platform.machine()}, scratch on "
+          f"{file_system(os.path.realpath(scratch))} ({scratch})")
+    results = {}
+    try:
+        for name, case in CASES:
+            for kind in KINDS:
+                path = os.path.join(scratch, f"{kind}-{len(results)}")
+                queue = open_backend(kind, path)
+                try:
+                    results[name, kind] = case(queue, args.seconds)
+                finally:
+                    queue.close()
+                    shutil.rmtree(path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    print(f"\nmessages/s (300-byte bodies, {args.seconds:g} s per case)\n")
+    header = f"| {'case':43} | {'SQLite FULL':>11} | {'dirq fsync':>10} | {'SQLite NORMAL':>13} |" \
+             f" {'FULL/dirq':>9} | {'FULL/NORMAL':>11} |"
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    for name, _ in CASES:
+        full, dirq, normal = (results[name, kind] for kind in KINDS)
+        print(f"| {name:43} | {full:11,.0f} | {dirq:10,.0f} | {normal:13,.0f} |"
+              f" {full / dirq:8.1f}x | {full / normal:10.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,563 @@
+"""The durable spool between sources and sinks: one SQLite database file per spool.
+
+A source put()s a batch of Messages (and, in the same transaction, its read cursor); a sink
+take()s the oldest entries, which leases them, then marks each one done, given back or
+rejected (dead letter). put() and done() return only after the change is fsynced, so a
+message acknowledged to its source survives kill -9 and power loss; leases live in memory,
+so after a restart every entry is available again (at-least-once).
+
+On-disk format, limits and the reasons for SQLite are in docs/spool.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+from msg_nagios_bridge.model import Message
+
+log = logging.getLogger(__name__)
+
+APPLICATION_ID = 0x4D4E4246  # "MNBF": marks a file as a msg-nagios-bridge spool
+SCHEMA_VERSION = 1
+
+# Pragmas applied on every open. synchronous=FULL is what makes a WAL commit durable:
+# with NORMAL a commit is only written to the WAL and survives a crash of the process
+# but not a power loss.
+_PRAGMAS = (
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=5000",  # another process (an operator tool) holds a lock: wait, bounded
+    "PRAGMA journal_size_limit=67108864",  # truncate the WAL back to 64 MiB after a burst
+    "PRAGMA temp_store=MEMORY",
+)
+
+_SCHEMA = f"""
+CREATE TABLE messages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id  TEXT    NOT NULL UNIQUE,
+    destination TEXT    NOT NULL,
+    headers     TEXT    NOT NULL,
+    body        BLOB    NOT NULL,
+    size        INTEGER NOT NULL,
+    enqueued_at REAL    NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE cursors (
+    name       TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE dead_letters (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id    INTEGER NOT NULL,
+    message_id  TEXT    NOT NULL UNIQUE,
+    destination TEXT    NOT NULL,
+    headers     TEXT    NOT NULL,
+    body        BLOB    NOT NULL,
+    size        INTEGER NOT NULL,
+    enqueued_at REAL    NOT NULL,
+    attempts    INTEGER NOT NULL,
+    reason      TEXT    NOT NULL,
+    rejected_at REAL    NOT NULL
+);
+PRAGMA application_id={APPLICATION_ID};
+PRAGMA user_version={SCHEMA_VERSION};
+"""
+
+_ENTRY_COLUMNS = "id, message_id, destination, headers, body, enqueued_at, attempts"
+
+
+class SpoolError(Exception):
+    """Something is wrong with the spool; the message says what and why."""
+
+
+class SpoolFull(SpoolError):
+    """A limit was reached: nothing of the batch was written. Apply back-pressure and retry."""
+
+
+class SpoolUnavailable(SpoolError):
+    """Disk full, I/O error or corruption: nothing was written. Retry later."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SpoolEntry:
+    """A message held by the spool. ``entry_id`` grows with every put: lower is older."""
+
+    entry_id: int
+    message: Message
+    enqueued_at: float
+    attempts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """An entry a sink refused, with the reason and the time it was refused.
+
+    ``entry.entry_id`` is 0 for input that never was in the queue (add_dead_letter).
+    """
+
+    dead_id: int
+    entry: SpoolEntry
+    reason: str
+    rejected_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SpoolStats:
+    """Gauges (depth, bytes, oldest_age, leased, dead_letters) and counters since open.
+
+    Counters count messages: ``put`` new ones stored, ``duplicates`` skipped, ``refused_full``
+    refused by SpoolFull (a retried batch counts again), ``dead_letters_dropped`` oldest dead
+    letters deleted to stay under max_dead_letters; ``errors`` counts SpoolUnavailable raised.
+    """
+
+    depth: int
+    bytes: int
+    oldest_age: Optional[float]
+    leased: int
+    dead_letters: int
+    put: int = 0
+    duplicates: int = 0
+    done: int = 0
+    given_back: int = 0
+    rejected: int = 0
+    refused_full: int = 0
+    dead_letters_dropped: int = 0
+    errors: int = 0
+
+
+def _encode(message: Message) -> Tuple[str, str, str, bytes, int]:
+    if not isinstance(message.body, bytes):
+        raise TypeError(f"message {message.message_id!r}: body must be bytes")
+    headers = json.dumps(dict(message.headers), separators=(",", ":"), sort_keys=True)
+    size = len(message.body) + sum(len(text.encode("utf-8", "surrogatepass"))
+                                   for text in (message.message_id, message.destination, headers))
+    return message.message_id, message.destination, headers, message.body, size
+
+
+def _entry(row: tuple) -> SpoolEntry:
+    entry_id, message_id, destination, headers, body, enqueued_at, attempts = row
+    message = Message(message_id, destination, json.loads(headers), bytes(body))
+    return SpoolEntry(entry_id, message, enqueued_at, attempts)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """A durable queue of Messages in the SQLite file ``path`` (created 0600 if missing, in a
+    directory created 0700 if missing).
+
+    Safe to share between threads: one SQLite connection guarded by one lock. Only one
+    process may open a spool at a time (an flock on ``path + ".lock"``), because leases live
+    in this object's memory.
+    """
+
+    def __init__(self, path: str, *, max_messages: int = 1_000_000, max_bytes: int = 1 << 30,
+                 max_dead_letters: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+        self.path = os.path.abspath(path)
+        self.lock_path = self.path + ".lock"
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.max_dead_letters = max_dead_letters
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._put_event = threading.Event()
+        self._leased: set = set()
+        self._counters = dict.fromkeys(
+            ("put", "duplicates", "done", "given_back", "rejected", "refused_full",
+             "dead_letters_dropped", "errors"), 0)
+        self._lock_fd = self._lock_file()
+        try:
+            self._db = self._open()
+            self._depth, self._bytes = self._db.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
+            self._dead = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        except (sqlite3.Error, OSError) as exc:
+            os.close(self._lock_fd)
+            raise SpoolError(f"spool database {self.path} cannot be opened: {exc}") from exc
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _lock_file(self) -> int:
+        try:
+            directory = os.path.dirname(self.path)
+            if not os.path.isdir(directory):
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                _fsync_dir(os.path.dirname(directory))
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise SpoolError(f"spool {self.path} is in use by another process "
+                             f"({self.lock_path} is locked): {exc}") from exc
+        return fd
+
+    def _open(self) -> sqlite3.Connection:
+        if not os.path.exists(self.path):
+            # Create the file ourselves so it is 0600 whatever the umask (SQLite gives the
+            # -wal and -shm files the same mode), and make its directory entry durable.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            _fsync_dir(os.path.dirname(self.path))
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=5.0)
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode!r})")
+            for pragma in _PRAGMAS:
+                db.execute(pragma)
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id == 0 and tables == 0:
+                db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            elif app_id != APPLICATION_ID:
+                raise sqlite3.DatabaseError("not a msg-nagios-bridge spool "
+                                            f"(application_id {app_id:#x})")
+            elif version != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"spool format version {version} is not "
+                                            f"{SCHEMA_VERSION}")
+            # Refuse to run on a damaged file rather than lose or mangle entries later.
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("integrity check failed: " + "; ".join(problems))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def _write(self, what: str, work: Callable[[], None]) -> None:
+        """Run ``work`` in one IMMEDIATE transaction; call with self._lock held.
+
+        Any SQLite error rolls back and becomes SpoolUnavailable: nothing was written.
+        """
+        db = self._usable()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            work()
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite may already have rolled back after an I/O error
+            if isinstance(exc, sqlite3.Error):
+                self._counters["errors"] += 1
+                raise SpoolUnavailable(f"spool {self.path}: cannot {what}: {exc}") from exc
+            raise
+
+    def _read(self, what: str, sql: str, args: tuple = ()) -> list:
+        try:
+            return self._usable().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            self._counters["errors"] += 1
+            raise SpoolUnavailable(f"spool {self.path}: cannot {what}: {exc}") from exc
+
+    def _usable(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolError(f"spool {self.path} is closed")
+        return self._db
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def put(self, messages: Sequence[Message], cursor: Optional[Tuple[str, str]] = None) -> int:
+        """Store a batch, all or nothing, fsynced when this returns; return how many were new.
+
+        A message_id already in the spool (queued or dead letter) or twice in the batch is a
+        duplicate: skipped and counted. ``cursor`` = (name, value) is saved in the same
+        transaction, so a source's read position is durable exactly when its lines are.
+        Raises SpoolFull (limit reached) or SpoolUnavailable (disk full, I/O error); in both
+        cases nothing of the batch, cursor included, was written.
+        """
+        rows = [_encode(message) for message in messages]
+        now = self._clock()
+        with self._lock:
+            new = new_bytes = 0
+
+            def work() -> None:
+                nonlocal new, new_bytes
+                for message_id, destination, headers, body, size in rows:
+                    inserted = self._db.execute(
+                        "INSERT OR IGNORE INTO messages"
+                        " (message_id, destination, headers, body, size, enqueued_at)"
+                        " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+                        " (SELECT 1 FROM dead_letters WHERE message_id = ?)",
+                        (message_id, destination, headers, body, size, now, message_id)).rowcount
+                    new += inserted
+                    new_bytes += size * inserted
+                # A batch that adds nothing (all duplicates, or only a cursor) always fits.
+                if new and (self._depth + new > self.max_messages
+                            or self._bytes + new_bytes > self.max_bytes):
+                    raise SpoolFull(
+                        f"spool {self.path} is full: {self._depth} messages, {self._bytes} bytes"
+                        f" held; a batch of {new} new messages, {new_bytes} bytes would pass the"
+                        f" limit of {self.max_messages} messages, {self.max_bytes} bytes")
+                if cursor is not None:
+                    self._db.execute("INSERT OR REPLACE INTO cursors (name, value, updated_at)"
+                                     " VALUES (?, ?, ?)", (cursor[0], cursor[1], now))
+
+            try:
+                self._write("store a batch", work)
+            except SpoolFull:
+                self._counters["refused_full"] += new
+                raise
+            self._depth += new
+            self._bytes += new_bytes
+            self._counters["put"] += new
+            self._counters["duplicates"] += len(rows) - new
+        if new:
+            self._put_event.set()
+        return new
+
+    def cursor(self, name: str) -> Optional[str]:
+        """The value last saved with put(..., cursor=(name, value)), or None."""
+        with self._lock:
+            rows = self._read("read a cursor", "SELECT value FROM cursors WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def take(self, limit: int) -> List[SpoolEntry]:
+        """Lease and return up to ``limit`` entries not already leased, oldest first."""
+        with self._lock:
+            # At most len(leased) of the oldest rows are leased, so this many always suffice.
+            rows = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
+                              " ORDER BY id LIMIT ?", (limit + len(self._leased),))
+            entries = [_entry(row) for row in rows if row[0] not in self._leased][:limit]
+            self._leased.update(entry.entry_id for entry in entries)
+        return entries
+
+    def done(self, entry_ids: Iterable[int]) -> None:
+        """Delete entries (delivered), durably. Unknown ids are ignored."""
+        ids = list(entry_ids)
+        with self._lock:
+            deleted = freed = 0
+
+            def work() -> None:
+                nonlocal deleted, freed
+                for entry_id in ids:
+                    row = self._db.execute("SELECT size FROM messages WHERE id = ?",
+                                           (entry_id,)).fetchone()
+                    if row is not None:
+                        self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,))
+                        deleted += 1
+                        freed += row[0]
+
+            self._write("delete delivered entries", work)
+            self._depth -= deleted
+            self._bytes -= freed
+            self._counters["done"] += deleted
+            self._leased.difference_update(ids)
+
+    def give_back(self, entry_ids: Iterable[int]) -> None:
+        """Unlease entries so take() returns them again; each one's attempts grows by 1."""
+        ids = list(entry_ids)
+        with self._lock:
+            self._write("give entries back", lambda: self._db.executemany(
+                "UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
+                [(entry_id,) for entry_id in ids]))
+            self._counters["given_back"] += len(self._leased.intersection(ids))
+            self._leased.difference_update(ids)
+        self._put_event.set()
+
+    def reject(self, entry_id: int, reason: str) -> None:
+        """Move an entry to the dead letters with ``reason`` and the time.
+
+        If that makes more than max_dead_letters, the oldest dead letters are deleted (and
+        counted in dead_letters_dropped): they were refused already and logged when refused.
+        """
+        now = self._clock()
+        with self._lock:
+            moved = dropped = size = 0
+
+            def work() -> None:
+                nonlocal moved, dropped, size
+                row = self._db.execute("SELECT size FROM messages WHERE id = ?",
+                                       (entry_id,)).fetchone()
+                if row is None:
+                    return
+                size = row[0]
+                self._db.execute(
+                    "INSERT INTO dead_letters (entry_id, message_id, destination, headers, body,"
+                    " size, enqueued_at, attempts, reason, rejected_at)"
+                    " SELECT id, message_id, destination, headers, body, size, enqueued_at,"
+                    " attempts, ?, ? FROM messages WHERE id = ?", (reason, now, entry_id))
+                self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,))
+                moved = 1
+                dropped = self._trim_dead_letters(1)
+
+            self._write("move an entry to the dead letters", work)
+            self._leased.discard(entry_id)
+            self._depth -= moved
+            self._bytes -= size
+            self._dead += moved - dropped
+            self._counters["rejected"] += moved
+            self._counters["dead_letters_dropped"] += dropped
+        if moved:
+            log.warning("spool %s: message rejected to the dead letters: %s", self.path, reason)
+        if dropped:
+            log.warning("spool %s: %d oldest dead letters deleted (limit %d)",
+                        self.path, dropped, self.max_dead_letters)
+
+    def add_dead_letter(self, message: Message, reason: str) -> bool:
+        """Keep input that never became a queue entry (a bad line, a refused message) as a
+        dead letter with ``reason``; return False if its message_id is already one."""
+        row = _encode(message)
+        now = self._clock()
+        with self._lock:
+            added = dropped = 0
+
+            def work() -> None:
+                nonlocal added, dropped
+                added = self._db.execute(
+                    "INSERT OR IGNORE INTO dead_letters (entry_id, message_id, destination,"
+                    " headers, body, size, enqueued_at, attempts, reason, rejected_at)"
+                    " VALUES (0, ?, ?, ?, ?, ?, ?, 0, ?, ?)", (*row, now, reason, now)).rowcount
+                dropped = self._trim_dead_letters(added)
+
+            self._write("keep a dead letter", work)
+            self._dead += added - dropped
+            self._counters["rejected"] += added
+            self._counters["dead_letters_dropped"] += dropped
+        if dropped:
+            log.warning("spool %s: %d oldest dead letters deleted (limit %d)",
+                        self.path, dropped, self.max_dead_letters)
+        return bool(added)
+
+    def _trim_dead_letters(self, added: int) -> int:
+        """Inside a transaction that added dead letters: delete the oldest beyond the limit."""
+        excess = self._dead + added - self.max_dead_letters
+        if excess <= 0:
+            return 0
+        return self._db.execute("DELETE FROM dead_letters WHERE id IN"
+                                " (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
+                                (excess,)).rowcount
+
+    # -- dead letters (for operators) ------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> List[DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first."""
+        with self._lock:
+            rows = self._read("read the dead letters",
+                              "SELECT id, entry_id, message_id, destination, headers, body,"
+                              " enqueued_at, attempts, reason, rejected_at FROM dead_letters"
+                              " ORDER BY id LIMIT ?", (limit,))
+        return [DeadLetter(row[0], _entry(row[1:8]), row[8], row[9]) for row in rows]
+
+    def requeue_dead_letter(self, dead_id: int) -> Optional[int]:
+        """Put a dead letter back in the queue (attempts 0, enqueued now); return its new id.
+
+        Returns None if there is no such dead letter. Respects the limits (SpoolFull).
+        """
+        now = self._clock()
+        with self._lock:
+            new_id = size = None
+
+            def work() -> None:
+                nonlocal new_id, size
+                row = self._db.execute("SELECT size FROM dead_letters WHERE id = ?",
+                                       (dead_id,)).fetchone()
+                if row is None:
+                    return
+                size = row[0]
+                if self._depth + 1 > self.max_messages or self._bytes + size > self.max_bytes:
+                    raise SpoolFull(f"spool {self.path} is full: cannot requeue dead letter "
+                                    f"{dead_id}")
+                new_id = self._db.execute(
+                    "INSERT INTO messages (message_id, destination, headers, body, size,"
+                    " enqueued_at) SELECT message_id, destination, headers, body, size, ?"
+                    " FROM dead_letters WHERE id = ?", (now, dead_id)).lastrowid
+                self._db.execute("DELETE FROM dead_letters WHERE id = ?", (dead_id,))
+
+            self._write("requeue a dead letter", work)
+            if new_id is not None:
+                self._depth += 1
+                self._bytes += size
+                self._dead -= 1
+        if new_id is not None:
+            self._put_event.set()
+        return new_id
+
+    def purge_dead_letters(self, dead_ids: Optional[Iterable[int]] = None, *,
+                           before: Optional[float] = None) -> int:
+        """Delete the given dead letters, or those rejected before ``before``, or all of them
+        (no arguments); return how many were deleted."""
+        where, args = "1", []
+        if dead_ids is not None:
+            ids = list(dead_ids)
+            where = f"id IN ({','.join('?' * len(ids))})" if ids else "0"
+            args += ids
+        if before is not None:
+            where += " AND rejected_at < ?"
+            args.append(before)
+        with self._lock:
+            deleted = 0
+
+            def work() -> None:
+                nonlocal deleted
+                deleted = self._db.execute(f"DELETE FROM dead_letters WHERE {where}",
+                                           args).rowcount
+
+            self._write("purge dead letters", work)
+            self._dead -= deleted
+        return deleted
+
+    # -- waiting, stats, closing -----------------------------------------------------------
+
+    def wait(self, timeout: float) -> bool:
+        """Block until something is put (or given back, requeued; or the spool is closed) or
+        ``timeout`` seconds pass; return False on timeout.
+
+        Call take() after it: the event is cleared here and set only after a commit, so a put
+        is never missed between wait() and take().
+        """
+        woken = self._put_event.wait(timeout)
+        self._put_event.clear()
+        return woken
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            oldest = self._read("read statistics",
+                                "SELECT enqueued_at FROM messages ORDER BY id LIMIT 1")
+            return SpoolStats(
+                depth=self._depth, bytes=self._bytes,
+                oldest_age=max(0.0, self._clock() - oldest[0][0]) if oldest else None,
+                leased=len(self._leased), dead_letters=self._dead, **self._counters)
+
+    def close(self) -> None:
+        """Close the database and release the lock file. Leases are forgotten."""
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                self._db.close()
+            finally:
+                self._db = None
+                self._leased.clear()
+                os.close(self._lock_fd)
+        self._put_event.set()  # wake a waiting publisher so it notices
+
+    def __enter__(self) -> "Spool":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

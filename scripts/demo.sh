@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# One command, fresh Debian/Ubuntu machine: install, then run Nagios -> bridge -> ActiveMQ end to end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python scripts/demo.py "$@"

@@ -1,0 +1,216 @@
+"""Outbound, end to end with the real programs: Nagios 4 -> bridge -> ActiveMQ -> an independent subscriber."""
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.formats import result_line, wlcg
+from msg_nagios_bridge.model import CheckResult
+from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
+from tests.sandbox.bridge import bridge_config
+from tests.sandbox.nagios import active_service, host
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "/topic/grid.probe.metricOutput.EGEE.site.TEST_SITE"
+QUEUE = "/queue/test.results"
+
+
+def nagios_wiring(bridge):
+    """The nagios.cfg lines and command objects that `nagios-config` prints for this bridge."""
+    settings = config.load(str(bridge.config_path))
+    extra = dict(line.split("=", 1) for line in main_config_lines(settings).splitlines())
+    return extra, object_definitions(settings)
+
+
+def result_lines(count, prefix="svc"):
+    """`count` distinct service result lines, as Nagios would write them."""
+    now = int(time.time())
+    return [result_line.format_line(CheckResult(
+        host="wn%03d.example.org" % (i % 100), service=f"{prefix}-{i}", state=i % 4,
+        output=f"result {i}", timestamp=now, perfdata=f"value={i}")) + "\n" for i in range(count)]
+
+
+def expected_ids(lines):
+    return {result_line.parse(line.rstrip("\n")).identity() for line in lines}
+
+
+def received_ids(probe):
+    return [m.headers["result_id"] for m in probe.messages]
+
+
+def wait_for_ids(probe, expected, timeout):
+    """Wait until every expected result id arrived (counting is not enough: duplicates are allowed).
+    Returns the ids received, duplicates included."""
+    deadline = time.time() + timeout
+    while not expected <= set(received_ids(probe)) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)   # let late duplicates arrive before anyone counts them
+    return received_ids(probe)
+
+
+def append_slowly(path, lines, per_batch=50, pause=0.01):
+    """Append lines in batches as the Nagios core would (a thread; returns it)."""
+    def run():
+        for start in range(0, len(lines), per_batch):
+            with open(path, "a") as handle:
+                handle.write("".join(lines[start:start + per_batch]))
+            time.sleep(pause)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("source", ["ocsp_pipe", "perfdata"])
+def test_a_real_nagios_result_arrives_with_the_right_body_and_headers(
+        source, tmp_path, activemq, nagios_factory, stomp_probe_factory, bridge_factory):
+    probe = stomp_probe_factory(activemq, TOPIC)
+    bridge = bridge_factory([activemq.stomp_port],
+                                          ocsp=source == "ocsp_pipe", perfdata=source == "perfdata")
+    bridge.start(wait_for=bridge.workdir / "ocsp.fifo" if source == "ocsp_pipe" else None)
+    extra, objects = nagios_wiring(bridge)
+    nagios_factory(hosts=[host("ce01.example.org")], extra_cfg=extra, objects=objects, services=[
+        active_service("ce01.example.org", "org.sam.CE-JobSubmit", state=2, output="job failed",
+                       max_check_attempts=1, _MSG_FLAVOUR="CREAM-CE")])
+    assert probe.wait_for_count(2, timeout=20), bridge.log_text()
+    by_metric = {m.headers["metric"]: m for m in probe.messages}
+    message = by_metric["org.sam.CE-JobSubmit"]
+    headers = message.headers
+    assert headers["persistent"] == "true"
+    assert (headers["site"], headers["role"], headers["nagios_host"]) == ("TEST.SITE", "site", "test-nagios.example.org")
+    assert (headers["host"], headers["status"], headers["state_type"]) == ("ce01.example.org", "CRITICAL", "HARD")
+    assert len(headers["result_id"]) == 32 and headers["check_time"].isdigit()
+    record = wlcg.decode(message.body)
+    assert record["metricStatus"] == "CRITICAL"
+    assert record["summaryData"] == "CRITICAL: job failed"
+    assert record["hostName"] == record["serviceURI"] == "ce01.example.org"
+    assert record["serviceFlavour"] == "CREAM-CE"
+    assert record["siteName"] == "TEST.SITE" and record["gatheredAt"] == "test-nagios.example.org"
+    assert abs(wlcg.parse_time(record["timestamp"]) - time.time()) < 60
+    assert by_metric["HOST"].headers["status"] == "OK"   # the host check, host_checks: true
+
+
+def test_hostile_plugin_output_cannot_reach_the_ocsp_shell(tmp_path, activemq, nagios_factory,
+                                                           stomp_probe_factory, bridge_factory):
+    canary = tmp_path / "pwned"
+    plugin = tmp_path / "hostile.sh"
+    plugin.write_text("#!/bin/sh\n"
+                      f"printf '%s\\n' \"OK ' ; touch {canary} ; ' \\$(touch {canary}) \\`touch {canary}\\` "
+                      f"| x=1\" 'long;line' \"\\\\n $(printf '\\t')tab\"\nexit 0\n")
+    plugin.chmod(0o755)
+    probe = stomp_probe_factory(activemq, TOPIC)
+    bridge = bridge_factory([activemq.stomp_port])
+    bridge.start(wait_for=bridge.workdir / "ocsp.fifo")
+    extra, objects = nagios_wiring(bridge)
+    objects += f"\ndefine command {{\n    command_name hostile\n    command_line {plugin}\n}}\n"
+    nagios_factory(hosts=[host("h1")], extra_cfg=extra, objects=objects, services=[
+        {**active_service("h1", "evil", max_check_attempts=1), "check_command": "hostile"}])
+    assert probe.wait_for_count(2, timeout=20), bridge.log_text()
+    time.sleep(1)
+    assert not canary.exists(), "plugin output was executed by the OCSP command's shell"
+    evil = next(m for m in probe.messages if m.headers["metric"] == "evil")
+    # Nagios stripped the illegal characters (' ` $ | ...) before the shell saw them.
+    assert "touch" in wlcg.decode(evil.body)["summaryData"]
+
+
+def test_an_ocsp_writer_waiting_while_the_bridge_restarts_is_delivered(tmp_path, activemq,
+                                                                       stomp_probe_factory, bridge_factory):
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = bridge_factory([activemq.stomp_port], destination=QUEUE)
+    fifo = bridge.workdir / "ocsp.fifo"
+    bridge.start(wait_for=fifo)
+    assert bridge.stop() == 0
+    assert fifo.exists(), "the FIFO must stay so Nagios's writers wait instead of creating a file"
+    lines = result_lines(3)
+    writers = [subprocess.Popen(["sh", "-c", f"printf '%s' '{line}' > {fifo}"]) for line in lines]
+    time.sleep(0.5)
+    assert all(w.poll() is None for w in writers), "writers should be waiting for a reader"
+    bridge.start(wait_for=fifo)
+    assert all(w.wait(10) == 0 for w in writers)
+    assert set(wait_for_ids(probe, expected_ids(lines), timeout=15)) == expected_ids(lines), bridge.log_text()
+
+
+def test_partial_and_garbage_lines_on_the_pipe(tmp_path, activemq, stomp_probe_factory, bridge_factory):
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = bridge_factory([activemq.stomp_port], destination=QUEUE)
+    fifo = bridge.workdir / "ocsp.fifo"
+    bridge.start(wait_for=fifo)
+    good = result_lines(2)
+    fd = os.open(fifo, os.O_WRONLY)
+    os.write(fd, good[0][:10].encode())          # a line in two writes
+    time.sleep(0.3)
+    os.write(fd, good[0][10:].encode() + b"this is not a result\n\xff\xfe\n" + good[1].encode())
+    os.close(fd)
+    assert set(wait_for_ids(probe, expected_ids(good), timeout=15)) == expected_ids(good), bridge.log_text()
+    deadline = time.time() + 10
+    while bridge.status().get("counters", {}).get("dead_letters", 0) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert bridge.status()["counters"]["dead_letters"] == 2
+
+
+def test_network_of_brokers_failover_mid_stream_loses_nothing(tmp_path, activemq_factory,
+                                                              stomp_probe_factory, bridge_factory):
+    # b1 forwards to b2 (network of brokers); the subscriber is on b2; the bridge prefers b1.
+    b2 = activemq_factory("b2")
+    b1 = activemq_factory("b1", network_to=[b2.openwire_port])
+    b1.wait_bridges()
+    probe = stomp_probe_factory(b2, QUEUE)
+    bridge = bridge_factory([b1.stomp_port, b2.stomp_port], ocsp=False, perfdata=True, destination=QUEUE)
+    bridge.start()
+    lines = result_lines(3000)
+    writer = append_slowly(bridge.workdir / "service-perfdata", lines)
+    probe.wait_for_count(300, timeout=30)
+    b1.kill()                      # the broker the bridge is connected to, mid-stream
+    writer.join()
+    # What b1 had confirmed but not yet forwarded waits in its store: bring it back.
+    time.sleep(2)
+    b1.start()
+    expected = expected_ids(lines)
+    got = wait_for_ids(probe, expected, timeout=60)
+    assert set(got) == expected, (len(expected - set(got)), bridge.log_text()[-3000:])
+    print(f"failover: sent {len(lines)}, delivered {len(set(got))}, duplicates {len(got) - len(set(got))}")
+
+
+def test_kill_9_of_the_bridge_mid_stream_loses_nothing_from_perfdata(tmp_path, activemq,
+                                                                     stomp_probe_factory, bridge_factory):
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False,
+                                          perfdata=True, destination=QUEUE)
+    bridge.start()
+    lines = result_lines(4000)
+    writer = append_slowly(bridge.workdir / "service-perfdata", lines)
+    probe.wait_for_count(500, timeout=30)
+    bridge.kill()
+    time.sleep(0.5)
+    bridge.start()
+    writer.join()
+    expected = expected_ids(lines)
+    got = wait_for_ids(probe, expected, timeout=60)
+    assert set(got) == expected, (len(expected - set(got)), bridge.log_text()[-3000:])
+    print(f"kill -9: sent {len(lines)}, delivered {len(set(got))}, duplicates {len(got) - len(set(got))}")
+
+
+def test_a_broker_down_for_a_while_gets_everything_spooled(tmp_path, activemq, stomp_probe_factory,
+                                                           bridge_factory):
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False,
+                                          perfdata=True, destination=QUEUE)
+    activemq.stop()
+    bridge.start()
+    lines = result_lines(1000)
+    (bridge.workdir / "service-perfdata").write_text("".join(lines))
+    deadline = time.time() + 20
+    while bridge.status().get("spool", {}).get("depth", 0) < len(lines) and time.time() < deadline:
+        time.sleep(0.2)
+    status = bridge.status()
+    assert status["spool"]["depth"] == len(lines), status
+    assert not status["states"]["publisher"].startswith("connected"), status
+    time.sleep(3)                  # several reconnect rounds; the bridge must not give up
+    activemq.start()
+    probe = stomp_probe_factory(activemq, QUEUE)
+    expected = expected_ids(lines)
+    got = wait_for_ids(probe, expected, timeout=60)
+    assert set(got) == expected, (len(expected - set(got)), bridge.log_text()[-3000:])
+    assert len(got) == len(expected), "a broker that was simply down should cause no duplicates"

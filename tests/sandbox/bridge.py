@@ -1,0 +1,92 @@
+"""Run the bridge itself as a separate process (as an administrator would), for tests and the demo."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .ports import kill_process, stop_process, track
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bridge_config(workdir, broker_ports, *, ocsp=True, perfdata=False, destination=None,
+                  site="TEST.SITE", extra_routes="", heartbeat_ms=2000, **brokers):
+    """YAML text for a bridge writing everything under ``workdir``."""
+    workdir = Path(workdir)
+    hosts = ", ".join(f'"127.0.0.1:{port}"' for port in broker_ports)
+    broker_extra = "".join(f", {key}: {value}" for key, value in brokers.items())
+    destination = destination or "/topic/grid.probe.metricOutput.EGEE.{role}.{site}"
+    return f"""
+site: {{name: {site}, role: site, nagios_name: test-nagios.example.org}}
+brokers: {{hosts: [{hosts}], heartbeat_ms: {heartbeat_ms}, backoff_initial: 0.2, backoff_max: 2,
+          connect_timeout: 3, receipt_timeout: 10{broker_extra}}}
+spool: {{directory: {workdir}/spool}}
+sources:
+  ocsp_pipe: {{enabled: {str(ocsp).lower()}, path: {workdir}/ocsp.fifo}}
+  perfdata: {{enabled: {str(perfdata).lower()}, service_file: {workdir}/service-perfdata,
+             host_file: {workdir}/host-perfdata, poll_interval: 0.05, rotate_interval: 0}}
+routes:
+  - {{name: results, destination: "{destination}", host_checks: true}}
+{extra_routes}
+log_level: INFO
+"""
+
+
+class Bridge:
+    """``msg-nagios-bridge run`` in a child process; its PID is the one we stop."""
+
+    def __init__(self, workdir, config_text):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "bridge.yaml"
+        self.config_path.write_text(config_text)
+        self.log_path = self.workdir / "bridge.log"
+        self.proc = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def start(self, wait_for=None, timeout=15.0):
+        """Start; if ``wait_for`` is a path (the FIFO), wait until it exists."""
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "msg_nagios_bridge", "run", "-c", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
+        log.close()
+        track(self)
+        deadline = time.monotonic() + timeout
+        while wait_for is not None and not os.path.exists(wait_for):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bridge did not come up:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, timeout=30.0):
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return None
+        code = stop_process(self.proc, timeout)
+        return code
+
+    def kill(self):
+        if self.proc is not None:
+            kill_process(self.proc)
+
+    def signal(self, signum=signal.SIGHUP):
+        self.proc.send_signal(signum)
+
+    def status(self):
+        try:
+            return json.loads((self.workdir / "spool" / "status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""

@@ -1,0 +1,82 @@
+"""Helpers shared by the sandbox: free ports, a raw STOMP check, stopping child processes by PID."""
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import threading
+import weakref
+
+_lock = threading.Lock()
+_handed_out = set()
+_running = weakref.WeakSet()
+
+
+def free_port():
+    """Return a port on 127.0.0.1 that is free now and not handed out before by this process."""
+    with _lock:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("no free port found on 127.0.0.1")
+
+
+def stomp_connect_ok(host, port, timeout=2.0):
+    """True if a raw STOMP 1.2 CONNECT to host:port gets a CONNECTED frame back."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"CONNECT\naccept-version:1.2\nhost:localhost\n\n\x00")
+            data = b""
+            while b"\x00" not in data and len(data) < 65536:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            ok = data.lstrip(b"\r\n").startswith(b"CONNECTED")
+            if ok:
+                try:
+                    s.sendall(b"DISCONNECT\n\n\x00")
+                except OSError:
+                    pass
+            return ok
+    except OSError:
+        return False
+
+
+def stop_process(proc, timeout=15.0):
+    """SIGCONT + SIGTERM the child `proc` (a Popen), wait `timeout`, then SIGKILL. Returns its exit code."""
+    if proc is None or proc.poll() is not None:
+        return None if proc is None else proc.returncode
+    try:
+        os.kill(proc.pid, signal.SIGCONT)  # a paused process would never handle SIGTERM
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return kill_process(proc)
+
+
+def kill_process(proc):
+    """SIGKILL the child `proc` (a Popen) and reap it. Returns its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait()
+
+
+def track(server):
+    """Remember `server` so that it is stopped at interpreter exit if nobody else did."""
+    _running.add(server)
+
+
+@atexit.register
+def _stop_all():
+    for server in list(_running):
+        try:
+            server.stop()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass

@@ -1,0 +1,522 @@
+"""The spool against real SQLite files in tmp_path: no mocks of the thing under test."""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from contextlib import closing
+
+import pytest
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from msg_nagios_bridge.model import Message
+from msg_nagios_bridge.spool import Spool, SpoolError, SpoolFull, SpoolUnavailable, _encode
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def msg(n, body=b"x" * 300, dest="/topic/grid.probe.metricOutput"):
+    return Message(f"id-{n}", dest, {"persistent": "true", "n": str(n)}, body)
+
+
+class Clock:
+    def __init__(self, now=1_700_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def db_file(tmp_path):
+    return str(tmp_path / "spool.db")
+
+
+@pytest.fixture
+def spool(tmp_path):
+    with Spool(str(tmp_path / "out" / "outbound.sqlite")) as s:
+        yield s
+
+
+def ids(entries):
+    return [e.message.message_id for e in entries]
+
+
+def rows(path):
+    """What is on disk, read through a separate connection."""
+    with closing(sqlite3.connect(path)) as reader:
+        return [r[0] for r in reader.execute("SELECT message_id FROM messages ORDER BY id")]
+
+
+# -- the queue ---------------------------------------------------------------------------------
+
+def test_take_is_oldest_first_and_leases(spool):
+    assert spool.put([msg(i) for i in range(5)]) == 5
+    first = spool.take(2)
+    assert ids(first) == ["id-0", "id-1"]
+    assert ids(spool.take(10)) == ["id-2", "id-3", "id-4"]  # leased ones are skipped
+    assert spool.take(10) == []
+    assert spool.stats().leased == 5
+
+
+def test_message_round_trips_unchanged(spool):
+    original = Message("m1", "/queue/x", {"a": "1", "é": "ü\n"}, bytes(range(256)))
+    spool.put([original])
+    (entry,) = spool.take(1)
+    assert entry.message == original
+    assert entry.attempts == 0
+
+
+def test_done_deletes_durably(spool):
+    spool.put([msg(i) for i in range(3)])
+    entries = spool.take(3)
+    spool.done([entries[0].entry_id, entries[2].entry_id])
+    assert rows(spool.path) == ["id-1"]
+    assert spool.stats().depth == 1 and spool.stats().leased == 1
+    assert spool.stats().done == 2
+
+
+def test_give_back_unleases_and_counts_attempts(spool):
+    spool.put([msg(i) for i in range(3)])
+    a, b, c = spool.take(3)
+    spool.give_back([b.entry_id])
+    (again,) = spool.take(5)
+    assert again.entry_id == b.entry_id and again.attempts == 1
+    spool.give_back([a.entry_id, again.entry_id])
+    assert [(e.message.message_id, e.attempts) for e in spool.take(5)] == [("id-0", 1), ("id-1", 2)]
+    assert spool.stats().given_back == 3
+
+
+def test_duplicates_are_skipped_and_counted(spool):
+    assert spool.put([msg(1), msg(2)]) == 2
+    assert spool.put([msg(2), msg(3), msg(3)]) == 1
+    assert rows(spool.path) == ["id-1", "id-2", "id-3"]
+    stats = spool.stats()
+    assert (stats.put, stats.duplicates, stats.depth) == (3, 2, 3)
+
+
+def test_cursor_is_saved_with_the_batch(spool):
+    assert spool.cursor("perfdata") is None
+    spool.put([msg(1)], cursor=("perfdata", "1234:100"))
+    spool.put([], cursor=("perfdata", "1234:180"))  # lines filtered out: the cursor still moves
+    assert spool.cursor("perfdata") == "1234:180"
+    assert spool.cursor("other") is None
+
+
+def test_wait_wakes_on_put(spool):
+    assert spool.wait(0.01) is False
+    threading.Timer(0.05, lambda: spool.put([msg(1)])).start()
+    started = time.monotonic()
+    assert spool.wait(5) is True
+    assert time.monotonic() - started < 2
+    assert ids(spool.take(1)) == ["id-1"]
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+def test_full_by_count_writes_nothing(tmp_path):
+    with Spool(db_file(tmp_path), max_messages=4) as spool:
+        spool.put([msg(i) for i in range(3)], cursor=("src", "3"))
+        with pytest.raises(SpoolFull, match="full"):
+            spool.put([msg(i) for i in range(3, 5)], cursor=("src", "5"))
+        assert rows(spool.path) == ["id-0", "id-1", "id-2"]
+        assert spool.cursor("src") == "3"
+        stats = spool.stats()
+        assert (stats.depth, stats.put, stats.refused_full) == (3, 3, 2)
+        # Duplicates take no room, so this batch fits.
+        assert spool.put([msg(0), msg(1), msg(3)], cursor=("src", "4")) == 1
+        assert spool.cursor("src") == "4"
+        spool.done(e.entry_id for e in spool.take(2))
+        assert spool.put([msg(5), msg(6)]) == 2
+
+
+def test_full_by_bytes_writes_nothing(tmp_path):
+    size = _encode(msg(0))[4]
+    with Spool(db_file(tmp_path), max_bytes=2 * size) as spool:
+        spool.put([msg(0)])
+        with pytest.raises(SpoolFull):
+            spool.put([msg(1), msg(2)])
+        assert spool.stats().bytes == size
+        assert spool.put([msg(1)]) == 1
+        assert spool.stats().bytes == 2 * size
+
+
+def test_database_full_is_unavailable_then_recovers(spool):
+    """Simulated with PRAGMA max_page_count: SQLite reports SQLITE_FULL, as on a full disk."""
+    spool.put([msg(0)])
+    pages = spool._db.execute("PRAGMA page_count").fetchone()[0]
+    spool._db.execute(f"PRAGMA max_page_count={pages + 1}")
+    with pytest.raises(SpoolUnavailable, match="full"):
+        spool.put([msg(i, body=b"y" * 4000) for i in range(1, 20)], cursor=("src", "x"))
+    assert rows(spool.path) == ["id-0"] and spool.cursor("src") is None
+    assert spool.stats().errors == 1 and spool.stats().depth == 1
+    assert ids(spool.take(5)) == ["id-0"]  # reading still works
+    spool._db.execute("PRAGMA max_page_count=1073741823")
+    assert spool.put([msg(i, body=b"y" * 4000) for i in range(1, 20)]) == 19
+    assert spool._db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_real_write_error_is_unavailable_then_recovers(tmp_path):
+    """A real failing write(2): RLIMIT_FSIZE makes the kernel refuse to grow the WAL file.
+
+    Runs in a child process so the limit cannot touch pytest's own files.
+    """
+    script = textwrap.dedent("""
+        import os, resource, signal, sys
+        from msg_nagios_bridge.model import Message
+        from msg_nagios_bridge.spool import Spool, SpoolUnavailable
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        m = lambda n: Message(f"id-{n}", "/topic/t", {}, b"z" * 3000)
+        spool = Spool(sys.argv[1])
+        spool.put([m(0)])
+        limit = max(os.path.getsize(sys.argv[1] + suffix) for suffix in ("", "-wal"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit + 4096, hard))
+        try:
+            spool.put([m(n) for n in range(1, 50)], cursor=("src", "50"))
+            print("no error")
+        except SpoolUnavailable as exc:
+            print("unavailable", spool.stats().depth, spool.cursor("src"), exc)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        print("after", spool.put([m(n) for n in range(1, 50)], cursor=("src", "50")))
+        spool.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", script, db_file(tmp_path)], cwd=REPO, timeout=30,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0].startswith("unavailable 1 None ")
+    assert out[1] == "after 49"
+    with Spool(db_file(tmp_path)) as spool:
+        assert spool.stats().depth == 50
+
+
+# -- reopening, files, errors at start ---------------------------------------------------------
+
+def test_reopen_keeps_everything_and_forgets_leases(tmp_path):
+    path = str(tmp_path / "s")
+    with Spool(path) as spool:
+        spool.put([msg(i) for i in range(4)], cursor=("src", "c1"))
+        a, b = spool.take(2)
+        spool.give_back([b.entry_id])
+        spool.take(5)
+        spool.reject(a.entry_id, "bad destination")
+    with Spool(path) as spool:
+        entries = spool.take(10)
+        assert ids(entries) == ["id-1", "id-2", "id-3"]
+        assert [e.attempts for e in entries] == [1, 0, 0]
+        assert spool.cursor("src") == "c1"
+        stats = spool.stats()
+        assert (stats.depth, stats.dead_letters, stats.bytes) == (3, 1, 3 * _encode(msg(0))[4])
+
+
+def test_files_are_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        with Spool(str(tmp_path / "new" / "spool.db")) as spool:
+            spool.put([msg(1)])
+            modes = {name: stat.S_IMODE(os.stat(tmp_path / "new" / name).st_mode)
+                     for name in os.listdir(tmp_path / "new")}
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new").st_mode) == 0o700
+    assert sorted(modes) == ["spool.db", "spool.db-shm", "spool.db-wal", "spool.db.lock"]
+    assert set(modes.values()) == {0o600}, modes
+
+
+def test_second_open_of_the_same_directory_is_refused(spool):
+    with pytest.raises(SpoolError, match="in use"):
+        Spool(spool.path)
+
+
+def test_garbage_database_names_the_file(tmp_path):
+    (tmp_path / "spool.db").write_bytes(b"this is not a database\n" * 100)
+    expected = re.escape(db_file(tmp_path)) + " cannot be opened: .*not a database"
+    with pytest.raises(SpoolError, match=expected):
+        Spool(db_file(tmp_path))
+
+
+def test_damaged_index_is_refused_at_open(tmp_path):
+    with Spool(db_file(tmp_path)) as spool:  # close() checkpoints the WAL into spool.db
+        spool.put([msg(i) for i in range(200)])
+    with closing(sqlite3.connect(tmp_path / "spool.db")) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master"
+                          " WHERE name = 'sqlite_autoindex_messages_1'").fetchone()[0]
+    with open(tmp_path / "spool.db", "r+b") as f:
+        f.seek((root - 1) * page_size)
+        leaf = f.read(1) == b"\x0a"
+        f.seek((root - 1) * page_size + (8 if leaf else 12))
+        f.write(b"\x00\x10")  # the first cell now points into the page header
+    # Reading the table would not notice; the quick_check at open does.
+    expected = re.escape(str(tmp_path / "spool.db")) + " cannot be opened: integrity check failed"
+    with pytest.raises(SpoolError, match=expected):
+        Spool(db_file(tmp_path))
+
+
+def test_foreign_sqlite_database_is_refused(tmp_path):
+    with closing(sqlite3.connect(tmp_path / "spool.db")) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+    with pytest.raises(SpoolError, match="not a msg-nagios-bridge spool"):
+        Spool(db_file(tmp_path))
+
+
+def test_closed_spool_refuses_work(tmp_path):
+    spool = Spool(db_file(tmp_path))
+    spool.close()
+    spool.close()
+    with pytest.raises(SpoolError, match="closed"):
+        spool.put([msg(1)])
+    with Spool(db_file(tmp_path)):  # the lock was released
+        pass
+
+
+# -- dead letters and stats --------------------------------------------------------------------
+
+def test_dead_letters_keep_reason_and_can_be_requeued_or_purged(tmp_path):
+    clock = Clock()
+    with Spool(db_file(tmp_path), clock=clock) as spool:
+        spool.put([msg(i) for i in range(4)])
+        entries = spool.take(4)
+        clock.now += 10
+        spool.reject(entries[0].entry_id, "destination not allowed")
+        clock.now += 10
+        spool.reject(entries[1].entry_id, "too large")
+        spool.reject(entries[1].entry_id, "again")  # no longer there: nothing happens
+        dead = spool.dead_letters()
+        assert [(d.entry.message.message_id, d.reason, d.rejected_at) for d in dead] == [
+            ("id-0", "destination not allowed", clock.now - 10), ("id-1", "too large", clock.now)]
+        assert dead[0].entry.message == msg(0)
+        stats = spool.stats()
+        assert (stats.depth, stats.dead_letters, stats.rejected, stats.leased) == (2, 2, 2, 2)
+        assert spool.put([msg(0)]) == 0  # a source re-reading it does not bring it back
+
+        new_id = spool.requeue_dead_letter(dead[0].dead_id)
+        assert new_id > entries[-1].entry_id
+        assert spool.requeue_dead_letter(dead[0].dead_id) is None
+        (requeued,) = spool.take(5)
+        assert requeued.message == msg(0) and requeued.attempts == 0
+        assert spool.stats().dead_letters == 1
+
+        spool.reject(requeued.entry_id, "still bad")
+        assert spool.purge_dead_letters(before=clock.now - 5) == 0
+        assert spool.purge_dead_letters([dead[1].dead_id]) == 1
+        assert spool.purge_dead_letters() == 1
+        assert spool.dead_letters() == [] and spool.stats().dead_letters == 0
+
+
+def test_input_that_never_was_queued_can_be_a_dead_letter(tmp_path):
+    clock = Clock()
+    with Spool(db_file(tmp_path), clock=clock) as spool:
+        bad = Message("h1", "dead:perfdata", {"source": "perfdata"}, b"garbage line")
+        assert spool.add_dead_letter(bad, "no host name") is True
+        assert spool.add_dead_letter(bad, "no host name") is False  # read again after a crash
+        (dead,) = spool.dead_letters()
+        assert (dead.entry.entry_id, dead.entry.message, dead.reason, dead.rejected_at) == (
+            0, bad, "no host name", clock.now)
+        stats = spool.stats()
+        assert (stats.depth, stats.dead_letters, stats.rejected) == (0, 1, 1)
+
+
+def test_dead_letter_limit_drops_oldest_and_counts(tmp_path):
+    with Spool(db_file(tmp_path), max_dead_letters=2) as spool:
+        spool.put([msg(i) for i in range(3)])
+        for entry in spool.take(3):
+            spool.reject(entry.entry_id, f"bad {entry.message.message_id}")
+        assert [d.reason for d in spool.dead_letters()] == ["bad id-1", "bad id-2"]
+        stats = spool.stats()
+        assert (stats.dead_letters, stats.dead_letters_dropped, stats.rejected) == (2, 1, 3)
+
+
+def test_stats_depth_bytes_and_oldest_age(tmp_path):
+    clock = Clock()
+    with Spool(db_file(tmp_path), clock=clock) as spool:
+        stats = spool.stats()
+        assert (stats.depth, stats.bytes, stats.oldest_age) == (0, 0, None)
+        spool.put([msg(1)])
+        clock.now += 30
+        spool.put([msg(2, body=b"")])
+        clock.now += 5
+        stats = spool.stats()
+        body_free = len("id-2") + len("/topic/grid.probe.metricOutput") + len(
+            '{"n":"2","persistent":"true"}')
+        assert stats.depth == 2
+        assert stats.bytes == 300 + 2 * body_free
+        assert stats.oldest_age == 35
+        spool.done([spool.take(1)[0].entry_id])
+        assert spool.stats().oldest_age == 5
+
+
+# -- concurrency and crashes -------------------------------------------------------------------
+
+def test_threads_putting_while_one_takes(tmp_path):
+    producers, per_producer = 4, 300
+    delivered, stop = [], threading.Event()
+    with Spool(db_file(tmp_path)) as spool:
+        def produce(p):
+            rng, n = random.Random(p), 0
+            while n < per_producer:
+                end = min(per_producer, n + rng.randint(1, 25))
+                batch = [msg(f"{p}-{i}") for i in range(n, end)]
+                assert spool.put(batch) == len(batch)
+                n += len(batch)
+
+        def consume():
+            rng = random.Random(99)
+            while not stop.is_set() or spool.stats().depth:
+                entries = spool.take(50)
+                if not entries:
+                    spool.wait(0.05)
+                    continue
+                back = [e for e in entries if rng.random() < 0.1]
+                spool.give_back(e.entry_id for e in back)
+                ok = [e for e in entries if e not in back]
+                spool.done(e.entry_id for e in ok)
+                delivered.extend(e.message.message_id for e in ok)
+
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        stop.set()
+        consumer.join(30)
+        assert not consumer.is_alive()
+        stats = spool.stats()
+    expected = {f"id-{p}-{i}" for p in range(producers) for i in range(per_producer)}
+    assert sorted(delivered) == sorted(expected)  # nothing lost, nothing delivered twice
+    assert (stats.depth, stats.bytes, stats.leased, stats.put, stats.done) == (
+        0, 0, 0, len(expected), len(expected))
+
+
+KILL_CHILD = textwrap.dedent("""
+    import random, sys
+    from msg_nagios_bridge.model import Message
+    from msg_nagios_bridge.spool import Spool
+    spool = Spool(sys.argv[1])
+    batch = int(spool.cursor("src") or 0)  # resume like a source would
+    rng = random.Random()
+    while True:
+        batch += 1
+        ids = [f"{batch}-{i}" for i in range(rng.choice((1, 7, 100)))]
+        spool.put([Message(i, "/topic/t", {"k": "v"}, b"p" * 300) for i in ids],
+                  cursor=("src", str(batch)))
+        print(batch, *ids, flush=True)  # only after put() returned: acknowledged
+""")
+
+
+def test_kill_9_loses_no_acknowledged_batch(tmp_path):
+    acknowledged = {}  # batch number -> ids
+    for round_ in range(4):
+        child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, db_file(tmp_path)], cwd=REPO,
+                                 stdout=subprocess.PIPE, text=True)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(child.stdout))
+        reader.start()
+        deadline = time.monotonic() + 10
+        while not lines and time.monotonic() < deadline:  # let it start, then kill at random
+            time.sleep(0.01)
+        time.sleep(random.uniform(0, 0.3))
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        reader.join(10)
+        assert lines, "the child acknowledged nothing"
+        for line in lines:
+            if line.endswith("\n"):
+                batch, *batch_ids = line.split()
+                acknowledged[int(batch)] = batch_ids
+
+        db = sqlite3.connect(tmp_path / "spool.db")  # a fresh reader, as after a reboot
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        db.close()
+        with Spool(db_file(tmp_path)) as spool:
+            stored = set(ids(spool.take(10**6)))
+            cursor = int(spool.cursor("src"))
+        assert cursor >= max(acknowledged)
+        for batch, batch_ids in acknowledged.items():
+            assert stored.issuperset(batch_ids), f"round {round_}: batch {batch} lost"
+        # The cursor and the lines went in one transaction: no batch beyond the cursor.
+        assert all(int(i.split("-")[0]) <= cursor for i in stored)
+
+
+# -- a model-based check of the whole API ------------------------------------------------------
+
+class SpoolModel(RuleBasedStateMachine):
+    """Random sequences of operations, reopening included, against a dict and a set."""
+
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="spool-model-")
+        self.spool = Spool(os.path.join(self.dir, "spool.db"), max_messages=12)
+        self.queued = {}  # entry_id -> message_id
+        self.leased = set()
+        self.dead = set()
+
+    def teardown(self):
+        self.spool.close()
+        shutil.rmtree(self.dir)
+
+    @rule(numbers=st.lists(st.integers(0, 30), max_size=6))
+    def put(self, numbers):
+        known = set(self.queued.values()) | self.dead
+        new = list(dict.fromkeys(f"id-{n}" for n in numbers if f"id-{n}" not in known))
+        if len(self.queued) + len(new) > 12:
+            with pytest.raises(SpoolFull):
+                self.spool.put([msg(n) for n in numbers])
+            return
+        assert self.spool.put([msg(n) for n in numbers]) == len(new)
+        taken = self.spool.take(100)  # learn the new entry ids, then unlease what was taken
+        for entry in taken:
+            self.queued.setdefault(entry.entry_id, entry.message.message_id)
+        self.spool.give_back(e.entry_id for e in taken)
+
+    @rule(limit=st.integers(1, 5))
+    def take(self, limit):
+        expected = sorted(set(self.queued) - self.leased)[:limit]
+        got = self.spool.take(limit)
+        assert [e.entry_id for e in got] == expected
+        assert [e.message.message_id for e in got] == [self.queued[i] for i in expected]
+        self.leased.update(expected)
+
+    @precondition(lambda self: self.leased)
+    @rule(data=st.data())
+    def finish(self, data):
+        entry_id = data.draw(st.sampled_from(sorted(self.leased)))
+        action = data.draw(st.sampled_from(["done", "give_back", "reject"]))
+        if action == "done":
+            self.spool.done([entry_id])
+        elif action == "give_back":
+            self.spool.give_back([entry_id])
+        else:
+            self.spool.reject(entry_id, "bad")
+            self.dead.add(self.queued[entry_id])
+        self.leased.discard(entry_id)
+        if action != "give_back":
+            del self.queued[entry_id]
+
+    @rule()
+    def reopen(self):
+        self.spool.close()
+        self.spool = Spool(os.path.join(self.dir, "spool.db"), max_messages=12)
+        self.leased.clear()
+
+    @invariant()
+    def stats_match(self):
+        stats = self.spool.stats()
+        assert (stats.depth, stats.leased, stats.dead_letters) == (
+            len(self.queued), len(self.leased), len(self.dead))
+
+
+SpoolModel.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+TestSpoolModel = SpoolModel.TestCase
