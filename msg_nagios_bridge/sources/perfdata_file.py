@@ -1,6 +1,7 @@
 """The perfdata source: tails a file the Nagios core appends result lines to.
 
-The read position (device, inode, offset of the first unread byte) is saved in
+The read position (device, inode, a hash of the file's first KiB, offset of
+the first unread byte) is saved in
 the spool in the same transaction as the messages made from the lines before
 it, so after a crash the bridge neither loses nor repeats a line.
 
@@ -14,6 +15,7 @@ truncated (mode ``w``, or by hand): reading starts again at its beginning.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,10 +29,18 @@ from .intake import Intake
 log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 4 << 20
+FINGERPRINT_BYTES = 1024
 
 
 def _identity(info: os.stat_result) -> Tuple[int, int]:
     return info.st_dev, info.st_ino
+
+
+def _fingerprint(fd: int, size: int) -> str:
+    """A hash of the first bytes of a file: inode numbers are reused after a
+    file is deleted, so (device, inode) alone cannot prove it is the same file."""
+    head = os.pread(fd, min(size, FINGERPRINT_BYTES), 0)
+    return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
 def _stat(path: str) -> Optional[os.stat_result]:
@@ -55,6 +65,7 @@ class PerfdataTail(threading.Thread):
         self.file_id: Optional[Tuple[int, int]] = None
         self.offset = 0
         self.finished: List[Tuple[int, int]] = []   # files read to their end, newest last
+        self.fingerprint = ""                          # of the current file, once it is long enough
 
     # -- position -----------------------------------------------------------
 
@@ -69,6 +80,7 @@ class PerfdataTail(threading.Thread):
             raise OSError(f"{path} is not a regular file (a perfdata file must use mode 'a')")
         self._close()
         self.fd, self.file_id, self.offset = fd, _identity(info), min(offset, info.st_size)
+        self.fingerprint = ""
         if offset > info.st_size:
             log.warning("%s is shorter than the saved position; reading it from the start", path)
             self.offset = 0
@@ -89,9 +101,10 @@ class PerfdataTail(threading.Thread):
         wanted = (cursor["dev"], cursor["ino"])
         for path in (self.path, self.old_path):
             info = _stat(path)
-            if info is not None and _identity(info) == wanted:
-                self._open(path, cursor["offset"])
-                return
+            if info is not None and _identity(info) == wanted and self._open(path, cursor["offset"]):
+                if _fingerprint(self.fd, cursor["offset"]) == cursor.get("head"):
+                    return
+                self._close()   # same inode number, another file
         log.warning("%s: the file last read was rotated away while the bridge was stopped; "
                     "reading %s and %s from the start", self.path, self.old_path, self.path)
         if not self._open(self.old_path, 0):
@@ -130,6 +143,14 @@ class PerfdataTail(threading.Thread):
         finally:
             self._close()
 
+    def _head(self, offset: int) -> str:
+        if self.fingerprint:
+            return self.fingerprint
+        head = _fingerprint(self.fd, offset)
+        if offset >= FINGERPRINT_BYTES:
+            self.fingerprint = head   # the first bytes of a growing file no longer change
+        return head
+
     def _step(self) -> bool:
         """Read and spool what is there. True if it did something (so go again at once)."""
         if self.fd is None:
@@ -142,7 +163,8 @@ class PerfdataTail(threading.Thread):
         if end >= 0:
             lines = data[:end].split(b"\n")
             new_offset = self.offset + end + 1
-            cursor = json.dumps({"dev": self.file_id[0], "ino": self.file_id[1], "offset": new_offset})
+            cursor = json.dumps({"dev": self.file_id[0], "ino": self.file_id[1], "offset": new_offset,
+                                 "head": self._head(new_offset)})
             if not self.intake.spool_lines(lines, cursor=(self.cursor_name, cursor)):
                 return False
             self.offset = new_offset

@@ -214,3 +214,33 @@ def test_a_broker_down_for_a_while_gets_everything_spooled(tmp_path, activemq, s
     got = wait_for_ids(probe, expected, timeout=60)
     assert set(got) == expected, (len(expected - set(got)), bridge.log_text()[-3000:])
     assert len(got) == len(expected), "a broker that was simply down should cause no duplicates"
+
+
+def test_perfdata_rotation_by_the_nagios_processing_command_loses_nothing(
+        tmp_path, activemq, nagios_factory, stomp_probe_factory, bridge_factory):
+    from msg_nagios_bridge.nagios_wiring import printf_command
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, perfdata=True, destination=QUEUE)
+    config_text = bridge.config_path.read_text().replace("rotate_interval: 0", "rotate_interval: 2")
+    bridge.config_path.write_text(config_text)
+    bridge.start()
+    extra, objects = nagios_wiring(bridge)
+    # Ground truth, independent of the bridge: an OCSP command appending every result to a file.
+    truth = tmp_path / "truth.log"
+    objects += ("\ndefine command {\n    command_name truth\n    command_line "
+                + printf_command(result_line.SERVICE_TAG, result_line.SERVICE_MACROS, str(truth)).replace(" > ", " >> ")
+                + "\n}\n")
+    extra.update(obsess_over_services="1", ocsp_command="truth")
+    services = [active_service("h1", f"svc{i}", state=i % 4, output=f"out {i}") for i in range(10)]
+    nagios = nagios_factory(hosts=[host("h1")], extra_cfg=extra, objects=objects, services=services)
+    time.sleep(7)                      # three or more rotations at 2 s
+    nagios.stop()
+    assert (bridge.workdir / "service-perfdata.old").exists(), "Nagios never rotated the file"
+    expected = {result_line.parse(line).identity() for line in truth.read_text().splitlines()
+                if line.startswith(result_line.SERVICE_TAG)}
+    assert len(expected) >= 40
+    got = wait_for_ids(probe, expected, timeout=20)
+    assert not expected - set(got), f"{len(expected - set(got))} results lost"
+    # Results checked while Nagios shut down reach the perfdata file but their OCSP may never run.
+    assert len(set(got) - expected) <= 3
+    assert len(got) == len(set(got)), "rotation must not make the bridge read a line twice"

@@ -1,0 +1,151 @@
+"""The perfdata tailer on real files and a real spool: rotation, truncation, restarts."""
+import os
+import threading
+import time
+
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.formats import result_line
+from msg_nagios_bridge.health import Health
+from msg_nagios_bridge.model import CheckResult
+from msg_nagios_bridge.routing import Router
+from msg_nagios_bridge.sources.intake import Intake
+from msg_nagios_bridge.sources.perfdata_file import PerfdataTail
+from msg_nagios_bridge.spool import Spool
+
+SETTINGS = config.parse("""
+site: {name: S}
+brokers: {hosts: ["127.0.0.1:1"]}
+spool: {directory: /tmp/unused}
+sources: {ocsp_pipe: {enabled: false}, perfdata: {enabled: true}}
+routes: [{name: r, destination: /queue/q, hard_only: false}]
+""", "t.yaml")
+
+
+def lines(start, count):
+    return "".join(result_line.format_line(CheckResult(
+        host="h", service=f"s{i}", state=0, output=f"out {i}", timestamp=1700000000)) + "\n"
+        for i in range(start, start + count))
+
+
+def services_in(spool):
+    entries = spool.take(100_000)
+    spool.give_back([e.entry_id for e in entries])
+    return sorted(int(e.message.headers["metric"][1:]) for e in entries)
+
+
+class Tail:
+    """A running tailer that can be stopped and started again on the same spool."""
+
+    def __init__(self, tmp_path):
+        self.path = str(tmp_path / "perfdata")
+        self.spool_path = str(tmp_path / "spool.sqlite")
+        self.spool = None
+        self.thread = None
+
+    def start(self):
+        self.spool = Spool(self.spool_path)
+        self.stopping = threading.Event()
+        intake = Intake("perfdata", Router(SETTINGS), self.spool, Health(), self.stopping)
+        self.thread = PerfdataTail(self.path, intake, Health(), poll_interval=0.02)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(5)
+        self.spool.close()
+
+    def wait_for(self, count, timeout=10):
+        deadline = time.time() + timeout
+        while self.spool.stats().depth < count and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)   # a little longer, so that extra (repeated) lines would show
+        return services_in(self.spool)
+
+    def append(self, text, path=None):
+        with open(path or self.path, "a") as handle:
+            handle.write(text)
+
+
+@pytest.fixture
+def tail(tmp_path):
+    t = Tail(tmp_path)
+    yield t
+    if t.thread is not None and t.thread.is_alive():
+        t.stop()
+
+
+def test_reads_lines_as_they_are_appended_and_waits_for_a_complete_line(tail):
+    tail.start()
+    tail.append(lines(0, 3))
+    assert tail.wait_for(3) == [0, 1, 2]
+    partial = lines(3, 1)
+    tail.append(partial[:20])
+    time.sleep(0.2)
+    assert services_in(tail.spool) == [0, 1, 2]
+    tail.append(partial[20:])
+    assert tail.wait_for(4) == [0, 1, 2, 3]
+
+
+def test_restart_neither_loses_nor_repeats(tail):
+    tail.start()
+    tail.append(lines(0, 5))
+    tail.wait_for(5)
+    tail.stop()
+    tail.append(lines(5, 5))             # written while the bridge is down
+    tail.start()
+    assert tail.wait_for(10) == list(range(10))
+
+
+def test_rotation_by_rename_while_running(tail):
+    tail.start()
+    tail.append(lines(0, 5))
+    tail.wait_for(5)
+    tail.append(lines(5, 5))
+    os.rename(tail.path, tail.path + ".old")   # what the processing command does
+    tail.append(lines(10, 5))                  # Nagios opens a new file
+    assert tail.wait_for(15) == list(range(15))
+
+
+def test_rotation_while_stopped_reads_the_rest_of_the_old_file_first(tail):
+    tail.start()
+    tail.append(lines(0, 5))
+    tail.wait_for(5)
+    tail.stop()
+    tail.append(lines(5, 5))
+    os.rename(tail.path, tail.path + ".old")
+    tail.append(lines(10, 5))
+    tail.start()
+    assert tail.wait_for(15) == list(range(15))
+
+
+def test_two_rotations_while_stopped_read_old_and_new_from_the_start(tail):
+    tail.start()
+    tail.append(lines(0, 5))
+    tail.wait_for(5)
+    tail.stop()
+    os.rename(tail.path, tail.path + ".old")        # first rotation: read to the end already
+    tail.append(lines(5, 5))
+    os.rename(tail.path, tail.path + ".old")        # second: replaces the first .old
+    tail.append(lines(10, 5))
+    tail.start()
+    assert tail.wait_for(15) == list(range(15))
+
+
+def test_truncation_starts_again_at_the_beginning(tail):
+    tail.start()
+    tail.append(lines(0, 5))
+    tail.wait_for(5)
+    with open(tail.path, "w") as handle:         # mode w, or truncated by hand
+        handle.write(lines(5, 2))
+    assert tail.wait_for(7) == list(range(7))
+
+
+def test_file_appearing_later_and_garbage_lines(tail):
+    tail.start()
+    time.sleep(0.1)
+    tail.append("garbage line\n" + lines(0, 2))
+    assert tail.wait_for(2) == [0, 1]
+    assert tail.spool.stats().dead_letters == 1
