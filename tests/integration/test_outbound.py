@@ -244,3 +244,29 @@ def test_perfdata_rotation_by_the_nagios_processing_command_loses_nothing(
     # Results checked while Nagios shut down reach the perfdata file but their OCSP may never run.
     assert len(set(got) - expected) <= 3
     assert len(got) == len(set(got)), "rotation must not make the bridge read a line twice"
+
+
+def test_a_hung_broker_is_noticed_by_heartbeats_and_the_bridge_fails_over(
+        tmp_path, activemq_factory, stomp_probe_factory, bridge_factory):
+    b1 = activemq_factory("b1")
+    b2 = activemq_factory("b2")
+    probe1 = stomp_probe_factory(b1, QUEUE)
+    probe2 = stomp_probe_factory(b2, QUEUE)
+    bridge = bridge_factory([b1.stomp_port, b2.stomp_port], ocsp=False, perfdata=True,
+                            destination=QUEUE, heartbeat_ms=1000)
+    bridge.start()
+    first = result_lines(10, prefix="before")
+    bridge_file = bridge.workdir / "service-perfdata"
+    bridge_file.write_text("".join(first))
+    assert set(wait_for_ids(probe1, expected_ids(first), timeout=15)) == expected_ids(first)
+    b1.pause()                          # SIGSTOP: the socket stays open, nothing answers
+    try:
+        started = time.time()
+        later = result_lines(10, prefix="after")
+        with open(bridge_file, "a") as handle:
+            handle.write("".join(later))
+        got = wait_for_ids(probe2, expected_ids(later), timeout=30)
+        assert expected_ids(later) <= set(got), bridge.log_text()[-2000:]
+        print(f"hung broker: failed over and delivered in {time.time() - started:.1f} s")
+    finally:
+        b1.resume()
