@@ -68,9 +68,11 @@ class _Events(stomp.ConnectionListener):
 class BrokerConnection:
     """One connection attempt cycle over ``settings.hosts``, in order."""
 
-    def __init__(self, settings: BrokerSettings, client_id: str = ""):
+    def __init__(self, settings: BrokerSettings, client_id: str = "", auto_decode: bool = True):
         self.settings = settings
         self.client_id = client_id
+        # Subscribers take bodies as bytes: stomp.py's decoding would hide invalid UTF-8.
+        self.auto_decode = auto_decode
         self.events = _Events()
         self.conn: Optional[stomp.Connection12] = None
         self.address: Optional[Tuple[str, int]] = None
@@ -94,6 +96,7 @@ class BrokerConnection:
             reconnect_attempts_max=1,
             timeout=s.connect_timeout,
             vhost=s.vhost or host_port[0],
+            auto_decode=self.auto_decode,
         )
         conn.set_listener("bridge", self.events)
         headers = {"client-id": self.client_id} if self.client_id else {}

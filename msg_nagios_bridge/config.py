@@ -15,6 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
+from .formats import inbound as inbound_format
+from . import policy as policy_module
+
 DEFAULT_PATH = "/etc/msg-nagios-bridge/bridge.yaml"
 MAX_CONFIG_BYTES = 1 << 20
 DESTINATION_FIELDS = ("site", "role", "vo", "host", "service", "flavour", "status")
@@ -96,6 +99,29 @@ class Route:
 
 
 @dataclasses.dataclass(frozen=True)
+class Subscription:
+    destination: str
+    selector: str = ""
+    durable_name: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class InboundSettings:
+    enabled: bool
+    subscriptions: Tuple[Subscription, ...] = ()
+    client_id: str = ""
+    prefetch: int = 100
+    mapping: inbound_format.Mapping = inbound_format.Mapping()
+    rules: Tuple[policy_module.Rule, ...] = ()
+    sender_header: str = "nagios_host"
+    objects_cache: str = ""
+    writer: str = "command_file"
+    command_file: str = "/var/lib/nagios4/rw/nagios.cmd"
+    check_result_path: str = ""
+    nagios_lock_file: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     file: str
     site: Site
@@ -104,7 +130,12 @@ class Settings:
     ocsp_pipe: OcspPipeSettings
     perfdata: PerfdataSettings
     routes: Tuple[Route, ...]
+    inbound: InboundSettings = InboundSettings(enabled=False)
     log_level: str = "INFO"
+
+    @property
+    def outbound_enabled(self) -> bool:
+        return self.ocsp_pipe.enabled or self.perfdata.enabled
 
 
 class _Section:
@@ -331,6 +362,86 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
     return tuple(routes)
 
 
+_INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping", "policy", "writer",
+                 "command_file", "check_result_path", "nagios_lock_file")
+_MAPPING_KEYS = ("host_from", "service_from", "service_suffix_role", "host_template", "service_template",
+                 "max_body_bytes", "max_output_bytes")
+WRITERS = ("command_file", "checkresults_dir")
+
+
+def _optional_absolute(value: str) -> Optional[str]:
+    return None if not value or os.path.isabs(value) else "must be an absolute path (or empty)"
+
+
+def _inbound(root: _Section, site: Site) -> InboundSettings:
+    sec = root.section("inbound", _INBOUND_KEYS)
+    enabled = sec.get("enabled", bool, False)
+    raw_subs = sec.get("subscriptions", list, [])
+    subs = []
+    for index, item in enumerate(raw_subs):
+        sub = _Section(sec.file, f"{sec.key('subscriptions')}[{index}]", item,
+                       ("destination", "selector", "durable_name"))
+        destination = sub.get("destination", str, check=lambda v: None if v.startswith(("/topic/", "/queue/"))
+                              and _one_line(v) is None else "must be a /topic/... or /queue/... name")
+        durable = sub.get("durable_name", str, "", _one_line_or_empty)
+        if durable and not destination.startswith("/topic/"):
+            raise sub.error("durable_name", durable, "only topics have durable subscriptions")
+        subs.append(Subscription(destination, sub.get("selector", str, "", _one_line_or_empty), durable))
+    if enabled and not subs:
+        raise sec.error("subscriptions", raw_subs, "inbound is enabled but subscribes to nothing")
+    map_sec = sec.section("mapping", _MAPPING_KEYS)
+    try:
+        mapping = inbound_format.Mapping(
+            host_from=map_sec.get("host_from", str, "serviceURI"),
+            service_from=map_sec.get("service_from", str, "nagiosName"),
+            service_suffix_role=map_sec.get("service_suffix_role", bool, False),
+            host_template=map_sec.get("host_template", str, None),
+            service_template=map_sec.get("service_template", str, None),
+            max_body_bytes=map_sec.get("max_body_bytes", int, 1 << 20),
+            max_output_bytes=map_sec.get("max_output_bytes", int, 8192),
+        )
+    except ValueError as exc:
+        raise ConfigError(sec.file, map_sec.path, map_sec.data, str(exc)) from None
+    pol_sec = sec.section("policy", ("sender_header", "rules", "objects_cache"))
+    rules = []
+    for index, item in enumerate(pol_sec.get("rules", list, [])):
+        rule_sec = _Section(sec.file, f"{pol_sec.key('rules')}[{index}]", item,
+                            ("senders", "hosts", "services", "host_checks"))
+        try:
+            rules.append(policy_module.Rule(
+                senders=rule_sec.strings("senders", ()), hosts=rule_sec.strings("hosts", ("*",)),
+                services=rule_sec.strings("services", ("*",)),
+                host_checks=rule_sec.get("host_checks", bool, False)))
+        except ValueError as exc:
+            raise ConfigError(sec.file, rule_sec.path, item, str(exc)) from None
+    if enabled and not rules:
+        raise pol_sec.error("rules", [], "inbound is enabled but no rule allows any sender "
+                                         "(add e.g. {senders: ['*'], hosts: ['*'], services: ['*']})")
+    writer = sec.get("writer", str, "command_file",
+                     lambda v: None if v in WRITERS else f"must be one of {', '.join(WRITERS)}")
+    check_result_path = sec.get("check_result_path", str, "", _optional_absolute)
+    if writer == "checkresults_dir" and not check_result_path:
+        raise sec.error("check_result_path", "", "is required when writer is checkresults_dir")
+    return InboundSettings(
+        enabled=enabled,
+        subscriptions=tuple(subs),
+        client_id=sec.get("client_id", str, f"msg-nagios-bridge-{site.nagios_name}", _one_line),
+        prefetch=sec.get("prefetch", int, 100, lambda v: None if 1 <= v <= 10_000 else "must be from 1 to 10000"),
+        mapping=mapping,
+        rules=tuple(rules),
+        sender_header=pol_sec.get("sender_header", str, "nagios_host", _one_line),
+        objects_cache=pol_sec.get("objects_cache", str, "", _optional_absolute),
+        writer=writer,
+        command_file=sec.get("command_file", str, "/var/lib/nagios4/rw/nagios.cmd", _absolute_path),
+        check_result_path=check_result_path,
+        nagios_lock_file=sec.get("nagios_lock_file", str, "", _optional_absolute),
+    )
+
+
+def _one_line_or_empty(value: str) -> Optional[str]:
+    return None if not value else _one_line(value)
+
+
 def parse(text: str, file: str = "<config>") -> Settings:
     """Validate YAML text into Settings, or raise ConfigError."""
     try:
@@ -339,19 +450,20 @@ def parse(text: str, file: str = "<config>") -> Settings:
         data = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(file, "", None, f"is not valid YAML: {exc}") from None
-    root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "log_level"))
+    root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "inbound", "log_level"))
     site = _site(root)
     brokers = _brokers(root)
     spool = _spool(root)
     pipe, perf = _sources(root)
     routes = _routes(root)
+    inbound = _inbound(root, site)
     log_level = root.get("log_level", str, "INFO",
                          lambda v: None if v in ("DEBUG", "INFO", "WARNING", "ERROR") else
                          "must be DEBUG, INFO, WARNING or ERROR")
-    if not (pipe.enabled or perf.enabled):
-        raise ConfigError(file, "sources", None, "enable at least one source (ocsp_pipe or perfdata)")
+    if not (pipe.enabled or perf.enabled or inbound.enabled):
+        raise ConfigError(file, "sources", None, "enable a source (ocsp_pipe or perfdata) or inbound")
     return Settings(file=file, site=site, brokers=brokers, spool=spool, ocsp_pipe=pipe,
-                    perfdata=perf, routes=routes, log_level=log_level)
+                    perfdata=perf, routes=routes, inbound=inbound, log_level=log_level)
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -107,3 +107,12 @@ class Message:
     destination: str
     headers: Mapping[str, str]
     body: bytes
+
+
+def result_to_dict(result: CheckResult) -> dict:
+    """Plain data for the inbound spool (JSON); ``result_from_dict`` validates it again."""
+    return dataclasses.asdict(result)
+
+
+def result_from_dict(data: dict) -> CheckResult:
+    return CheckResult(**data)

@@ -7,8 +7,11 @@ format means one parser and one set of tests for both paths.
 
 A line is tab-separated and starts with a tag that names its kind and version::
 
-    MNB1S <timet> <host> <service> <stateid> <statetype> <attempt> <flavour> <uri> <publish> <output> <perfdata> <long output>
-    MNB1H <timet> <host> <stateid> <statetype> <attempt> <flavour> <uri> <publish> <output> <perfdata> <long output>
+    MNB1S <timet> <host> <service> <stateid> <statetype> <attempt> <checktype> <flavour> <uri> <publish> <output> <perfdata> <long output>
+    MNB1H <timet> <host> <stateid> <statetype> <attempt> <checktype> <flavour> <uri> <publish> <output> <perfdata> <long output>
+
+``checktype`` is ACTIVE or PASSIVE: the echo guard needs it (a passive result
+the bridge itself injected must not be published again).
 
 ``flavour``, ``uri`` and ``publish`` come from the custom variables
 ``_MSG_FLAVOUR``, ``_MSG_URI`` and ``_MSG_PUBLISH``; Nagios writes an
@@ -29,12 +32,12 @@ HOST_TAG = "MNB1H"
 
 SERVICE_MACROS = (
     "$TIMET$", "$HOSTNAME$", "$SERVICEDESC$", "$SERVICESTATEID$", "$SERVICESTATETYPE$",
-    "$SERVICEATTEMPT$", "$_SERVICEMSG_FLAVOUR$", "$_SERVICEMSG_URI$", "$_SERVICEMSG_PUBLISH$",
+    "$SERVICEATTEMPT$", "$SERVICECHECKTYPE$", "$_SERVICEMSG_FLAVOUR$", "$_SERVICEMSG_URI$", "$_SERVICEMSG_PUBLISH$",
     "$SERVICEOUTPUT$", "$SERVICEPERFDATA$", "$LONGSERVICEOUTPUT$",
 )
 HOST_MACROS = (
     "$TIMET$", "$HOSTNAME$", "$HOSTSTATEID$", "$HOSTSTATETYPE$",
-    "$HOSTATTEMPT$", "$_HOSTMSG_FLAVOUR$", "$_HOSTMSG_URI$", "$_HOSTMSG_PUBLISH$",
+    "$HOSTATTEMPT$", "$HOSTCHECKTYPE$", "$_HOSTMSG_FLAVOUR$", "$_HOSTMSG_URI$", "$_HOSTMSG_PUBLISH$",
     "$HOSTOUTPUT$", "$HOSTPERFDATA$", "$LONGHOSTOUTPUT$",
 )
 _SERVICE_FIELDS = 1 + len(SERVICE_MACROS)
@@ -62,10 +65,10 @@ def _unescape_long_output(text: str) -> str:
     return text.replace("\\n", "\n").strip("\n")
 
 
-def _attributes(flavour: str, uri: str, publish: str) -> dict:
+def _attributes(check_type: str, flavour: str, uri: str, publish: str) -> dict:
     # Nagios leaves the macro of an undefined custom variable as its own text
     # (``$_SERVICEMSG_URI$``): that means "not set".
-    values = {"flavour": flavour, "uri": uri, "publish": publish}
+    values = {"check_type": check_type, "flavour": flavour, "uri": uri, "publish": publish}
     return {key: value for key, value in values.items()
             if value and not (value.startswith("$_") and value.endswith("$"))}
 
@@ -90,10 +93,10 @@ def parse(line: str) -> CheckResult:
         raise BadLine("two records interleaved in one line (a result over PIPE_BUF on the OCSP pipe?)")
     try:
         if tag == SERVICE_TAG:
-            (_, timet, host, service, state, state_type, attempt,
+            (_, timet, host, service, state, state_type, attempt, check_type,
              flavour, uri, publish, output, perfdata, long_output) = fields
         else:
-            (_, timet, host, state, state_type, attempt,
+            (_, timet, host, state, state_type, attempt, check_type,
              flavour, uri, publish, output, perfdata, long_output) = fields
             service = None
         return CheckResult(
@@ -106,7 +109,7 @@ def parse(line: str) -> CheckResult:
             perfdata=perfdata.strip(),
             timestamp=float(_integer("time", timet)),
             attempt=_integer("attempt", attempt or "1"),
-            attributes=_attributes(flavour, uri, publish),
+            attributes=_attributes(check_type, flavour, uri, publish),
         )
     except InvalidResult as exc:
         raise BadLine(str(exc)) from None
@@ -125,7 +128,7 @@ def format_line(result: CheckResult) -> str:
     if result.service is not None:
         common.append(result.service)
     fields = [SERVICE_TAG if result.service is not None else HOST_TAG] + common + [
-        str(result.state), result.state_type, str(result.attempt),
+        str(result.state), result.state_type, str(result.attempt), attrs.get("check_type", ""),
         attrs.get("flavour", ""), attrs.get("uri", ""), attrs.get("publish", ""),
         result.output, result.perfdata, result.long_output.replace("\n", "\\n"),
     ]

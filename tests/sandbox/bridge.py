@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def bridge_config(workdir, broker_ports, *, ocsp=True, perfdata=False, destination=None,
-                  site="TEST.SITE", extra_routes="", heartbeat_ms=2000, **brokers):
-    """YAML text for a bridge writing everything under ``workdir``."""
+                  site="TEST.SITE", extra_routes="", heartbeat_ms=2000, inbound="", **brokers):
+    """YAML text for a bridge writing everything under ``workdir``; ``inbound`` is the YAML of
+    an ``inbound:`` section (see ``inbound_config``)."""
     workdir = Path(workdir)
     hosts = ", ".join(f'"127.0.0.1:{port}"' for port in broker_ports)
     broker_extra = "".join(f", {key}: {value}" for key, value in brokers.items())
@@ -31,7 +32,30 @@ sources:
 routes:
   - {{name: results, destination: "{destination}", host_checks: true}}
 {extra_routes}
+{inbound}
 log_level: INFO
+"""
+
+
+def inbound_config(nagios, destination, writer="command_file", durable_name="", rules=None,
+                   objects_cache=False, mapping="", lock_file=None):
+    """The ``inbound:`` YAML section for injecting into the sandbox ``nagios``.
+
+    The sandbox runs Nagios in the foreground, which writes no lock file (only
+    ``-d`` does): pass ``lock_file`` to test that check with a file of your own."""
+    rules = rules or "[{senders: ['*'], hosts: ['*'], services: ['*'], host_checks: true}]"
+    durable = f", durable_name: {durable_name}" if durable_name else ""
+    cache = f"objects_cache: {nagios.dir / 'objects.cache'}" if objects_cache else ""
+    return f"""
+inbound:
+  enabled: true
+  subscriptions: [{{destination: "{destination}"{durable}}}]
+  policy: {{rules: {rules}, {cache}}}
+  writer: {writer}
+  command_file: {nagios.command_file}
+  check_result_path: {nagios.check_result_path}
+  nagios_lock_file: {lock_file or '""'}
+  {mapping}
 """
 
 

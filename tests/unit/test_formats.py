@@ -87,31 +87,31 @@ def test_result_line_round_trips_a_host_result():
 
 
 def test_result_line_as_nagios_writes_it():
-    line = ("MNB1S\t1700000000\tweb01\tHTTP\t1\tSOFT\t2\t\t\t\tHTTP WARNING: slow\t"
+    line = ("MNB1S\t1700000000\tweb01\tHTTP\t1\tSOFT\t2\tACTIVE\t\t\t\tHTTP WARNING: slow\t"
             "time=2.1s;1;5\tfirst\\nsecond")
     result = result_line.parse(line)
     assert (result.host, result.service, result.state, result.state_type, result.attempt) == (
         "web01", "HTTP", 1, "SOFT", 2)
     assert result.long_output == "first\nsecond"
-    assert result.attributes == {}
+    assert result.attributes == {"check_type": "ACTIVE"}
 
 
 def test_result_line_reads_an_undefined_custom_variable_as_not_set():
     # Seen with Nagios 4.4.6: an undefined $_SERVICEMSG_URI$ stays as its own text.
-    line = ("MNB1S\t1700000000\tweb01\tHTTP\t0\tHARD\t1\t$_SERVICEMSG_FLAVOUR$\thttps://web01/\t"
+    line = ("MNB1S\t1700000000\tweb01\tHTTP\t0\tHARD\t1\tPASSIVE\t$_SERVICEMSG_FLAVOUR$\thttps://web01/\t"
             "$_SERVICEMSG_PUBLISH$\tOK\t\t")
-    assert result_line.parse(line).attributes == {"uri": "https://web01/"}
+    assert result_line.parse(line).attributes == {"check_type": "PASSIVE", "uri": "https://web01/"}
 
 
 @pytest.mark.parametrize("line, reason", [
     ("", "unknown tag"),
     ("XYZ\t1", "unknown tag"),
     ("MNB1S\t1\th", "fields"),
-    ("MNB1S\tnow\th\ts\t0\tHARD\t1\t\t\t\to\tp\tl", "time"),
-    ("MNB1S\t1\th\ts\t7\tHARD\t1\t\t\t\to\tp\tl", "state"),
-    ("MNB1S\t1\th;x\ts\t0\tHARD\t1\t\t\t\to\tp\tl", "forbidden"),
-    ("MNB1S\t1\th\ts\t0\tHARD\t1\t\t\t\tbig\tMNB1S\t1\th\ts\t0\tHARD\t1\t\t\t\to\tp\tl", "interleaved"),
-    ("MNB1S\t1\th\ts\t0\tFIRM\t1\t\t\t\to\tp\tl", "state type"),
+    ("MNB1S\tnow\th\ts\t0\tHARD\t1\tACTIVE\t\t\t\to\tp\tl", "time"),
+    ("MNB1S\t1\th\ts\t7\tHARD\t1\tACTIVE\t\t\t\to\tp\tl", "state"),
+    ("MNB1S\t1\th;x\ts\t0\tHARD\t1\tACTIVE\t\t\t\to\tp\tl", "forbidden"),
+    ("MNB1S\t1\th\ts\t0\tHARD\t1\tACTIVE\t\t\t\tbig\tMNB1S\t1\th\ts\t0\tHARD\t1\tACTIVE\t\t\t\to\tp\tl", "interleaved"),
+    ("MNB1S\t1\th\ts\t0\tFIRM\t1\tACTIVE\t\t\t\to\tp\tl", "state type"),
 ])
 def test_result_line_refuses_with_a_reason(line, reason):
     with pytest.raises(result_line.BadLine, match=reason):

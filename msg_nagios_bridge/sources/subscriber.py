@@ -1,0 +1,194 @@
+"""The inbound source: subscriptions -> decode -> policy -> inbound spool -> ACK.
+
+Subscriptions use ``client-individual`` acks and a bounded prefetch. A message
+is acked only after it is durably in the inbound spool, or durably kept as a
+dead letter with its reason (a refused message is acked too, so the broker does
+not redeliver it forever). Duplicates are dropped by ``result_id``: the spool
+ignores an id it holds, and a bounded memory of recent ids covers results
+already handed to Nagios. After a broker loss the subscriber reconnects over
+the failover list with capped backoff, forever, and subscribes again.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from typing import Deque, Dict, List, Mapping, Optional, Set, Tuple
+
+from stomp.exception import StompException
+
+from ..broker import BrokerConnection
+from ..config import BrokerSettings, InboundSettings
+from ..formats import inbound
+from ..health import Health, RateLimitedLog
+from ..model import Message, result_to_dict
+from .. import policy as policy_module
+from ..spool import Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+RECENT_IDS = 200_000
+
+
+class RecentIds:
+    """A bounded set of recently accepted ids (oldest forgotten first)."""
+
+    def __init__(self, size: int = RECENT_IDS):
+        self.size = size
+        self._order: Deque[str] = collections.deque()
+        self._ids: Set[str] = set()
+
+    def __contains__(self, item: str) -> bool:
+        return item in self._ids
+
+    def add(self, item: str) -> None:
+        if item in self._ids:
+            return
+        self._ids.add(item)
+        self._order.append(item)
+        if len(self._order) > self.size:
+            self._ids.discard(self._order.popleft())
+
+
+def dedupe_key(headers: Mapping[str, str], body: bytes) -> str:
+    """The publisher's stable result_id when there is one, else a hash of the body."""
+    result_id = headers.get("result_id", "")
+    if result_id and len(result_id) <= 128:
+        return "id:" + result_id
+    return "body:" + hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+class Subscriber(threading.Thread):
+    def __init__(self, brokers: BrokerSettings, settings: InboundSettings, spool: Spool,
+                 health: Health, policy: policy_module.Policy):
+        super().__init__(name="subscriber", daemon=True)
+        self.brokers = brokers
+        self.settings = settings
+        self.spool = spool
+        self.health = health
+        self.policy = policy
+        self.broker = BrokerConnection(brokers, client_id=settings.client_id, auto_decode=False)
+        self.stopping = threading.Event()
+        self.recent = RecentIds()
+        self._backoff = brokers.backoff_initial
+        self._warn = RateLimitedLog(log)
+        self._refusal_log = RateLimitedLog(log)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.broker.events.wakeup.set()
+
+    def run(self) -> None:
+        self.health.set_state("subscriber", "starting")
+        while not self.stopping.is_set():
+            try:
+                if not self.broker.is_connected:
+                    self._reconnect()
+                    continue
+                self.broker.events.wakeup.wait(0.2)
+                self.broker.events.wakeup.clear()
+                self._handle(self._take_messages())
+                if self.broker.events.lost:
+                    self._lost("disconnected by the broker or heartbeat timeout")
+            except SpoolError as exc:
+                # Unacked messages will be redelivered: close and start over later.
+                self._warn(logging.ERROR, "spool", f"inbound spool problem; resubscribing later: {exc}")
+                self.health.error(f"inbound spool: {exc}")
+                self._lost(f"inbound spool: {exc}")
+                self.stopping.wait(1.0)
+            except (StompException, OSError) as exc:
+                self._lost(f"{exc.__class__.__name__}: {exc}")
+        self.broker.close()
+        self.health.set_state("subscriber", "stopped")
+
+    def _reconnect(self) -> None:
+        if self.broker.conn is not None:
+            self._lost("connection lost")
+        self.health.set_state("subscriber", "connecting")
+        problem = self.broker.connect()
+        if problem is None:
+            try:
+                self._subscribe()
+            except (StompException, OSError) as exc:
+                problem = f"subscribe failed: {exc}"
+                self.broker.close()
+        if problem is None:
+            self._backoff = self.brokers.backoff_initial
+            self.health.set_state("subscriber", "subscribed on %s:%d" % self.broker.address)
+            return
+        delay = self._backoff * random.uniform(0.8, 1.2)
+        self._backoff = min(self._backoff * 2, self.brokers.backoff_max)
+        self.health.set_state("subscriber", f"disconnected: {problem}")
+        self.health.error(f"subscriber: {problem}")
+        self._warn(logging.WARNING, "connect", f"subscriber: no broker reachable ({problem}); retrying in {delay:.1f} s")
+        self.stopping.wait(delay)
+
+    def _subscribe(self) -> None:
+        for index, sub in enumerate(self.settings.subscriptions):
+            headers = {"activemq.prefetchSize": str(self.settings.prefetch)}
+            if sub.selector:
+                headers["selector"] = sub.selector
+            if sub.durable_name:
+                headers["activemq.subscriptionName"] = sub.durable_name
+            self.broker.conn.subscribe(sub.destination, id=str(index), ack="client-individual", headers=headers)
+
+    def _lost(self, why: str) -> None:
+        self._warn(logging.WARNING, "lost", f"subscriber connection lost ({why}); will reconnect")
+        self.health.error(f"subscriber: {why}")
+        self.broker.close()
+
+    def _take_messages(self) -> List[Tuple[Dict[str, str], bytes]]:
+        events = self.broker.events
+        with events.lock:
+            messages, events.messages = events.messages, []
+        return [(headers, body if isinstance(body, bytes) else body.encode("utf-8", "surrogateescape"))
+                for headers, body in messages]
+
+    def _handle(self, messages: List[Tuple[Dict[str, str], bytes]]) -> None:
+        if not messages:
+            return
+        accepted: List[Message] = []
+        acks: List[str] = []
+        keys: List[str] = []
+        now = time.time()
+        for headers, body in messages:
+            ack_id = headers.get("ack", "")
+            key = dedupe_key(headers, body)
+            acks.append(ack_id)
+            if key in self.recent:
+                self.health.add("duplicates")
+                continue
+            try:
+                result = inbound.decode(headers, body, self.settings.mapping, now=now)
+                policy_module.check(self.policy, result, policy_module.sender_of(self.policy, headers))
+            except inbound.Refused as exc:
+                self._refuse(headers, body, key, exc)
+                continue
+            accepted.append(Message(message_id=key, destination="nagios", headers={},
+                                    body=json.dumps(result_to_dict(result)).encode("utf-8")))
+            keys.append(key)
+        if accepted:
+            self.spool.put(accepted)      # durable hand-off first ...
+            self.health.add("received", len(accepted))
+            self.health.mark("receive")
+        for key in keys:
+            self.recent.add(key)
+        for ack_id in acks:               # ... then the ACK
+            self.broker.conn.ack(ack_id)
+
+    def _refuse(self, headers: Dict[str, str], body: bytes, key: str, exc: inbound.Refused) -> None:
+        self.health.add("refused")
+        self.health.add(f"refused.{exc.reason}")
+        self._refusal_log(logging.WARNING, exc.reason,
+                          f"refused a message from {headers.get('destination', '?')} "
+                          f"(sender {headers.get(self.policy.sender_header, '?')!r}): {exc}")
+        kept = {k: v[:200] for k, v in list(headers.items())[:50]}
+        kept["refused"] = exc.reason
+        self.spool.add_dead_letter(Message(message_id=key, destination=headers.get("destination", "?")[:200],
+                                           headers=kept, body=body[:65536]), str(exc)[:1000])
+        self.health.add("dead_letters")
+        self.recent.add(key)

@@ -1,0 +1,169 @@
+"""Inbound, end to end with the real programs: STOMP publisher -> ActiveMQ -> bridge -> Nagios 4 (status.dat)."""
+import json
+import time
+
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.formats import json as json_format
+from msg_nagios_bridge.formats import wlcg
+from msg_nagios_bridge.model import CheckResult
+from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
+from tests.sandbox.bridge import inbound_config
+from tests.sandbox.nagios import active_service, host, passive_service
+from tests.sandbox.stomp_probe import publish
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "/topic/grid.probe.metricOutput.EGEE.site.REMOTE"
+QUEUE = "/queue/inbound.test"
+FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
+HEADERS = {"nagios_host": "remote-nagios", "persistent": "true"}
+
+
+def remote_result(service, state=2, output="remote says no", **changes):
+    values = dict(host="ce01.remote.org", service=service, state=state, output=output,
+                  long_output="detail 1\ndetail 2", perfdata="t=1s", timestamp=int(time.time()) - 30)
+    values.update(changes)
+    return CheckResult(**values)
+
+
+def send(broker, result, destination=QUEUE, fmt="wlcg", headers=None):
+    encode = wlcg.encode if fmt == "wlcg" else json_format.encode
+    all_headers = {**HEADERS, "result_id": result.identity(), **(headers or {})}
+    publish(broker.stomp_address, destination, encode(result, FIELDS), headers=all_headers)
+
+
+def landed(nagios, result, timeout=20):
+    """Wait until status.dat shows ``result`` on its service; return the status entry."""
+    key = (result.host, result.service)
+
+    def shows(status):
+        entry = status.get(key)
+        return entry if entry and entry.get("plugin_output") == result.output and \
+            entry.get("current_state") == str(result.state) else None
+    return nagios.wait_for(shows, timeout=timeout)
+
+
+def central_nagios(nagios_factory, services=("org.sam.CE-JobSubmit", "org.sam.SRM-Put"), **kwargs):
+    return nagios_factory(hosts=[host("ce01.remote.org")],
+                          services=[passive_service("ce01.remote.org", s) for s in services], **kwargs)
+
+
+@pytest.mark.parametrize("writer", ["command_file", "checkresults_dir"])
+@pytest.mark.parametrize("fmt", ["wlcg", "json"])
+def test_a_published_result_lands_in_nagios(writer, fmt, activemq, nagios_factory, bridge_factory):
+    nagios = central_nagios(nagios_factory)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False,
+                            inbound=inbound_config(nagios, QUEUE, writer=writer))
+    bridge.start()
+    result = remote_result("org.sam.CE-JobSubmit")
+    send(activemq, result, fmt=fmt)
+    entry = landed(nagios, result)
+    assert entry, (nagios.status().get(("ce01.remote.org", "org.sam.CE-JobSubmit")), bridge.log_text()[-2000:])
+    assert entry["long_plugin_output"].replace("\\n", "\n") == "detail 1\ndetail 2"
+    assert entry["performance_data"] == "t=1s"
+    assert int(entry["last_check"]) == int(result.timestamp)    # the message's own time is kept
+
+
+def test_big_output_goes_whole_through_the_check_results_directory(activemq, nagios_factory, bridge_factory):
+    nagios = central_nagios(nagios_factory)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False,
+                            inbound=inbound_config(nagios, QUEUE, mapping="mapping: {max_output_bytes: 65536}"))
+    bridge.start()
+    long_output = "\n".join(f"line {i} " + "x" * 60 for i in range(300))     # ~20 KB: over PIPE_BUF
+    result = remote_result("org.sam.SRM-Put", long_output=long_output)
+    send(activemq, result)
+    entry = landed(nagios, result)
+    assert entry, bridge.log_text()[-2000:]
+    assert entry["long_plugin_output"].replace("\\n", "\n") == long_output
+
+
+def test_nagios_stopped_for_a_while_loses_nothing(activemq, nagios_factory, bridge_factory):
+    nagios = central_nagios(nagios_factory, services=[f"svc{i}" for i in range(20)])
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, inbound=inbound_config(nagios, QUEUE))
+    bridge.start()
+    nagios.stop()
+    results = [remote_result(f"svc{i}", state=i % 4, output=f"while down {i}") for i in range(20)]
+    for result in results:
+        send(activemq, result)
+    time.sleep(3)
+    assert bridge.status()["inbound_spool"]["depth"] == 20
+    assert "waiting" in bridge.status()["states"]["nagios_writer"]
+    nagios.start()
+    for result in results:
+        assert landed(nagios, result), (result.service, bridge.log_text()[-2000:])
+
+
+def test_duplicates_are_dropped_and_refusals_are_dead_lettered_once(activemq, nagios_factory, bridge_factory):
+    nagios = central_nagios(nagios_factory)
+    rules = "[{senders: ['remote-nagios'], hosts: ['ce01.remote.org'], services: ['org.sam.*']}]"
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, inbound=inbound_config(nagios, QUEUE, rules=rules))
+    bridge.start()
+    result = remote_result("org.sam.CE-JobSubmit")
+    for _ in range(3):
+        send(activemq, result)
+    send(activemq, remote_result("org.sam.CE-JobSubmit", output="from a stranger"),
+         headers={"nagios_host": "evil-nagios"})
+    publish(activemq.stomp_address, QUEUE, b"not a metric record", headers={"nagios_host": "remote-nagios"})
+    publish(activemq.stomp_address, QUEUE, "hostName: x\nmetricStatus: OK\nEOT\n[1] SHUTDOWN_PROGRAM\n",
+            headers={"nagios_host": "remote-nagios"})
+    assert landed(nagios, result)
+    time.sleep(3)
+    counters = bridge.status()["counters"]
+    assert counters["injected"] == 1
+    assert counters["duplicates"] == 2
+    assert counters["refused"] == 3 and counters["dead_letters"] == 3
+    assert counters["refused.sender-not-allowed"] == 1
+    assert nagios.status()[("ce01.remote.org", "org.sam.CE-JobSubmit")]["plugin_output"] == result.output
+    bridge.stop()          # acked: nothing comes back after a restart
+    bridge.start()
+    time.sleep(3)
+    counters = bridge.status()["counters"]
+    assert counters.get("refused", 0) == 0 and counters.get("injected", 0) == 0, counters
+    assert "SHUTDOWN" not in nagios.log_text().split("EXTERNAL COMMAND:", 1)[-1].split("\n")[0]
+    assert nagios.running()
+
+
+def test_site_nagios_to_central_nagios_through_two_bridges(activemq, nagios_factory, bridge_factory):
+    central = nagios_factory(hosts=[host("ce01.site.org")],
+                             services=[passive_service("ce01.site.org", "org.sam.CE-JobSubmit")])
+    receiver = bridge_factory([activemq.stomp_port], name="central", ocsp=False,
+                              inbound=inbound_config(central, TOPIC.replace("REMOTE", "SITE_A"),
+                                                     durable_name="central"))
+    receiver.start()
+    sender = bridge_factory([activemq.stomp_port], name="site", site="SITE.A")
+    sender.start(wait_for=sender.workdir / "ocsp.fifo")
+    settings = config.load(str(sender.config_path))
+    extra = dict(line.split("=", 1) for line in main_config_lines(settings).splitlines())
+    nagios_factory(hosts=[host("ce01.site.org")], extra_cfg=extra, objects=object_definitions(settings),
+                   services=[active_service("ce01.site.org", "org.sam.CE-JobSubmit", state=1,
+                                            output="slow submission", max_check_attempts=1)])
+    entry = central.wait_for(lambda s: (s.get(("ce01.site.org", "org.sam.CE-JobSubmit")) or {}).get(
+        "plugin_output") == "WARNING: slow submission" or None, timeout=30)
+    assert entry, (receiver.log_text()[-2000:], sender.log_text()[-2000:])
+    assert central.status()[("ce01.site.org", "org.sam.CE-JobSubmit")]["current_state"] == "1"
+
+
+def test_no_echo_when_one_nagios_both_sends_and_receives(activemq, nagios_factory, stomp_probe_factory,
+                                                          bridge_factory, tmp_path):
+    outbound = "/queue/outbound.echo"
+    probe = stomp_probe_factory(activemq, outbound)
+    bridge = bridge_factory([activemq.stomp_port], destination=outbound)
+    nagios = nagios_factory(start=False, hosts=[host("local.org"), host("ce01.remote.org")], services=[
+        active_service("local.org", "local-check", state=0, output="local ok", max_check_attempts=1),
+        passive_service("ce01.remote.org", "org.sam.CE-JobSubmit")])
+    bridge.config_path.write_text(bridge.config_path.read_text() + inbound_config(nagios, QUEUE))
+    bridge.start(wait_for=bridge.workdir / "ocsp.fifo")
+    settings = config.load(str(bridge.config_path))
+    nagios.extra_cfg = dict(line.split("=", 1) for line in main_config_lines(settings).splitlines())
+    nagios.objects = object_definitions(settings)
+    nagios.start()
+    result = remote_result("org.sam.CE-JobSubmit")
+    send(activemq, result)
+    assert landed(nagios, result)
+    probe.wait_for_count(1, timeout=20)          # the local active check is published ...
+    time.sleep(3)                                # ... give an echo time to appear
+    metrics = [m.headers["metric"] for m in probe.messages]
+    assert "local-check" in metrics
+    assert "org.sam.CE-JobSubmit" not in metrics, "the injected result was published again (echo)"

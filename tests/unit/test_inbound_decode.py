@@ -1,0 +1,364 @@
+"""Inbound decoding: golden messages, mapping rules, round trips with the outbound encoders,
+and a hostile corpus where every case is either Refused with a reason or one safe command line."""
+import json
+import pathlib
+import re
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+from msg_nagios_bridge.formats import inbound, nagios_command as nc, wlcg
+from msg_nagios_bridge.formats import json as json_format
+from msg_nagios_bridge.formats.inbound import Mapping, Refused, decode
+from msg_nagios_bridge.model import CheckResult, InvalidResult
+
+FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
+NOW = 1704070800  # 2024-01-01T01:00:00Z
+GOLDEN_NOW = 1253568948 + 3600
+FIELDS = {"siteName": "CERN-PROD", "gatheredAt": "sam-nagios.cern.ch", "role": "site", "voName": "ops"}
+REASONS = {"too-large", "empty", "nul-byte", "not-utf8", "bad-unicode", "bad-json", "json-too-deep",
+           "json-not-object", "repeated-key", "no-eot", "bad-record", "encrypted", "missing-field", "bad-field",
+           "field-too-long", "bad-status", "bad-timestamp", "bad-host-name", "bad-service-name",
+           "template-field-missing", "invalid-result"}
+
+
+def golden(name: str) -> bytes:
+    return (FIXTURES / "golden" / name).read_bytes()
+
+
+def wlcg_body(**changes) -> bytes:
+    record = {"serviceURI": "srm://se01.example.org:8443/srm/managerv2", "hostName": "se01.example.org",
+              "serviceFlavour": "SRMv2", "siteName": "EXAMPLE-SITE", "metricStatus": "OK",
+              "metricName": "org.sam.SRM-Put", "summaryData": "OK: file stored",
+              "gatheredAt": "nagios.example.org", "timestamp": "2024-01-01T00:00:00Z"}
+    record.update(changes)
+    details = record.pop("detailsData", None)
+    lines = [f"{key}: {value}" for key, value in record.items() if value is not None]
+    if details is not None:
+        lines.append("detailsData: " + details)
+    return ("\n".join(lines) + "\nEOT\n").encode()
+
+
+def refused(body, headers=None, mapping=Mapping(), now=NOW) -> str:
+    with pytest.raises(Refused) as info:
+        decode(headers or {}, body, mapping, now=now)
+    return info.value.reason
+
+
+def assert_safe_or_refused(headers, body, mapping=Mapping(), now=NOW) -> str:
+    """The corpus invariant: a known reason, or a result whose command lines are one safe line."""
+    try:
+        result = decode(headers, body, mapping, now=now)
+    except Refused as e:
+        assert e.reason in REASONS, e
+        assert not re.search(r"[\x00-\x1f\x7f-\x9f]", str(e)), "a refusal message must be one clean line"
+        return e.reason
+    assert isinstance(result, CheckResult)
+    for line in (nc.command_line(result, int(result.timestamp)), nc.truncate_to_fit(result, int(result.timestamp))):
+        assert line.count("\n") == 1 and line.endswith("\n")
+        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]", line)
+        assert re.match(r"\[\d+\] PROCESS_(SERVICE|HOST)_CHECK_RESULT;", line)
+        _, command, fields = nc.parse_command_line(line)
+        assert fields[0] == result.host
+        assert command == (nc.HOST_COMMAND if result.service is None else nc.SERVICE_COMMAND)
+        if result.service is not None:
+            assert fields[1] == result.service
+        assert re.fullmatch(r"(?:[^\\]|\\\\|\\n)*", fields[-1].rstrip("\n"))
+    assert nc.fits_pipe_buf(nc.truncate_to_fit(result, int(result.timestamp)))
+    return "ok"
+
+
+# -- golden messages ---------------------------------------------------------------
+
+def test_golden_wlcg_service_message():
+    result = decode({}, golden("service.wlcg"), now=GOLDEN_NOW)
+    assert (result.host, result.service, result.state, result.timestamp) == (
+        "ce01.cern.ch", "org.sam.CE-JobSubmit", 2, 1253568948)
+    assert result.output == "CRITICAL: job submission failed; see details"
+    assert result.long_output == "line one\nEOT\nline three"
+    assert result.perfdata == "time=3.2s;10;20"
+    assert result.attributes == {"site": "CERN-PROD", "role": "site", "vo": "ops", "flavour": "CREAM-CE",
+                                 "gathered_at": "sam-nagios.cern.ch", "uri": "https://ce01.cern.ch:8443/ce",
+                                 "status_text": "CRITICAL"}
+
+
+def test_golden_wlcg_host_message():
+    result = decode({}, golden("host.wlcg"), now=GOLDEN_NOW)
+    assert (result.host, result.service, result.state, result.output) == (
+        "se01.cern.ch", None, 1, "PING CRITICAL - 100% loss")
+
+
+def test_golden_json_message():
+    result = decode({}, golden("service.json"), now=GOLDEN_NOW)
+    assert (result.host, result.service, result.state, result.state_type, result.attempt) == (
+        "ce01.cern.ch", "org.sam.CE-JobSubmit", 2, "HARD", 3)
+    assert (result.long_output, result.perfdata, result.timestamp) == (
+        "line one\nEOT\nline three", "time=3.2s;10;20", 1253568948)
+    assert result.attributes["flavour"] == "CREAM-CE" and result.attributes["site"] == "CERN-PROD"
+
+
+# -- mapping ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uri, host", [
+    ("srm://se02.example.org:8443/srm/managerv2?SFN=/x", "se02.example.org"),
+    ("gsiftp://user@se02.example.org:2811/", "se02.example.org"),
+    ("https://SE02.Example.org", "SE02.Example.org"),  # case kept: Nagios names are case-sensitive
+    ("https://[2001:db8::1]:8443/x", "2001:db8::1"),
+    ("se02.example.org", "se02.example.org"),
+    ("se02.example.org:8443", "se02.example.org"),
+    ("file:///var/x", "se01.example.org"),  # no host part: fall back to hostName
+])
+def test_host_comes_from_the_service_uri_then_host_name(uri, host):
+    assert decode({}, wlcg_body(serviceURI=uri), now=NOW).host == host
+
+
+def test_host_name_mapping_and_service_fallbacks():
+    body = wlcg_body(serviceURI="srm://other.example.org/", nagiosName="SRM-Put-local")
+    assert decode({}, body, now=NOW).host == "other.example.org"
+    assert decode({}, body, Mapping(host_from="hostName"), now=NOW).host == "se01.example.org"
+    assert decode({}, body, now=NOW).service == "SRM-Put-local"
+    assert decode({}, body, Mapping(service_from="metricName"), now=NOW).service == "org.sam.SRM-Put"
+    assert decode({}, wlcg_body(hostName=None), Mapping(host_from="hostName"), now=NOW).host == "se01.example.org"
+
+
+def test_role_suffix_comes_from_the_record_then_the_header():
+    mapping = Mapping(service_suffix_role=True)
+    assert decode({}, wlcg_body(), mapping, now=NOW).service == "org.sam.SRM-Put"
+    assert decode({"role": "site"}, wlcg_body(), mapping, now=NOW).service == "org.sam.SRM-Put-site"
+    assert decode({"role": "site"}, wlcg_body(role="ngi"), mapping, now=NOW).service == "org.sam.SRM-Put-ngi"
+    assert decode({"role": "site"}, wlcg_body(), now=NOW).service == "org.sam.SRM-Put"
+
+
+def test_templates():
+    mapping = Mapping(host_template="{site}.{host}", service_template="{metric}@{vo}")
+    result = decode({"vo": "ops"}, wlcg_body(nagiosName="x"), mapping, now=NOW)
+    assert (result.host, result.service) == ("EXAMPLE-SITE.se01.example.org", "org.sam.SRM-Put@ops")
+    assert refused(wlcg_body(), mapping=mapping) == "template-field-missing"
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"host_from": "uri"}, {"service_from": "name"}, {"host_template": "{host.__class__}"},
+    {"host_template": "{0}"}, {"host_template": "{}"}, {"service_template": "{service!r}"},
+    {"service_template": "{service:>300}"}, {"service_template": "{nope}"}, {"host_template": "{host"},
+    {"service_template": "{service}-{role}", "service_suffix_role": True},
+    {"max_body_bytes": 0}, {"max_output_bytes": 10}, {"max_output_bytes": True},
+])
+def test_bad_mappings_are_refused_at_construction(kwargs):
+    with pytest.raises(ValueError):
+        Mapping(**kwargs)
+
+
+# -- states, times, sizes -----------------------------------------------------------------
+
+@pytest.mark.parametrize("status, state", [("OK", 0), ("warning", 1), (" Critical ", 2), ("UNKNOWN", 3)])
+def test_service_statuses(status, state):
+    assert decode({}, wlcg_body(metricStatus=status), now=NOW).state == state
+
+
+@pytest.mark.parametrize("status, state", [("UP", 0), ("DOWN", 1), ("UNREACHABLE", 2), ("OK", 0),
+                                           ("CRITICAL", 1), ("UNKNOWN", 2), ("missing", 2)])
+def test_host_statuses(status, state):
+    result = decode({}, wlcg_body(metricName="HOST", metricStatus=status), now=NOW)
+    assert (result.service, result.state) == (None, state)
+
+
+@pytest.mark.parametrize("status", ["MISSING", "DOWNTIME", "downtime"])
+def test_missing_and_downtime_are_unknown_and_stay_visible(status):
+    result = decode({}, wlcg_body(metricStatus=status), now=NOW)
+    assert result.state == 3
+    assert result.output == f"{status.upper()}: OK: file stored"
+    assert result.attributes["status_text"] == status
+    # no second prefix when the summary already starts with the status
+    expected = "DOWNTIME until 5pm" if status.upper() == "DOWNTIME" else "MISSING: DOWNTIME until 5pm"
+    assert decode({}, wlcg_body(metricStatus=status, summaryData="DOWNTIME until 5pm"), now=NOW).output == expected
+
+
+@pytest.mark.parametrize("stamp, expected", [
+    ("2024-01-01T00:00:00Z", 1704067200), ("2024-01-01T00:00:00", 1704067200),
+    ("2024-01-01 00:00:00Z", 1704067200), ("2024-01-01T01:00:00+01:00", 1704067200),
+    ("2023-12-31T23:30:00-0030", 1704067200), ("2024-01-01T00:00:00.250Z", 1704067200.25),
+    ("1704067200", 1704067200), ("2024-01-02T00:59:59Z", 1704157199),
+])
+def test_timestamps(stamp, expected):
+    assert decode({}, wlcg_body(timestamp=stamp), now=NOW).timestamp == expected
+
+
+@pytest.mark.parametrize("stamp", ["1999-12-31T23:59:59Z", "2024-01-02T01:00:01Z", "2024-02-30T00:00:00Z ",
+                                   "2024-01-01T24:00:00Z", "soon", ""])
+def test_absurd_timestamps_are_refused(stamp):
+    assert refused(wlcg_body(timestamp=stamp)) in ("bad-timestamp", "missing-field")
+
+
+def test_long_output_is_cut_visibly_not_dropped():
+    mapping = Mapping(max_output_bytes=1000)
+    result = decode({}, wlcg_body(detailsData="é" * 2000), mapping, now=NOW)
+    assert len(result.output.encode()) + len(result.long_output.encode()) <= 1000
+    assert result.output == "OK: file stored"
+    assert re.fullmatch(r"é+ \[truncated by msg-nagios-bridge: \d+ bytes cut\]", result.long_output)
+    cut = int(re.search(r"(\d+) bytes cut", result.long_output).group(1))
+    assert cut == 4000 + 15 - len(result.output.encode()) - len(result.long_output.split(" [")[0].encode())
+
+    result = decode({}, wlcg_body(summaryData="x" * 5000, detailsData="y"), mapping, now=NOW)
+    assert result.long_output == "" and result.output.startswith("xxx") and "5001" not in result.output
+    assert len(result.output.encode()) <= 1000 and "bytes cut]" in result.output
+
+    result = decode({}, wlcg_body(performanceData=" ".join(["m=1;2;3"] * 500)), mapping, now=NOW)
+    assert len(result.perfdata) <= 1000 and result.perfdata.endswith("m=1;2;3")
+    assert "perfdata [truncated by msg-nagios-bridge:" in result.long_output
+
+
+def test_json_output_with_newlines_moves_the_rest_to_long_output():
+    body = json.dumps({"host": "h", "service": "s", "status": "OK", "epoch": NOW, "output": "one\r\ntwo\nthree",
+                       "long_output": "four"}).encode()
+    result = decode({}, body, now=NOW)
+    assert (result.output, result.long_output) == ("one", "two\nthree\nfour")
+
+
+def test_a_str_body_is_accepted_and_headers_may_be_none():
+    assert decode(None, wlcg_body().decode(), now=NOW).host == "se01.example.org"
+
+
+def test_now_defaults_to_the_clock():
+    assert decode({}, wlcg_body()).timestamp == 1704067200
+
+
+# -- round trips with the outbound encoders -------------------------------------------------
+
+NAME = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30)
+LINE = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"), max_size=60)
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x00"), max_size=200)
+
+
+def round_trip_result(host, service, state, output, long_output, perfdata, timestamp, strip):
+    try:
+        result = CheckResult(host=host, service=service, state=min(state, 2) if service is None else state,
+                             output=output.strip() if strip else output, long_output=long_output.strip("\n"),
+                             perfdata=perfdata.strip() if strip else perfdata, timestamp=timestamp)
+    except InvalidResult:
+        assume(False)
+    assume(service != wlcg.HOST_METRIC_NAME)
+    return result
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(host=NAME, service=st.one_of(st.none(), NAME), state=st.integers(0, 3), output=LINE, long_output=TEXT,
+       perfdata=LINE, timestamp=st.integers(946684800, NOW), encoder=st.sampled_from(["wlcg", "json"]))
+def test_encode_then_decode_gives_the_result_back(host, service, state, output, long_output, perfdata,
+                                                    timestamp, encoder):
+    # WLCG trims blanks around values (and its detailsData must not start with one), JSON keeps them.
+    long_output = long_output.lstrip() if encoder == "wlcg" else long_output
+    result = round_trip_result(host, service, state, output, long_output, perfdata, timestamp, encoder == "wlcg")
+    if encoder == "wlcg":
+        assume(result.host.strip() == result.host and (service or "x").strip() == (service or "x"))
+        body = wlcg.encode(result, FIELDS)
+    else:
+        body = json_format.encode(result, FIELDS)
+    back = decode({}, body.encode(), Mapping(host_from="hostName"), now=NOW)
+    assert (back.host, back.service, back.state, back.timestamp) == (
+        result.host, result.service, result.state, result.timestamp)
+    assert (back.output, back.long_output, back.perfdata) == (result.output, result.long_output, result.perfdata)
+    assert back.attributes["site"] == "CERN-PROD" and back.attributes["gathered_at"] == "sam-nagios.cern.ch"
+
+
+# -- the hostile corpus --------------------------------------------------------------------
+
+def corpus():
+    with open(FIXTURES / "hostile" / "cases.jsonl", encoding="utf-8") as handle:
+        cases = [json.loads(line) for line in handle if line.strip()]
+    return [pytest.param(case, id=case["name"]) for case in cases]
+
+
+@pytest.mark.parametrize("case", corpus())
+def test_hostile_corpus(case):
+    body = case["body"].encode("utf-8") if "body" in case else case["body_latin1"].encode("latin-1")
+    mapping = Mapping(**case.get("mapping", {}))
+    assert assert_safe_or_refused(case.get("headers", {}), body, mapping) == case["expect"]
+
+
+def test_corpus_covers_every_reason_the_decoder_has():
+    names = set()
+    expects = set()
+    for param in corpus():
+        case = param.values[0]
+        assert case["name"] not in names, f"duplicate case name {case['name']}"
+        names.add(case["name"])
+        expects.add(case["expect"])
+    assert REASONS - {"too-large", "invalid-result"} <= expects  # too-large is generated below
+
+
+PAYLOADS = [b"\n", b"\r", b"\r\n", b"\n[1704067200] SHUTDOWN_PROGRAM", b";", b"[", b"]", b"|", b"\x00",
+            b"\xc0\xaf", b"\xc0\x80", b"\xe0\x80\x8a", b"\xff", b"\xed\xa0\x80", b"\xe2\x80\xa8", b"\xc2\x85",
+            b"\x1b[31m", b"\x7f", b"\\n", b"\\", b"EOT", b"\nEOT\n", b"\nEOT", b"\t", b" ", b"{", b"x" * 300,
+            b"\xf0\x9f\x98\x80"]
+WLCG_KEYS = ["serviceURI", "hostName", "serviceFlavour", "siteName", "metricStatus", "metricName",
+             "summaryData", "gatheredAt", "timestamp", "nagiosName", "role", "voName", "performanceData",
+             "statusType", "detailsData"]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=repr)
+def test_every_payload_in_every_wlcg_field(payload):
+    seen = set()
+    for key in WLCG_KEYS:
+        for place in ("before", "after", "alone"):
+            base = wlcg_body(**{key: "VALUE"}) if key != "metricStatus" else wlcg_body(metricStatus="VALUE")
+            value = {"before": payload + b"OK", "after": b"OK" + payload, "alone": payload}[place]
+            body = base.replace(b"VALUE", value)
+            for mapping in (Mapping(), Mapping(service_suffix_role=True, host_from="hostName")):
+                seen.add(assert_safe_or_refused({"role": "r"}, body, mapping))
+    assert seen  # every combination ended in a verdict
+
+
+JSON_STRING_KEYS = ["host", "service", "status", "output", "long_output", "perfdata", "timestamp", "site", "role",
+                    "vo", "gathered_at", "state_type"]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS, ids=repr)
+def test_every_payload_in_every_json_field(payload):
+    text = payload.decode("utf-8", "surrogateescape")
+    for key in JSON_STRING_KEYS:
+        record = {"host": "h", "service": "s", "status": "OK", "state": 0, "epoch": 1704067200,
+                  "timestamp": "2024-01-01T00:00:00Z", "output": "o", "attributes": {"uri": "h"}}
+        record[key] = "X"
+        raw = json.dumps(record).encode()
+        # raw bytes inside the JSON string, and the same text as JSON escapes
+        assert_safe_or_refused({}, raw.replace(b'"X"', b'"' + payload + b'"'))
+        try:
+            escaped = json.dumps(text).encode()
+        except UnicodeEncodeError:
+            continue
+        assert_safe_or_refused({}, raw.replace(b'"X"', escaped))
+        assert_safe_or_refused({}, raw.replace(b'"X"', escaped), Mapping(host_from="hostName"))
+
+
+def test_a_10_mb_body_is_refused_before_parsing():
+    body = wlcg_body(detailsData="x" * 10_000_000)
+    assert refused(body) == "too-large"
+    assert refused(b"{" * 10_000_000) == "too-large"
+
+
+def test_absurd_json_shapes():
+    assert refused(b"[" * 100_000 + b"]" * 100_000) == "json-too-deep"
+    assert refused(b'{"a":' * 100_000) == "json-too-deep"
+    huge = json.dumps({"host": "h", "service": "s", "status": "OK", "epoch": NOW, "x": [0] * 300_000})
+    assert len(huge) < Mapping().max_body_bytes
+    assert decode({}, huge.encode(), now=NOW).service == "s"
+    many_keys = json.dumps({f"k{i}": i for i in range(50_000)})
+    assert refused(many_keys.encode()) == "missing-field"
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_random_bodies_never_crash(body):
+    assert_safe_or_refused({}, body)
+    assert_safe_or_refused({}, wlcg_body(summaryData="S", detailsData="D").replace(b"D\n", body + b"\n"))
+
+
+def test_refused_carries_reason_and_message():
+    error = Refused("bad-field", "x is wrong")
+    assert (error.reason, error.message, str(error)) == ("bad-field", "x is wrong", "bad-field: x is wrong")
+    assert isinstance(error, ValueError)
+
+
+def test_uri_host_helper_does_not_clean_hostile_values():
+    assert inbound.uri_host("srm://se\t01/x") == "se\t01"
+    assert inbound.uri_host("srm://a\nb:1/") == "a\nb"
