@@ -11,7 +11,9 @@ are ``fnmatch`` patterns matched case-sensitively (Nagios names are
 case-sensitive). Then, if ``known_objects`` is set, the (host, service) pair
 (service None for a host) must be one the local Nagios defines: Nagios would
 otherwise log and drop the result, where the bridge can dead-letter it with a
-reason.
+reason. It also closes a side door: Nagios accepts a host's *address* in place
+of its name in PROCESS_*_CHECK_RESULT, so a host pattern alone can be
+sidestepped with an address; with known_objects only real names pass.
 
 Refusal reasons: ``no-sender``, ``sender-not-allowed``, ``host-not-allowed``,
 ``service-not-allowed``, ``host-check-not-allowed``, ``unknown-object``.

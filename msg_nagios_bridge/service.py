@@ -212,6 +212,7 @@ def run(config_path: str) -> int:
     flags.install()
     bridge = Bridge(settings)
     bridge.start()
+    bridge.write_status()
     try:
         while True:
             woke = flags.stop.wait(STATUS_INTERVAL)

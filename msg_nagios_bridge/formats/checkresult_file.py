@@ -31,7 +31,7 @@ import math
 from typing import Dict, List, Sequence
 
 from ..model import CheckResult
-from .nagios_command import CommandRefused, _check_code, check_name, escape, plugin_text, unescape
+from .nagios_command import CommandRefused, check_code, check_name, escape, plugin_text, unescape
 
 FILE_HEADER = "### Passive Check Result File ###"
 SERVICE_HEADER = "### Nagios Service Check Result ###"
@@ -71,7 +71,7 @@ def render_one(result: CheckResult) -> str:
         f"finish_time={when}",
         "early_timeout=0",
         "exited_ok=1",
-        f"return_code={_check_code(result)}",
+        f"return_code={check_code(result)}",
         "output=" + escape(plugin_text(result)),
     ]
     block = "\n".join(lines) + "\n\n"

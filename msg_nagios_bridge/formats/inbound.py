@@ -34,6 +34,9 @@ Decisions (and why):
 - Output plus long output over ``max_output_bytes`` is cut visibly (marker
   ``[truncated by msg-nagios-bridge: N bytes cut]``), never dropped;
   perfdata over that limit loses whole trailing items, noted in long output.
+- Names are refused, never cleaned, when CheckResult refuses them or when they
+  end with a backslash (the check results directory reader would take that as
+  a line continuation): any decoded result suits both Nagios writers.
 - CRLF becomes LF; a lone CR, which CheckResult refuses in output, becomes a
   space. Other control characters are left for nagios_command, the one place
   that decides how text reaches Nagios.
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import calendar
 import dataclasses
+import datetime
 import json
 import math
 import re
@@ -178,15 +182,22 @@ def parse_timestamp(text: str) -> float:
         raise Refused("bad-timestamp", f"timestamp {_show(text)} is not like 2009-09-21T21:35:48Z")
     year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
     fraction, zone = match.group(7), match.group(8)
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 60):
-        raise Refused("bad-timestamp", f"timestamp {_show(text)} is not a valid date and time")
+    try:
+        datetime.date(year, month, day)  # timegm would quietly turn Feb 30 into Mar 1
+    except ValueError:
+        raise Refused("bad-timestamp", f"timestamp {_show(text)} is not a valid date") from None
+    if not (hour <= 23 and minute <= 59 and second <= 60):  # 60: a leap second
+        raise Refused("bad-timestamp", f"timestamp {_show(text)} is not a valid time of day")
     epoch = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
     if fraction:
         epoch += float(fraction)
     if zone and zone != "Z":
         sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")
-        epoch -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 14 or minutes > 59:
+            raise Refused("bad-timestamp", f"timestamp {_show(text)} has no real UTC offset")
+        epoch -= sign * (hours * 3600 + minutes * 60)
     return float(epoch)
 
 
@@ -476,15 +487,18 @@ def _limit_perfdata(perfdata: str, limit: int) -> Tuple[str, int]:
 
 def _result(record: _Record, headers: typing.Mapping[str, str], mapping: Mapping, now: float) -> CheckResult:
     host, service, values = _names(record, headers, mapping)
-    try:
-        check_name("host name", host)
-    except InvalidResult as e:
-        raise Refused("bad-host-name", str(e)) from None
-    if service is not None:
+    for kind, name, reason in (("host name", host, "bad-host-name"),
+                               ("service description", service, "bad-service-name")):
+        if name is None:
+            continue
         try:
-            check_name("service description", service)
+            check_name(kind, name)
         except InvalidResult as e:
-            raise Refused("bad-service-name", str(e)) from None
+            raise Refused(reason, str(e)) from None
+        # Every decoded result must suit both writers: the check results reader
+        # takes a trailing backslash as a line continuation (see checkresult_file).
+        if name.endswith("\\"):
+            raise Refused(reason, f"{kind} {_show(name)} ends with a backslash")
     state, shown = _state(record)
     timestamp = _check_time(record.timestamp if record.timestamp is not None else math.nan, now)
 

@@ -75,7 +75,8 @@ def check_name(kind: str, value: object) -> str:
     return value
 
 
-def _check_code(result: CheckResult) -> int:
+def check_code(result: CheckResult) -> int:
+    """The result's state as a return code, or CommandRefused (hosts 0-2, services 0-3)."""
     limit = 2 if result.service is None else 3
     code = result.state
     if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code <= limit:
@@ -151,7 +152,7 @@ def unescape(text: str) -> str:
 
 def _prefix(result: CheckResult, now: object) -> str:
     host = check_name("host name", result.host)
-    code = _check_code(result)
+    code = check_code(result)
     stamp = _check_now(now)
     if result.service is None:
         return f"[{stamp}] {HOST_COMMAND};{host};{code};"

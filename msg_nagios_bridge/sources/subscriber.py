@@ -192,3 +192,11 @@ class Subscriber(threading.Thread):
                                            headers=kept, body=body[:65536]), str(exc)[:1000])
         self.health.add("dead_letters")
         self.recent.add(key)
+        if self.settings.error_queue:
+            # Best effort: the local dead letter above is the record that counts.
+            error_headers = {"persistent": "true", "expires": str(int((time.time() + 7 * 86400) * 1000)),
+                             "refused": exc.reason, "reason": str(exc)[:1000].replace("\n", " "),
+                             "original_destination": headers.get("destination", "")[:200],
+                             "refused_by": self.settings.client_id}
+            self.broker.send(self.settings.error_queue, body[:65536], error_headers)
+            self.health.add("error_queue_sent")

@@ -109,7 +109,8 @@ def test_duplicates_are_dropped_and_refusals_are_dead_lettered_once(activemq, na
     publish(activemq.stomp_address, QUEUE, "hostName: x\nmetricStatus: OK\nEOT\n[1] SHUTDOWN_PROGRAM\n",
             headers={"nagios_host": "remote-nagios"})
     assert landed(nagios, result)
-    time.sleep(3)
+    bridge.wait_counter("refused", 3)
+    time.sleep(2)
     counters = bridge.status()["counters"]
     assert counters["injected"] == 1
     assert counters["duplicates"] == 2
@@ -167,3 +168,66 @@ def test_no_echo_when_one_nagios_both_sends_and_receives(activemq, nagios_factor
     metrics = [m.headers["metric"] for m in probe.messages]
     assert "local-check" in metrics
     assert "org.sam.CE-JobSubmit" not in metrics, "the injected result was published again (echo)"
+
+
+def test_resubscribes_after_the_broker_restarts_and_uses_the_error_queue(activemq, nagios_factory,
+                                                                         stomp_probe_factory, bridge_factory):
+    nagios = central_nagios(nagios_factory)
+    inbound = inbound_config(nagios, TOPIC, durable_name="central") + "  error_queue: /queue/errors\n"
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, inbound=inbound)
+    bridge.start()
+    first = remote_result("org.sam.CE-JobSubmit", output="before the restart")
+    time.sleep(2)                                  # the durable subscription exists
+    send(activemq, first, destination=TOPIC)
+    assert landed(nagios, first)
+    activemq.kill()
+    activemq.start()
+    # Published before the bridge is back: the durable subscription keeps it.
+    second = remote_result("org.sam.CE-JobSubmit", output="after the restart")
+    send(activemq, second, destination=TOPIC)
+    assert landed(nagios, second, timeout=30), bridge.log_text()[-2000:]
+    errors = stomp_probe_factory(activemq, "/queue/errors")
+    publish(activemq.stomp_address, TOPIC, "metricName: x\nEOT\n", headers={"nagios_host": "remote-nagios"})
+    message = errors.wait_for_count(1, timeout=20)[0]
+    assert message.headers["refused"] and message.headers["original_destination"] == TOPIC
+
+
+def test_only_objects_the_local_nagios_defines_and_the_list_follows_a_reload(activemq, nagios_factory,
+                                                                             bridge_factory):
+    nagios = central_nagios(nagios_factory, services=["org.sam.CE-JobSubmit"])
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False,
+                            inbound=inbound_config(nagios, QUEUE, objects_cache=True))
+    bridge.start()
+    unknown = remote_result("org.sam.SRM-Put", output="not defined yet")
+    send(activemq, unknown)
+    known = remote_result("org.sam.CE-JobSubmit")
+    send(activemq, known)
+    assert landed(nagios, known)
+    assert bridge.wait_counter("refused.unknown-object", 1) == 1
+    nagios.services.append(passive_service("ce01.remote.org", "org.sam.SRM-Put"))
+    nagios.reload()
+    time.sleep(3)                                   # the bridge notices the new objects.cache
+    again = remote_result("org.sam.SRM-Put", output="defined now")
+    send(activemq, again)
+    assert landed(nagios, again), bridge.log_text()[-2000:]
+
+
+def test_nagios_lock_file_shows_a_dead_core_and_nothing_is_lost(activemq, nagios_factory, bridge_factory, tmp_path):
+    nagios = central_nagios(nagios_factory)
+    lock = tmp_path / "nagios.lock"
+    lock.write_text(f"{nagios.pid}\n")              # what `nagios4 -d` writes
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False,
+                            inbound=inbound_config(nagios, QUEUE, lock_file=lock))
+    bridge.start()
+    first = remote_result("org.sam.CE-JobSubmit", output="core alive")
+    send(activemq, first)
+    assert landed(nagios, first)
+    nagios.kill(workers=False)     # SIGKILL: the command-file worker keeps the FIFO open for a while
+    second = remote_result("org.sam.CE-JobSubmit", output="core dead")
+    send(activemq, second)
+    time.sleep(4)
+    status = bridge.status()
+    assert "not running" in status["states"]["nagios_writer"], status["states"]
+    nagios.start()
+    lock.write_text(f"{nagios.pid}\n")
+    assert landed(nagios, second, timeout=30), bridge.log_text()[-2000:]

@@ -109,6 +109,16 @@ class Bridge:
         except (OSError, ValueError):
             return {}
 
+    def counter(self, name):
+        return self.status().get("counters", {}).get(name, 0)
+
+    def wait_counter(self, name, value, timeout=15.0):
+        """Wait until counter ``name`` reaches ``value`` (status.json is written every 2 s)."""
+        deadline = time.monotonic() + timeout
+        while self.counter(name) < value and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.counter(name)
+
     def log_text(self):
         try:
             return self.log_path.read_text(errors="replace")

@@ -96,7 +96,7 @@ TEXT = st.text(alphabet=st.one_of(SPECIAL, st.characters(blacklist_categories=()
 NAME = st.one_of(TEXT, st.text(alphabet="ab=#\\ .-", min_size=1, max_size=10))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(results=st.lists(st.tuples(NAME, st.one_of(st.none(), NAME), st.integers(0, 3), TEXT, TEXT, TEXT,
                                   st.floats(0, 2**34, allow_nan=False)), min_size=1, max_size=3))
 def test_render_parse_round_trip_and_every_value_is_one_line(results):

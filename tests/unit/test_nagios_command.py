@@ -209,7 +209,7 @@ def test_truncate_refuses_when_names_and_marker_cannot_fit():
 
 # -- properties ----------------------------------------------------------------
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(host=NAME, service=st.one_of(st.none(), NAME), state=st.integers(0, 3),
        output=TEXT, long_output=TEXT, perfdata=TEXT, now=st.integers(0, 2**35 - 1))
 def test_any_result_gives_a_refusal_or_one_safe_line(host, service, state, output, long_output, perfdata, now):
@@ -234,7 +234,7 @@ BIG_TEXT = st.one_of(TEXT, st.builds(lambda c, n: c * n, st.one_of(SPECIAL, ANY_
                                      st.integers(0, 3000)))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(host=NAME, service=st.one_of(st.none(), NAME), output=BIG_TEXT, long_output=BIG_TEXT,
        perfdata=st.one_of(BIG_TEXT, st.lists(st.just("m=1;2;3"), max_size=600).map(" ".join)),
        limit=st.one_of(st.just(nc.PIPE_BUF), st.integers(80, 5000)))
