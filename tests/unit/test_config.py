@@ -91,3 +91,39 @@ def test_check_config_command_prints_the_error_and_exits_non_zero(tmp_path, caps
     good = tmp_path / "good.yaml"
     good.write_text(MINIMAL)
     assert main(["check-config", "-c", str(good)]) == 0
+
+
+def test_the_example_documents_every_key():
+    text = EXAMPLE.read_text()
+    keys = set(config._ROUTE_KEYS + config._INBOUND_KEYS + config._MAPPING_KEYS) | {
+        "name", "role", "nagios_name", "vo", "hosts", "username", "password", "password_file", "vhost",
+        "heartbeat_ms", "connect_timeout", "receipt_timeout", "max_in_flight", "backoff_initial",
+        "backoff_max", "max_refusals", "directory", "max_messages", "max_megabytes", "ocsp_pipe",
+        "perfdata", "path", "group", "mode", "max_line_bytes", "service_file", "host_file",
+        "poll_interval", "rotate_interval", "log_level", "senders", "rules", "sender_header",
+        "objects_cache", "selector", "durable_name"}
+    missing = sorted(key for key in keys if f"{key}:" not in text)
+    assert not missing
+
+
+def test_an_enabled_inbound_section_from_the_example_validates():
+    text = EXAMPLE.read_text().replace("inbound:\n  # off by default.\n  enabled: false",
+                                       "inbound:\n  # off by default.\n  enabled: true")
+    settings = config.parse(text, "example")
+    assert settings.inbound.enabled and settings.inbound.rules[0].senders == ("*",)
+    assert settings.inbound.client_id == "msg-nagios-bridge-nagios.example.org"
+
+
+@pytest.mark.parametrize("inbound, key, reason", [
+    ("{enabled: true}", "inbound.subscriptions", "subscribes to nothing"),
+    ("{enabled: true, subscriptions: [{destination: /topic/x}]}", "inbound.policy.rules", "no rule"),
+    ("{subscriptions: [{destination: /queue/x, durable_name: d}]}", "inbound.subscriptions[0].durable_name",
+     "only topics"),
+    ("{writer: checkresults_dir}", "inbound.check_result_path", "required"),
+    ("{error_queue: /topic/e}", "inbound.error_queue", "/queue/"),
+    ("{mapping: {host_from: planet}}", "inbound.mapping", "host_from"),
+])
+def test_inbound_mistakes_are_named(inbound, key, reason):
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(MINIMAL + f"inbound: {inbound}\n", "i.yaml")
+    assert caught.value.key == key and reason in caught.value.reason
