@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from ..config import InboundSettings
 from ..echo import CURSOR_NAME, EchoGuard
-from ..formats import nagios_command
+from ..formats import checkresult_file, nagios_command
 from ..health import Health, RateLimitedLog
 from ..model import CheckResult, result_from_dict
 from ..spool import Spool, SpoolEntry, SpoolError
@@ -82,11 +82,16 @@ class NagiosWriter(threading.Thread):
         results, bad = [], []
         for entry in entries:
             try:
-                results.append((entry, result_from_dict(json.loads(entry.message.body))))
-            except (ValueError, TypeError) as exc:   # cannot happen unless the spool was edited
+                result = result_from_dict(json.loads(entry.message.body))
+                # Both writers must accept it: one refused result must not block the rest.
+                nagios_command.command_line(result, 0)
+                checkresult_file.render_one(result)
+                results.append((entry, result))
+            except (ValueError, TypeError) as exc:   # decode() already refuses these; defence in depth
                 bad.append((entry, str(exc)))
         for entry, reason in bad:
-            self.spool.reject(entry.entry_id, f"unreadable spool entry: {reason}")
+            self.spool.reject(entry.entry_id, f"cannot be written to Nagios: {reason}")
+            self.health.add("dead_letters")
         if not results:
             return
         try:

@@ -1,0 +1,159 @@
+"""The Nagios writers on real FIFOs and directories: no FIFO, no reader, atomic writes, refusals."""
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.echo import EchoGuard
+from msg_nagios_bridge.formats import checkresult_file, nagios_command
+from msg_nagios_bridge.health import Health
+from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
+from msg_nagios_bridge.sinks.checkresults_dir import write_results
+from msg_nagios_bridge.sinks.command_file import NagiosUnavailable, _batches, write_lines
+from msg_nagios_bridge.sinks.nagios_writer import NagiosWriter, nagios_pid_alive
+from msg_nagios_bridge.spool import Spool
+
+RESULT = CheckResult(host="h1", service="s1", state=1, output="warn", long_output="a\nb", timestamp=1700000000)
+
+
+class FifoReader(threading.Thread):
+    """Reads a FIFO like Nagios does, recording every read() separately."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.reads, self.running = [], True
+
+    def run(self):
+        while self.running:
+            try:
+                data = os.read(self.fd, 65536)
+                if data:
+                    self.reads.append(data)
+            except BlockingIOError:
+                time.sleep(0.005)
+
+    def text(self):
+        return b"".join(self.reads).decode()
+
+    def close(self):
+        self.running = False
+        self.join(1)
+        os.close(self.fd)
+
+
+def test_no_fifo_and_no_reader_are_told_apart(tmp_path):
+    path = str(tmp_path / "nagios.cmd")
+    with pytest.raises(NagiosUnavailable, match="no command file"):
+        write_lines(path, ["x\n"])
+    os.mkfifo(path)
+    with pytest.raises(NagiosUnavailable, match="nobody reads"):
+        write_lines(path, ["x\n"])
+
+
+def test_refuses_a_regular_file_and_a_symlink(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    with pytest.raises(NagiosUnavailable, match="not a FIFO"):
+        write_lines(str(plain), ["x\n"])
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to(tmp_path / "fifo")
+    with pytest.raises(NagiosUnavailable, match="symlink"):
+        write_lines(str(tmp_path / "link"), ["x\n"])
+
+
+def test_writes_are_whole_lines_and_at_most_pipe_buf(tmp_path):
+    path = tmp_path / "nagios.cmd"
+    os.mkfifo(path)
+    reader = FifoReader(path)
+    reader.start()
+    lines = [nagios_command.command_line(
+        CheckResult(host="h", service=f"s{i}", state=0, output="x" * (i % 300), timestamp=1), 1) for i in range(400)]
+    try:
+        write_lines(str(path), lines)
+        time.sleep(0.2)
+    finally:
+        reader.close()
+    assert reader.text() == "".join(lines)
+    assert all(len(batch) <= nagios_command.PIPE_BUF and batch.endswith(b"\n") for batch in _batches(lines))
+
+
+def test_a_full_pipe_times_out_clearly(tmp_path):
+    path = tmp_path / "nagios.cmd"
+    os.mkfifo(path)
+    keep = os.open(path, os.O_RDONLY | os.O_NONBLOCK)      # a reader that never reads
+    line = nagios_command.command_line(RESULT, 1)
+    try:
+        with pytest.raises(NagiosUnavailable, match="stayed full"):
+            write_lines(str(path), [line] * 2000, timeout=0.3)
+    finally:
+        os.close(keep)
+
+
+def test_check_result_file_then_ok_file(tmp_path):
+    path = write_results(str(tmp_path), [RESULT], now=1700000001)
+    name = os.path.basename(path)
+    assert name.startswith("c") and len(name) == 7
+    assert os.path.exists(path + ".ok")
+    (entry,) = checkresult_file.parse(open(path).read())
+    assert entry["host_name"] == "h1" and entry["return_code"] == "1"
+    with pytest.raises(NagiosUnavailable, match="does not exist"):
+        write_results(str(tmp_path / "missing"), [RESULT], now=1)
+
+
+def test_lock_file_check(tmp_path):
+    lock = tmp_path / "nagios.lock"
+    assert "cannot read" in nagios_pid_alive(str(lock))
+    lock.write_text(f"{os.getpid()}\n")
+    assert nagios_pid_alive(str(lock)) is None
+    lock.write_text("999999999\n")
+    assert "not running" in nagios_pid_alive(str(lock))
+
+
+def writer_settings(tmp_path, **changes):
+    settings = config.parse(f"""
+site: {{name: S}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}},
+          command_file: {tmp_path}/nagios.cmd, check_result_path: {tmp_path}}}
+""", "w.yaml").inbound
+    return settings
+
+
+def spooled(result, key):
+    return Message(message_id=key, destination="nagios", headers={},
+                   body=json.dumps(result_to_dict(result)).encode())
+
+
+def test_writer_waits_for_nagios_then_delivers_and_dead_letters_the_unwritable(tmp_path):
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    bad = result_to_dict(RESULT)
+    bad["host"] = "bad\\"            # a name Nagios's check-result reader would join with the next line
+    spool.put([spooled(RESULT, "a"), Message("b", "nagios", {}, json.dumps(bad).encode())])
+    echo = EchoGuard()
+    writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), echo)
+    writer.start()
+    try:
+        time.sleep(0.5)                                   # no FIFO yet: nothing lost, nothing written
+        assert spool.stats().depth == 1 and spool.stats().dead_letters == 1
+        os.mkfifo(tmp_path / "nagios.cmd")
+        reader = FifoReader(tmp_path / "nagios.cmd")
+        reader.start()
+        deadline = time.time() + 15
+        while spool.stats().depth and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)
+        reader.close()
+    finally:
+        writer.stop()
+        writer.join(5)
+    assert reader.text() == nagios_command.command_line(RESULT, 1700000000)
+    assert echo(CheckResult(host="h1", service="s1", state=1, attributes={"check_type": "PASSIVE"}))
+    assert not echo(CheckResult(host="h1", service="s1", state=1, attributes={"check_type": "ACTIVE"}))
+    assert spool.dead_letters()[0].reason.startswith("cannot be written to Nagios")
+    spool.close()
