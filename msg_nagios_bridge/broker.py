@@ -32,8 +32,9 @@ class _Events(stomp.ConnectionListener):
         self.lock = threading.Lock()
         self.wakeup = threading.Event()
         self.connected = threading.Event()
-        self.receipts: List[str] = []
-        self.errors: List[Tuple[Mapping[str, str], str]] = []
+        # Receipts and errors in the order they arrived: an ERROR for a SEND inside a
+        # transaction comes before that transaction's COMMIT receipt, and must be seen first.
+        self.replies: List[Tuple[str, Mapping[str, str], str]] = []
         self.messages: List[Tuple[Mapping[str, str], str]] = []
         self.lost = False
 
@@ -43,12 +44,15 @@ class _Events(stomp.ConnectionListener):
 
     def on_receipt(self, frame) -> None:
         with self.lock:
-            self.receipts.append(frame.headers.get("receipt-id", ""))
+            self.replies.append(("receipt", dict(frame.headers), ""))
         self.wakeup.set()
 
     def on_error(self, frame) -> None:
+        body = frame.body or ""
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
         with self.lock:
-            self.errors.append((dict(frame.headers), frame.body or ""))
+            self.replies.append(("error", dict(frame.headers), body))
         self.wakeup.set()
 
     def on_message(self, frame) -> None:
@@ -115,9 +119,9 @@ class BrokerConnection:
 
     def _first_error(self) -> str:
         with self.events.lock:
-            if self.events.errors:
-                headers, body = self.events.errors[0]
-                return f"refused: {headers.get('message', '')} {body.strip()[:200]}".strip()
+            for kind, headers, body in self.events.replies:
+                if kind == "error":
+                    return f"refused: {headers.get('message', '')} {body.strip()[:200]}".strip()
         return ""
 
     @staticmethod
@@ -140,12 +144,20 @@ class BrokerConnection:
         assert self.conn is not None
         self.conn.send(destination, body, headers=dict(headers))
 
-    def take_events(self):
-        """(receipt ids, error frames) that arrived since the last call."""
+    def begin(self, transaction: str) -> None:
+        assert self.conn is not None
+        self.conn.begin(transaction)
+
+    def commit(self, transaction: str, receipt: str) -> None:
+        """COMMIT with a receipt: the receipt proves every SEND of the transaction is stored."""
+        assert self.conn is not None
+        self.conn.commit(transaction, headers={"receipt": receipt})
+
+    def take_replies(self) -> List[Tuple[str, Mapping[str, str], str]]:
+        """("receipt" | "error", headers, body) that arrived since the last call, in order."""
         with self.events.lock:
-            receipts, self.events.receipts = self.events.receipts, []
-            errors, self.events.errors = self.events.errors, []
-        return receipts, errors
+            replies, self.events.replies = self.events.replies, []
+        return replies
 
     def close(self) -> None:
         if self.conn is not None:

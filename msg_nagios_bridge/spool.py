@@ -147,6 +147,13 @@ def _entry(row: tuple) -> SpoolEntry:
     return SpoolEntry(entry_id, message, enqueued_at, attempts)
 
 
+def _chunks(ids, size: int = 500):
+    """Pieces small enough for SQLite's limit on bound parameters (999 before 3.32)."""
+    ids = list(ids)
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -175,6 +182,10 @@ class Spool:
         self._lock = threading.Lock()
         self._put_event = threading.Event()
         self._leased: set = set()
+        # take() reads only rows above the highest id it ever leased (ids only grow:
+        # AUTOINCREMENT), plus the given-back ids below it, oldest first.
+        self._high = 0
+        self._returned: set = set()
         self._counters = dict.fromkeys(
             ("put", "duplicates", "done", "given_back", "rejected", "refused_full",
              "dead_letters_dropped", "errors"), 0)
@@ -339,10 +350,20 @@ class Spool:
     def take(self, limit: int) -> List[SpoolEntry]:
         """Lease and return up to ``limit`` entries not already leased, oldest first."""
         with self._lock:
-            # At most len(leased) of the oldest rows are leased, so this many always suffice.
-            rows = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
-                              " ORDER BY id LIMIT ?", (limit + len(self._leased),))
-            entries = [_entry(row) for row in rows if row[0] not in self._leased][:limit]
+            rows: list = []
+            if self._returned:
+                wanted = sorted(self._returned)[:limit]
+                self._returned.difference_update(wanted)
+                for chunk in _chunks(wanted):
+                    rows += self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages WHERE id IN"
+                                       f" ({','.join('?' * len(chunk))}) ORDER BY id", tuple(chunk))
+            if len(rows) < limit:
+                fresh = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
+                                   " WHERE id > ? ORDER BY id LIMIT ?", (self._high, limit - len(rows)))
+                if fresh:
+                    self._high = fresh[-1][0]
+                rows += fresh
+            entries = [_entry(row) for row in rows]
             self._leased.update(entry.entry_id for entry in entries)
         return entries
 
@@ -354,13 +375,14 @@ class Spool:
 
             def work() -> None:
                 nonlocal deleted, freed
-                for entry_id in ids:
-                    row = self._db.execute("SELECT size FROM messages WHERE id = ?",
-                                           (entry_id,)).fetchone()
-                    if row is not None:
-                        self._db.execute("DELETE FROM messages WHERE id = ?", (entry_id,))
-                        deleted += 1
-                        freed += row[0]
+                for chunk in _chunks(ids):
+                    marks = ",".join("?" * len(chunk))
+                    count, size = self._db.execute(
+                        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE id IN ({marks})",
+                        tuple(chunk)).fetchone()
+                    self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", tuple(chunk))
+                    deleted += count
+                    freed += size
 
             self._write("delete delivered entries", work)
             self._depth -= deleted
@@ -375,8 +397,10 @@ class Spool:
             self._write("give entries back", lambda: self._db.executemany(
                 "UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
                 [(entry_id,) for entry_id in ids]))
-            self._counters["given_back"] += len(self._leased.intersection(ids))
-            self._leased.difference_update(ids)
+            back = self._leased.intersection(ids)
+            self._counters["given_back"] += len(back)
+            self._leased.difference_update(back)
+            self._returned.update(back)
         self._put_event.set()
 
     def reject(self, entry_id: int, reason: str) -> None:
@@ -413,7 +437,8 @@ class Spool:
             self._counters["rejected"] += moved
             self._counters["dead_letters_dropped"] += dropped
         if moved:
-            log.warning("spool %s: message rejected to the dead letters: %s", self.path, reason)
+            # The caller logs (rate-limited); one line per refusal would flood the log.
+            log.debug("spool %s: message rejected to the dead letters: %s", self.path, reason)
         if dropped:
             log.warning("spool %s: %d oldest dead letters deleted (limit %d)",
                         self.path, dropped, self.max_dead_letters)
@@ -553,6 +578,8 @@ class Spool:
             finally:
                 self._db = None
                 self._leased.clear()
+                self._returned.clear()
+                self._high = 0
                 os.close(self._lock_fd)
         self._put_event.set()  # wake a waiting publisher so it notices
 

@@ -1,8 +1,19 @@
 """The outbound sink: spool -> STOMP SEND (persistent) -> receipt -> delete.
 
-Many receipts are kept in flight (``max_in_flight``) instead of waiting for
-each one. A spooled message is deleted only after the broker's receipt for it;
-anything in flight when the connection goes is given back and sent again
+Messages go out in STOMP transactions: BEGIN, up to ``BATCH`` SENDs, COMMIT
+with a receipt. The receipt of the COMMIT proves the broker stored every
+message of the batch; only then are they deleted from the spool. Several
+transactions are kept in flight (up to ``max_in_flight`` messages) instead of
+waiting for each one. Measured on ActiveMQ 5.17: a receipt per message caps
+publishing at about a fifth of the broker's rate, a receipt per commit does
+not (benchmarks/outbound.py).
+
+When the broker answers with an ERROR (e.g. a destination it refuses), the
+batch is given back and the publisher switches to one receipt per message for
+a while, so the refused message is found, counted, and after ``max_refusals``
+moved to the dead letters, while the others go through.
+
+Anything in flight when the connection goes is given back and sent again
 (at-least-once; receivers drop duplicates by ``result_id``). A broker that is
 away means reconnect with capped exponential backoff, forever.
 """
@@ -23,6 +34,9 @@ from ..spool import Spool, SpoolEntry, SpoolError
 
 log = logging.getLogger(__name__)
 
+BATCH = 500                 # messages per transaction
+ISOLATE_MESSAGES = 2000     # after an ERROR: this many messages with a receipt each
+
 
 class Publisher(threading.Thread):
     """Runs until ``stop()``; then drains in-flight receipts within ``drain_timeout``."""
@@ -36,8 +50,11 @@ class Publisher(threading.Thread):
         self.drain_timeout = drain_timeout
         self.broker = BrokerConnection(settings)
         self._stopping = threading.Event()
-        self._in_flight: Dict[str, tuple] = {}   # receipt -> (entry, sent_at)
+        self._in_flight: Dict[str, tuple] = {}   # receipt -> (entries, sent_at)
+        self._in_flight_count = 0
+        self._isolate = 0                         # messages still to send one receipt each
         self._generation = 0
+        self._serial = 0
         self._backoff = settings.backoff_initial
         self._warn = RateLimitedLog(log)
 
@@ -86,12 +103,17 @@ class Publisher(threading.Thread):
         self._warn(logging.WARNING, "connect", f"no broker reachable ({problem}); retrying in {delay:.1f} s")
         self._stopping.wait(delay)
 
+    def _in_flight_ids(self):
+        return [entry.entry_id for entries, _ in self._in_flight.values() for entry in entries]
+
     def _connection_lost(self, why: str) -> None:
         """Give back everything in flight: without a receipt it may not have arrived."""
         if self._in_flight:
-            self.spool.give_back([entry.entry_id for entry, _ in self._in_flight.values()])
-            self.health.add("retries", len(self._in_flight))
+            ids = self._in_flight_ids()
+            self.spool.give_back(ids)
+            self.health.add("retries", len(ids))
             self._in_flight.clear()
+            self._in_flight_count = 0
         self._warn(logging.WARNING, "lost", f"broker connection lost ({why}); will reconnect")
         self.health.error(f"broker: {why}")
         self.broker.close()
@@ -99,21 +121,54 @@ class Publisher(threading.Thread):
     # -- sending ------------------------------------------------------------
 
     def _fill_window(self) -> None:
-        room = self.settings.max_in_flight - len(self._in_flight)
-        if room <= 0:
-            return
-        entries = self.spool.take(room)
-        for index, entry in enumerate(entries):
-            receipt = f"{self._generation}-{entry.entry_id}"
-            headers = dict(entry.message.headers)
-            headers["receipt"] = receipt
+        while True:
+            room = self.settings.max_in_flight - self._in_flight_count
+            if room <= 0:
+                return
+            entries = self.spool.take(min(room, BATCH))
+            if not entries:
+                return
             try:
-                self.broker.send(entry.message.destination, entry.message.body, headers)
+                if self._isolate > 0:
+                    self._send_each(entries)
+                else:
+                    self._send_transaction(entries)
             except BaseException:
-                # Not sent: hand the unsent rest back before the caller handles the error.
-                self.spool.give_back([e.entry_id for e in entries[index:]])
+                # Not (all) sent: hand the batch back before the caller handles the error.
+                self.spool.give_back([entry.entry_id for entry in entries])
                 raise
-            self._in_flight[receipt] = (entry, time.monotonic())
+
+    def _next_receipt(self) -> str:
+        self._serial += 1
+        return f"{self._generation}-{self._serial}"
+
+    def _send_transaction(self, entries) -> None:
+        receipt = self._next_receipt()
+        transaction = "tx-" + receipt
+        self.broker.begin(transaction)
+        for entry in entries:
+            headers = dict(entry.message.headers, transaction=transaction)
+            self.broker.send(entry.message.destination, entry.message.body, headers)
+        self.broker.commit(transaction, receipt)
+        self._track(receipt, entries)
+
+    def _send_each(self, entries) -> None:
+        """One receipt per message, so that an ERROR names the message it is about."""
+        for index, entry in enumerate(entries):
+            receipt = self._next_receipt()
+            try:
+                self.broker.send(entry.message.destination, entry.message.body,
+                                 dict(entry.message.headers, receipt=receipt))
+            except BaseException:
+                self.spool.give_back([e.entry_id for e in entries[index + 1:]])
+                entries[index + 1:] = []
+                raise
+            self._track(receipt, [entry])
+            self._isolate -= 1
+
+    def _track(self, receipt: str, entries) -> None:
+        self._in_flight[receipt] = (entries, time.monotonic())
+        self._in_flight_count += len(entries)
 
     def _wait_for_progress(self, timeout: float) -> None:
         """Sleep until a receipt arrives, the spool gets data, or ``timeout``."""
@@ -125,41 +180,60 @@ class Publisher(threading.Thread):
         events.wakeup.clear()
 
     def _collect(self) -> None:
-        receipts, errors = self.broker.take_events()
         done = []
-        for receipt in receipts:
-            item = self._in_flight.pop(receipt, None)
+        for kind, headers, body in self.broker.take_replies():
+            item = self._in_flight.pop(headers.get("receipt-id", ""), None)
             if item is not None:
-                done.append(item[0].entry_id)
-        if done:
-            self.spool.done(done)
-            self.health.add("published", len(done))
-            self.health.mark("publish")
-        for headers, body in errors:
-            self._refused(headers, body)
+                self._in_flight_count -= len(item[0])
+            if kind == "receipt":
+                if item is not None:
+                    done.extend(entry.entry_id for entry in item[0])
+                continue
+            self._mark_done(done)
+            done = []
+            if not self._refused(headers, body, item):
+                return          # connection abandoned: later replies belong to it
+        self._mark_done(done)
         if self._in_flight:
-            oldest = min(sent for _, sent in self._in_flight.values())
+            oldest = next(iter(self._in_flight.values()))[1]    # dicts keep sending order
             if time.monotonic() - oldest > self.settings.receipt_timeout:
                 self._connection_lost(f"no receipt within {self.settings.receipt_timeout:g} s")
         if self.broker.events.lost:
             self._connection_lost("disconnected by the broker or heartbeat timeout")
 
-    def _refused(self, headers, body: str) -> None:
-        """An ERROR frame. If it names one of our messages, that message was refused."""
+    def _mark_done(self, entry_ids) -> None:
+        if entry_ids:
+            self.spool.done(entry_ids)
+            self.health.add("published", len(entry_ids))
+            self.health.mark("publish")
+
+    def _refused(self, headers, body: str, item) -> bool:
+        """An ERROR frame. Returns False if the connection had to be abandoned.
+
+        With a receipt-id of one message (sent one receipt each), that message was
+        refused: give it back, or after ``max_refusals`` tries move it to the dead
+        letters; the connection goes on. Otherwise (an error inside a transaction,
+        which names no message) nothing in flight can be trusted: give everything
+        back, reconnect, and send one receipt each for a while to find the culprit.
+        """
         reason = f"{headers.get('message', 'broker error')} {body.strip()[:300]}".strip()
-        item = self._in_flight.pop(headers.get("receipt-id", ""), None)
         self.health.error(f"broker refused: {reason}")
-        if item is not None:
-            entry: SpoolEntry = item[0]
+        self.health.add("broker_errors")
+        self._isolate = ISOLATE_MESSAGES
+        if item is not None and len(item[0]) == 1:
+            entry: SpoolEntry = item[0][0]
             if entry.attempts + 1 >= self.settings.max_refusals:
-                self.spool.reject(entry.entry_id, f"refused {entry.attempts + 1} times by the broker: {reason}")
+                self.spool.reject(entry.entry_id, f"refused by the broker on try {entry.attempts + 1}: {reason}")
                 self.health.add("dead_letters")
-                log.error("message %s to %s moved to dead letters: %s",
-                          entry.message.message_id, entry.message.destination, reason)
+                self._warn(logging.ERROR, "dead-letter", f"message {entry.message.message_id} to "
+                           f"{entry.message.destination} moved to dead letters: {reason}")
             else:
                 self.spool.give_back([entry.entry_id])
-        # ActiveMQ closes the connection after an ERROR frame: start over.
+            return True
+        if item is not None:
+            self.spool.give_back([entry.entry_id for entry in item[0]])
         self._connection_lost(f"broker error: {reason}")
+        return False
 
     def _drain(self) -> None:
         """At shutdown: wait a little for outstanding receipts, give back the rest."""
@@ -172,5 +246,6 @@ class Publisher(threading.Thread):
             except (SpoolError, StompException, OSError):
                 break
         if self._in_flight:
-            self.spool.give_back([entry.entry_id for entry, _ in self._in_flight.values()])
+            self.spool.give_back(self._in_flight_ids())
             self._in_flight.clear()
+            self._in_flight_count = 0

@@ -270,3 +270,45 @@ def test_a_hung_broker_is_noticed_by_heartbeats_and_the_bridge_fails_over(
         print(f"hung broker: failed over and delivered in {time.time() - started:.1f} s")
     finally:
         b1.resume()
+
+
+AUTHORIZATION = """
+<plugins>
+  <simpleAuthenticationPlugin>
+    <users>
+      <authenticationUser username="site" password="site-pw" groups="sites"/>
+      <authenticationUser username="admin" password="admin-pw" groups="admins"/>
+    </users>
+  </simpleAuthenticationPlugin>
+  <authorizationPlugin>
+    <map>
+      <authorizationMap>
+        <authorizationEntries>
+          <authorizationEntry queue="allowed.>" read="admins" write="sites" admin="admins,sites"/>
+          <authorizationEntry queue="forbidden.>" read="admins" write="admins" admin="admins,sites"/>
+          <authorizationEntry topic="ActiveMQ.Advisory.>" read="admins,sites" write="admins,sites"
+                              admin="admins,sites"/>
+        </authorizationEntries>
+      </authorizationMap>
+    </map>
+  </authorizationPlugin>
+</plugins>
+"""
+
+
+def test_a_destination_the_broker_refuses_ends_in_dead_letters_without_a_retry_storm(
+        tmp_path, activemq_factory, stomp_probe_factory, bridge_factory):
+    broker = activemq_factory("auth", extra_xml=AUTHORIZATION, login=("admin", "admin-pw"))
+    allowed = stomp_probe_factory(broker, "/queue/allowed.results", login=("admin", "admin-pw"))
+    refused_route = '  - {name: refused, destination: "/queue/forbidden.results", hard_only: false}\n'
+    bridge = bridge_factory([broker.stomp_port], ocsp=False, perfdata=True, destination="/queue/allowed.results",
+                            extra_routes=refused_route, username="site", password="site-pw", max_refusals=3)
+    bridge.start()
+    lines = result_lines(300)
+    (bridge.workdir / "service-perfdata").write_text("".join(lines))
+    got = wait_for_ids(allowed, expected_ids(lines), timeout=60)
+    assert set(got) == expected_ids(lines), bridge.log_text()[-3000:]
+    assert bridge.wait_counter("dead_letters", len(lines), timeout=60) == len(lines), bridge.log_text()[-3000:]
+    errors = bridge.counter("broker_errors")
+    assert errors <= 3 * len(lines) + 10, f"{errors} broker errors for {len(lines)} refused messages"
+    assert "moved to dead letters" in bridge.log_text() and "not authorized" in bridge.log_text().lower()

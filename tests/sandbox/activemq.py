@@ -100,7 +100,7 @@ class ActiveMQ:
     """One broker: STOMP + OpenWire on 127.0.0.1, KahaDB, config and log in `workdir`."""
 
     def __init__(self, workdir, name="b1", stomp_port=None, openwire_port=None,
-                 network_to=(), data_dir=None, extra_xml="", start_timeout=60.0):
+                 network_to=(), data_dir=None, extra_xml="", start_timeout=60.0, login=None):
         self.dir = Path(workdir).resolve()
         self.name = name
         self.stomp_port = stomp_port or free_port()
@@ -108,6 +108,7 @@ class ActiveMQ:
         self.network_to = list(network_to)
         self.data_dir = Path(data_dir).resolve() if data_dir else self.dir / "data"
         self.extra_xml = extra_xml
+        self.login = login           # (user, password) for the readiness check, when auth is on
         self.start_timeout = start_timeout
         self.log_file = self.dir / "activemq.log"
         self.console_file = self.dir / "console.log"
@@ -196,7 +197,7 @@ class ActiveMQ:
             if not self.running():
                 raise RuntimeError(f"broker {self.name} exited with {self.proc and self.proc.returncode}"
                                    f"\n{self.log_tail()}")
-            if stomp_connect_ok(HOST, self.stomp_port, timeout=1.0):
+            if stomp_connect_ok(HOST, self.stomp_port, timeout=1.0, login=self.login):
                 self.started_in = time.monotonic() - self._t0
                 return self
             time.sleep(0.1)

@@ -39,19 +39,20 @@ class _ReceiptWaiter(stomp.ConnectionListener):
             raise TimeoutError(f"no RECEIPT {receipt} within {timeout}s")
 
 
-def _connect(addr, client_id=None, heartbeats=(0, 0), auto_decode=True, **conn_kwargs):
+def _connect(addr, client_id=None, heartbeats=(0, 0), auto_decode=True, login=None, **conn_kwargs):
     conn = stomp.Connection12([tuple(addr)], heartbeats=heartbeats, auto_decode=auto_decode,
                               reconnect_attempts_max=1, **conn_kwargs)
     waiter = _ReceiptWaiter()
     conn.set_listener("receipts", waiter)
     headers = {"client-id": client_id} if client_id else {}
-    conn.connect(wait=True, headers=headers)
+    user, password = login or (None, None)
+    conn.connect(user, password, wait=True, headers=headers)
     return conn, waiter
 
 
-def publish(addr, destination, body, headers=None, timeout=10.0):
+def publish(addr, destination, body, headers=None, timeout=10.0, login=None):
     """Send one persistent message to `destination` on a fresh connection, wait for its receipt."""
-    conn, waiter = _connect(addr)
+    conn, waiter = _connect(addr, login=login)
     try:
         receipt = f"pub-{uuid.uuid4()}"
         hdrs = {"persistent": "true", **(headers or {}), "receipt": receipt}
@@ -70,7 +71,7 @@ class StompProbe(stomp.ConnectionListener):
 
     def __init__(self, addr, destination, ack="auto", selector=None, client_id=None,
                  durable_name=None, prefetch=None, headers=None, auto_ack=False,
-                 heartbeats=(0, 0), auto_decode=True):
+                 heartbeats=(0, 0), auto_decode=True, login=None):
         self.addr = tuple(addr.stomp_address if hasattr(addr, "stomp_address") else addr)
         self.destination = destination
         self.ack_mode = ack
@@ -85,6 +86,7 @@ class StompProbe(stomp.ConnectionListener):
         self.client_id = client_id or (f"probe-{uuid.uuid4()}" if durable_name else None)
         self.heartbeats = heartbeats
         self.auto_decode = auto_decode
+        self.login = login
         self.sub_id = str(next(_sub_ids))
         self.conn = None
         self._cond = threading.Condition()
@@ -93,7 +95,8 @@ class StompProbe(stomp.ConnectionListener):
     # -- connection ------------------------------------------------------------------------------
     def start(self, timeout=10.0):
         """Connect and subscribe; returns once the broker confirmed the SUBSCRIBE with a receipt."""
-        self.conn, self._waiter = _connect(self.addr, self.client_id, self.heartbeats, self.auto_decode)
+        self.conn, self._waiter = _connect(self.addr, self.client_id, self.heartbeats, self.auto_decode,
+                                              login=self.login)
         self.conn.set_listener("probe", self)
         receipt = f"sub-{uuid.uuid4()}"
         self.conn.subscribe(self.destination, self.sub_id, ack=self.ack_mode,
