@@ -1,0 +1,1280 @@
+"""Inbound throughput and latency: ActiveMQ -> bridge -> Nagios 4, against Nagios's own rate.
+
+    .venv/bin/python benchmarks/inbound.py [--count N] [--hosts 10] [--services 100]
+                                           [--ocsp-count 5000] [--extra-prefetch 1000]
+                                           [--latency-rate 1000] [--latency-seconds 20]
+                                           [--nagios-latency-rate 1000] [--nagios-latency-seconds 10]
+                                           [--prefetch P] [--skip NAME] [--keep]
+    .venv/bin/python benchmarks/inbound.py --profile [--count N]   # where the bridge's time goes
+
+One real ActiveMQ 5.x (tests/sandbox/activemq.py: Debian package, -Xmx256M, KahaDB) and one real
+Nagios 4 (tests/sandbox/nagios.py: Debian nagios4 4.4.6; --hosts x --services passive services;
+log_external_commands=1, log_passive_checks=1, status_update_interval=1,
+check_result_reaper_frequency=1; no OCSP) are started in a temp dir, on 127.0.0.1 only, and
+every case of the run is measured against them, in this order:
+
+  warm-up         a 3000-message "bridge fifo (alone)" run, not reported (broker JIT).
+  nagios fifo     Nagios's own rate, THE BASELINE: N PROCESS_SERVICE_CHECK_RESULT lines (the very
+  (baseline)      lines the bridge writes: nagios_command.command_line) written straight into
+                  Nagios's command FIFO as fast as it takes them (blocking writes of whole lines,
+                  <= PIPE_BUF each); timed from the first write until nagios.log holds the N-th
+                  "EXTERNAL COMMAND: PROCESS_SERVICE_CHECK_RESULT" line of the case. Nagios logs
+                  that line and handles the result in the same call (4.4.6's "PASSIVE SERVICE
+                  CHECK" line cannot be used to time: it is written with the service's
+                  *previous* output).
+  nagios+ocsp     The same against a second sandbox Nagios that obsesses over services with the
+  fifo (base.)    bridge's own OCSP command (nagios_wiring.printf_command: sh + printf into a
+                  FIFO, read here): a central Nagios that also runs the outbound side, as the
+                  reference measurement (~950/s) did. --ocsp-count results; done when the core
+                  has logged all and all OCSP lines arrived.
+  bridge fifo     The bridge alone, writer command_file: N WLCG messages pre-loaded on a queue
+  (alone)         (persistent SENDs, no receipts, a receipt on the last one), then
+                  `python -m msg_nagios_bridge run` started; its command_file is a FIFO read by
+                  a child process of this benchmark that reads and discards as fast as it can
+                  (timestamping every read). Timed from the first message stored in the bridge's
+                  inbound spool (its SQLite file, polled read-only every 20 ms; status.json is
+                  written only every 2 s) until the reader has N lines. The bridge's ceiling.
+  bridge crdir    The same with writer checkresults_dir into a directory nobody reaps; timed
+  (alone)         until the spool is empty (a row is deleted only once its file and .ok file
+                  are written); the results in the files are counted afterwards.
+  bridge -> nagios fifo / crdir
+                  The same two writers against the real Nagios; timed until Nagios processed
+                  all N (fifo: the EXTERNAL COMMAND lines; crdir: N "PASSIVE SERVICE CHECK" lines,
+                  counted only). status.dat is checked afterwards: every service should show
+                  the last result sent for it (each result of a round has the same check time,
+                  later rounds later ones); when not, the rounds shown are listed.
+  nagios crdir    Nagios's own rate through the check results directory: N results in files of
+  (baseline)      500 (checkresult_file.render, what the bridge writes) all written at once;
+                  timed until N PASSIVE SERVICE CHECK lines.
+  bridge fifo (alone) prefetch P
+                  "bridge fifo (alone)" again with inbound.prefetch = --extra-prefetch.
+  latency fifo    A publisher sends --latency-rate results/s for --latency-seconds (persistent,
+  (alone)         no receipts) into a queue the running bridge consumes; the bridge's
+                  command_file is the benchmark's FIFO reader, which timestamps each line on
+                  arrival (CLOCK_MONOTONIC, shared by all processes). Every output carries an
+                  id, so latency = arrival - send time, per message: p50/p90/p99/max.
+  latency ->      The same into the real Nagios at --nagios-latency-rate, "arrival" being the
+  nagios fifo     moment the benchmark sees the result's EXTERNAL COMMAND line in nagios.log
+                  (polled every 2 ms). Through the check results directory it is not measured:
+                  Nagios reaps that directory once a second (check_result_reaper_frequency=1),
+                  so the latency there is that interval (0-1 s) plus processing, not the bridge;
+                  and status.dat, written once a second, is too coarse to say more.
+
+Every bridge row reports its peak RSS (VmHWM) and CPU seconds (utime+stime from /proc) in the
+timed window and over its whole life; the CPU of the broker, of Nagios (core + workers + their
+waited-for children), of this benchmark (+ its FIFO reader) and of everything else on the machine
+in the window are shown too (2 cores are shared: "other" says whether something else, or the
+kernel, disturbed a case).
+
+--profile runs service.Bridge inside this process (no subprocess) on the "bridge fifo (alone)"
+case, once with wall-clock timers around the stages (decode, spool put/take/done, ACK, FIFO
+write) and once with one cProfile profiler per thread, and prints where the time goes.
+
+Every server is started from the temp dir and stopped by PID in a finally block; every wait is
+bounded (--case-timeout). The default run takes about 2-3 minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import multiprocessing
+import os
+import platform
+import pstats
+import re
+import resource
+import select
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import types
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import stomp  # noqa: E402
+
+from msg_nagios_bridge.formats import checkresult_file, nagios_command, wlcg  # noqa: E402
+from msg_nagios_bridge.model import CheckResult  # noqa: E402
+from tests.sandbox.activemq import ActiveMQ  # noqa: E402
+from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
+from tests.sandbox.nagios import Nagios, host, passive_service  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PIPE_BUF = 4096
+POLL = 0.02
+FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
+SENDER = "remote-nagios"
+CRDIR_BATCH = 500          # results per check result file, as the bridge's writer (BATCH)
+PASSIVE = b"PASSIVE SERVICE CHECK: "
+COMMAND_LINE = b"EXTERNAL COMMAND: PROCESS_SERVICE_CHECK_RESULT;"
+ID_RE = re.compile(rb"id=(\d+)")
+
+
+# -- process accounting ------------------------------------------------------------------------
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone. With
+    ``children``, plus the CPU of its children it has waited for (Nagios's workers run the
+    OCSP shells)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def vm_hwm_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def children_of(pid: int):
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def self_cpu() -> float:
+    """This process and its waited-for children (the FIFO reader is one once joined)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def system_busy() -> float:
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class Meter:
+    """CPU seconds over a window for groups of PIDs, this process, and everything else."""
+
+    def __init__(self, groups):
+        self.groups = {name: [p for p in pids if p] for name, pids in groups.items()}
+        self.t0 = time.monotonic()
+        self.start = self._sample()
+
+    def _sample(self):
+        sample = {name: sum(cpu_seconds(p, name == "nagios") for p in pids)
+                  for name, pids in self.groups.items()}
+        sample["bench"] = self_cpu()
+        sample["busy"] = system_busy()
+        return sample
+
+    def stop(self) -> dict:
+        end = self._sample()
+        out = {f"{k}_cpu": end[k] - self.start[k] for k in end if k != "busy"}
+        out["other_cpu"] = max(0.0, (end["busy"] - self.start["busy"]) - sum(out.values()))
+        out["window"] = time.monotonic() - self.t0
+        return out
+
+
+# -- payloads ----------------------------------------------------------------------------------
+
+class Payload:
+    """``count`` distinct service results spread round-robin over hosts x services, state OK
+    (no state change: Nagios's fastest path, so its baseline is as high as it gets)."""
+
+    def __init__(self, count: int, tag: str, hosts: int, services: int):
+        self.tag = tag
+        total = hosts * services
+        rounds = -(-count // total)
+        # One check time per round, increasing and in the past: the check results directory
+        # reaper sorts by finish time, so the last round sent is also the last one processed.
+        base = int(time.time()) - rounds - 1
+        self.results = []
+        for i in range(count):
+            slot = i % total
+            self.results.append(CheckResult(
+                host=host_name(slot // services), service=service_name(slot % services), state=0,
+                output=f"OK bench {tag} id={i:07d} transfer ok", long_output="detail: all fine",
+                perfdata=f"time={(i % 1000) / 1000:.3f}s;1;2 size={i % 4096}B",
+                timestamp=base + i // total))
+        self.count = count
+        self.total = total
+
+    def message(self, i: int):
+        result = self.results[i]
+        headers = {"persistent": "true", "nagios_host": SENDER, "result_id": result.identity()}
+        return wlcg.encode(result, FIELDS).encode("utf-8"), headers
+
+    def messages(self):
+        return [self.message(i) for i in range(self.count)]
+
+    def command_lines(self):
+        return [nagios_command.command_line(r, int(r.timestamp)).encode() for r in self.results]
+
+    def last_outputs(self):
+        """{(host, service): output of the last result sent for it}."""
+        out = {}
+        for r in self.results:
+            out[(r.host, r.service)] = r.output
+        return out
+
+
+def host_name(h: int) -> str:
+    return f"ce{h:02d}.remote.org"
+
+
+def service_name(s: int) -> str:
+    return f"org.bench.svc{s:03d}"
+
+
+# -- the broker side ---------------------------------------------------------------------------
+
+class _Receipts(stomp.ConnectionListener):
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.seen = set()
+        self.errors = []
+
+    def on_receipt(self, frame):
+        with self.cond:
+            self.seen.add(frame.headers.get("receipt-id"))
+            self.cond.notify_all()
+
+    def on_error(self, frame):
+        with self.cond:
+            self.errors.append((dict(frame.headers), frame.body))
+            self.cond.notify_all()
+
+    def wait(self, receipt, timeout):
+        with self.cond:
+            if not self.cond.wait_for(lambda: receipt in self.seen or self.errors, timeout):
+                raise TimeoutError(f"no receipt {receipt} within {timeout} s")
+            if self.errors:
+                raise RuntimeError(f"ERROR frame from the broker: {self.errors[-1]}")
+
+
+def connect(broker):
+    conn = stomp.Connection12([broker.stomp_address], heartbeats=(0, 0), auto_decode=False)
+    listener = _Receipts()
+    conn.set_listener("receipts", listener)
+    conn.connect(wait=True)
+    return conn, listener
+
+
+def preload(broker, queue, messages, timeout):
+    """Persistent SENDs without receipts, a receipt on the last one; returns seconds."""
+    conn, listener = connect(broker)
+    try:
+        t0 = time.monotonic()
+        last = len(messages) - 1
+        for i, (body, headers) in enumerate(messages):
+            if i == last:
+                headers = {**headers, "receipt": "preload-last"}
+            conn.send(queue, body, headers=headers)
+        listener.wait("preload-last", timeout)
+        return time.monotonic() - t0
+    finally:
+        conn.disconnect()
+
+
+class PacedPublisher:
+    """Send messages at ``rate``/s (catching up in bursts if late), noting each send time."""
+
+    def __init__(self, broker, queue, messages, rate):
+        self.broker, self.queue, self.messages, self.rate = broker, queue, messages, rate
+        self.sent_at = [0.0] * len(messages)
+
+    def run(self, start=0, stop=None):
+        stop = len(self.messages) if stop is None else stop
+        conn, listener = connect(self.broker)
+        try:
+            t0 = time.monotonic()
+            for i in range(start, stop):
+                target = t0 + (i - start) / self.rate
+                delay = target - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                body, headers = self.messages[i]
+                if i == stop - 1:
+                    headers = {**headers, "receipt": f"paced-{stop}"}
+                self.sent_at[i] = time.monotonic()
+                conn.send(self.queue, body, headers=headers)
+            elapsed = self.sent_at[stop - 1] - self.sent_at[start] if stop - start > 1 else 0.0
+            listener.wait(f"paced-{stop}", 30)
+            return elapsed
+        finally:
+            conn.disconnect()
+
+
+# -- observing the central side ----------------------------------------------------------------
+
+def _reader_main(path, stop, ready, counter, first, last, record_path):
+    """Child process: read the FIFO as fast as possible, count lines, optionally record
+    (id, arrival time) per line. Keeps a write end open so reads never see EOF between the
+    bridge's open/write/close cycles."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    ready.set()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    n, partial, records = 0, b"", [] if record_path else None
+    try:
+        while True:
+            if not poller.poll(50):
+                if stop.is_set():
+                    break
+                continue
+            try:
+                data = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            t = time.monotonic()
+            if not data:
+                continue
+            k = data.count(b"\n")
+            if k:
+                if n == 0:
+                    first.value = t
+                n += k
+                last.value = t
+                counter.value = n
+            if records is not None:
+                lines = (partial + data).split(b"\n")
+                partial = lines.pop()
+                for line in lines:
+                    m = ID_RE.search(line)
+                    records.append(f"{int(m.group(1)) if m else -1} {t!r}\n")
+    finally:
+        os.close(fd)
+        os.close(keep)
+        if records is not None:
+            with open(record_path, "w") as handle:
+                handle.writelines(records)
+
+
+class FifoReader:
+    """A FIFO read by a child process (spawned: no threads are inherited)."""
+
+    def __init__(self, path: Path, record: bool = False):
+        self.path = path
+        ctx = multiprocessing.get_context("spawn")
+        if path.exists():
+            path.unlink()
+        os.mkfifo(path, 0o600)
+        self.stop_event, ready = ctx.Event(), ctx.Event()
+        self.counter = ctx.Value("q", 0)
+        self.first = ctx.Value("d", 0.0)
+        self.last = ctx.Value("d", 0.0)
+        self.record_path = str(path) + ".records" if record else None
+        self.proc = ctx.Process(target=_reader_main, name="fifo-reader", daemon=True,
+                                args=(str(path), self.stop_event, ready, self.counter, self.first,
+                                      self.last, self.record_path))
+        self.proc.start()
+        if not ready.wait(20):
+            self.close()
+            raise RuntimeError("the FIFO reader did not start")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    @property
+    def lines(self) -> int:
+        return self.counter.value
+
+    def close(self):
+        """Stop the child; returns {id: arrival} when recording."""
+        self.stop_event.set()
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        arrivals = {}
+        if self.record_path and os.path.exists(self.record_path):
+            with open(self.record_path) as handle:
+                for line in handle:
+                    ident, t = line.split()
+                    arrivals.setdefault(int(ident), float(t))
+        return arrivals
+
+
+class LogTail:
+    """Follow nagios.log from its current end and count processed results.
+
+    kind "command": "EXTERNAL COMMAND: PROCESS_SERVICE_CHECK_RESULT;..." lines carrying ``tag``
+    (Nagios logs that line and then handles the result right away, in the same call), with
+    their id and arrival time when recording. kind "passive": every "PASSIVE SERVICE CHECK:"
+    line, whatever its text: Nagios 4.4.6 writes that line for each processed passive result
+    but with the service's *previous* output (it logs before it updates the service), so it
+    counts results but cannot tell which one.
+    """
+
+    def __init__(self, path: Path, kind: str, tag: str = "", record: bool = False):
+        self.path = path
+        self.marker = COMMAND_LINE if kind == "command" else PASSIVE
+        self.tag = tag.encode()
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.partial = b""
+        self.count = 0
+        self.first = self.last = None
+        self.arrivals = {} if record else None
+        self._thread = None
+        self._stop = threading.Event()
+
+    def poll(self) -> int:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return self.count
+        t = time.monotonic()
+        if not data:
+            return self.count
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            if self.marker in line and self.tag in line:
+                self.count += 1
+                if self.first is None:
+                    self.first = t
+                self.last = t
+                if self.arrivals is not None:
+                    m = ID_RE.search(line)
+                    if m:
+                        self.arrivals.setdefault(int(m.group(1)), t)
+        return self.count
+
+    def follow(self, interval=0.002):
+        """Poll in a thread every ``interval`` s (for latency)."""
+        def loop():
+            while not self._stop.is_set():
+                self.poll()
+                time.sleep(interval)
+            self.poll()
+        self._thread = threading.Thread(target=loop, name="log-tail", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+
+
+class SpoolWatch:
+    """Read-only view of the bridge's inbound spool: (stored high-water mark, held, dead)."""
+
+    def __init__(self, db_path: Path):
+        self.db_path = db_path
+        self.db = None
+
+    def poll(self):
+        if self.db is None:
+            if not self.db_path.is_file():
+                return 0, 0, 0
+            try:
+                self.db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True,
+                                          isolation_level=None, timeout=5.0)
+            except sqlite3.Error:
+                return 0, 0, 0
+        try:
+            seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence"
+                                  " WHERE name = 'messages'").fetchone()[0]
+            depth = self.db.execute("SELECT count(*) FROM messages").fetchone()[0]
+            dead = self.db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        except sqlite3.Error:
+            return 0, 0, 0
+        return seq, depth, dead
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def crdir_files(directory: Path):
+    return [p for p in directory.iterdir() if len(p.name) == 7 and p.name.startswith("c")]
+
+
+def crdir_results(directory: Path) -> int:
+    return sum(p.read_bytes().count(b"\nservice_description=") for p in crdir_files(directory))
+
+
+def status_check(nagios, payload, timeout=4.0):
+    """status.dat against the last result sent per service (waits up to ``timeout`` s for
+    Nagios to write it, every 1 s): {"status_ok": n, "status_of": services, and when some
+    differ "status_rounds": which round (0 = first result sent for a service) they show}."""
+    expected = payload.last_outputs()
+    deadline = time.monotonic() + timeout
+    while True:
+        status = nagios.status()
+        good = sum(1 for key, output in expected.items()
+                   if (status.get(key) or {}).get("plugin_output") == output)
+        if good == len(expected) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    out = {"status_ok": good, "status_of": len(expected)}
+    if good != len(expected):
+        rounds = {}
+        for key in expected:
+            text = (status.get(key) or {}).get("plugin_output", "")
+            m = ID_RE.search(text.encode()) if payload.tag in text else None
+            label = str(int(m.group(1)) // payload.total) if m else "other"
+            rounds[label] = rounds.get(label, 0) + 1
+        out["status_rounds"] = dict(sorted(rounds.items()))
+    return out
+
+
+# -- cases -------------------------------------------------------------------------------------
+
+class Env:
+    def __init__(self, args, tmp, broker, nagios):
+        self.args, self.tmp, self.broker, self.nagios = args, tmp, broker, nagios
+        self.seq = 0
+
+    def queue(self, name):
+        self.seq += 1
+        return f"/queue/bench.inbound.{name}.{self.args.run_id}.{self.seq}"
+
+    def tag(self, name):
+        return f"{name}-{self.args.run_id}"
+
+    def meter(self, bridge_pid=None, reader_pid=None, nagios=None):
+        nagios = nagios or self.nagios
+        return Meter({"bridge": [bridge_pid], "broker": [self.broker.pid],
+                      "nagios": [nagios.pid] + children_of(nagios.pid), "reader": [reader_pid]})
+
+    def payload(self, name, count=None):
+        return Payload(count or self.args.count, self.tag(name), self.args.hosts, self.args.services)
+
+
+def central_nagios(tmp: Path, args, name="nagios", ocsp_fifo=None):
+    """The sandbox Nagios: hosts x passive services. With ``ocsp_fifo``, it also obsesses over
+    services with the bridge's own OCSP command (nagios_wiring.printf_command: one sh + printf
+    per result) writing into that FIFO: a central Nagios that also runs the outbound side."""
+    extra, objects = {}, ""
+    if ocsp_fifo:
+        from msg_nagios_bridge.formats import result_line
+        from msg_nagios_bridge.nagios_wiring import ILLEGAL_MACRO_OUTPUT_CHARS, printf_command
+        extra = {"obsess_over_services": 1, "ocsp_command": "bench-ocsp", "ocsp_timeout": 5,
+                 "illegal_macro_output_chars": ILLEGAL_MACRO_OUTPUT_CHARS}
+        objects = ("define command {\n    command_name bench-ocsp\n    command_line "
+                   + printf_command(result_line.SERVICE_TAG, result_line.SERVICE_MACROS, str(ocsp_fifo))
+                   + "\n}\n")
+    return Nagios(tmp / name, hosts=[host(host_name(h)) for h in range(args.hosts)],
+                  services=[passive_service(host_name(h), service_name(s))
+                            for h in range(args.hosts) for s in range(args.services)],
+                  extra_cfg=extra, objects=objects)
+
+
+def nagios_fifo_case(env: Env, nagios=None, count=None, ocsp_reader=None, name="nfifo"):
+    """Nagios alone: N command lines straight into its FIFO, as fast as it takes them."""
+    args = env.args
+    nagios = nagios or env.nagios
+    payload = env.payload(name, count)
+    lines = payload.command_lines()
+    tail = LogTail(nagios.log_file, "command", payload.tag)
+    ocsp0 = ocsp_reader.lines if ocsp_reader else 0
+    done = {}
+
+    def write():
+        fd = os.open(nagios.command_file, os.O_WRONLY)
+        try:
+            chunk, size = [], 0
+            for line in lines:
+                if size + len(line) > PIPE_BUF and chunk:
+                    os.write(fd, b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                os.write(fd, b"".join(chunk))
+        finally:
+            os.close(fd)
+        done["written"] = time.monotonic()
+
+    writer = threading.Thread(target=write, name="nagios-fifo-writer")
+    meter = env.meter(nagios=nagios, reader_pid=ocsp_reader.pid if ocsp_reader else None)
+    t0 = time.monotonic()
+    writer.start()
+    deadline = t0 + args.case_timeout
+    while time.monotonic() < deadline:
+        if tail.poll() >= payload.count and (
+                not ocsp_reader or ocsp_reader.lines - ocsp0 >= payload.count):
+            break
+        time.sleep(POLL / 4)
+    t_core = tail.last or time.monotonic()
+    t1 = max(t_core, ocsp_reader.last.value) if ocsp_reader else t_core
+    writer.join(30)
+    r = {"count": payload.count, "seconds": t1 - t0, **meter.stop()}
+    note = [f"all lines written into the FIFO after {done.get('written', t1) - t0:.2f} s"]
+    if ocsp_reader:
+        note.append(f"the core had processed all after {t_core - t0:.2f} s, the last OCSP line "
+                    f"came {t1 - t_core:.2f} s later ({ocsp_reader.lines - ocsp0} OCSP lines)")
+    r["note"] = "; ".join(note)
+    if tail.count < payload.count or (ocsp_reader and ocsp_reader.lines - ocsp0 < payload.count):
+        r["incomplete"] = (f"{tail.count}/{payload.count} processed"
+                           + (f", {ocsp_reader.lines - ocsp0} OCSP lines" if ocsp_reader else "")
+                           + f" after {args.case_timeout:.0f} s")
+    r.update(status_check(nagios, payload))
+    return r
+
+
+def ocsp_case(env: Env):
+    """A second sandbox Nagios that obsesses over services (the bridge's OCSP printf into a
+    FIFO read by this benchmark): done when the core has processed N and N OCSP lines came."""
+    reader = FifoReader(env.tmp / "ocsp.fifo")
+    nagios = central_nagios(env.tmp, env.args, "nagios-ocsp", ocsp_fifo=env.tmp / "ocsp.fifo")
+    try:
+        nagios.start()
+        return nagios_fifo_case(env, nagios, env.args.ocsp_count, reader, "nocsp")
+    finally:
+        nagios.stop()
+        reader.close()
+
+
+def write_crdir(directory: Path, results, now):
+    """Check result files of CRDIR_BATCH results, each closed before its .ok file."""
+    files = 0
+    for start in range(0, len(results), CRDIR_BATCH):
+        path = directory / ("c" + uuid.uuid4().hex[:6])
+        path.write_text(checkresult_file.render(results[start:start + CRDIR_BATCH], now))
+        (directory / (path.name + ".ok")).touch()
+        files += 1
+    return files
+
+
+def nagios_crdir_case(env: Env):
+    """Nagios alone: N results in check result files of 500, all written at once."""
+    args, nagios = env.args, env.nagios
+    payload = env.payload("ncrdir")
+    directory = Path(nagios.check_result_path)
+    tail = LogTail(nagios.log_file, "passive")
+    meter = env.meter()
+    t0 = time.monotonic()
+    files = write_crdir(directory, payload.results, time.time())
+    written = time.monotonic() - t0
+    deadline = t0 + args.case_timeout
+    while tail.poll() < payload.count and time.monotonic() < deadline:
+        time.sleep(POLL / 4)
+    t1 = tail.last or time.monotonic()
+    r = {"count": payload.count, "seconds": t1 - t0, **meter.stop(),
+         "note": f"{files} files written in {written:.2f} s (Nagios reaps once a second)"}
+    if tail.count < payload.count:
+        r["incomplete"] = f"{tail.count}/{payload.count} processed after {args.case_timeout:.0f} s"
+    r.update(status_check(nagios, payload))
+    return r
+
+
+def _inbound_yaml(env: Env, target, queue, writer, prefetch=None):
+    text = inbound_config(target, queue, writer=writer)
+    prefetch = prefetch or env.args.prefetch
+    if prefetch:
+        text += f"  prefetch: {prefetch}\n"
+    return text
+
+
+def start_bridge(env: Env, name, target, queue, writer, prefetch=None):
+    workdir = env.tmp / name
+    text = bridge_config(workdir, [env.broker.stomp_port], ocsp=False,
+                         inbound=_inbound_yaml(env, target, queue, writer, prefetch))
+    bridge = Bridge(workdir, text)
+    bridge.start()
+    return bridge, SpoolWatch(workdir / "spool" / "inbound.sqlite")
+
+
+def wait_subscribed(bridge, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "connected to broker" in bridge.log_text():
+            return
+        if bridge.proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    raise RuntimeError(f"bridge did not connect:\n{bridge.log_text()[-3000:]}")
+
+
+def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None):
+    """N messages pre-loaded on a queue, then a bridge started; timed from its first spooled
+    message until the central side has all N."""
+    args, nagios = env.args, env.nagios
+    payload = env.payload(name)
+    queue = env.queue(name)
+    pre = preload(env.broker, queue, payload.messages(), args.case_timeout)
+    r = {"count": payload.count, "preload_s": pre}
+    reader = tail = None
+    crdir = None
+    if to_nagios:
+        target = nagios
+        crdir = Path(nagios.check_result_path)
+        if writer == "command_file":
+            tail = LogTail(nagios.log_file, "command", payload.tag)
+        else:
+            tail = LogTail(nagios.log_file, "passive")
+    else:
+        work = env.tmp / f"{name}-central"
+        work.mkdir()
+        crdir = work / "checkresults"
+        crdir.mkdir()
+        target = types.SimpleNamespace(command_file=work / "nagios.cmd", check_result_path=crdir,
+                                       dir=work)
+        if writer == "command_file":
+            reader = FifoReader(work / "nagios.cmd")
+    bridge = watch = None
+    try:
+        meter = env.meter(reader_pid=reader.pid if reader else None)
+        t_start = time.monotonic()
+        bridge, watch = start_bridge(env, name, target, queue, writer, prefetch)
+        pid = bridge.pid
+        deadline = t_start + args.case_timeout
+        t_first = t_injected = t_done = None
+        injected = central = 0
+        while True:
+            now = time.monotonic()
+            seq, depth, dead = watch.poll()
+            injected = seq - depth
+            if t_first is None and seq > 0:
+                t_first = now
+                cpu_first = cpu_seconds(pid)
+            if t_injected is None and injected >= payload.count:
+                t_injected = now
+            if reader is not None:
+                central = reader.lines
+                if central >= payload.count:
+                    t_done = reader.last.value
+            elif tail is not None:   # the real Nagios: processed results in nagios.log
+                central = tail.poll()
+                if central >= payload.count:
+                    t_done = tail.last
+            else:                # check results dir nobody reaps: the bridge's hand-over
+                if t_injected is not None:
+                    t_done, central = t_injected, payload.count
+            if t_done is not None and t_injected is not None:
+                break
+            if now > deadline or bridge.proc.poll() is not None:
+                r["incomplete"] = (f"{injected}/{payload.count} handed over, {central} at the central"
+                                   f" side after {now - t_start:.1f} s")
+                break
+            time.sleep(POLL if t_first is not None else 0.005)
+        t_end = time.monotonic()
+        r.update(meter.stop())
+        r["bridge_cpu_total"] = cpu_seconds(pid)
+        r["bridge_cpu"] = r["bridge_cpu_total"] - (cpu_first if t_first else 0.0)
+        r["rss_mb"] = vm_hwm_mb(pid)
+        t_first = t_first or t_end
+        t_done = t_done or t_end
+        r["seconds"] = max(1e-6, t_done - t_first)
+        r["startup_s"] = t_first - t_start
+        r["injected_s"] = (t_injected or t_end) - t_first
+        r["dead"] = dead
+        if r.get("incomplete"):
+            r["count"] = min(injected, central) if central else injected
+    finally:
+        if watch:
+            watch.close()
+        if bridge:
+            r["exit"] = bridge.stop()
+            counters = bridge.status().get("counters", {})
+            r["counters"] = {k: counters.get(k, 0) for k in ("received", "injected", "duplicates",
+                                                             "refused", "truncated")}
+        if reader:
+            reader.close()
+    if to_nagios:
+        r.update(status_check(nagios, payload))
+    elif writer == "checkresults_dir":
+        r["files"] = len(crdir_files(crdir))
+        r["results_in_files"] = crdir_results(crdir)
+        shutil.rmtree(crdir, ignore_errors=True)
+    return r
+
+
+def latency_case(env: Env, name, to_nagios, rate, seconds):
+    """A bridge running; a publisher at ``rate``/s; per-message publish -> line-arrival time."""
+    args, nagios = env.args, env.nagios
+    warm = max(100, int(rate * 0.5))
+    count = int(rate * seconds)
+    payload = env.payload(name, count=warm + count)
+    messages = payload.messages()
+    queue = env.queue(name)
+    reader = tail = None
+    if to_nagios:
+        target = nagios
+        tail = LogTail(nagios.log_file, "command", payload.tag, record=True)
+        tail.follow()
+    else:
+        work = env.tmp / f"{name}-central"
+        work.mkdir()
+        target = types.SimpleNamespace(command_file=work / "nagios.cmd",
+                                       check_result_path=work / "checkresults", dir=work)
+        reader = FifoReader(work / "nagios.cmd", record=True)
+    arrivals_seen = (lambda: tail.count) if tail else (lambda: reader.lines)
+    bridge = None
+    r = {"rate": rate, "count": count}
+    try:
+        bridge, watch = start_bridge(env, name, target, queue, "command_file")
+        watch.close()
+        wait_subscribed(bridge)
+        publisher = PacedPublisher(env.broker, queue, messages, rate)
+        publisher.run(0, warm)                    # warm-up: not counted
+        deadline = time.monotonic() + 20
+        while arrivals_seen() < warm and time.monotonic() < deadline:
+            time.sleep(0.01)
+        meter = env.meter(bridge.pid, reader.pid if reader else None)
+        sent_for = publisher.run(warm, warm + count)
+        deadline = time.monotonic() + 15
+        while arrivals_seen() < warm + count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r.update(meter.stop())
+        r["achieved_rate"] = (count - 1) / sent_for if sent_for else 0.0
+        r["bridge_cpu_total"] = cpu_seconds(bridge.pid)
+        r["rss_mb"] = vm_hwm_mb(bridge.pid)
+    finally:
+        if bridge:
+            r["exit"] = bridge.stop()
+        if tail:
+            tail.stop()
+            arrivals = tail.arrivals
+        else:
+            arrivals = reader.close()
+    latencies = sorted(arrivals[i] - publisher.sent_at[i] for i in range(warm, warm + count)
+                       if i in arrivals)
+    r["received"] = len(latencies)
+    r["latencies"] = latencies
+    return r
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def rate_of(r):
+    return r["count"] / r["seconds"] if r.get("seconds") else 0.0
+
+
+def _table(head, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    print(fmt(head))
+    print(fmt(["-" * w for w in widths]))
+    for row in rows:
+        print(fmt(row))
+
+
+def report(env: Env, rows, latencies, started):
+    args = env.args
+    print()
+    print(f"=== inbound benchmark, run {args.run_id}: {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}, stomp.py {stomp.__version__}; temp dir on {args.fs}")
+    print(f"code: {code_fingerprint()}; bridge prefetch {args.prefetch or 'default (100)'}")
+    print(f"ActiveMQ 5.x pid {env.broker.pid} (-Xmx256M, KahaDB); Nagios 4 pid {env.nagios.pid} with "
+          f"{args.hosts} hosts x {args.services} passive services, no OCSP (the +ocsp baseline: a second "
+          f"one obsessing over services); N = {args.count} per throughput case; load average at start {args.load_start} (CPU busy {args.busy_start:.2f} s/s in the "
+          f"second before the start), at end {_loadavg()}")
+    base = {name: rate_of(r) for name, r in rows if name.startswith("nagios")}
+    nagios_fifo = base.get("nagios fifo (baseline)", 0.0)
+    print()
+    head = ("case", "N", "window s", "msgs/s", "x nagios fifo", "startup s", "bridge CPU s",
+            "us CPU/msg", "bridge RSS", "broker CPU", "nagios CPU", "bench CPU", "other CPU")
+    table, notes = [], []
+    for name, r in rows:
+        msgs = rate_of(r)
+        is_bridge = "rss_mb" in r
+        table.append((
+            name, r["count"], f"{r['seconds']:.2f}", f"{msgs:,.0f}",
+            f"{msgs / nagios_fifo:.2f}x" if nagios_fifo else "",
+            f"{r['startup_s']:.2f}" if "startup_s" in r else "",
+            f"{r['bridge_cpu']:.2f} ({r['bridge_cpu_total']:.2f})" if is_bridge else "",
+            f"{1e6 * r['bridge_cpu_total'] / max(1, r['count']):.0f}" if is_bridge else "",
+            f"{r['rss_mb']:.0f} MB" if is_bridge else "",
+            f"{r['broker_cpu']:.2f}", f"{r['nagios_cpu']:.2f}",
+            f"{r['bench_cpu'] + r.get('reader_cpu', 0):.2f}", f"{r['other_cpu']:.2f}"))
+        note = []
+        if "preload_s" in r:
+            note.append(f"pre-loaded in {r['preload_s']:.1f} s")
+        if "injected_s" in r:
+            note.append(f"spool empty (all handed over) {r['injected_s']:.2f} s after the first spooled")
+        if r.get("note"):
+            note.append(r["note"])
+        if "status_ok" in r:
+            ok = r["status_ok"] == r["status_of"]
+            note.append(f"status.dat: {r['status_ok']}/{r['status_of']} services show their last "
+                        f"result {'ok' if ok else 'MISMATCH'}")
+            if r.get("status_rounds"):
+                last = str(-(-r["count"] // (args.hosts * args.services)) - 1)
+                note.append("services per round shown (last round sent = " + last + "): " +
+                            ", ".join(f"round {k}: {v}" for k, v in r["status_rounds"].items()))
+        if "results_in_files" in r:
+            note.append(f"{r['files']} files holding {r['results_in_files']} results "
+                        f"{'ok' if r['results_in_files'] == r['count'] else 'MISMATCH'}")
+        if "counters" in r:
+            note.append("counters " + ", ".join(f"{k} {v}" for k, v in r["counters"].items() if v))
+        if r.get("dead"):
+            note.append(f"{r['dead']} dead letters")
+        if r.get("incomplete"):
+            note.append("INCOMPLETE: " + r["incomplete"])
+        if r.get("exit") not in (None, 0):
+            note.append(f"bridge exit code {r['exit']}")
+        notes.append((name, note))
+    _table(head, table)
+    print()
+    for name, note in notes:
+        if note:
+            print(f"  {name}: " + "; ".join(note))
+    print()
+    alone = {name: rate_of(r) for name, r in rows if "(alone)" in name}
+    for name, value in alone.items():
+        for bname, bvalue in base.items():
+            if bvalue:
+                verdict = "meets" if value >= 5 * bvalue else "MISSES"
+                print(f"ratio {name:22} / {bname:28}: {value / bvalue:6.2f}x "
+                      f"({verdict} the >= 5x target)")
+    if latencies:
+        print()
+        head = ("latency case", "rate /s (sent)", "N", "got", "p50 ms", "p90 ms", "p99 ms", "max ms",
+                "bridge CPU s", "CPU/msg us", "bridge RSS", "broker CPU", "nagios CPU", "other CPU",
+                "p99 < 100 ms")
+        table = []
+        for name, r in latencies:
+            lat = r["latencies"]
+            p99 = percentile(lat, 99) * 1000
+            table.append((
+                name, f"{r['rate']} ({r['achieved_rate']:.0f})", r["count"], r["received"],
+                f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 90) * 1000:.1f}",
+                f"{p99:.1f}", f"{(lat[-1] if lat else float('nan')) * 1000:.1f}",
+                f"{r['bridge_cpu']:.2f} ({r['bridge_cpu_total']:.2f})",
+                f"{1e6 * r['bridge_cpu'] / max(1, r['count']):.0f}", f"{r['rss_mb']:.0f} MB",
+                f"{r['broker_cpu']:.2f}", f"{r['nagios_cpu']:.2f}", f"{r['other_cpu']:.2f}",
+                ("yes" if p99 < 100 else "NO") + ("" if r["received"] == r["count"] else " (MISSING)")))
+        _table(head, table)
+    busy = [name for name, r in rows + latencies if r["other_cpu"] > 0.25 * r["window"]]
+    if busy:
+        print(f"\nWARNING: other processes used > 25% of a CPU during: {', '.join(busy)};"
+              " those figures are disturbed (run again on a quiet machine).")
+    print("""
+How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios's FIFO ->
+  N-th "EXTERNAL COMMAND: PROCESS_SERVICE_CHECK_RESULT" line of the case in nagios.log (Nagios
+  handles the result in the same call, right after logging it); +ocsp: and N OCSP lines read
+  from the OCSP FIFO. nagios crdir: files written -> N-th "PASSIVE SERVICE CHECK" line (4.4.6
+  writes it per processed result, with the previous output, so it is only counted).
+  bridge rows: window = first message in the bridge's spool (polled every 20 ms) -> the N-th
+  line read from the FIFO (alone), the N-th result in nagios.log as above (-> nagios), the
+  spool empty (crdir alone: every file and .ok written). startup s = bridge process start
+  -> first message spooled (Python start, config, STOMP connect, subscribe, first batch).
+  bridge CPU s: in the window (whole process life); us CPU/msg uses the whole life; RSS is
+  VmHWM at the end. bench CPU: this process plus the FIFO reader child.
+  latency: per message, publish (just before the STOMP SEND) -> its line read from the FIFO
+  (alone) / its EXTERNAL COMMAND line seen in nagios.log (polled every 2 ms); a warm-up of
+  half a second of messages before is not counted. -> nagios crdir latency: not measured
+  (Nagios reaps the directory once a second; status.dat is written once a second).""")
+    print(f"\ntotal run time {time.monotonic() - started:.0f} s")
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
+
+
+def code_fingerprint() -> str:
+    import hashlib
+    import subprocess
+    digest = hashlib.sha1()
+    for path in sorted((REPO / "msg_nagios_bridge").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = "?"
+    return f"git {head or '?'}, msg_nagios_bridge/*.py sha1 {digest.hexdigest()[:10]}"
+
+
+def _fs_type(path: Path) -> str:
+    best, fs = "", "?"
+    with contextlib.suppress(OSError), open("/proc/mounts") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+                best, fs = parts[1], f"{parts[2]} at {parts[1]}"
+    return fs
+
+
+# -- profile mode ------------------------------------------------------------------------------
+
+class StageTimer:
+    """Wrap methods to sum wall time and calls per stage."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.stats = {}
+
+    def wrap(self, owner, name, label, size=None):
+        original = getattr(owner, name)
+        timer = self
+
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **kw)
+            finally:
+                dt = time.perf_counter() - t0
+                items = size(a, kw) if size else 0
+                with timer.lock:
+                    s = timer.stats.setdefault(label, [0, 0.0, 0, 0.0])
+                    s[0] += 1
+                    s[1] += dt
+                    s[2] += items
+                    s[3] = max(s[3], dt)
+
+        setattr(owner, name, wrapper)
+        return original
+
+    def report(self, elapsed):
+        print(f"\nwall time per stage (sum over calls; timed window {elapsed:.2f} s):")
+        print(f"  {'stage':44} {'calls':>7} {'items':>7} {'total s':>8} {'% wall':>7}"
+              f" {'mean ms':>8} {'max ms':>8}")
+        for label, (calls, total, items, worst) in sorted(self.stats.items(), key=lambda kv: -kv[1][1]):
+            print(f"  {label:44} {calls:7d} {items:7d} {total:8.3f} {100 * total / elapsed:6.1f}%"
+                  f" {1000 * total / max(calls, 1):8.3f} {1000 * worst:8.2f}")
+
+
+def profile_mode(env: Env):
+    """service.Bridge in this process on the 'bridge fifo (alone)' case: stage timers, then
+    one cProfile profiler per thread."""
+    import logging
+    from msg_nagios_bridge import config as config_mod, service, spool as spool_mod
+    from msg_nagios_bridge.sinks import command_file as command_file_mod
+    from msg_nagios_bridge.sinks import nagios_writer as writer_mod
+    from msg_nagios_bridge.sources import subscriber as subscriber_mod
+    from msg_nagios_bridge.formats import inbound as inbound_mod
+
+    logging.basicConfig(level=logging.WARNING)
+    args = env.args
+    for mode in ("timers", "cprofile"):
+        name = f"profile-{mode}"
+        payload = env.payload(name)
+        queue = env.queue(name)
+        pre = preload(env.broker, queue, payload.messages(), args.case_timeout)
+        work = env.tmp / name
+        work.mkdir()
+        target = types.SimpleNamespace(command_file=work / "nagios.cmd",
+                                       check_result_path=work / "checkresults", dir=work)
+        reader = FifoReader(work / "nagios.cmd")
+        (work / "bridge.yaml").write_text(bridge_config(
+            work, [env.broker.stomp_port], ocsp=False,
+            inbound=_inbound_yaml(env, target, queue, "command_file")))
+        settings = config_mod.load(str(work / "bridge.yaml"))
+        timer = StageTimer()
+        restore, profiles = [], {}
+        if mode == "timers":
+            n1 = lambda a, kw: len(a[1]) if len(a) > 1 else 0
+            n0 = lambda a, kw: len(a[0]) if a else 0
+            for owner, attr, label, size in (
+                    (subscriber_mod.Subscriber, "_handle", "subscriber._handle (whole batch)", n1),
+                    (subscriber_mod.Subscriber, "_take_messages", "subscriber._take_messages", None),
+                    (inbound_mod, "decode", "inbound.decode (WLCG -> CheckResult)", None),
+                    (spool_mod.Spool, "put", "spool.put (INSERT txn + fsync)", n1),
+                    (spool_mod.Spool, "take", "spool.take (SELECT)", None),
+                    (spool_mod.Spool, "done", "spool.done (DELETE txn + fsync)", None),
+                    (spool_mod.Spool, "wait", "spool.wait (writer idle)", None),
+                    (writer_mod.NagiosWriter, "_write", "writer._write (whole batch)", n1),
+                    (writer_mod.NagiosWriter, "_deliver", "writer._deliver (format + write)", n1),
+                    (command_file_mod, "write_lines", "command_file.write_lines (FIFO)", None),
+                    (stomp.Connection12, "ack", "stomp ack (one ACK frame)", None)):
+                restore.append((owner, attr, timer.wrap(owner, attr, label, size)))
+                if owner is command_file_mod:    # nagios_writer imported the name itself
+                    restore.append((writer_mod, "write_lines", writer_mod.write_lines))
+                    writer_mod.write_lines = command_file_mod.write_lines
+        else:
+            original_start = threading.Thread.start
+
+            def profiled_start(thread):
+                run = thread.run
+                prof = cProfile.Profile()
+                profiles[f"{thread.name}"] = prof
+
+                def profiled_run():
+                    prof.enable()
+                    try:
+                        run()
+                    finally:
+                        prof.disable()
+
+                thread.run = profiled_run
+                original_start(thread)
+
+            threading.Thread.start = profiled_start
+            restore.append((threading.Thread, "start", original_start))
+        bridge = service.Bridge(settings)
+        watch = SpoolWatch(Path(service.inbound_spool_path(settings)))
+        try:
+            cpu0 = self_cpu()
+            t_start = time.monotonic()
+            bridge.start()
+            t_first = None
+            deadline = t_start + args.case_timeout
+            while reader.lines < payload.count and time.monotonic() < deadline:
+                if t_first is None and watch.poll()[0] > 0:
+                    t_first = time.monotonic()
+                time.sleep(POLL if t_first else 0.005)
+            t_end = reader.last.value or time.monotonic()
+            cpu = self_cpu() - cpu0
+        finally:
+            bridge.stop()
+            watch.close()
+            for owner, attr, original in restore:
+                setattr(owner, attr, original)
+            reader.close()
+        t_first = t_first or t_start
+        elapsed = t_end - t_first
+        print(f"\n=== profile ({mode}): {reader.lines}/{payload.count} lines in {elapsed:.2f} s ="
+              f" {reader.lines / elapsed:,.0f} msgs/s from the first spooled message (pre-loaded in"
+              f" {pre:.1f} s); process CPU {cpu:.2f} s from bridge start ({t_end - t_start:.2f} s)")
+        if mode == "timers":
+            timer.report(elapsed)
+        else:
+            for tname, prof in sorted(profiles.items()):
+                out = io.StringIO()
+                stats = pstats.Stats(prof, stream=out)
+                if not stats.total_calls:
+                    continue
+                print(f"\n--- thread {tname}: {stats.total_tt:.2f} s profiled ---")
+                stats.sort_stats("tottime").print_stats(args.profile_top)
+                text = out.getvalue()
+                print(text[text.find("   ncalls"):].rstrip())
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=20000, help="messages per throughput case")
+    parser.add_argument("--hosts", type=int, default=10)
+    parser.add_argument("--services", type=int, default=100, help="passive services per host")
+    parser.add_argument("--latency-rate", type=int, default=1000)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--nagios-latency-rate", type=int, default=1000,
+                        help="results/s for the latency through the real Nagios (0: skip)")
+    parser.add_argument("--nagios-latency-seconds", type=float, default=10.0)
+    parser.add_argument("--ocsp-count", type=int, default=5000,
+                        help="results for the Nagios-with-OCSP baseline (0: skip)")
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="inbound.prefetch for the bridge (default: the bridge's default)")
+    parser.add_argument("--extra-prefetch", type=int, default=1000,
+                        help="also run 'bridge fifo (alone)' with this inbound.prefetch (0: skip)")
+    parser.add_argument("--case-timeout", type=float, default=90.0)
+    parser.add_argument("--skip", action="append", default=[],
+                        help="skip cases whose name contains this (repeatable)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the bridge in-process instead of the benchmark")
+    parser.add_argument("--profile-top", type=int, default=22)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
+    args = parser.parse_args()
+    args.run_id = uuid.uuid4().hex[:6]
+    return args
+
+
+def main():
+    args = parse_args()
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="mnb-inbound-"))
+    args.fs = _fs_type(tmp)
+    args.load_start = _loadavg()
+    busy0 = system_busy()
+    time.sleep(1.0)
+    args.busy_start = system_busy() - busy0
+    if args.busy_start > 0.25:
+        print(f"WARNING: the machine is busy before the start ({args.busy_start:.2f} CPU seconds "
+              "used in 1 s by other processes): figures will be disturbed", flush=True)
+    broker = ActiveMQ(tmp / "activemq")
+    nagios = central_nagios(tmp, args)
+    try:
+        broker.start()
+        nagios.start()
+        print(f"ActiveMQ up in {broker.started_in:.1f} s (pid {broker.pid}, STOMP 127.0.0.1:"
+              f"{broker.stomp_port}); Nagios up in {nagios.started_in:.1f} s (pid {nagios.pid}, "
+              f"{args.hosts * args.services} passive services); temp dir {tmp}", flush=True)
+        env = Env(args, tmp, broker, nagios)
+
+        # Warm the broker's JIT on the paths used (send + dispatch to a client-individual
+        # subscriber): a short bridge run, not reported.
+        env_warm = Env(argparse.Namespace(**{**vars(args), "count": 3000}), tmp, broker, nagios)
+        r = bridge_throughput_case(env_warm, "warmup", "command_file", to_nagios=False)
+        print(f"warm-up (not reported): bridge alone {rate_of(r):,.0f} msgs/s", flush=True)
+
+        if args.profile:
+            profile_mode(env)
+            return 0
+
+        rows, latencies = [], []
+
+        def run(name, fn, *a, **kw):
+            if any(s in name for s in args.skip):
+                return
+            r = fn(env, *a, **kw)
+            if "latencies" in r:
+                latencies.append((name, r))
+                lat = r["latencies"]
+                print(f"{name}: p50 {percentile(lat, 50) * 1000:.1f} ms, p99 "
+                      f"{percentile(lat, 99) * 1000:.1f} ms, {r['received']}/{r['count']}", flush=True)
+            else:
+                rows.append((name, r))
+                print(f"{name}: {rate_of(r):,.0f} msgs/s" +
+                      (f" INCOMPLETE {r['incomplete']}" if r.get("incomplete") else ""), flush=True)
+
+        run("nagios fifo (baseline)", nagios_fifo_case)
+        if args.ocsp_count:
+            run("nagios+ocsp fifo (baseline)", ocsp_case)
+        run("bridge fifo (alone)", bridge_throughput_case, "bfifo", "command_file", False)
+        run("bridge crdir (alone)", bridge_throughput_case, "bcrdir", "checkresults_dir", False)
+        run("bridge -> nagios fifo", bridge_throughput_case, "bnfifo", "command_file", True)
+        run("nagios crdir (baseline)", nagios_crdir_case)
+        run("bridge -> nagios crdir", bridge_throughput_case, "bncrdir", "checkresults_dir", True)
+        if args.extra_prefetch:
+            run(f"bridge fifo (alone) prefetch {args.extra_prefetch}", bridge_throughput_case,
+                "bfifopf", "command_file", False, args.extra_prefetch)
+        run("latency fifo (alone)", latency_case, "latfifo", False, args.latency_rate,
+            args.latency_seconds)
+        if args.nagios_latency_rate:
+            run("latency -> nagios fifo", latency_case, "latnagios", True, args.nagios_latency_rate,
+                args.nagios_latency_seconds)
+        report(env, rows, latencies, started)
+        return 0
+    finally:
+        nagios.stop()
+        broker.stop()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,791 @@
+"""Outbound throughput: Nagios result lines -> bridge -> ActiveMQ, against raw stomp.py, same broker.
+
+    .venv/bin/python benchmarks/outbound.py [--count N] [--size 300] [--receipt-count M]
+                                            [--tx-batch 500] [--broker-opt KEY=VALUE ...] [--keep]
+    .venv/bin/python benchmarks/outbound.py --profile {perfdata,ocsp} [--count N]
+
+One real ActiveMQ 5.x (tests/sandbox/activemq.py: Debian package, -Xmx256M, KahaDB, STOMP on
+127.0.0.1 only) is started in a temp dir and every case of the run is measured against it, in
+this order (queues get a fresh name per case and run, and are drained after their case, which
+also checks that every message arrived):
+
+  warm-up  raw: max(5000, N/2) without receipts, 3000 with receipts in flight, 3000 in
+           transactions (not reported; the broker's JIT otherwise penalises the first case)
+  1a       raw stomp.py 9 Connection12, persistent SEND to a queue, no receipts; then ONE final
+           SEND with a receipt. Timed from the first SEND until that receipt: the broker handles
+           a connection's frames in order, so the receipt proves all N+1 were stored.
+  1a+hdr   the same with the bridge's 12 message headers on every frame (frame-size effect).
+  1b       raw, persistent, a receipt per message, waiting for each before the next (context).
+  1c       raw, a receipt per message with up to max_in_flight (the bridge's setting, 1000)
+           unconfirmed: the bridge's delivery contract without the bridge's code.
+  1d       raw STOMP transactions: BEGIN, --tx-batch SENDs, COMMIT with a receipt, commits
+           pipelined; timed until the last commit's receipt (also proof of delivery).
+  bridge perfdata   `python -m msg_nagios_bridge run` (tests/sandbox/bridge.py) with only the
+           perfdata source; N result lines (result_line.format_line of distinct CheckResults,
+           bodies ~--size bytes after WLCG encoding) are appended to its service perfdata file.
+  bridge ocsp       the same with only the OCSP FIFO source; a writer thread writes the lines
+           into the FIFO in whole-line chunks of at most PIPE_BUF (4096) bytes.
+  1a (mid-run, at the end)   the baseline again right before the bridge cases and at the end:
+           the broker's rate drifts over a run (JIT, KahaDB); the ratio uses the mean of all 1a.
+
+Bridge timing: from the first line written until the bridge has *published* all N, i.e. the
+broker sent a RECEIPT for each and the bridge deleted it from its spool. It is observed by
+polling the spool's SQLite database read-only every 20 ms: published = sqlite_sequence(messages)
+- count(messages) (the AUTOINCREMENT high-water mark says how many were stored; a row is
+deleted only after its receipt). status.json is only written every 5 s, and a subscriber on the
+queue would add consumer work to the broker that the raw baselines do not have. "spooled" is
+the moment the high-water mark reached N (the intake side alone).
+
+Reported for each bridge: peak RSS (VmHWM from /proc/PID/status at the end of the run) and CPU
+seconds (utime+stime from /proc/PID/stat) during the timed window and over the whole process
+life; the CPU seconds of the broker, of this process and of every other process on the machine
+during each case are shown too (2 cores are shared: a busy machine disturbs the figures, and the
+run warns when other processes used more than a quarter of a CPU during a case).
+
+--profile runs the bridge *in this process* (service.Bridge, no subprocess) with a cProfile
+profiler per thread, plus wall-clock timers around the stages (spool put/take/done, STOMP send,
+publisher waits), and prints where the time goes.
+
+The whole default run takes 1-1.5 minutes; every server is stopped by PID in a finally block.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import resource
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import stomp  # noqa: E402
+
+from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
+from msg_nagios_bridge.formats import result_line  # noqa: E402
+from msg_nagios_bridge.model import CheckResult  # noqa: E402
+from msg_nagios_bridge.routing import Router  # noqa: E402
+from tests.sandbox.activemq import ActiveMQ  # noqa: E402
+from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
+from tests.sandbox.stomp_probe import StompProbe  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PIPE_BUF = 4096
+POLL = 0.02
+
+
+# -- process accounting ------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def vm_hwm_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def system_busy() -> float:
+    """CPU seconds all CPUs spent not idle (user+nice+system+irq+softirq+steal), from /proc/stat."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+class Meter:
+    """CPU seconds over a window: broker, bridge (if any), this process, and everything else."""
+
+    def __init__(self, broker_pid: int, bridge_pid: int = None):
+        self.pids = {"broker_cpu": broker_pid, "bridge_cpu": bridge_pid}
+        self.t0 = time.monotonic()
+        self.start = self._sample()
+
+    def _sample(self):
+        sample = {key: cpu_seconds(pid) for key, pid in self.pids.items() if pid}
+        sample["bench_cpu"] = self_cpu()
+        sample["busy"] = system_busy()
+        return sample
+
+    def stop(self) -> dict:
+        end = self._sample()
+        out = {key: end[key] - self.start[key] for key in end}
+        out["other_cpu"] = max(0.0, out.pop("busy") - sum(out.values()))
+        out["window"] = time.monotonic() - self.t0
+        return out
+
+
+# -- payloads ----------------------------------------------------------------------------------
+
+def make_results(count: int, size: int, router: Router, tag: str):
+    """``count`` distinct HARD service results whose WLCG bodies are about ``size`` bytes."""
+    now = int(time.time())
+
+    def result(i: int, output: str) -> CheckResult:
+        return CheckResult(host="wn%02d.example.org" % (i % 100), service=f"{tag[:2]}{i:06d}",
+                           state=i % 4, state_type="HARD", output=output, timestamp=now,
+                           perfdata="v=%04d" % (i % 10000))
+
+    probe = router.messages(result(0, "x"), 0)[0]
+    pad = max(1, size - len(probe.body) + 1)
+    output = ("bench output " + "x" * pad)[:pad]
+    results = [result(i, output) for i in range(count)]
+    messages = [router.messages(r, 0)[0] for r in results[:200]]
+    return results, messages
+
+
+def raw_body(size: int) -> bytes:
+    return (b"metricStatus: OK\n" + b"x" * size)[:size - 4] + b"\nEOT"
+
+
+# -- raw stomp.py baselines --------------------------------------------------------------------
+
+class _Receipts(stomp.ConnectionListener):
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.seen = set()
+        self.errors = []
+
+    def on_receipt(self, frame):
+        with self.cond:
+            self.seen.add(frame.headers.get("receipt-id"))
+            self.cond.notify_all()
+
+    def on_error(self, frame):
+        with self.cond:
+            self.errors.append((dict(frame.headers), frame.body))
+            self.cond.notify_all()
+
+    def wait(self, receipt, timeout):
+        with self.cond:
+            if not self.cond.wait_for(lambda: receipt in self.seen or self.errors, timeout):
+                raise TimeoutError(f"no receipt {receipt} within {timeout} s")
+            if self.errors:
+                raise RuntimeError(f"ERROR frame from the broker: {self.errors[-1]}")
+            self.seen.discard(receipt)
+
+
+def _raw_connection(addr):
+    conn = stomp.Connection12([addr], heartbeats=(0, 0), auto_decode=False)
+    listener = _Receipts()
+    conn.set_listener("receipts", listener)
+    conn.connect(wait=True)
+    return conn, listener
+
+
+def raw_no_receipts(broker, destination, count, body, headers, timeout):
+    """N persistent SENDs without receipts, then one with a receipt; time until that receipt."""
+    conn, listener = _raw_connection(broker.stomp_address)
+    try:
+        meter = Meter(broker.pid)
+        t0 = time.monotonic()
+        for _ in range(count):
+            conn.send(destination, body, headers=dict(headers))
+        t_sent = time.monotonic()
+        conn.send(destination, body, headers={**headers, "receipt": "last"})
+        listener.wait("last", timeout)
+        t1 = time.monotonic()
+        return {"count": count + 1, "seconds": t1 - t0, "sent_in": t_sent - t0, **meter.stop()}
+    finally:
+        conn.disconnect()
+
+
+def raw_receipt_each(broker, destination, count, body, headers, timeout):
+    """A receipt per message, waiting for each before sending the next."""
+    conn, listener = _raw_connection(broker.stomp_address)
+    try:
+        meter = Meter(broker.pid)
+        t0 = time.monotonic()
+        for i in range(count):
+            receipt = f"r{i}"
+            conn.send(destination, body, headers={**headers, "receipt": receipt})
+            listener.wait(receipt, timeout)
+        t1 = time.monotonic()
+        return {"count": count, "seconds": t1 - t0, **meter.stop()}
+    finally:
+        conn.disconnect()
+
+
+def raw_receipt_window(broker, destination, count, body, headers, timeout, window):
+    """A receipt per message with up to ``window`` in flight: the bridge's contract, minimal code."""
+    conn, listener = _raw_connection(broker.stomp_address)
+    try:
+        meter = Meter(broker.pid)
+        t0 = time.monotonic()
+        sent = confirmed = 0
+        while confirmed < count:
+            while sent < count and sent - confirmed < window:
+                conn.send(destination, body, headers={**headers, "receipt": f"w{sent}"})
+                sent += 1
+            with listener.cond:
+                if not listener.cond.wait_for(lambda: len(listener.seen) > confirmed or listener.errors,
+                                              timeout):
+                    raise TimeoutError(f"{confirmed}/{count} receipts after {timeout} s")
+                if listener.errors:
+                    raise RuntimeError(f"ERROR frame from the broker: {listener.errors[-1]}")
+                confirmed = len(listener.seen)
+        t1 = time.monotonic()
+        return {"count": count, "seconds": t1 - t0, **meter.stop()}
+    finally:
+        conn.disconnect()
+
+
+def raw_transactions(broker, destination, count, body, headers, timeout, batch):
+    """BEGIN, ``batch`` SENDs, COMMIT with a receipt; commits pipelined; time until the last one."""
+    conn, listener = _raw_connection(broker.stomp_address)
+    try:
+        meter = Meter(broker.pid)
+        t0 = time.monotonic()
+        last = None
+        for start in range(0, count, batch):
+            tx = conn.begin()
+            for _ in range(min(batch, count - start)):
+                conn.send(destination, body, headers={**headers, "transaction": tx})
+            last = f"c{start}"
+            conn.commit(tx, headers={"receipt": last})
+        listener.wait(last, timeout)
+        t1 = time.monotonic()
+        return {"count": count, "seconds": t1 - t0, **meter.stop()}
+    finally:
+        conn.disconnect()
+
+
+def drain(broker, destination, expected, timeout, key=None):
+    """Consume the queue (auto ack, prefetch 1000); return (received, distinct by ``key``)."""
+    probe = StompProbe(broker, destination, ack="auto", prefetch=1000)
+    probe.start()
+    try:
+        deadline = time.monotonic() + timeout
+        last, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            got = len(probe.messages)
+            if got >= expected:
+                time.sleep(0.3)   # a duplicate (at-least-once) would arrive right behind
+                break
+            if got != last:
+                last, last_change = got, time.monotonic()
+            elif time.monotonic() - last_change > 5:
+                break
+            time.sleep(0.05)
+        messages = probe.messages
+    finally:
+        probe.close()
+    distinct = len({m.headers.get(key) for m in messages}) if key else len(messages)
+    return len(messages), distinct
+
+
+# -- the bridge --------------------------------------------------------------------------------
+
+class SpoolWatch:
+    """Read-only view of the bridge's spool: how many stored (high-water mark) and still held."""
+
+    def __init__(self, db_path: Path):
+        self.db_path = db_path
+        self.db = None
+
+    def poll(self):
+        if self.db is None:
+            path = self.db_path
+            if path.is_dir():   # older spool layout: a directory holding spool.db
+                path = path / "spool.db"
+            if not path.is_file():
+                return 0, 0, 0
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                      isolation_level=None, timeout=5.0)
+        seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence"
+                              " WHERE name = 'messages'").fetchone()[0]
+        depth = self.db.execute("SELECT count(*) FROM messages").fetchone()[0]
+        dead = self.db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        return seq, depth, dead
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def write_perfdata(path: Path, lines, chunk_lines: int):
+    with open(path, "ab") as handle:
+        for start in range(0, len(lines), chunk_lines):
+            handle.write(b"".join(lines[start:start + chunk_lines]))
+            handle.flush()
+
+
+def write_fifo(path: Path, lines):
+    """Whole lines, at most PIPE_BUF bytes per write(): what many ``printf``s would write."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        chunk, size = [], 0
+        for line in lines:
+            if size + len(line) > PIPE_BUF and chunk:
+                os.write(fd, b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            os.write(fd, b"".join(chunk))
+    finally:
+        os.close(fd)
+
+
+def wait_connected(bridge: Bridge, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "connected to broker" in bridge.log_text():
+            return
+        if bridge.proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise RuntimeError(f"bridge did not connect:\n{bridge.log_text()[-3000:]}")
+
+
+def bridge_case(broker, workdir: Path, source: str, destination: str, lines, args):
+    """Run one bridge process with one source; time N lines from first write to all published."""
+    count = len(lines)
+    text = bridge_config(workdir, [broker.stomp_port], ocsp=source == "ocsp",
+                         perfdata=source == "perfdata", destination=destination,
+                         **dict(args.broker_opt))
+    bridge = Bridge(workdir, text)
+    fifo = workdir / "ocsp.fifo"
+    result = {"count": count}
+    watch = SpoolWatch(workdir / "spool" / "outbound.sqlite")
+    try:
+        bridge.start(wait_for=fifo if source == "ocsp" else None)
+        wait_connected(bridge)
+        time.sleep(0.3)
+        pid = bridge.pid
+        meter = Meter(broker.pid, pid)
+        if source == "perfdata":
+            writer = threading.Thread(target=write_perfdata,
+                                      args=(workdir / "service-perfdata", lines, args.chunk_lines))
+        else:
+            writer = threading.Thread(target=write_fifo, args=(fifo, lines))
+        t0 = time.monotonic()
+        writer.start()
+        spooled_at = written_at = None
+        deadline = t0 + args.case_timeout
+        published = 0
+        while True:
+            now = time.monotonic()
+            if written_at is None and not writer.is_alive():
+                written_at = now
+            seq, depth, dead = watch.poll()
+            published = seq - depth - dead
+            if spooled_at is None and seq >= count:
+                spooled_at = now
+            if seq >= count and depth == 0:
+                break
+            if now > deadline or bridge.proc.poll() is not None:
+                result["incomplete"] = f"{published}/{count} published after {now - t0:.1f} s"
+                break
+            time.sleep(POLL)
+        t1 = time.monotonic()
+        writer.join(30)
+        result.update(
+            seconds=t1 - t0, published=published, dead=dead,
+            written_in=(written_at or t1) - t0, spooled_in=(spooled_at or t1) - t0,
+            **meter.stop())
+        if result.get("incomplete"):
+            result["count"] = published
+        result["bridge_cpu_total"] = cpu_seconds(pid)
+        result["rss_mb"] = vm_hwm_mb(pid)
+    finally:
+        watch.close()
+        code = bridge.stop()
+        result["exit"] = code
+    received, distinct = drain(broker, destination, count, args.case_timeout, key="result_id")
+    result["received"], result["distinct"] = received, distinct
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def rate(r):
+    return r["count"] / r["seconds"] if r.get("seconds") else 0.0
+
+
+def print_table(rows, baseline, args, broker, body_sizes):
+    print()
+    print(f"ActiveMQ 5.x pid {broker.pid}, -Xmx256M, KahaDB on {args.fs}; {os.cpu_count()} CPUs;"
+          f" Python {platform.python_version()}, stomp.py {stomp.__version__}")
+    print(f"code: {code_fingerprint()}; bridge max_in_flight {args.window}")
+    print(f"bodies: raw {body_sizes[0]} B; bridge WLCG {body_sizes[1]} B mean "
+          f"(+ {body_sizes[2]} B of the bridge's 12 headers per frame)")
+    print(f"load average at start {args.load_start}, at end {_loadavg()}")
+    runs = [rate(r) for name, r in rows if name.startswith("1a raw")]
+    print(f"baseline 1a = mean of the {len(runs)} 1a runs = {baseline:,.0f} msgs/s (they range "
+          f"{min(runs):,.0f}-{max(runs):,.0f}: the broker is noisy); bridge target >= 0.8x 1a")
+    print()
+    head = ("case", "N", "seconds", "msgs/s", "x 1a", "bridge RSS", "bridge CPU s",
+            "us CPU/msg", "broker CPU s", "bench CPU s", "other CPU s")
+    table, notes = [], []
+    for name, r in rows:
+        msgs = rate(r)
+        bridge = "bridge_cpu" in r
+        table.append((
+            name, f"{r['count']}", f"{r['seconds']:.2f}", f"{msgs:,.0f}",
+            f"{msgs / baseline:.2f}x" if baseline else "",
+            f"{r['rss_mb']:.0f} MB" if "rss_mb" in r else "",
+            f"{r['bridge_cpu']:.2f} ({r['bridge_cpu_total']:.2f})" if bridge else "",
+            f"{1e6 * r['bridge_cpu'] / max(1, r['count']):.0f}" if bridge else "",
+            f"{r['broker_cpu']:.2f}", f"{r['bench_cpu']:.2f}", f"{r['other_cpu']:.2f}"))
+        note = []
+        if "sent_in" in r:
+            note.append(f"all SENDs written after {r['sent_in']:.2f} s")
+        if "spooled_in" in r:
+            note.append(f"all lines written after {r['written_in']:.2f} s, "
+                        f"all spooled after {r['spooled_in']:.2f} s")
+        if "received" in r:
+            got = r.get("distinct") or r["received"]
+            dup = r["received"] - r["distinct"] if r.get("distinct") is not None else 0
+            note.append(f"queue drained afterwards: {got}/{r['count']} "
+                        f"{'ok' if got >= r['count'] else 'MISSING'}" + (f", {dup} duplicates" if dup else ""))
+        if r.get("dead"):
+            note.append(f"{r['dead']} dead letters")
+        if r.get("incomplete"):
+            note.append("INCOMPLETE: " + r["incomplete"])
+        if r.get("exit") not in (None, 0):
+            note.append(f"bridge exit code {r['exit']}")
+        notes.append((name, note))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    print(line(head))
+    print(line(["-" * w for w in widths]))
+    for row in table:
+        print(line(row))
+    print()
+    for name, note in notes:
+        if note:
+            print(f"  {name}: " + "; ".join(note))
+    busy = [name for name, r in rows if r["other_cpu"] > 0.25 * r["seconds"]]
+    if busy:
+        print(f"\nWARNING: other processes used > 25% of a CPU during: {', '.join(busy)};"
+              " those figures are disturbed (run again on a quiet machine).")
+    print("""
+How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of one final SEND
+  (the broker handles a connection's frames in order). 1b: N / time, waiting for each receipt.
+  1c: receipt per message, up to max_in_flight unconfirmed (what the bridge does, minus the
+  bridge). 1d: STOMP transactions (BEGIN, SENDs, COMMIT with receipt), commits pipelined.
+  bridge: N / time from the first line written until the spool had stored N and held none
+  (a row is deleted only after its broker RECEIPT), polled read-only every 20 ms.
+  bridge CPU s: during the timed window (whole process life); RSS = VmHWM at the end.
+  bench CPU s: this process (the raw client, or the line writer + spool poller).
+  other CPU s: all other processes on the machine during the case (should be ~0).""")
+
+
+def _loadavg() -> str:
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
+
+
+# -- profile mode ------------------------------------------------------------------------------
+
+class StageTimer:
+    """Wrap methods to sum wall time and calls per stage (cheap, unlike cProfile)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.stats = {}
+
+    def wrap(self, owner, name, label, size=None):
+        original = getattr(owner, name)
+        timer = self
+
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **kw)
+            finally:
+                dt = time.perf_counter() - t0
+                items = size(a, kw) if size else 0
+                with timer.lock:
+                    s = timer.stats.setdefault(label, [0, 0.0, 0, 0.0])
+                    s[0] += 1
+                    s[1] += dt
+                    s[2] += items
+                    s[3] = max(s[3], dt)
+
+        setattr(owner, name, wrapper)
+        return original
+
+    def report(self, elapsed):
+        print(f"\nwall time per stage (sum over calls; timed window {elapsed:.2f} s):")
+        print(f"  {'stage':38} {'calls':>7} {'items':>7} {'total s':>8} {'% wall':>7}"
+              f" {'mean ms':>8} {'max ms':>8}")
+        for label, (calls, total, items, worst) in sorted(self.stats.items(), key=lambda kv: -kv[1][1]):
+            print(f"  {label:38} {calls:7d} {items:7d} {total:8.3f} {100 * total / elapsed:6.1f}%"
+                  f" {1000 * total / max(calls, 1):8.3f} {1000 * worst:8.2f}")
+
+
+def profile_mode(broker, tmp: Path, args, results_for):
+    """Run service.Bridge in this process with per-thread cProfile or stage timers."""
+    import logging
+    from msg_nagios_bridge import broker as broker_mod, service, spool as spool_mod
+    from msg_nagios_bridge.sinks import publisher as publisher_mod
+    from msg_nagios_bridge.sources import intake as intake_mod
+
+    logging.basicConfig(level=logging.WARNING)
+    source = args.profile
+    for mode in ("timers", "cprofile"):
+        workdir = tmp / f"profile-{source}-{mode}"
+        destination = f"/queue/bench.profile.{source}.{mode}.{args.run_id}"
+        workdir.mkdir()
+        (workdir / "bridge.yaml").write_text(bridge_config(
+            workdir, [broker.stomp_port], ocsp=source == "ocsp", perfdata=source == "perfdata",
+            destination=destination, **dict(args.broker_opt)))
+        settings = bridge_config_mod.load(str(workdir / "bridge.yaml"))
+        lines = results_for(settings, f"p{mode[0]}")
+        timer = StageTimer()
+        restore = []
+        profiles = {}
+        if mode == "timers":
+            n = lambda a, kw: len(a[1]) if len(a) > 1 else 0
+            for owner, name, label, size in (
+                    (spool_mod.Spool, "put", "spool.put (txn + fsync)", n),
+                    (spool_mod.Spool, "take", "spool.take (SELECT)", lambda a, kw: len(a) > 1 and a[1]),
+                    (spool_mod.Spool, "done", "spool.done (DELETE + fsync)", n),
+                    (intake_mod.Intake, "spool_lines", "intake.spool_lines (parse+route+put)", n),
+                    (broker_mod.BrokerConnection, "send", "broker.send (stomp.py SEND)", None),
+                    (publisher_mod.Publisher, "_fill_window", "publisher._fill_window", None),
+                    (publisher_mod.Publisher, "_wait_for_progress", "publisher._wait_for_progress", None),
+                    (publisher_mod.Publisher, "_collect", "publisher._collect", None)):
+                restore.append((owner, name, timer.wrap(owner, name, label, size)))
+        else:
+            # One profiler per thread, around whatever run() the thread has (subclasses too).
+            original_start = threading.Thread.start
+
+            def profiled_start(thread):
+                run = thread.run
+                prof = cProfile.Profile()
+                profiles[f"{thread.name} ({id(thread) & 0xffff:x})"] = prof
+
+                def profiled_run():
+                    prof.enable()
+                    try:
+                        run()
+                    finally:
+                        prof.disable()
+
+                thread.run = profiled_run
+                original_start(thread)
+
+            threading.Thread.start = profiled_start
+            restore.append((threading.Thread, "start", original_start))
+        bridge = service.Bridge(settings)
+        try:
+            bridge.start()
+            deadline = time.monotonic() + 20
+            while not bridge.publisher.broker.is_connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            cpu0 = self_cpu()
+            watch = SpoolWatch(Path(service.outbound_spool_path(settings)))
+            if source == "perfdata":
+                writer = threading.Thread(target=write_perfdata, name="bench-writer",
+                                          args=(Path(settings.perfdata.service_file), lines,
+                                                args.chunk_lines))
+            else:
+                writer = threading.Thread(target=write_fifo, name="bench-writer",
+                                          args=(Path(settings.ocsp_pipe.path), lines))
+            t0 = time.monotonic()
+            writer.start()
+            spooled_at = None
+            while time.monotonic() - t0 < args.case_timeout:
+                seq, depth, dead = watch.poll()
+                if spooled_at is None and seq >= len(lines):
+                    spooled_at = time.monotonic() - t0
+                if seq >= len(lines) and depth == 0:
+                    break
+                time.sleep(POLL)
+            elapsed = time.monotonic() - t0
+            cpu = self_cpu() - cpu0
+            watch.close()
+            writer.join()
+        finally:
+            bridge.stop()
+            for owner, name, original in restore:
+                setattr(owner, name, original)
+        print(f"\n=== profile {source}, {mode}: {len(lines)} results in {elapsed:.2f} s = "
+              f"{len(lines) / elapsed:,.0f} msgs/s (all spooled after {spooled_at or float('nan'):.2f} s);"
+              f" process CPU {cpu:.2f} s (incl. the watcher/writer)")
+        if mode == "timers":
+            timer.report(elapsed)
+        else:
+            for name, prof in sorted(profiles.items()):
+                out = io.StringIO()
+                stats = pstats.Stats(prof, stream=out)
+                if not stats.total_calls:
+                    continue
+                print(f"\n--- thread {name}: {stats.total_tt:.2f} s profiled ---")
+                stats.sort_stats("tottime").print_stats(args.profile_top)
+                text = out.getvalue()
+                print(text[text.find("   ncalls"):].rstrip())
+        drain(broker, destination, len(lines), args.case_timeout, key="result_id")
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=20000, help="messages per case (default 20000)")
+    parser.add_argument("--size", type=int, default=300, help="message body bytes (default 300)")
+    parser.add_argument("--receipt-count", type=int, default=None,
+                        help="messages for 1b, a receipt awaited each (default min(count, 5000))")
+    parser.add_argument("--tx-batch", type=int, default=500,
+                        help="messages per STOMP transaction in case 1d (default 500)")
+    parser.add_argument("--chunk-lines", type=int, default=100,
+                        help="lines per write()+flush() into the perfdata file (default 100)")
+    parser.add_argument("--case-timeout", type=float, default=60.0,
+                        help="give up on one case after this many seconds (default 60)")
+    parser.add_argument("--broker-opt", action="append", default=[], metavar="KEY=VALUE",
+                        type=lambda s: tuple(s.split("=", 1)),
+                        help="extra bridge brokers: setting, e.g. max_in_flight=2000")
+    parser.add_argument("--profile", choices=("perfdata", "ocsp"),
+                        help="profile the bridge in-process instead of the benchmark")
+    parser.add_argument("--profile-top", type=int, default=18)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
+    args = parser.parse_args()
+    args.receipt_count = args.receipt_count or min(args.count, 5000)
+    args.run_id = uuid.uuid4().hex[:8]
+    return args
+
+
+def main():
+    args = parse_args()
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="mnb-outbound-"))
+    args.fs = _fs_type(tmp)
+    args.load_start = _loadavg()
+    broker = ActiveMQ(tmp / "activemq")
+    try:
+        broker.start()
+        print(f"ActiveMQ up in {broker.started_in:.1f} s (pid {broker.pid}, STOMP "
+              f"127.0.0.1:{broker.stomp_port}); temp dir {tmp} ({args.fs})", flush=True)
+        example_dir = tmp / "example"
+        example_dir.mkdir()
+        (example_dir / "bridge.yaml").write_text(bridge_config(
+            example_dir, [broker.stomp_port], ocsp=False, perfdata=True, destination="/queue/x"))
+        example_settings = bridge_config_mod.load(str(example_dir / "bridge.yaml"))
+        (example_dir / "opts.yaml").write_text(bridge_config(
+            example_dir, [broker.stomp_port], ocsp=False, perfdata=True, destination="/queue/x",
+            **dict(args.broker_opt)))
+        args.window = bridge_config_mod.load(str(example_dir / "opts.yaml")).brokers.max_in_flight
+
+        def results_for(settings, tag):
+            results, _ = make_results(args.count, args.size, Router(settings), tag)
+            return [(result_line.format_line(r) + "\n").encode() for r in results]
+
+        _, sample = make_results(200, args.size, Router(example_settings), "sample")
+        bridge_headers = dict(sample[0].headers)
+        body_sizes = (args.size, round(statistics.mean(len(m.body) for m in sample)),
+                      len(json.dumps(bridge_headers)))
+
+        body = raw_body(args.size)
+        plain = {"persistent": "true", "content-type": "text/plain"}
+        q = lambda name: f"/queue/bench.{name}.{args.run_id}"
+        timeout = args.case_timeout
+
+        # The broker's JIT needs warming on every path measured, or the first case pays for it.
+        warm_n = max(5000, args.count // 2)
+        warm = [raw_no_receipts(broker, q("warmup"), warm_n, body, plain, timeout),
+                raw_receipt_window(broker, q("warmup"), 3000, body, plain, timeout, window=1000),
+                raw_transactions(broker, q("warmup"), 3000, body, plain, timeout, batch=500)]
+        drain(broker, q("warmup"), sum(r["count"] for r in warm), timeout)
+        print("warm-up (not reported): " + ", ".join(f"{rate(r):,.0f}" for r in warm) + " msgs/s",
+              flush=True)
+
+        if args.profile:
+            profile_mode(broker, tmp, args, results_for)
+            return 0
+
+        rows = []
+
+        def raw(name, queue, fn, n, headers):
+            r = fn(broker, queue, n, body, headers, timeout)
+            r["received"], _ = drain(broker, queue, r["count"], timeout)
+            r["distinct"] = None
+            rows.append((name, r))
+            print(f"{name}: {rate(r):,.0f} msgs/s", flush=True)
+
+        raw("1a raw no receipts", q("raw1"), raw_no_receipts, args.count, plain)
+        raw("1a+hdr raw, bridge headers", q("rawhdr"), raw_no_receipts, args.count,
+            {**bridge_headers})
+        raw("1b raw receipt each, waited", q("rawrcpt"), raw_receipt_each, args.receipt_count, plain)
+        window = args.window
+        raw(f"1c raw receipt each, {window} in flight", q("rawwin"),
+            lambda *a: raw_receipt_window(*a, window=window), args.count, plain)
+        raw(f"1d raw transactions of {args.tx_batch}", q("rawtx"),
+            lambda *a: raw_transactions(*a, batch=args.tx_batch), args.count, plain)
+        raw("1a raw no receipts (mid-run)", q("rawmid"), raw_no_receipts, args.count, plain)
+        for source in ("perfdata", "ocsp"):
+            workdir = tmp / f"bridge-{source}"
+            lines = results_for(example_settings, source)   # same site/route: same bodies
+            r = bridge_case(broker, workdir, source, q(f"bridge.{source}"), lines, args)
+            rows.append((f"bridge {source}", r))
+            print(f"bridge {source}: {rate(r):,.0f} msgs/s", flush=True)
+        raw("1a raw no receipts (at the end)", q("raw2"), raw_no_receipts, args.count, plain)
+
+        baseline = statistics.mean(rate(r) for name, r in rows if name.startswith("1a raw"))
+        print_table(rows, baseline, args, broker, body_sizes)
+        print(f"\ntotal run time {time.monotonic() - started:.0f} s")
+        return 0
+    finally:
+        broker.stop()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def code_fingerprint() -> str:
+    """Which bridge code was measured: git HEAD plus a hash of the package's .py files as run."""
+    import hashlib
+    import subprocess
+    digest = hashlib.sha1()
+    for path in sorted((REPO / "msg_nagios_bridge").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = "?"
+    return f"git {head or '?'}, msg_nagios_bridge/*.py sha1 {digest.hexdigest()[:10]}"
+
+
+def _fs_type(path: Path) -> str:
+    best, fs = "", "?"
+    with contextlib.suppress(OSError), open("/proc/mounts") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+                best, fs = parts[1], f"{parts[2]} at {parts[1]}"
+    return fs
+
+
+if __name__ == "__main__":
+    sys.exit(main())
