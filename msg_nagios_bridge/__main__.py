@@ -26,23 +26,150 @@ def _nagios_config(args) -> int:
 
 
 def _run(args) -> int:
+    from . import logsetup
     from .service import run
-    return run(args.config)
+    settings = config.load(args.config)
+    if args.daemon:
+        return _run_detached(settings, args.config)
+    logsetup.configure(settings.logging)
+    return run(settings, args.config)
+
+
+def _run_detached(settings: config.Settings, config_path: str) -> int:
+    """The classic way: detach with python-daemon, pidfile, umask, drop to user and group."""
+    import dataclasses
+    import grp
+    import inspect
+    import pwd
+
+    import daemon
+
+    from . import logsetup
+    from .pidfile import AlreadyRunning, PidFile
+    from .service import run
+
+    pidfile = PidFile(settings.daemon.pidfile)
+    try:
+        pidfile.check()
+    except (AlreadyRunning, OSError) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    uid = gid = None
+    try:
+        if settings.daemon.user:
+            user = pwd.getpwnam(settings.daemon.user)
+            uid, gid = user.pw_uid, user.pw_gid
+        if settings.daemon.group:
+            gid = grp.getgrnam(settings.daemon.group).gr_gid
+    except KeyError as exc:
+        raise config.ConfigError(settings.file, "daemon", exc.args[0], "no such user or group") from None
+    log_settings = settings.logging
+    if log_settings.target == "stderr":
+        # A detached process has no stderr: send the log to syslog instead of nowhere.
+        print("note: logging.target is stderr; a detached bridge logs to syslog instead", file=sys.stderr)
+        log_settings = dataclasses.replace(log_settings, target="syslog")
+    options = dict(working_directory="/", umask=0o027, pidfile=pidfile, uid=uid, gid=gid,
+                   signal_map={})   # run() installs its own handlers
+    if "initgroups" in inspect.signature(daemon.DaemonContext).parameters:   # python-daemon >= 2.3
+        options["initgroups"] = bool(settings.daemon.user)
+    context = daemon.DaemonContext(**options)
+    with context:
+        logsetup.configure(log_settings)
+        return run(settings, config_path)
+
+
+def _read_status(settings: config.Settings):
+    from .service import status_path
+    try:
+        with open(status_path(settings), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 def _status(args) -> int:
-    from .service import status_path
     settings = config.load(args.config)
-    path = status_path(settings)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            status = json.load(handle)
-    except (OSError, ValueError) as exc:
-        print(f"no status at {path} ({exc}); is the bridge running?", file=sys.stderr)
+    status = _read_status(settings)
+    if status is None:
+        print("no status: the bridge is not running (or has never run with this configuration)", file=sys.stderr)
         return 3
-    age = time.time() - status.get("time", 0)
-    print(f"status of pid {status.get('pid')} written {age:.0f} s ago")
-    print(json.dumps(status, indent=2, sort_keys=True))
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    now = time.time()
+    print(f"msg-nagios-bridge pid {status.get('pid')}, status written {now - status.get('time', 0):.0f} s ago")
+    since = status.get("since", {})
+    for part, state in sorted(status.get("states", {}).items()):
+        print(f"  {part:40s} {state}  (for {now - since.get(part, now):.0f} s)")
+    for name in ("spool", "inbound_spool"):
+        spool = status.get(name)
+        if spool:
+            oldest = spool.get("oldest_age")
+            print(f"  {name:40s} {spool['depth']} waiting ({spool['bytes']} bytes), oldest "
+                  f"{'-' if oldest is None else f'{oldest:.0f} s'}, {spool['dead_letters']} dead letters")
+    for what, when in sorted(status.get("last", {}).items()):
+        print(f"  last {what:35s} {now - when:.0f} s ago")
+    counters = status.get("counters", {})
+    print("  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none yet"))
+    errors = status.get("errors", [])
+    if errors:
+        print("  last errors:")
+        for when, text in errors[-10:]:
+            print(f"    {time.strftime('%H:%M:%S', time.localtime(when))}  {text}")
+    return 0
+
+
+def _pair(text: str):
+    warning, _, critical = text.partition(",")
+    try:
+        return float(warning), float(critical)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WARNING,CRITICAL") from None
+
+
+def _check(args) -> int:
+    from .selfcheck import UNKNOWN, Thresholds, evaluate
+    try:
+        settings = config.load(args.config)
+    except config.ConfigError as exc:
+        print(f"MSG-BRIDGE UNKNOWN - configuration error: {exc}")
+        return UNKNOWN
+    limits = Thresholds(backlog=args.backlog, oldest=args.oldest, disconnected=args.disconnected,
+                        dead_letters=args.dead_letters, stale=args.stale)
+    code, line = evaluate(_read_status(settings), limits, time.time())
+    print(line)
+    return code
+
+
+def _dead_letters(args) -> int:
+    from . import tools
+    settings = config.load(args.config)
+    spool = tools.open_spool(settings, "inbound" if args.inbound else "outbound")
+    try:
+        if args.action == "list":
+            tools.list_dead_letters(spool, sys.stdout)
+        elif args.action == "show":
+            for dead_id in args.ids:
+                tools.show_dead_letter(spool, dead_id, sys.stdout)
+        elif args.action == "requeue":
+            tools.requeue(settings, "inbound" if args.inbound else "outbound", spool, args.ids, sys.stdout)
+        elif args.action == "purge":
+            if not args.ids and not args.all and args.older_than is None:
+                raise tools.ToolError("say which: dead letter ids, --older-than DAYS, or --all")
+            print(f"{tools.purge(spool, args.ids or None, args.older_than)} dead letter(s) deleted")
+    finally:
+        spool.close()
+    return 0
+
+
+def _send(args) -> int:
+    from . import tools
+    from .model import CheckResult
+    settings = config.load(args.config)
+    result = CheckResult(host=args.host, service=args.service, state=args.state, state_type=args.state_type,
+                         output=args.output, long_output=args.long_output.replace("\\n", "\n"),
+                         perfdata=args.perfdata, timestamp=time.time())
+    tools.send(settings, result, sys.stdout)
     return 0
 
 
@@ -59,11 +186,42 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
-    command("run", _run, "run the bridge in the foreground")
+    run_command = command("run", _run, "run the bridge (in the foreground, the systemd way)")
+    run_command.add_argument("--daemon", action="store_true",
+                             help="detach the classic way (pidfile, umask, drop to daemon.user/group)")
     check = command("check-config", _check_config, "validate the configuration file and exit")
     check.add_argument("-v", "--verbose", action="store_true", help="also print the settings (secrets masked)")
     command("nagios-config", _nagios_config, "print the Nagios command definitions and nagios.cfg lines")
-    command("status", _status, "show the status a running bridge last wrote")
+    status = command("status", _status, "show the status a running bridge last wrote")
+    status.add_argument("--json", action="store_true", help="print status.json as it is")
+
+    check = command("check", _check, "a Nagios plugin for the bridge itself (exit 0-3, one line, perfdata)")
+    check.add_argument("--backlog", type=_pair, default=(10000, 100000), metavar="W,C",
+                       help="messages waiting in the spools (default 10000,100000)")
+    check.add_argument("--oldest", type=_pair, default=(300, 1800), metavar="W,C",
+                       help="age in seconds of the oldest waiting message (default 300,1800)")
+    check.add_argument("--disconnected", type=_pair, default=(120, 600), metavar="W,C",
+                       help="seconds without a broker or Nagios (default 120,600)")
+    check.add_argument("--dead-letters", type=_pair, default=(1, 100), metavar="W,C",
+                       help="dead letters kept (default 1,100)")
+    check.add_argument("--stale", type=float, default=30.0, metavar="S",
+                       help="status older than this means the bridge is not running (default 30)")
+
+    dead = command("dead-letters", _dead_letters, "list, show, requeue or purge dead letters")
+    dead.add_argument("action", choices=("list", "show", "requeue", "purge"))
+    dead.add_argument("ids", type=int, nargs="*", help="dead letter ids (show, requeue, purge)")
+    dead.add_argument("--inbound", action="store_true", help="the inbound spool's dead letters (default outbound)")
+    dead.add_argument("--all", action="store_true", help="purge: all of them")
+    dead.add_argument("--older-than", type=float, metavar="DAYS", help="purge: those refused this long ago")
+
+    send = command("send", _send, "publish one test result now, as the daemon would, and wait for the broker")
+    send.add_argument("--host", required=True)
+    send.add_argument("--service", help="omit for a host result")
+    send.add_argument("--state", type=int, required=True, help="0-3 (hosts 0-2)")
+    send.add_argument("--state-type", default="HARD", choices=("HARD", "SOFT"))
+    send.add_argument("--output", default="test result sent by hand with msg-nagios-bridge send")
+    send.add_argument("--long-output", default="", help="\\n for a new line")
+    send.add_argument("--perfdata", default="")
     return parser
 
 
@@ -76,6 +234,14 @@ def main(argv=None) -> int:
     except config.ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:   # a tool's or the model's own refusal: say it in one line
+        from .model import InvalidResult
+        from .spool import SpoolError
+        from .tools import ToolError
+        if isinstance(exc, (ToolError, SpoolError, InvalidResult)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
 

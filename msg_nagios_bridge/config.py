@@ -8,6 +8,8 @@ The example ``etc/msg-nagios-bridge.yaml`` documents every key.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import logging.handlers
 import os
 import socket
 import string
@@ -122,6 +124,31 @@ class InboundSettings:
     error_queue: str = ""
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_TARGETS = ("stderr", "syslog", "file")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "INFO"
+    target: str = "stderr"
+    file: str = ""
+    syslog_facility: str = "daemon"
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonSettings:
+    user: str = ""
+    group: str = ""
+    pidfile: str = "/run/msg-nagios-bridge/msg-nagios-bridge.pid"
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    textfile: str = ""
+    listen: str = ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     file: str
@@ -132,7 +159,9 @@ class Settings:
     perfdata: PerfdataSettings
     routes: Tuple[Route, ...]
     inbound: InboundSettings = InboundSettings(enabled=False)
-    log_level: str = "INFO"
+    logging: LoggingSettings = LoggingSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def outbound_enabled(self) -> bool:
@@ -446,6 +475,43 @@ def _one_line_or_empty(value: str) -> Optional[str]:
     return None if not value else _one_line(value)
 
 
+def _logging(root: _Section) -> LoggingSettings:
+    sec = root.section("logging", ("level", "target", "file", "syslog_facility"))
+    target = sec.get("target", str, "stderr",
+                     lambda v: None if v in LOG_TARGETS else f"must be one of {', '.join(LOG_TARGETS)}")
+    settings = LoggingSettings(
+        level=sec.get("level", str, "INFO",
+                      lambda v: None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"),
+        target=target,
+        file=sec.get("file", str, "", _optional_absolute),
+        syslog_facility=sec.get("syslog_facility", str, "daemon",
+                                lambda v: None if v in logging.handlers.SysLogHandler.facility_names
+                                else "is not a syslog facility (daemon, local0 ... local7, user)"),
+    )
+    if target == "file" and not settings.file:
+        raise sec.error("file", "", "is required when target is file")
+    return settings
+
+
+def _daemon(root: _Section) -> DaemonSettings:
+    sec = root.section("daemon", ("user", "group", "pidfile"))
+    return DaemonSettings(
+        user=sec.get("user", str, ""),
+        group=sec.get("group", str, ""),
+        pidfile=sec.get("pidfile", str, DaemonSettings.pidfile, _absolute_path),
+    )
+
+
+def _metrics(root: _Section) -> MetricsSettings:
+    sec = root.section("metrics", ("textfile", "listen"))
+    listen = sec.get("listen", str, "")
+    if listen:
+        host, port = _host_port(sec.file, sec.key("listen"), listen)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise sec.error("listen", listen, "must be a loopback address (127.0.0.1:PORT)")
+    return MetricsSettings(textfile=sec.get("textfile", str, "", _optional_absolute), listen=listen)
+
+
 def parse(text: str, file: str = "<config>") -> Settings:
     """Validate YAML text into Settings, or raise ConfigError."""
     try:
@@ -454,20 +520,22 @@ def parse(text: str, file: str = "<config>") -> Settings:
         data = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(file, "", None, f"is not valid YAML: {exc}") from None
-    root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "inbound", "log_level"))
+    root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "inbound", "logging",
+                                     "daemon", "metrics"))
     site = _site(root)
     brokers = _brokers(root)
     spool = _spool(root)
     pipe, perf = _sources(root)
     routes = _routes(root)
     inbound = _inbound(root, site)
-    log_level = root.get("log_level", str, "INFO",
-                         lambda v: None if v in ("DEBUG", "INFO", "WARNING", "ERROR") else
-                         "must be DEBUG, INFO, WARNING or ERROR")
+    log_settings = _logging(root)
+    daemon = _daemon(root)
+    metrics = _metrics(root)
     if not (pipe.enabled or perf.enabled or inbound.enabled):
         raise ConfigError(file, "sources", None, "enable a source (ocsp_pipe or perfdata) or inbound")
     return Settings(file=file, site=site, brokers=brokers, spool=spool, ocsp_pipe=pipe,
-                    perfdata=perf, routes=routes, inbound=inbound, log_level=log_level)
+                    perfdata=perf, routes=routes, inbound=inbound, logging=log_settings,
+                    daemon=daemon, metrics=metrics)
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -22,6 +22,7 @@ class Health:
         self._last: Dict[str, float] = {}
         self._errors: Deque[Tuple[float, str]] = collections.deque(maxlen=max_errors)
         self._states: Dict[str, str] = {}
+        self._since: Dict[str, float] = {}
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -32,7 +33,11 @@ class Health:
             self._last[name] = time.time()
 
     def set_state(self, part: str, state: str) -> None:
+        """``state`` is "kind" or "kind: detail"; ``since`` changes only with the kind."""
         with self._lock:
+            old = self._states.get(part)
+            if old is None or old.split(":")[0] != state.split(":")[0]:
+                self._since[part] = time.time()
             self._states[part] = state
 
     def error(self, text: str) -> None:
@@ -49,6 +54,7 @@ class Health:
                 "counters": dict(self._counters),
                 "last": dict(self._last),
                 "states": dict(self._states),
+                "since": dict(self._since),
                 "errors": list(self._errors),
             }
 

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import List, Optional
 
-from . import config
+from . import config, logsetup, metrics, sdnotify
 from . import policy as policy_module
 from .echo import CURSOR_NAME as ECHO_CURSOR, EchoGuard
 from .health import Health
@@ -26,11 +26,12 @@ from .sources.intake import Intake
 from .sources.ocsp_pipe import OcspPipeSource
 from .sources.perfdata_file import PerfdataTail
 from .sources.subscriber import Subscriber
-from .spool import Spool
+from .spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 2.0
+RECOUNT_INTERVAL = 30.0     # re-read spool sizes changed by operator tools
 
 
 def outbound_spool_path(settings: config.Settings) -> str:
@@ -157,6 +158,22 @@ class Bridge:
                 spool.close()
         log.info("bridge stopped")
 
+    def recount(self) -> None:
+        for spool in (self.spool, self.inbound_spool):
+            if spool is not None:
+                try:
+                    spool.recount()
+                except SpoolError as exc:
+                    log.warning("cannot re-count %s: %s", spool.path, exc)
+
+    def dead_part(self) -> Optional[str]:
+        """The name of a part whose thread ended while the bridge runs, if any."""
+        parts = [self.publisher, self.writer, self.subscriber] + self.sources
+        for part in parts:
+            if part is not None and not part.is_alive() and not self.stopping.is_set():
+                return part.name
+        return None
+
     def status(self) -> dict:
         snapshot = self.health.snapshot()
         for name, spool in (("spool", self.spool), ("inbound_spool", self.inbound_spool)):
@@ -204,18 +221,21 @@ class _Flags:
         self.stop.set()
 
 
-def run(config_path: str) -> int:
-    """Run in the foreground until SIGTERM/SIGINT. Returns the exit code."""
-    settings = config.load(config_path)
-    logging.getLogger().setLevel(settings.log_level)
+def run(settings: config.Settings, config_path: str) -> int:
+    """Run until SIGTERM/SIGINT. Returns the exit code (1 if a part died: let systemd restart us)."""
     flags = _Flags()
     flags.install()
     bridge = Bridge(settings)
     bridge.start()
+    exporter = Exporter(settings.metrics, bridge)
     bridge.write_status()
+    sdnotify.notify(f"READY=1\nSTATUS=running, brokers {len(settings.brokers.hosts)}\nMAINPID={os.getpid()}")
+    watchdog = sdnotify.watchdog_interval()
+    next_recount = time.monotonic() + RECOUNT_INTERVAL
+    code = 0
     try:
         while True:
-            woke = flags.stop.wait(STATUS_INTERVAL)
+            woke = flags.stop.wait(min(STATUS_INTERVAL, watchdog or STATUS_INTERVAL))
             if woke and not (flags.reload or flags.dump):
                 break
             flags.stop.clear()
@@ -224,12 +244,56 @@ def run(config_path: str) -> int:
                 log.info("counters: %s", json.dumps(bridge.status().get("counters", {}), sort_keys=True))
             if flags.reload:
                 flags.reload = False
+                sdnotify.notify("RELOADING=1")
                 bridge = _reload(bridge, config_path)
+                exporter.close()
+                exporter = Exporter(bridge.settings.metrics, bridge)
+                sdnotify.notify("READY=1")
+            dead = bridge.dead_part()
+            if dead:
+                log.error("%s stopped unexpectedly; exiting so that the service manager restarts the bridge", dead)
+                code = 1
+                break
+            if watchdog:
+                sdnotify.notify("WATCHDOG=1")   # only a loop that still runs gets here
             bridge.refresh_known_objects()
+            if time.monotonic() >= next_recount:
+                bridge.recount()
+                next_recount = time.monotonic() + RECOUNT_INTERVAL
             bridge.write_status()
+            exporter.update()
     finally:
+        sdnotify.notify("STOPPING=1")
+        exporter.close()
         bridge.stop()
-    return 0
+    return code
+
+
+class Exporter:
+    """Writes the metrics textfile and serves /metrics, as configured."""
+
+    def __init__(self, settings: config.MetricsSettings, bridge: Bridge):
+        self.settings = settings
+        self.bridge = bridge
+        self.server = None
+        if settings.listen:
+            try:
+                self.server = metrics.serve(settings.listen, lambda: metrics.render(self.bridge.status()))
+            except OSError as exc:
+                log.error("cannot serve metrics on %s: %s", settings.listen, exc.strerror)
+
+    def update(self) -> None:
+        if self.settings.textfile:
+            try:
+                metrics.write_textfile(self.settings.textfile, metrics.render(self.bridge.status()))
+            except OSError as exc:
+                log.warning("cannot write the metrics textfile %s: %s", self.settings.textfile, exc.strerror)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
 
 def _reload(bridge: Bridge, config_path: str) -> Bridge:
@@ -238,11 +302,13 @@ def _reload(bridge: Bridge, config_path: str) -> Bridge:
         settings = config.load(config_path)
     except config.ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
+        bridge.health.error(f"reload refused: {exc}")
         return bridge
     log.info("reloading configuration from %s", config_path)
+    logsetup.configure(settings.logging)     # also re-opens a log file moved by logrotate
     health = bridge.health
     bridge.stop()
-    logging.getLogger().setLevel(settings.log_level)
     fresh = Bridge(settings, health)
     fresh.start()
+    health.add("reloads")
     return fresh

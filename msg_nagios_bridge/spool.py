@@ -172,7 +172,10 @@ class Spool:
     """
 
     def __init__(self, path: str, *, max_messages: int = 1_000_000, max_bytes: int = 1 << 30,
-                 max_dead_letters: int = 10_000, clock: Callable[[], float] = time.time) -> None:
+                 max_dead_letters: int = 10_000, clock: Callable[[], float] = time.time,
+                 exclusive: bool = True) -> None:
+        """``exclusive=False`` is for operator tools working on dead letters while the
+        daemon runs: no process lock, and no take()/done() (leases live in the daemon)."""
         self.path = os.path.abspath(path)
         self.lock_path = self.path + ".lock"
         self.max_messages = max_messages
@@ -189,7 +192,7 @@ class Spool:
         self._counters = dict.fromkeys(
             ("put", "duplicates", "done", "given_back", "rejected", "refused_full",
              "dead_letters_dropped", "errors"), 0)
-        self._lock_fd = self._lock_file()
+        self._lock_fd = self._lock_file() if exclusive else os.open(os.devnull, os.O_RDONLY)
         try:
             self._db = self._open()
             self._depth, self._bytes = self._db.execute(
@@ -547,6 +550,14 @@ class Spool:
         return deleted
 
     # -- waiting, stats, closing -----------------------------------------------------------
+
+    def recount(self) -> None:
+        """Re-read depth, bytes and dead letters from disk (an operator tool may have changed them)."""
+        with self._lock:
+            depth, size = self._read("count entries", "SELECT count(*), coalesce(sum(size), 0) FROM messages")[0]
+            dead = self._read("count dead letters", "SELECT count(*) FROM dead_letters")[0][0]
+            self._depth, self._bytes, self._dead = depth, size, dead
+        self._put_event.set()
 
     def wait(self, timeout: float) -> bool:
         """Block until something is put (or given back, requeued; or the spool is closed) or

@@ -43,7 +43,10 @@ def test_defaults_from_a_minimal_config():
     (MINIMAL.replace("/tmp/spool", "relative/dir"), "spool.directory", "absolute"),
     (MINIMAL + "sources: {ocsp_pipe: {mode: '0666'}}\n", "sources.ocsp_pipe.mode", "others"),
     (MINIMAL + "brokers2: 1\n", "brokers2", "not a known key"),
-    (MINIMAL + "log_level: LOUD\n", "log_level", "DEBUG"),
+    (MINIMAL + "logging: {level: LOUD}\n", "logging.level", "DEBUG"),
+    (MINIMAL + "logging: {target: file}\n", "logging.file", "required"),
+    (MINIMAL + "logging: {syslog_facility: kernel}\n", "logging.syslog_facility", "facility"),
+    (MINIMAL + "metrics: {listen: '0.0.0.0:9100'}\n", "metrics.listen", "loopback"),
 ])
 def test_mistakes_name_file_key_value_and_reason(text, key, reason):
     with pytest.raises(config.ConfigError) as caught:
@@ -100,7 +103,8 @@ def test_the_example_documents_every_key():
         "heartbeat_ms", "connect_timeout", "receipt_timeout", "max_in_flight", "backoff_initial",
         "backoff_max", "max_refusals", "directory", "max_messages", "max_megabytes", "ocsp_pipe",
         "perfdata", "path", "group", "mode", "max_line_bytes", "service_file", "host_file",
-        "poll_interval", "rotate_interval", "log_level", "senders", "rules", "sender_header",
+        "poll_interval", "rotate_interval", "level", "target", "file", "syslog_facility", "user",
+        "pidfile", "textfile", "listen", "senders", "rules", "sender_header",
         "objects_cache", "selector", "durable_name"}
     missing = sorted(key for key in keys if f"{key}:" not in text)
     assert not missing

@@ -1,0 +1,88 @@
+"""The status counters as Prometheus metrics: a textfile and/or /metrics on loopback."""
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import tempfile
+import threading
+import time
+from typing import Callable, List
+
+PREFIX = "msg_nagios_bridge_"
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+# States in which a part is doing its job (see the set_state calls of each part).
+UP_STATES = ("connected", "subscribed", "reading", "writing", "waiting for results")
+
+
+def _name(text: str) -> str:
+    return PREFIX + _UNSAFE.sub("_", text)
+
+
+def render(status: dict) -> str:
+    """Prometheus text exposition format for a status snapshot (see service.Bridge.status)."""
+    lines: List[str] = []
+
+    def metric(name: str, kind: str, value, labels: str = "") -> None:
+        lines.append(f"# TYPE {name} {kind}")
+        lines.append(f"{name}{labels} {value}")
+
+    for counter, value in sorted(status.get("counters", {}).items()):
+        metric(_name(counter) + "_total", "counter", value)
+    for spool in ("spool", "inbound_spool"):
+        for field in ("depth", "bytes", "dead_letters", "oldest_age"):
+            value = status.get(spool, {}).get(field)
+            if value is not None:
+                metric(_name(f"{spool}_{field}" + ("_seconds" if field == "oldest_age" else "")), "gauge", value)
+    now = status.get("time", time.time())
+    for what, when in sorted(status.get("last", {}).items()):
+        metric(_name(f"last_{what}_timestamp_seconds"), "gauge", when)
+    states = sorted(status.get("states", {}).items())
+    if states:
+        lines.append(f"# TYPE {_name('part_up')} gauge")
+    for part, state in states:
+        up = 1 if state.startswith(UP_STATES) else 0
+        lines.append('%s{part="%s"} %d' % (_name("part_up"), _UNSAFE.sub("_", part), up))
+    metric(_name("status_timestamp_seconds"), "gauge", now)
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: str, text: str) -> None:
+    """Replace ``path`` atomically (node_exporter must never read half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".msg_nagios_bridge.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def serve(listen: str, text: Callable[[], str]) -> http.server.ThreadingHTTPServer:
+    """Serve ``text()`` at /metrics on ``listen`` (loopback only, checked by the config)."""
+    host, _, port = listen.rpartition(":")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404)
+                return
+            body = text().encode("utf-8")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):   # no access log
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
