@@ -27,7 +27,9 @@ def _nagios_config(args) -> int:
 
 def _run(args) -> int:
     from . import logsetup
-    from .service import run
+    from .service import install_signal_flags, run
+    if not args.daemon:
+        install_signal_flags()
     settings = config.load(args.config)
     if args.daemon:
         return _run_detached(settings, args.config)
@@ -208,11 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="status older than this means the bridge is not running (default 30)")
 
     dead = command("dead-letters", _dead_letters, "list, show, requeue or purge dead letters")
-    dead.add_argument("action", choices=("list", "show", "requeue", "purge"))
-    dead.add_argument("ids", type=int, nargs="*", help="dead letter ids (show, requeue, purge)")
-    dead.add_argument("--inbound", action="store_true", help="the inbound spool's dead letters (default outbound)")
-    dead.add_argument("--all", action="store_true", help="purge: all of them")
-    dead.add_argument("--older-than", type=float, metavar="DAYS", help="purge: those refused this long ago")
+    actions = dead.add_subparsers(dest="action", required=True)
+    for action, text in (("list", "one line each: id, time, destination, reason"),
+                         ("show", "everything about the given dead letters"),
+                         ("requeue", "give them another chance (inbound: decoded and checked again)"),
+                         ("purge", "delete them")):
+        sub = actions.add_parser(action, help=text, description=text)
+        if action != "list":
+            sub.add_argument("ids", type=int, nargs="*" if action == "purge" else "+", help="dead letter ids")
+        sub.add_argument("--inbound", action="store_true", help="the inbound spool's dead letters (default outbound)")
+        sub.add_argument("-c", "--config", default=argparse.SUPPRESS, help="the YAML configuration file")
+        if action == "purge":
+            sub.add_argument("--all", action="store_true", help="all of them")
+            sub.add_argument("--older-than", type=float, metavar="DAYS", help="those refused this long ago")
 
     send = command("send", _send, "publish one test result now, as the daemon would, and wait for the broker")
     send.add_argument("--host", required=True)

@@ -8,6 +8,14 @@ import time
 from typing import Deque, Dict, Tuple
 
 
+# States in which a part is doing its job; anything else means it is held up.
+UP_STATES = ("connected", "subscribed", "reading", "writing", "waiting for results")
+
+
+def is_up(state: str) -> bool:
+    return state.startswith(UP_STATES)
+
+
 class Health:
     """Named counters, last-success times and the last few errors.
 
@@ -33,10 +41,10 @@ class Health:
             self._last[name] = time.time()
 
     def set_state(self, part: str, state: str) -> None:
-        """``state`` is "kind" or "kind: detail"; ``since`` changes only with the kind."""
+        """``since`` is when the part last went from up to held up, or back (see UP_STATES)."""
         with self._lock:
             old = self._states.get(part)
-            if old is None or old.split(":")[0] != state.split(":")[0]:
+            if old is None or is_up(old) != is_up(state):
                 self._since[part] = time.time()
             self._states[part] = state
 

@@ -9,10 +9,10 @@ import threading
 import time
 from typing import Callable, List
 
+from .health import is_up
+
 PREFIX = "msg_nagios_bridge_"
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
-# States in which a part is doing its job (see the set_state calls of each part).
-UP_STATES = ("connected", "subscribed", "reading", "writing", "waiting for results")
 
 
 def _name(text: str) -> str:
@@ -41,7 +41,7 @@ def render(status: dict) -> str:
     if states:
         lines.append(f"# TYPE {_name('part_up')} gauge")
     for part, state in states:
-        up = 1 if state.startswith(UP_STATES) else 0
+        up = 1 if is_up(state) else 0
         lines.append('%s{part="%s"} %d' % (_name("part_up"), _UNSAFE.sub("_", part), up))
     metric(_name("status_timestamp_seconds"), "gauge", now)
     return "\n".join(lines) + "\n"

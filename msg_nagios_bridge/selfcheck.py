@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Optional, Tuple
 
+from .health import is_up
+
 OK, WARNING, CRITICAL, UNKNOWN = range(4)
 NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
-CONNECTED = ("connected", "subscribed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ def evaluate(status: Optional[dict], limits: Thresholds, now: float) -> Tuple[in
     states, since = status.get("states", {}), status.get("since", {})
     for part in ("publisher", "subscriber"):
         state = states.get(part)
-        if state is not None and not state.startswith(CONNECTED):
+        if state is not None and not is_up(state):
             seconds = now - since.get(part, now)
             away = max(away, seconds)
             problems.append((_grade(seconds, limits.disconnected), f"{part} {state} for {seconds:.0f} s"))

@@ -221,10 +221,21 @@ class _Flags:
         self.stop.set()
 
 
+def install_signal_flags() -> "_Flags":
+    """Install the handlers as early as possible: a TERM during start-up then stops cleanly."""
+    global _flags
+    if _flags is None:
+        _flags = _Flags()
+        _flags.install()
+    return _flags
+
+
+_flags: Optional[_Flags] = None
+
+
 def run(settings: config.Settings, config_path: str) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code (1 if a part died: let systemd restart us)."""
-    flags = _Flags()
-    flags.install()
+    flags = install_signal_flags()
     bridge = Bridge(settings)
     bridge.start()
     exporter = Exporter(settings.metrics, bridge)

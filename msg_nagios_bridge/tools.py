@@ -89,8 +89,12 @@ def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Seque
             except inbound.Refused as exc:
                 out.write(f"{dead_id}: still refused: {exc}\n")
                 continue
-            spool.put([Message(message_id=message.message_id, destination="nagios", headers={},
-                               body=json.dumps(result_to_dict(result)).encode("utf-8"))])
+            # A new id: the spool counts an id it holds as a dead letter as a duplicate.
+            # Stored first, purged after: a crash in between repeats a result, never loses one.
+            requeued = Message(message_id=f"{message.message_id}:requeued:{time.time():.6f}", destination="nagios",
+                               headers={}, body=json.dumps(result_to_dict(result)).encode("utf-8"))
+            if spool.put([requeued]) != 1:
+                raise ToolError(f"dead letter {dead_id} could not be queued again")
             spool.purge_dead_letters([dead_id])
         elif spool.requeue_dead_letter(dead_id) is None:
             raise ToolError(f"no dead letter {dead_id}")

@@ -33,7 +33,7 @@ routes:
   - {{name: results, destination: "{destination}", host_checks: true}}
 {extra_routes}
 {inbound}
-logging: {level: INFO}
+logging: {{level: INFO}}
 """
 
 

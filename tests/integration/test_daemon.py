@@ -1,0 +1,195 @@
+"""The daemon as an administrator runs it: signals, reload, --daemon, status, check, tools, metrics."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from tests.integration.test_outbound import QUEUE, expected_ids, received_ids, result_lines, wait_for_ids
+from tests.sandbox.bridge import inbound_config
+from tests.sandbox.nagios import host, passive_service
+from tests.sandbox.stomp_probe import publish
+
+pytestmark = pytest.mark.integration
+
+
+def cli(bridge, *args, timeout=30):
+    return subprocess.run([sys.executable, "-m", "msg_nagios_bridge", *args, "-c", str(bridge.config_path)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def perfdata_bridge(bridge_factory, broker, **options):
+    return bridge_factory([broker.stomp_port], ocsp=False, perfdata=True, destination=QUEUE, **options)
+
+
+def test_ready_notification_status_and_metrics(tmp_path, activemq, bridge_factory, monkeypatch):
+    notify = tmp_path / "notify"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(notify))
+    server.settimeout(20)
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    metrics_port = port.getsockname()[1]
+    port.close()
+    bridge = perfdata_bridge(bridge_factory, activemq)
+    bridge.config_path.write_text(bridge.config_path.read_text() +
+                                  f"metrics: {{listen: '127.0.0.1:{metrics_port}', textfile: {tmp_path}/m.prom}}\n")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify))
+    try:
+        bridge.start()
+        assert server.recv(200).startswith(b"READY=1")
+        (bridge.workdir / "service-perfdata").write_text("".join(result_lines(5)))
+        bridge.wait_counter("published", 5)
+        status = cli(bridge, "status")
+        assert status.returncode == 0
+        assert "publisher" in status.stdout and "connected to 127.0.0.1" in status.stdout
+        assert "published 5" in status.stdout
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert "msg_nagios_bridge_published_total 5" in text
+        assert (tmp_path / "m.prom").exists()
+        bridge.signal(signal.SIGTERM)
+        assert bridge.proc.wait(20) == 0
+        assert b"STOPPING=1" in server.recv(200)
+    finally:
+        server.close()
+
+
+def test_reload_with_a_good_and_a_bad_config(activemq, stomp_probe_factory, bridge_factory):
+    first = stomp_probe_factory(activemq, QUEUE)
+    second = stomp_probe_factory(activemq, "/queue/after.reload")
+    bridge = perfdata_bridge(bridge_factory, activemq)
+    bridge.start()
+    path = bridge.workdir / "service-perfdata"
+    before = result_lines(5, prefix="before")
+    path.write_text("".join(before))
+    assert set(wait_for_ids(first, expected_ids(before), 20)) == expected_ids(before)
+    good = bridge.config_path.read_text().replace(QUEUE, "/queue/after.reload")
+    bridge.config_path.write_text(good)
+    bridge.signal(signal.SIGHUP)
+    time.sleep(2)
+    after = result_lines(5, prefix="after")
+    with open(path, "a") as handle:
+        handle.write("".join(after))
+    assert set(wait_for_ids(second, expected_ids(after), 20)) == expected_ids(after), bridge.log_text()[-2000:]
+    bridge.config_path.write_text(good + "\nnot_a_key: 1\n")
+    bridge.signal(signal.SIGHUP)
+    time.sleep(2)
+    assert "reload refused, keeping the running configuration" in bridge.log_text()
+    assert "not_a_key" in bridge.log_text()
+    still = result_lines(5, prefix="still")
+    with open(path, "a") as handle:
+        handle.write("".join(still))
+    assert set(wait_for_ids(second, expected_ids(still), 20)) >= expected_ids(still)
+    assert bridge.proc.poll() is None
+
+
+def test_term_while_results_flow_loses_nothing(activemq, stomp_probe_factory, bridge_factory):
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = perfdata_bridge(bridge_factory, activemq)
+    bridge.start()
+    lines = result_lines(3000)
+    path = bridge.workdir / "service-perfdata"
+    for start in range(0, 1500, 100):
+        with open(path, "a") as handle:
+            handle.write("".join(lines[start:start + 100]))
+        time.sleep(0.01)
+        if start == 200:
+            probe.wait_for_count(100, timeout=20)     # results are flowing
+    assert bridge.stop() == 0                       # TERM mid-stream: a clean exit
+    with open(path, "a") as handle:
+        handle.write("".join(lines[1500:]))
+    bridge.start()
+    got = wait_for_ids(probe, expected_ids(lines), 60)
+    assert set(got) == expected_ids(lines)
+    print(f"TERM mid-stream: sent {len(lines)}, delivered {len(set(got))}, duplicates {len(got) - len(set(got))}")
+
+
+def test_daemon_mode_pidfile(tmp_path, activemq, bridge_factory):
+    bridge = perfdata_bridge(bridge_factory, activemq)
+    pidfile = tmp_path / "bridge.pid"
+    log = tmp_path / "bridge-daemon.log"
+    bridge.config_path.write_text(bridge.config_path.read_text().replace(
+        "logging: {level: INFO}", f"logging: {{level: INFO, target: file, file: {log}}}") +
+        f"daemon: {{pidfile: {pidfile}}}\n")
+    started = cli(bridge, "run", "--daemon")
+    assert started.returncode == 0, started.stderr
+    deadline = time.time() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.1)
+    pid = int(pidfile.read_text())
+    try:
+        assert os.getsid(pid) != os.getsid(0), "a detached daemon has left our session"
+        second = cli(bridge, "run", "--daemon")
+        assert second.returncode == 1 and f"pid {pid}" in second.stderr
+        deadline = time.time() + 10
+        while "connected to broker" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.1)
+        assert "connected to broker" in log.read_text()
+    finally:
+        os.kill(pid, signal.SIGTERM)                # a process this test started, by its PID
+    deadline = time.time() + 20
+    while pidfile.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not pidfile.exists(), "the pidfile is removed on exit"
+    assert "bridge stopped" in log.read_text()
+
+
+def test_check_goes_critical_while_the_broker_is_down_and_recovers(activemq, bridge_factory):
+    bridge = perfdata_bridge(bridge_factory, activemq)
+    bridge.start()
+    time.sleep(2.5)
+    ok = cli(bridge, "check", "--disconnected", "2,4")
+    assert ok.returncode == 0 and ok.stdout.startswith("MSG-BRIDGE OK"), ok.stdout
+    activemq.stop()
+    time.sleep(7)
+    down = cli(bridge, "check", "--disconnected", "2,4")
+    assert down.returncode == 2 and "MSG-BRIDGE CRITICAL - publisher" in down.stdout, down.stdout
+    assert "|" in down.stdout and len(down.stdout.strip().splitlines()) == 1
+    activemq.start()
+    deadline = time.time() + 30
+    while cli(bridge, "check", "--disconnected", "2,4").returncode != 0 and time.time() < deadline:
+        time.sleep(1)
+    assert cli(bridge, "check", "--disconnected", "2,4").returncode == 0
+    bridge.stop()
+    time.sleep(1)
+    assert cli(bridge, "check", "--stale", "1").returncode == 2   # not running: its status goes stale
+
+
+def test_send_and_the_dead_letter_tools(activemq, stomp_probe_factory, nagios_factory, bridge_factory):
+    probe = stomp_probe_factory(activemq, QUEUE)
+    nagios = nagios_factory(hosts=[host("ce01.remote.org")],
+                            services=[passive_service("ce01.remote.org", "org.sam.CE-JobSubmit")])
+    rules = "[{senders: ['trusted'], hosts: ['*'], services: ['*']}]"
+    bridge = perfdata_bridge(bridge_factory, activemq, inbound=inbound_config(nagios, "/queue/in", rules=rules))
+    bridge.start()
+    sent = cli(bridge, "send", "--host", "h1", "--service", "by-hand", "--state", "1")
+    assert sent.returncode == 0 and "1 message(s) confirmed by the broker" in sent.stdout, sent.stderr
+    assert probe.wait_for_count(1, timeout=15)[0].headers["metric"] == "by-hand"
+    # Outbound: an unreadable input line is a dead letter that cannot be requeued.
+    (bridge.workdir / "service-perfdata").write_text("garbage\n")
+    # Inbound: a sender the policy does not know.
+    body = ("serviceURI: ce01.remote.org\nhostName: ce01.remote.org\nmetricStatus: CRITICAL\n"
+            "metricName: org.sam.CE-JobSubmit\nsummaryData: late but fine\ntimestamp: "
+            + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\nEOT\n")
+    publish(activemq.stomp_address, "/queue/in", body, headers={"nagios_host": "stranger"})
+    bridge.wait_counter("dead_letters", 2)
+    listed = cli(bridge, "dead-letters", "list")
+    assert "1 dead letter(s)" in listed.stdout and "unknown tag" in listed.stdout
+    dead_id = listed.stdout.split()[0]
+    assert "not requeued" in cli(bridge, "dead-letters", "requeue", dead_id).stdout
+    assert "1 dead letter(s) deleted" in cli(bridge, "dead-letters", "purge", "--all").stdout
+    inbound = cli(bridge, "dead-letters", "list", "--inbound")
+    assert "sender-not-allowed" in inbound.stdout
+    inbound_id = inbound.stdout.split()[0]
+    assert "still refused" in cli(bridge, "dead-letters", "requeue", "--inbound", inbound_id).stdout
+    shown = cli(bridge, "dead-letters", "show", "--inbound", inbound_id).stdout
+    assert "late but fine" in shown and "stranger" in shown
+    # The operator trusts the sender now: requeue puts the result through to Nagios.
+    bridge.config_path.write_text(bridge.config_path.read_text().replace("['trusted']", "['trusted', 'stranger']"))
+    assert f"{inbound_id}: requeued" in cli(bridge, "dead-letters", "requeue", "--inbound", inbound_id).stdout
+    assert nagios.wait_for(lambda s: (s.get(("ce01.remote.org", "org.sam.CE-JobSubmit")) or {}).get(
+        "plugin_output") == "late but fine" or None, timeout=20), bridge.log_text()[-2000:]
