@@ -14,13 +14,18 @@ Two stomp.py behaviours are wrapped on purpose:
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import ssl
+import tempfile
 import threading
 from typing import List, Mapping, Optional, Tuple
 
 import stomp
 from stomp.exception import StompException
 
-from .config import BrokerSettings
+from .config import BrokerSettings, TlsSettings
+from .tlsfiles import ca_bundle_from_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,46 @@ class _Events(stomp.ConnectionListener):
         self.wakeup.set()
 
 
+def tls_context(tls: TlsSettings, ca_file: Optional[str]) -> ssl.SSLContext:
+    """The context the bridge's TLS connections use (also for diagnosing a failed handshake)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file:
+        context.load_verify_locations(ca_file)
+    else:
+        context.load_default_certs()
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file or None, tls.key_password or None)
+    return context
+
+
+def diagnose_tls(host_port: Tuple[str, int], context: ssl.SSLContext, timeout: float) -> Optional[str]:
+    """Do the TLS handshake ourselves to say *why* it fails (stomp.py only says it could not connect)."""
+    try:
+        with socket.create_connection(host_port, timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=host_port[0]) as tls_socket:
+                tls_socket.do_handshake()
+                # TLS 1.3 reports a refused client certificate only on the first read.
+                tls_socket.settimeout(min(timeout, 1.0))
+                try:
+                    tls_socket.recv(1)
+                except socket.timeout:
+                    pass
+    except ssl.SSLCertVerificationError as exc:
+        return f"TLS: the broker's certificate was refused: {exc.verify_message}"
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason or "UNKNOWN_CA" in reason:
+            return f"TLS: the broker refused the bridge's client certificate ({reason})"
+        return f"TLS handshake failed: {reason}"
+    except OSError as exc:
+        return f"cannot connect ({exc.strerror or exc})"
+    return None
+
+
 class BrokerConnection:
     """One connection attempt cycle over ``settings.hosts``, in order."""
 
@@ -80,6 +125,21 @@ class BrokerConnection:
         self.events = _Events()
         self.conn: Optional[stomp.Connection12] = None
         self.address: Optional[Tuple[str, int]] = None
+        self._ca_file: Optional[str] = None
+        if settings.tls.enabled:
+            self._ca_file = self._prepare_ca(settings.tls)
+            if not settings.tls.verify:
+                log.warning("TLS certificate verification is OFF (brokers.tls.verify: false): "
+                            "anyone between the bridge and the broker can read and change messages")
+
+    @staticmethod
+    def _prepare_ca(tls: TlsSettings) -> Optional[str]:
+        if tls.ca_file or not tls.ca_dir:
+            return tls.ca_file or None
+        handle = tempfile.NamedTemporaryFile("w", prefix="msg-nagios-bridge-ca-", suffix=".pem", delete=False)
+        with handle:
+            handle.write(ca_bundle_from_dir(tls.ca_dir))
+        return handle.name
 
     def connect(self) -> Optional[str]:
         """Try each broker once, in order. Returns None when connected, else why not."""
@@ -103,15 +163,29 @@ class BrokerConnection:
             auto_decode=self.auto_decode,
         )
         conn.set_listener("bridge", self.events)
+        # stomp.py 8.0.0 (Debian 12's) leaves the connect timeout on the socket, so an idle
+        # connection "times out" and drops every connect_timeout seconds; 8.1+ does this itself.
+        conn.transport.blocking = True
+        tls = s.tls
+        if tls.enabled:
+            conn.set_ssl(for_hosts=[host_port], key_file=tls.key_file or None, cert_file=tls.cert_file or None,
+                         ca_certs=self._ca_file, password=tls.key_password or None, verify=tls.verify,
+                         ssl_version=ssl.PROTOCOL_TLS_CLIENT)
         headers = {"client-id": self.client_id} if self.client_id else {}
         try:
             conn.connect(s.username or None, s.password or None, wait=False, headers=headers)
         except (StompException, OSError) as exc:
             self._close(conn)
+            if tls.enabled:
+                problem = diagnose_tls(host_port, tls_context(tls, self._ca_file), s.connect_timeout)
+                if problem:
+                    return problem
             return f"cannot connect ({exc.__class__.__name__}: {exc})"
         if not self.events.connected.wait(s.connect_timeout) or self.events.lost:
             error = self._first_error()
             self._close(conn)
+            if not error and tls.enabled:
+                error = diagnose_tls(host_port, tls_context(tls, self._ca_file), s.connect_timeout)
             return error or f"no CONNECTED frame within {s.connect_timeout:g} s"
         self.conn, self.address = conn, host_port
         log.info("connected to broker %s:%d", *host_port)
@@ -164,3 +238,12 @@ class BrokerConnection:
             self._close(self.conn)
         self.conn = None
         self.address = None
+
+    def discard(self) -> None:
+        """Close, and remove the CA bundle made from a CA directory."""
+        self.close()
+        if self._ca_file and self.settings.tls.ca_dir:
+            try:
+                os.unlink(self._ca_file)
+            except OSError:
+                pass

@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(activemq nagios4-core monitoring-plugins-basic python3-venv)
+# python3-stomp/-yaml/-daemon: Debian's modules, which the Debian package depends on;
+# tests/integration/test_package.py runs the unpacked package on them with /usr/bin/python3.
+packages=(activemq nagios4-core monitoring-plugins-basic python3-venv
+          python3-stomp python3-yaml python3-daemon)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
