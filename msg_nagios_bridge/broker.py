@@ -106,7 +106,8 @@ def diagnose_tls(host_port: Tuple[str, int], context: ssl.SSLContext, timeout: f
         return f"TLS: the broker's certificate was refused: {exc.verify_message}"
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)
-        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason or "UNKNOWN_CA" in reason:
+        if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
+                                              "HANDSHAKE_FAILURE", "CERTIFICATE_UNKNOWN")):
             return f"TLS: the broker refused the bridge's client certificate ({reason})"
         return f"TLS handshake failed: {reason}"
     except OSError as exc:
@@ -177,7 +178,7 @@ class BrokerConnection:
         except (StompException, OSError) as exc:
             self._close(conn)
             if tls.enabled:
-                problem = diagnose_tls(host_port, tls_context(tls, self._ca_file), s.connect_timeout)
+                problem = self._diagnose(host_port)
                 if problem:
                     return problem
             return f"cannot connect ({exc.__class__.__name__}: {exc})"
@@ -185,11 +186,18 @@ class BrokerConnection:
             error = self._first_error()
             self._close(conn)
             if not error and tls.enabled:
-                error = diagnose_tls(host_port, tls_context(tls, self._ca_file), s.connect_timeout)
+                error = self._diagnose(host_port)
             return error or f"no CONNECTED frame within {s.connect_timeout:g} s"
         self.conn, self.address = conn, host_port
         log.info("connected to broker %s:%d", *host_port)
         return None
+
+    def _diagnose(self, host_port: Tuple[str, int]) -> Optional[str]:
+        tls = self.settings.tls
+        problem = diagnose_tls(host_port, tls_context(tls, self._ca_file), self.settings.connect_timeout)
+        if problem and "client certificate" in problem and not tls.cert_file:
+            problem += "; the broker requires one: set brokers.tls.cert_file and key_file"
+        return problem
 
     def _first_error(self) -> str:
         with self.events.lock:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import yaml
 
 from .formats import inbound as inbound_format
+from .tlsfiles import ca_bundle_from_dir
 from . import policy as policy_module
 
 DEFAULT_PATH = "/etc/msg-nagios-bridge/bridge.yaml"
@@ -47,6 +48,17 @@ class Site:
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsSettings:
+    enabled: bool = False
+    ca_file: str = ""
+    ca_dir: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    key_password: str = dataclasses.field(default="", repr=False)
+    verify: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class BrokerSettings:
     hosts: Tuple[Tuple[str, int], ...]
     username: str = ""
@@ -59,6 +71,7 @@ class BrokerSettings:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     max_refusals: int = 5
+    tls: TlsSettings = TlsSettings()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +283,7 @@ def _host_port(file: str, key: str, value: Any) -> Tuple[str, int]:
 def _secret(section: _Section, name: str) -> str:
     """A secret given inline, or better read from ``<name>_file``."""
     inline = section.get(name, str, "")
-    path = section.get(name + "_file", str, "", _absolute_path)
+    path = section.get(name + "_file", str, "", _optional_absolute)
     if inline and path:
         raise section.error(name + "_file", path, f"give either {name} or {name}_file, not both")
     if path:
@@ -296,7 +309,7 @@ def _site(root: _Section) -> Site:
 def _brokers(root: _Section) -> BrokerSettings:
     sec = root.section("brokers", (
         "hosts", "username", "password", "password_file", "vhost", "heartbeat_ms", "connect_timeout",
-        "receipt_timeout", "max_in_flight", "backoff_initial", "backoff_max", "max_refusals"))
+        "receipt_timeout", "max_in_flight", "backoff_initial", "backoff_max", "max_refusals", "tls"))
     raw_hosts = sec.get("hosts", list, check=lambda v: None if v else "must list at least one broker")
     hosts = tuple(_host_port(sec.file, f"{sec.key('hosts')}[{i}]", h) for i, h in enumerate(raw_hosts))
     initial = sec.get("backoff_initial", float, 1.0, _positive)
@@ -314,7 +327,48 @@ def _brokers(root: _Section) -> BrokerSettings:
         backoff_max=sec.get("backoff_max", float, 60.0,
                             lambda v: None if v >= initial else "must not be below backoff_initial"),
         max_refusals=sec.get("max_refusals", int, 5, _positive),
+        tls=_tls(sec),
     )
+    return settings
+
+
+def _readable_file(value: str) -> Optional[str]:
+    if not value:
+        return None
+    if not os.path.isabs(value):
+        return "must be an absolute path"
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        return "is not a readable file"
+    return None
+
+
+def _ca_dir(value: str) -> Optional[str]:
+    if value and not (os.path.isdir(value) and os.access(value, os.R_OK | os.X_OK)):
+        return "is not a readable directory"
+    try:
+        if value:
+            ca_bundle_from_dir(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _tls(brokers: _Section) -> TlsSettings:
+    sec = brokers.section("tls", ("enabled", "ca_file", "ca_dir", "cert_file", "key_file", "key_password",
+                                  "key_password_file", "verify"))
+    settings = TlsSettings(
+        enabled=sec.get("enabled", bool, False),
+        ca_file=sec.get("ca_file", str, "", _readable_file),
+        ca_dir=sec.get("ca_dir", str, "", _ca_dir),
+        cert_file=sec.get("cert_file", str, "", _readable_file),
+        key_file=sec.get("key_file", str, "", _readable_file),
+        key_password=_secret(sec, "key_password"),
+        verify=sec.get("verify", bool, True),
+    )
+    if settings.key_file and not settings.cert_file:
+        raise sec.error("cert_file", "", "is required with key_file")
+    if settings.ca_file and settings.ca_dir:
+        raise sec.error("ca_dir", settings.ca_dir, "give either ca_file or ca_dir, not both")
     return settings
 
 
@@ -568,4 +622,6 @@ def as_dict(settings: Settings) -> Dict[str, Any]:
     data = dataclasses.asdict(settings)
     if data["brokers"]["password"]:
         data["brokers"]["password"] = "********"
+    if data["brokers"]["tls"]["key_password"]:
+        data["brokers"]["tls"]["key_password"] = "********"
     return data

@@ -79,7 +79,7 @@ class Publisher(threading.Thread):
             except (StompException, OSError) as exc:
                 self._connection_lost(f"{exc.__class__.__name__}: {exc}")
         self._drain()
-        self.broker.close()
+        self.broker.discard()
         self.health.set_state("publisher", "stopped")
 
     # -- connection ---------------------------------------------------------

@@ -102,7 +102,7 @@ class Subscriber(threading.Thread):
                 self.stopping.wait(1.0)
             except (StompException, OSError) as exc:
                 self._lost(f"{exc.__class__.__name__}: {exc}")
-        self.broker.close()
+        self.broker.discard()
         self.health.set_state("subscriber", "stopped")
 
     def _reconnect(self) -> None:

@@ -51,7 +51,7 @@ ACTIVEMQ_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
     <transportConnectors>
       <transportConnector name="openwire" uri="tcp://{host}:{openwire}"/>
       <transportConnector name="stomp" uri="stomp://{host}:{stomp}"/>
-    </transportConnectors>
+{connectors}    </transportConnectors>
 {extra}
   </broker>
 </beans>
@@ -100,7 +100,8 @@ class ActiveMQ:
     """One broker: STOMP + OpenWire on 127.0.0.1, KahaDB, config and log in `workdir`."""
 
     def __init__(self, workdir, name="b1", stomp_port=None, openwire_port=None,
-                 network_to=(), data_dir=None, extra_xml="", start_timeout=60.0, login=None):
+                 network_to=(), data_dir=None, extra_xml="", start_timeout=60.0, login=None,
+                 extra_connectors=""):
         self.dir = Path(workdir).resolve()
         self.name = name
         self.stomp_port = stomp_port or free_port()
@@ -108,6 +109,7 @@ class ActiveMQ:
         self.network_to = list(network_to)
         self.data_dir = Path(data_dir).resolve() if data_dir else self.dir / "data"
         self.extra_xml = extra_xml
+        self.extra_connectors = extra_connectors   # more <transportConnector .../> lines (e.g. stomp+ssl)
         self.login = login           # (user, password) for the readiness check, when auth is on
         self.start_timeout = start_timeout
         self.log_file = self.dir / "activemq.log"
@@ -148,7 +150,7 @@ class ActiveMQ:
         self.conf_file.write_text(ACTIVEMQ_XML.format(
             name=self.name, data=self.dir / "data", kahadb=self.data_dir / "kahadb", host=HOST,
             openwire=self.openwire_port, stomp=self.stomp_port, network=network,
-            extra=self.extra_xml))
+            extra=self.extra_xml, connectors=self.extra_connectors))
         (conf / "log4j.properties").write_text(LOG4J_PROPERTIES.format(log=self.log_file))
         (conf / "log4j2.properties").write_text(LOG4J2_PROPERTIES.format(log=self.log_file))
 

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def bridge_config(workdir, broker_ports, *, ocsp=True, perfdata=False, destination=None,
-                  site="TEST.SITE", extra_routes="", heartbeat_ms=2000, inbound="", **brokers):
+                  site="TEST.SITE", extra_routes="", heartbeat_ms=2000, inbound="", connect_timeout=3, **brokers):
     """YAML text for a bridge writing everything under ``workdir``; ``inbound`` is the YAML of
     an ``inbound:`` section (see ``inbound_config``)."""
     workdir = Path(workdir)
@@ -23,7 +23,7 @@ def bridge_config(workdir, broker_ports, *, ocsp=True, perfdata=False, destinati
     return f"""
 site: {{name: {site}, role: site, nagios_name: test-nagios.example.org}}
 brokers: {{hosts: [{hosts}], heartbeat_ms: {heartbeat_ms}, backoff_initial: 0.2, backoff_max: 2,
-          connect_timeout: 3, receipt_timeout: 10{broker_extra}}}
+          connect_timeout: {connect_timeout}, receipt_timeout: 10{broker_extra}}}
 spool: {{directory: {workdir}/spool}}
 sources:
   ocsp_pipe: {{enabled: {str(ocsp).lower()}, path: {workdir}/ocsp.fifo}}

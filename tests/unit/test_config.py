@@ -105,7 +105,8 @@ def test_the_example_documents_every_key():
         "perfdata", "path", "group", "mode", "max_line_bytes", "service_file", "host_file",
         "poll_interval", "rotate_interval", "level", "target", "file", "syslog_facility", "user",
         "pidfile", "textfile", "listen", "senders", "rules", "sender_header",
-        "objects_cache", "selector", "durable_name"}
+        "objects_cache", "selector", "durable_name", "tls", "ca_file", "ca_dir", "cert_file", "key_file",
+        "key_password_file", "verify"}
     missing = sorted(key for key in keys if f"{key}:" not in text)
     assert not missing
 
@@ -131,3 +132,23 @@ def test_inbound_mistakes_are_named(inbound, key, reason):
     with pytest.raises(config.ConfigError) as caught:
         config.parse(MINIMAL + f"inbound: {inbound}\n", "i.yaml")
     assert caught.value.key == key and reason in caught.value.reason
+
+
+def test_tls_paths_are_checked_when_the_config_is_loaded(tmp_path):
+    def tls(text):
+        return config.parse(MINIMAL.replace("hosts:", f"tls: {text}, hosts:"), "t.yaml")
+    with pytest.raises(config.ConfigError, match=r"brokers.tls.ca_file = '/nonexistent/ca.pem': is not a readable"):
+        tls("{enabled: true, ca_file: /nonexistent/ca.pem}")
+    empty = tmp_path / "certificates"
+    empty.mkdir()
+    with pytest.raises(config.ConfigError, match="no PEM certificates"):
+        tls(f"{{enabled: true, ca_dir: {empty}}}")
+    key = tmp_path / "key.pem"
+    key.write_text("x")
+    with pytest.raises(config.ConfigError, match="cert_file.*is required with key_file"):
+        tls(f"{{enabled: true, key_file: {key}}}")
+    password = tmp_path / "pw"
+    password.write_text("hunter2\n")
+    settings = tls(f"{{enabled: true, key_password_file: {password}}}")
+    assert settings.brokers.tls.key_password == "hunter2"
+    assert "hunter2" not in repr(settings) and config.as_dict(settings)["brokers"]["tls"]["key_password"] == "********"

@@ -1,0 +1,93 @@
+"""A test PKI made on the spot: a CA, broker and client certificates, and Java keystores."""
+import datetime
+import ipaddress
+import subprocess
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+STORE_PASSWORD = "changeit"
+
+
+def _name(common_name):
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "msg-nagios-bridge tests"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+class Authority:
+    """A CA that writes PEM files into ``directory``."""
+
+    def __init__(self, directory, name="Test Grid CA"):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(days=1))
+                     .not_valid_after(now + datetime.timedelta(days=30))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                                  content_commitment=False, key_encipherment=False,
+                                                  data_encipherment=False, key_agreement=False,
+                                                  encipher_only=False, decipher_only=False), critical=True)
+                     .sign(self.key, hashes.SHA256()))
+        self.cert_file = self.dir / "ca.pem"
+        self.cert_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, name, common_name, hosts=(), client=False, expired=False, key_password=None):
+        """(cert_file, key_file) for a server (``hosts`` as SANs) or client certificate."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        start, end = ((now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)) if expired
+                      else (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)))
+        builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(self.cert.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(start).not_valid_after(end)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                                         else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+        if hosts:
+            names = [x509.IPAddress(ipaddress.ip_address(h)) if h[0].isdigit() else x509.DNSName(h) for h in hosts]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        cert_file, key_file = self.dir / f"{name}.pem", self.dir / f"{name}.key"
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        encryption = (serialization.BestAvailableEncryption(key_password.encode()) if key_password
+                      else serialization.NoEncryption())
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               encryption))
+        key_file.chmod(0o600)
+        self._last = (cert, key)
+        return cert_file, key_file
+
+    def keystore(self, name):
+        """A PKCS12 keystore for ActiveMQ holding the certificate last issued."""
+        cert, key = self._last
+        path = self.dir / f"{name}.p12"
+        path.write_bytes(pkcs12.serialize_key_and_certificates(
+            name.encode(), key, cert, [self.cert],
+            serialization.BestAvailableEncryption(STORE_PASSWORD.encode())))
+        return path
+
+    def truststore(self):
+        """A PKCS12 truststore with this CA, made by keytool as Java expects it."""
+        path = self.dir / "trust.p12"
+        if not path.exists():
+            subprocess.run(["keytool", "-importcert", "-noprompt", "-storetype", "PKCS12", "-keystore", str(path),
+                            "-storepass", STORE_PASSWORD, "-alias", "ca", "-file", str(self.cert_file)],
+                           check=True, capture_output=True)
+        return path
+
+
+def ssl_broker_xml(keystore, truststore, port, need_client_auth=False):
+    """(extra_xml, extra_connectors) for tests.sandbox.activemq.ActiveMQ with a stomp+ssl connector."""
+    context = (f'<sslContext><sslContext keyStore="file:{keystore}" keyStorePassword="{STORE_PASSWORD}" '
+               f'keyStoreType="PKCS12" trustStore="file:{truststore}" trustStorePassword="{STORE_PASSWORD}" '
+               f'trustStoreType="PKCS12"/></sslContext>\n')
+    query = "?needClientAuth=true" if need_client_auth else ""
+    connector = f'      <transportConnector name="stomp+ssl" uri="stomp+ssl://127.0.0.1:{port}{query}"/>\n'
+    return context, connector
