@@ -31,6 +31,10 @@ def _run(args) -> int:
     if not args.daemon:
         install_signal_flags()
     settings = config.load(args.config)
+    if os.geteuid() == 0 and not args.allow_root and not (args.daemon and settings.daemon.user):
+        print("refusing to run as root: run the bridge as the Nagios user (systemd User=, or --daemon with "
+              "daemon.user), or pass --allow-root if you really mean it", file=sys.stderr)
+        return 2
     if args.daemon:
         return _run_detached(settings, args.config)
     logsetup.configure(settings.logging)
@@ -191,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_command = command("run", _run, "run the bridge (in the foreground, the systemd way)")
     run_command.add_argument("--daemon", action="store_true",
                              help="detach the classic way (pidfile, umask, drop to daemon.user/group)")
+    run_command.add_argument("--allow-root", action="store_true",
+                             help="run as root although nothing in the bridge needs it")
     check = command("check-config", _check_config, "validate the configuration file and exit")
     check.add_argument("-v", "--verbose", action="store_true", help="also print the settings (secrets masked)")
     command("nagios-config", _nagios_config, "print the Nagios command definitions and nagios.cfg lines")

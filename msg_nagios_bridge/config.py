@@ -288,6 +288,9 @@ def _secret(section: _Section, name: str) -> str:
         raise section.error(name + "_file", path, f"give either {name} or {name}_file, not both")
     if path:
         try:
+            if os.stat(path).st_mode & 0o004:
+                logging.getLogger(__name__).warning(
+                    "%s (%s) can be read by every user: chmod o-r it", path, section.key(name + "_file"))
             with open(path, encoding="utf-8") as handle:
                 return handle.read().strip()
         except OSError as exc:
@@ -614,7 +617,22 @@ def load(path: str = DEFAULT_PATH) -> Settings:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", None, f"is not UTF-8 text ({exc})") from None
-    return parse(text, path)
+    settings = parse(text, path)
+    _warn_if_secret_is_exposed(path, settings)
+    return settings
+
+
+def _warn_if_secret_is_exposed(path: str, settings: Settings) -> None:
+    """A password in a file that others can read is a password for everyone on the box."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    inline = settings.brokers.password or settings.brokers.tls.key_password
+    if inline and mode & 0o004:
+        logging.getLogger(__name__).warning(
+            "%s holds a password and can be read by every user (mode %o): chmod o-r it, or move the "
+            "secret to a password_file readable only by the bridge", path, mode & 0o777)
 
 
 def as_dict(settings: Settings) -> Dict[str, Any]:

@@ -115,7 +115,7 @@ def test_daemon_mode_pidfile(tmp_path, activemq, bridge_factory):
     bridge.config_path.write_text(bridge.config_path.read_text().replace(
         "logging: {level: INFO}", f"logging: {{level: INFO, target: file, file: {log}}}") +
         f"daemon: {{pidfile: {pidfile}}}\n")
-    started = cli(bridge, "run", "--daemon")
+    started = cli(bridge, "run", "--daemon", "--allow-root")
     assert started.returncode == 0, started.stderr
     deadline = time.time() + 10
     while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline:
@@ -123,7 +123,7 @@ def test_daemon_mode_pidfile(tmp_path, activemq, bridge_factory):
     pid = int(pidfile.read_text())
     try:
         assert os.getsid(pid) != os.getsid(0), "a detached daemon has left our session"
-        second = cli(bridge, "run", "--daemon")
+        second = cli(bridge, "run", "--daemon", "--allow-root")
         assert second.returncode == 1 and f"pid {pid}" in second.stderr
         deadline = time.time() + 10
         while "connected to broker" not in log.read_text() and time.time() < deadline:

@@ -256,7 +256,7 @@ class UnpackedBridge:
         env = {**debian_env(root), **extra_env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(root / "usr/bin/msg-nagios-bridge"), "run", "-c", str(self.config)],
+                [str(root / "usr/bin/msg-nagios-bridge"), "run", "--allow-root", "-c", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(workdir), start_new_session=True)
         track(self)
 

@@ -78,7 +78,7 @@ class Bridge:
         """Start; if ``wait_for`` is a path (the FIFO), wait until it exists."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "msg_nagios_bridge", "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "msg_nagios_bridge", "run", "--allow-root", "-c", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
         log.close()
         track(self)

@@ -152,3 +152,23 @@ def test_tls_paths_are_checked_when_the_config_is_loaded(tmp_path):
     settings = tls(f"{{enabled: true, key_password_file: {password}}}")
     assert settings.brokers.tls.key_password == "hunter2"
     assert "hunter2" not in repr(settings) and config.as_dict(settings)["brokers"]["tls"]["key_password"] == "********"
+
+
+def test_run_refuses_root_unless_forced(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(MINIMAL)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert main(["run", "-c", str(cfg)]) == 2
+    assert "refusing to run as root" in capsys.readouterr().err
+
+
+def test_a_readable_secret_draws_a_warning(tmp_path, caplog):
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(MINIMAL.replace("hosts:", "password: pw, hosts:"))
+    cfg.chmod(0o644)
+    config.load(str(cfg))
+    assert "can be read by every user" in caplog.text
+    caplog.clear()
+    cfg.chmod(0o640)
+    config.load(str(cfg))
+    assert "can be read by every user" not in caplog.text
