@@ -1,0 +1,69 @@
+"""The hostile corpus, tried for real: ActiveMQ -> bridge -> a real Nagios. Nothing but passive
+results may reach Nagios, both stay up, and memory stays bounded."""
+import json
+import pathlib
+import re
+import time
+
+import pytest
+
+from tests.sandbox.bridge import inbound_config
+from tests.sandbox.nagios import host, passive_service
+from tests.sandbox.stomp_probe import publish
+
+pytestmark = pytest.mark.integration
+
+CORPUS = pathlib.Path(__file__).parent.parent / "fixtures" / "hostile" / "cases.jsonl"
+QUEUE = "/queue/hostile"
+GENERATED = {
+    "ten-megabyte-body": ("metricName: x\ndetailsData: " + "A" * (10 << 20) + "\nEOT\n").encode(),
+    "deep-json": b"[" * 100_000 + b"]" * 100_000,
+    "huge-json-array": b'{"host": "h", "x": [' + b"1," * 400_000 + b"1]}",
+}
+
+
+def corpus():
+    for line in CORPUS.read_text().splitlines():
+        case = json.loads(line)
+        body = case["body"].encode() if "body" in case else case["body_latin1"].encode("latin-1")
+        yield case["name"], body, case.get("headers") or {}
+
+
+def rss_peak_kb(pid):
+    text = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1))
+
+
+def test_every_hostile_message_is_refused_or_becomes_one_passive_result(activemq, nagios_factory, bridge_factory):
+    nagios = nagios_factory(hosts=[host("se01.example.org"), host("ce01.example.org")], services=[
+        passive_service("se01.example.org", "org.sam.SRM-Put"),
+        passive_service("ce01.example.org", "org.sam.CE-JobSubmit")],
+        extra_cfg={"log_external_commands": "1", "log_passive_checks": "1"})
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, inbound=inbound_config(
+        nagios, QUEUE, rules="[{senders: ['*'], hosts: ['*'], services: ['*'], host_checks: true}]",
+        mapping="mapping: {max_body_bytes: 1048576}"))
+    bridge.start()
+    cases = list(corpus()) + [(name, body, {}) for name, body in GENERATED.items()]
+    for _, body, headers in cases:
+        publish(activemq.stomp_address, QUEUE, body, headers={"nagios_host": "remote", **headers})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        counters = bridge.status().get("counters", {})
+        handled = counters.get("received", 0) + counters.get("refused", 0) + counters.get("duplicates", 0)
+        if handled >= len(cases):
+            break
+        time.sleep(0.5)
+    assert handled == len(cases), (counters, bridge.log_text()[-2000:])
+    assert counters.get("refused", 0) > 0 and counters.get("received", 0) > 0
+    assert bridge.wait_counter("injected", counters["received"], timeout=30) == counters["received"]
+    time.sleep(2)                                       # let Nagios read what was written
+    assert bridge.proc.poll() is None, "the bridge must stay up"
+    assert nagios.running(), "Nagios must stay up"
+    commands = re.findall(r"EXTERNAL COMMAND: ([A-Z_]+);", nagios.log_text())
+    assert commands, "Nagios logged no external command at all"
+    assert set(commands) <= {"PROCESS_SERVICE_CHECK_RESULT", "PROCESS_HOST_CHECK_RESULT"}, set(commands)
+    assert "SHUTDOWN" not in " ".join(commands)
+    peak = rss_peak_kb(bridge.pid)
+    print(f"hostile corpus: {len(cases)} messages, {counters['received']} injected, {counters['refused']} refused, "
+          f"bridge peak RSS {peak / 1024:.0f} MB")
+    assert peak < 300 * 1024, f"bridge peak RSS {peak} kB"
