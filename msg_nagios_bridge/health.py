@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 import threading
 import time
 from typing import Deque, Dict, Tuple
@@ -86,3 +87,19 @@ class RateLimitedLog:
         if suppressed:
             text = f"{text} (and {suppressed} more like it in the last {int(now - last)} s)"
         self.logger.log(level, "%s", text)
+
+
+class Backoff:
+    """Capped exponential backoff with +/-20% jitter (so many bridges do not retry in step)."""
+
+    def __init__(self, initial: float, cap: float):
+        self.initial, self.cap = initial, cap
+        self._current = initial
+
+    def next_delay(self) -> float:
+        delay = self._current * random.uniform(0.8, 1.2)
+        self._current = min(self._current * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self._current = self.initial

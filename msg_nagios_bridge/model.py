@@ -16,8 +16,9 @@ HOST_STATES = ("UP", "DOWN", "UNREACHABLE")
 STATE_TYPES = ("SOFT", "HARD")
 
 MAX_NAME_LENGTH = 255
-# Control characters (C0, DEL, C1) and the Nagios command field separator.
-_BAD_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f;]")
+# Control characters (C0, DEL, C1), the Nagios command field separator, and lone
+# surrogates (text that cannot be written as UTF-8).
+_BAD_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f;\ud800-\udfff]")
 
 
 class InvalidResult(ValueError):
@@ -32,7 +33,7 @@ def check_name(kind: str, value: str) -> str:
     if not isinstance(value, str):
         raise InvalidResult(f"{kind} must be text, got {type(value).__name__}")
     if not value or value.strip() != value:
-        raise InvalidResult(f"{kind} {value!r} is empty or has surrounding blanks")
+        raise InvalidResult(f"{kind} {value[:80]!r} is empty or has surrounding blanks")
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidResult(f"{kind} is {len(value)} characters long (limit {MAX_NAME_LENGTH})")
     bad = _BAD_NAME_CHARS.search(value)

@@ -39,7 +39,8 @@ import math
 import re
 from typing import List, Tuple
 
-from ..model import MAX_NAME_LENGTH, CheckResult
+from ..model import CheckResult, InvalidResult
+from ..model import check_name as model_check_name
 
 PIPE_BUF = 4096
 
@@ -49,8 +50,6 @@ COMMANDS = (SERVICE_COMMAND, HOST_COMMAND)
 
 TRUNCATION_MARKER = " [truncated by msg-nagios-bridge: {n} bytes cut]"
 
-# C0 controls, DEL, C1 controls, the field separator and lone surrogates.
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f;\ud800-\udfff]")
 # Control characters that must not survive in text (newline is escaped instead).
 _CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -62,17 +61,15 @@ class CommandRefused(ValueError):
 
 
 def check_name(kind: str, value: object) -> str:
-    """Return ``value`` if it may stand in a command field, else raise CommandRefused."""
-    if not isinstance(value, str):
-        raise CommandRefused(f"{kind} must be text, got {type(value).__name__}")
-    if not value or value.strip() != value:
-        raise CommandRefused(f"{kind} {value[:80]!r} is empty or has surrounding blanks")
-    if len(value) > MAX_NAME_LENGTH:
-        raise CommandRefused(f"{kind} is {len(value)} characters long (limit {MAX_NAME_LENGTH})")
-    bad = _BAD_NAME.search(value)
-    if bad:
-        raise CommandRefused(f"{kind} {value[:80]!r} contains the forbidden character {bad.group()!r}")
-    return value
+    """Return ``value`` if it may stand in a command field, else raise CommandRefused.
+
+    The same rule as CheckResult's, checked again here on purpose: this is the
+    last step before Nagios's command file.
+    """
+    try:
+        return model_check_name(kind, value)
+    except InvalidResult as exc:
+        raise CommandRefused(str(exc)) from None
 
 
 def check_code(result: CheckResult) -> int:

@@ -17,7 +17,7 @@ from typing import List, Optional
 from ..config import InboundSettings
 from ..echo import CURSOR_NAME, EchoGuard
 from ..formats import checkresult_file, nagios_command
-from ..health import Health, RateLimitedLog
+from ..health import Backoff, Health, RateLimitedLog
 from ..model import CheckResult, result_from_dict
 from ..spool import Spool, SpoolEntry, SpoolError
 from .checkresults_dir import write_results
@@ -58,7 +58,7 @@ class NagiosWriter(threading.Thread):
         self.health = health
         self.echo = echo
         self.stopping = threading.Event()
-        self._backoff = 0.5
+        self._backoff = Backoff(0.5, 10.0)
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
@@ -105,10 +105,9 @@ class NagiosWriter(threading.Thread):
             self.health.set_state("nagios_writer", f"waiting: {exc}")
             self.health.error(f"nagios: {exc}")
             self._warn(logging.WARNING, "nagios", f"cannot hand results to Nagios, will retry: {exc}")
-            self.stopping.wait(self._backoff)
-            self._backoff = min(self._backoff * 2, 10.0)
+            self.stopping.wait(self._backoff.next_delay())
             return
-        self._backoff = 0.5
+        self._backoff.reset()
         self.spool.done([entry.entry_id for entry, _ in results])
         self.health.add("injected", len(results))
         self.health.mark("inject")

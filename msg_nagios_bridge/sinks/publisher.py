@@ -20,7 +20,6 @@ away means reconnect with capped exponential backoff, forever.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Dict, Optional
@@ -29,7 +28,7 @@ from stomp.exception import StompException
 
 from ..broker import BrokerConnection
 from ..config import BrokerSettings
-from ..health import Health, RateLimitedLog
+from ..health import Backoff, Health, RateLimitedLog
 from ..spool import Spool, SpoolEntry, SpoolError
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class Publisher(threading.Thread):
         self._isolate = 0                         # messages still to send one receipt each
         self._generation = 0
         self._serial = 0
-        self._backoff = settings.backoff_initial
+        self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
@@ -91,13 +90,12 @@ class Publisher(threading.Thread):
         problem = self.broker.connect()
         if problem is None:
             self._generation += 1
-            self._backoff = self.settings.backoff_initial
+            self._backoff.reset()
             address = "%s:%d" % self.broker.address
             self.health.set_state("publisher", f"connected to {address}")
             self.health.add("connects")
             return
-        delay = self._backoff * random.uniform(0.8, 1.2)
-        self._backoff = min(self._backoff * 2, self.settings.backoff_max)
+        delay = self._backoff.next_delay()
         self.health.set_state("publisher", f"disconnected: {problem}")
         self.health.error(f"broker: {problem}")
         self._warn(logging.WARNING, "connect", f"no broker reachable ({problem}); retrying in {delay:.1f} s")

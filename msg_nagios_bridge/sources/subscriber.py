@@ -14,7 +14,6 @@ import collections
 import hashlib
 import json
 import logging
-import random
 import threading
 import time
 from typing import Deque, Dict, List, Mapping, Optional, Set, Tuple
@@ -24,7 +23,7 @@ from stomp.exception import StompException
 from ..broker import BrokerConnection
 from ..config import BrokerSettings, InboundSettings
 from ..formats import inbound
-from ..health import Health, RateLimitedLog
+from ..health import Backoff, Health, RateLimitedLog
 from ..model import Message, result_to_dict
 from .. import policy as policy_module
 from ..spool import Spool, SpoolError
@@ -74,7 +73,7 @@ class Subscriber(threading.Thread):
         self.broker = BrokerConnection(brokers, client_id=settings.client_id, auto_decode=False)
         self.stopping = threading.Event()
         self.recent = RecentIds()
-        self._backoff = brokers.backoff_initial
+        self._backoff = Backoff(brokers.backoff_initial, brokers.backoff_max)
         self._warn = RateLimitedLog(log)
         self._refusal_log = RateLimitedLog(log)
 
@@ -117,11 +116,10 @@ class Subscriber(threading.Thread):
                 problem = f"subscribe failed: {exc}"
                 self.broker.close()
         if problem is None:
-            self._backoff = self.brokers.backoff_initial
+            self._backoff.reset()
             self.health.set_state("subscriber", "subscribed on %s:%d" % self.broker.address)
             return
-        delay = self._backoff * random.uniform(0.8, 1.2)
-        self._backoff = min(self._backoff * 2, self.brokers.backoff_max)
+        delay = self._backoff.next_delay()
         self.health.set_state("subscriber", f"disconnected: {problem}")
         self.health.error(f"subscriber: {problem}")
         self._warn(logging.WARNING, "connect", f"subscriber: no broker reachable ({problem}); retrying in {delay:.1f} s")
