@@ -493,12 +493,13 @@ def _inbound(root: _Section, site: Site) -> InboundSettings:
     rules = []
     for index, item in enumerate(pol_sec.get("rules", list, [])):
         rule_sec = _Section(sec.file, f"{pol_sec.key('rules')}[{index}]", item,
-                            ("senders", "hosts", "services", "host_checks"))
+                            ("senders", "hosts", "services", "host_checks", "exact_senders"))
         try:
             rules.append(policy_module.Rule(
                 senders=rule_sec.strings("senders", ()), hosts=rule_sec.strings("hosts", ("*",)),
                 services=rule_sec.strings("services", ("*",)),
-                host_checks=rule_sec.get("host_checks", bool, False)))
+                host_checks=rule_sec.get("host_checks", bool, False),
+                exact_senders=rule_sec.get("exact_senders", bool, False)))
         except ValueError as exc:
             raise ConfigError(sec.file, rule_sec.path, item, str(exc)) from None
     if enabled and not rules:

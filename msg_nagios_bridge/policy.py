@@ -8,12 +8,15 @@ switched on explicitly, e.g.
 A result passes when one rule matches all of: the sender, the host, and the
 service (or, for a host result, that rule has ``host_checks=True``). Patterns
 are ``fnmatch`` patterns matched case-sensitively (Nagios names are
-case-sensitive). Then, if ``known_objects`` is set, the (host, service) pair
-(service None for a host) must be one the local Nagios defines: Nagios would
-otherwise log and drop the result, where the bridge can dead-letter it with a
-reason. It also closes a side door: Nagios accepts a host's *address* in place
-of its name in PROCESS_*_CHECK_RESULT, so a host pattern alone can be
-sidestepped with an address; with known_objects only real names pass.
+case-sensitive). A rule with ``exact_senders=True`` compares senders as exact
+strings instead: a certificate DN may hold ``*``, ``?`` or ``[...]``, which as
+a pattern would match other senders (or not even itself). Then, if
+``known_objects`` is set, the (host, service) pair (service None for a host)
+must be one the local Nagios defines: Nagios would otherwise log and drop the
+result, where the bridge can dead-letter it with a reason. It also closes a
+side door: Nagios accepts a host's *address* in place of its name in
+PROCESS_*_CHECK_RESULT, so a host pattern alone can be sidestepped with an
+address; with known_objects only real names pass.
 
 Refusal reasons: ``no-sender``, ``sender-not-allowed``, ``host-not-allowed``,
 ``service-not-allowed``, ``host-check-not-allowed``, ``unknown-object``.
@@ -43,28 +46,35 @@ def _patterns(kind: str, value: object) -> Tuple[str, ...]:
 class Rule:
     """Senders matching ``senders`` may send results for ``hosts`` x ``services``.
 
-    Host results (no service) only when ``host_checks`` is True.
+    Host results (no service) only when ``host_checks`` is True. With
+    ``exact_senders`` the senders are exact strings (e.g. certificate DNs), not patterns.
     """
 
     senders: Tuple[str, ...]
     hosts: Tuple[str, ...]
     services: Tuple[str, ...] = ()
     host_checks: bool = False
+    exact_senders: bool = False
 
     def __post_init__(self) -> None:
         for name in ("senders", "hosts", "services"):
             object.__setattr__(self, name, _patterns(name, getattr(self, name)))
-        if not isinstance(self.host_checks, bool):
-            raise ValueError(f"host_checks must be true or false, got {self.host_checks!r}")
+        for name in ("host_checks", "exact_senders"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    def allows_sender(self, sender: str) -> bool:
+        return sender in self.senders if self.exact_senders else _matches(sender, self.senders)
 
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """The inbound policy. No rules = refuse everything (fail-safe).
 
-    ``sender_header``: the message header that names the sender; for now the
+    ``sender_header``: the message header that names the sender: by default the
     publisher's own ``nagios_host`` header (which a sender can forge: restrict
-    who may publish at the broker), later a broker-stamped certificate DN.
+    who may publish at the broker), or ``JMSXUserID``, the identity ActiveMQ
+    stamps on each message with ``populateJMSXUserID`` (docs/inbound.md).
     ``known_objects``: {(host, service or None)} the local Nagios defines, or
     None to skip that check.
     """
@@ -106,7 +116,7 @@ def check(policy: Policy, result: CheckResult, sender: str) -> None:
     what = f"{result.host}" + (f"/{result.service}" if result.service is not None else " (host result)")
     if not isinstance(sender, str) or not sender:
         raise Refused("no-sender", f"result for {_show(what)} has no {policy.sender_header!r} sender")
-    rules = [rule for rule in policy.rules if _matches(sender, rule.senders)]
+    rules = [rule for rule in policy.rules if rule.allows_sender(sender)]
     if not rules:
         hint = " (the policy has no rules: inbound results are off)" if not policy.rules else ""
         raise Refused("sender-not-allowed", f"sender {_show(sender)} may not send results{hint}")

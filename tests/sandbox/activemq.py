@@ -35,7 +35,7 @@ ACTIVEMQ_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
   xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
   http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" brokerName="{name}" useJmx="false"
-          persistent="true" dataDirectory="{data}">
+          persistent="true" dataDirectory="{data}"{broker_attributes}>
 {network}    <persistenceAdapter>
       <kahaDB directory="{kahadb}">
         <locker><shared-file-locker lockAcquireSleepInterval="1000"/></locker>
@@ -101,7 +101,7 @@ class ActiveMQ:
 
     def __init__(self, workdir, name="b1", stomp_port=None, openwire_port=None,
                  network_to=(), data_dir=None, extra_xml="", start_timeout=60.0, login=None,
-                 extra_connectors=""):
+                 extra_connectors="", broker_attributes="", conf_files=None):
         self.dir = Path(workdir).resolve()
         self.name = name
         self.stomp_port = stomp_port or free_port()
@@ -111,6 +111,11 @@ class ActiveMQ:
         self.extra_xml = extra_xml
         self.extra_connectors = extra_connectors   # more <transportConnector .../> lines (e.g. stomp+ssl)
         self.login = login           # (user, password) for the readiness check, when auth is on
+        # more attributes of <broker>, e.g. 'populateJMSXUserID="true"'
+        self.broker_attributes = f" {broker_attributes.strip()}" if broker_attributes.strip() else ""
+        # {file name: text} written into conf/ (on the classpath), e.g. JAAS's login.config and
+        # users.properties; a login.config there is also passed as java.security.auth.login.config.
+        self.conf_files = dict(conf_files or {})
         self.start_timeout = start_timeout
         self.log_file = self.dir / "activemq.log"
         self.console_file = self.dir / "console.log"
@@ -150,7 +155,9 @@ class ActiveMQ:
         self.conf_file.write_text(ACTIVEMQ_XML.format(
             name=self.name, data=self.dir / "data", kahadb=self.data_dir / "kahadb", host=HOST,
             openwire=self.openwire_port, stomp=self.stomp_port, network=network,
-            extra=self.extra_xml, connectors=self.extra_connectors))
+            extra=self.extra_xml, connectors=self.extra_connectors, broker_attributes=self.broker_attributes))
+        for name, text in self.conf_files.items():
+            (conf / name).write_text(text)
         (conf / "log4j.properties").write_text(LOG4J_PROPERTIES.format(log=self.log_file))
         (conf / "log4j2.properties").write_text(LOG4J2_PROPERTIES.format(log=self.log_file))
 
@@ -168,6 +175,8 @@ class ActiveMQ:
             f"-Dactivemq.data={self.dir / 'data'}",
             f"-Dlog4j.configuration=file:{conf / 'log4j.properties'}",
             f"-Dlog4j2.configurationFile={conf / 'log4j2.properties'}",
+            *([f"-Djava.security.auth.login.config={conf / 'login.config'}"]
+              if "login.config" in self.conf_files else []),
             "-jar", str(ACTIVEMQ_HOME / "bin" / "activemq.jar"),
             "start", f"xbean:file:{self.conf_file}",
         ]

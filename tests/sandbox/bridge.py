@@ -38,19 +38,23 @@ logging: {{level: INFO}}
 
 
 def inbound_config(nagios, destination, writer="command_file", durable_name="", rules=None,
-                   objects_cache=False, mapping="", lock_file=None):
+                   objects_cache=False, mapping="", lock_file=None, sender_header=""):
     """The ``inbound:`` YAML section for injecting into the sandbox ``nagios``.
 
     The sandbox runs Nagios in the foreground, which writes no lock file (only
     ``-d`` does): pass ``lock_file`` to test that check with a file of your own."""
     rules = rules or "[{senders: ['*'], hosts: ['*'], services: ['*'], host_checks: true}]"
     durable = f", durable_name: {durable_name}" if durable_name else ""
-    cache = f"objects_cache: {nagios.dir / 'objects.cache'}" if objects_cache else ""
+    policy = [f"rules: {rules}"]
+    if objects_cache:
+        policy.append(f"objects_cache: {nagios.dir / 'objects.cache'}")
+    if sender_header:
+        policy.append(f"sender_header: {sender_header}")
     return f"""
 inbound:
   enabled: true
   subscriptions: [{{destination: "{destination}"{durable}}}]
-  policy: {{rules: {rules}, {cache}}}
+  policy: {{{", ".join(policy)}}}
   writer: {writer}
   command_file: {nagios.command_file}
   check_result_path: {nagios.check_result_path}

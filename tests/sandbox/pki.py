@@ -83,11 +83,14 @@ class Authority:
         return path
 
 
-def ssl_broker_xml(keystore, truststore, port, need_client_auth=False):
-    """(extra_xml, extra_connectors) for tests.sandbox.activemq.ActiveMQ with a stomp+ssl connector."""
+def ssl_broker_xml(keystore, truststore, port, need_client_auth=False, want_client_auth=False):
+    """(extra_xml, extra_connectors) for tests.sandbox.activemq.ActiveMQ with a stomp+ssl connector.
+
+    ``want_client_auth`` asks for a client certificate without requiring one in the handshake
+    (ActiveMQ's JAAS certificate login then decides); ``need_client_auth`` requires one."""
     context = (f'<sslContext><sslContext keyStore="file:{keystore}" keyStorePassword="{STORE_PASSWORD}" '
                f'keyStoreType="PKCS12" trustStore="file:{truststore}" trustStorePassword="{STORE_PASSWORD}" '
                f'trustStoreType="PKCS12"/></sslContext>\n')
-    query = "?needClientAuth=true" if need_client_auth else ""
+    query = "?needClientAuth=true" if need_client_auth else "?wantClientAuth=true" if want_client_auth else ""
     connector = f'      <transportConnector name="stomp+ssl" uri="stomp+ssl://127.0.0.1:{port}{query}"/>\n'
     return context, connector

@@ -104,7 +104,7 @@ def test_the_example_documents_every_key():
         "backoff_max", "max_refusals", "directory", "max_messages", "max_megabytes", "ocsp_pipe",
         "perfdata", "path", "group", "mode", "max_line_bytes", "service_file", "host_file",
         "poll_interval", "rotate_interval", "level", "target", "file", "syslog_facility", "user",
-        "pidfile", "textfile", "listen", "senders", "rules", "sender_header",
+        "pidfile", "textfile", "listen", "senders", "rules", "sender_header", "exact_senders",
         "objects_cache", "selector", "durable_name", "tls", "ca_file", "ca_dir", "cert_file", "key_file",
         "key_password_file", "verify"}
     missing = sorted(key for key in keys if f"{key}:" not in text)
@@ -117,6 +117,18 @@ def test_an_enabled_inbound_section_from_the_example_validates():
     settings = config.parse(text, "example")
     assert settings.inbound.enabled and settings.inbound.rules[0].senders == ("*",)
     assert settings.inbound.client_id == "msg-nagios-bridge-nagios.example.org"
+
+
+def test_a_rule_may_take_its_senders_exactly():
+    inbound = ("{subscriptions: [{destination: /topic/x}], policy: {sender_header: JMSXUserID, rules: ["
+               "{senders: ['CN=*.site-a.org, O=Grid'], hosts: ['*.site-a.org'], exact_senders: true}]}}")
+    settings = config.parse(MINIMAL + f"inbound: {inbound}\n", "i.yaml")
+    rule = settings.inbound.rules[0]
+    assert rule.exact_senders and rule.senders == ("CN=*.site-a.org, O=Grid",)
+    assert settings.inbound.sender_header == "JMSXUserID"
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(MINIMAL + "inbound: {policy: {rules: [{senders: [x], exact_senders: maybe}]}}\n", "i.yaml")
+    assert caught.value.key.startswith("inbound.policy.rules[0]")
 
 
 @pytest.mark.parametrize("inbound, key, reason", [

@@ -81,8 +81,24 @@ def test_sender_comes_from_the_configured_header():
     assert sender_of(Policy(), {"nagios_host": 5}) == ""
 
 
+def test_exact_senders_take_a_dn_literally():
+    wildcard_dn = "CN=*.site-a.org, O=Grid"              # a DN may hold * ? [ ]
+    pattern = Policy(rules=(Rule(senders=(wildcard_dn,), hosts=("*",), services=("*",)),))
+    exact = Policy(rules=(Rule(senders=(wildcard_dn,), hosts=("*",), services=("*",), exact_senders=True),))
+    check(pattern, SERVICE, "CN=evil.site-a.org, O=Grid")          # as a pattern: too wide
+    assert reason(exact, SERVICE, "CN=evil.site-a.org, O=Grid") == "sender-not-allowed"
+    check(exact, SERVICE, wildcard_dn)
+    bracket_dn = "CN=ce[1].site-a.org, O=Grid"
+    assert reason(Policy(rules=(Rule(senders=(bracket_dn,), hosts=("*",), services=("*",)),)),
+                  SERVICE, bracket_dn) == "sender-not-allowed"  # as a pattern: not even itself
+    check(Policy(rules=(Rule(senders=(bracket_dn,), hosts=("*",), services=("*",), exact_senders=True),)),
+          SERVICE, bracket_dn)
+    assert reason(exact, SERVICE, "CN=*.site-a.org,O=Grid") == "sender-not-allowed"   # exact means exact
+
+
 @pytest.mark.parametrize("kwargs", [
     {"senders": "*", "hosts": ("*",)},
+    {"senders": ("*",), "hosts": ("*",), "exact_senders": "yes"},
     {"senders": ("*",), "hosts": ("",)},
     {"senders": ("*",), "hosts": (3,)},
     {"senders": ("*",), "hosts": ("*",), "host_checks": "yes"},

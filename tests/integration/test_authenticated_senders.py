@@ -1,0 +1,175 @@
+"""Authenticated senders, with the real programs: publishers log in to ActiveMQ with their client
+certificates, the broker stamps each message with the certificate's DN (JMSXUserID), and the
+central bridge's policy maps DNs to the hosts they may report. What ActiveMQ 5.17 does here is
+described (as measured) in docs/inbound.md, "Authenticated senders"."""
+import json
+import sqlite3
+import threading
+import time
+
+import pytest
+import stomp
+from stomp.exception import ConnectFailedException
+
+from msg_nagios_bridge.formats import wlcg
+from msg_nagios_bridge.model import CheckResult
+from tests.sandbox.bridge import inbound_config
+from tests.sandbox.nagios import host, passive_service
+from tests.sandbox.pki import Authority, ssl_broker_xml
+from tests.sandbox.ports import free_port
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "/queue/grid.probe.metricOutput.EGEE.site"
+SERVICE = "org.sam.CE-JobSubmit"
+ADMIN = ("admin", "admin-pw")          # password accounts, on the plain STOMP connector
+MONITOR = ("monitor", "monitor-pw")
+
+# jaasDualAuthenticationPlugin: SSL connections log in by certificate (dns.properties: user=DN),
+# the others by user name and password (users.properties).
+LOGIN_CONFIG = """activemq-passwords {
+    org.apache.activemq.jaas.PropertiesLoginModule required
+        org.apache.activemq.jaas.properties.user="users.properties"
+        org.apache.activemq.jaas.properties.group="groups.properties";
+};
+activemq-certificates {
+    org.apache.activemq.jaas.TextFileCertificateLoginModule required
+        org.apache.activemq.jaas.textfiledn.user="dns.properties"
+        org.apache.activemq.jaas.textfiledn.group="dn-groups.properties";
+};
+"""
+PLUGINS = ('<plugins><jaasDualAuthenticationPlugin configuration="activemq-passwords" '
+           'sslConfiguration="activemq-certificates"/></plugins>\n')
+
+
+def java_dn(common_name):
+    """A test certificate's subject as ActiveMQ writes it (Java's getSubjectDN().getName()):
+    in RFC 2253 order, ", " between the parts."""
+    return f"CN={common_name}, O=msg-nagios-bridge tests"
+
+
+SITE_A, SITE_B, CENTRAL = "nagios.site-a.org", "nagios.site-b.org", "central-bridge.example.org"
+RULES = (f"[{{senders: ['{java_dn(SITE_A)}'], hosts: ['*.site-a.org'], services: ['*'], exact_senders: true}}, "
+         f"{{senders: ['{java_dn(SITE_B)}'], hosts: ['*.site-b.org'], services: ['*'], exact_senders: true}}]")
+
+
+class _Replies(stomp.ConnectionListener):
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.errors, self.receipts = [], set()
+
+    def on_error(self, frame):
+        with self.cond:
+            self.errors.append(frame.headers.get("message", "") or str(frame.body))
+            self.cond.notify_all()
+
+    def on_receipt(self, frame):
+        with self.cond:
+            self.receipts.add(frame.headers.get("receipt-id"))
+            self.cond.notify_all()
+
+
+def publish(address, result, label, cert=None, ca_file=None, login=None, headers=None, timeout=10.0):
+    """Send ``result`` (WLCG) to QUEUE over TLS when ``ca_file`` is given (with the client
+    certificate ``cert`` = (cert_file, key_file), if any), wait for the receipt.
+    Returns None when the broker took it, else the broker's refusal."""
+    conn = stomp.Connection12([address], reconnect_attempts_max=1, timeout=timeout)
+    if ca_file:
+        conn.set_ssl(for_hosts=[address], cert_file=str(cert[0]) if cert else None,
+                     key_file=str(cert[1]) if cert else None, ca_certs=str(ca_file))
+    replies = _Replies()
+    conn.set_listener("replies", replies)
+    try:
+        conn.connect(*(login or (None, None)), wait=True)
+    except ConnectFailedException:
+        return replies.errors[-1] if replies.errors else "CONNECT failed"
+    try:
+        receipt = f"pub-{label}"
+        conn.send(QUEUE, wlcg.encode(result, {"siteName": "X", "gatheredAt": "site-nagios", "role": "site"}),
+                  headers={"persistent": "true", "result_id": result.identity(), "label": label,
+                           **(headers or {}), "receipt": receipt})
+        with replies.cond:
+            replies.cond.wait_for(lambda: receipt in replies.receipts or replies.errors, timeout)
+        return None if receipt in replies.receipts else (replies.errors or ["no receipt"])[-1]
+    finally:
+        conn.disconnect()
+
+
+def result(host_name, output):
+    return CheckResult(host=host_name, service=SERVICE, state=2, output=output, timestamp=int(time.time()) - 10)
+
+
+def dead_letters(bridge):
+    """{label header: (JMSXUserID header, reason)} of the messages the bridge refused."""
+    with sqlite3.connect(f"file:{bridge.workdir / 'spool' / 'inbound.sqlite'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT headers, reason FROM dead_letters").fetchall()
+    return {headers.get("label"): (headers.get("JMSXUserID"), reason)
+            for headers, reason in ((json.loads(h), r) for h, r in rows)}
+
+
+def test_the_broker_stamped_certificate_dn_decides_what_a_site_may_report(tmp_path, activemq_factory,
+                                                                          nagios_factory, bridge_factory):
+    authority = Authority(tmp_path / "pki")
+    authority.issue("broker", "broker.example.org", hosts=("127.0.0.1",))
+    keystore = authority.keystore("broker")
+    site_a = authority.issue("site-a", SITE_A, client=True)
+    site_b = authority.issue("site-b", SITE_B, client=True)
+    central = authority.issue("central", CENTRAL, client=True)
+    stranger = authority.issue("stranger", "stranger.example.org", client=True)   # same CA, not admitted
+    port = free_port()
+    ssl_context, connector = ssl_broker_xml(keystore, authority.truststore(), port, want_client_auth=True)
+    broker = activemq_factory(
+        "identities", extra_xml=ssl_context + PLUGINS, extra_connectors=connector, login=ADMIN,
+        broker_attributes='populateJMSXUserID="true"',
+        conf_files={"login.config": LOGIN_CONFIG,
+                    "users.properties": f"{ADMIN[0]}={ADMIN[1]}\n{MONITOR[0]}={MONITOR[1]}\n",
+                    "groups.properties": "admins=admin\n",
+                    "dns.properties": f"site-a={java_dn(SITE_A)}\nsite-b={java_dn(SITE_B)}\n"
+                                      f"central={java_dn(CENTRAL)}\n",
+                    "dn-groups.properties": "sites=site-a,site-b\nconsumers=central\n"})
+    nagios = nagios_factory(hosts=[host("ce01.site-a.org"), host("ce01.site-b.org")],
+                            services=[passive_service("ce01.site-a.org", SERVICE),
+                                      passive_service("ce01.site-b.org", SERVICE)])
+    tls = (f"{{enabled: true, ca_file: {authority.cert_file}, cert_file: {central[0]}, "
+           f"key_file: {central[1]}}}")
+    bridge = bridge_factory([port], name="central", ocsp=False, tls=tls,
+                            inbound=inbound_config(nagios, QUEUE, rules=RULES, sender_header="JMSXUserID"))
+    bridge.start()
+    address, ca = ("127.0.0.1", port), authority.cert_file
+
+    # Who may connect at all: only certificates listed in dns.properties, and password accounts.
+    assert "without SSL certificate" in publish(address, result("ce01.site-a.org", "no cert"), "no-cert",
+                                                ca_file=ca)
+    assert f"No user for client certificate: {java_dn('stranger.example.org')}" in publish(
+        address, result("ce01.site-a.org", "stranger"), "stranger", cert=stranger, ca_file=ca)
+    assert "is invalid" in publish(broker.stomp_address, result("ce01.site-a.org", "anonymous"), "anonymous")
+
+    # Site A, as itself, about a host of site B; then with JMSXUserID (and the STOMP login) set to B's DN.
+    assert publish(address, result("ce01.site-b.org", "A posing as B"), "a-for-b", cert=site_a, ca_file=ca) is None
+    assert publish(address, result("ce01.site-b.org", "A with a forged JMSXUserID"), "a-forged", cert=site_a,
+                   ca_file=ca, login=(java_dn(SITE_B), "x"), headers={"JMSXUserID": java_dn(SITE_B)}) is None
+    # A password account (no certificate identity) naming site A's DN itself.
+    assert publish(broker.stomp_address, result("ce01.site-a.org", "password user posing as A"), "monitor",
+                   login=MONITOR, headers={"JMSXUserID": java_dn(SITE_A)}) is None
+    assert bridge.wait_counter("refused", 3, timeout=20) == 3, bridge.log_text()[-3000:]
+    counters = bridge.status()["counters"]
+    assert counters["refused.host-not-allowed"] == 2 and counters["refused.sender-not-allowed"] == 1, counters
+    assert counters.get("injected", 0) == 0, counters
+    refused = dead_letters(bridge)
+    assert refused["a-for-b"][0] == java_dn(SITE_A)
+    assert refused["a-forged"][0] == java_dn(SITE_A)      # the broker's stamp, not the publisher's header
+    assert refused["monitor"][0] == "monitor"              # a password login is stamped with the user name
+    assert "may not send results for host 'ce01.site-b.org'" in refused["a-forged"][1]
+
+    # Each site, as itself, about its own host: lands.
+    own_a, own_b = result("ce01.site-a.org", "site A reports its CE"), result("ce01.site-b.org", "site B reports")
+    assert publish(address, own_a, "a-own", cert=site_a, ca_file=ca) is None
+    assert publish(address, own_b, "b-own", cert=site_b, ca_file=ca) is None
+
+    def shown(status):
+        outputs = [(status.get((r.host, SERVICE)) or {}).get("plugin_output") for r in (own_a, own_b)]
+        return outputs if outputs == [own_a.output, own_b.output] else None
+    assert nagios.wait_for(shown, timeout=20), (nagios.status(), bridge.log_text()[-3000:])
+    assert bridge.wait_counter("injected", 2) == 2
+    for refused_output in ("A posing as B", "forged", "posing as A", "no cert", "stranger", "anonymous"):
+        assert refused_output not in nagios.log_text()
