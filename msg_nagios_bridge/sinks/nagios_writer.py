@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..config import InboundSettings
 from ..echo import CURSOR_NAME, EchoGuard
@@ -26,6 +26,11 @@ from .command_file import NagiosUnavailable, write_lines
 log = logging.getLogger(__name__)
 
 BATCH = 500
+NOT_REAPED_AFTER = 30.0     # a check result file Nagios has not read by then: Nagios is away
+
+
+class NotYetReaped(Exception):
+    """The previous check result file is still waiting for Nagios (normal for about a second)."""
 
 
 def nagios_pid_alive(lock_file: str) -> Optional[str]:
@@ -59,6 +64,8 @@ class NagiosWriter(threading.Thread):
         self.echo = echo
         self.stopping = threading.Event()
         self._backoff = Backoff(0.5, 10.0)
+        self._pending_file: Optional[str] = None
+        self._pending_since = 0.0
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
@@ -79,60 +86,79 @@ class NagiosWriter(threading.Thread):
                 self.stopping.wait(1.0)
 
     def _write(self, entries: List[SpoolEntry]) -> None:
-        results, bad = [], []
+        now = int(time.time())
+        prepared: List[Tuple[SpoolEntry, CheckResult, Optional[str]]] = []
         for entry in entries:
             try:
                 result = result_from_dict(json.loads(entry.message.body))
-                # Both writers must accept it: one refused result must not block the rest.
-                nagios_command.command_line(result, 0)
-                checkresult_file.render_one(result)
-                results.append((entry, result))
+                # Formatted (and so checked) once; one refused result must not block the rest.
+                prepared.append((entry, result, self._line(result, now)))
             except (ValueError, TypeError) as exc:   # decode() already refuses these; defence in depth
-                bad.append((entry, str(exc)))
-        for entry, reason in bad:
-            self.spool.reject(entry.entry_id, f"cannot be written to Nagios: {reason}")
-            self.health.add("dead_letters")
-        if not results:
+                self.spool.reject(entry.entry_id, f"cannot be written to Nagios: {exc}")
+                self.health.add("dead_letters")
+        if not prepared:
             return
         try:
             if self.settings.nagios_lock_file:
                 problem = nagios_pid_alive(self.settings.nagios_lock_file)
                 if problem:
                     raise NagiosUnavailable(problem)
-            self._deliver([result for _, result in results])
+            lines = [line for _, _, line in prepared if line is not None]
+            files = [result for _, result, line in prepared if line is None]
+            if files:
+                self._write_file(files, now)
+            if lines:
+                write_lines(self.settings.command_file, lines)
+        except NotYetReaped:
+            self.spool.give_back([entry.entry_id for entry, _, _ in prepared])
+            self.stopping.wait(0.1)
+            return
         except NagiosUnavailable as exc:
-            self.spool.give_back([entry.entry_id for entry, _ in results])
+            self.spool.give_back([entry.entry_id for entry, _, _ in prepared])
             self.health.set_state("nagios_writer", f"waiting: {exc}")
             self.health.error(f"nagios: {exc}")
             self._warn(logging.WARNING, "nagios", f"cannot hand results to Nagios, will retry: {exc}")
             self.stopping.wait(self._backoff.next_delay())
             return
         self._backoff.reset()
-        self.spool.done([entry.entry_id for entry, _ in results])
-        self.health.add("injected", len(results))
+        self.spool.done([entry.entry_id for entry, _, _ in prepared])
+        self.health.add("injected", len(prepared))
         self.health.mark("inject")
         self.health.set_state("nagios_writer", "writing")
-        if self.echo.injected(result for _, result in results):
+        if self.echo.injected(result for _, result, _ in prepared):
             self.spool.put([], cursor=(CURSOR_NAME, self.echo.dump()))
 
-    def _deliver(self, results: List[CheckResult]) -> None:
-        now = int(time.time())
+    def _line(self, result: CheckResult, now: int) -> Optional[str]:
+        """The command line for ``result``, or None if it goes through the check results directory."""
         if self.settings.writer == "checkresults_dir":
-            write_results(self.settings.check_result_path, results, now)
-            return
-        lines, big = [], []
-        for result in results:
-            # Nagios takes the check time from the [timestamp]: keep the result's own.
-            when = int(result.timestamp) or now
-            line = nagios_command.command_line(result, when)
-            if nagios_command.fits_pipe_buf(line):
-                lines.append(line)
-            elif self.settings.check_result_path:
-                big.append(result)          # whole, through the directory
-            else:
-                lines.append(nagios_command.truncate_to_fit(result, when))
-                self.health.add("truncated")
-        if big:
-            write_results(self.settings.check_result_path, big, now)
-        if lines:
-            write_lines(self.settings.command_file, lines)
+            checkresult_file.render_one(result)          # refuse here what the file could not hold
+            return None
+        # Nagios takes the check time from the [timestamp]: keep the result's own.
+        when = int(result.timestamp) or now
+        line = nagios_command.command_line(result, when)
+        if nagios_command.fits_pipe_buf(line):
+            return line
+        if self.settings.check_result_path:
+            checkresult_file.render_one(result)
+            return None                                   # whole, through the directory
+        self.health.add("truncated")
+        return nagios_command.truncate_to_fit(result, when)
+
+    def _write_file(self, results: List[CheckResult], now: int) -> None:
+        """One check result file at a time, results oldest first.
+
+        Nagios reads the files waiting in its directory in no particular order
+        and keeps whichever result it reads last, so a second file written
+        before the first was read could leave a service showing an older
+        result (measured: up to half of them). Waiting for Nagios to take each
+        file keeps the newest result last.
+        """
+        if self._pending_file is not None and os.path.exists(self._pending_file):
+            age = time.time() - self._pending_since
+            if age < NOT_REAPED_AFTER:
+                raise NotYetReaped(self._pending_file)
+            raise NagiosUnavailable(f"Nagios has not read {self._pending_file} for {age:.0f} s "
+                                    f"(is it running? check_result_path right?)")
+        results = sorted(results, key=lambda result: result.timestamp)
+        self._pending_file = write_results(self.settings.check_result_path, results, now)
+        self._pending_since = time.time()

@@ -32,3 +32,12 @@ def test_any_accepted_name_is_safe_for_a_command_line(name):
         return
     assert ";" not in result.host and "\n" not in result.host
     assert all(ord(c) >= 32 and not 0x7f <= ord(c) <= 0x9f for c in result.host)
+
+
+def test_result_dict_round_trip_covers_every_field():
+    import dataclasses
+    from msg_nagios_bridge.model import result_from_dict, result_to_dict
+    result = CheckResult(host="h", service="s", state=2, state_type="SOFT", output="o", long_output="l\nm",
+                         perfdata="p=1", timestamp=12.5, attempt=3, attributes={"flavour": "CE"})
+    assert result_to_dict(result) == dataclasses.asdict(result)
+    assert result_from_dict(result_to_dict(result)) == result

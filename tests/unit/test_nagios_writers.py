@@ -133,7 +133,7 @@ def spooled(result, key):
 def test_writer_waits_for_nagios_then_delivers_and_dead_letters_the_unwritable(tmp_path):
     spool = Spool(str(tmp_path / "inbound.sqlite"))
     bad = result_to_dict(RESULT)
-    bad["host"] = "bad\\"            # a name Nagios's check-result reader would join with the next line
+    bad["host"] = "bad;host"          # edited into the spool by hand: refused on its own, not blocking the batch
     spool.put([spooled(RESULT, "a"), Message("b", "nagios", {}, json.dumps(bad).encode())])
     echo = EchoGuard()
     writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), echo)
@@ -157,3 +157,36 @@ def test_writer_waits_for_nagios_then_delivers_and_dead_letters_the_unwritable(t
     assert not echo(CheckResult(host="h1", service="s1", state=1, attributes={"check_type": "ACTIVE"}))
     assert spool.dead_letters()[0].reason.startswith("cannot be written to Nagios")
     spool.close()
+
+
+def test_check_result_files_are_written_one_at_a_time_oldest_result_first(tmp_path):
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    settings = writer_settings(tmp_path)
+    import dataclasses
+    settings = dataclasses.replace(settings, writer="checkresults_dir")
+    older = dataclasses.replace(RESULT, output="older", timestamp=1700000000)
+    newer = dataclasses.replace(RESULT, output="newer", timestamp=1700000060)
+    spool.put([spooled(newer, "n"), spooled(older, "o")])
+    writer = NagiosWriter(settings, spool, Health(), EchoGuard())
+    writer.start()
+    try:
+        deadline = time.time() + 10
+        while spool.stats().depth and time.time() < deadline:
+            time.sleep(0.05)
+        files = [name for name in os.listdir(tmp_path) if name.startswith("c") and not name.endswith(".ok")]
+        assert len(files) == 1
+        outputs = [entry["output"].split("\n")[0] for entry in checkresult_file.parse(open(tmp_path / files[0]).read())]
+        assert outputs == ["older", "newer"]
+        spool.put([spooled(dataclasses.replace(RESULT, output="third", timestamp=1700000120), "t")])
+        time.sleep(0.5)
+        assert spool.stats().depth == 1, "no second file while Nagios has not read the first"
+        os.unlink(tmp_path / files[0])                  # what Nagios does when it reaps a file
+        os.unlink(tmp_path / (files[0] + ".ok"))
+        deadline = time.time() + 10
+        while spool.stats().depth and time.time() < deadline:
+            time.sleep(0.05)
+        assert spool.stats().depth == 0
+    finally:
+        writer.stop()
+        writer.join(5)
+        spool.close()
