@@ -48,6 +48,9 @@ every case of the run is measured against them, in this order:
                   timed until N PASSIVE SERVICE CHECK lines.
   bridge fifo (alone) prefetch P
                   "bridge fifo (alone)" again with inbound.prefetch = --extra-prefetch.
+  bridge fifo (alone) again
+                  "bridge fifo (alone)" once more at the very end (after the latency cases):
+                  how much the figure drifts within one run.
   latency fifo    A publisher sends --latency-rate results/s for --latency-seconds (persistent,
   (alone)         no receipts) into a queue the running bridge consumes; the bridge's
                   command_file is the benchmark's FIFO reader, which timestamps each line on
@@ -172,12 +175,37 @@ def system_busy() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def all_processes():
+    """{pid: (name, utime+stime ticks)} of every process (kernel threads too)."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as handle:
+                    text = handle.read()
+            except OSError:
+                continue
+            head, _, rest = text.rpartition(")")
+            fields = rest.split()
+            out[int(entry.name)] = (head.partition("(")[2], int(fields[11]) + int(fields[12]))
+    return out
+
+
+def system_fields():
+    with open("/proc/stat") as handle:
+        return [int(x) for x in handle.readline().split()[1:9]]
+
+
 class Meter:
-    """CPU seconds over a window for groups of PIDs, this process, and everything else."""
+    """CPU seconds over a window for groups of PIDs, this process, and everything else; for
+    "everything else", the busiest other processes and the kernel's share (softirq: loopback
+    TCP; system time outside any process)."""
 
     def __init__(self, groups):
         self.groups = {name: [p for p in pids if p] for name, pids in groups.items()}
         self.t0 = time.monotonic()
+        self.procs = all_processes()
+        self.fields = system_fields()
         self.start = self._sample()
 
     def _sample(self):
@@ -192,6 +220,17 @@ class Meter:
         out = {f"{k}_cpu": end[k] - self.start[k] for k in end if k != "busy"}
         out["other_cpu"] = max(0.0, (end["busy"] - self.start["busy"]) - sum(out.values()))
         out["window"] = time.monotonic() - self.t0
+        fields = [b - a for a, b in zip(self.fields, system_fields())]
+        out["softirq_cpu"] = (fields[5] + fields[6]) / CLK_TCK      # irq + softirq
+        out["steal_cpu"] = fields[7] / CLK_TCK
+        mine = {os.getpid()} | {p for pids in self.groups.values() for p in pids}
+        others = []
+        for pid, (name, ticks) in all_processes().items():
+            before = self.procs.get(pid, (name, 0))[1]     # born in the window: from 0
+            if pid not in mine and ticks > before:
+                others.append(((ticks - before) / CLK_TCK, f"{name}[{pid}]"))
+        others.sort(reverse=True)
+        out["other_top"] = others[:3]
         return out
 
 
@@ -618,9 +657,16 @@ def nagios_fifo_case(env: Env, nagios=None, count=None, ocsp_reader=None, name="
     t0 = time.monotonic()
     writer.start()
     deadline = t0 + args.case_timeout
+    progress, progress_at, stalled = None, t0, False
     while time.monotonic() < deadline:
         if tail.poll() >= payload.count and (
                 not ocsp_reader or ocsp_reader.lines - ocsp0 >= payload.count):
+            break
+        state = (tail.count, ocsp_reader.lines if ocsp_reader else 0)
+        if state != progress:
+            progress, progress_at = state, time.monotonic()
+        elif time.monotonic() - progress_at > args.stall_timeout:
+            stalled = True
             break
         time.sleep(POLL / 4)
     t_core = tail.last or time.monotonic()
@@ -633,24 +679,48 @@ def nagios_fifo_case(env: Env, nagios=None, count=None, ocsp_reader=None, name="
                     f"came {t1 - t_core:.2f} s later ({ocsp_reader.lines - ocsp0} OCSP lines)")
     r["note"] = "; ".join(note)
     if tail.count < payload.count or (ocsp_reader and ocsp_reader.lines - ocsp0 < payload.count):
-        r["incomplete"] = (f"{tail.count}/{payload.count} processed"
+        r["incomplete"] = (("STALLED: no progress for %.0f s; " % args.stall_timeout if stalled else "")
+                           + f"{tail.count}/{payload.count} processed"
                            + (f", {ocsp_reader.lines - ocsp0} OCSP lines" if ocsp_reader else "")
-                           + f" after {args.case_timeout:.0f} s")
+                           + f" after {time.monotonic() - t0:.0f} s")
+        if stalled:
+            r["incomplete"] += f"; Nagios core + workers used {nagios_cpu_now(nagios):.1f} CPU s/s meanwhile"
     r.update(status_check(nagios, payload))
     return r
 
 
-def ocsp_case(env: Env):
-    """A second sandbox Nagios that obsesses over services (the bridge's OCSP printf into a
-    FIFO read by this benchmark): done when the core has processed N and N OCSP lines came."""
-    reader = FifoReader(env.tmp / "ocsp.fifo")
-    nagios = central_nagios(env.tmp, env.args, "nagios-ocsp", ocsp_fifo=env.tmp / "ocsp.fifo")
+def with_ocsp_nagios(env: Env, name, fn):
+    """Run ``fn(nagios, reader)`` against a fresh second sandbox Nagios that obsesses over
+    services (the bridge's OCSP printf into a FIFO read by this benchmark); stopped after."""
+    reader = FifoReader(env.tmp / f"{name}-ocsp.fifo")
+    nagios = central_nagios(env.tmp, env.args, f"nagios-{name}", ocsp_fifo=reader.path)
     try:
         nagios.start()
-        return nagios_fifo_case(env, nagios, env.args.ocsp_count, reader, "nocsp")
+        return fn(nagios, reader)
     finally:
-        nagios.stop()
-        reader.close()
+        nagios.stop(timeout=5)    # a livelocked core ignores SIGTERM: SIGKILL sooner
+        reader.close()            # only now: an OCSP shell would block opening a readerless FIFO
+
+
+def ocsp_case(env: Env):
+    """Nagios+OCSP alone: done when the core has processed N and N OCSP lines came."""
+    return with_ocsp_nagios(env, "nocsp", lambda nagios, reader: nagios_fifo_case(
+        env, nagios, env.args.ocsp_count, reader, "nocsp"))
+
+
+def bridge_ocsp_case(env: Env):
+    """The bridge (command_file) into a Nagios that obsesses over services."""
+    return with_ocsp_nagios(env, "bnocsp", lambda nagios, reader: bridge_throughput_case(
+        env, "bnocsp", "command_file", True, nagios=nagios, ocsp_reader=reader,
+        count=env.args.ocsp_bridge_count))
+
+
+def nagios_cpu_now(nagios, interval=1.0):
+    """CPU seconds per second the Nagios core and its workers use now (a livelock spins)."""
+    pids = [nagios.pid] + children_of(nagios.pid)
+    before = sum(cpu_seconds(p) for p in pids)
+    time.sleep(interval)
+    return (sum(cpu_seconds(p) for p in pids) - before) / interval
 
 
 def write_crdir(directory: Path, results, now):
@@ -714,11 +784,13 @@ def wait_subscribed(bridge, timeout=20.0):
     raise RuntimeError(f"bridge did not connect:\n{bridge.log_text()[-3000:]}")
 
 
-def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None):
+def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nagios=None,
+                           ocsp_reader=None, count=None):
     """N messages pre-loaded on a queue, then a bridge started; timed from its first spooled
-    message until the central side has all N."""
-    args, nagios = env.args, env.nagios
-    payload = env.payload(name)
+    message until the central side has all N (and, with ``ocsp_reader``, N OCSP lines)."""
+    args = env.args
+    nagios = nagios or env.nagios
+    payload = env.payload(name, count)
     queue = env.queue(name)
     pre = preload(env.broker, queue, payload.messages(), args.case_timeout)
     r = {"count": payload.count, "preload_s": pre}
@@ -742,13 +814,17 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None):
             reader = FifoReader(work / "nagios.cmd")
     bridge = watch = None
     try:
-        meter = env.meter(reader_pid=reader.pid if reader else None)
+        ocsp0 = ocsp_reader.lines if ocsp_reader else 0
+        meter = env.meter(reader_pid=(reader or ocsp_reader).pid if (reader or ocsp_reader) else None,
+                          nagios=nagios)
         t_start = time.monotonic()
         bridge, watch = start_bridge(env, name, target, queue, writer, prefetch)
         pid = bridge.pid
+        meter.groups["bridge"] = [pid]      # born inside the window: all its CPU counts
         deadline = t_start + args.case_timeout
         t_first = t_injected = t_done = None
         injected = central = 0
+        progress, progress_at = None, t_start
         while True:
             now = time.monotonic()
             seq, depth, dead = watch.poll()
@@ -764,16 +840,26 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None):
                     t_done = reader.last.value
             elif tail is not None:   # the real Nagios: processed results in nagios.log
                 central = tail.poll()
-                if central >= payload.count:
+                if ocsp_reader is not None:
+                    if central >= payload.count and ocsp_reader.lines - ocsp0 >= payload.count:
+                        t_done = max(tail.last, ocsp_reader.last.value)
+                elif central >= payload.count:
                     t_done = tail.last
             else:                # check results dir nobody reaps: the bridge's hand-over
                 if t_injected is not None:
                     t_done, central = t_injected, payload.count
             if t_done is not None and t_injected is not None:
                 break
-            if now > deadline or bridge.proc.poll() is not None:
-                r["incomplete"] = (f"{injected}/{payload.count} handed over, {central} at the central"
-                                   f" side after {now - t_start:.1f} s")
+            state = (seq, injected, central, ocsp_reader.lines if ocsp_reader else 0)
+            if state != progress:
+                progress, progress_at = state, now
+            stalled = t_first is not None and now - progress_at > args.stall_timeout
+            if now > deadline or stalled or bridge.proc.poll() is not None:
+                r["incomplete"] = (("STALLED: no progress for %.0f s; " % (now - progress_at)
+                                    if stalled else "")
+                                   + f"{injected}/{payload.count} handed over, {central} at the central"
+                                   + (f" side ({ocsp_reader.lines - ocsp0} OCSP lines)" if ocsp_reader
+                                      else " side") + f" after {now - t_start:.1f} s")
                 break
             time.sleep(POLL if t_first is not None else 0.005)
         t_end = time.monotonic()
@@ -938,6 +1024,10 @@ def report(env: Env, rows, latencies, started):
             note.append("counters " + ", ".join(f"{k} {v}" for k, v in r["counters"].items() if v))
         if r.get("dead"):
             note.append(f"{r['dead']} dead letters")
+        if r["other_cpu"] > 0.25 * r["window"]:
+            note.append(f"other CPU {r['other_cpu']:.2f} s = irq+softirq {r['softirq_cpu']:.2f} s, "
+                        f"steal {r['steal_cpu']:.2f} s, busiest other processes: " +
+                        (", ".join(f"{name} {cpu:.2f} s" for cpu, name in r["other_top"]) or "none"))
         if r.get("incomplete"):
             note.append("INCOMPLETE: " + r["incomplete"])
         if r.get("exit") not in (None, 0):
@@ -950,11 +1040,13 @@ def report(env: Env, rows, latencies, started):
             print(f"  {name}: " + "; ".join(note))
     print()
     alone = {name: rate_of(r) for name, r in rows if "(alone)" in name}
+    w1 = max((len(n) for n in alone), default=0)
+    w2 = max((len(n) for n in base), default=0)
     for name, value in alone.items():
         for bname, bvalue in base.items():
             if bvalue:
                 verdict = "meets" if value >= 5 * bvalue else "MISSES"
-                print(f"ratio {name:22} / {bname:28}: {value / bvalue:6.2f}x "
+                print(f"ratio {name:{w1}} / {bname:{w2}}: {value / bvalue:6.2f}x "
                       f"({verdict} the >= 5x target)")
     if latencies:
         print()
@@ -1183,8 +1275,13 @@ def parse_args():
     parser.add_argument("--nagios-latency-rate", type=int, default=1000,
                         help="results/s for the latency through the real Nagios (0: skip)")
     parser.add_argument("--nagios-latency-seconds", type=float, default=10.0)
-    parser.add_argument("--ocsp-count", type=int, default=5000,
-                        help="results for the Nagios-with-OCSP baseline (0: skip)")
+    parser.add_argument("--ocsp-count", type=int, default=2000,
+                        help="results for the Nagios-with-OCSP baseline (0: skip); bursts of "
+                             "3000+ can livelock Nagios 4.4.6 (reported as STALLED)")
+    parser.add_argument("--ocsp-bridge-count", type=int, default=5000,
+                        help="messages for 'bridge -> nagios+ocsp fifo' (0: skip)")
+    parser.add_argument("--stall-timeout", type=float, default=10.0,
+                        help="end a case when nothing moved for this many seconds")
     parser.add_argument("--prefetch", type=int, default=None,
                         help="inbound.prefetch for the bridge (default: the bridge's default)")
     parser.add_argument("--extra-prefetch", type=int, default=1000,
@@ -1255,6 +1352,8 @@ def main():
         run("bridge fifo (alone)", bridge_throughput_case, "bfifo", "command_file", False)
         run("bridge crdir (alone)", bridge_throughput_case, "bcrdir", "checkresults_dir", False)
         run("bridge -> nagios fifo", bridge_throughput_case, "bnfifo", "command_file", True)
+        if args.ocsp_bridge_count:
+            run("bridge -> nagios+ocsp fifo", bridge_ocsp_case)
         run("nagios crdir (baseline)", nagios_crdir_case)
         run("bridge -> nagios crdir", bridge_throughput_case, "bncrdir", "checkresults_dir", True)
         if args.extra_prefetch:
@@ -1265,6 +1364,7 @@ def main():
         if args.nagios_latency_rate:
             run("latency -> nagios fifo", latency_case, "latnagios", True, args.nagios_latency_rate,
                 args.nagios_latency_seconds)
+        run("bridge fifo (alone) again", bridge_throughput_case, "bfifo2", "command_file", False)
         report(env, rows, latencies, started)
         return 0
     finally:
