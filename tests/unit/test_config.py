@@ -184,3 +184,12 @@ def test_a_readable_secret_draws_a_warning(tmp_path, caplog):
     cfg.chmod(0o640)
     config.load(str(cfg))
     assert "can be read by every user" not in caplog.text
+
+
+def test_the_shipped_nagios_snippet_matches_what_nagios_config_prints():
+    from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
+    settings = config.load(str(EXAMPLE))
+    snippet = (EXAMPLE.parent / "nagios" / "msg-nagios-bridge.cfg").read_text()
+    assert object_definitions(settings) in snippet
+    assert main_config_lines(settings) in snippet
+    assert "check_msg_bridge" in snippet
