@@ -559,6 +559,30 @@ def crdir_results(directory: Path) -> int:
     return sum(p.read_bytes().count(b"\nservice_description=") for p in crdir_files(directory))
 
 
+class Reaper(threading.Thread):
+    """Stands in for Nagios in the 'alone' case: takes each finished file (one with its .ok) away
+    into reaped/ at once, so the bridge (which writes one file at a time) is measured alone."""
+
+    def __init__(self, directory: Path):
+        super().__init__(daemon=True)
+        self.directory, self.reaped = directory, directory / "reaped"
+        self.reaped.mkdir()
+        self.running = True
+
+    def run(self):
+        while self.running:
+            for path in crdir_files(self.directory):
+                ok = path.with_name(path.name + ".ok")
+                if ok.exists():
+                    path.rename(self.reaped / path.name)
+                    ok.unlink()
+            time.sleep(0.01)
+
+    def close(self):
+        self.running = False
+        self.join(2)
+
+
 def status_check(nagios, payload, timeout=4.0):
     """status.dat against the last result sent per service (waits up to ``timeout`` s for
     Nagios to write it, every 1 s): {"status_ok": n, "status_of": services, and when some
@@ -794,7 +818,7 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
     queue = env.queue(name)
     pre = preload(env.broker, queue, payload.messages(), args.case_timeout)
     r = {"count": payload.count, "preload_s": pre}
-    reader = tail = None
+    reader = tail = reaper = None
     crdir = None
     if to_nagios:
         target = nagios
@@ -808,6 +832,9 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
         work.mkdir()
         crdir = work / "checkresults"
         crdir.mkdir()
+        if writer == "checkresults_dir":
+            reaper = Reaper(crdir)
+            reaper.start()
         target = types.SimpleNamespace(command_file=work / "nagios.cmd", check_result_path=crdir,
                                        dir=work)
         if writer == "command_file":
@@ -885,11 +912,13 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
                                                              "refused", "truncated")}
         if reader:
             reader.close()
+        if reaper:
+            reaper.close()
     if to_nagios:
         r.update(status_check(nagios, payload))
     elif writer == "checkresults_dir":
-        r["files"] = len(crdir_files(crdir))
-        r["results_in_files"] = crdir_results(crdir)
+        r["files"] = len(crdir_files(crdir)) + len(crdir_files(crdir / "reaped"))
+        r["results_in_files"] = crdir_results(crdir) + crdir_results(crdir / "reaped")
         shutil.rmtree(crdir, ignore_errors=True)
     return r
 

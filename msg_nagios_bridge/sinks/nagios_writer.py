@@ -25,7 +25,8 @@ from .command_file import NagiosUnavailable, write_lines
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
+BATCH = 500                 # results per round through the command file
+FILE_BATCH = 10_000         # results per check result file (Nagios reads one about every second)
 NOT_REAPED_AFTER = 30.0     # a check result file Nagios has not read by then: Nagios is away
 
 
@@ -75,7 +76,10 @@ class NagiosWriter(threading.Thread):
         self.health.set_state("nagios_writer", "waiting for results")
         while not self.stopping.is_set():
             try:
-                entries = self.spool.take(BATCH)
+                if self._file_pending():
+                    self.stopping.wait(0.05)    # Nagios reads it within about a second
+                    continue
+                entries = self.spool.take(FILE_BATCH if self.settings.writer == "checkresults_dir" else BATCH)
                 if not entries:
                     self.spool.wait(0.2)
                     continue
@@ -143,6 +147,12 @@ class NagiosWriter(threading.Thread):
             return None                                   # whole, through the directory
         self.health.add("truncated")
         return nagios_command.truncate_to_fit(result, when)
+
+    def _file_pending(self) -> bool:
+        """True while the last check result file waits for Nagios, unless for too long (then the
+        next write reports Nagios as unavailable)."""
+        return (self._pending_file is not None and os.path.exists(self._pending_file)
+                and time.time() - self._pending_since < NOT_REAPED_AFTER)
 
     def _write_file(self, results: List[CheckResult], now: int) -> None:
         """One check result file at a time, results oldest first.
