@@ -173,3 +173,40 @@ def test_the_broker_stamped_certificate_dn_decides_what_a_site_may_report(tmp_pa
     assert bridge.wait_counter("injected", 2) == 2
     for refused_output in ("A posing as B", "forged", "posing as A", "no cert", "stranger", "anonymous"):
         assert refused_output not in nagios.log_text()
+
+
+AUTHORIZATION = """<authorizationPlugin><map><authorizationMap><authorizationEntries>
+  <authorizationEntry queue="site.SITE_A" read="admins" write="site-a-group" admin="admins,sites"/>
+  <authorizationEntry queue="site.SITE_B" read="admins" write="site-b-group" admin="admins,sites"/>
+  <authorizationEntry topic="ActiveMQ.Advisory.>" read="admins,sites" write="admins,sites" admin="admins,sites"/>
+</authorizationEntries></authorizationMap></map></authorizationPlugin>"""
+
+
+def test_a_site_bridge_logged_in_by_certificate_may_write_only_its_own_destination(
+        tmp_path, activemq_factory, stomp_probe_factory, bridge_factory):
+    from tests.integration.test_outbound import expected_ids, result_lines, wait_for_ids
+    authority = Authority(tmp_path / "pki")
+    authority.issue("broker", "broker.example.org", hosts=("127.0.0.1",))
+    keystore = authority.keystore("broker")
+    site_a = authority.issue("site-a", SITE_A, client=True)
+    port = free_port()
+    ssl_context, connector = ssl_broker_xml(keystore, authority.truststore(), port, want_client_auth=True)
+    plugins = PLUGINS.replace("</plugins>", AUTHORIZATION + "</plugins>")
+    broker = activemq_factory(
+        "authorization", extra_xml=ssl_context + plugins, extra_connectors=connector, login=ADMIN,
+        conf_files={"login.config": LOGIN_CONFIG, "users.properties": f"{ADMIN[0]}={ADMIN[1]}\n",
+                    "groups.properties": "admins=admin\n", "dns.properties": f"site-a={java_dn(SITE_A)}\n",
+                    "dn-groups.properties": "sites=site-a\nsite-a-group=site-a\n"})
+    own = stomp_probe_factory(broker, "/queue/site.SITE_A", login=ADMIN)
+    tls = f"{{enabled: true, ca_file: {authority.cert_file}, cert_file: {site_a[0]}, key_file: {site_a[1]}}}"
+    foreign = '  - {name: foreign, destination: "/queue/site.SITE_B", hard_only: false}\n'
+    bridge = bridge_factory([port], name="site-a", ocsp=False, perfdata=True, destination="/queue/site.SITE_A",
+                            extra_routes=foreign, tls=tls, max_refusals=3)
+    bridge.start()
+    lines = result_lines(50)
+    (bridge.workdir / "service-perfdata").write_text("".join(lines))
+    assert set(wait_for_ids(own, expected_ids(lines), 30)) == expected_ids(lines), bridge.log_text()[-3000:]
+    assert bridge.wait_counter("dead_letters", len(lines), timeout=60) == len(lines), bridge.log_text()[-3000:]
+    assert bridge.counter("broker_errors") <= 3 * len(lines) + 10, "a retry storm"
+    log = bridge.log_text()
+    assert "moved to dead letters" in log and "is not authorized to write to: queue://site.SITE_B" in log
