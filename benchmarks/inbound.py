@@ -79,30 +79,27 @@ bounded (--case-timeout). The default run takes about 2-3 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import cProfile
-import io
 import multiprocessing
 import os
 import platform
-import pstats
 import re
-import resource
 import select
 import shutil
-import sqlite3
 import sys
-import tempfile
 import threading
 import time
 import types
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stomp  # noqa: E402
+
+from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint, connect,  # noqa: E402
+                    cpu_seconds, fs_type, loadavg, print_profiles, print_table, profile_threads,
+                    rate as rate_of, self_cpu, system_busy, temp_dir, vm_hwm_mb, wait_connected,
+                    warn_busy, write_fifo)
 
 from msg_nagios_bridge.formats import checkresult_file, nagios_command, wlcg  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
@@ -110,9 +107,6 @@ from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
 from tests.sandbox.nagios import Nagios, host, passive_service  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PIPE_BUF = 4096
-POLL = 0.02
 FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
 SENDER = "remote-nagios"
 CRDIR_BATCH = 500          # results per check result file, as the bridge's writer (BATCH)
@@ -123,33 +117,8 @@ ID_RE = re.compile(rb"id=(\d+)")
 
 # -- process accounting ------------------------------------------------------------------------
 
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone. With
-    ``children``, plus the CPU of its children it has waited for (Nagios's workers run the
-    OCSP shells)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
-
-
-def vm_hwm_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def children_of(pid: int):
+    """PIDs whose parent is ``pid``."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -160,78 +129,6 @@ def children_of(pid: int):
             if int(fields[1]) == pid:
                 out.append(int(entry.name))
     return out
-
-
-def self_cpu() -> float:
-    """This process and its waited-for children (the FIFO reader is one once joined)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def system_busy() -> float:
-    with open("/proc/stat") as handle:
-        fields = [int(x) for x in handle.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
-def all_processes():
-    """{pid: (name, utime+stime ticks)} of every process (kernel threads too)."""
-    out = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as handle:
-                    text = handle.read()
-            except OSError:
-                continue
-            head, _, rest = text.rpartition(")")
-            fields = rest.split()
-            out[int(entry.name)] = (head.partition("(")[2], int(fields[11]) + int(fields[12]))
-    return out
-
-
-def system_fields():
-    with open("/proc/stat") as handle:
-        return [int(x) for x in handle.readline().split()[1:9]]
-
-
-class Meter:
-    """CPU seconds over a window for groups of PIDs, this process, and everything else; for
-    "everything else", the busiest other processes and the kernel's share (softirq: loopback
-    TCP; system time outside any process)."""
-
-    def __init__(self, groups):
-        self.groups = {name: [p for p in pids if p] for name, pids in groups.items()}
-        self.t0 = time.monotonic()
-        self.procs = all_processes()
-        self.fields = system_fields()
-        self.start = self._sample()
-
-    def _sample(self):
-        sample = {name: sum(cpu_seconds(p, name == "nagios") for p in pids)
-                  for name, pids in self.groups.items()}
-        sample["bench"] = self_cpu()
-        sample["busy"] = system_busy()
-        return sample
-
-    def stop(self) -> dict:
-        end = self._sample()
-        out = {f"{k}_cpu": end[k] - self.start[k] for k in end if k != "busy"}
-        out["other_cpu"] = max(0.0, (end["busy"] - self.start["busy"]) - sum(out.values()))
-        out["window"] = time.monotonic() - self.t0
-        fields = [b - a for a, b in zip(self.fields, system_fields())]
-        out["softirq_cpu"] = (fields[5] + fields[6]) / CLK_TCK      # irq + softirq
-        out["steal_cpu"] = fields[7] / CLK_TCK
-        mine = {os.getpid()} | {p for pids in self.groups.values() for p in pids}
-        others = []
-        for pid, (name, ticks) in all_processes().items():
-            before = self.procs.get(pid, (name, 0))[1]     # born in the window: from 0
-            if pid not in mine and ticks > before:
-                others.append(((ticks - before) / CLK_TCK, f"{name}[{pid}]"))
-        others.sort(reverse=True)
-        out["other_top"] = others[:3]
-        return out
 
 
 # -- payloads ----------------------------------------------------------------------------------
@@ -286,38 +183,6 @@ def service_name(s: int) -> str:
 
 
 # -- the broker side ---------------------------------------------------------------------------
-
-class _Receipts(stomp.ConnectionListener):
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.seen = set()
-        self.errors = []
-
-    def on_receipt(self, frame):
-        with self.cond:
-            self.seen.add(frame.headers.get("receipt-id"))
-            self.cond.notify_all()
-
-    def on_error(self, frame):
-        with self.cond:
-            self.errors.append((dict(frame.headers), frame.body))
-            self.cond.notify_all()
-
-    def wait(self, receipt, timeout):
-        with self.cond:
-            if not self.cond.wait_for(lambda: receipt in self.seen or self.errors, timeout):
-                raise TimeoutError(f"no receipt {receipt} within {timeout} s")
-            if self.errors:
-                raise RuntimeError(f"ERROR frame from the broker: {self.errors[-1]}")
-
-
-def connect(broker):
-    conn = stomp.Connection12([broker.stomp_address], heartbeats=(0, 0), auto_decode=False)
-    listener = _Receipts()
-    conn.set_listener("receipts", listener)
-    conn.connect(wait=True)
-    return conn, listener
-
 
 def preload(broker, queue, messages, timeout):
     """Persistent SENDs without receipts, a receipt on the last one; returns seconds."""
@@ -520,37 +385,6 @@ class LogTail:
             self._thread.join(5)
 
 
-class SpoolWatch:
-    """Read-only view of the bridge's inbound spool: (stored high-water mark, held, dead)."""
-
-    def __init__(self, db_path: Path):
-        self.db_path = db_path
-        self.db = None
-
-    def poll(self):
-        if self.db is None:
-            if not self.db_path.is_file():
-                return 0, 0, 0
-            try:
-                self.db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True,
-                                          isolation_level=None, timeout=5.0)
-            except sqlite3.Error:
-                return 0, 0, 0
-        try:
-            seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence"
-                                  " WHERE name = 'messages'").fetchone()[0]
-            depth = self.db.execute("SELECT count(*) FROM messages").fetchone()[0]
-            dead = self.db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-        except sqlite3.Error:
-            return 0, 0, 0
-        return seq, depth, dead
-
-    def close(self):
-        if self.db is not None:
-            self.db.close()
-            self.db = None
-
-
 def crdir_files(directory: Path):
     return [p for p in directory.iterdir() if len(p.name) == 7 and p.name.startswith("c")]
 
@@ -625,7 +459,8 @@ class Env:
     def meter(self, bridge_pid=None, reader_pid=None, nagios=None):
         nagios = nagios or self.nagios
         return Meter({"bridge": [bridge_pid], "broker": [self.broker.pid],
-                      "nagios": [nagios.pid] + children_of(nagios.pid), "reader": [reader_pid]})
+                      "nagios": [nagios.pid] + children_of(nagios.pid), "reader": [reader_pid]},
+                     detail=True, with_children=("nagios",))
 
     def payload(self, name, count=None):
         return Payload(count or self.args.count, self.tag(name), self.args.hosts, self.args.services)
@@ -661,19 +496,7 @@ def nagios_fifo_case(env: Env, nagios=None, count=None, ocsp_reader=None, name="
     done = {}
 
     def write():
-        fd = os.open(nagios.command_file, os.O_WRONLY)
-        try:
-            chunk, size = [], 0
-            for line in lines:
-                if size + len(line) > PIPE_BUF and chunk:
-                    os.write(fd, b"".join(chunk))
-                    chunk, size = [], 0
-                chunk.append(line)
-                size += len(line)
-            if chunk:
-                os.write(fd, b"".join(chunk))
-        finally:
-            os.close(fd)
+        write_fifo(nagios.command_file, lines)
         done["written"] = time.monotonic()
 
     writer = threading.Thread(target=write, name="nagios-fifo-writer")
@@ -795,17 +618,6 @@ def start_bridge(env: Env, name, target, queue, writer, prefetch=None):
     bridge = Bridge(workdir, text)
     bridge.start()
     return bridge, SpoolWatch(workdir / "spool" / "inbound.sqlite")
-
-
-def wait_subscribed(bridge, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if "connected to broker" in bridge.log_text():
-            return
-        if bridge.proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    raise RuntimeError(f"bridge did not connect:\n{bridge.log_text()[-3000:]}")
 
 
 def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nagios=None,
@@ -948,7 +760,7 @@ def latency_case(env: Env, name, to_nagios, rate, seconds):
     try:
         bridge, watch = start_bridge(env, name, target, queue, "command_file")
         watch.close()
-        wait_subscribed(bridge)
+        wait_connected(bridge, interval=0.02)
         publisher = PacedPublisher(env.broker, queue, messages, rate)
         publisher.run(0, warm)                    # warm-up: not counted
         deadline = time.monotonic() + 20
@@ -989,20 +801,6 @@ def percentile(values, p):
 
 # -- report ------------------------------------------------------------------------------------
 
-def rate_of(r):
-    return r["count"] / r["seconds"] if r.get("seconds") else 0.0
-
-
-def _table(head, rows):
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
-    print(fmt(head))
-    print(fmt(["-" * w for w in widths]))
-    for row in rows:
-        print(fmt(row))
-
-
 def report(env: Env, rows, latencies, started):
     args = env.args
     print()
@@ -1012,7 +810,7 @@ def report(env: Env, rows, latencies, started):
     print(f"ActiveMQ 5.x pid {env.broker.pid} (-Xmx256M, KahaDB); Nagios 4 pid {env.nagios.pid} with "
           f"{args.hosts} hosts x {args.services} passive services, no OCSP (the +ocsp baseline: a second "
           f"one obsessing over services); N = {args.count} per throughput case; load average at start {args.load_start} (CPU busy {args.busy_start:.2f} s/s in the "
-          f"second before the start), at end {_loadavg()}")
+          f"second before the start), at end {loadavg()}")
     base = {name: rate_of(r) for name, r in rows if name.startswith("nagios")}
     nagios_fifo = base.get("nagios fifo (baseline)", 0.0)
     print()
@@ -1062,7 +860,7 @@ def report(env: Env, rows, latencies, started):
         if r.get("exit") not in (None, 0):
             note.append(f"bridge exit code {r['exit']}")
         notes.append((name, note))
-    _table(head, table)
+    print_table(head, table)
     print()
     for name, note in notes:
         if note:
@@ -1094,11 +892,8 @@ def report(env: Env, rows, latencies, started):
                 f"{1e6 * r['bridge_cpu'] / max(1, r['count']):.0f}", f"{r['rss_mb']:.0f} MB",
                 f"{r['broker_cpu']:.2f}", f"{r['nagios_cpu']:.2f}", f"{r['other_cpu']:.2f}",
                 ("yes" if p99 < 100 else "NO") + ("" if r["received"] == r["count"] else " (MISSING)")))
-        _table(head, table)
-    busy = [name for name, r in rows + latencies if r["other_cpu"] > 0.25 * r["window"]]
-    if busy:
-        print(f"\nWARNING: other processes used > 25% of a CPU during: {', '.join(busy)};"
-              " those figures are disturbed (run again on a quiet machine).")
+        print_table(head, table)
+    warn_busy([name for name, r in rows + latencies if r["other_cpu"] > 0.25 * r["window"]])
     print("""
 How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios's FIFO ->
   N-th "EXTERNAL COMMAND: PROCESS_SERVICE_CHECK_RESULT" line of the case in nagios.log (Nagios
@@ -1118,73 +913,7 @@ How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios
     print(f"\ntotal run time {time.monotonic() - started:.0f} s")
 
 
-def _loadavg() -> str:
-    with open("/proc/loadavg") as handle:
-        return " ".join(handle.read().split()[:3])
-
-
-def code_fingerprint() -> str:
-    import hashlib
-    import subprocess
-    digest = hashlib.sha1()
-    for path in sorted((REPO / "msg_nagios_bridge").rglob("*.py")):
-        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        head = "?"
-    return f"git {head or '?'}, msg_nagios_bridge/*.py sha1 {digest.hexdigest()[:10]}"
-
-
-def _fs_type(path: Path) -> str:
-    best, fs = "", "?"
-    with contextlib.suppress(OSError), open("/proc/mounts") as handle:
-        for line in handle:
-            parts = line.split()
-            if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
-                best, fs = parts[1], f"{parts[2]} at {parts[1]}"
-    return fs
-
-
 # -- profile mode ------------------------------------------------------------------------------
-
-class StageTimer:
-    """Wrap methods to sum wall time and calls per stage."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.stats = {}
-
-    def wrap(self, owner, name, label, size=None):
-        original = getattr(owner, name)
-        timer = self
-
-        def wrapper(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return original(*a, **kw)
-            finally:
-                dt = time.perf_counter() - t0
-                items = size(a, kw) if size else 0
-                with timer.lock:
-                    s = timer.stats.setdefault(label, [0, 0.0, 0, 0.0])
-                    s[0] += 1
-                    s[1] += dt
-                    s[2] += items
-                    s[3] = max(s[3], dt)
-
-        setattr(owner, name, wrapper)
-        return original
-
-    def report(self, elapsed):
-        print(f"\nwall time per stage (sum over calls; timed window {elapsed:.2f} s):")
-        print(f"  {'stage':44} {'calls':>7} {'items':>7} {'total s':>8} {'% wall':>7}"
-              f" {'mean ms':>8} {'max ms':>8}")
-        for label, (calls, total, items, worst) in sorted(self.stats.items(), key=lambda kv: -kv[1][1]):
-            print(f"  {label:44} {calls:7d} {items:7d} {total:8.3f} {100 * total / elapsed:6.1f}%"
-                  f" {1000 * total / max(calls, 1):8.3f} {1000 * worst:8.2f}")
-
 
 def profile_mode(env: Env):
     """service.Bridge in this process on the 'bridge fifo (alone)' case: stage timers, then
@@ -1212,7 +941,7 @@ def profile_mode(env: Env):
             work, [env.broker.stomp_port], ocsp=False,
             inbound=_inbound_yaml(env, target, queue, "command_file")))
         settings = config_mod.load(str(work / "bridge.yaml"))
-        timer = StageTimer()
+        timer = StageTimer(width=44)
         restore, profiles = [], {}
         if mode == "timers":
             n1 = lambda a, kw: len(a[1]) if len(a) > 1 else 0
@@ -1226,7 +955,7 @@ def profile_mode(env: Env):
                     (spool_mod.Spool, "done", "spool.done (DELETE txn + fsync)", None),
                     (spool_mod.Spool, "wait", "spool.wait (writer idle)", None),
                     (writer_mod.NagiosWriter, "_write", "writer._write (whole batch)", n1),
-                    (writer_mod.NagiosWriter, "_deliver", "writer._deliver (format + write)", n1),
+                    (writer_mod.NagiosWriter, "_line", "writer._line (format one result)", None),
                     (command_file_mod, "write_lines", "command_file.write_lines (FIFO)", None),
                     (stomp.Connection12, "ack", "stomp ack (one ACK frame)", None)):
                 restore.append((owner, attr, timer.wrap(owner, attr, label, size)))
@@ -1234,25 +963,7 @@ def profile_mode(env: Env):
                     restore.append((writer_mod, "write_lines", writer_mod.write_lines))
                     writer_mod.write_lines = command_file_mod.write_lines
         else:
-            original_start = threading.Thread.start
-
-            def profiled_start(thread):
-                run = thread.run
-                prof = cProfile.Profile()
-                profiles[f"{thread.name}"] = prof
-
-                def profiled_run():
-                    prof.enable()
-                    try:
-                        run()
-                    finally:
-                        prof.disable()
-
-                thread.run = profiled_run
-                original_start(thread)
-
-            threading.Thread.start = profiled_start
-            restore.append((threading.Thread, "start", original_start))
+            restore.append(profile_threads(profiles))
         bridge = service.Bridge(settings)
         watch = SpoolWatch(Path(service.inbound_spool_path(settings)))
         try:
@@ -1281,15 +992,7 @@ def profile_mode(env: Env):
         if mode == "timers":
             timer.report(elapsed)
         else:
-            for tname, prof in sorted(profiles.items()):
-                out = io.StringIO()
-                stats = pstats.Stats(prof, stream=out)
-                if not stats.total_calls:
-                    continue
-                print(f"\n--- thread {tname}: {stats.total_tt:.2f} s profiled ---")
-                stats.sort_stats("tottime").print_stats(args.profile_top)
-                text = out.getvalue()
-                print(text[text.find("   ncalls"):].rstrip())
+            print_profiles(profiles, args.profile_top)
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -1329,10 +1032,13 @@ def parse_args():
 
 def main():
     args = parse_args()
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="mnb-inbound-"))
-    args.fs = _fs_type(tmp)
-    args.load_start = _loadavg()
+    with temp_dir("mnb-inbound-", args.keep) as tmp:
+        return run_all(args, tmp, time.monotonic())
+
+
+def run_all(args, tmp: Path, started: float):
+    args.fs = fs_type(tmp)
+    args.load_start = loadavg()
     busy0 = system_busy()
     time.sleep(1.0)
     args.busy_start = system_busy() - busy0
@@ -1399,10 +1105,6 @@ def main():
     finally:
         nagios.stop()
         broker.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -51,28 +51,23 @@ The whole default run takes 1-1.5 minutes; every server is stopped by PID in a f
 from __future__ import annotations
 
 import argparse
-import contextlib
-import cProfile
-import io
 import json
 import os
 import platform
-import pstats
-import resource
-import shutil
-import sqlite3
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stomp  # noqa: E402
+
+from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint, connect,  # noqa: E402
+                    cpu_seconds, fs_type, loadavg, print_profiles, print_table, profile_threads,
+                    rate, self_cpu, temp_dir, vm_hwm_mb, wait_connected, warn_busy, write_fifo)
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
 from msg_nagios_bridge.formats import result_line  # noqa: E402
@@ -81,62 +76,6 @@ from msg_nagios_bridge.routing import Router  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
 from tests.sandbox.stomp_probe import StompProbe  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PIPE_BUF = 4096
-POLL = 0.02
-
-
-# -- process accounting ------------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def vm_hwm_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def system_busy() -> float:
-    """CPU seconds all CPUs spent not idle (user+nice+system+irq+softirq+steal), from /proc/stat."""
-    with open("/proc/stat") as handle:
-        fields = [int(x) for x in handle.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
-
-
-class Meter:
-    """CPU seconds over a window: broker, bridge (if any), this process, and everything else."""
-
-    def __init__(self, broker_pid: int, bridge_pid: int = None):
-        self.pids = {"broker_cpu": broker_pid, "bridge_cpu": bridge_pid}
-        self.t0 = time.monotonic()
-        self.start = self._sample()
-
-    def _sample(self):
-        sample = {key: cpu_seconds(pid) for key, pid in self.pids.items() if pid}
-        sample["bench_cpu"] = self_cpu()
-        sample["busy"] = system_busy()
-        return sample
-
-    def stop(self) -> dict:
-        end = self._sample()
-        out = {key: end[key] - self.start[key] for key in end}
-        out["other_cpu"] = max(0.0, out.pop("busy") - sum(out.values()))
-        out["window"] = time.monotonic() - self.t0
-        return out
 
 
 # -- payloads ----------------------------------------------------------------------------------
@@ -164,44 +103,11 @@ def raw_body(size: int) -> bytes:
 
 # -- raw stomp.py baselines --------------------------------------------------------------------
 
-class _Receipts(stomp.ConnectionListener):
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.seen = set()
-        self.errors = []
-
-    def on_receipt(self, frame):
-        with self.cond:
-            self.seen.add(frame.headers.get("receipt-id"))
-            self.cond.notify_all()
-
-    def on_error(self, frame):
-        with self.cond:
-            self.errors.append((dict(frame.headers), frame.body))
-            self.cond.notify_all()
-
-    def wait(self, receipt, timeout):
-        with self.cond:
-            if not self.cond.wait_for(lambda: receipt in self.seen or self.errors, timeout):
-                raise TimeoutError(f"no receipt {receipt} within {timeout} s")
-            if self.errors:
-                raise RuntimeError(f"ERROR frame from the broker: {self.errors[-1]}")
-            self.seen.discard(receipt)
-
-
-def _raw_connection(addr):
-    conn = stomp.Connection12([addr], heartbeats=(0, 0), auto_decode=False)
-    listener = _Receipts()
-    conn.set_listener("receipts", listener)
-    conn.connect(wait=True)
-    return conn, listener
-
-
 def raw_no_receipts(broker, destination, count, body, headers, timeout):
     """N persistent SENDs without receipts, then one with a receipt; time until that receipt."""
-    conn, listener = _raw_connection(broker.stomp_address)
+    conn, listener = connect(broker)
     try:
-        meter = Meter(broker.pid)
+        meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
         for _ in range(count):
             conn.send(destination, body, headers=dict(headers))
@@ -216,9 +122,9 @@ def raw_no_receipts(broker, destination, count, body, headers, timeout):
 
 def raw_receipt_each(broker, destination, count, body, headers, timeout):
     """A receipt per message, waiting for each before sending the next."""
-    conn, listener = _raw_connection(broker.stomp_address)
+    conn, listener = connect(broker)
     try:
-        meter = Meter(broker.pid)
+        meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
         for i in range(count):
             receipt = f"r{i}"
@@ -232,9 +138,9 @@ def raw_receipt_each(broker, destination, count, body, headers, timeout):
 
 def raw_receipt_window(broker, destination, count, body, headers, timeout, window):
     """A receipt per message with up to ``window`` in flight: the bridge's contract, minimal code."""
-    conn, listener = _raw_connection(broker.stomp_address)
+    conn, listener = connect(broker)
     try:
-        meter = Meter(broker.pid)
+        meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
         sent = confirmed = 0
         while confirmed < count:
@@ -256,9 +162,9 @@ def raw_receipt_window(broker, destination, count, body, headers, timeout, windo
 
 def raw_transactions(broker, destination, count, body, headers, timeout, batch):
     """BEGIN, ``batch`` SENDs, COMMIT with a receipt; commits pipelined; time until the last one."""
-    conn, listener = _raw_connection(broker.stomp_address)
+    conn, listener = connect(broker)
     try:
-        meter = Meter(broker.pid)
+        meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
         last = None
         for start in range(0, count, batch):
@@ -300,67 +206,11 @@ def drain(broker, destination, expected, timeout, key=None):
 
 # -- the bridge --------------------------------------------------------------------------------
 
-class SpoolWatch:
-    """Read-only view of the bridge's spool: how many stored (high-water mark) and still held."""
-
-    def __init__(self, db_path: Path):
-        self.db_path = db_path
-        self.db = None
-
-    def poll(self):
-        if self.db is None:
-            path = self.db_path
-            if path.is_dir():   # older spool layout: a directory holding spool.db
-                path = path / "spool.db"
-            if not path.is_file():
-                return 0, 0, 0
-            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
-                                      isolation_level=None, timeout=5.0)
-        seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence"
-                              " WHERE name = 'messages'").fetchone()[0]
-        depth = self.db.execute("SELECT count(*) FROM messages").fetchone()[0]
-        dead = self.db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-        return seq, depth, dead
-
-    def close(self):
-        if self.db is not None:
-            self.db.close()
-            self.db = None
-
-
 def write_perfdata(path: Path, lines, chunk_lines: int):
     with open(path, "ab") as handle:
         for start in range(0, len(lines), chunk_lines):
             handle.write(b"".join(lines[start:start + chunk_lines]))
             handle.flush()
-
-
-def write_fifo(path: Path, lines):
-    """Whole lines, at most PIPE_BUF bytes per write(): what many ``printf``s would write."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        chunk, size = [], 0
-        for line in lines:
-            if size + len(line) > PIPE_BUF and chunk:
-                os.write(fd, b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(line)
-            size += len(line)
-        if chunk:
-            os.write(fd, b"".join(chunk))
-    finally:
-        os.close(fd)
-
-
-def wait_connected(bridge: Bridge, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if "connected to broker" in bridge.log_text():
-            return
-        if bridge.proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise RuntimeError(f"bridge did not connect:\n{bridge.log_text()[-3000:]}")
 
 
 def bridge_case(broker, workdir: Path, source: str, destination: str, lines, args):
@@ -378,7 +228,7 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
         wait_connected(bridge)
         time.sleep(0.3)
         pid = bridge.pid
-        meter = Meter(broker.pid, pid)
+        meter = Meter({"broker": [broker.pid], "bridge": [pid]})
         if source == "perfdata":
             writer = threading.Thread(target=write_perfdata,
                                       args=(workdir / "service-perfdata", lines, args.chunk_lines))
@@ -424,18 +274,14 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
 
 # -- report ------------------------------------------------------------------------------------
 
-def rate(r):
-    return r["count"] / r["seconds"] if r.get("seconds") else 0.0
-
-
-def print_table(rows, baseline, args, broker, body_sizes):
+def report(rows, baseline, args, broker, body_sizes):
     print()
     print(f"ActiveMQ 5.x pid {broker.pid}, -Xmx256M, KahaDB on {args.fs}; {os.cpu_count()} CPUs;"
           f" Python {platform.python_version()}, stomp.py {stomp.__version__}")
     print(f"code: {code_fingerprint()}; bridge max_in_flight {args.window}")
     print(f"bodies: raw {body_sizes[0]} B; bridge WLCG {body_sizes[1]} B mean "
           f"(+ {body_sizes[2]} B of the bridge's 12 headers per frame)")
-    print(f"load average at start {args.load_start}, at end {_loadavg()}")
+    print(f"load average at start {args.load_start}, at end {loadavg()}")
     runs = [rate(r) for name, r in rows if name.startswith("1a raw")]
     print(f"baseline 1a = mean of the {len(runs)} 1a runs = {baseline:,.0f} msgs/s (they range "
           f"{min(runs):,.0f}-{max(runs):,.0f}: the broker is noisy); bridge target >= 0.8x 1a")
@@ -471,21 +317,12 @@ def print_table(rows, baseline, args, broker, body_sizes):
         if r.get("exit") not in (None, 0):
             note.append(f"bridge exit code {r['exit']}")
         notes.append((name, note))
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    print(line(head))
-    print(line(["-" * w for w in widths]))
-    for row in table:
-        print(line(row))
+    print_table(head, table)
     print()
     for name, note in notes:
         if note:
             print(f"  {name}: " + "; ".join(note))
-    busy = [name for name, r in rows if r["other_cpu"] > 0.25 * r["seconds"]]
-    if busy:
-        print(f"\nWARNING: other processes used > 25% of a CPU during: {', '.join(busy)};"
-              " those figures are disturbed (run again on a quiet machine).")
+    warn_busy([name for name, r in rows if r["other_cpu"] > 0.25 * r["seconds"]])
     print("""
 How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of one final SEND
   (the broker handles a connection's frames in order). 1b: N / time, waiting for each receipt.
@@ -498,49 +335,7 @@ How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of o
   other CPU s: all other processes on the machine during the case (should be ~0).""")
 
 
-def _loadavg() -> str:
-    with open("/proc/loadavg") as handle:
-        return " ".join(handle.read().split()[:3])
-
-
 # -- profile mode ------------------------------------------------------------------------------
-
-class StageTimer:
-    """Wrap methods to sum wall time and calls per stage (cheap, unlike cProfile)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.stats = {}
-
-    def wrap(self, owner, name, label, size=None):
-        original = getattr(owner, name)
-        timer = self
-
-        def wrapper(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return original(*a, **kw)
-            finally:
-                dt = time.perf_counter() - t0
-                items = size(a, kw) if size else 0
-                with timer.lock:
-                    s = timer.stats.setdefault(label, [0, 0.0, 0, 0.0])
-                    s[0] += 1
-                    s[1] += dt
-                    s[2] += items
-                    s[3] = max(s[3], dt)
-
-        setattr(owner, name, wrapper)
-        return original
-
-    def report(self, elapsed):
-        print(f"\nwall time per stage (sum over calls; timed window {elapsed:.2f} s):")
-        print(f"  {'stage':38} {'calls':>7} {'items':>7} {'total s':>8} {'% wall':>7}"
-              f" {'mean ms':>8} {'max ms':>8}")
-        for label, (calls, total, items, worst) in sorted(self.stats.items(), key=lambda kv: -kv[1][1]):
-            print(f"  {label:38} {calls:7d} {items:7d} {total:8.3f} {100 * total / elapsed:6.1f}%"
-                  f" {1000 * total / max(calls, 1):8.3f} {1000 * worst:8.2f}")
-
 
 def profile_mode(broker, tmp: Path, args, results_for):
     """Run service.Bridge in this process with per-thread cProfile or stage timers."""
@@ -577,25 +372,8 @@ def profile_mode(broker, tmp: Path, args, results_for):
                 restore.append((owner, name, timer.wrap(owner, name, label, size)))
         else:
             # One profiler per thread, around whatever run() the thread has (subclasses too).
-            original_start = threading.Thread.start
-
-            def profiled_start(thread):
-                run = thread.run
-                prof = cProfile.Profile()
-                profiles[f"{thread.name} ({id(thread) & 0xffff:x})"] = prof
-
-                def profiled_run():
-                    prof.enable()
-                    try:
-                        run()
-                    finally:
-                        prof.disable()
-
-                thread.run = profiled_run
-                original_start(thread)
-
-            threading.Thread.start = profiled_start
-            restore.append((threading.Thread, "start", original_start))
+            restore.append(profile_threads(
+                profiles, lambda thread: f"{thread.name} ({id(thread) & 0xffff:x})"))
         bridge = service.Bridge(settings)
         try:
             bridge.start()
@@ -636,15 +414,7 @@ def profile_mode(broker, tmp: Path, args, results_for):
         if mode == "timers":
             timer.report(elapsed)
         else:
-            for name, prof in sorted(profiles.items()):
-                out = io.StringIO()
-                stats = pstats.Stats(prof, stream=out)
-                if not stats.total_calls:
-                    continue
-                print(f"\n--- thread {name}: {stats.total_tt:.2f} s profiled ---")
-                stats.sort_stats("tottime").print_stats(args.profile_top)
-                text = out.getvalue()
-                print(text[text.find("   ncalls"):].rstrip())
+            print_profiles(profiles, args.profile_top)
         drain(broker, destination, len(lines), args.case_timeout, key="result_id")
 
 
@@ -677,10 +447,13 @@ def parse_args():
 
 def main():
     args = parse_args()
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="mnb-outbound-"))
-    args.fs = _fs_type(tmp)
-    args.load_start = _loadavg()
+    with temp_dir("mnb-outbound-", args.keep) as tmp:
+        return run(args, tmp, time.monotonic())
+
+
+def run(args, tmp: Path, started: float):
+    args.fs = fs_type(tmp)
+    args.load_start = loadavg()
     broker = ActiveMQ(tmp / "activemq")
     try:
         broker.start()
@@ -751,40 +524,11 @@ def main():
         raw("1a raw no receipts (at the end)", q("raw2"), raw_no_receipts, args.count, plain)
 
         baseline = statistics.mean(rate(r) for name, r in rows if name.startswith("1a raw"))
-        print_table(rows, baseline, args, broker, body_sizes)
+        report(rows, baseline, args, broker, body_sizes)
         print(f"\ntotal run time {time.monotonic() - started:.0f} s")
         return 0
     finally:
         broker.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def code_fingerprint() -> str:
-    """Which bridge code was measured: git HEAD plus a hash of the package's .py files as run."""
-    import hashlib
-    import subprocess
-    digest = hashlib.sha1()
-    for path in sorted((REPO / "msg_nagios_bridge").rglob("*.py")):
-        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        head = "?"
-    return f"git {head or '?'}, msg_nagios_bridge/*.py sha1 {digest.hexdigest()[:10]}"
-
-
-def _fs_type(path: Path) -> str:
-    best, fs = "", "?"
-    with contextlib.suppress(OSError), open("/proc/mounts") as handle:
-        for line in handle:
-            parts = line.split()
-            if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
-                best, fs = parts[1], f"{parts[2]} at {parts[1]}"
-    return fs
 
 
 if __name__ == "__main__":

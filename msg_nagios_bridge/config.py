@@ -111,6 +111,21 @@ class Route:
     hard_only: bool = True
     host_checks: bool = False
     ttl: int = 0
+    sign: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SigningSettings:
+    cert_file: str = ""
+    key_file: str = ""
+    key_password: str = dataclasses.field(default="", repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureCheck:
+    required: bool = False
+    ca_file: str = ""
+    ca_dir: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +150,7 @@ class InboundSettings:
     check_result_path: str = ""
     nagios_lock_file: str = ""
     error_queue: str = ""
+    signatures: SignatureCheck = SignatureCheck()
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -175,6 +191,7 @@ class Settings:
     logging: LoggingSettings = LoggingSettings()
     daemon: DaemonSettings = DaemonSettings()
     metrics: MetricsSettings = MetricsSettings()
+    signing: SigningSettings = SigningSettings()
 
     @property
     def outbound_enabled(self) -> bool:
@@ -416,7 +433,7 @@ def _sources(root: _Section) -> Tuple[OcspPipeSettings, PerfdataSettings]:
 
 
 _ROUTE_KEYS = ("name", "destination", "format", "hosts", "services", "exclude_hosts", "exclude_services",
-               "hard_only", "host_checks", "ttl")
+               "hard_only", "host_checks", "ttl", "sign")
 
 
 def _routes(root: _Section) -> Tuple[Route, ...]:
@@ -445,12 +462,13 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
             hard_only=sec.get("hard_only", bool, True),
             host_checks=sec.get("host_checks", bool, False),
             ttl=sec.get("ttl", int, 0, _not_negative),
+            sign=sec.get("sign", bool, False),
         ))
     return tuple(routes)
 
 
 _INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping", "policy", "writer",
-                 "command_file", "check_result_path", "nagios_lock_file", "error_queue")
+                 "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures")
 _MAPPING_KEYS = ("host_from", "service_from", "service_suffix_role", "host_template", "service_template",
                  "max_body_bytes", "max_output_bytes")
 WRITERS = ("command_file", "checkresults_dir")
@@ -526,7 +544,31 @@ def _inbound(root: _Section, site: Site) -> InboundSettings:
         error_queue=sec.get("error_queue", str, "",
                             lambda v: None if not v or (v.startswith("/queue/") and _one_line(v) is None)
                             else "must be a /queue/... name (or empty)"),
+        signatures=_signature_check(sec),
     )
+
+
+def _signature_check(inbound: _Section) -> SignatureCheck:
+    sec = inbound.section("signatures", ("required", "ca_file", "ca_dir"))
+    check = SignatureCheck(required=sec.get("required", bool, False),
+                           ca_file=sec.get("ca_file", str, "", _readable_file),
+                           ca_dir=sec.get("ca_dir", str, "", _ca_dir))
+    if check.required and not (check.ca_file or check.ca_dir):
+        raise sec.error("ca_file", "", "signatures are required: give the CAs that may sign (ca_file or ca_dir)")
+    if check.ca_file and check.ca_dir:
+        raise sec.error("ca_dir", check.ca_dir, "give either ca_file or ca_dir, not both")
+    return check
+
+
+def _signing(root: _Section, routes: Tuple[Route, ...]) -> SigningSettings:
+    sec = root.section("signing", ("cert_file", "key_file", "key_password", "key_password_file"))
+    settings = SigningSettings(cert_file=sec.get("cert_file", str, "", _readable_file),
+                               key_file=sec.get("key_file", str, "", _readable_file),
+                               key_password=_secret(sec, "key_password"))
+    signed = [route.name for route in routes if route.sign]
+    if signed and not (settings.cert_file and settings.key_file):
+        raise sec.error("cert_file", settings.cert_file, f"route {signed[0]!r} signs: give cert_file and key_file")
+    return settings
 
 
 def _one_line_or_empty(value: str) -> Optional[str]:
@@ -579,7 +621,7 @@ def parse(text: str, file: str = "<config>") -> Settings:
     except yaml.YAMLError as exc:
         raise ConfigError(file, "", None, f"is not valid YAML: {exc}") from None
     root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "inbound", "logging",
-                                     "daemon", "metrics"))
+                                     "daemon", "metrics", "signing"))
     site = _site(root)
     brokers = _brokers(root)
     spool = _spool(root)
@@ -589,11 +631,12 @@ def parse(text: str, file: str = "<config>") -> Settings:
     log_settings = _logging(root)
     daemon = _daemon(root)
     metrics = _metrics(root)
+    signing = _signing(root, routes)
     if not (pipe.enabled or perf.enabled or inbound.enabled):
         raise ConfigError(file, "sources", None, "enable a source (ocsp_pipe or perfdata) or inbound")
     return Settings(file=file, site=site, brokers=brokers, spool=spool, ocsp_pipe=pipe,
                     perfdata=perf, routes=routes, inbound=inbound, logging=log_settings,
-                    daemon=daemon, metrics=metrics)
+                    daemon=daemon, metrics=metrics, signing=signing)
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -641,6 +684,7 @@ def as_dict(settings: Settings) -> Dict[str, Any]:
     data = dataclasses.asdict(settings)
     if data["brokers"]["password"]:
         data["brokers"]["password"] = "********"
-    if data["brokers"]["tls"]["key_password"]:
-        data["brokers"]["tls"]["key_password"] = "********"
+    for section in (data["brokers"]["tls"], data["signing"]):
+        if section["key_password"]:
+            section["key_password"] = "********"
     return data

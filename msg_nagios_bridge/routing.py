@@ -59,7 +59,9 @@ def message_fields(site: Site) -> Dict[str, str]:
     return {"siteName": site.name, "gatheredAt": site.nagios_name, "role": site.role, "voName": site.vo}
 
 
-def build_message(route: Route, site: Site, result: CheckResult, now_ms: int = 0) -> Message:
+def build_message(route: Route, site: Site, result: CheckResult, now_ms: int = 0, signer=None) -> Message:
+    """The message for ``result`` on ``route``; signed when the route says so (``signer``:
+    a signing.Signer)."""
     encode, content_type = _ENCODERS[route.format]
     result_id = result.identity()
     headers = {
@@ -82,6 +84,8 @@ def build_message(route: Route, site: Site, result: CheckResult, now_ms: int = 0
         headers["expires"] = str(now_ms + route.ttl * 1000)
     message_id = hashlib.blake2b(f"{result_id}:{route.name}".encode(), digest_size=16).hexdigest()
     body = encode(result, message_fields(site)).encode("utf-8", "surrogateescape")
+    if route.sign and signer is not None:
+        headers.update(signer.headers(result_id, body))
     return Message(message_id=message_id, destination=destination(route, site, result),
                    headers=headers, body=body)
 
@@ -97,9 +101,14 @@ class Router:
         self.site = settings.site
         self.routes = settings.routes
         self.is_echo = is_echo
+        self.signer = None
+        if any(route.sign for route in self.routes):
+            from .signing import Signer
+            signing = settings.signing
+            self.signer = Signer(signing.cert_file, signing.key_file, signing.key_password)
 
     def messages(self, result: CheckResult, now_ms: int = 0) -> List[Message]:
         if self.is_echo is not None and self.is_echo(result):
             return []
-        return [build_message(route, self.site, result, now_ms)
+        return [build_message(route, self.site, result, now_ms, self.signer)
                 for route in self.routes if selects(route, result)]

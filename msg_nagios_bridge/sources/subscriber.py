@@ -76,6 +76,10 @@ class Subscriber(threading.Thread):
         self._backoff = Backoff(brokers.backoff_initial, brokers.backoff_max)
         self._warn = RateLimitedLog(log)
         self._refusal_log = RateLimitedLog(log)
+        self.verifier = None
+        if settings.signatures.required:
+            from ..signing import Verifier
+            self.verifier = Verifier(settings.signatures.ca_file, settings.signatures.ca_dir)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -161,8 +165,11 @@ class Subscriber(threading.Thread):
                 self.health.add("duplicates")
                 continue
             try:
+                # With signatures required, the verified signer is the sender the policy sees.
+                sender = (self.verifier.verify(headers, body) if self.verifier is not None
+                          else policy_module.sender_of(self.policy, headers))
                 result = inbound.decode(headers, body, self.settings.mapping, now=now)
-                policy_module.check(self.policy, result, policy_module.sender_of(self.policy, headers))
+                policy_module.check(self.policy, result, sender)
             except inbound.Refused as exc:
                 self._refuse(headers, body, key, exc)
                 continue
@@ -170,8 +177,9 @@ class Subscriber(threading.Thread):
                                     body=json.dumps(result_to_dict(result)).encode("utf-8")))
             keys.append(key)
         if accepted:
-            self.spool.put(accepted)      # durable hand-off first ...
-            self.health.add("received", len(accepted))
+            new = self.spool.put(accepted)      # durable hand-off first ...
+            self.health.add("received", new)
+            self.health.add("duplicates", len(accepted) - new)
             self.health.mark("receive")
         for key in keys:
             self.recent.add(key)
@@ -186,10 +194,14 @@ class Subscriber(threading.Thread):
                           f"(sender {headers.get(self.policy.sender_header, '?')!r}): {exc}")
         kept = {k: v[:200] for k, v in list(headers.items())[:50]}
         kept["refused"] = exc.reason
-        self.spool.add_dead_letter(Message(message_id=key, destination=headers.get("destination", "?")[:200],
+        # Its own id: the spool counts an id it holds as a dead letter as a duplicate, so a
+        # forgery kept under the genuine result's id would make the genuine one vanish.
+        self.spool.add_dead_letter(Message(message_id=f"refused:{time.time_ns()}:{key}",
+                                           destination=headers.get("destination", "?")[:200],
                                            headers=kept, body=body[:65536]), str(exc)[:1000])
         self.health.add("dead_letters")
-        self.recent.add(key)
+        # Not remembered as seen: a forged message must not make the genuine one with the
+        # same result_id look like a duplicate later.
         if self.settings.error_queue:
             # Best effort: the local dead letter above is the record that counts.
             error_headers = {"persistent": "true", "expires": str(int((time.time() + 7 * 86400) * 1000)),

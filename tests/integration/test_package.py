@@ -109,7 +109,7 @@ def test_control_fields_name_the_debian_dependencies(deb):
     for package in DEBIAN_DEPENDS:
         assert package in names, fields["Depends"]
     assert "python3 (>= 3.9)" in depends
-    assert fields["Recommends"] == "nagios4-core"
+    assert fields["Recommends"] == "nagios4-core, python3-cryptography"
 
 
 def test_the_config_is_the_only_conffile_and_the_maintainer_scripts_parse(deb, tmp_path):

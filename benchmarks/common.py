@@ -1,0 +1,385 @@
+"""Helpers shared by benchmarks/outbound.py and benchmarks/inbound.py.
+
+/proc accounting (CPU seconds, peak RSS, a CPU meter), a STOMP receipt waiter, the read-only
+spool watcher, report formatting and the profile-mode helpers (stage timers, per-thread
+cProfile). Importing it puts the repository root on sys.path (for msg_nagios_bridge, tests).
+"""
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import io
+import os
+import pstats
+import resource
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import stomp  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PIPE_BUF = 4096
+POLL = 0.02
+
+
+# -- process accounting ------------------------------------------------------------------------
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone. With
+    ``children``, plus the CPU of the children it has waited for."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """Peak RSS (VmHWM) of ``pid`` in MB; NaN if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def self_cpu() -> float:
+    """CPU seconds of this process and its waited-for children."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def system_fields():
+    """The first 8 counters of the "cpu" line of /proc/stat (clock ticks)."""
+    with open("/proc/stat") as handle:
+        return [int(x) for x in handle.readline().split()[1:9]]
+
+
+def system_busy() -> float:
+    """CPU seconds all CPUs spent not idle (user+nice+system+irq+softirq+steal)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = system_fields()
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def all_processes():
+    """{pid: (name, utime+stime ticks)} of every process (kernel threads too)."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as handle:
+                    text = handle.read()
+            except OSError:
+                continue
+            head, _, rest = text.rpartition(")")
+            fields = rest.split()
+            out[int(entry.name)] = (head.partition("(")[2], int(fields[11]) + int(fields[12]))
+    return out
+
+
+class Meter:
+    """CPU seconds over a window: "<group>_cpu" per group of PIDs, "bench_cpu" (this process),
+    "other_cpu" (everything else) and "window". With ``detail``, also the kernel's share
+    ("softirq_cpu", "steal_cpu") and the 3 busiest other processes ("other_top"). The groups
+    named in ``with_children`` also count the CPU of their waited-for children."""
+
+    def __init__(self, groups, detail: bool = False, with_children=()):
+        self.groups = {name: [p for p in pids if p] for name, pids in groups.items()}
+        self.detail, self.with_children = detail, set(with_children)
+        self.t0 = time.monotonic()
+        if detail:
+            self.procs = all_processes()
+            self.fields = system_fields()
+        self.start = self._sample()
+
+    def _sample(self):
+        sample = {name: sum(cpu_seconds(p, name in self.with_children) for p in pids)
+                  for name, pids in self.groups.items()}
+        sample["bench"] = self_cpu()
+        sample["busy"] = system_busy()
+        return sample
+
+    def stop(self) -> dict:
+        end = self._sample()
+        out = {f"{k}_cpu": end[k] - self.start[k] for k in end if k != "busy"}
+        out["other_cpu"] = max(0.0, (end["busy"] - self.start["busy"]) - sum(out.values()))
+        out["window"] = time.monotonic() - self.t0
+        if not self.detail:
+            return out
+        fields = [b - a for a, b in zip(self.fields, system_fields())]
+        out["softirq_cpu"] = (fields[5] + fields[6]) / CLK_TCK      # irq + softirq
+        out["steal_cpu"] = fields[7] / CLK_TCK
+        mine = {os.getpid()} | {p for pids in self.groups.values() for p in pids}
+        others = []
+        for pid, (name, ticks) in all_processes().items():
+            before = self.procs.get(pid, (name, 0))[1]     # born in the window: from 0
+            if pid not in mine and ticks > before:
+                others.append(((ticks - before) / CLK_TCK, f"{name}[{pid}]"))
+        others.sort(reverse=True)
+        out["other_top"] = others[:3]
+        return out
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
+
+
+def fs_type(path: Path) -> str:
+    """"<fs type> at <mount point>" of the mount holding ``path``."""
+    best, fs = "", "?"
+    with contextlib.suppress(OSError), open("/proc/mounts") as handle:
+        for line in handle:
+            parts = line.split()
+            if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+                best, fs = parts[1], f"{parts[2]} at {parts[1]}"
+    return fs
+
+
+def code_fingerprint() -> str:
+    """Which bridge code was measured: git HEAD plus a hash of the package's .py files as run."""
+    import hashlib
+    import subprocess
+    digest = hashlib.sha1()
+    for path in sorted((REPO / "msg_nagios_bridge").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = "?"
+    return f"git {head or '?'}, msg_nagios_bridge/*.py sha1 {digest.hexdigest()[:10]}"
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str, keep: bool):
+    """A fresh temp dir, removed afterwards unless ``keep`` (then its path is printed)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- STOMP, spool, bridge, FIFO ----------------------------------------------------------------
+
+class Receipts(stomp.ConnectionListener):
+    """Collects RECEIPT ids and ERROR frames; ``wait`` blocks until one receipt arrives."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.seen = set()
+        self.errors = []
+
+    def on_receipt(self, frame):
+        with self.cond:
+            self.seen.add(frame.headers.get("receipt-id"))
+            self.cond.notify_all()
+
+    def on_error(self, frame):
+        with self.cond:
+            self.errors.append((dict(frame.headers), frame.body))
+            self.cond.notify_all()
+
+    def wait(self, receipt, timeout):
+        with self.cond:
+            if not self.cond.wait_for(lambda: receipt in self.seen or self.errors, timeout):
+                raise TimeoutError(f"no receipt {receipt} within {timeout} s")
+            if self.errors:
+                raise RuntimeError(f"ERROR frame from the broker: {self.errors[-1]}")
+            self.seen.discard(receipt)
+
+
+def connect(broker):
+    """A raw stomp.py 1.2 connection to the sandbox broker, no heart-beats, with Receipts."""
+    conn = stomp.Connection12([broker.stomp_address], heartbeats=(0, 0), auto_decode=False)
+    listener = Receipts()
+    conn.set_listener("receipts", listener)
+    conn.connect(wait=True)
+    return conn, listener
+
+
+class SpoolWatch:
+    """Read-only view of a bridge spool: (stored high-water mark, held, dead letters)."""
+
+    def __init__(self, db_path: Path):
+        self.db_path = db_path
+        self.db = None
+
+    def poll(self):
+        if self.db is None:
+            path = self.db_path
+            if path.is_dir():   # older spool layout: a directory holding spool.db
+                path = path / "spool.db"
+            if not path.is_file():
+                return 0, 0, 0
+            try:
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                          isolation_level=None, timeout=5.0)
+            except sqlite3.Error:
+                return 0, 0, 0
+        try:
+            seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence"
+                                  " WHERE name = 'messages'").fetchone()[0]
+            depth = self.db.execute("SELECT count(*) FROM messages").fetchone()[0]
+            dead = self.db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        except sqlite3.Error:
+            return 0, 0, 0
+        return seq, depth, dead
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def wait_connected(bridge, timeout=20.0, interval=0.05):
+    """Wait until a sandbox bridge process logs "connected to broker"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "connected to broker" in bridge.log_text():
+            return
+        if bridge.proc.poll() is not None:
+            break
+        time.sleep(interval)
+    raise RuntimeError(f"bridge did not connect:\n{bridge.log_text()[-3000:]}")
+
+
+def write_fifo(path, lines):
+    """Whole lines, at most PIPE_BUF bytes per write(): what many ``printf``s would write."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        chunk, size = [], 0
+        for line in lines:
+            if size + len(line) > PIPE_BUF and chunk:
+                os.write(fd, b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            os.write(fd, b"".join(chunk))
+    finally:
+        os.close(fd)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def rate(r):
+    """Messages per second of a case result ({"count", "seconds"})."""
+    return r["count"] / r["seconds"] if r.get("seconds") else 0.0
+
+
+def print_table(head, rows):
+    """Columns padded to fit; the first left-aligned, the others right-aligned."""
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    print(fmt(head))
+    print(fmt(["-" * w for w in widths]))
+    for row in rows:
+        print(fmt(row))
+
+
+def warn_busy(names):
+    """The warning for cases during which other processes used > 25% of a CPU."""
+    if names:
+        print(f"\nWARNING: other processes used > 25% of a CPU during: {', '.join(names)};"
+              " those figures are disturbed (run again on a quiet machine).")
+
+
+# -- profile mode ------------------------------------------------------------------------------
+
+class StageTimer:
+    """Wrap methods to sum wall time and calls per stage (cheap, unlike cProfile)."""
+
+    def __init__(self, width: int = 38):
+        self.lock = threading.Lock()
+        self.stats = {}
+        self.width = width
+
+    def wrap(self, owner, name, label, size=None):
+        """Replace ``owner.name`` with a timed wrapper; returns the original."""
+        original = getattr(owner, name)
+        timer = self
+
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **kw)
+            finally:
+                dt = time.perf_counter() - t0
+                items = size(a, kw) if size else 0
+                with timer.lock:
+                    s = timer.stats.setdefault(label, [0, 0.0, 0, 0.0])
+                    s[0] += 1
+                    s[1] += dt
+                    s[2] += items
+                    s[3] = max(s[3], dt)
+
+        setattr(owner, name, wrapper)
+        return original
+
+    def report(self, elapsed):
+        w = self.width
+        print(f"\nwall time per stage (sum over calls; timed window {elapsed:.2f} s):")
+        print(f"  {'stage':{w}} {'calls':>7} {'items':>7} {'total s':>8} {'% wall':>7}"
+              f" {'mean ms':>8} {'max ms':>8}")
+        for label, (calls, total, items, worst) in sorted(self.stats.items(), key=lambda kv: -kv[1][1]):
+            print(f"  {label:{w}} {calls:7d} {items:7d} {total:8.3f} {100 * total / elapsed:6.1f}%"
+                  f" {1000 * total / max(calls, 1):8.3f} {1000 * worst:8.2f}")
+
+
+def profile_threads(profiles: dict, label=lambda thread: thread.name):
+    """Make every thread started from now on run under its own cProfile profiler, stored in
+    ``profiles[label(thread)]``; returns (threading.Thread, "start", original) to restore."""
+    original_start = threading.Thread.start
+
+    def profiled_start(thread):
+        run = thread.run
+        prof = cProfile.Profile()
+        profiles[label(thread)] = prof
+
+        def profiled_run():
+            prof.enable()
+            try:
+                run()
+            finally:
+                prof.disable()
+
+        thread.run = profiled_run
+        original_start(thread)
+
+    threading.Thread.start = profiled_start
+    return threading.Thread, "start", original_start
+
+
+def print_profiles(profiles: dict, top: int):
+    """The ``top`` functions by own time of each thread's profile."""
+    for name, prof in sorted(profiles.items()):
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out)
+        if not stats.total_calls:
+            continue
+        print(f"\n--- thread {name}: {stats.total_tt:.2f} s profiled ---")
+        stats.sort_stats("tottime").print_stats(top)
+        text = out.getvalue()
+        print(text[text.find("   ncalls"):].rstrip())

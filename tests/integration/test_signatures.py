@@ -1,0 +1,76 @@
+"""End-to-end signatures with the real programs: a site bridge signs, a central bridge requires a
+valid signature from an allowed DN; a tampered copy of a signed message is refused."""
+import time
+
+import pytest
+
+from msg_nagios_bridge.formats import result_line
+from msg_nagios_bridge.model import CheckResult
+from tests.sandbox.bridge import inbound_config
+from tests.sandbox.nagios import host, passive_service
+from tests.sandbox.pki import Authority
+from tests.sandbox.stomp_probe import publish
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "/topic/grid.probe.metricOutput.EGEE.site.SITE_A"
+DN = "CN=nagios.site-a.org,O=msg-nagios-bridge tests"
+
+
+def test_signed_results_pass_and_tampered_ones_are_refused(tmp_path, activemq, nagios_factory,
+                                                           stomp_probe_factory, bridge_factory):
+    authority = Authority(tmp_path / "pki")
+    cert, key = authority.issue("site-a", "nagios.site-a.org", client=True)
+    nagios = nagios_factory(hosts=[host("ce01.site-a.org")],
+                            services=[passive_service("ce01.site-a.org", f"svc{i}") for i in range(3)])
+    rules = f"[{{senders: ['{DN}'], hosts: ['*.site-a.org'], services: ['*'], exact_senders: true}}]"
+    central = bridge_factory([activemq.stomp_port], name="central", ocsp=False, inbound=inbound_config(
+        nagios, TOPIC, rules=rules, durable_name="central") +
+        f"  signatures: {{required: true, ca_file: {authority.cert_file}}}\n")
+    central.start()
+    spy = stomp_probe_factory(activemq, TOPIC)
+    site = bridge_factory([activemq.stomp_port], name="site", site="SITE.A", ocsp=False, perfdata=True,
+                          destination=TOPIC)
+    site.config_path.write_text(site.config_path.read_text().replace(
+        'host_checks: true}', 'host_checks: true, sign: true}') + f"signing: {{cert_file: {cert}, key_file: {key}}}\n")
+    site.start()
+    time.sleep(2)                                  # the durable subscription is in place
+    results = [CheckResult(host="ce01.site-a.org", service=f"svc{i}", state=i, output=f"signed {i}",
+                           timestamp=int(time.time()) - 5) for i in range(3)]
+    (site.workdir / "service-perfdata").write_text("".join(result_line.format_line(r) + "\n" for r in results))
+    for result in results:
+        assert nagios.wait_for(lambda s, r=result: (s.get((r.host, r.service)) or {}).get("plugin_output") ==
+                               r.output or None, timeout=30), central.log_text()[-3000:]
+    original = spy.wait_for_count(1, timeout=10)[0]
+    assert original.headers["signature"] and original.headers["signer"]
+    # A copy of a genuine signed message, its state changed on the way (and a new result_id, or it
+    # would simply be dropped as a duplicate): the signature no longer matches.
+    headers = {k: v for k, v in original.headers.items() if k in ("signature", "signer", "nagios_host")}
+    publish(activemq.stomp_address, TOPIC, original.body.replace("metricStatus: OK", "metricStatus: CRITICAL"),
+            headers={**headers, "result_id": "f" * 32})
+    # The same body, unsigned.
+    publish(activemq.stomp_address, TOPIC, original.body, headers={"nagios_host": "x", "result_id": "y"})
+    assert central.wait_counter("refused", 2, timeout=20) == 2
+    counters = central.status()["counters"]
+    assert counters["refused.bad-signature"] == 1 and counters["refused.unsigned"] == 1, counters
+    assert counters["injected"] == 3
+
+
+def test_a_refused_forgery_does_not_shadow_the_genuine_result(activemq, nagios_factory, bridge_factory):
+    """A forged message carrying the result_id of a result still to come is refused, and the
+    genuine one with that id still lands (refusals are not remembered as seen)."""
+    from msg_nagios_bridge.formats import wlcg
+    nagios = nagios_factory(hosts=[host("ce01.site-a.org")], services=[passive_service("ce01.site-a.org", "svc")])
+    rules = "[{senders: ['site-a'], hosts: ['*.site-a.org'], services: ['*']}]"
+    central = bridge_factory([activemq.stomp_port], ocsp=False, inbound=inbound_config(nagios, "/queue/in", rules=rules))
+    central.start()
+    genuine = CheckResult(host="ce01.site-a.org", service="svc", state=1, output="genuine",
+                          timestamp=int(time.time()) - 5)
+    fields = {"siteName": "A", "gatheredAt": "a", "role": "site"}
+    publish(activemq.stomp_address, "/queue/in", wlcg.encode(genuine, fields),
+            headers={"nagios_host": "mallory", "result_id": genuine.identity()})
+    assert central.wait_counter("refused", 1) == 1
+    publish(activemq.stomp_address, "/queue/in", wlcg.encode(genuine, fields),
+            headers={"nagios_host": "site-a", "result_id": genuine.identity()})
+    assert nagios.wait_for(lambda s: (s.get(("ce01.site-a.org", "svc")) or {}).get("plugin_output") == "genuine"
+                           or None, timeout=20), central.log_text()[-2000:]
