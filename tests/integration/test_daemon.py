@@ -117,11 +117,12 @@ def test_daemon_mode_pidfile(tmp_path, activemq, bridge_factory):
         f"daemon: {{pidfile: {pidfile}}}\n")
     started = cli(bridge, "run", "--daemon", "--allow-root")
     assert started.returncode == 0, started.stderr
-    deadline = time.time() + 10
-    while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.1)
-    pid = int(pidfile.read_text())
+    pid = None
     try:
+        deadline = time.time() + 10
+        while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline:
+            time.sleep(0.1)
+        pid = int(pidfile.read_text())
         assert os.getsid(pid) != os.getsid(0), "a detached daemon has left our session"
         second = cli(bridge, "run", "--daemon", "--allow-root")
         assert second.returncode == 1 and f"pid {pid}" in second.stderr
@@ -130,7 +131,11 @@ def test_daemon_mode_pidfile(tmp_path, activemq, bridge_factory):
             time.sleep(0.1)
         assert "connected to broker" in log.read_text()
     finally:
-        os.kill(pid, signal.SIGTERM)                # a process this test started, by its PID
+        # The daemon this test started, by its PID, whatever failed above.
+        if pid is None and pidfile.exists() and pidfile.read_text().strip():
+            pid = int(pidfile.read_text())
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
     deadline = time.time() + 20
     while pidfile.exists() and time.time() < deadline:
         time.sleep(0.1)
