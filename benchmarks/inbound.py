@@ -106,29 +106,14 @@ from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
 from tests.sandbox.nagios import Nagios, host, passive_service  # noqa: E402
+from tests.sandbox.ports import children_of  # noqa: E402
 
 FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
 SENDER = "remote-nagios"
-CRDIR_BATCH = 500          # results per check result file, as the bridge's writer (BATCH)
+CRDIR_BATCH = 500          # results per check result file in the Nagios baseline
 PASSIVE = b"PASSIVE SERVICE CHECK: "
 COMMAND_LINE = b"EXTERNAL COMMAND: PROCESS_SERVICE_CHECK_RESULT;"
 ID_RE = re.compile(rb"id=(\d+)")
-
-
-# -- process accounting ------------------------------------------------------------------------
-
-def children_of(pid: int):
-    """PIDs whose parent is ``pid``."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 # -- payloads ----------------------------------------------------------------------------------

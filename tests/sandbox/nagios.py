@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .ports import kill_process, stop_process, track
+from .ports import children_of, kill_process, stop_process, track
 
 NAGIOS_BIN = "/usr/sbin/nagios4"
 PLUGINS = Path("/usr/lib/nagios/plugins")
@@ -306,17 +306,8 @@ class Nagios:
         raise TimeoutError(f"nagios not ready within {timeout or self.start_timeout}s\n{self.log_tail()}")
 
     def _children(self):
-        """PIDs of the core's direct children (check workers, command file worker), from /proc."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.pid:
-                    pids.append(int(entry.name))
-        return pids
+        """PIDs of the core's direct children (check workers, command file worker)."""
+        return children_of(self.pid)
 
     @staticmethod
     def _alive(pid):

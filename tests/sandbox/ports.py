@@ -6,6 +6,7 @@ import socket
 import subprocess
 import threading
 import weakref
+from pathlib import Path
 
 _lock = threading.Lock()
 _handed_out = set()
@@ -67,6 +68,20 @@ def kill_process(proc):
     if proc.poll() is None:
         proc.kill()
     return proc.wait()
+
+
+def children_of(pid):
+    """PIDs whose parent is ``pid``, from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children
 
 
 def track(server):
