@@ -383,3 +383,17 @@ def print_profiles(profiles: dict, top: int):
         stats.sort_stats("tottime").print_stats(top)
         text = out.getvalue()
         print(text[text.find("   ncalls"):].rstrip())
+
+
+def write_doc_section(path: Path, name: str, text: str) -> None:
+    """Replace the part of ``path`` between ``<!-- BEGIN name -->`` and ``<!-- END name -->``
+    with ``text`` (appending the markers if absent), so several tools share one page."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    page = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in page and end in page:
+        head, rest = page.split(begin, 1)
+        page = head + block + rest.split(end, 1)[1]
+    else:
+        page = page.rstrip() + ("\n\n" if page else "") + block + "\n"
+    path.write_text(page)
