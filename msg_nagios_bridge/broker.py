@@ -126,6 +126,7 @@ class BrokerConnection:
         self.events = _Events()
         self.conn: Optional[stomp.Connection12] = None
         self.address: Optional[Tuple[str, int]] = None
+        self._last: Optional[Tuple[str, int]] = None     # the broker last connected to
         self._ca_file: Optional[str] = None
         if settings.tls.enabled:
             self._ca_file = self._prepare_ca(settings.tls)
@@ -143,9 +144,15 @@ class BrokerConnection:
         return handle.name
 
     def connect(self) -> Optional[str]:
-        """Try each broker once, in order. Returns None when connected, else why not."""
+        """Try each broker once, in order, but starting after the one last connected to: a
+        broker that was just lost (crashed, or hung with its port still open) is tried last.
+        Returns None when connected, else why not."""
         problems = []
-        for host_port in self.settings.hosts:
+        hosts = list(self.settings.hosts)
+        if self._last in hosts:
+            after = hosts.index(self._last) + 1
+            hosts = hosts[after:] + hosts[:after]
+        for host_port in hosts:
             problem = self._connect_one(host_port)
             if problem is None:
                 return None
@@ -188,7 +195,7 @@ class BrokerConnection:
             if not error and tls.enabled:
                 error = self._diagnose(host_port)
             return error or f"no CONNECTED frame within {s.connect_timeout:g} s"
-        self.conn, self.address = conn, host_port
+        self.conn, self.address, self._last = conn, host_port, host_port
         log.info("connected to broker %s:%d", *host_port)
         return None
 

@@ -17,7 +17,7 @@ import errno
 import os
 import select
 import stat
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from ..formats.nagios_command import PIPE_BUF
 
@@ -42,12 +42,26 @@ def _batches(lines: Sequence[str]) -> List[bytes]:
     return writes
 
 
-def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> None:
+def reader_identity(path: str) -> Optional[Tuple[int, int]]:
+    """(device, inode) of the FIFO at ``path`` if someone (Nagios) has it open for reading,
+    else None. A new inode, or a moment with no reader, means Nagios went away meanwhile."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        return (info.st_dev, info.st_ino) if stat.S_ISFIFO(info.st_mode) else None
+    finally:
+        os.close(fd)
+
+
+def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> Tuple[int, int]:
     """Write ``lines`` (each ending in a newline, each <= PIPE_BUF) to the FIFO at ``path``.
 
-    Raises NagiosUnavailable when there is no FIFO, no reader, or no room
-    within ``timeout``. Lines written before the failure are written again on
-    the next try: a repeated passive result with the same time is harmless.
+    Returns the FIFO's (device, inode). Raises NagiosUnavailable when there is no FIFO, no
+    reader, or no room within ``timeout``. Lines written before the failure are written again
+    on the next try: a repeated passive result with the same time is harmless.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
@@ -60,7 +74,8 @@ def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> None:
             raise NagiosUnavailable(f"{path} is a symlink; refusing to follow it") from None
         raise NagiosUnavailable(f"cannot open the command file {path}: {exc.strerror}") from None
     try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISFIFO(info.st_mode):
             raise NagiosUnavailable(f"{path} is not a FIFO; refusing to write commands into it")
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
@@ -77,5 +92,6 @@ def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> None:
                     raise NagiosUnavailable(f"Nagios stopped reading {path}") from None
             if written != len(data):   # cannot happen for <= PIPE_BUF on a pipe; be loud if it does
                 raise NagiosUnavailable(f"partial write to {path} ({written} of {len(data)} bytes)")
+        return info.st_dev, info.st_ino
     finally:
         os.close(fd)

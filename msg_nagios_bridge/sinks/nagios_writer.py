@@ -1,9 +1,12 @@
 """The inbound sink: inbound spool -> Nagios (command file or check results directory).
 
-An entry leaves the spool only after Nagios has it: written into the command
-FIFO, or as a reaped-when-ready file in the check results directory. While
-Nagios is stopped, hung or restarting, entries stay in the spool and the
-writer retries with capped backoff, so nothing is lost.
+An entry leaves the spool only after Nagios has it: as a reaped-when-ready file in the check
+results directory, or written into the command FIFO *and* Nagios still reading that FIFO
+CONFIRM_AFTER seconds later. The FIFO gives no acknowledgement, and a Nagios that stops (or
+dies) drops what it had read but not yet handled (measured: results written just before a
+SIGTERM never reached it); so results written shortly before Nagios went away are written
+again. While Nagios is stopped, hung or restarting, entries stay in the spool and the writer
+retries with capped backoff, so nothing is lost.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import logging
 import os
 import threading
 import time
-from typing import List, Optional, Tuple
+from collections import deque
+from typing import Deque, List, Optional, Tuple
 
 from ..config import InboundSettings
 from ..echo import CURSOR_NAME, EchoGuard
@@ -21,13 +25,16 @@ from ..health import Backoff, Health, RateLimitedLog
 from ..model import CheckResult, result_from_dict
 from ..spool import Spool, SpoolEntry, SpoolError
 from .checkresults_dir import write_results
-from .command_file import NagiosUnavailable, write_lines
+from .command_file import NagiosUnavailable, reader_identity, write_lines
 
 log = logging.getLogger(__name__)
 
 BATCH = 500                 # results per round through the command file
 FILE_BATCH = 10_000         # results per check result file (Nagios reads one about every second)
 NOT_REAPED_AFTER = 30.0     # a check result file Nagios has not read by then: Nagios is away
+# A result written into the command FIFO leaves the spool once the same Nagios has read the
+# FIFO for this long after: longer than a killed core's command worker keeps swallowing (~2 s).
+CONFIRM_AFTER = 3.0
 
 
 class NotYetReaped(Exception):
@@ -67,6 +74,8 @@ class NagiosWriter(threading.Thread):
         self._backoff = Backoff(0.5, 10.0)
         self._pending_file: Optional[str] = None
         self._pending_since = 0.0
+        # Written into the command FIFO, not yet confirmed: (monotonic time, entry ids, FIFO id).
+        self._unconfirmed: Deque[Tuple[float, List[int], Tuple[int, int]]] = deque()
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
@@ -76,6 +85,7 @@ class NagiosWriter(threading.Thread):
         self.health.set_state("nagios_writer", "waiting for results")
         while not self.stopping.is_set():
             try:
+                self._confirm()
                 if self._file_pending():
                     self.stopping.wait(0.05)    # Nagios reads it within about a second
                     continue
@@ -88,6 +98,41 @@ class NagiosWriter(threading.Thread):
                 self._warn(logging.ERROR, "spool", f"inbound spool problem, retrying: {exc}")
                 self.health.error(f"inbound spool: {exc}")
                 self.stopping.wait(1.0)
+        self._confirm_before_exit()
+
+    def _confirm(self, now: Optional[float] = None) -> None:
+        """Delete the written entries Nagios has had for CONFIRM_AFTER seconds; give them all
+        back (to be written again) if the FIFO lost its reader or changed since."""
+        if not self._unconfirmed:
+            return
+        now = time.monotonic() if now is None else now
+        identity = reader_identity(self.settings.command_file)
+        if self.settings.nagios_lock_file and nagios_pid_alive(self.settings.nagios_lock_file):
+            identity = None
+        if identity is None or any(fifo != identity for _, _, fifo in self._unconfirmed):
+            ids = [i for _, batch, _ in self._unconfirmed for i in batch]
+            self._unconfirmed.clear()
+            self.spool.give_back(ids)
+            self.health.add("rewritten", len(ids))
+            self._warn(logging.WARNING, "rewrite", f"Nagios stopped reading {self.settings.command_file}"
+                       f" soon after {len(ids)} results were written: they will be written again")
+            return
+        ready: List[int] = []
+        while self._unconfirmed and now - self._unconfirmed[0][0] >= CONFIRM_AFTER:
+            ready += self._unconfirmed.popleft()[1]
+        if ready:
+            self.spool.done(ready)
+
+    def _confirm_before_exit(self) -> None:
+        """On a clean stop, wait out the confirmation time rather than write them twice."""
+        deadline = time.monotonic() + CONFIRM_AFTER + 0.5
+        try:
+            while self._unconfirmed and time.monotonic() < deadline:
+                time.sleep(0.1)
+                self._confirm()
+        except SpoolError as exc:
+            log.warning("could not confirm the last results written to Nagios (%s):"
+                        " they will be written again at the next start", exc)
 
     def _write(self, entries: List[SpoolEntry]) -> None:
         now = int(time.time())
@@ -111,8 +156,7 @@ class NagiosWriter(threading.Thread):
             files = [result for _, result, line in prepared if line is None]
             if files:
                 self._write_file(files, now)
-            if lines:
-                write_lines(self.settings.command_file, lines)
+            fifo = write_lines(self.settings.command_file, lines) if lines else None
         except NotYetReaped:
             self.spool.give_back([entry.entry_id for entry, _, _ in prepared])
             self.stopping.wait(0.1)
@@ -125,7 +169,10 @@ class NagiosWriter(threading.Thread):
             self.stopping.wait(self._backoff.next_delay())
             return
         self._backoff.reset()
-        self.spool.done([entry.entry_id for entry, _, _ in prepared])
+        written = [entry.entry_id for entry, _, line in prepared if line is not None]
+        if written:
+            self._unconfirmed.append((time.monotonic(), written, fifo))
+        self.spool.done([entry.entry_id for entry, _, line in prepared if line is None])
         self.health.add("injected", len(prepared))
         self.health.mark("inject")
         self.health.set_state("nagios_writer", "writing")

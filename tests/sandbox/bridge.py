@@ -13,9 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def bridge_config(workdir, broker_ports, *, ocsp=True, perfdata=False, destination=None,
-                  site="TEST.SITE", extra_routes="", heartbeat_ms=2000, inbound="", connect_timeout=3, **brokers):
+                  site="TEST.SITE", extra_routes="", heartbeat_ms=2000, inbound="", connect_timeout=3, spool_options="",
+                  **brokers):
     """YAML text for a bridge writing everything under ``workdir``; ``inbound`` is the YAML of
-    an ``inbound:`` section (see ``inbound_config``)."""
+    an ``inbound:`` section (see ``inbound_config``); ``spool_options`` more keys of ``spool:``
+    (e.g. "max_messages: 300")."""
     workdir = Path(workdir)
     hosts = ", ".join(f'"127.0.0.1:{port}"' for port in broker_ports)
     broker_extra = "".join(f", {key}: {value}" for key, value in brokers.items())
@@ -24,7 +26,7 @@ def bridge_config(workdir, broker_ports, *, ocsp=True, perfdata=False, destinati
 site: {{name: {site}, role: site, nagios_name: test-nagios.example.org}}
 brokers: {{hosts: [{hosts}], heartbeat_ms: {heartbeat_ms}, backoff_initial: 0.2, backoff_max: 2,
           connect_timeout: {connect_timeout}, receipt_timeout: 10{broker_extra}}}
-spool: {{directory: {workdir}/spool}}
+spool: {{directory: {workdir}/spool{", " + spool_options if spool_options else ""}}}
 sources:
   ocsp_pipe: {{enabled: {str(ocsp).lower()}, path: {workdir}/ocsp.fifo}}
   perfdata: {{enabled: {str(perfdata).lower()}, service_file: {workdir}/service-perfdata,

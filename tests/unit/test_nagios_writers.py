@@ -190,3 +190,61 @@ def test_check_result_files_are_written_one_at_a_time_oldest_result_first(tmp_pa
         writer.stop()
         writer.join(5)
         spool.close()
+
+
+def test_results_nagios_read_just_before_it_stopped_are_written_again(tmp_path):
+    """Regression (found by the fault suite, 'Nagios stopped'): a Nagios stopping drops what its
+    command worker had read but not handled; the writer deleted those results at write time."""
+    import dataclasses
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    fifo = tmp_path / "nagios.cmd"
+    os.mkfifo(fifo)
+    first = FifoReader(fifo)             # a Nagios that reads the lines, then dies unhandled
+    first.start()
+    writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+    writer.start()
+    try:
+        spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(5)])
+        deadline = time.time() + 5
+        while first.text().count("\n") < 5 and time.time() < deadline:
+            time.sleep(0.02)
+        assert first.text().count("\n") == 5
+        assert spool.stats().depth == 5, "written, but kept until Nagios has had them a while"
+        first.close()                    # Nagios stops
+        os.unlink(fifo)                  # and a new one makes a new FIFO
+        time.sleep(0.5)
+        os.mkfifo(fifo)
+        second = FifoReader(fifo)
+        second.start()
+        deadline = time.time() + 10
+        while spool.stats().depth and time.time() < deadline:
+            time.sleep(0.05)
+        second.close()
+    finally:
+        writer.stop()
+        writer.join(10)
+    assert sorted(line.rsplit(";", 1)[1].split("\\n")[0] for line in second.text().splitlines()) == \
+        [f"r{i}" for i in range(5)]
+    assert spool.stats().depth == 0, "confirmed once the new Nagios had them for a while"
+    spool.close()
+
+
+def test_a_clean_stop_confirms_what_nagios_has_rather_than_writing_it_twice(tmp_path):
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    fifo = tmp_path / "nagios.cmd"
+    os.mkfifo(fifo)
+    reader = FifoReader(fifo)
+    reader.start()
+    writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+    writer.start()
+    try:
+        spool.put([spooled(RESULT, "a")])
+        deadline = time.time() + 5
+        while not reader.text() and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        writer.stop()
+        writer.join(10)
+        reader.close()
+    assert spool.stats().depth == 0
+    spool.close()
