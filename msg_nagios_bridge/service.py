@@ -5,6 +5,8 @@ Signal handlers only set flags; the main loop acts on them.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ from .spool import Spool, SpoolError
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 2.0
+STATUS_BLOCK = 16384        # status.json is padded to whole blocks (see write_status)
 RECOUNT_INTERVAL = 30.0     # re-read spool sizes changed by operator tools
 
 
@@ -186,16 +189,42 @@ class Bridge:
         return snapshot
 
     def write_status(self) -> None:
-        """Atomically replace status.json (read by ``status`` and ``check``)."""
+        """Atomically replace status.json (read by ``status`` and ``check``).
+
+        The text is padded with spaces to whole STATUS_BLOCKs: when the spool's filesystem is
+        full and no new file can be made, the old one is overwritten in place (same size, no
+        new blocks needed), so the status still says why the bridge waits."""
         path = status_path(self.settings)
+        tmp = None
         try:
             data = json.dumps(self.status(), sort_keys=True, default=str)
+            data += " " * (-len(data) % STATUS_BLOCK)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".status.")
             with os.fdopen(fd, "w") as handle:
                 handle.write(data)
             os.replace(tmp, path)
+            tmp = None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._write_status_in_place(path, data)
+            else:
+                log.debug("cannot write %s: %s", path, exc)
         except Exception as exc:  # status is best effort; never stop the bridge for it
             log.debug("cannot write %s: %s", path, exc)
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)      # never leave a temp file behind on a full disk
+
+    @staticmethod
+    def _write_status_in_place(path: str, data: str) -> None:
+        try:
+            with open(path, "r+", encoding="utf-8") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if len(data) <= size:
+                    handle.write(data + " " * (size - len(data)))
+        except OSError as exc:
+            log.debug("cannot rewrite %s in place: %s", path, exc)
 
 
 class _Flags:

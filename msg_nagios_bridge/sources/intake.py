@@ -52,6 +52,31 @@ class Intake:
                 continue
             messages.extend(self.router.messages(result, now_ms))
         self.health.add(f"{self.source}.lines", len(lines))
+        chunks = self._chunks(messages)
+        for number, chunk in enumerate(chunks, 1):
+            # The cursor goes with the last chunk: a crash in between re-reads the lines, and
+            # the spool drops the ids it already holds.
+            if not self._store(chunk, cursor if number == len(chunks) else None):
+                return False
+        return True
+
+    def _chunks(self, messages: List[Message]) -> List[List[Message]]:
+        """Split a batch into parts of at most a quarter of the spool's limits, so that a
+        backlog read in one go (after a long wait) can never be too big for an empty spool."""
+        most, most_bytes = max(1, self.spool.max_messages // 4), max(1, self.spool.max_bytes // 4)
+        chunks: List[List[Message]] = [[]]
+        size = 0
+        for message in messages:
+            if chunks[-1] and (len(chunks[-1]) >= most or size + len(message.body) > most_bytes):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(message)
+            size += len(message.body)
+        return chunks
+
+    def _store(self, messages: List[Message], cursor: Optional[Tuple[str, str]]) -> bool:
+        """Durably spool ``messages`` with ``cursor``, retrying while the spool is full or
+        unavailable; False only if the bridge began stopping first."""
         while True:
             try:
                 if messages or cursor is not None:
@@ -62,7 +87,8 @@ class Intake:
             except SpoolError as exc:
                 kind = "full" if isinstance(exc, SpoolFull) else "unavailable"
                 self.health.add(f"spool_{kind}_waits")
-                self.health.set_state(self.source, f"waiting: spool {kind}")
+                # e.g. "waiting: spool unavailable: database or disk is full"
+                self.health.set_state(self.source, f"waiting: spool {kind}: {str(exc).rsplit(': ', 1)[-1][:80]}")
                 self._warn(logging.ERROR, kind,
                            f"{self.source}: cannot spool {len(messages)} messages, holding the source "
                            f"until the spool takes them: {exc}")

@@ -22,18 +22,16 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
-
-import logging
 
 import stomp
 
@@ -693,7 +691,7 @@ SCENARIOS = {
     "spool filesystem full": _outbound("perfdata", one_broker, ONLY_FIRST, disk_full_fault,
                                        prepare=small_filesystem),
     "stalled broker, spool at its limit": _outbound(
-        "perfdata", one_broker, ONLY_FIRST, stalled_broker_fault, allowed=False,
+        "perfdata", one_broker, ONLY_FIRST, stalled_broker_fault,
         bridge_options={"spool_options": "max_messages: 300"}),
     "stalled Nagios (SIGSTOP), inbound spool at its limit": lambda n, t, r, p: run_inbound(
         n, t, r, p, fault=nagios_fault("stall"), spool_options="max_messages: 300"),

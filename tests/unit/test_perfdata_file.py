@@ -149,3 +149,29 @@ def test_file_appearing_later_and_garbage_lines(tail):
     tail.append("garbage line\n" + lines(0, 2))
     assert tail.wait_for(2) == [0, 1]
     assert tail.spool.stats().dead_letters == 1
+
+
+def test_a_backlog_bigger_than_the_spool_limit_is_taken_in_parts(tmp_path):
+    """Regression (found by the fault suite, 'stalled broker, spool at its limit'): after a
+    wait, the tailer read the whole backlog as one batch; a batch bigger than the spool's
+    limit never fit, even in an empty spool, and the source stalled for good."""
+    spool = Spool(str(tmp_path / "spool.sqlite"), max_messages=40)
+    stopping = threading.Event()
+    intake = Intake("perfdata", Router(SETTINGS), spool, Health(), stopping)
+    batch = [line.encode() for line in lines(0, 100).splitlines()]
+    stored = threading.Thread(target=intake.spool_lines, args=(batch, ("perfdata", "end")))
+    stored.start()
+    seen = set()
+    deadline = time.time() + 30
+    while stored.is_alive() and time.time() < deadline:     # a publisher emptying the spool
+        entries = spool.take(100)
+        seen.update(int(e.message.headers["metric"][1:]) for e in entries)
+        spool.done([e.entry_id for e in entries])
+        time.sleep(0.05)
+    stopping.set()
+    stored.join(5)
+    entries = spool.take(100)
+    seen.update(int(e.message.headers["metric"][1:]) for e in entries)
+    assert seen == set(range(100))
+    assert spool.cursor("perfdata") == "end", "the read position is saved with the last part"
+    spool.close()
