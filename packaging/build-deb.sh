@@ -61,6 +61,7 @@ fi
 # --- launcher, systemd unit, tmpfiles.d entry, config, docs -----------------------------------
 install -D -m 0755 packaging/msg-nagios-bridge "$root/usr/bin/msg-nagios-bridge"
 install -D -m 0644 systemd/msg-nagios-bridge.service "$root/lib/systemd/system/msg-nagios-bridge.service"
+install -D -m 0644 systemd/msg-nagios-bridge-ocsp.socket "$root/lib/systemd/system/msg-nagios-bridge-ocsp.socket"
 install -D -m 0644 systemd/msg-nagios-bridge.tmpfiles "$root/usr/lib/tmpfiles.d/msg-nagios-bridge.conf"
 # 0640 here; the postinst gives it to group nagios (dpkg-statoverride) once that group exists.
 install -D -m 0640 etc/msg-nagios-bridge.yaml "$root/etc/msg-nagios-bridge/bridge.yaml"

@@ -35,6 +35,21 @@ NOT_REAPED_AFTER = 30.0     # a check result file Nagios has not read by then: N
 # A result written into the command FIFO leaves the spool once the same Nagios has read the
 # FIFO for this long after: longer than a killed core's command worker keeps swallowing (~2 s).
 CONFIRM_AFTER = 3.0
+# Saved in the spool with each write: which entries are in which Nagios's FIFO, unconfirmed.
+# A bridge restarted while that same Nagios still reads the same FIFO confirms them instead
+# of writing them twice.
+WRITTEN_CURSOR = "nagios-written"
+
+
+def _ranges(ids: List[int]) -> List[List[int]]:
+    """Sorted ids as [[low, high], ...] runs (they are mostly consecutive)."""
+    runs: List[List[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
 
 
 class NotYetReaped(Exception):
@@ -76,6 +91,9 @@ class NagiosWriter(threading.Thread):
         self._pending_since = 0.0
         # Written into the command FIFO, not yet confirmed: (monotonic time, entry ids, FIFO id).
         self._unconfirmed: Deque[Tuple[float, List[int], Tuple[int, int]]] = deque()
+        # Entries an earlier run of the bridge wrote to the FIFO that is still read now.
+        self._written_before: set = set()
+        self._written_fifo: Optional[Tuple[int, int]] = None
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
@@ -83,6 +101,11 @@ class NagiosWriter(threading.Thread):
 
     def run(self) -> None:
         self.health.set_state("nagios_writer", "waiting for results")
+        try:
+            self._load_written()
+        except SpoolError as exc:
+            log.warning("cannot read which results the last run wrote to Nagios (%s):"
+                        " they will be written again", exc)
         while not self.stopping.is_set():
             try:
                 self._confirm()
@@ -112,6 +135,7 @@ class NagiosWriter(threading.Thread):
         if identity is None or any(fifo != identity for _, _, fifo in self._unconfirmed):
             ids = [i for _, batch, _ in self._unconfirmed for i in batch]
             self._unconfirmed.clear()
+            self._save_written(None)
             self.spool.give_back(ids)
             self.health.add("rewritten", len(ids))
             self._warn(logging.WARNING, "rewrite", f"Nagios stopped reading {self.settings.command_file}"
@@ -122,6 +146,23 @@ class NagiosWriter(threading.Thread):
             ready += self._unconfirmed.popleft()[1]
         if ready:
             self.spool.done(ready)
+
+    def _save_written(self, fifo: Optional[Tuple[int, int]]) -> None:
+        ids = sorted(i for _, batch, _ in self._unconfirmed for i in batch)
+        value = json.dumps({"fifo": list(fifo) if fifo and ids else None, "ids": _ranges(ids)})
+        self.spool.put([], cursor=(WRITTEN_CURSOR, value))
+
+    def _load_written(self) -> None:
+        saved = json.loads(self.spool.cursor(WRITTEN_CURSOR) or "{}")
+        fifo = tuple(saved.get("fifo") or ()) or None
+        if fifo is None or self.settings.writer != "command_file":
+            return
+        alive = not (self.settings.nagios_lock_file and nagios_pid_alive(self.settings.nagios_lock_file))
+        if alive and reader_identity(self.settings.command_file) == fifo:
+            self._written_before = {i for low, high in saved.get("ids", []) for i in range(low, high + 1)}
+            self._written_fifo = fifo
+            log.info("%d results written by the last run are still in Nagios's command FIFO:"
+                     " not writing them again", len(self._written_before))
 
     def _confirm_before_exit(self) -> None:
         """On a clean stop, wait out the confirmation time rather than write them twice."""
@@ -156,7 +197,14 @@ class NagiosWriter(threading.Thread):
             files = [result for _, result, line in prepared if line is None]
             if files:
                 self._write_file(files, now)
-            fifo = write_lines(self.settings.command_file, lines) if lines else None
+            if self._written_before and reader_identity(self.settings.command_file) != self._written_fifo:
+                self._written_before.clear()            # that Nagios went away: write them all
+            already = [entry.entry_id for entry, _, line in prepared
+                       if line is not None and entry.entry_id in self._written_before]
+            self._written_before.difference_update(already)
+            lines = [line for entry, _, line in prepared
+                     if line is not None and entry.entry_id not in already]
+            fifo = write_lines(self.settings.command_file, lines) if lines else self._written_fifo
         except NotYetReaped:
             self.spool.give_back([entry.entry_id for entry, _, _ in prepared])
             self.stopping.wait(0.1)
@@ -172,6 +220,7 @@ class NagiosWriter(threading.Thread):
         written = [entry.entry_id for entry, _, line in prepared if line is not None]
         if written:
             self._unconfirmed.append((time.monotonic(), written, fifo))
+            self._save_written(fifo)
         self.spool.done([entry.entry_id for entry, _, line in prepared if line is None])
         self.health.add("injected", len(prepared))
         self.health.mark("inject")

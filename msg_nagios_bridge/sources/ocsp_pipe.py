@@ -10,13 +10,24 @@ FIFO, costing one ``sh`` fork per check and no Python start-up.
   until the bridge is back or Nagios's ``ocsp_timeout`` kills them. If the
   FIFO was missing, the shell's ``>`` creates a regular file instead; at start
   the bridge takes such a file's lines in, then puts the FIFO in its place.
+* Lines leave the FIFO only once they are in the spool: the bridge copies the
+  pipe's contents with tee(2) (which does not consume them), spools the whole
+  lines, and only then reads those bytes out of the FIFO. A bridge killed in
+  between finds them again, provided the pipe outlived it: something must
+  hold the FIFO open meanwhile, as systemd's msg-nagios-bridge-ocsp.socket
+  does (ListenFIFO=); otherwise the kernel drops the pipe's contents when the
+  last process that had it open goes away.
+* The FIFO is enlarged to 1 MiB where the kernel allows (about 3,000 results
+  wait in it while the bridge restarts, instead of about 200).
 * A line longer than PIPE_BUF (4096 bytes) may be interleaved with another
   writer's line; the parser detects that and dead-letters the mix. Results
   with big outputs belong on the perfdata source, which has no such limit.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import grp
 import logging
 import os
@@ -32,7 +43,10 @@ from .intake import Intake
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 16
-MAX_BATCH_BYTES = 1 << 20
+PIPE_SIZE = 1 << 20          # asked for with F_SETPIPE_SZ; the kernel may give less
+F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032
+SPLICE_F_NONBLOCK = 2
+PARTIAL_WAIT = 0.02          # a line whose end has not arrived yet: look again this much later
 
 
 class FifoError(Exception):
@@ -135,17 +149,28 @@ class OcspPipeSource(threading.Thread):
             self.health.set_state("ocsp_pipe", "stopped")
 
     def _loop(self, fd: int) -> None:
-        pending = b""
+        peek = PipePeek(fd)
+        try:
+            self._read_lines(fd, peek)
+        finally:
+            peek.close()
+
+    def _read_lines(self, fd: int, peek: "PipePeek") -> None:
+        pending = b""      # the consumed head of a line longer than the pipe can hold
         skipping = False   # inside a line that was too long: drop up to its newline
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         while not self.stopping.is_set():
             if not poller.poll(200):
                 continue
-            data = self._read_available(fd)
-            if not data:
-                continue
-            lines: List[bytes] = (pending + data).split(b"\n")
+            data = peek.peek()
+            end = data.rfind(b"\n") + 1
+            if end == 0:
+                if len(data) < peek.capacity:       # a line still being written: wait for its end
+                    self.stopping.wait(PARTIAL_WAIT)
+                    continue
+                end = len(data)                     # a line longer than the pipe: take it in as it comes
+            lines: List[bytes] = (pending + data[:end]).split(b"\n")
             pending = lines.pop()
             if skipping and lines:
                 lines.pop(0)
@@ -154,23 +179,64 @@ class OcspPipeSource(threading.Thread):
                 if not skipping:
                     self.intake.dead_letter(pending, f"line longer than {self.settings.max_line_bytes} bytes")
                 pending, skipping = b"", True
-            if lines:
-                self.intake.spool_lines(lines)
+            if lines and not self.intake.spool_lines(lines):
+                return                              # stopping: the lines stay in the FIFO
+            peek.consume(end)
 
-    @staticmethod
-    def _read_available(fd: int) -> bytes:
-        chunks, size = [], 0
-        while size < MAX_BATCH_BYTES:
-            try:
-                chunk = os.read(fd, READ_CHUNK)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                raise
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
+
+class PipePeek:
+    """Look at what waits in a pipe without taking it (tee(2) into a pipe of our own), then
+    take exactly what was looked at once it is safe."""
+
+    _tee = None
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        if PipePeek._tee is None:
+            tee = ctypes.CDLL(None, use_errno=True).tee
+            tee.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+            tee.restype = ctypes.c_ssize_t
+            PipePeek._tee = tee
+        self.copy_r, self.copy_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.capacity = min(_grow_pipe(fd), _grow_pipe(self.copy_w))
+
+    def peek(self) -> bytes:
+        """A copy of up to ``capacity`` bytes from the head of the pipe (b"" if it is empty)."""
+        copied = PipePeek._tee(self.fd, self.copy_w, self.capacity, SPLICE_F_NONBLOCK)
+        if copied < 0:
+            code = ctypes.get_errno()
+            if code in (errno.EAGAIN, errno.EINTR):
+                return b""
+            raise OSError(code, f"tee on the OCSP FIFO: {os.strerror(code)}")
+        return _read_exactly(self.copy_r, copied)
+
+    def consume(self, size: int) -> None:
+        """Take ``size`` bytes (already looked at) out of the pipe."""
+        _read_exactly(self.fd, size)
+
+    def close(self) -> None:
+        os.close(self.copy_r)
+        os.close(self.copy_w)
+
+
+def _grow_pipe(fd: int) -> int:
+    """Ask for a PIPE_SIZE buffer; return the size the kernel gave."""
+    try:
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass        # over the user's pipe quota: keep the default size
+    return fcntl.fcntl(fd, F_GETPIPE_SZ)
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        try:
+            chunk = os.read(fd, size)
+        except InterruptedError:
+            continue
+        if not chunk:
+            raise OSError(errno.EIO, "pipe emptied under the OCSP reader")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)

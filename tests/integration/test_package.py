@@ -179,6 +179,16 @@ def test_systemd_analyze_verify_is_clean(unit_for_analyze):
         verified.stdout + verified.stderr
 
 
+def test_the_ocsp_socket_unit_verifies_with_the_service(root, unit_for_analyze):
+    socket = unit_for_analyze.parent / "msg-nagios-bridge-ocsp.socket"
+    text = (root / "lib/systemd/system/msg-nagios-bridge-ocsp.socket").read_text()
+    assert "ListenFIFO=/run/msg-nagios-bridge/ocsp.fifo\n" in text, "must match the example config's path"
+    socket.write_text(text)
+    verified = run(["systemd-analyze", "verify", str(unit_for_analyze), str(socket)])
+    assert verified.returncode == 0 and not (verified.stdout + verified.stderr).strip(), \
+        verified.stdout + verified.stderr
+
+
 def test_systemd_analyze_security_exposure(unit_for_analyze):
     checked = run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit_for_analyze)])
     found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", checked.stdout)

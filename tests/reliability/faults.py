@@ -374,6 +374,11 @@ def run_outbound(name, tmp, rng, params, *, source, brokers, counter_groups, fau
         fifo = tmp / "bridge" / "ocsp.fifo"
         bridge.start(wait_for=fifo if source == "ocsp" else None)
         world.bridge_process = bridge
+        if source == "ocsp":
+            # Keep the FIFO open, as systemd's msg-nagios-bridge-ocsp.socket (ListenFIFO=) does,
+            # so that what waits in the pipe outlives a bridge killed with -9.
+            holder = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+            world.closers.insert(0, lambda: os.close(holder))
         counter = Counter(counter_groups(world)).start()
         world.closers.append(counter.stop)
         send = write_to_fifo(fifo) if source == "ocsp" else append_to(tmp / "bridge" / "service-perfdata")

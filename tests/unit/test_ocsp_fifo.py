@@ -56,3 +56,50 @@ def test_a_regular_file_left_by_writers_is_taken_in(tmp_path):
 def test_an_unknown_group_is_a_clear_error(tmp_path):
     with pytest.raises(FifoError, match="does not exist"):
         prepare_fifo(settings(tmp_path / "f", group="no-such-group-here"))
+
+
+class RefusingSpool:
+    """A spool whose disk is gone: every put fails, nothing is stored."""
+    max_messages, max_bytes = 1000, 1 << 20
+
+    def put(self, messages, cursor=None):
+        from msg_nagios_bridge.spool import SpoolUnavailable
+        raise SpoolUnavailable("disk I/O error")
+
+
+def test_lines_leave_the_fifo_only_once_they_are_spooled(tmp_path):
+    """Regression (found by the fault suite, 'bridge kill -9, OCSP pipe'): the source read
+    lines out of the FIFO before spooling them, so a kill -9 in between lost them."""
+    import threading
+    import time
+
+    from msg_nagios_bridge.config import parse
+    from msg_nagios_bridge.health import Health
+    from msg_nagios_bridge.routing import Router
+    from msg_nagios_bridge.sources.intake import Intake
+    from msg_nagios_bridge.sources.ocsp_pipe import OcspPipeSource
+
+    path = tmp_path / "ocsp.fifo"
+    router = Router(parse("site: {name: S}\nbrokers: {hosts: ['127.0.0.1:1']}\n"
+                          "spool: {directory: /tmp/unused}\nroutes: [{name: r, destination: /queue/q}]\n", "t"))
+    stopping = threading.Event()
+    intake_health = Health()
+    source = OcspPipeSource(settings(path), Intake("ocsp_pipe", router, RefusingSpool(), intake_health, stopping),
+                            Health())
+    source.start()
+    assert source.ready.wait(5) and source.failure is None
+    from msg_nagios_bridge.formats import result_line
+    from msg_nagios_bridge.model import CheckResult
+    lines = "".join(result_line.format_line(CheckResult(host="h", service=f"s{i}", state=0, output="ok",
+                                                        timestamp=1700000000)) + "\n" for i in range(2)).encode()
+    holder = os.open(path, os.O_RDWR | os.O_NONBLOCK)    # what systemd's ListenFIFO= keeps open
+    try:
+        os.write(holder, lines)
+        time.sleep(1.5)                                  # the source tried (and failed) to spool them
+        stopping.set()
+        source.join(5)
+        assert not source.is_alive()
+        assert intake_health._states["ocsp_pipe"] == "waiting: spool unavailable: disk I/O error"
+        assert os.read(holder, 4096) == lines, "the lines must still be in the FIFO"
+    finally:
+        os.close(holder)
