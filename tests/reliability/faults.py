@@ -293,14 +293,15 @@ def _quietly(call):
         call()
 
 
-def _outcome(name, fault, sent, arrivals, duplicated, allowed, settle_notes=""):
-    """Count ``sent`` ({id: time}) against ``arrivals`` ({id: first arrival time})."""
+def _outcome(name, fault, sent, arrivals, duplicated, allowed, bridge):
+    """Count ``sent`` ({id: time}) against ``arrivals`` ({id: first arrival time}); when
+    something was lost, the bridge's log tail goes into the notes."""
     lost = [key for key in sent if key not in arrivals]
     before_end = [arrivals[k] for k, t in sent.items() if t <= fault.end and k in arrivals]
     after_start = [arrivals[k] for k, t in sent.items() if t >= fault.start and k in arrivals]
     caught_up = None if lost else max(0.0, max(before_end, default=fault.end) - fault.end)
     flow_back = (min(after_start) - fault.start) if after_start else None
-    notes = "; ".join(n for n in (fault.notes, settle_notes) if n)
+    notes = fault.notes + (f" bridge log tail: {bridge.log_text()[-1500:]!r}" if lost else "")
     return Outcome(name, fault.what, len(sent), len(set(sent) & set(arrivals)), len(lost),
                    duplicated, flow_back, caught_up, allowed, notes, sorted(lost)[:5])
 
@@ -340,6 +341,18 @@ class World:
         offset = self.rng.uniform(low, high) * self.p.duration
         time.sleep(max(0.0, self.stream.started + offset - time.time()))
         return offset
+
+    def flow(self, make, send, fault) -> Fault:
+        """Stream results made by ``make`` through ``send`` while ``fault(self)`` runs; return
+        the Fault once the stream has ended."""
+        self.stream = Stream(self.p.rate, self.p.duration, make, send)
+        self.stream.start()
+        _wait(lambda: self.stream.started is not None, 5, 0.01)
+        happened = fault(self)
+        self.stream.join(self.p.duration + self.p.drain_timeout)
+        if self.stream.error:
+            raise RuntimeError(f"the stream failed: {self.stream.error}")
+        return happened
 
     def close(self):
         for close in reversed(self.closers):
@@ -382,20 +395,11 @@ def run_outbound(name, tmp, rng, params, *, source, brokers, counter_groups, fau
         counter = Counter(counter_groups(world)).start()
         world.closers.append(counter.stop)
         send = write_to_fifo(fifo) if source == "ocsp" else append_to(tmp / "bridge" / "service-perfdata")
-        world.stream = Stream(params.rate, params.duration, outbound_line, send)
-        world.stream.start()
-        _wait(lambda: world.stream.started is not None, 5, 0.01)
-        happened = fault(world)
-        world.stream.join(params.duration + params.drain_timeout)
-        if world.stream.error:
-            raise RuntimeError(f"the stream failed: {world.stream.error}")
+        happened = world.flow(outbound_line, send, fault)
         sent = world.stream.sent
         _wait(lambda: set(sent) <= set(counter.arrivals()), params.drain_timeout)
         time.sleep(1.0)   # late duplicates
-        outcome = _outcome(name, happened, sent, counter.arrivals(), counter.duplicates(), allowed)
-        if outcome.lost:
-            outcome.notes += f" bridge log tail: {bridge.log_text()[-1500:]!r}"
-        return outcome
+        return _outcome(name, happened, sent, counter.arrivals(), counter.duplicates(), allowed, bridge)
     finally:
         world.close()
 
@@ -614,23 +618,13 @@ def run_inbound(name, tmp, rng, params, *, fault, writer="command_file", allowed
         world.bridge_process = bridge
         publisher = Publisher(broker)
         world.closers.append(publisher.close)
-        world.stream = Stream(params.rate, params.duration, inbound_message, publisher.send)
-        world.stream.start()
-        _wait(lambda: world.stream.started is not None, 5, 0.01)
-        happened = fault(world)
-        world.stream.join(params.duration + params.drain_timeout)
-        if world.stream.error:
-            raise RuntimeError(f"the stream failed: {world.stream.error}")
+        happened = world.flow(inbound_message, publisher.send, fault)
         publisher.close()
         sent = world.stream.sent
         _wait(lambda: set(sent) <= set(nagios_deliveries(world.nagios)[0]), params.drain_timeout, 0.5)
         time.sleep(2.0)   # Nagios reaps results once a second: let late duplicates show
         first, counts = nagios_deliveries(world.nagios)
-        duplicated = sum(n - 1 for n in counts.values())
-        outcome = _outcome(name, happened, sent, first, duplicated, allowed)
-        if outcome.lost:
-            outcome.notes += f" bridge log tail: {bridge.log_text()[-1500:]!r}"
-        return outcome
+        return _outcome(name, happened, sent, first, sum(n - 1 for n in counts.values()), allowed, bridge)
     finally:
         world.close()
 
