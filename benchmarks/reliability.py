@@ -19,6 +19,7 @@ import argparse
 import datetime
 import os
 import random
+import signal
 import statistics
 import sys
 import time
@@ -120,4 +121,6 @@ def main():
 
 if __name__ == "__main__":
     os.chdir(REPO)
+    # SIGTERM unwinds like Ctrl-C, so every round's servers are stopped by their finally blocks.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())
