@@ -69,17 +69,19 @@ class Outcome:
     duplicates_allowed: bool
     notes: str = ""
     lost_sample: List[str] = dataclasses.field(default_factory=list)
+    problems: List[str] = dataclasses.field(default_factory=list)   # the fault's own checks
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and (self.duplicates_allowed or self.duplicated == 0)
+        return self.lost == 0 and (self.duplicates_allowed or self.duplicated == 0) and not self.problems
 
     def line(self) -> str:
         secs = lambda v: "-" if v is None else f"{v:.1f}"
         return (f"{self.scenario}: sent {self.sent}, delivered {self.delivered}, lost {self.lost},"
                 f" duplicated {self.duplicated}, flow back {secs(self.flow_back_s)} s,"
                 f" caught up {secs(self.caught_up_s)} s [{self.fault}]"
-                + (f" {self.notes}" if self.notes else ""))
+                + (f" {self.notes}" if self.notes else "")
+                + (f" PROBLEMS: {'; '.join(self.problems)}" if self.problems else ""))
 
 
 @dataclasses.dataclass
@@ -89,6 +91,7 @@ class Fault:
     start: float
     end: float
     notes: str = ""
+    problems: List[str] = dataclasses.field(default_factory=list)
 
 
 # -- the observers --------------------------------------------------------------------------
@@ -303,7 +306,7 @@ def _outcome(name, fault, sent, arrivals, duplicated, allowed, bridge):
     flow_back = (min(after_start) - fault.start) if after_start else None
     notes = fault.notes + (f" bridge log tail: {bridge.log_text()[-1500:]!r}" if lost else "")
     return Outcome(name, fault.what, len(sent), len(set(sent) & set(arrivals)), len(lost),
-                   duplicated, flow_back, caught_up, allowed, notes, sorted(lost)[:5])
+                   duplicated, flow_back, caught_up, allowed, notes, sorted(lost)[:5], fault.problems)
 
 
 def _wait(predicate, timeout, interval=0.2):
@@ -502,6 +505,20 @@ def bridge_kills(world):
     return Fault("kill -9 at " + ", ".join(done), first, time.time())
 
 
+SPOOL_LIMIT = 300      # max_messages of the stalled scenarios' spools
+RSS_LIMIT_MB = 150     # a stalled bridge must stay well under this
+
+
+def bounded(sampler) -> List[str]:
+    """What a stall must not do: hold more than the spool's limit, or grow in memory."""
+    problems = []
+    if sampler.peak_depth > SPOOL_LIMIT:
+        problems.append(f"spool depth {sampler.peak_depth} passed its limit {SPOOL_LIMIT}")
+    if sampler.peak_rss > RSS_LIMIT_MB:
+        problems.append(f"RSS {sampler.peak_rss:.0f} MB > {RSS_LIMIT_MB} MB")
+    return problems
+
+
 class Sampler(threading.Thread):
     """Every 0.25 s: the bridge's RSS (MB) and spool depths and states from status.json."""
 
@@ -572,8 +589,12 @@ def disk_full_fault(world):
     time.sleep(1.0)
     sampler.stop()
     said = sorted(s for s in sampler.states if "spool" in s and "waiting" in s)
+    problems = [] if alive else ["the bridge died while the disk was full"]
+    if not any("disk is full" in s for s in said):
+        problems.append("status never said the spool's disk is full")
     return Fault(f"filesystem full at {at:.1f} s for {full:.1f} s", start, end,
-                 f"bridge {'alive' if alive else 'DEAD'} while full; states seen: {said or 'none'}")
+                 f"bridge {'alive' if alive else 'DEAD'} while full; states seen: {said or 'none'}",
+                 problems)
 
 
 def stalled_broker_fault(world):
@@ -592,9 +613,10 @@ def stalled_broker_fault(world):
     time.sleep(1.0)
     sampler.stop()
     waited = any("spool full" in s for s in sampler.states)
+    problems = bounded(sampler) + ([] if waited else ["the source never waited for the full spool"])
     return Fault(f"broker down at {at:.1f} s for {down:.1f} s", start, end,
-                 f"spool limit 300: peak depth {sampler.peak_depth}, source waited: {waited},"
-                 f" peak RSS {sampler.peak_rss:.0f} MB")
+                 f"spool limit {SPOOL_LIMIT}: peak depth {sampler.peak_depth}, source waited: {waited},"
+                 f" peak RSS {sampler.peak_rss:.0f} MB", problems)
 
 
 # -- inbound --------------------------------------------------------------------------------
@@ -651,8 +673,8 @@ def nagios_fault(how):
             time.sleep(1.0)
             sampler.stop()
             return Fault(f"SIGSTOP at {at:.1f} s for {stalled:.1f} s", start, end,
-                         f"spool limit 300: peak depth {sampler.peak_depth},"
-                         f" peak RSS {sampler.peak_rss:.0f} MB")
+                         f"spool limit {SPOOL_LIMIT}: peak depth {sampler.peak_depth},"
+                         f" peak RSS {sampler.peak_rss:.0f} MB", bounded(sampler))
         nagios.stop()
         down = world.rng.uniform(1.0, 4.0)
         time.sleep(down)
@@ -691,9 +713,9 @@ SCENARIOS = {
                                        prepare=small_filesystem),
     "stalled broker, spool at its limit": _outbound(
         "perfdata", one_broker, ONLY_FIRST, stalled_broker_fault,
-        bridge_options={"spool_options": "max_messages: 300"}),
+        bridge_options={"spool_options": f"max_messages: {SPOOL_LIMIT}"}),
     "stalled Nagios (SIGSTOP), inbound spool at its limit": lambda n, t, r, p: run_inbound(
-        n, t, r, p, fault=nagios_fault("stall"), spool_options="max_messages: 300"),
+        n, t, r, p, fault=nagios_fault("stall"), spool_options=f"max_messages: {SPOOL_LIMIT}"),
     "Nagios reloaded": lambda n, t, r, p: run_inbound(n, t, r, p, fault=nagios_fault("reload"),
                                                       allowed=False),
 }

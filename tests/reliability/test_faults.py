@@ -24,4 +24,5 @@ def test_no_result_is_lost(name, tmp_path):
     print(f"\nseed {SEED}: {outcome.line()}")
     assert outcome.lost == 0, f"seed {SEED}: {outcome.line()} lost e.g. {outcome.lost_sample}"
     assert outcome.duplicates_allowed or outcome.duplicated == 0, f"seed {SEED}: {outcome.line()}"
+    assert not outcome.problems, f"seed {SEED}: {outcome.line()}"
     assert outcome.sent == int(SHORT.rate * SHORT.duration)
