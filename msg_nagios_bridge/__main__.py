@@ -86,11 +86,15 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
 
 def _read_status(settings: config.Settings):
     from .service import status_path
-    try:
-        with open(status_path(settings), encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
+    for _ in range(2):
+        try:
+            with open(status_path(settings), encoding="utf-8") as handle:
+                return json.load(handle)
+        except OSError:
+            return None
+        except ValueError:      # caught mid-rewrite (in place, on a full disk): look again
+            time.sleep(0.2)
+    return None
 
 
 def _status(args) -> int:

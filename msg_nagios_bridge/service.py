@@ -33,7 +33,7 @@ from .spool import Spool, SpoolError
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 2.0
-STATUS_BLOCK = 16384        # status.json is padded to whole blocks (see write_status)
+STATUS_BLOCK = 65536        # status.json is padded to whole blocks (see write_status)
 RECOUNT_INTERVAL = 30.0     # re-read spool sizes changed by operator tools
 
 
@@ -154,7 +154,8 @@ class Bridge:
             self.publisher.join(drain_timeout + 5)
         if self.writer is not None:
             self.writer.stop()
-            self.writer.join(drain_timeout)
+            # It may be inside a write that waits up to 10 s, then confirms for up to 3.5 s.
+            self.writer.join(drain_timeout + 15)
         self.write_status()
         for spool in (self.spool, self.inbound_spool):
             if spool is not None:

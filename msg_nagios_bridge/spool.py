@@ -132,6 +132,11 @@ class SpoolStats:
     errors: int = 0
 
 
+def message_size(message: Message) -> int:
+    """The bytes ``message`` counts for against ``max_bytes``."""
+    return _encode(message)[4]
+
+
 def _encode(message: Message) -> Tuple[str, str, str, bytes, int]:
     if not isinstance(message.body, bytes):
         raise TypeError(f"message {message.message_id!r}: body must be bytes")
@@ -397,13 +402,17 @@ class Spool:
         """Unlease entries so take() returns them again; each one's attempts grows by 1."""
         ids = list(entry_ids)
         with self._lock:
-            self._write("give entries back", lambda: self._db.executemany(
-                "UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
-                [(entry_id,) for entry_id in ids]))
-            back = self._leased.intersection(ids)
-            self._counters["given_back"] += len(back)
-            self._leased.difference_update(back)
-            self._returned.update(back)
+            try:
+                self._write("give entries back", lambda: self._db.executemany(
+                    "UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
+                    [(entry_id,) for entry_id in ids]))
+            finally:
+                # Unleased even when the count cannot be written (disk full): an entry left
+                # leased would never be taken again until the bridge restarts.
+                back = self._leased.intersection(ids)
+                self._counters["given_back"] += len(back)
+                self._leased.difference_update(back)
+                self._returned.update(back)
         self._put_event.set()
 
     def reject(self, entry_id: int, reason: str) -> None:

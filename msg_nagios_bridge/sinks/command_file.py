@@ -56,6 +56,34 @@ def reader_identity(path: str) -> Optional[Tuple[int, int]]:
         os.close(fd)
 
 
+def fifo_readers(fifo: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
+    """(pid, start time) of the processes other than this one that hold the FIFO ``fifo``
+    (device, inode) open for reading, from /proc; processes we may not look into are missed."""
+    readers = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                info = os.stat(fd.path)
+                if (info.st_dev, info.st_ino) != fifo:
+                    continue
+                with open(f"/proc/{entry.name}/fdinfo/{fd.name}", encoding="ascii") as handle:
+                    flags = int(handle.read().split("flags:", 1)[1].split()[0], 8)
+                if flags & os.O_ACCMODE != os.O_WRONLY:
+                    readers.append((int(entry.name), process_start(int(entry.name))))
+                    break
+        except (OSError, ValueError, IndexError):
+            continue      # gone meanwhile, or not ours to look into
+    return tuple(sorted(readers))
+
+
+def process_start(pid: int) -> int:
+    """The start time of ``pid`` in clock ticks since boot (with the PID, unique until reboot)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+        return int(handle.read().rsplit(")", 1)[1].split()[19])
+
+
 def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> Tuple[int, int]:
     """Write ``lines`` (each ending in a newline, each <= PIPE_BUF) to the FIFO at ``path``.
 

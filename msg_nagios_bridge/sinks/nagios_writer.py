@@ -25,7 +25,7 @@ from ..health import Backoff, Health, RateLimitedLog
 from ..model import CheckResult, result_from_dict
 from ..spool import Spool, SpoolEntry, SpoolError
 from .checkresults_dir import write_results
-from .command_file import NagiosUnavailable, reader_identity, write_lines
+from .command_file import NagiosUnavailable, fifo_readers, process_start, reader_identity, write_lines
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,44 @@ def _ranges(ids: List[int]) -> List[List[int]]:
         else:
             runs.append([i, i])
     return runs
+
+
+def _frozen(value):
+    """JSON lists back into the tuples they were saved from."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+class ReaderWatch:
+    """Identifies the Nagios reading the command FIFO: (device, inode, ((pid, start), ...)) of
+    the FIFO and of the processes holding it open for reading. Nagios reuses an existing FIFO,
+    so the inode alone cannot tell a restarted Nagios; the reading processes can. The /proc scan
+    runs only when the FIFO or a known reader changed (or every RESCAN s while none is seen)."""
+
+    RESCAN = 10.0
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.cached: Optional[tuple] = None
+        self.scanned_at = 0.0
+
+    def identity(self) -> Optional[tuple]:
+        fifo = reader_identity(self.path)
+        if fifo is None:
+            return None
+        cached = self.cached
+        if cached is not None and cached[:2] == fifo and self._still_running(cached[2]):
+            if cached[2] or time.monotonic() - self.scanned_at < self.RESCAN:
+                return cached
+        self.cached = (fifo[0], fifo[1], fifo_readers(fifo))
+        self.scanned_at = time.monotonic()
+        return self.cached
+
+    @staticmethod
+    def _still_running(readers) -> bool:
+        try:
+            return all(process_start(pid) == start for pid, start in readers)
+        except (OSError, ValueError, IndexError):
+            return False
 
 
 class NotYetReaped(Exception):
@@ -89,11 +127,12 @@ class NagiosWriter(threading.Thread):
         self._backoff = Backoff(0.5, 10.0)
         self._pending_file: Optional[str] = None
         self._pending_since = 0.0
-        # Written into the command FIFO, not yet confirmed: (monotonic time, entry ids, FIFO id).
-        self._unconfirmed: Deque[Tuple[float, List[int], Tuple[int, int]]] = deque()
-        # Entries an earlier run of the bridge wrote to the FIFO that is still read now.
+        # Written into the command FIFO, not yet confirmed: (monotonic time, entry ids, reader).
+        self._unconfirmed: Deque[Tuple[float, List[int], Optional[tuple]]] = deque()
+        self._readers = ReaderWatch(settings.command_file)
+        # Entries an earlier run of the bridge wrote to the same Nagios that reads the FIFO now.
         self._written_before: set = set()
-        self._written_fifo: Optional[Tuple[int, int]] = None
+        self._written_to: Optional[tuple] = None
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
@@ -123,46 +162,58 @@ class NagiosWriter(threading.Thread):
                 self.stopping.wait(1.0)
         self._confirm_before_exit()
 
+    def _reader(self) -> Optional[tuple]:
+        """Who reads the command FIFO now (see ReaderWatch); None if nobody, or if the PID in
+        Nagios's lock file (when set) is not running."""
+        if self.settings.nagios_lock_file and nagios_pid_alive(self.settings.nagios_lock_file):
+            return None
+        return self._readers.identity()
+
     def _confirm(self, now: Optional[float] = None) -> None:
-        """Delete the written entries Nagios has had for CONFIRM_AFTER seconds; give them all
-        back (to be written again) if the FIFO lost its reader or changed since."""
+        """Delete the written entries the same reader has had for CONFIRM_AFTER seconds; give
+        them all back (to be written again) if the FIFO lost its reader or the reader changed."""
         if not self._unconfirmed:
             return
         now = time.monotonic() if now is None else now
-        identity = reader_identity(self.settings.command_file)
-        if self.settings.nagios_lock_file and nagios_pid_alive(self.settings.nagios_lock_file):
-            identity = None
-        if identity is None or any(fifo != identity for _, _, fifo in self._unconfirmed):
+        reader = self._reader()
+        if reader is None or any(batch_reader != reader for _, _, batch_reader in self._unconfirmed):
             ids = [i for _, batch, _ in self._unconfirmed for i in batch]
+            self.spool.give_back(ids)             # first: on a spool error nothing is forgotten
             self._unconfirmed.clear()
-            self._save_written(None)
-            self.spool.give_back(ids)
+            self._save_written()
             self.health.add("rewritten", len(ids))
             self._warn(logging.WARNING, "rewrite", f"Nagios stopped reading {self.settings.command_file}"
                        f" soon after {len(ids)} results were written: they will be written again")
             return
-        ready: List[int] = []
-        while self._unconfirmed and now - self._unconfirmed[0][0] >= CONFIRM_AFTER:
-            ready += self._unconfirmed.popleft()[1]
-        if ready:
-            self.spool.done(ready)
+        settled = 0
+        while settled < len(self._unconfirmed) and now - self._unconfirmed[settled][0] >= CONFIRM_AFTER:
+            settled += 1
+        if settled:
+            self.spool.done([i for _, batch, _ in list(self._unconfirmed)[:settled] for i in batch])
+            for _ in range(settled):
+                self._unconfirmed.popleft()
 
-    def _save_written(self, fifo: Optional[Tuple[int, int]]) -> None:
-        ids = sorted(i for _, batch, _ in self._unconfirmed for i in batch)
-        value = json.dumps({"fifo": list(fifo) if fifo and ids else None, "ids": _ranges(ids)})
-        self.spool.put([], cursor=(WRITTEN_CURSOR, value))
+    def _save_written(self) -> None:
+        """Save which entries wait for confirmation in which Nagios (only a reader whose
+        processes were seen can be recognised by the next run)."""
+        batches = [[reader, _ranges(sorted(ids))] for _, ids, reader in self._unconfirmed
+                   if reader is not None and reader[2]]
+        self.spool.put([], cursor=(WRITTEN_CURSOR, json.dumps({"batches": batches})))
 
     def _load_written(self) -> None:
-        saved = json.loads(self.spool.cursor(WRITTEN_CURSOR) or "{}")
-        fifo = tuple(saved.get("fifo") or ()) or None
-        if fifo is None or self.settings.writer != "command_file":
+        if self.settings.writer != "command_file":
             return
-        alive = not (self.settings.nagios_lock_file and nagios_pid_alive(self.settings.nagios_lock_file))
-        if alive and reader_identity(self.settings.command_file) == fifo:
-            self._written_before = {i for low, high in saved.get("ids", []) for i in range(low, high + 1)}
-            self._written_fifo = fifo
-            log.info("%d results written by the last run are still in Nagios's command FIFO:"
-                     " not writing them again", len(self._written_before))
+        saved = json.loads(self.spool.cursor(WRITTEN_CURSOR) or "{}")
+        reader = self._reader()
+        if reader is None or not reader[2]:
+            return
+        for batch_reader, ranges in saved.get("batches", []):
+            if _frozen(batch_reader) == reader:
+                self._written_before.update(i for low, high in ranges for i in range(low, high + 1))
+        if self._written_before:
+            self._written_to = reader
+            log.info("%d results written by the last run are in the command FIFO of the Nagios"
+                     " that still reads it: not writing them again", len(self._written_before))
 
     def _confirm_before_exit(self) -> None:
         """On a clean stop, wait out the confirmation time rather than write them twice."""
@@ -197,14 +248,16 @@ class NagiosWriter(threading.Thread):
             files = [result for _, result, line in prepared if line is None]
             if files:
                 self._write_file(files, now)
-            if self._written_before and reader_identity(self.settings.command_file) != self._written_fifo:
+            reader = self._reader()
+            if self._written_before and reader != self._written_to:
                 self._written_before.clear()            # that Nagios went away: write them all
             already = [entry.entry_id for entry, _, line in prepared
                        if line is not None and entry.entry_id in self._written_before]
             self._written_before.difference_update(already)
             lines = [line for entry, _, line in prepared
                      if line is not None and entry.entry_id not in already]
-            fifo = write_lines(self.settings.command_file, lines) if lines else self._written_fifo
+            if lines:
+                write_lines(self.settings.command_file, lines)
         except NotYetReaped:
             self.spool.give_back([entry.entry_id for entry, _, _ in prepared])
             self.stopping.wait(0.1)
@@ -219,9 +272,18 @@ class NagiosWriter(threading.Thread):
         self._backoff.reset()
         written = [entry.entry_id for entry, _, line in prepared if line is not None]
         if written:
-            self._unconfirmed.append((time.monotonic(), written, fifo))
-            self._save_written(fifo)
-        self.spool.done([entry.entry_id for entry, _, line in prepared if line is None])
+            # The reader seen just before the write: if it changed in between, the next
+            # _confirm sees a different one and writes the batch again.
+            self._unconfirmed.append((time.monotonic(), written, reader))
+        filed = [entry.entry_id for entry, _, line in prepared if line is None]
+        try:
+            if filed:
+                self.spool.done(filed)
+            if written:
+                self._save_written()
+        except SpoolError:
+            self.spool.give_back(filed)     # never leave an entry leased (a no-op if deleted)
+            raise
         self.health.add("injected", len(prepared))
         self.health.mark("inject")
         self.health.set_state("nagios_writer", "writing")

@@ -17,7 +17,7 @@ from ..formats import result_line
 from ..health import Health, RateLimitedLog
 from ..model import Message
 from ..routing import Router
-from ..spool import Spool, SpoolError, SpoolFull
+from ..spool import Spool, SpoolError, SpoolFull, message_size
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,12 @@ class Intake:
         chunks: List[List[Message]] = [[]]
         size = 0
         for message in messages:
-            if chunks[-1] and (len(chunks[-1]) >= most or size + len(message.body) > most_bytes):
+            weight = message_size(message)
+            if chunks[-1] and (len(chunks[-1]) >= most or size + weight > most_bytes):
                 chunks.append([])
                 size = 0
             chunks[-1].append(message)
-            size += len(message.body)
+            size += weight
         return chunks
 
     def _store(self, messages: List[Message], cursor: Optional[Tuple[str, str]]) -> bool:

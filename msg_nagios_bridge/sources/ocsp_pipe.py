@@ -25,6 +25,7 @@ FIFO, costing one ``sh`` fork per check and no Python start-up.
 """
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import fcntl
@@ -33,6 +34,7 @@ import logging
 import os
 import select
 import stat
+import termios
 import threading
 from typing import List
 
@@ -124,10 +126,22 @@ class OcspPipeSource(threading.Thread):
         self.failure = None
 
     def run(self) -> None:
+        fd = -1
         try:
             recovered = prepare_fifo(self.settings)
             fd = os.open(self.settings.path, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-        except (FifoError, OSError) as exc:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                raise FifoError(f"{self.settings.path} is no longer a FIFO")
+            try:
+                # Peek-then-consume counts bytes: it needs to be the FIFO's only reader.
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FifoError(f"another process reads {self.settings.path} (it holds a lock on it);"
+                                f" two bridges cannot share one OCSP FIFO") from None
+            peek = PipePeek(fd)
+        except (FifoError, OSError, AttributeError) as exc:   # AttributeError: a libc without tee()
+            if fd >= 0:
+                os.close(fd)
             self.failure = str(exc)
             self.health.set_state("ocsp_pipe", f"failed: {exc}")
             self.health.error(f"ocsp_pipe: {exc}")
@@ -143,45 +157,58 @@ class OcspPipeSource(threading.Thread):
                     self.intake.dead_letter(lines[-1], "incomplete last line in the recovered file")
                 if self.intake.spool_lines(lines[:-1]):
                     os.unlink(self.settings.path + ".recovered")
-            self._loop(fd)
-        finally:
-            os.close(fd)
-            self.health.set_state("ocsp_pipe", "stopped")
-
-    def _loop(self, fd: int) -> None:
-        peek = PipePeek(fd)
-        try:
             self._read_lines(fd, peek)
         finally:
             peek.close()
+            os.close(fd)
+            self.health.set_state("ocsp_pipe", "stopped")
 
     def _read_lines(self, fd: int, peek: "PipePeek") -> None:
-        pending = b""      # the consumed head of a line longer than the pipe can hold
-        skipping = False   # inside a line that was too long: drop up to its newline
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
+        limit = self.settings.max_line_bytes
+        skipping = False   # inside a line too long to take in: drop it up to its newline
+        readable, room = select.poll(), select.poll()
+        readable.register(fd, select.POLLIN)
+        room.register(fd, select.POLLOUT)
         while not self.stopping.is_set():
-            if not poller.poll(200):
+            if not readable.poll(200):
                 continue
             data = peek.peek()
+            if not data:
+                continue
+            if skipping:
+                newline = data.find(b"\n")
+                peek.consume(newline + 1 if newline >= 0 else len(data))
+                skipping = newline < 0
+                continue
             end = data.rfind(b"\n") + 1
             if end == 0:
-                if len(data) < peek.capacity:       # a line still being written: wait for its end
+                # No whole line yet. Its end is still being written, unless the line is over the
+                # limit, or the pipe is full or holds more than tee could show: then it is too
+                # long ever to be seen whole here (lines over PIPE_BUF belong on perfdata).
+                if len(data) < limit and room.poll(0) and _waiting(fd) <= len(data):
                     self.stopping.wait(PARTIAL_WAIT)
                     continue
-                end = len(data)                     # a line longer than the pipe: take it in as it comes
-            lines: List[bytes] = (pending + data[:end]).split(b"\n")
-            pending = lines.pop()
-            if skipping and lines:
-                lines.pop(0)
-                skipping = False
-            if len(pending) > self.settings.max_line_bytes:
-                if not skipping:
-                    self.intake.dead_letter(pending, f"line longer than {self.settings.max_line_bytes} bytes")
-                pending, skipping = b"", True
+                self.intake.dead_letter(data, f"line longer than {min(limit, len(data))} bytes"
+                                              f" (what the FIFO can show at once: {peek.capacity} bytes)")
+                peek.consume(len(data))
+                skipping = True
+                continue
+            lines: List[bytes] = []
+            for line in data[:end].split(b"\n")[:-1]:
+                if len(line) > limit:
+                    self.intake.dead_letter(line, f"line longer than {limit} bytes")
+                else:
+                    lines.append(line)
             if lines and not self.intake.spool_lines(lines):
                 return                              # stopping: the lines stay in the FIFO
             peek.consume(end)
+
+
+def _waiting(fd: int) -> int:
+    """Bytes waiting in the pipe (FIONREAD)."""
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]
 
 
 class PipePeek:
@@ -198,7 +225,14 @@ class PipePeek:
             tee.restype = ctypes.c_ssize_t
             PipePeek._tee = tee
         self.copy_r, self.copy_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.capacity = min(_grow_pipe(fd), _grow_pipe(self.copy_w))
+        try:
+            self.capacity = min(_grow_pipe(fd), _grow_pipe(self.copy_w))
+        except OSError:
+            self.close()
+            raise
+        if self.capacity < 1 << 16:
+            log.warning("OCSP FIFO: the kernel gave pipes of only %d bytes (pipe-user-pages-soft?):"
+                        " longer lines are dead-lettered", self.capacity)
 
     def peek(self) -> bytes:
         """A copy of up to ``capacity`` bytes from the head of the pipe (b"" if it is empty)."""
@@ -231,10 +265,7 @@ def _grow_pipe(fd: int) -> int:
 def _read_exactly(fd: int, size: int) -> bytes:
     chunks = []
     while size > 0:
-        try:
-            chunk = os.read(fd, size)
-        except InterruptedError:
-            continue
+        chunk = os.read(fd, size)         # Python retries EINTR itself
         if not chunk:
             raise OSError(errno.EIO, "pipe emptied under the OCSP reader")
         chunks.append(chunk)

@@ -248,3 +248,76 @@ def test_a_clean_stop_confirms_what_nagios_has_rather_than_writing_it_twice(tmp_
         reader.close()
     assert spool.stats().depth == 0
     spool.close()
+
+
+READER = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
+with open(sys.argv[2], "ab", buffering=0) as out:
+    while True:
+        try:
+            data = os.read(fd, 65536)
+            if data:
+                out.write(data)
+        except BlockingIOError:
+            pass
+        time.sleep(0.01)
+"""
+
+
+def a_nagios(fifo, out):
+    """A process reading the FIFO as Nagios's command worker does (another PID than ours)."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-c", READER, str(fifo), str(out)])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return proc
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError("reader did not start")
+
+
+def lines_in(path, count, timeout=5.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline and (not path.exists() or path.read_bytes().count(b"\n") < count):
+        time.sleep(0.02)
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.mark.parametrize("same_nagios", [True, False])
+def test_a_restarted_bridge_writes_again_only_what_a_new_nagios_never_got(tmp_path, same_nagios):
+    """Regression (review): the FIFO's inode cannot tell a restarted Nagios (it reuses the
+    FIFO); entries the last run wrote were skipped for a new Nagios that never had them."""
+    import dataclasses
+    fifo = tmp_path / "nagios.cmd"
+    os.mkfifo(fifo)
+    first, second = tmp_path / "first.out", tmp_path / "second.out"
+    nagios = a_nagios(fifo, first)
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    try:
+        spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(5)])
+        crashed = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+        crashed._write(spool.take(10))            # written, then the bridge is "killed -9"
+        assert lines_in(first, 5) == 5
+        spool.close()
+        if not same_nagios:                       # a new Nagios on the same FIFO (same inode)
+            nagios.kill()
+            nagios.wait()
+            nagios = a_nagios(fifo, second)
+        spool = Spool(str(tmp_path / "inbound.sqlite"))
+        restarted = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+        restarted._load_written()
+        restarted._write(spool.take(10))
+        time.sleep(0.5)
+        if same_nagios:
+            assert lines_in(first, 6, timeout=1) == 5, "the same Nagios had them: not written twice"
+        else:
+            assert lines_in(second, 5) == 5, "the new Nagios never had them: written again"
+    finally:
+        nagios.kill()
+        nagios.wait()
+        spool.close()

@@ -103,3 +103,55 @@ def test_lines_leave_the_fifo_only_once_they_are_spooled(tmp_path):
         assert os.read(holder, 4096) == lines, "the lines must still be in the FIFO"
     finally:
         os.close(holder)
+
+
+def test_a_line_longer_than_the_pipe_is_dead_lettered_and_the_next_one_still_read(tmp_path):
+    """Regression (review of the tee reader): a line longer than the FIFO could hold never
+    showed a newline, and the reader waited for its end forever while every writer blocked."""
+    import threading
+    import time
+
+    from msg_nagios_bridge.config import parse
+    from msg_nagios_bridge.formats import result_line
+    from msg_nagios_bridge.health import Health
+    from msg_nagios_bridge.model import CheckResult
+    from msg_nagios_bridge.routing import Router
+    from msg_nagios_bridge.sources.intake import Intake
+    from msg_nagios_bridge.sources.ocsp_pipe import OcspPipeSource
+    from msg_nagios_bridge.spool import Spool
+
+    path = tmp_path / "ocsp.fifo"
+    router = Router(parse("site: {name: S}\nbrokers: {hosts: ['127.0.0.1:1']}\n"
+                          "spool: {directory: /tmp/unused}\nroutes: [{name: r, destination: /queue/q}]\n", "t"))
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    stopping = threading.Event()
+    source = OcspPipeSource(settings(path), Intake("ocsp_pipe", router, spool, Health(), stopping), Health())
+    source.start()
+    assert source.ready.wait(5) and source.failure is None
+    good = (result_line.format_line(CheckResult(host="h", service="after", state=0, output="ok",
+                                                timestamp=1700000000)) + "\n").encode()
+
+    def write():
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for _ in range((2 << 20) // 3000):
+                os.write(fd, b"x" * 3000)            # one line of 2 MiB, in small writes
+            os.write(fd, b"\n" + good)
+        finally:
+            os.close(fd)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        deadline = time.time() + 20
+        while spool.stats().depth < 1 and time.time() < deadline:
+            time.sleep(0.05)
+        writer.join(5)
+        assert not writer.is_alive(), "the writer must not stay blocked"
+        assert spool.stats().depth == 1
+        assert [e.message.headers["metric"] for e in spool.take(10)] == ["after"]
+        assert spool.stats().dead_letters >= 1
+    finally:
+        stopping.set()
+        source.join(5)
+        spool.close()
