@@ -64,11 +64,11 @@ HEAD = ["scenario", "rounds", "sent", "delivered", "lost", "duplicates (min-max)
         "flow back s (median / worst)", "caught up s (median / worst)", "verdict"]
 
 
-def markdown(rows, notes, args, started, elapsed):
+def markdown(rows, notes, args, started, elapsed, code):
     lines = [f"Run on {started:%Y-%m-%d %H:%M} UTC in {elapsed / 60:.0f} min:"
              f" `python benchmarks/reliability.py {' '.join(sys.argv[1:])}`",
              f"({args.rounds} rounds per scenario, {args.duration:g} s at {args.rate:g} results/s"
-             f" each, seed {args.seed}; {code_fingerprint()}; load average at the end {loadavg()}).",
+             f" each, seed {args.seed}; {code}; load average at the end {loadavg()}).",
              "", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     lines += ["", "*flow back*: from the fault's start until a result sent after it arrived;"
@@ -88,6 +88,7 @@ def main():
         sys.exit(f"unknown scenario(s): {unknown}; known: {list(faults.SCENARIOS)}")
     params = faults.Params(duration=args.duration, rate=args.rate, kills=args.kills)
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
+    code = code_fingerprint()           # at the start: each round's bridge runs the code of then
     rows, notes, failed = [], [], False
     for name in names:
         outcomes = []
@@ -113,7 +114,7 @@ def main():
     print()
     print_table(HEAD, rows)
     if args.write_doc:
-        text = markdown(rows, notes, args, started, time.monotonic() - t0)
+        text = markdown(rows, notes, args, started, time.monotonic() - t0, code)
         write_doc_section(REPO / "docs" / "RELIABILITY.md", "faults", text)
         print(f"\nwritten to {REPO / 'docs' / 'RELIABILITY.md'}")
     return 1 if failed else 0
