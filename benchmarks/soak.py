@@ -290,6 +290,7 @@ def run(args, tmp, command, started):
         broker.start()
         nagios.start()
         print(f"broker pid {broker.pid} (stomp {broker.stomp_port}), nagios pid {nagios.pid}, dir {tmp}")
+        print(f"code: {args.code}")
         central = Bridge(tmp / "central", bridge_config(
             tmp / "central", [broker.stomp_port], ocsp=False, site="SOAK.CENTRAL",
             inbound=inbound_config(nagios, TOPIC, durable_name="central")))
