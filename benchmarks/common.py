@@ -47,16 +47,26 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / CLK_TCK
 
 
-def vm_hwm_mb(pid: int) -> float:
-    """Peak RSS (VmHWM) of ``pid`` in MB; NaN if it is gone."""
+def _status_mb(pid: int, key: str) -> float:
+    """Field ``key`` (a size in kB) of /proc/PID/status in MB; NaN if the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """Peak RSS (VmHWM) of ``pid`` in MB; NaN if it is gone."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float:
+    """Current RSS (VmRSS) of ``pid`` in MB; NaN if it is gone."""
+    return _status_mb(pid, "VmRSS")
 
 
 def self_cpu() -> float:

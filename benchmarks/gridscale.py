@@ -88,7 +88,7 @@ import stomp  # noqa: E402
 import inbound  # noqa: E402
 from common import (REPO, Meter, SpoolWatch, code_fingerprint, cpu_seconds,  # noqa: E402
                     fs_type, loadavg, rate as rate_of, self_cpu, system_busy, temp_dir,
-                    vm_hwm_mb, write_doc_section)
+                    rss_mb, vm_hwm_mb, write_doc_section)
 from inbound import COMMAND_LINE, Env, central_nagios, host_name, percentile, service_name  # noqa: E402
 
 from msg_nagios_bridge.config import Route, Site  # noqa: E402
@@ -356,17 +356,6 @@ class InjectTail:
         self._stop.set()
         self._thread.join(10)
         self.handle.close()
-
-
-def rss_mb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 class Sampler:

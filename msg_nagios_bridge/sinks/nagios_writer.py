@@ -244,12 +244,13 @@ class NagiosWriter(threading.Thread):
                 problem = nagios_pid_alive(self.settings.nagios_lock_file)
                 if problem:
                     raise NagiosUnavailable(problem)
-            lines = [line for _, _, line in prepared if line is not None]
             files = [result for _, result, line in prepared if line is None]
             if files:
                 self._write_file(files, now)
-            reader = self._reader()
-            if self._written_before and reader != self._written_to:
+            # Who reads the FIFO matters only for command lines (not for check result files).
+            has_lines = any(line is not None for _, _, line in prepared)
+            reader = self._reader() if has_lines else None
+            if has_lines and self._written_before and reader != self._written_to:
                 self._written_before.clear()            # that Nagios went away: write them all
             already = [entry.entry_id for entry, _, line in prepared
                        if line is not None and entry.entry_id in self._written_before]
