@@ -92,7 +92,7 @@ from common import (REPO, Meter, SpoolWatch, code_fingerprint, cpu_seconds,  # n
 from inbound import COMMAND_LINE, Env, central_nagios, host_name, percentile, service_name  # noqa: E402
 
 from msg_nagios_bridge.config import Route, Site  # noqa: E402
-from msg_nagios_bridge.echo import CURSOR_NAME as ECHO_CURSOR, EchoGuard  # noqa: E402
+from msg_nagios_bridge.echo import EchoGuard  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from msg_nagios_bridge.routing import build_message  # noqa: E402
 from msg_nagios_bridge.spool import Spool  # noqa: E402
@@ -143,18 +143,15 @@ class Grid:
 
     def prime_echo_guard(self, spool_path: Path):
         """Save every grid object in the echo guard, as a central bridge that has seen one check
-        interval holds it (in its inbound spool, so it survives restarts); returns MB saved."""
-        guard = EchoGuard()
-        guard.injected(CheckResult(host=host, service=service, state=0)
-                       for host, service in {self.slot(i)[1:] for i in range(self.sites * self.services)})
+        interval holds it (in its inbound spool, so it survives restarts); returns MB of spool."""
         spool_path.parent.mkdir(parents=True, exist_ok=True)
         spool = Spool(str(spool_path))
         try:
-            text = guard.dump()
-            spool.put([], cursor=(ECHO_CURSOR, text))
+            EchoGuard(spool).injected(CheckResult(host=host, service=service, state=0) for host, service
+                                      in {self.slot(i)[1:] for i in range(self.sites * self.services)})
         finally:
             spool.close()
-        return len(text) / 1e6
+        return spool_path.stat().st_size / 1e6
 
     def nagios(self, tmp):
         ns = argparse.Namespace(hosts=self.sites * self.hosts_per_site, services=self.per_host)
@@ -627,7 +624,7 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
         + (" (the broker forwards every site topic into it)" if args.subscription == "queue"
            else " (durable)") + f", prefetch {args.prefetch or 'default (100)'}, writer "
         f"command_file; its echo guard "
-        + (f"primed with all {services:,} objects ({info['primed_mb']:.0f} MB saved in its spool), "
+        + (f"primed with all {services:,} objects ({info['primed_mb']:.0f} MB of spool), "
            "as after its first check interval" if "primed_mb" in info else
            "empty at the start (--cold: its first check interval)")
         + f"; ActiveMQ heap {BROKER_HEAP}; the sites share "

@@ -7,55 +7,62 @@ injected a result into; a PASSIVE result of such an object is its own echo and
 is dropped. Active results of those objects, and passive results of objects the
 bridge never injected into (e.g. from NSCA), are published as usual.
 
-The set is kept in the inbound spool (as a cursor), so it survives restarts.
-Objects not injected into for ``ttl`` seconds are forgotten.
+The objects are kept in the inbound spool (one row each), so they survive
+restarts; a row is written when an object is new and refreshed at most once a
+``refresh`` period, so a steady stream of results writes nothing. Objects not
+injected into for ``ttl`` seconds (give or take ``refresh``) are forgotten.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Optional
 
 from .model import CheckResult
+from .spool import Spool
 
-Key = Tuple[str, str]
-CURSOR_NAME = "echo-guard-objects"
+MARK_KIND = "echo"
+
+
+def _key(result: CheckResult) -> str:
+    return f"{result.host}\t{result.service or ''}"
 
 
 class EchoGuard:
-    def __init__(self, ttl: float = 7 * 86400, saved: Optional[str] = None):
+    def __init__(self, spool: Optional[Spool] = None, ttl: float = 7 * 86400,
+                 refresh: float = 86400):
+        """With ``spool`` None the guard lives in memory only (tests, tools)."""
+        self.spool = spool
         self.ttl = ttl
+        self.refresh = refresh
         self._lock = threading.Lock()
-        self._objects: Dict[Key, float] = {}
-        if saved:
-            for key, seen in json.loads(saved).items():
-                host, _, service = key.partition("\t")
-                self._objects[(host, service)] = seen
+        # object -> when it was last saved (not last injected: at most ``refresh`` older).
+        self._objects: Dict[str, float] = {}
+        if spool is not None:
+            self._objects = spool.marks(MARK_KIND, since=time.time() - ttl)
 
-    @staticmethod
-    def _key(result: CheckResult) -> Key:
-        return (result.host, result.service or "")
-
-    def injected(self, results: Iterable[CheckResult], now: Optional[float] = None) -> bool:
-        """Note injected results. True if an object is new (then the set is worth saving)."""
+    def injected(self, results: Iterable[CheckResult], now: Optional[float] = None) -> int:
+        """Note results about to be injected, saving new objects before they return (the
+        echo may come back before the write has returned); return how many rows were saved.
+        Raises SpoolError if they cannot be saved (then none is noted)."""
         now = time.time() if now is None else now
-        grew = False
+        # Only the writer thread calls this: the lock guards the dict against the outbound
+        # side's lookups, and is not held across the (fsynced) save.
         with self._lock:
-            for result in results:
-                key = self._key(result)
-                grew = grew or key not in self._objects
-                self._objects[key] = now
-        return grew
+            due = {key for key in map(_key, results)
+                   if now - self._objects.get(key, float("-inf")) >= self.refresh}
+        if due and self.spool is not None:
+            self.spool.mark(MARK_KIND, due, now)
+        with self._lock:
+            self._objects.update(dict.fromkeys(due, now))
+        return len(due)
 
     def __call__(self, result: CheckResult) -> bool:
         if result.attributes.get("check_type") != "PASSIVE":
             return False
         with self._lock:
-            seen = self._objects.get(self._key(result))
-        return seen is not None and time.time() - seen < self.ttl
+            saved = self._objects.get(_key(result))
+        return saved is not None and time.time() - saved < self.ttl
 
-    def dump(self) -> str:
-        cutoff = time.time() - self.ttl
-        with self._lock:
-            return json.dumps({f"{h}\t{s}": t for (h, s), t in self._objects.items() if t >= cutoff})
+    def __len__(self) -> int:
+        return len(self._objects)

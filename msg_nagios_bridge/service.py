@@ -18,7 +18,7 @@ from typing import List, Optional
 
 from . import config, logsetup, metrics, sdnotify
 from . import policy as policy_module
-from .echo import CURSOR_NAME as ECHO_CURSOR, EchoGuard
+from .echo import EchoGuard
 from .health import Health
 from .nagios_wiring import wants_host_results
 from .routing import Router
@@ -75,7 +75,7 @@ class Bridge:
         os.makedirs(s.spool.directory, mode=0o700, exist_ok=True)
         if s.inbound.enabled:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
-            self.echo = EchoGuard(saved=self.inbound_spool.cursor(ECHO_CURSOR))
+            self.echo = EchoGuard(self.inbound_spool)
             self.writer = NagiosWriter(s.inbound, self.inbound_spool, self.health, self.echo)
             self.writer.start()
         if s.outbound_enabled:

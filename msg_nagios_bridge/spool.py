@@ -18,14 +18,14 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from msg_nagios_bridge.model import Message
 
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x4D4E4246  # "MNBF": marks a file as a msg-nagios-bridge spool
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Pragmas applied on every open. synchronous=FULL is what makes a WAL commit durable:
 # with NORMAL a commit is only written to the WAL and survives a crash of the process
@@ -53,6 +53,12 @@ CREATE TABLE cursors (
     value      TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE marks (
+    kind TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    at   REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
 CREATE TABLE dead_letters (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     entry_id    INTEGER NOT NULL,
@@ -68,6 +74,21 @@ CREATE TABLE dead_letters (
 );
 PRAGMA application_id={APPLICATION_ID};
 PRAGMA user_version={SCHEMA_VERSION};
+"""
+
+# Version 1 kept the echo guard's objects as one JSON cursor, rewritten whole on every
+# change (1.4 s at 500,000 objects); version 2 keeps them as rows of ``marks``.
+_MIGRATE_FROM_1 = """
+CREATE TABLE marks (
+    kind TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    at   REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+INSERT INTO marks SELECT 'echo', j.key, j.value FROM cursors, json_each(cursors.value) AS j
+    WHERE cursors.name = 'echo-guard-objects';
+DELETE FROM cursors WHERE name = 'echo-guard-objects';
+PRAGMA user_version=2;
 """
 
 _ENTRY_COLUMNS = "id, message_id, destination, headers, body, enqueued_at, attempts"
@@ -251,6 +272,8 @@ class Spool:
             elif app_id != APPLICATION_ID:
                 raise sqlite3.DatabaseError("not a msg-nagios-bridge spool "
                                             f"(application_id {app_id:#x})")
+            elif version == 1:
+                db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_FROM_1 + "COMMIT;")
             elif version != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"spool format version {version} is not "
                                             f"{SCHEMA_VERSION}")
@@ -354,6 +377,24 @@ class Spool:
         with self._lock:
             rows = self._read("read a cursor", "SELECT value FROM cursors WHERE name = ?", (name,))
         return rows[0][0] if rows else None
+
+    # -- marks: small durable sets of keys with a time each (the echo guard's objects) ------
+
+    def mark(self, kind: str, keys: Iterable[str], at: float) -> None:
+        """Save ``keys`` of ``kind`` as seen at ``at``, durably, in one transaction."""
+        rows = [(kind, key, at) for key in keys]
+        if not rows:
+            return
+        with self._lock:
+            self._write("save marks", lambda: self._db.executemany(
+                "INSERT OR REPLACE INTO marks (kind, key, at) VALUES (?, ?, ?)", rows))
+
+    def marks(self, kind: str, since: float) -> Dict[str, float]:
+        """The keys of ``kind`` marked at ``since`` or later; older ones are deleted."""
+        with self._lock:
+            self._write("forget old marks", lambda: self._db.execute(
+                "DELETE FROM marks WHERE kind = ? AND at < ?", (kind, since)))
+            return dict(self._read("read marks", "SELECT key, at FROM marks WHERE kind = ?", (kind,)))
 
     def take(self, limit: int) -> List[SpoolEntry]:
         """Lease and return up to ``limit`` entries not already leased, oldest first."""

@@ -19,7 +19,7 @@ from collections import deque
 from typing import Deque, List, Optional, Tuple
 
 from ..config import InboundSettings
-from ..echo import CURSOR_NAME, EchoGuard
+from ..echo import EchoGuard
 from ..formats import checkresult_file, nagios_command
 from ..health import Backoff, Health, RateLimitedLog
 from ..model import CheckResult, result_from_dict
@@ -240,6 +240,12 @@ class NagiosWriter(threading.Thread):
         if not prepared:
             return
         try:
+            # Before the write: Nagios may run OCSP on a result before write_lines returns.
+            self.echo.injected(result for _, result, _ in prepared)
+        except SpoolError:
+            self.spool.give_back([entry.entry_id for entry, _, _ in prepared])
+            raise
+        try:
             if self.settings.nagios_lock_file:
                 problem = nagios_pid_alive(self.settings.nagios_lock_file)
                 if problem:
@@ -288,8 +294,6 @@ class NagiosWriter(threading.Thread):
         self.health.add("injected", len(prepared))
         self.health.mark("inject")
         self.health.set_state("nagios_writer", "writing")
-        if self.echo.injected(result for _, result, _ in prepared):
-            self.spool.put([], cursor=(CURSOR_NAME, self.echo.dump()))
 
     def _line(self, result: CheckResult, now: int) -> Optional[str]:
         """The command line for ``result``, or None if it goes through the check results directory."""

@@ -159,6 +159,41 @@ def test_writer_waits_for_nagios_then_delivers_and_dead_letters_the_unwritable(t
     spool.close()
 
 
+def test_echo_guard_knows_the_object_before_nagios_reads_the_line(tmp_path):
+    """Regression (CI, test_no_echo_when_one_nagios_both_sends_and_receives): the guard noted
+    an object only after the write and an fsync, and Nagios's OCSP for it came back first."""
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    echo = EchoGuard(spool)
+    os.mkfifo(tmp_path / "nagios.cmd")
+    seen_by_guard_on_read = []
+
+    class ObsessingNagios(FifoReader):
+        def run(self):                   # the moment a line arrives, its echo comes back
+            while self.running:
+                try:
+                    if os.read(self.fd, 65536):
+                        seen_by_guard_on_read.append(echo(CheckResult(
+                            host="h1", service="s1", state=1, attributes={"check_type": "PASSIVE"})))
+                except BlockingIOError:
+                    time.sleep(0.001)
+
+    reader = ObsessingNagios(tmp_path / "nagios.cmd")
+    reader.start()
+    writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), echo)
+    writer.start()
+    try:
+        spool.put([spooled(RESULT, "a")])
+        deadline = time.time() + 10
+        while not seen_by_guard_on_read and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        reader.close()
+        writer.stop()
+        writer.join(10)
+        spool.close()
+    assert seen_by_guard_on_read == [True]
+
+
 def test_check_result_files_are_written_one_at_a_time_oldest_result_first(tmp_path):
     spool = Spool(str(tmp_path / "inbound.sqlite"))
     settings = writer_settings(tmp_path)
