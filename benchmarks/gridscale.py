@@ -40,10 +40,10 @@ sandbox run (each choice measured on this project's 2-core machine):
 - The central bridge is `python -m msg_nagios_bridge run` (tests/sandbox/bridge.py) with the
   default prefetch (--prefetch) and writer command_file into the real Nagios. Its echo guard is
   primed with every grid object before it starts, as a central bridge holds it after its first
-  check interval (it is kept in the inbound spool across restarts). --cold starts it empty: then
-  every write of a batch holding a new object saves the whole guard (json.dumps of all objects
-  into the spool, 0.45 s of CPU and 15 MB at 250,000 objects), and in that first interval the
-  bridge injected 163/s against 724/s primed on the same (busy) machine.
+  check interval (it is kept in the inbound spool across restarts). --cold starts it empty, as
+  in a new central bridge's first interval, when every batch holds new objects to save. (Until
+  7c60465 each such batch saved the whole guard as one JSON value, 1.4 s at 500,000 objects:
+  163 injected/s cold against 724/s primed on the same busy machine.)
 - Injected = the result's "EXTERNAL COMMAND: PROCESS_SERVICE_CHECK_RESULT" line in nagios.log
   (Nagios logs it and handles the result in the same call; see inbound.py), followed every 2 ms.
   Lag = that moment - the sent time in the line.
@@ -736,7 +736,7 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
     text = "\n".join(lines)
     print("\n" + text + f"\n\ntotal run time {info['elapsed']:.0f} s")
     if args.write_doc:
-        write_doc("ramp" if args.ramp else "sustained", text)
+        write_doc("ramp" if args.ramp else "cold" if args.cold else "sustained", text)
     return 1 if invalid or lost else 0
 
 
@@ -751,7 +751,8 @@ def write_doc(mode, text):
                  "services. See the tool's docstring for the method.\n\n")
         subs = "".join(f"### {title}\n\n<!-- BEGIN gridscale-{m} -->\n(not yet measured)\n"
                        f"<!-- END gridscale-{m} -->\n\n"
-                       for m, title in (("sustained", "Sustained"), ("ramp", "Ceiling (ramp)")))
+                       for m, title in (("sustained", "Sustained"), ("ramp", "Ceiling (ramp)"),
+                                          ("cold", "First check interval (`--cold`)")))
         write_doc_section(path, "gridscale", intro + subs)
     write_doc_section(path, f"gridscale-{mode}", text)
     print(f"wrote the gridscale-{mode} section of {path}")
