@@ -27,8 +27,11 @@ from .sinks.publisher import Publisher
 from .sources.intake import Intake
 from .sources.ocsp_pipe import OcspPipeSource
 from .sources.perfdata_file import PerfdataTail
-from .sources.subscriber import Subscriber
+from .sources.subscriber import RecentIds, Subscriber
 from .spool import Spool, SpoolError
+
+# Seconds a stop may take in all: the unit's TimeoutStopSec is 30 s before a SIGKILL.
+STOP_BUDGET = 20.0
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,13 @@ def status_path(settings: config.Settings) -> str:
 class Bridge:
     """One wired set of parts built from one Settings. Reload builds a new one."""
 
-    def __init__(self, settings: config.Settings, health: Optional[Health] = None):
+    def __init__(self, settings: config.Settings, health: Optional[Health] = None,
+                 recent_ids: Optional[RecentIds] = None):
+        """``health`` and ``recent_ids`` are handed over by a reload: the counters go on, and
+        a result redelivered after the reload is still known as already injected."""
         self.settings = settings
         self.health = health or Health()
+        self.recent_ids = recent_ids if recent_ids is not None else RecentIds()
         self.stopping = threading.Event()
         self.spool: Optional[Spool] = None
         self.inbound_spool: Optional[Spool] = None
@@ -84,7 +91,8 @@ class Bridge:
             self.publisher.start()
             self._start_outbound_sources()
         if s.inbound.enabled:
-            self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy())
+            self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy(),
+                                         self.recent_ids)
             self.subscriber.start()
         log.info("bridge started: outbound %s, inbound %s, brokers %s",
                  f"{len(self.sources)} source(s)" if self.sources else "off",
@@ -140,22 +148,31 @@ class Bridge:
             if isinstance(source, OcspPipeSource):
                 source.ready.wait(10)
 
-    def stop(self, drain_timeout: float = 10.0) -> None:
-        """Sources first, then sinks, so the sinks can drain."""
-        self.stopping.set()
-        if self.subscriber is not None:
-            self.subscriber.stop()
-            self.subscriber.join(drain_timeout)
-        for source in self.sources:
-            source.join(drain_timeout)
+    def stop(self, budget: float = STOP_BUDGET) -> None:
+        """Stop every part at once and wait for them for ``budget`` seconds in all.
+
+        Nothing waits on another part: what a source read is in a spool, what the
+        subscriber took is in the inbound spool or still unacknowledged on the broker, and
+        what the publisher or writer had under way stays in its spool. So a part still busy
+        at the deadline (a hung broker, a Nagios that stopped reading) costs duplicates at
+        the next start, never results, and the whole stop stays within systemd's
+        TimeoutStopSec instead of ending in a SIGKILL.
+        """
+        deadline = time.monotonic() + budget
+        self.stopping.set()                          # the sources
+        parts = [part for part in (self.subscriber, self.publisher, self.writer) if part is not None]
         if self.publisher is not None:
-            self.publisher.drain_timeout = drain_timeout
-            self.publisher.stop()
-            self.publisher.join(drain_timeout + 5)
-        if self.writer is not None:
-            self.writer.stop()
-            # It may be inside a write that waits up to 10 s, then confirms for up to 3.5 s.
-            self.writer.join(drain_timeout + 15)
+            self.publisher.drain_timeout = max(0.0, budget - 2.0)
+        for part in parts:
+            part.stop()
+        parts += self.sources
+        for part in parts:
+            part.join(max(0.0, deadline - time.monotonic()))
+        late = [part.name for part in parts if part.is_alive()]
+        if late:
+            log.warning("%s still busy after %.0f s; stopping anyway: what they held stays in the"
+                        " spool (or on the broker) and is handled again at the next start",
+                        ", ".join(late), budget)
         self.write_status()
         for spool in (self.spool, self.inbound_spool):
             if spool is not None:
@@ -349,7 +366,7 @@ def _reload(bridge: Bridge, config_path: str) -> Bridge:
     logsetup.configure(settings.logging)     # also re-opens a log file moved by logrotate
     health = bridge.health
     bridge.stop()
-    fresh = Bridge(settings, health)
+    fresh = Bridge(settings, health, bridge.recent_ids)
     fresh.start()
     health.add("reloads")
     return fresh

@@ -63,7 +63,7 @@ def dedupe_key(headers: Mapping[str, str], body: bytes) -> str:
 
 class Subscriber(threading.Thread):
     def __init__(self, brokers: BrokerSettings, settings: InboundSettings, spool: Spool,
-                 health: Health, policy: policy_module.Policy):
+                 health: Health, policy: policy_module.Policy, recent: Optional[RecentIds] = None):
         super().__init__(name="subscriber", daemon=True)
         self.brokers = brokers
         self.settings = settings
@@ -72,7 +72,7 @@ class Subscriber(threading.Thread):
         self.policy = policy
         self.broker = BrokerConnection(brokers, client_id=settings.client_id, auto_decode=False)
         self.stopping = threading.Event()
-        self.recent = RecentIds()
+        self.recent = recent if recent is not None else RecentIds()
         self._backoff = Backoff(brokers.backoff_initial, brokers.backoff_max)
         self._warn = RateLimitedLog(log)
         self._refusal_log = RateLimitedLog(log)

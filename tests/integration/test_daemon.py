@@ -1,15 +1,21 @@
 """The daemon as an administrator runs it: signals, reload, --daemon, status, check, tools, metrics."""
+import fcntl
 import os
 import signal
 import socket
 import subprocess
+import struct
 import sys
+import termios
+import threading
 import time
+import types
 import urllib.request
 
 import pytest
 
 from tests.integration.test_outbound import QUEUE, expected_ids, received_ids, result_lines, wait_for_ids
+from tests.reliability import faults
 from tests.sandbox.bridge import inbound_config
 from tests.sandbox.nagios import host, passive_service
 from tests.sandbox.stomp_probe import publish
@@ -198,3 +204,77 @@ def test_send_and_the_dead_letter_tools(activemq, stomp_probe_factory, nagios_fa
     assert f"{inbound_id}: requeued" in cli(bridge, "dead-letters", "requeue", "--inbound", inbound_id).stdout
     assert nagios.wait_for(lambda s: (s.get(("ce01.remote.org", "org.sam.CE-JobSubmit")) or {}).get(
         "plugin_output") == "late but fine" or None, timeout=20), bridge.log_text()[-2000:]
+
+
+def test_stop_ends_within_its_budget_when_the_broker_and_nagios_both_hang(tmp_path, activemq, stomp_probe_factory,
+                                                                         bridge_factory):
+    """Regression (fault suite under load): the stop waited for its parts one after the other,
+    longer than systemd's TimeoutStopSec (30 s), and ended in a SIGKILL. Now they stop together,
+    within 20 s, and what they held is handled at the next start."""
+    fifo = tmp_path / "nagios.cmd"
+    os.mkfifo(fifo)
+    hung_nagios = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)    # holds the FIFO, reads nothing
+    nagios = types.SimpleNamespace(command_file=fifo, check_result_path=tmp_path)
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = perfdata_bridge(bridge_factory, activemq, inbound=inbound_config(nagios, faults.QUEUE))
+    bridge.start()
+    inbound = [faults.inbound_message(i)[0] for i in range(1500)]
+    publisher = faults.Publisher(activemq)
+    publisher.send(inbound)
+    publisher.close()
+    deadline = time.monotonic() + 60
+    while _pipe_bytes(hung_nagios) < 60_000 and time.monotonic() < deadline:   # Nagios's FIFO is full
+        time.sleep(0.2)
+    assert _pipe_bytes(hung_nagios) >= 60_000, bridge.log_text()[-2000:]
+    lines = result_lines(2000)
+    with open(bridge.workdir / "service-perfdata", "a") as handle:
+        handle.write("".join(lines[:1000]))
+    probe.wait_for_count(100, timeout=20)
+    activemq.pause()                                                          # the broker hangs
+    with open(bridge.workdir / "service-perfdata", "a") as handle:
+        handle.write("".join(lines[1000:]))
+    time.sleep(1)
+    started = time.monotonic()
+    code = bridge.stop(timeout=60)
+    took = time.monotonic() - started
+    activemq.resume()
+    assert code == 0 and took < 25, (code, took, bridge.log_text()[-3000:])
+    print(f"stop with a hung broker and a hung Nagios: {took:.1f} s")
+    # Nothing was lost: the next start delivers the rest, both ways.
+    read = []
+    reader = threading.Thread(target=_read_fifo, args=(hung_nagios, read, 90), daemon=True)
+    reader.start()
+    bridge.start()
+    assert set(wait_for_ids(probe, expected_ids(lines), 60)) == expected_ids(lines)
+    want = {result_id for result_id, _ in inbound}
+    deadline = time.monotonic() + 60
+    while not want <= _injected_ids(read) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert want <= _injected_ids(read)
+    bridge.stop()
+    reader.join(5)
+    os.close(hung_nagios)
+
+
+def _pipe_bytes(fd):
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _read_fifo(fd, into, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            data = os.read(fd, 65536)
+            if data:
+                into.append(data)
+        except BlockingIOError:
+            time.sleep(0.01)
+        except OSError:
+            return
+
+
+def _injected_ids(chunks):
+    """The result ids in PROCESS_SERVICE_CHECK_RESULT lines (faults.inbound_message: service s<i>)."""
+    text = b"".join(chunks).decode()
+    services = {line.split(";")[2] for line in text.splitlines() if ";" in line}
+    return {result_id for result_id, _ in (faults.inbound_message(int(s[1:]))[0] for s in services)}
