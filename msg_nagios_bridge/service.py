@@ -32,6 +32,8 @@ from .spool import Spool, SpoolError
 
 # Seconds a stop may take in all: the unit's TimeoutStopSec is 30 s before a SIGKILL.
 STOP_BUDGET = 20.0
+# Of which the publisher waits at most this long for outstanding receipts.
+PUBLISHER_DRAIN = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ class Bridge:
         self.stopping.set()                          # the sources
         parts = [part for part in (self.subscriber, self.publisher, self.writer) if part is not None]
         if self.publisher is not None:
-            self.publisher.drain_timeout = max(0.0, budget - 2.0)
+            self.publisher.drain_timeout = min(PUBLISHER_DRAIN, max(0.0, budget - 2.0))
         for part in parts:
             part.stop()
         parts += self.sources

@@ -1,7 +1,14 @@
 """The Bridge's own contracts: a reload hands over what must survive it; a stop is bounded."""
+import fcntl
+import json
+import os
+import struct
+import termios
 import time
 
 from msg_nagios_bridge import config, service
+from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
+from msg_nagios_bridge.spool import Spool
 
 CONFIG = """
 site: {{name: S}}
@@ -27,3 +34,40 @@ def test_a_reload_keeps_the_ids_of_results_already_injected(tmp_path):
         assert time.monotonic() - started < service.STOP_BUDGET
     finally:
         fresh.stop()
+
+
+def test_stop_returns_within_its_budget_while_nagios_does_not_read(tmp_path):
+    """Regression (fault suite under load: SIGKILLed at stop): the stop waited for each part in
+    turn, each for up to its own limit (the writer alone 25 s). Now every part is told at once
+    and the stop returns at the budget; what the writer held is still in the spool."""
+    path = tmp_path / "bridge.yaml"
+    path.write_text(CONFIG.format(tmp=tmp_path))
+    os.mkfifo(tmp_path / "nagios.cmd")
+    hung_nagios = os.open(tmp_path / "nagios.cmd", os.O_RDONLY | os.O_NONBLOCK)   # never reads
+    spool = Spool(str(tmp_path / "spool" / "inbound.sqlite"))
+    results = [CheckResult(host="h", service=f"s{i}", state=0, output="x" * 100, timestamp=1) for i in range(1500)]
+    spool.put([Message(f"m{i}", "nagios", {}, json.dumps(result_to_dict(r)).encode()) for i, r in enumerate(results)])
+    spool.close()
+    bridge = service.Bridge(config.load(str(path)))
+    bridge.start()
+    try:
+        deadline = time.monotonic() + 20
+        while _pipe_bytes(hung_nagios) < 40_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)                                # the writer now waits for room in the FIFO
+        started = time.monotonic()
+        bridge.stop(budget=3)
+        took = time.monotonic() - started
+        assert bridge.writer.is_alive(), "the writer should still be waiting on the full FIFO"
+        assert took < 4, took
+        with Spool(str(tmp_path / "spool" / "inbound.sqlite")) as reopened:
+            kept = {json.loads(entry.message.body)["service"] for entry in reopened.take(len(results))}
+        in_fifo = {line.split(";")[2] for line in os.read(hung_nagios, 1 << 20).decode().splitlines()}
+        assert kept | in_fifo == {result.service for result in results}, (len(kept), len(in_fifo))
+    finally:
+        bridge.writer.join(15)
+        os.close(hung_nagios)
+
+
+def _pipe_bytes(fd):
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
