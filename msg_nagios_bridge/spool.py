@@ -37,6 +37,15 @@ _PRAGMAS = (
     "PRAGMA temp_store=MEMORY",
 )
 
+_MARKS_TABLE = """
+CREATE TABLE marks (
+    kind TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    at   REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+"""
+
 _SCHEMA = f"""
 CREATE TABLE messages (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,13 +62,7 @@ CREATE TABLE cursors (
     value      TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
-CREATE TABLE marks (
-    kind TEXT NOT NULL,
-    key  TEXT NOT NULL,
-    at   REAL NOT NULL,
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
-CREATE TABLE dead_letters (
+{_MARKS_TABLE}CREATE TABLE dead_letters (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     entry_id    INTEGER NOT NULL,
     message_id  TEXT    NOT NULL UNIQUE,
@@ -78,13 +81,7 @@ PRAGMA user_version={SCHEMA_VERSION};
 
 # Version 1 kept the echo guard's objects as one JSON cursor, rewritten whole on every
 # change (1.4 s at 500,000 objects); version 2 keeps them as rows of ``marks``.
-_MIGRATE_FROM_1 = """
-CREATE TABLE marks (
-    kind TEXT NOT NULL,
-    key  TEXT NOT NULL,
-    at   REAL NOT NULL,
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
+_MIGRATE_FROM_1 = _MARKS_TABLE + """
 INSERT INTO marks SELECT 'echo', j.key, j.value FROM cursors, json_each(cursors.value) AS j
     WHERE cursors.name = 'echo-guard-objects';
 DELETE FROM cursors WHERE name = 'echo-guard-objects';
