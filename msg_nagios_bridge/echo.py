@@ -14,12 +14,15 @@ injected into for ``ttl`` seconds (give or take ``refresh``) are forgotten.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Dict, Iterable, Optional
 
 from .model import CheckResult
-from .spool import Spool
+from .spool import Spool, SpoolError
+
+log = logging.getLogger(__name__)
 
 MARK_KIND = "echo"
 
@@ -39,7 +42,12 @@ class EchoGuard:
         # object -> when it was last saved (not last injected: at most ``refresh`` older).
         self._objects: Dict[str, float] = {}
         if spool is not None:
-            self._objects = spool.marks(MARK_KIND, since=time.time() - ttl)
+            cutoff = time.time() - ttl
+            self._objects = spool.marks(MARK_KIND, since=cutoff)
+            try:
+                spool.forget_marks(MARK_KIND, before=cutoff)
+            except SpoolError as exc:      # a full disk must not keep the bridge from starting
+                log.warning("cannot delete old echo guard entries now (%s): next start", exc)
 
     def injected(self, results: Iterable[CheckResult], now: Optional[float] = None) -> int:
         """Note results about to be injected, saving new objects before they return (the

@@ -387,11 +387,16 @@ class Spool:
                 "INSERT OR REPLACE INTO marks (kind, key, at) VALUES (?, ?, ?)", rows))
 
     def marks(self, kind: str, since: float) -> Dict[str, float]:
-        """The keys of ``kind`` marked at ``since`` or later; older ones are deleted."""
+        """The keys of ``kind`` marked at ``since`` or later, with their times."""
+        with self._lock:
+            return dict(self._read("read marks", "SELECT key, at FROM marks WHERE kind = ? AND at >= ?",
+                                   (kind, since)))
+
+    def forget_marks(self, kind: str, before: float) -> None:
+        """Delete the keys of ``kind`` marked before ``before``."""
         with self._lock:
             self._write("forget old marks", lambda: self._db.execute(
-                "DELETE FROM marks WHERE kind = ? AND at < ?", (kind, since)))
-            return dict(self._read("read marks", "SELECT key, at FROM marks WHERE kind = ?", (kind,)))
+                "DELETE FROM marks WHERE kind = ? AND at < ?", (kind, before)))
 
     def take(self, limit: int) -> List[SpoolEntry]:
         """Lease and return up to ``limit`` entries not already leased, oldest first."""

@@ -69,3 +69,19 @@ def test_a_version_1_spool_keeps_its_messages_and_echo_objects(tmp_path):
         assert spool.cursor("echo-guard-objects") is None
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_the_guard_loads_when_old_entries_cannot_be_deleted(tmp_path):
+    """Deleting old rows needs a write (a full disk, a tool holding the lock): the bridge must
+    still start, with the objects it has."""
+    path = str(tmp_path / "inbound.sqlite")
+    with Spool(path) as spool:
+        first = EchoGuard(spool, ttl=3600)
+        first.injected([passive("old")], now=NOW - 7200)
+        first.injected([passive("recent")])
+        with closing(sqlite3.connect(path, timeout=0)) as tool:
+            tool.execute("BEGIN IMMEDIATE")                # holds the write lock past busy_timeout
+            guard = EchoGuard(spool, ttl=3600)
+            tool.execute("ROLLBACK")
+        assert guard(passive("recent")) and not guard(passive("old"))
+    assert saved_rows(path) == 2                        # deleted at a later start
