@@ -147,8 +147,9 @@ class Grid:
         spool_path.parent.mkdir(parents=True, exist_ok=True)
         spool = Spool(str(spool_path))
         try:
-            EchoGuard(spool).injected(CheckResult(host=host, service=service, state=0) for host, service
-                                      in {self.slot(i)[1:] for i in range(self.sites * self.services)})
+            objects = {self.slot(i)[1:] for i in range(self.sites * self.services)}
+            EchoGuard(spool).about_to_inject(CheckResult(host=host, service=service, state=0)
+                                             for host, service in objects)
         finally:
             spool.close()
         return spool_path.stat().st_size / 1e6

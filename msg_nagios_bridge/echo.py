@@ -43,13 +43,13 @@ class EchoGuard:
         self._objects: Dict[str, float] = {}
         if spool is not None:
             cutoff = time.time() - ttl
-            self._objects = spool.marks(MARK_KIND, since=cutoff)
+            self._objects = spool.load_marks(MARK_KIND, since=cutoff)
             try:
                 spool.forget_marks(MARK_KIND, before=cutoff)
             except SpoolError as exc:      # a full disk must not keep the bridge from starting
                 log.warning("cannot delete old echo guard entries now (%s): next start", exc)
 
-    def injected(self, results: Iterable[CheckResult], now: Optional[float] = None) -> int:
+    def about_to_inject(self, results: Iterable[CheckResult], now: Optional[float] = None) -> int:
         """Note results about to be injected, saving new objects before they return (the
         echo may come back before the write has returned); return how many rows were saved.
         Raises SpoolError if they cannot be saved (then none is noted)."""
@@ -60,7 +60,7 @@ class EchoGuard:
             due = {key for key in map(_key, results)
                    if now - self._objects.get(key, float("-inf")) >= self.refresh}
         if due and self.spool is not None:
-            self.spool.mark(MARK_KIND, due, now)
+            self.spool.save_marks(MARK_KIND, due, now)
         with self._lock:
             self._objects.update(dict.fromkeys(due, now))
         return len(due)

@@ -14,7 +14,7 @@ import signal
 import tempfile
 import threading
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from . import config, logsetup, metrics, sdnotify
 from . import policy as policy_module
@@ -150,31 +150,45 @@ class Bridge:
             if isinstance(source, OcspPipeSource):
                 source.ready.wait(10)
 
-    def stop(self, budget: float = STOP_BUDGET) -> None:
-        """Stop every part at once and wait for them for ``budget`` seconds in all.
+    def stop(self, budget: Optional[float] = STOP_BUDGET,
+             while_waiting: Callable[[], None] = lambda: None) -> None:
+        """Stop every part at once and wait for them ``budget`` seconds in all (None: until
+        they end), calling ``while_waiting`` about once a second (the watchdog ping).
 
         Nothing waits on another part: what a source read is in a spool, what the
         subscriber took is in the inbound spool or still unacknowledged on the broker, and
-        what the publisher or writer had under way stays in its spool. So a part still busy
-        at the deadline (a hung broker, a Nagios that stopped reading) costs duplicates at
-        the next start, never results, and the whole stop stays within systemd's
-        TimeoutStopSec instead of ending in a SIGKILL.
+        what the publisher or writer had under way stays in its spool. So when the process
+        exits, a part still busy at the deadline (a hung broker, a Nagios that stopped
+        reading) costs duplicates at the next start, never results, and the stop stays
+        within systemd's TimeoutStopSec instead of ending in a SIGKILL. A reload instead
+        waits for every part (budget None): an old writer still writing beside the new one
+        would write the same results twice, and in the wrong order.
         """
-        deadline = time.monotonic() + budget
+        started = time.monotonic()
         self.stopping.set()                          # the sources
         parts = [part for part in (self.subscriber, self.publisher, self.writer) if part is not None]
         if self.publisher is not None:
-            self.publisher.drain_timeout = min(PUBLISHER_DRAIN, max(0.0, budget - 2.0))
+            self.publisher.drain_timeout = PUBLISHER_DRAIN if budget is None else \
+                min(PUBLISHER_DRAIN, max(0.0, budget - 2.0))
         for part in parts:
             part.stop()
         parts += self.sources
-        for part in parts:
-            part.join(max(0.0, deadline - time.monotonic()))
-        late = [part.name for part in parts if part.is_alive()]
-        if late:
-            log.warning("%s still busy after %.0f s; stopping anyway: what they held stays in the"
-                        " spool (or on the broker) and is handled again at the next start",
-                        ", ".join(late), budget)
+        late = parts
+        next_report = started + STOP_BUDGET
+        while late:
+            waited = time.monotonic() - started
+            if budget is not None and waited >= budget:
+                log.warning("%s still busy after %.0f s; stopping anyway: what they held stays in"
+                            " the spool (or on the broker) and is handled again at the next start",
+                            ", ".join(part.name for part in late), budget)
+                break
+            if budget is None and time.monotonic() >= next_report:
+                log.warning("waiting for %s to finish before the reload (%.0f s so far)",
+                            ", ".join(part.name for part in late), waited)
+                next_report += 10
+            late[0].join(1.0 if budget is None else min(1.0, budget - waited))
+            while_waiting()
+            late = [part for part in late if part.is_alive()]
         self.write_status()
         for spool in (self.spool, self.inbound_spool):
             if spool is not None:
@@ -367,7 +381,7 @@ def _reload(bridge: Bridge, config_path: str) -> Bridge:
     log.info("reloading configuration from %s", config_path)
     logsetup.configure(settings.logging)     # also re-opens a log file moved by logrotate
     health = bridge.health
-    bridge.stop()
+    bridge.stop(budget=None, while_waiting=lambda: sdnotify.notify("WATCHDOG=1"))
     fresh = Bridge(settings, health, bridge.recent_ids)
     fresh.start()
     health.add("reloads")

@@ -80,10 +80,14 @@ PRAGMA user_version={SCHEMA_VERSION};
 """
 
 # Version 1 kept the echo guard's objects as one JSON cursor, rewritten whole on every
-# change (1.4 s at 500,000 objects); version 2 keeps them as rows of ``marks``.
+# change (1.4 s at 500,000 objects); version 2 keeps them as rows of ``marks``. A damaged
+# cursor is dropped rather than keep the spool (and the results in it) from opening.
 _MIGRATE_FROM_1 = _MARKS_TABLE + """
-INSERT INTO marks SELECT 'echo', j.key, j.value FROM cursors, json_each(cursors.value) AS j
-    WHERE cursors.name = 'echo-guard-objects';
+INSERT OR REPLACE INTO marks
+    SELECT 'echo', j.key, j.value
+    FROM cursors, json_each(CASE WHEN json_valid(cursors.value) AND json_type(cursors.value) = 'object'
+                                 THEN cursors.value ELSE '{}' END) AS j
+    WHERE cursors.name = 'echo-guard-objects' AND j.type IN ('integer', 'real');
 DELETE FROM cursors WHERE name = 'echo-guard-objects';
 PRAGMA user_version=2;
 """
@@ -217,7 +221,7 @@ class Spool:
              "dead_letters_dropped", "errors"), 0)
         self._lock_fd = self._lock_file() if exclusive else os.open(os.devnull, os.O_RDONLY)
         try:
-            self._db = self._open()
+            self._db = self._open(exclusive)
             self._depth, self._bytes = self._db.execute(
                 "SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
             self._dead = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
@@ -247,7 +251,7 @@ class Spool:
                              f"({self.lock_path} is locked): {exc}") from exc
         return fd
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, exclusive: bool) -> sqlite3.Connection:
         if not os.path.exists(self.path):
             # Create the file ourselves so it is 0600 whatever the umask (SQLite gives the
             # -wal and -shm files the same mode), and make its directory entry durable.
@@ -269,15 +273,17 @@ class Spool:
             elif app_id != APPLICATION_ID:
                 raise sqlite3.DatabaseError("not a msg-nagios-bridge spool "
                                             f"(application_id {app_id:#x})")
-            elif version == 1:
-                db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_FROM_1 + "COMMIT;")
-            elif version != SCHEMA_VERSION:
+            elif version not in (1, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"spool format version {version} is not "
-                                            f"{SCHEMA_VERSION}")
+                                            f"{SCHEMA_VERSION} (nor 1, which is converted)")
             # Refuse to run on a damaged file rather than lose or mangle entries later.
             problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
                 raise sqlite3.DatabaseError("integrity check failed: " + "; ".join(problems))
+            # Only the daemon converts: operator tools touch dead letters, the same in both
+            # versions, and may run beside an old daemon that still writes version 1.
+            if version == 1 and exclusive:
+                db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_FROM_1 + "COMMIT;")
         except BaseException:
             db.close()
             raise
@@ -375,9 +381,9 @@ class Spool:
             rows = self._read("read a cursor", "SELECT value FROM cursors WHERE name = ?", (name,))
         return rows[0][0] if rows else None
 
-    # -- marks: small durable sets of keys with a time each (the echo guard's objects) ------
+    # -- marks: durable sets of keys with a time each (the echo guard's objects) -------------
 
-    def mark(self, kind: str, keys: Iterable[str], at: float) -> None:
+    def save_marks(self, kind: str, keys: Iterable[str], at: float) -> None:
         """Save ``keys`` of ``kind`` as seen at ``at``, durably, in one transaction."""
         rows = [(kind, key, at) for key in keys]
         if not rows:
@@ -386,7 +392,7 @@ class Spool:
             self._write("save marks", lambda: self._db.executemany(
                 "INSERT OR REPLACE INTO marks (kind, key, at) VALUES (?, ?, ?)", rows))
 
-    def marks(self, kind: str, since: float) -> Dict[str, float]:
+    def load_marks(self, kind: str, since: float) -> Dict[str, float]:
         """The keys of ``kind`` marked at ``since`` or later, with their times."""
         with self._lock:
             return dict(self._read("read marks", "SELECT key, at FROM marks WHERE kind = ? AND at >= ?",

@@ -241,7 +241,7 @@ class NagiosWriter(threading.Thread):
             return
         try:
             # Before the write: Nagios may run OCSP on a result before write_lines returns.
-            self.echo.injected(result for _, result, _ in prepared)
+            self.echo.about_to_inject(result for _, result, _ in prepared)
         except SpoolError:
             self.spool.give_back([entry.entry_id for entry, _, _ in prepared])
             raise

@@ -34,7 +34,8 @@ RECENT_IDS = 200_000
 
 
 class RecentIds:
-    """A bounded set of recently accepted ids (oldest forgotten first)."""
+    """A bounded set of recently accepted ids (oldest forgotten first). Not thread-safe: one
+    subscriber uses it at a time (a reload hands it on once the old one has ended)."""
 
     def __init__(self, size: int = RECENT_IDS):
         self.size = size

@@ -25,9 +25,9 @@ def test_echo_guard_saves_only_new_objects_not_the_whole_set(tmp_path):
     path = str(tmp_path / "inbound.sqlite")
     with Spool(path) as spool:
         guard = EchoGuard(spool)
-        assert guard.injected([passive(f"h{i}") for i in range(20_000)], now=NOW) == 20_000
-        assert guard.injected([passive("h1"), passive("new")], now=NOW + 60) == 1
-        assert guard.injected([passive(f"h{i}") for i in range(100)], now=NOW + 120) == 0
+        assert guard.about_to_inject([passive(f"h{i}") for i in range(20_000)], now=NOW) == 20_000
+        assert guard.about_to_inject([passive("h1"), passive("new")], now=NOW + 60) == 1
+        assert guard.about_to_inject([passive(f"h{i}") for i in range(100)], now=NOW + 120) == 0
         assert saved_rows(path) == 20_001
 
 
@@ -35,8 +35,8 @@ def test_echo_guard_survives_a_restart_and_forgets_objects_after_the_ttl(tmp_pat
     path = str(tmp_path / "inbound.sqlite")
     with Spool(path) as spool:
         guard = EchoGuard(spool, ttl=3600)
-        guard.injected([passive("old")], now=NOW - 7200)
-        guard.injected([passive("recent", "svc")])
+        guard.about_to_inject([passive("old")], now=NOW - 7200)
+        guard.about_to_inject([passive("recent", "svc")])
     with Spool(path) as spool:
         again = EchoGuard(spool, ttl=3600)
         assert again(passive("recent", "svc"))
@@ -48,24 +48,20 @@ def test_echo_guard_survives_a_restart_and_forgets_objects_after_the_ttl(tmp_pat
 def test_a_steady_stream_refreshes_each_object_once_a_period(tmp_path):
     with Spool(str(tmp_path / "inbound.sqlite")) as spool:
         guard = EchoGuard(spool, refresh=3600)
-        assert guard.injected([passive("h")], now=NOW) == 1
-        assert guard.injected([passive("h")], now=NOW + 3599) == 0
-        assert guard.injected([passive("h")], now=NOW + 3600) == 1
-        assert spool.marks("echo", since=0) == {"h\ts": NOW + 3600}
+        assert guard.about_to_inject([passive("h")], now=NOW) == 1
+        assert guard.about_to_inject([passive("h")], now=NOW + 3599) == 0
+        assert guard.about_to_inject([passive("h")], now=NOW + 3600) == 1
+        assert spool.load_marks("echo", since=0) == {"h\ts": NOW + 3600}
 
 
 def test_a_version_1_spool_keeps_its_messages_and_echo_objects(tmp_path):
     path = str(tmp_path / "inbound.sqlite")
     with Spool(path) as spool:
         spool.put([Message("m1", "nagios", {}, b"body")])
-    with closing(sqlite3.connect(path)) as db:        # as version 1 left it
-        db.executescript("DROP TABLE marks; PRAGMA user_version=1;")
-        db.execute("INSERT INTO cursors VALUES ('echo-guard-objects', ?, 0)",
-                   (json.dumps({"ce01\tCE-JobSubmit": NOW, "host-only\t": NOW}),))
-        db.commit()
+    _as_version_1(path, json.dumps({"ce01\tCE-JobSubmit": NOW, "host-only\t": NOW}))
     with Spool(path) as spool:
         assert [e.message.message_id for e in spool.take(10)] == ["m1"]
-        assert spool.marks("echo", since=0) == {"ce01\tCE-JobSubmit": NOW, "host-only\t": NOW}
+        assert spool.load_marks("echo", since=0) == {"ce01\tCE-JobSubmit": NOW, "host-only\t": NOW}
         assert spool.cursor("echo-guard-objects") is None
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
@@ -77,11 +73,49 @@ def test_the_guard_loads_when_old_entries_cannot_be_deleted(tmp_path):
     path = str(tmp_path / "inbound.sqlite")
     with Spool(path) as spool:
         first = EchoGuard(spool, ttl=3600)
-        first.injected([passive("old")], now=NOW - 7200)
-        first.injected([passive("recent")])
+        first.about_to_inject([passive("old")], now=NOW - 7200)
+        first.about_to_inject([passive("recent")])
         with closing(sqlite3.connect(path, timeout=0)) as tool:
             tool.execute("BEGIN IMMEDIATE")                # holds the write lock past busy_timeout
             guard = EchoGuard(spool, ttl=3600)
             tool.execute("ROLLBACK")
         assert guard(passive("recent")) and not guard(passive("old"))
-    assert saved_rows(path) == 2                        # deleted at a later start
+        assert saved_rows(path) == 2                    # the old row stays for a later start
+        EchoGuard(spool, ttl=3600)
+    assert saved_rows(path) == 1
+
+
+def _as_version_1(path, echo_cursor=None):
+    """Turn the spool at ``path`` back into what version 1 left, with ``echo_cursor`` if given."""
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript("DROP TABLE marks; PRAGMA user_version=1;")
+        if echo_cursor is not None:
+            db.execute("INSERT INTO cursors VALUES ('echo-guard-objects', ?, 0)", (echo_cursor,))
+        db.commit()
+
+
+def test_a_version_1_spool_without_echo_objects_or_with_damaged_ones_still_opens(tmp_path):
+    for name, cursor in (("none", None), ("not-json", "{truncated"), ("a-list", "[1, 2]"),
+                         ("bad-values", json.dumps({"h\ts": "yesterday", "h2\t": NOW}))):
+        path = str(tmp_path / f"{name}.sqlite")
+        with Spool(path) as spool:
+            spool.put([Message("m1", "nagios", {}, b"body")], cursor=("ocsp", "not json either"))
+        _as_version_1(path, cursor)
+        with Spool(path) as spool:
+            assert [e.message.message_id for e in spool.take(10)] == ["m1"], name
+            assert spool.load_marks("echo", since=0) == ({"h2\t": NOW} if name == "bad-values" else {}), name
+            assert spool.cursor("ocsp") == "not json either" and spool.cursor("echo-guard-objects") is None
+
+
+def test_operator_tools_leave_a_version_1_spool_to_the_daemon(tmp_path):
+    """A tool may run beside an old daemon still writing version 1: only the daemon converts."""
+    path = str(tmp_path / "inbound.sqlite")
+    with Spool(path) as spool:
+        spool.put([Message("m1", "nagios", {}, b"body")])
+    _as_version_1(path, json.dumps({"ce01\tCE-JobSubmit": NOW}))
+    with Spool(path, exclusive=False) as tool:
+        assert tool.stats().depth == 1
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    with Spool(path) as daemon:
+        assert daemon.load_marks("echo", since=0) == {"ce01\tCE-JobSubmit": NOW}

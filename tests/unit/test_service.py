@@ -4,6 +4,7 @@ import json
 import os
 import struct
 import termios
+import threading
 import time
 
 from msg_nagios_bridge import config, service
@@ -71,3 +72,49 @@ def test_stop_returns_within_its_budget_while_nagios_does_not_read(tmp_path):
 
 def _pipe_bytes(fd):
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def test_a_reload_waits_for_the_old_writer_so_two_never_write_at_once(tmp_path):
+    """Review finding: with the stop budget, a reload could start a new writer beside an old
+    one still blocked on the FIFO; both wrote the same results (500 of 1,500 twice)."""
+    path = tmp_path / "bridge.yaml"
+    path.write_text(CONFIG.format(tmp=tmp_path))
+    os.mkfifo(tmp_path / "nagios.cmd")
+    nagios = os.open(tmp_path / "nagios.cmd", os.O_RDONLY | os.O_NONBLOCK)
+    spool = Spool(str(tmp_path / "spool" / "inbound.sqlite"))
+    results = [CheckResult(host="h", service=f"s{i}", state=0, output="x" * 100, timestamp=1) for i in range(1500)]
+    spool.put([Message(f"m{i}", "nagios", {}, json.dumps(result_to_dict(r)).encode()) for i, r in enumerate(results)])
+    spool.close()
+    bridge = service.Bridge(config.load(str(path)))
+    bridge.start()
+    read, done = [], threading.Event()
+
+    def nagios_wakes_up_later():
+        time.sleep(4)
+        while not done.is_set():
+            try:
+                read.append(os.read(nagios, 65536))
+            except BlockingIOError:
+                time.sleep(0.01)
+
+    fresh, reader = None, threading.Thread(target=nagios_wakes_up_later, daemon=True)
+    try:
+        deadline = time.monotonic() + 20
+        while _pipe_bytes(nagios) < 40_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        reader.start()
+        fresh = service._reload(bridge, str(path))
+        assert not bridge.writer.is_alive(), "the old writer outlived the reload"
+        deadline = time.monotonic() + 30
+        while fresh.inbound_spool.stats().depth and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)                      # a line written twice would be read by now
+    finally:
+        done.set()
+        reader.join(5)
+        if fresh is not None:
+            fresh.stop()
+        os.close(nagios)
+    services = [line.split(";")[2] for line in b"".join(read).decode().splitlines()]
+    assert sorted(set(services)) == sorted(result.service for result in results)
+    assert len(services) == len(set(services)), f"{len(services) - len(set(services))} written twice"
