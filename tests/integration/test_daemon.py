@@ -1,12 +1,9 @@
 """The daemon as an administrator runs it: signals, reload, --daemon, status, check, tools, metrics."""
-import fcntl
 import os
 import signal
 import socket
 import subprocess
-import struct
 import sys
-import termios
 import threading
 import time
 import types
@@ -17,7 +14,7 @@ import pytest
 from tests.integration.test_outbound import QUEUE, expected_ids, received_ids, result_lines, wait_for_ids
 from tests.reliability import faults
 from tests.sandbox.bridge import inbound_config
-from tests.sandbox.nagios import host, passive_service
+from tests.sandbox.nagios import host, passive_service, pipe_bytes
 from tests.sandbox.stomp_probe import publish
 
 pytestmark = pytest.mark.integration
@@ -223,9 +220,9 @@ def test_stop_ends_within_its_budget_when_the_broker_and_nagios_both_hang(tmp_pa
     publisher.send(item for item, _ in inbound)
     publisher.close()
     deadline = time.monotonic() + 60
-    while _pipe_bytes(hung_nagios) < 40_000 and time.monotonic() < deadline:   # Nagios's FIFO is full
+    while pipe_bytes(hung_nagios) < 40_000 and time.monotonic() < deadline:   # Nagios's FIFO is full
         time.sleep(0.2)
-    assert _pipe_bytes(hung_nagios) >= 40_000, bridge.log_text()[-2000:]
+    assert pipe_bytes(hung_nagios) >= 40_000, bridge.log_text()[-2000:]
     lines = result_lines(2000)
     with open(bridge.workdir / "service-perfdata", "a") as handle:
         handle.write("".join(lines[:1000]))
@@ -254,10 +251,6 @@ def test_stop_ends_within_its_budget_when_the_broker_and_nagios_both_hang(tmp_pa
     bridge.stop()
     reader.join(5)
     os.close(hung_nagios)
-
-
-def _pipe_bytes(fd):
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def _read_fifo(fd, into, seconds):

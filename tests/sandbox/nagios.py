@@ -1,11 +1,14 @@
 """Run a real Nagios 4 core (Debian `nagios4`) in the foreground from a temp dir."""
 import errno
+import fcntl
 import grp
 import os
 import pwd
 import signal
 import stat
+import struct
 import subprocess
+import termios
 import time
 from pathlib import Path
 
@@ -89,6 +92,11 @@ define service {
     event_handler_enabled 0
 }
 """
+
+
+def pipe_bytes(fd):
+    """Bytes waiting in the pipe or FIFO open as ``fd`` (how full Nagios's command FIFO is)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def check_installed():

@@ -1,15 +1,13 @@
 """The Bridge's own contracts: a reload hands over what must survive it; a stop is bounded."""
-import fcntl
 import json
 import os
-import struct
-import termios
 import threading
 import time
 
 from msg_nagios_bridge import config, service
 from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
 from msg_nagios_bridge.spool import Spool
+from tests.sandbox.nagios import pipe_bytes
 
 CONFIG = """
 site: {{name: S}}
@@ -19,6 +17,26 @@ sources: {{ocsp_pipe: {{enabled: false}}}}
 inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}},
           command_file: {tmp}/nagios.cmd, check_result_path: {tmp}}}
 """
+
+
+def bridge_filling_the_fifo(tmp_path, count=1500):
+    """A Bridge whose inbound spool holds ``count`` results, writing into a FIFO that a Nagios
+    holds open without reading, returned once that FIFO is (nearly) full:
+    (config path, the FIFO's read end, the results, the bridge)."""
+    path = tmp_path / "bridge.yaml"
+    path.write_text(CONFIG.format(tmp=tmp_path))
+    os.mkfifo(tmp_path / "nagios.cmd")
+    nagios = os.open(tmp_path / "nagios.cmd", os.O_RDONLY | os.O_NONBLOCK)
+    results = [CheckResult(host="h", service=f"s{i}", state=0, output="x" * 100, timestamp=1) for i in range(count)]
+    with Spool(str(tmp_path / "spool" / "inbound.sqlite")) as spool:
+        spool.put([Message(f"m{i}", "nagios", {}, json.dumps(result_to_dict(r)).encode())
+                   for i, r in enumerate(results)])
+    bridge = service.Bridge(config.load(str(path)))
+    bridge.start()
+    deadline = time.monotonic() + 20
+    while pipe_bytes(nagios) < 40_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path, nagios, results, bridge
 
 
 def test_a_reload_keeps_the_ids_of_results_already_injected(tmp_path):
@@ -41,20 +59,8 @@ def test_stop_returns_within_its_budget_while_nagios_does_not_read(tmp_path):
     """Regression (fault suite under load: SIGKILLed at stop): the stop waited for each part in
     turn, each for up to its own limit (the writer alone 25 s). Now every part is told at once
     and the stop returns at the budget; what the writer held is still in the spool."""
-    path = tmp_path / "bridge.yaml"
-    path.write_text(CONFIG.format(tmp=tmp_path))
-    os.mkfifo(tmp_path / "nagios.cmd")
-    hung_nagios = os.open(tmp_path / "nagios.cmd", os.O_RDONLY | os.O_NONBLOCK)   # never reads
-    spool = Spool(str(tmp_path / "spool" / "inbound.sqlite"))
-    results = [CheckResult(host="h", service=f"s{i}", state=0, output="x" * 100, timestamp=1) for i in range(1500)]
-    spool.put([Message(f"m{i}", "nagios", {}, json.dumps(result_to_dict(r)).encode()) for i, r in enumerate(results)])
-    spool.close()
-    bridge = service.Bridge(config.load(str(path)))
-    bridge.start()
+    _, hung_nagios, results, bridge = bridge_filling_the_fifo(tmp_path)         # never reads
     try:
-        deadline = time.monotonic() + 20
-        while _pipe_bytes(hung_nagios) < 40_000 and time.monotonic() < deadline:
-            time.sleep(0.05)
         time.sleep(0.5)                                # the writer now waits for room in the FIFO
         started = time.monotonic()
         bridge.stop(budget=3)
@@ -70,23 +76,10 @@ def test_stop_returns_within_its_budget_while_nagios_does_not_read(tmp_path):
         os.close(hung_nagios)
 
 
-def _pipe_bytes(fd):
-    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-
-
 def test_a_reload_waits_for_the_old_writer_so_two_never_write_at_once(tmp_path):
     """Review finding: with the stop budget, a reload could start a new writer beside an old
     one still blocked on the FIFO; both wrote the same results (500 of 1,500 twice)."""
-    path = tmp_path / "bridge.yaml"
-    path.write_text(CONFIG.format(tmp=tmp_path))
-    os.mkfifo(tmp_path / "nagios.cmd")
-    nagios = os.open(tmp_path / "nagios.cmd", os.O_RDONLY | os.O_NONBLOCK)
-    spool = Spool(str(tmp_path / "spool" / "inbound.sqlite"))
-    results = [CheckResult(host="h", service=f"s{i}", state=0, output="x" * 100, timestamp=1) for i in range(1500)]
-    spool.put([Message(f"m{i}", "nagios", {}, json.dumps(result_to_dict(r)).encode()) for i, r in enumerate(results)])
-    spool.close()
-    bridge = service.Bridge(config.load(str(path)))
-    bridge.start()
+    path, nagios, results, bridge = bridge_filling_the_fifo(tmp_path)
     read, done = [], threading.Event()
 
     def nagios_wakes_up_later():
@@ -99,9 +92,6 @@ def test_a_reload_waits_for_the_old_writer_so_two_never_write_at_once(tmp_path):
 
     fresh, reader = None, threading.Thread(target=nagios_wakes_up_later, daemon=True)
     try:
-        deadline = time.monotonic() + 20
-        while _pipe_bytes(nagios) < 40_000 and time.monotonic() < deadline:
-            time.sleep(0.05)
         reader.start()
         fresh = service._reload(bridge, str(path))
         assert not bridge.writer.is_alive(), "the old writer outlived the reload"
