@@ -56,9 +56,10 @@ def reader_identity(path: str) -> Optional[Tuple[int, int]]:
         os.close(fd)
 
 
-def fifo_readers(fifo: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
-    """(pid, start time) of the processes other than this one that hold the FIFO ``fifo``
-    (device, inode) open for reading, from /proc; processes we may not look into are missed."""
+def fifo_readers(fifo: Tuple[int, int]) -> Tuple[Tuple[int, int, int], ...]:
+    """(pid, start time, fd) of the processes other than this one that hold the FIFO ``fifo``
+    (device, inode) open for reading, from /proc; processes we may not look into are missed.
+    The fd lets a caller check cheaply that a process still holds it (``still_holds``)."""
     readers = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -71,11 +72,22 @@ def fifo_readers(fifo: Tuple[int, int]) -> Tuple[Tuple[int, int], ...]:
                 with open(f"/proc/{entry.name}/fdinfo/{fd.name}", encoding="ascii") as handle:
                     flags = int(handle.read().split("flags:", 1)[1].split()[0], 8)
                 if flags & os.O_ACCMODE != os.O_WRONLY:
-                    readers.append((int(entry.name), process_start(int(entry.name))))
+                    readers.append((int(entry.name), process_start(int(entry.name)), int(fd.name)))
                     break
         except (OSError, ValueError, IndexError):
             continue      # gone meanwhile, or not ours to look into
     return tuple(sorted(readers))
+
+
+def still_holds(fifo: Tuple[int, int], pid: int, start: int, fd: int) -> bool:
+    """True if process ``pid`` (started at ``start``) still has the FIFO ``fifo`` open as ``fd``.
+    A running process is not enough: Nagios's old command worker outlives its core by a second
+    or two after closing the FIFO, while a new Nagios already reads it (same inode)."""
+    try:
+        info = os.stat(f"/proc/{pid}/fd/{fd}")
+        return (info.st_dev, info.st_ino) == fifo and process_start(pid) == start
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def process_start(pid: int) -> int:

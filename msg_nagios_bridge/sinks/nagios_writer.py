@@ -25,7 +25,7 @@ from ..health import Backoff, Health, RateLimitedLog
 from ..model import CheckResult, result_from_dict
 from ..spool import Spool, SpoolEntry, SpoolError
 from .checkresults_dir import write_results
-from .command_file import NagiosUnavailable, fifo_readers, process_start, reader_identity, write_lines
+from .command_file import NagiosUnavailable, fifo_readers, reader_identity, still_holds, write_lines
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,15 @@ class ReaderWatch:
     """Identifies the Nagios reading the command FIFO: (device, inode, ((pid, start), ...)) of
     the FIFO and of the processes holding it open for reading. Nagios reuses an existing FIFO,
     so the inode alone cannot tell a restarted Nagios; the reading processes can. The /proc scan
-    runs only when the FIFO or a known reader changed (or every RESCAN s while none is seen)."""
+    runs only when the FIFO changed or a known reader no longer holds it (or every RESCAN s
+    while none is seen)."""
 
     RESCAN = 10.0
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.cached: Optional[tuple] = None
+        self._held: Tuple[Tuple[int, int, int], ...] = ()     # (pid, start, fd) of the cached readers
         self.scanned_at = 0.0
 
     def identity(self) -> Optional[tuple]:
@@ -75,19 +77,13 @@ class ReaderWatch:
         if fifo is None:
             return None
         cached = self.cached
-        if cached is not None and cached[:2] == fifo and self._still_running(cached[2]):
-            if cached[2] or time.monotonic() - self.scanned_at < self.RESCAN:
+        if cached is not None and cached[:2] == fifo and all(still_holds(fifo, *r) for r in self._held):
+            if self._held or time.monotonic() - self.scanned_at < self.RESCAN:
                 return cached
-        self.cached = (fifo[0], fifo[1], fifo_readers(fifo))
+        self._held = fifo_readers(fifo)
+        self.cached = (fifo[0], fifo[1], tuple((pid, start) for pid, start, _ in self._held))
         self.scanned_at = time.monotonic()
         return self.cached
-
-    @staticmethod
-    def _still_running(readers) -> bool:
-        try:
-            return all(process_start(pid) == start for pid, start in readers)
-        except (OSError, ValueError, IndexError):
-            return False
 
 
 class NotYetReaped(Exception):

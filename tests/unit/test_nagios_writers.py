@@ -356,3 +356,71 @@ def test_a_restarted_bridge_writes_again_only_what_a_new_nagios_never_got(tmp_pa
         nagios.kill()
         nagios.wait()
         spool.close()
+
+
+LINGERING_READER = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
+with open(sys.argv[2], "ab", buffering=0) as out:
+    while not os.path.exists(sys.argv[3]):
+        try:
+            data = os.read(fd, 65536)
+            if data:
+                out.write(data)
+        except BlockingIOError:
+            pass
+        time.sleep(0.01)
+os.close(fd)          # a stopped core's command worker: the FIFO closed, the process not yet gone
+time.sleep(60)
+"""
+
+
+def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(tmp_path):
+    """Regression (fault suite, 'Nagios restarted', up to 1,141 duplicates a round): the old
+    command worker outlives its core by a second or two after closing the FIFO, and the new
+    Nagios reuses the FIFO's inode. The reader was taken as unchanged while its process ran, so
+    what the old Nagios had dropped could be confirmed (lost), and what the new one had was
+    written again once the old worker exited (duplicates)."""
+    import dataclasses
+    import subprocess
+    import sys
+    fifo = tmp_path / "nagios.cmd"
+    os.mkfifo(fifo)
+    first, second, closed = tmp_path / "first.out", tmp_path / "second.out", tmp_path / "closed"
+    old = subprocess.Popen([sys.executable, "-c", LINGERING_READER, str(fifo), str(first), str(closed)])
+    new = None
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                break
+            except OSError:
+                time.sleep(0.02)
+        spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(5)])
+        writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+        writer._write(spool.take(10))
+        assert lines_in(first, 5) == 5
+        closed.touch()                          # the old Nagios stops, dropping what it had read
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                time.sleep(0.02)
+            except OSError:
+                break
+        new = a_nagios(fifo, second)            # a new Nagios on the same FIFO, before the
+        assert old.poll() is None               # writer looked again; the old worker lingers
+        writer._confirm(now=time.monotonic() + 60)
+        assert spool.stats().depth == 5, "the new Nagios never had them: kept, not confirmed"
+        writer._write(spool.take(10))
+        assert lines_in(second, 5) == 5
+        writer._confirm(now=time.monotonic() + 60)
+        assert spool.stats().depth == 0, "confirmed once the same (new) Nagios had them"
+    finally:
+        for proc in (old, new):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+        spool.close()
