@@ -288,8 +288,9 @@ def test_a_clean_stop_confirms_what_nagios_has_rather_than_writing_it_twice(tmp_
 READER = """
 import os, sys, time
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
+closed = sys.argv[3] if len(sys.argv) > 3 else None
 with open(sys.argv[2], "ab", buffering=0) as out:
-    while True:
+    while not (closed and os.path.exists(closed)):
         try:
             data = os.read(fd, 65536)
             if data:
@@ -297,14 +298,17 @@ with open(sys.argv[2], "ab", buffering=0) as out:
         except BlockingIOError:
             pass
         time.sleep(0.01)
+os.close(fd)          # as a stopped core's command worker: the FIFO closed, the process not yet gone
+time.sleep(60)
 """
 
 
-def a_nagios(fifo, out):
-    """A process reading the FIFO as Nagios's command worker does (another PID than ours)."""
+def a_nagios(fifo, out, closed=None):
+    """A process reading the FIFO as Nagios's command worker does (another PID than ours); once
+    the file ``closed`` exists it closes the FIFO and lingers, as the worker of a stopped core."""
     import subprocess
     import sys
-    proc = subprocess.Popen([sys.executable, "-c", READER, str(fifo), str(out)])
+    proc = subprocess.Popen([sys.executable, "-c", READER, str(fifo), str(out)] + ([str(closed)] if closed else []))
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
@@ -358,22 +362,6 @@ def test_a_restarted_bridge_writes_again_only_what_a_new_nagios_never_got(tmp_pa
         spool.close()
 
 
-LINGERING_READER = """
-import os, sys, time
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
-with open(sys.argv[2], "ab", buffering=0) as out:
-    while not os.path.exists(sys.argv[3]):
-        try:
-            data = os.read(fd, 65536)
-            if data:
-                out.write(data)
-        except BlockingIOError:
-            pass
-        time.sleep(0.01)
-os.close(fd)          # a stopped core's command worker: the FIFO closed, the process not yet gone
-time.sleep(60)
-"""
-
 
 def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(tmp_path):
     """Regression (fault suite, 'Nagios restarted', up to 1,141 duplicates a round): the old
@@ -382,22 +370,12 @@ def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(t
     what the old Nagios had dropped could be confirmed (lost), and what the new one had was
     written again once the old worker exited (duplicates)."""
     import dataclasses
-    import subprocess
-    import sys
     fifo = tmp_path / "nagios.cmd"
     os.mkfifo(fifo)
     first, second, closed = tmp_path / "first.out", tmp_path / "second.out", tmp_path / "closed"
-    old = subprocess.Popen([sys.executable, "-c", LINGERING_READER, str(fifo), str(first), str(closed)])
-    new = None
+    old, new = a_nagios(fifo, first, closed), None
     spool = Spool(str(tmp_path / "inbound.sqlite"))
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-                break
-            except OSError:
-                time.sleep(0.02)
         spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(5)])
         writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
         writer._write(spool.take(10))
