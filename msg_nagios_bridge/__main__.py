@@ -27,6 +27,7 @@ def _nagios_config(args) -> int:
 
 def _run(args) -> int:
     from . import logsetup
+    from .malloc import keep_large_blocks_mapped
     from .service import install_signal_flags, run
     if not args.daemon:
         install_signal_flags()
@@ -35,6 +36,7 @@ def _run(args) -> int:
         print("refusing to run as root: run the bridge as the Nagios user (systemd User=, or --daemon with "
               "daemon.user), or pass --allow-root if you really mean it", file=sys.stderr)
         return 2
+    keep_large_blocks_mapped()      # before any thread: see malloc.py
     if args.daemon:
         return _run_detached(settings, args.config)
     logsetup.configure(settings.logging)
