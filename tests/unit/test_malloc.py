@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from msg_nagios_bridge.malloc import keep_large_blocks_mapped
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +53,6 @@ def test_the_mmap_threshold_can_be_fixed_here():
     assert keep_large_blocks_mapped(), "this project's machines run glibc: mallopt must take it"
 
 
-@pytest.mark.skipif(not keep_large_blocks_mapped(), reason="needs glibc")
 def test_rss_stays_flat_while_subscribers_rebuild_the_recent_id_memory():
     """Regression (90-min soak, 2026-11-29): the central bridge's RSS stepped up 8 MB at each
     rebuild of the recent-id memory's table (63, 71, 79, 87 MB), as glibc kept freed large

@@ -362,7 +362,6 @@ def test_a_restarted_bridge_writes_again_only_what_a_new_nagios_never_got(tmp_pa
         spool.close()
 
 
-
 def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(tmp_path):
     """Regression (fault suite, 'Nagios restarted', up to 1,141 duplicates a round): the old
     command worker outlives its core by a second or two after closing the FIFO, and the new
