@@ -104,9 +104,11 @@ def parse(line: str) -> CheckResult:
             service=service,
             state=_integer("state", state),
             state_type=state_type,
-            output=output,
+            # A plugin may print a CR (Windows agents end lines with CRLF): it must not make
+            # a result that Nagios took unpublishable, so it becomes a blank.
+            output=output.replace("\r", " "),
             long_output=_unescape_long_output(long_output),
-            perfdata=perfdata.strip(),
+            perfdata=perfdata.replace("\r", " ").strip(),
             timestamp=float(_integer("time", timet)),
             attempt=_integer("attempt", attempt or "1"),
             attributes=_attributes(check_type, flavour, uri, publish),
@@ -116,7 +118,8 @@ def parse(line: str) -> CheckResult:
 
 
 def _integer(name: str, text: str) -> int:
-    if not text.isdigit() or len(text) > 12:
+    # isdigit() alone accepts "²", which int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
         raise BadLine(f"{name} {text[:20]!r} is not a non-negative integer")
     return int(text)
 

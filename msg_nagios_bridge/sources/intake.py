@@ -47,10 +47,14 @@ class Intake:
                 continue
             try:
                 result = result_line.parse(text)
+                messages.extend(self.router.messages(result, now_ms))
             except result_line.BadLine as exc:
                 self.dead_letter(raw, str(exc))
-                continue
-            messages.extend(self.router.messages(result, now_ms))
+            except Exception as exc:     # noqa: BLE001
+                # Whatever one line does, it must not stop the source: the line would be read
+                # again after the restart, and fail again, for ever (a poison pill).
+                log.exception("%s: cannot turn a line into messages", self.source)
+                self.dead_letter(raw, f"cannot be turned into a message: {type(exc).__name__}: {exc}")
         self.health.add(f"{self.source}.lines", len(lines))
         chunks = self._chunks(messages)
         for number, chunk in enumerate(chunks, 1):

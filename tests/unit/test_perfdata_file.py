@@ -175,3 +175,37 @@ def test_a_backlog_bigger_than_the_spool_limit_is_taken_in_parts(tmp_path):
     assert seen == set(range(100))
     assert spool.cursor("perfdata") == "end", "the read position is saved with the last part"
     spool.close()
+
+
+def test_a_carriage_return_in_plugin_output_is_published_not_a_poison_pill(tail):
+    """Regression (review): a CR inside a perfdata line's output or perfdata made the WLCG
+    encoder raise outside the dead-letter path; the tailer thread died without moving its
+    cursor, so every restart read the same line and died again."""
+    tail.start()
+    time.sleep(0.1)
+    fields = lines(0, 1).rstrip("\n").split("\t")
+    fields[11], fields[12] = "OK from a Windows agent\r", "a=1\rb=2"
+    superscript = lines(1, 1).replace("\t0\tHARD\t", "\t\u00b2\tHARD\t")   # isdigit() but not int()
+    tail.append("\t".join(fields) + "\n" + superscript + lines(2, 2))
+    assert tail.wait_for(3) == [0, 2, 3]
+    assert tail.thread.is_alive()
+    assert tail.spool.stats().dead_letters == 1
+    published = [e for e in tail.spool.take(10) if e.message.headers["metric"] == "s0"][0]
+    assert b"summaryData: OK from a Windows agent \n" in published.message.body
+    assert b"performanceData: a=1 b=2\n" in published.message.body
+
+
+def test_a_line_that_fails_in_any_way_is_dead_lettered_and_the_batch_still_stored(tmp_path):
+    """Whatever one line raises, the others are stored and the source goes on."""
+    class Failing(Router):
+        def messages(self, result, now_ms=0):
+            if result.service == "s1":
+                raise KeyError("something unforeseen")
+            return super().messages(result, now_ms)
+
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        intake = Intake("perfdata", Failing(SETTINGS), spool, Health(), threading.Event())
+        assert intake.spool_lines([line.encode() for line in lines(0, 3).splitlines()])
+        assert services_in(spool) == [0, 2]
+        [dead] = spool.dead_letters()
+        assert "KeyError" in dead.reason and b"\ts1\t" in dead.entry.message.body
