@@ -101,7 +101,19 @@ class Verifier:
 
     def verify(self, headers: Mapping[str, str], body: bytes,
                now: Optional[datetime.datetime] = None) -> str:
-        """The signer's DN if the message is signed and valid, else raise Refused."""
+        """The signer's DN if the message is signed and valid, else raise Refused (only)."""
+        try:
+            return self._verify(headers, body, now)
+        except Refused:
+            raise
+        except Exception as exc:     # noqa: BLE001
+            # The certificate is the sender's input: cryptography raises more than ValueError
+            # for odd ones (UnsupportedAlgorithm for an unknown signature OID, ...). Anything
+            # escaping here would stop the subscriber on a message the broker redelivers.
+            raise Refused("bad-signature", f"the signer certificate cannot be checked:"
+                                           f" {type(exc).__name__}: {exc}") from None
+
+    def _verify(self, headers: Mapping[str, str], body: bytes, now: Optional[datetime.datetime]) -> str:
         x509, InvalidSignature, _, _, _, _, _ = _crypto()
         signature_text, cert_text = headers.get("signature", ""), headers.get("signer", "")
         if not signature_text or not cert_text:

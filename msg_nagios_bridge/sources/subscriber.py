@@ -174,6 +174,14 @@ class Subscriber(threading.Thread):
             except inbound.Refused as exc:
                 self._refuse(headers, body, key, exc)
                 continue
+            except Exception as exc:     # noqa: BLE001
+                # A defect, not a verdict on the message: still kept as a dead letter and
+                # acked, because an exception here would stop the subscriber on a message the
+                # broker redelivers after every restart.
+                log.exception("cannot judge a message from %s", headers.get("destination", "?"))
+                self._refuse(headers, body, key, inbound.Refused(
+                    "internal-error", f"the bridge failed on this message: {type(exc).__name__}: {exc}"))
+                continue
             accepted.append(Message(message_id=key, destination="nagios", headers={},
                                     body=json.dumps(result_to_dict(result)).encode("utf-8")))
             keys.append(key)

@@ -1,5 +1,6 @@
 """End-to-end signatures with the real programs: a site bridge signs, a central bridge requires a
 valid signature from an allowed DN; a tampered copy of a signed message is refused."""
+import base64
 import time
 
 import pytest
@@ -50,10 +51,21 @@ def test_signed_results_pass_and_tampered_ones_are_refused(tmp_path, activemq, n
             headers={**headers, "result_id": "f" * 32})
     # The same body, unsigned.
     publish(activemq.stomp_address, TOPIC, original.body, headers={"nagios_host": "x", "result_id": "y"})
-    assert central.wait_counter("refused", 2, timeout=20) == 2
+    # Signed by a "certificate" of the trusted CA with an unknown algorithm: refused, and the
+    # subscriber goes on (it used to stop on it, again after every restart).
+    publish(activemq.stomp_address, TOPIC, original.body,
+            headers={"result_id": "z", "signature": headers["signature"],
+                     "signer": base64.b64encode(authority.unknown_algorithm_certificate()).decode()})
+    late = CheckResult(host="ce01.site-a.org", service="svc0", state=1, output="after the odd certificate",
+                       timestamp=int(time.time()))
+    with open(site.workdir / "service-perfdata", "a") as perfdata:
+        perfdata.write(result_line.format_line(late) + "\n")
+    assert nagios.wait_for(lambda s: (s.get((late.host, late.service)) or {}).get("plugin_output") ==
+                           late.output or None, timeout=30), central.log_text()[-3000:]
+    assert central.wait_counter("refused", 3, timeout=20) == 3
     counters = central.status()["counters"]
-    assert counters["refused.bad-signature"] == 1 and counters["refused.unsigned"] == 1, counters
-    assert counters["injected"] == 3
+    assert (counters["refused.bad-signature"], counters["refused.unsigned"]) == (2, 1), counters
+    assert counters["injected"] == 4
 
 
 def test_a_refused_forgery_does_not_shadow_the_genuine_result(activemq, nagios_factory, bridge_factory):

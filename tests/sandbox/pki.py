@@ -64,6 +64,20 @@ class Authority:
         self._last = (cert, key)
         return cert_file, key_file
 
+    def unknown_algorithm_certificate(self) -> bytes:
+        """DER of a certificate naming this CA as its issuer but signed with an algorithm no
+        library knows (the OID of ecdsa-with-SHA256 changed): cryptography raises
+        UnsupportedAlgorithm, not ValueError, when asked for its hash."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        der = (x509.CertificateBuilder().subject_name(_name("mallory")).issuer_name(self.cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+               .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+        ecdsa_with_sha256, unknown = bytes.fromhex("06082a8648ce3d040302"), bytes.fromhex("06082a8648ce3d040309")
+        assert der.count(ecdsa_with_sha256) == 2            # inside the signed part and around it
+        return der.replace(ecdsa_with_sha256, unknown)
+
     def keystore(self, name):
         """A PKCS12 keystore for ActiveMQ holding the certificate last issued."""
         cert, key = self._last

@@ -1,4 +1,5 @@
 """End-to-end signatures: sign, verify, and every way a signature must fail."""
+import base64
 import dataclasses
 import datetime
 
@@ -89,3 +90,15 @@ brokers: {{hosts: ["127.0.0.1:1"]}}
 routes: [{{name: signed, destination: /queue/a, sign: true}}]
 """, "s.yaml")
     assert dataclasses.replace(settings.routes[0]).sign
+
+
+
+def test_a_certificate_with_an_unknown_signature_algorithm_is_refused_not_a_crash(pki):
+    """Regression (review): a signer certificate naming the trusted CA as issuer but with an
+    unknown signature OID made cryptography raise UnsupportedAlgorithm, which escaped verify()
+    and stopped the subscriber; the broker redelivered the message and it stopped again."""
+    authority = pki[0]
+    headers = {"result_id": "abc", "signature": "AAAA",
+               "signer": base64.b64encode(authority.unknown_algorithm_certificate()).decode()}
+    with pytest.raises(Refused, match="bad-signature: the signer certificate cannot be checked"):
+        Verifier(str(authority.cert_file)).verify(headers, b"x")
