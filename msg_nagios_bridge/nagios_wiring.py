@@ -19,10 +19,14 @@ ILLEGAL_MACRO_OUTPUT_CHARS = "`~$&|'\"<>"
 
 
 def printf_command(tag: str, macros, fifo: str) -> str:
-    """A shell command writing one result line into ``fifo`` (one sh fork per check)."""
+    """A shell command writing one result line into ``fifo`` (one sh fork per check).
+
+    ``>>``, not ``>``: while the FIFO is missing the shell creates a regular file, which the
+    bridge takes in at its next start; ``>`` would truncate it at every check, keeping one line.
+    """
     fmt = "\\t".join(["%s"] * (1 + len(macros))) + "\\n"
     args = " ".join(f"'{value}'" for value in (tag,) + tuple(macros))
-    return f"printf '{fmt}' {args} > {shlex.quote(fifo)}"
+    return f"printf '{fmt}' {args} >> {shlex.quote(fifo)}"
 
 
 def _define_command(name: str, line: str) -> List[str]:

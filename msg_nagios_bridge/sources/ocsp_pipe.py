@@ -8,8 +8,9 @@ FIFO, costing one ``sh`` fork per check and no Python start-up.
   last writer closes, and writers never get SIGPIPE while the bridge runs.
 * While the bridge is down the FIFO stays in place: writers block in open()
   until the bridge is back or Nagios's ``ocsp_timeout`` kills them. If the
-  FIFO was missing, the shell's ``>`` creates a regular file instead; at start
-  the bridge takes such a file's lines in, then puts the FIFO in its place.
+  FIFO was missing, the shell's ``>>`` creates a regular file instead; at start
+  the bridge moves such a file aside (``PATH.recovered.N``), puts the FIFO in
+  its place, and takes the file's lines in before anything else.
 * Lines leave the FIFO only once they are in the spool: the bridge copies the
   pipe's contents with tee(2) (which does not consume them), spools the whole
   lines, and only then reads those bytes out of the FIFO. A bridge killed in
@@ -29,6 +30,7 @@ import array
 import ctypes
 import errno
 import fcntl
+import glob
 import grp
 import logging
 import os
@@ -36,6 +38,7 @@ import select
 import stat
 import termios
 import threading
+import time
 from typing import List
 
 from ..config import OcspPipeSettings
@@ -55,54 +58,59 @@ class FifoError(Exception):
     """The FIFO path cannot be used safely: says what is there and why."""
 
 
-def prepare_fifo(settings: OcspPipeSettings) -> bytes:
-    """Create (or check) the FIFO. Returns the lines of a stray regular file found there.
+def prepare_fifo(settings: OcspPipeSettings) -> List[str]:
+    """Create (or check) the FIFO. Returns the files of lines to take in first, oldest first:
+    regular files that writers made at the path while the FIFO was missing, moved aside.
 
     Refuses anything at the path that is not a FIFO or regular file we own:
     a symlink or someone else's file must not become our input or target.
     """
     path = settings.path
-    recovered = b""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        info = None
-    if info is not None:
-        if stat.S_ISFIFO(info.st_mode) and info.st_uid == os.geteuid():
-            _apply_mode(settings)
-            return recovered
-        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
-            recovered = _take_stray_file(path)
-        else:
-            raise FifoError(f"{path} exists and is not a FIFO owned by uid {os.geteuid()} "
-                            f"(mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid}); "
-                            f"remove it or choose another sources.ocsp_pipe.path")
-    try:
-        os.mkfifo(path, 0o600)
-    except OSError as exc:
-        raise FifoError(f"cannot create the FIFO {path}: {exc.strerror}") from None
-    _apply_mode(settings)
-    return recovered
-
-
-def _take_stray_file(path: str) -> bytes:
-    """Writers ran while the FIFO was missing and made a file: keep what they wrote."""
-    aside = f"{path}.recovered"
-    os.rename(path, aside)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(aside, flags)
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, READ_CHUNK)
-            if not chunk:
+    for _ in range(10):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            info = None
+        if info is not None:
+            if stat.S_ISFIFO(info.st_mode) and info.st_uid == os.geteuid():
                 break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    log.warning("found a regular file at %s (written while the FIFO was missing); taking in its %d bytes",
-                path, sum(map(len, chunks)))
-    return b"".join(chunks)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+                _move_stray_file_aside(path)
+            else:
+                raise FifoError(f"{path} exists and is not a FIFO owned by uid {os.geteuid()} "
+                                f"(mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid}); "
+                                f"remove it or choose another sources.ocsp_pipe.path")
+        try:
+            os.mkfifo(path, 0o600)
+            break
+        except FileExistsError:
+            continue           # a writer made a file again in between: move that aside too
+        except OSError as exc:
+            raise FifoError(f"cannot create the FIFO {path}: {exc.strerror}") from None
+    else:
+        raise FifoError(f"cannot create the FIFO {path}: writers keep creating a file there")
+    _apply_mode(settings)
+    return recovered_files(path)
+
+
+def _move_stray_file_aside(path: str) -> None:
+    """Writers ran while the FIFO was missing and made a file: keep it under a name of its own
+    (never over an earlier one) until its lines are spooled."""
+    aside = f"{path}.recovered.{time.time_ns()}"
+    os.rename(path, aside)
+    log.warning("found a regular file at %s (written while the FIFO was missing): its %d bytes are taken"
+                " in from %s", path, os.lstat(aside).st_size, aside)
+
+
+def recovered_files(path: str) -> List[str]:
+    """The files moved aside from ``path`` whose lines are not yet all spooled, oldest first
+    (also those of an earlier run that stopped or died before it had taken them in)."""
+    found = []
+    for name in glob.glob(glob.escape(path) + ".recovered*"):
+        info = os.lstat(name)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            found.append((info.st_mtime_ns, name))
+    return [name for _, name in sorted(found)]
 
 
 def _apply_mode(settings: OcspPipeSettings) -> None:
@@ -151,17 +159,43 @@ class OcspPipeSource(threading.Thread):
         self.health.set_state("ocsp_pipe", "reading")
         self.ready.set()
         try:
-            if recovered:
-                lines = recovered.split(b"\n")
-                if lines[-1]:
-                    self.intake.dead_letter(lines[-1], "incomplete last line in the recovered file")
-                if self.intake.spool_lines(lines[:-1]):
-                    os.unlink(self.settings.path + ".recovered")
+            for name in recovered:
+                if not self._take_in(name):
+                    return                          # stopping: the file stays for the next start
             self._read_lines(fd, peek)
         finally:
             peek.close()
             os.close(fd)
             self.health.set_state("ocsp_pipe", "stopped")
+
+    def _take_in(self, name: str) -> bool:
+        """Spool the lines of a file moved aside, then delete it; False if stopping first
+        (a crash in between reads it again: the spool drops the ids it already holds)."""
+        limit = self.settings.max_line_bytes
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            rest = b""
+            while True:
+                chunk = os.read(fd, READ_CHUNK * 16)
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                if not chunk:
+                    break
+                if len(rest) > limit:
+                    lines.append(rest)   # refused below with its length, like one from the FIFO
+                    rest = b""
+                too_long = [line for line in lines if len(line) > limit]
+                for line in too_long:
+                    self.intake.dead_letter(line[:limit], f"line longer than {limit} bytes in {name}")
+                if not self.intake.spool_lines([line for line in lines if len(line) <= limit]):
+                    return False
+            if rest:
+                self.intake.dead_letter(rest, f"incomplete last line in {name}")
+        finally:
+            os.close(fd)
+        os.unlink(name)
+        log.info("took in the lines of %s", name)
+        return True
 
     def _read_lines(self, fd: int, peek: "PipePeek") -> None:
         limit = self.settings.max_line_bytes

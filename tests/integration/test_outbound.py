@@ -228,7 +228,7 @@ def test_perfdata_rotation_by_the_nagios_processing_command_loses_nothing(
     # Ground truth, independent of the bridge: an OCSP command appending every result to a file.
     truth = tmp_path / "truth.log"
     objects += ("\ndefine command {\n    command_name truth\n    command_line "
-                + printf_command(result_line.SERVICE_TAG, result_line.SERVICE_MACROS, str(truth)).replace(" > ", " >> ")
+                + printf_command(result_line.SERVICE_TAG, result_line.SERVICE_MACROS, str(truth))
                 + "\n}\n")
     extra.update(obsess_over_services="1", ocsp_command="truth")
     services = [active_service("h1", f"svc{i}", state=i % 4, output=f"out {i}") for i in range(10)]

@@ -1,20 +1,51 @@
 """The OCSP FIFO is created safely and never follows what it should not."""
 import os
 import stat
+import subprocess
+import threading
+import time
 
 import pytest
 
-from msg_nagios_bridge.config import OcspPipeSettings
-from msg_nagios_bridge.sources.ocsp_pipe import FifoError, prepare_fifo
+from msg_nagios_bridge.config import OcspPipeSettings, parse
+from msg_nagios_bridge.formats import result_line
+from msg_nagios_bridge.health import Health
+from msg_nagios_bridge.model import CheckResult
+from msg_nagios_bridge.nagios_wiring import printf_command
+from msg_nagios_bridge.routing import Router
+from msg_nagios_bridge.sources.intake import Intake
+from msg_nagios_bridge.sources.ocsp_pipe import FifoError, OcspPipeSource, prepare_fifo
+from msg_nagios_bridge.spool import Spool
+
+ROUTER = Router(parse("site: {name: S}\nbrokers: {hosts: ['127.0.0.1:1']}\n"
+                      "spool: {directory: /tmp/unused}\nroutes: [{name: r, destination: /queue/q}]\n", "t"))
 
 
 def settings(path, **changes):
     return OcspPipeSettings(enabled=True, path=str(path), **changes)
 
 
+def result_lines(*services):
+    return "".join(result_line.format_line(CheckResult(host="h", service=service, state=0, output="ok",
+                                                       timestamp=1700000000)) + "\n" for service in services)
+
+
+def start_source(path, spool, intake_health=None):
+    """A running OCSP source on ``path``; stop it with source.stopping.set(); source.join()."""
+    source = OcspPipeSource(settings(path), Intake("ocsp_pipe", ROUTER, spool, intake_health or Health(),
+                                                   threading.Event()), Health())
+    source.start()
+    assert source.ready.wait(5) and source.failure is None
+    return source
+
+
+def metrics_in(spool):
+    return [entry.message.headers["metric"] for entry in spool.take(1000)]
+
+
 def test_creates_a_fifo_with_the_configured_mode(tmp_path):
     path = tmp_path / "ocsp.fifo"
-    assert prepare_fifo(settings(path, mode=0o620)) == b""
+    assert prepare_fifo(settings(path, mode=0o620)) == []
     info = os.lstat(path)
     assert stat.S_ISFIFO(info.st_mode)
     assert stat.S_IMODE(info.st_mode) == 0o620
@@ -45,12 +76,44 @@ def test_a_directory_is_refused(tmp_path):
         prepare_fifo(settings(path))
 
 
-def test_a_regular_file_left_by_writers_is_taken_in(tmp_path):
+def test_a_regular_file_left_by_writers_is_moved_aside_for_its_lines(tmp_path):
     path = tmp_path / "ocsp.fifo"
-    path.write_bytes(b"line one\nline two\n")     # the shell's '>' made a file: FIFO was missing
-    assert prepare_fifo(settings(path)) == b"line one\nline two\n"
+    path.write_bytes(b"line one\nline two\n")     # the shell's '>>' made a file: FIFO was missing
+    [aside] = prepare_fifo(settings(path))
     assert stat.S_ISFIFO(os.lstat(path).st_mode)
-    assert (tmp_path / "ocsp.fifo.recovered").exists()   # removed once its lines are spooled
+    assert aside.startswith(f"{path}.recovered.")
+    assert open(aside, "rb").read() == b"line one\nline two\n"   # removed once its lines are spooled
+
+
+def test_the_ocsp_command_appends_to_the_file_it_makes_while_the_fifo_is_missing(tmp_path):
+    """Regression (review): the command used '>', so while the FIFO was missing every check
+    truncated the file and only the last result was left for the bridge to take in."""
+    path = tmp_path / "ocsp.fifo"
+    for value in ("one", "two", "three"):
+        subprocess.run(["sh", "-c", printf_command("MNB1S", (value,), str(path))], check=True, timeout=10)
+    assert path.read_text() == "MNB1S\tone\nMNB1S\ttwo\nMNB1S\tthree\n"
+
+
+def test_a_stray_file_never_replaces_one_whose_lines_are_not_yet_spooled(tmp_path):
+    """Regression (review): the file was moved to one fixed name, over the last one; a bridge
+    stopped or killed before spooling its lines left it there, and nothing read it again."""
+    path = tmp_path / "ocsp.fifo"
+    path.write_bytes(result_lines("first", "second").encode())
+    prepare_fifo(settings(path))                   # then the bridge stops before taking it in
+    os.unlink(path)                                # /run cleared; Nagios writes on
+    path.write_bytes(result_lines("third").encode() + b"MNB1S\tcut off")
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        source = start_source(path, spool)
+        try:
+            deadline = time.time() + 10
+            while spool.stats().depth < 3 and time.time() < deadline:
+                time.sleep(0.05)
+            assert metrics_in(spool) == ["first", "second", "third"]
+            assert [dead.reason.split(" in ")[0] for dead in spool.dead_letters()] == ["incomplete last line"]
+            assert not list(tmp_path.glob("ocsp.fifo.recovered*")), "taken in, then deleted"
+        finally:
+            source.stopping.set()
+            source.join(5)
 
 
 def test_an_unknown_group_is_a_clear_error(tmp_path):
@@ -70,33 +133,15 @@ class RefusingSpool:
 def test_lines_leave_the_fifo_only_once_they_are_spooled(tmp_path):
     """Regression (found by the fault suite, 'bridge kill -9, OCSP pipe'): the source read
     lines out of the FIFO before spooling them, so a kill -9 in between lost them."""
-    import threading
-    import time
-
-    from msg_nagios_bridge.config import parse
-    from msg_nagios_bridge.health import Health
-    from msg_nagios_bridge.routing import Router
-    from msg_nagios_bridge.sources.intake import Intake
-    from msg_nagios_bridge.sources.ocsp_pipe import OcspPipeSource
-
     path = tmp_path / "ocsp.fifo"
-    router = Router(parse("site: {name: S}\nbrokers: {hosts: ['127.0.0.1:1']}\n"
-                          "spool: {directory: /tmp/unused}\nroutes: [{name: r, destination: /queue/q}]\n", "t"))
-    stopping = threading.Event()
     intake_health = Health()
-    source = OcspPipeSource(settings(path), Intake("ocsp_pipe", router, RefusingSpool(), intake_health, stopping),
-                            Health())
-    source.start()
-    assert source.ready.wait(5) and source.failure is None
-    from msg_nagios_bridge.formats import result_line
-    from msg_nagios_bridge.model import CheckResult
-    lines = "".join(result_line.format_line(CheckResult(host="h", service=f"s{i}", state=0, output="ok",
-                                                        timestamp=1700000000)) + "\n" for i in range(2)).encode()
+    source = start_source(path, RefusingSpool(), intake_health)
+    lines = result_lines("s0", "s1").encode()
     holder = os.open(path, os.O_RDWR | os.O_NONBLOCK)    # what systemd's ListenFIFO= keeps open
     try:
         os.write(holder, lines)
         time.sleep(1.5)                                  # the source tried (and failed) to spool them
-        stopping.set()
+        source.stopping.set()
         source.join(5)
         assert not source.is_alive()
         assert intake_health._states["ocsp_pipe"] == "waiting: spool unavailable: disk I/O error"
@@ -108,28 +153,10 @@ def test_lines_leave_the_fifo_only_once_they_are_spooled(tmp_path):
 def test_a_line_longer_than_the_pipe_is_dead_lettered_and_the_next_one_still_read(tmp_path):
     """Regression (review of the tee reader): a line longer than the FIFO could hold never
     showed a newline, and the reader waited for its end forever while every writer blocked."""
-    import threading
-    import time
-
-    from msg_nagios_bridge.config import parse
-    from msg_nagios_bridge.formats import result_line
-    from msg_nagios_bridge.health import Health
-    from msg_nagios_bridge.model import CheckResult
-    from msg_nagios_bridge.routing import Router
-    from msg_nagios_bridge.sources.intake import Intake
-    from msg_nagios_bridge.sources.ocsp_pipe import OcspPipeSource
-    from msg_nagios_bridge.spool import Spool
-
     path = tmp_path / "ocsp.fifo"
-    router = Router(parse("site: {name: S}\nbrokers: {hosts: ['127.0.0.1:1']}\n"
-                          "spool: {directory: /tmp/unused}\nroutes: [{name: r, destination: /queue/q}]\n", "t"))
     spool = Spool(str(tmp_path / "spool.sqlite"))
-    stopping = threading.Event()
-    source = OcspPipeSource(settings(path), Intake("ocsp_pipe", router, spool, Health(), stopping), Health())
-    source.start()
-    assert source.ready.wait(5) and source.failure is None
-    good = (result_line.format_line(CheckResult(host="h", service="after", state=0, output="ok",
-                                                timestamp=1700000000)) + "\n").encode()
+    source = start_source(path, spool)
+    good = result_lines("after").encode()
 
     def write():
         fd = os.open(path, os.O_WRONLY)
@@ -149,9 +176,9 @@ def test_a_line_longer_than_the_pipe_is_dead_lettered_and_the_next_one_still_rea
         writer.join(5)
         assert not writer.is_alive(), "the writer must not stay blocked"
         assert spool.stats().depth == 1
-        assert [e.message.headers["metric"] for e in spool.take(10)] == ["after"]
+        assert metrics_in(spool) == ["after"]
         assert spool.stats().dead_letters >= 1
     finally:
-        stopping.set()
+        source.stopping.set()
         source.join(5)
         spool.close()
