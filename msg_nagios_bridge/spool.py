@@ -181,7 +181,8 @@ def _chunks(ids, size: int = 500):
         yield ids[start:start + size]
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (a new or renamed file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -239,7 +240,7 @@ class Spool:
             directory = os.path.dirname(self.path)
             if not os.path.isdir(directory):
                 os.makedirs(directory, mode=0o700, exist_ok=True)
-                _fsync_dir(os.path.dirname(directory))
+                fsync_dir(os.path.dirname(directory))
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
@@ -256,7 +257,7 @@ class Spool:
             # Create the file ourselves so it is 0600 whatever the umask (SQLite gives the
             # -wal and -shm files the same mode), and make its directory entry durable.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            _fsync_dir(os.path.dirname(self.path))
+            fsync_dir(os.path.dirname(self.path))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                              timeout=5.0)
         try:

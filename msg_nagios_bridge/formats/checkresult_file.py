@@ -1,12 +1,10 @@
 """The text of a Nagios check results directory file (``c`` + 6 characters).
 
 Only the text lives here; writing the file and its ``.ok`` companion is the
-sink's job. A file holds a header with ``file_time`` (Nagios skips the whole
-file when that is older than ``max_check_result_file_age``) and one
-``key=value`` block per result, each ended by a blank line::
+sink's job. A file holds a header (optionally with ``file_time``: see render)
+and one ``key=value`` block per result, each ended by a blank line::
 
     ### Passive Check Result File ###
-    file_time=1700000000
 
     ### Nagios Service Check Result ###
     host_name=web01
@@ -28,7 +26,7 @@ zeros, as Nagios writes them: Nagios reads the usec part with
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..model import CheckResult
 from .nagios_command import CommandRefused, check_code, check_name, escape, plugin_text, unescape
@@ -80,13 +78,20 @@ def render_one(result: CheckResult) -> str:
     return block
 
 
-def render(results: Sequence[CheckResult], now: float) -> str:
-    """The whole file for ``results``; ``now`` becomes ``file_time``.
+def render(results: Sequence[CheckResult], now: Optional[float] = None) -> str:
+    """The whole file for ``results``; ``now``, if given, becomes ``file_time``.
+
+    Nagios drops a file unread once its ``file_time`` is older than
+    ``max_check_result_file_age`` (1 h by default). The bridge leaves it out: its
+    file may wait for a Nagios stopped for longer than that, and must then still
+    be read (Nagios's other age check, by mtime, the sink defeats by touching it).
 
     Raises CommandRefused if any result must not reach Nagios (the caller
     should refuse that one result, not the batch: render them one by one with
     ``render_one`` to find it).
     """
+    if now is None:
+        return f"{FILE_HEADER}\n\n" + "".join(render_one(result) for result in results)
     if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now) or now < 0:
         raise CommandRefused(f"file time {now!r} is out of range")
     head = f"{FILE_HEADER}\nfile_time={int(now)}\n\n"

@@ -3,8 +3,9 @@
 Nagios reaps files named ``c`` + 6 characters that have a matching ``.ok``
 file. The result file is written, fsynced and closed first, then the ``.ok``
 file is created, so Nagios never reads half a file. This path has no size
-limit per result and no reader problem: files wait until Nagios is back (but
-Nagios deletes files older than ``max_check_result_file_age``, 1 hour by default).
+limit per result and no reader problem: files wait until Nagios is back (Nagios
+deletes unread files older than ``max_check_result_file_age``, 1 hour by default,
+by mtime: the writer keeps touching the file that waits).
 """
 from __future__ import annotations
 
@@ -16,14 +17,16 @@ from typing import Sequence
 
 from ..formats import checkresult_file
 from ..model import CheckResult
+from ..spool import fsync_dir
 from .command_file import NagiosUnavailable
 
 _NAME_CHARS = string.ascii_letters + string.digits
 
 
-def write_results(directory: str, results: Sequence[CheckResult], now: float) -> str:
-    """Write ``results`` as one check result file; returns its path."""
-    text = checkresult_file.render(results, now).encode("utf-8")
+def write_results(directory: str, results: Sequence[CheckResult]) -> str:
+    """Write ``results`` as one check result file (without a file_time: see
+    checkresult_file.render); returns its path."""
+    text = checkresult_file.render(results).encode("utf-8")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     for _ in range(100):
         path = os.path.join(directory, "c" + "".join(secrets.choice(_NAME_CHARS) for _ in range(6)))
@@ -47,6 +50,7 @@ def write_results(directory: str, results: Sequence[CheckResult], now: float) ->
             os.close(fd)
         ok = os.open(path + ".ok", flags, 0o600)
         os.close(ok)
+        fsync_dir(directory)     # the entries leave the spool once Nagios has read the file
     except OSError as exc:
         _remove(path)
         raise NagiosUnavailable(f"cannot write {path}: {exc.strerror}") from None

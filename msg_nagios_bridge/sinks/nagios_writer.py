@@ -1,7 +1,7 @@
 """The inbound sink: inbound spool -> Nagios (command file or check results directory).
 
-An entry leaves the spool only after Nagios has it: as a reaped-when-ready file in the check
-results directory, or written into the command FIFO *and* Nagios still reading that FIFO
+An entry leaves the spool only after Nagios has it: in a check result file that Nagios has
+reaped (deleted after reading), or written into the command FIFO *and* Nagios still reading that FIFO
 CONFIRM_AFTER seconds later. The FIFO gives no acknowledgement, and a Nagios that stops (or
 dies) drops what it had read but not yet handled (measured: results written just before a
 SIGTERM never reached it); so results written shortly before Nagios went away are written
@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 BATCH = 500                 # results per round through the command file
 FILE_BATCH = 10_000         # results per check result file (Nagios reads one about every second)
 NOT_REAPED_AFTER = 30.0     # a check result file Nagios has not read by then: Nagios is away
+# Nagios deletes unread check result files older than max_check_result_file_age (by mtime, 1 h
+# by default): the file waiting for it is touched this often, so it never looks old.
+TOUCH_EVERY = 10.0
+# Saved in the spool: the check result file waiting for Nagios, its entries and when it was last
+# touched. A restarted bridge waits for that file; if it is gone, it was read, unless the bridge
+# was down long enough for Nagios to have deleted it unread (then its results are written again).
+FILED_CURSOR = "nagios-filed"
 # A result written into the command FIFO leaves the spool once the same Nagios has read the
 # FIFO for this long after: longer than a killed core's command worker keeps swallowing (~2 s).
 CONFIRM_AFTER = 3.0
@@ -86,10 +93,6 @@ class ReaderWatch:
         return self.cached
 
 
-class NotYetReaped(Exception):
-    """The previous check result file is still waiting for Nagios (normal for about a second)."""
-
-
 def nagios_pid_alive(lock_file: str) -> Optional[str]:
     """None if the PID in Nagios's lock file runs, else why not.
 
@@ -121,8 +124,10 @@ class NagiosWriter(threading.Thread):
         self.echo = echo
         self.stopping = threading.Event()
         self._backoff = Backoff(0.5, 10.0)
+        # The check result file waiting for Nagios, and the entries in it (still in the spool).
         self._pending_file: Optional[str] = None
-        self._pending_since = 0.0
+        self._pending_ids: List[int] = []
+        self._pending_since = self._touched = 0.0
         # Written into the command FIFO, not yet confirmed: (monotonic time, entry ids, reader).
         self._unconfirmed: Deque[Tuple[float, List[int], Optional[tuple]]] = deque()
         self._readers = ReaderWatch(settings.command_file)
@@ -138,14 +143,14 @@ class NagiosWriter(threading.Thread):
         self.health.set_state("nagios_writer", "waiting for results")
         try:
             self._load_written()
+            self._load_filed()
         except SpoolError as exc:
             log.warning("cannot read which results the last run wrote to Nagios (%s):"
                         " they will be written again", exc)
         while not self.stopping.is_set():
             try:
                 self._confirm()
-                if self._file_pending():
-                    self.stopping.wait(0.05)    # Nagios reads it within about a second
+                if self._file_waits():
                     continue
                 entries = self.spool.take(FILE_BATCH if self.settings.writer == "checkresults_dir" else BATCH)
                 if not entries:
@@ -246,9 +251,9 @@ class NagiosWriter(threading.Thread):
                 problem = nagios_pid_alive(self.settings.nagios_lock_file)
                 if problem:
                     raise NagiosUnavailable(problem)
-            files = [result for _, result, line in prepared if line is None]
-            if files:
-                self._write_file(files, now)
+            filed = [entry.entry_id for entry, _, line in prepared if line is None]
+            if filed:
+                self._write_file([result for _, result, line in prepared if line is None], filed)
             # Who reads the FIFO matters only for command lines (not for check result files).
             has_lines = any(line is not None for _, _, line in prepared)
             reader = self._reader() if has_lines else None
@@ -261,12 +266,9 @@ class NagiosWriter(threading.Thread):
                      if line is not None and entry.entry_id not in already]
             if lines:
                 write_lines(self.settings.command_file, lines)
-        except NotYetReaped:
-            self.spool.give_back([entry.entry_id for entry, _, _ in prepared])
-            self.stopping.wait(0.1)
-            return
         except NagiosUnavailable as exc:
-            self.spool.give_back([entry.entry_id for entry, _, _ in prepared])
+            self.spool.give_back([entry.entry_id for entry, _, _ in prepared
+                                  if entry.entry_id not in self._pending_ids])
             self.health.set_state("nagios_writer", f"waiting: {exc}")
             self.health.error(f"nagios: {exc}")
             self._warn(logging.WARNING, "nagios", f"cannot hand results to Nagios, will retry: {exc}")
@@ -278,15 +280,8 @@ class NagiosWriter(threading.Thread):
             # The reader seen just before the write: if it changed in between, the next
             # _confirm sees a different one and writes the batch again.
             self._unconfirmed.append((time.monotonic(), written, reader))
-        filed = [entry.entry_id for entry, _, line in prepared if line is None]
-        try:
-            if filed:
-                self.spool.done(filed)
-            if written:
-                self._save_written()
-        except SpoolError:
-            self.spool.give_back(filed)     # never leave an entry leased (a no-op if deleted)
-            raise
+        if written:
+            self._save_written()
         self.health.add("injected", len(prepared))
         self.health.mark("inject")
         self.health.set_state("nagios_writer", "writing")
@@ -307,14 +302,8 @@ class NagiosWriter(threading.Thread):
         self.health.add("truncated")
         return nagios_command.truncate_to_fit(result, when)
 
-    def _file_pending(self) -> bool:
-        """True while the last check result file waits for Nagios, unless for too long (then the
-        next write reports Nagios as unavailable)."""
-        return (self._pending_file is not None and os.path.exists(self._pending_file)
-                and time.time() - self._pending_since < NOT_REAPED_AFTER)
-
-    def _write_file(self, results: List[CheckResult], now: int) -> None:
-        """One check result file at a time, results oldest first.
+    def _write_file(self, results: List[CheckResult], entry_ids: List[int]) -> None:
+        """One check result file at a time (see _file_waits), results oldest first.
 
         Nagios reads the files waiting in its directory in no particular order
         and keeps whichever result it reads last, so a second file written
@@ -322,12 +311,62 @@ class NagiosWriter(threading.Thread):
         result (measured: up to half of them). Waiting for Nagios to take each
         file keeps the newest result last.
         """
-        if self._pending_file is not None and os.path.exists(self._pending_file):
-            age = time.time() - self._pending_since
-            if age < NOT_REAPED_AFTER:
-                raise NotYetReaped(self._pending_file)
-            raise NagiosUnavailable(f"Nagios has not read {self._pending_file} for {age:.0f} s "
-                                    f"(is it running? check_result_path right?)")
         results = sorted(results, key=lambda result: result.timestamp)
-        self._pending_file = write_results(self.settings.check_result_path, results, now)
-        self._pending_since = time.time()
+        self._pending_file = write_results(self.settings.check_result_path, results)
+        self._pending_ids = list(entry_ids)
+        self._pending_since = self._touched = time.time()
+        self._save_filed()
+
+    def _file_waits(self) -> bool:
+        """True while the last check result file waits for Nagios (the caller must not write
+        another). Once Nagios has reaped it, its entries leave the spool."""
+        if self._pending_file is None:
+            return False
+        now = time.time()
+        if not os.path.exists(self._pending_file):
+            self.spool.done(self._pending_ids)
+            self._pending_file, self._pending_ids = None, []
+            self._save_filed()
+            return False
+        if now - self._touched >= TOUCH_EVERY:
+            try:
+                os.utime(self._pending_file)
+                self._touched = now
+                self._save_filed()
+            except FileNotFoundError:
+                return True                            # reaped just now: seen next time
+        age = now - self._pending_since
+        if age < NOT_REAPED_AFTER:
+            self.stopping.wait(0.05)                   # Nagios reads it within about a second
+            return True
+        problem = (f"Nagios has not read {self._pending_file} for {age:.0f} s"
+                   f" (is it running? check_result_path right?)")
+        self.health.set_state("nagios_writer", f"waiting: {problem}")
+        self.health.error(f"nagios: {problem}")
+        self._warn(logging.WARNING, "nagios", f"cannot hand results to Nagios, will retry: {problem}")
+        self.stopping.wait(1.0)
+        return True
+
+    def _save_filed(self) -> None:
+        state = {} if self._pending_file is None else {
+            "path": self._pending_file, "ids": _ranges(sorted(self._pending_ids)), "touched": self._touched}
+        self.spool.put([], cursor=(FILED_CURSOR, json.dumps(state)))
+
+    def _load_filed(self) -> None:
+        saved = json.loads(self.spool.cursor(FILED_CURSOR) or "{}")
+        if not saved:
+            return
+        ids = [i for low, high in saved["ids"] for i in range(low, high + 1)]
+        if os.path.exists(saved["path"]):
+            log.info("%d results are in %s, which Nagios has not read yet: waiting for it",
+                     len(ids), saved["path"])
+            self._pending_file, self._pending_ids = saved["path"], ids
+            self._pending_since, self._touched = time.time(), saved["touched"]
+        elif time.time() - saved["touched"] < 3 * TOUCH_EVERY:
+            self.spool.done(ids)                       # read by Nagios while the bridge restarted
+            self._save_filed()
+        else:
+            log.warning("%s, with %d results, is gone after the bridge was down for %.0f s: Nagios"
+                        " may have deleted it unread as too old, so they will be written again",
+                        saved["path"], len(ids), time.time() - saved["touched"])
+            self._save_filed()

@@ -95,6 +95,31 @@ def test_nagios_stopped_for_a_while_loses_nothing(activemq, nagios_factory, brid
         assert landed(nagios, result), (result.service, bridge.log_text()[-2000:])
 
 
+def test_a_check_result_file_outlives_a_nagios_down_longer_than_max_check_result_file_age(
+        activemq, nagios_factory, bridge_factory):
+    """Regression (review): the entries left the spool once their file was written, and the
+    file carried a file_time; a Nagios stopped for longer than max_check_result_file_age
+    deleted it unread at its start. Here that age is 15 s and Nagios is down for 25 s."""
+    nagios = central_nagios(nagios_factory, services=[f"svc{i}" for i in range(5)],
+                            extra_cfg={"max_check_result_file_age": "15"})
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False,
+                            inbound=inbound_config(nagios, QUEUE, writer="checkresults_dir"))
+    bridge.start()
+    nagios.stop()
+    results = [remote_result(f"svc{i}", state=i % 4, output=f"kept {i}") for i in range(5)]
+    for result in results:
+        send(activemq, result)
+    time.sleep(25)
+    assert bridge.status()["inbound_spool"]["depth"] == 5, "kept until Nagios has read the file"
+    nagios.start()
+    for result in results:
+        assert landed(nagios, result), (result.service, nagios.log_text()[-1500:], bridge.log_text()[-1500:])
+    deadline = time.time() + 10
+    while bridge.status()["inbound_spool"]["depth"] and time.time() < deadline:
+        time.sleep(0.2)
+    assert bridge.status()["inbound_spool"]["depth"] == 0
+
+
 def test_duplicates_are_dropped_and_refusals_are_dead_lettered_once(activemq, nagios_factory, bridge_factory):
     nagios = central_nagios(nagios_factory)
     rules = "[{senders: ['remote-nagios'], hosts: ['ce01.remote.org'], services: ['org.sam.*']}]"

@@ -13,6 +13,7 @@ from msg_nagios_bridge.health import Health
 from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
 from msg_nagios_bridge.sinks.checkresults_dir import write_results
 from msg_nagios_bridge.sinks.command_file import NagiosUnavailable, _batches, write_lines
+from msg_nagios_bridge.sinks import nagios_writer
 from msg_nagios_bridge.sinks.nagios_writer import NagiosWriter, nagios_pid_alive
 from msg_nagios_bridge.spool import Spool
 
@@ -94,14 +95,16 @@ def test_a_full_pipe_times_out_clearly(tmp_path):
 
 
 def test_check_result_file_then_ok_file(tmp_path):
-    path = write_results(str(tmp_path), [RESULT], now=1700000001)
+    path = write_results(str(tmp_path), [RESULT])
     name = os.path.basename(path)
     assert name.startswith("c") and len(name) == 7
     assert os.path.exists(path + ".ok")
-    (entry,) = checkresult_file.parse(open(path).read())
+    text = open(path).read()
+    (entry,) = checkresult_file.parse(text)
     assert entry["host_name"] == "h1" and entry["return_code"] == "1"
+    assert "file_time" not in text, "Nagios would drop the file unread once that is an hour old"
     with pytest.raises(NagiosUnavailable, match="does not exist"):
-        write_results(str(tmp_path / "missing"), [RESULT], now=1)
+        write_results(str(tmp_path / "missing"), [RESULT])
 
 
 def test_lock_file_check(tmp_path):
@@ -194,6 +197,95 @@ def test_echo_guard_knows_the_object_before_nagios_reads_the_line(tmp_path):
     assert seen_by_guard_on_read == [True]
 
 
+def wait_for_result_files(directory, timeout=10):
+    """The check result files (with their .ok) in ``directory``, once there is one."""
+    deadline = time.time() + timeout
+    while True:
+        files = sorted(name for name in os.listdir(directory)
+                       if name.startswith("c") and os.path.exists(directory / (name + ".ok")))
+        if files or time.time() > deadline:
+            return files
+        time.sleep(0.02)
+
+
+def reap(directory, name):
+    """What Nagios does with a check result file it has read."""
+    os.unlink(directory / name)
+    os.unlink(directory / (name + ".ok"))
+
+
+def test_check_result_entries_leave_the_spool_only_once_nagios_has_read_the_file(tmp_path, monkeypatch):
+    """Regression (review): entries were deleted as soon as their file was written. A Nagios
+    stopped for longer than max_check_result_file_age deletes such a file unread at its next
+    start, and a restarted bridge forgot the file and wrote the next one beside it."""
+    import dataclasses
+    monkeypatch.setattr(nagios_writer, "TOUCH_EVERY", 0.2)
+    settings = dataclasses.replace(writer_settings(tmp_path), writer="checkresults_dir")
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(3)])
+    writer = NagiosWriter(settings, spool, Health(), EchoGuard())
+    writer.start()
+    try:
+        [name] = wait_for_result_files(tmp_path)
+        os.utime(tmp_path / name, (1, 1))                     # as if it had waited for hours
+        time.sleep(0.6)
+        assert spool.stats().depth == 3, "kept until Nagios has read the file"
+        assert time.time() - os.stat(tmp_path / name).st_mtime < 5, "touched, so never too old for Nagios"
+    finally:
+        writer.stop()
+        writer.join(5)
+        spool.close()
+    spool = Spool(str(tmp_path / "inbound.sqlite"))                    # the bridge restarted
+    spool.put([spooled(dataclasses.replace(RESULT, output="later"), "later")])
+    writer = NagiosWriter(settings, spool, Health(), EchoGuard())
+    writer.start()
+    try:
+        time.sleep(0.5)
+        assert wait_for_result_files(tmp_path) == [name], "waits for the file the last run wrote"
+        reap(tmp_path, name)
+        [second] = wait_for_result_files(tmp_path)
+        assert [entry["output"].split("\n")[0] for entry in checkresult_file.parse((tmp_path / second).read_text())] \
+            == ["later"]
+        reap(tmp_path, second)
+        deadline = time.time() + 10
+        while spool.stats().depth and time.time() < deadline:
+            time.sleep(0.05)
+        assert spool.stats().depth == 0
+    finally:
+        writer.stop()
+        writer.join(5)
+        spool.close()
+
+
+def test_a_check_result_file_gone_while_the_bridge_was_down_long_is_written_again(tmp_path):
+    """Nagios may have deleted it unread as too old: duplicates rather than loss."""
+    import dataclasses
+    settings = dataclasses.replace(writer_settings(tmp_path), writer="checkresults_dir")
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    spool.put([spooled(RESULT, "k")])
+    writer = NagiosWriter(settings, spool, Health(), EchoGuard())
+    writer.start()
+    [name] = wait_for_result_files(tmp_path)
+    writer.stop()
+    writer.join(5)
+    saved = json.loads(spool.cursor(nagios_writer.FILED_CURSOR))
+    saved["touched"] -= 3600                                  # the bridge was down an hour
+    spool.put([], cursor=(nagios_writer.FILED_CURSOR, json.dumps(saved)))
+    spool.close()
+    reap(tmp_path, name)
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    writer = NagiosWriter(settings, spool, Health(), EchoGuard())
+    writer.start()
+    try:
+        [again] = wait_for_result_files(tmp_path)
+        assert again != name
+        assert checkresult_file.parse((tmp_path / again).read_text())[0]["output"].startswith(RESULT.output)
+    finally:
+        writer.stop()
+        writer.join(5)
+        spool.close()
+
+
 def test_check_result_files_are_written_one_at_a_time_oldest_result_first(tmp_path):
     spool = Spool(str(tmp_path / "inbound.sqlite"))
     settings = writer_settings(tmp_path)
@@ -205,18 +297,17 @@ def test_check_result_files_are_written_one_at_a_time_oldest_result_first(tmp_pa
     writer = NagiosWriter(settings, spool, Health(), EchoGuard())
     writer.start()
     try:
-        deadline = time.time() + 10
-        while spool.stats().depth and time.time() < deadline:
-            time.sleep(0.05)
-        files = [name for name in os.listdir(tmp_path) if name.startswith("c") and not name.endswith(".ok")]
+        files = wait_for_result_files(tmp_path)
         assert len(files) == 1
         outputs = [entry["output"].split("\n")[0] for entry in checkresult_file.parse(open(tmp_path / files[0]).read())]
         assert outputs == ["older", "newer"]
         spool.put([spooled(dataclasses.replace(RESULT, output="third", timestamp=1700000120), "t")])
         time.sleep(0.5)
-        assert spool.stats().depth == 1, "no second file while Nagios has not read the first"
-        os.unlink(tmp_path / files[0])                  # what Nagios does when it reaps a file
-        os.unlink(tmp_path / (files[0] + ".ok"))
+        assert spool.stats().depth == 3, "no second file while Nagios has not read the first"
+        assert wait_for_result_files(tmp_path) == files
+        reap(tmp_path, files[0])
+        [second] = wait_for_result_files(tmp_path)
+        reap(tmp_path, second)
         deadline = time.time() + 10
         while spool.stats().depth and time.time() < deadline:
             time.sleep(0.05)
