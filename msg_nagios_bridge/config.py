@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import logging.handlers
+import math
 import os
 import socket
 import string
@@ -230,6 +231,12 @@ class _Section:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.error(name, value, f"must be {_KIND_NAMES.get(kind, kind.__name__)}")
+        # Every number of seconds here: .inf or 1e300 would pass "> 0" and then overflow
+        # (socket timeouts) or mean "never" (backoff) at run time.
+        if kind is float and not (math.isfinite(value) and abs(value) <= MAX_SECONDS):
+            raise self.error(name, value, f"must be a number of seconds up to {MAX_SECONDS:.0f} (a day)")
+        if kind is str and "\0" in value:
+            raise self.error(name, value, "must not contain a NUL character")
         problem = check(value) if check else None
         if problem:
             raise self.error(name, value, problem)
@@ -245,6 +252,8 @@ class _Section:
                 raise ConfigError(self.file, f"{self.key(name)}[{index}]", item, "must be non-empty text")
         return tuple(value)
 
+
+MAX_SECONDS = 86400.0
 
 _KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
                list: "a list", dict: "a mapping"}
@@ -292,7 +301,7 @@ def _host_port(file: str, key: str, value: Any) -> Tuple[str, int]:
     if not isinstance(value, str) or value.count(":") != 1:
         raise ConfigError(file, key, value, "must be HOST:PORT")
     host, _, port = value.partition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(file, key, value, "must be HOST:PORT with a port from 1 to 65535")
     return host, int(port)
 
@@ -312,6 +321,8 @@ def _secret(section: _Section, name: str) -> str:
                 return handle.read().strip()
         except OSError as exc:
             raise section.error(name + "_file", path, f"cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise section.error(name + "_file", path, "is not UTF-8 text") from None
     return inline
 
 
@@ -338,7 +349,8 @@ def _brokers(root: _Section) -> BrokerSettings:
         username=sec.get("username", str, ""),
         password=_secret(sec, "password"),
         vhost=sec.get("vhost", str, ""),
-        heartbeat_ms=sec.get("heartbeat_ms", int, 10_000, _not_negative),
+        heartbeat_ms=sec.get("heartbeat_ms", int, 10_000,
+                             lambda v: None if 0 <= v <= MAX_SECONDS * 1000 else "must be from 0 to 86400000 (a day)"),
         connect_timeout=sec.get("connect_timeout", float, 10.0, _positive),
         receipt_timeout=sec.get("receipt_timeout", float, 30.0, _positive),
         max_in_flight=sec.get("max_in_flight", int, 1000,
@@ -620,6 +632,8 @@ def parse(text: str, file: str = "<config>") -> Settings:
         data = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(file, "", None, f"is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(file, "", None, "nests lists or mappings too deeply") from None
     root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "inbound", "logging",
                                      "daemon", "metrics", "signing"))
     site = _site(root)
@@ -640,6 +654,23 @@ def parse(text: str, file: str = "<config>") -> Settings:
 
 
 class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without anchors and aliases, and refusing a key given twice in one mapping
+    (YAML would keep the last silently: a second ``site:`` must not replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:        # an unhashable key: SafeLoader's own error says so below
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                        f"found the key {key!r} twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()

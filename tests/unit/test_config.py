@@ -47,6 +47,17 @@ def test_defaults_from_a_minimal_config():
     (MINIMAL + "logging: {target: file}\n", "logging.file", "required"),
     (MINIMAL + "logging: {syslog_facility: kernel}\n", "logging.syslog_facility", "facility"),
     (MINIMAL + "metrics: {listen: '0.0.0.0:9100'}\n", "metrics.listen", "loopback"),
+    # Found in review: each of these raised something other than ConfigError, or passed the
+    # check and failed at run time (connect_timeout: .inf overflowed the socket timeout).
+    (MINIMAL.replace("61613", "6161\u00b9"), "brokers.hosts[0]", "port"),
+    (MINIMAL + "metrics: {listen: '127.0.0.1:\u00b2'}\n", "metrics.listen", "port"),
+    (MINIMAL.replace("hosts:", "connect_timeout: .inf, hosts:"), "brokers.connect_timeout", "up to 86400"),
+    (MINIMAL.replace("hosts:", "backoff_max: 1.0e+300, hosts:"), "brokers.backoff_max", "up to 86400"),
+    (MINIMAL.replace("hosts:", "heartbeat_ms: 100000000000000000000, hosts:"), "brokers.heartbeat_ms", "a day"),
+    (MINIMAL.replace("/tmp/spool", '"/tmp/x\\0y"'), "spool.directory", "NUL"),
+    (MINIMAL.replace("hosts:", 'password_file: "/tmp/a\\0b", hosts:'), "brokers.password_file", "NUL"),
+    (MINIMAL + "site: {name: OTHER}\n", "", "found the key 'site' twice"),
+    (MINIMAL + "x: " + "[" * 3000 + "]" * 3000 + "\n", "", "too deeply"),
 ])
 def test_mistakes_name_file_key_value_and_reason(text, key, reason):
     with pytest.raises(config.ConfigError) as caught:
@@ -55,7 +66,7 @@ def test_mistakes_name_file_key_value_and_reason(text, key, reason):
     assert error.file == "bridge.yaml"
     assert error.key == key
     assert reason in error.reason
-    assert str(error).startswith(f"bridge.yaml: {key} = ")
+    assert str(error).startswith(f"bridge.yaml: {key} = " if key else "bridge.yaml: ")
 
 
 def test_a_missing_required_key_is_named():
@@ -184,6 +195,14 @@ def test_a_readable_secret_draws_a_warning(tmp_path, caplog):
     cfg.chmod(0o640)
     config.load(str(cfg))
     assert "can be read by every user" not in caplog.text
+
+
+def test_a_password_file_that_is_not_utf8_is_a_clear_error(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_bytes(b"\xff\xfe\x00pw")
+    secret.chmod(0o600)
+    with pytest.raises(config.ConfigError, match="password_file .* is not UTF-8 text"):
+        config.parse(MINIMAL.replace("hosts:", f"password_file: {secret}, hosts:"), "bridge.yaml")
 
 
 def test_the_shipped_nagios_snippet_matches_what_nagios_config_prints():
