@@ -11,7 +11,7 @@ import hashlib
 import logging
 import threading
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..formats import result_line
 from ..health import Health, RateLimitedLog
@@ -33,6 +33,9 @@ class Intake:
         self.health = health
         self.stopping = stopping
         self._warn = RateLimitedLog(log)
+        # Called about once a second while a batch waits for room (the perfdata tailer opens
+        # files that Nagios rotates meanwhile, before a second rotation could unlink them).
+        self.while_waiting: Optional[Callable[[], None]] = None
 
     def spool_lines(self, lines: Sequence[bytes], cursor: Optional[Tuple[str, str]] = None) -> bool:
         """Parse, route and durably spool ``lines`` with ``cursor``, retrying while full.
@@ -99,6 +102,8 @@ class Intake:
                            f"until the spool takes them: {exc}")
             if self.stopping.wait(1.0):
                 return False
+            if self.while_waiting is not None:
+                self.while_waiting()
 
     def dead_letter(self, raw: bytes, reason: str) -> None:
         """Keep an input the bridge could not use, with the reason, and say so (rate-limited)."""

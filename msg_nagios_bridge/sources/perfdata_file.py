@@ -9,8 +9,11 @@ Rotation: ``nagios-config`` has Nagios run ``mv -f FILE FILE.old`` every
 ``rotate_interval`` seconds. Nagios closes the file before running that
 command and opens a new one after, so when the path's inode changes the old
 file is complete: the tailer reads it to its end through the descriptor it
-holds, then moves on (to ``FILE.old`` first if that is yet another file it has
-not read, then to ``FILE``). A file that shrinks below the read position was
+holds, then moves on to the next file. It opens every new file as soon as it
+appears at FILE, also while it waits for room in the spool, and reads them in
+turn: a later ``mv -f`` over ``FILE.old`` then unlinks a file it still holds
+open, not one it has not read. ``FILE.old`` matters only at start, when the
+file last read may be there. A file that shrinks below the read position was
 truncated (mode ``w``, or by hand): reading starts again at its beginning.
 """
 from __future__ import annotations
@@ -21,7 +24,8 @@ import logging
 import os
 import stat
 import threading
-from typing import List, Optional, Tuple
+from collections import deque
+from typing import Deque, Optional, Tuple
 
 from ..health import Health
 from .intake import Intake
@@ -64,8 +68,10 @@ class PerfdataTail(threading.Thread):
         self.fd: Optional[int] = None
         self.file_id: Optional[Tuple[int, int]] = None
         self.offset = 0
-        self.finished: List[Tuple[int, int]] = []   # files read to their end, newest last
         self.fingerprint = ""                          # of the current file, once it is long enough
+        # Files that appeared at the path after the current one, opened, not yet read: oldest first.
+        self.queued: Deque[Tuple[int, Tuple[int, int]]] = deque()
+        intake.while_waiting = self._discover
 
     # -- position -----------------------------------------------------------
 
@@ -79,6 +85,7 @@ class PerfdataTail(threading.Thread):
             os.close(fd)
             raise OSError(f"{path} is not a regular file (a perfdata file must use mode 'a')")
         self._close()
+        self._close_queued()
         self.fd, self.file_id, self.offset = fd, _identity(info), min(offset, info.st_size)
         self.fingerprint = ""
         if offset > info.st_size:
@@ -90,6 +97,26 @@ class PerfdataTail(threading.Thread):
         if self.fd is not None:
             os.close(self.fd)
         self.fd = None
+
+    def _discover(self) -> None:
+        """Open the file at the path if it is new (neither the current one nor queued)."""
+        info = _stat(self.path)
+        if info is None or self.fd is None:
+            return
+        identity = _identity(info)
+        if identity == self.file_id or any(identity == queued for _, queued in self.queued):
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or _identity(opened) != identity:
+            os.close(fd)       # replaced again in between: seen at the next look
+            return
+        self.queued.append((fd, identity))
+        if len(self.queued) > 1:
+            log.warning("%s: %d rotated files wait to be read (the spool has no room)", self.path, len(self.queued))
 
     def _resume(self) -> None:
         """At start: continue where the spool's cursor says, across one rotation if needed."""
@@ -110,21 +137,27 @@ class PerfdataTail(threading.Thread):
         if not self._open(self.old_path, 0):
             self._open(self.path, 0)
 
+    def _close_queued(self) -> None:
+        while self.queued:
+            os.close(self.queued.popleft()[0])
+
     def _next_file(self, leftover: bytes) -> bool:
-        """If the current file, read to its end, was replaced: switch. True if switched."""
+        """If the current file, read to its end, was replaced: switch. True if it did something."""
         current = _stat(self.path)
         if current is not None and _identity(current) == self.file_id:
             return False   # not rotated; maybe truncated
+        if os.fstat(self.fd).st_size > self.offset + len(leftover):
+            # Nagios wrote its last lines (closing the file) between our read and the rotation.
+            return True
         if leftover:
             self.intake.dead_letter(leftover, "the file was rotated with an incomplete last line")
-        self.finished = (self.finished + [self.file_id])[-4:]
-        old = _stat(self.old_path)
-        if old is not None and _identity(old) not in self.finished:
-            return self._open(self.old_path, 0)
-        if current is not None:
-            return self._open(self.path, 0)
+        self._discover()
         self._close()
-        self.file_id = None
+        if self.queued:
+            self.fd, self.file_id = self.queued.popleft()
+        else:
+            self.file_id = None
+        self.offset, self.fingerprint = 0, ""
         return True
 
     # -- loop ---------------------------------------------------------------
@@ -142,6 +175,7 @@ class PerfdataTail(threading.Thread):
             self.health.error(f"perfdata {self.path}: {exc}")
         finally:
             self._close()
+            self._close_queued()
 
     def _head(self, offset: int) -> str:
         if self.fingerprint:
@@ -158,6 +192,7 @@ class PerfdataTail(threading.Thread):
                 return False
             self._open(self.path, 0)
             self.health.set_state(self.state_name, "reading")
+        self._discover()
         data = os.pread(self.fd, MAX_BATCH_BYTES, self.offset)
         end = data.rfind(b"\n")
         if end >= 0:
@@ -180,6 +215,6 @@ class PerfdataTail(threading.Thread):
             log.warning("%s was truncated (from %d to %d bytes); reading it from the start",
                         self.path, self.offset, size)
             self.health.add("perfdata_truncations")
-            self.offset = 0
+            self.offset, self.fingerprint = 0, ""
             return True
         return False

@@ -209,3 +209,118 @@ def test_a_line_that_fails_in_any_way_is_dead_lettered_and_the_batch_still_store
         assert services_in(spool) == [0, 2]
         [dead] = spool.dead_letters()
         assert "KeyError" in dead.reason and b"\ts1\t" in dead.entry.message.body
+
+
+def step_until_idle(tailer):
+    while tailer._step():
+        pass
+
+
+def test_lines_written_between_a_read_and_the_rotation_are_read_before_switching(tmp_path, monkeypatch):
+    """Regression (review): the tailer read the file, then saw it rotated; lines Nagios wrote
+    (closing the file) in between were never read, and the part line became a dead letter."""
+    from msg_nagios_bridge.sources import perfdata_file
+    path = str(tmp_path / "perfdata")
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    tailer = PerfdataTail(path, Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event()),
+                          Health(), 0.02)
+    text = lines(0, 10)
+    cut = text.index("\n", len(text) // 2) + 5            # Nagios's buffer flushed mid-line
+    with open(path, "w") as handle:
+        handle.write(text[:cut])
+    tailer._resume()
+    step_until_idle(tailer)
+    real_stat, raced = perfdata_file._stat, []
+
+    def stat_after_nagios_closed_and_rotated(name):
+        if not raced:
+            raced.append(True)
+            with open(path, "a") as handle:
+                handle.write(text[cut:])
+            os.rename(path, path + ".old")
+            open(path, "w").close()
+        return real_stat(name)
+
+    monkeypatch.setattr(perfdata_file, "_stat", stat_after_nagios_closed_and_rotated)
+    for _ in range(20):
+        tailer._step()
+    assert services_in(spool) == list(range(10))
+    assert spool.stats().dead_letters == 0
+    spool.close()
+
+
+def test_files_rotated_while_the_spool_is_full_are_all_read_later(tmp_path):
+    """Regression (review): while the spool had no room the tailer waited, knowing only FILE
+    and FILE.old; a second rotation meanwhile (mv -f over FILE.old) unlinked a file it had
+    never opened, and its results were gone without a word."""
+    path = tmp_path / "perfdata"
+    spool = Spool(str(tmp_path / "spool.sqlite"), max_messages=40)
+    stopping = threading.Event()
+    tailer = PerfdataTail(str(path), Intake("perfdata", Router(SETTINGS), spool, Health(), stopping),
+                          Health(), poll_interval=0.02)
+    path.write_text(lines(0, 40))
+    tailer.start()
+    try:
+        deadline = time.time() + 10
+        while spool.stats().depth < 40 and time.time() < deadline:
+            time.sleep(0.02)
+        for rotation in range(1, 5):                     # the spool is full: the tailer waits
+            path.write_text(path.read_text() + lines(rotation * 100, 30))
+            os.replace(path, str(path) + ".old")         # Nagios's mv -f
+            path.write_text("")
+            time.sleep(1.3)                              # the tailer looks about once a second
+        path.write_text(lines(900, 5))
+        seen = set()
+        deadline = time.time() + 30
+        expected = set(range(40)) | {r * 100 + i for r in range(1, 5) for i in range(30)} | set(range(900, 905))
+        while seen != expected and time.time() < deadline:   # a publisher emptying the spool
+            entries = spool.take(100)
+            seen.update(int(e.message.headers["metric"][1:]) for e in entries)
+            spool.done([e.entry_id for e in entries])
+            time.sleep(0.05)
+        assert seen == expected, sorted(expected - seen)[:10]
+    finally:
+        stopping.set()
+        tailer.join(5)
+        spool.close()
+
+
+def test_a_restart_after_a_truncation_does_not_publish_the_file_again(tmp_path):
+    """Regression (review): a truncation kept the hash of the old first KiB, so after a restart
+    the saved position no longer matched and .old and the whole file were read again."""
+    path = str(tmp_path / "perfdata")
+    spool_path = str(tmp_path / "spool.sqlite")
+
+    def tailer(spool):
+        return PerfdataTail(path, Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event()),
+                            Health(), 0.02)
+
+    def publish(spool):
+        entries = spool.take(1000)
+        spool.done([e.entry_id for e in entries])
+        return len(entries)
+
+    with open(path + ".old", "w") as handle:
+        handle.write(lines(100, 20))                    # an earlier file, long published
+    with open(path, "w") as handle:
+        handle.write(lines(0, 60))
+    spool = Spool(spool_path)
+    first = tailer(spool)
+    first._resume()
+    step_until_idle(first)
+    assert publish(spool) == 60
+    os.truncate(path, 0)
+    first._step()
+    with open(path, "a") as handle:
+        handle.write(lines(200, 60))
+    step_until_idle(first)
+    assert publish(spool) == 60
+    first._close()
+    spool.close()
+    spool = Spool(spool_path)
+    second = tailer(spool)
+    second._resume()
+    step_until_idle(second)
+    assert publish(spool) == 0
+    second._close()
+    spool.close()
