@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
+import struct
 import tempfile
 import threading
 from typing import List, Mapping, Optional, Tuple
@@ -195,9 +197,21 @@ class BrokerConnection:
             if not error and tls.enabled:
                 error = self._diagnose(host_port)
             return error or f"no CONNECTED frame within {s.connect_timeout:g} s"
+        self._limit_send_time(conn)
         self.conn, self.address, self._last = conn, host_port, host_port
         log.info("connected to broker %s:%d", *host_port)
         return None
+
+    def _limit_send_time(self, conn) -> None:
+        """A broker that stops reading (ActiveMQ's producer flow control, or a hung broker whose
+        kernel still answers) would block a send for ever: stomp.py's socket has no timeout once
+        connected. A send that cannot go out within receipt_timeout fails like a lost connection."""
+        sock = getattr(conn.transport, "socket", None)
+        if sock is None:
+            return
+        seconds = max(1.0, self.settings.receipt_timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000)))
 
     def _diagnose(self, host_port: Tuple[str, int]) -> Optional[str]:
         tls = self.settings.tls
@@ -215,10 +229,22 @@ class BrokerConnection:
 
     @staticmethod
     def _close(conn: stomp.Connection12) -> None:
-        try:
-            conn.disconnect()
-        except (StompException, OSError):
-            pass
+        sock = getattr(conn.transport, "socket", None)
+        # A DISCONNECT only where it cannot block: into a broker that stopped reading, the
+        # send would wait (stomp.py's heart-beat thread holding the socket meanwhile).
+        if sock is None or _has_room(sock):
+            try:
+                conn.disconnect()
+            except (StompException, OSError):
+                pass
+        # transport.stop() waits, without a timeout, for the receiving thread, which ends only
+        # when the socket does: a broker that still sends heart-beats but no longer reads
+        # would keep it (and us) there for ever.
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         try:
             conn.transport.stop()
         except (StompException, OSError, RuntimeError):
@@ -262,3 +288,13 @@ class BrokerConnection:
                 os.unlink(self._ca_file)
             except OSError:
                 pass
+
+
+def _has_room(sock) -> bool:
+    """True if a small frame can be written to ``sock`` now."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False
