@@ -411,10 +411,11 @@ class Spool:
             rows: list = []
             if self._returned:
                 wanted = sorted(self._returned)[:limit]
-                self._returned.difference_update(wanted)
                 for chunk in _chunks(wanted):
                     rows += self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages WHERE id IN"
                                        f" ({','.join('?' * len(chunk))}) ORDER BY id", tuple(chunk))
+                # Only now: a read error must leave them to be taken again, not forgotten.
+                self._returned.difference_update(wanted)
             if len(rows) < limit:
                 fresh = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
                                    " WHERE id > ? ORDER BY id LIMIT ?", (self._high, limit - len(rows)))

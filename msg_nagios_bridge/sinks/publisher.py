@@ -19,6 +19,7 @@ away means reconnect with capped exponential backoff, forever.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -201,9 +202,24 @@ class Publisher(threading.Thread):
 
     def _mark_done(self, entry_ids) -> None:
         if entry_ids:
-            self.spool.done(entry_ids)
+            with self._never_stranded(entry_ids):
+                self.spool.done(entry_ids)
             self.health.add("published", len(entry_ids))
             self.health.mark("publish")
+
+    @contextlib.contextmanager
+    def _never_stranded(self, entry_ids):
+        """The entries are out of _in_flight: if the spool cannot delete (or reject) them, give
+        them back, or they would stay leased, never sent again until a restart. (Sent again
+        later: duplicates, not loss.)"""
+        try:
+            yield
+        except SpoolError:
+            try:
+                self.spool.give_back(entry_ids)      # unleases even when it cannot write
+            except SpoolError:
+                pass
+            raise
 
     def _refused(self, headers, body: str, item) -> bool:
         """An ERROR frame. Returns False if the connection had to be abandoned.
@@ -221,7 +237,8 @@ class Publisher(threading.Thread):
         if item is not None and len(item[0]) == 1:
             entry: SpoolEntry = item[0][0]
             if entry.attempts + 1 >= self.settings.max_refusals:
-                self.spool.reject(entry.entry_id, f"refused by the broker on try {entry.attempts + 1}: {reason}")
+                with self._never_stranded([entry.entry_id]):
+                    self.spool.reject(entry.entry_id, f"refused by the broker on try {entry.attempts + 1}: {reason}")
                 self.health.add("dead_letters")
                 self._warn(logging.ERROR, "dead-letter", f"message {entry.message.message_id} to "
                            f"{entry.message.destination} moved to dead letters: {reason}")

@@ -520,3 +520,24 @@ class SpoolModel(RuleBasedStateMachine):
 
 SpoolModel.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
 TestSpoolModel = SpoolModel.TestCase
+
+
+def test_entries_given_back_survive_a_failed_read_in_take(tmp_path, monkeypatch):
+    """Regression (review): take() forgot the given-back ids before reading them; one failed
+    read (EIO) left them neither leased nor waiting: never sent again until a restart."""
+    from msg_nagios_bridge.spool import SpoolUnavailable
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        spool.put([msg(i) for i in range(3)])
+        spool.give_back([entry.entry_id for entry in spool.take(3)])      # a connection lost
+        real_read, failed = spool._read, []
+
+        def read_failing_once(what, sql, args=()):
+            if not failed:
+                failed.append(what)
+                raise SpoolUnavailable("disk I/O error")
+            return real_read(what, sql, args)
+
+        monkeypatch.setattr(spool, "_read", read_failing_once)
+        with pytest.raises(SpoolUnavailable):
+            spool.take(10)
+        assert len(spool.take(10)) == 3

@@ -1,6 +1,7 @@
-"""A broker that stops reading must not hold the publisher for ever.
+"""The publisher against brokers that misbehave in ways a real ActiveMQ cannot be made to on
+demand, and against a failing spool. (Its work with real brokers is in tests/integration.)
 
-A STOMP server on 127.0.0.1 that answers CONNECTED, then never reads again while it keeps
+DeafBroker: a STOMP server on 127.0.0.1 that answers CONNECTED, then never reads again while it keeps
 sending heart-beats: what ActiveMQ's producer flow control ("Stopping producer") or a broker
 whose kernel still answers looks like from the bridge. Making a real ActiveMQ do exactly this
 on demand is not practical, hence the small server here.
@@ -13,7 +14,7 @@ from msg_nagios_bridge.config import BrokerSettings
 from msg_nagios_bridge.health import Health
 from msg_nagios_bridge.model import Message
 from msg_nagios_bridge.sinks.publisher import Publisher
-from msg_nagios_bridge.spool import Spool
+from msg_nagios_bridge.spool import Spool, SpoolUnavailable
 
 
 class DeafBroker:
@@ -79,3 +80,73 @@ def test_a_broker_that_stops_reading_is_given_up_within_the_receipt_timeout(tmp_
         broker.close()
     assert spool.stats().depth == 300 and spool.stats().leased == 0, "nothing lost, nothing left leased"
     spool.close()
+
+
+class AcceptingBroker:
+    """Stands in for BrokerConnection: every SEND/COMMIT with a receipt gets its RECEIPT."""
+
+    class Events:
+        def __init__(self):
+            self.wakeup = threading.Event()
+            self.lost = False
+
+    def __init__(self):
+        self.events = self.Events()
+        self.replies = []
+        self.conn = object()
+        self.address = ("127.0.0.1", 1)
+        self.is_connected = True
+
+    def connect(self):
+        return None
+
+    def begin(self, transaction):
+        pass
+
+    def send(self, destination, body, headers):
+        if "receipt" in headers:
+            self.commit(None, headers["receipt"])
+
+    def commit(self, transaction, receipt):
+        self.replies.append(("receipt", {"receipt-id": receipt}, ""))
+        self.events.wakeup.set()
+
+    def take_replies(self):
+        replies, self.replies = self.replies, []
+        return replies
+
+    def close(self):
+        pass
+
+    def discard(self):
+        pass
+
+
+def test_entries_the_spool_could_not_delete_after_their_receipt_are_not_stranded(tmp_path, monkeypatch):
+    """Regression (review): after a receipt the entries left the in-flight list before the
+    spool deleted them; when that delete failed (disk full) they stayed leased, never sent
+    again until a restart."""
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    spool.put([Message(f"m{i}", "/queue/q", {}, b"ok") for i in range(5)])
+    real_done, failures = spool.done, []
+
+    def done_failing_once(ids):
+        if not failures:
+            failures.append(ids)
+            raise SpoolUnavailable("database or disk is full")
+        return real_done(ids)
+
+    monkeypatch.setattr(spool, "done", done_failing_once)
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),)), spool, Health(), drain_timeout=1)
+    publisher.broker = AcceptingBroker()
+    publisher.start()
+    try:
+        deadline = time.time() + 15
+        while spool.stats().depth and time.time() < deadline:
+            time.sleep(0.05)
+        assert failures, "the delete never failed: the test did not test anything"
+        assert spool.stats().depth == 0 and spool.stats().leased == 0
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()
