@@ -23,7 +23,7 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from stomp.exception import StompException
 
@@ -57,6 +57,12 @@ class Publisher(threading.Thread):
         self._serial = 0
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._warn = RateLimitedLog(log)
+        # To tell a broker that refuses everything (store full, a permission withdrawn) from one
+        # that refuses a message: the receipts counted, and the refusal before this one.
+        self._receipts = 0
+        self._last_refusal: Optional[Tuple[int, int]] = None     # (entry id, receipts by then)
+        self._refusal_backoff = Backoff(settings.backoff_initial, settings.backoff_max)
+        self._refusing_all = ""                                   # the broker's reason, if so
 
     def stop(self) -> None:
         self._stopping.set()
@@ -187,12 +193,20 @@ class Publisher(threading.Thread):
             if kind == "receipt":
                 if item is not None:
                     done.extend(entry.entry_id for entry in item[0])
+                    self._receipts += 1
+                    self._refusal_backoff.reset()
                 continue
             self._mark_done(done)
             done = []
             if not self._refused(headers, body, item):
                 return          # connection abandoned: later replies belong to it
         self._mark_done(done)
+        if self._refusing_all:
+            delay = self._refusal_backoff.next_delay()
+            self._warn(logging.ERROR, "refuses-all", f"the broker refuses every message ({self._refusing_all});"
+                       f" keeping them in the spool, sending again in {delay:.1f} s")
+            self._refusing_all = ""
+            self._stopping.wait(delay)
         if self._in_flight:
             oldest = next(iter(self._in_flight.values()))[1]    # dicts keep sending order
             if time.monotonic() - oldest > self.settings.receipt_timeout:
@@ -236,7 +250,16 @@ class Publisher(threading.Thread):
         self._isolate = ISOLATE_MESSAGES
         if item is not None and len(item[0]) == 1:
             entry: SpoolEntry = item[0][0]
-            if entry.attempts + 1 >= self.settings.max_refusals:
+            last, self._last_refusal = self._last_refusal, (entry.entry_id, self._receipts)
+            if last is None:
+                self.spool.give_back([entry.entry_id])        # the first: nothing to compare yet
+            elif last[1] == self._receipts and last[0] != entry.entry_id:
+                # Two messages refused in a row, none accepted between: the broker refuses
+                # everything. Dead-lettering would empty the spool into the dead letters (and
+                # past max_dead_letters, delete them): keep them and retry, more slowly.
+                self.spool.give_back([entry.entry_id])
+                self._refusing_all = reason
+            elif entry.attempts + 1 >= self.settings.max_refusals:
                 with self._never_stranded([entry.entry_id]):
                     self.spool.reject(entry.entry_id, f"refused by the broker on try {entry.attempts + 1}: {reason}")
                 self.health.add("dead_letters")

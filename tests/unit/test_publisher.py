@@ -101,15 +101,28 @@ class AcceptingBroker:
         return None
 
     def begin(self, transaction):
-        pass
+        self.refused_in_transaction = False
+
+    def refuses(self, body):
+        return False
+
+    def reply(self, kind, **headers):
+        self.replies.append((kind, headers, ""))
+        self.events.wakeup.set()
 
     def send(self, destination, body, headers):
+        refused = self.refuses(body)
         if "receipt" in headers:
-            self.commit(None, headers["receipt"])
+            self.reply("error", **{"receipt-id": headers["receipt"], "message": "refused"}) if refused \
+                else self.reply("receipt", **{"receipt-id": headers["receipt"]})
+        elif refused:
+            self.refused_in_transaction = True
 
     def commit(self, transaction, receipt):
-        self.replies.append(("receipt", {"receipt-id": receipt}, ""))
-        self.events.wakeup.set()
+        if self.refused_in_transaction:
+            self.reply("error", message="refused")          # names no message
+        else:
+            self.reply("receipt", **{"receipt-id": receipt})
 
     def take_replies(self):
         replies, self.replies = self.replies, []
@@ -150,3 +163,70 @@ def test_entries_the_spool_could_not_delete_after_their_receipt_are_not_stranded
         publisher.stop()
         publisher.join(5)
         spool.close()
+
+
+class RefusingBroker(AcceptingBroker):
+    """Refuses every message while ``refusing`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.refusing = True
+        self.refusals = 0
+
+    def refuses(self, body):
+        self.refusals += self.refusing
+        return self.refusing
+
+
+def test_a_broker_that_refuses_everything_does_not_empty_the_spool_into_dead_letters(tmp_path):
+    """Regression (review): each refused message was retried at once and dead-lettered after
+    max_refusals tries, so a broker refusing everything (store full, a permission withdrawn)
+    moved the whole spool to the dead letters within seconds, and past max_dead_letters the
+    oldest were deleted."""
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    spool.put([Message(f"m{i}", "/queue/q", {}, b"ok") for i in range(200)])
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), backoff_initial=0.1, backoff_max=0.5,
+                                         max_refusals=2), spool, Health(), drain_timeout=1)
+    broker = publisher.broker = RefusingBroker()
+    publisher.start()
+    try:
+        time.sleep(5)
+        assert broker.refusals > 50, "the broker was hardly asked: the test did not test anything"
+        assert spool.stats().dead_letters == 0
+        broker.refusing = False                      # the broker has room again
+        deadline = time.time() + 20
+        while spool.stats().depth and time.time() < deadline:
+            time.sleep(0.05)
+        assert spool.stats().depth == 0 and spool.stats().dead_letters == 0
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()
+
+
+def test_a_message_the_broker_refuses_while_it_takes_others_is_dead_lettered():
+    """The other side of the rule above: one bad message among good ones still goes to the
+    dead letters after max_refusals tries, and the rest are delivered."""
+    import tempfile
+
+    class RefusingOne(AcceptingBroker):
+        def refuses(self, body):
+            return body == b"bad"
+
+    with tempfile.TemporaryDirectory() as directory:
+        spool = Spool(directory + "/spool.sqlite")
+        spool.put([Message(f"m{i}", "/queue/q", {}, b"bad" if i == 5 else b"ok") for i in range(50)])
+        publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), max_refusals=3), spool, Health(),
+                              drain_timeout=1)
+        publisher.broker = RefusingOne()
+        publisher.start()
+        try:
+            deadline = time.time() + 20
+            while (spool.stats().depth or not spool.stats().dead_letters) and time.time() < deadline:
+                time.sleep(0.05)
+            assert spool.stats().depth == 0
+            assert [dead.entry.message.message_id for dead in spool.dead_letters()] == ["m5"]
+        finally:
+            publisher.stop()
+            publisher.join(5)
+            spool.close()
