@@ -265,15 +265,20 @@ class _Flags:
     """What signal handlers set; the main loop reads and clears."""
 
     def __init__(self) -> None:
-        self.stop = threading.Event()
+        self.stop = threading.Event()        # wakes the loop, for any of the signals
+        self.terminate = False               # its own flag: a TERM beside a HUP must not be lost
         self.reload = False
         self.dump = False
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGUSR1, self._on_usr1)
+
+    def _on_term(self, *_):
+        self.terminate = True
+        self.stop.set()
 
     def _on_hup(self, *_):
         self.reload = True
@@ -309,10 +314,10 @@ def run(settings: config.Settings, config_path: str) -> int:
     code = 0
     try:
         while True:
-            woke = flags.stop.wait(min(STATUS_INTERVAL, watchdog or STATUS_INTERVAL))
-            if woke and not (flags.reload or flags.dump):
-                break
+            flags.stop.wait(min(STATUS_INTERVAL, watchdog or STATUS_INTERVAL))
             flags.stop.clear()
+            if flags.terminate:
+                break
             if flags.dump:
                 flags.dump = False
                 log.info("counters: %s", json.dumps(bridge.status().get("counters", {}), sort_keys=True))
@@ -323,6 +328,8 @@ def run(settings: config.Settings, config_path: str) -> int:
                 exporter.close()
                 exporter = Exporter(bridge.settings.metrics, bridge)
                 sdnotify.notify("READY=1")
+                if flags.terminate:          # a TERM during the reload
+                    break
             dead = bridge.dead_part()
             if dead:
                 log.error("%s stopped unexpectedly; exiting so that the service manager restarts the bridge", dead)
@@ -383,6 +390,17 @@ def _reload(bridge: Bridge, config_path: str) -> Bridge:
     health = bridge.health
     bridge.stop(budget=None, while_waiting=lambda: sdnotify.notify("WATCHDOG=1"))
     fresh = Bridge(settings, health, bridge.recent_ids)
-    fresh.start()
+    try:
+        fresh.start()
+    except Exception as exc:     # noqa: BLE001
+        # A config can be valid and still not start (a spool directory that cannot be made, a
+        # spool in use): go back to the one that ran rather than exit and restart-loop on it.
+        log.error("reload failed, going back to the running configuration: %s: %s", type(exc).__name__, exc)
+        health.error(f"reload failed: {exc}")
+        fresh.stop(budget=10.0)
+        logsetup.configure(bridge.settings.logging)
+        fresh = Bridge(bridge.settings, health, bridge.recent_ids)
+        fresh.start()
+        return fresh
     health.add("reloads")
     return fresh

@@ -88,6 +88,11 @@ def test_reload_with_a_good_and_a_bad_config(activemq, stomp_probe_factory, brid
         handle.write("".join(still))
     assert set(wait_for_ids(second, expected_ids(still), 20)) >= expected_ids(still)
     assert bridge.proc.poll() is None
+    # Regression (review): a TERM arriving with a HUP was cleared with it and ignored, until
+    # the service manager's SIGKILL.
+    bridge.signal(signal.SIGHUP)
+    bridge.signal(signal.SIGTERM)
+    assert bridge.proc.wait(30) == 0, bridge.log_text()[-2000:]
 
 
 def test_term_while_results_flow_loses_nothing(activemq, stomp_probe_factory, bridge_factory):

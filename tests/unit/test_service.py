@@ -108,3 +108,23 @@ def test_a_reload_waits_for_the_old_writer_so_two_never_write_at_once(tmp_path):
     services = [line.split(";")[2] for line in b"".join(read).decode().splitlines()]
     assert sorted(set(services)) == sorted(result.service for result in results)
     assert len(services) == len(set(services)), f"{len(services) - len(set(services))} written twice"
+
+
+def test_a_reload_whose_valid_config_cannot_start_goes_back_to_the_running_one(tmp_path):
+    """Regression (review): a config that validates but cannot start (here its spool directory
+    lies under a regular file) stopped the running bridge and then raised out of run(): the
+    daemon exited, and the service manager restarted it into the same failure."""
+    path = tmp_path / "bridge.yaml"
+    path.write_text(CONFIG.format(tmp=tmp_path))
+    bridge = service.Bridge(config.load(str(path)))
+    bridge.start()
+    (tmp_path / "a-file").write_text("")
+    path.write_text(CONFIG.format(tmp=tmp_path).replace(f"{tmp_path}/spool", f"{tmp_path}/a-file/spool"))
+    config.load(str(path))                                  # valid: check-config passes
+    fresh = service._reload(bridge, str(path))
+    try:
+        assert fresh.settings.spool.directory == f"{tmp_path}/spool"
+        assert fresh.subscriber.is_alive() and fresh.writer.is_alive()
+        assert any(text.startswith("reload failed") for _, text in fresh.health.snapshot()["errors"])
+    finally:
+        fresh.stop()
