@@ -38,6 +38,10 @@ BATCH = 500                 # messages per transaction
 ISOLATE_MESSAGES = 2000     # after an ERROR: this many messages with a receipt each
 
 
+# No receipt for this long and refusals of different messages in a row: the broker refuses all.
+REFUSING_ALL_AFTER = 30.0
+
+
 class Publisher(threading.Thread):
     """Runs until ``stop()``; then drains in-flight receipts within ``drain_timeout``."""
 
@@ -60,6 +64,7 @@ class Publisher(threading.Thread):
         # To tell a broker that refuses everything (store full, a permission withdrawn) from one
         # that refuses a message: the receipts counted, and the refusal before this one.
         self._receipts = 0
+        self._receipt_at = float("-inf")                          # monotonic time of the last
         self._last_refusal: Optional[Tuple[int, int]] = None     # (entry id, receipts by then)
         self._refusal_backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._refusing_all = ""                                   # the broker's reason, if so
@@ -194,6 +199,7 @@ class Publisher(threading.Thread):
                 if item is not None:
                     done.extend(entry.entry_id for entry in item[0])
                     self._receipts += 1
+                    self._receipt_at = time.monotonic()
                     self._refusal_backoff.reset()
                 continue
             self._mark_done(done)
@@ -253,10 +259,14 @@ class Publisher(threading.Thread):
             last, self._last_refusal = self._last_refusal, (entry.entry_id, self._receipts)
             if last is None:
                 self.spool.give_back([entry.entry_id])        # the first: nothing to compare yet
-            elif last[1] == self._receipts and last[0] != entry.entry_id:
-                # Two messages refused in a row, none accepted between: the broker refuses
-                # everything. Dead-lettering would empty the spool into the dead letters (and
-                # past max_dead_letters, delete them): keep them and retry, more slowly.
+            elif last[1] == self._receipts and last[0] != entry.entry_id and \
+                    time.monotonic() - self._receipt_at > REFUSING_ALL_AFTER:
+                # Two messages refused in a row, none accepted between or for a while: the
+                # broker refuses everything (store full, a permission withdrawn). Dead-lettering
+                # would empty the spool into the dead letters (and past max_dead_letters delete
+                # them): keep them and retry, more slowly. (A broker that still took messages
+                # lately refuses these ones: their destination, say, as for a route it does not
+                # authorise. Those go to the dead letters after max_refusals.)
                 self.spool.give_back([entry.entry_id])
                 self._refusing_all = reason
             elif entry.attempts + 1 >= self.settings.max_refusals:
