@@ -54,11 +54,18 @@ class RecentIds:
             self._ids.discard(self._order.popleft())
 
 
-def dedupe_key(headers: Mapping[str, str], body: bytes) -> str:
-    """The publisher's stable result_id when there is one, else a hash of the body."""
+def dedupe_key(headers: Mapping[str, str], body: bytes, sender_header: str = "") -> str:
+    """The publisher's stable result_id when there is one, else a hash of the body.
+
+    A result_id counts within its sender (the sender header, and the signer's certificate
+    when signed): a sender the policy accepts must not be able to make another's result
+    look like a duplicate by sending its id first.
+    """
     result_id = headers.get("result_id", "")
     if result_id and len(result_id) <= 128:
-        return "id:" + result_id
+        origin = f"{headers.get(sender_header, '') if sender_header else ''}\0{headers.get('signer', '')}"
+        scope = hashlib.blake2b(origin.encode("utf-8", "replace"), digest_size=8).hexdigest()
+        return f"id:{scope}:{result_id}"
     return "body:" + hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
@@ -160,7 +167,7 @@ class Subscriber(threading.Thread):
         now = time.time()
         for headers, body in messages:
             ack_id = headers.get("ack", "")
-            key = dedupe_key(headers, body)
+            key = dedupe_key(headers, body, self.policy.sender_header)
             acks.append(ack_id)
             if key in self.recent:
                 self.health.add("duplicates")

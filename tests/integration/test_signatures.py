@@ -86,3 +86,30 @@ def test_a_refused_forgery_does_not_shadow_the_genuine_result(activemq, nagios_f
             headers={"nagios_host": "site-a", "result_id": genuine.identity()})
     assert nagios.wait_for(lambda s: (s.get(("ce01.site-a.org", "svc")) or {}).get("plugin_output") == "genuine"
                            or None, timeout=20), central.log_text()[-2000:]
+
+
+def test_another_allowed_sender_cannot_pre_empt_a_result_by_its_id(activemq, nagios_factory, bridge_factory):
+    """Regression (review): the memory of injected results was keyed by result_id alone, so a
+    sender the policy accepts (for its own hosts) could send another site's next result_id
+    first and make the genuine result look like a duplicate."""
+    from msg_nagios_bridge.formats import wlcg
+    nagios = nagios_factory(hosts=[host("ce01.site-a.org"), host("ce01.site-b.org")],
+                            services=[passive_service("ce01.site-a.org", "svc"),
+                                      passive_service("ce01.site-b.org", "svc")])
+    rules = ("[{senders: ['site-a'], hosts: ['*.site-a.org'], services: ['*']},"
+             " {senders: ['site-b'], hosts: ['*.site-b.org'], services: ['*']}]")
+    central = bridge_factory([activemq.stomp_port], ocsp=False, inbound=inbound_config(nagios, "/queue/in", rules=rules))
+    central.start()
+    fields = {"siteName": "X", "gatheredAt": "x", "role": "site"}
+    genuine = CheckResult(host="ce01.site-a.org", service="svc", state=2, output="genuine",
+                          timestamp=int(time.time()) - 5)
+    own = CheckResult(host="ce01.site-b.org", service="svc", state=0, output="site b's own",
+                      timestamp=int(time.time()) - 5)
+    publish(activemq.stomp_address, "/queue/in", wlcg.encode(own, fields),
+            headers={"nagios_host": "site-b", "result_id": genuine.identity()})
+    assert nagios.wait_for(lambda s: (s.get(("ce01.site-b.org", "svc")) or {}).get("plugin_output") == own.output
+                           or None, timeout=20), central.log_text()[-2000:]
+    publish(activemq.stomp_address, "/queue/in", wlcg.encode(genuine, fields),
+            headers={"nagios_host": "site-a", "result_id": genuine.identity()})
+    assert nagios.wait_for(lambda s: (s.get(("ce01.site-a.org", "svc")) or {}).get("plugin_output") == "genuine"
+                           or None, timeout=20), central.log_text()[-2000:]
