@@ -208,6 +208,19 @@ def wait_for_result_files(directory, timeout=10):
         time.sleep(0.02)
 
 
+def first_output_lines(path):
+    """The first line of each result's output in a check result file."""
+    return [entry["output"].split("\n")[0] for entry in checkresult_file.parse(path.read_text())]
+
+
+def drained(spool, timeout=10):
+    """True once the spool is empty (waiting at most ``timeout`` s)."""
+    deadline = time.time() + timeout
+    while spool.stats().depth and time.time() < deadline:
+        time.sleep(0.05)
+    return spool.stats().depth == 0
+
+
 def reap(directory, name):
     """What Nagios does with a check result file it has read."""
     os.unlink(directory / name)
@@ -244,13 +257,9 @@ def test_check_result_entries_leave_the_spool_only_once_nagios_has_read_the_file
         assert wait_for_result_files(tmp_path) == [name], "waits for the file the last run wrote"
         reap(tmp_path, name)
         [second] = wait_for_result_files(tmp_path)
-        assert [entry["output"].split("\n")[0] for entry in checkresult_file.parse((tmp_path / second).read_text())] \
-            == ["later"]
+        assert first_output_lines(tmp_path / second) == ["later"]
         reap(tmp_path, second)
-        deadline = time.time() + 10
-        while spool.stats().depth and time.time() < deadline:
-            time.sleep(0.05)
-        assert spool.stats().depth == 0
+        assert drained(spool)
     finally:
         writer.stop()
         writer.join(5)
@@ -279,7 +288,7 @@ def test_a_check_result_file_gone_while_the_bridge_was_down_long_is_written_agai
     try:
         [again] = wait_for_result_files(tmp_path)
         assert again != name
-        assert checkresult_file.parse((tmp_path / again).read_text())[0]["output"].startswith(RESULT.output)
+        assert first_output_lines(tmp_path / again) == [RESULT.output]
     finally:
         writer.stop()
         writer.join(5)
@@ -299,8 +308,7 @@ def test_check_result_files_are_written_one_at_a_time_oldest_result_first(tmp_pa
     try:
         files = wait_for_result_files(tmp_path)
         assert len(files) == 1
-        outputs = [entry["output"].split("\n")[0] for entry in checkresult_file.parse(open(tmp_path / files[0]).read())]
-        assert outputs == ["older", "newer"]
+        assert first_output_lines(tmp_path / files[0]) == ["older", "newer"]
         spool.put([spooled(dataclasses.replace(RESULT, output="third", timestamp=1700000120), "t")])
         time.sleep(0.5)
         assert spool.stats().depth == 3, "no second file while Nagios has not read the first"
@@ -308,10 +316,7 @@ def test_check_result_files_are_written_one_at_a_time_oldest_result_first(tmp_pa
         reap(tmp_path, files[0])
         [second] = wait_for_result_files(tmp_path)
         reap(tmp_path, second)
-        deadline = time.time() + 10
-        while spool.stats().depth and time.time() < deadline:
-            time.sleep(0.05)
-        assert spool.stats().depth == 0
+        assert drained(spool)
     finally:
         writer.stop()
         writer.join(5)
