@@ -362,11 +362,11 @@ class NagiosWriter(threading.Thread):
                      len(ids), saved["path"])
             self._pending_file, self._pending_ids = saved["path"], ids
             self._pending_since, self._touched = time.time(), saved["touched"]
-        elif time.time() - saved["touched"] < 3 * TOUCH_EVERY:
+            return
+        if time.time() - saved["touched"] < 3 * TOUCH_EVERY:
             self.spool.done(ids)                       # read by Nagios while the bridge restarted
-            self._save_filed()
         else:
             log.warning("%s, with %d results, is gone after the bridge was down for %.0f s: Nagios"
                         " may have deleted it unread as too old, so they will be written again",
                         saved["path"], len(ids), time.time() - saved["touched"])
-            self._save_filed()
+        self._save_filed()

@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 500                 # messages per transaction
 ISOLATE_MESSAGES = 2000     # after an ERROR: this many messages with a receipt each
-
-
 # No receipt for this long and refusals of different messages in a row: the broker refuses all.
 REFUSING_ALL_AFTER = 30.0
 

@@ -33,6 +33,7 @@ from .intake import Intake
 log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 4 << 20
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
 FINGERPRINT_BYTES = 1024
 
 
@@ -77,7 +78,7 @@ class PerfdataTail(threading.Thread):
 
     def _open(self, path: str, offset: int) -> bool:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, OPEN_FLAGS)
         except FileNotFoundError:
             return False
         info = os.fstat(fd)
@@ -107,7 +108,7 @@ class PerfdataTail(threading.Thread):
         if identity == self.file_id or any(identity == queued for _, queued in self.queued):
             return
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(self.path, OPEN_FLAGS)
         except FileNotFoundError:
             return
         opened = os.fstat(fd)
