@@ -96,6 +96,36 @@ def proc_stats(pid):
         return nan, nan, nan
 
 
+THREAD_HEAP_ALIGN = 64 * 1024 * 1024   # glibc's HEAP_MAX_SIZE on 64-bit: thread arenas start aligned
+
+
+def rss_by_kind(pid):
+    """Resident MB of ``pid`` by kind of mapping, from /proc/PID/smaps: {heap, thread_arenas, anon, file}.
+
+    ``heap`` is the main arena ([heap]); ``thread_arenas`` the anonymous mappings aligned to 64 MiB
+    (glibc's per-thread malloc heaps); ``anon`` every other anonymous mapping (Python's object
+    arenas, large blocks, stacks); ``file`` file-backed mappings (libraries, SQLite's shared memory).
+    Empty if the process is gone.
+    """
+    kinds = dict.fromkeys(("heap", "thread_arenas", "anon", "file"), 0)
+    kind = None
+    try:
+        with open(f"/proc/{pid}/smaps") as handle:
+            for line in handle:
+                head = line.split()
+                if "-" in head[0] and len(head) >= 5:           # a mapping's first line
+                    name = head[5] if len(head) > 5 else ""
+                    start = int(head[0].split("-")[0], 16)
+                    kind = ("heap" if name == "[heap]" else "file" if name.startswith("/") else
+                            "thread_arenas" if not name and start % THREAD_HEAP_ALIGN == 0 else
+                            "anon" if not name or name.startswith("[stack") else None)
+                elif head[0] == "Rss:" and kind:
+                    kinds[kind] += int(head[1])
+    except OSError:
+        return {}
+    return {k: round(v / 1024, 2) for k, v in kinds.items()}
+
+
 # -- the generator -----------------------------------------------------------------------------
 
 def fifo_write(path, lines, timeout=60.0):
@@ -316,6 +346,7 @@ def run(args, tmp, command, started):
         bridges = {"site": site, "central": central}
         columns = ["t", "phase"] + [f"{b}_{k}" for b in bridges for k in
                                     ("rss_mb", "fds", "threads", "cpu_s", "spool_depth")] + [
+            "site_heap_mb", "site_thread_arenas_mb", "site_anon_mb", "site_file_mb",
             "broker_rss_mb", "nagios_rss_mb", "nagios_workers_rss_mb", "sent", "published",
             "probe_frames", "probe_distinct", "central_received", "central_injected",
             "central_duplicates", "site_reloads", "central_reloads", "load"]
@@ -332,6 +363,9 @@ def run(args, tmp, command, started):
                 row.update({f"{name}_rss_mb": round(rss, 2), f"{name}_fds": fds,
                             f"{name}_threads": threads, f"{name}_cpu_s": cpu_seconds(bridge.pid),
                             f"{name}_spool_depth": spool.get("depth")})
+            # Where the site bridge's memory lives, to tell a Python-level leak (anon: object
+            # arenas) from malloc fragmentation (heap, thread arenas).
+            row.update({f"site_{k}_mb": v for k, v in rss_by_kind(site.pid).items()})
             row["broker_rss_mb"] = round(proc_stats(broker.pid)[0], 1)
             row["nagios_rss_mb"] = round(proc_stats(nagios.pid)[0], 1)
             row["nagios_workers_rss_mb"] = round(sum(proc_stats(p)[0] for p in children_of(nagios.pid)), 1)
@@ -378,7 +412,9 @@ def run(args, tmp, command, started):
                 if probe.reconnect_if_needed():
                     print(f"[{now:6.0f}s] probe reconnected")
                 row = sample(now, "run")
-                print(f"[{now:6.0f}s] site rss {row['site_rss_mb']:.1f} MB fds {row['site_fds']} "
+                print(f"[{now:6.0f}s] site rss {row['site_rss_mb']:.1f} MB (anon "
+                      f"{row.get('site_anon_mb', 0):.1f}, heap {row.get('site_heap_mb', 0):.1f}, "
+                      f"arenas {row.get('site_thread_arenas_mb', 0):.1f}) fds {row['site_fds']} "
                       f"thr {row['site_threads']} depth {row['site_spool_depth']} | central rss "
                       f"{row['central_rss_mb']:.1f} MB fds {row['central_fds']} thr "
                       f"{row['central_threads']} depth {row['central_spool_depth']} | sent "
@@ -468,11 +504,14 @@ def run(args, tmp, command, started):
              f"{gen.counts['rotations']}"],
         ]
         every10 = [s for s in samples if s["phase"] == "run" and s["t"] % 600 < args.sample_every] + [final]
-        sample_head = ["t (min)", "site RSS MB", "site fds", "site threads", "central RSS MB",
+        sample_head = ["t (min)", "site RSS MB", "site anon / heap + thread arenas MB", "site fds",
+                       "site threads", "central RSS MB",
                        "central fds", "central threads", "site spool", "central spool",
                        "broker RSS MB", "Nagios RSS MB"]
         sample_rows = [[f"{s['t'] / 60:.0f}" + (" (drained)" if s["phase"] == "drained" else ""),
-                        fmt(s["site_rss_mb"]), s["site_fds"], s["site_threads"],
+                        fmt(s["site_rss_mb"]), f'{fmt(s.get("site_anon_mb"))} / '
+                        f'{fmt(s.get("site_heap_mb", 0) + s.get("site_thread_arenas_mb", 0))}',
+                        s["site_fds"], s["site_threads"],
                         fmt(s["central_rss_mb"]), s["central_fds"], s["central_threads"],
                         s["site_spool_depth"], s["central_spool_depth"], fmt(s["broker_rss_mb"]),
                         fmt(s["nagios_rss_mb"])] for s in every10]
