@@ -174,11 +174,16 @@ def _entry(row: tuple) -> SpoolEntry:
     return SpoolEntry(entry_id, message, enqueued_at, attempts)
 
 
-def _chunks(ids, size: int = 500):
-    """Pieces small enough for SQLite's limit on bound parameters (999 before 3.32)."""
-    ids = list(ids)
-    for start in range(0, len(ids), size):
-        yield ids[start:start + size]
+# A set of ids goes into SQL as one JSON array, so a statement's text is the same for any
+# number of ids. With one "?" per id every batch size was a statement of its own, and
+# sqlite3's per-connection cache kept up to 128 of them compiled (each as large as its IN list):
+# the site bridge's RSS rose for hours as new batch sizes came by (docs/RELIABILITY.md, Soak).
+# It also has no limit on the number of ids, as bound parameters do.
+_IN_IDS = "IN (SELECT value FROM json_each(?))"
+
+
+def _id_array(ids: Iterable[int]) -> str:
+    return json.dumps([int(entry_id) for entry_id in ids])
 
 
 def fsync_dir(path: str) -> None:
@@ -411,9 +416,8 @@ class Spool:
             rows: list = []
             if self._returned:
                 wanted = sorted(self._returned)[:limit]
-                for chunk in _chunks(wanted):
-                    rows += self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages WHERE id IN"
-                                       f" ({','.join('?' * len(chunk))}) ORDER BY id", tuple(chunk))
+                rows += self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
+                                   f" WHERE id {_IN_IDS} ORDER BY id", (_id_array(wanted),))
                 # Only now: a read error must leave them to be taken again, not forgotten.
                 self._returned.difference_update(wanted)
             if len(rows) < limit:
@@ -434,14 +438,11 @@ class Spool:
 
             def work() -> None:
                 nonlocal deleted, freed
-                for chunk in _chunks(ids):
-                    marks = ",".join("?" * len(chunk))
-                    count, size = self._db.execute(
-                        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE id IN ({marks})",
-                        tuple(chunk)).fetchone()
-                    self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", tuple(chunk))
-                    deleted += count
-                    freed += size
+                id_array = (_id_array(ids),)
+                deleted, freed = self._db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE id {_IN_IDS}",
+                    id_array).fetchone()
+                self._db.execute(f"DELETE FROM messages WHERE id {_IN_IDS}", id_array)
 
             self._write("delete delivered entries", work)
             self._depth -= deleted
@@ -591,9 +592,8 @@ class Spool:
         (no arguments); return how many were deleted."""
         where, args = "1", []
         if dead_ids is not None:
-            ids = list(dead_ids)
-            where = f"id IN ({','.join('?' * len(ids))})" if ids else "0"
-            args += ids
+            where = f"id {_IN_IDS}"
+            args.append(_id_array(dead_ids))
         if before is not None:
             where += " AND rejected_at < ?"
             args.append(before)
