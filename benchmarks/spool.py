@@ -8,12 +8,19 @@ SQLite with synchronous=NORMAL, which is faster but not durable against power lo
 only). Messages are 300-byte bodies. Each case runs for at most --seconds, so the whole run is
 bounded (about 12 cases x S plus set-up). Run it on the file system the spool will live on:
 on tmpfs fsync costs nothing and the comparison means little.
+
+Then memory: RSS growth of a fresh process after --deletes deletes of 1-500 ids each (random
+sizes, from a thread, as the publisher does), by the Spool against the Spool's earlier delete,
+which wrote one "?" per id (so each batch size was a statement of its own, and sqlite3 keeps up
+to 128 compiled per connection: the site bridge's slow RSS rise in the soak).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import random
+import subprocess
 import shutil
 import sys
 import tempfile
@@ -168,6 +175,57 @@ CASES = [
 KINDS = ["sqlite-full", "dirq", "sqlite-normal"]
 
 
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def delete_with_one_mark_per_id(spool: Spool, ids) -> None:
+    """The Spool's done() before 7851831: the SQL text changes with the number of ids."""
+    marks = ",".join("?" * len(ids))
+
+    def work() -> None:
+        spool._db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE id IN ({marks})",
+                          ids).fetchone()
+        spool._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", ids)
+
+    with spool._lock:
+        spool._write("delete", work)
+
+
+def statement_memory_worker(kind: str, path: str, deletes: int) -> None:
+    """Print this process's RSS growth (KiB) over ``deletes`` deletes of 1-500 ids each."""
+    spool = Spool(os.path.join(path, "outbound.sqlite"))
+    delete = spool.done if kind == "spool" else lambda ids: delete_with_one_mark_per_id(spool, ids)
+    sizes = random.Random(1).choices(range(1, 501), k=deletes)
+    growth = []
+
+    def run() -> None:
+        delete(list(range(1, 11)))      # warm up: the first statement and the page cache
+        before = rss_kib()
+        for n, size in enumerate(sizes):
+            delete(list(range(n * 500, n * 500 + size)))
+        growth.append(rss_kib() - before)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    spool.close()
+    print(growth[0])
+
+
+def statement_memory(scratch: str, deletes: int) -> dict:
+    """RSS growth (KiB) of a fresh process per kind of delete."""
+    growth = {}
+    for kind in ("one-mark-per-id", "spool"):
+        path = os.path.join(scratch, f"memory-{kind}")
+        os.makedirs(path)
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-worker", kind, path,
+                              str(deletes)], capture_output=True, text=True, timeout=600, check=True)
+        growth[kind] = int(out.stdout.split()[-1])
+    return growth
+
+
 def file_system(path: str) -> str:
     best, fstype = "", "?"
     with open("/proc/mounts") as mounts:
@@ -182,7 +240,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=".", help="where to create the scratch directory")
     parser.add_argument("--seconds", type=float, default=2.0, help="time limit per case")
+    parser.add_argument("--deletes", type=int, default=5000, help="deletes in the memory case")
+    parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_worker:
+        kind, path, deletes = args.memory_worker
+        statement_memory_worker(kind, path, int(deletes))
+        return
     scratch = tempfile.mkdtemp(prefix="spool-bench-", dir=args.dir)
     print(f"python {platform.python_version()}, sqlite {__import__('sqlite3').sqlite_version}, "
           f"{os.cpu_count()} CPUs, {platform.machine()}, scratch on "
@@ -198,6 +262,7 @@ def main() -> None:
                 finally:
                     queue.close()
                     shutil.rmtree(path)
+        growth = statement_memory(scratch, args.deletes)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -210,6 +275,10 @@ def main() -> None:
         full, dirq, normal = (results[name, kind] for kind in KINDS)
         print(f"| {name:43} | {full:11,.0f} | {dirq:10,.0f} | {normal:13,.0f} |"
               f" {full / dirq:8.1f}x | {full / normal:10.2f}x |")
+
+    print(f"\nRSS growth over {args.deletes:,} deletes of 1-500 ids each (a fresh process each):"
+          f" one \"?\" per id (the spool before 7851831) {growth['one-mark-per-id'] / 1024:+.1f} MB,"
+          f" the Spool (one JSON array) {growth['spool'] / 1024:+.1f} MB")
 
 
 if __name__ == "__main__":
