@@ -27,7 +27,7 @@ def _nagios_config(args) -> int:
 
 def _run(args) -> int:
     from . import logsetup
-    from .malloc import keep_large_blocks_mapped
+    from .malloc import keep_large_blocks_mapped, use_one_arena
     from .service import install_signal_flags, run
     if not args.daemon:
         install_signal_flags()
@@ -37,6 +37,7 @@ def _run(args) -> int:
               "daemon.user), or pass --allow-root if you really mean it", file=sys.stderr)
         return 2
     keep_large_blocks_mapped()      # before any thread: see malloc.py
+    use_one_arena()
     if args.daemon:
         return _run_detached(settings, args.config)
     logsetup.configure(settings.logging)
