@@ -1,4 +1,4 @@
-"""Keep a long-running bridge's RSS flat: large freed blocks go back to the OS, and threads share one arena (glibc only).
+"""Keep a long-running bridge's RSS flat: return large freed blocks, use one arena (glibc only).
 
 glibc serves a block of 128 KiB or more with a mapping of its own, unmapped when freed, until
 the first such free: then it raises its threshold to that block's size (up to 32 MiB), and

@@ -14,6 +14,7 @@ import pytest
 from tests.integration.test_outbound import QUEUE, expected_ids, received_ids, result_lines, wait_for_ids
 from tests.reliability import faults
 from tests.sandbox.bridge import inbound_config
+from tests.sandbox.memory import rss_by_kind
 from tests.sandbox.nagios import host, passive_service, pipe_bytes
 from tests.sandbox.stomp_probe import publish
 
@@ -59,6 +60,24 @@ def test_ready_notification_status_and_metrics(tmp_path, activemq, bridge_factor
         assert b"STOPPING=1" in server.recv(200)
     finally:
         server.close()
+
+
+def test_after_reloads_every_thread_of_the_daemon_allocates_from_the_main_arena(activemq, bridge_factory):
+    """Regression (soak, 2026-11-30): the site bridge's RSS crept up in glibc's per-thread
+    arenas, more after each reload: new threads land on other arenas, each keeping what its
+    threads freed. Every thread, old and new, must allocate from the main arena ([heap])."""
+    bridge = perfdata_bridge(bridge_factory, activemq)
+    bridge.start()
+    lines = result_lines(600)
+    for round_ in range(3):
+        with open(bridge.workdir / "service-perfdata", "a") as handle:
+            handle.write("".join(lines[round_ * 200:(round_ + 1) * 200]))
+        bridge.wait_counter("published", (round_ + 1) * 200)
+        bridge.signal(signal.SIGHUP)
+        bridge.wait_counter("reloads", round_ + 1)
+    memory = rss_by_kind(bridge.pid)
+    assert memory["heap"] > 1, memory
+    assert memory["thread_arenas"] == 0, f"resident MB by kind of mapping: {memory}"
 
 
 def test_reload_with_a_good_and_a_bad_config(activemq, stomp_probe_factory, bridge_factory):
