@@ -20,8 +20,8 @@ import argparse
 import os
 import platform
 import random
-import subprocess
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from msg_nagios_bridge.model import Message  # noqa: E402
 from msg_nagios_bridge.spool import Spool, _encode  # noqa: E402
+
+from common import rss_mb  # noqa: E402  (benchmarks/, the script's own directory)
 
 BODY = b"m" * 300
 HEADERS = {"persistent": "true", "content-type": "text/plain"}
@@ -175,11 +177,6 @@ CASES = [
 KINDS = ["sqlite-full", "dirq", "sqlite-normal"]
 
 
-def rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-
 def delete_with_one_mark_per_id(spool: Spool, ids) -> None:
     """The Spool's done() before 7851831: the SQL text changes with the number of ids."""
     marks = ",".join("?" * len(ids))
@@ -194,7 +191,7 @@ def delete_with_one_mark_per_id(spool: Spool, ids) -> None:
 
 
 def statement_memory_worker(kind: str, path: str, deletes: int) -> None:
-    """Print this process's RSS growth (KiB) over ``deletes`` deletes of 1-500 ids each."""
+    """Print this process's RSS growth (MB) over ``deletes`` deletes of 1-500 ids each."""
     spool = Spool(os.path.join(path, "outbound.sqlite"))
     delete = spool.done if kind == "spool" else lambda ids: delete_with_one_mark_per_id(spool, ids)
     sizes = random.Random(1).choices(range(1, 501), k=deletes)
@@ -202,10 +199,10 @@ def statement_memory_worker(kind: str, path: str, deletes: int) -> None:
 
     def run() -> None:
         delete(list(range(1, 11)))      # warm up: the first statement and the page cache
-        before = rss_kib()
+        before = rss_mb(os.getpid())
         for n, size in enumerate(sizes):
             delete(list(range(n * 500, n * 500 + size)))
-        growth.append(rss_kib() - before)
+        growth.append(rss_mb(os.getpid()) - before)
 
     worker = threading.Thread(target=run)
     worker.start()
@@ -215,14 +212,14 @@ def statement_memory_worker(kind: str, path: str, deletes: int) -> None:
 
 
 def statement_memory(scratch: str, deletes: int) -> dict:
-    """RSS growth (KiB) of a fresh process per kind of delete."""
+    """RSS growth (MB) of a fresh process per kind of delete."""
     growth = {}
     for kind in ("one-mark-per-id", "spool"):
         path = os.path.join(scratch, f"memory-{kind}")
         os.makedirs(path)
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-worker", kind, path,
                               str(deletes)], capture_output=True, text=True, timeout=600, check=True)
-        growth[kind] = int(out.stdout.split()[-1])
+        growth[kind] = float(out.stdout.split()[-1])
     return growth
 
 
@@ -277,8 +274,8 @@ def main() -> None:
               f" {full / dirq:8.1f}x | {full / normal:10.2f}x |")
 
     print(f"\nRSS growth over {args.deletes:,} deletes of 1-500 ids each (a fresh process each):"
-          f" one \"?\" per id (the spool before 7851831) {growth['one-mark-per-id'] / 1024:+.1f} MB,"
-          f" the Spool (one JSON array) {growth['spool'] / 1024:+.1f} MB")
+          f" one \"?\" per id (the spool before 7851831) {growth['one-mark-per-id']:+.1f} MB,"
+          f" the Spool (one JSON array) {growth['spool']:+.1f} MB")
 
 
 if __name__ == "__main__":
