@@ -558,18 +558,19 @@ def small_filesystem(world, megabytes=8):
 
 
 def fill(directory: Path) -> Path:
-    """Write a file in ``directory`` until its filesystem is full; return the file."""
+    """Write a file in ``directory`` until its filesystem is full; return the file.
+
+    Unbuffered on purpose: a buffered file keeps the part of its last block that did not fit
+    and raises ENOSPC again when it is closed."""
     filler = directory / "filler"
-    block = b"\0" * 65536
-    with open(filler, "wb") as handle:
-        with contextlib.suppress(OSError):
-            while True:
-                handle.write(block)
-                handle.flush()
-    with contextlib.suppress(OSError), open(filler, "ab") as handle:   # the last bytes too
-        while True:
-            handle.write(b"\0")
-            handle.flush()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (65536, 4096, 1):               # down to the last byte
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
     return filler
 
 
