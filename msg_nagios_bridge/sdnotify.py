@@ -10,6 +10,8 @@ import os
 import socket
 from typing import Optional
 
+SEND_TIMEOUT = 2.0      # seconds a notification may wait for room in systemd's queue
+
 
 def notify(state: str) -> bool:
     """Send ``state`` (e.g. "READY=1") to systemd. True if it was sent."""
@@ -20,6 +22,9 @@ def notify(state: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # Bounded: a receiver that stops reading fills its queue (net.unix.max_dgram_qlen),
+            # and a blocking send would stop the main loop, and with it the reaction to TERM.
+            sock.settimeout(SEND_TIMEOUT)
             sock.connect(address)
             sock.sendall(state.encode("utf-8"))
         return True

@@ -7,6 +7,7 @@ Debian's python3-stomp (8.0.0 on bookworm), python3-yaml and python3-daemon:
 --version, check-config of the packaged config, and one result published
 by the packaged daemon to a real ActiveMQ, with the systemd notify protocol on the side.
 """
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import pytest
 from msg_nagios_bridge.formats import result_line
 from msg_nagios_bridge.model import CheckResult
 from tests.sandbox.bridge import bridge_config
-from tests.sandbox.ports import stop_process, track
+from tests.sandbox.ports import stop_process, track, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -228,7 +230,8 @@ def test_unpacked_package_runs_on_debian_python_and_modules(root):
 
 
 class NotifySocket:
-    """A stand-in for systemd's $NOTIFY_SOCKET: collects the datagrams the bridge sends."""
+    """A stand-in for systemd's $NOTIFY_SOCKET: collects the datagrams the bridge sends, reading
+    all the time as systemd does (its queue holds only net.unix.max_dgram_qlen datagrams)."""
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="notify-", dir="/tmp")   # AF_UNIX paths are short
@@ -236,22 +239,22 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.messages = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        with contextlib.suppress(OSError):
+            while data := self.sock.recv(4096):       # b"" once shut down
+                self.messages.append(data.decode())
 
     def wait_for(self, line, timeout):
-        deadline = time.monotonic() + timeout
-        while not any(line in message.split("\n") for message in self.messages):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.sock.settimeout(left)
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except socket.timeout:
-                return False
-        return True
+        return wait_until(lambda: any(line in message.split("\n") for message in self.messages),
+                          timeout, interval=0.05)
 
     def close(self):
+        self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        self.reader.join(5)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -1,6 +1,7 @@
 """The self-check plugin and the metrics, from status snapshots."""
 import os
 import socket
+import threading
 
 import pytest
 
@@ -110,3 +111,23 @@ def test_sd_notify_speaks_to_the_socket(tmp_path, monkeypatch):
         server.close()
     monkeypatch.delenv("NOTIFY_SOCKET")
     assert not sdnotify.notify("READY=1")
+
+
+def test_sd_notify_does_not_hang_when_the_receiver_stops_reading(tmp_path, monkeypatch):
+    """The receiver's queue holds a few datagrams (net.unix.max_dgram_qlen); past that a
+    blocking send waited for ever, and the daemon's main loop with it."""
+    address = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setattr(sdnotify, "SEND_TIMEOUT", 0.1)
+    sent = []
+    pinger = threading.Thread(target=lambda: sent.extend(sdnotify.notify("WATCHDOG=1") for _ in range(200)),
+                              daemon=True)
+    try:
+        pinger.start()
+        pinger.join(60)
+        assert not pinger.is_alive(), "notify blocked on a full queue"
+        assert sent.count(True) >= 1 and sent.count(False) >= 1, sent.count(True)
+    finally:
+        server.close()
