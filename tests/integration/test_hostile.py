@@ -9,6 +9,7 @@ import pytest
 
 from tests.sandbox.bridge import inbound_config
 from tests.sandbox.nagios import host, passive_service
+from tests.sandbox.ports import wait_until
 from tests.sandbox.stomp_probe import publish
 
 pytestmark = pytest.mark.integration
@@ -56,11 +57,12 @@ def test_every_hostile_message_is_refused_or_becomes_one_passive_result(activemq
     assert handled == len(cases), (counters, bridge.log_text()[-2000:])
     assert counters.get("refused", 0) > 0 and counters.get("received", 0) > 0
     assert bridge.wait_counter("injected", counters["received"], timeout=30) == counters["received"]
-    time.sleep(2)                                       # let Nagios read what was written
+    # Nagios logs every command it reads from its command file: wait until it has read them all.
+    logged = lambda: re.findall(r"EXTERNAL COMMAND: ([A-Z_]+);", nagios.log_text())
+    assert wait_until(lambda: len(logged()) >= counters["received"], timeout=30), (len(logged()), counters)
     assert bridge.proc.poll() is None, "the bridge must stay up"
     assert nagios.running(), "Nagios must stay up"
-    commands = re.findall(r"EXTERNAL COMMAND: ([A-Z_]+);", nagios.log_text())
-    assert commands, "Nagios logged no external command at all"
+    commands = logged()
     assert set(commands) <= {"PROCESS_SERVICE_CHECK_RESULT", "PROCESS_HOST_CHECK_RESULT"}, set(commands)
     assert "SHUTDOWN" not in " ".join(commands)
     peak = rss_peak_kb(bridge.pid)

@@ -1,5 +1,5 @@
 """Inbound, end to end with the real programs: STOMP publisher -> ActiveMQ -> bridge -> Nagios 4 (status.dat)."""
-import json
+import re
 import time
 
 import pytest
@@ -11,6 +11,7 @@ from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
 from tests.sandbox.bridge import inbound_config
 from tests.sandbox.nagios import active_service, host, passive_service
+from tests.sandbox.ports import wait_until
 from tests.sandbox.stomp_probe import publish
 
 pytestmark = pytest.mark.integration
@@ -87,9 +88,9 @@ def test_nagios_stopped_for_a_while_loses_nothing(activemq, nagios_factory, brid
     results = [remote_result(f"svc{i}", state=i % 4, output=f"while down {i}") for i in range(20)]
     for result in results:
         send(activemq, result)
-    time.sleep(3)
-    assert bridge.status()["inbound_spool"]["depth"] == 20
-    assert "waiting" in bridge.status()["states"]["nagios_writer"]
+    held = bridge.wait_status(lambda s: s.get("inbound_spool", {}).get("depth") == 20 and
+                              "waiting" in s["states"].get("nagios_writer", ""))
+    assert held, bridge.status()
     nagios.start()
     for result in results:
         assert landed(nagios, result), (result.service, bridge.log_text()[-2000:])
@@ -134,8 +135,8 @@ def test_duplicates_are_dropped_and_refusals_are_dead_lettered_once(activemq, na
     publish(activemq.stomp_address, QUEUE, "hostName: x\nmetricStatus: OK\nEOT\n[1] SHUTDOWN_PROGRAM\n",
             headers={"nagios_host": "remote-nagios"})
     assert landed(nagios, result)
-    bridge.wait_counter("refused", 3)
-    time.sleep(2)
+    assert bridge.wait_counter("refused", 3) == 3
+    assert bridge.wait_counter("duplicates", 2) == 2
     counters = bridge.status()["counters"]
     assert counters["injected"] == 1
     assert counters["duplicates"] == 2
@@ -144,10 +145,12 @@ def test_duplicates_are_dropped_and_refusals_are_dead_lettered_once(activemq, na
     assert nagios.status()[("ce01.remote.org", "org.sam.CE-JobSubmit")]["plugin_output"] == result.output
     bridge.stop()          # acked: nothing comes back after a restart
     bridge.start()
-    time.sleep(3)
-    counters = bridge.status()["counters"]
+    assert bridge.wait_state("subscriber", "subscribed").startswith("subscribed"), bridge.log_text()[-2000:]
+    time.sleep(3)          # a redelivery would come at once, on subscribing
+    counters = bridge.wait_status(lambda s: True)["counters"]
     assert counters.get("refused", 0) == 0 and counters.get("injected", 0) == 0, counters
-    assert "SHUTDOWN" not in nagios.log_text().split("EXTERNAL COMMAND:", 1)[-1].split("\n")[0]
+    commands = re.findall(r"EXTERNAL COMMAND: ([A-Z_]+);", nagios.log_text())
+    assert commands and set(commands) == {"PROCESS_SERVICE_CHECK_RESULT"}, commands
     assert nagios.running()
 
 
@@ -188,10 +191,12 @@ def test_no_echo_when_one_nagios_both_sends_and_receives(activemq, nagios_factor
     result = remote_result("org.sam.CE-JobSubmit")
     send(activemq, result)
     assert landed(nagios, result)
-    probe.wait_for_count(1, timeout=20)          # the local active check is published ...
-    time.sleep(3)                                # ... give an echo time to appear
+    # An echo would go out through the OCSP FIFO in the order Nagios handled the results: two
+    # local checks published after the injected one has landed are enough to have seen it.
+    local_checks = lambda: sum(m.headers["metric"] == "local-check" for m in probe.messages)
+    seen = local_checks()
+    assert wait_until(lambda: local_checks() >= seen + 2, timeout=30), bridge.log_text()[-2000:]
     metrics = [m.headers["metric"] for m in probe.messages]
-    assert "local-check" in metrics
     assert "org.sam.CE-JobSubmit" not in metrics, "the injected result was published again (echo)"
 
 
@@ -202,7 +207,8 @@ def test_resubscribes_after_the_broker_restarts_and_uses_the_error_queue(activem
     bridge = bridge_factory([activemq.stomp_port], ocsp=False, inbound=inbound)
     bridge.start()
     first = remote_result("org.sam.CE-JobSubmit", output="before the restart")
-    time.sleep(2)                                  # the durable subscription exists
+    # A topic keeps nothing for a durable subscription that does not exist yet.
+    assert bridge.wait_state("subscriber", "subscribed").startswith("subscribed"), bridge.log_text()[-2000:]
     send(activemq, first, destination=TOPIC)
     assert landed(nagios, first)
     activemq.kill()
@@ -230,8 +236,10 @@ def test_only_objects_the_local_nagios_defines_and_the_list_follows_a_reload(act
     assert landed(nagios, known)
     assert bridge.wait_counter("refused.unknown-object", 1) == 1
     nagios.services.append(passive_service("ce01.remote.org", "org.sam.SRM-Put"))
+    reloads = lambda: bridge.log_text().count("reloaded the object list")
+    before = reloads()
     nagios.reload()
-    time.sleep(3)                                   # the bridge notices the new objects.cache
+    assert wait_until(lambda: reloads() > before, timeout=30), bridge.log_text()[-2000:]
     again = remote_result("org.sam.SRM-Put", output="defined now")
     send(activemq, again)
     assert landed(nagios, again), bridge.log_text()[-2000:]
@@ -250,9 +258,7 @@ def test_nagios_lock_file_shows_a_dead_core_and_nothing_is_lost(activemq, nagios
     nagios.kill(workers=False)     # SIGKILL: the command-file worker keeps the FIFO open for a while
     second = remote_result("org.sam.CE-JobSubmit", output="core dead")
     send(activemq, second)
-    time.sleep(4)
-    status = bridge.status()
-    assert "not running" in status["states"]["nagios_writer"], status["states"]
+    assert "not running" in bridge.wait_state("nagios_writer", "not running"), bridge.status().get("states")
     nagios.start()
     lock.write_text(f"{nagios.pid}\n")
     assert landed(nagios, second, timeout=30), bridge.log_text()[-2000:]

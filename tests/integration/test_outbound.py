@@ -12,6 +12,7 @@ from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
 from tests.sandbox.bridge import bridge_config
 from tests.sandbox.nagios import active_service, host
+from tests.sandbox.ports import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,8 @@ def test_a_real_nagios_result_arrives_with_the_right_body_and_headers(
     nagios_factory(hosts=[host("ce01.example.org")], extra_cfg=extra, objects=objects, services=[
         active_service("ce01.example.org", "org.sam.CE-JobSubmit", state=2, output="job failed",
                        max_check_attempts=1, _MSG_FLAVOUR="CREAM-CE")])
-    assert probe.wait_for_count(2, timeout=20), bridge.log_text()
+    metrics = lambda: {m.headers["metric"] for m in probe.messages}
+    assert wait_until(lambda: {"org.sam.CE-JobSubmit", "HOST"} <= metrics(), timeout=20), bridge.log_text()
     by_metric = {m.headers["metric"]: m for m in probe.messages}
     message = by_metric["org.sam.CE-JobSubmit"]
     headers = message.headers

@@ -34,15 +34,16 @@ def test_signed_results_pass_and_tampered_ones_are_refused(tmp_path, activemq, n
                           destination=TOPIC)
     site.config_path.write_text(site.config_path.read_text().replace(
         'host_checks: true}', 'host_checks: true, sign: true}') + f"signing: {{cert_file: {cert}, key_file: {key}}}\n")
+    # A topic keeps nothing for a durable subscription that does not exist yet.
+    assert central.wait_state("subscriber", "subscribed").startswith("subscribed"), central.log_text()[-2000:]
     site.start()
-    time.sleep(2)                                  # the durable subscription is in place
     results = [CheckResult(host="ce01.site-a.org", service=f"svc{i}", state=i, output=f"signed {i}",
                            timestamp=int(time.time()) - 5) for i in range(3)]
     (site.workdir / "service-perfdata").write_text("".join(result_line.format_line(r) + "\n" for r in results))
     for result in results:
         assert nagios.wait_for(lambda s, r=result: (s.get((r.host, r.service)) or {}).get("plugin_output") ==
                                r.output or None, timeout=30), central.log_text()[-3000:]
-    original = spy.wait_for_count(1, timeout=10)[0]
+    [original] = [m for m in spy.wait_for_count(3, timeout=10) if m.headers["metric"] == "svc0"]
     assert original.headers["signature"] and original.headers["signer"]
     # A copy of a genuine signed message, its state changed on the way (and a new result_id, or it
     # would simply be dropped as a duplicate): the signature no longer matches.

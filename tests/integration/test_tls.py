@@ -1,12 +1,13 @@
 """TLS to a real ActiveMQ (stomp+ssl) with a test CA made by the test: what connects, what is refused and why."""
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from tests.sandbox.pki import Authority, ssl_broker_xml
-from tests.sandbox.ports import free_port
+from tests.sandbox.ports import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -16,11 +17,20 @@ def tls_broker(activemq_factory, authority, name, hosts=("127.0.0.1",), expired=
     port = free_port()
     extra_xml, connector = ssl_broker_xml(authority.keystore(name), authority.truststore(), port, need_client_auth)
     broker = activemq_factory(name, extra_xml=extra_xml, extra_connectors=connector)
+    assert wait_until(lambda: port_open(port), timeout=30), f"the stomp+ssl connector on {port} never opened"
     return broker, port
 
 
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def send(bridge_factory, port, tls_yaml, name):
-    bridge = bridge_factory([port], name=name, tls=tls_yaml, connect_timeout=3)
+    bridge = bridge_factory([port], name=name, tls=tls_yaml, connect_timeout=10)   # a cold JVM's first handshakes
     result = subprocess.run([sys.executable, "-m", "msg_nagios_bridge", "send", "--host", "h1", "--service", "tls",
                              "--state", "0", "-c", str(bridge.config_path)], capture_output=True, text=True, timeout=60)
     return result.returncode, result.stdout + result.stderr

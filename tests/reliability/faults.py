@@ -40,6 +40,7 @@ from msg_nagios_bridge.model import CheckResult
 from tests.sandbox.activemq import ActiveMQ
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config
 from tests.sandbox.nagios import Nagios, passive_service
+from tests.sandbox.ports import wait_until
 
 QUEUE = "/queue/reliability.results"
 PIPE_BUF = 4096
@@ -310,15 +311,6 @@ def _outcome(name, fault, sent, arrivals, duplicated, allowed, bridge):
                    duplicated, flow_back, caught_up, allowed, notes, sorted(lost)[:5], fault.problems)
 
 
-def _wait(predicate, timeout, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
 class World:
     """The servers of one scenario run; ``close`` stops every one of them by PID."""
 
@@ -351,7 +343,7 @@ class World:
         the Fault once the stream has ended."""
         self.stream = Stream(self.p.rate, self.p.duration, make, send)
         self.stream.start()
-        _wait(lambda: self.stream.started is not None, 5, 0.01)
+        wait_until(lambda: self.stream.started is not None, 5, 0.01)
         happened = fault(self)
         self.stream.join(self.p.duration + self.p.drain_timeout)
         if self.stream.error:
@@ -401,7 +393,7 @@ def run_outbound(name, tmp, rng, params, *, source, brokers, counter_groups, fau
         send = write_to_fifo(fifo) if source == "ocsp" else append_to(tmp / "bridge" / "service-perfdata")
         happened = world.flow(outbound_line, send, fault)
         sent = world.stream.sent
-        _wait(lambda: set(sent) <= set(counter.arrivals()), params.drain_timeout)
+        wait_until(lambda: set(sent) <= set(counter.arrivals()), params.drain_timeout)
         time.sleep(1.0)   # late duplicates
         return _outcome(name, happened, sent, counter.arrivals(), counter.duplicates(), allowed, bridge)
     finally:
@@ -585,10 +577,10 @@ def disk_full_fault(world):
     sampler.start()
     at = world.at(0.2, 0.4)
     start = time.time()
-    broker.stop()
-    filler = fill(spool)
+    broker.kill()                  # at once: a slow JVM stop could outlast the stream, and then
+    filler = fill(spool)           # nothing more would be stored to hit the full disk
     said_full = lambda: any("disk is full" in s for s in sampler.states)
-    noticed = _wait(said_full, 20.0, 0.1)
+    noticed = wait_until(said_full, 20.0, 0.1)
     noticed_after = time.time() - start
     time.sleep(world.rng.uniform(1.0, 3.0))
     alive = world.bridge_process.proc.poll() is None
@@ -652,7 +644,7 @@ def run_inbound(name, tmp, rng, params, *, fault, writer="command_file", allowed
         happened = world.flow(inbound_message, publisher.send, fault)
         publisher.close()
         sent = world.stream.sent
-        _wait(lambda: set(sent) <= set(nagios_deliveries(world.nagios)[0]), params.drain_timeout, 0.5)
+        wait_until(lambda: set(sent) <= set(nagios_deliveries(world.nagios)[0]), params.drain_timeout, 0.5)
         time.sleep(2.0)   # Nagios reaps results once a second: let late duplicates show
         first, counts = nagios_deliveries(world.nagios)
         return _outcome(name, happened, sent, first, sum(n - 1 for n in counts.values()), allowed, bridge)

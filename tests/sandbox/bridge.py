@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .ports import kill_process, stop_process, track
+from .ports import kill_process, stop_process, track, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,12 +118,25 @@ class Bridge:
     def counter(self, name):
         return self.status().get("counters", {}).get(name, 0)
 
+    def wait_status(self, predicate, timeout=20.0):
+        """Wait until this process has written a status for which ``predicate(status)`` holds;
+        return that status, or {} on timeout. status.json is rewritten every 2 s, and until the
+        new process writes it, it is the previous process's."""
+        def current():
+            status = self.status()
+            return status if status.get("pid") == self.pid and predicate(status) else None
+        return wait_until(current, timeout) or {}
+
     def wait_counter(self, name, value, timeout=15.0):
-        """Wait until counter ``name`` reaches ``value`` (status.json is written every 2 s)."""
-        deadline = time.monotonic() + timeout
-        while self.counter(name) < value and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return self.counter(name)
+        """Wait until counter ``name`` of this process reaches ``value``; return the counter."""
+        counter = lambda status: status.get("counters", {}).get(name, 0)
+        status = self.wait_status(lambda s: counter(s) >= value, timeout)
+        return counter(status or self.status())
+
+    def wait_state(self, part, text, timeout=20.0):
+        """Wait until the state of ``part`` (e.g. "subscriber") contains ``text``; return the state."""
+        state = lambda status: status.get("states", {}).get(part, "")
+        return state(self.wait_status(lambda s: text in state(s), timeout))
 
     def log_text(self):
         try:

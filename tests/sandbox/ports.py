@@ -1,16 +1,30 @@
-"""Helpers shared by the sandbox: free ports, a raw STOMP check, stopping child processes by PID."""
+"""Helpers shared by the sandbox: free ports, a raw STOMP check, stopping child processes by PID,
+waiting for a condition."""
 import atexit
 import os
 import signal
 import socket
 import subprocess
 import threading
+import time
 import weakref
 from pathlib import Path
 
 _lock = threading.Lock()
 _handed_out = set()
 _running = weakref.WeakSet()
+
+
+def wait_until(predicate, timeout=15.0, interval=0.2):
+    """Call ``predicate`` until it returns something true or ``timeout`` seconds pass; return
+    its last value. For state the programs under test reach in their own time: never assert
+    on one read after a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
 
 
 def free_port():
