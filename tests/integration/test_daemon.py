@@ -16,7 +16,7 @@ from tests.reliability import faults
 from tests.sandbox.bridge import inbound_config
 from tests.sandbox.memory import rss_by_kind
 from tests.sandbox.nagios import host, passive_service, pipe_bytes
-from tests.sandbox.ports import wait_until
+from tests.sandbox.ports import free_port, wait_until
 from tests.sandbox.stomp_probe import publish
 
 pytestmark = pytest.mark.integration
@@ -36,10 +36,7 @@ def test_ready_notification_status_and_metrics(tmp_path, activemq, bridge_factor
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(str(notify))
     server.settimeout(20)
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
-    metrics_port = port.getsockname()[1]
-    port.close()
+    metrics_port = free_port()
     bridge = perfdata_bridge(bridge_factory, activemq)
     bridge.config_path.write_text(bridge.config_path.read_text() +
                                   f"metrics: {{listen: '127.0.0.1:{metrics_port}', textfile: {tmp_path}/m.prom}}\n")

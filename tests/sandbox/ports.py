@@ -2,6 +2,7 @@
 waiting for a condition."""
 import atexit
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,16 +28,32 @@ def wait_until(predicate, timeout=15.0, interval=0.2):
         time.sleep(interval)
 
 
+def _below_ephemeral_ports():
+    """Ports under the kernel's ephemeral range: an outgoing connection (a bridge reconnecting,
+    a client) takes its local port from that range, and could take a port handed out here
+    before the server meant for it binds it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 12000), low)
+
+
 def free_port():
     """Return a port on 127.0.0.1 that is free now and not handed out before by this process."""
+    ports = _below_ephemeral_ports()
     with _lock:
-        for _ in range(100):
+        for _ in range(200):
+            port = random.choice(ports)
+            if port in _handed_out:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            if port not in _handed_out:
-                _handed_out.add(port)
-                return port
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     raise RuntimeError("no free port found on 127.0.0.1")
 
 
