@@ -16,6 +16,7 @@ from msg_nagios_bridge.sinks.command_file import NagiosUnavailable, _batches, wr
 from msg_nagios_bridge.sinks import nagios_writer
 from msg_nagios_bridge.sinks.nagios_writer import NagiosWriter, nagios_pid_alive
 from msg_nagios_bridge.spool import Spool
+from tests.sandbox.ports import wait_until
 
 RESULT = CheckResult(host="h1", service="s1", state=1, output="warn", long_output="a\nb", timestamp=1700000000)
 
@@ -41,8 +42,14 @@ class FifoReader(threading.Thread):
         return b"".join(self.reads).decode()
 
     def close(self):
+        """Stop, keeping what is still in the pipe."""
         self.running = False
-        self.join(1)
+        self.join()
+        try:
+            while data := os.read(self.fd, 65536):
+                self.reads.append(data)
+        except BlockingIOError:
+            pass
         os.close(self.fd)
 
 
@@ -75,7 +82,7 @@ def test_writes_are_whole_lines_and_at_most_pipe_buf(tmp_path):
         CheckResult(host="h", service=f"s{i}", state=0, output="x" * (i % 300), timestamp=1), 1) for i in range(400)]
     try:
         write_lines(str(path), lines)
-        time.sleep(0.2)
+        assert wait_until(lambda: reader.text() == "".join(lines), timeout=10)
     finally:
         reader.close()
     assert reader.text() == "".join(lines)
@@ -142,15 +149,13 @@ def test_writer_waits_for_nagios_then_delivers_and_dead_letters_the_unwritable(t
     writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), echo)
     writer.start()
     try:
-        time.sleep(0.5)                                   # no FIFO yet: nothing lost, nothing written
-        assert spool.stats().depth == 1 and spool.stats().dead_letters == 1
+        # No FIFO yet: nothing lost, nothing written; the unwritable one is dead-lettered.
+        assert wait_until(lambda: spool.stats().dead_letters == 1, timeout=10)
+        assert spool.stats().depth == 1
         os.mkfifo(tmp_path / "nagios.cmd")
         reader = FifoReader(tmp_path / "nagios.cmd")
         reader.start()
-        deadline = time.time() + 15
-        while spool.stats().depth and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.1)
+        assert wait_until(lambda: spool.stats().depth == 0, timeout=15)
         reader.close()
     finally:
         writer.stop()
@@ -241,9 +246,9 @@ def test_check_result_entries_leave_the_spool_only_once_nagios_has_read_the_file
     try:
         [name] = wait_for_result_files(tmp_path)
         os.utime(tmp_path / name, (1, 1))                     # as if it had waited for hours
-        time.sleep(0.6)
+        assert wait_until(lambda: time.time() - os.stat(tmp_path / name).st_mtime < 5, timeout=10), \
+            "touched, so never too old for Nagios"
         assert spool.stats().depth == 3, "kept until Nagios has read the file"
-        assert time.time() - os.stat(tmp_path / name).st_mtime < 5, "touched, so never too old for Nagios"
     finally:
         writer.stop()
         writer.join(5)

@@ -16,6 +16,7 @@ from msg_nagios_bridge.routing import Router
 from msg_nagios_bridge.sources.intake import Intake
 from msg_nagios_bridge.sources.ocsp_pipe import FifoError, OcspPipeSource, prepare_fifo
 from msg_nagios_bridge.spool import Spool
+from tests.sandbox.ports import wait_until
 
 ROUTER = Router(parse("site: {name: S}\nbrokers: {hosts: ['127.0.0.1:1']}\n"
                       "spool: {directory: /tmp/unused}\nroutes: [{name: r, destination: /queue/q}]\n", "t"))
@@ -105,9 +106,9 @@ def test_a_stray_file_never_replaces_one_whose_lines_are_not_yet_spooled(tmp_pat
     with Spool(str(tmp_path / "spool.sqlite")) as spool:
         source = start_source(path, spool)
         try:
-            deadline = time.time() + 10
-            while spool.stats().depth < 3 and time.time() < deadline:
-                time.sleep(0.05)
+            # The recovered file is taken in, its cut-off end dead-lettered, then it is deleted.
+            assert wait_until(lambda: spool.stats().depth == 3 and spool.stats().dead_letters == 1 and
+                              not list(tmp_path.glob("ocsp.fifo.recovered*")), timeout=10)
             assert metrics_in(spool) == ["first", "second", "third"]
             assert [dead.reason.split(" in ")[0] for dead in spool.dead_letters()] == ["incomplete last line"]
             assert not list(tmp_path.glob("ocsp.fifo.recovered*")), "taken in, then deleted"
@@ -140,7 +141,8 @@ def test_lines_leave_the_fifo_only_once_they_are_spooled(tmp_path):
     holder = os.open(path, os.O_RDWR | os.O_NONBLOCK)    # what systemd's ListenFIFO= keeps open
     try:
         os.write(holder, lines)
-        time.sleep(1.5)                                  # the source tried (and failed) to spool them
+        assert wait_until(lambda: intake_health._states.get("ocsp_pipe", "").startswith(
+            "waiting: spool unavailable"), timeout=10)     # the source tried (and failed) to spool them
         source.stopping.set()
         source.join(5)
         assert not source.is_alive()

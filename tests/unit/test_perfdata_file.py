@@ -13,6 +13,7 @@ from msg_nagios_bridge.routing import Router
 from msg_nagios_bridge.sources.intake import Intake
 from msg_nagios_bridge.sources.perfdata_file import PerfdataTail
 from msg_nagios_bridge.spool import Spool
+from tests.sandbox.ports import wait_until
 
 SETTINGS = config.parse("""
 site: {name: S}
@@ -268,7 +269,10 @@ def test_files_rotated_while_the_spool_is_full_are_all_read_later(tmp_path):
             path.write_text(path.read_text() + lines(rotation * 100, 30))
             os.replace(path, str(path) + ".old")         # Nagios's mv -f
             path.write_text("")
-            time.sleep(1.3)                              # the tailer looks about once a second
+            # The tailer looks about once a second: it must have the new file open before the
+            # next rotation moves it away.
+            new = os.stat(path)
+            assert wait_until(lambda: (new.st_dev, new.st_ino) in {q for _, q in tailer.queued}, timeout=10)
         path.write_text(lines(900, 5))
         seen = set()
         deadline = time.time() + 30

@@ -171,7 +171,7 @@ def test_wait_wakes_on_put(spool):
     threading.Timer(0.05, lambda: spool.put([msg(1)])).start()
     started = time.monotonic()
     assert spool.wait(5) is True
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4, "woken by the put, not by the 5 s timeout"
     assert ids(spool.take(1)) == ["id-1"]
 
 
