@@ -11,7 +11,9 @@ not (benchmarks/outbound.py).
 When the broker answers with an ERROR (e.g. a destination it refuses), the
 batch is given back and the publisher switches to one receipt per message for
 a while, so the refused message is found, counted, and after ``max_refusals``
-moved to the dead letters, while the others go through.
+moved to the dead letters, while the others go through. An ERROR that names no
+message even then, and closes the connection (ActiveMQ's answer to a frame over
+its size limit), is found by sending one message at a time after it.
 
 Anything in flight when the connection goes is given back and sent again
 (at-least-once; receivers drop duplicates by ``result_id``). A broker that is
@@ -55,6 +57,10 @@ class Publisher(threading.Thread):
         self._in_flight: Dict[str, tuple] = {}   # receipt -> (entries, sent_at)
         self._in_flight_count = 0
         self._isolate = 0                         # messages still to send one receipt each
+        # After an ERROR that named no message even with one receipt per message: one message
+        # in flight at a time until a reply names its message, so that the next such ERROR
+        # can only be about that message.
+        self._probing = False
         self._generation = 0
         self._serial = 0
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
@@ -130,7 +136,7 @@ class Publisher(threading.Thread):
 
     def _fill_window(self) -> None:
         while True:
-            room = self.settings.max_in_flight - self._in_flight_count
+            room = (1 if self._probing else self.settings.max_in_flight) - self._in_flight_count
             if room <= 0:
                 return
             entries = self.spool.take(min(room, BATCH))
@@ -190,9 +196,15 @@ class Publisher(threading.Thread):
     def _collect(self) -> None:
         done = []
         for kind, headers, body in self.broker.take_replies():
-            item = self._in_flight.pop(headers.get("receipt-id", ""), None)
+            receipt = headers.get("receipt-id", "")
+            inferred = kind != "receipt" and not receipt and self._probing and self._in_flight_count == 1
+            if inferred:
+                receipt = next(iter(self._in_flight))      # the one message in flight
+            item = self._in_flight.pop(receipt, None)
             if item is not None:
                 self._in_flight_count -= len(item[0])
+                # A reply that names its message: the broker's answers can be told apart again.
+                self._probing = self._probing and inferred
             if kind == "receipt":
                 if item is not None:
                     done.extend(entry.entry_id for entry in item[0])
@@ -202,7 +214,7 @@ class Publisher(threading.Thread):
                 continue
             self._mark_done(done)
             done = []
-            if not self._refused(headers, body, item):
+            if not self._refused(headers, body, item, inferred):
                 return          # connection abandoned: later replies belong to it
         self._mark_done(done)
         if self._refusing_all:
@@ -239,7 +251,7 @@ class Publisher(threading.Thread):
                 pass
             raise
 
-    def _refused(self, headers, body: str, item) -> bool:
+    def _refused(self, headers, body: str, item, inferred: bool = False) -> bool:
         """An ERROR frame. Returns False if the connection had to be abandoned.
 
         With a receipt-id of one message (sent one receipt each), that message was
@@ -247,11 +259,15 @@ class Publisher(threading.Thread):
         letters; the connection goes on. Otherwise (an error inside a transaction,
         which names no message) nothing in flight can be trusted: give everything
         back, reconnect, and send one receipt each for a while to find the culprit.
+        ``inferred``: the ERROR named no message but only one was in flight (probing).
+        Such an ERROR closes the connection, and what the broker still sends before
+        closing (ActiveMQ reads the rest of an oversize frame as more frames, each one
+        an ERROR) is about no message of ours: abandon it.
         """
         reason = f"{headers.get('message', 'broker error')} {body.strip()[:300]}".strip()
         self.health.error(f"broker refused: {reason}")
         self.health.add("broker_errors")
-        self._isolate = ISOLATE_MESSAGES
+        isolating, self._isolate = self._isolate > 0, ISOLATE_MESSAGES
         if item is not None and len(item[0]) == 1:
             entry: SpoolEntry = item[0][0]
             last, self._last_refusal = self._last_refusal, (entry.entry_id, self._receipts)
@@ -275,9 +291,14 @@ class Publisher(threading.Thread):
                            f"{entry.message.destination} moved to dead letters: {reason}")
             else:
                 self.spool.give_back([entry.entry_id])
+            if inferred:
+                self._connection_lost(f"broker error: {reason}")
+                return False
             return True
         if item is not None:
             self.spool.give_back([entry.entry_id for entry in item[0]])
+        # Named no message though each was sent with its own receipt: find it by probing.
+        self._probing = isolating
         self._connection_lost(f"broker error: {reason}")
         return False
 

@@ -1,6 +1,7 @@
 """Outbound, end to end with the real programs: Nagios 4 -> bridge -> ActiveMQ -> an independent subscriber."""
 import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -12,7 +13,7 @@ from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
 from tests.sandbox.bridge import bridge_config
 from tests.sandbox.nagios import active_service, host
-from tests.sandbox.ports import wait_until
+from tests.sandbox.ports import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -193,6 +194,30 @@ def test_kill_9_of_the_bridge_mid_stream_loses_nothing_from_perfdata(tmp_path, a
     got = wait_for_ids(probe, expected, timeout=60)
     assert set(got) == expected, (len(expected - set(got)), bridge.log_text()[-3000:])
     print(f"kill -9: sent {len(lines)}, delivered {len(set(got))}, duplicates {len(got) - len(set(got))}")
+
+
+def test_a_result_over_the_brokers_frame_limit_is_dead_lettered_and_the_rest_delivered(
+        activemq_factory, stomp_probe_factory, bridge_factory):
+    """Regression (a known limit until 2026-11-30): ActiveMQ answers a frame over its size
+    limit with an ERROR that names no message, and closes the connection. The bridge sent that
+    message first after every reconnect, and outbound stalled on it for ever."""
+    port = free_port()
+    broker = activemq_factory("small", extra_connectors=f'      <transportConnector name="small" '
+                              f'uri="stomp://127.0.0.1:{port}?wireFormat.maxFrameSize=50000"/>\n')
+    probe = stomp_probe_factory(broker, QUEUE)
+    bridge = bridge_factory([port], ocsp=False, perfdata=True, destination=QUEUE, max_refusals=2)
+    bridge.start()
+    lines = result_lines(20)
+    huge = CheckResult(host="wn000.example.org", service="huge", state=0, output="x" * 80_000,
+                       timestamp=int(time.time()))
+    (bridge.workdir / "service-perfdata").write_text(
+        "".join(lines[:10]) + result_line.format_line(huge) + "\n" + "".join(lines[10:]))
+    assert set(wait_for_ids(probe, expected_ids(lines), 60)) == expected_ids(lines), bridge.log_text()[-3000:]
+    assert bridge.wait_counter("dead_letters", 1, timeout=30) == 1, bridge.log_text()[-3000:]
+    listed = subprocess.run([sys.executable, "-m", "msg_nagios_bridge", "dead-letters", "list",
+                             "-c", str(bridge.config_path)], capture_output=True, text=True, timeout=30).stdout
+    assert "1 dead letter(s)" in listed and "maximum frame size" in listed, listed
+    assert "huge" not in {m.headers["metric"] for m in probe.messages}
 
 
 def test_a_broker_down_for_a_while_gets_everything_spooled(tmp_path, activemq, stomp_probe_factory,
