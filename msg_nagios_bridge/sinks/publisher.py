@@ -120,8 +120,10 @@ class Publisher(threading.Thread):
     def _in_flight_ids(self):
         return [entry.entry_id for entries, _ in self._in_flight.values() for entry in entries]
 
-    def _connection_lost(self, why: str) -> None:
+    def _connection_lost(self, why: str, replies_read: bool = False) -> None:
         """Give back everything in flight: without a receipt it may not have arrived."""
+        if not replies_read:
+            self._note_unread_errors()
         if self._in_flight:
             ids = self._in_flight_ids()
             self.spool.give_back(ids)
@@ -131,6 +133,16 @@ class Publisher(threading.Thread):
         self._warn(logging.WARNING, "lost", f"broker connection lost ({why}); will reconnect")
         self.health.error(f"broker: {why}")
         self.broker.close()
+
+    def _note_unread_errors(self) -> None:
+        """An ERROR that names no message may still be unread when the connection is given up:
+        ActiveMQ closes the connection right after it, and with a window of messages to send,
+        the next send usually fails first. Count it as if it had been read (see _refused)."""
+        for kind, headers, _ in self.broker.take_replies():
+            if kind == "error" and not headers.get("receipt-id"):
+                self._probing = self._probing or self._isolate > 0
+                self._isolate = ISOLATE_MESSAGES
+                return
 
     # -- sending ------------------------------------------------------------
 
@@ -174,8 +186,9 @@ class Publisher(threading.Thread):
                 self.broker.send(entry.message.destination, entry.message.body,
                                  dict(entry.message.headers, receipt=receipt))
             except BaseException:
-                self.spool.give_back([e.entry_id for e in entries[index + 1:]])
-                entries[index + 1:] = []
+                # The ones before this are tracked in flight (given back with them); the caller
+                # gives back what is left in ``entries``: this one and the rest, once each.
+                del entries[:index]
                 raise
             self._track(receipt, [entry])
             self._isolate -= 1
@@ -292,14 +305,14 @@ class Publisher(threading.Thread):
             else:
                 self.spool.give_back([entry.entry_id])
             if inferred:
-                self._connection_lost(f"broker error: {reason}")
+                self._connection_lost(f"broker error: {reason}", replies_read=True)
                 return False
             return True
         if item is not None:
             self.spool.give_back([entry.entry_id for entry in item[0]])
         # Named no message though each was sent with its own receipt: find it by probing.
         self._probing = isolating
-        self._connection_lost(f"broker error: {reason}")
+        self._connection_lost(f"broker error: {reason}", replies_read=True)
         return False
 
     def _drain(self) -> None:

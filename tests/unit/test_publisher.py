@@ -236,24 +236,25 @@ def test_a_message_the_broker_refuses_while_it_takes_others_is_dead_lettered():
 
 class ClosingOnBigFrames(AcceptingBroker):
     """ActiveMQ's answer to a frame over its size limit: an ERROR that names no message (it
-    could not read the receipt header), then the connection closes; what was sent after that
-    frame never arrives."""
+    could not read the receipt header), then the connection closes. Our next send then fails,
+    usually before the ERROR is read; a new connection starts with nothing received."""
 
     def __init__(self, limit):
         super().__init__()
-        self.limit, self.stored, self.connects = limit, [], 0
+        self.limit, self.stored, self.pending, self.connects = limit, [], [], 0
 
     def connect(self):
-        self.is_connected, self.events.lost = True, False
+        self.events, self.replies, self.pending = self.Events(), [], []
+        self.is_connected = True
         self.connects += 1
         return None
 
     def send(self, destination, body, headers):
         if not self.is_connected:
-            return
+            raise OSError(32, "Broken pipe")
         if len(body) > self.limit:
-            self.is_connected, self.events.lost = False, True
             self.reply("error", message="The maximum frame size was exceeded")
+            self.is_connected, self.events.lost = False, True
             return
         if "receipt" in headers:
             self.stored.append(body)
@@ -262,24 +263,28 @@ class ClosingOnBigFrames(AcceptingBroker):
         super().send(destination, body, headers)
 
     def begin(self, transaction):
+        if not self.is_connected:
+            raise OSError(32, "Broken pipe")
         super().begin(transaction)
         self.pending = []
 
     def commit(self, transaction, receipt):
-        if self.is_connected:
-            self.stored.extend(self.pending)
-            super().commit(transaction, receipt)
+        if not self.is_connected:
+            raise OSError(32, "Broken pipe")
+        self.stored.extend(self.pending)
+        super().commit(transaction, receipt)
 
 
 def test_a_message_over_the_brokers_frame_limit_is_dead_lettered_and_the_rest_go_through(tmp_path):
     """Regression (known limit until 2026-11-30): the broker's ERROR for an oversize frame names
     no message and closes the connection, so the publisher sent the same message first after
-    every reconnect and outbound stalled on it for ever."""
+    every reconnect and outbound stalled on it for ever. With more messages waiting than fit in
+    flight, the next send fails before the ERROR is read: it must count all the same."""
     spool = Spool(str(tmp_path / "spool.sqlite"))
     spool.put([Message(f"m{i}", "/queue/q", {}, b"x" * 5000 if i == 5 else f"ok {i}".encode())
-               for i in range(50)])
-    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), max_refusals=3, backoff_initial=0.05,
-                                         backoff_max=0.1), spool, Health(), drain_timeout=1)
+               for i in range(200)])
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), max_refusals=3, max_in_flight=20,
+                                         backoff_initial=0.05, backoff_max=0.1), spool, Health(), drain_timeout=1)
     broker = publisher.broker = ClosingOnBigFrames(limit=1000)
     publisher.start()
     try:
@@ -287,7 +292,7 @@ def test_a_message_over_the_brokers_frame_limit_is_dead_lettered_and_the_rest_go
         [dead] = spool.dead_letters()
         assert dead.entry.message.message_id == "m5"
         assert "maximum frame size" in dead.reason, dead.reason
-        assert sorted(set(broker.stored)) == sorted(f"ok {i}".encode() for i in range(50) if i != 5)
+        assert sorted(set(broker.stored)) == sorted(f"ok {i}".encode() for i in range(200) if i != 5)
     finally:
         publisher.stop()
         publisher.join(5)
