@@ -207,11 +207,11 @@ def test_a_result_over_the_brokers_frame_limit_is_dead_lettered_and_the_rest_del
     probe = stomp_probe_factory(broker, QUEUE)
     bridge = bridge_factory([port], ocsp=False, perfdata=True, destination=QUEUE, max_refusals=2)
     bridge.start()
-    lines = result_lines(20)
+    lines = result_lines(2000)           # a backlog: sends go on after the broker has closed
     huge = CheckResult(host="wn000.example.org", service="huge", state=0, output="x" * 80_000,
                        timestamp=int(time.time()))
     (bridge.workdir / "service-perfdata").write_text(
-        "".join(lines[:10]) + result_line.format_line(huge) + "\n" + "".join(lines[10:]))
+        "".join(lines[:100]) + result_line.format_line(huge) + "\n" + "".join(lines[100:]))
     assert set(wait_for_ids(probe, expected_ids(lines), 60)) == expected_ids(lines), bridge.log_text()[-3000:]
     assert bridge.wait_counter("dead_letters", 1, timeout=30) == 1, bridge.log_text()[-3000:]
     listed = subprocess.run([sys.executable, "-m", "msg_nagios_bridge", "dead-letters", "list",
