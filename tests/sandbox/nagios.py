@@ -12,7 +12,7 @@ import termios
 import time
 from pathlib import Path
 
-from .ports import children_of, kill_process, stop_process, track
+from .ports import descendants_of, kill_process, stop_process, track
 
 NAGIOS_BIN = "/usr/sbin/nagios4"
 PLUGINS = Path("/usr/lib/nagios/plugins")
@@ -314,8 +314,10 @@ class Nagios:
         raise TimeoutError(f"nagios not ready within {timeout or self.start_timeout}s\n{self.log_tail()}")
 
     def _children(self):
-        """PIDs of the core's direct children (check workers, command file worker)."""
-        return children_of(self.pid)
+        """PIDs of the core's processes: its workers, the command file worker, and the commands
+        the workers run. An OCSP command writing into the bridge's FIFO after the bridge stopped
+        blocks for ever opening it; orphaned by the core's stop, it would outlive the test."""
+        return descendants_of(self.pid)
 
     @staticmethod
     def _alive(pid):

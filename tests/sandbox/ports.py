@@ -115,6 +115,16 @@ def children_of(pid):
     return children
 
 
+def descendants_of(pid):
+    """PIDs of ``pid``'s children, their children, and so on, from /proc."""
+    found, parents = [], [pid]
+    while parents:
+        children = [child for parent in parents for child in children_of(parent)]
+        found += children
+        parents = children
+    return found
+
+
 def track(server):
     """Remember `server` so that it is stopped at interpreter exit if nobody else did."""
     _running.add(server)
