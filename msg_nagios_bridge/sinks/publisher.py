@@ -140,9 +140,14 @@ class Publisher(threading.Thread):
         the next send usually fails first. Count it as if it had been read (see _refused)."""
         for kind, headers, _ in self.broker.take_replies():
             if kind == "error" and not headers.get("receipt-id"):
-                self._probing = self._probing or self._isolate > 0
-                self._isolate = ISOLATE_MESSAGES
+                self._named_no_message()
                 return
+
+    def _named_no_message(self) -> None:
+        """After an ERROR that named no message: one receipt per message for a while, to find
+        the culprit; if that was already so, one message at a time (probing)."""
+        self._probing = self._probing or self._isolate > 0
+        self._isolate = ISOLATE_MESSAGES
 
     # -- sending ------------------------------------------------------------
 
@@ -280,8 +285,8 @@ class Publisher(threading.Thread):
         reason = f"{headers.get('message', 'broker error')} {body.strip()[:300]}".strip()
         self.health.error(f"broker refused: {reason}")
         self.health.add("broker_errors")
-        isolating, self._isolate = self._isolate > 0, ISOLATE_MESSAGES
         if item is not None and len(item[0]) == 1:
+            self._isolate = ISOLATE_MESSAGES
             entry: SpoolEntry = item[0][0]
             last, self._last_refusal = self._last_refusal, (entry.entry_id, self._receipts)
             if last is None:
@@ -310,8 +315,7 @@ class Publisher(threading.Thread):
             return True
         if item is not None:
             self.spool.give_back([entry.entry_id for entry in item[0]])
-        # Named no message though each was sent with its own receipt: find it by probing.
-        self._probing = isolating
+        self._named_no_message()
         self._connection_lost(f"broker error: {reason}", replies_read=True)
         return False
 
