@@ -24,7 +24,11 @@ GENERATED = {
 
 
 def corpus():
-    for line in CORPUS.read_text().splitlines():
+    """The cases, their 2024 check times moved to a minute ago (the bridge refuses results
+    older than inbound.policy.max_age)."""
+    recent = time.time() - 60
+    stamp, epoch = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(recent)), str(int(recent))
+    for line in CORPUS.read_text().replace("2024-01-01T00:00:00Z", stamp).replace("1704067200", epoch).splitlines():
         case = json.loads(line)
         body = case["body"].encode() if "body" in case else case["body_latin1"].encode("latin-1")
         yield case["name"], body, case.get("headers") or {}
@@ -50,7 +54,7 @@ def test_every_hostile_message_is_refused_or_becomes_one_passive_result(activemq
     deadline = time.time() + 60
     while time.time() < deadline:
         counters = bridge.status().get("counters", {})
-        handled = counters.get("received", 0) + counters.get("refused", 0) + counters.get("duplicates", 0)
+        handled = sum(counters.get(name, 0) for name in ("received", "refused", "duplicates", "stale"))
         if handled >= len(cases):
             break
         time.sleep(0.5)
