@@ -361,7 +361,8 @@ def _record_from_json(text: str) -> _Record:
     service = opt_text("service")
     record.is_host = service is None
     record.nagios_name = record.metric_name = service
-    attributes = data.get("attributes") or {}
+    attributes = data.get("attributes")
+    attributes = {} if attributes is None else attributes
     if not isinstance(attributes, dict):
         raise Refused("bad-field", "attributes must be an object")
     record.service_uri = opt_text("uri", attributes) or None
@@ -379,9 +380,9 @@ def _record_from_json(text: str) -> _Record:
         record.state_type = _state_type(_text(data["state_type"], "state_type"))
     attempt = data.get("attempt")
     if attempt is not None:
-        if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= 1000:
+        if not _is_integer(attempt) or not 1 <= attempt <= 1000:
             raise Refused("bad-field", f"attempt {_show(attempt)} is not an integer from 1 to 1000")
-        record.attempt = attempt
+        record.attempt = int(attempt)
     for field, key, source in (("site", "site", data), ("role", "role", data), ("vo", "vo", data),
                                ("gathered_at", "gathered_at", data), ("flavour", "flavour", attributes)):
         value = opt_text(key, source)
@@ -401,8 +402,8 @@ def _json_state(data: Dict[str, Any]) -> Tuple[Optional[str], Optional[int]]:
             continue
         if isinstance(value, str):
             names.append(_text(value, key))
-        elif isinstance(value, int) and not isinstance(value, bool):
-            numbers.append(value)
+        elif _is_integer(value):
+            numbers.append(int(value))
         else:
             raise Refused("bad-field", f"{key} {_show(value)} is neither a state name (OK, CRITICAL, UP, ...)"
                                        f" nor a number")
@@ -411,6 +412,13 @@ def _json_state(data: Dict[str, Any]) -> Tuple[Optional[str], Optional[int]]:
     if len(set(numbers)) > 1 or len({name.strip().upper() for name in names}) > 1:
         raise Refused("bad-status", f"status {_show(data.get('status'))} and state {_show(data.get('state'))} disagree")
     return (names[0] if names else None), (numbers[0] if numbers else None)
+
+
+def _is_integer(value: Any) -> bool:
+    """An integer as JSON (and JSON Schema) sees one: 2 or 2.0, never true/false."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def _json_time(value: Any, key: str) -> float:
