@@ -16,8 +16,10 @@ The text is ``output`` + ``|perfdata`` + ``\\n long output``, then made safe:
 1. perfdata is one line by definition: CR/LF in it become spaces (they would
    otherwise move perfdata into the long output).
 2. ``\\r\\n`` becomes ``\\n`` (a CRLF line end is a line end).
-3. Every other control character -- lone CR, TAB, NUL, ESC, DEL, C1 -- becomes a
-   space, and a lone surrogate becomes U+FFFD. Why a space and not an escape:
+3. TAB is kept: plugins print tables with it, and it is harmless in a command
+   line, in a check result file and in status.dat. Every other control
+   character -- lone CR, NUL, ESC, DEL, C1 -- becomes a space, and a lone
+   surrogate becomes U+FFFD. Why a space and not an escape:
    Nagios un-escapes only ``\\\\`` and ``\\n``; any other ``\\x`` would show as
    literal text, indistinguishable from a plugin that printed a backslash, and a
    raw one is worse (NUL silently cuts the C string, CR and ESC play games with
@@ -50,8 +52,8 @@ COMMANDS = (SERVICE_COMMAND, HOST_COMMAND)
 
 TRUNCATION_MARKER = " [truncated by msg-nagios-bridge: {n} bytes cut]"
 
-# Control characters that must not survive in text (newline is escaped instead).
-_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# Control characters that must not survive in text (newline is escaped instead; TAB is kept).
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _LINE = re.compile(r"\[(\d+)\] ([A-Z_]+);([^\n]*)\n?")
 

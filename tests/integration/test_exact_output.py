@@ -1,7 +1,8 @@
 """Output is carried exactly: a site Nagios -> its bridge -> ActiveMQ -> a central bridge -> a central
 Nagios shows what the site's Nagios showed (output, long output, perfdata), through both outbound
 sources and both message formats. On the OCSP path Nagios itself strips illegal_macro_output_chars
-from the macros the OCSP command gets; that is the one documented difference (docs/formats.md)."""
+and ASCII control characters (tabs) from the macros the OCSP command gets; that is the one
+documented difference (docs/formats.md)."""
 import pytest
 
 from msg_nagios_bridge.nagios_wiring import ILLEGAL_MACRO_OUTPUT_CHARS
@@ -19,6 +20,7 @@ CASES = {
     "backslashes": (0, "OK: C:\\new\\temp and \\\\server\\share|size=5B;;;\nliteral \\n two characters\n"
                        "C:\\new\\temp again\nends with a backslash\\"),
     "trailing-backslash": (1, "WARNING: path C:\\"),
+    "tabs-in-long-output": (0, "OK: fine|t=1\nlong\twith\ttabs\n\tindented"),
     "pipe-in-long": (2, "CRITICAL: first|a=1\nsecond line | b=2\nthird"),
     "utf8": (0, "OK: Grüße ✓ 漢字|'x y'=1;2;3\nlong: ✓✓ ünïcödé\nline 3"),
     "shell": (0, "OK: $HOME `id` $(id) ' \" ; & < > ~ %s %n\nlong ' \" $x"),
@@ -34,8 +36,12 @@ def shown(status, service):
 
 
 def as_ocsp_passes_it(text):
-    """What the OCSP command gets of a macro: Nagios strips illegal_macro_output_chars."""
-    return None if text is None else "".join(c for c in text if c not in ILLEGAL_MACRO_OUTPUT_CHARS)
+    """What the OCSP command gets of a macro: Nagios strips illegal_macro_output_chars and every
+    ASCII control character (0-31 and 127: common/macros.c, init_macros and clean_macro_chars).
+    status.dat holds long output escaped, so its newlines are the two characters backslash n."""
+    if text is None:
+        return None
+    return "".join(c for c in text if c not in ILLEGAL_MACRO_OUTPUT_CHARS and ord(c) >= 32 and ord(c) != 127)
 
 
 @pytest.mark.parametrize("source, fmt", [("perfdata", "wlcg"), ("ocsp_pipe", "json")])

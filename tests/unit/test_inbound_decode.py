@@ -56,7 +56,7 @@ def assert_safe_or_refused(headers, body, mapping=Mapping(), now=NOW) -> str:
     assert isinstance(result, CheckResult)
     for line in (nc.command_line(result, int(result.timestamp)), nc.truncate_to_fit(result, int(result.timestamp))):
         assert line.count("\n") == 1 and line.endswith("\n")
-        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]", line)
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]", line)      # TAB is kept
         assert re.match(r"\[\d+\] PROCESS_(SERVICE|HOST)_CHECK_RESULT;", line)
         _, command, fields = nc.parse_command_line(line)
         assert fields[0] == result.host

@@ -33,7 +33,7 @@ def expected_text(result: CheckResult) -> str:
     out = []
     for c in text:
         code = ord(c)
-        if c == "\n":
+        if c in "\n\t":                  # newline is escaped later; TAB is kept
             out.append(c)
         elif code < 0x20 or 0x7f <= code <= 0x9f:
             out.append(" ")
@@ -47,7 +47,7 @@ def expected_text(result: CheckResult) -> str:
 def assert_one_safe_line(line: str, result: CheckResult) -> str:
     """Check everything a command line must be; return its (escaped) text field."""
     assert line.endswith("\n") and line.count("\n") == 1
-    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]", line)
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]", line)      # TAB is kept
     assert LINE_START.match(line)
     stamp, command, fields = nc.parse_command_line(line)
     if result.service is None:
@@ -95,7 +95,7 @@ def test_a_smuggled_command_stays_inside_the_text():
 def test_control_characters_become_spaces_and_perfdata_stays_one_line():
     result = build("h", "s", 0, "a\x00b\x1bc\td\x85e\x7f", "l1\rl2\x00", "x=1\ny=2\r\nz=3")
     text = nc.parse_command_line(nc.command_line(result, NOW))[2][3].rstrip("\n")
-    assert nc.unescape(text) == "a b c d e |x=1 y=2  z=3\nl1 l2 "
+    assert nc.unescape(text) == "a b c\td e |x=1 y=2  z=3\nl1 l2 "
 
 
 def test_a_literal_backslash_n_is_not_a_newline():
