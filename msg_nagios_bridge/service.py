@@ -19,6 +19,7 @@ from typing import Callable, List, Optional
 from . import config, logsetup, metrics, sdnotify
 from . import policy as policy_module
 from .echo import EchoGuard
+from .formats import ocsp_record
 from .health import Health
 from .nagios_wiring import wants_host_results
 from .routing import Router
@@ -136,7 +137,8 @@ class Bridge:
         router = Router(s, is_echo=self.echo)
         if s.ocsp_pipe.enabled:
             intake = Intake("ocsp_pipe", router, self.spool, self.health, self.stopping)
-            self.sources.append(OcspPipeSource(s.ocsp_pipe, intake, self.health))
+            self.sources.append(OcspPipeSource(s.ocsp_pipe, intake, self.health,
+                                               ocsp_record.token_path(s.spool.directory)))
         if s.perfdata.enabled:
             paths = [s.perfdata.service_file]
             if wants_host_results(s):
