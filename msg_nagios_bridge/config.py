@@ -166,6 +166,7 @@ class InboundSettings:
     command_file: str = "/var/lib/nagios4/rw/nagios.cmd"
     check_result_path: str = ""
     nagios_lock_file: str = ""
+    echo_guard_max_objects: int = 1_000_000
     error_queue: str = ""
     signatures: SignatureCheck = SignatureCheck()
 
@@ -496,7 +497,8 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
 
 
 _INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping", "policy", "writer",
-                 "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures")
+                 "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures",
+                 "echo_guard_max_objects")
 _MAPPING_KEYS = ("host_from", "service_from", "service_suffix_role", "host_template", "service_template",
                  "max_body_bytes", "max_output_bytes")
 WRITERS = ("command_file", "checkresults_dir")
@@ -569,6 +571,7 @@ def _inbound(root: _Section, site: Site) -> InboundSettings:
         command_file=sec.get("command_file", str, "/var/lib/nagios4/rw/nagios.cmd", _absolute_path),
         check_result_path=check_result_path,
         nagios_lock_file=sec.get("nagios_lock_file", str, "", _optional_absolute),
+        echo_guard_max_objects=sec.get("echo_guard_max_objects", int, 1_000_000, _positive),
         error_queue=sec.get("error_queue", str, "",
                             lambda v: None if not v or (v.startswith("/queue/") and _one_line(v) is None)
                             else "must be a /queue/... name (or empty)"),

@@ -85,7 +85,8 @@ class Bridge:
         os.makedirs(s.spool.directory, mode=0o700, exist_ok=True)
         if s.inbound.enabled:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
-            self.echo = EchoGuard(self.inbound_spool)
+            self.echo = EchoGuard(self.inbound_spool, max_objects=s.inbound.echo_guard_max_objects,
+                                  health=self.health)
             self.writer = NagiosWriter(s.inbound, self.inbound_spool, self.health, self.echo)
             self.writer.start()
         if s.outbound_enabled:
@@ -116,6 +117,8 @@ class Bridge:
                           inbound.objects_cache, exc.strerror)
                 self.health.error(f"objects cache: {exc}")
                 known = frozenset()
+        if self.echo is not None:
+            self.echo.known_objects = known      # only objects Nagios has can echo
         return policy_module.Policy(rules=inbound.rules, sender_header=inbound.sender_header,
                                     known_objects=known)
 
