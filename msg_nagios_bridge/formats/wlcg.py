@@ -10,9 +10,10 @@ its ``.`` line). Downstream consumers read up to the first ``EOT`` line, so
 plugin long output holding ``EOT`` and then ``siteName: OTHER ...`` would be
 read there as a second, forged record (signed as ours when signing is on). The
 format has no escape of its own, so ``encode`` adds one dot: every line of a
-value that, after leading blanks, starts with ``EOT`` (any case) after zero or
-more dots gets one more dot before them: ``EOT`` is sent as ``.EOT``,
-``  eot x`` as ``  .eot x``, ``.EOT`` as ``..EOT``. A consumer that knows
+value (but its first, which follows ``key: ``) that, after leading blanks,
+starts with ``EOT`` (any case) after zero or more dots gets one more dot before
+them: ``EOT`` is sent as ``.EOT``, ``  eot x`` as ``  .eot x``, ``.EOT`` as
+``..EOT``. A consumer that knows
 nothing of it sees the text, recognisable, one dot longer; ``decode`` removes
 the dot again, so our own round trip is exact. "Line" counts every line break
 some reader splits on (``\n``, ``\r``, VT, FF, FS/GS/RS, NEL, U+2028/2029) and
@@ -49,7 +50,8 @@ def _restuff(text: str, pattern: "re.Pattern[str]", change) -> str:
     if "eot" not in text.lower():
         return text                                   # nearly always: nothing to do
     parts = _SEGMENTS.split(text)                     # lines at even indexes, breaks between
-    for index in range(0, len(parts), 2):
+    # Not the first: it follows "key: " on its line (a host "eotvos.example.org" stays as it is).
+    for index in range(2, len(parts), 2):
         line = parts[index]
         rest = line.lstrip(_BLANKS)
         if pattern.match(rest):
@@ -58,7 +60,7 @@ def _restuff(text: str, pattern: "re.Pattern[str]", change) -> str:
 
 
 def escape_eot(text: str) -> str:
-    """``text`` with one dot added before every line start ``(blanks)(dots)EOT``."""
+    """``text`` with one dot added before every line start ``(blanks)(dots)EOT`` but the first."""
     return _restuff(text, _EOT_START, lambda rest: "." + rest)
 
 

@@ -83,9 +83,10 @@ def test_wlcg_long_output_with_eot_and_a_second_record_forges_no_record_downstre
 
 
 def test_wlcg_eot_escape_is_dot_stuffing_and_round_trips():
-    for text, sent in [("EOT", ".EOT"), ("  eot x", "  .eot x"), ("..EOT", "...EOT"), ("a\u2028EOT", "a\u2028.EOT"),
-                       ("\x1c EOT\r\x00Eot", "\x1c .EOT\r\x00.Eot"), ("no end here", "no end here"),
-                       ("xEOT", "xEOT"), (".x", ".x")]:
+    for text, sent in [("x\nEOT", "x\n.EOT"), ("x\n  eot x", "x\n  .eot x"), ("x\n..EOT", "x\n...EOT"),
+                       ("a\u2028EOT", "a\u2028.EOT"), ("\x1c EOT\r\x00Eot", "\x1c .EOT\r\x00.Eot"),
+                       ("no end here", "no end here"), ("x\nxEOT", "x\nxEOT"), (".x", ".x"),
+                       ("EOT", "EOT"), ("eotvos.example.org", "eotvos.example.org")]:  # first: after "key: "
         assert wlcg.escape_eot(text) == sent
         assert wlcg.unescape_eot(sent) == text
 
@@ -200,3 +201,12 @@ def test_wlcg_dot_stuffed_eot_from_another_bridge_is_read_back_as_one_record():
     body = wlcg.encode(result, FIELDS)
     decoded = inbound.decode({}, body.encode(), now=1704070800)
     assert decoded.host == "ce01.cern.ch" and decoded.long_output == FORGED_SECOND_RECORD
+
+
+def test_wlcg_eot_escape_leaves_the_first_line_of_a_value_alone():
+    """It follows "key: " on its line: a host or metric named eot... is sent as it is."""
+    result = CheckResult(host="eotvos.example.org", service="EOT-check", state=0, output="EOT", long_output="EOT\nEOT")
+    body = wlcg.encode(result, FIELDS)
+    assert "hostName: eotvos.example.org\n" in body and "metricName: EOT-check\n" in body
+    assert "summaryData: EOT\n" in body and "detailsData: EOT\n.EOT\nEOT\n" in body
+    assert wlcg.decode(body)["detailsData"] == "EOT\nEOT"
