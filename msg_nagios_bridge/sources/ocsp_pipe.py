@@ -30,6 +30,7 @@ FIFO, costing one ``sh`` fork per check and no Python start-up.
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -128,30 +129,30 @@ def load_token(path: str, group: str = "") -> bytes:
     """The OCSP record token in ``path``, made (32 random letters, mode 0640, ``group``) if
     missing. It stays across restarts: records waiting in the FIFO carry it. Refuses a file
     that is not a regular file of ours, that others may read, or that holds no token."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
-    except FileExistsError:
-        fd = -1
-    except OSError as exc:
-        raise FifoError(f"cannot create the OCSP token file {path}: {exc.strerror}") from None
-    if fd >= 0:
+    if not os.path.lexists(path):
+        # Written whole under another name, then linked into place: a crash leaves no empty file.
+        temporary = f"{path}.new.{os.getpid()}"
         try:
-            os.fchmod(fd, 0o640)                 # whatever the umask
-            if group:
-                os.fchown(fd, -1, _gid(group))
-            os.write(fd, (ocsp_record.new_token() + "\n").encode("ascii"))
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
-        directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(directory)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+            try:
+                os.fchmod(fd, 0o640)                 # whatever the umask
+                if group:
+                    os.fchown(fd, -1, _gid(group))
+                os.write(fd, (ocsp_record.new_token() + "\n").encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(temporary, path)
+                _fsync_directory(os.path.dirname(path) or ".")
+                log.info("made a new OCSP record token in %s", path)
+            except FileExistsError:
+                pass                                 # made meanwhile: use that one
+        except OSError as exc:
+            raise FifoError(f"cannot create the OCSP token file {path}: {exc.strerror}") from None
         finally:
-            os.close(directory)
-        log.info("made a new OCSP record token in %s", path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
@@ -168,6 +169,14 @@ def load_token(path: str, group: str = "") -> bytes:
         raise FifoError(f"{path} holds no OCSP record token (32 letters): remove it, the bridge makes a new"
                         " one at its next start (and records still waiting with the old one are refused)")
     return text.encode("ascii")
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _gid(group: str) -> int:
