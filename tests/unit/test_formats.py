@@ -4,7 +4,7 @@ import json
 import pathlib
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from msg_nagios_bridge.formats import json as json_format
 from msg_nagios_bridge.formats import result_line, wlcg
@@ -210,3 +210,26 @@ def test_wlcg_eot_escape_leaves_the_first_line_of_a_value_alone():
     assert "hostName: eotvos.example.org\n" in body and "metricName: EOT-check\n" in body
     assert "summaryData: EOT\n" in body and "detailsData: EOT\n.EOT\nEOT\n" in body
     assert wlcg.decode(body)["detailsData"] == "EOT\nEOT"
+
+
+# -- long output as Nagios escapes it (escape_newlines) ------------------------------------------
+
+def test_long_output_with_backslashes_is_read_back_as_the_plugin_wrote_it():
+    """Regression: a plugin's C:\\new\\temp was published as 'C:\\' + a line break + 'ew\\\\temp', and a
+    literal backslash-n arrived as a backslash and a real line break."""
+    from msg_nagios_bridge.formats import result_line
+    written = "C:\\new\\temp\nliteral \\n stays\ntrailing backslash\\"
+    escaped = result_line.nagios_escape(written)
+    assert escaped == "C:\\\\new\\\\temp\\nliteral \\\\n stays\\ntrailing backslash\\\\"
+    line = "\t".join(["MNB1S", "1704067200", "h", "s", "0", "HARD", "1", "ACTIVE", "$_SERVICEMSG_FLAVOUR$",
+                      "$_SERVICEMSG_URI$", "$_SERVICEMSG_PUBLISH$", "OK", "", escaped])
+    assert result_line.parse(line).long_output == written
+
+
+@settings(max_examples=300, deadline=None)
+@given(long_output=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\t\r"),
+                           max_size=60).map(lambda t: t.strip("\n")))
+def test_any_long_output_survives_nagios_escaping_and_the_line_parser(long_output):
+    from msg_nagios_bridge.formats import result_line
+    result = CheckResult(host="h", service="s", state=1, output="warn", long_output=long_output, timestamp=1704067200)
+    assert result_line.parse(result_line.format_line(result)).long_output == long_output

@@ -262,3 +262,18 @@ def test_truncate_to_fit_always_fits_and_keeps_the_fixed_fields(host, service, o
         assert cut, text
         kept = text[:cut.start()] + text[cut.end():]
         assert len(nc.plugin_text(result).encode()) - len(kept.encode()) == int(cut.group(1))
+
+
+def test_a_marker_counts_the_bytes_cut_from_the_original_across_both_cuts():
+    """Regression: a 1 MiB summary cut to 8 KiB by the decoder and then to one 4096-byte line
+    by the command writer said '4238 bytes cut' (only the writer's own cut)."""
+    from msg_nagios_bridge.formats.inbound import Mapping, decode
+    summary = "x" * (1 << 20)
+    body = (f"hostName: h\nmetricName: s\nmetricStatus: OK\ntimestamp: 2024-01-01T00:00:00Z\n"
+            f"summaryData: {summary}\nEOT\n").encode()
+    result = decode({}, body, Mapping(max_body_bytes=2 << 20), now=1704070800)
+    line = nc.truncate_to_fit(result, 1704070800)
+    kept = len(nc.unescape(line.split(";", 4)[4].rstrip("\n")).split(" [truncated")[0].encode())
+    said = int(re.search(r"\[truncated by msg-nagios-bridge: (\d+) bytes cut\]", line).group(1))
+    assert said == len(summary) - kept and line.count("[truncated") == 1
+    assert len(line.encode()) <= nc.PIPE_BUF
