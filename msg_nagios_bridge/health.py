@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Deque, Dict, Tuple
 
+from .display import printable
+
 
 # States in which a part is doing its job; anything else means it is held up.
 UP_STATES = ("connected", "subscribed", "reading", "writing", "waiting for results")
@@ -50,8 +52,9 @@ class Health:
             self._states[part] = state
 
     def error(self, text: str) -> None:
+        """Note an error for ``status`` (escaped and cut: it may quote remote text)."""
         with self._lock:
-            self._errors.append((time.time(), text))
+            self._errors.append((time.time(), printable(text, 1000)))
 
     def counter(self, name: str) -> int:
         with self._lock:

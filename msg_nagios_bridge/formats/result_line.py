@@ -1,7 +1,7 @@
 """The one-line text form in which Nagios hands results to the bridge.
 
 Both outbound sources use it: the OCSP/OCHP command ``printf``s it into the
-bridge's FIFO, and the core writes it into the perfdata files through
+bridge's FIFO, framed (formats/ocsp_record.py), and the core writes it into the perfdata files through
 ``service_perfdata_file_template`` / ``host_perfdata_file_template``. One
 format means one parser and one set of tests for both paths.
 
