@@ -379,7 +379,7 @@ class Sampler:
         # Where the results not yet injected wait: not yet taken from the broker, in the
         # spool not yet written, written into Nagios's FIFO but not yet handled.
         # The bridge's own count of results written to Nagios is in status.json (<= 2 s old).
-        written = self.bridge.status().get("counters", {}).get("injected", 0)
+        written = self.bridge.status().get("counters", {}).get("written", 0)
         row["backlog"] = row["sent"] - row["injected"]
         row["at_broker"] = row["sent"] - spooled
         row["in_spool"] = max(0, min(spooled - written, spooled - row["injected"]))

@@ -190,9 +190,16 @@ class NagiosWriter(threading.Thread):
         while settled < len(self._unconfirmed) and now - self._unconfirmed[settled][0] >= CONFIRM_AFTER:
             settled += 1
         if settled:
-            self.spool.done([i for _, batch, _ in list(self._unconfirmed)[:settled] for i in batch])
+            self._done([i for _, batch, _ in list(self._unconfirmed)[:settled] for i in batch])
             for _ in range(settled):
                 self._unconfirmed.popleft()
+
+    def _done(self, entry_ids: List[int]) -> None:
+        """Nagios has these results for sure (its reader held them CONFIRM_AFTER seconds, or
+        it reaped their file): they leave the spool and count as ``injected`` (``written``
+        counts writes, a rewrite after Nagios restarted included)."""
+        self.spool.done(entry_ids)
+        self.health.add("injected", len(entry_ids))
 
     def _save_written(self) -> None:
         """Save which entries wait for confirmation in which Nagios (only a reader whose
@@ -238,6 +245,8 @@ class NagiosWriter(threading.Thread):
             except (ValueError, TypeError) as exc:   # decode() already refuses these; defence in depth
                 self.spool.reject(entry.entry_id, f"cannot be written to Nagios: {exc}")
                 self.health.add("dead_letters")
+                self.health.add("refused")
+                self.health.add("refused.unwritable")
         if not prepared:
             return
         try:
@@ -282,7 +291,7 @@ class NagiosWriter(threading.Thread):
             self._unconfirmed.append((time.monotonic(), written, reader))
         if written:
             self._save_written()
-        self.health.add("injected", len(prepared))
+        self.health.add("written", len(prepared))
         self.health.mark("inject")
         self.health.set_state("nagios_writer", "writing")
 
@@ -315,7 +324,7 @@ class NagiosWriter(threading.Thread):
             return False
         now = time.time()
         if not os.path.exists(self._pending_file):
-            self.spool.done(self._pending_ids)
+            self._done(self._pending_ids)
             self._pending_file, self._pending_ids = None, []
             self._save_filed()
             return False
@@ -355,7 +364,7 @@ class NagiosWriter(threading.Thread):
             self._pending_since, self._touched = time.time(), saved["touched"]
             return
         if time.time() - saved["touched"] < 3 * TOUCH_EVERY:
-            self.spool.done(ids)                       # read by Nagios while the bridge restarted
+            self._done(ids)                            # read by Nagios while the bridge restarted
         else:
             log.warning("%s, with %d results, is gone after the bridge was down for %.0f s: Nagios"
                         " may have deleted it unread as too old, so they will be written again",

@@ -163,9 +163,12 @@ class Subscriber(threading.Thread):
         if accepted:
             # Durable hand-off first, with what it adds to the memory ...
             new = self.spool.put(accepted, marks=judgement.memory_marks(verdicts))
-            self.health.add("received", new)
             self.health.add("duplicates", len(accepted) - new)
             self.health.mark("receive")
+        # Every message taken is counted once its outcome is durable (a batch the spool could
+        # not take is redelivered, and counted then): received = injected + refused +
+        # duplicates + stale + waiting in the inbound spool.
+        self.health.add("received", len(messages))
         for headers, _ in messages:         # ... then the ACK
             self.broker.conn.ack(headers.get("ack", ""))
         if now - self._forgotten_at > FORGET_INTERVAL:
