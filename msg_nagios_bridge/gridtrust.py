@@ -296,6 +296,7 @@ class _Snapshot:
     namespaces: Dict[str, Tuple[_Rule, ...]]
     signing_policies: Dict[str, Tuple[_Rule, ...]]
     broken: Dict[str, str]                 # hash -> why its policy file was not read
+    orphan_crls: Dict[bytes, Tuple]        # issuer name DER -> CRLs of CAs not here (a peer may send the CA)
     has_crls: bool                         # a CRL source is configured (ca_dir or crl_file)
     has_namespaces: bool                   # namespaces apply (ca_dir)
     count: int
@@ -484,35 +485,39 @@ class TrustStore:
             by_subject.setdefault(authority.cert.subject.public_bytes(), []).append(authority)
             for hash_name in authority.hashes:
                 by_hash.setdefault(hash_name, []).append(authority)
-        crls = self._load_crls(x509, crl_blobs, by_subject, problems)
+        crls, orphans = self._load_crls(x509, crl_blobs, by_subject, problems)
         namespaces, signing_policies, broken = self._load_policies(policies, by_hash, problems)
         for problem in problems:
             log.warning("CA %s: %s", self.ca_dir or self.ca_file, problem)
         return _Snapshot({key: tuple(value) for key, value in by_subject.items()}, crls, namespaces,
-                         signing_policies, broken, bool(self.ca_dir or self.crl_file), bool(self.ca_dir),
+                         signing_policies, broken, orphans, bool(self.ca_dir or self.crl_file), bool(self.ca_dir),
                          len(authorities), tuple(problems))
 
     @staticmethod
-    def _load_crls(x509, blobs, by_subject, problems) -> Dict[bytes, _Crl]:
+    def _load_crls(x509, blobs, by_subject, problems):
         crls: Dict[bytes, _Crl] = {}
+        orphans: Dict[bytes, List] = {}
         for label, data in blobs:
             try:
                 crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN")
                        else x509.load_der_x509_crl(data))
                 last, following = _crl_dates(crl)
-                signers = [a for a in by_subject.get(crl.issuer.public_bytes(), ()) if crl.is_signature_valid(a.cert.public_key())]
-                if not signers:
-                    problems.append(f"{label}: CRL of {openssl_dn(crl.issuer)!r} is not signed by a CA here; ignored")
-                    continue
+                issuer_name = crl.issuer.public_bytes()
+                candidates = by_subject.get(issuer_name, ())
+                signers = [a for a in candidates if crl.is_signature_valid(a.cert.public_key())]
                 entry = _Crl(frozenset(revoked.serial_number for revoked in crl), following, last, label)
             except Exception as exc:     # noqa: BLE001
                 problems.append(f"{label}: not a usable CRL ({type(exc).__name__}: {exc})")
                 continue
+            if not candidates:           # its CA may come from a peer: checked against it then
+                orphans.setdefault(issuer_name, []).append((crl, entry))
+            elif not signers:
+                problems.append(f"{label}: CRL of {openssl_dn(crl.issuer)!r} is not signed by that CA; ignored")
             for authority in signers:
                 known = crls.get(authority.key_id)
                 if known is None or known.last_update < entry.last_update:
                     crls[authority.key_id] = entry
-        return crls
+        return crls, {key: tuple(value) for key, value in orphans.items()}
 
     @staticmethod
     def _load_policies(files, by_hash, problems):
@@ -697,9 +702,13 @@ class TrustStore:
         if not snapshot.has_crls:
             return
         crl = snapshot.crls.get(issuer.key_id)
+        if crl is None and not issuer.label:     # a CA the peer sent: its CRL, if here, is checked now
+            usable = [entry for candidate, entry in snapshot.orphan_crls.get(issuer.cert.subject.public_bytes(), ())
+                      if candidate.is_signature_valid(issuer.cert.public_key())]
+            crl = max(usable, key=lambda entry: entry.last_update, default=None)
         if crl is None:
             if self.crl_mode == "require":
-                raise Untrusted("crl-missing", f"CA {issuer.dn!r} has no CRL here ({'/'.join(issuer.hashes) or 'crl_file'}"
+                raise Untrusted("crl-missing", f"CA {issuer.dn!r} has no CRL here ({'/'.join(issuer.hashes) or issuer.label or 'sent by the peer'}"
                                                f"), so {dn!r} cannot be checked for revocation (crl: require; "
                                                f"is fetch-crl running?)")
             self._warn_once(("crl-missing", issuer.dn), "CA %r has no CRL: its certificates are accepted "
