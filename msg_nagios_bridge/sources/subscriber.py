@@ -87,7 +87,7 @@ class Subscriber(threading.Thread):
         self.verifier = None
         if settings.signatures.required:
             from ..signing import Verifier
-            self.verifier = Verifier(settings.signatures.ca_file, settings.signatures.ca_dir)
+            self.verifier = Verifier.from_settings(settings.signatures)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -174,7 +174,7 @@ class Subscriber(threading.Thread):
                 continue
             try:
                 # With signatures required, the verified signer is the sender the policy sees.
-                sender = (self.verifier.verify(headers, body) if self.verifier is not None
+                sender = (self.verifier.verify(headers, body).dn if self.verifier is not None
                           else policy_module.sender_of(self.policy, headers))
                 result = inbound.decode(headers, body, self.settings.mapping, now=now)
                 policy_module.check(self.policy, result, sender)
