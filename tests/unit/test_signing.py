@@ -247,3 +247,24 @@ def test_a_certificate_with_an_unknown_signature_algorithm_is_refused_not_a_cras
                "signer": base64.b64encode(authority.unknown_algorithm_certificate()).decode()}
     with pytest.raises(Refused, match="untrusted-signer: .*bad-certificate: the certificate cannot be checked"):
         verifier(pki).verify(headers, b"x")
+
+
+@pytest.mark.parametrize("keys, key, reason", [
+    ("crl: maybe", "inbound.signatures.crl", "must be one of require, if-present"),
+    ("namespaces: never", "inbound.signatures.namespaces", "must be one of require, if-present"),
+    ("reload_interval: 0", "inbound.signatures.reload_interval", "at least 1 second"),
+    ("accept_scheme_1: 'yes'", "inbound.signatures.accept_scheme_1", "true or false"),
+    ("ca_dir: {tmp}, crl_file: {pem}", "inbound.signatures.crl_file", "goes with ca_file"),
+])
+def test_signature_settings_errors_name_the_key(pki, tmp_path, keys, key, reason):
+    (tmp_path / "ca.0").write_bytes(pki[0].cert_file.read_bytes())
+    keys = keys.format(tmp=tmp_path, pem=pki[0].cert_file)
+    with pytest.raises(config.ConfigError, match=reason) as info:
+        config.parse(f"""
+site: {{name: S}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: /tmp/x}}
+sources: {{ocsp_pipe: {{enabled: true}}}}
+inbound: {{signatures: {{{keys}}}}}
+""", "s.yaml")
+    assert info.value.key == key
