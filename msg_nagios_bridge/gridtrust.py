@@ -68,7 +68,7 @@ import os
 import re
 import threading
 import time
-from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -426,8 +426,12 @@ class TrustStore:
                 if _CA_FILE.match(name) or _CRL_FILE.match(name) or _POLICY_FILE.match(name)]
 
     def _file_stamp(self) -> Tuple:
+        try:
+            paths = self._paths()
+        except OSError as exc:       # the directory is gone or unreadable: keep what we have
+            return (("unreadable", str(exc)),)
         stamp = []
-        for path in self._paths():
+        for path in paths:
             try:
                 status = os.stat(path)
             except OSError:

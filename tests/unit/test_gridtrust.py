@@ -191,6 +191,9 @@ def test_a_reload_that_fails_keeps_the_previous_state(tmp_path, cas):
         name.unlink()
     assert not store.refresh(force=True)
     assert store.check(cas["good"], "signer").issuer == CA1
+    grid.path.rmdir()
+    assert not store.refresh(force=True)
+    assert store.check(cas["good"], "signer").issuer == CA1
 
 
 def test_an_unreadable_policy_file_refuses_its_ca(tmp_path, cas):
