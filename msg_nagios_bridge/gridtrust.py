@@ -603,6 +603,15 @@ class TrustStore:
             raise Untrusted("bad-certificate", f"the peer's certificate cannot be read: {exc}") from None
         return self.check(certs[0], purpose, now, certs[1:])
 
+    def check_tls_peer(self, ssl_socket, purpose: str = "server",
+                       now: Optional[datetime.datetime] = None) -> Checked:
+        """check_der_chain() for the peer of a connected ssl.SSLSocket: the chain it sent where
+        Python can tell (3.13+: get_unverified_chain), else its certificate alone (the store
+        then has to hold every CA up to the root, as IGTF directories do)."""
+        chain = getattr(ssl_socket, "get_unverified_chain", None)
+        ders = [bytes(der) for der in (chain() or [])] if chain else []      # DER bytes
+        return self.check_der_chain(ders or [ssl_socket.getpeercert(binary_form=True) or b""], purpose, now)
+
     @staticmethod
     def _check_purpose(cert, purpose: str) -> None:
         x509 = _crypto()[0]

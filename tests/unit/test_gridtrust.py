@@ -294,3 +294,63 @@ def test_policy_file_parsers():
                                 "cond_subjects globus '\"/C=A/*\"'\n") == []
     with pytest.raises(ValueError):
         parse_signing_policy("access_id_CA X509\n")
+
+
+def test_a_hostile_certificate_is_judged_in_bounded_time(store, cas):
+    """A certificate as large as the signer header allows (16 KiB), with ~740 attributes in
+    its subject, issued by a trusted CA (the worst case: every rule runs) and by nobody."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    attributes = [x509.NameAttribute(NameOID.COUNTRY_NAME, "XX"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Site1")]
+    attributes += [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "a/*?\\") for _ in range(740)]
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def made(signing_key):
+        return (x509.CertificateBuilder().subject_name(x509.Name(attributes)).issuer_name(cas["ca1"].cert.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+                .sign(signing_key, hashes.SHA256()))
+    trusted, forged = made(cas["ca1"].key), made(key)
+    assert len(trusted.public_bytes(serialization.Encoding.DER)) <= 16 * 1024 * 3 // 4
+    for cert, reason in ((trusted, None), (forged, "ca-signature")):
+        started = time.perf_counter()
+        if reason is None:
+            assert store.check(cert, "signer").issuer == CA1      # /C=XX/O=Site1/* permits it
+        else:
+            assert refused(store, cert).reason == reason
+        assert time.perf_counter() - started < 1.0
+
+
+def test_check_tls_peer_on_a_real_tls_connection(tmp_path, store, cas):
+    """The broker side of a loopback TLS handshake presents a certificate of the grid CA
+    directory; check_tls_peer judges it as a server (and one without serverAuth is refused)."""
+    import socket
+    import ssl
+    import threading
+
+    def serve(cert):
+        cert_pem, key = tmp_path / "server.pem", tmp_path / "server.key"
+        cert_pem.write_bytes(cert[0].public_bytes(serialization.Encoding.PEM))
+        key.write_bytes(cert[1].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_pem, key)
+        listener = socket.create_server(("127.0.0.1", 0))
+        thread = threading.Thread(target=lambda: context.wrap_socket(listener.accept()[0], server_side=True).close(),
+                                  daemon=True)
+        thread.start()
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE     # only the trust store judges here
+        with client.wrap_socket(socket.create_connection(listener.getsockname(), timeout=5)) as connection:
+            try:
+                return store.check_tls_peer(connection)
+            finally:
+                thread.join(5)
+                listener.close()
+
+    assert serve(cas["ca1"].issue("/C=XX/O=Site1/CN=broker.site1.org")).subject == "/C=XX/O=Site1/CN=broker.site1.org"
+    with pytest.raises(Untrusted, match="key-usage: .*lacks serverAuth"):
+        serve(cas["ca1"].issue("/C=XX/O=Site1/CN=client.site1.org", eku=("client",)))
