@@ -295,7 +295,7 @@ class _Snapshot:
     crls: Dict[bytes, _Crl]
     namespaces: Dict[str, Tuple[_Rule, ...]]
     signing_policies: Dict[str, Tuple[_Rule, ...]]
-    broken: Dict[str, str]                 # hash -> why its policy file was not read
+    broken: Dict[str, str]                 # "<hash>.namespaces" -> why it was not read
     orphan_crls: Dict[bytes, Tuple]        # issuer name DER -> CRLs of CAs not here (a peer may send the CA)
     has_crls: bool                         # a CRL source is configured (ca_dir or crl_file)
     has_namespaces: bool                   # namespaces apply (ca_dir)
@@ -543,8 +543,8 @@ class TrustStore:
                         signing.setdefault(_policy_dn(issuer), []).append(
                             _Rule(True, _Glob(_policy_dn(pattern)), origin))
             except (OSError, ValueError) as exc:
-                broken[hash_name] = f"{os.path.basename(path)} cannot be read: {exc}"
-                problems.append(broken[hash_name])
+                broken[f"{hash_name}.{kind}"] = f"{os.path.basename(path)} cannot be read: {exc}"
+                problems.append(broken[f"{hash_name}.{kind}"])
         return ({key: tuple(value) for key, value in namespaces.items()},
                 {key: tuple(value) for key, value in signing.items()}, broken)
 
@@ -691,11 +691,17 @@ class TrustStore:
         if not snapshot.has_namespaces:
             return
         where = "/".join(issuer.hashes) or issuer.label or "peer"
-        for hash_name in issuer.hashes:
-            if hash_name in snapshot.broken:
-                raise Untrusted("ca-namespace", f"CA {issuer.dn!r} may not issue {dn!r}: {snapshot.broken[hash_name]}")
         key = _policy_dn(issuer.dn)
-        rules = snapshot.namespaces.get(key) or snapshot.signing_policies.get(key)
+        # A policy file of this CA that cannot be read refuses (it might have said no); a
+        # signing_policy counts only where no namespaces file names the CA.
+        for kind, table in (("namespaces", snapshot.namespaces), ("signing_policy", snapshot.signing_policies)):
+            for hash_name in issuer.hashes:
+                problem = snapshot.broken.get(f"{hash_name}.{kind}")
+                if problem:
+                    raise Untrusted("ca-namespace", f"CA {issuer.dn!r} may not issue {dn!r}: {problem}")
+            rules = table.get(key)
+            if rules:
+                break
         if not rules:
             if self.namespace_mode == "if-present":
                 self._warn_once(("namespace", issuer.dn), "CA %r has no .namespaces or .signing_policy: it may "

@@ -354,3 +354,12 @@ def test_check_tls_peer_on_a_real_tls_connection(tmp_path, store, cas):
     assert serve(cas["ca1"].issue("/C=XX/O=Site1/CN=broker.site1.org")).subject == "/C=XX/O=Site1/CN=broker.site1.org"
     with pytest.raises(Untrusted, match="key-usage: .*lacks serverAuth"):
         serve(cas["ca1"].issue("/C=XX/O=Site1/CN=client.site1.org", eku=("client",)))
+
+
+def test_a_broken_signing_policy_does_not_matter_beside_a_namespaces_file(tmp_path, cas):
+    grid = build(tmp_path, cas)
+    grid.write_signing_policy(cas["ca1"], "access_id_CA X509\n")
+    assert TrustStore(ca_dir=str(grid.path)).check(cas["good"], "signer").issuer == CA1
+    grid.write_signing_policy(cas["ca2"], "access_id_CA X509\n")      # CA2 has only that one
+    error = refused(TrustStore(ca_dir=str(grid.path), crl="if-present"), cas["ca2-own"])
+    assert error.reason == "ca-namespace" and f"{cas['ca2'].hash}.signing_policy cannot be read" in str(error)
