@@ -186,6 +186,31 @@ def _send(args) -> int:
     return 0
 
 
+TRY_CANNOT_RUN = 4
+
+
+def _try_message(args) -> int:
+    from . import tools
+    settings = config.load(args.config)
+    headers = {}
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"error: --header {item!r} is not NAME=VALUE", file=sys.stderr)
+            return 2
+        headers[name] = value
+    try:
+        if args.file == "-":
+            body = sys.stdin.buffer.read()
+        else:
+            with open(args.file, "rb") as handle:
+                body = handle.read()
+        return tools.try_message(settings, headers, body, sys.stdout)
+    except (OSError, tools.ToolError, tools.SpoolError) as exc:
+        print(f"error: cannot judge: {exc}", file=sys.stderr)
+        return TRY_CANNOT_RUN
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msg-nagios-bridge",
                                      description="Bridge Nagios check results to and from MSG (ActiveMQ/STOMP).")
@@ -236,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "purge":
             sub.add_argument("--all", action="store_true", help="all of them")
             sub.add_argument("--older-than", type=float, metavar="DAYS", help="those refused this long ago")
+
+    try_command = command(
+        "try-message", _try_message,
+        "judge one inbound message as the bridge would (signature, sender, decoding, policy, freshness, "
+        "duplicates), with no broker and no Nagios, and print the verdict and what would be written. "
+        "Exit 0 accepted, 1 refused, 2 usage or configuration error, 3 dropped as a duplicate or stale, "
+        "4 cannot judge (unreadable file, objects cache or CA)")
+    try_command.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                             help="a STOMP header of the message (repeat for each)")
+    try_command.add_argument("file", help="the message body, or - for standard input")
 
     send = command("send", _send, "publish one test result now, as the daemon would, and wait for the broker")
     send.add_argument("--host", required=True)

@@ -80,6 +80,7 @@ class SpoolSettings:
     directory: str
     max_messages: int = 1_000_000
     max_megabytes: int = 1024
+    max_dead_letter_megabytes: int = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +166,8 @@ class InboundSettings:
     nagios_lock_file: str = ""
     error_queue: str = ""
     signatures: SignatureCheck = SignatureCheck()
+    max_age: float = 86400.0
+    max_clock_skew: float = 300.0
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -418,11 +421,12 @@ def _tls(brokers: _Section) -> TlsSettings:
 
 
 def _spool(root: _Section) -> SpoolSettings:
-    sec = root.section("spool", ("directory", "max_messages", "max_megabytes"))
+    sec = root.section("spool", ("directory", "max_messages", "max_megabytes", "max_dead_letter_megabytes"))
     settings = SpoolSettings(
         directory=sec.get("directory", str, "/var/spool/msg-nagios-bridge", _absolute_path),
         max_messages=sec.get("max_messages", int, 1_000_000, _positive),
         max_megabytes=sec.get("max_megabytes", int, 1024, _positive),
+        max_dead_letter_megabytes=sec.get("max_dead_letter_megabytes", int, 256, _positive),
     )
     return settings
 
@@ -532,7 +536,7 @@ def _inbound(root: _Section, site: Site) -> InboundSettings:
         )
     except ValueError as exc:
         raise ConfigError(sec.file, map_sec.path, map_sec.data, str(exc)) from None
-    pol_sec = sec.section("policy", ("sender_header", "rules", "objects_cache"))
+    pol_sec = sec.section("policy", ("sender_header", "rules", "objects_cache", "max_age", "max_clock_skew"))
     rules = []
     for index, item in enumerate(pol_sec.get("rules", list, [])):
         rule_sec = _Section(sec.file, f"{pol_sec.key('rules')}[{index}]", item,
@@ -570,6 +574,10 @@ def _inbound(root: _Section, site: Site) -> InboundSettings:
                             lambda v: None if not v or (v.startswith("/queue/") and _one_line(v) is None)
                             else "must be a /queue/... name (or empty)"),
         signatures=_signature_check(sec),
+        # An int: a float of seconds is capped at a day here, and a site may need a week.
+        max_age=float(pol_sec.get("max_age", int, 86400, lambda v: None if 60 <= v <= 90 * 86400
+                                  else "must be from 60 to 7776000 seconds (90 days)")),
+        max_clock_skew=pol_sec.get("max_clock_skew", float, 300.0, _not_negative),
     )
 
 

@@ -27,7 +27,7 @@ from .sinks.publisher import Publisher
 from .sources.intake import Intake
 from .sources.ocsp_pipe import OcspPipeSource
 from .sources.perfdata_file import PerfdataTail
-from .sources.subscriber import RecentIds, Subscriber
+from .sources.subscriber import Subscriber
 from .spool import Spool, SpoolError
 
 # Seconds a stop may take in all: the unit's TimeoutStopSec is 30 s before a SIGKILL.
@@ -57,13 +57,11 @@ def status_path(settings: config.Settings) -> str:
 class Bridge:
     """One wired set of parts built from one Settings. Reload builds a new one."""
 
-    def __init__(self, settings: config.Settings, health: Optional[Health] = None,
-                 recent_ids: Optional[RecentIds] = None):
-        """``health`` and ``recent_ids`` are handed over by a reload: the counters go on, and
-        a result redelivered after the reload is still known as already injected."""
+    def __init__(self, settings: config.Settings, health: Optional[Health] = None):
+        """``health`` is handed over by a reload: the counters go on. (What was injected is
+        remembered in the inbound spool, so a reload or restart keeps it too.)"""
         self.settings = settings
         self.health = health or Health()
-        self.recent_ids = recent_ids if recent_ids is not None else RecentIds()
         self.stopping = threading.Event()
         self.spool: Optional[Spool] = None
         self.inbound_spool: Optional[Spool] = None
@@ -76,7 +74,8 @@ class Bridge:
 
     def _open_spool(self, path: str) -> Spool:
         s = self.settings.spool
-        return Spool(path, max_messages=s.max_messages, max_bytes=s.max_megabytes << 20)
+        return Spool(path, max_messages=s.max_messages, max_bytes=s.max_megabytes << 20,
+                     max_dead_letter_bytes=s.max_dead_letter_megabytes << 20)
 
     def start(self) -> None:
         """Sinks first, then sources."""
@@ -93,8 +92,7 @@ class Bridge:
             self.publisher.start()
             self._start_outbound_sources()
         if s.inbound.enabled:
-            self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy(),
-                                         self.recent_ids)
+            self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy())
             self.subscriber.start()
         log.info("bridge started: outbound %s, inbound %s, brokers %s",
                  f"{len(self.sources)} source(s)" if self.sources else "off",
@@ -389,7 +387,7 @@ def _reload(bridge: Bridge, config_path: str) -> Bridge:
     logsetup.configure(settings.logging)     # also re-opens a log file moved by logrotate
     health = bridge.health
     bridge.stop(budget=None, while_waiting=lambda: sdnotify.notify("WATCHDOG=1"))
-    fresh = Bridge(settings, health, bridge.recent_ids)
+    fresh = Bridge(settings, health)
     try:
         fresh.start()
     except Exception as exc:     # noqa: BLE001
@@ -399,7 +397,7 @@ def _reload(bridge: Bridge, config_path: str) -> Bridge:
         health.error(f"reload failed: {exc}")
         fresh.stop(budget=10.0)
         logsetup.configure(bridge.settings.logging)
-        fresh = Bridge(bridge.settings, health, bridge.recent_ids)
+        fresh = Bridge(bridge.settings, health)
         fresh.start()
         return fresh
     health.add("reloads")

@@ -205,8 +205,8 @@ class Spool:
     """
 
     def __init__(self, path: str, *, max_messages: int = 1_000_000, max_bytes: int = 1 << 30,
-                 max_dead_letters: int = 10_000, clock: Callable[[], float] = time.time,
-                 exclusive: bool = True) -> None:
+                 max_dead_letters: int = 10_000, max_dead_letter_bytes: int = 256 << 20,
+                 clock: Callable[[], float] = time.time, exclusive: bool = True) -> None:
         """``exclusive=False`` is for operator tools working on dead letters while the
         daemon runs: no process lock, and no take()/done() (leases live in the daemon)."""
         self.path = os.path.abspath(path)
@@ -214,6 +214,7 @@ class Spool:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.max_dead_letters = max_dead_letters
+        self.max_dead_letter_bytes = max_dead_letter_bytes
         self._clock = clock
         self._lock = threading.Lock()
         self._put_event = threading.Event()
@@ -290,6 +291,10 @@ class Spool:
             # versions, and may run beside an old daemon that still writes version 1.
             if version == 1 and exclusive:
                 db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_FROM_1 + "COMMIT;")
+            if exclusive:
+                # The dead letters' sizes without reading their bodies (size comes after the
+                # body in a row, so a plain scan would read every body): for the byte limit.
+                db.execute("CREATE INDEX IF NOT EXISTS dead_letter_sizes ON dead_letters (id, size)")
         except BaseException:
             db.close()
             raise
@@ -332,12 +337,14 @@ class Spool:
 
     # -- the queue -------------------------------------------------------------------------
 
-    def put(self, messages: Sequence[Message], cursor: Optional[Tuple[str, str]] = None) -> int:
+    def put(self, messages: Sequence[Message], cursor: Optional[Tuple[str, str]] = None,
+            marks: Sequence[Tuple[str, str, float]] = ()) -> int:
         """Store a batch, all or nothing, fsynced when this returns; return how many were new.
 
         A message_id already in the spool (queued or dead letter) or twice in the batch is a
         duplicate: skipped and counted. ``cursor`` = (name, value) is saved in the same
-        transaction, so a source's read position is durable exactly when its lines are.
+        transaction, so a source's read position is durable exactly when its lines are;
+        so are ``marks`` (kind, key, at), each keeping the later of its old and new time.
         Raises SpoolFull (limit reached) or SpoolUnavailable (disk full, I/O error); in both
         cases nothing of the batch, cursor included, was written.
         """
@@ -367,6 +374,10 @@ class Spool:
                 if cursor is not None:
                     self._db.execute("INSERT OR REPLACE INTO cursors (name, value, updated_at)"
                                      " VALUES (?, ?, ?)", (cursor[0], cursor[1], now))
+                if marks:
+                    self._db.executemany(
+                        "INSERT INTO marks (kind, key, at) VALUES (?, ?, ?) ON CONFLICT (kind, key)"
+                        " DO UPDATE SET at = max(at, excluded.at)", marks)
 
             try:
                 self._write("store a batch", work)
@@ -403,6 +414,12 @@ class Spool:
         with self._lock:
             return dict(self._read("read marks", "SELECT key, at FROM marks WHERE kind = ? AND at >= ?",
                                    (kind, since)))
+
+    def find_marks(self, kind: str, keys: Iterable[str]) -> Dict[str, float]:
+        """Those of ``keys`` marked as ``kind``, with their times."""
+        with self._lock:
+            return dict(self._read("read marks", "SELECT key, at FROM marks WHERE kind = ? AND key"
+                                   " IN (SELECT value FROM json_each(?))", (kind, json.dumps(list(keys)))))
 
     def forget_marks(self, kind: str, before: float) -> None:
         """Delete the keys of ``kind`` marked before ``before``."""
@@ -504,8 +521,8 @@ class Spool:
             # The caller logs (rate-limited); one line per refusal would flood the log.
             log.debug("spool %s: message rejected to the dead letters: %s", self.path, reason)
         if dropped:
-            log.warning("spool %s: %d oldest dead letters deleted (limit %d)",
-                        self.path, dropped, self.max_dead_letters)
+            log.warning("spool %s: %d oldest dead letters deleted (limits %d dead letters, %d bytes)",
+                        self.path, dropped, self.max_dead_letters, self.max_dead_letter_bytes)
 
     def add_dead_letter(self, message: Message, reason: str) -> bool:
         """Keep input that never became a queue entry (a bad line, a refused message) as a
@@ -528,18 +545,25 @@ class Spool:
             self._counters["rejected"] += added
             self._counters["dead_letters_dropped"] += dropped
         if dropped:
-            log.warning("spool %s: %d oldest dead letters deleted (limit %d)",
-                        self.path, dropped, self.max_dead_letters)
+            log.warning("spool %s: %d oldest dead letters deleted (limits %d dead letters, %d bytes)",
+                        self.path, dropped, self.max_dead_letters, self.max_dead_letter_bytes)
         return bool(added)
 
     def _trim_dead_letters(self, added: int) -> int:
-        """Inside a transaction that added dead letters: delete the oldest beyond the limit."""
+        """Inside a transaction that added dead letters: delete the oldest beyond the limits
+        (max_dead_letters, max_dead_letter_bytes), so the newest refusals are kept."""
+        dropped = 0
         excess = self._dead + added - self.max_dead_letters
-        if excess <= 0:
-            return 0
-        return self._db.execute("DELETE FROM dead_letters WHERE id IN"
-                                " (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
-                                (excess,)).rowcount
+        if excess > 0:
+            dropped = self._db.execute("DELETE FROM dead_letters WHERE id IN"
+                                       " (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
+                                       (excess,)).rowcount
+        # Every dead letter older than the newest one that brings the newest ones, added
+        # up, past the byte limit.
+        return dropped + self._db.execute(
+            "DELETE FROM dead_letters WHERE id <= (SELECT id FROM (SELECT id, sum(size) OVER"
+            " (ORDER BY id DESC) AS newer FROM dead_letters)"
+            " WHERE newer > ? ORDER BY id DESC LIMIT 1)", (self.max_dead_letter_bytes,)).rowcount
 
     # -- dead letters (for operators) ------------------------------------------------------
 

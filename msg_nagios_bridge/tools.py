@@ -11,10 +11,10 @@ import os
 import time
 from typing import List, Optional, Sequence, TextIO
 
-from . import config
-from . import policy as policy_module
+from . import config, judgement
 from .broker import BrokerConnection
-from .formats import inbound
+from .model import InvalidResult
+from .sinks.nagios_writer import what_to_write
 from .model import CheckResult, Message, result_to_dict
 from .routing import Router
 from .service import inbound_spool_path, outbound_spool_path
@@ -77,6 +77,7 @@ def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Seque
     changed); if accepted, its result joins the queue to Nagios.
     """
     done = 0
+    rules = judgement.load_rules(settings.inbound) if which == "inbound" else None
     for dead_id in dead_ids:
         letter = _find(spool, dead_id)
         message = letter.entry.message
@@ -84,16 +85,17 @@ def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Seque
             out.write(f"{dead_id}: not requeued: it is an input line the bridge could not read, not a message\n")
             continue
         if which == "inbound":
-            try:
-                result = _decode_again(settings, message)
-            except inbound.Refused as exc:
-                out.write(f"{dead_id}: still refused: {exc}\n")
+            verdict = judge_again(rules, spool, message)
+            if verdict.outcome != judgement.ACCEPTED:
+                why = verdict.refusal if verdict.refusal is not None else f"{verdict.outcome}: already injected" \
+                    if verdict.outcome == judgement.DUPLICATE else f"{verdict.outcome}: a newer result was injected"
+                out.write(f"{dead_id}: still refused: {why}\n")
                 continue
             # A new id: the spool counts an id it holds as a dead letter as a duplicate.
             # Stored first, purged after: a crash in between repeats a result, never loses one.
-            requeued = Message(message_id=f"{message.message_id}:requeued:{time.time():.6f}", destination="nagios",
-                               headers={}, body=json.dumps(result_to_dict(result)).encode("utf-8"))
-            if spool.put([requeued]) != 1:
+            requeued = Message(message_id=verdict.key, destination="nagios", headers={},
+                               body=json.dumps(result_to_dict(verdict.result)).encode("utf-8"))
+            if spool.put([requeued], marks=judgement.memory_marks([verdict])) != 1:
                 raise ToolError(f"dead letter {dead_id} could not be queued again")
             spool.purge_dead_letters([dead_id])
         elif spool.requeue_dead_letter(dead_id) is None:
@@ -103,17 +105,51 @@ def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Seque
     return done
 
 
-def _decode_again(settings: config.Settings, message: Message) -> CheckResult:
-    inbound_settings = settings.inbound
-    known = None
-    if inbound_settings.objects_cache:
-        known = policy_module.known_objects_from_objects_cache(inbound_settings.objects_cache)
-    policy = policy_module.Policy(rules=inbound_settings.rules, sender_header=inbound_settings.sender_header,
-                                  known_objects=known)
-    headers = {k: v for k, v in message.headers.items() if k != "refused"}
-    result = inbound.decode(headers, message.body, inbound_settings.mapping)
-    policy_module.check(policy, result, policy_module.sender_of(policy, headers))
-    return result
+def original_headers(message: Message) -> dict:
+    """A dead letter's headers as they were received (without what the bridge added)."""
+    return {k: v for k, v in message.headers.items() if k != "refused" and not k.startswith("x-bridge-")}
+
+
+def judge_again(rules: judgement.Rules, spool: Spool, message: Message) -> judgement.Verdict:
+    """The inbound judgement of a dead letter, against the current rules and what was injected."""
+    return judgement.judge_batch(rules, [(original_headers(message), message.body)],
+                                 judgement.SpoolMemory(spool), time.time())[0]
+
+
+TRY_ACCEPTED, TRY_REFUSED, TRY_DROPPED = 0, 1, 3
+
+
+def try_message(settings: config.Settings, headers: dict, body: bytes, out: TextIO) -> int:
+    """A dry run of the inbound judgement on one message: no broker, no Nagios, nothing
+    written. Prints the verdict and what would be written. Returns TRY_ACCEPTED,
+    TRY_REFUSED, or TRY_DROPPED (a duplicate or a stale result, judged against the inbound
+    spool's memory when the spool exists)."""
+    rules = judgement.load_rules(settings.inbound)
+    memory: judgement.Memory = judgement.NoMemory()
+    spool = None
+    path = inbound_spool_path(settings)
+    if os.path.exists(path):
+        spool = Spool(path, exclusive=False)
+        memory = judgement.SpoolMemory(spool)
+    try:
+        verdict = judgement.judge_batch(rules, [(headers, body)], memory, time.time())[0]
+    finally:
+        if spool is not None:
+            spool.close()
+    if verdict.outcome == judgement.REFUSED:
+        out.write(f"refused: {verdict.refusal}\n")
+        return TRY_REFUSED
+    if verdict.outcome != judgement.ACCEPTED:
+        out.write(f"{verdict.outcome}: {'the same result was already injected' if verdict.outcome == judgement.DUPLICATE else 'a newer result for this object was already injected'}\n")
+        return TRY_DROPPED
+    try:
+        kind, text = what_to_write(settings.inbound, verdict.result)
+    except InvalidResult as exc:     # the writer would dead-letter it
+        out.write(f"refused by the writer: {exc}\n")
+        return TRY_REFUSED
+    out.write(f"accepted from sender {verdict.sender!r}; the {kind} that would be written:\n")
+    out.write(text if text.endswith("\n") else text + "\n")
+    return TRY_ACCEPTED
 
 
 def purge(spool: Spool, dead_ids: Optional[List[int]], older_than_days: Optional[float]) -> int:

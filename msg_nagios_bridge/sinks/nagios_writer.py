@@ -288,19 +288,10 @@ class NagiosWriter(threading.Thread):
 
     def _line(self, result: CheckResult, now: int) -> Optional[str]:
         """The command line for ``result``, or None if it goes through the check results directory."""
-        if self.settings.writer == "checkresults_dir":
-            checkresult_file.render_one(result)          # refuse here what the file could not hold
-            return None
-        # Nagios takes the check time from the [timestamp]: keep the result's own.
-        when = int(result.timestamp) or now
-        line = nagios_command.command_line(result, when)
-        if nagios_command.fits_pipe_buf(line):
-            return line
-        if self.settings.check_result_path:
-            checkresult_file.render_one(result)
-            return None                                   # whole, through the directory
-        self.health.add("truncated")
-        return nagios_command.truncate_to_fit(result, when)
+        kind, text = what_to_write(self.settings, result)
+        if kind == TRUNCATED_LINE:
+            self.health.add("truncated")
+        return text if kind != CHECK_RESULT_FILE else None
 
     def _write_file(self, results: List[CheckResult], entry_ids: List[int]) -> None:
         """One check result file at a time (see _file_waits), results oldest first.
@@ -370,3 +361,21 @@ class NagiosWriter(threading.Thread):
                         " may have deleted it unread as too old, so they will be written again",
                         saved["path"], len(ids), time.time() - saved["touched"])
         self._save_filed()
+
+
+COMMAND_LINE, TRUNCATED_LINE, CHECK_RESULT_FILE = "command line", "command line, truncated", "check result file"
+
+
+def what_to_write(settings: InboundSettings, result: CheckResult) -> Tuple[str, str]:
+    """(COMMAND_LINE | TRUNCATED_LINE | CHECK_RESULT_FILE, the text) the writer would write
+    for ``result``; raises InvalidResult for what neither form can hold."""
+    if settings.writer == "checkresults_dir":
+        return CHECK_RESULT_FILE, checkresult_file.render_one(result)
+    # Nagios takes the check time from the [timestamp]: keep the result's own.
+    when = int(result.timestamp) or int(time.time())
+    line = nagios_command.command_line(result, when)
+    if nagios_command.fits_pipe_buf(line):
+        return COMMAND_LINE, line
+    if settings.check_result_path:
+        return CHECK_RESULT_FILE, checkresult_file.render_one(result)      # whole, through the directory
+    return TRUNCATED_LINE, nagios_command.truncate_to_fit(result, when)

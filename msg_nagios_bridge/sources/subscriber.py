@@ -1,77 +1,43 @@
-"""The inbound source: subscriptions -> decode -> policy -> inbound spool -> ACK.
+"""The inbound source: subscriptions -> judgement -> inbound spool -> ACK.
 
-Subscriptions use ``client-individual`` acks and a bounded prefetch. A message
-is acked only after it is durably in the inbound spool, or durably kept as a
-dead letter with its reason (a refused message is acked too, so the broker does
-not redeliver it forever). Duplicates are dropped by ``result_id``: the spool
-ignores an id it holds, and a bounded memory of recent ids covers results
-already handed to Nagios. After a broker loss the subscriber reconnects over
-the failover list with capped backoff, forever, and subscribes again.
+Subscriptions use ``client-individual`` acks and a bounded prefetch. Every message is
+judged by judgement.judge_batch (the same function the operator tools use). A message is
+acked only after it is durably in the inbound spool, or durably kept as a dead letter with
+its reason (a refused message is acked too, so the broker does not redeliver it forever).
+Duplicates and stale results are dropped against the memory of what was injected, kept in
+the inbound spool (so it holds across restarts) and written in the same transaction as the
+accepted results. A message whose judgement killed the bridge is dead-lettered unjudged
+when it comes again (poison.py). After a broker loss the subscriber reconnects over the
+failover list with capped backoff, forever, and subscribes again.
 """
 from __future__ import annotations
 
-import collections
-import hashlib
 import json
 import logging
 import threading
 import time
-from typing import Deque, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from stomp.exception import StompException
 
 from ..broker import BrokerConnection
 from ..config import BrokerSettings, InboundSettings
-from ..formats import inbound
+from .. import judgement
+from .. import policy as policy_module
+from ..formats.inbound import Refused
 from ..health import Backoff, Health, RateLimitedLog
 from ..model import Message, result_to_dict
-from .. import policy as policy_module
+from ..poison import PoisonGuard, fingerprint
 from ..spool import Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
-RECENT_IDS = 200_000
-
-
-class RecentIds:
-    """A bounded set of recently accepted ids (oldest forgotten first). Not thread-safe: one
-    subscriber uses it at a time (a reload hands it on once the old one has ended)."""
-
-    def __init__(self, size: int = RECENT_IDS):
-        self.size = size
-        self._order: Deque[str] = collections.deque()
-        self._ids: Set[str] = set()
-
-    def __contains__(self, item: str) -> bool:
-        return item in self._ids
-
-    def add(self, item: str) -> None:
-        if item in self._ids:
-            return
-        self._ids.add(item)
-        self._order.append(item)
-        if len(self._order) > self.size:
-            self._ids.discard(self._order.popleft())
-
-
-def dedupe_key(headers: Mapping[str, str], body: bytes, sender_header: str = "") -> str:
-    """The publisher's stable result_id when there is one, else a hash of the body.
-
-    A result_id counts within its sender (the sender header, and the signer's certificate
-    when signed): a sender the policy accepts must not be able to make another's result
-    look like a duplicate by sending its id first.
-    """
-    result_id = headers.get("result_id", "")
-    if result_id and len(result_id) <= 128:
-        origin = f"{headers.get(sender_header, '') if sender_header else ''}\0{headers.get('signer', '')}"
-        scope = hashlib.blake2b(origin.encode("utf-8", "replace"), digest_size=8).hexdigest()
-        return f"id:{scope}:{result_id}"
-    return "body:" + hashlib.blake2b(body, digest_size=16).hexdigest()
+FORGET_INTERVAL = 600.0      # seconds between trims of the memory of injected results
 
 
 class Subscriber(threading.Thread):
     def __init__(self, brokers: BrokerSettings, settings: InboundSettings, spool: Spool,
-                 health: Health, policy: policy_module.Policy, recent: Optional[RecentIds] = None):
+                 health: Health, policy: policy_module.Policy):
         super().__init__(name="subscriber", daemon=True)
         self.brokers = brokers
         self.settings = settings
@@ -80,14 +46,13 @@ class Subscriber(threading.Thread):
         self.policy = policy
         self.broker = BrokerConnection(brokers, client_id=settings.client_id, auto_decode=False)
         self.stopping = threading.Event()
-        self.recent = recent if recent is not None else RecentIds()
+        self.memory = judgement.SpoolMemory(spool)
+        self.poison = PoisonGuard(spool.path + ".judging")
+        self._forgotten_at = 0.0
         self._backoff = Backoff(brokers.backoff_initial, brokers.backoff_max)
         self._warn = RateLimitedLog(log)
         self._refusal_log = RateLimitedLog(log)
-        self.verifier = None
-        if settings.signatures.required:
-            from ..signing import Verifier
-            self.verifier = Verifier.from_settings(settings.signatures)
+        self.verifier = judgement.make_verifier(settings)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -114,6 +79,7 @@ class Subscriber(threading.Thread):
             except (StompException, OSError) as exc:
                 self._lost(f"{exc.__class__.__name__}: {exc}")
         self.broker.discard()
+        self.poison.close()
         self.health.set_state("subscriber", "stopped")
 
     def _reconnect(self) -> None:
@@ -158,66 +124,66 @@ class Subscriber(threading.Thread):
         return [(headers, body if isinstance(body, bytes) else body.encode("utf-8", "surrogateescape"))
                 for headers, body in messages]
 
+    @property
+    def rules(self) -> judgement.Rules:
+        # Built per batch: refresh_known_objects replaces self.policy while we run.
+        return judgement.make_rules(self.settings, self.policy.known_objects, self.verifier)
+
+    def _judge(self, messages: List[Tuple[Dict[str, str], bytes]], now: float) -> List[judgement.Verdict]:
+        rules = self.rules
+        verdicts = []
+        for headers, body in messages:
+            print_ = fingerprint(headers, body)
+            if self.poison.is_suspect(print_):
+                verdicts.append(judgement.Verdict(judgement.REFUSED, refusal=Refused(
+                    "poison", f"the bridge stopped while judging this message before (fingerprint {print_}):"
+                              f" kept unjudged")))
+                continue
+            self.poison.judging(print_)
+            verdicts.append(judgement.judge_one(rules, headers, body, now))
+        self.poison.idle()
+        return judgement.against_memory(verdicts, self.memory)
+
     def _handle(self, messages: List[Tuple[Dict[str, str], bytes]]) -> None:
         if not messages:
             return
-        accepted: List[Message] = []
-        acks: List[str] = []
-        keys: List[str] = []
         now = time.time()
-        for headers, body in messages:
-            ack_id = headers.get("ack", "")
-            key = dedupe_key(headers, body, self.policy.sender_header)
-            acks.append(ack_id)
-            if key in self.recent:
-                self.health.add("duplicates")
-                continue
-            try:
-                # With signatures required, the verified signer is the sender the policy sees.
-                sender = (self.verifier.verify(headers, body).dn if self.verifier is not None
-                          else policy_module.sender_of(self.policy, headers))
-                result = inbound.decode(headers, body, self.settings.mapping, now=now)
-                policy_module.check(self.policy, result, sender)
-            except inbound.Refused as exc:
-                self._refuse(headers, body, key, exc)
-                continue
-            except Exception as exc:     # noqa: BLE001
-                # A defect, not a verdict on the message: still kept as a dead letter and
-                # acked, because an exception here would stop the subscriber on a message the
-                # broker redelivers after every restart.
-                log.exception("cannot judge a message from %s", headers.get("destination", "?"))
-                self._refuse(headers, body, key, inbound.Refused(
-                    "internal-error", f"the bridge failed on this message: {type(exc).__name__}: {exc}"))
-                continue
-            accepted.append(Message(message_id=key, destination="nagios", headers={},
-                                    body=json.dumps(result_to_dict(result)).encode("utf-8")))
-            keys.append(key)
+        verdicts = self._judge(messages, now)
+        accepted: List[Message] = []
+        for (headers, body), verdict in zip(messages, verdicts):
+            if verdict.outcome == judgement.REFUSED:
+                self._refuse(headers, body, verdict.refusal)
+            elif verdict.outcome == judgement.ACCEPTED:
+                accepted.append(Message(message_id=verdict.key, destination="nagios", headers={},
+                                        body=json.dumps(result_to_dict(verdict.result)).encode("utf-8")))
+            else:
+                self.health.add("duplicates" if verdict.outcome == judgement.DUPLICATE else "stale")
         if accepted:
-            new = self.spool.put(accepted)      # durable hand-off first ...
+            # Durable hand-off first, with what it adds to the memory ...
+            new = self.spool.put(accepted, marks=judgement.memory_marks(verdicts))
             self.health.add("received", new)
             self.health.add("duplicates", len(accepted) - new)
             self.health.mark("receive")
-        for key in keys:
-            self.recent.add(key)
-        for ack_id in acks:               # ... then the ACK
-            self.broker.conn.ack(ack_id)
+        for headers, _ in messages:         # ... then the ACK
+            self.broker.conn.ack(headers.get("ack", ""))
+        if now - self._forgotten_at > FORGET_INTERVAL:
+            self._forgotten_at = now
+            self.memory.forget(now - self.settings.max_age)
 
-    def _refuse(self, headers: Dict[str, str], body: bytes, key: str, exc: inbound.Refused) -> None:
+    def _refuse(self, headers: Dict[str, str], body: bytes, exc: Refused) -> None:
         self.health.add("refused")
         self.health.add(f"refused.{exc.reason}")
         self._refusal_log(logging.WARNING, exc.reason,
-                          f"refused a message from {headers.get('destination', '?')} "
-                          f"(sender {headers.get(self.policy.sender_header, '?')!r}): {exc}")
-        kept = {k: v[:200] for k, v in list(headers.items())[:50]}
-        kept["refused"] = exc.reason
+                          f"refused a message from {headers.get('destination', '?')[:200]!r} "
+                          f"(sender {headers.get(self.policy.sender_header, '?')[:200]!r}): {exc}")
         # Its own id: the spool counts an id it holds as a dead letter as a duplicate, so a
         # forgery kept under the genuine result's id would make the genuine one vanish.
-        self.spool.add_dead_letter(Message(message_id=f"refused:{time.time_ns()}:{key}",
-                                           destination=headers.get("destination", "?")[:200],
-                                           headers=kept, body=body[:65536]), str(exc)[:1000])
+        # Not remembered as seen either, for the same reason.
+        self.spool.add_dead_letter(dead_letter(headers, body, exc, self.settings.mapping.max_body_bytes),
+                                   str(exc)[:1000])
+        if exc.reason == "poison":
+            self.poison.caught(fingerprint(headers, body))
         self.health.add("dead_letters")
-        # Not remembered as seen: a forged message must not make the genuine one with the
-        # same result_id look like a duplicate later.
         if self.settings.error_queue:
             # Best effort: the local dead letter above is the record that counts.
             error_headers = {"persistent": "true", "expires": str(int((time.time() + 7 * 86400) * 1000)),
@@ -226,3 +192,20 @@ class Subscriber(threading.Thread):
                              "refused_by": self.settings.client_id}
             self.broker.send(self.settings.error_queue, body[:65536], error_headers)
             self.health.add("error_queue_sent")
+
+
+def dead_letter(headers: Mapping[str, str], body: bytes, exc: Refused, max_body_bytes: int) -> Message:
+    """A refused message as a dead letter: whole, so that requeue after a fix judges exactly
+    what was received, within the bounds the judgement accepts (a body over max_body_bytes,
+    or headers over the header limits, were refused for that and are kept cut, with a note)."""
+    kept: Dict[str, str] = dict(headers)
+    if exc.reason == "bad-headers":
+        kept = {name[:judgement.MAX_HEADER_NAME_BYTES // 4]: value[:1024]
+                for name, value in list(headers.items())[:judgement.MAX_HEADERS]}
+        kept["x-bridge-headers-cut"] = f"{len(headers)} headers, names and values cut to fit"
+    if len(body) > max_body_bytes:
+        kept["x-bridge-body-cut"] = f"{len(body) - max_body_bytes} of {len(body)} bytes cut"
+        body = body[:max_body_bytes]
+    kept["refused"] = exc.reason
+    return Message(message_id=f"refused:{time.time_ns()}:{fingerprint(headers, body)}",
+                   destination=headers.get("destination", "?")[:1024], headers=kept, body=body)

@@ -16,7 +16,7 @@ FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
 NOW = 1704070800  # 2024-01-01T01:00:00Z
 GOLDEN_NOW = 1253568948 + 3600
 FIELDS = {"siteName": "CERN-PROD", "gatheredAt": "sam-nagios.cern.ch", "role": "site", "voName": "ops"}
-REASONS = {"too-large", "empty", "nul-byte", "not-utf8", "bad-unicode", "bad-json", "json-too-deep",
+REASONS = {"too-large", "empty", "nul-byte", "not-utf8", "bad-unicode", "bad-json", "json-too-deep", "json-too-complex",
            "json-not-object", "repeated-key", "no-eot", "bad-record", "encrypted", "missing-field", "bad-field",
            "field-too-long", "bad-status", "bad-timestamp", "bad-host-name", "bad-service-name",
            "template-field-missing", "invalid-result"}
@@ -344,8 +344,11 @@ def test_a_10_mb_body_is_refused_before_parsing():
 
 
 def test_absurd_json_shapes():
-    assert refused(b"[" * 100_000 + b"]" * 100_000) == "json-too-deep"
-    assert refused(b'{"a":' * 100_000) == "json-too-deep"
+    assert refused(b"[" * 100_000 + b"]" * 100_000) == "json-too-complex"
+    assert refused(b'{"a":' * 100_000) == "json-too-complex"
+    assert refused(b"[" * 5_000 + b"]" * 5_000) == "json-too-deep"       # past the parser's recursion
+    assert refused(b'{"a":' * 7 + b"1" + b"}" * 7) == "json-too-deep"     # just past MAX_JSON_DEPTH
+    assert refused(b'{"a":' * 6 + b"1" + b"}" * 6) == "missing-field"     # at it: decoded, then incomplete
     huge = json.dumps({"host": "h", "service": "s", "status": "OK", "epoch": NOW, "x": [0] * 300_000})
     assert len(huge) < Mapping().max_body_bytes
     assert decode({}, huge.encode(), now=NOW).service == "s"

@@ -38,20 +38,29 @@ def bridge_filling_the_fifo(tmp_path, count=1500):
     return path, nagios, results, bridge
 
 
-def test_a_reload_keeps_the_ids_of_results_already_injected(tmp_path):
-    """Without them a result redelivered just after a reload would be injected twice."""
+def test_a_reload_and_a_restart_keep_the_memory_of_results_already_injected(tmp_path):
+    """Without it a result redelivered just after a reload or a restart would be injected twice,
+    and an old result replayed then would roll an object's state back."""
     path = tmp_path / "bridge.yaml"
     path.write_text(CONFIG.format(tmp=tmp_path))
     bridge = service.Bridge(config.load(str(path)))
     bridge.start()
-    bridge.subscriber.recent.add("id:already-injected")
+    now = time.time()
+    bridge.inbound_spool.put([], marks=[("seen", "id:x:already-injected", now), ("newest", "h\ts", now)])
     started = time.monotonic()
     fresh = service._reload(bridge, str(path))
     try:
-        assert fresh is not bridge and "id:already-injected" in fresh.subscriber.recent
+        assert fresh is not bridge
+        assert list(fresh.subscriber.memory.seen(["id:x:already-injected", "id:x:other"])) == ["id:x:already-injected"]
         assert time.monotonic() - started < service.STOP_BUDGET
     finally:
         fresh.stop()
+    restarted = service.Bridge(config.load(str(path)))
+    restarted.start()
+    try:
+        assert restarted.subscriber.memory.newest(["h\ts", "h\tt"]) == {"h\ts": now}
+    finally:
+        restarted.stop()
 
 
 def test_stop_returns_within_its_budget_while_nagios_does_not_read(tmp_path):

@@ -1,0 +1,90 @@
+"""The poison guard: a message whose judgement crashes or stalls the bridge cannot loop.
+
+The broker redelivers a message that was never acked. If judging it kills the bridge (a
+crash, or a stall that ends with systemd's watchdog), the restarted bridge would be handed
+the same message and die again, for ever. So before a message is judged its fingerprint is
+written to a small file beside the inbound spool, and cleared once the batch is handled. A
+fingerprint still there at start-up names the message that was being judged when the bridge
+died: it becomes a suspect, and when it arrives again it goes to the dead letters as
+``poison`` without being judged.
+
+The per-message write is one pwrite() of a fixed-size slot without fsync: it survives the
+process being killed (it is in the page cache), which is the case this guards against; a
+power cut is not caused by a message. The suspect list is rewritten (fsynced) only when it
+changes, and is bounded.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import typing
+from typing import List
+
+log = logging.getLogger(__name__)
+
+SLOT = 64                       # bytes: the fingerprint being judged, blank-padded
+MAX_SUSPECTS = 100
+
+
+def fingerprint(headers: typing.Mapping[str, str], body: bytes) -> str:
+    """Stable across redelivery: the body and the headers the publisher set that the
+    judgement reads, not the broker's per-delivery ones (ack, redelivered, subscription)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("result_id", "signature"):
+        digest.update(headers.get(name, "").encode("utf-8", "surrogatepass") + b"\0")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+class PoisonGuard:
+    def __init__(self, path: str):
+        self.path = path
+        self.suspects: List[str] = []
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(os.dup(fd), "rb") as handle:
+                text = handle.read(SLOT + 40 * MAX_SUSPECTS + 1024).decode("ascii", "replace")
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        judging, rest = text[:SLOT].strip(), text[SLOT:]
+        self.suspects = [line for line in rest.split() if _is_fingerprint(line)][-MAX_SUSPECTS:]
+        if _is_fingerprint(judging):
+            log.error("the bridge stopped while judging message %s: if it arrives again it goes to the "
+                      "dead letters as poison, unjudged", judging)
+            if judging not in self.suspects:
+                self.suspects = (self.suspects + [judging])[-MAX_SUSPECTS:]
+        self._save()
+
+    def is_suspect(self, print_: str) -> bool:
+        return print_ in self.suspects
+
+    def judging(self, print_: str) -> None:
+        """Note the message about to be judged (call ``idle`` when the batch is handled)."""
+        os.pwrite(self._fd, print_.encode("ascii").ljust(SLOT), 0)
+
+    def idle(self) -> None:
+        os.pwrite(self._fd, b" " * SLOT, 0)
+
+    def caught(self, print_: str) -> None:
+        """The suspect arrived and was dead-lettered: forget it."""
+        if print_ in self.suspects:
+            self.suspects.remove(print_)
+            self._save()
+
+    def _save(self) -> None:
+        data = b" " * SLOT + "".join(f"\n{s}" for s in self.suspects).encode("ascii") + b"\n"
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _is_fingerprint(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)

@@ -1,0 +1,239 @@
+"""The inbound judgement: one function for subscriber, requeue and try-message; linear time on
+hostile input; freshness, duplicates by identity, no rollback; the poison guard."""
+import json
+import multiprocessing
+import os
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from msg_nagios_bridge import judgement
+from msg_nagios_bridge.formats.inbound import Mapping
+from msg_nagios_bridge.policy import Policy, Rule
+from msg_nagios_bridge.poison import PoisonGuard, fingerprint
+from msg_nagios_bridge.spool import Spool
+
+MiB = 1 << 20
+NOW = 1704070800.0
+ALLOW_ALL = Policy(rules=(Rule(senders=("*",), hosts=("*",), services=("*",), host_checks=True),))
+RULES = judgement.Rules(mapping=Mapping(), policy=ALLOW_ALL)
+SENDER = {"nagios_host": "nagios.site-a.org"}
+
+
+def wlcg(host="se01.example.org", service="org.sam.SRM-Put", when="2024-01-01T00:00:00Z", status="OK", **extra):
+    lines = [f"hostName: {host}", f"metricName: {service}", f"metricStatus: {status}", f"timestamp: {when}",
+             "summaryData: fine"] + [f"{k}: {v}" for k, v in extra.items()]
+    return ("\n".join(lines) + "\nEOT\n").encode()
+
+
+def one(headers, body, rules=RULES, memory=None, now=NOW):
+    return judgement.judge_batch(rules, [(headers, body)], memory or judgement.NoMemory(), now)[0]
+
+
+# -- linear time: no message can stall the bridge --------------------------------------------
+
+def _json_key_flood(size):
+    return b"{" + b",".join(b'"k%d":1' % i for i in range(size // 10)) + b"}"
+
+
+# Each family builds a body (and headers) of about ``size`` bytes, shaped to make a parser slow.
+FAMILIES = {
+    "json unterminated string of escaped quotes": lambda n: ({}, b'{"host": "' + b'\\"' * (n // 2)),
+    "json unterminated string of backslashes": lambda n: ({}, b'{"host": "' + b"\\\\" * (n // 2)),
+    "json many empty strings": lambda n: ({}, b'{"a": [' + b'"",' * (n // 3) + b'""]}'),
+    "json nesting far above the limit": lambda n: ({}, b"[" * (n // 2) + b"]" * (n // 2)),
+    "json objects nesting far above the limit": lambda n: ({}, b'{"a":' * (n // 5) + b"1" + b"}" * (n // 5)),
+    "json nesting just above the limit, wide": lambda n: ({}, b"[" + b",".join([b"[[[[[[[1]]]]]]]"] * (n // 16)) + b"]"),
+    "json nesting at the limit, wide": lambda n: ({}, b'{"host":"h","service":"s","state":0,"epoch":1704070000,'
+                                                  b'"x":[' + b",".join([b"[[[[1]]]]"] * (n // 10)) + b"]}"),
+    "json many keys": lambda n: ({}, _json_key_flood(n)),
+    "json huge number": lambda n: ({}, b'{"host":"h","service":"s","state":' + b"1" * n + b"}"),
+    "json huge exponent": lambda n: ({}, b'{"host":"h","service":"s","state":0,"epoch":1e' + b"9" * n + b"}"),
+    "wlcg many tiny lines": lambda n: ({}, b"a:b\n" * (n // 4) + b"EOT\n"),
+    "wlcg many blank lines": lambda n: ({}, b"\n" * n + b"EOT\n"),
+    "wlcg one huge line": lambda n: ({}, b"x" * n),
+    "wlcg colons": lambda n: ({}, b"x:" * (n // 2) + b"\nEOT\n"),
+    "wlcg EOT lines": lambda n: ({}, b"EOT\n" * (n // 4)),
+    "wlcg detailsData of EOT lines": lambda n: ({}, wlcg()[:-4] + b"detailsData: " + b"EOT\n" * (n // 4) + b"EOT\n"),
+    "wlcg CR games": lambda n: ({}, wlcg(summaryData="\r\n\r" * (n // 3))),
+    "wlcg perfdata of many items": lambda n: ({}, wlcg(performanceData="a=1 " * (n // 4))),
+    "wlcg huge uri": lambda n: ({}, wlcg(serviceURI="a://" * (n // 4))),
+    "wlcg huge timestamp": lambda n: ({}, wlcg(when="1" * n)),
+    "wlcg huge names": lambda n: ({}, wlcg(host="h" * (n // 2), service="s" * (n // 2))),
+    "mixed encodings": lambda n: ({}, ("é".encode("latin-1") + "é".encode()) * (n // 3)),
+    "overlong utf-8": lambda n: ({}, b"\xc0\xaf" * (n // 2)),
+    "thousands of headers": lambda n: ({f"h{i}": "v" for i in range(n // 100)}, wlcg()),
+    "one long header name": lambda n: ({"x" * n: "v"}, wlcg()),
+    "one long header value": lambda n: ({"role": "r" * n}, wlcg()),
+    "long headers just within limits": lambda n: (
+        {f"h{i:03d}": "v" * (judgement.MAX_HEADERS_BYTES // judgement.MAX_HEADERS - 8)
+         for i in range(judgement.MAX_HEADERS - 1)}, wlcg(detailsData="d" * n)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_hostile_shape_of_a_mebibyte_is_judged_within_a_second(family):
+    """Regression: an unterminated JSON string full of escaped quotes made the decoder's
+    nesting pre-check quadratic (20 KB 1.5 s; 1 MiB about an hour, holding the GIL)."""
+    extra, body = FAMILIES[family](MiB)
+    headers = dict(SENDER, **extra)
+    rules = judgement.Rules(mapping=Mapping(max_body_bytes=2 * MiB), policy=ALLOW_ALL)
+    started = time.perf_counter()
+    verdict = one(headers, body, rules)
+    took = time.perf_counter() - started
+    assert took < 1.0, f"{family}: {took:.2f} s ({verdict.outcome}, {verdict.refusal})"
+    assert verdict.outcome in (judgement.ACCEPTED, judgement.REFUSED)
+
+
+@st.composite
+def hostile_shapes(draw):
+    """Repeated hostile units, at sizes up to 256 KiB (keeps the run short; the fixed families
+    above take each shape to a mebibyte)."""
+    unit = draw(st.sampled_from([b'\\"', b"\\\\", b'"', b"[", b"{", b'{"a":', b"]", b"}", b",", b":",
+                                 b"\n", b"\r", b"\r\n", b"EOT\n", b"a: b\n", b"detailsData: ", b"\xc3",
+                                 b"\xe2\x80\xae", b"\x00", b" ", b"1", b"e9"]))
+    prefix = draw(st.sampled_from([b"", b'{"host": "', b'{"host":"h","service":"s","state":0,"x":',
+                                   wlcg()[:-4], b"["]))
+    count = draw(st.integers(min_value=1, max_value=(256 << 10) // len(unit)))
+    suffix = draw(st.sampled_from([b"", b"\nEOT\n", b'"}', b"]", b"}"]))
+    return prefix + unit * count + suffix
+
+
+@settings(max_examples=60, deadline=None)
+@given(body=hostile_shapes())
+def test_generated_hostile_shapes_are_judged_fast(body):
+    started = time.perf_counter()
+    verdict = one(SENDER, body)
+    assert time.perf_counter() - started < 1.0
+    assert verdict.outcome in (judgement.ACCEPTED, judgement.REFUSED)
+
+
+def test_a_message_within_every_limit_is_still_accepted():
+    verdict = one(dict(SENDER, result_id="r1"), wlcg())
+    assert verdict.outcome == judgement.ACCEPTED, verdict.refusal
+    assert verdict.result.host == "se01.example.org" and verdict.sender == "nagios.site-a.org"
+
+
+@pytest.mark.parametrize("headers, reason", [
+    ({f"h{i}": "v" for i in range(judgement.MAX_HEADERS + 1)}, "bad-headers"),
+    ({"x" * (judgement.MAX_HEADER_NAME_BYTES + 1): "v"}, "bad-headers"),
+    ({"role": "r" * (judgement.MAX_HEADER_VALUE_BYTES + 1)}, "bad-headers"),
+    ({"result_id": "r" * (judgement.MAX_RESULT_ID + 1)}, "bad-headers"),
+])
+def test_headers_beyond_the_limits_are_refused(headers, reason):
+    verdict = one(dict(SENDER, **headers), wlcg())
+    assert verdict.outcome == judgement.REFUSED and verdict.refusal.reason == reason
+
+
+# -- freshness, duplicates, no rollback --------------------------------------------------------
+
+def test_too_old_and_from_the_future_are_refused():
+    rules = judgement.Rules(mapping=Mapping(), policy=ALLOW_ALL, max_age=3600, max_clock_skew=300)
+    old = one(SENDER, wlcg(when="2023-12-31T23:59:00Z"), rules, now=NOW)         # 61 min before NOW
+    assert old.outcome == judgement.REFUSED and old.refusal.reason == "too-old"
+    ahead = one(SENDER, wlcg(when="2024-01-01T01:06:00Z"), rules, now=NOW)      # 6 min after NOW
+    assert ahead.outcome == judgement.REFUSED and ahead.refusal.reason == "from-future"
+    fine = one(SENDER, wlcg(when="2024-01-01T01:04:00Z"), rules, now=NOW)
+    assert fine.outcome == judgement.ACCEPTED
+
+
+def test_a_result_older_than_the_newest_injected_is_stale(tmp_path):
+    """Regression: Nagios takes a passive result's time as last_check unconditionally, so a
+    replayed week-old OK overwrote today's CRITICAL."""
+    with Spool(str(tmp_path / "in.sqlite")) as spool:
+        memory = judgement.SpoolMemory(spool)
+        newer = one(dict(SENDER, result_id="b"), wlcg(when="2024-01-01T00:30:00Z", status="CRITICAL"), memory=memory)
+        spool.put([], marks=judgement.memory_marks([newer]))
+        older = one(dict(SENDER, result_id="a"), wlcg(when="2024-01-01T00:10:00Z"), memory=memory)
+        assert older.outcome == judgement.STALE
+        other_object = one(dict(SENDER, result_id="c"), wlcg(service="other", when="2024-01-01T00:10:00Z"),
+                           memory=memory)
+        assert other_object.outcome == judgement.ACCEPTED
+
+
+def test_within_one_batch_the_order_of_arrival_counts():
+    later, earlier = wlcg(when="2024-01-01T00:30:00Z"), wlcg(when="2024-01-01T00:10:00Z")
+    verdicts = judgement.judge_batch(RULES, [(dict(SENDER, result_id="1"), later),
+                                             (dict(SENDER, result_id="2"), earlier),
+                                             (dict(SENDER, result_id="1"), later)], judgement.NoMemory(), NOW)
+    assert [v.outcome for v in verdicts] == [judgement.ACCEPTED, judgement.STALE, judgement.DUPLICATE]
+
+
+def test_duplicates_are_scoped_by_the_senders_identity(tmp_path):
+    """A sender the policy accepts cannot make another sender's result look like a duplicate
+    by sending its result_id first."""
+    with Spool(str(tmp_path / "in.sqlite")) as spool:
+        memory = judgement.SpoolMemory(spool)
+        first = one({"nagios_host": "evil.org", "result_id": "r1"}, wlcg(), memory=memory)
+        spool.put([], marks=judgement.memory_marks([first]))
+        genuine = one({"nagios_host": "nagios.site-a.org", "result_id": "r1"}, wlcg(service="x"), memory=memory)
+        assert genuine.outcome == judgement.ACCEPTED
+        again = one({"nagios_host": "evil.org", "result_id": "r1"}, wlcg(service="y"), memory=memory)
+        assert again.outcome == judgement.DUPLICATE
+
+
+def test_the_memory_forgets_only_what_freshness_refuses_anyway(tmp_path):
+    with Spool(str(tmp_path / "in.sqlite")) as spool:
+        memory = judgement.SpoolMemory(spool)
+        spool.put([], marks=[("seen", "old", 100.0), ("seen", "new", 200.0), ("newest", "h\ts", 100.0)])
+        memory.forget(150.0)
+        assert list(memory.seen(["old", "new"])) == ["new"] and memory.newest(["h\ts"]) == {}
+
+
+def test_marks_keep_the_later_time():
+    import tempfile
+    with tempfile.TemporaryDirectory() as directory, Spool(os.path.join(directory, "s.sqlite")) as spool:
+        spool.put([], marks=[("newest", "h\ts", 200.0)])
+        spool.put([], marks=[("newest", "h\ts", 100.0)])
+        assert spool.find_marks("newest", ["h\ts"]) == {"h\ts": 200.0}
+
+
+# -- the poison guard ---------------------------------------------------------------------------
+
+def _die_while_judging(path, headers, body):
+    guard = PoisonGuard(path)
+    guard.judging(fingerprint(headers, body))
+    os._exit(9)                     # killed mid-judgement: nothing after this runs
+
+
+def test_a_message_that_killed_the_bridge_while_judged_is_a_suspect_after_the_restart(tmp_path):
+    path = str(tmp_path / "inbound.sqlite.judging")
+    headers, body = dict(SENDER, result_id="poison"), wlcg()
+    child = multiprocessing.get_context("fork").Process(target=_die_while_judging, args=(path, headers, body))
+    child.start()
+    child.join(10)
+    assert child.exitcode == 9
+    guard = PoisonGuard(path)
+    assert guard.is_suspect(fingerprint(headers, body))
+    redelivered = dict(headers, redelivered="true", ack="another-ack-id")
+    assert guard.is_suspect(fingerprint(redelivered, body)), "redelivery must not change the fingerprint"
+    assert not guard.is_suspect(fingerprint(dict(SENDER, result_id="other"), body))
+    guard.caught(fingerprint(headers, body))
+    guard.close()
+    assert not PoisonGuard(path).is_suspect(fingerprint(headers, body)), "a caught suspect is forgotten"
+
+
+def test_a_batch_handled_leaves_no_suspect(tmp_path):
+    path = str(tmp_path / "judging")
+    guard = PoisonGuard(path)
+    guard.judging(fingerprint(SENDER, wlcg()))
+    guard.idle()
+    guard.close()
+    assert PoisonGuard(path).suspects == []
+
+
+def test_the_suspect_list_is_bounded(tmp_path):
+    path = str(tmp_path / "judging")
+    for index in range(150):
+        guard = PoisonGuard(path)
+        guard.judging(fingerprint({}, b"%d" % index))
+        guard.close()
+    assert len(PoisonGuard(path).suspects) == 100
+
+
+def test_a_damaged_guard_file_is_read_as_no_suspects(tmp_path):
+    path = tmp_path / "judging"
+    path.write_bytes(os.urandom(5000))
+    assert PoisonGuard(str(path)).suspects == []
+    assert json.dumps(PoisonGuard(str(path)).suspects) == "[]"
