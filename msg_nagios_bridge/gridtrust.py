@@ -105,7 +105,17 @@ class Checked:
     issuer: str
 
 
+_CRYPTO = None
+
+
 def _crypto():
+    global _CRYPTO
+    if _CRYPTO is None:
+        _CRYPTO = _import_crypto()
+    return _CRYPTO
+
+
+def _import_crypto():
     try:
         from cryptography import x509
         from cryptography.exceptions import InvalidSignature
@@ -274,6 +284,7 @@ def parse_signing_policy(text: str) -> List[Tuple[str, str]]:
 @dataclasses.dataclass(frozen=True)
 class _Authority:
     cert: object
+    public_key: object            # loaded once: OpenSSL 3 takes ~1 ms to load an EC key
     dn: str
     hashes: Tuple[str, ...]       # the hash names it was found under ("" for a ca_file)
     label: str                    # where it came from, for messages
@@ -370,11 +381,11 @@ def verify_signed_by(public_key, signature: bytes, data: bytes, hash_algorithm, 
 _RSASSA_PSS = "1.2.840.113549.1.1.10"
 
 
-def _issued_by(cert, issuer_cert) -> bool:
-    """True if ``issuer_cert``'s key made ``cert``'s signature."""
+def _issued_by(cert, issuer_key) -> bool:
+    """True if ``issuer_key`` made ``cert``'s signature."""
     InvalidSignature = _crypto()[1]
     try:
-        verify_signed_by(issuer_cert.public_key(), cert.signature, cert.tbs_certificate_bytes,
+        verify_signed_by(issuer_key, cert.signature, cert.tbs_certificate_bytes,
                          cert.signature_hash_algorithm, cert.signature_algorithm_oid.dotted_string == _RSASSA_PSS)
         return True
     except (InvalidSignature, ValueError, TypeError):
@@ -473,9 +484,10 @@ class TrustStore:
                 cert = x509.load_pem_x509_certificate(block)
                 der = cert.public_bytes(serialization.Encoding.DER)
                 if der not in authorities:
-                    authorities[der] = _Authority(cert, openssl_dn(cert.subject), (), label,
+                    key = cert.public_key()
+                    authorities[der] = _Authority(cert, key, openssl_dn(cert.subject), (), label,
                                                   _key_id(x509, serialization, cert),
-                                                  cert.issuer == cert.subject and _issued_by(cert, cert))
+                                                  cert.issuer == cert.subject and _issued_by(cert, key))
                 if hash_name:
                     hashes.setdefault(der, []).append(hash_name)
             except Exception as exc:     # noqa: BLE001 - one bad file must not hide the other CAs
@@ -508,7 +520,7 @@ class TrustStore:
                 last, following = _crl_dates(crl)
                 issuer_name = crl.issuer.public_bytes()
                 candidates = by_subject.get(issuer_name, ())
-                signers = [a for a in candidates if crl.is_signature_valid(a.cert.public_key())]
+                signers = [a for a in candidates if crl.is_signature_valid(a.public_key)]
                 entry = _Crl(frozenset(revoked.serial_number for revoked in crl), following, last, label)
             except Exception as exc:     # noqa: BLE001
                 problems.append(f"{label}: not a usable CRL ({type(exc).__name__}: {exc})")
@@ -664,12 +676,15 @@ class TrustStore:
         dn, ca = openssl_dn(cert.subject), openssl_dn(cert.issuer)
         candidates = snapshot.by_subject.get(name, ())
         for authority in candidates:
-            if _issued_by(cert, authority.cert):
+            if _issued_by(cert, authority.public_key):
                 return authority
         x509, _, _, serialization = _crypto()[:4]
         for other in intermediates:      # from the peer: never a root, checked as a link
-            if other.subject == cert.issuer and other.subject != other.issuer and _issued_by(cert, other):
-                return _Authority(other, openssl_dn(other.subject), (), "", _key_id(x509, serialization, other), False)
+            if other.subject == cert.issuer and other.subject != other.issuer:
+                key = other.public_key()
+                if _issued_by(cert, key):
+                    return _Authority(other, key, openssl_dn(other.subject), (), "",
+                                      _key_id(x509, serialization, other), False)
         if candidates:
             raise Untrusted("ca-signature", f"{dn!r} names CA {ca!r} as its issuer, but that CA's key did not "
                                             f"sign it")
@@ -723,7 +738,7 @@ class TrustStore:
         crl = snapshot.crls.get(issuer.key_id)
         if crl is None and not issuer.label:     # a CA the peer sent: its CRL, if here, is checked now
             usable = [entry for candidate, entry in snapshot.orphan_crls.get(issuer.cert.subject.public_bytes(), ())
-                      if candidate.is_signature_valid(issuer.cert.public_key())]
+                      if candidate.is_signature_valid(issuer.public_key)]
             crl = max(usable, key=lambda entry: entry.last_update, default=None)
         if crl is None:
             if self.crl_mode == "require":

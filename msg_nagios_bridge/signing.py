@@ -34,6 +34,7 @@ import base64
 import binascii
 import dataclasses
 import datetime
+import functools
 import hashlib
 from typing import FrozenSet, Mapping, Optional, Sequence, Tuple
 
@@ -67,7 +68,17 @@ class Signed:
     signed_headers: FrozenSet[str]
 
 
+_CRYPTO = None
+
+
 def _crypto():
+    global _CRYPTO
+    if _CRYPTO is None:
+        _CRYPTO = _import_crypto()
+    return _CRYPTO
+
+
+def _import_crypto():
     try:
         from cryptography import x509
         from cryptography.exceptions import InvalidSignature
@@ -108,6 +119,15 @@ def subject_dn(cert) -> str:
 def certificate_identity(cert) -> str:
     """Signed.identity of ``cert`` (see there why issuer and subject)."""
     return hashlib.sha256(_frame(cert.issuer.public_bytes()) + _frame(cert.subject.public_bytes())).hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _signer_certificate(der: bytes):
+    """(certificate, public key) of a signer header's DER. Cached: a site signs with one
+    certificate for months, and OpenSSL 3 takes about a millisecond to load an EC key. Only the
+    parsing is cached; every message's certificate is judged again (CRLs change)."""
+    cert = _crypto()[0].load_der_x509_certificate(der)
+    return cert, cert.public_key()
 
 
 class Signer:
@@ -183,7 +203,7 @@ class Verifier:
         names = self._signed_names(headers)
         try:
             signature = base64.b64decode(signature_text, validate=True)
-            cert = x509.load_der_x509_certificate(base64.b64decode(cert_text, validate=True))
+            cert, public_key = _signer_certificate(base64.b64decode(cert_text, validate=True))
         except (binascii.Error, ValueError) as exc:
             raise Refused("bad-signature", f"unreadable signature or signer certificate: {exc}") from None
         dn = subject_dn(cert)
@@ -194,7 +214,7 @@ class Verifier:
         data = (signed_bytes_2([(name, headers[name]) for name in names], body) if names is not None
                 else _signed_bytes(headers.get("result_id", ""), body))
         try:
-            verify_signed_by(cert.public_key(), signature, data, hashes.SHA256())
+            verify_signed_by(public_key, signature, data, hashes.SHA256())
         except (InvalidSignature, ValueError, TypeError):
             raise Refused("bad-signature", f"the signature by {dn!r} does not match this message "
                                            f"(changed on the way, or signed for another result)") from None
