@@ -49,6 +49,17 @@ class Site:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrustRules:
+    """How a CA file or directory is judged beyond the certificates (gridtrust.TrustStore):
+    ``crl`` and ``namespaces``: require | if-present; ``crl_file``: CRLs (PEM) for a ca_file;
+    ``reload_interval``: seconds between looks for changed files (fetch-crl)."""
+    crl: str = "require"
+    crl_file: str = ""
+    namespaces: str = "require"
+    reload_interval: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
 class TlsSettings:
     enabled: bool = False
     ca_file: str = ""
@@ -121,17 +132,6 @@ class SigningSettings:
     cert_file: str = ""
     key_file: str = ""
     key_password: str = dataclasses.field(default="", repr=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrustRules:
-    """How a CA file or directory is judged beyond the certificates (gridtrust.TrustStore):
-    ``crl`` and ``namespaces``: require | if-present; ``crl_file``: CRLs (PEM) for a ca_file;
-    ``reload_interval``: seconds between looks for changed files (fetch-crl)."""
-    crl: str = "require"
-    crl_file: str = ""
-    namespaces: str = "require"
-    reload_interval: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
