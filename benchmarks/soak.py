@@ -65,7 +65,7 @@ from common import (PIPE_BUF, REPO, code_fingerprint, cpu_seconds, loadavg,  # n
 from msg_nagios_bridge.formats import result_line  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
-from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
+from tests.sandbox.bridge import Bridge, bridge_config, inbound_config, ocsp_records  # noqa: E402
 from tests.sandbox.memory import rss_by_kind  # noqa: E402
 from tests.sandbox.nagios import Nagios, host, passive_service  # noqa: E402
 from tests.sandbox.ports import children_of  # noqa: E402
@@ -186,7 +186,7 @@ class Generator(threading.Thread):
                 with open(self.perfdata, "ab") as handle:      # open, append, close: as Nagios
                     handle.write(b"".join(line for line, _ in to_file))
             if to_fifo:
-                self.counts["fifo_retries"] += fifo_write(self.fifo, [line for line, _ in to_fifo])
+                self.counts["fifo_retries"] += fifo_write(self.fifo, ocsp_records(self.fifo, [line for line, _ in to_fifo]))
             with self.lock:
                 for line, result in to_fifo + to_file:
                     self.sent.add(result_line.parse(line.decode().rstrip("\n")).identity())

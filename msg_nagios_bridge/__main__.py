@@ -187,6 +187,24 @@ def _send(args) -> int:
 
 
 TRY_CANNOT_RUN = 4
+EXIT_CLOSED_PIPE = 141        # as a shell reports a command ended by SIGPIPE (128 + 13)
+EXIT_INTERRUPTED = 130        # 128 + SIGINT
+
+_C = "-c /etc/msg-nagios-bridge/bridge.yaml"
+EXAMPLES = {name: "example:\n  " + text for name, text in {
+    "run": f"msg-nagios-bridge run {_C}",
+    "check-config": f"msg-nagios-bridge check-config -v {_C} | less",
+    "nagios-config": f"msg-nagios-bridge nagios-config {_C} > /etc/nagios4/conf.d/msg-nagios-bridge.cfg",
+    "status": f"msg-nagios-bridge status {_C}",
+    "check": f"msg-nagios-bridge check {_C} --backlog 10000,100000",
+    "dead-letters": f"msg-nagios-bridge dead-letters list --inbound {_C}",
+    "dead-letters list": f"msg-nagios-bridge dead-letters list --inbound {_C}",
+    "dead-letters show": f"msg-nagios-bridge dead-letters show 12 --inbound {_C}",
+    "dead-letters requeue": f"msg-nagios-bridge dead-letters requeue 12 13 --inbound {_C}",
+    "dead-letters purge": f"msg-nagios-bridge dead-letters purge --older-than 30 {_C}",
+    "try-message": f"msg-nagios-bridge try-message {_C} --header nagios_host=nagios.site-a.org message.txt",
+    "send": f"msg-nagios-bridge send {_C} --host ce01.example.org --service org.sam.CE-JobSubmit --state 2",
+}.items()}
 
 
 def _try_message(args) -> int:
@@ -218,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name, func, text):
-        sub = commands.add_parser(name, help=text, description=text)
+        sub = commands.add_parser(name, help=text, description=text, epilog=EXAMPLES[name],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("-c", "--config", default=config.DEFAULT_PATH,
                          help=f"the YAML configuration file (default {config.DEFAULT_PATH})")
         sub.set_defaults(func=func)
@@ -253,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                          ("show", "everything about the given dead letters"),
                          ("requeue", "give them another chance (inbound: decoded and checked again)"),
                          ("purge", "delete them")):
-        sub = actions.add_parser(action, help=text, description=text)
+        sub = actions.add_parser(action, help=text, description=text, epilog=EXAMPLES[f"dead-letters {action}"],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         if action != "list":
             sub.add_argument("ids", type=int, nargs="*" if action == "purge" else "+", help="dead letter ids")
         sub.add_argument("--inbound", action="store_true", help="the inbound spool's dead letters (default outbound)")
@@ -284,6 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 done, 1 the command could not be done (one line on stderr), 2 usage or
+    configuration error, 130 interrupted, 141 output closed (``| head``); ``check`` and
+    ``try-message`` have their own (see their --help and the man page)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as a Unix tool does. Point stdout
+        # at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -300,8 +335,6 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

@@ -33,11 +33,27 @@ class ConfigError(Exception):
 
     def __init__(self, file: str, key: str, value: Any, reason: str):
         self.file, self.key, self.value, self.reason = file, key, value, reason
-        shown = repr(value)
+        # A secret is never shown, whatever its type (``password: 12345`` is an int).
+        shown = "(secret, not shown)" if _is_secret_key(key) and value is not None else repr(_masked(value))
         if len(shown) > 120:
             shown = shown[:117] + "..."
         where = f"{file}: {key}" if key else file
         super().__init__(f"{where} = {shown}: {reason}" if key else f"{where}: {reason}")
+
+
+def _is_secret_key(key: str) -> bool:
+    """``password``, ``key_password`` and any ``*_password`` (not ``*_password_file``, a path)."""
+    name = key.rsplit(".", 1)[-1].split("[", 1)[0].strip().lower()
+    return name.endswith("password")
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with the values of secret keys inside mappings and lists masked."""
+    if isinstance(value, dict):
+        return {k: "********" if _is_secret_key(str(k)) else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(item) for item in value]
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +180,7 @@ class InboundSettings:
     command_file: str = "/var/lib/nagios4/rw/nagios.cmd"
     check_result_path: str = ""
     nagios_lock_file: str = ""
+    echo_guard_max_objects: int = 1_000_000
     error_queue: str = ""
     signatures: SignatureCheck = SignatureCheck()
     max_age: float = 86400.0
@@ -497,7 +514,8 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
 
 
 _INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping", "policy", "writer",
-                 "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures")
+                 "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures",
+                 "echo_guard_max_objects")
 _MAPPING_KEYS = ("host_from", "service_from", "service_suffix_role", "host_template", "service_template",
                  "max_body_bytes", "max_output_bytes")
 WRITERS = ("command_file", "checkresults_dir")
@@ -570,6 +588,7 @@ def _inbound(root: _Section, site: Site) -> InboundSettings:
         command_file=sec.get("command_file", str, "/var/lib/nagios4/rw/nagios.cmd", _absolute_path),
         check_result_path=check_result_path,
         nagios_lock_file=sec.get("nagios_lock_file", str, "", _optional_absolute),
+        echo_guard_max_objects=sec.get("echo_guard_max_objects", int, 1_000_000, _positive),
         error_queue=sec.get("error_queue", str, "",
                             lambda v: None if not v or (v.startswith("/queue/") and _one_line(v) is None)
                             else "must be a /queue/... name (or empty)"),
@@ -674,7 +693,7 @@ def parse(text: str, file: str = "<config>") -> Settings:
         # stops "billion laughs" anchor bombs before they expand.
         data = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(file, "", None, f"is not valid YAML: {exc}") from None
+        raise ConfigError(file, "", None, f"is not valid YAML: {_yaml_problem(exc)}") from None
     except RecursionError:
         raise ConfigError(file, "", None, "nests lists or mappings too deeply") from None
     root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "inbound", "logging",
@@ -694,6 +713,15 @@ def parse(text: str, file: str = "<config>") -> Settings:
     return Settings(file=file, site=site, brokers=brokers, spool=spool, ocsp_pipe=pipe,
                     perfdata=perf, routes=routes, inbound=inbound, logging=log_settings,
                     daemon=daemon, metrics=metrics, signing=signing)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The YAML error without PyYAML's snippet of the file's text (it can show a password)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc).split("\n", 1)[0]
+    parts = [f"{text} (line {mark.line + 1}, column {mark.column + 1})" if mark else text
+             for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)) if text]
+    return "; ".join(parts) or type(exc).__name__
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Deque, Dict, Tuple
 
+from .display import printable
+
 
 # States in which a part is doing its job; anything else means it is held up.
 UP_STATES = ("connected", "subscribed", "reading", "writing", "waiting for results")
@@ -50,8 +52,9 @@ class Health:
             self._states[part] = state
 
     def error(self, text: str) -> None:
+        """Note an error for ``status`` (escaped and cut: it may quote remote text)."""
         with self._lock:
-            self._errors.append((time.time(), text))
+            self._errors.append((time.time(), printable(text, 1000)))
 
     def counter(self, name: str) -> int:
         with self._lock:
@@ -69,24 +72,39 @@ class Health:
 
 
 class RateLimitedLog:
-    """Logs a repeated problem once per ``interval`` with how often it happened since."""
+    """Logs a repeated problem once per ``interval``; what it held back is summed up, per key,
+    by the next line for that key or by ``flush`` once the interval is over, so every
+    occurrence is counted in the log even when the burst ends (call ``flush`` from a loop)."""
 
     def __init__(self, logger: logging.Logger, interval: float = 60.0):
         self.logger, self.interval = logger, interval
         self._lock = threading.Lock()
-        self._seen: Dict[str, Tuple[float, int]] = {}
+        # key -> (when last logged, held back since, level, the last text held back)
+        self._seen: Dict[str, Tuple[float, int, int, str]] = {}
 
     def __call__(self, level: int, key: str, text: str) -> None:
         now = time.monotonic()
         with self._lock:
-            last, suppressed = self._seen.get(key, (None, 0))
+            last, held, _, _ = self._seen.get(key, (None, 0, level, ""))
             if last is not None and now - last < self.interval:
-                self._seen[key] = (last, suppressed + 1)
+                self._seen[key] = (last, held + 1, level, text)
                 return
-            self._seen[key] = (now, 0)
-        if suppressed:
-            text = f"{text} (and {suppressed} more like it in the last {int(now - last)} s)"
+            self._seen[key] = (now, 0, level, "")
+        if held:
+            text = f"{text} (and {held} more like it in the last {int(now - last)} s)"
         self.logger.log(level, "%s", text)
+
+    def flush(self) -> None:
+        """Write the summary of every key whose interval is over with occurrences held back."""
+        now = time.monotonic()
+        due = []
+        with self._lock:
+            for key, (last, held, level, text) in self._seen.items():
+                if held and now - last >= self.interval:
+                    due.append((key, held, level, text, int(now - last)))
+                    self._seen[key] = (now, 0, level, "")
+        for key, held, level, text, seconds in due:
+            self.logger.log(level, "%d more like this (%s) in the last %d s; the last: %s", held, key, seconds, text)
 
 
 class Backoff:

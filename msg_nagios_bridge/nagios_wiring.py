@@ -9,7 +9,7 @@ import shlex
 from typing import List
 
 from .config import Settings
-from .formats import result_line
+from .formats import ocsp_record, result_line
 
 # The OCSP command puts every macro in single quotes. That is safe only if no
 # macro value can contain a single quote: Nagios strips these characters from
@@ -19,7 +19,8 @@ ILLEGAL_MACRO_OUTPUT_CHARS = "`~$&|'\"<>"
 
 
 def printf_command(tag: str, macros, fifo: str) -> str:
-    """A shell command writing one result line into ``fifo`` (one sh fork per check).
+    """A shell command writing one bare result line into ``fifo`` (one sh fork per check):
+    the format before ocsp_command, kept for tests and benchmarks that log results to a file.
 
     ``>>``, not ``>``: while the FIFO is missing the shell creates a regular file, which the
     bridge takes in at its next start; ``>`` would truncate it at every check, keeping one line.
@@ -27,6 +28,29 @@ def printf_command(tag: str, macros, fifo: str) -> str:
     fmt = "\\t".join(["%s"] * (1 + len(macros))) + "\\n"
     args = " ".join(f"'{value}'" for value in (tag,) + tuple(macros))
     return f"printf '{fmt}' {args} >> {shlex.quote(fifo)}"
+
+
+def ocsp_command(tag: str, macros, fifo: str, token_file: str) -> str:
+    """The OCSP/OCHP command: one framed record (formats/ocsp_record.py) into ``fifo``.
+
+    Still one ``sh`` and no other process: ``read``, ``printf``, ``$((...))`` and ``${#v}``
+    are builtins. Every macro goes into a variable so that the record's byte length can be
+    counted (``LC_ALL=C``: a bash as /bin/sh would count characters otherwise; dash counts
+    bytes anyway). In a Nagios command line ``$$`` is a ``$``, hence the doubled ones; there is
+    no ``;`` (it starts a comment in a Nagios object file) and no ``'`` but the quotes.
+    A missing token file leaves the token empty: the bridge refuses such records
+    (``ocsp-no-token``), it never takes a record it cannot check.
+    """
+    names = [f"v{index}" for index in range(len(macros))]
+    assign = " ".join(f"{name}='{macro}'" for name, macro in zip(names, macros))
+    # The result line: the tag, then one tab before each field.
+    fixed = len(tag) + len(macros)
+    length = "+".join([str(fixed)] + [f"$${{#{name}}}" for name in names])
+    fmt = "%s:%s %s\\t" + tag + "".join("\\t%s" for _ in macros) + "\\t%s:%s\\n"
+    values = " ".join(f'"$${name}"' for name in names)
+    # && and ||, not ';': a ';' starts a comment in a Nagios object file.
+    return (f"LC_ALL=C && read -r t < {shlex.quote(token_file)} || t= && {assign} && "
+            f"printf '{fmt}' \"$$t\" $$$$ $$(({length})) {values} \"$$t\" $$$$ >> {shlex.quote(fifo)}")
 
 
 def _define_command(name: str, line: str) -> List[str]:
@@ -42,11 +66,12 @@ def object_definitions(settings: Settings) -> str:
     hosts = wants_host_results(settings)
     if settings.ocsp_pipe.enabled:
         fifo = settings.ocsp_pipe.path
-        lines += _define_command("msg-bridge-ocsp", printf_command(
-            result_line.SERVICE_TAG, result_line.SERVICE_MACROS, fifo))
+        token_file = ocsp_record.token_path(settings.spool.directory)
+        lines += _define_command("msg-bridge-ocsp", ocsp_command(
+            result_line.SERVICE_TAG, result_line.SERVICE_MACROS, fifo, token_file))
         if hosts:
-            lines += _define_command("msg-bridge-ochp", printf_command(
-                result_line.HOST_TAG, result_line.HOST_MACROS, fifo))
+            lines += _define_command("msg-bridge-ochp", ocsp_command(
+                result_line.HOST_TAG, result_line.HOST_MACROS, fifo, token_file))
     perf = settings.perfdata
     if perf.enabled and perf.rotate_interval:
         for kind, path in (("service", perf.service_file), ("host", perf.host_file)):

@@ -28,6 +28,7 @@ import fnmatch
 import typing
 from typing import FrozenSet, Optional, Set, Tuple
 
+from .display import quoted as _show
 from .formats.inbound import Refused
 from .model import CheckResult
 
@@ -89,12 +90,6 @@ class Policy:
         object.__setattr__(self, "rules", tuple(self.rules))
         if self.known_objects is not None:
             object.__setattr__(self, "known_objects", frozenset(self.known_objects))
-
-
-def _show(value: object, limit: int = 80) -> str:
-    """A value for a log line: repr (one line, control characters visible), cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _matches(name: str, patterns: Tuple[str, ...]) -> bool:

@@ -19,6 +19,7 @@ from typing import Callable, List, Optional
 from . import config, logsetup, metrics, sdnotify
 from . import policy as policy_module
 from .echo import EchoGuard
+from .formats import ocsp_record
 from .health import Health
 from .nagios_wiring import wants_host_results
 from .routing import Router
@@ -83,7 +84,8 @@ class Bridge:
         os.makedirs(s.spool.directory, mode=0o700, exist_ok=True)
         if s.inbound.enabled:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
-            self.echo = EchoGuard(self.inbound_spool)
+            self.echo = EchoGuard(self.inbound_spool, max_objects=s.inbound.echo_guard_max_objects,
+                                  health=self.health)
             self.writer = NagiosWriter(s.inbound, self.inbound_spool, self.health, self.echo)
             self.writer.start()
         if s.outbound_enabled:
@@ -113,6 +115,8 @@ class Bridge:
                           inbound.objects_cache, exc.strerror)
                 self.health.error(f"objects cache: {exc}")
                 known = frozenset()
+        if self.echo is not None:
+            self.echo.known_objects = known      # only objects Nagios has can echo
         return policy_module.Policy(rules=inbound.rules, sender_header=inbound.sender_header,
                                     known_objects=known)
 
@@ -134,7 +138,8 @@ class Bridge:
         router = Router(s, is_echo=self.echo)
         if s.ocsp_pipe.enabled:
             intake = Intake("ocsp_pipe", router, self.spool, self.health, self.stopping)
-            self.sources.append(OcspPipeSource(s.ocsp_pipe, intake, self.health))
+            self.sources.append(OcspPipeSource(s.ocsp_pipe, intake, self.health,
+                                               ocsp_record.token_path(s.spool.directory)))
         if s.perfdata.enabled:
             paths = [s.perfdata.service_file]
             if wants_host_results(s):

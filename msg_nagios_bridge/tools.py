@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, TextIO
 
 from . import config, judgement
 from .broker import BrokerConnection
+from .display import printable, quoted
 from .model import InvalidResult
 from .sinks.nagios_writer import what_to_write
 from .model import CheckResult, Message, result_to_dict
@@ -39,8 +40,8 @@ def _when(epoch: float) -> str:
 def list_dead_letters(spool: Spool, out: TextIO, limit: int = 1000) -> int:
     letters = spool.dead_letters(limit)
     for letter in letters:
-        out.write(f"{letter.dead_id:6d}  {_when(letter.rejected_at)}  {letter.entry.message.destination[:60]:60s}  "
-                  f"{letter.reason[:120]}\n")
+        out.write(f"{letter.dead_id:6d}  {_when(letter.rejected_at)}  "
+                  f"{printable(letter.entry.message.destination, 60):60s}  {printable(letter.reason, 120)}\n")
     out.write(f"{len(letters)} dead letter(s)\n")
     return len(letters)
 
@@ -56,16 +57,12 @@ def show_dead_letter(spool: Spool, dead_id: int, out: TextIO) -> None:
     letter = _find(spool, dead_id)
     message = letter.entry.message
     out.write(f"dead letter {letter.dead_id}, refused {_when(letter.rejected_at)}\n")
-    out.write(f"reason: {letter.reason}\n")
-    out.write(f"destination: {message.destination}\nmessage id: {message.message_id}\n")
+    # Everything below but the id and the time came from outside: escaped (display.py).
+    out.write(f"reason: {printable(letter.reason)}\n")
+    out.write(f"destination: {printable(message.destination)}\nmessage id: {printable(message.message_id)}\n")
     for key, value in sorted(message.headers.items()):
-        out.write(f"header {key}: {value!r}\n")
-    try:
-        text = message.body.decode("utf-8")
-        printable = all(c.isprintable() or c in "\n\t" for c in text)
-    except UnicodeDecodeError:
-        printable = False
-    out.write("body:\n" + (text if printable else repr(message.body)) + "\n")
+        out.write(f"header {printable(key)}: {quoted(value, None)}\n")
+    out.write("body:\n" + printable(message.body, keep="\n\t") + "\n")
 
 
 def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Sequence[int], out: TextIO) -> int:

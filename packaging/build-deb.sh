@@ -42,11 +42,11 @@ trap 'rm -rf "$stage"' EXIT
 root="$stage/root"
 mkdir -p "$root"
 
-# --- the Python package: only the .py files (no caches, no egg-info) ---------------------------
+# --- the Python package: the .py files and the JSON Schema (no caches, no egg-info) -----------
 site="$root/usr/lib/python3/dist-packages"
 while IFS= read -r -d '' file; do
   install -D -m 0644 "$file" "$site/$file"
-done < <(find msg_nagios_bridge -name '*.py' -not -path '*/__pycache__/*' -print0 | sort -z)
+done < <(find msg_nagios_bridge \( -name '*.py' -o -name '*.schema.json' \) -not -path '*/__pycache__/*' -print0 | sort -z)
 [ -f "$site/msg_nagios_bridge/__main__.py" ] || die "msg_nagios_bridge/__main__.py missing"
 
 # A syntax check with the interpreter the package runs on, when it is here (no files written).

@@ -361,25 +361,16 @@ def _record_from_json(text: str) -> _Record:
     service = opt_text("service")
     record.is_host = service is None
     record.nagios_name = record.metric_name = service
-    attributes = data.get("attributes") or {}
+    attributes = data.get("attributes")
+    attributes = {} if attributes is None else attributes
     if not isinstance(attributes, dict):
         raise Refused("bad-field", "attributes must be an object")
     record.service_uri = opt_text("uri", attributes) or None
-    record.status = opt_text("status") or None
-    state = data.get("state")
-    if state is not None:
-        if isinstance(state, bool) or not isinstance(state, int):
-            raise Refused("bad-field", f"state {_show(state)} is not an integer")
-        record.state = state
-    if record.status is None and record.state is None:
-        raise Refused("missing-field", "neither status nor state is given")
-    epoch = data.get("epoch")
-    if epoch is not None:
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
-            raise Refused("bad-field", f"epoch {_show(epoch)} is not a number")
-        record.timestamp = float(epoch) if abs(epoch) < 2**53 else math.inf
+    record.status, record.state = _json_state(data)
+    if data.get("epoch") is not None:
+        record.timestamp = _json_time(data["epoch"], "epoch")
     elif data.get("timestamp") is not None:
-        record.timestamp = parse_timestamp(_text(data["timestamp"], "timestamp"))
+        record.timestamp = _json_time(data["timestamp"], "timestamp")
     else:
         raise Refused("missing-field", "neither epoch nor timestamp is given")
     record.output = opt_text("output") or ""
@@ -389,15 +380,57 @@ def _record_from_json(text: str) -> _Record:
         record.state_type = _state_type(_text(data["state_type"], "state_type"))
     attempt = data.get("attempt")
     if attempt is not None:
-        if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= 1000:
+        if not _is_integer(attempt) or not 1 <= attempt <= 1000:
             raise Refused("bad-field", f"attempt {_show(attempt)} is not an integer from 1 to 1000")
-        record.attempt = attempt
+        record.attempt = int(attempt)
     for field, key, source in (("site", "site", data), ("role", "role", data), ("vo", "vo", data),
                                ("gathered_at", "gathered_at", data), ("flavour", "flavour", attributes)):
         value = opt_text(key, source)
         if value:
             record.fields[field] = value
     return record
+
+
+def _json_state(data: Dict[str, Any]) -> Tuple[Optional[str], Optional[int]]:
+    """(status name, state number) from ``status`` and ``state``, each of which producers
+    write as a name (``"CRITICAL"``) or a number (2). Two names or two numbers must agree."""
+    names: List[str] = []
+    numbers: List[int] = []
+    for key in ("status", "state"):
+        value = data.get(key)
+        if value is None or value == "":
+            continue
+        if isinstance(value, str):
+            names.append(_text(value, key))
+        elif _is_integer(value):
+            numbers.append(int(value))
+        else:
+            raise Refused("bad-field", f"{key} {_show(value)} is neither a state name (OK, CRITICAL, UP, ...)"
+                                       f" nor a number")
+    if not names and not numbers:
+        raise Refused("missing-field", "neither status nor state is given")
+    if len(set(numbers)) > 1 or len({name.strip().upper() for name in names}) > 1:
+        raise Refused("bad-status", f"status {_show(data.get('status'))} and state {_show(data.get('state'))} disagree")
+    return (names[0] if names else None), (numbers[0] if numbers else None)
+
+
+def _is_integer(value: Any) -> bool:
+    """An integer as JSON (and JSON Schema) sees one: 2 or 2.0, never true/false."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _json_time(value: Any, key: str) -> float:
+    """Epoch seconds (a number, or digits as text) or ISO 8601 text, from field ``key``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if abs(value) < 2**53 else math.inf
+    if isinstance(value, str):
+        try:
+            return parse_timestamp(_text(value, key))
+        except Refused as exc:
+            raise Refused(exc.reason, f"{key}: {exc.message}; or give epoch seconds") from None
+    raise Refused("bad-field", f"{key} {_show(value)} is neither epoch seconds nor an ISO 8601 time")
 
 
 # -- record -> CheckResult -----------------------------------------------------
@@ -548,12 +581,26 @@ def _result(record: _Record, headers: typing.Mapping[str, str], mapping: Mapping
         raise Refused("invalid-result", str(e)) from None
 
 
+def _is_json(headers: typing.Mapping[str, str], start: str) -> bool:
+    """The format: ``content-type`` decides when it names one (``application/json`` or a
+    ``+json`` type: JSON; ``text/plain``: WLCG metric output); otherwise a body starting with
+    ``{`` or ``[`` is JSON. A forged content-type cannot turn a signed body into another
+    result: no text is both a JSON document and a record ending in an EOT line."""
+    content_type = headers.get("content-type", "") if hasattr(headers, "get") else ""
+    kind = content_type.split(";", 1)[0].strip().lower() if isinstance(content_type, str) else ""
+    if kind == "application/json" or kind.endswith("+json"):
+        return True
+    if kind == "text/plain":
+        return False
+    return start[0] in "{["
+
+
 def decode(headers: typing.Mapping[str, str], body: bytes, mapping: Mapping = Mapping(),
            now: Optional[float] = None) -> CheckResult:
     """Turn one inbound message into a CheckResult, or raise Refused.
 
-    JSON when the body starts with ``{`` or ``[`` after blanks, else WLCG
-    metric output. ``now`` (epoch seconds; default: the clock) bounds the
+    The format is JSON or WLCG metric output as ``content-type`` says, else JSON
+    when the body starts with ``{`` or ``[`` after blanks. ``now`` (epoch seconds; default: the clock) bounds the
     message time: refused before 2000 or more than a day ahead of ``now``.
     """
     if now is None:
@@ -579,7 +626,7 @@ def decode(headers: typing.Mapping[str, str], body: bytes, mapping: Mapping = Ma
     if not start:
         raise Refused("empty", "body is empty")
     try:
-        if start[0] in "{[":
+        if _is_json(headers, start):
             record = _record_from_json(text)
         else:
             record = _record_from_wlcg(text)

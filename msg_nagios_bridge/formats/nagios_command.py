@@ -16,8 +16,10 @@ The text is ``output`` + ``|perfdata`` + ``\\n long output``, then made safe:
 1. perfdata is one line by definition: CR/LF in it become spaces (they would
    otherwise move perfdata into the long output).
 2. ``\\r\\n`` becomes ``\\n`` (a CRLF line end is a line end).
-3. Every other control character -- lone CR, TAB, NUL, ESC, DEL, C1 -- becomes a
-   space, and a lone surrogate becomes U+FFFD. Why a space and not an escape:
+3. TAB is kept: plugins print tables with it, and it is harmless in a command
+   line, in a check result file and in status.dat. Every other control
+   character -- lone CR, NUL, ESC, DEL, C1 -- becomes a space, and a lone
+   surrogate becomes U+FFFD. Why a space and not an escape:
    Nagios un-escapes only ``\\\\`` and ``\\n``; any other ``\\x`` would show as
    literal text, indistinguishable from a plugin that printed a backslash, and a
    raw one is worse (NUL silently cuts the C string, CR and ESC play games with
@@ -50,8 +52,8 @@ COMMANDS = (SERVICE_COMMAND, HOST_COMMAND)
 
 TRUNCATION_MARKER = " [truncated by msg-nagios-bridge: {n} bytes cut]"
 
-# Control characters that must not survive in text (newline is escaped instead).
-_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# Control characters that must not survive in text (newline is escaped instead; TAB is kept).
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _LINE = re.compile(r"\[(\d+)\] ([A-Z_]+);([^\n]*)\n?")
 
@@ -208,6 +210,28 @@ def marker(cut_bytes: int) -> str:
     return TRUNCATION_MARKER.format(n=cut_bytes)
 
 
+_MARKER = re.compile(re.escape(TRUNCATION_MARKER).replace(r"\{n\}", r"(\d{1,20})"))
+
+
+def _markers(text: str) -> Tuple[int, int]:
+    """(bytes the markers in ``text`` say were cut, bytes the markers themselves take)."""
+    said = taken = 0
+    for match in _MARKER.finditer(text):
+        said += int(match.group(1))
+        taken += len(match.group(0).encode("utf-8"))
+    return said, taken
+
+
+def _true_cut(full: str, kept: str) -> int:
+    """Bytes of the original text missing when ``full`` is cut down to ``kept``: what is
+    dropped now, less the markers dropped with it, plus what those markers said an earlier
+    cut (the decoder's max_output_bytes) had dropped already."""
+    said_full, taken_full = _markers(full)
+    said_kept, taken_kept = _markers(kept)
+    dropped = len(full.encode("utf-8")) - len(kept.encode("utf-8"))
+    return dropped - (taken_full - taken_kept) + (said_full - said_kept)
+
+
 def truncate_to_fit(result: CheckResult, now: int, limit: int = PIPE_BUF) -> str:
     """A command line of at most ``limit`` bytes; cut text is marked visibly.
 
@@ -215,7 +239,8 @@ def truncate_to_fit(result: CheckResult, now: int, limit: int = PIPE_BUF) -> str
     text in this order: the end of the long output (marker at the cut), then
     the long output and trailing perfdata items (perfdata is only ever cut
     between items; the marker goes after the output), then the end of the
-    output itself. ``N`` in the marker counts UTF-8 bytes of unescaped text.
+    output itself. ``N`` in the marker counts UTF-8 bytes of unescaped text,
+    of the original: a marker of an earlier cut that goes now adds its count.
     Raises CommandRefused if even the names and the marker do not fit.
     """
     prefix = _prefix(result, now)
@@ -225,9 +250,9 @@ def truncate_to_fit(result: CheckResult, now: int, limit: int = PIPE_BUF) -> str
     if _cost(full) <= budget:
         text = full
     else:
-        full_bytes = len(full.encode("utf-8"))
-        # Upper bound for the marker: N never has more digits than the whole text.
-        room = budget - _cost(marker(full_bytes))
+        # Upper bound for the marker: N never has more digits than the whole text and the
+        # earlier cuts together.
+        room = budget - _cost(marker(len(full.encode("utf-8")) + _markers(full)[0]))
         if room < 0:
             raise CommandRefused(f"a {limit}-byte line cannot hold the names and a truncation marker")
         head = _compose(output, perfdata, "")
@@ -235,7 +260,7 @@ def truncate_to_fit(result: CheckResult, now: int, limit: int = PIPE_BUF) -> str
         if long_output and _cost(head) + newline <= room:
             kept = _cut(long_output, room - _cost(head) - newline).rstrip("\n")
             body = head + "\n" + kept
-            mark = marker(full_bytes - len(body.encode("utf-8")))
+            mark = marker(_true_cut(full, body))
             text = body + (mark if kept else mark.lstrip())
         elif _cost(output) <= room:
             items: List[str] = []
@@ -244,11 +269,10 @@ def truncate_to_fit(result: CheckResult, now: int, limit: int = PIPE_BUF) -> str
                     break
                 items.append(item)
             kept_perf = " ".join(items).strip()
-            kept_bytes = len(_compose(output, kept_perf, "").encode("utf-8"))
-            text = output + marker(full_bytes - kept_bytes) + ("|" + kept_perf if kept_perf else "")
+            text = output + marker(_true_cut(full, _compose(output, kept_perf, ""))) + ("|" + kept_perf if kept_perf else "")
         else:
             kept = _cut(output, room)
-            text = kept + marker(full_bytes - len(kept.encode("utf-8")))
+            text = kept + marker(_true_cut(full, kept))
     line = prefix + escape(text) + "\n"
     _assert_one_line(line)
     if len(line.encode("utf-8")) > limit:

@@ -1,7 +1,7 @@
 """The one-line text form in which Nagios hands results to the bridge.
 
 Both outbound sources use it: the OCSP/OCHP command ``printf``s it into the
-bridge's FIFO, and the core writes it into the perfdata files through
+bridge's FIFO, framed (formats/ocsp_record.py), and the core writes it into the perfdata files through
 ``service_perfdata_file_template`` / ``host_perfdata_file_template``. One
 format means one parser and one set of tests for both paths.
 
@@ -16,13 +16,14 @@ the bridge itself injected must not be published again).
 ``flavour``, ``uri`` and ``publish`` come from the custom variables
 ``_MSG_FLAVOUR``, ``_MSG_URI`` and ``_MSG_PUBLISH``; Nagios writes an
 undefined one as the macro's own text, which the parser reads as "not set".
-Nagios writes newlines in long output as the two characters ``\\n``; the
-parser turns them back into newlines. The free-text fields come last, so a
-stray tab inside plugin text can only shift text between output, perfdata and
+Nagios escapes long output (escape_newlines: a backslash becomes two, a
+newline the two characters ``\\n``); the parser undoes exactly that. The
+free-text fields come last, so a stray tab inside plugin text can only shift text between output, perfdata and
 long output; it can never move a value into a fixed field such as the state.
 """
 from __future__ import annotations
 
+import re
 from typing import List
 
 from ..model import CheckResult, InvalidResult
@@ -61,8 +62,19 @@ def host_template() -> str:
     return template(HOST_TAG, HOST_MACROS)
 
 
+_NAGIOS_ESCAPE = re.compile(r"\\(\\|n)")
+
+
 def _unescape_long_output(text: str) -> str:
-    return text.replace("\\n", "\n").strip("\n")
+    """Undo Nagios's escape_newlines (backslash -> two backslashes, newline -> backslash n),
+    in one pass: ``C:\\\\new`` is ``C:\\new``, not ``C:`` + a line break + ``ew``. A backslash
+    before anything else (which escape_newlines never writes) is kept as it is."""
+    return _NAGIOS_ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else "\\", text).strip("\n")
+
+
+def nagios_escape(text: str) -> str:
+    """What Nagios's escape_newlines makes of long output (for tests and ``format_line``)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _attributes(check_type: str, flavour: str, uri: str, publish: str) -> dict:
@@ -133,6 +145,6 @@ def format_line(result: CheckResult) -> str:
     fields = [SERVICE_TAG if result.service is not None else HOST_TAG] + common + [
         str(result.state), result.state_type, str(result.attempt), attrs.get("check_type", ""),
         attrs.get("flavour", ""), attrs.get("uri", ""), attrs.get("publish", ""),
-        result.output, result.perfdata, result.long_output.replace("\n", "\\n"),
+        result.output, result.perfdata, nagios_escape(result.long_output),
     ]
     return "\t".join(fields)

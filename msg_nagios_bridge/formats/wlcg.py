@@ -4,10 +4,28 @@ One record per message. ``detailsData`` is the only multi-line field and comes
 last. The parser takes the final ``EOT`` line as the end, so an ``EOT`` line
 inside detailsData (which broke older parsers) is just text; unknown keys are
 kept, not refused.
+
+**EOT inside a value is escaped, not refused** (dot-stuffing, as SMTP does with
+its ``.`` line). Downstream consumers read up to the first ``EOT`` line, so
+plugin long output holding ``EOT`` and then ``siteName: OTHER ...`` would be
+read there as a second, forged record (signed as ours when signing is on). The
+format has no escape of its own, so ``encode`` adds one dot: every line of a
+value (but its first, which follows ``key: ``) that, after leading blanks,
+starts with ``EOT`` (any case) after zero or more dots gets one more dot before
+them: ``EOT`` is sent as ``.EOT``, ``  eot x`` as ``  .eot x``, ``.EOT`` as
+``..EOT``. A consumer that knows
+nothing of it sees the text, recognisable, one dot longer; ``decode`` removes
+the dot again, so our own round trip is exact. "Line" counts every line break
+some reader splits on (``\n``, ``\r``, VT, FF, FS/GS/RS, NEL, U+2028/2029) and
+"blanks" everything some reader strips (Python's ``strip``, Java's ``trim``),
+so no reader finds an ``EOT`` line before ours. (A record from another sender
+with a ``.EOT`` line in detailsData loses that one dot on the way in.)
 """
 from __future__ import annotations
 
 import calendar
+import re
+import sys
 import time
 from typing import Dict, Mapping
 
@@ -19,6 +37,36 @@ _HOST_STATUS = ("OK", "CRITICAL", "UNKNOWN")
 _SERVICE_STATUS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # str.splitlines()
+_SEGMENTS = re.compile(f"([{_LINE_BREAKS}])")
+_BLANKS = "".join(chr(c) for c in range(sys.maxunicode + 1) if c <= 0x20 or chr(c).isspace())
+_EOT_START = re.compile(r"\.*eot", re.IGNORECASE)
+_ESCAPED_EOT_START = re.compile(r"\.+eot", re.IGNORECASE)
+
+
+def _restuff(text: str, pattern: "re.Pattern[str]", change) -> str:
+    if "eot" not in text.lower():
+        return text                                   # nearly always: nothing to do
+    parts = _SEGMENTS.split(text)                     # lines at even indexes, breaks between
+    # Not the first: it follows "key: " on its line (a host "eotvos.example.org" stays as it is).
+    for index in range(2, len(parts), 2):
+        line = parts[index]
+        rest = line.lstrip(_BLANKS)
+        if pattern.match(rest):
+            parts[index] = line[:len(line) - len(rest)] + change(rest)
+    return "".join(parts)
+
+
+def escape_eot(text: str) -> str:
+    """``text`` with one dot added before every line start ``(blanks)(dots)EOT`` but the first."""
+    return _restuff(text, _EOT_START, lambda rest: "." + rest)
+
+
+def unescape_eot(text: str) -> str:
+    """The inverse of escape_eot: one dot taken from every line start ``(blanks).(dots)EOT``."""
+    return _restuff(text, _ESCAPED_EOT_START, lambda rest: rest[1:])
 
 
 class BadMessage(ValueError):
@@ -69,9 +117,9 @@ def encode(result: CheckResult, fields: Mapping[str, str]) -> str:
     for key, value in record.items():
         if "\n" in value or "\r" in value:
             raise InvalidResult(f"metric-output field {key} would span lines: {value[:60]!r}")
-        lines.append(f"{key}: {value}")
+        lines.append(f"{key}: {escape_eot(value)}")
     if result.long_output:
-        lines.append("detailsData: " + result.long_output)
+        lines.append("detailsData: " + escape_eot(result.long_output))
     lines.append("EOT")
     return "\n".join(lines) + "\n"
 
@@ -80,7 +128,8 @@ def decode(body: str) -> Dict[str, str]:
     """Parse one record into a dict of its keys (``detailsData`` may span lines).
 
     Raises BadMessage when the text does not end with ``EOT``, a line before
-    detailsData is not ``key: value``, or a key repeats.
+    detailsData is not ``key: value``, or a key repeats. Values are unescaped
+    (unescape_eot).
     """
     text = body.replace("\r\n", "\n").rstrip("\n")
     lines = text.split("\n")
@@ -99,7 +148,7 @@ def decode(body: str) -> Dict[str, str]:
             raise BadMessage(f"key {key!r} appears twice")
         if key == "detailsData":
             rest = "\n".join([value[1:] if value.startswith(" ") else value] + lines[index + 1:])
-            record[key] = rest
+            record[key] = unescape_eot(rest)
             break
-        record[key] = value.strip()
+        record[key] = unescape_eot(value.strip())
     return record

@@ -32,6 +32,7 @@ from stomp.exception import StompException
 from ..broker import BrokerConnection
 from ..config import BrokerSettings
 from ..health import Backoff, Health, RateLimitedLog
+from ..display import printable
 from ..spool import Spool, SpoolEntry, SpoolError
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,8 @@ class Publisher(threading.Thread):
         closing (ActiveMQ reads the rest of an oversize frame as more frames, each one
         an ERROR) is about no message of ours: abandon it.
         """
-        reason = f"{headers.get('message', 'broker error')} {body.strip()[:300]}".strip()
+        # The broker's text (which may quote our headers) goes into logs, status and dead letters.
+        reason = printable(f"{headers.get('message', 'broker error')} {body.strip()[:300]}".strip(), 400)
         self.health.error(f"broker refused: {reason}")
         self.health.add("broker_errors")
         if item is not None and len(item[0]) == 1:

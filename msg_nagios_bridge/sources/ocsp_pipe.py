@@ -20,13 +20,17 @@ FIFO, costing one ``sh`` fork per check and no Python start-up.
   last process that had it open goes away.
 * The FIFO is enlarged to 1 MiB where the kernel allows (about 3,000 results
   wait in it while the bridge restarts, instead of about 200).
-* A line longer than PIPE_BUF (4096 bytes) may be interleaved with another
-  writer's line; the parser detects that and dead-letters the mix. Results
-  with big outputs belong on the perfdata source, which has no such limit.
+* Each result comes framed (formats/ocsp_record.py): a secret token kept in
+  ``ocsp.token`` in the spool directory, the writer's pid and the length. A
+  record over PIPE_BUF (4096 bytes) may be cut by another writer's bytes; such
+  a record never passes, whatever the plugin printed, and is dead-lettered
+  (``ocsp-split``), while the whole records around it are taken. Results with
+  big outputs belong on the perfdata source, which has no such limit.
 """
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -42,6 +46,8 @@ import time
 from typing import List
 
 from ..config import OcspPipeSettings
+from ..display import printable
+from ..formats import ocsp_record
 from ..health import Health
 from .intake import Intake
 
@@ -115,20 +121,80 @@ def recovered_files(path: str) -> List[str]:
 
 def _apply_mode(settings: OcspPipeSettings) -> None:
     if settings.group:
-        try:
-            gid = grp.getgrnam(settings.group).gr_gid
-        except KeyError:
-            raise FifoError(f"group {settings.group!r} (sources.ocsp_pipe.group) does not exist") from None
-        os.chown(settings.path, -1, gid, follow_symlinks=False)
+        os.chown(settings.path, -1, _gid(settings.group), follow_symlinks=False)
     os.chmod(settings.path, settings.mode)
 
 
+def load_token(path: str, group: str = "") -> bytes:
+    """The OCSP record token in ``path``, made (32 random letters, mode 0640, ``group``) if
+    missing. It stays across restarts: records waiting in the FIFO carry it. Refuses a file
+    that is not a regular file of ours, that others may read, or that holds no token."""
+    if not os.path.lexists(path):
+        # Written whole under another name, then linked into place: a crash leaves no empty file.
+        temporary = f"{path}.new.{os.getpid()}"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+            try:
+                os.fchmod(fd, 0o640)                 # whatever the umask
+                if group:
+                    os.fchown(fd, -1, _gid(group))
+                os.write(fd, (ocsp_record.new_token() + "\n").encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(temporary, path)
+                _fsync_directory(os.path.dirname(path) or ".")
+                log.info("made a new OCSP record token in %s", path)
+            except FileExistsError:
+                pass                                 # made meanwhile: use that one
+        except OSError as exc:
+            raise FifoError(f"cannot create the OCSP token file {path}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise FifoError(f"cannot read the OCSP token file {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o007:
+            raise FifoError(f"{path} must be a regular file of uid {os.geteuid()} that others cannot read"
+                            f" (mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid})")
+        text = os.read(fd, 4096).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not ocsp_record.is_token(text):
+        raise FifoError(f"{path} holds no OCSP record token (32 letters): remove it, the bridge makes a new"
+                        " one at its next start (and records still waiting with the old one are refused)")
+    return text.encode("ascii")
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _gid(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise FifoError(f"group {group!r} (sources.ocsp_pipe.group) does not exist") from None
+
+
 class OcspPipeSource(threading.Thread):
-    def __init__(self, settings: OcspPipeSettings, intake: Intake, health: Health):
+    def __init__(self, settings: OcspPipeSettings, intake: Intake, health: Health, token_file: str):
+        """``token_file``: where the OCSP record token is kept (ocsp_record.token_path)."""
         super().__init__(name="ocsp-pipe", daemon=True)
         self.settings = settings
         self.intake = intake
         self.health = health
+        self.token_file = token_file
+        self.token = b""
         self.stopping = intake.stopping
         self.ready = threading.Event()
         self.failure = None
@@ -136,6 +202,7 @@ class OcspPipeSource(threading.Thread):
     def run(self) -> None:
         fd = -1
         try:
+            self.token = load_token(self.token_file, self.settings.group)
             recovered = prepare_fifo(self.settings)
             fd = os.open(self.settings.path, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
@@ -153,7 +220,7 @@ class OcspPipeSource(threading.Thread):
             self.failure = str(exc)
             self.health.set_state("ocsp_pipe", f"failed: {exc}")
             self.health.error(f"ocsp_pipe: {exc}")
-            log.error("OCSP pipe source cannot start: %s", exc)
+            log.error("OCSP pipe source cannot start: %s", printable(exc))
             self.ready.set()
             return
         self.health.set_state("ocsp_pipe", "reading")
@@ -186,11 +253,11 @@ class OcspPipeSource(threading.Thread):
                     rest = b""
                 too_long = [line for line in lines if len(line) > limit]
                 for line in too_long:
-                    self.intake.dead_letter(line[:limit], f"line longer than {limit} bytes in {name}")
-                if not self.intake.spool_lines([line for line in lines if len(line) <= limit]):
+                    self.intake.dead_letter(self._redacted(line[:limit]), f"line longer than {limit} bytes in {name}")
+                if not self.intake.spool_lines(self._records([line for line in lines if len(line) <= limit])):
                     return False
             if rest:
-                self.intake.dead_letter(rest, f"incomplete last line in {name}")
+                self.intake.dead_letter(self._redacted(rest), f"incomplete last line in {name}")
         finally:
             os.close(fd)
         os.unlink(name)
@@ -222,20 +289,37 @@ class OcspPipeSource(threading.Thread):
                 if len(data) < limit and room.poll(0) and _waiting(fd) <= len(data):
                     self.stopping.wait(PARTIAL_WAIT)
                     continue
-                self.intake.dead_letter(data, f"line longer than {min(limit, len(data))} bytes"
-                                              f" (what the FIFO can show at once: {peek.capacity} bytes)")
+                self.intake.dead_letter(self._redacted(data), f"line longer than {min(limit, len(data))} bytes"
+                                        f" (what the FIFO can show at once: {peek.capacity} bytes)")
                 peek.consume(len(data))
                 skipping = True
                 continue
             lines: List[bytes] = []
             for line in data[:end].split(b"\n")[:-1]:
                 if len(line) > limit:
-                    self.intake.dead_letter(line, f"line longer than {limit} bytes")
+                    self.intake.dead_letter(self._redacted(line), f"line longer than {limit} bytes")
                 else:
                     lines.append(line)
-            if lines and not self.intake.spool_lines(lines):
+            if lines and not self.intake.spool_lines(self._records(lines)):
                 return                              # stopping: the lines stay in the FIFO
             peek.consume(end)
+
+    def _records(self, lines: List[bytes]) -> List[bytes]:
+        """The result lines of the genuine records on ``lines``; the rest is dead-lettered.
+        (A crash after this re-reads the lines: the dead letters' ids are their hashes.)"""
+        results: List[bytes] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            taken, rejected = ocsp_record.unwrap(line, self.token)
+            results.extend(taken)
+            for part, reason in rejected:
+                self.health.add("ocsp_refused_records")
+                self.intake.dead_letter(part, reason)
+        return results
+
+    def _redacted(self, data: bytes) -> bytes:
+        return data.replace(self.token, b"<token>") if self.token else data
 
 
 def _waiting(fd: int) -> int:

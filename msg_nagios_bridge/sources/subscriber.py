@@ -68,6 +68,7 @@ class Subscriber(threading.Thread):
                 self.broker.events.wakeup.wait(0.2)
                 self.broker.events.wakeup.clear()
                 self._handle(self._take_messages())
+                self._refusal_log.flush()
                 if self.broker.events.lost:
                     self._lost("disconnected by the broker or heartbeat timeout")
             except SpoolError as exc:

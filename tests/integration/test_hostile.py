@@ -20,11 +20,23 @@ GENERATED = {
     "ten-megabyte-body": ("metricName: x\ndetailsData: " + "A" * (10 << 20) + "\nEOT\n").encode(),
     "deep-json": b"[" * 100_000 + b"]" * 100_000,
     "huge-json-array": b'{"host": "h", "x": [' + b"1," * 400_000 + b"1]}",
+    # Regression: the decoder's nesting pre-check was quadratic on this; 1 MiB took about an hour.
+    "json-unterminated-escaped-quotes": b'{"host": "' + b'\\"' * 500_000,
+}
+# Hostile headers (the judgement refuses them before any other work). ActiveMQ itself refuses a
+# header line over 10 KiB ("The maximum header length was exceeded") and more than 1,000 headers.
+GENERATED_HEADERS = {
+    "header-flood": {f"h{i}": "v" for i in range(500)},
+    "many-long-headers": {f"h{i}": "v" * 9_000 for i in range(200)},
 }
 
 
 def corpus():
-    for line in CORPUS.read_text().splitlines():
+    """The cases, their 2024 check times moved to a minute ago (the bridge refuses results
+    older than inbound.policy.max_age)."""
+    recent = time.time() - 60
+    stamp, epoch = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(recent)), str(int(recent))
+    for line in CORPUS.read_text().replace("2024-01-01T00:00:00Z", stamp).replace("1704067200", epoch).splitlines():
         case = json.loads(line)
         body = case["body"].encode() if "body" in case else case["body_latin1"].encode("latin-1")
         yield case["name"], body, case.get("headers") or {}
@@ -45,12 +57,13 @@ def test_every_hostile_message_is_refused_or_becomes_one_passive_result(activemq
         mapping="mapping: {max_body_bytes: 1048576}"))
     bridge.start()
     cases = list(corpus()) + [(name, body, {}) for name, body in GENERATED.items()]
+    cases += [(name, next(corpus())[1], headers) for name, headers in GENERATED_HEADERS.items()]
     for _, body, headers in cases:
         publish(activemq.stomp_address, QUEUE, body, headers={"nagios_host": "remote", **headers})
     deadline = time.time() + 60
     while time.time() < deadline:
         counters = bridge.status().get("counters", {})
-        handled = counters.get("received", 0) + counters.get("refused", 0) + counters.get("duplicates", 0)
+        handled = sum(counters.get(name, 0) for name in ("received", "refused", "duplicates", "stale"))
         if handled >= len(cases):
             break
         time.sleep(0.5)

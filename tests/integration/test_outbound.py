@@ -8,7 +8,7 @@ import time
 import pytest
 
 from msg_nagios_bridge import config
-from msg_nagios_bridge.formats import result_line, wlcg
+from msg_nagios_bridge.formats import ocsp_record, result_line, wlcg
 from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
 from tests.sandbox.bridge import bridge_config
@@ -34,6 +34,12 @@ def result_lines(count, prefix="svc"):
     return [result_line.format_line(CheckResult(
         host="wn%03d.example.org" % (i % 100), service=f"{prefix}-{i}", state=i % 4,
         output=f"result {i}", timestamp=now, perfdata=f"value={i}")) + "\n" for i in range(count)]
+
+
+def framed(bridge, lines):
+    """``lines`` as the OCSP command writes them into the bridge's FIFO (formats/ocsp_record.py)."""
+    token = (bridge.workdir / "spool" / ocsp_record.TOKEN_FILE_NAME).read_text().strip()
+    return [ocsp_record.frame(line.rstrip("\n").encode(), token, pid).decode() for pid, line in enumerate(lines, 2)]
 
 
 def expected_ids(lines):
@@ -128,7 +134,7 @@ def test_an_ocsp_writer_waiting_while_the_bridge_restarts_is_delivered(tmp_path,
     assert bridge.stop() == 0
     assert fifo.exists(), "the FIFO must stay so Nagios's writers wait instead of creating a file"
     lines = result_lines(3)
-    writers = [subprocess.Popen(["sh", "-c", f"printf '%s' '{line}' > {fifo}"]) for line in lines]
+    writers = [subprocess.Popen(["sh", "-c", f"printf '%s' '{record}' > {fifo}"]) for record in framed(bridge, lines)]
     time.sleep(0.5)
     assert all(w.poll() is None for w in writers), "writers should be waiting for a reader"
     bridge.start(wait_for=fifo)
@@ -142,10 +148,11 @@ def test_partial_and_garbage_lines_on_the_pipe(tmp_path, activemq, stomp_probe_f
     fifo = bridge.workdir / "ocsp.fifo"
     bridge.start(wait_for=fifo)
     good = result_lines(2)
+    records = framed(bridge, good)
     fd = os.open(fifo, os.O_WRONLY)
-    os.write(fd, good[0][:10].encode())          # a line in two writes
+    os.write(fd, records[0][:10].encode())          # a line in two writes
     time.sleep(0.3)
-    os.write(fd, good[0][10:].encode() + b"this is not a result\n\xff\xfe\n" + good[1].encode())
+    os.write(fd, records[0][10:].encode() + b"this is not a result\n\xff\xfe\n" + records[1].encode())
     os.close(fd)
     assert set(wait_for_ids(probe, expected_ids(good), timeout=15)) == expected_ids(good), bridge.log_text()
     deadline = time.time() + 10

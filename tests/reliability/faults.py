@@ -38,7 +38,7 @@ import stomp
 from msg_nagios_bridge.formats import result_line, wlcg
 from msg_nagios_bridge.model import CheckResult
 from tests.sandbox.activemq import ActiveMQ
-from tests.sandbox.bridge import Bridge, bridge_config, inbound_config
+from tests.sandbox.bridge import Bridge, bridge_config, inbound_config, ocsp_records
 from tests.sandbox.nagios import Nagios, passive_service
 from tests.sandbox.ports import wait_until
 
@@ -249,8 +249,7 @@ def write_to_fifo(path: Path):
         fd = os.open(path, os.O_WRONLY)
         try:
             chunk = b""
-            for line in lines:
-                data = line.encode()
+            for data in ocsp_records(path, lines):
                 if len(chunk) + len(data) > PIPE_BUF:
                     os.write(fd, chunk)
                     chunk = b""

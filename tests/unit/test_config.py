@@ -212,3 +212,27 @@ def test_the_shipped_nagios_snippet_matches_what_nagios_config_prints():
     assert object_definitions(settings) in snippet
     assert main_config_lines(settings) in snippet
     assert "check_msg_bridge" in snippet
+
+
+@pytest.mark.parametrize("text", [
+    MINIMAL.replace("hosts:", "password: 12345, hosts:"),              # a number: was echoed
+    MINIMAL.replace("hosts:", "password: [12345], hosts:"),
+    MINIMAL.replace("hosts:", "password: {x: 12345}, hosts:"),
+    MINIMAL + "brokers2: {tls: {key_password: 12345}}\n",
+    MINIMAL.replace("hosts:", "tls: {key_password: 12345}, hosts:"),
+    MINIMAL.replace("hosts:", "tls: {key_password: 12345.5}, hosts:"),
+    MINIMAL.replace("hosts:", "tls: [{key_password: '12345'}], hosts:"),
+    MINIMAL.replace("/tmp/spool}", "/tmp/spool, db_password: '12345'}"),   # unknown *_password key
+    MINIMAL + "brokers:\n  password: '12345\n",                            # YAML error snippets
+    MINIMAL.replace("hosts:", "password: 12345: x, hosts:"),
+])
+def test_a_numeric_password_is_not_echoed_by_a_config_error(text):
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(text, "bridge.yaml")
+    assert "12345" not in str(caught.value)
+
+
+def test_a_secret_key_still_names_file_and_key():
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(MINIMAL.replace("hosts:", "password: 12345, hosts:"), "bridge.yaml")
+    assert str(caught.value) == "bridge.yaml: brokers.password = (secret, not shown): must be text"

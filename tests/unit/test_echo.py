@@ -1,6 +1,7 @@
 """The echo guard against a real spool file: what it saves, what a restart keeps."""
 import json
 import sqlite3
+import time
 from contextlib import closing
 
 from msg_nagios_bridge.echo import EchoGuard
@@ -119,3 +120,48 @@ def test_operator_tools_leave_a_version_1_spool_to_the_daemon(tmp_path):
         assert db.execute("PRAGMA user_version").fetchone()[0] == 1
     with Spool(path) as daemon:
         assert daemon.load_marks("echo", since=0) == {"ce01\tCE-JobSubmit": NOW}
+
+
+RECENT = time.time() - 3600       # the guard's lookups use the clock: a time within its ttl
+
+
+def test_the_echo_guard_does_not_grow_with_every_name_a_star_sender_invents(tmp_path):
+    """Regression (issue 12): every object name a '*' sender invented stayed in the guard (memory
+    and spool rows) for 7 days, without limit. Now at most max_objects: the least recently
+    injected are forgotten first, in memory and in the spool, and the newest batch is kept."""
+    from msg_nagios_bridge.health import Health
+    path = str(tmp_path / "inbound.sqlite")
+    health = Health()
+    with Spool(path) as spool:
+        guard = EchoGuard(spool, max_objects=1000, health=health)
+        guard.about_to_inject([passive("real")], now=RECENT)
+        for batch in range(30):                          # 30 batches of 100 invented names
+            guard.about_to_inject([passive(f"invented-{batch}-{i}") for i in range(100)], now=RECENT + 1 + batch)
+            assert len(guard) <= 1000 and saved_rows(path) <= 1000
+        assert guard(passive("invented-29-99")) and not guard(passive("real"))
+        assert not guard(passive("invented-0-0"))
+        assert health.counter("echo_guard_evicted") == 3001 - len(guard)
+        guard.about_to_inject([passive("real")], now=RECENT + 100)     # injected again: noted again
+        assert guard(passive("real"))
+    with Spool(path) as spool:
+        smaller = EchoGuard(spool, max_objects=200)      # a lower limit applies at the next start
+        assert len(smaller) <= 200 and smaller(passive("real"))
+    assert saved_rows(path) <= 200
+
+
+def test_a_batch_bigger_than_the_limit_is_kept_whole(tmp_path):
+    with Spool(str(tmp_path / "inbound.sqlite")) as spool:
+        guard = EchoGuard(spool, max_objects=10)
+        guard.about_to_inject([passive(f"old{i}") for i in range(5)], now=RECENT)
+        guard.about_to_inject([passive(f"h{i}") for i in range(50)], now=RECENT + 1)
+        assert len(guard) == 50 and all(guard(passive(f"h{i}")) for i in range(50))
+
+
+def test_with_known_objects_only_objects_nagios_defines_are_remembered(tmp_path):
+    with Spool(str(tmp_path / "inbound.sqlite")) as spool:
+        guard = EchoGuard(spool)
+        guard.known_objects = frozenset({("real", "s"), ("host-only", None)})
+        assert guard.about_to_inject([passive("real"), passive("invented"),
+                                      CheckResult(host="host-only", service=None, state=0,
+                                                  attributes={"check_type": "PASSIVE"})], now=RECENT) == 2
+        assert guard(passive("real")) and not guard(passive("invented")) and len(guard) == 2

@@ -1,9 +1,10 @@
 """Message formats: golden files pin the exact text; parsers survive odd input."""
+import dataclasses
 import json
 import pathlib
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from msg_nagios_bridge.formats import json as json_format
 from msg_nagios_bridge.formats import result_line, wlcg
@@ -40,10 +41,77 @@ def test_json_service_result_matches_golden_file():
 
 def test_wlcg_decode_takes_the_last_eot_and_keeps_eot_lines_inside_details():
     record = wlcg.decode(wlcg.encode(SERVICE_RESULT, FIELDS))
-    assert record["detailsData"] == "line one\nEOT\nline three"
+    assert record["detailsData"] == "line one\nEOT\nline three"      # sent as .EOT, read back as EOT
     assert record["metricStatus"] == "CRITICAL"
     assert record["timestamp"] == "2009-09-21T21:35:48Z"
     assert wlcg.parse_time(record["timestamp"]) == 1253568948
+
+
+FORGED_SECOND_RECORD = ("details\nEOT\nserviceURI: evil.example.org\nhostName: evil.example.org\n"
+                        "siteName: OTHER-SITE\nmetricStatus: OK\nmetricName: org.sam.CE-JobSubmit\n"
+                        "summaryData: all fine\ntimestamp: 2009-09-21T21:35:48Z")
+
+
+def _first_record_readers():
+    """How downstream consumers find the end of a record: the first line that is EOT."""
+    java_trim = lambda line: line.strip("".join(map(chr, range(0x21))))  # noqa: E731
+    return {
+        "split-newline-strip": lambda body: body.split("\n"), "splitlines": str.splitlines,
+    }, [
+        lambda line: line.strip() == "EOT", lambda line: java_trim(line) == "EOT",
+        lambda line: line.strip().upper() == "EOT", lambda line: line.lstrip().startswith("EOT"),
+    ]
+
+
+def _first_record(body, split, is_end):
+    lines = split(body)
+    end = next(index for index, line in enumerate(lines) if is_end(line))
+    return lines[:end], lines[end + 1:]
+
+
+def test_wlcg_long_output_with_eot_and_a_second_record_forges_no_record_downstream():
+    result = dataclasses.replace(SERVICE_RESULT, long_output=FORGED_SECOND_RECORD)
+    body = wlcg.encode(result, FIELDS)
+    assert "\n.EOT\nserviceURI: evil.example.org\n" in body         # escaped, and still readable
+    splits, ends = _first_record_readers()
+    for split in splits.values():
+        for is_end in ends:
+            record, after = _first_record(body, split, is_end)
+            assert not any(line.strip() for line in after)
+            assert record[1] == "hostName: ce01.cern.ch" and "siteName: CERN-PROD" in record
+    assert wlcg.decode(body)["detailsData"] == FORGED_SECOND_RECORD    # our own round trip: exact
+
+
+def test_wlcg_eot_escape_is_dot_stuffing_and_round_trips():
+    for text, sent in [("x\nEOT", "x\n.EOT"), ("x\n  eot x", "x\n  .eot x"), ("x\n..EOT", "x\n...EOT"),
+                       ("a\u2028EOT", "a\u2028.EOT"), ("\x1c EOT\r\x00Eot", "\x1c .EOT\r\x00.Eot"),
+                       ("no end here", "no end here"), ("x\nxEOT", "x\nxEOT"), (".x", ".x"),
+                       ("EOT", "EOT"), ("eotvos.example.org", "eotvos.example.org")]:  # first: after "key: "
+        assert wlcg.escape_eot(text) == sent
+        assert wlcg.unescape_eot(sent) == text
+
+
+EOT_PIECES = st.sampled_from(["EOT", "eot", ".", "\n", "\r", "\r\n", " ", "\t", "\x00", "\x1c", "\x85", "\u2028",
+                               "\u3000", "siteName: OTHER", "hostName: evil"])
+
+
+@given(st.text(), st.lists(EOT_PIECES | st.text(max_size=5)).map("".join))
+def test_wlcg_any_long_output_makes_exactly_one_record_for_a_first_eot_reader(output_words, details):
+    output = output_words.replace("\n", " ").replace("\r", " ")
+    result = CheckResult(host="h.example.org", service="s", state=2, output=output, long_output=details)
+    body = wlcg.encode(result, FIELDS)
+    splits, ends = _first_record_readers()
+    for split in splits.values():
+        for is_end in ends:
+            record, after = _first_record(body, split, is_end)
+            assert not any(line.strip() for line in after)
+    record = body.split("\n")
+    assert record[1] == "hostName: h.example.org" and "siteName: CERN-PROD" in record
+    assert "metricStatus: CRITICAL" in record
+    decoded = wlcg.decode(body)
+    assert decoded["siteName"] == "CERN-PROD" and decoded["hostName"] == "h.example.org"
+    if details and "\r" not in details:
+        assert decoded["detailsData"] == details
 
 
 def test_wlcg_decode_keeps_unknown_keys_and_refuses_broken_records():
@@ -125,3 +193,43 @@ def test_result_line_parse_never_crashes(text):
     except result_line.BadLine:
         return
     assert isinstance(result, CheckResult)
+
+
+def test_wlcg_dot_stuffed_eot_from_another_bridge_is_read_back_as_one_record():
+    from msg_nagios_bridge.formats import inbound
+    result = dataclasses.replace(SERVICE_RESULT, long_output=FORGED_SECOND_RECORD, timestamp=1704067200)
+    body = wlcg.encode(result, FIELDS)
+    decoded = inbound.decode({}, body.encode(), now=1704070800)
+    assert decoded.host == "ce01.cern.ch" and decoded.long_output == FORGED_SECOND_RECORD
+
+
+def test_wlcg_eot_escape_leaves_the_first_line_of_a_value_alone():
+    """It follows "key: " on its line: a host or metric named eot... is sent as it is."""
+    result = CheckResult(host="eotvos.example.org", service="EOT-check", state=0, output="EOT", long_output="EOT\nEOT")
+    body = wlcg.encode(result, FIELDS)
+    assert "hostName: eotvos.example.org\n" in body and "metricName: EOT-check\n" in body
+    assert "summaryData: EOT\n" in body and "detailsData: EOT\n.EOT\nEOT\n" in body
+    assert wlcg.decode(body)["detailsData"] == "EOT\nEOT"
+
+
+# -- long output as Nagios escapes it (escape_newlines) ------------------------------------------
+
+def test_long_output_with_backslashes_is_read_back_as_the_plugin_wrote_it():
+    """Regression: a plugin's C:\\new\\temp was published as 'C:\\' + a line break + 'ew\\\\temp', and a
+    literal backslash-n arrived as a backslash and a real line break."""
+    from msg_nagios_bridge.formats import result_line
+    written = "C:\\new\\temp\nliteral \\n stays\ntrailing backslash\\"
+    escaped = result_line.nagios_escape(written)
+    assert escaped == "C:\\\\new\\\\temp\\nliteral \\\\n stays\\ntrailing backslash\\\\"
+    line = "\t".join(["MNB1S", "1704067200", "h", "s", "0", "HARD", "1", "ACTIVE", "$_SERVICEMSG_FLAVOUR$",
+                      "$_SERVICEMSG_URI$", "$_SERVICEMSG_PUBLISH$", "OK", "", escaped])
+    assert result_line.parse(line).long_output == written
+
+
+@settings(max_examples=300, deadline=None)
+@given(long_output=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\t\r"),
+                           max_size=60).map(lambda t: t.strip("\n")))
+def test_any_long_output_survives_nagios_escaping_and_the_line_parser(long_output):
+    from msg_nagios_bridge.formats import result_line
+    result = CheckResult(host="h", service="s", state=1, output="warn", long_output=long_output, timestamp=1704067200)
+    assert result_line.parse(result_line.format_line(result)).long_output == long_output

@@ -56,7 +56,7 @@ def assert_safe_or_refused(headers, body, mapping=Mapping(), now=NOW) -> str:
     assert isinstance(result, CheckResult)
     for line in (nc.command_line(result, int(result.timestamp)), nc.truncate_to_fit(result, int(result.timestamp))):
         assert line.count("\n") == 1 and line.endswith("\n")
-        assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]", line)
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]", line)      # TAB is kept
         assert re.match(r"\[\d+\] PROCESS_(SERVICE|HOST)_CHECK_RESULT;", line)
         _, command, fields = nc.parse_command_line(line)
         assert fields[0] == result.host
@@ -372,3 +372,52 @@ def test_refused_carries_reason_and_message():
 def test_uri_host_helper_does_not_clean_hostile_values():
     assert inbound.uri_host("srm://se\t01/x") == "se\t01"
     assert inbound.uri_host("srm://a\nb:1/") == "a\nb"
+
+
+# -- the spellings producers use (issue: "status": 0 and an epoch timestamp were refused) ------
+
+def _json(**fields) -> bytes:
+    record = {"host": "se01.example.org", "service": "org.sam.SRM-Put", "output": "fine"}
+    record.update(fields)
+    return json.dumps({k: v for k, v in record.items() if v is not None}).encode()
+
+
+@pytest.mark.parametrize("fields, state", [
+    ({"status": 2, "epoch": NOW - 60}, 2),
+    ({"status": "CRITICAL", "epoch": NOW - 60}, 2),
+    ({"state": "critical", "timestamp": "2024-01-01T00:59:00Z"}, 2),
+    ({"state": 1, "status": "WARNING", "timestamp": NOW - 60}, 1),
+    ({"state": 0, "timestamp": str(NOW - 60)}, 0),
+    ({"status": 3, "timestamp": NOW - 60.5}, 3),
+])
+def test_a_state_as_number_or_name_and_a_time_as_epoch_or_iso_are_accepted(fields, state):
+    result = decode({}, _json(**fields), now=NOW)
+    assert result.state == state and abs(result.timestamp - (NOW - 60)) <= 0.5
+
+
+@pytest.mark.parametrize("fields, reason, field", [
+    ({"status": 7, "epoch": NOW}, "bad-status", "state 7"),
+    ({"status": True, "epoch": NOW}, "bad-field", "status"),
+    ({"status": 2, "state": 1, "epoch": NOW}, "bad-status", "disagree"),
+    ({"status": "OK", "state": "CRITICAL", "epoch": NOW}, "bad-status", "disagree"),
+    ({"status": [0], "epoch": NOW}, "bad-field", "status"),
+    ({"status": 0, "timestamp": "yesterday"}, "bad-timestamp", "timestamp"),
+    ({"status": 0, "epoch": "soon"}, "bad-timestamp", "epoch"),
+    ({"status": 0, "epoch": True}, "bad-field", "epoch"),
+    ({"status": 0}, "missing-field", "epoch"),
+    ({"epoch": NOW}, "missing-field", "status"),
+])
+def test_other_spellings_are_refused_with_a_reason_naming_the_field(fields, reason, field):
+    with pytest.raises(Refused) as info:
+        decode({}, _json(**fields), now=NOW)
+    assert info.value.reason == reason and field in info.value.message, info.value
+
+
+def test_content_type_decides_the_format_when_present():
+    wlcg_text = wlcg_body()
+    assert decode({"content-type": "text/plain; charset=utf-8"}, wlcg_text, now=NOW).host == "se01.example.org"
+    assert refused(b"null", {"content-type": "application/json"}) == "json-not-object"
+    assert refused(b"  null", {}) == "no-eot"                           # no content-type: detected as WLCG
+    assert refused(_json(status=0, epoch=NOW), {"content-type": "text/plain"}) == "no-eot"
+    assert decode({"content-type": "application/vnd.x+json"}, b"\n" + _json(status=0, epoch=NOW - 1),
+                  now=NOW).state == 0

@@ -237,3 +237,46 @@ def test_a_damaged_guard_file_is_read_as_no_suspects(tmp_path):
     path.write_bytes(os.urandom(5000))
     assert PoisonGuard(str(path)).suspects == []
     assert json.dumps(PoisonGuard(str(path)).suspects) == "[]"
+
+
+def test_the_subscriber_dead_letters_a_suspect_as_poison_without_judging_it(tmp_path, monkeypatch):
+    from msg_nagios_bridge import config
+    from msg_nagios_bridge.health import Health
+    from msg_nagios_bridge.sources.subscriber import Subscriber
+    settings = config.parse(f"""
+site: {{name: S}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}}}}
+""")
+    headers, body = dict(SENDER, result_id="killer"), wlcg()
+    spool_path = str(tmp_path / "inbound.sqlite")
+    child = multiprocessing.get_context("fork").Process(target=_die_while_judging,
+                                                        args=(spool_path + ".judging", headers, body))
+    child.start()
+    child.join(10)
+    judged = []
+    monkeypatch.setattr(judgement, "judge_one", lambda *args: judged.append(args) or judgement.Verdict(
+        judgement.REFUSED, refusal=judgement.Refused("x", "judged")))
+    with Spool(spool_path) as spool:
+        subscriber = Subscriber(settings.brokers, settings.inbound, spool, Health(), ALLOW_ALL)
+        verdicts = subscriber._judge([(dict(headers, redelivered="true"), body), (SENDER, wlcg(service="other"))],
+                                     time.time())
+        assert verdicts[0].refusal.reason == "poison" and len(judged) == 1, "only the other message is judged"
+        subscriber._refuse(headers, body, verdicts[0].refusal)
+        (letter,) = spool.dead_letters()
+        assert letter.entry.message.headers["refused"] == "poison" and letter.entry.message.body == body
+        subscriber.poison.close()
+    assert PoisonGuard(spool_path + ".judging").suspects == [], "caught: forgotten"
+
+
+def test_the_stomp_frame_parser_before_the_judgement_is_linear_too():
+    """stomp.py parses every frame on its receiver thread before the bridge sees it."""
+    from stomp import utils
+    for headers in ([(b"h%d" % i, b"v") for i in range(MiB // 10)], [(b"x" * MiB, b"v")],
+                    [(b"k", b"\\c" * (MiB // 2))], [(b"k", b"\\" * MiB)]):
+        frame = b"MESSAGE\n" + b"".join(b"%s:%s\n" % pair for pair in headers) + b"\n" + b"body"
+        started = time.perf_counter()
+        utils.parse_frame(frame)
+        assert time.perf_counter() - started < 1.0

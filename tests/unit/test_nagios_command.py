@@ -33,7 +33,7 @@ def expected_text(result: CheckResult) -> str:
     out = []
     for c in text:
         code = ord(c)
-        if c == "\n":
+        if c in "\n\t":                  # newline is escaped later; TAB is kept
             out.append(c)
         elif code < 0x20 or 0x7f <= code <= 0x9f:
             out.append(" ")
@@ -47,7 +47,7 @@ def expected_text(result: CheckResult) -> str:
 def assert_one_safe_line(line: str, result: CheckResult) -> str:
     """Check everything a command line must be; return its (escaped) text field."""
     assert line.endswith("\n") and line.count("\n") == 1
-    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff]", line)
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]", line)      # TAB is kept
     assert LINE_START.match(line)
     stamp, command, fields = nc.parse_command_line(line)
     if result.service is None:
@@ -95,7 +95,7 @@ def test_a_smuggled_command_stays_inside_the_text():
 def test_control_characters_become_spaces_and_perfdata_stays_one_line():
     result = build("h", "s", 0, "a\x00b\x1bc\td\x85e\x7f", "l1\rl2\x00", "x=1\ny=2\r\nz=3")
     text = nc.parse_command_line(nc.command_line(result, NOW))[2][3].rstrip("\n")
-    assert nc.unescape(text) == "a b c d e |x=1 y=2  z=3\nl1 l2 "
+    assert nc.unescape(text) == "a b c\td e |x=1 y=2  z=3\nl1 l2 "
 
 
 def test_a_literal_backslash_n_is_not_a_newline():
@@ -262,3 +262,18 @@ def test_truncate_to_fit_always_fits_and_keeps_the_fixed_fields(host, service, o
         assert cut, text
         kept = text[:cut.start()] + text[cut.end():]
         assert len(nc.plugin_text(result).encode()) - len(kept.encode()) == int(cut.group(1))
+
+
+def test_a_marker_counts_the_bytes_cut_from_the_original_across_both_cuts():
+    """Regression: a 1 MiB summary cut to 8 KiB by the decoder and then to one 4096-byte line
+    by the command writer said '4238 bytes cut' (only the writer's own cut)."""
+    from msg_nagios_bridge.formats.inbound import Mapping, decode
+    summary = "x" * (1 << 20)
+    body = (f"hostName: h\nmetricName: s\nmetricStatus: OK\ntimestamp: 2024-01-01T00:00:00Z\n"
+            f"summaryData: {summary}\nEOT\n").encode()
+    result = decode({}, body, Mapping(max_body_bytes=2 << 20), now=1704070800)
+    line = nc.truncate_to_fit(result, 1704070800)
+    kept = len(nc.unescape(line.split(";", 4)[4].rstrip("\n")).split(" [truncated")[0].encode())
+    said = int(re.search(r"\[truncated by msg-nagios-bridge: (\d+) bytes cut\]", line).group(1))
+    assert said == len(summary) - kept and line.count("[truncated") == 1
+    assert len(line.encode()) <= nc.PIPE_BUF

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from msg_nagios_bridge.config import OcspPipeSettings, parse
-from msg_nagios_bridge.formats import result_line
+from msg_nagios_bridge.formats import ocsp_record, result_line
 from msg_nagios_bridge.health import Health
 from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.nagios_wiring import printf_command
@@ -26,15 +26,25 @@ def settings(path, **changes):
     return OcspPipeSettings(enabled=True, path=str(path), **changes)
 
 
-def result_lines(*services):
-    return "".join(result_line.format_line(CheckResult(host="h", service=service, state=0, output="ok",
-                                                       timestamp=1700000000)) + "\n" for service in services)
+TOKEN = "TestTokenTestTokenTestTokenTestT"
 
 
-def start_source(path, spool, intake_health=None):
-    """A running OCSP source on ``path``; stop it with source.stopping.set(); source.join()."""
+def result_lines(*services, token=TOKEN):
+    """Framed records (formats/ocsp_record.py), as the OCSP command writes them."""
+    return "".join(ocsp_record.frame(result_line.format_line(CheckResult(
+        host="h", service=service, state=0, output="ok", timestamp=1700000000)).encode(), token, pid).decode()
+        for pid, service in enumerate(services, 100))
+
+
+def start_source(path, spool, intake_health=None, health=None):
+    """A running OCSP source on ``path`` (its token file, holding TOKEN, beside it); stop it
+    with source.stopping.set(); source.join()."""
+    token_file = path.parent / ocsp_record.TOKEN_FILE_NAME
+    if not token_file.exists():
+        token_file.write_text(TOKEN + "\n")
+        token_file.chmod(0o640)
     source = OcspPipeSource(settings(path), Intake("ocsp_pipe", ROUTER, spool, intake_health or Health(),
-                                                   threading.Event()), Health())
+                                                   threading.Event()), health or Health(), str(token_file))
     source.start()
     assert source.ready.wait(5) and source.failure is None
     return source
@@ -102,7 +112,7 @@ def test_a_stray_file_never_replaces_one_whose_lines_are_not_yet_spooled(tmp_pat
     path.write_bytes(result_lines("first", "second").encode())
     prepare_fifo(settings(path))                   # then the bridge stops before taking it in
     os.unlink(path)                                # /run cleared; Nagios writes on
-    path.write_bytes(result_lines("third").encode() + b"MNB1S\tcut off")
+    path.write_bytes(result_lines("third").encode() + f"{TOKEN}:1 99\tMNB1S\tcut off".encode())
     with Spool(str(tmp_path / "spool.sqlite")) as spool:
         source = start_source(path, spool)
         try:
@@ -184,3 +194,49 @@ def test_a_line_longer_than_the_pipe_is_dead_lettered_and_the_next_one_still_rea
         source.stopping.set()
         source.join(5)
         spool.close()
+
+
+def test_the_token_file_is_made_once_mode_0640_and_kept_across_restarts(tmp_path):
+    from msg_nagios_bridge.sources.ocsp_pipe import load_token
+    path = tmp_path / "ocsp.token"
+    token = load_token(str(path))
+    assert ocsp_record.is_token(token.decode()) and stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    assert load_token(str(path)) == token                      # the next start keeps it
+    path.chmod(0o644)
+    with pytest.raises(FifoError, match="others cannot read"):
+        load_token(str(path))
+    path.chmod(0o640)
+    path.write_text("short\n")
+    with pytest.raises(FifoError, match="holds no OCSP record token"):
+        load_token(str(path))
+
+
+def test_a_split_ocsp_line_cannot_forge_a_result_for_another_host(tmp_path):
+    """Regression (issue 12): an OCSP line over PIPE_BUF, cut by another writer's line, left a tail
+    that parsed as a whole result for a host the plugin output named. Old-format lines (no frame)
+    are refused on the FIFO; the genuine records around the cut are still taken."""
+    path = tmp_path / "ocsp.fifo"
+    forged = result_line.format_line(CheckResult(host="victim", service="forged", state=0, output="fine",
+                                                 timestamp=1700000000))
+    long = result_line.format_line(CheckResult(host="h", service="long", state=2, output="x",
+                                               long_output="y" * 5000 + "\n" + forged, timestamp=1700000000))
+    record = ocsp_record.frame(long.encode(), TOKEN, 7)
+    cut = record.index(forged.encode())
+    stream = record[:cut] + result_lines("inside").encode() + record[cut:] + (forged + "\n").encode() \
+        + result_lines("after").encode()
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        health = Health()
+        source = start_source(path, spool, health=health)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, stream)
+            os.close(fd)
+            assert wait_until(lambda: spool.stats().depth == 2 and spool.stats().dead_letters == 3, timeout=10)
+            assert metrics_in(spool) == ["inside", "after"]
+            reasons = sorted(dead.reason.split(":")[0] for dead in spool.dead_letters())
+            assert reasons == ["ocsp-old-format", "ocsp-split", "ocsp-split"]
+            assert all(TOKEN.encode() not in dead.entry.message.body for dead in spool.dead_letters())
+            assert health.counter("ocsp_refused_records") == 3
+        finally:
+            source.stopping.set()
+            source.join(5)

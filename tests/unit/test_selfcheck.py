@@ -131,3 +131,24 @@ def test_sd_notify_does_not_hang_when_the_receiver_stops_reading(tmp_path, monke
         assert sent.count(True) >= 1 and sent.count(False) >= 1, sent.count(True)
     finally:
         server.close()
+
+
+def test_rate_limited_log_sums_up_a_burst_once_it_is_over(caplog):
+    """Regression: 'and N more' was added only to the next line with the same key, so 62 of 78
+    refusals never appeared in the log, even after minutes of quiet."""
+    import logging
+    import re
+    import time
+    from msg_nagios_bridge.health import RateLimitedLog
+    limited = RateLimitedLog(logging.getLogger("test.burst"), interval=0.2)
+    with caplog.at_level(logging.WARNING, logger="test.burst"):
+        for index in range(78):
+            limited(logging.WARNING, "bad-field", f"refused message {index} as bad-field")
+        limited.flush()                       # the interval is not over: nothing yet
+        assert len(caplog.records) == 1
+        time.sleep(0.25)
+        limited.flush()
+        limited.flush()                       # once only
+    assert len(caplog.records) == 2
+    assert re.fullmatch(r"77 more like this \(bad-field\) in the last \d+ s; the last: refused message 77 as bad-field",
+                        caplog.records[1].getMessage()), caplog.records[1].getMessage()

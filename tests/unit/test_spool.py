@@ -390,6 +390,17 @@ def test_dead_letter_limit_drops_oldest_and_counts(tmp_path):
         assert (stats.dead_letters, stats.dead_letters_dropped, stats.rejected) == (2, 1, 3)
 
 
+def test_dead_letters_are_bounded_in_bytes_keeping_the_newest(tmp_path):
+    """Regression: dead letters counted against no byte limit (up to 10,000 of ~670 kB each)."""
+    with Spool(db_file(tmp_path), max_dead_letter_bytes=250_000) as spool:
+        for index in range(5):
+            spool.add_dead_letter(Message(f"dead-{index}", "/queue/q", {}, bytes(100_000)), f"refused {index}")
+        assert [d.reason for d in spool.dead_letters()] == ["refused 3", "refused 4"]
+        assert spool.stats().dead_letters_dropped == 3 and spool.stats().dead_letters == 2
+        spool.add_dead_letter(Message("small", "/queue/q", {}, b"x"), "refused small")
+        assert [d.reason for d in spool.dead_letters()] == ["refused 3", "refused 4", "refused small"]
+
+
 def test_stats_depth_bytes_and_oldest_age(tmp_path):
     clock = Clock()
     with Spool(db_file(tmp_path), clock=clock) as spool:
