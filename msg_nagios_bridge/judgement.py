@@ -30,6 +30,7 @@ import typing
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import policy as policy_module
+from .display import quoted
 from .formats import inbound
 from .formats.inbound import Refused
 from .model import CheckResult
@@ -118,7 +119,7 @@ def check_headers(headers: typing.Mapping[str, str]) -> None:
         if name_bytes > MAX_HEADER_NAME_BYTES:
             raise Refused("bad-headers", f"a header name is {name_bytes} bytes long (limit {MAX_HEADER_NAME_BYTES})")
         if value_bytes > MAX_HEADER_VALUE_BYTES:
-            raise Refused("bad-headers", f"header {inbound._show(name, 60)} is {value_bytes} bytes long"
+            raise Refused("bad-headers", f"header {quoted(name, 60)} is {value_bytes} bytes long"
                                          f" (limit {MAX_HEADER_VALUE_BYTES})")
         total += name_bytes + value_bytes
     if total > MAX_HEADERS_BYTES:

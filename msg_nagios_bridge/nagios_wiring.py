@@ -66,7 +66,7 @@ def object_definitions(settings: Settings) -> str:
     hosts = wants_host_results(settings)
     if settings.ocsp_pipe.enabled:
         fifo = settings.ocsp_pipe.path
-        token_file = ocsp_record.token_path(settings.spool.directory)
+        token_file = ocsp_record.token_path(settings.ocsp_pipe.path)
         lines += _define_command("msg-bridge-ocsp", ocsp_command(
             result_line.SERVICE_TAG, result_line.SERVICE_MACROS, fifo, token_file))
         if hosts:

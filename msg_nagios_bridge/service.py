@@ -139,7 +139,7 @@ class Bridge:
         if s.ocsp_pipe.enabled:
             intake = Intake("ocsp_pipe", router, self.spool, self.health, self.stopping)
             self.sources.append(OcspPipeSource(s.ocsp_pipe, intake, self.health,
-                                               ocsp_record.token_path(s.spool.directory)))
+                                               ocsp_record.token_path(s.ocsp_pipe.path)))
         if s.perfdata.enabled:
             paths = [s.perfdata.service_file]
             if wants_host_results(s):

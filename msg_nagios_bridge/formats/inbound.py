@@ -54,6 +54,7 @@ import time
 import typing
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..display import quoted
 from ..model import CheckResult, InvalidResult, check_name
 from . import wlcg
 from .nagios_command import marker
@@ -90,10 +91,7 @@ class Refused(ValueError):
         self.message = message
 
 
-def _show(value: object, limit: int = 80) -> str:
-    """A value for a log line: repr (one line, control characters visible), cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+_show = quoted      # a value in a refusal's message: quoted, every unprintable character escaped, cut
 
 
 @dataclasses.dataclass(frozen=True)

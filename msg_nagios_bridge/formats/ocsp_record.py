@@ -12,8 +12,9 @@ because they hold a secret, and that name the writer::
 
     <token>:<pid> <length>\\t<result line>\\t<token>:<pid>\\n
 
-``token`` is 32 random ASCII letters that the bridge keeps in ``ocsp.token`` in
-the spool directory (mode 0640, created at the first start, kept after); the
+``token`` is 32 random ASCII letters that the bridge keeps beside the FIFO in
+``<fifo>.token`` (mode 0640, group ``ocsp_pipe.group``, created at start when
+missing, kept after): whoever may write the FIFO may read it; the
 OCSP command reads it with the shell builtin ``read`` (no fork). ``pid`` is the
 writing shell's ``$$``. ``length`` is the byte length of the result line.
 A record is taken only if it starts with a marker, ends with the same marker
@@ -39,7 +40,7 @@ import secrets
 import string
 from typing import List, Tuple
 
-TOKEN_FILE_NAME = "ocsp.token"
+TOKEN_SUFFIX = ".token"
 TOKEN_LENGTH = 32
 _TOKEN_ALPHABET = string.ascii_letters      # no digits: a pid ends where the next marker begins
 _MAX_DIGITS = 10
@@ -47,8 +48,10 @@ _MAX_DIGITS = 10
 Rejected = Tuple[bytes, str]
 
 
-def token_path(spool_directory: str) -> str:
-    return os.path.join(spool_directory, TOKEN_FILE_NAME)
+def token_path(fifo_path: str) -> str:
+    """Beside the FIFO: the OCSP command's user can reach that directory (it writes the FIFO),
+    which is not true of the spool directory (0700) when Nagios runs as another user."""
+    return fifo_path + TOKEN_SUFFIX
 
 
 def new_token() -> str:
@@ -128,10 +131,10 @@ def _rejected(part: bytes, token: bytes) -> Rejected:
                   " record cut by another writer")
     elif part[:1] == b":" and _digits(part, 1) > 1:
         reason = ("ocsp-no-token: a record with an empty token (could the OCSP command read"
-                  f" {TOKEN_FILE_NAME} in the spool directory?)")
+                  f" the token file beside the FIFO, <fifo>{TOKEN_SUFFIX}?)")
     elif len(part) > TOKEN_LENGTH and part[TOKEN_LENGTH:TOKEN_LENGTH + 1] == b":" and \
             all(chr(c) in _TOKEN_ALPHABET for c in part[:TOKEN_LENGTH]):
-        reason = f"ocsp-wrong-token: a record with another token (was {TOKEN_FILE_NAME} replaced?)"
+        reason = f"ocsp-wrong-token: a record with another token (was the token file <fifo>{TOKEN_SUFFIX} replaced?)"
     else:
         reason = "ocsp-split: bytes outside any whole record (the tail of a record cut by another writer)"
     return shown, reason

@@ -20,8 +20,8 @@ FIFO, costing one ``sh`` fork per check and no Python start-up.
   last process that had it open goes away.
 * The FIFO is enlarged to 1 MiB where the kernel allows (about 3,000 results
   wait in it while the bridge restarts, instead of about 200).
-* Each result comes framed (formats/ocsp_record.py): a secret token kept in
-  ``ocsp.token`` in the spool directory, the writer's pid and the length. A
+* Each result comes framed (formats/ocsp_record.py): a secret token kept
+  beside the FIFO (``<fifo>.token``), the writer's pid and the length. A
   record over PIPE_BUF (4096 bytes) may be cut by another writer's bytes; such
   a record never passes, whatever the plugin printed, and is dead-lettered
   (``ocsp-split``), while the whole records around it are taken. Results with

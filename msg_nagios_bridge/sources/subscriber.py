@@ -24,6 +24,7 @@ from ..broker import BrokerConnection
 from ..config import BrokerSettings, InboundSettings
 from .. import judgement
 from .. import policy as policy_module
+from ..display import quoted
 from ..formats.inbound import Refused
 from ..health import Backoff, Health, RateLimitedLog
 from ..model import Message, result_to_dict
@@ -175,8 +176,8 @@ class Subscriber(threading.Thread):
         self.health.add("refused")
         self.health.add(f"refused.{exc.reason}")
         self._refusal_log(logging.WARNING, exc.reason,
-                          f"refused a message from {headers.get('destination', '?')[:200]!r} "
-                          f"(sender {headers.get(self.policy.sender_header, '?')[:200]!r}): {exc}")
+                          f"refused a message from {quoted(headers.get('destination', '?'), 200)} "
+                          f"(sender {quoted(headers.get(self.policy.sender_header, '?'), 200)}): {exc}")
         # Its own id: the spool counts an id it holds as a dead letter as a duplicate, so a
         # forgery kept under the genuine result's id would make the genuine one vanish.
         # Not remembered as seen either, for the same reason.

@@ -38,7 +38,7 @@ def result_lines(count, prefix="svc"):
 
 def framed(bridge, lines):
     """``lines`` as the OCSP command writes them into the bridge's FIFO (formats/ocsp_record.py)."""
-    token = (bridge.workdir / "spool" / ocsp_record.TOKEN_FILE_NAME).read_text().strip()
+    token = open(ocsp_record.token_path(str(bridge.workdir / "ocsp.fifo"))).read().strip()
     return [ocsp_record.frame(line.rstrip("\n").encode(), token, pid).decode() for pid, line in enumerate(lines, 2)]
 
 

@@ -147,8 +147,8 @@ class Bridge:
 
 def ocsp_records(fifo, lines):
     """``lines`` (str or bytes) framed as the OCSP command writes them into ``fifo``, the FIFO of
-    a sandbox bridge (its token is in the spool directory beside it: formats/ocsp_record.py)."""
+    a sandbox bridge (its token is in the file beside it: formats/ocsp_record.py)."""
     from msg_nagios_bridge.formats import ocsp_record
-    token = (Path(fifo).parent / "spool" / ocsp_record.TOKEN_FILE_NAME).read_text().strip()
+    token = Path(ocsp_record.token_path(str(fifo))).read_text().strip()
     return [ocsp_record.frame((line.encode() if isinstance(line, str) else line).rstrip(b"\n"), token, pid)
             for pid, line in enumerate(lines, 2)]

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from pathlib import Path
 
 from msg_nagios_bridge.config import OcspPipeSettings, parse
 from msg_nagios_bridge.formats import ocsp_record, result_line
@@ -39,7 +40,7 @@ def result_lines(*services, token=TOKEN):
 def start_source(path, spool, intake_health=None, health=None):
     """A running OCSP source on ``path`` (its token file, holding TOKEN, beside it); stop it
     with source.stopping.set(); source.join()."""
-    token_file = path.parent / ocsp_record.TOKEN_FILE_NAME
+    token_file = Path(ocsp_record.token_path(str(path)))
     if not token_file.exists():
         token_file.write_text(TOKEN + "\n")
         token_file.chmod(0o640)
