@@ -65,6 +65,17 @@ class Site:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrustRules:
+    """How a CA file or directory is judged beyond the certificates (gridtrust.TrustStore):
+    ``crl`` and ``namespaces``: require | if-present; ``crl_file``: CRLs (PEM) for a ca_file;
+    ``reload_interval``: seconds between looks for changed files (fetch-crl)."""
+    crl: str = "require"
+    crl_file: str = ""
+    namespaces: str = "require"
+    reload_interval: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
 class TlsSettings:
     enabled: bool = False
     ca_file: str = ""
@@ -144,6 +155,8 @@ class SignatureCheck:
     required: bool = False
     ca_file: str = ""
     ca_dir: str = ""
+    rules: TrustRules = TrustRules()
+    accept_scheme_1: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -587,11 +600,33 @@ def _inbound(root: _Section, site: Site) -> InboundSettings:
     )
 
 
+TRUST_RULE_KEYS = ("crl", "crl_file", "namespaces", "reload_interval")
+TRUST_MODES = ("require", "if-present")
+
+
+def trust_rules(sec: _Section) -> TrustRules:
+    """The TRUST_RULE_KEYS of a section that also has ca_file / ca_dir (inbound.signatures; the
+    same keys can serve brokers.tls)."""
+    def mode(value: str) -> Optional[str]:
+        return None if value in TRUST_MODES else f"must be one of {', '.join(TRUST_MODES)}"
+    rules = TrustRules(crl=sec.get("crl", str, "require", mode),
+                       crl_file=sec.get("crl_file", str, "", _readable_file),
+                       namespaces=sec.get("namespaces", str, "require", mode),
+                       reload_interval=sec.get("reload_interval", float, 60.0,
+                                               lambda v: None if v >= 1 else "must be at least 1 second"))
+    if rules.crl_file and sec.data.get("ca_dir"):
+        raise sec.error("crl_file", rules.crl_file, "goes with ca_file: a ca_dir has its CRLs as <hash>.r0 files "
+                                                    "(fetch-crl)")
+    return rules
+
+
 def _signature_check(inbound: _Section) -> SignatureCheck:
-    sec = inbound.section("signatures", ("required", "ca_file", "ca_dir"))
+    sec = inbound.section("signatures", ("required", "ca_file", "ca_dir", "accept_scheme_1") + TRUST_RULE_KEYS)
     check = SignatureCheck(required=sec.get("required", bool, False),
                            ca_file=sec.get("ca_file", str, "", _readable_file),
-                           ca_dir=sec.get("ca_dir", str, "", _ca_dir))
+                           ca_dir=sec.get("ca_dir", str, "", _ca_dir),
+                           rules=trust_rules(sec),
+                           accept_scheme_1=sec.get("accept_scheme_1", bool, False))
     if check.required and not (check.ca_file or check.ca_dir):
         raise sec.error("ca_file", "", "signatures are required: give the CAs that may sign (ca_file or ca_dir)")
     if check.ca_file and check.ca_dir:

@@ -237,7 +237,7 @@ def make_verifier(settings) -> Optional[object]:
     if not settings.signatures.required:
         return None
     from .signing import Verifier
-    return Verifier(settings.signatures.ca_file, settings.signatures.ca_dir)
+    return Verifier.from_settings(settings.signatures)
 
 
 def make_rules(settings, known_objects=None, verifier=None) -> Rules:

@@ -85,7 +85,7 @@ def build_message(route: Route, site: Site, result: CheckResult, now_ms: int = 0
     message_id = hashlib.blake2b(f"{result_id}:{route.name}".encode(), digest_size=16).hexdigest()
     body = encode(result, message_fields(site)).encode("utf-8", "surrogateescape")
     if route.sign and signer is not None:
-        headers.update(signer.headers(result_id, body))
+        headers.update(signer.sign(headers, body))
     return Message(message_id=message_id, destination=destination(route, site, result),
                    headers=headers, body=body)
 

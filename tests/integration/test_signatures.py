@@ -47,7 +47,9 @@ def test_signed_results_pass_and_tampered_ones_are_refused(tmp_path, activemq, n
     assert original.headers["signature"] and original.headers["signer"]
     # A copy of a genuine signed message, its state changed on the way (and a new result_id, or it
     # would simply be dropped as a duplicate): the signature no longer matches.
-    headers = {k: v for k, v in original.headers.items() if k in ("signature", "signer", "nagios_host")}
+    assert original.headers["signed-headers"] == "result_id,role,site"     # scheme 2
+    headers = {k: v for k, v in original.headers.items()
+               if k in ("signature", "signer", "signed-headers", "nagios_host", "role", "site")}
     publish(activemq.stomp_address, TOPIC, original.body.replace("metricStatus: OK", "metricStatus: CRITICAL"),
             headers={**headers, "result_id": "f" * 32})
     # The same body, unsigned.
@@ -55,7 +57,7 @@ def test_signed_results_pass_and_tampered_ones_are_refused(tmp_path, activemq, n
     # Signed by a "certificate" of the trusted CA with an unknown algorithm: refused, and the
     # subscriber goes on (it used to stop on it, again after every restart).
     publish(activemq.stomp_address, TOPIC, original.body,
-            headers={"result_id": "z", "signature": headers["signature"],
+            headers={"result_id": "z", "signature": headers["signature"], "signed-headers": "result_id",
                      "signer": base64.b64encode(authority.unknown_algorithm_certificate()).decode()})
     late = CheckResult(host="ce01.site-a.org", service="svc0", state=1, output="after the odd certificate",
                        timestamp=int(time.time()))
@@ -67,7 +69,8 @@ def test_signed_results_pass_and_tampered_ones_are_refused(tmp_path, activemq, n
     # status.json is rewritten every few seconds: Nagios may show the late result before it counts it.
     assert central.wait_counter("injected", 4, timeout=20) == 4
     counters = central.status()["counters"]
-    assert (counters["refused.bad-signature"], counters["refused.unsigned"]) == (2, 1), counters
+    assert (counters["refused.bad-signature"], counters["refused.untrusted-signer"],
+            counters["refused.unsigned"]) == (1, 1, 1), counters
 
 
 def test_a_refused_forgery_does_not_shadow_the_genuine_result(activemq, nagios_factory, bridge_factory):
@@ -115,3 +118,73 @@ def test_another_allowed_sender_cannot_pre_empt_a_result_by_its_id(activemq, nag
             headers={"nagios_host": "site-a", "result_id": genuine.identity()})
     assert nagios.wait_for(lambda s: (s.get(("ce01.site-a.org", "svc")) or {}).get("plugin_output") == "genuine"
                            or None, timeout=20), central.log_text()[-2000:]
+
+
+def test_grid_trust_in_the_daemon_namespaces_crls_and_a_crl_update(tmp_path, activemq, nagios_factory,
+                                                                  bridge_factory):
+    """A central bridge trusting a grid CA directory of two CAs: a second CA issuing a DN in the
+    first one's namespace, and a revoked signer, are refused although the policy allows their
+    DNs; a CRL that fetch-crl replaces takes effect without a restart."""
+    from cryptography.hazmat.primitives import serialization
+    from msg_nagios_bridge import config, routing
+    from msg_nagios_bridge.signing import Signer
+    from tests.sandbox.pki import GridAuthority, GridCADirectory
+
+    ca1, ca2 = GridAuthority("/C=XX/O=CA1/CN=CA1"), GridAuthority("/C=YY/O=CA2/CN=CA2")
+    grid = GridCADirectory(tmp_path / "certificates")
+    grid.add(ca1)
+    grid.add(ca2)
+    grid.write_namespaces(ca1, 'TO Issuer SELF PERMIT Subject "/C=XX/O=Site1/*"\n')
+    grid.write_signing_policy(ca2, f"access_id_CA X509 '{ca2.dn}'\npos_rights globus CA:sign\n"
+                                   f"cond_subjects globus '\"/C=YY/O=CA2/*\"'\n")
+
+    def signer(authority, dn):
+        cert, key = authority.issue(dn)
+        name = f"{authority.hash}-{dn.rsplit('=', 1)[1]}"
+        (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (tmp_path / f"{name}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        return cert, Signer(str(tmp_path / f"{name}.pem"), str(tmp_path / f"{name}.key"))
+
+    good_cert, good = signer(ca1, "/C=XX/O=Site1/CN=nagios.site1.org")
+    _, outside = signer(ca2, "/C=XX/O=Site1/CN=nagios.site1.org")      # CA2 may not issue Site1 DNs
+    stolen_cert, stolen = signer(ca1, "/C=XX/O=Site1/CN=stolen.site1.org")
+    grid.write_crl(ca1, ca1.crl(revoked=[stolen_cert]))
+    grid.write_crl(ca2, ca2.crl())
+
+    nagios = nagios_factory(hosts=[host("ce01.site1.org")],
+                            services=[passive_service("ce01.site1.org", f"svc{i}") for i in range(4)])
+    rules = ("[{senders: ['CN=nagios.site1.org,O=Site1,C=XX', 'CN=stolen.site1.org,O=Site1,C=XX'], "
+             "hosts: ['*.site1.org'], services: ['*'], exact_senders: true}]")
+    central = bridge_factory([activemq.stomp_port], ocsp=False, inbound=inbound_config(nagios, "/queue/in", rules=rules)
+                             + f"  signatures: {{required: true, ca_dir: {grid.path}, reload_interval: 1}}\n")
+    central.start()
+    route = config.Route(name="r", destination="/queue/in", sign=True)
+    site = config.Site(name="SITE1", role="site", nagios_name="nagios.site1.org")
+
+    def send(signing, service, output):
+        result = CheckResult(host="ce01.site1.org", service=service, state=1, output=output,
+                             timestamp=int(time.time()) - 5)
+        message = routing.build_message(route, site, result, signer=signing)
+        publish(activemq.stomp_address, "/queue/in", message.body, headers=dict(message.headers))
+
+    send(good, "svc0", "signed by CA1")
+    assert nagios.wait_for(lambda s: (s.get(("ce01.site1.org", "svc0")) or {}).get("plugin_output") ==
+                           "signed by CA1" or None, timeout=30), central.log_text()[-3000:]
+    send(outside, "svc1", "signed by CA2 for a Site1 DN")
+    assert central.wait_counter("refused", 1, timeout=20) == 1
+    assert ("ca-namespace: CA '/C=YY/O=CA2/CN=CA2' may not issue '/C=XX/O=Site1/CN=nagios.site1.org' "
+            f"(signing_policy of {ca2.hash})") in central.log_text()
+    send(stolen, "svc2", "signed with a revoked certificate")
+    assert central.wait_counter("refused", 2, timeout=20) == 2
+    # fetch-crl replaces CA1's CRL, now revoking the good signer too.
+    grid.write_crl(ca1, ca1.crl(revoked=[stolen_cert, good_cert]))
+    time.sleep(1.5)
+    send(good, "svc3", "signed by a certificate revoked since")
+    assert central.wait_counter("refused", 3, timeout=20) == 3
+    assert central.wait_counter("injected", 1, timeout=20) == 1
+    counters = central.status()["counters"]
+    assert counters["refused.untrusted-signer"] == 3, counters
+    assert f"reloaded the CAs from {grid.path}" in central.log_text()
+    assert (nagios.status().get(("ce01.site1.org", "svc3")) or {}).get("plugin_output") != \
+        "signed by a certificate revoked since"

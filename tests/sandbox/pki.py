@@ -108,3 +108,106 @@ def ssl_broker_xml(keystore, truststore, port, need_client_auth=False, want_clie
     query = "?needClientAuth=true" if need_client_auth else "?wantClientAuth=true" if want_client_auth else ""
     connector = f'      <transportConnector name="stomp+ssl" uri="stomp+ssl://127.0.0.1:{port}{query}"/>\n'
     return context, connector
+
+
+# --- a grid-style CA directory (IGTF layout, as the ca-policy packages and fetch-crl leave it) ---
+
+def grid_name(one_line):
+    """An x509.Name from the OpenSSL one-line form ``/C=XX/O=Org/CN=name`` (tests only: no escapes)."""
+    oids = {"C": NameOID.COUNTRY_NAME, "O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+            "CN": NameOID.COMMON_NAME, "DC": NameOID.DOMAIN_COMPONENT, "L": NameOID.LOCALITY_NAME}
+    pairs = [part.split("=", 1) for part in one_line.split("/")[1:]]
+    return x509.Name([x509.NameAttribute(oids[key], value) for key, value in pairs])
+
+
+def subject_hash(cert):
+    """OpenSSL's subject hash of ``cert`` (``openssl x509 -subject_hash``, the name-hash OpenSSL
+    1.0+ and ``c_rehash``/``openssl rehash`` use for CA directories; ``-subject_hash_old`` is the
+    MD5 one of OpenSSL 0.9.8)."""
+    out = subprocess.run(["openssl", "x509", "-noout", "-subject_hash"], input=cert.public_bytes(
+        serialization.Encoding.PEM), capture_output=True, check=True).stdout
+    return out.decode().strip()
+
+
+def _key_usage(**chosen):
+    names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+             "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{name: chosen.get(name, False) for name in names})
+
+
+class GridAuthority:
+    """A CA with a one-line DN, optionally below ``parent``; issues certificates and CRLs as values."""
+
+    def __init__(self, dn, parent=None, days=365):
+        self.dn = dn
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        issuer_name, issuer_key = (parent.cert.subject, parent.key) if parent else (grid_name(dn), self.key)
+        self.cert = (x509.CertificateBuilder().subject_name(grid_name(dn)).issuer_name(issuer_name)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=days))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+                     .sign(issuer_key, hashes.SHA256()))
+        self.hash = subject_hash(self.cert)
+
+    def issue(self, dn, usage=("digital_signature", "key_encipherment"), eku=("client", "server"), expired=False,
+              ca=False):
+        """(certificate, key) for ``dn``; ``usage`` None: no keyUsage; ``eku`` None: no extendedKeyUsage."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        start, end = ((now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)) if expired
+                      else (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)))
+        builder = (x509.CertificateBuilder().subject_name(grid_name(dn)).issuer_name(self.cert.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(start).not_valid_after(end))
+        if ca:
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        if usage is not None:
+            builder = builder.add_extension(_key_usage(**{name: True for name in usage}), critical=True)
+        if eku is not None:
+            oids = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
+            builder = builder.add_extension(x509.ExtendedKeyUsage([oids[name] for name in eku]), critical=False)
+        return builder.sign(self.key, hashes.SHA256()), key
+
+    def crl(self, revoked=(), expired=False, signed_by=None):
+        """A CRL listing ``revoked`` (certificates); ``expired``: its nextUpdate is past."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        last, following = ((now - datetime.timedelta(days=10), now - datetime.timedelta(days=3)) if expired
+                           else (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=7)))
+        builder = x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject) \
+            .last_update(last).next_update(following)
+        for cert in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(last).build())
+        return builder.sign(signed_by or self.key, hashes.SHA256())
+
+
+class GridCADirectory:
+    """``/etc/grid-security/certificates`` in small: ``<hash>.0``, ``.r0``, ``.namespaces``,
+    ``.signing_policy``; files are replaced by rename, as fetch-crl does."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, name, data):
+        temporary = self.path / f".{name}.tmp"
+        temporary.write_bytes(data if isinstance(data, bytes) else data.encode())
+        temporary.rename(self.path / name)
+        return self.path / name
+
+    def add(self, authority):
+        return self._write(f"{authority.hash}.0", authority.cert.public_bytes(serialization.Encoding.PEM))
+
+    def write_crl(self, authority, crl):
+        return self._write(f"{authority.hash}.r0", crl.public_bytes(serialization.Encoding.PEM))
+
+    def write_namespaces(self, authority, text):
+        return self._write(f"{authority.hash}.namespaces", text)
+
+    def write_signing_policy(self, authority, text):
+        return self._write(f"{authority.hash}.signing_policy", text)
+
+    def remove(self, name):
+        (self.path / name).unlink()

@@ -1,0 +1,365 @@
+"""Grid trust as IGTF defines it: a test PKI of two CAs (and a few more for the edge cases) in a
+grid-style CA directory, and every rule refused with the CA, the DN and the rule named."""
+import datetime
+import subprocess
+import time
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from msg_nagios_bridge import gridtrust
+from msg_nagios_bridge.gridtrust import TrustStore, Untrusted, openssl_dn, parse_namespaces, parse_signing_policy
+from tests.sandbox.pki import GridAuthority, GridCADirectory
+
+CA1, CA2 = "/C=XX/O=CA1/CN=CA1 Root", "/C=YY/O=CA2/CN=CA2"
+SITE1_HOST = "/C=XX/O=Site1/CN=host.site1.org"
+
+
+@pytest.fixture(scope="module")
+def cas():
+    """CA1 (namespaces), CA2 (signing_policy only), CA1's subordinate CA, a CA without any
+    policy file or CRL, and certificates they issued."""
+    ca1, ca2 = GridAuthority(CA1), GridAuthority(CA2)
+    sub = GridAuthority("/C=XX/O=CA1/CN=CA1 Sub", parent=ca1)
+    bare = GridAuthority("/C=ZZ/O=Bare CA")
+    certs = {
+        "good": ca1.issue(SITE1_HOST)[0],
+        "revoked": ca1.issue("/C=XX/O=Site1/CN=stolen.site1.org")[0],
+        "denied": ca1.issue("/C=XX/O=Site1/CN=banned.site1.org")[0],
+        "outside": ca2.issue(SITE1_HOST)[0],              # CA2 issuing a DN in CA1's namespace
+        "ca2-own": ca2.issue("/C=YY/O=CA2/CN=host.ca2.org")[0],
+        "expired": ca1.issue("/C=XX/O=Site1/CN=old.site1.org", expired=True)[0],
+        "no-digital-signature": ca1.issue("/C=XX/O=Site1/CN=enc.site1.org", usage=("key_encipherment",))[0],
+        "client-only": ca1.issue("/C=XX/O=Site1/CN=client.site1.org", eku=("client",))[0],
+        "no-extensions": ca1.issue("/C=XX/O=Site1/CN=plain.site1.org", usage=None, eku=None)[0],
+        "a-ca": ca1.issue("/C=XX/O=Site1/CN=rogue CA", ca=True)[0],
+        "via-sub": sub.issue("/C=XX/O=Site2/CN=host.site2.org")[0],
+        "bare-host": bare.issue("/C=ZZ/O=Bare/CN=host")[0],
+    }
+    return {"ca1": ca1, "ca2": ca2, "sub": sub, "bare": bare, **certs}
+
+
+def build(directory, cas, ca2_crl_expired=True):
+    ca1, ca2, sub, bare = cas["ca1"], cas["ca2"], cas["sub"], cas["bare"]
+    grid = GridCADirectory(directory)
+    for authority in (ca1, ca2, sub, bare):
+        grid.add(authority)
+    grid.write_crl(ca1, ca1.crl(revoked=[cas["revoked"]]))
+    grid.write_crl(ca2, ca2.crl(expired=ca2_crl_expired))
+    grid.write_crl(sub, sub.crl())
+    grid.write_namespaces(ca1, f"""##############################
+#NAMESPACES-VERSION: 1.0
+# CA alias: CA1 Root (a comment "with quotes")
+TO Issuer "{CA1}" \\
+  PERMIT Subject "/C=XX/O=Site1/*"
+TO Issuer SELF PERMIT Subject "/C=XX/O=CA1/CN=CA1 Sub"
+to issuer "{CA1}" deny subject "/C=XX/O=Site1/CN=banned*"
+""")
+    grid.write_namespaces(sub, 'TO Issuer "/C=XX/O=CA1/CN=CA1 Sub" PERMIT Subject "/C=XX/O=Site2/*"\n')
+    grid.write_signing_policy(ca2, f"""# EACL - CA2
+ access_id_CA      X509         '{CA2}'
+ pos_rights        globus        CA:sign
+ cond_subjects     globus       '"/C=YY/O=CA2/*" "/C=YY/O=Other/*"'
+""")
+    return grid
+
+
+@pytest.fixture
+def grid(tmp_path, cas):
+    return build(tmp_path / "certificates", cas)
+
+
+@pytest.fixture
+def store(grid):
+    return TrustStore(ca_dir=str(grid.path))
+
+
+def refused(store, cert, purpose="signer", **kwargs):
+    with pytest.raises(Untrusted) as info:
+        store.check(cert, purpose, **kwargs)
+    return info.value
+
+
+def test_accepted_certificates_name_subject_and_issuer(store, cas):
+    assert store.check(cas["good"], "signer") == gridtrust.Checked(SITE1_HOST, CA1)
+    assert store.check(cas["good"], "server").subject == SITE1_HOST
+    assert store.check(cas["no-extensions"], "signer").issuer == CA1     # no keyUsage: nothing to refuse
+    # Through a subordinate CA of the directory up to its root, each link with its own rules.
+    assert store.check(cas["via-sub"], "signer") == gridtrust.Checked("/C=XX/O=Site2/CN=host.site2.org",
+                                                                     "/C=XX/O=CA1/CN=CA1 Sub")
+
+
+def test_a_second_ca_issuing_outside_its_namespace_is_refused(store, cas, grid):
+    error = refused(store, cas["outside"])
+    assert error.reason == "ca-namespace"
+    assert str(error) == (f"ca-namespace: CA '{CA2}' may not issue '{SITE1_HOST}' "
+                          f"(signing_policy of {cas['ca2'].hash})")
+
+
+def test_namespaces_deny_wins_and_subordinates_are_confined(store, cas):
+    error = refused(store, cas["denied"])
+    assert error.reason == "ca-namespace"
+    assert f"CA '{CA1}' may not issue '/C=XX/O=Site1/CN=banned.site1.org' (DENY Subject" in str(error)
+    assert f"namespaces of {cas['ca1'].hash}" in str(error)
+    rogue = cas["sub"].issue(SITE1_HOST)[0]           # the sub CA may issue Site2 only
+    assert "CA '/C=XX/O=CA1/CN=CA1 Sub' may not issue '/C=XX/O=Site1/CN=host.site1.org'" in str(refused(store, rogue))
+
+
+def test_a_revoked_certificate_is_refused(store, cas):
+    error = refused(store, cas["revoked"])
+    assert error.reason == "crl-revoked"
+    assert (f"CA '{CA1}' revoked '/C=XX/O=Site1/CN=stolen.site1.org' (serial {cas['revoked'].serial_number:X}, "
+            f"{cas['ca1'].hash}.r0)") in str(error)
+
+
+def test_an_expired_crl_refuses_by_default_and_if_present_accepts(grid, cas):
+    error = refused(TrustStore(ca_dir=str(grid.path)), cas["ca2-own"])
+    assert error.reason == "crl-expired"
+    assert f"the CRL of CA '{CA2}' ({cas['ca2'].hash}.r0) expired" in str(error)
+    assert "'/C=YY/O=CA2/CN=host.ca2.org'" in str(error) and "crl: require" in str(error)
+    assert TrustStore(ca_dir=str(grid.path), crl="if-present").check(cas["ca2-own"], "signer").issuer == CA2
+
+
+def test_a_revoked_certificate_stays_refused_when_its_crl_has_expired(tmp_path, cas):
+    grid = build(tmp_path, cas)
+    grid.write_crl(cas["ca1"], cas["ca1"].crl(revoked=[cas["revoked"]], expired=True))
+    assert refused(TrustStore(ca_dir=str(grid.path), crl="if-present"), cas["revoked"]).reason == "crl-revoked"
+
+
+def test_a_missing_crl_and_a_ca_without_namespaces(store, grid, cas):
+    error = refused(store, cas["bare-host"])
+    assert error.reason == "ca-namespace"
+    assert "CA '/C=ZZ/O=Bare CA' may not issue '/C=ZZ/O=Bare/CN=host': no .namespaces or .signing_policy" in str(error)
+    error = refused(TrustStore(ca_dir=str(grid.path), namespaces="if-present"), cas["bare-host"])
+    assert error.reason == "crl-missing"
+    assert f"CA '/C=ZZ/O=Bare CA' has no CRL here ({cas['bare'].hash})" in str(error)
+    assert "'/C=ZZ/O=Bare/CN=host'" in str(error)
+    lenient = TrustStore(ca_dir=str(grid.path), crl="if-present", namespaces="if-present")
+    assert lenient.check(cas["bare-host"], "signer").issuer == "/C=ZZ/O=Bare CA"
+
+
+def test_a_crl_not_signed_by_its_ca_does_not_count(tmp_path, cas):
+    grid = build(tmp_path, cas)
+    grid.write_crl(cas["ca1"], cas["ca1"].crl(signed_by=cas["ca2"].key))   # names CA1, signed by CA2
+    error = refused(TrustStore(ca_dir=str(grid.path)), cas["good"])
+    assert error.reason == "crl-missing" and f"CA '{CA1}' has no CRL" in str(error)
+
+
+def test_key_usage_per_purpose(store, cas):
+    error = refused(store, cas["no-digital-signature"], "signer")
+    assert (error.reason, error.message) == (
+        "key-usage", f"'/C=XX/O=Site1/CN=enc.site1.org' (CA '{CA1}') may not sign: its keyUsage lacks digitalSignature")
+    assert store.check(cas["no-digital-signature"], "server")        # keyEncipherment is a TLS server usage
+    error = refused(store, cas["client-only"], "server")
+    assert error.reason == "key-usage" and "extendedKeyUsage lacks serverAuth" in str(error)
+    assert f"'/C=XX/O=Site1/CN=client.site1.org' (CA '{CA1}')" in str(error)
+    assert store.check(cas["client-only"], "signer")
+    assert "is a CA certificate" in str(refused(store, cas["a-ca"]))
+
+
+def test_validity_unknown_ca_and_a_forged_issuer(store, cas):
+    error = refused(store, cas["expired"])
+    assert error.reason == "cert-validity" and f"'/C=XX/O=Site1/CN=old.site1.org' (CA '{CA1}') is not valid now" in str(error)
+    future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=400)
+    assert refused(store, cas["good"], now=future).reason == "cert-validity"
+    stranger = GridAuthority("/C=QQ/O=Stranger")
+    error = refused(store, stranger.issue(SITE1_HOST)[0])
+    assert (error.reason, error.message) == (
+        "ca-unknown", f"'{SITE1_HOST}' is issued by '/C=QQ/O=Stranger', which is not a trusted CA")
+    impostor = GridAuthority(CA1)          # the same name as CA1, another key
+    error = refused(store, impostor.issue(SITE1_HOST)[0])
+    assert error.reason == "ca-signature" and f"names CA '{CA1}' as its issuer, but that CA's key did not" in str(error)
+
+
+def test_a_new_crl_takes_effect_without_a_restart(tmp_path, cas):
+    grid = build(tmp_path, cas)
+    now = [0.0]
+    store = TrustStore(ca_dir=str(grid.path), reload_interval=300, clock=lambda: now[0])
+    assert store.check(cas["good"], "signer")
+    grid.write_crl(cas["ca1"], cas["ca1"].crl(revoked=[cas["revoked"], cas["good"]]))   # as fetch-crl does
+    now[0] = 299.0
+    assert store.check(cas["good"], "signer")              # not looked at yet
+    now[0] = 300.0
+    assert refused(store, cas["good"]).reason == "crl-revoked"
+    assert not store.refresh(force=True)                   # nothing changed since
+
+
+def test_a_reload_that_fails_keeps_the_previous_state(tmp_path, cas):
+    grid = build(tmp_path, cas)
+    store = TrustStore(ca_dir=str(grid.path), reload_interval=1)
+    for name in list(grid.path.iterdir()):
+        name.unlink()
+    assert not store.refresh(force=True)
+    assert store.check(cas["good"], "signer").issuer == CA1
+    grid.path.rmdir()
+    assert not store.refresh(force=True)
+    assert store.check(cas["good"], "signer").issuer == CA1
+
+
+def test_an_unreadable_policy_file_refuses_its_ca(tmp_path, cas):
+    grid = build(tmp_path, cas)
+    grid.write_namespaces(cas["ca1"], 'TO Issuer SELF PERMIT "/C=XX/*"\n')
+    error = refused(TrustStore(ca_dir=str(grid.path)), cas["good"])
+    assert error.reason == "ca-namespace"
+    assert f"{cas['ca1'].hash}.namespaces cannot be read: line 1" in str(error)
+
+
+def test_a_plain_ca_file_has_no_namespaces_and_crls_only_when_given(tmp_path, cas):
+    pem = b"".join(cas[name].cert.public_bytes(serialization.Encoding.PEM) for name in ("ca1", "ca2"))
+    (tmp_path / "cas.pem").write_bytes(pem)
+    store = TrustStore(ca_file=str(tmp_path / "cas.pem"))
+    assert store.check(cas["outside"], "signer").issuer == CA2        # no namespaces in a plain file
+    assert store.check(cas["revoked"], "signer")                       # and no CRLs unless given
+    (tmp_path / "crls.pem").write_bytes(cas["ca1"].crl(revoked=[cas["revoked"]]).public_bytes(serialization.Encoding.PEM))
+    with_crls = TrustStore(ca_file=str(tmp_path / "cas.pem"), crl_file=str(tmp_path / "crls.pem"))
+    assert refused(with_crls, cas["revoked"]).reason == "crl-revoked"
+    assert refused(with_crls, cas["ca2-own"]).reason == "crl-missing"
+
+
+def test_check_der_chain_for_a_tls_peer(store, cas):
+    der = [cas["via-sub"].public_bytes(serialization.Encoding.DER)]
+    assert store.check_der_chain(der, "server").subject == "/C=XX/O=Site2/CN=host.site2.org"
+    client_only = [cas["client-only"].public_bytes(serialization.Encoding.DER)]
+    with pytest.raises(Untrusted, match="key-usage"):
+        store.check_der_chain(client_only)
+    with pytest.raises(Untrusted, match="bad-certificate"):
+        store.check_der_chain([b"\x30\x03junk"])
+
+
+def test_an_intermediate_sent_by_the_peer_is_checked_like_every_link(tmp_path, cas):
+    grid = build(tmp_path, cas)
+    grid.remove(f"{cas['sub'].hash}.0")              # the sub CA is not in the directory
+    store = TrustStore(ca_dir=str(grid.path))
+    leaf = cas["via-sub"].public_bytes(serialization.Encoding.DER)
+    sub = cas["sub"].cert.public_bytes(serialization.Encoding.DER)
+    with pytest.raises(Untrusted, match="ca-unknown"):
+        store.check_der_chain([leaf])
+    # Sent by the peer it links the leaf to CA1; the sub CA's CRL and namespaces (still in the
+    # directory under its hash) apply.
+    assert store.check_der_chain([leaf, sub]).issuer == "/C=XX/O=CA1/CN=CA1 Sub"
+    grid.write_crl(cas["ca1"], cas["ca1"].crl(revoked=[cas["sub"].cert]))
+    store.refresh(force=True)
+    error = pytest.raises(Untrusted, store.check_der_chain, [leaf, sub]).value
+    assert error.reason == "crl-revoked" and f"CA '{CA1}' revoked '/C=XX/O=CA1/CN=CA1 Sub'" in str(error)
+
+
+def test_the_one_line_dn_is_openssl_s(cas):
+    shown = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "compat"],
+                           input=cas["good"].public_bytes(serialization.Encoding.PEM), capture_output=True,
+                           check=True).stdout.decode().strip()
+    assert shown == f"subject={openssl_dn(cas['good'].subject)}"
+
+
+def test_a_value_cannot_pose_as_more_attributes():
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "XX"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Site1/CN=host\\x"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "caf\u00e9")])
+    assert openssl_dn(name) == "/C=XX/O=Site1\\/CN=host\\\\x/CN=caf\\xC3\\xA9"
+    assert not gridtrust._Glob("/c=xx/o=site1/*").matches(openssl_dn(name).casefold())
+
+
+@pytest.mark.parametrize("pattern, text, expected", [
+    ("/c=xx/o=site1/*", "/c=xx/o=site1/cn=a", True),
+    ("/c=xx/o=site1/*", "/c=xx/o=site10/cn=a", False),
+    ("/c=xx/*/cn=h?st", "/c=xx/o=a/ou=b/cn=host", True),
+    ("/c=xx/*/cn=h?st", "/c=xx/o=a/cn=hoost", False),
+    ("*a*a*", "aa", True), ("*a*a*", "a", False), ("exact", "exact", True), ("exact", "exactly", False),
+    ("a*b*c", "abc", True), ("a*b*c", "acb", False), ("*", "", True), ("a*", "", False),
+])
+def test_glob(pattern, text, expected):
+    assert gridtrust._Glob(pattern).matches(text) is expected
+
+
+def test_matching_a_hostile_dn_is_bounded():
+    """A 16 KiB DN against patterns of many stars: no backtracking (well under a second)."""
+    text = "/cn=" + "a" * 16000 + "b"
+    glob = gridtrust._Glob("/cn=" + "*a" * 50 + "*c")
+    started = time.perf_counter()
+    assert not glob.matches(text)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_policy_file_parsers():
+    assert parse_namespaces('# c\nTO Issuer "/C=A/O=B" \\\n PERMIT Subject "/C=A/*"  # why\n'
+                            'To Issuer SELF DENY Subject "/C=A/O=x\\"y"\n') == [
+        ("/C=A/O=B", True, "/C=A/*"), (None, False, '/C=A/O=x\\"y')]
+    with pytest.raises(ValueError, match="line 2"):
+        parse_namespaces('\nTO Issuer "/C=A" ALLOW Subject "/C=A/*"\n')
+    assert parse_signing_policy("access_id_CA X509 '/C=A/CN=CA'\npos_rights globus CA:sign\n"
+                                "cond_subjects globus '\"/C=A/*\" \"/C=B/*\"'\n") == [
+        ("/C=A/CN=CA", "/C=A/*"), ("/C=A/CN=CA", "/C=B/*")]
+    assert parse_signing_policy("access_id_CA X509 '/C=A/CN=CA'\npos_rights globus CA:none\n"
+                                "cond_subjects globus '\"/C=A/*\"'\n") == []
+    with pytest.raises(ValueError):
+        parse_signing_policy("access_id_CA X509\n")
+
+
+def test_a_hostile_certificate_is_judged_in_bounded_time(store, cas):
+    """A certificate as large as the signer header allows (16 KiB), with ~740 attributes in
+    its subject, issued by a trusted CA (the worst case: every rule runs) and by nobody."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    attributes = [x509.NameAttribute(NameOID.COUNTRY_NAME, "XX"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Site1")]
+    attributes += [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "a/*?\\") for _ in range(740)]
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def made(signing_key):
+        return (x509.CertificateBuilder().subject_name(x509.Name(attributes)).issuer_name(cas["ca1"].cert.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+                .sign(signing_key, hashes.SHA256()))
+    trusted, forged = made(cas["ca1"].key), made(key)
+    assert len(trusted.public_bytes(serialization.Encoding.DER)) <= 16 * 1024 * 3 // 4
+    for cert, reason in ((trusted, None), (forged, "ca-signature")):
+        started = time.perf_counter()
+        if reason is None:
+            assert store.check(cert, "signer").issuer == CA1      # /C=XX/O=Site1/* permits it
+        else:
+            assert refused(store, cert).reason == reason
+        assert time.perf_counter() - started < 1.0
+
+
+def test_check_tls_peer_on_a_real_tls_connection(tmp_path, store, cas):
+    """The broker side of a loopback TLS handshake presents a certificate of the grid CA
+    directory; check_tls_peer judges it as a server (and one without serverAuth is refused)."""
+    import socket
+    import ssl
+    import threading
+
+    def serve(cert):
+        cert_pem, key = tmp_path / "server.pem", tmp_path / "server.key"
+        cert_pem.write_bytes(cert[0].public_bytes(serialization.Encoding.PEM))
+        key.write_bytes(cert[1].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_pem, key)
+        listener = socket.create_server(("127.0.0.1", 0))
+        thread = threading.Thread(target=lambda: context.wrap_socket(listener.accept()[0], server_side=True).close(),
+                                  daemon=True)
+        thread.start()
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE     # only the trust store judges here
+        with client.wrap_socket(socket.create_connection(listener.getsockname(), timeout=5)) as connection:
+            try:
+                return store.check_tls_peer(connection)
+            finally:
+                thread.join(5)
+                listener.close()
+
+    assert serve(cas["ca1"].issue("/C=XX/O=Site1/CN=broker.site1.org")).subject == "/C=XX/O=Site1/CN=broker.site1.org"
+    with pytest.raises(Untrusted, match="key-usage: .*lacks serverAuth"):
+        serve(cas["ca1"].issue("/C=XX/O=Site1/CN=client.site1.org", eku=("client",)))
+
+
+def test_a_broken_signing_policy_does_not_matter_beside_a_namespaces_file(tmp_path, cas):
+    grid = build(tmp_path, cas)
+    grid.write_signing_policy(cas["ca1"], "access_id_CA X509\n")
+    assert TrustStore(ca_dir=str(grid.path)).check(cas["good"], "signer").issuer == CA1
+    grid.write_signing_policy(cas["ca2"], "access_id_CA X509\n")      # CA2 has only that one
+    error = refused(TrustStore(ca_dir=str(grid.path), crl="if-present"), cas["ca2-own"])
+    assert error.reason == "ca-namespace" and f"{cas['ca2'].hash}.signing_policy cannot be read" in str(error)
