@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import selectors
 import socket
 import ssl
 import struct
@@ -30,7 +29,6 @@ import stomp
 import stomp.connect
 import stomp.protocol
 import stomp.transport
-import stomp.utils
 from stomp.exception import StompException
 
 from .config import BrokerSettings, TlsSettings
@@ -170,8 +168,10 @@ class _Transport(stomp.transport.Transport):
                 # Verifies the chain and the host name, presents the client certificate.
                 sock = self._context.wrap_socket(sock, server_hostname=self._host_port[0])
                 self._check_peer(sock)
-                if hasattr(self, "send_queue"):
-                    self._use_one_io_thread(sock)
+            # Blocking, as stomp.py 8 keeps every socket: a reader thread, and writes from the
+            # caller's thread (which _limit_send_time bounds). stomp.py 9 switches the sockets
+            # it wraps itself to a non-blocking loop that takes a TLS end-of-file for "nothing
+            # to read yet": a broker that closed the connection would go unnoticed.
             sock.setblocking(self.blocking)
         except BaseException:
             sock.close()        # the TLS socket once made (wrap_socket took over the TCP one)
@@ -179,17 +179,6 @@ class _Transport(stomp.transport.Transport):
         self.socket = sock
         self.current_host_and_port = self._host_port
         self.opened = True
-
-    def _use_one_io_thread(self, sock: ssl.SSLSocket) -> None:
-        """stomp.py 9 reads and writes a TLS socket from one thread (OpenSSL does not allow one
-        connection to be used from two threads at once), but only for sockets it wrapped itself:
-        set up its I/O loop the way its own attempt_connection does. (8.x reads in one thread and
-        writes in the caller's, TLS or not.)"""
-        self.send_queue = stomp.utils.PollableQueue()
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.send_queue, selectors.EVENT_READ)
-        self.sel.register(sock, selectors.EVENT_READ)
-        self.blocking = False
 
 
 class _Connection12(stomp.connect.StompConnection12):
@@ -291,10 +280,15 @@ class BrokerConnection:
     def _check_peer(self, tls_socket: ssl.SSLSocket) -> None:
         """The hook after the handshake: raises PeerRefused (the socket is then closed and the
         reason reported like any TLS refusal) when ``check_peer`` refuses the broker."""
-        if self.check_peer is not None:
+        if self.check_peer is None:
+            return
+        # A check that breaks refuses the broker: it neither lets it in nor kills the part.
+        try:
             reason = self.check_peer(tls_socket)
-            if reason:
-                raise PeerRefused(reason)
+        except Exception as exc:  # noqa: BLE001
+            reason = f"the trust check failed ({exc.__class__.__name__}: {exc})"
+        if reason:
+            raise PeerRefused(reason)
 
     def _limit_send_time(self, conn) -> None:
         """A broker that stops reading (ActiveMQ's producer flow control, or a hung broker whose
