@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from tests.integration.test_package import DEBIAN_PYTHON, debian_env, deb, require_debian_python, root  # noqa: F401
 from tests.sandbox.activemq import ActiveMQ
-from tests.sandbox.pki import STORE_PASSWORD, Authority, ssl_broker_xml
+from tests.sandbox.pki import Authority, ssl_broker_xml
 from tests.sandbox.ports import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -65,8 +65,7 @@ class Pki:
         """A CRL from the test CA that revokes the broker's certificate."""
         now = datetime.datetime.now(datetime.timezone.utc)
         serial = x509.load_pem_x509_certificate(self.broker_cert.read_bytes()).serial_number
-        revoked = (x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
-                   .build())
+        revoked = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
         crl = (x509.CertificateRevocationListBuilder().issuer_name(self.authority.cert.subject)
                .last_update(now).next_update(now + datetime.timedelta(days=1)).add_revoked_certificate(revoked)
                .sign(self.authority.key, hashes.SHA256()))
