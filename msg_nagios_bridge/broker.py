@@ -9,7 +9,9 @@ Two stomp.py behaviours are wrapped on purpose:
   wait for our own event with a timeout;
 * stomp.py does not reconnect by itself and frames written into a dead socket
   vanish without error, so only receipts count as delivery, and the owner
-  reconnects from its loop with capped backoff.
+  reconnects from its loop with capped backoff;
+* the bridge opens the socket itself (TCP, then TLS with its own context), and
+  stomp.py only speaks STOMP over it: see ``_Transport``.
 """
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ import ssl
 import struct
 import tempfile
 import threading
-from typing import List, Mapping, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Tuple
 
 import stomp
+import stomp.connect
+import stomp.protocol
+import stomp.transport
 from stomp.exception import StompException
 
 from .config import BrokerSettings, TlsSettings
@@ -92,8 +97,29 @@ def tls_context(tls: TlsSettings, ca_file: Optional[str]) -> ssl.SSLContext:
     return context
 
 
+class PeerRefused(ConnectionError):
+    """The broker's certificate passed TLS verification but the bridge's own check refused it."""
+
+
+def explain_connect_error(exc: OSError) -> str:
+    """Why a connection (or its TLS handshake) failed, in the words the logs and docs use."""
+    if isinstance(exc, PeerRefused):
+        return f"TLS: the broker's certificate was refused: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate was refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
+                                              "HANDSHAKE_FAILURE", "CERTIFICATE_UNKNOWN")):
+            return f"TLS: the broker refused the bridge's client certificate ({reason})"
+        return f"TLS handshake failed: {reason}"
+    return f"cannot connect ({exc.strerror or exc})"
+
+
 def diagnose_tls(host_port: Tuple[str, int], context: ssl.SSLContext, timeout: float) -> Optional[str]:
-    """Do the TLS handshake ourselves to say *why* it fails (stomp.py only says it could not connect)."""
+    """Do the TLS handshake again, and read, to say *why* a connection that got through its
+    handshake then failed: with TLS 1.3 a broker refuses a client certificate only after the
+    client has finished its side of the handshake."""
     try:
         with socket.create_connection(host_port, timeout=timeout) as raw:
             with context.wrap_socket(raw, server_hostname=host_port[0]) as tls_socket:
@@ -104,29 +130,81 @@ def diagnose_tls(host_port: Tuple[str, int], context: ssl.SSLContext, timeout: f
                     tls_socket.recv(1)
                 except socket.timeout:
                     pass
-    except ssl.SSLCertVerificationError as exc:
-        return f"TLS: the broker's certificate was refused: {exc.verify_message}"
-    except ssl.SSLError as exc:
-        reason = exc.reason or str(exc)
-        if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
-                                              "HANDSHAKE_FAILURE", "CERTIFICATE_UNKNOWN")):
-            return f"TLS: the broker refused the bridge's client certificate ({reason})"
-        return f"TLS handshake failed: {reason}"
     except OSError as exc:
-        return f"cannot connect ({exc.strerror or exc})"
+        return explain_connect_error(exc)
     return None
+
+
+class _Transport(stomp.transport.Transport):
+    """stomp.py's transport over a socket the bridge opens itself: TCP within the connect
+    timeout, then, with a ``context``, TLS with the bridge's own context and ``check_peer``.
+
+    stomp.py's ``set_ssl`` is bypassed on purpose. Its versions differ: 8.0.0 (Debian 12's
+    python3-stomp) has no ``verify`` parameter, builds a context without the TLS 1.2 minimum,
+    and, when python3-openssl is installed, first opens a TLS connection of its own *without*
+    the client certificate to read the broker's expiry date, which a broker that requires
+    client certificates refuses. Here there is one TLS connection, made the same way whatever
+    the stomp.py version."""
+
+    def __init__(self, host_port: Tuple[str, int], timeout: float, vhost: str, auto_decode: bool,
+                 context: Optional[ssl.SSLContext], check_peer: Callable[[ssl.SSLSocket], None]):
+        super().__init__([host_port], reconnect_attempts_max=1, timeout=timeout, vhost=vhost,
+                         auto_decode=auto_decode)
+        self._host_port = host_port
+        self._timeout = timeout
+        self._context = context
+        self._check_peer = check_peer
+        self.opened = False         # the socket is connected, and its handshake and check passed
+        # stomp.py 8.0.0 (Debian 12's) leaves the connect timeout on the socket, so an idle
+        # connection "times out" and drops every connect_timeout seconds; 8.1+ does this itself.
+        self.blocking = True
+
+    def attempt_connection(self) -> None:
+        """Connect or raise OSError (ssl.SSLError, PeerRefused); stomp.py then starts its reader."""
+        self.connection_error = False
+        sock = socket.create_connection(self._host_port, self._timeout)
+        try:
+            if self._context is not None:
+                # Verifies the chain and the host name, presents the client certificate.
+                sock = self._context.wrap_socket(sock, server_hostname=self._host_port[0])
+                self._check_peer(sock)
+            # Blocking, as stomp.py 8 keeps every socket: a reader thread, and writes from the
+            # caller's thread (which _limit_send_time bounds). stomp.py 9 switches the sockets
+            # it wraps itself to a non-blocking loop that takes a TLS end-of-file for "nothing
+            # to read yet": a broker that closed the connection would go unnoticed.
+            sock.setblocking(self.blocking)
+        except BaseException:
+            sock.close()        # the TLS socket once made (wrap_socket took over the TCP one)
+            raise
+        self.socket = sock
+        self.current_host_and_port = self._host_port
+        self.opened = True
+
+
+class _Connection12(stomp.connect.StompConnection12):
+    """stomp.py's STOMP 1.2 connection over a ``_Transport`` (what StompConnection12.__init__
+    does, with our transport instead of the one it would make)."""
+
+    def __init__(self, transport: _Transport, heartbeats: Tuple[int, int]):
+        stomp.connect.BaseConnection.__init__(self, transport)
+        stomp.protocol.Protocol12.__init__(self, transport, heartbeats)
 
 
 class BrokerConnection:
     """One connection attempt cycle over ``settings.hosts``, in order."""
 
-    def __init__(self, settings: BrokerSettings, client_id: str = "", auto_decode: bool = True):
+    def __init__(self, settings: BrokerSettings, client_id: str = "", auto_decode: bool = True,
+                 check_peer: Optional[Callable[[ssl.SSLSocket], Optional[str]]] = None):
+        """``check_peer(tls_socket)`` runs right after each TLS handshake, before any STOMP
+        frame is sent, and returns why the broker's certificate is refused (None: accepted);
+        the grid trust check (CRLs, namespaces, key usage) plugs in here."""
         self.settings = settings
+        self.check_peer = check_peer
         self.client_id = client_id
         # Subscribers take bodies as bytes: stomp.py's decoding would hide invalid UTF-8.
         self.auto_decode = auto_decode
         self.events = _Events()
-        self.conn: Optional[stomp.Connection12] = None
+        self.conn: Optional[_Connection12] = None
         self.address: Optional[Tuple[str, int]] = None
         self._last: Optional[Tuple[str, int]] = None     # the broker last connected to
         self._ca_file: Optional[str] = None
@@ -163,34 +241,30 @@ class BrokerConnection:
 
     def _connect_one(self, host_port: Tuple[str, int]) -> Optional[str]:
         s = self.settings
-        self.events = _Events()
-        conn = stomp.Connection12(
-            [host_port],
-            heartbeats=(s.heartbeat_ms, s.heartbeat_ms),
-            reconnect_attempts_max=1,
-            timeout=s.connect_timeout,
-            vhost=s.vhost or host_port[0],
-            auto_decode=self.auto_decode,
-        )
-        conn.set_listener("bridge", self.events)
-        # stomp.py 8.0.0 (Debian 12's) leaves the connect timeout on the socket, so an idle
-        # connection "times out" and drops every connect_timeout seconds; 8.1+ does this itself.
-        conn.transport.blocking = True
         tls = s.tls
+        self.events = _Events()
+        context = None
         if tls.enabled:
-            conn.set_ssl(for_hosts=[host_port], key_file=tls.key_file or None, cert_file=tls.cert_file or None,
-                         ca_certs=self._ca_file, password=tls.key_password or None, verify=tls.verify,
-                         ssl_version=ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                # Made at every attempt, so that a renewed certificate or CA is picked up.
+                context = tls_context(tls, self._ca_file)
+            except (OSError, ValueError) as exc:
+                return f"TLS: cannot load the bridge's certificate, key or CAs ({exc})"
+        transport = _Transport(host_port, s.connect_timeout, s.vhost or host_port[0], self.auto_decode,
+                               context, self._check_peer)
+        conn = _Connection12(transport, (s.heartbeat_ms, s.heartbeat_ms))
+        conn.set_listener("bridge", self.events)
         headers = {"client-id": self.client_id} if self.client_id else {}
         try:
             conn.connect(s.username or None, s.password or None, wait=False, headers=headers)
         except (StompException, OSError) as exc:
             self._close(conn)
-            if tls.enabled:
-                problem = self._diagnose(host_port)
-                if problem:
-                    return problem
-            return f"cannot connect ({exc.__class__.__name__}: {exc})"
+            if isinstance(exc, OSError) and not transport.opened:
+                return self._with_hint(explain_connect_error(exc))    # our own connect or handshake
+            # The broker closed the connection after the handshake, before or while CONNECT
+            # went out (TLS 1.3 refuses a client certificate only then): ask again, and read.
+            return (self._diagnose(host_port) if tls.enabled else None) or \
+                f"cannot connect ({exc.__class__.__name__}: {exc})"
         if not self.events.connected.wait(s.connect_timeout) or self.events.lost:
             error = self._first_error()
             self._close(conn)
@@ -199,8 +273,22 @@ class BrokerConnection:
             return error or f"no CONNECTED frame within {s.connect_timeout:g} s"
         self._limit_send_time(conn)
         self.conn, self.address, self._last = conn, host_port, host_port
-        log.info("connected to broker %s:%d", *host_port)
+        log.info("connected to broker %s:%d%s", *host_port,
+                 f" ({conn.transport.socket.version()})" if tls.enabled else "")
         return None
+
+    def _check_peer(self, tls_socket: ssl.SSLSocket) -> None:
+        """The hook after the handshake: raises PeerRefused (the socket is then closed and the
+        reason reported like any TLS refusal) when ``check_peer`` refuses the broker."""
+        if self.check_peer is None:
+            return
+        # A check that breaks refuses the broker: it neither lets it in nor kills the part.
+        try:
+            reason = self.check_peer(tls_socket)
+        except Exception as exc:  # noqa: BLE001
+            reason = f"the trust check failed ({exc.__class__.__name__}: {exc})"
+        if reason:
+            raise PeerRefused(reason)
 
     def _limit_send_time(self, conn) -> None:
         """A broker that stops reading (ActiveMQ's producer flow control, or a hung broker whose
@@ -215,8 +303,11 @@ class BrokerConnection:
 
     def _diagnose(self, host_port: Tuple[str, int]) -> Optional[str]:
         tls = self.settings.tls
-        problem = diagnose_tls(host_port, tls_context(tls, self._ca_file), self.settings.connect_timeout)
-        if problem and "client certificate" in problem and not tls.cert_file:
+        return self._with_hint(diagnose_tls(host_port, tls_context(tls, self._ca_file),
+                                             self.settings.connect_timeout))
+
+    def _with_hint(self, problem: Optional[str]) -> Optional[str]:
+        if problem and "client certificate" in problem and not self.settings.tls.cert_file:
             problem += "; the broker requires one: set brokers.tls.cert_file and key_file"
         return problem
 
@@ -228,7 +319,7 @@ class BrokerConnection:
         return ""
 
     @staticmethod
-    def _close(conn: stomp.Connection12) -> None:
+    def _close(conn: _Connection12) -> None:
         sock = getattr(conn.transport, "socket", None)
         # A DISCONNECT only where it cannot block: into a broker that stopped reading, the
         # send would wait (stomp.py's heart-beat thread holding the socket meanwhile).

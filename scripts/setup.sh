@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 # python3-stomp/-yaml/-daemon: Debian's modules, which the Debian package depends on;
 # tests/integration/test_package.py runs the unpacked package on them with /usr/bin/python3.
+# python3-openssl (with python3-cryptography): common on grid boxes, and what made Debian's
+# stomp.py 8.0.0 probe the broker without the client certificate; test_tls.py runs TLS with it.
 packages=(activemq nagios4-core monitoring-plugins-basic python3-venv
-          python3-stomp python3-yaml python3-daemon)
+          python3-stomp python3-yaml python3-daemon python3-openssl python3-cryptography)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
