@@ -190,6 +190,30 @@ class _Connection12(stomp.connect.StompConnection12):
         stomp.protocol.Protocol12.__init__(self, transport, heartbeats)
 
 
+def grid_trust_check(tls: TlsSettings) -> Optional[Callable[[ssl.SSLSocket], Optional[str]]]:
+    """The broker certificate check beyond OpenSSL's chain and host name (which the handshake
+    does): the CA's CRL, its namespaces and the serverAuth key usage (gridtrust.TrustStore), for a
+    verified connection to brokers of our own CAs; None otherwise."""
+    if not (tls.enabled and tls.verify and (tls.ca_file or tls.ca_dir)):
+        return None
+    try:
+        import cryptography  # noqa: F401 - a Debian Recommends, not a Depends
+    except ImportError:
+        log.error("python3-cryptography is not installed: the brokers' certificates get OpenSSL's chain and "
+                  "host name checks only, not CRLs, namespaces or key usage (apt install python3-cryptography)")
+        return None
+    from .gridtrust import TrustStore, Untrusted
+    store = TrustStore.from_settings(tls.ca_file, tls.ca_dir, tls.rules)
+
+    def check(tls_socket: ssl.SSLSocket) -> Optional[str]:
+        try:
+            store.check_tls_peer(tls_socket, "server")
+        except Untrusted as exc:
+            return str(exc)
+        return None
+    return check
+
+
 class BrokerConnection:
     """One connection attempt cycle over ``settings.hosts``, in order."""
 
@@ -199,7 +223,7 @@ class BrokerConnection:
         frame is sent, and returns why the broker's certificate is refused (None: accepted);
         the grid trust check (CRLs, namespaces, key usage) plugs in here."""
         self.settings = settings
-        self.check_peer = check_peer
+        self.check_peer = check_peer if check_peer is not None else grid_trust_check(settings.tls)
         self.client_id = client_id
         # Subscribers take bodies as bytes: stomp.py's decoding would hide invalid UTF-8.
         self.auto_decode = auto_decode

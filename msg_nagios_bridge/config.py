@@ -84,6 +84,7 @@ class TlsSettings:
     key_file: str = ""
     key_password: str = dataclasses.field(default="", repr=False)
     verify: bool = True
+    rules: TrustRules = TrustRules()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,7 +421,7 @@ def _ca_dir(value: str) -> Optional[str]:
 
 def _tls(brokers: _Section) -> TlsSettings:
     sec = brokers.section("tls", ("enabled", "ca_file", "ca_dir", "cert_file", "key_file", "key_password",
-                                  "key_password_file", "verify"))
+                                  "key_password_file", "verify") + TRUST_RULE_KEYS)
     settings = TlsSettings(
         enabled=sec.get("enabled", bool, False),
         ca_file=sec.get("ca_file", str, "", _readable_file),
@@ -429,6 +430,7 @@ def _tls(brokers: _Section) -> TlsSettings:
         key_file=sec.get("key_file", str, "", _readable_file),
         key_password=_secret(sec, "key_password"),
         verify=sec.get("verify", bool, True),
+        rules=trust_rules(sec),
     )
     if settings.key_file and not settings.cert_file:
         raise sec.error("cert_file", "", "is required with key_file")

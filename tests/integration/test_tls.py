@@ -122,7 +122,16 @@ def test_the_right_certificates_connect_by_ca_file_and_by_grid_ca_directory(tmp_
                                   capture_output=True, text=True, check=True).stdout.strip()
     (grid / "TestGridCA.pem").write_bytes(pki.authority.cert_file.read_bytes())
     os.symlink("TestGridCA.pem", grid / f"{subject_hash}.0")
-    (grid / f"{subject_hash}.signing_policy").write_text("access_id_CA X509 '/O=test'\n")
+    # A grid directory's namespaces say which DNs the CA may issue: first one that excludes the
+    # broker (refused, naming the CA, the DN and the rule), then one that includes it.
+    (grid / f"{subject_hash}.r0").write_bytes(pki.authority.crl_pem())        # as fetch-crl keeps them
+    namespaces = grid / f"{subject_hash}.namespaces"
+    namespaces.write_text('TO Issuer "/O=msg-nagios-bridge tests/CN=Test Grid CA" PERMIT Subject "/O=elsewhere/*"\n')
+    code, output = send(bridge_factory, port, f"{{enabled: true, ca_dir: {grid}}}", "by-dir-outside")
+    assert code == 1 and "ca-namespace: CA '/O=msg-nagios-bridge tests/CN=Test Grid CA' may not issue " \
+                         "'/O=msg-nagios-bridge tests/CN=broker.test'" in output, output
+    namespaces.write_text('TO Issuer "/O=msg-nagios-bridge tests/CN=Test Grid CA" '
+                          'PERMIT Subject "/O=msg-nagios-bridge tests/*"\n')
     code, output = send(bridge_factory, port, f"{{enabled: true, ca_dir: {grid}}}", "by-dir")
     assert code == 0 and "1 message(s) confirmed" in output, output
 
@@ -213,8 +222,9 @@ def test_an_unknown_ca_is_refused(pki, broker, connect):
     assert report["receipt"] is False and report["closed"], report
 
 
-def test_a_revoked_broker_certificate_is_refused_by_the_peer_check(tmp_path, pki, broker, connect):
+def test_a_revoked_broker_certificate_is_refused_by_the_grid_trust_check(tmp_path, pki, broker, connect):
     crl = pki.crl_revoking_the_broker(tmp_path / "ca.r0")
-    report = connect(broker.ports["mutual"], **with_client_cert(pki, revoked_crl=str(crl)))
-    assert "TLS: the broker's certificate was refused: revoked (serial " in report["problem"], report
+    report = connect(broker.ports["mutual"], **with_client_cert(pki, crl_file=str(crl)))
+    assert "TLS: the broker's certificate was refused: crl-revoked" in report["problem"], report
+    assert "CN=broker.test" in report["problem"], report
     assert report["closed"] and report["tls_connections"] == 1, report

@@ -39,6 +39,11 @@ class Authority:
         self.cert_file = self.dir / "ca.pem"
         self.cert_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
+    def crl_pem(self, revoked_serials=()) -> bytes:
+        """A current CRL of this CA (PEM), listing ``revoked_serials``."""
+        return GridAuthority.crl(self, [_Serial(serial) for serial in revoked_serials]).public_bytes(
+            serialization.Encoding.PEM)
+
     def issue(self, name, common_name, hosts=(), client=False, expired=False, key_password=None):
         """(cert_file, key_file) for a server (``hosts`` as SANs) or client certificate."""
         key = ec.generate_private_key(ec.SECP256R1())
@@ -133,6 +138,11 @@ def _key_usage(**chosen):
     names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
              "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
     return x509.KeyUsage(**{name: chosen.get(name, False) for name in names})
+
+
+class _Serial:
+    def __init__(self, serial_number):
+        self.serial_number = serial_number
 
 
 class GridAuthority:

@@ -1,7 +1,7 @@
 """One TLS connection through msg_nagios_bridge.broker, run as a script by any interpreter.
 
     PYTHON tls_client.py '{"port": N, "host": "127.0.0.1", "ca_file": ..., "cert_file": ...,
-                           "key_file": ..., "key_password": ..., "revoked_crl": PEM file}'
+                           "key_file": ..., "key_password": ..., "crl_file": PEM file}'
 
 Imports msg_nagios_bridge and stomp from wherever that interpreter finds them (the checkout
 with the venv's stomp.py, or an unpacked .deb with Debian's python3-stomp), connects, sends
@@ -9,8 +9,8 @@ one message with a receipt, and prints what happened as one JSON object:
 problem (None when connected), version (the data connection's negotiated TLS version),
 minimum_version (of the context that made it), receipt, tls_connections (every TLS socket
 made in this process), stomp (its version) and openssl (whether python3-openssl imports).
-``revoked_crl`` installs a check_peer that refuses a broker whose certificate is on that CRL
-(what the grid trust check does with fetch-crl's CRLs).
+``crl_file`` gives the CA file's CRL (brokers.tls.crl_file): the bridge's own grid trust check
+(gridtrust.TrustStore, after the handshake) then refuses a broker whose certificate it revokes.
 """
 import json
 import ssl
@@ -31,31 +31,19 @@ def main():
 
     import stomp
     from msg_nagios_bridge.broker import BrokerConnection
-    from msg_nagios_bridge.config import BrokerSettings, TlsSettings
+    from msg_nagios_bridge.config import BrokerSettings, TlsSettings, TrustRules
     try:
         import OpenSSL  # noqa: F401 - only: is it there, as on many Debian 12 boxes
         openssl = True
     except ImportError:
         openssl = False
 
-    check_peer = None
-    if options.get("revoked_crl"):
-        from cryptography import x509
-        with open(options["revoked_crl"], "rb") as handle:
-            crl = x509.load_pem_x509_crl(handle.read())
-
-        def check_peer(tls_socket):
-            cert = x509.load_der_x509_certificate(tls_socket.getpeercert(binary_form=True))
-            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-                return f"revoked (serial {cert.serial_number:x})"
-            return None
-
     tls = TlsSettings(enabled=True, ca_file=options.get("ca_file", ""), cert_file=options.get("cert_file", ""),
                       key_file=options.get("key_file", ""), key_password=options.get("key_password", ""),
-                      verify=options.get("verify", True))
+                      verify=options.get("verify", True), rules=TrustRules(crl_file=options.get("crl_file", "")))
     settings = BrokerSettings(hosts=((options.get("host", "127.0.0.1"), options["port"]),), connect_timeout=10,
                               receipt_timeout=10, heartbeat_ms=2000, tls=tls)
-    broker = BrokerConnection(settings, check_peer=check_peer)
+    broker = BrokerConnection(settings)
     report = {"problem": broker.connect(), "stomp": ".".join(map(str, stomp.__version__)), "openssl": openssl,
               "receipt": False, "version": None, "minimum_version": None}
     if report["problem"] is None:
