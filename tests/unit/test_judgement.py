@@ -280,3 +280,69 @@ def test_the_stomp_frame_parser_before_the_judgement_is_linear_too():
         started = time.perf_counter()
         utils.parse_frame(frame)
         assert time.perf_counter() - started < 1.0
+
+
+# -- signed messages: the verified identity, and what the signature must cover ------------------
+
+@pytest.fixture(scope="module")
+def signing_pki(tmp_path_factory):
+    from tests.sandbox.pki import Authority
+    authority = Authority(tmp_path_factory.mktemp("pki"))
+    for attempt in range(20):      # a DER length that leaves unused bits in base64 (ECDSA varies it)
+        cert_key = authority.issue(f"site-a-{attempt}", "nagios.site-a.org", client=True)
+        if len(_der(cert_key[0])) % 3:
+            return authority, cert_key
+    raise AssertionError("no certificate with a DER length that is not a multiple of 3")
+
+
+def _der(cert_file):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    return x509.load_pem_x509_certificate(cert_file.read_bytes()).public_bytes(serialization.Encoding.DER)
+
+
+def _signed(pki, headers, body):
+    from msg_nagios_bridge.signing import Signer
+    signer = Signer(str(pki[1][0]), str(pki[1][1]))
+    return dict(headers, **signer.sign(headers, body))
+
+
+def _signed_rules(pki):
+    from msg_nagios_bridge.signing import Verifier
+    return judgement.Rules(mapping=Mapping(), policy=ALLOW_ALL, verifier=Verifier(str(pki[0].cert_file)))
+
+
+def test_the_headers_the_judgement_reads_are_the_ones_a_signature_covers():
+    from msg_nagios_bridge.signing import SIGNED_HEADERS
+    assert set(judgement.HEADERS_READ) == set(SIGNED_HEADERS)
+
+
+def test_a_replayed_signed_result_is_a_duplicate_however_its_signer_header_is_reencoded(tmp_path, signing_pki):
+    """Regression: duplicates were scoped by the raw signer header, and re-encoding its base64
+    with other padding bits made a new key for the same certificate."""
+    import base64
+    body = wlcg(when="2024-01-01T00:59:00Z")
+    headers = _signed(signing_pki, {"result_id": "r1", "role": "site"}, body)
+    with Spool(str(tmp_path / "in.sqlite")) as spool:
+        memory = judgement.SpoolMemory(spool)
+        first = one(headers, body, _signed_rules(signing_pki), memory)
+        assert first.outcome == judgement.ACCEPTED and first.sender == "CN=nagios.site-a.org,O=msg-nagios-bridge tests"
+        spool.put([], marks=judgement.memory_marks([first]))
+        der = base64.b64decode(headers["signer"])
+        reencoded = base64.b64encode(der).decode().rstrip("=")
+        padding = "=" * (-len(reencoded) % 4)
+        assert padding, "the test certificate's DER must leave unused bits in its last base64 character"
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        last = alphabet.index(reencoded[-1])       # the unused low bits set: the same bytes decoded
+        reencoded = reencoded[:-1] + alphabet[last | (3 if len(padding) == 1 else 15)] + padding
+        assert reencoded != headers["signer"] and base64.b64decode(reencoded) == der
+        verdict = one(dict(headers, signer=reencoded), body, _signed_rules(signing_pki), memory)
+        assert verdict.outcome == judgement.DUPLICATE, verdict
+
+
+def test_a_read_header_the_signature_does_not_cover_is_refused(signing_pki):
+    body = wlcg(when="2024-01-01T00:59:00Z")
+    headers = _signed(signing_pki, {"result_id": "r1"}, body)
+    verdict = one(dict(headers, role="central"), body, _signed_rules(signing_pki))
+    assert verdict.outcome == judgement.REFUSED and verdict.refusal.reason == "unsigned-header"
+    assert "'role'" in verdict.refusal.message
