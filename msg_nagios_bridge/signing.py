@@ -40,6 +40,7 @@ from typing import FrozenSet, Mapping, Optional, Sequence, Tuple
 
 from .formats.inbound import Refused
 from .gridtrust import TrustStore, Untrusted, verify_signed_by
+from .gridtrust import _crypto as _grid_crypto
 
 CONTEXT = b"msg-nagios-bridge-signature-1\n"
 SCHEME_2 = b"msg-nagios-bridge-signature-2"
@@ -68,25 +69,10 @@ class Signed:
     signed_headers: FrozenSet[str]
 
 
-_CRYPTO = None
-
-
 def _crypto():
-    global _CRYPTO
-    if _CRYPTO is None:
-        _CRYPTO = _import_crypto()
-    return _CRYPTO
-
-
-def _import_crypto():
-    try:
-        from cryptography import x509
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-    except ImportError:   # pragma: no cover - the package is a test extra and a Debian Recommends
-        raise RuntimeError("signing needs the 'cryptography' package (Debian: python3-cryptography)") from None
-    return x509, InvalidSignature, hashes, serialization, ec, padding, rsa
+    """The pieces of ``cryptography`` signing uses, imported once and lazily by gridtrust."""
+    x509, invalid_signature, hashes, serialization, ec, _, _, padding, rsa = _grid_crypto()
+    return x509, invalid_signature, hashes, serialization, ec, padding, rsa
 
 
 def _signed_bytes(result_id: str, body: bytes) -> bytes:
