@@ -30,6 +30,10 @@ from ..model import CheckResult, InvalidResult
 
 SERVICE_TAG = "MNB1S"
 HOST_TAG = "MNB1H"
+# Version 2, for the perfdata files: the free-text fields each on a line of their own (below).
+SERVICE_RECORD_TAG = "MNB2S"
+HOST_RECORD_TAG = "MNB2H"
+RECORD_LINES = 4
 
 SERVICE_MACROS = (
     "$TIMET$", "$HOSTNAME$", "$SERVICEDESC$", "$SERVICESTATEID$", "$SERVICESTATETYPE$",
@@ -54,12 +58,26 @@ def template(tag: str, macros) -> str:
     return "\\t".join((tag,) + tuple(macros))
 
 
+def record_template(tag: str, macros) -> str:
+    """The perfdata-file template of a version-2 record: the fixed fields tab-separated on one
+    line, then output, perfdata and long output on a line each (Nagios turns ``\\n`` into a
+    newline). None of those three can hold a newline (the output is the first line, Nagios
+    joins perfdata lines with blanks, and it escapes long output), while each may hold tabs,
+    which on one tab-separated line could not be told from the separator."""
+    return "\\t".join((tag,) + tuple(macros[:-3])) + "".join("\\n" + macro for macro in macros[-3:])
+
+
 def service_template() -> str:
-    return template(SERVICE_TAG, SERVICE_MACROS)
+    return record_template(SERVICE_RECORD_TAG, SERVICE_MACROS)
 
 
 def host_template() -> str:
-    return template(HOST_TAG, HOST_MACROS)
+    return record_template(HOST_RECORD_TAG, HOST_MACROS)
+
+
+def is_record_start(line: bytes) -> bool:
+    """True for the first line of a version-2 record (RECORD_LINES lines in all)."""
+    return line.startswith((SERVICE_RECORD_TAG.encode() + b"\t", HOST_RECORD_TAG.encode() + b"\t"))
 
 
 _NAGIOS_ESCAPE = re.compile(r"\\(\\|n)")
@@ -86,10 +104,20 @@ def _attributes(check_type: str, flavour: str, uri: str, publish: str) -> dict:
 
 
 def parse(line: str) -> CheckResult:
-    """Parse one line (without its newline) into a CheckResult, or raise BadLine."""
+    """Parse one line (without its newline), or one version-2 record (its RECORD_LINES lines
+    joined by newlines), into a CheckResult, or raise BadLine."""
+    tag = line[:6].split("\t", 1)[0]
+    if tag in (SERVICE_RECORD_TAG, HOST_RECORD_TAG):
+        parts = line.split("\n")
+        if len(parts) != RECORD_LINES:
+            raise BadLine(f"{tag} record has {len(parts)} lines, expected {RECORD_LINES}")
+        fixed = parts[0].split("\t")
+        expected = (_SERVICE_FIELDS if tag == SERVICE_RECORD_TAG else _HOST_FIELDS) - 3
+        if len(fixed) != expected:
+            raise BadLine(f"{tag} record has {len(fixed)} fixed fields, expected {expected}")
+        return _result(tag == SERVICE_RECORD_TAG, fixed + parts[1:])
     if "\n" in line:
         raise BadLine("line contains a newline")
-    tag = line[:6].split("\t", 1)[0]
     if tag == SERVICE_TAG:
         expected = _SERVICE_FIELDS
     elif tag == HOST_TAG:
@@ -103,8 +131,12 @@ def parse(line: str) -> CheckResult:
     # the FIFO (a write over PIPE_BUF): the record cannot be trusted.
     if "\t" + SERVICE_TAG + "\t" in line or "\t" + HOST_TAG + "\t" in line:
         raise BadLine("two records interleaved in one line (a result over PIPE_BUF on the OCSP pipe?)")
+    return _result(tag == SERVICE_TAG, fields)
+
+
+def _result(is_service: bool, fields: List[str]) -> CheckResult:
     try:
-        if tag == SERVICE_TAG:
+        if is_service:
             (_, timet, host, service, state, state_type, attempt, check_type,
              flavour, uri, publish, output, perfdata, long_output) = fields
         else:
@@ -136,15 +168,26 @@ def _integer(name: str, text: str) -> int:
     return int(text)
 
 
+def format_record(result: CheckResult) -> str:
+    """A version-2 record as Nagios writes it into a perfdata file (for tests): RECORD_LINES
+    lines joined by newlines, without the final one."""
+    fields = _fields(result)
+    fields[0] = SERVICE_RECORD_TAG if result.service is not None else HOST_RECORD_TAG
+    return "\t".join(fields[:-3]) + "".join("\n" + field for field in fields[-3:])
+
+
 def format_line(result: CheckResult) -> str:
     """The inverse of parse(), for tests and the ``send`` tool."""
+    return "\t".join(_fields(result))
+
+
+def _fields(result: CheckResult) -> List[str]:
     attrs = result.attributes
     common = [str(int(result.timestamp)), result.host]
     if result.service is not None:
         common.append(result.service)
-    fields = [SERVICE_TAG if result.service is not None else HOST_TAG] + common + [
+    return [SERVICE_TAG if result.service is not None else HOST_TAG] + common + [
         str(result.state), result.state_type, str(result.attempt), attrs.get("check_type", ""),
         attrs.get("flavour", ""), attrs.get("uri", ""), attrs.get("publish", ""),
         result.output, result.perfdata, nagios_escape(result.long_output),
     ]
-    return "\t".join(fields)

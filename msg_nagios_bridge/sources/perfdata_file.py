@@ -25,8 +25,9 @@ import os
 import stat
 import threading
 from collections import deque
-from typing import Deque, Optional, Tuple
+from typing import Deque, List, Optional, Tuple
 
+from ..formats import result_line
 from ..health import Health
 from .intake import Intake
 
@@ -35,6 +36,26 @@ log = logging.getLogger(__name__)
 MAX_BATCH_BYTES = 4 << 20
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
 FINGERPRINT_BYTES = 1024
+
+
+def split_records(lines: List[bytes]) -> Tuple[List[bytes], int]:
+    """Whole records from complete lines: a version-2 record is its RECORD_LINES lines joined by
+    newlines (result_line.record_template), any other line stands alone; and how many lines they
+    use. A version-2 record whose last lines have not arrived yet is left for the next read.
+    Lines are grouped by position from a record start, so text inside a record that looks like
+    a tag cannot shift the grouping."""
+    records: List[bytes] = []
+    index = 0
+    while index < len(lines):
+        if result_line.is_record_start(lines[index]):
+            if index + result_line.RECORD_LINES > len(lines):
+                break
+            records.append(b"\n".join(lines[index:index + result_line.RECORD_LINES]))
+            index += result_line.RECORD_LINES
+        else:
+            records.append(lines[index])
+            index += 1
+    return records, index
 
 
 def _identity(info: os.stat_result) -> Tuple[int, int]:
@@ -196,9 +217,10 @@ class PerfdataTail(threading.Thread):
         self._discover()
         data = os.pread(self.fd, MAX_BATCH_BYTES, self.offset)
         end = data.rfind(b"\n")
-        if end >= 0:
-            lines = data[:end].split(b"\n")
-            new_offset = self.offset + end + 1
+        complete = data[:end].split(b"\n") if end >= 0 else []
+        lines, used = split_records(complete)
+        if used:
+            new_offset = self.offset + sum(len(line) + 1 for line in complete[:used])
             cursor = json.dumps({"dev": self.file_id[0], "ino": self.file_id[1], "offset": new_offset,
                                  "head": self._head(new_offset)})
             if not self.intake.spool_lines(lines, cursor=(self.cursor_name, cursor)):
@@ -206,7 +228,7 @@ class PerfdataTail(threading.Thread):
             self.offset = new_offset
             return True
         if len(data) >= MAX_BATCH_BYTES:
-            self.intake.dead_letter(data, f"line longer than {MAX_BATCH_BYTES} bytes")
+            self.intake.dead_letter(data, f"line or record longer than {MAX_BATCH_BYTES} bytes")
             self.offset += len(data)
             return True
         if self._next_file(data):

@@ -20,7 +20,7 @@ CASES = {
     "backslashes": (0, "OK: C:\\new\\temp and \\\\server\\share|size=5B;;;\nliteral \\n two characters\n"
                        "C:\\new\\temp again\nends with a backslash\\"),
     "trailing-backslash": (1, "WARNING: path C:\\"),
-    "tabs-in-long-output": (0, "OK: fine|t=1\nlong\twith\ttabs\n\tindented"),
+    "tabs": (0, "OK: a\ttab|t=1\tu=2\nlong\twith\ttabs\n\tindented"),
     "pipe-in-long": (2, "CRITICAL: first|a=1\nsecond line | b=2\nthird"),
     "utf8": (0, "OK: Grüße ✓ 漢字|'x y'=1;2;3\nlong: ✓✓ ünïcödé\nline 3"),
     "shell": (0, "OK: $HOME `id` $(id) ' \" ; & < > ~ %s %n\nlong ' \" $x"),

@@ -328,3 +328,44 @@ def test_a_restart_after_a_truncation_does_not_publish_the_file_again(tmp_path):
     assert publish(spool) == 0
     second._close()
     spool.close()
+
+
+# -- version-2 records: output, perfdata and long output each on a line of their own -----------
+
+def records(start, count, output="out\twith a tab"):
+    return "".join(result_line.format_record(CheckResult(
+        host="h", service=f"s{i}", state=0, output=f"{output} {i}", perfdata="a=1\tb=2",
+        long_output="long\ttext\nsecond", timestamp=1700000000)) + "\n" for i in range(start, start + count))
+
+
+def test_a_record_is_taken_whole_once_all_its_lines_are_there(tail):
+    """Regression: a tab in the first line of output or in perfdata moved text into the next
+    field of the one-line format."""
+    tail.start()
+    tail.append(records(0, 2) + lines(2, 1))               # version 2 and old single lines, mixed
+    assert tail.wait_for(3) == [0, 1, 2]
+    record = records(3, 1)
+    second_end = record.index("\n", record.index("\n") + 1) + 1
+    head, rest = record[:second_end], record[second_end:]               # two of its four lines, then the rest
+    tail.append(head)
+    time.sleep(0.2)
+    assert services_in(tail.spool) == [0, 1, 2]
+    tail.append(rest)
+    assert tail.wait_for(4) == [0, 1, 2, 3]
+    entries = tail.spool.take(10)
+    bodies = {e.message.headers["metric"]: e.message.body.decode() for e in entries}
+    assert "summaryData: out\twith a tab 3\n" in bodies["s3"] and "performanceData: a=1\tb=2\n" in bodies["s3"]
+    assert "detailsData: long\ttext\nsecond\n" in bodies["s3"]
+
+
+def test_text_that_looks_like_a_record_start_inside_a_record_does_not_shift_the_grouping(tail):
+    tail.start()
+    tail.append(records(0, 1, output="MNB2S\t1\th\tforged") + records(1, 1))
+    assert tail.wait_for(2) == [0, 1]
+
+
+def test_split_records_leaves_an_incomplete_record_for_later():
+    from msg_nagios_bridge.sources.perfdata_file import split_records
+    complete = records(0, 1).encode().split(b"\n")[:-1]
+    assert split_records(complete + [b"garbage", complete[0]]) == (
+        [b"\n".join(complete), b"garbage"], len(complete) + 1)
