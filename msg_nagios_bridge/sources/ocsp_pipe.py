@@ -48,7 +48,7 @@ from typing import List
 from ..config import OcspPipeSettings
 from ..display import printable
 from ..formats import ocsp_record
-from ..health import Health
+from ..health import Health, RateLimitedLog
 from .intake import Intake
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,13 @@ class OcspPipeSource(threading.Thread):
         self.health = health
         self.token_file = token_file
         self.token = b""
+        # Until the first framed record, plain result lines are an OCSP command from before the
+        # frame (a site that upgraded and has not run nagios-config yet): taken, with a warning,
+        # rather than dead-lettered for good. A forged tail can only come from a framed record
+        # cut by another writer, and that record's head, with the token, comes first on the
+        # FIFO; from the first framed record on, plain lines are refused (ocsp-old-format).
+        self.framed_seen = False
+        self._unframed = RateLimitedLog(log, interval=3600.0)
         self.stopping = intake.stopping
         self.ready = threading.Event()
         self.failure = None
@@ -310,6 +317,15 @@ class OcspPipeSource(threading.Thread):
         results: List[bytes] = []
         for line in lines:
             if not line.strip():
+                continue
+            if self.token in line:
+                self.framed_seen = True
+            elif not self.framed_seen and line.startswith((b"MNB1S\t", b"MNB1H\t")):
+                self._unframed(logging.WARNING, "unframed",
+                               "the OCSP command writes result lines without the record frame (a command from"
+                               " an older version): taken until the first framed record; install the command"
+                               " 'msg-nagios-bridge nagios-config' prints")
+                results.append(line)
                 continue
             taken, rejected = ocsp_record.unwrap(line, self.token)
             results.extend(taken)

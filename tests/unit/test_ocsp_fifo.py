@@ -241,3 +241,29 @@ def test_a_split_ocsp_line_cannot_forge_a_result_for_another_host(tmp_path):
         finally:
             source.stopping.set()
             source.join(5)
+
+
+def test_after_an_upgrade_plain_lines_are_taken_until_the_first_framed_record(tmp_path, caplog):
+    """A site that upgraded and has not installed the new OCSP command yet loses nothing: its
+    plain lines are taken (with a warning) until a framed record shows the new command is in;
+    from then on plain lines are refused, as a forged tail would be."""
+    path = tmp_path / "ocsp.fifo"
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        source = start_source(path, spool)
+        try:
+            def plain(service):
+                return (result_line.format_line(CheckResult(host="h", service=service, state=0, output="ok",
+                                                           timestamp=1700000000)) + "\n").encode()
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, plain("old1") + plain("old2"))
+            assert wait_until(lambda: spool.stats().depth == 2, timeout=10)
+            os.write(fd, result_lines("framed").encode())
+            os.write(fd, plain("plain-after"))
+            os.close(fd)
+            assert wait_until(lambda: spool.stats().depth == 3 and spool.stats().dead_letters == 1, timeout=10)
+            assert metrics_in(spool) == ["old1", "old2", "framed"]
+            assert spool.dead_letters()[0].reason.startswith("ocsp-old-format")
+            assert "without the record frame" in caplog.text
+        finally:
+            source.stopping.set()
+            source.join(5)
