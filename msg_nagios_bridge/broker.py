@@ -23,6 +23,7 @@ import ssl
 import struct
 import tempfile
 import threading
+import time
 from typing import Callable, List, Mapping, Optional, Tuple
 
 import stomp
@@ -35,6 +36,8 @@ from .config import BrokerSettings, TlsSettings
 from .tlsfiles import ca_bundle_from_dir
 
 log = logging.getLogger(__name__)
+
+RECV_BYTES = 1 << 16
 
 
 class _Events(stomp.ConnectionListener):
@@ -157,7 +160,15 @@ class _Transport(stomp.transport.Transport):
         self.opened = False         # the socket is connected, and its handshake and check passed
         # stomp.py 8.0.0 (Debian 12's) leaves the connect timeout on the socket, so an idle
         # connection "times out" and drops every connect_timeout seconds; 8.1+ does this itself.
+        # For stomp.py this stays "blocking": its reader thread calls receive() and writers call
+        # send(), below, whatever its version.
         self.blocking = True
+        self.send_timeout = timeout     # BrokerConnection sets receipt_timeout once connected
+        # OpenSSL allows one thread at a time on a connection. stomp.py reads in its own thread
+        # and writes from the caller's and its heart-beat thread: unserialised, about 4% of TLS
+        # connections failed here ("[SSL] internal error", or a CONNECT frame that never went
+        # out). So a TLS socket is non-blocking, and every read and write holds this lock.
+        self._tls_lock = threading.Lock()
 
     def attempt_connection(self) -> None:
         """Connect or raise OSError (ssl.SSLError, PeerRefused); stomp.py then starts its reader."""
@@ -168,17 +179,56 @@ class _Transport(stomp.transport.Transport):
                 # Verifies the chain and the host name, presents the client certificate.
                 sock = self._context.wrap_socket(sock, server_hostname=self._host_port[0])
                 self._check_peer(sock)
-            # Blocking, as stomp.py 8 keeps every socket: a reader thread, and writes from the
-            # caller's thread (which _limit_send_time bounds). stomp.py 9 switches the sockets
-            # it wraps itself to a non-blocking loop that takes a TLS end-of-file for "nothing
-            # to read yet": a broker that closed the connection would go unnoticed.
-            sock.setblocking(self.blocking)
+            # A plain socket blocks, as stomp.py 8 keeps every socket: a reader thread, and writes
+            # from the caller's thread (which _limit_send_time bounds). A TLS one is non-blocking
+            # under _tls_lock (receive/send below). (stomp.py 9's own loop for TLS takes an
+            # end-of-file for "nothing to read yet": a closed connection would go unnoticed.)
+            sock.setblocking(self._context is None)
         except BaseException:
             sock.close()        # the TLS socket once made (wrap_socket took over the TCP one)
             raise
         self.socket = sock
         self.current_host_and_port = self._host_port
         self.opened = True
+
+    def receive(self) -> bytes:
+        """Up to RECV_BYTES, waiting for them; b"" at the end of the connection (stomp.py then
+        reports it lost)."""
+        sock = self.socket
+        if not isinstance(sock, ssl.SSLSocket):
+            return super().receive()
+        while True:
+            with self._tls_lock:
+                try:
+                    return sock.recv(RECV_BYTES)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+            try:
+                select.select([sock], [], [], 1.0)     # outside the lock: writers go on meanwhile
+            except (OSError, ValueError):              # closed under us
+                return b""
+            if not self.running:
+                return b""
+
+    def send(self, encoded_frame: bytes) -> None:
+        """All of ``encoded_frame``, within send_timeout (a broker that stops reading)."""
+        sock = self.socket
+        if not isinstance(sock, ssl.SSLSocket):
+            return super().send(encoded_frame)
+        view = memoryview(encoded_frame)
+        deadline = time.monotonic() + self.send_timeout
+        while view:
+            with self._tls_lock:
+                try:
+                    view = view[sock.send(view):]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+            if view:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout(f"no room to send for {self.send_timeout:g} s")
+                select.select([], [sock], [], min(left, 1.0))
+        return None
 
 
 class _Connection12(stomp.connect.StompConnection12):
@@ -322,6 +372,7 @@ class BrokerConnection:
         if sock is None:
             return
         seconds = max(1.0, self.settings.receipt_timeout)
+        conn.transport.send_timeout = seconds          # a TLS socket is non-blocking: its own bound
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                         struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000)))
 

@@ -132,3 +132,20 @@ def test_a_broker_that_closes_the_connection_is_noticed_at_once(pki, server):
         assert not broker.is_connected
     finally:
         broker.discard()
+
+
+def test_a_hundred_tls_connections_in_a_row_all_connect(pki, server):
+    """Regression (a fresh-clone CI run, then 8 of 200 here): stomp.py's reader thread and the
+    writing thread used the TLS connection at once, which OpenSSL does not allow; a CONNECT frame
+    was lost ("no CONNECTED frame") or the read failed with "[SSL] internal error". Reads and
+    writes now take turns (broker._Transport)."""
+    problems = []
+    for _ in range(100):
+        broker = connection(pki, server.port, None)
+        try:
+            problem = broker.connect()
+            if problem is not None:
+                problems.append(problem)
+        finally:
+            broker.discard()
+    assert problems == []
