@@ -211,11 +211,17 @@ def memory_marks(verdicts: Iterable[Verdict]) -> List[Tuple[str, str, float]]:
 SEEN, NEWEST = "seen", "newest"
 
 
+MAX_SEEN = 200_000
+
+
 class SpoolMemory:
     """The memory kept in the inbound spool's marks, so it holds across restarts.
 
-    Both kinds are stamped with the result's own time, so everything older than max_age can
-    be forgotten: a result that old is refused as too-old before the memory is asked.
+    Both kinds are stamped with the result's own time. The newest time per object is kept for
+    max_age (a result older than that is refused as too-old before the memory is asked): one
+    row per object. The ids seen are kept for the MAX_SEEN newest results only: they catch the
+    broker's redeliveries, and an older one coming again has the time of the newest result of
+    its object at best, so injecting it again changes nothing in Nagios (an older one is stale).
     """
 
     def __init__(self, spool):
@@ -228,8 +234,9 @@ class SpoolMemory:
         return self.spool.find_marks(NEWEST, objects)
 
     def forget(self, before: float) -> None:
-        for kind in (SEEN, NEWEST):
-            self.spool.forget_marks(kind, before)
+        self.spool.forget_marks(NEWEST, before)
+        self.spool.forget_marks(SEEN, before)
+        self.spool.keep_newest_marks(SEEN, MAX_SEEN)
 
 
 def make_verifier(settings) -> Optional[object]:

@@ -295,6 +295,8 @@ class Spool:
                 # The dead letters' sizes without reading their bodies (size comes after the
                 # body in a row, so a plain scan would read every body): for the byte limit.
                 db.execute("CREATE INDEX IF NOT EXISTS dead_letter_sizes ON dead_letters (id, size)")
+                # Marks by time, so forgetting the old ones does not scan them all.
+                db.execute("CREATE INDEX IF NOT EXISTS marks_by_time ON marks (kind, at)")
         except BaseException:
             db.close()
             raise
@@ -420,6 +422,13 @@ class Spool:
         with self._lock:
             return dict(self._read("read marks", "SELECT key, at FROM marks WHERE kind = ? AND key"
                                    " IN (SELECT value FROM json_each(?))", (kind, json.dumps(list(keys)))))
+
+    def keep_newest_marks(self, kind: str, count: int) -> None:
+        """Delete the marks of ``kind`` older than the ``count`` newest (all of one time stay)."""
+        with self._lock:
+            self._write("forget old marks", lambda: self._db.execute(
+                "DELETE FROM marks WHERE kind = ? AND at < (SELECT at FROM marks WHERE kind = ?"
+                " ORDER BY at DESC LIMIT 1 OFFSET ?)", (kind, kind, max(count, 1) - 1)))
 
     def forget_marks(self, kind: str, before: float) -> None:
         """Delete the keys of ``kind`` marked before ``before``."""

@@ -346,3 +346,13 @@ def test_a_read_header_the_signature_does_not_cover_is_refused(signing_pki):
     verdict = one(dict(headers, role="central"), body, _signed_rules(signing_pki))
     assert verdict.outcome == judgement.REFUSED and verdict.refusal.reason == "unsigned-header"
     assert "'role'" in verdict.refusal.message
+
+
+def test_the_ids_seen_are_bounded_by_count_and_the_newest_times_by_age(tmp_path, monkeypatch):
+    monkeypatch.setattr(judgement, "MAX_SEEN", 3)
+    with Spool(str(tmp_path / "in.sqlite")) as spool:
+        memory = judgement.SpoolMemory(spool)
+        spool.put([], marks=[("seen", f"id{i}", 1000.0 + i) for i in range(6)] + [("newest", "h\ts", 1000.0)])
+        memory.forget(900.0)
+        assert sorted(memory.seen([f"id{i}" for i in range(6)])) == ["id3", "id4", "id5"]
+        assert memory.newest(["h\ts"]) == {"h\ts": 1000.0}
