@@ -82,6 +82,10 @@ def publish(address, result, label, cert=None, ca_file=None, login=None, headers
     try:
         conn.connect(*(login or (None, None)), wait=True)
     except ConnectFailedException:
+        # stomp.py wakes connect() on an ERROR frame before it hands the frame to the listeners:
+        # wait a moment for the refusal's text (failed once in a fresh-clone run: 'CONNECT failed').
+        with replies.cond:
+            replies.cond.wait_for(lambda: replies.errors, 5.0)
         return replies.errors[-1] if replies.errors else "CONNECT failed"
     try:
         receipt = f"pub-{label}"
