@@ -5,8 +5,10 @@ crash, or a stall that ends with systemd's watchdog), the restarted bridge would
 the same message and die again, for ever. So before a message is judged its fingerprint is
 written to a small file beside the inbound spool, and cleared once the batch is handled. A
 fingerprint still there at start-up names the message that was being judged when the bridge
-died: it becomes a suspect, and when it arrives again it goes to the dead letters as
-``poison`` without being judged.
+died: it becomes a suspect. A suspect is judged again when it comes back, since the death may
+have had another cause (a kill -9, the OOM killer, a reboot: the fault suite's kill -9 once
+dead-lettered a good result this way). Only if the bridge dies while judging it a second time
+is it poison: when it arrives again it goes to the dead letters as ``poison``, unjudged.
 
 The per-message write is one pwrite() of a fixed-size slot without fsync: it survives the
 process being killed (it is in the page cache), which is the case this guards against; a
@@ -19,7 +21,7 @@ import hashlib
 import logging
 import os
 import typing
-from typing import List
+from typing import Dict, List
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def fingerprint(headers: typing.Mapping[str, str], body: bytes) -> str:
 class PoisonGuard:
     def __init__(self, path: str):
         self.path = path
-        self.suspects: List[str] = []
+        self.strikes: Dict[str, int] = {}       # fingerprint -> deaths while judging it (1 or 2)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(os.dup(fd), "rb") as handle:
@@ -50,32 +52,50 @@ class PoisonGuard:
             raise
         self._fd = fd
         judging, rest = text[:SLOT].strip(), text[SLOT:]
-        self.suspects = [line for line in rest.split() if _is_fingerprint(line)][-MAX_SUSPECTS:]
+        for line in rest.split():
+            print_, _, count = line.partition(":")
+            if _is_fingerprint(print_):
+                self.strikes[print_] = 2 if count == "2" else 1
         if _is_fingerprint(judging):
-            log.error("the bridge stopped while judging message %s: if it arrives again it goes to the "
-                      "dead letters as poison, unjudged", judging)
-            if judging not in self.suspects:
-                self.suspects = (self.suspects + [judging])[-MAX_SUSPECTS:]
+            self.strikes[judging] = min(self.strikes.get(judging, 0) + 1, 2)
+            log.error("the bridge stopped while judging message %s (%s)", judging,
+                      "twice: if it arrives again it goes to the dead letters as poison, unjudged"
+                      if self.strikes[judging] == 2 else "once: it is judged again if it comes back")
+        while len(self.strikes) > MAX_SUSPECTS:
+            del self.strikes[next(iter(self.strikes))]
+        self._judged: List[str] = []
         self._save()
 
+    @property
+    def suspects(self) -> List[str]:
+        return list(self.strikes)
+
     def is_suspect(self, print_: str) -> bool:
-        return print_ in self.suspects
+        """True for poison: the bridge died twice while judging this message."""
+        return self.strikes.get(print_, 0) >= 2
 
     def judging(self, print_: str) -> None:
         """Note the message about to be judged (call ``idle`` when the batch is handled)."""
         os.pwrite(self._fd, print_.encode("ascii").ljust(SLOT), 0)
+        if print_ in self.strikes:
+            self._judged.append(print_)
 
     def idle(self) -> None:
         os.pwrite(self._fd, b" " * SLOT, 0)
+        if self._judged:                 # suspects judged without dying: not the cause
+            for print_ in self._judged:
+                self.strikes.pop(print_, None)
+            self._judged = []
+            self._save()
 
     def caught(self, print_: str) -> None:
-        """The suspect arrived and was dead-lettered: forget it."""
-        if print_ in self.suspects:
-            self.suspects.remove(print_)
+        """The poison arrived and was dead-lettered: forget it."""
+        if self.strikes.pop(print_, None) is not None:
             self._save()
 
     def _save(self) -> None:
-        data = b" " * SLOT + "".join(f"\n{s}" for s in self.suspects).encode("ascii") + b"\n"
+        lines = "".join(f"\n{print_}:{count}" for print_, count in self.strikes.items())
+        data = b" " * SLOT + lines.encode("ascii") + b"\n"
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
         os.fsync(self._fd)

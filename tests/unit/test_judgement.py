@@ -197,13 +197,19 @@ def _die_while_judging(path, headers, body):
     os._exit(9)                     # killed mid-judgement: nothing after this runs
 
 
-def test_a_message_that_killed_the_bridge_while_judged_is_a_suspect_after_the_restart(tmp_path):
-    path = str(tmp_path / "inbound.sqlite.judging")
-    headers, body = dict(SENDER, result_id="poison"), wlcg()
+def _die(path, headers, body):
     child = multiprocessing.get_context("fork").Process(target=_die_while_judging, args=(path, headers, body))
     child.start()
     child.join(10)
     assert child.exitcode == 9
+
+
+def test_a_message_that_killed_the_bridge_twice_while_judged_is_poison(tmp_path):
+    path = str(tmp_path / "inbound.sqlite.judging")
+    headers, body = dict(SENDER, result_id="poison"), wlcg()
+    _die(path, headers, body)
+    assert not PoisonGuard(path).is_suspect(fingerprint(headers, body)), "one death may have another cause"
+    _die(path, headers, body)                            # judged again, and the bridge died again
     guard = PoisonGuard(path)
     assert guard.is_suspect(fingerprint(headers, body))
     redelivered = dict(headers, redelivered="true", ack="another-ack-id")
@@ -211,7 +217,21 @@ def test_a_message_that_killed_the_bridge_while_judged_is_a_suspect_after_the_re
     assert not guard.is_suspect(fingerprint(dict(SENDER, result_id="other"), body))
     guard.caught(fingerprint(headers, body))
     guard.close()
-    assert not PoisonGuard(path).is_suspect(fingerprint(headers, body)), "a caught suspect is forgotten"
+    assert not PoisonGuard(path).is_suspect(fingerprint(headers, body)), "a caught poison is forgotten"
+
+
+def test_a_suspect_judged_without_dying_is_cleared(tmp_path):
+    """Regression (fault suite, kill -9 of the bridge mid-stream): the message being judged when
+    the bridge was killed from outside was dead-lettered as poison: a result lost to Nagios."""
+    path = str(tmp_path / "judging")
+    headers, body = dict(SENDER, result_id="innocent"), wlcg()
+    _die(path, headers, body)
+    guard = PoisonGuard(path)
+    assert guard.suspects == [fingerprint(headers, body)] and not guard.is_suspect(fingerprint(headers, body))
+    guard.judging(fingerprint(headers, body))
+    guard.idle()
+    guard.close()
+    assert PoisonGuard(path).suspects == []
 
 
 def test_a_batch_handled_leaves_no_suspect(tmp_path):
@@ -252,10 +272,8 @@ inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{
 """)
     headers, body = dict(SENDER, result_id="killer"), wlcg()
     spool_path = str(tmp_path / "inbound.sqlite")
-    child = multiprocessing.get_context("fork").Process(target=_die_while_judging,
-                                                        args=(spool_path + ".judging", headers, body))
-    child.start()
-    child.join(10)
+    _die(spool_path + ".judging", headers, body)
+    _die(spool_path + ".judging", headers, body)        # twice: poison
     judged = []
     monkeypatch.setattr(judgement, "judge_one", lambda *args: judged.append(args) or judgement.Verdict(
         judgement.REFUSED, refusal=judgement.Refused("x", "judged")))
