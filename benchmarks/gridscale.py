@@ -92,9 +92,9 @@ from common import (REPO, Meter, SpoolWatch, code_fingerprint, cpu_seconds,  # n
 from inbound import COMMAND_LINE, Env, central_nagios, host_name, percentile, service_name  # noqa: E402
 
 from msg_nagios_bridge.config import Route, Site  # noqa: E402
-from msg_nagios_bridge.echo import EchoGuard  # noqa: E402
+from msg_nagios_bridge.inbound.echo import EchoGuard  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
-from msg_nagios_bridge.routing import build_message  # noqa: E402
+from msg_nagios_bridge.outbound.routing import build_message  # noqa: E402
 from msg_nagios_bridge.spool import Spool  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402

@@ -101,7 +101,8 @@ from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint, conne
                     rate as rate_of, self_cpu, system_busy, temp_dir, vm_hwm_mb, wait_connected,
                     warn_busy, write_fifo)
 
-from msg_nagios_bridge.formats import checkresult_file, nagios_command, wlcg  # noqa: E402
+from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
+from msg_nagios_bridge.formats import wlcg  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
@@ -457,8 +458,8 @@ def central_nagios(tmp: Path, args, name="nagios", ocsp_fifo=None):
     per result) writing into that FIFO: a central Nagios that also runs the outbound side."""
     extra, objects = {}, ""
     if ocsp_fifo:
-        from msg_nagios_bridge.formats import result_line
-        from msg_nagios_bridge.nagios_wiring import ILLEGAL_MACRO_OUTPUT_CHARS, printf_command
+        from msg_nagios_bridge.cores.nagios import result_line
+        from msg_nagios_bridge.cores.nagios.wiring import ILLEGAL_MACRO_OUTPUT_CHARS, printf_command
         extra = {"obsess_over_services": 1, "ocsp_command": "bench-ocsp", "ocsp_timeout": 5,
                  "illegal_macro_output_chars": ILLEGAL_MACRO_OUTPUT_CHARS}
         objects = ("define command {\n    command_name bench-ocsp\n    command_line "
@@ -904,11 +905,13 @@ def profile_mode(env: Env):
     """service.Bridge in this process on the 'bridge fifo (alone)' case: stage timers, then
     one cProfile profiler per thread."""
     import logging
-    from msg_nagios_bridge import config as config_mod, service, spool as spool_mod
-    from msg_nagios_bridge.sinks import command_file as command_file_mod
-    from msg_nagios_bridge.sinks import nagios_writer as writer_mod
-    from msg_nagios_bridge.sources import subscriber as subscriber_mod
-    from msg_nagios_bridge.formats import inbound as inbound_mod
+    from msg_nagios_bridge import config as config_mod, spool as spool_mod
+    from msg_nagios_bridge.daemon import service
+    from msg_nagios_bridge import paths
+    from msg_nagios_bridge.cores.nagios import command_file as command_file_mod
+    from msg_nagios_bridge.cores.nagios import writer as writer_mod
+    from msg_nagios_bridge.inbound import subscriber as subscriber_mod
+    from msg_nagios_bridge.formats import decode as inbound_mod
 
     logging.basicConfig(level=logging.WARNING)
     args = env.args
@@ -950,7 +953,7 @@ def profile_mode(env: Env):
         else:
             restore.append(profile_threads(profiles))
         bridge = service.Bridge(settings)
-        watch = SpoolWatch(Path(service.inbound_spool_path(settings)))
+        watch = SpoolWatch(Path(paths.inbound_spool_path(settings)))
         try:
             cpu0 = self_cpu()
             t_start = time.monotonic()

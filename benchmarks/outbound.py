@@ -70,9 +70,9 @@ from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint, conne
                     rate, self_cpu, temp_dir, vm_hwm_mb, wait_connected, warn_busy, write_fifo)
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
-from msg_nagios_bridge.formats import result_line  # noqa: E402
+from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
-from msg_nagios_bridge.routing import Router  # noqa: E402
+from msg_nagios_bridge.outbound.routing import Router  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
 from tests.sandbox.stomp_probe import StompProbe  # noqa: E402
@@ -340,9 +340,12 @@ How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of o
 def profile_mode(broker, tmp: Path, args, results_for):
     """Run service.Bridge in this process with per-thread cProfile or stage timers."""
     import logging
-    from msg_nagios_bridge import broker as broker_mod, service, spool as spool_mod
-    from msg_nagios_bridge.sinks import publisher as publisher_mod
-    from msg_nagios_bridge.sources import intake as intake_mod
+    from msg_nagios_bridge.broker import connection as broker_mod
+    from msg_nagios_bridge.daemon import service
+    from msg_nagios_bridge import paths
+    from msg_nagios_bridge import spool as spool_mod
+    from msg_nagios_bridge.outbound import publisher as publisher_mod
+    from msg_nagios_bridge.outbound import intake as intake_mod
 
     logging.basicConfig(level=logging.WARNING)
     source = args.profile
@@ -382,7 +385,7 @@ def profile_mode(broker, tmp: Path, args, results_for):
                 time.sleep(0.05)
             time.sleep(0.3)
             cpu0 = self_cpu()
-            watch = SpoolWatch(Path(service.outbound_spool_path(settings)))
+            watch = SpoolWatch(Path(paths.outbound_spool_path(settings)))
             if source == "perfdata":
                 writer = threading.Thread(target=write_perfdata, name="bench-writer",
                                           args=(Path(settings.perfdata.service_file), lines,

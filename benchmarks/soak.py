@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (PIPE_BUF, REPO, code_fingerprint, cpu_seconds, loadavg,  # noqa: E402
                     print_table, temp_dir, wait_connected, write_doc_section)
 
-from msg_nagios_bridge.formats import result_line  # noqa: E402
+from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config, ocsp_records  # noqa: E402

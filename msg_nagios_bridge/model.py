@@ -124,3 +124,16 @@ def result_to_dict(result: CheckResult) -> dict:
 
 def result_from_dict(data: dict) -> CheckResult:
     return CheckResult(**data)
+
+
+class Refused(ValueError):
+    """A message the bridge will not turn into a result.
+
+    ``reason`` is a short code (``too-large``, ``bad-host-name``, ...);
+    ``message`` says what and why, on one line.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message

@@ -20,7 +20,8 @@ import threading
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from msg_nagios_bridge.model import Message
+from .files import fsync_dir
+from .model import Message
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +186,6 @@ _IN_IDS = "IN (SELECT value FROM json_each(?))"
 def _id_array(ids: Iterable[int]) -> str:
     return json.dumps([int(entry_id) for entry_id in ids])
 
-
-def fsync_dir(path: str) -> None:
-    """Make a directory's entries (a new or renamed file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:

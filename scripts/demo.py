@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from msg_nagios_bridge import config  # noqa: E402
-from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions  # noqa: E402
+from msg_nagios_bridge.cores.nagios.wiring import main_config_lines, object_definitions  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
 from tests.sandbox.nagios import Nagios, active_service, host, passive_service  # noqa: E402

@@ -5,7 +5,7 @@ and ASCII control characters (tabs) from the macros the OCSP command gets; that 
 documented difference (docs/formats.md)."""
 import pytest
 
-from msg_nagios_bridge.nagios_wiring import ILLEGAL_MACRO_OUTPUT_CHARS
+from msg_nagios_bridge.cores.nagios.wiring import ILLEGAL_MACRO_OUTPUT_CHARS
 from tests.integration.test_outbound import nagios_wiring
 from tests.sandbox.bridge import inbound_config
 from tests.sandbox.nagios import active_service, host, passive_service

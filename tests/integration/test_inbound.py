@@ -8,7 +8,7 @@ from msg_nagios_bridge import config
 from msg_nagios_bridge.formats import json as json_format
 from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
+from msg_nagios_bridge.cores.nagios.wiring import main_config_lines, object_definitions
 from tests.sandbox.bridge import inbound_config
 from tests.sandbox.nagios import active_service, host, passive_service
 from tests.sandbox.ports import wait_until

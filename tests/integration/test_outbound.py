@@ -8,9 +8,10 @@ import time
 import pytest
 
 from msg_nagios_bridge import config
-from msg_nagios_bridge.formats import ocsp_record, result_line, wlcg
+from msg_nagios_bridge.cores.nagios import ocsp_record, result_line
+from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
+from msg_nagios_bridge.cores.nagios.wiring import main_config_lines, object_definitions
 from tests.sandbox.bridge import bridge_config
 from tests.sandbox.nagios import active_service, host
 from tests.sandbox.ports import free_port, wait_until
@@ -252,7 +253,7 @@ def test_a_broker_down_for_a_while_gets_everything_spooled(tmp_path, activemq, s
 
 def test_perfdata_rotation_by_the_nagios_processing_command_loses_nothing(
         tmp_path, activemq, nagios_factory, stomp_probe_factory, bridge_factory):
-    from msg_nagios_bridge.nagios_wiring import printf_command
+    from msg_nagios_bridge.cores.nagios.wiring import printf_command
     probe = stomp_probe_factory(activemq, QUEUE)
     bridge = bridge_factory([activemq.stomp_port], ocsp=False, perfdata=True, destination=QUEUE)
     config_text = bridge.config_path.read_text().replace("rotate_interval: 0", "rotate_interval: 2")

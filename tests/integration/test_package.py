@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from msg_nagios_bridge.formats import result_line
+from msg_nagios_bridge.cores.nagios import result_line
 from msg_nagios_bridge.model import CheckResult
 from tests.sandbox.bridge import bridge_config
 from tests.sandbox.ports import stop_process, track, wait_until

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from msg_nagios_bridge.formats import result_line
+from msg_nagios_bridge.cores.nagios import result_line
 from msg_nagios_bridge.model import CheckResult
 from tests.sandbox.bridge import inbound_config
 from tests.sandbox.nagios import host, passive_service
@@ -126,8 +126,9 @@ def test_grid_trust_in_the_daemon_namespaces_crls_and_a_crl_update(tmp_path, act
     first one's namespace, and a revoked signer, are refused although the policy allows their
     DNs; a CRL that fetch-crl replaces takes effect without a restart."""
     from cryptography.hazmat.primitives import serialization
-    from msg_nagios_bridge import config, routing
-    from msg_nagios_bridge.signing import Signer
+    from msg_nagios_bridge import config
+    from msg_nagios_bridge.outbound import routing
+    from msg_nagios_bridge.trust.signing import Signer
     from tests.sandbox.pki import GridAuthority, GridCADirectory
 
     ca1, ca2 = GridAuthority("/C=XX/O=CA1/CN=CA1"), GridAuthority("/C=YY/O=CA2/CN=CA2")

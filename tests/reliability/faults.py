@@ -35,7 +35,8 @@ from typing import Callable, Dict, List, Optional
 
 import stomp
 
-from msg_nagios_bridge.formats import result_line, wlcg
+from msg_nagios_bridge.cores.nagios import result_line
+from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.model import CheckResult
 from tests.sandbox.activemq import ActiveMQ
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config, ocsp_records

@@ -148,7 +148,7 @@ class Bridge:
 def ocsp_records(fifo, lines):
     """``lines`` (str or bytes) framed as the OCSP command writes them into ``fifo``, the FIFO of
     a sandbox bridge (its token is in the file beside it: formats/ocsp_record.py)."""
-    from msg_nagios_bridge.formats import ocsp_record
+    from msg_nagios_bridge.cores.nagios import ocsp_record
     token = Path(ocsp_record.token_path(str(fifo))).read_text().strip()
     return [ocsp_record.frame((line.encode() if isinstance(line, str) else line).rstrip(b"\n"), token, pid)
             for pid, line in enumerate(lines, 2)]

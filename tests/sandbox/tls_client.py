@@ -1,4 +1,4 @@
-"""One TLS connection through msg_nagios_bridge.broker, run as a script by any interpreter.
+"""One TLS connection through msg_nagios_bridge.broker.connection, run as a script by any interpreter.
 
     PYTHON tls_client.py '{"port": N, "host": "127.0.0.1", "ca_file": ..., "cert_file": ...,
                            "key_file": ..., "key_password": ..., "crl_file": PEM file}'
@@ -30,7 +30,7 @@ def main():
     ssl.SSLContext.wrap_socket = counting_wrap_socket
 
     import stomp
-    from msg_nagios_bridge.broker import BrokerConnection
+    from msg_nagios_bridge.broker.connection import BrokerConnection
     from msg_nagios_bridge.config import BrokerSettings, TlsSettings, TrustRules
     try:
         import OpenSSL  # noqa: F401 - only: is it there, as on many Debian 12 boxes

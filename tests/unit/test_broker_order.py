@@ -1,5 +1,5 @@
 """Which broker the bridge tries first after losing one."""
-from msg_nagios_bridge.broker import BrokerConnection
+from msg_nagios_bridge.broker.connection import BrokerConnection
 from msg_nagios_bridge.config import BrokerSettings
 
 HOSTS = (("10.0.0.1", 61613), ("10.0.0.2", 61613), ("10.0.0.3", 61613))

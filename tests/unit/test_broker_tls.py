@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from msg_nagios_bridge.broker import BrokerConnection
+from msg_nagios_bridge.broker.connection import BrokerConnection
 from msg_nagios_bridge.config import BrokerSettings, TlsSettings
 from tests.sandbox.pki import Authority
 from tests.sandbox.ports import wait_until

@@ -5,8 +5,8 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from msg_nagios_bridge.formats import checkresult_file as crf
-from msg_nagios_bridge.formats import nagios_command as nc
+from msg_nagios_bridge.cores.nagios import checkresult_file as crf
+from msg_nagios_bridge.cores.nagios import nagios_command as nc
 from msg_nagios_bridge.model import CheckResult, InvalidResult
 
 NOW = 1700000100

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from msg_nagios_bridge.__main__ import EXAMPLES, EXIT_CLOSED_PIPE, build_parser
+from msg_nagios_bridge.cli.main import EXAMPLES, EXIT_CLOSED_PIPE, build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 MAN = (REPO / "packaging" / "msg-nagios-bridge.8").read_text()

@@ -4,7 +4,7 @@ import pathlib
 import pytest
 
 from msg_nagios_bridge import config
-from msg_nagios_bridge.__main__ import main
+from msg_nagios_bridge.cli.main import main
 
 EXAMPLE = pathlib.Path(__file__).parent.parent.parent / "etc" / "msg-nagios-bridge.yaml"
 MINIMAL = """
@@ -206,7 +206,7 @@ def test_a_password_file_that_is_not_utf8_is_a_clear_error(tmp_path):
 
 
 def test_the_shipped_nagios_snippet_matches_what_nagios_config_prints():
-    from msg_nagios_bridge.nagios_wiring import main_config_lines, object_definitions
+    from msg_nagios_bridge.cores.nagios.wiring import main_config_lines, object_definitions
     settings = config.load(str(EXAMPLE))
     snippet = (EXAMPLE.parent / "nagios" / "msg-nagios-bridge.cfg").read_text()
     assert object_definitions(settings) in snippet

@@ -5,8 +5,10 @@ import logging
 
 from hypothesis import given, strategies as st
 
-from msg_nagios_bridge import display, logsetup, tools
-from msg_nagios_bridge.health import Health
+from msg_nagios_bridge import display
+from msg_nagios_bridge.daemon import logsetup
+from msg_nagios_bridge.cli import tools
+from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import Message
 from msg_nagios_bridge.spool import Spool
 

@@ -4,7 +4,7 @@ import sqlite3
 import time
 from contextlib import closing
 
-from msg_nagios_bridge.echo import EchoGuard
+from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.model import CheckResult, Message
 from msg_nagios_bridge.spool import Spool
 
@@ -129,7 +129,7 @@ def test_the_echo_guard_does_not_grow_with_every_name_a_star_sender_invents(tmp_
     """Regression (issue 12): every object name a '*' sender invented stayed in the guard (memory
     and spool rows) for 7 days, without limit. Now at most max_objects: the least recently
     injected are forgotten first, in memory and in the spool, and the newest batch is kept."""
-    from msg_nagios_bridge.health import Health
+    from msg_nagios_bridge.daemon.health import Health
     path = str(tmp_path / "inbound.sqlite")
     health = Health()
     with Spool(path) as spool:

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from msg_nagios_bridge.formats import json as json_format
-from msg_nagios_bridge.formats import result_line, wlcg
+from msg_nagios_bridge.cores.nagios import result_line
+from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.model import CheckResult, InvalidResult
 
 GOLDEN = pathlib.Path(__file__).parent.parent / "fixtures" / "golden"
@@ -196,7 +197,7 @@ def test_result_line_parse_never_crashes(text):
 
 
 def test_wlcg_dot_stuffed_eot_from_another_bridge_is_read_back_as_one_record():
-    from msg_nagios_bridge.formats import inbound
+    from msg_nagios_bridge.formats import decode as inbound
     result = dataclasses.replace(SERVICE_RESULT, long_output=FORGED_SECOND_RECORD, timestamp=1704067200)
     body = wlcg.encode(result, FIELDS)
     decoded = inbound.decode({}, body.encode(), now=1704070800)
@@ -217,7 +218,7 @@ def test_wlcg_eot_escape_leaves_the_first_line_of_a_value_alone():
 def test_long_output_with_backslashes_is_read_back_as_the_plugin_wrote_it():
     """Regression: a plugin's C:\\new\\temp was published as 'C:\\' + a line break + 'ew\\\\temp', and a
     literal backslash-n arrived as a backslash and a real line break."""
-    from msg_nagios_bridge.formats import result_line
+    from msg_nagios_bridge.cores.nagios import result_line
     written = "C:\\new\\temp\nliteral \\n stays\ntrailing backslash\\"
     escaped = result_line.nagios_escape(written)
     assert escaped == "C:\\\\new\\\\temp\\nliteral \\\\n stays\\ntrailing backslash\\\\"
@@ -230,6 +231,6 @@ def test_long_output_with_backslashes_is_read_back_as_the_plugin_wrote_it():
 @given(long_output=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\t\r"),
                            max_size=60).map(lambda t: t.strip("\n")))
 def test_any_long_output_survives_nagios_escaping_and_the_line_parser(long_output):
-    from msg_nagios_bridge.formats import result_line
+    from msg_nagios_bridge.cores.nagios import result_line
     result = CheckResult(host="h", service="s", state=1, output="warn", long_output=long_output, timestamp=1704067200)
     assert result_line.parse(result_line.format_line(result)).long_output == long_output

@@ -7,8 +7,8 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from msg_nagios_bridge import gridtrust
-from msg_nagios_bridge.gridtrust import TrustStore, Untrusted, openssl_dn, parse_namespaces, parse_signing_policy
+from msg_nagios_bridge.trust import gridtrust
+from msg_nagios_bridge.trust.gridtrust import (TrustStore, Untrusted, openssl_dn, parse_namespaces, parse_signing_policy)
 from tests.sandbox.pki import GridAuthority, GridCADirectory
 
 CA1, CA2 = "/C=XX/O=CA1/CN=CA1 Root", "/C=YY/O=CA2/CN=CA2"

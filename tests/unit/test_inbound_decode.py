@@ -7,9 +7,10 @@ import re
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from msg_nagios_bridge.formats import checkresult_file, inbound, nagios_command as nc, wlcg
+from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command as nc
+from msg_nagios_bridge.formats import decode as inbound, wlcg
 from msg_nagios_bridge.formats import json as json_format
-from msg_nagios_bridge.formats.inbound import Mapping, Refused, decode
+from msg_nagios_bridge.formats.decode import Mapping, Refused, decode
 from msg_nagios_bridge.model import CheckResult, InvalidResult
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"

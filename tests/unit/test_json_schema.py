@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from msg_nagios_bridge.formats import json as json_format
-from msg_nagios_bridge.formats.inbound import Refused, decode
+from msg_nagios_bridge.formats.decode import Refused, decode
 from msg_nagios_bridge.model import CheckResult
 
 NOW = 1704070800

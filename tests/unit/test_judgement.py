@@ -8,10 +8,10 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from msg_nagios_bridge import judgement
-from msg_nagios_bridge.formats.inbound import Mapping
-from msg_nagios_bridge.policy import Policy, Rule
-from msg_nagios_bridge.poison import PoisonGuard, fingerprint
+from msg_nagios_bridge.inbound import judgement
+from msg_nagios_bridge.formats.decode import Mapping
+from msg_nagios_bridge.inbound.policy import Policy, Rule
+from msg_nagios_bridge.inbound.poison import PoisonGuard, fingerprint
 from msg_nagios_bridge.spool import Spool
 
 MiB = 1 << 20
@@ -261,8 +261,8 @@ def test_a_damaged_guard_file_is_read_as_no_suspects(tmp_path):
 
 def test_the_subscriber_dead_letters_a_suspect_as_poison_without_judging_it(tmp_path, monkeypatch):
     from msg_nagios_bridge import config
-    from msg_nagios_bridge.health import Health
-    from msg_nagios_bridge.sources.subscriber import Subscriber
+    from msg_nagios_bridge.daemon.health import Health
+    from msg_nagios_bridge.inbound.subscriber import Subscriber
     settings = config.parse(f"""
 site: {{name: S}}
 brokers: {{hosts: ["127.0.0.1:1"]}}
@@ -320,18 +320,18 @@ def _der(cert_file):
 
 
 def _signed(pki, headers, body):
-    from msg_nagios_bridge.signing import Signer
+    from msg_nagios_bridge.trust.signing import Signer
     signer = Signer(str(pki[1][0]), str(pki[1][1]))
     return dict(headers, **signer.sign(headers, body))
 
 
 def _signed_rules(pki):
-    from msg_nagios_bridge.signing import Verifier
+    from msg_nagios_bridge.trust.signing import Verifier
     return judgement.Rules(mapping=Mapping(), policy=ALLOW_ALL, verifier=Verifier(str(pki[0].cert_file)))
 
 
 def test_the_headers_the_judgement_reads_are_the_ones_a_signature_covers():
-    from msg_nagios_bridge.signing import SIGNED_HEADERS
+    from msg_nagios_bridge.trust.signing import SIGNED_HEADERS
     assert set(judgement.HEADERS_READ) == set(SIGNED_HEADERS)
 
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from msg_nagios_bridge.malloc import keep_large_blocks_mapped
+from msg_nagios_bridge.daemon.malloc import keep_large_blocks_mapped
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 # behaviour it showed holds for any large table that threads take turns rebuilding.
 CHURN = """
 import collections, json, sys, threading, time
-from msg_nagios_bridge.malloc import keep_large_blocks_mapped
+from msg_nagios_bridge.daemon.malloc import keep_large_blocks_mapped
 class RecentIds:
     def __init__(self, size=200_000):
         self.size, self.order, self.ids = size, collections.deque(), set()

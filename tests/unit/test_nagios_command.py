@@ -5,7 +5,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from msg_nagios_bridge.formats import nagios_command as nc
+from msg_nagios_bridge.cores.nagios import nagios_command as nc
 from msg_nagios_bridge.model import CheckResult, InvalidResult
 
 NOW = 1700000000
@@ -267,7 +267,7 @@ def test_truncate_to_fit_always_fits_and_keeps_the_fixed_fields(host, service, o
 def test_a_marker_counts_the_bytes_cut_from_the_original_across_both_cuts():
     """Regression: a 1 MiB summary cut to 8 KiB by the decoder and then to one 4096-byte line
     by the command writer said '4238 bytes cut' (only the writer's own cut)."""
-    from msg_nagios_bridge.formats.inbound import Mapping, decode
+    from msg_nagios_bridge.formats.decode import Mapping, decode
     summary = "x" * (1 << 20)
     body = (f"hostName: h\nmetricName: s\nmetricStatus: OK\ntimestamp: 2024-01-01T00:00:00Z\n"
             f"summaryData: {summary}\nEOT\n").encode()

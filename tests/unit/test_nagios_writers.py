@@ -7,14 +7,14 @@ import time
 import pytest
 
 from msg_nagios_bridge import config
-from msg_nagios_bridge.echo import EchoGuard
-from msg_nagios_bridge.formats import checkresult_file, nagios_command
-from msg_nagios_bridge.health import Health
+from msg_nagios_bridge.inbound.echo import EchoGuard
+from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
+from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
-from msg_nagios_bridge.sinks.checkresults_dir import write_results
-from msg_nagios_bridge.sinks.command_file import NagiosUnavailable, _batches, write_lines
-from msg_nagios_bridge.sinks import nagios_writer
-from msg_nagios_bridge.sinks.nagios_writer import NagiosWriter, nagios_pid_alive
+from msg_nagios_bridge.cores.nagios.checkresults_dir import write_results
+from msg_nagios_bridge.cores.nagios.command_file import NagiosUnavailable, _batches, write_lines
+from msg_nagios_bridge.cores.nagios import writer as nagios_writer
+from msg_nagios_bridge.cores.nagios.writer import NagiosWriter, nagios_pid_alive
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox.ports import wait_until
 

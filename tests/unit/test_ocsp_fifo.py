@@ -9,13 +9,13 @@ import pytest
 from pathlib import Path
 
 from msg_nagios_bridge.config import OcspPipeSettings, parse
-from msg_nagios_bridge.formats import ocsp_record, result_line
-from msg_nagios_bridge.health import Health
+from msg_nagios_bridge.cores.nagios import ocsp_record, result_line
+from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.nagios_wiring import printf_command
-from msg_nagios_bridge.routing import Router
-from msg_nagios_bridge.sources.intake import Intake
-from msg_nagios_bridge.sources.ocsp_pipe import FifoError, OcspPipeSource, prepare_fifo
+from msg_nagios_bridge.cores.nagios.wiring import printf_command
+from msg_nagios_bridge.outbound.routing import Router
+from msg_nagios_bridge.outbound.intake import Intake
+from msg_nagios_bridge.cores.nagios.ocsp_pipe import FifoError, OcspPipeSource, prepare_fifo
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox.ports import wait_until
 
@@ -198,7 +198,7 @@ def test_a_line_longer_than_the_pipe_is_dead_lettered_and_the_next_one_still_rea
 
 
 def test_the_token_file_is_made_once_mode_0640_and_kept_across_restarts(tmp_path):
-    from msg_nagios_bridge.sources.ocsp_pipe import load_token
+    from msg_nagios_bridge.cores.nagios.ocsp_pipe import load_token
     path = tmp_path / "ocsp.token"
     token = load_token(str(path))
     assert ocsp_record.is_token(token.decode()) and stat.S_IMODE(os.stat(path).st_mode) == 0o640

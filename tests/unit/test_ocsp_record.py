@@ -4,9 +4,9 @@ import subprocess
 
 from hypothesis import given, settings, strategies as st
 
-from msg_nagios_bridge.formats import ocsp_record, result_line
+from msg_nagios_bridge.cores.nagios import ocsp_record, result_line
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.nagios_wiring import ocsp_command
+from msg_nagios_bridge.cores.nagios.wiring import ocsp_command
 
 TOKEN = "QwErTyUiOpAsDfGhJkLzXcVbNmQwErTy"
 KEY = TOKEN.encode()

@@ -6,12 +6,12 @@ import time
 import pytest
 
 from msg_nagios_bridge import config
-from msg_nagios_bridge.formats import result_line
-from msg_nagios_bridge.health import Health
+from msg_nagios_bridge.cores.nagios import result_line
+from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.routing import Router
-from msg_nagios_bridge.sources.intake import Intake
-from msg_nagios_bridge.sources.perfdata_file import PerfdataTail
+from msg_nagios_bridge.outbound.routing import Router
+from msg_nagios_bridge.outbound.intake import Intake
+from msg_nagios_bridge.cores.nagios.perfdata_file import PerfdataTail
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox.ports import wait_until
 
@@ -220,7 +220,7 @@ def step_until_idle(tailer):
 def test_lines_written_between_a_read_and_the_rotation_are_read_before_switching(tmp_path, monkeypatch):
     """Regression (review): the tailer read the file, then saw it rotated; lines Nagios wrote
     (closing the file) in between were never read, and the part line became a dead letter."""
-    from msg_nagios_bridge.sources import perfdata_file
+    from msg_nagios_bridge.cores.nagios import perfdata_file
     path = str(tmp_path / "perfdata")
     spool = Spool(str(tmp_path / "spool.sqlite"))
     tailer = PerfdataTail(path, Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event()),
@@ -365,7 +365,7 @@ def test_text_that_looks_like_a_record_start_inside_a_record_does_not_shift_the_
 
 
 def test_split_records_leaves_an_incomplete_record_for_later():
-    from msg_nagios_bridge.sources.perfdata_file import split_records
+    from msg_nagios_bridge.cores.nagios.perfdata_file import split_records
     complete = records(0, 1).encode().split(b"\n")[:-1]
     assert split_records(complete + [b"garbage", complete[0]]) == (
         [b"\n".join(complete), b"garbage"], len(complete) + 1)

@@ -2,10 +2,9 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from msg_nagios_bridge.formats.inbound import Refused
+from msg_nagios_bridge.model import Refused
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.policy import (Policy, Rule, check, known_objects_from_objects_cache, parse_objects_cache,
-                                      sender_of)
+from msg_nagios_bridge.inbound.policy import (Policy, Rule, check, known_objects_from_objects_cache, parse_objects_cache, sender_of)
 
 SERVICE = CheckResult(host="ce01.example.org", service="org.sam.CE-JobSubmit", state=0)
 HOST = CheckResult(host="ce01.example.org", service=None, state=1)

@@ -11,9 +11,9 @@ import threading
 import time
 
 from msg_nagios_bridge.config import BrokerSettings
-from msg_nagios_bridge.health import Health
+from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import Message
-from msg_nagios_bridge.sinks.publisher import Publisher
+from msg_nagios_bridge.outbound.publisher import Publisher
 from msg_nagios_bridge.spool import Spool, SpoolUnavailable
 from tests.sandbox.ports import wait_until
 

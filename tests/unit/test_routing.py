@@ -1,7 +1,8 @@
 """Routing: selection, destination templates, headers, stable ids."""
 import dataclasses
 
-from msg_nagios_bridge import config, routing
+from msg_nagios_bridge import config
+from msg_nagios_bridge.outbound import routing
 from msg_nagios_bridge.model import CheckResult
 
 SETTINGS = config.parse("""

@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from msg_nagios_bridge import metrics, sdnotify
-from msg_nagios_bridge.pidfile import AlreadyRunning, PidFile
-from msg_nagios_bridge.selfcheck import CRITICAL, OK, WARNING, Thresholds, evaluate
+from msg_nagios_bridge.daemon import metrics, sdnotify
+from msg_nagios_bridge.daemon.pidfile import AlreadyRunning, PidFile
+from msg_nagios_bridge.cli.selfcheck import CRITICAL, OK, WARNING, Thresholds, evaluate
 
 NOW = 1_700_000_000.0
 
@@ -139,7 +139,7 @@ def test_rate_limited_log_sums_up_a_burst_once_it_is_over(caplog):
     import logging
     import re
     import time
-    from msg_nagios_bridge.health import RateLimitedLog
+    from msg_nagios_bridge.daemon.health import RateLimitedLog
     limited = RateLimitedLog(logging.getLogger("test.burst"), interval=0.2)
     with caplog.at_level(logging.WARNING, logger="test.burst"):
         for index in range(78):

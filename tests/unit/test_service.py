@@ -4,7 +4,8 @@ import os
 import threading
 import time
 
-from msg_nagios_bridge import config, service
+from msg_nagios_bridge import config
+from msg_nagios_bridge.daemon import service
 from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox.nagios import pipe_bytes

@@ -6,10 +6,11 @@ import datetime
 import pytest
 from hypothesis import given, strategies as st
 
-from msg_nagios_bridge import config, routing
-from msg_nagios_bridge.formats.inbound import Refused
+from msg_nagios_bridge import config
+from msg_nagios_bridge.outbound import routing
+from msg_nagios_bridge.model import Refused
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.signing import SIGNED_HEADERS, Signed, Signer, Verifier, signed_bytes_2
+from msg_nagios_bridge.trust.signing import SIGNED_HEADERS, Signed, Signer, Verifier, signed_bytes_2
 from tests.sandbox.pki import Authority, GridAuthority, GridCADirectory
 
 RESULT = CheckResult(host="ce01.site-a.org", service="org.sam.CE-JobSubmit", state=2, output="bad",

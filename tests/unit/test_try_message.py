@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from msg_nagios_bridge import config, judgement, tools
-from msg_nagios_bridge.formats.inbound import Refused
-from msg_nagios_bridge.service import inbound_spool_path
-from msg_nagios_bridge.sources.subscriber import dead_letter
+from msg_nagios_bridge import config
+from msg_nagios_bridge.inbound import judgement
+from msg_nagios_bridge.cli import tools
+from msg_nagios_bridge.model import Refused
+from msg_nagios_bridge.paths import inbound_spool_path
+from msg_nagios_bridge.inbound.subscriber import dead_letter
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox.pki import Authority
 

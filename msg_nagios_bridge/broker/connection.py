@@ -1,0 +1,466 @@
+"""A STOMP 1.2 connection to the first reachable broker of a failover list.
+
+stomp.py's callbacks run on its receiver thread; here they only record what
+happened (connected, receipts, errors, disconnection) and the owner's loop acts.
+Two stomp.py behaviours are wrapped on purpose:
+
+* ``connect(wait=True)`` waits forever when a broker accepts TCP but never
+  answers CONNECTED (a hung broker), so we send CONNECT without waiting and
+  wait for our own event with a timeout;
+* stomp.py does not reconnect by itself and frames written into a dead socket
+  vanish without error, so only receipts count as delivery, and the owner
+  reconnects from its loop with capped backoff;
+* the bridge opens the socket itself (TCP, then TLS with its own context), and
+  stomp.py only speaks STOMP over it: see ``_Transport``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import ssl
+import struct
+import tempfile
+import threading
+import time
+from typing import Callable, List, Mapping, Optional, Tuple
+
+import stomp
+import stomp.connect
+import stomp.protocol
+import stomp.transport
+from stomp.exception import StompException
+
+from ..config import BrokerSettings, TlsSettings
+from ..trust.tlsfiles import ca_bundle_from_dir
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES = 1 << 16
+
+
+class _Events(stomp.ConnectionListener):
+    """Notes what stomp.py reports; acts on nothing."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.wakeup = threading.Event()
+        self.connected = threading.Event()
+        # Receipts and errors in the order they arrived: an ERROR for a SEND inside a
+        # transaction comes before that transaction's COMMIT receipt, and must be seen first.
+        self.replies: List[Tuple[str, Mapping[str, str], str]] = []
+        self.messages: List[Tuple[Mapping[str, str], str]] = []
+        self.lost = False
+
+    def on_connected(self, frame) -> None:
+        self.connected.set()
+        self.wakeup.set()
+
+    def on_receipt(self, frame) -> None:
+        with self.lock:
+            self.replies.append(("receipt", dict(frame.headers), ""))
+        self.wakeup.set()
+
+    def on_error(self, frame) -> None:
+        body = frame.body or ""
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
+        with self.lock:
+            self.replies.append(("error", dict(frame.headers), body))
+        self.wakeup.set()
+
+    def on_message(self, frame) -> None:
+        with self.lock:
+            self.messages.append((dict(frame.headers), frame.body))
+        self.wakeup.set()
+
+    def on_disconnected(self) -> None:
+        self.lost = True
+        self.wakeup.set()
+
+    def on_heartbeat_timeout(self) -> None:
+        self.lost = True
+        self.wakeup.set()
+
+
+def tls_context(tls: TlsSettings, ca_file: Optional[str]) -> ssl.SSLContext:
+    """The context the bridge's TLS connections use (also for diagnosing a failed handshake)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file:
+        context.load_verify_locations(ca_file)
+    else:
+        context.load_default_certs()
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file or None, tls.key_password or None)
+    return context
+
+
+class PeerRefused(ConnectionError):
+    """The broker's certificate passed TLS verification but the bridge's own check refused it."""
+
+
+def explain_connect_error(exc: OSError) -> str:
+    """Why a connection (or its TLS handshake) failed, in the words the logs and docs use."""
+    if isinstance(exc, PeerRefused):
+        return f"TLS: the broker's certificate was refused: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate was refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if any(alert in reason for alert in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
+                                              "HANDSHAKE_FAILURE", "CERTIFICATE_UNKNOWN")):
+            return f"TLS: the broker refused the bridge's client certificate ({reason})"
+        return f"TLS handshake failed: {reason}"
+    return f"cannot connect ({exc.strerror or exc})"
+
+
+def diagnose_tls(host_port: Tuple[str, int], context: ssl.SSLContext, timeout: float) -> Optional[str]:
+    """Do the TLS handshake again, and read, to say *why* a connection that got through its
+    handshake then failed: with TLS 1.3 a broker refuses a client certificate only after the
+    client has finished its side of the handshake."""
+    try:
+        with socket.create_connection(host_port, timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=host_port[0]) as tls_socket:
+                tls_socket.do_handshake()
+                # TLS 1.3 reports a refused client certificate only on the first read.
+                tls_socket.settimeout(min(timeout, 1.0))
+                try:
+                    tls_socket.recv(1)
+                except socket.timeout:
+                    pass
+    except OSError as exc:
+        return explain_connect_error(exc)
+    return None
+
+
+class _Transport(stomp.transport.Transport):
+    """stomp.py's transport over a socket the bridge opens itself: TCP within the connect
+    timeout, then, with a ``context``, TLS with the bridge's own context and ``check_peer``.
+
+    stomp.py's ``set_ssl`` is bypassed on purpose. Its versions differ: 8.0.0 (Debian 12's
+    python3-stomp) has no ``verify`` parameter, builds a context without the TLS 1.2 minimum,
+    and, when python3-openssl is installed, first opens a TLS connection of its own *without*
+    the client certificate to read the broker's expiry date, which a broker that requires
+    client certificates refuses. Here there is one TLS connection, made the same way whatever
+    the stomp.py version."""
+
+    def __init__(self, host_port: Tuple[str, int], timeout: float, vhost: str, auto_decode: bool,
+                 context: Optional[ssl.SSLContext], check_peer: Callable[[ssl.SSLSocket], None]):
+        super().__init__([host_port], reconnect_attempts_max=1, timeout=timeout, vhost=vhost,
+                         auto_decode=auto_decode)
+        self._host_port = host_port
+        self._timeout = timeout
+        self._context = context
+        self._check_peer = check_peer
+        self.opened = False         # the socket is connected, and its handshake and check passed
+        # stomp.py 8.0.0 (Debian 12's) leaves the connect timeout on the socket, so an idle
+        # connection "times out" and drops every connect_timeout seconds; 8.1+ does this itself.
+        # For stomp.py this stays "blocking": its reader thread calls receive() and writers call
+        # send(), below, whatever its version.
+        self.blocking = True
+        self.send_timeout = timeout     # BrokerConnection sets receipt_timeout once connected
+        # OpenSSL allows one thread at a time on a connection. stomp.py reads in its own thread
+        # and writes from the caller's and its heart-beat thread: unserialised, about 4% of TLS
+        # connections failed here ("[SSL] internal error", or a CONNECT frame that never went
+        # out). So a TLS socket is non-blocking, and every read and write holds this lock.
+        self._tls_lock = threading.Lock()
+
+    def attempt_connection(self) -> None:
+        """Connect or raise OSError (ssl.SSLError, PeerRefused); stomp.py then starts its reader."""
+        self.connection_error = False
+        sock = socket.create_connection(self._host_port, self._timeout)
+        try:
+            if self._context is not None:
+                # Verifies the chain and the host name, presents the client certificate.
+                sock = self._context.wrap_socket(sock, server_hostname=self._host_port[0])
+                self._check_peer(sock)
+            # A plain socket blocks, as stomp.py 8 keeps every socket: a reader thread, and writes
+            # from the caller's thread (which _limit_send_time bounds). A TLS one is non-blocking
+            # under _tls_lock (receive/send below). (stomp.py 9's own loop for TLS takes an
+            # end-of-file for "nothing to read yet": a closed connection would go unnoticed.)
+            sock.setblocking(self._context is None)
+        except BaseException:
+            sock.close()        # the TLS socket once made (wrap_socket took over the TCP one)
+            raise
+        self.socket = sock
+        self.current_host_and_port = self._host_port
+        self.opened = True
+
+    def receive(self) -> bytes:
+        """Up to RECV_BYTES, waiting for them; b"" at the end of the connection (stomp.py then
+        reports it lost)."""
+        sock = self.socket
+        if not isinstance(sock, ssl.SSLSocket):
+            return super().receive()
+        while True:
+            with self._tls_lock:
+                try:
+                    return sock.recv(RECV_BYTES)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+            try:
+                select.select([sock], [], [], 1.0)     # outside the lock: writers go on meanwhile
+            except (OSError, ValueError):              # closed under us
+                return b""
+            if not self.running:
+                return b""
+
+    def send(self, encoded_frame: bytes) -> None:
+        """All of ``encoded_frame``, within send_timeout (a broker that stops reading)."""
+        sock = self.socket
+        if not isinstance(sock, ssl.SSLSocket):
+            return super().send(encoded_frame)
+        view = memoryview(encoded_frame)
+        deadline = time.monotonic() + self.send_timeout
+        while view:
+            with self._tls_lock:
+                try:
+                    view = view[sock.send(view):]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    pass
+            if view:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout(f"no room to send for {self.send_timeout:g} s")
+                select.select([], [sock], [], min(left, 1.0))
+        return None
+
+
+class _Connection12(stomp.connect.StompConnection12):
+    """stomp.py's STOMP 1.2 connection over a ``_Transport`` (what StompConnection12.__init__
+    does, with our transport instead of the one it would make)."""
+
+    def __init__(self, transport: _Transport, heartbeats: Tuple[int, int]):
+        stomp.connect.BaseConnection.__init__(self, transport)
+        stomp.protocol.Protocol12.__init__(self, transport, heartbeats)
+
+
+def grid_trust_check(tls: TlsSettings) -> Optional[Callable[[ssl.SSLSocket], Optional[str]]]:
+    """The broker certificate check beyond OpenSSL's chain and host name (which the handshake
+    does): the CA's CRL, its namespaces and the serverAuth key usage (gridtrust.TrustStore), for a
+    verified connection to brokers of our own CAs; None otherwise."""
+    if not (tls.enabled and tls.verify and (tls.ca_file or tls.ca_dir)):
+        return None
+    try:
+        import cryptography  # noqa: F401 - a Debian Recommends, not a Depends
+    except ImportError:
+        log.error("python3-cryptography is not installed: the brokers' certificates get OpenSSL's chain and "
+                  "host name checks only, not CRLs, namespaces or key usage (apt install python3-cryptography)")
+        return None
+    from ..trust.gridtrust import TrustStore, Untrusted
+    store = TrustStore.from_settings(tls.ca_file, tls.ca_dir, tls.rules)
+
+    def check(tls_socket: ssl.SSLSocket) -> Optional[str]:
+        try:
+            store.check_tls_peer(tls_socket, "server")
+        except Untrusted as exc:
+            return str(exc)
+        return None
+    return check
+
+
+class BrokerConnection:
+    """One connection attempt cycle over ``settings.hosts``, in order."""
+
+    def __init__(self, settings: BrokerSettings, client_id: str = "", auto_decode: bool = True,
+                 check_peer: Optional[Callable[[ssl.SSLSocket], Optional[str]]] = None):
+        """``check_peer(tls_socket)`` runs right after each TLS handshake, before any STOMP
+        frame is sent, and returns why the broker's certificate is refused (None: accepted);
+        the grid trust check (CRLs, namespaces, key usage) plugs in here."""
+        self.settings = settings
+        self.check_peer = check_peer if check_peer is not None else grid_trust_check(settings.tls)
+        self.client_id = client_id
+        # Subscribers take bodies as bytes: stomp.py's decoding would hide invalid UTF-8.
+        self.auto_decode = auto_decode
+        self.events = _Events()
+        self.conn: Optional[_Connection12] = None
+        self.address: Optional[Tuple[str, int]] = None
+        self._last: Optional[Tuple[str, int]] = None     # the broker last connected to
+        self._ca_file: Optional[str] = None
+        if settings.tls.enabled:
+            self._ca_file = self._prepare_ca(settings.tls)
+            if not settings.tls.verify:
+                log.warning("TLS certificate verification is OFF (brokers.tls.verify: false): "
+                            "anyone between the bridge and the broker can read and change messages")
+
+    @staticmethod
+    def _prepare_ca(tls: TlsSettings) -> Optional[str]:
+        if tls.ca_file or not tls.ca_dir:
+            return tls.ca_file or None
+        handle = tempfile.NamedTemporaryFile("w", prefix="msg-nagios-bridge-ca-", suffix=".pem", delete=False)
+        with handle:
+            handle.write(ca_bundle_from_dir(tls.ca_dir))
+        return handle.name
+
+    def connect(self) -> Optional[str]:
+        """Try each broker once, in order, but starting after the one last connected to: a
+        broker that was just lost (crashed, or hung with its port still open) is tried last.
+        Returns None when connected, else why not."""
+        problems = []
+        hosts = list(self.settings.hosts)
+        if self._last in hosts:
+            after = hosts.index(self._last) + 1
+            hosts = hosts[after:] + hosts[:after]
+        for host_port in hosts:
+            problem = self._connect_one(host_port)
+            if problem is None:
+                return None
+            problems.append(f"{host_port[0]}:{host_port[1]}: {problem}")
+        return "; ".join(problems)
+
+    def _connect_one(self, host_port: Tuple[str, int]) -> Optional[str]:
+        s = self.settings
+        tls = s.tls
+        self.events = _Events()
+        context = None
+        if tls.enabled:
+            try:
+                # Made at every attempt, so that a renewed certificate or CA is picked up.
+                context = tls_context(tls, self._ca_file)
+            except (OSError, ValueError) as exc:
+                return f"TLS: cannot load the bridge's certificate, key or CAs ({exc})"
+        transport = _Transport(host_port, s.connect_timeout, s.vhost or host_port[0], self.auto_decode,
+                               context, self._check_peer)
+        conn = _Connection12(transport, (s.heartbeat_ms, s.heartbeat_ms))
+        conn.set_listener("bridge", self.events)
+        headers = {"client-id": self.client_id} if self.client_id else {}
+        try:
+            conn.connect(s.username or None, s.password or None, wait=False, headers=headers)
+        except (StompException, OSError) as exc:
+            self._close(conn)
+            if isinstance(exc, OSError) and not transport.opened:
+                return self._with_hint(explain_connect_error(exc))    # our own connect or handshake
+            # The broker closed the connection after the handshake, before or while CONNECT
+            # went out (TLS 1.3 refuses a client certificate only then): ask again, and read.
+            return (self._diagnose(host_port) if tls.enabled else None) or \
+                f"cannot connect ({exc.__class__.__name__}: {exc})"
+        if not self.events.connected.wait(s.connect_timeout) or self.events.lost:
+            error = self._first_error()
+            self._close(conn)
+            if not error and tls.enabled:
+                error = self._diagnose(host_port)
+            return error or f"no CONNECTED frame within {s.connect_timeout:g} s"
+        self._limit_send_time(conn)
+        self.conn, self.address, self._last = conn, host_port, host_port
+        log.info("connected to broker %s:%d%s", *host_port,
+                 f" ({conn.transport.socket.version()})" if tls.enabled else "")
+        return None
+
+    def _check_peer(self, tls_socket: ssl.SSLSocket) -> None:
+        """The hook after the handshake: raises PeerRefused (the socket is then closed and the
+        reason reported like any TLS refusal) when ``check_peer`` refuses the broker."""
+        if self.check_peer is None:
+            return
+        # A check that breaks refuses the broker: it neither lets it in nor kills the part.
+        try:
+            reason = self.check_peer(tls_socket)
+        except Exception as exc:  # noqa: BLE001
+            reason = f"the trust check failed ({exc.__class__.__name__}: {exc})"
+        if reason:
+            raise PeerRefused(reason)
+
+    def _limit_send_time(self, conn) -> None:
+        """A broker that stops reading (ActiveMQ's producer flow control, or a hung broker whose
+        kernel still answers) would block a send for ever: stomp.py's socket has no timeout once
+        connected. A send that cannot go out within receipt_timeout fails like a lost connection."""
+        sock = getattr(conn.transport, "socket", None)
+        if sock is None:
+            return
+        seconds = max(1.0, self.settings.receipt_timeout)
+        conn.transport.send_timeout = seconds          # a TLS socket is non-blocking: its own bound
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000)))
+
+    def _diagnose(self, host_port: Tuple[str, int]) -> Optional[str]:
+        tls = self.settings.tls
+        return self._with_hint(diagnose_tls(host_port, tls_context(tls, self._ca_file),
+                                             self.settings.connect_timeout))
+
+    def _with_hint(self, problem: Optional[str]) -> Optional[str]:
+        if problem and "client certificate" in problem and not self.settings.tls.cert_file:
+            problem += "; the broker requires one: set brokers.tls.cert_file and key_file"
+        return problem
+
+    def _first_error(self) -> str:
+        with self.events.lock:
+            for kind, headers, body in self.events.replies:
+                if kind == "error":
+                    return f"refused: {headers.get('message', '')} {body.strip()[:200]}".strip()
+        return ""
+
+    @staticmethod
+    def _close(conn: _Connection12) -> None:
+        sock = getattr(conn.transport, "socket", None)
+        # A DISCONNECT only where it cannot block: into a broker that stopped reading, the
+        # send would wait (stomp.py's heart-beat thread holding the socket meanwhile).
+        if sock is None or _has_room(sock):
+            try:
+                conn.disconnect()
+            except (StompException, OSError):
+                pass
+        # transport.stop() waits, without a timeout, for the receiving thread, which ends only
+        # when the socket does: a broker that still sends heart-beats but no longer reads
+        # would keep it (and us) there for ever.
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            conn.transport.stop()
+        except (StompException, OSError, RuntimeError):
+            pass
+
+    @property
+    def is_connected(self) -> bool:
+        return self.conn is not None and not self.events.lost and self.conn.is_connected()
+
+    def send(self, destination: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Write one SEND frame; raises OSError/StompException if the socket is gone."""
+        assert self.conn is not None
+        self.conn.send(destination, body, headers=dict(headers))
+
+    def begin(self, transaction: str) -> None:
+        assert self.conn is not None
+        self.conn.begin(transaction)
+
+    def commit(self, transaction: str, receipt: str) -> None:
+        """COMMIT with a receipt: the receipt proves every SEND of the transaction is stored."""
+        assert self.conn is not None
+        self.conn.commit(transaction, headers={"receipt": receipt})
+
+    def take_replies(self) -> List[Tuple[str, Mapping[str, str], str]]:
+        """("receipt" | "error", headers, body) that arrived since the last call, in order."""
+        with self.events.lock:
+            replies, self.events.replies = self.events.replies, []
+        return replies
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self._close(self.conn)
+        self.conn = None
+        self.address = None
+
+    def discard(self) -> None:
+        """Close, and remove the CA bundle made from a CA directory."""
+        self.close()
+        if self._ca_file and self.settings.tls.ca_dir:
+            try:
+                os.unlink(self._ca_file)
+            except OSError:
+                pass
+
+
+def _has_room(sock) -> bool:
+    """True if a small frame can be written to ``sock`` now."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False

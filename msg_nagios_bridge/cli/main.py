@@ -1,0 +1,341 @@
+"""Command line: ``msg-nagios-bridge COMMAND -c FILE``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from .. import __version__, config
+
+
+def _check_config(args) -> int:
+    settings = config.load(args.config)
+    print(f"{args.config}: OK")
+    if args.verbose:
+        print(json.dumps(config.as_dict(settings), indent=2, sort_keys=True))
+    return 0
+
+
+def _nagios_config(args) -> int:
+    from ..cores.nagios.wiring import render
+    sys.stdout.write(render(config.load(args.config)))
+    return 0
+
+
+def _run(args) -> int:
+    from ..daemon import logsetup
+    from ..daemon.malloc import keep_large_blocks_mapped, use_one_arena
+    from ..daemon.service import install_signal_flags, run
+    if not args.daemon:
+        install_signal_flags()
+    settings = config.load(args.config)
+    if os.geteuid() == 0 and not args.allow_root and not (args.daemon and settings.daemon.user):
+        print("refusing to run as root: run the bridge as the Nagios user (systemd User=, or --daemon with "
+              "daemon.user), or pass --allow-root if you really mean it", file=sys.stderr)
+        return 2
+    keep_large_blocks_mapped()      # before any thread: see malloc.py
+    use_one_arena()
+    if args.daemon:
+        return _run_detached(settings, args.config)
+    logsetup.configure(settings.logging)
+    return run(settings, args.config)
+
+
+def _run_detached(settings: config.Settings, config_path: str) -> int:
+    """The classic way: detach with python-daemon, pidfile, umask, drop to user and group."""
+    import dataclasses
+    import grp
+    import inspect
+    import pwd
+
+    import daemon
+
+    from ..daemon import logsetup
+    from ..daemon.pidfile import AlreadyRunning, PidFile
+    from ..daemon.service import run
+
+    pidfile = PidFile(settings.daemon.pidfile)
+    try:
+        pidfile.check()
+    except (AlreadyRunning, OSError) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    uid = gid = None
+    try:
+        if settings.daemon.user:
+            user = pwd.getpwnam(settings.daemon.user)
+            uid, gid = user.pw_uid, user.pw_gid
+        if settings.daemon.group:
+            gid = grp.getgrnam(settings.daemon.group).gr_gid
+    except KeyError as exc:
+        raise config.ConfigError(settings.file, "daemon", exc.args[0], "no such user or group") from None
+    log_settings = settings.logging
+    if log_settings.target == "stderr":
+        # A detached process has no stderr: send the log to syslog instead of nowhere.
+        print("note: logging.target is stderr; a detached bridge logs to syslog instead", file=sys.stderr)
+        log_settings = dataclasses.replace(log_settings, target="syslog")
+    options = dict(working_directory="/", umask=0o027, pidfile=pidfile, uid=uid, gid=gid,
+                   signal_map={})   # run() installs its own handlers
+    if "initgroups" in inspect.signature(daemon.DaemonContext).parameters:   # python-daemon >= 2.3
+        options["initgroups"] = bool(settings.daemon.user)
+    context = daemon.DaemonContext(**options)
+    with context:
+        logsetup.configure(log_settings)
+        return run(settings, config_path)
+
+
+def _read_status(settings: config.Settings):
+    from ..paths import status_path
+    for _ in range(2):
+        try:
+            with open(status_path(settings), encoding="utf-8") as handle:
+                return json.load(handle)
+        except OSError:
+            return None
+        except ValueError:      # caught mid-rewrite (in place, on a full disk): look again
+            time.sleep(0.2)
+    return None
+
+
+def _status(args) -> int:
+    settings = config.load(args.config)
+    status = _read_status(settings)
+    if status is None:
+        print("no status: the bridge is not running (or has never run with this configuration)", file=sys.stderr)
+        return 3
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    now = time.time()
+    print(f"msg-nagios-bridge pid {status.get('pid')}, status written {now - status.get('time', 0):.0f} s ago")
+    since = status.get("since", {})
+    for part, state in sorted(status.get("states", {}).items()):
+        print(f"  {part:40s} {state}  (for {now - since.get(part, now):.0f} s)")
+    for name in ("spool", "inbound_spool"):
+        spool = status.get(name)
+        if spool:
+            oldest = spool.get("oldest_age")
+            print(f"  {name:40s} {spool['depth']} waiting ({spool['bytes']} bytes), oldest "
+                  f"{'-' if oldest is None else f'{oldest:.0f} s'}, {spool['dead_letters']} dead letters")
+    for what, when in sorted(status.get("last", {}).items()):
+        print(f"  last {what:35s} {now - when:.0f} s ago")
+    counters = status.get("counters", {})
+    print("  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none yet"))
+    errors = status.get("errors", [])
+    if errors:
+        print("  last errors:")
+        for when, text in errors[-10:]:
+            print(f"    {time.strftime('%H:%M:%S', time.localtime(when))}  {text}")
+    return 0
+
+
+def _pair(text: str):
+    warning, _, critical = text.partition(",")
+    try:
+        return float(warning), float(critical)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WARNING,CRITICAL") from None
+
+
+def _check(args) -> int:
+    from .selfcheck import UNKNOWN, Thresholds, evaluate
+    try:
+        settings = config.load(args.config)
+    except config.ConfigError as exc:
+        print(f"MSG-BRIDGE UNKNOWN - configuration error: {exc}")
+        return UNKNOWN
+    limits = Thresholds(backlog=args.backlog, oldest=args.oldest, disconnected=args.disconnected,
+                        dead_letters=args.dead_letters, stale=args.stale)
+    code, line = evaluate(_read_status(settings), limits, time.time())
+    print(line)
+    return code
+
+
+def _dead_letters(args) -> int:
+    from . import tools
+    settings = config.load(args.config)
+    spool = tools.open_spool(settings, "inbound" if args.inbound else "outbound")
+    try:
+        if args.action == "list":
+            tools.list_dead_letters(spool, sys.stdout)
+        elif args.action == "show":
+            for dead_id in args.ids:
+                tools.show_dead_letter(spool, dead_id, sys.stdout)
+        elif args.action == "requeue":
+            tools.requeue(settings, "inbound" if args.inbound else "outbound", spool, args.ids, sys.stdout)
+        elif args.action == "purge":
+            if not args.ids and not args.all and args.older_than is None:
+                raise tools.ToolError("say which: dead letter ids, --older-than DAYS, or --all")
+            print(f"{tools.purge(spool, args.ids or None, args.older_than)} dead letter(s) deleted")
+    finally:
+        spool.close()
+    return 0
+
+
+def _send(args) -> int:
+    from . import tools
+    from ..model import CheckResult
+    settings = config.load(args.config)
+    result = CheckResult(host=args.host, service=args.service, state=args.state, state_type=args.state_type,
+                         output=args.output, long_output=args.long_output.replace("\\n", "\n"),
+                         perfdata=args.perfdata, timestamp=time.time())
+    tools.send(settings, result, sys.stdout)
+    return 0
+
+
+TRY_CANNOT_RUN = 4
+EXIT_CLOSED_PIPE = 141        # as a shell reports a command ended by SIGPIPE (128 + 13)
+EXIT_INTERRUPTED = 130        # 128 + SIGINT
+
+_C = "-c /etc/msg-nagios-bridge/bridge.yaml"
+EXAMPLES = {name: "example:\n  " + text for name, text in {
+    "run": f"msg-nagios-bridge run {_C}",
+    "check-config": f"msg-nagios-bridge check-config -v {_C} | less",
+    "nagios-config": f"msg-nagios-bridge nagios-config {_C} > /etc/nagios4/conf.d/msg-nagios-bridge.cfg",
+    "status": f"msg-nagios-bridge status {_C}",
+    "check": f"msg-nagios-bridge check {_C} --backlog 10000,100000",
+    "dead-letters": f"msg-nagios-bridge dead-letters list --inbound {_C}",
+    "dead-letters list": f"msg-nagios-bridge dead-letters list --inbound {_C}",
+    "dead-letters show": f"msg-nagios-bridge dead-letters show 12 --inbound {_C}",
+    "dead-letters requeue": f"msg-nagios-bridge dead-letters requeue 12 13 --inbound {_C}",
+    "dead-letters purge": f"msg-nagios-bridge dead-letters purge --older-than 30 {_C}",
+    "try-message": f"msg-nagios-bridge try-message {_C} --header nagios_host=nagios.site-a.org message.txt",
+    "send": f"msg-nagios-bridge send {_C} --host ce01.example.org --service org.sam.CE-JobSubmit --state 2",
+}.items()}
+
+
+def _try_message(args) -> int:
+    from . import tools
+    settings = config.load(args.config)
+    headers = {}
+    for item in args.header:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"error: --header {item!r} is not NAME=VALUE", file=sys.stderr)
+            return 2
+        headers[name] = value
+    try:
+        if args.file == "-":
+            body = sys.stdin.buffer.read()
+        else:
+            with open(args.file, "rb") as handle:
+                body = handle.read()
+        return tools.try_message(settings, headers, body, sys.stdout)
+    except (OSError, tools.ToolError, tools.SpoolError) as exc:
+        print(f"error: cannot judge: {exc}", file=sys.stderr)
+        return TRY_CANNOT_RUN
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msg-nagios-bridge",
+                                     description="Bridge Nagios check results to and from MSG (ActiveMQ/STOMP).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, func, text):
+        sub = commands.add_parser(name, help=text, description=text, epilog=EXAMPLES[name],
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("-c", "--config", default=config.DEFAULT_PATH,
+                         help=f"the YAML configuration file (default {config.DEFAULT_PATH})")
+        sub.set_defaults(func=func)
+        return sub
+
+    run_command = command("run", _run, "run the bridge (in the foreground, the systemd way)")
+    run_command.add_argument("--daemon", action="store_true",
+                             help="detach the classic way (pidfile, umask, drop to daemon.user/group)")
+    run_command.add_argument("--allow-root", action="store_true",
+                             help="run as root although nothing in the bridge needs it")
+    check = command("check-config", _check_config, "validate the configuration file and exit")
+    check.add_argument("-v", "--verbose", action="store_true", help="also print the settings (secrets masked)")
+    command("nagios-config", _nagios_config, "print the Nagios command definitions and nagios.cfg lines")
+    status = command("status", _status, "show the status a running bridge last wrote")
+    status.add_argument("--json", action="store_true", help="print status.json as it is")
+
+    check = command("check", _check, "a Nagios plugin for the bridge itself (exit 0-3, one line, perfdata)")
+    check.add_argument("--backlog", type=_pair, default=(10000, 100000), metavar="W,C",
+                       help="messages waiting in the spools (default 10000,100000)")
+    check.add_argument("--oldest", type=_pair, default=(300, 1800), metavar="W,C",
+                       help="age in seconds of the oldest waiting message (default 300,1800)")
+    check.add_argument("--disconnected", type=_pair, default=(120, 600), metavar="W,C",
+                       help="seconds without a broker or Nagios (default 120,600)")
+    check.add_argument("--dead-letters", type=_pair, default=(1, 100), metavar="W,C",
+                       help="dead letters kept (default 1,100)")
+    check.add_argument("--stale", type=float, default=30.0, metavar="S",
+                       help="status older than this means the bridge is not running (default 30)")
+
+    dead = command("dead-letters", _dead_letters, "list, show, requeue or purge dead letters")
+    actions = dead.add_subparsers(dest="action", required=True)
+    for action, text in (("list", "one line each: id, time, destination, reason"),
+                         ("show", "everything about the given dead letters"),
+                         ("requeue", "give them another chance (inbound: decoded and checked again)"),
+                         ("purge", "delete them")):
+        sub = actions.add_parser(action, help=text, description=text, epilog=EXAMPLES[f"dead-letters {action}"],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        if action != "list":
+            sub.add_argument("ids", type=int, nargs="*" if action == "purge" else "+", help="dead letter ids")
+        sub.add_argument("--inbound", action="store_true", help="the inbound spool's dead letters (default outbound)")
+        sub.add_argument("-c", "--config", default=argparse.SUPPRESS, help="the YAML configuration file")
+        if action == "purge":
+            sub.add_argument("--all", action="store_true", help="all of them")
+            sub.add_argument("--older-than", type=float, metavar="DAYS", help="those refused this long ago")
+
+    try_command = command(
+        "try-message", _try_message,
+        "judge one inbound message as the bridge would (signature, sender, decoding, policy, freshness, "
+        "duplicates), with no broker and no Nagios, and print the verdict and what would be written. "
+        "Exit 0 accepted, 1 refused, 2 usage or configuration error, 3 dropped as a duplicate or stale, "
+        "4 cannot judge (unreadable file, objects cache or CA)")
+    try_command.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                             help="a STOMP header of the message (repeat for each)")
+    try_command.add_argument("file", help="the message body, or - for standard input")
+
+    send = command("send", _send, "publish one test result now, as the daemon would, and wait for the broker")
+    send.add_argument("--host", required=True)
+    send.add_argument("--service", help="omit for a host result")
+    send.add_argument("--state", type=int, required=True, help="0-3 (hosts 0-2)")
+    send.add_argument("--state-type", default="HARD", choices=("HARD", "SOFT"))
+    send.add_argument("--output", default="test result sent by hand with msg-nagios-bridge send")
+    send.add_argument("--long-output", default="", help="\\n for a new line")
+    send.add_argument("--perfdata", default="")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Exit codes: 0 done, 1 the command could not be done (one line on stderr), 2 usage or
+    configuration error, 130 interrupted, 141 output closed (``| head``); ``check`` and
+    ``try-message`` have their own (see their --help and the man page)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as a Unix tool does. Point stdout
+        # at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except config.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:   # a tool's or the model's own refusal: say it in one line
+        from ..model import InvalidResult
+        from ..spool import SpoolError
+        from .tools import ToolError
+        if isinstance(exc, (ToolError, SpoolError, InvalidResult)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

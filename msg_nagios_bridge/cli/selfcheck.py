@@ -1,0 +1,73 @@
+"""``msg-nagios-bridge check``: a Nagios plugin for the bridge itself.
+
+Pure: a status snapshot (what the daemon writes to status.json), thresholds
+and the time -> a Nagios exit code and one line of output with perfdata.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Tuple
+
+from ..daemon.health import is_up
+
+OK, WARNING, CRITICAL, UNKNOWN = range(4)
+NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    backlog: Tuple[int, int] = (10_000, 100_000)          # messages waiting in the spools
+    oldest: Tuple[float, float] = (300.0, 1800.0)         # age of the oldest waiting message, s
+    disconnected: Tuple[float, float] = (120.0, 600.0)    # broker or Nagios away for, s
+    dead_letters: Tuple[int, int] = (1, 100)
+    stale: float = 30.0                                   # status.json older than this: not running
+
+
+def _grade(value: float, limits) -> int:
+    warning, critical = limits
+    return CRITICAL if value >= critical else WARNING if value >= warning else OK
+
+
+def evaluate(status: Optional[dict], limits: Thresholds, now: float) -> Tuple[int, str]:
+    """(exit code, one line of output with perfdata)."""
+    if not status:
+        return CRITICAL, "MSG-BRIDGE CRITICAL - no status: the bridge is not running (or cannot write its status)"
+    age = now - status.get("time", 0)
+    if age > limits.stale:
+        return CRITICAL, f"MSG-BRIDGE CRITICAL - status is {age:.0f} s old: the bridge is not running or hung"
+    spools = [status.get(name) or {} for name in ("spool", "inbound_spool")]
+    backlog = sum(spool.get("depth", 0) for spool in spools)
+    oldest = max([spool.get("oldest_age") or 0 for spool in spools] + [0])
+    dead = sum(spool.get("dead_letters", 0) for spool in spools)
+    problems: List[Tuple[int, str]] = []
+    away = 0.0
+    states, since = status.get("states", {}), status.get("since", {})
+    for part in ("publisher", "subscriber"):
+        state = states.get(part)
+        if state is not None and not is_up(state):
+            seconds = now - since.get(part, now)
+            away = max(away, seconds)
+            problems.append((_grade(seconds, limits.disconnected), f"{part} {state} for {seconds:.0f} s"))
+    writer = states.get("nagios_writer", "")
+    if writer.startswith("waiting:"):
+        seconds = now - since.get("nagios_writer", now)
+        away = max(away, seconds)
+        problems.append((_grade(seconds, limits.disconnected), f"Nagios unavailable for {seconds:.0f} s ({writer[9:]})"))
+    for part, state in states.items():
+        if state.startswith("failed"):
+            problems.append((CRITICAL, f"{part} {state}"))
+    problems.append((_grade(backlog, limits.backlog), f"backlog {backlog}"))
+    problems.append((_grade(oldest, limits.oldest), f"oldest waiting {oldest:.0f} s"))
+    problems.append((_grade(dead, limits.dead_letters), f"{dead} dead letters"))
+    code = max(grade for grade, _ in problems)
+    counters = status.get("counters", {})
+    shown = [text for grade, text in problems if grade > OK] or [
+        f"published {counters.get('published', 0)}, injected {counters.get('injected', 0)}, backlog {backlog}"]
+    perfdata = (f"backlog={backlog};{limits.backlog[0]};{limits.backlog[1]};0 "
+                f"oldest={oldest:.0f}s;{limits.oldest[0]:.0f};{limits.oldest[1]:.0f};0 "
+                f"disconnected={away:.0f}s;{limits.disconnected[0]:.0f};{limits.disconnected[1]:.0f};0 "
+                f"dead_letters={dead};{limits.dead_letters[0]};{limits.dead_letters[1]};0 "
+                f"published={counters.get('published', 0)}c injected={counters.get('injected', 0)}c "
+                f"refused={counters.get('refused', 0)}c")
+    text = "; ".join(shown).replace("|", "/")
+    return code, f"MSG-BRIDGE {NAMES[code]} - {text} | {perfdata}"

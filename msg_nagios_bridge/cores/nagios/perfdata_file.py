@@ -1,0 +1,243 @@
+"""The perfdata source: tails a file the Nagios core appends result lines to.
+
+The read position (device, inode, a hash of the file's first KiB, offset of
+the first unread byte) is saved in
+the spool in the same transaction as the messages made from the lines before
+it, so after a crash the bridge neither loses nor repeats a line.
+
+Rotation: ``nagios-config`` has Nagios run ``mv -f FILE FILE.old`` every
+``rotate_interval`` seconds. Nagios closes the file before running that
+command and opens a new one after, so when the path's inode changes the old
+file is complete: the tailer reads it to its end through the descriptor it
+holds, then moves on to the next file. It opens every new file as soon as it
+appears at FILE, also while it waits for room in the spool, and reads them in
+turn: a later ``mv -f`` over ``FILE.old`` then unlinks a file it still holds
+open, not one it has not read. ``FILE.old`` matters only at start, when the
+file last read may be there. A file that shrinks below the read position was
+truncated (mode ``w``, or by hand): reading starts again at its beginning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+import threading
+from collections import deque
+from typing import Deque, List, Optional, Tuple
+
+from . import result_line
+from ...daemon.health import Health
+from ...outbound.intake import Intake
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_BYTES = 4 << 20
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+FINGERPRINT_BYTES = 1024
+
+
+def split_records(lines: List[bytes]) -> Tuple[List[bytes], int]:
+    """Whole records from complete lines: a version-2 record is its RECORD_LINES lines joined by
+    newlines (result_line.record_template), any other line stands alone; and how many lines they
+    use. A version-2 record whose last lines have not arrived yet is left for the next read.
+    Lines are grouped by position from a record start, so text inside a record that looks like
+    a tag cannot shift the grouping."""
+    records: List[bytes] = []
+    index = 0
+    while index < len(lines):
+        if result_line.is_record_start(lines[index]):
+            if index + result_line.RECORD_LINES > len(lines):
+                break
+            records.append(b"\n".join(lines[index:index + result_line.RECORD_LINES]))
+            index += result_line.RECORD_LINES
+        else:
+            records.append(lines[index])
+            index += 1
+    return records, index
+
+
+def _identity(info: os.stat_result) -> Tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+def _fingerprint(fd: int, size: int) -> str:
+    """A hash of the first bytes of a file: inode numbers are reused after a
+    file is deleted, so (device, inode) alone cannot prove it is the same file."""
+    head = os.pread(fd, min(size, FINGERPRINT_BYTES), 0)
+    return hashlib.blake2b(head, digest_size=8).hexdigest()
+
+
+def _stat(path: str) -> Optional[os.stat_result]:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+class PerfdataTail(threading.Thread):
+    def __init__(self, path: str, intake: Intake, health: Health, poll_interval: float):
+        super().__init__(name=f"perfdata:{os.path.basename(path)}", daemon=True)
+        self.path = path
+        self.old_path = path + ".old"
+        self.intake = intake
+        self.health = health
+        self.poll_interval = poll_interval
+        self.cursor_name = f"perfdata:{path}"
+        self.state_name = f"perfdata {path}"
+        self.stopping = intake.stopping
+        self.fd: Optional[int] = None
+        self.file_id: Optional[Tuple[int, int]] = None
+        self.offset = 0
+        self.fingerprint = ""                          # of the current file, once it is long enough
+        # Files that appeared at the path after the current one, opened, not yet read: oldest first.
+        self.queued: Deque[Tuple[int, Tuple[int, int]]] = deque()
+        intake.while_waiting = self._discover
+
+    # -- position -----------------------------------------------------------
+
+    def _open(self, path: str, offset: int) -> bool:
+        try:
+            fd = os.open(path, OPEN_FLAGS)
+        except FileNotFoundError:
+            return False
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise OSError(f"{path} is not a regular file (a perfdata file must use mode 'a')")
+        self._close()
+        self._close_queued()
+        self.fd, self.file_id, self.offset = fd, _identity(info), min(offset, info.st_size)
+        self.fingerprint = ""
+        if offset > info.st_size:
+            log.warning("%s is shorter than the saved position; reading it from the start", path)
+            self.offset = 0
+        return True
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = None
+
+    def _discover(self) -> None:
+        """Open the file at the path if it is new (neither the current one nor queued)."""
+        info = _stat(self.path)
+        if info is None or self.fd is None:
+            return
+        identity = _identity(info)
+        if identity == self.file_id or any(identity == queued for _, queued in self.queued):
+            return
+        try:
+            fd = os.open(self.path, OPEN_FLAGS)
+        except FileNotFoundError:
+            return
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or _identity(opened) != identity:
+            os.close(fd)       # replaced again in between: seen at the next look
+            return
+        self.queued.append((fd, identity))
+        if len(self.queued) > 1:
+            log.warning("%s: %d rotated files wait to be read (the spool has no room)", self.path, len(self.queued))
+
+    def _resume(self) -> None:
+        """At start: continue where the spool's cursor says, across one rotation if needed."""
+        saved = self.intake.spool.cursor(self.cursor_name)
+        if saved is None:
+            self._open(self.path, 0)
+            return
+        cursor = json.loads(saved)
+        wanted = (cursor["dev"], cursor["ino"])
+        for path in (self.path, self.old_path):
+            info = _stat(path)
+            if info is not None and _identity(info) == wanted and self._open(path, cursor["offset"]):
+                if _fingerprint(self.fd, cursor["offset"]) == cursor.get("head"):
+                    return
+                self._close()   # same inode number, another file
+        log.warning("%s: the file last read was rotated away while the bridge was stopped; "
+                    "reading %s and %s from the start", self.path, self.old_path, self.path)
+        if not self._open(self.old_path, 0):
+            self._open(self.path, 0)
+
+    def _close_queued(self) -> None:
+        while self.queued:
+            os.close(self.queued.popleft()[0])
+
+    def _next_file(self, leftover: bytes) -> bool:
+        """If the current file, read to its end, was replaced: switch. True if it did something."""
+        current = _stat(self.path)
+        if current is not None and _identity(current) == self.file_id:
+            return False   # not rotated; maybe truncated
+        if os.fstat(self.fd).st_size > self.offset + len(leftover):
+            # Nagios wrote its last lines (closing the file) between our read and the rotation.
+            return True
+        if leftover:
+            self.intake.dead_letter(leftover, "the file was rotated with an incomplete last line")
+        self._discover()
+        self._close()
+        if self.queued:
+            self.fd, self.file_id = self.queued.popleft()
+        else:
+            self.file_id = None
+        self.offset, self.fingerprint = 0, ""
+        return True
+
+    # -- loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._resume()
+            self.health.set_state(self.state_name, "reading" if self.fd is not None else "waiting for the file")
+            while not self.stopping.is_set():
+                if not self._step():
+                    self.stopping.wait(self.poll_interval)
+        except OSError as exc:
+            log.error("perfdata source %s stopped: %s", self.path, exc)
+            self.health.set_state(self.state_name, f"failed: {exc}")
+            self.health.error(f"perfdata {self.path}: {exc}")
+        finally:
+            self._close()
+            self._close_queued()
+
+    def _head(self, offset: int) -> str:
+        if self.fingerprint:
+            return self.fingerprint
+        head = _fingerprint(self.fd, offset)
+        if offset >= FINGERPRINT_BYTES:
+            self.fingerprint = head   # the first bytes of a growing file no longer change
+        return head
+
+    def _step(self) -> bool:
+        """Read and spool what is there. True if it did something (so go again at once)."""
+        if self.fd is None:
+            if _stat(self.path) is None:
+                return False
+            self._open(self.path, 0)
+            self.health.set_state(self.state_name, "reading")
+        self._discover()
+        data = os.pread(self.fd, MAX_BATCH_BYTES, self.offset)
+        end = data.rfind(b"\n")
+        complete = data[:end].split(b"\n") if end >= 0 else []
+        lines, used = split_records(complete)
+        if used:
+            new_offset = self.offset + sum(len(line) + 1 for line in complete[:used])
+            cursor = json.dumps({"dev": self.file_id[0], "ino": self.file_id[1], "offset": new_offset,
+                                 "head": self._head(new_offset)})
+            if not self.intake.spool_lines(lines, cursor=(self.cursor_name, cursor)):
+                return False
+            self.offset = new_offset
+            return True
+        if len(data) >= MAX_BATCH_BYTES:
+            self.intake.dead_letter(data, f"line or record longer than {MAX_BATCH_BYTES} bytes")
+            self.offset += len(data)
+            return True
+        if self._next_file(data):
+            return True
+        size = os.fstat(self.fd).st_size
+        if size < self.offset:
+            log.warning("%s was truncated (from %d to %d bytes); reading it from the start",
+                        self.path, self.offset, size)
+            self.health.add("perfdata_truncations")
+            self.offset, self.fingerprint = 0, ""
+            return True
+        return False

@@ -1,0 +1,400 @@
+"""The daemon's lifecycle: wire the parts, run, reload, stop.
+
+Start sinks before sources; stop sources before sinks so the sinks can drain.
+Signal handlers only set flags; the main loop acts on them.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from typing import Callable, List, Optional
+
+from .. import config
+from . import logsetup, metrics, sdnotify
+from ..inbound import policy as policy_module
+from ..inbound.echo import EchoGuard
+from ..cores.nagios import ocsp_record
+from .health import Health
+from ..cores.nagios.wiring import wants_host_results
+from ..outbound.routing import Router
+from ..cores.nagios.writer import NagiosWriter
+from ..outbound.publisher import Publisher
+from ..outbound.intake import Intake
+from ..cores.nagios.ocsp_pipe import OcspPipeSource
+from ..cores.nagios.perfdata_file import PerfdataTail
+from ..inbound.subscriber import Subscriber
+from ..paths import inbound_spool_path, outbound_spool_path, status_path
+from ..spool import Spool, SpoolError
+
+# Seconds a stop may take in all: the unit's TimeoutStopSec is 30 s before a SIGKILL.
+STOP_BUDGET = 20.0
+# Of which the publisher waits at most this long for outstanding receipts.
+PUBLISHER_DRAIN = 10.0
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 2.0
+STATUS_BLOCK = 65536        # status.json is padded to whole blocks (see write_status)
+RECOUNT_INTERVAL = 30.0     # re-read spool sizes changed by operator tools
+
+
+
+class Bridge:
+    """One wired set of parts built from one Settings. Reload builds a new one."""
+
+    def __init__(self, settings: config.Settings, health: Optional[Health] = None):
+        """``health`` is handed over by a reload: the counters go on. (What was injected is
+        remembered in the inbound spool, so a reload or restart keeps it too.)"""
+        self.settings = settings
+        self.health = health or Health()
+        self.stopping = threading.Event()
+        self.spool: Optional[Spool] = None
+        self.inbound_spool: Optional[Spool] = None
+        self.publisher: Optional[Publisher] = None
+        self.writer: Optional[NagiosWriter] = None
+        self.subscriber: Optional[Subscriber] = None
+        self.echo: Optional[EchoGuard] = None
+        self.sources: List[threading.Thread] = []
+        self._objects_mtime: Optional[float] = None
+
+    def _open_spool(self, path: str) -> Spool:
+        s = self.settings.spool
+        return Spool(path, max_messages=s.max_messages, max_bytes=s.max_megabytes << 20,
+                     max_dead_letter_bytes=s.max_dead_letter_megabytes << 20)
+
+    def start(self) -> None:
+        """Sinks first, then sources."""
+        s = self.settings
+        os.makedirs(s.spool.directory, mode=0o700, exist_ok=True)
+        if s.inbound.enabled:
+            self.inbound_spool = self._open_spool(inbound_spool_path(s))
+            self.echo = EchoGuard(self.inbound_spool, max_objects=s.inbound.echo_guard_max_objects,
+                                  health=self.health)
+            self.writer = NagiosWriter(s.inbound, self.inbound_spool, self.health, self.echo)
+            self.writer.start()
+        if s.outbound_enabled:
+            self.spool = self._open_spool(outbound_spool_path(s))
+            self.publisher = Publisher(s.brokers, self.spool, self.health)
+            self.publisher.start()
+            self._start_outbound_sources()
+        if s.inbound.enabled:
+            self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy())
+            self.subscriber.start()
+        log.info("bridge started: outbound %s, inbound %s, brokers %s",
+                 f"{len(self.sources)} source(s)" if self.sources else "off",
+                 f"{len(s.inbound.subscriptions)} subscription(s)" if s.inbound.enabled else "off",
+                 ", ".join(f"{h}:{p}" for h, p in s.brokers.hosts))
+
+    def _policy(self) -> policy_module.Policy:
+        """The inbound policy, with the objects the local Nagios defines when configured."""
+        inbound = self.settings.inbound
+        known = None
+        if inbound.objects_cache:
+            try:
+                self._objects_mtime = os.stat(inbound.objects_cache).st_mtime
+                known = policy_module.known_objects_from_objects_cache(inbound.objects_cache)
+            except OSError as exc:
+                # Fail safe: with no object list, refuse rather than accept everything.
+                log.error("cannot read %s (%s): refusing inbound results until it can be read",
+                          inbound.objects_cache, exc.strerror)
+                self.health.error(f"objects cache: {exc}")
+                known = frozenset()
+        if self.echo is not None:
+            self.echo.known_objects = known      # only objects Nagios has can echo
+        return policy_module.Policy(rules=inbound.rules, sender_header=inbound.sender_header,
+                                    known_objects=known)
+
+    def refresh_known_objects(self) -> None:
+        """Nagios rewrites objects.cache when it (re)loads its configuration: follow it."""
+        path = self.settings.inbound.objects_cache
+        if self.subscriber is None or not path:
+            return
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            return
+        if mtime != self._objects_mtime:
+            self.subscriber.policy = self._policy()
+            log.info("reloaded the object list from %s", path)
+
+    def _start_outbound_sources(self) -> None:
+        s = self.settings
+        router = Router(s, is_echo=self.echo)
+        if s.ocsp_pipe.enabled:
+            intake = Intake("ocsp_pipe", router, self.spool, self.health, self.stopping)
+            self.sources.append(OcspPipeSource(s.ocsp_pipe, intake, self.health,
+                                               ocsp_record.token_path(s.ocsp_pipe.path)))
+        if s.perfdata.enabled:
+            paths = [s.perfdata.service_file]
+            if wants_host_results(s):
+                paths.append(s.perfdata.host_file)
+            for path in paths:
+                intake = Intake("perfdata", router, self.spool, self.health, self.stopping)
+                self.sources.append(PerfdataTail(path, intake, self.health, s.perfdata.poll_interval))
+        for source in self.sources:
+            source.start()
+        for source in self.sources:
+            if isinstance(source, OcspPipeSource):
+                source.ready.wait(10)
+
+    def stop(self, budget: Optional[float] = STOP_BUDGET,
+             while_waiting: Callable[[], None] = lambda: None) -> None:
+        """Stop every part at once and wait for them ``budget`` seconds in all (None: until
+        they end), calling ``while_waiting`` about once a second (the watchdog ping).
+
+        Nothing waits on another part: what a source read is in a spool, what the
+        subscriber took is in the inbound spool or still unacknowledged on the broker, and
+        what the publisher or writer had under way stays in its spool. So when the process
+        exits, a part still busy at the deadline (a hung broker, a Nagios that stopped
+        reading) costs duplicates at the next start, never results, and the stop stays
+        within systemd's TimeoutStopSec instead of ending in a SIGKILL. A reload instead
+        waits for every part (budget None): an old writer still writing beside the new one
+        would write the same results twice, and in the wrong order.
+        """
+        started = time.monotonic()
+        self.stopping.set()                          # the sources
+        parts = [part for part in (self.subscriber, self.publisher, self.writer) if part is not None]
+        if self.publisher is not None:
+            self.publisher.drain_timeout = PUBLISHER_DRAIN if budget is None else \
+                min(PUBLISHER_DRAIN, max(0.0, budget - 2.0))
+        for part in parts:
+            part.stop()
+        parts += self.sources
+        late = parts
+        next_report = started + STOP_BUDGET
+        while late:
+            waited = time.monotonic() - started
+            if budget is not None and waited >= budget:
+                log.warning("%s still busy after %.0f s; stopping anyway: what they held stays in"
+                            " the spool (or on the broker) and is handled again at the next start",
+                            ", ".join(part.name for part in late), budget)
+                break
+            if budget is None and time.monotonic() >= next_report:
+                log.warning("waiting for %s to finish before the reload (%.0f s so far)",
+                            ", ".join(part.name for part in late), waited)
+                next_report += 10
+            late[0].join(1.0 if budget is None else min(1.0, budget - waited))
+            while_waiting()
+            late = [part for part in late if part.is_alive()]
+        self.write_status()
+        for spool in (self.spool, self.inbound_spool):
+            if spool is not None:
+                spool.close()
+        log.info("bridge stopped")
+
+    def recount(self) -> None:
+        for spool in (self.spool, self.inbound_spool):
+            if spool is not None:
+                try:
+                    spool.recount()
+                except SpoolError as exc:
+                    log.warning("cannot re-count %s: %s", spool.path, exc)
+
+    def dead_part(self) -> Optional[str]:
+        """The name of a part whose thread ended while the bridge runs, if any."""
+        parts = [self.publisher, self.writer, self.subscriber] + self.sources
+        for part in parts:
+            if part is not None and not part.is_alive() and not self.stopping.is_set():
+                return part.name
+        return None
+
+    def status(self) -> dict:
+        snapshot = self.health.snapshot()
+        for name, spool in (("spool", self.spool), ("inbound_spool", self.inbound_spool)):
+            if spool is not None:
+                stats = spool.stats()
+                snapshot[name] = {"depth": stats.depth, "bytes": stats.bytes,
+                                  "oldest_age": stats.oldest_age, "dead_letters": stats.dead_letters}
+        snapshot["time"] = time.time()
+        snapshot["pid"] = os.getpid()
+        return snapshot
+
+    def write_status(self) -> None:
+        """Atomically replace status.json (read by ``status`` and ``check``).
+
+        The text is padded with spaces to whole STATUS_BLOCKs: when the spool's filesystem is
+        full and no new file can be made, the old one is overwritten in place (same size, no
+        new blocks needed), so the status still says why the bridge waits."""
+        path = status_path(self.settings)
+        tmp = None
+        try:
+            data = json.dumps(self.status(), sort_keys=True, default=str)
+            data += " " * (-len(data) % STATUS_BLOCK)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".status.")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self._write_status_in_place(path, data)
+            else:
+                log.debug("cannot write %s: %s", path, exc)
+        except Exception as exc:  # status is best effort; never stop the bridge for it
+            log.debug("cannot write %s: %s", path, exc)
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)      # never leave a temp file behind on a full disk
+
+    @staticmethod
+    def _write_status_in_place(path: str, data: str) -> None:
+        try:
+            with open(path, "r+", encoding="utf-8") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if len(data) <= size:
+                    handle.write(data + " " * (size - len(data)))
+        except OSError as exc:
+            log.debug("cannot rewrite %s in place: %s", path, exc)
+
+
+class _Flags:
+    """What signal handlers set; the main loop reads and clears."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()        # wakes the loop, for any of the signals
+        self.terminate = False               # its own flag: a TERM beside a HUP must not be lost
+        self.reload = False
+        self.dump = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+
+    def _on_term(self, *_):
+        self.terminate = True
+        self.stop.set()
+
+    def _on_hup(self, *_):
+        self.reload = True
+        self.stop.set()   # wake the loop
+
+    def _on_usr1(self, *_):
+        self.dump = True
+        self.stop.set()
+
+
+def install_signal_flags() -> "_Flags":
+    """Install the handlers as early as possible: a TERM during start-up then stops cleanly."""
+    global _flags
+    if _flags is None:
+        _flags = _Flags()
+        _flags.install()
+    return _flags
+
+
+_flags: Optional[_Flags] = None
+
+
+def run(settings: config.Settings, config_path: str) -> int:
+    """Run until SIGTERM/SIGINT. Returns the exit code (1 if a part died: let systemd restart us)."""
+    flags = install_signal_flags()
+    bridge = Bridge(settings)
+    bridge.start()
+    exporter = Exporter(settings.metrics, bridge)
+    bridge.write_status()
+    sdnotify.notify(f"READY=1\nSTATUS=running, brokers {len(settings.brokers.hosts)}\nMAINPID={os.getpid()}")
+    watchdog = sdnotify.watchdog_interval()
+    next_recount = time.monotonic() + RECOUNT_INTERVAL
+    code = 0
+    try:
+        while True:
+            flags.stop.wait(min(STATUS_INTERVAL, watchdog or STATUS_INTERVAL))
+            flags.stop.clear()
+            if flags.terminate:
+                break
+            if flags.dump:
+                flags.dump = False
+                log.info("counters: %s", json.dumps(bridge.status().get("counters", {}), sort_keys=True))
+            if flags.reload:
+                flags.reload = False
+                sdnotify.notify("RELOADING=1")
+                bridge = _reload(bridge, config_path)
+                exporter.close()
+                exporter = Exporter(bridge.settings.metrics, bridge)
+                sdnotify.notify("READY=1")
+                if flags.terminate:          # a TERM during the reload
+                    break
+            dead = bridge.dead_part()
+            if dead:
+                log.error("%s stopped unexpectedly; exiting so that the service manager restarts the bridge", dead)
+                code = 1
+                break
+            if watchdog:
+                sdnotify.notify("WATCHDOG=1")   # only a loop that still runs gets here
+            bridge.refresh_known_objects()
+            if time.monotonic() >= next_recount:
+                bridge.recount()
+                next_recount = time.monotonic() + RECOUNT_INTERVAL
+            bridge.write_status()
+            exporter.update()
+    finally:
+        sdnotify.notify("STOPPING=1")
+        exporter.close()
+        bridge.stop()
+    return code
+
+
+class Exporter:
+    """Writes the metrics textfile and serves /metrics, as configured."""
+
+    def __init__(self, settings: config.MetricsSettings, bridge: Bridge):
+        self.settings = settings
+        self.bridge = bridge
+        self.server = None
+        if settings.listen:
+            try:
+                self.server = metrics.serve(settings.listen, lambda: metrics.render(self.bridge.status()))
+            except OSError as exc:
+                log.error("cannot serve metrics on %s: %s", settings.listen, exc.strerror)
+
+    def update(self) -> None:
+        if self.settings.textfile:
+            try:
+                metrics.write_textfile(self.settings.textfile, metrics.render(self.bridge.status()))
+            except OSError as exc:
+                log.warning("cannot write the metrics textfile %s: %s", self.settings.textfile, exc.strerror)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def _reload(bridge: Bridge, config_path: str) -> Bridge:
+    """Validate the new config first; if it is bad keep the running bridge."""
+    try:
+        settings = config.load(config_path)
+    except config.ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+        bridge.health.error(f"reload refused: {exc}")
+        return bridge
+    log.info("reloading configuration from %s", config_path)
+    logsetup.configure(settings.logging)     # also re-opens a log file moved by logrotate
+    health = bridge.health
+    bridge.stop(budget=None, while_waiting=lambda: sdnotify.notify("WATCHDOG=1"))
+    fresh = Bridge(settings, health)
+    try:
+        fresh.start()
+    except Exception as exc:     # noqa: BLE001
+        # A config can be valid and still not start (a spool directory that cannot be made, a
+        # spool in use): go back to the one that ran rather than exit and restart-loop on it.
+        log.error("reload failed, going back to the running configuration: %s: %s", type(exc).__name__, exc)
+        health.error(f"reload failed: {exc}")
+        fresh.stop(budget=10.0)
+        logsetup.configure(bridge.settings.logging)
+        fresh = Bridge(bridge.settings, health)
+        fresh.start()
+        return fresh
+    health.add("reloads")
+    return fresh

@@ -1,0 +1,129 @@
+"""The echo guard: results the bridge injected must not be published again.
+
+Nagios runs OCSP (and writes perfdata) for passive results too, so a Nagios
+that receives remote results and obsesses over the same services would hand
+them straight back to the outbound side. The bridge remembers every object it
+injected a result into; a PASSIVE result of such an object is its own echo and
+is dropped. Active results of those objects, and passive results of objects the
+bridge never injected into (e.g. from NSCA), are published as usual.
+
+The objects are kept in the inbound spool (one row each), so they survive
+restarts; a row is written when an object is new and refreshed at most once a
+``refresh`` period, so a steady stream of results writes nothing. Objects not
+injected into for ``ttl`` seconds (give or take ``refresh``) are forgotten.
+
+Bounded, because a sender the policy lets name any host (``*``) could make it
+grow with every name it invents, each silencing that object's passive results
+for ``ttl``:
+
+* With ``known_objects`` set (the objects Nagios defines, from objects.cache)
+  only those are remembered: a result for an object Nagios does not have is
+  ignored by Nagios and can never come back as an echo.
+* At most ``max_objects`` are kept, in memory and in the spool. When more are
+  noted, the least recently saved are forgotten, whole batches at a time (rows
+  share their batch's time), down to 90% of the limit; the batch being noted is
+  always kept, so the count can exceed the limit by at most one writer batch.
+  A forgotten object that is injected into again is noted again; only its echo
+  of an earlier injection could be published. Counted: ``echo_guard_evicted``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Dict, FrozenSet, Iterable, Optional, Tuple
+
+from ..daemon.health import Health
+from ..model import CheckResult
+from ..spool import Spool, SpoolError
+
+log = logging.getLogger(__name__)
+
+MARK_KIND = "echo"
+
+
+def _key(result: CheckResult) -> str:
+    return f"{result.host}\t{result.service or ''}"
+
+
+class EchoGuard:
+    def __init__(self, spool: Optional[Spool] = None, ttl: float = 7 * 86400,
+                 refresh: float = 86400, max_objects: int = 1_000_000, health: Optional[Health] = None):
+        """With ``spool`` None the guard lives in memory only (tests, tools)."""
+        self.spool = spool
+        self.health = health
+        self.ttl = ttl
+        self.refresh = refresh
+        self.max_objects = max_objects
+        # {(host, service or None)} Nagios defines, or None (unknown: remember every object).
+        self.known_objects: Optional[FrozenSet[Tuple[str, Optional[str]]]] = None
+        self.evicted = 0
+        self._lock = threading.Lock()
+        # object -> when it was last saved (not last injected: at most ``refresh`` older).
+        self._objects: Dict[str, float] = {}
+        if spool is not None:
+            cutoff = time.time() - ttl
+            self._objects = spool.load_marks(MARK_KIND, since=cutoff)
+            try:
+                spool.forget_marks(MARK_KIND, before=cutoff)
+            except SpoolError as exc:      # a full disk must not keep the bridge from starting
+                log.warning("cannot delete old echo guard entries now (%s): next start", exc)
+            self._evict(keep_after=float("inf"))          # a smaller limit than last time
+
+    def about_to_inject(self, results: Iterable[CheckResult], now: Optional[float] = None) -> int:
+        """Note results about to be injected, saving new objects before they return (the
+        echo may come back before the write has returned); return how many rows were saved.
+        Raises SpoolError if they cannot be saved (then none is noted)."""
+        now = time.time() if now is None else now
+        known = self.known_objects
+        if known is not None:
+            results = [result for result in results if (result.host, result.service) in known]
+        # Only the writer thread calls this: the lock guards the dict against the outbound
+        # side's lookups, and is not held across the (fsynced) save.
+        with self._lock:
+            due = {key for key in map(_key, results)
+                   if now - self._objects.get(key, float("-inf")) >= self.refresh}
+        if due and self.spool is not None:
+            self.spool.save_marks(MARK_KIND, due, now)
+        with self._lock:
+            self._objects.update(dict.fromkeys(due, now))
+        if len(self._objects) > self.max_objects:
+            self._evict(keep_after=now)
+        return len(due)
+
+    def _evict(self, keep_after: float) -> None:
+        """Over the limit: forget the least recently saved objects, whole batches (one time
+        each), down to 90% of the limit, never those saved at ``keep_after`` or later."""
+        with self._lock:
+            excess = len(self._objects) - (self.max_objects - self.max_objects // 10)
+            if len(self._objects) <= self.max_objects or excess <= 0:
+                return
+            times = sorted(self._objects.values())
+            cutoff = times[excess - 1]                    # forget everything saved at or before
+            later = [t for t in times[excess:] if t > cutoff][:1]
+            before = min(later[0] if later else float("inf"), keep_after)
+            forgotten = [key for key, saved in self._objects.items() if saved < before]
+            for key in forgotten:
+                del self._objects[key]
+            self.evicted += len(forgotten)
+        if forgotten and self.health is not None:
+            self.health.add("echo_guard_evicted", len(forgotten))
+        if forgotten:
+            log.warning("echo guard full (%d objects, echo_guard_max_objects %d): forgot the %d least"
+                        " recently injected", len(self._objects) + len(forgotten), self.max_objects,
+                        len(forgotten))
+        if forgotten and self.spool is not None:
+            try:
+                self.spool.forget_marks(MARK_KIND, before=before)
+            except SpoolError as exc:   # the rows go at the next eviction or start
+                log.warning("cannot delete forgotten echo guard entries now (%s)", exc)
+
+    def __call__(self, result: CheckResult) -> bool:
+        if result.attributes.get("check_type") != "PASSIVE":
+            return False
+        with self._lock:
+            saved = self._objects.get(_key(result))
+        return saved is not None and time.time() - saved < self.ttl
+
+    def __len__(self) -> int:
+        return len(self._objects)

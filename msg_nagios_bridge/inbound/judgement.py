@@ -1,0 +1,264 @@
+"""The inbound judgement: the one place that decides what a message from the broker becomes.
+
+The subscriber, ``dead-letters requeue --inbound`` and ``try-message`` all call
+``judge_batch``, so a message is judged the same way wherever it comes from:
+
+1. headers within limits (count, name and value sizes): ``bad-headers``;
+2. the signature, when signatures are required: the verified signer is the sender, and a
+   header the bridge reads (``HEADERS_READ``) that the signature does not cover is refused
+   (``unsigned-header``);
+3. the sender (the policy's sender header when signatures are not required);
+4. decoding (formats.decode);
+5. the policy (formats the sender may report on);
+6. freshness: a result older than ``max_age`` or more than ``max_clock_skew`` ahead of the
+   clock is refused (``too-old``, ``from-future``);
+7. against what was already injected (``Memory``): the same result again is a
+   ``duplicate``; a result older than the newest one injected for the same object is
+   ``stale`` (Nagios takes a passive result's time as last_check unconditionally, so an old
+   result replayed would overwrite a newer state).
+
+Steps 1-6 are pure and linear in the message size; every refusal is a Refused with a reason.
+Duplicates are keyed by the sender's verified identity (the signer certificate, canonical)
+and the result_id, never by header text a sender can vary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import typing
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import policy as policy_module
+from ..display import quoted
+from ..formats import decode as inbound_format
+from ..model import Refused
+from ..model import CheckResult
+
+# Headers a message's meaning depends on: the dedupe key (result_id) and the fields the
+# decoder, the name mapping and templates read. With signatures required each must be signed.
+HEADERS_READ = ("result_id", "role", "site", "vo")
+
+MAX_HEADERS = 100
+MAX_HEADER_NAME_BYTES = 256
+MAX_HEADER_VALUE_BYTES = 32 * 1024          # a signer certificate in base64 fits (16 KiB)
+MAX_HEADERS_BYTES = 128 * 1024
+MAX_RESULT_ID = 128
+
+ACCEPTED, DUPLICATE, STALE, REFUSED = "accepted", "duplicate", "stale", "refused"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """Everything a judgement depends on, built once per (re)load."""
+
+    mapping: inbound_format.Mapping
+    policy: policy_module.Policy
+    verifier: Optional[object] = None        # signing.Verifier when signatures are required
+    max_age: float = 86400.0
+    max_clock_skew: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What became of one message. ``result`` is set unless it was refused."""
+
+    outcome: str                      # ACCEPTED, DUPLICATE, STALE or REFUSED
+    key: str = ""                     # the dedupe key ("" when refused before it was known)
+    result: Optional[CheckResult] = None
+    sender: str = ""
+    refusal: Optional[Refused] = None
+
+    @property
+    def object_key(self) -> str:
+        return object_key(self.result) if self.result is not None else ""
+
+
+class Memory(typing.Protocol):
+    """What was injected before: keys seen, and the newest result time per object."""
+
+    def seen(self, keys: Sequence[str]) -> typing.Collection[str]: ...
+
+    def newest(self, objects: Sequence[str]) -> typing.Mapping[str, float]: ...
+
+
+class NoMemory:
+    """A memory that has seen nothing (a dry run without a spool)."""
+
+    def seen(self, keys: Sequence[str]) -> typing.Collection[str]:
+        return ()
+
+    def newest(self, objects: Sequence[str]) -> typing.Mapping[str, float]:
+        return {}
+
+
+def object_key(result: CheckResult) -> str:
+    return f"{result.host}\t{result.service if result.service is not None else ''}"
+
+
+def dedupe_key(identity: str, headers: typing.Mapping[str, str], body: bytes) -> str:
+    """``identity`` (the verified signer, or the sender) and the result_id; without a
+    result_id, a hash of the body."""
+    result_id = headers.get("result_id", "")
+    if result_id:
+        scope = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        return f"id:{scope}:{result_id}"
+    return "body:" + hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def check_headers(headers: typing.Mapping[str, str]) -> None:
+    """Refuse headers beyond the limits (a flood of headers is work before any other check)."""
+    if len(headers) > MAX_HEADERS:
+        raise Refused("bad-headers", f"{len(headers)} headers (limit {MAX_HEADERS})")
+    total = 0
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise Refused("bad-headers", "a header name or value is not text")
+        name_bytes = len(name.encode("utf-8", "surrogatepass"))
+        value_bytes = len(value.encode("utf-8", "surrogatepass"))
+        if name_bytes > MAX_HEADER_NAME_BYTES:
+            raise Refused("bad-headers", f"a header name is {name_bytes} bytes long (limit {MAX_HEADER_NAME_BYTES})")
+        if value_bytes > MAX_HEADER_VALUE_BYTES:
+            raise Refused("bad-headers", f"header {quoted(name, 60)} is {value_bytes} bytes long"
+                                         f" (limit {MAX_HEADER_VALUE_BYTES})")
+        total += name_bytes + value_bytes
+    if total > MAX_HEADERS_BYTES:
+        raise Refused("bad-headers", f"headers take {total} bytes (limit {MAX_HEADERS_BYTES})")
+    if len(headers.get("result_id", "")) > MAX_RESULT_ID:
+        raise Refused("bad-headers", f"result_id is longer than {MAX_RESULT_ID} characters")
+
+
+def _sender(rules: Rules, headers: typing.Mapping[str, str], body: bytes) -> Tuple[str, str]:
+    """(sender the policy sees, identity duplicates are scoped by)."""
+    if rules.verifier is None:
+        sender = policy_module.sender_of(rules.policy, headers)
+        return sender, sender
+    signed = rules.verifier.verify(headers, body)
+    unsigned = [name for name in HEADERS_READ if name in headers and name not in signed.signed_headers]
+    if unsigned:
+        raise Refused("unsigned-header", f"header {unsigned[0]!r} is read by the bridge but not covered "
+                                         f"by the signature of {signed.dn!r}")
+    return signed.dn, signed.identity
+
+
+def judge(rules: Rules, headers: typing.Mapping[str, str], body: bytes, now: float) -> Verdict:
+    """Steps 1-6 for one message: an ACCEPTED verdict, or raise Refused (only)."""
+    check_headers(headers)
+    sender, identity = _sender(rules, headers, body)
+    result = inbound_format.decode(headers, body, rules.mapping, now=now)
+    policy_module.check(rules.policy, result, sender)
+    age = now - result.timestamp
+    if age > rules.max_age:
+        raise Refused("too-old", f"the result is from {age:.0f} s ago (limit {rules.max_age:g} s: "
+                                 f"inbound.policy.max_age)")
+    if -age > rules.max_clock_skew:
+        raise Refused("from-future", f"the result is {-age:.0f} s ahead of this clock (limit "
+                                     f"{rules.max_clock_skew:g} s: inbound.policy.max_clock_skew)")
+    return Verdict(ACCEPTED, dedupe_key(identity, headers, body), result, sender)
+
+
+def judge_one(rules: Rules, headers: typing.Mapping[str, str], body: bytes, now: float) -> Verdict:
+    """``judge`` that returns a REFUSED verdict instead of raising, for any exception: a
+    defect here must not stop the subscriber on a message the broker redelivers."""
+    try:
+        return judge(rules, headers, body, now)
+    except Refused as exc:
+        return Verdict(REFUSED, refusal=exc)
+    except Exception as exc:     # noqa: BLE001 - contract 4: a reason, never a crash
+        return Verdict(REFUSED, refusal=Refused(
+            "internal-error", f"the bridge failed on this message: {type(exc).__name__}: {exc}"))
+
+
+def against_memory(verdicts: List[Verdict], memory: Memory) -> List[Verdict]:
+    """Step 7: mark duplicates and stale results among the accepted verdicts, in order
+    (a batch counts as already injected what it accepts before)."""
+    accepted = [v for v in verdicts if v.outcome == ACCEPTED]
+    if not accepted:
+        return verdicts
+    seen = set(memory.seen([v.key for v in accepted]))
+    newest: Dict[str, float] = dict(memory.newest(sorted({v.object_key for v in accepted})))
+    judged = []
+    for verdict in verdicts:
+        if verdict.outcome == ACCEPTED:
+            when = verdict.result.timestamp
+            if verdict.key in seen:
+                verdict = dataclasses.replace(verdict, outcome=DUPLICATE)
+            elif when < newest.get(verdict.object_key, -math.inf):
+                verdict = dataclasses.replace(verdict, outcome=STALE)
+            else:
+                seen.add(verdict.key)
+                newest[verdict.object_key] = when
+        judged.append(verdict)
+    return judged
+
+
+def judge_batch(rules: Rules, messages: Iterable[Tuple[typing.Mapping[str, str], bytes]],
+                memory: Memory, now: float) -> List[Verdict]:
+    """Judge messages in arrival order: one Verdict each."""
+    return against_memory([judge_one(rules, headers, body, now) for headers, body in messages], memory)
+
+
+def memory_marks(verdicts: Iterable[Verdict]) -> List[Tuple[str, str, float]]:
+    """What the accepted verdicts add to the memory, as spool marks (kind, key, result time)."""
+    marks = []
+    for verdict in verdicts:
+        if verdict.outcome == ACCEPTED:
+            marks.append((SEEN, verdict.key, verdict.result.timestamp))
+            marks.append((NEWEST, verdict.object_key, verdict.result.timestamp))
+    return marks
+
+
+SEEN, NEWEST = "seen", "newest"
+
+
+MAX_SEEN = 200_000
+
+
+class SpoolMemory:
+    """The memory kept in the inbound spool's marks, so it holds across restarts.
+
+    Both kinds are stamped with the result's own time. The newest time per object is kept for
+    max_age (a result older than that is refused as too-old before the memory is asked): one
+    row per object. The ids seen are kept for the MAX_SEEN newest results only: they catch the
+    broker's redeliveries, and an older one coming again has the time of the newest result of
+    its object at best, so injecting it again changes nothing in Nagios (an older one is stale).
+    """
+
+    def __init__(self, spool):
+        self.spool = spool
+
+    def seen(self, keys: Sequence[str]) -> typing.Collection[str]:
+        return self.spool.find_marks(SEEN, keys).keys()
+
+    def newest(self, objects: Sequence[str]) -> typing.Mapping[str, float]:
+        return self.spool.find_marks(NEWEST, objects)
+
+    def forget(self, before: float) -> None:
+        self.spool.forget_marks(NEWEST, before)
+        self.spool.forget_marks(SEEN, before)
+        self.spool.keep_newest_marks(SEEN, MAX_SEEN)
+
+
+def make_verifier(settings) -> Optional[object]:
+    """The signature verifier ``settings`` (config.InboundSettings) ask for, or None."""
+    if not settings.signatures.required:
+        return None
+    from ..trust.signing import Verifier
+    return Verifier.from_settings(settings.signatures)
+
+
+def make_rules(settings, known_objects=None, verifier=None) -> Rules:
+    """Rules from config.InboundSettings, the objects the local Nagios defines (or None) and
+    a verifier (make_verifier's; built once, it holds the parsed CAs)."""
+    policy = policy_module.Policy(rules=settings.rules, sender_header=settings.sender_header,
+                                  known_objects=known_objects)
+    return Rules(mapping=settings.mapping, policy=policy, verifier=verifier,
+                 max_age=settings.max_age, max_clock_skew=settings.max_clock_skew)
+
+
+def load_rules(settings) -> Rules:
+    """make_rules for an operator tool: reads objects_cache (OSError if it cannot) and the CAs."""
+    known = None
+    if settings.objects_cache:
+        known = policy_module.known_objects_from_objects_cache(settings.objects_cache)
+    return make_rules(settings, known, make_verifier(settings))

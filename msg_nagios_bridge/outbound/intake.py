@@ -1,0 +1,122 @@
+"""What both outbound sources share: lines -> results -> messages -> spool.
+
+``spool_lines`` returns only once the batch is durably in the spool (or the
+bridge is stopping): that is the moment a source may move on. When the spool
+is full or the disk is failing it waits and retries, which is the back-pressure
+the sources pass on to Nagios (see docs/spool.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from ..cores.nagios import result_line
+from ..daemon.health import Health, RateLimitedLog
+from ..model import Message
+from .routing import Router
+from ..spool import Spool, SpoolError, SpoolFull, message_size
+
+log = logging.getLogger(__name__)
+
+MAX_DEAD_LETTER_PREVIEW = 4096
+
+
+class Intake:
+    def __init__(self, source: str, router: Router, spool: Spool, health: Health,
+                 stopping: threading.Event):
+        self.source = source
+        self.router = router
+        self.spool = spool
+        self.health = health
+        self.stopping = stopping
+        self._warn = RateLimitedLog(log)
+        # Called about once a second while a batch waits for room (the perfdata tailer opens
+        # files that Nagios rotates meanwhile, before a second rotation could unlink them).
+        self.while_waiting: Optional[Callable[[], None]] = None
+
+    def spool_lines(self, lines: Sequence[bytes], cursor: Optional[Tuple[str, str]] = None) -> bool:
+        """Parse, route and durably spool ``lines`` with ``cursor``, retrying while full.
+
+        Returns False only if the bridge began stopping before the batch was stored.
+        """
+        now_ms = int(time.time() * 1000)
+        messages: List[Message] = []
+        for raw in lines:
+            text = raw.decode("utf-8", errors="replace").rstrip("\r")
+            if not text.strip():
+                continue
+            try:
+                result = result_line.parse(text)
+                messages.extend(self.router.messages(result, now_ms))
+            except result_line.BadLine as exc:
+                self.dead_letter(raw, str(exc))
+            except Exception as exc:     # noqa: BLE001
+                # Whatever one line does, it must not stop the source: the line would be read
+                # again after the restart, and fail again, for ever (a poison pill).
+                log.exception("%s: cannot turn a line into messages", self.source)
+                self.dead_letter(raw, f"cannot be turned into a message: {type(exc).__name__}: {exc}")
+        self.health.add(f"{self.source}.lines", len(lines))
+        chunks = self._chunks(messages)
+        for number, chunk in enumerate(chunks, 1):
+            # The cursor goes with the last chunk: a crash in between re-reads the lines, and
+            # the spool drops the ids it already holds.
+            if not self._store(chunk, cursor if number == len(chunks) else None):
+                return False
+        return True
+
+    def _chunks(self, messages: List[Message]) -> List[List[Message]]:
+        """Split a batch into parts of at most a quarter of the spool's limits, so that a
+        backlog read in one go (after a long wait) can never be too big for an empty spool."""
+        most, most_bytes = max(1, self.spool.max_messages // 4), max(1, self.spool.max_bytes // 4)
+        chunks: List[List[Message]] = [[]]
+        size = 0
+        for message in messages:
+            weight = message_size(message)
+            if chunks[-1] and (len(chunks[-1]) >= most or size + weight > most_bytes):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(message)
+            size += weight
+        return chunks
+
+    def _store(self, messages: List[Message], cursor: Optional[Tuple[str, str]]) -> bool:
+        """Durably spool ``messages`` with ``cursor``, retrying while the spool is full or
+        unavailable; False only if the bridge began stopping first."""
+        while True:
+            try:
+                if messages or cursor is not None:
+                    self.spool.put(messages, cursor=cursor)
+                self.health.add("spooled", len(messages))
+                self.health.set_state(self.source, "reading")
+                return True
+            except SpoolError as exc:
+                kind = "full" if isinstance(exc, SpoolFull) else "unavailable"
+                self.health.add(f"spool_{kind}_waits")
+                # e.g. "waiting: spool unavailable: database or disk is full"
+                self.health.set_state(self.source, f"waiting: spool {kind}: {str(exc).rsplit(': ', 1)[-1][:80]}")
+                self._warn(logging.ERROR, kind,
+                           f"{self.source}: cannot spool {len(messages)} messages, holding the source "
+                           f"until the spool takes them: {exc}")
+            if self.stopping.wait(1.0):
+                return False
+            if self.while_waiting is not None:
+                self.while_waiting()
+
+    def dead_letter(self, raw: bytes, reason: str) -> None:
+        """Keep an input the bridge could not use, with the reason, and say so (rate-limited)."""
+        preview = raw[:MAX_DEAD_LETTER_PREVIEW]
+        message = Message(
+            message_id=hashlib.blake2b(raw, digest_size=16).hexdigest(),
+            destination=f"dead:{self.source}",
+            headers={"source": self.source, "length": str(len(raw))},
+            body=preview,
+        )
+        self.health.add("dead_letters")
+        self._warn(logging.WARNING, "bad-line", f"{self.source}: refused input ({reason}): {preview[:120]!r}")
+        try:
+            self.spool.add_dead_letter(message, reason)
+        except SpoolError as exc:
+            self.health.error(f"{self.source}: could not keep a dead letter: {exc}")

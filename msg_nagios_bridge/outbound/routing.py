@@ -1,0 +1,114 @@
+"""Outbound routing: which results go where, in which format, with which headers.
+
+Pure functions over values: no sockets, files or clock.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ..config import Route, Settings, Site
+from ..formats import json as json_format
+from ..formats import wlcg
+from ..model import CheckResult, Message
+
+# Characters that would change a destination's meaning (ActiveMQ uses '.' as the
+# hierarchy separator, '*' and '>' as wildcards, ',' to list destinations).
+_UNSAFE_IN_DESTINATION = re.compile(r"[.\s*>,/:;\\]")
+_OPT_OUT = ("0", "no", "false", "off")
+
+_ENCODERS = {"wlcg": (wlcg.encode, "text/plain"), "json": (json_format.encode, "application/json")}
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def selects(route: Route, result: CheckResult) -> bool:
+    """True if ``route`` takes ``result``."""
+    if route.hard_only and result.state_type != "HARD":
+        return False
+    if result.attributes.get("publish", "").strip().lower() in _OPT_OUT:
+        return False
+    if not _matches(result.host, route.hosts) or _matches(result.host, route.exclude_hosts):
+        return False
+    if result.is_host_check:
+        return route.host_checks
+    return _matches(result.service, route.services) and not _matches(result.service, route.exclude_services)
+
+
+def destination(route: Route, site: Site, result: CheckResult) -> str:
+    """Fill the route's template; every value has dots and wildcards made ``_``."""
+    values = {
+        "site": site.name,
+        "role": site.role,
+        "vo": site.vo or "none",
+        "host": result.host,
+        "service": result.service or wlcg.HOST_METRIC_NAME,
+        "flavour": result.attributes.get("flavour", "unknown"),
+        "status": wlcg.metric_status(result),
+    }
+    safe = {key: _UNSAFE_IN_DESTINATION.sub("_", value) for key, value in values.items()}
+    return route.destination.format(**safe)
+
+
+def message_fields(site: Site) -> Dict[str, str]:
+    """The record fields that come from the site, not from the result."""
+    return {"siteName": site.name, "gatheredAt": site.nagios_name, "role": site.role, "voName": site.vo}
+
+
+def build_message(route: Route, site: Site, result: CheckResult, now_ms: int = 0, signer=None) -> Message:
+    """The message for ``result`` on ``route``; signed when the route says so (``signer``:
+    a signing.Signer)."""
+    encode, content_type = _ENCODERS[route.format]
+    result_id = result.identity()
+    headers = {
+        "persistent": "true",
+        "content-type": content_type,
+        "site": site.name,
+        "role": site.role,
+        "nagios_host": site.nagios_name,
+        "host": result.host,
+        "metric": result.service or wlcg.HOST_METRIC_NAME,
+        "status": wlcg.metric_status(result),
+        "state_type": result.state_type,
+        "result_id": result_id,
+        "check_time": str(int(result.timestamp)),
+        "route": route.name,
+    }
+    if site.vo:
+        headers["vo"] = site.vo
+    if route.ttl and now_ms:
+        headers["expires"] = str(now_ms + route.ttl * 1000)
+    message_id = hashlib.blake2b(f"{result_id}:{route.name}".encode(), digest_size=16).hexdigest()
+    body = encode(result, message_fields(site)).encode("utf-8", "surrogateescape")
+    if route.sign and signer is not None:
+        headers.update(signer.sign(headers, body))
+    return Message(message_id=message_id, destination=destination(route, site, result),
+                   headers=headers, body=body)
+
+
+class Router:
+    """Turns a result into the messages its routes ask for.
+
+    ``is_echo`` is the echo guard: results the bridge itself injected into
+    Nagios are not published again.
+    """
+
+    def __init__(self, settings: Settings, is_echo: Optional[Callable[[CheckResult], bool]] = None):
+        self.site = settings.site
+        self.routes = settings.routes
+        self.is_echo = is_echo
+        self.signer = None
+        if any(route.sign for route in self.routes):
+            from ..trust.signing import Signer
+            signing = settings.signing
+            self.signer = Signer(signing.cert_file, signing.key_file, signing.key_password)
+
+    def messages(self, result: CheckResult, now_ms: int = 0) -> List[Message]:
+        if self.is_echo is not None and self.is_echo(result):
+            return []
+        return [build_message(route, self.site, result, now_ms, self.signer)
+                for route in self.routes if selects(route, result)]
