@@ -22,6 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .files import fsync_dir
 from .model import Message
+from .wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ class Spool:
         self._clock = clock
         self._lock = threading.Lock()
         self._put_event = threading.Event()
+        self._on_put: List[Wakeup] = []      # woken when there is something (new) to take
+        self._on_room: List[Wakeup] = []     # woken when entries leave (room for more)
         self._leased: set = set()
         # take() reads only rows above the highest id it ever leased (ids only grow:
         # AUTOINCREMENT), plus the given-back ids below it, oldest first.
@@ -384,7 +387,7 @@ class Spool:
             self._counters["put"] += new
             self._counters["duplicates"] += len(rows) - new
         if new:
-            self._put_event.set()
+            self._something_to_take()
         return new
 
     def cursor(self, name: str) -> Optional[str]:
@@ -468,6 +471,8 @@ class Spool:
             self._bytes -= freed
             self._counters["done"] += deleted
             self._leased.difference_update(ids)
+        if deleted:
+            self._room_freed()
 
     def give_back(self, entry_ids: Iterable[int]) -> None:
         """Unlease entries so take() returns them again; each one's attempts grows by 1."""
@@ -484,7 +489,7 @@ class Spool:
                 self._counters["given_back"] += len(back)
                 self._leased.difference_update(back)
                 self._returned.update(back)
-        self._put_event.set()
+        self._something_to_take()
 
     def reject(self, entry_id: int, reason: str) -> None:
         """Move an entry to the dead letters with ``reason`` and the time.
@@ -520,6 +525,7 @@ class Spool:
             self._counters["rejected"] += moved
             self._counters["dead_letters_dropped"] += dropped
         if moved:
+            self._room_freed()
             # The caller logs (rate-limited); one line per refusal would flood the log.
             log.debug("spool %s: message rejected to the dead letters: %s", self.path, reason)
         if dropped:
@@ -609,7 +615,7 @@ class Spool:
                 self._bytes += size
                 self._dead -= 1
         if new_id is not None:
-            self._put_event.set()
+            self._something_to_take()
         return new_id
 
     def purge_dead_letters(self, dead_ids: Optional[Iterable[int]] = None, *,
@@ -643,7 +649,26 @@ class Spool:
             depth, size = self._read("count entries", "SELECT count(*), coalesce(sum(size), 0) FROM messages")[0]
             dead = self._read("count dead letters", "SELECT count(*) FROM dead_letters")[0][0]
             self._depth, self._bytes, self._dead = depth, size, dead
+        self._something_to_take()
+
+    def wake_on_put(self, wakeup: Wakeup) -> None:
+        """Set ``wakeup`` whenever there is something new to take (put, given back, requeued)
+        or the spool closes."""
+        self._on_put.append(wakeup)
+
+    def wake_on_room(self, wakeup: Wakeup) -> None:
+        """Set ``wakeup`` whenever entries leave the queue (delivered, rejected) or the spool
+        closes: a writer that paused on a full spool can try again."""
+        self._on_room.append(wakeup)
+
+    def _something_to_take(self) -> None:
         self._put_event.set()
+        for wakeup in self._on_put:
+            wakeup.set()
+
+    def _room_freed(self) -> None:
+        for wakeup in self._on_room:
+            wakeup.set()
 
     def wait(self, timeout: float) -> bool:
         """Block until something is put (or given back, requeued; or the spool is closed) or
@@ -678,7 +703,8 @@ class Spool:
                 self._returned.clear()
                 self._high = 0
                 os.close(self._lock_fd)
-        self._put_event.set()  # wake a waiting publisher so it notices
+        self._something_to_take()  # wake waiting workers so they notice
+        self._room_freed()
 
     def __enter__(self) -> "Spool":
         return self

@@ -605,3 +605,21 @@ def test_entries_given_back_survive_a_failed_read_in_take(tmp_path, monkeypatch)
         with pytest.raises(SpoolUnavailable):
             spool.take(10)
         assert len(spool.take(10)) == 3
+
+
+def test_spool_wakes_its_watchers_on_put_and_on_room(tmp_path):
+    from msg_nagios_bridge.wakeup import Wakeup
+    with Spool(str(tmp_path / "s.sqlite")) as spool:
+        to_take, room = Wakeup(), Wakeup()
+        spool.wake_on_put(to_take)
+        spool.wake_on_room(room)
+        spool.put([msg(1)])
+        assert to_take.wait(0) and not room.wait(0)
+        entries = spool.take(10)
+        spool.give_back([entries[0].entry_id])
+        assert to_take.wait(0) and not room.wait(0)
+        entries = spool.take(10)
+        spool.done([entries[0].entry_id])
+        assert room.wait(0) and not to_take.wait(0)
+        spool.done([entries[0].entry_id])                 # already gone: no room freed, no wake-up
+        assert not room.wait(0)
