@@ -12,6 +12,7 @@ import pwd
 import queue
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -187,16 +188,18 @@ class EventStream:
             body["filter"] = filter
         headers = dict(self.conn.headers, **{"Content-Type": "application/json"})
         self.conn.conn.request("POST", "/v1/events", body=json.dumps(body).encode(), headers=headers)
+        self.sock = self.conn.conn.sock  # http.client lets go of it: the stream ends with the connection
         self.response = self.conn.conn.getresponse()
         self.status = self.response.status
         self.events, self._queue = [], queue.Queue()
         self.ended = threading.Event()  # the server ended the stream (or close() was called)
         self.error_body = None
+        self.error = None  # what ended the reading, if not the end of the stream
         if self.status != 200:
             self.error_body = self.response.read().decode("utf-8", "replace")
             self.ended.set()
             return
-        self.conn.conn.sock.settimeout(None)  # an idle stream is no error
+        self.sock.settimeout(None)  # an idle stream is no error
         self._thread = threading.Thread(target=self._read, daemon=True, name="icinga2-events")
         self._thread.start()
 
@@ -207,8 +210,8 @@ class EventStream:
                     event = json.loads(line)
                     self.events.append(event)
                     self._queue.put(event)
-        except (OSError, ValueError, http.client.HTTPException):
-            pass
+        except (OSError, ValueError, AttributeError, http.client.HTTPException) as e:
+            self.error = e  # AttributeError: http.client after close() from another thread
         finally:
             self.ended.set()
 
@@ -225,10 +228,10 @@ class EventStream:
 
     def close(self):
         try:
-            if self.conn.conn.sock:
-                self.conn.conn.sock.shutdown(2)
+            self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self.response.close()
         self.conn.close()
         self.ended.set()
 
