@@ -577,6 +577,14 @@ include "objects.conf"
     def log_text(self):
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
+    def wait_for_log_count(self, text, count=1, timeout=10.0):
+        """Wait until ``text`` occurs ``count`` times in the main log (Icinga writes it a little
+        later); return how often it occurs then."""
+        deadline = time.monotonic() + timeout
+        while self.log_text().count(text) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.log_text().count(text)
+
     def log_tail(self, lines=40):
         """The last ``lines`` of the console output (umbrella and worker) and the main log."""
         console = "\n".join(self.console_text().splitlines()[-lines:])
