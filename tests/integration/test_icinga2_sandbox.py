@@ -72,6 +72,7 @@ def test_starts_listens_on_loopback_only_and_stops_every_process(icinga2_factory
     assert _listening(pids) == [("127.0.0.1", core.api_port)]
 
     assert core.stop() == 0
+    assert core.killed == []   # SIGTERM to the umbrella ended the worker and its helper too
     assert core.alive_processes() == []
     assert all(icinga2_mod._start_time(pid) != started for pid, started in pids.items())
 

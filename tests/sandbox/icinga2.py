@@ -276,6 +276,7 @@ class Icinga2:
         self.proc = None
         self.started_in = None
         self.processes = {}  # pid -> start time: every process of ours seen, for stop()
+        self.killed = []     # PIDs stop()/kill() had to SIGKILL
 
     @property
     def auth(self):
@@ -474,6 +475,7 @@ include "objects.conf"
         for pid in self.alive_processes():
             try:
                 os.kill(pid, signal.SIGKILL)
+                self.killed.append(pid)
             except ProcessLookupError:
                 pass
         if self.proc is not None and self.proc.poll() is None:
