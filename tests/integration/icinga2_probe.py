@@ -1,15 +1,18 @@
-"""Measures what docs/icinga2-notes.md reports about Icinga 2's API and is too slow for a test:
-the request rate over one kept-alive connection, body size limits, the idle timeout, event
-latency, what a reload does to streams and requests, and what SIGKILL of the umbrella leaves.
+"""Checks what docs/icinga2-notes.md reports about Icinga 2's API beyond the tests: single
+answers (api, certpath), and what is slow or a measurement: the request rate over one kept-alive
+connection, body size limits, the idle timeout, event latency, replay, what a reload does to
+streams and requests, and what SIGKILL of the umbrella leaves. Prints what it sees.
 
-    .venv/bin/python -m tests.integration.icinga2_probe [rate|bodies|idle|latency|replay|reload|kill ...]
+    .venv/bin/python -m tests.integration.icinga2_probe [api certpath rate bodies idle latency replay reload kill]
 """
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -17,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.sandbox.icinga2 import Icinga2, _start_time, passive_service
+from tests.sandbox.icinga2 import Icinga2, _start_time, host, passive_service
 
 SERVICE_PATH = "/v1/actions/process-check-result?service=h1%21s{}"
 LEAST = {"bridge": {"password": "bridge-pw", "permissions": [
@@ -41,15 +44,18 @@ def rate(workdir, runs=3, count=1000):
         for run in range(runs):
             with icinga.connect(auth=("bridge", "bridge-pw")) as conn:
                 conn.request("GET", "/v1/objects/hosts?host=h1")   # the TLS handshake is not timed
-                started = time.perf_counter()
+                started, each = time.perf_counter(), []
                 for i in range(count):
+                    sent = time.perf_counter()
                     reply = conn.request("POST", SERVICE_PATH.format(i % 10),
                                          result(f"run {run} result {i}", performance_data=[f"n={i}"],
                                                 check_source="probe"))
+                    each.append(time.perf_counter() - sent)
                     assert reply.status == 200, reply
                 elapsed = time.perf_counter() - started
             per_second.append(count / elapsed)
-            print(f"rate run {run + 1}: {count} requests in {elapsed:.2f}s = {count / elapsed:.0f}/s")
+            print(f"rate run {run + 1}: {count} requests in {elapsed:.2f}s = {count / elapsed:.0f}/s; per request "
+                  f"median {statistics.median(each) * 1000:.2f} ms, max {max(each) * 1000:.0f} ms")
         print(f"rate: median {statistics.median(per_second):.0f}/s, range "
               f"{min(per_second):.0f}-{max(per_second):.0f}/s (load average {os.getloadavg()[0]:.1f})")
         started = time.perf_counter()
@@ -108,6 +114,15 @@ def idle(workdir):
                     outcome = type(e).__name__
             print(f"idle {pause}s, then a request on the same connection -> {outcome}")
         print("idle log:", [line for line in icinga.log_text().splitlines() if "No messages" in line][-1:])
+        stream = icinga.events()
+        time.sleep(20)
+        icinga.process_check_result("h1", "s0", 0, "after 20 s of silence")
+        try:
+            event = stream.wait_for(timeout=10)["check_result"]["output"]
+        except TimeoutError:
+            event = None
+        print(f"idle: an event stream silent for 20 s then got {event!r}; ended: {stream.ended.is_set()}")
+        stream.close()
     finally:
         icinga.stop()
 
@@ -233,8 +248,85 @@ def kill(workdir):
         icinga.stop()
 
 
-PROBES = {"rate": rate, "bodies": bodies, "idle": idle, "latency": latency, "replay": replay,
-          "reload": reload, "kill": kill}
+def api(workdir):
+    """Answers of process-check-result and /v1/events to single requests (the rows of
+    docs/icinga2-notes.md that a test does not cover)."""
+    dependency = """
+object Dependency "h3-needs-parent" {
+  parent_host_name = "parent"
+  child_host_name = "h3"
+  child_service_name = "s"
+  disable_checks = true
+}
+"""
+    icinga = Icinga2(Path(workdir) / "icinga2", extra_config=dependency, objects=[
+        passive_service("h1", "s0"), passive_service("h1", "s1"), host("h2"), host("parent"),
+        passive_service("h3", "s"), passive_service("h1", "no-passive", enable_passive_checks=False)]).start()
+    try:
+        reply = icinga.api("POST", "/v1/events", {"types": ["CheckResult"]})
+        print(f"api: /v1/events without queue -> {reply.status} {reply.body}")
+        for status in (0, 1, 2, 3, 4, 255, -1, "2", 1.0):
+            reply = icinga.process_check_result("h1", "s0", status, f"exit_status {status!r}")
+            last = icinga.object_state("h1", "s0")["last_check_result"]
+            print(f"api: service exit_status {status!r} -> {reply.status}, state {last['state']}, "
+                  f"last_check_result.exit_status {last['exit_status']}")
+        for status in (0, 1, 2, 3):
+            reply = icinga.process_check_result("h2", None, status, f"host exit_status {status}")
+            print(f"api: host exit_status {status} -> {reply.status} {reply.body['results'][0]['status']!r}, "
+                  f"host state {icinga.object_state('h2')['state']}")
+        for body in ({"type": "Service", "plugin_output": "x"}, {"type": "Service", "exit_status": 0},
+                     {"exit_status": 0, "plugin_output": "no type"}):
+            reply = icinga.api("POST", SERVICE_PATH.format(0), body)
+            print(f"api: body {body} -> {reply.status} {reply.body}")
+        reply = icinga.api("POST", "/v1/actions/process-check-result", result("x", type="Service", service="h1!nope"))
+        print(f"api: unknown object named in the body -> {reply.status} {reply.body}")
+        reply = icinga.api("POST", "/v1/actions/process-check-result",
+                           result("by filter", filter='service.name == "s1" || service.name == "s"'))
+        print(f"api: a filter matching two objects -> {reply.status} {reply.body}")
+        print(f"api: passive checks disabled -> {icinga.process_check_result('h1', 'no-passive', 0, 'x').body}")
+        icinga.process_check_result("parent", None, 1, "parent down")
+        print(f"api: child of a down parent -> {icinga.process_check_result('h3', 's', 2, 'x').body}; "
+              f"recorded: {icinga.object_state('h3', 's')['last_check_result']}")
+        before = time.time()
+        icinga.process_check_result("h1", "s1", 0, "ttl", ttl=30)
+        print(f"api: ttl 30 -> next_check {icinga.object_state('h1', 's1')['next_check'] - before:.1f}s ahead")
+        icinga.process_check_result("h1", "s1", 0, "sources", check_source="mine", scheduling_source="mine too",
+                                    check_command="my-command")
+        last = icinga.object_state("h1", "s1")["last_check_result"]
+        print(f"api: check_source/scheduling_source/check_command sent -> {last['check_source']!r}, "
+              f"{last['scheduling_source']!r}, command {last['command']!r}")
+        with icinga.connect() as conn:
+            del conn.headers["Accept"]
+            reply = conn.request("POST", SERVICE_PATH.format(0), result("no Accept header"))
+        print(f"api: no Accept header -> {reply.status} {reply.body!r} Connection: {reply.headers.get('Connection')}")
+    finally:
+        icinga.stop()
+
+
+def certpath(workdir):
+    """The deprecated cert_path/key_path/ca_path of ApiListener instead of DataDir/certs."""
+    icinga = Icinga2(Path(workdir) / "icinga2", objects=[passive_service("h1", "s0")])
+    icinga.write_config()
+    shutil.rmtree(icinga.data_dir / "certs")
+    pki = icinga.dir / "pki"
+    icinga.conf_file.write_text(icinga.conf_file.read_text().replace(
+        "  accept_config = false\n",
+        f'  accept_config = false\n  cert_path = "{pki}/api.pem"\n  key_path = "{pki}/api.key"\n'
+        f'  ca_path = "{pki}/ca.pem"\n'))
+    icinga.write_config = lambda: None   # keep this config
+    check = subprocess.run(icinga.command("-C"), capture_output=True, text=True)
+    print(f"certpath: -C exit {check.returncode}; warnings:",
+          [line.split(": ", 1)[1] for line in check.stdout.splitlines() if "warning/" in line])
+    icinga.start()
+    try:
+        print(f"certpath: API answers: {icinga.api_answers()}, DataDir/certs now holds "
+              f"{sorted(p.name for p in (icinga.data_dir / 'certs').iterdir())}")
+    finally:
+        icinga.stop()
+
+
+PROBES = {"api": api, "certpath": certpath, "rate": rate, "bodies": bodies, "idle": idle, "latency": latency,
+          "replay": replay, "reload": reload, "kill": kill}
 
 
 def main(names):
