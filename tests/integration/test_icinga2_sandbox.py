@@ -140,10 +140,12 @@ def test_unknown_object_is_a_404(icinga2_factory):
     assert (reply.status, reply.body) == (500, {"results": []})
 
 
-def test_older_result_is_answered_200_but_dropped(icinga2_factory):
+def test_older_result_is_answered_200_but_dropped_and_a_same_time_one_recorded(icinga2_factory):
     core = icinga2_factory(objects=[passive_service("h1", "s1")])
     now = time.time()
+    assert core.process_check_result("h1", "s1", 0, "first", execution_start=now, execution_end=now).status == 200
     assert core.process_check_result("h1", "s1", 0, "current", execution_start=now, execution_end=now).status == 200
+    assert core.object_state("h1", "s1")["last_check_result"]["output"] == "current"   # a resend is no no-op
     reply = core.process_check_result("h1", "s1", 2, "older", execution_start=now - 60, execution_end=now - 60)
     assert reply.status == 200 and reply.body["results"][0]["code"] == 200
     assert core.object_state("h1", "s1")["last_check_result"]["output"] == "current"
