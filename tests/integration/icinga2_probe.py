@@ -226,6 +226,7 @@ def kill(workdir):
     """What SIGKILL of the umbrella alone leaves running; and SIGTERM to the worker alone."""
     icinga = core(workdir)
     try:
+        icinga.process_check_result("h1", "s0", 1, "accepted before the crash")
         workers = icinga.children()
         os.kill(icinga.pid, signal.SIGKILL)
         icinga.proc.wait()
@@ -236,6 +237,12 @@ def kill(workdir):
     finally:
         icinga.stop()
         print(f"kill: stop() then SIGKILLed by PID: {icinga.killed}; alive now: {icinga.alive_processes()}")
+    icinga.start()
+    try:
+        last = icinga.object_state("h1", "s0")["last_check_result"]
+        print(f"kill: after the crash and a new start, the result accepted before it: {last and last['output']!r}")
+    finally:
+        icinga.stop()
     icinga = core(Path(workdir) / "again")
     try:
         worker = icinga.children()[0]

@@ -396,8 +396,7 @@ include "objects.conf"
             raise RuntimeError(f"icinga2 already running (pid {self.pid})")
         check_installed()
         self.write_config()
-        (self.run_dir / "icinga2.pid").unlink(missing_ok=True)  # left by a killed run: it would refuse to start
-        self._t0 = time.monotonic()
+        self._t0, self.started_in = time.monotonic(), None
         with open(self.console_file, "ab") as out:
             self.proc = subprocess.Popen(self.command(), cwd=self.dir, stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT, env=self._env())
@@ -436,7 +435,8 @@ include "objects.conf"
             if not self.running():
                 raise RuntimeError(f"icinga2 exited with {self.proc.returncode}\n{self.log_tail()}")
             if self.api_answers():
-                self.started_in = time.monotonic() - self._t0
+                if self.started_in is None:   # the first start, not a reload
+                    self.started_in = time.monotonic() - self._t0
                 self.remember_processes()
                 return self
             time.sleep(0.1)
@@ -493,8 +493,7 @@ include "objects.conf"
         before = self.console_text().count("Reload done")
         self.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + (timeout or self.start_timeout)
-        while self.console_text().count("Reload done") <= before or \
-                any(_start_time(pid) for pid in old_workers if pid in self.children()):
+        while self.console_text().count("Reload done") <= before or set(self.children()) & old_workers:
             if time.monotonic() > deadline or not self.running():
                 raise TimeoutError(f"icinga2 did not reload\n{self.log_tail()}")
             time.sleep(0.05)
