@@ -24,50 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import stomp  # noqa: E402
+from tests.sandbox.procfs import CLK_TCK, cpu_seconds  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PIPE_BUF = 4096
 POLL = 0.02
 
 
 # -- process accounting ------------------------------------------------------------------------
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone. With
-    ``children``, plus the CPU of the children it has waited for."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
-
-
-def _status_mb(pid: int, key: str) -> float:
-    """Field ``key`` (a size in kB) of /proc/PID/status in MB; NaN if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def vm_hwm_mb(pid: int) -> float:
-    """Peak RSS (VmHWM) of ``pid`` in MB; NaN if it is gone."""
-    return _status_mb(pid, "VmHWM")
-
-
-def rss_mb(pid: int) -> float:
-    """Current RSS (VmRSS) of ``pid`` in MB; NaN if it is gone."""
-    return _status_mb(pid, "VmRSS")
-
 
 def self_cpu() -> float:
     """CPU seconds of this process and its waited-for children."""
@@ -190,43 +152,7 @@ def temp_dir(prefix: str, keep: bool):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-# -- STOMP, spool, bridge, FIFO ----------------------------------------------------------------
-
-class Receipts(stomp.ConnectionListener):
-    """Collects RECEIPT ids and ERROR frames; ``wait`` blocks until one receipt arrives."""
-
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.seen = set()
-        self.errors = []
-
-    def on_receipt(self, frame):
-        with self.cond:
-            self.seen.add(frame.headers.get("receipt-id"))
-            self.cond.notify_all()
-
-    def on_error(self, frame):
-        with self.cond:
-            self.errors.append((dict(frame.headers), frame.body))
-            self.cond.notify_all()
-
-    def wait(self, receipt, timeout):
-        with self.cond:
-            if not self.cond.wait_for(lambda: receipt in self.seen or self.errors, timeout):
-                raise TimeoutError(f"no receipt {receipt} within {timeout} s")
-            if self.errors:
-                raise RuntimeError(f"ERROR frame from the broker: {self.errors[-1]}")
-            self.seen.discard(receipt)
-
-
-def connect(broker):
-    """A raw stomp.py 1.2 connection to the sandbox broker, no heart-beats, with Receipts."""
-    conn = stomp.Connection12([broker.stomp_address], heartbeats=(0, 0), auto_decode=False)
-    listener = Receipts()
-    conn.set_listener("receipts", listener)
-    conn.connect(wait=True)
-    return conn, listener
-
+# -- spool, bridge ----------------------------------------------------------------
 
 class SpoolWatch:
     """Read-only view of a bridge spool: (stored high-water mark, held, dead letters)."""
@@ -272,28 +198,6 @@ def wait_connected(bridge, timeout=20.0, interval=0.05):
             break
         time.sleep(interval)
     raise RuntimeError(f"bridge did not connect:\n{bridge.log_text()[-3000:]}")
-
-
-def write_fifo(path, lines):
-    """Whole lines, at most PIPE_BUF bytes per write(): what many ``printf``s would write.
-    Into a bridge's OCSP FIFO (a sandbox bridge's, its spool beside it) they go framed as
-    its OCSP command frames them."""
-    if Path(str(path) + ".token").exists():
-        from tests.sandbox.bridge import ocsp_records
-        lines = ocsp_records(path, lines)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        chunk, size = [], 0
-        for line in lines:
-            if size + len(line) > PIPE_BUF and chunk:
-                os.write(fd, b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(line)
-            size += len(line)
-        if chunk:
-            os.write(fd, b"".join(chunk))
-    finally:
-        os.close(fd)
 
 
 # -- report ------------------------------------------------------------------------------------

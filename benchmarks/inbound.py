@@ -96,10 +96,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stomp  # noqa: E402
 
-from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint, connect,  # noqa: E402
-                    cpu_seconds, fs_type, loadavg, print_profiles, print_table, profile_threads,
-                    rate as rate_of, self_cpu, system_busy, temp_dir, vm_hwm_mb, wait_connected,
-                    warn_busy, write_fifo)
+from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint,  # noqa: E402
+                    fs_type, loadavg, print_profiles, print_table, profile_threads,
+                    rate as rate_of, self_cpu, system_busy, temp_dir, wait_connected, warn_busy)
 
 from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
 from msg_nagios_bridge.formats import wlcg  # noqa: E402
@@ -107,7 +106,10 @@ from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
 from tests.sandbox.nagios import Nagios, host, passive_service  # noqa: E402
+from tests.sandbox.fifo import write_lines  # noqa: E402
 from tests.sandbox.ports import children_of  # noqa: E402
+from tests.sandbox.procfs import cpu_seconds, peak_rss_mb  # noqa: E402
+from tests.sandbox.stomp_probe import connect  # noqa: E402
 
 FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
 SENDER = "remote-nagios"
@@ -172,7 +174,7 @@ def service_name(s: int) -> str:
 
 def preload(broker, queue, messages, timeout):
     """Persistent SENDs without receipts, a receipt on the last one; returns seconds."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         t0 = time.monotonic()
         last = len(messages) - 1
@@ -195,7 +197,7 @@ class PacedPublisher:
 
     def run(self, start=0, stop=None):
         stop = len(self.messages) if stop is None else stop
-        conn, listener = connect(self.broker)
+        conn, listener = connect(self.broker, auto_decode=False)
         try:
             t0 = time.monotonic()
             for i in range(start, stop):
@@ -482,7 +484,7 @@ def nagios_fifo_case(env: Env, nagios=None, count=None, ocsp_reader=None, name="
     done = {}
 
     def write():
-        write_fifo(nagios.command_file, lines)
+        write_lines(nagios.command_file, lines)
         done["written"] = time.monotonic()
 
     writer = threading.Thread(target=write, name="nagios-fifo-writer")
@@ -691,7 +693,7 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
         r.update(meter.stop())
         r["bridge_cpu_total"] = cpu_seconds(pid)
         r["bridge_cpu"] = r["bridge_cpu_total"] - (cpu_first if t_first else 0.0)
-        r["rss_mb"] = vm_hwm_mb(pid)
+        r["rss_mb"] = peak_rss_mb(pid)
         t_first = t_first or t_end
         t_done = t_done or t_end
         r["seconds"] = max(1e-6, t_done - t_first)
@@ -760,7 +762,7 @@ def latency_case(env: Env, name, to_nagios, rate, seconds):
         r.update(meter.stop())
         r["achieved_rate"] = (count - 1) / sent_for if sent_for else 0.0
         r["bridge_cpu_total"] = cpu_seconds(bridge.pid)
-        r["rss_mb"] = vm_hwm_mb(bridge.pid)
+        r["rss_mb"] = peak_rss_mb(bridge.pid)
     finally:
         if bridge:
             r["exit"] = bridge.stop()

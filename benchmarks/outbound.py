@@ -65,17 +65,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stomp  # noqa: E402
 
-from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint, connect,  # noqa: E402
-                    cpu_seconds, fs_type, loadavg, print_profiles, print_table, profile_threads,
-                    rate, self_cpu, temp_dir, vm_hwm_mb, wait_connected, warn_busy, write_fifo)
+from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint,  # noqa: E402
+                    fs_type, loadavg, print_profiles, print_table, profile_threads, rate, self_cpu,
+                    temp_dir, wait_connected, warn_busy)
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
 from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from msg_nagios_bridge.outbound.routing import Router  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
-from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
-from tests.sandbox.stomp_probe import StompProbe  # noqa: E402
+from tests.sandbox.bridge import Bridge, bridge_config, feed_ocsp  # noqa: E402
+from tests.sandbox.procfs import cpu_seconds, peak_rss_mb  # noqa: E402
+from tests.sandbox.stomp_probe import StompProbe, connect  # noqa: E402
 
 
 # -- payloads ----------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def raw_body(size: int) -> bytes:
 
 def raw_no_receipts(broker, destination, count, body, headers, timeout):
     """N persistent SENDs without receipts, then one with a receipt; time until that receipt."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
@@ -122,7 +123,7 @@ def raw_no_receipts(broker, destination, count, body, headers, timeout):
 
 def raw_receipt_each(broker, destination, count, body, headers, timeout):
     """A receipt per message, waiting for each before sending the next."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
@@ -138,7 +139,7 @@ def raw_receipt_each(broker, destination, count, body, headers, timeout):
 
 def raw_receipt_window(broker, destination, count, body, headers, timeout, window):
     """A receipt per message with up to ``window`` in flight: the bridge's contract, minimal code."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
@@ -147,13 +148,7 @@ def raw_receipt_window(broker, destination, count, body, headers, timeout, windo
             while sent < count and sent - confirmed < window:
                 conn.send(destination, body, headers={**headers, "receipt": f"w{sent}"})
                 sent += 1
-            with listener.cond:
-                if not listener.cond.wait_for(lambda: len(listener.seen) > confirmed or listener.errors,
-                                              timeout):
-                    raise TimeoutError(f"{confirmed}/{count} receipts after {timeout} s")
-                if listener.errors:
-                    raise RuntimeError(f"ERROR frame from the broker: {listener.errors[-1]}")
-                confirmed = len(listener.seen)
+            confirmed = listener.wait_count(confirmed, timeout)
         t1 = time.monotonic()
         return {"count": count, "seconds": t1 - t0, **meter.stop()}
     finally:
@@ -162,7 +157,7 @@ def raw_receipt_window(broker, destination, count, body, headers, timeout, windo
 
 def raw_transactions(broker, destination, count, body, headers, timeout, batch):
     """BEGIN, ``batch`` SENDs, COMMIT with a receipt; commits pipelined; time until the last one."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
@@ -233,7 +228,7 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
             writer = threading.Thread(target=write_perfdata,
                                       args=(workdir / "service-perfdata", lines, args.chunk_lines))
         else:
-            writer = threading.Thread(target=write_fifo, args=(fifo, lines))
+            writer = threading.Thread(target=feed_ocsp, args=(fifo, lines))
         t0 = time.monotonic()
         writer.start()
         spooled_at = written_at = None
@@ -262,7 +257,7 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
         if result.get("incomplete"):
             result["count"] = published
         result["bridge_cpu_total"] = cpu_seconds(pid)
-        result["rss_mb"] = vm_hwm_mb(pid)
+        result["rss_mb"] = peak_rss_mb(pid)
     finally:
         watch.close()
         code = bridge.stop()
@@ -391,7 +386,7 @@ def profile_mode(broker, tmp: Path, args, results_for):
                                           args=(Path(settings.perfdata.service_file), lines,
                                                 args.chunk_lines))
             else:
-                writer = threading.Thread(target=write_fifo, name="bench-writer",
+                writer = threading.Thread(target=feed_ocsp, name="bench-writer",
                                           args=(Path(settings.ocsp_pipe.path), lines))
             t0 = time.monotonic()
             writer.start()
