@@ -1,13 +1,14 @@
-"""Helpers shared by benchmarks/outbound.py and benchmarks/inbound.py.
+"""Helpers the benchmarks share that tests do not need (those are in tests/sandbox).
 
-/proc accounting (CPU seconds, peak RSS, a CPU meter), a STOMP receipt waiter, the read-only
-spool watcher, report formatting and the profile-mode helpers (stage timers, per-thread
-cProfile). Importing it puts the repository root on sys.path (for msg_nagios_bridge, tests).
+A CPU meter over a window, the read-only spool watcher, report formatting and the profile
+mode (a cProfile profiler per thread, by public hooks only). Importing it puts the repository
+root on sys.path (for msg_nagios_bridge and tests.sandbox).
 """
 from __future__ import annotations
 
 import contextlib
 import cProfile
+import importlib
 import io
 import os
 import pstats
@@ -227,75 +228,75 @@ def warn_busy(names):
 
 # -- profile mode ------------------------------------------------------------------------------
 
-class StageTimer:
-    """Wrap methods to sum wall time and calls per stage (cheap, unlike cProfile)."""
+class ThreadProfiles:
+    """A cProfile profiler of its own in every thread started while this is entered, by public
+    hooks only: threading.setprofile() gives each new thread a hook whose first call starts that
+    thread's profiler (enable() then replaces the hook in that thread). Read ``profiles``
+    ({"name #n": cProfile.Profile}) once the threads have ended."""
 
-    def __init__(self, width: int = 38):
-        self.lock = threading.Lock()
-        self.stats = {}
-        self.width = width
+    def __init__(self):
+        self.profiles = {}
+        self._lock = threading.Lock()
 
-    def wrap(self, owner, name, label, size=None):
-        """Replace ``owner.name`` with a timed wrapper; returns the original."""
-        original = getattr(owner, name)
-        timer = self
+    def __enter__(self):
+        threading.setprofile(self._start_in_thread)
+        return self
 
-        def wrapper(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return original(*a, **kw)
-            finally:
-                dt = time.perf_counter() - t0
-                items = size(a, kw) if size else 0
-                with timer.lock:
-                    s = timer.stats.setdefault(label, [0, 0.0, 0, 0.0])
-                    s[0] += 1
-                    s[1] += dt
-                    s[2] += items
-                    s[3] = max(s[3], dt)
+    def __exit__(self, *exc):
+        threading.setprofile(None)
 
-        setattr(owner, name, wrapper)
-        return original
-
-    def report(self, elapsed):
-        w = self.width
-        print(f"\nwall time per stage (sum over calls; timed window {elapsed:.2f} s):")
-        print(f"  {'stage':{w}} {'calls':>7} {'items':>7} {'total s':>8} {'% wall':>7}"
-              f" {'mean ms':>8} {'max ms':>8}")
-        for label, (calls, total, items, worst) in sorted(self.stats.items(), key=lambda kv: -kv[1][1]):
-            print(f"  {label:{w}} {calls:7d} {items:7d} {total:8.3f} {100 * total / elapsed:6.1f}%"
-                  f" {1000 * total / max(calls, 1):8.3f} {1000 * worst:8.2f}")
+    def _start_in_thread(self, frame, event, arg):
+        thread = threading.current_thread()
+        profile = cProfile.Profile()
+        with self._lock:
+            self.profiles[f"{thread.name} #{len(self.profiles) + 1}"] = profile
+        profile.enable()
 
 
-def profile_threads(profiles: dict, label=lambda thread: thread.name):
-    """Make every thread started from now on run under its own cProfile profiler, stored in
-    ``profiles[label(thread)]``; returns (threading.Thread, "start", original) to restore."""
-    original_start = threading.Thread.start
+def _key(where: str):
+    """How pstats names the function at ``where`` ("package.module:Class.method"): (file,
+    first line, name); None if there is no such function (any more)."""
+    module, _, path = where.partition(":")
+    try:
+        function = importlib.import_module(module)
+        for name in path.split("."):
+            function = getattr(function, name)
+        code = function.__code__
+    except (ImportError, AttributeError):
+        return None
+    return code.co_filename, code.co_firstlineno, code.co_name
 
-    def profiled_start(thread):
-        run = thread.run
-        prof = cProfile.Profile()
-        profiles[label(thread)] = prof
 
-        def profiled_run():
-            prof.enable()
-            try:
-                run()
-            finally:
-                prof.disable()
+def _stats(profile):
+    stats = pstats.Stats(profile, stream=io.StringIO())
+    return stats if stats.total_calls else None
 
-        thread.run = profiled_run
-        original_start(thread)
 
-    threading.Thread.start = profiled_start
-    return threading.Thread, "start", original_start
+def print_stages(profiles: dict, stages, elapsed: float, width: int = 44):
+    """Where each thread's wall time went, by named public functions: ``stages`` is
+    [(label, "package.module:Class.method")]; each row is cProfile's count and cumulative time
+    of that function in that thread (its own time, what it called, and its waits)."""
+    keys = [(label, _key(where)) for label, where in stages]
+    missing = [where for (label, key), (_, where) in zip(keys, stages) if key is None]
+    if missing:
+        print(f"\n(no longer in the code, not shown: {', '.join(missing)})")
+    print(f"\nwall time per stage and thread (cProfile cumulative; timed window {elapsed:.2f} s):")
+    print(f"  {'thread':28} {'stage':{width}} {'calls':>7} {'total s':>8} {'% wall':>7} {'mean ms':>8}")
+    for thread, profile in sorted(profiles.items()):
+        stats = _stats(profile)
+        if stats is None:
+            continue
+        rows = [(label, stats.stats[key]) for label, key in keys if key in stats.stats]
+        for label, (_, calls, _, cumulative, _) in sorted(rows, key=lambda row: -row[1][3]):
+            print(f"  {thread[:28]:28} {label:{width}} {calls:7d} {cumulative:8.3f}"
+                  f" {100 * cumulative / elapsed:6.1f}% {1000 * cumulative / max(calls, 1):8.3f}")
 
 
 def print_profiles(profiles: dict, top: int):
     """The ``top`` functions by own time of each thread's profile."""
-    for name, prof in sorted(profiles.items()):
+    for name, profile in sorted(profiles.items()):
         out = io.StringIO()
-        stats = pstats.Stats(prof, stream=out)
+        stats = pstats.Stats(profile, stream=out)
         if not stats.total_calls:
             continue
         print(f"\n--- thread {name}: {stats.total_tt:.2f} s profiled ---")

@@ -70,8 +70,9 @@ in the window are shown too (2 cores are shared: "other" says whether something 
 kernel, disturbed a case).
 
 --profile runs service.Bridge inside this process (no subprocess) on the "bridge fifo (alone)"
-case, once with wall-clock timers around the stages (decode, spool put/take/done, ACK, FIFO
-write) and once with one cProfile profiler per thread, and prints where the time goes.
+case with one cProfile profiler per thread (started by threading.setprofile: no code of the
+bridge is replaced), and prints where each thread's time goes: the wall time of named public
+functions (judgement, decode, spool put/take/done, FIFO write, ACK) and the top functions.
 
 Every server is started from the temp dir and stopped by PID in a finally block; every wait is
 bounded (--case-timeout). The default run takes about 2-3 minutes on 2 cores.
@@ -96,8 +97,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stomp  # noqa: E402
 
-from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint,  # noqa: E402
-                    fs_type, loadavg, print_profiles, print_table, profile_threads,
+from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
+                    fs_type, loadavg, print_profiles, print_stages, print_table,
                     rate as rate_of, self_cpu, system_busy, temp_dir, wait_connected, warn_busy)
 
 from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
@@ -903,59 +904,45 @@ How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios
 
 # -- profile mode ------------------------------------------------------------------------------
 
+PROFILE_STAGES = [
+    ("judgement.judge_batch (decode, policy, dedupe)", "msg_nagios_bridge.inbound.judgement:judge_batch"),
+    ("decode.decode (WLCG -> CheckResult)", "msg_nagios_bridge.formats.decode:decode"),
+    ("spool.put (INSERT txn + fsync)", "msg_nagios_bridge.spool:Spool.put"),
+    ("spool.take (SELECT)", "msg_nagios_bridge.spool:Spool.take"),
+    ("spool.done (DELETE txn + fsync)", "msg_nagios_bridge.spool:Spool.done"),
+    ("spool.wait (writer idle)", "msg_nagios_bridge.spool:Spool.wait"),
+    ("nagios_command.command_line (format one)", "msg_nagios_bridge.cores.nagios.nagios_command:command_line"),
+    ("command_file.write_lines (FIFO)", "msg_nagios_bridge.cores.nagios.command_file:write_lines"),
+    ("stomp ack (one ACK frame)", "stomp:Connection12.ack"),
+]
+
+
 def profile_mode(env: Env):
-    """service.Bridge in this process on the 'bridge fifo (alone)' case: stage timers, then
-    one cProfile profiler per thread."""
+    """service.Bridge in this process on the 'bridge fifo (alone)' case, with a cProfile
+    profiler per thread."""
     import logging
-    from msg_nagios_bridge import config as config_mod, spool as spool_mod
+    from msg_nagios_bridge import config as config_mod
     from msg_nagios_bridge.daemon import service
     from msg_nagios_bridge import paths
-    from msg_nagios_bridge.cores.nagios import command_file as command_file_mod
-    from msg_nagios_bridge.cores.nagios import writer as writer_mod
-    from msg_nagios_bridge.inbound import subscriber as subscriber_mod
-    from msg_nagios_bridge.formats import decode as inbound_mod
 
     logging.basicConfig(level=logging.WARNING)
     args = env.args
-    for mode in ("timers", "cprofile"):
-        name = f"profile-{mode}"
-        payload = env.payload(name)
-        queue = env.queue(name)
-        pre = preload(env.broker, queue, payload.messages(), args.case_timeout)
-        work = env.tmp / name
-        work.mkdir()
-        target = types.SimpleNamespace(command_file=work / "nagios.cmd",
-                                       check_result_path=work / "checkresults", dir=work)
-        reader = FifoReader(work / "nagios.cmd")
-        (work / "bridge.yaml").write_text(bridge_config(
-            work, [env.broker.stomp_port], ocsp=False,
-            inbound=_inbound_yaml(env, target, queue, "command_file")))
-        settings = config_mod.load(str(work / "bridge.yaml"))
-        timer = StageTimer(width=44)
-        restore, profiles = [], {}
-        if mode == "timers":
-            n1 = lambda a, kw: len(a[1]) if len(a) > 1 else 0
-            n0 = lambda a, kw: len(a[0]) if a else 0
-            for owner, attr, label, size in (
-                    (subscriber_mod.Subscriber, "_handle", "subscriber._handle (whole batch)", n1),
-                    (subscriber_mod.Subscriber, "_take_messages", "subscriber._take_messages", None),
-                    (inbound_mod, "decode", "inbound.decode (WLCG -> CheckResult)", None),
-                    (spool_mod.Spool, "put", "spool.put (INSERT txn + fsync)", n1),
-                    (spool_mod.Spool, "take", "spool.take (SELECT)", None),
-                    (spool_mod.Spool, "done", "spool.done (DELETE txn + fsync)", None),
-                    (spool_mod.Spool, "wait", "spool.wait (writer idle)", None),
-                    (writer_mod.NagiosWriter, "_write", "writer._write (whole batch)", n1),
-                    (writer_mod.NagiosWriter, "_line", "writer._line (format one result)", None),
-                    (command_file_mod, "write_lines", "command_file.write_lines (FIFO)", None),
-                    (stomp.Connection12, "ack", "stomp ack (one ACK frame)", None)):
-                restore.append((owner, attr, timer.wrap(owner, attr, label, size)))
-                if owner is command_file_mod:    # nagios_writer imported the name itself
-                    restore.append((writer_mod, "write_lines", writer_mod.write_lines))
-                    writer_mod.write_lines = command_file_mod.write_lines
-        else:
-            restore.append(profile_threads(profiles))
+    name = "profile"
+    payload = env.payload(name)
+    queue = env.queue(name)
+    pre = preload(env.broker, queue, payload.messages(), args.case_timeout)
+    work = env.tmp / name
+    work.mkdir()
+    target = types.SimpleNamespace(command_file=work / "nagios.cmd",
+                                   check_result_path=work / "checkresults", dir=work)
+    reader = FifoReader(work / "nagios.cmd")
+    (work / "bridge.yaml").write_text(bridge_config(
+        work, [env.broker.stomp_port], ocsp=False,
+        inbound=_inbound_yaml(env, target, queue, "command_file")))
+    settings = config_mod.load(str(work / "bridge.yaml"))
+    watch = SpoolWatch(Path(paths.inbound_spool_path(settings)))
+    with ThreadProfiles() as profiler:
         bridge = service.Bridge(settings)
-        watch = SpoolWatch(Path(paths.inbound_spool_path(settings)))
         try:
             cpu0 = self_cpu()
             t_start = time.monotonic()
@@ -971,18 +958,15 @@ def profile_mode(env: Env):
         finally:
             bridge.stop()
             watch.close()
-            for owner, attr, original in restore:
-                setattr(owner, attr, original)
             reader.close()
-        t_first = t_first or t_start
-        elapsed = t_end - t_first
-        print(f"\n=== profile ({mode}): {reader.lines}/{payload.count} lines in {elapsed:.2f} s ="
-              f" {reader.lines / elapsed:,.0f} msgs/s from the first spooled message (pre-loaded in"
-              f" {pre:.1f} s); process CPU {cpu:.2f} s from bridge start ({t_end - t_start:.2f} s)")
-        if mode == "timers":
-            timer.report(elapsed)
-        else:
-            print_profiles(profiles, args.profile_top)
+    t_first = t_first or t_start
+    elapsed = max(1e-6, t_end - t_first)
+    print(f"\n=== profile: {reader.lines}/{payload.count} lines in {elapsed:.2f} s ="
+          f" {reader.lines / elapsed:,.0f} msgs/s under cProfile from the first spooled message"
+          f" (pre-loaded in {pre:.1f} s); process CPU {cpu:.2f} s from bridge start"
+          f" ({t_end - t_start:.2f} s)")
+    print_stages(profiler.profiles, PROFILE_STAGES, elapsed, width=48)
+    print_profiles(profiler.profiles, args.profile_top)
 
 
 # -- main --------------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ during each case are shown too (2 cores are shared: a busy machine disturbs the 
 run warns when other processes used more than a quarter of a CPU during a case).
 
 --profile runs the bridge *in this process* (service.Bridge, no subprocess) with a cProfile
-profiler per thread, plus wall-clock timers around the stages (spool put/take/done, STOMP send,
-publisher waits), and prints where the time goes.
+profiler per thread (started by threading.setprofile: no code of the bridge is replaced), and
+prints where each thread's time goes: the wall time of named public functions (spool put/take/
+done, intake, STOMP send) and the top functions by own time.
 
 The whole default run takes 1-1.5 minutes; every server is stopped by PID in a finally block.
 """
@@ -65,8 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stomp  # noqa: E402
 
-from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint,  # noqa: E402
-                    fs_type, loadavg, print_profiles, print_table, profile_threads, rate, self_cpu,
+from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
+                    fs_type, loadavg, print_profiles, print_stages, print_table, rate, self_cpu,
                     temp_dir, wait_connected, warn_busy)
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
@@ -332,46 +333,32 @@ How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of o
 
 # -- profile mode ------------------------------------------------------------------------------
 
+PROFILE_STAGES = [
+    ("spool.put (txn + fsync)", "msg_nagios_bridge.spool:Spool.put"),
+    ("spool.take (SELECT)", "msg_nagios_bridge.spool:Spool.take"),
+    ("spool.done (DELETE + fsync)", "msg_nagios_bridge.spool:Spool.done"),
+    ("intake.spool_lines (parse+route+put)", "msg_nagios_bridge.outbound.intake:Intake.spool_lines"),
+    ("broker.send (stomp.py SEND)", "msg_nagios_bridge.broker.connection:BrokerConnection.send"),
+]
+
+
 def profile_mode(broker, tmp: Path, args, results_for):
-    """Run service.Bridge in this process with per-thread cProfile or stage timers."""
+    """Run service.Bridge in this process, with a cProfile profiler per thread."""
     import logging
-    from msg_nagios_bridge.broker import connection as broker_mod
     from msg_nagios_bridge.daemon import service
     from msg_nagios_bridge import paths
-    from msg_nagios_bridge import spool as spool_mod
-    from msg_nagios_bridge.outbound import publisher as publisher_mod
-    from msg_nagios_bridge.outbound import intake as intake_mod
 
     logging.basicConfig(level=logging.WARNING)
     source = args.profile
-    for mode in ("timers", "cprofile"):
-        workdir = tmp / f"profile-{source}-{mode}"
-        destination = f"/queue/bench.profile.{source}.{mode}.{args.run_id}"
-        workdir.mkdir()
-        (workdir / "bridge.yaml").write_text(bridge_config(
-            workdir, [broker.stomp_port], ocsp=source == "ocsp", perfdata=source == "perfdata",
-            destination=destination, **dict(args.broker_opt)))
-        settings = bridge_config_mod.load(str(workdir / "bridge.yaml"))
-        lines = results_for(settings, f"p{mode[0]}")
-        timer = StageTimer()
-        restore = []
-        profiles = {}
-        if mode == "timers":
-            n = lambda a, kw: len(a[1]) if len(a) > 1 else 0
-            for owner, name, label, size in (
-                    (spool_mod.Spool, "put", "spool.put (txn + fsync)", n),
-                    (spool_mod.Spool, "take", "spool.take (SELECT)", lambda a, kw: len(a) > 1 and a[1]),
-                    (spool_mod.Spool, "done", "spool.done (DELETE + fsync)", n),
-                    (intake_mod.Intake, "spool_lines", "intake.spool_lines (parse+route+put)", n),
-                    (broker_mod.BrokerConnection, "send", "broker.send (stomp.py SEND)", None),
-                    (publisher_mod.Publisher, "_fill_window", "publisher._fill_window", None),
-                    (publisher_mod.Publisher, "_wait_for_progress", "publisher._wait_for_progress", None),
-                    (publisher_mod.Publisher, "_collect", "publisher._collect", None)):
-                restore.append((owner, name, timer.wrap(owner, name, label, size)))
-        else:
-            # One profiler per thread, around whatever run() the thread has (subclasses too).
-            restore.append(profile_threads(
-                profiles, lambda thread: f"{thread.name} ({id(thread) & 0xffff:x})"))
+    workdir = tmp / f"profile-{source}"
+    destination = f"/queue/bench.profile.{source}.{args.run_id}"
+    workdir.mkdir()
+    (workdir / "bridge.yaml").write_text(bridge_config(
+        workdir, [broker.stomp_port], ocsp=source == "ocsp", perfdata=source == "perfdata",
+        destination=destination, **dict(args.broker_opt)))
+    settings = bridge_config_mod.load(str(workdir / "bridge.yaml"))
+    lines = results_for(settings, "pc")
+    with ThreadProfiles() as profiler:
         bridge = service.Bridge(settings)
         try:
             bridge.start()
@@ -404,16 +391,12 @@ def profile_mode(broker, tmp: Path, args, results_for):
             writer.join()
         finally:
             bridge.stop()
-            for owner, name, original in restore:
-                setattr(owner, name, original)
-        print(f"\n=== profile {source}, {mode}: {len(lines)} results in {elapsed:.2f} s = "
-              f"{len(lines) / elapsed:,.0f} msgs/s (all spooled after {spooled_at or float('nan'):.2f} s);"
-              f" process CPU {cpu:.2f} s (incl. the watcher/writer)")
-        if mode == "timers":
-            timer.report(elapsed)
-        else:
-            print_profiles(profiles, args.profile_top)
-        drain(broker, destination, len(lines), args.case_timeout, key="result_id")
+    print(f"\n=== profile {source}: {len(lines)} results in {elapsed:.2f} s = "
+          f"{len(lines) / elapsed:,.0f} msgs/s under cProfile (all spooled after "
+          f"{spooled_at or float('nan'):.2f} s); process CPU {cpu:.2f} s (incl. the watcher/writer)")
+    print_stages(profiler.profiles, PROFILE_STAGES, elapsed)
+    print_profiles(profiler.profiles, args.profile_top)
+    drain(broker, destination, len(lines), args.case_timeout, key="result_id")
 
 
 # -- main --------------------------------------------------------------------------------------
