@@ -974,6 +974,8 @@ def profile_mode(env: Env):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000, help="messages per throughput case")
+    parser.add_argument("--warmup-count", type=int, default=3000,
+                        help="messages of the warm-up run, not reported (default 3000)")
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--services", type=int, default=100, help="passive services per host")
     parser.add_argument("--latency-rate", type=int, default=1000)
@@ -1031,7 +1033,7 @@ def run_all(args, tmp: Path, started: float):
 
         # Warm the broker's JIT on the paths used (send + dispatch to a client-individual
         # subscriber): a short bridge run, not reported.
-        env_warm = Env(argparse.Namespace(**{**vars(args), "count": 3000}), tmp, broker, nagios)
+        env_warm = Env(argparse.Namespace(**{**vars(args), "count": args.warmup_count}), tmp, broker, nagios)
         r = bridge_throughput_case(env_warm, "warmup", "command_file", to_nagios=False)
         print(f"warm-up (not reported): bridge alone {rate_of(r):,.0f} msgs/s", flush=True)
 
