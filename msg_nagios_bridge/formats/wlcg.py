@@ -23,7 +23,6 @@ with a ``.EOT`` line in detailsData loses that one dot on the way in.)
 """
 from __future__ import annotations
 
-import calendar
 import re
 import sys
 import time
@@ -76,13 +75,6 @@ class BadMessage(ValueError):
 
 def format_time(epoch: float) -> str:
     return time.strftime(TIME_FORMAT, time.gmtime(int(epoch)))
-
-
-def parse_time(text: str) -> float:
-    try:
-        return float(calendar.timegm(time.strptime(text.strip(), TIME_FORMAT)))
-    except ValueError:
-        raise BadMessage(f"timestamp {text[:40]!r} is not of the form 2009-09-21T21:35:48Z") from None
 
 
 def metric_status(result: CheckResult) -> str:
