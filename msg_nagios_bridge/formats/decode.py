@@ -56,8 +56,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..display import quoted
 from ..model import CheckResult, InvalidResult, Refused, check_name
+from ..model import truncation_marker as marker
 from . import wlcg
-from ..cores.nagios.nagios_command import marker
 
 NUL = b"\x00"
 MIN_TIMESTAMP = 946684800  # 2000-01-01T00:00:00Z

@@ -13,8 +13,9 @@ from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
 from msg_nagios_bridge.cores.nagios.checkresults_dir import write_results
 from msg_nagios_bridge.cores.nagios.command_file import NagiosUnavailable, _batches, write_lines
-from msg_nagios_bridge.cores.nagios import writer as nagios_writer
-from msg_nagios_bridge.cores.nagios.writer import NagiosWriter, nagios_pid_alive
+from msg_nagios_bridge.cores.nagios import checkresults_dir
+from msg_nagios_bridge.cores.nagios.command_file import nagios_pid_alive
+from msg_nagios_bridge.cores.nagios.writer import NagiosWriter
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox.ports import wait_until
 
@@ -237,7 +238,7 @@ def test_check_result_entries_leave_the_spool_only_once_nagios_has_read_the_file
     stopped for longer than max_check_result_file_age deletes such a file unread at its next
     start, and a restarted bridge forgot the file and wrote the next one beside it."""
     import dataclasses
-    monkeypatch.setattr(nagios_writer, "TOUCH_EVERY", 0.2)
+    monkeypatch.setattr(checkresults_dir, "TOUCH_EVERY", 0.2)
     settings = dataclasses.replace(writer_settings(tmp_path), writer="checkresults_dir")
     spool = Spool(str(tmp_path / "inbound.sqlite"))
     spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(3)])
@@ -282,9 +283,9 @@ def test_a_check_result_file_gone_while_the_bridge_was_down_long_is_written_agai
     [name] = wait_for_result_files(tmp_path)
     writer.stop()
     writer.join(5)
-    saved = json.loads(spool.cursor(nagios_writer.FILED_CURSOR))
+    saved = json.loads(spool.cursor(checkresults_dir.FILED_CURSOR))
     saved["touched"] -= 3600                                  # the bridge was down an hour
-    spool.put([], cursor=(nagios_writer.FILED_CURSOR, json.dumps(saved)))
+    spool.put([], cursor=(checkresults_dir.FILED_CURSOR, json.dumps(saved)))
     spool.close()
     reap(tmp_path, name)
     spool = Spool(str(tmp_path / "inbound.sqlite"))
@@ -441,7 +442,7 @@ def test_a_restarted_bridge_writes_again_only_what_a_new_nagios_never_got(tmp_pa
     try:
         spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(5)])
         crashed = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
-        crashed._write(spool.take(10))            # written, then the bridge is "killed -9"
+        crashed.deliver(spool.take(10))            # written, then the bridge is "killed -9"
         assert lines_in(first, 5) == 5
         spool.close()
         if not same_nagios:                       # a new Nagios on the same FIFO (same inode)
@@ -450,8 +451,8 @@ def test_a_restarted_bridge_writes_again_only_what_a_new_nagios_never_got(tmp_pa
             nagios = a_nagios(fifo, second)
         spool = Spool(str(tmp_path / "inbound.sqlite"))
         restarted = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
-        restarted._load_written()
-        restarted._write(spool.take(10))
+        restarted.load()
+        restarted.deliver(spool.take(10))
         time.sleep(0.5)
         if same_nagios:
             assert lines_in(first, 6, timeout=1) == 5, "the same Nagios had them: not written twice"
@@ -478,7 +479,7 @@ def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(t
     try:
         spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(5)])
         writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
-        writer._write(spool.take(10))
+        writer.deliver(spool.take(10))
         assert lines_in(first, 5) == 5
         closed.touch()                          # the old Nagios stops, dropping what it had read
         deadline = time.time() + 5
@@ -490,11 +491,11 @@ def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(t
                 break
         new = a_nagios(fifo, second)            # a new Nagios on the same FIFO, before the
         assert old.poll() is None               # writer looked again; the old worker lingers
-        writer._confirm(now=time.monotonic() + 60)
+        writer.settle(now=time.monotonic() + 60)
         assert spool.stats().depth == 5, "the new Nagios never had them: kept, not confirmed"
-        writer._write(spool.take(10))
+        writer.deliver(spool.take(10))
         assert lines_in(second, 5) == 5
-        writer._confirm(now=time.monotonic() + 60)
+        writer.settle(now=time.monotonic() + 60)
         assert spool.stats().depth == 0, "confirmed once the same (new) Nagios had them"
     finally:
         for proc in (old, new):
