@@ -7,6 +7,7 @@ import time
 import pytest
 
 from msg_nagios_bridge import config
+from msg_nagios_bridge.cores.nagios.core import may_be_echo
 from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
 from msg_nagios_bridge.daemon.health import Health
@@ -146,7 +147,7 @@ def test_writer_waits_for_nagios_then_delivers_and_dead_letters_the_unwritable(t
     bad = result_to_dict(RESULT)
     bad["host"] = "bad;host"          # edited into the spool by hand: refused on its own, not blocking the batch
     spool.put([spooled(RESULT, "a"), Message("b", "nagios", {}, json.dumps(bad).encode())])
-    echo = EchoGuard()
+    echo = EchoGuard(may_be_echo=may_be_echo)
     writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), echo)
     writer.start()
     try:

@@ -128,7 +128,8 @@ class CheckResultsDirDelivery:
         and says so when Nagios has not read it for NOT_REAPED_AFTER seconds."""
         if self._file is None:
             return []
-        now = time.time() if now is None else now
+        # Wall clock: the touch time is saved for the next run.
+        now = time.time() + (0.0 if now is None else now - time.monotonic())
         if not os.path.exists(self._file):
             return list(self._ids)
         if now - self._touched >= TOUCH_EVERY:

@@ -95,7 +95,7 @@ class NagiosWriter(threading.Thread):
             delivery.load()
 
     def settle(self, now: Optional[float] = None) -> None:
-        """Delete what the deliveries confirmed ("now": a time for the deliveries' clocks)."""
+        """Delete what the deliveries confirmed by ``now`` (time.monotonic(); None: now)."""
         for delivery in self.deliveries:
             self._settle(delivery, now)
 
