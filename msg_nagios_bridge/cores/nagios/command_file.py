@@ -38,6 +38,10 @@ from .nagios_command import PIPE_BUF
 # A result written into the command FIFO leaves the spool once the same Nagios has read the
 # FIFO for this long after: longer than a killed core's command worker keeps swallowing (~2 s).
 CONFIRM_AFTER = 3.0
+# Meanwhile the reader is looked at this often: a restarting Nagios shows as a moment with no
+# reader, which one look at the confirmation time would miss (where Nagios's processes cannot
+# be seen, a new FIFO may reuse the old one's inode and look the same).
+LOOK_EVERY = 0.2
 # Saved in the spool with each write: which entries are in which Nagios's FIFO, unconfirmed.
 # A bridge restarted while that same Nagios still reads the same FIFO confirms them instead
 # of writing them twice.
@@ -251,7 +255,7 @@ class CommandFileDelivery:
     def next_look(self) -> Optional[float]:
         if not self._unconfirmed:
             return None
-        return max(0.0, self._unconfirmed[0][0] + CONFIRM_AFTER - time.monotonic())
+        return min(LOOK_EVERY, max(0.0, self._unconfirmed[0][0] + CONFIRM_AFTER - time.monotonic()))
 
     def load(self) -> None:
         saved = json.loads(self.spool.cursor(WRITTEN_CURSOR) or "{}")
