@@ -120,3 +120,10 @@ def test_the_intake_dead_letters_what_the_cores_parser_refuses_with_its_reason(t
         assert spool.stats().depth == 1
         [letter] = spool.dead_letters()
         assert letter.reason == "not good: bad"
+
+
+def test_nagios_config_prints_the_cores_wiring(tmp_path, capsys):
+    from msg_nagios_bridge.cli.main import main
+    from tests.unit.test_config import EXAMPLE
+    assert main(["nagios-config", "-c", str(EXAMPLE)]) == 0
+    assert capsys.readouterr().out == core_for(config.load(str(EXAMPLE))).wiring()
