@@ -20,8 +20,8 @@ def _check_config(args) -> int:
 
 
 def _nagios_config(args) -> int:
-    from ..cores.nagios.wiring import render
-    sys.stdout.write(render(config.load(args.config)))
+    from ..cores import core_for
+    sys.stdout.write(core_for(config.load(args.config)).wiring())
     return 0
 
 

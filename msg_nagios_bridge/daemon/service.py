@@ -17,17 +17,13 @@ from .. import config
 from . import logsetup, metrics, sdnotify
 from . import status as status_file
 from .status import SpoolGauges, Status
+from ..cores import Writer, core_for
 from ..inbound import policy as policy_module
 from ..inbound.echo import EchoGuard
-from ..cores.nagios import ocsp_record
 from .health import Health
-from ..cores.nagios.wiring import wants_host_results
 from ..outbound.routing import Router
-from ..cores.nagios.writer import NagiosWriter
 from ..outbound.publisher import Publisher
 from ..outbound.intake import Intake
-from ..cores.nagios.ocsp_pipe import OcspPipeSource
-from ..cores.nagios.perfdata_file import PerfdataTail
 from ..inbound.subscriber import Subscriber
 from ..paths import inbound_spool_path, outbound_spool_path, status_path
 from ..spool import Spool, SpoolError
@@ -51,16 +47,17 @@ class Bridge:
         """``health`` is handed over by a reload: the counters go on. (What was injected is
         remembered in the inbound spool, so a reload or restart keeps it too.)"""
         self.settings = settings
+        self.core = core_for(settings)
         self.health = health or Health()
         self.stopping = threading.Event()
         self.spool: Optional[Spool] = None
         self.inbound_spool: Optional[Spool] = None
         self.publisher: Optional[Publisher] = None
-        self.writer: Optional[NagiosWriter] = None
+        self.writer: Optional[Writer] = None
         self.subscriber: Optional[Subscriber] = None
         self.echo: Optional[EchoGuard] = None
         self.sources: List[threading.Thread] = []
-        self._objects_mtime: Optional[float] = None
+        self._objects_version: Optional[object] = None
 
     def _open_spool(self, path: str) -> Spool:
         s = self.settings.spool
@@ -74,8 +71,8 @@ class Bridge:
         if s.inbound.enabled:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
             self.echo = EchoGuard(self.inbound_spool, max_objects=s.inbound.echo_guard_max_objects,
-                                  health=self.health)
-            self.writer = NagiosWriter(s.inbound, self.inbound_spool, self.health, self.echo)
+                                  health=self.health, may_be_echo=self.core.may_be_echo)
+            self.writer = self.core.writer(self.inbound_spool, self.health, self.echo)
             self.writer.start()
         if s.outbound_enabled:
             self.spool = self._open_spool(outbound_spool_path(s))
@@ -91,56 +88,42 @@ class Bridge:
                  ", ".join(f"{h}:{p}" for h, p in s.brokers.hosts))
 
     def _policy(self) -> policy_module.Policy:
-        """The inbound policy, with the objects the local Nagios defines when configured."""
+        """The inbound policy, with the objects the local core defines when configured."""
         inbound = self.settings.inbound
         known = None
-        if inbound.objects_cache:
+        if self.core.objects_source:
             try:
-                self._objects_mtime = os.stat(inbound.objects_cache).st_mtime
-                known = policy_module.known_objects_from_objects_cache(inbound.objects_cache)
+                self._objects_version = self.core.objects_version()
+                known = self.core.known_objects()
             except OSError as exc:
                 # Fail safe: with no object list, refuse rather than accept everything.
                 log.error("cannot read %s (%s): refusing inbound results until it can be read",
-                          inbound.objects_cache, exc.strerror)
+                          self.core.objects_source, exc.strerror)
                 self.health.error(f"objects cache: {exc}")
                 known = frozenset()
         if self.echo is not None:
-            self.echo.known_objects = known      # only objects Nagios has can echo
+            self.echo.known_objects = known      # only objects the core has can echo
         return policy_module.Policy(rules=inbound.rules, sender_header=inbound.sender_header,
                                     known_objects=known)
 
     def refresh_known_objects(self) -> None:
-        """Nagios rewrites objects.cache when it (re)loads its configuration: follow it."""
-        path = self.settings.inbound.objects_cache
-        if self.subscriber is None or not path:
+        """The core's object list changes when it (re)loads its configuration: follow it."""
+        source = self.core.objects_source
+        if self.subscriber is None or not source:
             return
         try:
-            mtime = os.stat(path).st_mtime
+            version = self.core.objects_version()
         except OSError:
             return
-        if mtime != self._objects_mtime:
+        if version != self._objects_version:
             self.subscriber.policy = self._policy()
-            log.info("reloaded the object list from %s", path)
+            log.info("reloaded the object list from %s", source)
 
     def _start_outbound_sources(self) -> None:
-        s = self.settings
-        router = Router(s, is_echo=self.echo)
-        if s.ocsp_pipe.enabled:
-            intake = Intake("ocsp_pipe", router, self.spool, self.health, self.stopping)
-            self.sources.append(OcspPipeSource(s.ocsp_pipe, intake, self.health,
-                                               ocsp_record.token_path(s.ocsp_pipe.path)))
-        if s.perfdata.enabled:
-            paths = [s.perfdata.service_file]
-            if wants_host_results(s):
-                paths.append(s.perfdata.host_file)
-            for path in paths:
-                intake = Intake("perfdata", router, self.spool, self.health, self.stopping)
-                self.sources.append(PerfdataTail(path, intake, self.health, s.perfdata.poll_interval))
-        for source in self.sources:
-            source.start()
-        for source in self.sources:
-            if isinstance(source, OcspPipeSource):
-                source.ready.wait(10)
+        router = Router(self.settings, is_echo=self.echo)
+        self.sources = self.core.start_sources(
+            lambda source, parse: Intake(source, router, self.spool, self.health, self.stopping, parse),
+            self.health)
 
     def stop(self, budget: Optional[float] = STOP_BUDGET,
              while_waiting: Callable[[], None] = lambda: None) -> None:

@@ -54,10 +54,10 @@ from typing import Dict, List, Optional, Tuple
 
 from ..display import quoted
 from ..model import CheckResult, InvalidResult, Refused, check_name
+from ..model import truncation_marker as marker
 from . import json as json_format
 from . import wlcg
 from .record import Record, text_field
-from ..cores.nagios.nagios_command import marker
 
 NUL = b"\x00"
 MIN_TIMESTAMP = 946684800  # 2000-01-01T00:00:00Z

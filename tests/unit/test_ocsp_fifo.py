@@ -45,7 +45,7 @@ def start_source(path, spool, intake_health=None, health=None):
         token_file.write_text(TOKEN + "\n")
         token_file.chmod(0o640)
     source = OcspPipeSource(settings(path), Intake("ocsp_pipe", ROUTER, spool, intake_health or Health(),
-                                                   threading.Event()), health or Health(), str(token_file))
+                                                   threading.Event(), result_line.parse), health or Health(), str(token_file))
     source.start()
     assert source.ready.wait(5) and source.failure is None
     return source
