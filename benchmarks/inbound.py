@@ -23,7 +23,7 @@ every case of the run is measured against them, in this order:
                   CHECK" line cannot be used to time: it is written with the service's
                   *previous* output).
   nagios+ocsp     The same against a second sandbox Nagios that obsesses over services with the
-  fifo (base.)    bridge's own OCSP command (nagios_wiring.printf_command: sh + printf into a
+  fifo (base.)    bridge's own OCSP command (tests/sandbox/fifo.printf_command: sh + printf into a
                   FIFO, read here): a central Nagios that also runs the outbound side, as the
                   reference measurement (~950/s) did. --ocsp-count results; done when the core
                   has logged all and all OCSP lines arrived.
@@ -457,7 +457,7 @@ class Env:
 
 def central_nagios(tmp: Path, args, name="nagios", ocsp_fifo=None):
     """The sandbox Nagios: hosts x passive services. With ``ocsp_fifo``, it also obsesses over
-    services with the bridge's own OCSP command (nagios_wiring.printf_command: one sh + printf
+    services with the bridge's own OCSP command (tests/sandbox/fifo.printf_command: one sh + printf
     per result) writing into that FIFO: a central Nagios that also runs the outbound side."""
     extra, objects = {}, ""
     if ocsp_fifo:

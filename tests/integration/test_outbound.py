@@ -254,7 +254,7 @@ def test_a_broker_down_for_a_while_gets_everything_spooled(tmp_path, activemq, s
 
 def test_perfdata_rotation_by_the_nagios_processing_command_loses_nothing(
         tmp_path, activemq, nagios_factory, stomp_probe_factory, bridge_factory):
-    from msg_nagios_bridge.cores.nagios.wiring import printf_command
+    from tests.sandbox.fifo import printf_command
     probe = stomp_probe_factory(activemq, QUEUE)
     bridge = bridge_factory([activemq.stomp_port], ocsp=False, perfdata=True, destination=QUEUE)
     config_text = bridge.config_path.read_text().replace("rotate_interval: 0", "rotate_interval: 2")

@@ -3,6 +3,7 @@ write(), so that every write is atomic beside other writers (the OCSP shells, Na
 file clients). For a sandbox bridge's OCSP FIFO, frame the lines first (bridge.ocsp_records)."""
 import errno
 import os
+import shlex
 import select
 import time
 
@@ -67,3 +68,15 @@ def write_lines_retrying(path, lines, timeout=60.0):
         if fd is not None:
             os.close(fd)
     return retries
+
+
+def printf_command(tag: str, macros, fifo: str) -> str:
+    """A shell command writing one bare result line into ``fifo`` (one sh fork per check):
+    the format before ocsp_command, kept for tests and benchmarks that log results to a file.
+
+    ``>>``, not ``>``: while the FIFO is missing the shell creates a regular file, which the
+    bridge takes in at its next start; ``>`` would truncate it at every check, keeping one line.
+    """
+    fmt = "\\t".join(["%s"] * (1 + len(macros))) + "\\n"
+    args = " ".join(f"'{value}'" for value in (tag,) + tuple(macros))
+    return f"printf '{fmt}' {args} >> {shlex.quote(fifo)}"

@@ -12,7 +12,7 @@ from msg_nagios_bridge.config import OcspPipeSettings, parse
 from msg_nagios_bridge.cores.nagios import ocsp_record, result_line
 from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.cores.nagios.wiring import printf_command
+from tests.sandbox.fifo import printf_command
 from msg_nagios_bridge.outbound.routing import Router
 from msg_nagios_bridge.outbound.intake import Intake
 from msg_nagios_bridge.cores.nagios.ocsp_pipe import FifoError, OcspPipeSource, prepare_fifo
