@@ -26,7 +26,7 @@ from .settings import (
     DEFAULT_PATH, MAX_CONFIG_BYTES, DESTINATION_FIELDS, FORMATS, ConfigError, Site, TrustRules,
     TlsSettings, BrokerSettings, SpoolSettings, OcspPipeSettings, PerfdataSettings, Route,
     SigningSettings, SignatureCheck, Subscription, InboundSettings, LOG_LEVELS, LOG_TARGETS,
-    LoggingSettings, DaemonSettings, MetricsSettings, Settings)
+    LoggingSettings, DaemonSettings, MetricsSettings, Settings, Icinga2Settings, CORES)
 
 
 class _Section:
@@ -246,7 +246,7 @@ def _spool(root: _Section) -> SpoolSettings:
     return settings
 
 
-def _sources(root: _Section) -> Tuple[OcspPipeSettings, PerfdataSettings]:
+def _sources(root: _Section, core: str = "nagios") -> Tuple[OcspPipeSettings, PerfdataSettings]:
     sec = root.section("sources", ("ocsp_pipe", "perfdata"))
     pipe_sec = sec.section("ocsp_pipe", ("enabled", "path", "group", "mode", "max_line_bytes"))
     mode_text = pipe_sec.get("mode", str, "0620",
@@ -256,7 +256,7 @@ def _sources(root: _Section) -> Tuple[OcspPipeSettings, PerfdataSettings]:
     if mode & 0o007:
         raise pipe_sec.error("mode", mode_text, "must give others no access to the FIFO")
     pipe = OcspPipeSettings(
-        enabled=pipe_sec.get("enabled", bool, True),
+        enabled=pipe_sec.get("enabled", bool, core == "nagios"),   # Icinga 2 has no OCSP
         path=pipe_sec.get("path", str, "/run/msg-nagios-bridge/ocsp.fifo", _absolute_path),
         group=pipe_sec.get("group", str, ""),
         mode=mode,
@@ -316,14 +316,14 @@ _INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping",
                  "echo_guard_max_objects")
 _MAPPING_KEYS = ("host_from", "service_from", "service_suffix_role", "host_template", "service_template",
                  "max_body_bytes", "max_output_bytes")
-WRITERS = ("command_file", "checkresults_dir")
+WRITERS = ("command_file", "checkresults_dir", "api")
 
 
 def _optional_absolute(value: str) -> Optional[str]:
     return None if not value or os.path.isabs(value) else "must be an absolute path (or empty)"
 
 
-def _inbound(root: _Section, site: Site) -> InboundSettings:
+def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSettings:
     sec = root.section("inbound", _INBOUND_KEYS)
     enabled = sec.get("enabled", bool, False)
     raw_subs = sec.get("subscriptions", list, [])
@@ -368,8 +368,10 @@ def _inbound(root: _Section, site: Site) -> InboundSettings:
     if enabled and not rules:
         raise pol_sec.error("rules", [], "inbound is enabled but no rule allows any sender "
                                          "(add e.g. {senders: ['*'], hosts: ['*'], services: ['*']})")
-    writer = sec.get("writer", str, "command_file",
+    writer = sec.get("writer", str, "api" if core == "icinga2" else "command_file",
                      lambda v: None if v in WRITERS else f"must be one of {', '.join(WRITERS)}")
+    if writer == "api" and core != "icinga2":
+        raise sec.error("writer", writer, "api is Icinga 2's writer: set core: icinga2, or use command_file")
     check_result_path = sec.get("check_result_path", str, "", _optional_absolute)
     if writer == "checkresults_dir" and not check_result_path:
         raise sec.error("check_result_path", "", "is required when writer is checkresults_dir")
@@ -484,6 +486,38 @@ def _metrics(root: _Section) -> MetricsSettings:
     return MetricsSettings(textfile=sec.get("textfile", str, "", _optional_absolute), listen=listen)
 
 
+def _icinga2(root: _Section, site: Site, core: str) -> Icinga2Settings:
+    sec = root.section("icinga2", ("host", "port", "ca_file", "cert_file", "key_file", "user", "password",
+                                   "password_file", "publish", "event_queue", "check_source",
+                                   "objects_refresh", "timeout"))
+    if core != "icinga2":
+        if sec.data:
+            raise root.error("icinga2", sec.data, "is read only with core: icinga2")
+        return Icinga2Settings()
+    settings = Icinga2Settings(
+        host=sec.get("host", str, "127.0.0.1", _one_line),
+        port=sec.get("port", int, 5665, lambda v: None if 1 <= v <= 65535 else "must be a port from 1 to 65535"),
+        ca_file=sec.get("ca_file", str, dataclasses.MISSING, _readable_file),
+        cert_file=sec.get("cert_file", str, "", _readable_file),
+        key_file=sec.get("key_file", str, "", _readable_file),
+        user=sec.get("user", str, "", _one_line),
+        password=_secret(sec, "password"),
+        publish=sec.get("publish", bool, True),
+        event_queue=sec.get("event_queue", str, "msg-nagios-bridge", _one_line),
+        check_source=sec.get("check_source", str, f"msg-nagios-bridge@{site.nagios_name}", _one_line),
+        objects_refresh=sec.get("objects_refresh", float, 60.0, _positive),
+        timeout=sec.get("timeout", float, 10.0, _positive),
+    )
+    if bool(settings.cert_file) != bool(settings.key_file):
+        raise sec.error("key_file" if settings.cert_file else "cert_file", "",
+                        "give cert_file and key_file together")
+    if not settings.cert_file and not settings.user:
+        raise sec.error("user", "", "give a client certificate (cert_file, key_file) or an ApiUser (user, password_file)")
+    if settings.user and not settings.password:
+        raise sec.error("password_file", "", f"is required with user {settings.user!r}")
+    return settings
+
+
 def parse(text: str, file: str = "<config>") -> Settings:
     """Validate YAML text into Settings, or raise ConfigError."""
     try:
@@ -495,22 +529,28 @@ def parse(text: str, file: str = "<config>") -> Settings:
     except RecursionError:
         raise ConfigError(file, "", None, "nests lists or mappings too deeply") from None
     root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "inbound", "logging",
-                                     "daemon", "metrics", "signing"))
+                                     "daemon", "metrics", "signing", "core", "icinga2"))
+    core = root.get("core", str, "nagios", lambda v: None if v in CORES else f"must be one of {', '.join(CORES)}")
     site = _site(root)
     brokers = _brokers(root)
     spool = _spool(root)
-    pipe, perf = _sources(root)
+    pipe, perf = _sources(root, core)
     routes = _routes(root)
-    inbound = _inbound(root, site)
+    inbound = _inbound(root, site, core)
+    icinga2 = _icinga2(root, site, core)
     log_settings = _logging(root)
     daemon = _daemon(root)
     metrics = _metrics(root)
     signing = _signing(root, routes)
-    if not (pipe.enabled or perf.enabled or inbound.enabled):
+    if core == "icinga2" and (pipe.enabled or perf.enabled):
+        raise ConfigError(file, "sources", None, "Icinga 2 has no OCSP pipe or perfdata source here: its results"
+                                                 " come from its API (icinga2.publish); disable both")
+    outbound = icinga2.publish if core == "icinga2" else pipe.enabled or perf.enabled
+    if not (outbound or inbound.enabled):
         raise ConfigError(file, "sources", None, "enable a source (ocsp_pipe or perfdata) or inbound")
     return Settings(file=file, site=site, brokers=brokers, spool=spool, ocsp_pipe=pipe,
                     perfdata=perf, routes=routes, inbound=inbound, logging=log_settings,
-                    daemon=daemon, metrics=metrics, signing=signing)
+                    daemon=daemon, metrics=metrics, signing=signing, core=core, icinga2=icinga2)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -200,6 +200,27 @@ class MetricsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class Icinga2Settings:
+    """How the bridge reaches an Icinga 2 through its REST API (``core: icinga2``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5665
+    ca_file: str = ""            # the Icinga CA that signed the API's certificate
+    cert_file: str = ""          # the bridge's client certificate (ApiUser client_cn) ...
+    key_file: str = ""
+    user: str = ""               # ... or an ApiUser's name and password
+    password: str = ""
+    publish: bool = True         # outbound: publish Icinga's check results (the event stream)
+    event_queue: str = "msg-nagios-bridge"   # /v1/events queue name (2.13 requires one)
+    check_source: str = ""       # what the bridge's own results carry (echo signal); "" -> msg-nagios-bridge@SITE
+    objects_refresh: float = 60.0   # seconds between re-reads of the object list
+    timeout: float = 10.0        # connect and answer timeout of one API request
+
+
+CORES = ("nagios", "icinga2")
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     file: str
     site: Site
@@ -213,7 +234,11 @@ class Settings:
     daemon: DaemonSettings = DaemonSettings()
     metrics: MetricsSettings = MetricsSettings()
     signing: SigningSettings = SigningSettings()
+    core: str = "nagios"
+    icinga2: Icinga2Settings = Icinga2Settings()
 
     @property
     def outbound_enabled(self) -> bool:
+        if self.core == "icinga2":
+            return self.icinga2.publish
         return self.ocsp_pipe.enabled or self.perfdata.enabled

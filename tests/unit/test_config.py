@@ -117,7 +117,8 @@ def test_the_example_documents_every_key():
         "poll_interval", "rotate_interval", "level", "target", "file", "syslog_facility", "user",
         "pidfile", "textfile", "listen", "senders", "rules", "sender_header", "exact_senders",
         "objects_cache", "selector", "durable_name", "tls", "ca_file", "ca_dir", "cert_file", "key_file",
-        "key_password_file", "verify"}
+        "key_password_file", "verify", "core", "icinga2", "port", "publish", "event_queue", "check_source",
+        "objects_refresh", "timeout"}
     missing = sorted(key for key in keys if f"{key}:" not in text)
     assert not missing
 
@@ -236,3 +237,46 @@ def test_a_secret_key_still_names_file_and_key():
     with pytest.raises(config.ConfigError) as caught:
         config.parse(MINIMAL.replace("hosts:", "password: 12345, hosts:"), "bridge.yaml")
     assert str(caught.value) == "bridge.yaml: brokers.password = (secret, not shown): must be text"
+
+
+ICINGA = """
+core: icinga2
+site: {name: SITE-A}
+brokers: {hosts: ["127.0.0.1:61613"]}
+spool: {directory: /tmp}
+icinga2: {ca_file: CA, user: bridge, password: secret}
+"""
+
+
+def test_core_icinga2_reads_its_api_settings_and_defaults_to_the_api_writer(tmp_path):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    settings = config.parse(ICINGA.replace("CA", str(ca)) + "inbound: {enabled: true, policy: {rules: "
+                            "[{senders: ['*']}]}, subscriptions: [{destination: /topic/x}]}\n")
+    assert settings.core == "icinga2" and settings.outbound_enabled
+    assert settings.icinga2.user == "bridge" and settings.icinga2.port == 5665
+    assert settings.icinga2.check_source == f"msg-nagios-bridge@{settings.site.nagios_name}"
+    assert settings.inbound.writer == "api"
+    assert not settings.ocsp_pipe.enabled
+
+
+@pytest.mark.parametrize("change, key, reason", [
+    (lambda t: t.replace("core: icinga2", "core: naemon"), "core", "must be one of nagios, icinga2"),
+    (lambda t: t.replace("core: icinga2", "core: nagios"), "icinga2", "is read only with core: icinga2"),
+    (lambda t: t.replace(", user: bridge, password: secret", ""), "icinga2.user", "client certificate"),
+    (lambda t: t.replace(", password: secret", ""), "icinga2.password_file", "is required with user"),
+    (lambda t: t + "sources: {ocsp_pipe: {enabled: true}}\n", "sources", "Icinga 2 has no OCSP pipe"),
+])
+def test_core_icinga2_mistakes_name_the_key(tmp_path, change, key, reason):
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(change(ICINGA.replace("CA", str(ca))))
+    assert caught.value.key == key and reason in str(caught.value)
+
+
+def test_the_api_writer_needs_core_icinga2():
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(MINIMAL + "inbound: {enabled: true, writer: api, policy: {rules: [{senders: ['*']}]},"
+                               " subscriptions: [{destination: /topic/x}]}\n")
+    assert caught.value.key == "inbound.writer"
