@@ -41,6 +41,12 @@ from ..trust.tlsfiles import ca_bundle_from_dir
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 1 << 16
+# A broker is lost after this many of its heart-beat intervals without a frame. ActiveMQ checks
+# every interval and sends a heart-beat only if it sent nothing since the last check, so after
+# its last frame the next may come almost two intervals later; stomp.py's default of 1.5 then
+# drops a healthy connection whose traffic just stopped (seen as the subscriber, paused on a
+# full spool, losing its connection 6 s after connecting with 2 s heart-beats).
+HEARTBEAT_GRACE = 2.5
 
 
 class _Events(stomp.ConnectionListener):
@@ -347,7 +353,8 @@ class _Connection12(stomp.connect.StompConnection12):
 
     def __init__(self, transport: _Transport, heartbeats: Tuple[int, int]):
         stomp.connect.BaseConnection.__init__(self, transport)
-        stomp.protocol.Protocol12.__init__(self, transport, heartbeats)
+        stomp.protocol.Protocol12.__init__(self, transport, heartbeats,
+                                           heart_beat_receive_scale=HEARTBEAT_GRACE)
 
 
 def grid_trust_check(tls: TlsSettings) -> Optional[Callable[[ssl.SSLSocket], Optional[str]]]:
