@@ -41,12 +41,19 @@ from ..trust.tlsfiles import ca_bundle_from_dir
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 1 << 16
-# A broker is lost after this many of its heart-beat intervals without a frame. ActiveMQ checks
-# every interval and sends a heart-beat only if it sent nothing since the last check, so after
-# its last frame the next may come almost two intervals later; stomp.py's default of 1.5 then
-# drops a healthy connection whose traffic just stopped (seen as the subscriber, paused on a
-# full spool, losing its connection 6 s after connecting with 2 s heart-beats).
-HEARTBEAT_GRACE = 2.5
+# Heart-beats. ActiveMQ checks every interval and sends a heart-beat only if it sent nothing
+# since the last check, so after its last frame the next may come almost two intervals later:
+# with stomp.py's default (lost after 1.5 intervals) a healthy connection whose traffic just
+# stopped was dropped (seen as the subscriber, paused on a full spool, losing its connection
+# 6 s after connecting, with 2 s heart-beats). So the broker is asked to send twice as often
+# as heartbeat_ms, and is lost after 3 of its intervals: after 1.5 x heartbeat_ms as before,
+# while ActiveMQ's longest gap is 1 x heartbeat_ms.
+HEARTBEAT_GRACE = 3.0
+
+
+def heartbeats(heartbeat_ms: int) -> Tuple[int, int]:
+    """The STOMP heart-beat header: (we send every, we want the broker to send every) ms."""
+    return (heartbeat_ms, max(1, heartbeat_ms // 2) if heartbeat_ms else 0)
 
 
 class _Events(stomp.ConnectionListener):
@@ -449,7 +456,7 @@ class BrokerConnection:
                 return f"TLS: cannot load the bridge's certificate, key or CAs ({exc})"
         transport = _Transport(host_port, s.connect_timeout, s.vhost or host_port[0], self.auto_decode,
                                context, self._check_peer, self._abort)
-        conn = _Connection12(transport, (s.heartbeat_ms, s.heartbeat_ms))
+        conn = _Connection12(transport, heartbeats(s.heartbeat_ms))
         conn.set_listener("bridge", self.events)
         headers = {"client-id": self.client_id} if self.client_id else {}
         try:

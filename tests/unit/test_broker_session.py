@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from msg_nagios_bridge.broker.connection import BrokerConnection
 from msg_nagios_bridge.broker.session import BrokerSession
 from msg_nagios_bridge.config import BrokerSettings, TlsSettings
 from msg_nagios_bridge.daemon.health import Health
@@ -154,3 +155,44 @@ def test_a_message_put_while_a_receipt_is_awaited_goes_out_at_once(tmp_path):
         finally:
             publisher.stop()
             publisher.join(5)
+
+
+class EchoingHeartbeats:
+    """Answers CONNECTED with the heart-beats the client asked for, swapped (as ActiveMQ does),
+    and keeps the CONNECT frame it got."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.connect_frame = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        client, _ = self.server.accept()
+        while b"\x00" not in self.connect_frame:
+            self.connect_frame += client.recv(4096)
+        asked = dict(line.split(":", 1) for line in self.connect_frame.decode().split("\n")[1:] if ":" in line)
+        cx, cy = asked["heart-beat"].split(",")
+        client.sendall(f"CONNECTED\nversion:1.2\nheart-beat:{cy},{cx}\n\n\x00".encode())
+        self.client = client
+
+    def close(self):
+        self.server.close()
+
+
+def test_the_broker_is_asked_for_heartbeats_twice_as_often_as_it_is_given_up():
+    """ActiveMQ may leave almost two of its intervals between heart-beats (it skips one when it
+    sent anything since its last check): asked for heartbeat_ms / 2, it is never silent longer
+    than heartbeat_ms, and the bridge gives it up after 1.5 x heartbeat_ms, as before."""
+    server = EchoingHeartbeats()
+    broker = BrokerConnection(BrokerSettings(hosts=(("127.0.0.1", server.port),), heartbeat_ms=4000,
+                                             connect_timeout=5))
+    try:
+        assert broker.connect() is None
+        assert b"\nheart-beat:4000,2000\n" in server.connect_frame
+        assert broker.conn.receive_sleep == pytest.approx(6.0)
+    finally:
+        broker.discard()
+        server.close()
