@@ -1,13 +1,14 @@
-"""Helpers shared by benchmarks/outbound.py and benchmarks/inbound.py.
+"""Helpers the benchmarks share that tests do not need (those are in tests/sandbox).
 
-/proc accounting (CPU seconds, peak RSS, a CPU meter), a STOMP receipt waiter, the read-only
-spool watcher, report formatting and the profile-mode helpers (stage timers, per-thread
-cProfile). Importing it puts the repository root on sys.path (for msg_nagios_bridge, tests).
+A CPU meter over a window, the read-only spool watcher, report formatting and the profile
+mode (a cProfile profiler per thread, by public hooks only). Importing it puts the repository
+root on sys.path (for msg_nagios_bridge and tests.sandbox).
 """
 from __future__ import annotations
 
 import contextlib
 import cProfile
+import importlib
 import io
 import os
 import pstats
@@ -24,50 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import stomp  # noqa: E402
+from tests.sandbox.procfs import CLK_TCK, cpu_seconds  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PIPE_BUF = 4096
 POLL = 0.02
 
 
 # -- process accounting ------------------------------------------------------------------------
-
-def cpu_seconds(pid: int, children: bool = False) -> float:
-    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone. With
-    ``children``, plus the CPU of the children it has waited for."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
-
-
-def _status_mb(pid: int, key: str) -> float:
-    """Field ``key`` (a size in kB) of /proc/PID/status in MB; NaN if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def vm_hwm_mb(pid: int) -> float:
-    """Peak RSS (VmHWM) of ``pid`` in MB; NaN if it is gone."""
-    return _status_mb(pid, "VmHWM")
-
-
-def rss_mb(pid: int) -> float:
-    """Current RSS (VmRSS) of ``pid`` in MB; NaN if it is gone."""
-    return _status_mb(pid, "VmRSS")
-
 
 def self_cpu() -> float:
     """CPU seconds of this process and its waited-for children."""
@@ -190,43 +153,7 @@ def temp_dir(prefix: str, keep: bool):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-# -- STOMP, spool, bridge, FIFO ----------------------------------------------------------------
-
-class Receipts(stomp.ConnectionListener):
-    """Collects RECEIPT ids and ERROR frames; ``wait`` blocks until one receipt arrives."""
-
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.seen = set()
-        self.errors = []
-
-    def on_receipt(self, frame):
-        with self.cond:
-            self.seen.add(frame.headers.get("receipt-id"))
-            self.cond.notify_all()
-
-    def on_error(self, frame):
-        with self.cond:
-            self.errors.append((dict(frame.headers), frame.body))
-            self.cond.notify_all()
-
-    def wait(self, receipt, timeout):
-        with self.cond:
-            if not self.cond.wait_for(lambda: receipt in self.seen or self.errors, timeout):
-                raise TimeoutError(f"no receipt {receipt} within {timeout} s")
-            if self.errors:
-                raise RuntimeError(f"ERROR frame from the broker: {self.errors[-1]}")
-            self.seen.discard(receipt)
-
-
-def connect(broker):
-    """A raw stomp.py 1.2 connection to the sandbox broker, no heart-beats, with Receipts."""
-    conn = stomp.Connection12([broker.stomp_address], heartbeats=(0, 0), auto_decode=False)
-    listener = Receipts()
-    conn.set_listener("receipts", listener)
-    conn.connect(wait=True)
-    return conn, listener
-
+# -- spool, bridge ----------------------------------------------------------------
 
 class SpoolWatch:
     """Read-only view of a bridge spool: (stored high-water mark, held, dead letters)."""
@@ -274,28 +201,6 @@ def wait_connected(bridge, timeout=20.0, interval=0.05):
     raise RuntimeError(f"bridge did not connect:\n{bridge.log_text()[-3000:]}")
 
 
-def write_fifo(path, lines):
-    """Whole lines, at most PIPE_BUF bytes per write(): what many ``printf``s would write.
-    Into a bridge's OCSP FIFO (a sandbox bridge's, its spool beside it) they go framed as
-    its OCSP command frames them."""
-    if Path(str(path) + ".token").exists():
-        from tests.sandbox.bridge import ocsp_records
-        lines = ocsp_records(path, lines)
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        chunk, size = [], 0
-        for line in lines:
-            if size + len(line) > PIPE_BUF and chunk:
-                os.write(fd, b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(line)
-            size += len(line)
-        if chunk:
-            os.write(fd, b"".join(chunk))
-    finally:
-        os.close(fd)
-
-
 # -- report ------------------------------------------------------------------------------------
 
 def rate(r):
@@ -323,75 +228,75 @@ def warn_busy(names):
 
 # -- profile mode ------------------------------------------------------------------------------
 
-class StageTimer:
-    """Wrap methods to sum wall time and calls per stage (cheap, unlike cProfile)."""
+class ThreadProfiles:
+    """A cProfile profiler of its own in every thread started while this is entered, by public
+    hooks only: threading.setprofile() gives each new thread a hook whose first call starts that
+    thread's profiler (enable() then replaces the hook in that thread). Read ``profiles``
+    ({"name #n": cProfile.Profile}) once the threads have ended."""
 
-    def __init__(self, width: int = 38):
-        self.lock = threading.Lock()
-        self.stats = {}
-        self.width = width
+    def __init__(self):
+        self.profiles = {}
+        self._lock = threading.Lock()
 
-    def wrap(self, owner, name, label, size=None):
-        """Replace ``owner.name`` with a timed wrapper; returns the original."""
-        original = getattr(owner, name)
-        timer = self
+    def __enter__(self):
+        threading.setprofile(self._start_in_thread)
+        return self
 
-        def wrapper(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return original(*a, **kw)
-            finally:
-                dt = time.perf_counter() - t0
-                items = size(a, kw) if size else 0
-                with timer.lock:
-                    s = timer.stats.setdefault(label, [0, 0.0, 0, 0.0])
-                    s[0] += 1
-                    s[1] += dt
-                    s[2] += items
-                    s[3] = max(s[3], dt)
+    def __exit__(self, *exc):
+        threading.setprofile(None)
 
-        setattr(owner, name, wrapper)
-        return original
-
-    def report(self, elapsed):
-        w = self.width
-        print(f"\nwall time per stage (sum over calls; timed window {elapsed:.2f} s):")
-        print(f"  {'stage':{w}} {'calls':>7} {'items':>7} {'total s':>8} {'% wall':>7}"
-              f" {'mean ms':>8} {'max ms':>8}")
-        for label, (calls, total, items, worst) in sorted(self.stats.items(), key=lambda kv: -kv[1][1]):
-            print(f"  {label:{w}} {calls:7d} {items:7d} {total:8.3f} {100 * total / elapsed:6.1f}%"
-                  f" {1000 * total / max(calls, 1):8.3f} {1000 * worst:8.2f}")
+    def _start_in_thread(self, frame, event, arg):
+        thread = threading.current_thread()
+        profile = cProfile.Profile()
+        with self._lock:
+            self.profiles[f"{thread.name} #{len(self.profiles) + 1}"] = profile
+        profile.enable()
 
 
-def profile_threads(profiles: dict, label=lambda thread: thread.name):
-    """Make every thread started from now on run under its own cProfile profiler, stored in
-    ``profiles[label(thread)]``; returns (threading.Thread, "start", original) to restore."""
-    original_start = threading.Thread.start
+def _key(where: str):
+    """How pstats names the function at ``where`` ("package.module:Class.method"): (file,
+    first line, name); None if there is no such function (any more)."""
+    module, _, path = where.partition(":")
+    try:
+        function = importlib.import_module(module)
+        for name in path.split("."):
+            function = getattr(function, name)
+        code = function.__code__
+    except (ImportError, AttributeError):
+        return None
+    return code.co_filename, code.co_firstlineno, code.co_name
 
-    def profiled_start(thread):
-        run = thread.run
-        prof = cProfile.Profile()
-        profiles[label(thread)] = prof
 
-        def profiled_run():
-            prof.enable()
-            try:
-                run()
-            finally:
-                prof.disable()
+def _stats(profile):
+    stats = pstats.Stats(profile, stream=io.StringIO())
+    return stats if stats.total_calls else None
 
-        thread.run = profiled_run
-        original_start(thread)
 
-    threading.Thread.start = profiled_start
-    return threading.Thread, "start", original_start
+def print_stages(profiles: dict, stages, elapsed: float, width: int = 44):
+    """Where each thread's wall time went, by named public functions: ``stages`` is
+    [(label, "package.module:Class.method")]; each row is cProfile's count and cumulative time
+    of that function in that thread (its own time, what it called, and its waits)."""
+    keys = [(label, _key(where)) for label, where in stages]
+    missing = [where for (label, key), (_, where) in zip(keys, stages) if key is None]
+    if missing:
+        print(f"\n(no longer in the code, not shown: {', '.join(missing)})")
+    print(f"\nwall time per stage and thread (cProfile cumulative; timed window {elapsed:.2f} s):")
+    print(f"  {'thread':28} {'stage':{width}} {'calls':>7} {'total s':>8} {'% wall':>7} {'mean ms':>8}")
+    for thread, profile in sorted(profiles.items()):
+        stats = _stats(profile)
+        if stats is None:
+            continue
+        rows = [(label, stats.stats[key]) for label, key in keys if key in stats.stats]
+        for label, (_, calls, _, cumulative, _) in sorted(rows, key=lambda row: -row[1][3]):
+            print(f"  {thread[:28]:28} {label:{width}} {calls:7d} {cumulative:8.3f}"
+                  f" {100 * cumulative / elapsed:6.1f}% {1000 * cumulative / max(calls, 1):8.3f}")
 
 
 def print_profiles(profiles: dict, top: int):
     """The ``top`` functions by own time of each thread's profile."""
-    for name, prof in sorted(profiles.items()):
+    for name, profile in sorted(profiles.items()):
         out = io.StringIO()
-        stats = pstats.Stats(prof, stream=out)
+        stats = pstats.Stats(profile, stream=out)
         if not stats.total_calls:
             continue
         print(f"\n--- thread {name}: {stats.total_tt:.2f} s profiled ---")

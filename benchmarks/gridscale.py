@@ -86,9 +86,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stomp  # noqa: E402
 
 import inbound  # noqa: E402
-from common import (REPO, Meter, SpoolWatch, code_fingerprint, cpu_seconds,  # noqa: E402
-                    fs_type, loadavg, rate as rate_of, self_cpu, system_busy, temp_dir,
-                    rss_mb, vm_hwm_mb, write_doc_section)
+from common import (REPO, Meter, SpoolWatch, code_fingerprint, fs_type, loadavg,  # noqa: E402
+                    rate as rate_of, self_cpu, system_busy, temp_dir, write_doc_section)
 from inbound import COMMAND_LINE, Env, central_nagios, host_name, percentile, service_name  # noqa: E402
 
 from msg_nagios_bridge.config import Route, Site  # noqa: E402
@@ -97,6 +96,7 @@ from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from msg_nagios_bridge.outbound.routing import build_message  # noqa: E402
 from msg_nagios_bridge.spool import Spool  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
+from tests.sandbox.procfs import cpu_seconds, peak_rss_mb, rss_mb  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
 from tests.sandbox.ports import children_of  # noqa: E402
 
@@ -471,7 +471,7 @@ def run(args, tmp: Path):
         broker.start()
         t = time.monotonic()
         nagios.start()
-        info["nagios_start"] = (time.monotonic() - t, nagios.started_in, vm_hwm_mb(nagios.pid))
+        info["nagios_start"] = (time.monotonic() - t, nagios.started_in, peak_rss_mb(nagios.pid))
         print(f"ActiveMQ up in {broker.started_in:.1f} s; Nagios with "
               f"{grid.sites * grid.services:,} passive services up in {info['nagios_start'][0]:.1f} s"
               f" (config written and checked, then {nagios.started_in:.1f} s to start), "
@@ -566,7 +566,7 @@ def run(args, tmp: Path):
         sent_ids = list(gens.sent_ids())
         info["lost"] = [i for i in sent_ids if not tail.seen[i]]
         info["dups"] = sum(c - 1 for c in tail.seen if c > 1)
-        info["bridge_hwm"] = vm_hwm_mb(bridge.pid)
+        info["bridge_hwm"] = peak_rss_mb(bridge.pid)
         info["gens"] = nprocs
         info["gen_exit"] = [proc.exitcode for proc in gens.procs]
         info["rates"] = [r for r, _ in steps[1:]]

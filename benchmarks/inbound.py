@@ -23,7 +23,7 @@ every case of the run is measured against them, in this order:
                   CHECK" line cannot be used to time: it is written with the service's
                   *previous* output).
   nagios+ocsp     The same against a second sandbox Nagios that obsesses over services with the
-  fifo (base.)    bridge's own OCSP command (nagios_wiring.printf_command: sh + printf into a
+  fifo (base.)    bridge's own OCSP command (tests/sandbox/fifo.printf_command: sh + printf into a
                   FIFO, read here): a central Nagios that also runs the outbound side, as the
                   reference measurement (~950/s) did. --ocsp-count results; done when the core
                   has logged all and all OCSP lines arrived.
@@ -70,8 +70,9 @@ in the window are shown too (2 cores are shared: "other" says whether something 
 kernel, disturbed a case).
 
 --profile runs service.Bridge inside this process (no subprocess) on the "bridge fifo (alone)"
-case, once with wall-clock timers around the stages (decode, spool put/take/done, ACK, FIFO
-write) and once with one cProfile profiler per thread, and prints where the time goes.
+case with one cProfile profiler per thread (started by threading.setprofile: no code of the
+bridge is replaced), and prints where each thread's time goes: the wall time of named public
+functions (judgement, decode, spool put/take/done, FIFO write, ACK) and the top functions.
 
 Every server is started from the temp dir and stopped by PID in a finally block; every wait is
 bounded (--case-timeout). The default run takes about 2-3 minutes on 2 cores.
@@ -96,10 +97,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stomp  # noqa: E402
 
-from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint, connect,  # noqa: E402
-                    cpu_seconds, fs_type, loadavg, print_profiles, print_table, profile_threads,
-                    rate as rate_of, self_cpu, system_busy, temp_dir, vm_hwm_mb, wait_connected,
-                    warn_busy, write_fifo)
+from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
+                    fs_type, loadavg, print_profiles, print_stages, print_table,
+                    rate as rate_of, self_cpu, system_busy, temp_dir, wait_connected, warn_busy)
 
 from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
 from msg_nagios_bridge.formats import wlcg  # noqa: E402
@@ -107,7 +107,10 @@ from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
 from tests.sandbox.nagios import Nagios, host, passive_service  # noqa: E402
+from tests.sandbox.fifo import write_lines  # noqa: E402
 from tests.sandbox.ports import children_of  # noqa: E402
+from tests.sandbox.procfs import cpu_seconds, peak_rss_mb  # noqa: E402
+from tests.sandbox.stomp_probe import connect  # noqa: E402
 
 FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
 SENDER = "remote-nagios"
@@ -172,7 +175,7 @@ def service_name(s: int) -> str:
 
 def preload(broker, queue, messages, timeout):
     """Persistent SENDs without receipts, a receipt on the last one; returns seconds."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         t0 = time.monotonic()
         last = len(messages) - 1
@@ -195,7 +198,7 @@ class PacedPublisher:
 
     def run(self, start=0, stop=None):
         stop = len(self.messages) if stop is None else stop
-        conn, listener = connect(self.broker)
+        conn, listener = connect(self.broker, auto_decode=False)
         try:
             t0 = time.monotonic()
             for i in range(start, stop):
@@ -454,7 +457,7 @@ class Env:
 
 def central_nagios(tmp: Path, args, name="nagios", ocsp_fifo=None):
     """The sandbox Nagios: hosts x passive services. With ``ocsp_fifo``, it also obsesses over
-    services with the bridge's own OCSP command (nagios_wiring.printf_command: one sh + printf
+    services with the bridge's own OCSP command (tests/sandbox/fifo.printf_command: one sh + printf
     per result) writing into that FIFO: a central Nagios that also runs the outbound side."""
     extra, objects = {}, ""
     if ocsp_fifo:
@@ -482,7 +485,7 @@ def nagios_fifo_case(env: Env, nagios=None, count=None, ocsp_reader=None, name="
     done = {}
 
     def write():
-        write_fifo(nagios.command_file, lines)
+        write_lines(nagios.command_file, lines)
         done["written"] = time.monotonic()
 
     writer = threading.Thread(target=write, name="nagios-fifo-writer")
@@ -691,7 +694,7 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
         r.update(meter.stop())
         r["bridge_cpu_total"] = cpu_seconds(pid)
         r["bridge_cpu"] = r["bridge_cpu_total"] - (cpu_first if t_first else 0.0)
-        r["rss_mb"] = vm_hwm_mb(pid)
+        r["rss_mb"] = peak_rss_mb(pid)
         t_first = t_first or t_end
         t_done = t_done or t_end
         r["seconds"] = max(1e-6, t_done - t_first)
@@ -760,7 +763,7 @@ def latency_case(env: Env, name, to_nagios, rate, seconds):
         r.update(meter.stop())
         r["achieved_rate"] = (count - 1) / sent_for if sent_for else 0.0
         r["bridge_cpu_total"] = cpu_seconds(bridge.pid)
-        r["rss_mb"] = vm_hwm_mb(bridge.pid)
+        r["rss_mb"] = peak_rss_mb(bridge.pid)
     finally:
         if bridge:
             r["exit"] = bridge.stop()
@@ -901,59 +904,46 @@ How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios
 
 # -- profile mode ------------------------------------------------------------------------------
 
+PROFILE_STAGES = [
+    ("judgement.judge_batch (decode, policy, dedupe)", "msg_nagios_bridge.inbound.judgement:judge_batch"),
+    ("decode.decode (WLCG -> CheckResult)", "msg_nagios_bridge.formats.decode:decode"),
+    ("spool.put (INSERT txn + fsync)", "msg_nagios_bridge.spool:Spool.put"),
+    ("spool.take (SELECT)", "msg_nagios_bridge.spool:Spool.take"),
+    ("spool.done (DELETE txn + fsync)", "msg_nagios_bridge.spool:Spool.done"),
+    ("wakeup.wait (a worker idle)", "msg_nagios_bridge.wakeup:Wakeup.wait"),
+    ("writer.deliver (hand to the core)", "msg_nagios_bridge.cores.nagios.writer:NagiosWriter.deliver"),
+    ("nagios_command.command_line (format one)", "msg_nagios_bridge.cores.nagios.nagios_command:command_line"),
+    ("command_file.write_lines (FIFO)", "msg_nagios_bridge.cores.nagios.command_file:write_lines"),
+    ("stomp ack (one ACK frame)", "stomp:Connection12.ack"),
+]
+
+
 def profile_mode(env: Env):
-    """service.Bridge in this process on the 'bridge fifo (alone)' case: stage timers, then
-    one cProfile profiler per thread."""
+    """service.Bridge in this process on the 'bridge fifo (alone)' case, with a cProfile
+    profiler per thread."""
     import logging
-    from msg_nagios_bridge import config as config_mod, spool as spool_mod
+    from msg_nagios_bridge import config as config_mod
     from msg_nagios_bridge.daemon import service
     from msg_nagios_bridge import paths
-    from msg_nagios_bridge.cores.nagios import command_file as command_file_mod
-    from msg_nagios_bridge.cores.nagios import writer as writer_mod
-    from msg_nagios_bridge.inbound import subscriber as subscriber_mod
-    from msg_nagios_bridge.formats import decode as inbound_mod
 
     logging.basicConfig(level=logging.WARNING)
     args = env.args
-    for mode in ("timers", "cprofile"):
-        name = f"profile-{mode}"
-        payload = env.payload(name)
-        queue = env.queue(name)
-        pre = preload(env.broker, queue, payload.messages(), args.case_timeout)
-        work = env.tmp / name
-        work.mkdir()
-        target = types.SimpleNamespace(command_file=work / "nagios.cmd",
-                                       check_result_path=work / "checkresults", dir=work)
-        reader = FifoReader(work / "nagios.cmd")
-        (work / "bridge.yaml").write_text(bridge_config(
-            work, [env.broker.stomp_port], ocsp=False,
-            inbound=_inbound_yaml(env, target, queue, "command_file")))
-        settings = config_mod.load(str(work / "bridge.yaml"))
-        timer = StageTimer(width=44)
-        restore, profiles = [], {}
-        if mode == "timers":
-            n1 = lambda a, kw: len(a[1]) if len(a) > 1 else 0
-            n0 = lambda a, kw: len(a[0]) if a else 0
-            for owner, attr, label, size in (
-                    (subscriber_mod.Subscriber, "_handle", "subscriber._handle (whole batch)", n1),
-                    (subscriber_mod.Subscriber, "_take_messages", "subscriber._take_messages", None),
-                    (inbound_mod, "decode", "inbound.decode (WLCG -> CheckResult)", None),
-                    (spool_mod.Spool, "put", "spool.put (INSERT txn + fsync)", n1),
-                    (spool_mod.Spool, "take", "spool.take (SELECT)", None),
-                    (spool_mod.Spool, "done", "spool.done (DELETE txn + fsync)", None),
-                    (spool_mod.Spool, "wait", "spool.wait (writer idle)", None),
-                    (writer_mod.NagiosWriter, "_write", "writer._write (whole batch)", n1),
-                    (writer_mod.NagiosWriter, "_line", "writer._line (format one result)", None),
-                    (command_file_mod, "write_lines", "command_file.write_lines (FIFO)", None),
-                    (stomp.Connection12, "ack", "stomp ack (one ACK frame)", None)):
-                restore.append((owner, attr, timer.wrap(owner, attr, label, size)))
-                if owner is command_file_mod:    # nagios_writer imported the name itself
-                    restore.append((writer_mod, "write_lines", writer_mod.write_lines))
-                    writer_mod.write_lines = command_file_mod.write_lines
-        else:
-            restore.append(profile_threads(profiles))
+    name = "profile"
+    payload = env.payload(name)
+    queue = env.queue(name)
+    pre = preload(env.broker, queue, payload.messages(), args.case_timeout)
+    work = env.tmp / name
+    work.mkdir()
+    target = types.SimpleNamespace(command_file=work / "nagios.cmd",
+                                   check_result_path=work / "checkresults", dir=work)
+    reader = FifoReader(work / "nagios.cmd")
+    (work / "bridge.yaml").write_text(bridge_config(
+        work, [env.broker.stomp_port], ocsp=False,
+        inbound=_inbound_yaml(env, target, queue, "command_file")))
+    settings = config_mod.load(str(work / "bridge.yaml"))
+    watch = SpoolWatch(Path(paths.inbound_spool_path(settings)))
+    with ThreadProfiles() as profiler:
         bridge = service.Bridge(settings)
-        watch = SpoolWatch(Path(paths.inbound_spool_path(settings)))
         try:
             cpu0 = self_cpu()
             t_start = time.monotonic()
@@ -969,18 +959,15 @@ def profile_mode(env: Env):
         finally:
             bridge.stop()
             watch.close()
-            for owner, attr, original in restore:
-                setattr(owner, attr, original)
             reader.close()
-        t_first = t_first or t_start
-        elapsed = t_end - t_first
-        print(f"\n=== profile ({mode}): {reader.lines}/{payload.count} lines in {elapsed:.2f} s ="
-              f" {reader.lines / elapsed:,.0f} msgs/s from the first spooled message (pre-loaded in"
-              f" {pre:.1f} s); process CPU {cpu:.2f} s from bridge start ({t_end - t_start:.2f} s)")
-        if mode == "timers":
-            timer.report(elapsed)
-        else:
-            print_profiles(profiles, args.profile_top)
+    t_first = t_first or t_start
+    elapsed = max(1e-6, t_end - t_first)
+    print(f"\n=== profile: {reader.lines}/{payload.count} lines in {elapsed:.2f} s ="
+          f" {reader.lines / elapsed:,.0f} msgs/s under cProfile from the first spooled message"
+          f" (pre-loaded in {pre:.1f} s); process CPU {cpu:.2f} s from bridge start"
+          f" ({t_end - t_start:.2f} s)")
+    print_stages(profiler.profiles, PROFILE_STAGES, elapsed, width=48)
+    print_profiles(profiler.profiles, args.profile_top)
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -988,6 +975,8 @@ def profile_mode(env: Env):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000, help="messages per throughput case")
+    parser.add_argument("--warmup-count", type=int, default=3000,
+                        help="messages of the warm-up run, not reported (default 3000)")
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--services", type=int, default=100, help="passive services per host")
     parser.add_argument("--latency-rate", type=int, default=1000)
@@ -1045,7 +1034,7 @@ def run_all(args, tmp: Path, started: float):
 
         # Warm the broker's JIT on the paths used (send + dispatch to a client-individual
         # subscriber): a short bridge run, not reported.
-        env_warm = Env(argparse.Namespace(**{**vars(args), "count": 3000}), tmp, broker, nagios)
+        env_warm = Env(argparse.Namespace(**{**vars(args), "count": args.warmup_count}), tmp, broker, nagios)
         r = bridge_throughput_case(env_warm, "warmup", "command_file", to_nagios=False)
         print(f"warm-up (not reported): bridge alone {rate_of(r):,.0f} msgs/s", flush=True)
 

@@ -43,8 +43,9 @@ during each case are shown too (2 cores are shared: a busy machine disturbs the 
 run warns when other processes used more than a quarter of a CPU during a case).
 
 --profile runs the bridge *in this process* (service.Bridge, no subprocess) with a cProfile
-profiler per thread, plus wall-clock timers around the stages (spool put/take/done, STOMP send,
-publisher waits), and prints where the time goes.
+profiler per thread (started by threading.setprofile: no code of the bridge is replaced), and
+prints where each thread's time goes: the wall time of named public functions (spool put/take/
+done, intake, STOMP send) and the top functions by own time.
 
 The whole default run takes 1-1.5 minutes; every server is stopped by PID in a finally block.
 """
@@ -65,17 +66,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stomp  # noqa: E402
 
-from common import (POLL, Meter, SpoolWatch, StageTimer, code_fingerprint, connect,  # noqa: E402
-                    cpu_seconds, fs_type, loadavg, print_profiles, print_table, profile_threads,
-                    rate, self_cpu, temp_dir, vm_hwm_mb, wait_connected, warn_busy, write_fifo)
+from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
+                    fs_type, loadavg, print_profiles, print_stages, print_table, rate, self_cpu,
+                    temp_dir, wait_connected, warn_busy)
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
 from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from msg_nagios_bridge.outbound.routing import Router  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
-from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
-from tests.sandbox.stomp_probe import StompProbe  # noqa: E402
+from tests.sandbox.bridge import Bridge, bridge_config, feed_ocsp  # noqa: E402
+from tests.sandbox.procfs import cpu_seconds, peak_rss_mb  # noqa: E402
+from tests.sandbox.stomp_probe import StompProbe, connect  # noqa: E402
 
 
 # -- payloads ----------------------------------------------------------------------------------
@@ -105,7 +107,7 @@ def raw_body(size: int) -> bytes:
 
 def raw_no_receipts(broker, destination, count, body, headers, timeout):
     """N persistent SENDs without receipts, then one with a receipt; time until that receipt."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
@@ -122,7 +124,7 @@ def raw_no_receipts(broker, destination, count, body, headers, timeout):
 
 def raw_receipt_each(broker, destination, count, body, headers, timeout):
     """A receipt per message, waiting for each before sending the next."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
@@ -138,7 +140,7 @@ def raw_receipt_each(broker, destination, count, body, headers, timeout):
 
 def raw_receipt_window(broker, destination, count, body, headers, timeout, window):
     """A receipt per message with up to ``window`` in flight: the bridge's contract, minimal code."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
@@ -147,13 +149,7 @@ def raw_receipt_window(broker, destination, count, body, headers, timeout, windo
             while sent < count and sent - confirmed < window:
                 conn.send(destination, body, headers={**headers, "receipt": f"w{sent}"})
                 sent += 1
-            with listener.cond:
-                if not listener.cond.wait_for(lambda: len(listener.seen) > confirmed or listener.errors,
-                                              timeout):
-                    raise TimeoutError(f"{confirmed}/{count} receipts after {timeout} s")
-                if listener.errors:
-                    raise RuntimeError(f"ERROR frame from the broker: {listener.errors[-1]}")
-                confirmed = len(listener.seen)
+            confirmed = listener.wait_count(confirmed, timeout)
         t1 = time.monotonic()
         return {"count": count, "seconds": t1 - t0, **meter.stop()}
     finally:
@@ -162,7 +158,7 @@ def raw_receipt_window(broker, destination, count, body, headers, timeout, windo
 
 def raw_transactions(broker, destination, count, body, headers, timeout, batch):
     """BEGIN, ``batch`` SENDs, COMMIT with a receipt; commits pipelined; time until the last one."""
-    conn, listener = connect(broker)
+    conn, listener = connect(broker, auto_decode=False)
     try:
         meter = Meter({"broker": [broker.pid]})
         t0 = time.monotonic()
@@ -233,7 +229,7 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
             writer = threading.Thread(target=write_perfdata,
                                       args=(workdir / "service-perfdata", lines, args.chunk_lines))
         else:
-            writer = threading.Thread(target=write_fifo, args=(fifo, lines))
+            writer = threading.Thread(target=feed_ocsp, args=(fifo, lines))
         t0 = time.monotonic()
         writer.start()
         spooled_at = written_at = None
@@ -262,7 +258,7 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
         if result.get("incomplete"):
             result["count"] = published
         result["bridge_cpu_total"] = cpu_seconds(pid)
-        result["rss_mb"] = vm_hwm_mb(pid)
+        result["rss_mb"] = peak_rss_mb(pid)
     finally:
         watch.close()
         code = bridge.stop()
@@ -337,46 +333,32 @@ How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of o
 
 # -- profile mode ------------------------------------------------------------------------------
 
+PROFILE_STAGES = [
+    ("spool.put (txn + fsync)", "msg_nagios_bridge.spool:Spool.put"),
+    ("spool.take (SELECT)", "msg_nagios_bridge.spool:Spool.take"),
+    ("spool.done (DELETE + fsync)", "msg_nagios_bridge.spool:Spool.done"),
+    ("intake.spool_lines (parse+route+put)", "msg_nagios_bridge.outbound.intake:Intake.spool_lines"),
+    ("broker.send (stomp.py SEND)", "msg_nagios_bridge.broker.connection:BrokerConnection.send"),
+]
+
+
 def profile_mode(broker, tmp: Path, args, results_for):
-    """Run service.Bridge in this process with per-thread cProfile or stage timers."""
+    """Run service.Bridge in this process, with a cProfile profiler per thread."""
     import logging
-    from msg_nagios_bridge.broker import connection as broker_mod
     from msg_nagios_bridge.daemon import service
     from msg_nagios_bridge import paths
-    from msg_nagios_bridge import spool as spool_mod
-    from msg_nagios_bridge.outbound import publisher as publisher_mod
-    from msg_nagios_bridge.outbound import intake as intake_mod
 
     logging.basicConfig(level=logging.WARNING)
     source = args.profile
-    for mode in ("timers", "cprofile"):
-        workdir = tmp / f"profile-{source}-{mode}"
-        destination = f"/queue/bench.profile.{source}.{mode}.{args.run_id}"
-        workdir.mkdir()
-        (workdir / "bridge.yaml").write_text(bridge_config(
-            workdir, [broker.stomp_port], ocsp=source == "ocsp", perfdata=source == "perfdata",
-            destination=destination, **dict(args.broker_opt)))
-        settings = bridge_config_mod.load(str(workdir / "bridge.yaml"))
-        lines = results_for(settings, f"p{mode[0]}")
-        timer = StageTimer()
-        restore = []
-        profiles = {}
-        if mode == "timers":
-            n = lambda a, kw: len(a[1]) if len(a) > 1 else 0
-            for owner, name, label, size in (
-                    (spool_mod.Spool, "put", "spool.put (txn + fsync)", n),
-                    (spool_mod.Spool, "take", "spool.take (SELECT)", lambda a, kw: len(a) > 1 and a[1]),
-                    (spool_mod.Spool, "done", "spool.done (DELETE + fsync)", n),
-                    (intake_mod.Intake, "spool_lines", "intake.spool_lines (parse+route+put)", n),
-                    (broker_mod.BrokerConnection, "send", "broker.send (stomp.py SEND)", None),
-                    (publisher_mod.Publisher, "_fill_window", "publisher._fill_window", None),
-                    (publisher_mod.Publisher, "_wait_for_progress", "publisher._wait_for_progress", None),
-                    (publisher_mod.Publisher, "_collect", "publisher._collect", None)):
-                restore.append((owner, name, timer.wrap(owner, name, label, size)))
-        else:
-            # One profiler per thread, around whatever run() the thread has (subclasses too).
-            restore.append(profile_threads(
-                profiles, lambda thread: f"{thread.name} ({id(thread) & 0xffff:x})"))
+    workdir = tmp / f"profile-{source}"
+    destination = f"/queue/bench.profile.{source}.{args.run_id}"
+    workdir.mkdir()
+    (workdir / "bridge.yaml").write_text(bridge_config(
+        workdir, [broker.stomp_port], ocsp=source == "ocsp", perfdata=source == "perfdata",
+        destination=destination, **dict(args.broker_opt)))
+    settings = bridge_config_mod.load(str(workdir / "bridge.yaml"))
+    lines = results_for(settings, "pc")
+    with ThreadProfiles() as profiler:
         bridge = service.Bridge(settings)
         try:
             bridge.start()
@@ -391,7 +373,7 @@ def profile_mode(broker, tmp: Path, args, results_for):
                                           args=(Path(settings.perfdata.service_file), lines,
                                                 args.chunk_lines))
             else:
-                writer = threading.Thread(target=write_fifo, name="bench-writer",
+                writer = threading.Thread(target=feed_ocsp, name="bench-writer",
                                           args=(Path(settings.ocsp_pipe.path), lines))
             t0 = time.monotonic()
             writer.start()
@@ -409,16 +391,12 @@ def profile_mode(broker, tmp: Path, args, results_for):
             writer.join()
         finally:
             bridge.stop()
-            for owner, name, original in restore:
-                setattr(owner, name, original)
-        print(f"\n=== profile {source}, {mode}: {len(lines)} results in {elapsed:.2f} s = "
-              f"{len(lines) / elapsed:,.0f} msgs/s (all spooled after {spooled_at or float('nan'):.2f} s);"
-              f" process CPU {cpu:.2f} s (incl. the watcher/writer)")
-        if mode == "timers":
-            timer.report(elapsed)
-        else:
-            print_profiles(profiles, args.profile_top)
-        drain(broker, destination, len(lines), args.case_timeout, key="result_id")
+    print(f"\n=== profile {source}: {len(lines)} results in {elapsed:.2f} s = "
+          f"{len(lines) / elapsed:,.0f} msgs/s under cProfile (all spooled after "
+          f"{spooled_at or float('nan'):.2f} s); process CPU {cpu:.2f} s (incl. the watcher/writer)")
+    print_stages(profiler.profiles, PROFILE_STAGES, elapsed)
+    print_profiles(profiler.profiles, args.profile_top)
+    drain(broker, destination, len(lines), args.case_timeout, key="result_id")
 
 
 # -- main --------------------------------------------------------------------------------------

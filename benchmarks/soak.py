@@ -14,9 +14,9 @@ One real ActiveMQ and one real Nagios 4 (tests/sandbox) in a temp dir, on 127.0.
 - The generator (a thread here) writes --rate results/s, cycling over --services passive
   services (20 hosts) so the central Nagios's state stays bounded; every round over the services
   gets a new check time, so every result id is distinct. Even-numbered services go through the
-  site bridge's OCSP FIFO, in whole lines of <= PIPE_BUF per write() (as common.write_fifo does,
-  but with a non-blocking open and bounded waits, because the FIFO's reader goes away while the
-  site bridge reloads); odd ones are appended to its perfdata file, which is rotated every
+  site bridge's OCSP FIFO, in whole lines of <= PIPE_BUF per write() (tests/sandbox/fifo.py's
+  write_lines_retrying: a non-blocking open and bounded waits, because the FIFO's reader goes
+  away while the site bridge reloads); odd ones are appended to its perfdata file, which is rotated every
   --rotate-every s as Nagios's processing command does (rename to FILE.old, then a new FILE).
 - Both bridges subscribe/publish on one topic; the central bridge and the probe hold durable
   subscriptions, so a reload of the central bridge (or a probe reconnect) loses nothing and the
@@ -47,9 +47,7 @@ import argparse
 import collections
 import csv
 import datetime
-import errno
 import os
-import select
 import shlex
 import signal
 import sys
@@ -59,14 +57,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (PIPE_BUF, REPO, code_fingerprint, cpu_seconds, loadavg,  # noqa: E402
-                    print_table, temp_dir, wait_connected, write_doc_section)
+from common import (REPO, code_fingerprint, loadavg, print_table, temp_dir,  # noqa: E402
+                    wait_connected, write_doc_section)
 
 from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config, ocsp_records  # noqa: E402
-from tests.sandbox.memory import rss_by_kind  # noqa: E402
+from tests.sandbox.fifo import write_lines_retrying  # noqa: E402
+from tests.sandbox.procfs import cpu_seconds, rss_by_kind, rss_fds_threads  # noqa: E402
 from tests.sandbox.nagios import Nagios, host, passive_service  # noqa: E402
 from tests.sandbox.ports import children_of  # noqa: E402
 from tests.sandbox.stomp_probe import StompProbe  # noqa: E402
@@ -80,65 +79,7 @@ SLOPE_WINDOW = 3000.0
 RECENT_SLOPE_WINDOW = 1200.0
 
 
-# -- /proc -------------------------------------------------------------------------------------
-
-def proc_stats(pid):
-    """(VmRSS MB, open fds, threads) of ``pid``; NaNs if it is gone."""
-    try:
-        fields = {}
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "Threads"):
-                    fields[key] = int(value.split()[0])
-        return fields["VmRSS"] / 1024, len(os.listdir(f"/proc/{pid}/fd")), fields["Threads"]
-    except (OSError, KeyError):
-        nan = float("nan")
-        return nan, nan, nan
-
-
 # -- the generator -----------------------------------------------------------------------------
-
-def fifo_write(path, lines, timeout=60.0):
-    """Whole lines, <= PIPE_BUF bytes per write() (atomic), like many printf's into the FIFO.
-    Non-blocking open and writes, retried until ``timeout``: the reader goes away while the
-    bridge reloads (ENXIO / EPIPE), and a full pipe is waited on with poll."""
-    chunks, chunk = [], b""
-    for line in lines:
-        if chunk and len(chunk) + len(line) > PIPE_BUF:
-            chunks.append(chunk)
-            chunk = b""
-        chunk += line
-    chunks.append(chunk)
-    deadline = time.monotonic() + timeout
-    fd, retries = None, 0
-    try:
-        while chunks:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not write into {path} within {timeout} s")
-            if fd is None:
-                try:
-                    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENXIO, errno.ENOENT):
-                        raise
-                    retries += 1
-                    time.sleep(0.05)
-                    continue
-            try:
-                os.write(fd, chunks[0])          # <= PIPE_BUF: all of it or EAGAIN
-                chunks.pop(0)
-            except BlockingIOError:
-                select.select([], [fd], [], 0.5)
-            except BrokenPipeError:              # the reader closed: reopen, write this chunk again
-                os.close(fd)
-                fd = None
-                retries += 1
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return retries
-
 
 class Generator(threading.Thread):
     """--rate results/s over ``services`` services: even ones into the FIFO, odd ones appended
@@ -186,7 +127,7 @@ class Generator(threading.Thread):
                 with open(self.perfdata, "ab") as handle:      # open, append, close: as Nagios
                     handle.write(b"".join(line for line, _ in to_file))
             if to_fifo:
-                self.counts["fifo_retries"] += fifo_write(self.fifo, ocsp_records(self.fifo, [line for line, _ in to_fifo]))
+                self.counts["fifo_retries"] += write_lines_retrying(self.fifo, ocsp_records(self.fifo, [line for line, _ in to_fifo]))
             with self.lock:
                 for line, result in to_fifo + to_file:
                     self.sent.add(result_line.parse(line.decode().rstrip("\n")).identity())
@@ -328,7 +269,7 @@ def run(args, tmp, command, started):
         def sample(t, phase):
             row = {"t": round(t, 1), "phase": phase}
             for name, bridge in bridges.items():
-                rss, fds, threads = proc_stats(bridge.pid)
+                rss, fds, threads = rss_fds_threads(bridge.pid)
                 status = bridge.status()
                 spool = status.get("spool" if name == "site" else "inbound_spool", {})
                 row.update({f"{name}_rss_mb": round(rss, 2), f"{name}_fds": fds,
@@ -337,9 +278,9 @@ def run(args, tmp, command, started):
             # Where the site bridge's memory lives, to tell a Python-level leak (anon: object
             # arenas) from malloc fragmentation (heap, thread arenas).
             row.update({f"site_{k}_mb": v for k, v in rss_by_kind(site.pid).items()})
-            row["broker_rss_mb"] = round(proc_stats(broker.pid)[0], 1)
-            row["nagios_rss_mb"] = round(proc_stats(nagios.pid)[0], 1)
-            row["nagios_workers_rss_mb"] = round(sum(proc_stats(p)[0] for p in children_of(nagios.pid)), 1)
+            row["broker_rss_mb"] = round(rss_fds_threads(broker.pid)[0], 1)
+            row["nagios_rss_mb"] = round(rss_fds_threads(nagios.pid)[0], 1)
+            row["nagios_workers_rss_mb"] = round(sum(rss_fds_threads(p)[0] for p in children_of(nagios.pid)), 1)
             frames, distinct = probe.counts()
             sc, cc = site.status().get("counters", {}), central.status().get("counters", {})
             row.update(sent=len(gen.sent), published=sc.get("published", 0), probe_frames=frames,

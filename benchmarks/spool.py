@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from msg_nagios_bridge.model import Message  # noqa: E402
 from msg_nagios_bridge.spool import Spool, _encode  # noqa: E402
 
-from common import rss_mb  # noqa: E402  (benchmarks/, the script's own directory)
+from tests.sandbox.procfs import rss_mb  # noqa: E402
 
 BODY = b"m" * 300
 HEADERS = {"persistent": "true", "content-type": "text/plain"}

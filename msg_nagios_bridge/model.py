@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 SERVICE_STATES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 HOST_STATES = ("UP", "DOWN", "UNREACHABLE")
@@ -19,6 +19,19 @@ MAX_NAME_LENGTH = 255
 # Control characters (C0, DEL, C1), the Nagios command field separator, and lone
 # surrogates (text that cannot be written as UTF-8).
 _BAD_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f;\ud800-\udfff]")
+
+
+# Put where text of a result was cut (by the decoder's max_output_bytes, or to fit a core's
+# limit), so a reader sees that something is missing and how much.
+TRUNCATION_MARKER = " [truncated by msg-nagios-bridge: {n} bytes cut]"
+
+# A monitored object: (host, service), service None for the host itself.
+ObjectKey = Tuple[str, Optional[str]]
+
+
+def truncation_marker(cut_bytes: int) -> str:
+    """The visible note that ``cut_bytes`` bytes (UTF-8) of text were dropped."""
+    return TRUNCATION_MARKER.format(n=cut_bytes)
 
 
 class InvalidResult(ValueError):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the bridge, its tests and its demo need on Debian/Ubuntu:
-# the real ActiveMQ and Nagios 4 (for tests and the demo), and a venv with the
+# Installs what the bridge, its tests and its demo need on Debian/Ubuntu: the real ActiveMQ
+# and Nagios 4 (for tests and the demo), Icinga 2 (for its sandbox), and a venv with the
 # package and its test extras in ./.venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,37 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Icinga 2 for tests/sandbox/icinga2.py, which runs `icinga2 daemon` from a temp dir as the
+# current user (icinga2-bin + icinga2-common are enough). Its package enables a system icinga2
+# and starts it (checks, notifications, log in /var/log/icinga2). On a fresh install, a
+# policy-rc.d that refuses every start (unless the machine has its own) covers the install,
+# then the service is disabled. An icinga2 installed before is left as it is.
+icinga_packages=(icinga2-bin icinga2-common)
+icinga_missing=()
+for p in "${icinga_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || icinga_missing+=("$p")
+done
+if [ "${#icinga_missing[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing ${icinga_missing[*]} (its system service stays stopped and disabled)"
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# written by msg-nagios-bridge scripts/setup.sh during one install\nexit 101\n' \
+      | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    trap '$sudo rm -f "$policy"' EXIT
+  fi
+  [ "${#missing[@]}" -gt 0 ] || $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${icinga_missing[@]}" >/dev/null
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now icinga2.service >/dev/null 2>&1 || true
+  else
+    $sudo update-rc.d icinga2 disable >/dev/null 2>&1 || true
+    $sudo deb-systemd-helper disable icinga2.service >/dev/null 2>&1 || true
+  fi
 fi
 
 python=${PYTHON:-python3}

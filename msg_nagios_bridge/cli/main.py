@@ -20,8 +20,8 @@ def _check_config(args) -> int:
 
 
 def _nagios_config(args) -> int:
-    from ..cores.nagios.wiring import render
-    sys.stdout.write(render(config.load(args.config)))
+    from ..cores import core_for
+    sys.stdout.write(core_for(config.load(args.config)).wiring())
     return 0
 
 
@@ -88,46 +88,42 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
 
 
 def _read_status(settings: config.Settings):
+    """(the status the bridge last wrote or None, why it cannot be read or "")."""
+    from ..daemon import status as status_file
     from ..paths import status_path
-    for _ in range(2):
-        try:
-            with open(status_path(settings), encoding="utf-8") as handle:
-                return json.load(handle)
-        except OSError:
-            return None
-        except ValueError:      # caught mid-rewrite (in place, on a full disk): look again
-            time.sleep(0.2)
-    return None
+    try:
+        return status_file.read(status_path(settings)), ""
+    except status_file.StatusError as exc:
+        return None, str(exc)
 
 
 def _status(args) -> int:
     settings = config.load(args.config)
-    status = _read_status(settings)
+    status, unreadable = _read_status(settings)
+    if unreadable:
+        print(f"cannot read the bridge's status: {unreadable}", file=sys.stderr)
+        return 3
     if status is None:
         print("no status: the bridge is not running (or has never run with this configuration)", file=sys.stderr)
         return 3
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        print(json.dumps(status.to_json(), indent=2, sort_keys=True))
         return 0
     now = time.time()
-    print(f"msg-nagios-bridge pid {status.get('pid')}, status written {now - status.get('time', 0):.0f} s ago")
-    since = status.get("since", {})
-    for part, state in sorted(status.get("states", {}).items()):
-        print(f"  {part:40s} {state}  (for {now - since.get(part, now):.0f} s)")
-    for name in ("spool", "inbound_spool"):
-        spool = status.get(name)
-        if spool:
-            oldest = spool.get("oldest_age")
-            print(f"  {name:40s} {spool['depth']} waiting ({spool['bytes']} bytes), oldest "
-                  f"{'-' if oldest is None else f'{oldest:.0f} s'}, {spool['dead_letters']} dead letters")
-    for what, when in sorted(status.get("last", {}).items()):
+    print(f"msg-nagios-bridge pid {status.pid}, status written {now - status.time:.0f} s ago")
+    for part, state in sorted(status.states.items()):
+        print(f"  {part:40s} {state}  (for {now - status.since.get(part, now):.0f} s)")
+    for name, spool in status.spools().items():
+        oldest = spool.oldest_age
+        print(f"  {name:40s} {spool.depth} waiting ({spool.bytes} bytes), oldest "
+              f"{'-' if oldest is None else f'{oldest:.0f} s'}, {spool.dead_letters} dead letters")
+    for what, when in sorted(status.last.items()):
         print(f"  last {what:35s} {now - when:.0f} s ago")
-    counters = status.get("counters", {})
+    counters = status.counters
     print("  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none yet"))
-    errors = status.get("errors", [])
-    if errors:
+    if status.errors:
         print("  last errors:")
-        for when, text in errors[-10:]:
+        for when, text in status.errors[-10:]:
             print(f"    {time.strftime('%H:%M:%S', time.localtime(when))}  {text}")
     return 0
 
@@ -149,7 +145,8 @@ def _check(args) -> int:
         return UNKNOWN
     limits = Thresholds(backlog=args.backlog, oldest=args.oldest, disconnected=args.disconnected,
                         dead_letters=args.dead_letters, stale=args.stale)
-    code, line = evaluate(_read_status(settings), limits, time.time())
+    status, unreadable = _read_status(settings)
+    code, line = evaluate(status, limits, time.time(), unreadable)
     print(line)
     return code
 

@@ -1,6 +1,6 @@
 """``msg-nagios-bridge check``: a Nagios plugin for the bridge itself.
 
-Pure: a status snapshot (what the daemon writes to status.json), thresholds
+Pure: a status snapshot (daemon/status.py: what the daemon writes to status.json), thresholds
 and the time -> a Nagios exit code and one line of output with perfdata.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ import dataclasses
 from typing import List, Optional, Tuple
 
 from ..daemon.health import is_up
+from ..daemon.status import Status
 
 OK, WARNING, CRITICAL, UNKNOWN = range(4)
 NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
@@ -28,20 +29,24 @@ def _grade(value: float, limits) -> int:
     return CRITICAL if value >= critical else WARNING if value >= warning else OK
 
 
-def evaluate(status: Optional[dict], limits: Thresholds, now: float) -> Tuple[int, str]:
-    """(exit code, one line of output with perfdata)."""
+def evaluate(status: Optional[Status], limits: Thresholds, now: float,
+             unreadable: str = "") -> Tuple[int, str]:
+    """(exit code, one line of output with perfdata); ``unreadable`` says why there is no
+    ``status`` when status.json exists but cannot be read."""
+    if unreadable:
+        return CRITICAL, f"MSG-BRIDGE CRITICAL - cannot read the bridge's status: {unreadable}".replace("|", "/")
     if not status:
         return CRITICAL, "MSG-BRIDGE CRITICAL - no status: the bridge is not running (or cannot write its status)"
-    age = now - status.get("time", 0)
+    age = now - status.time
     if age > limits.stale:
         return CRITICAL, f"MSG-BRIDGE CRITICAL - status is {age:.0f} s old: the bridge is not running or hung"
-    spools = [status.get(name) or {} for name in ("spool", "inbound_spool")]
-    backlog = sum(spool.get("depth", 0) for spool in spools)
-    oldest = max([spool.get("oldest_age") or 0 for spool in spools] + [0])
-    dead = sum(spool.get("dead_letters", 0) for spool in spools)
+    spools = status.spools().values()
+    backlog = sum(spool.depth for spool in spools)
+    oldest = max([spool.oldest_age or 0 for spool in spools] + [0])
+    dead = sum(spool.dead_letters for spool in spools)
     problems: List[Tuple[int, str]] = []
     away = 0.0
-    states, since = status.get("states", {}), status.get("since", {})
+    states, since = status.states, status.since
     for part in ("publisher", "subscriber"):
         state = states.get(part)
         if state is not None and not is_up(state):
@@ -60,7 +65,7 @@ def evaluate(status: Optional[dict], limits: Thresholds, now: float) -> Tuple[in
     problems.append((_grade(oldest, limits.oldest), f"oldest waiting {oldest:.0f} s"))
     problems.append((_grade(dead, limits.dead_letters), f"{dead} dead letters"))
     code = max(grade for grade, _ in problems)
-    counters = status.get("counters", {})
+    counters = status.counters
     shown = [text for grade, text in problems if grade > OK] or [
         f"published {counters.get('published', 0)}, injected {counters.get('injected', 0)}, backlog {backlog}"]
     perfdata = (f"backlog={backlog};{limits.backlog[0]};{limits.backlog[1]};0 "

@@ -12,11 +12,11 @@ import time
 from typing import List, Optional, Sequence, TextIO
 
 from .. import config
+from ..cores import core_for
 from ..inbound import judgement
 from ..broker.connection import BrokerConnection
 from ..display import printable, quoted
 from ..model import InvalidResult
-from ..cores.nagios.writer import what_to_write
 from ..model import CheckResult, Message, result_to_dict
 from ..outbound.routing import Router
 from ..paths import inbound_spool_path, outbound_spool_path
@@ -75,7 +75,7 @@ def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Seque
     changed); if accepted, its result joins the queue to Nagios.
     """
     done = 0
-    rules = judgement.load_rules(settings.inbound) if which == "inbound" else None
+    rules = judgement.load_rules(settings) if which == "inbound" else None
     for dead_id in dead_ids:
         letter = _find(spool, dead_id)
         message = letter.entry.message
@@ -122,7 +122,7 @@ def try_message(settings: config.Settings, headers: dict, body: bytes, out: Text
     written. Prints the verdict and what would be written. Returns TRY_ACCEPTED,
     TRY_REFUSED, or TRY_DROPPED (a duplicate or a stale result, judged against the inbound
     spool's memory when the spool exists)."""
-    rules = judgement.load_rules(settings.inbound)
+    rules = judgement.load_rules(settings)
     memory: judgement.Memory = judgement.NoMemory()
     spool = None
     path = inbound_spool_path(settings)
@@ -141,7 +141,7 @@ def try_message(settings: config.Settings, headers: dict, body: bytes, out: Text
         out.write(f"{verdict.outcome}: {'the same result was already injected' if verdict.outcome == judgement.DUPLICATE else 'a newer result for this object was already injected'}\n")
         return TRY_DROPPED
     try:
-        kind, text = what_to_write(settings.inbound, verdict.result)
+        kind, text = core_for(settings).preview(verdict.result)
     except InvalidResult as exc:     # the writer would dead-letter it
         out.write(f"refused by the writer: {exc}\n")
         return TRY_REFUSED

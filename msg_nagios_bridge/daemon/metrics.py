@@ -1,4 +1,4 @@
-"""The status counters as Prometheus metrics: a textfile and/or /metrics on loopback."""
+"""The status snapshot as Prometheus metrics: a textfile and/or /metrics on loopback."""
 from __future__ import annotations
 
 import http.server
@@ -6,10 +6,10 @@ import os
 import re
 import tempfile
 import threading
-import time
 from typing import Callable, List
 
 from .health import is_up
+from .status import Status
 
 PREFIX = "msg_nagios_bridge_"
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -19,31 +19,30 @@ def _name(text: str) -> str:
     return PREFIX + _UNSAFE.sub("_", text)
 
 
-def render(status: dict) -> str:
-    """Prometheus text exposition format for a status snapshot (see service.Bridge.status)."""
+def render(status: Status) -> str:
+    """Prometheus text exposition format for a status snapshot."""
     lines: List[str] = []
 
     def metric(name: str, kind: str, value, labels: str = "") -> None:
         lines.append(f"# TYPE {name} {kind}")
         lines.append(f"{name}{labels} {value}")
 
-    for counter, value in sorted(status.get("counters", {}).items()):
+    for counter, value in sorted(status.counters.items()):
         metric(_name(counter) + "_total", "counter", value)
-    for spool in ("spool", "inbound_spool"):
+    for spool, gauges in status.spools().items():
         for field in ("depth", "bytes", "dead_letters", "oldest_age"):
-            value = status.get(spool, {}).get(field)
+            value = getattr(gauges, field)
             if value is not None:
                 metric(_name(f"{spool}_{field}" + ("_seconds" if field == "oldest_age" else "")), "gauge", value)
-    now = status.get("time", time.time())
-    for what, when in sorted(status.get("last", {}).items()):
+    for what, when in sorted(status.last.items()):
         metric(_name(f"last_{what}_timestamp_seconds"), "gauge", when)
-    states = sorted(status.get("states", {}).items())
+    states = sorted(status.states.items())
     if states:
         lines.append(f"# TYPE {_name('part_up')} gauge")
     for part, state in states:
         up = 1 if is_up(state) else 0
         lines.append('%s{part="%s"} %d' % (_name("part_up"), _UNSAFE.sub("_", part), up))
-    metric(_name("status_timestamp_seconds"), "gauge", now)
+    metric(_name("status_timestamp_seconds"), "gauge", status.time)
     return "\n".join(lines) + "\n"
 
 

@@ -5,30 +5,25 @@ Signal handlers only set flags; the main loop acts on them.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 import time
 from typing import Callable, List, Optional
 
 from .. import config
 from . import logsetup, metrics, sdnotify
+from . import status as status_file
+from .status import SpoolGauges, Status
+from ..cores import Writer, core_for
 from ..inbound import policy as policy_module
 from ..inbound.echo import EchoGuard
-from ..cores.nagios import ocsp_record
 from .health import Health
-from ..cores.nagios.wiring import wants_host_results
 from ..outbound.routing import Router
-from ..cores.nagios.writer import NagiosWriter
 from ..outbound.publisher import Publisher
 from ..outbound.intake import Intake
-from ..cores.nagios.ocsp_pipe import OcspPipeSource
-from ..cores.nagios.perfdata_file import PerfdataTail
 from ..inbound.subscriber import Subscriber
 from ..paths import inbound_spool_path, outbound_spool_path, status_path
 from ..spool import Spool, SpoolError
@@ -41,7 +36,6 @@ PUBLISHER_DRAIN = 10.0
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 2.0
-STATUS_BLOCK = 65536        # status.json is padded to whole blocks (see write_status)
 RECOUNT_INTERVAL = 30.0     # re-read spool sizes changed by operator tools
 
 
@@ -53,16 +47,17 @@ class Bridge:
         """``health`` is handed over by a reload: the counters go on. (What was injected is
         remembered in the inbound spool, so a reload or restart keeps it too.)"""
         self.settings = settings
+        self.core = core_for(settings)
         self.health = health or Health()
         self.stopping = threading.Event()
         self.spool: Optional[Spool] = None
         self.inbound_spool: Optional[Spool] = None
         self.publisher: Optional[Publisher] = None
-        self.writer: Optional[NagiosWriter] = None
+        self.writer: Optional[Writer] = None
         self.subscriber: Optional[Subscriber] = None
         self.echo: Optional[EchoGuard] = None
         self.sources: List[threading.Thread] = []
-        self._objects_mtime: Optional[float] = None
+        self._objects_version: Optional[object] = None
 
     def _open_spool(self, path: str) -> Spool:
         s = self.settings.spool
@@ -76,8 +71,8 @@ class Bridge:
         if s.inbound.enabled:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
             self.echo = EchoGuard(self.inbound_spool, max_objects=s.inbound.echo_guard_max_objects,
-                                  health=self.health)
-            self.writer = NagiosWriter(s.inbound, self.inbound_spool, self.health, self.echo)
+                                  health=self.health, may_be_echo=self.core.may_be_echo)
+            self.writer = self.core.writer(self.inbound_spool, self.health, self.echo)
             self.writer.start()
         if s.outbound_enabled:
             self.spool = self._open_spool(outbound_spool_path(s))
@@ -93,56 +88,42 @@ class Bridge:
                  ", ".join(f"{h}:{p}" for h, p in s.brokers.hosts))
 
     def _policy(self) -> policy_module.Policy:
-        """The inbound policy, with the objects the local Nagios defines when configured."""
+        """The inbound policy, with the objects the local core defines when configured."""
         inbound = self.settings.inbound
         known = None
-        if inbound.objects_cache:
+        if self.core.objects_source:
             try:
-                self._objects_mtime = os.stat(inbound.objects_cache).st_mtime
-                known = policy_module.known_objects_from_objects_cache(inbound.objects_cache)
+                self._objects_version = self.core.objects_version()
+                known = self.core.known_objects()
             except OSError as exc:
                 # Fail safe: with no object list, refuse rather than accept everything.
                 log.error("cannot read %s (%s): refusing inbound results until it can be read",
-                          inbound.objects_cache, exc.strerror)
+                          self.core.objects_source, exc.strerror)
                 self.health.error(f"objects cache: {exc}")
                 known = frozenset()
         if self.echo is not None:
-            self.echo.known_objects = known      # only objects Nagios has can echo
+            self.echo.known_objects = known      # only objects the core has can echo
         return policy_module.Policy(rules=inbound.rules, sender_header=inbound.sender_header,
                                     known_objects=known)
 
     def refresh_known_objects(self) -> None:
-        """Nagios rewrites objects.cache when it (re)loads its configuration: follow it."""
-        path = self.settings.inbound.objects_cache
-        if self.subscriber is None or not path:
+        """The core's object list changes when it (re)loads its configuration: follow it."""
+        source = self.core.objects_source
+        if self.subscriber is None or not source:
             return
         try:
-            mtime = os.stat(path).st_mtime
+            version = self.core.objects_version()
         except OSError:
             return
-        if mtime != self._objects_mtime:
+        if version != self._objects_version:
             self.subscriber.policy = self._policy()
-            log.info("reloaded the object list from %s", path)
+            log.info("reloaded the object list from %s", source)
 
     def _start_outbound_sources(self) -> None:
-        s = self.settings
-        router = Router(s, is_echo=self.echo)
-        if s.ocsp_pipe.enabled:
-            intake = Intake("ocsp_pipe", router, self.spool, self.health, self.stopping)
-            self.sources.append(OcspPipeSource(s.ocsp_pipe, intake, self.health,
-                                               ocsp_record.token_path(s.ocsp_pipe.path)))
-        if s.perfdata.enabled:
-            paths = [s.perfdata.service_file]
-            if wants_host_results(s):
-                paths.append(s.perfdata.host_file)
-            for path in paths:
-                intake = Intake("perfdata", router, self.spool, self.health, self.stopping)
-                self.sources.append(PerfdataTail(path, intake, self.health, s.perfdata.poll_interval))
-        for source in self.sources:
-            source.start()
-        for source in self.sources:
-            if isinstance(source, OcspPipeSource):
-                source.ready.wait(10)
+        router = Router(self.settings, is_echo=self.echo)
+        self.sources = self.core.start_sources(
+            lambda source, parse: Intake(source, router, self.spool, self.health, self.stopping, parse),
+            self.health)
 
     def stop(self, budget: Optional[float] = STOP_BUDGET,
              while_waiting: Callable[[], None] = lambda: None) -> None:
@@ -205,54 +186,29 @@ class Bridge:
                 return part.name
         return None
 
-    def status(self) -> dict:
+    def status(self) -> Status:
+        """A snapshot of the counters, states and spools (reads the spools: main loop only)."""
         snapshot = self.health.snapshot()
+        gauges = {}
         for name, spool in (("spool", self.spool), ("inbound_spool", self.inbound_spool)):
             if spool is not None:
                 stats = spool.stats()
-                snapshot[name] = {"depth": stats.depth, "bytes": stats.bytes,
-                                  "oldest_age": stats.oldest_age, "dead_letters": stats.dead_letters}
-        snapshot["time"] = time.time()
-        snapshot["pid"] = os.getpid()
+                gauges[name] = SpoolGauges(depth=stats.depth, bytes=stats.bytes,
+                                           oldest_age=stats.oldest_age, dead_letters=stats.dead_letters)
+        return Status(time=time.time(), pid=os.getpid(), states=snapshot["states"],
+                      since=snapshot["since"], counters=snapshot["counters"], last=snapshot["last"],
+                      errors=tuple(snapshot["errors"]), **gauges)
+
+    def write_status(self) -> Optional[Status]:
+        """Take a snapshot and write it to status.json (read by ``status`` and ``check``);
+        returns it, or None if it could not be taken (best effort: never stop the bridge for it)."""
+        try:
+            snapshot = self.status()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("cannot take a status snapshot: %s", exc)
+            return None
+        status_file.write(status_path(self.settings), snapshot)
         return snapshot
-
-    def write_status(self) -> None:
-        """Atomically replace status.json (read by ``status`` and ``check``).
-
-        The text is padded with spaces to whole STATUS_BLOCKs: when the spool's filesystem is
-        full and no new file can be made, the old one is overwritten in place (same size, no
-        new blocks needed), so the status still says why the bridge waits."""
-        path = status_path(self.settings)
-        tmp = None
-        try:
-            data = json.dumps(self.status(), sort_keys=True, default=str)
-            data += " " * (-len(data) % STATUS_BLOCK)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".status.")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                self._write_status_in_place(path, data)
-            else:
-                log.debug("cannot write %s: %s", path, exc)
-        except Exception as exc:  # status is best effort; never stop the bridge for it
-            log.debug("cannot write %s: %s", path, exc)
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)      # never leave a temp file behind on a full disk
-
-    @staticmethod
-    def _write_status_in_place(path: str, data: str) -> None:
-        try:
-            with open(path, "r+", encoding="utf-8") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if len(data) <= size:
-                    handle.write(data + " " * (size - len(data)))
-        except OSError as exc:
-            log.debug("cannot rewrite %s in place: %s", path, exc)
 
 
 class _Flags:
@@ -300,8 +256,7 @@ def run(settings: config.Settings, config_path: str) -> int:
     flags = install_signal_flags()
     bridge = Bridge(settings)
     bridge.start()
-    exporter = Exporter(settings.metrics, bridge)
-    bridge.write_status()
+    exporter = Exporter(settings.metrics, bridge.write_status())
     sdnotify.notify(f"READY=1\nSTATUS=running, brokers {len(settings.brokers.hosts)}\nMAINPID={os.getpid()}")
     watchdog = sdnotify.watchdog_interval()
     next_recount = time.monotonic() + RECOUNT_INTERVAL
@@ -314,13 +269,13 @@ def run(settings: config.Settings, config_path: str) -> int:
                 break
             if flags.dump:
                 flags.dump = False
-                log.info("counters: %s", json.dumps(bridge.status().get("counters", {}), sort_keys=True))
+                log.info("counters: %s", json.dumps(bridge.health.snapshot()["counters"], sort_keys=True))
             if flags.reload:
                 flags.reload = False
                 sdnotify.notify("RELOADING=1")
                 bridge = _reload(bridge, config_path)
                 exporter.close()
-                exporter = Exporter(bridge.settings.metrics, bridge)
+                exporter = Exporter(bridge.settings.metrics, bridge.write_status())
                 sdnotify.notify("READY=1")
                 if flags.terminate:          # a TERM during the reload
                     break
@@ -335,8 +290,7 @@ def run(settings: config.Settings, config_path: str) -> int:
             if time.monotonic() >= next_recount:
                 bridge.recount()
                 next_recount = time.monotonic() + RECOUNT_INTERVAL
-            bridge.write_status()
-            exporter.update()
+            exporter.update(bridge.write_status())
     finally:
         sdnotify.notify("STOPPING=1")
         exporter.close()
@@ -345,22 +299,27 @@ def run(settings: config.Settings, config_path: str) -> int:
 
 
 class Exporter:
-    """Writes the metrics textfile and serves /metrics, as configured."""
+    """Writes the metrics textfile and serves /metrics, as configured, from the main loop's
+    last status snapshot: the server's threads never touch the spools (a reload closes them)."""
 
-    def __init__(self, settings: config.MetricsSettings, bridge: Bridge):
+    def __init__(self, settings: config.MetricsSettings, snapshot: Optional[Status]):
         self.settings = settings
-        self.bridge = bridge
         self.server = None
+        self._text = metrics.render(snapshot) if snapshot is not None else ""
         if settings.listen:
             try:
-                self.server = metrics.serve(settings.listen, lambda: metrics.render(self.bridge.status()))
+                self.server = metrics.serve(settings.listen, lambda: self._text)
             except OSError as exc:
                 log.error("cannot serve metrics on %s: %s", settings.listen, exc.strerror)
 
-    def update(self) -> None:
+    def update(self, snapshot: Optional[Status]) -> None:
+        """Render ``snapshot`` (None: keep the last one) for /metrics and the textfile."""
+        if snapshot is None:
+            return
+        self._text = metrics.render(snapshot)     # one assignment: a request sees the old or the new
         if self.settings.textfile:
             try:
-                metrics.write_textfile(self.settings.textfile, metrics.render(self.bridge.status()))
+                metrics.write_textfile(self.settings.textfile, self._text)
             except OSError as exc:
                 log.warning("cannot write the metrics textfile %s: %s", self.settings.textfile, exc.strerror)
 

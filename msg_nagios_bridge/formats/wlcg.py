@@ -23,13 +23,13 @@ with a ``.EOT`` line in detailsData loses that one dot on the way in.)
 """
 from __future__ import annotations
 
-import calendar
 import re
 import sys
 import time
 from typing import Dict, Mapping
 
-from ..model import CheckResult, InvalidResult
+from ..model import CheckResult, InvalidResult, Refused
+from .record import Record, parse_timestamp, state_type
 
 HOST_METRIC_NAME = "HOST"
 # WLCG statuses for Nagios host states: a host result travels as a metric.
@@ -75,13 +75,6 @@ class BadMessage(ValueError):
 
 def format_time(epoch: float) -> str:
     return time.strftime(TIME_FORMAT, time.gmtime(int(epoch)))
-
-
-def parse_time(text: str) -> float:
-    try:
-        return float(calendar.timegm(time.strptime(text.strip(), TIME_FORMAT)))
-    except ValueError:
-        raise BadMessage(f"timestamp {text[:40]!r} is not of the form 2009-09-21T21:35:48Z") from None
 
 
 def metric_status(result: CheckResult) -> str:
@@ -151,4 +144,43 @@ def decode(body: str) -> Dict[str, str]:
             record[key] = unescape_eot(rest)
             break
         record[key] = unescape_eot(value.strip())
+    return record
+
+
+def read_record(text: str) -> Record:
+    """A received body -> Record (formats/decode.py makes the CheckResult); raises Refused."""
+    try:
+        raw = decode(text.rstrip(" \t\r\n"))
+    except BadMessage as e:
+        message = str(e)
+        if message.startswith("record does not end with an EOT line"):
+            reason = "no-eot"
+        elif message.startswith("key ") and message.endswith(" appears twice"):
+            reason = "repeated-key"
+        else:
+            reason = "bad-record"
+        raise Refused(reason, message) from None
+    record = Record()
+    if raw.get("encrypted", "").strip().lower() in ("yes", "true", "1"):
+        raise Refused("encrypted", "encrypted metric records are not supported")
+    get = lambda key: raw.get(key) or None  # noqa: E731 - an empty value is a missing value
+    record.host_name, record.service_uri = get("hostName"), get("serviceURI")
+    record.nagios_name, record.metric_name = get("nagiosName"), get("metricName")
+    record.is_host = (record.metric_name or record.nagios_name) == HOST_METRIC_NAME
+    record.status = get("metricStatus")
+    if record.status is None:
+        raise Refused("missing-field", "metricStatus is missing")
+    stamp = get("timestamp")
+    if stamp is None:
+        raise Refused("missing-field", "timestamp is missing")
+    record.timestamp = parse_timestamp(stamp)
+    record.output = raw.get("summaryData", "")
+    record.long_output = raw.get("detailsData", "")
+    record.perfdata = raw.get("performanceData") or raw.get("perfdata") or ""
+    if get("statusType"):
+        record.state_type = state_type(raw["statusType"])
+    for field, key in (("site", "siteName"), ("role", "role"), ("vo", "voName"),
+                       ("flavour", "serviceFlavour"), ("gathered_at", "gatheredAt")):
+        if get(key):
+            record.fields[field] = raw[key]
     return record

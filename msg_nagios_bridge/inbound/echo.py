@@ -1,11 +1,12 @@
 """The echo guard: results the bridge injected must not be published again.
 
-Nagios runs OCSP (and writes perfdata) for passive results too, so a Nagios
-that receives remote results and obsesses over the same services would hand
-them straight back to the outbound side. The bridge remembers every object it
-injected a result into; a PASSIVE result of such an object is its own echo and
-is dropped. Active results of those objects, and passive results of objects the
-bridge never injected into (e.g. from NSCA), are published as usual.
+A core reports the results it was handed too (Nagios runs OCSP and writes perfdata for
+passive results), so a core that receives remote results and publishes the same services
+would hand them straight back to the outbound side. The bridge remembers every object it
+injected a result into; a result of such an object that the core's echo signal
+(``Core.may_be_echo``; for Nagios, a PASSIVE check) marks as handed to it is its own echo
+and is dropped. Results the core checked itself, and handed results of objects the bridge
+never injected into (e.g. from NSCA), are published as usual.
 
 The objects are kept in the inbound spool (one row each), so they survive
 restarts; a row is written when an object is new and refreshed at most once a
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Dict, FrozenSet, Iterable, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple
 
 from ..daemon.health import Health
 from ..model import CheckResult
@@ -48,8 +49,11 @@ def _key(result: CheckResult) -> str:
 
 class EchoGuard:
     def __init__(self, spool: Optional[Spool] = None, ttl: float = 7 * 86400,
-                 refresh: float = 86400, max_objects: int = 1_000_000, health: Optional[Health] = None):
-        """With ``spool`` None the guard lives in memory only (tests, tools)."""
+                 refresh: float = 86400, max_objects: int = 1_000_000, health: Optional[Health] = None,
+                 may_be_echo: Optional[Callable[[CheckResult], bool]] = None):
+        """With ``spool`` None the guard lives in memory only (tests, tools). ``may_be_echo``
+        is the core's echo signal; None takes every result of a remembered object for one."""
+        self.may_be_echo = may_be_echo
         self.spool = spool
         self.health = health
         self.ttl = ttl
@@ -119,7 +123,7 @@ class EchoGuard:
                 log.warning("cannot delete forgotten echo guard entries now (%s)", exc)
 
     def __call__(self, result: CheckResult) -> bool:
-        if result.attributes.get("check_type") != "PASSIVE":
+        if self.may_be_echo is not None and not self.may_be_echo(result):
             return False
         with self._lock:
             saved = self._objects.get(_key(result))

@@ -257,8 +257,7 @@ def make_rules(settings, known_objects=None, verifier=None) -> Rules:
 
 
 def load_rules(settings) -> Rules:
-    """make_rules for an operator tool: reads objects_cache (OSError if it cannot) and the CAs."""
-    known = None
-    if settings.objects_cache:
-        known = policy_module.known_objects_from_objects_cache(settings.objects_cache)
-    return make_rules(settings, known, make_verifier(settings))
+    """make_rules for an operator tool, from config.Settings: reads the core's object list
+    (OSError if it cannot) and the CAs."""
+    from ..cores import core_for
+    return make_rules(settings.inbound, core_for(settings).known_objects(), make_verifier(settings.inbound))

@@ -66,10 +66,6 @@ class PoisonGuard:
         self._judged: List[str] = []
         self._save()
 
-    @property
-    def suspects(self) -> List[str]:
-        return list(self.strikes)
-
     def is_suspect(self, print_: str) -> bool:
         """True for poison: the bridge died twice while judging this message."""
         return self.strikes.get(print_, 0) >= 2

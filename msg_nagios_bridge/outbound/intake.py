@@ -13,9 +13,8 @@ import threading
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ..cores.nagios import result_line
 from ..daemon.health import Health, RateLimitedLog
-from ..model import Message
+from ..model import CheckResult, Message
 from .routing import Router
 from ..spool import Spool, SpoolError, SpoolFull, message_size
 
@@ -26,8 +25,11 @@ MAX_DEAD_LETTER_PREVIEW = 4096
 
 class Intake:
     def __init__(self, source: str, router: Router, spool: Spool, health: Health,
-                 stopping: threading.Event):
+                 stopping: threading.Event, parse: Callable[[str], CheckResult]):
+        """``parse`` is the core's: one line (or record) of its text -> a CheckResult, or
+        ValueError saying why it is not one (the input is then dead-lettered with that reason)."""
         self.source = source
+        self.parse = parse
         self.router = router
         self.spool = spool
         self.health = health
@@ -49,10 +51,12 @@ class Intake:
             if not text.strip():
                 continue
             try:
-                result = result_line.parse(text)
+                try:
+                    result = self.parse(text)
+                except ValueError as exc:
+                    self.dead_letter(raw, str(exc))
+                    continue
                 messages.extend(self.router.messages(result, now_ms))
-            except result_line.BadLine as exc:
-                self.dead_letter(raw, str(exc))
             except Exception as exc:     # noqa: BLE001
                 # Whatever one line does, it must not stop the source: the line would be read
                 # again after the restart, and fail again, for ever (a poison pill).

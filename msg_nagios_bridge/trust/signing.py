@@ -76,7 +76,7 @@ def _crypto():
 
 
 def _signed_bytes(result_id: str, body: bytes) -> bytes:
-    """Scheme 1: kept only to verify (and, in tests, make) messages of older releases."""
+    """Scheme 1: kept only to verify messages of older releases (tests/sandbox/pki.py makes them)."""
     return CONTEXT + result_id.encode("utf-8") + b"\n" + body
 
 
@@ -144,10 +144,6 @@ class Signer:
         names = [name for name in SIGNED_HEADERS if name in headers]
         data = signed_bytes_2([(name, headers[name]) for name in names], body)
         return {"signed-headers": ",".join(names), "signature": self._sign(data), "signer": self.cert_header}
-
-    def sign_scheme_1(self, result_id: str, body: bytes) -> Mapping[str, str]:
-        """The headers of the old scheme 1 (for tests of what older releases send)."""
-        return {"signature": self._sign(_signed_bytes(result_id, body)), "signer": self.cert_header}
 
 
 class Verifier:

@@ -2,9 +2,9 @@
 certificates, the broker stamps each message with the certificate's DN (JMSXUserID), and the
 central bridge's policy maps DNs to the hosts they may report. What ActiveMQ 5.17 does here is
 described (as measured) in docs/inbound.md, "Authenticated senders"."""
+import contextlib
 import json
 import sqlite3
-import threading
 import time
 
 import pytest
@@ -17,6 +17,7 @@ from tests.sandbox.bridge import inbound_config
 from tests.sandbox.nagios import host, passive_service
 from tests.sandbox.pki import Authority, ssl_broker_xml
 from tests.sandbox.ports import free_port
+from tests.sandbox.stomp_probe import Receipts
 
 pytestmark = pytest.mark.integration
 
@@ -53,20 +54,9 @@ RULES = (f"[{{senders: ['{java_dn(SITE_A)}'], hosts: ['*.site-a.org'], services:
          f"{{senders: ['{java_dn(SITE_B)}'], hosts: ['*.site-b.org'], services: ['*'], exact_senders: true}}]")
 
 
-class _Replies(stomp.ConnectionListener):
-    def __init__(self):
-        self.cond = threading.Condition()
-        self.errors, self.receipts = [], set()
-
-    def on_error(self, frame):
-        with self.cond:
-            self.errors.append(frame.headers.get("message", "") or str(frame.body))
-            self.cond.notify_all()
-
-    def on_receipt(self, frame):
-        with self.cond:
-            self.receipts.add(frame.headers.get("receipt-id"))
-            self.cond.notify_all()
+def _refusal(error):
+    """The broker's reason in an ERROR frame (a stomp_probe.Message)."""
+    return error.headers.get("message", "") or str(error.body)
 
 
 def publish(address, result, label, cert=None, ca_file=None, login=None, headers=None, timeout=10.0):
@@ -77,24 +67,25 @@ def publish(address, result, label, cert=None, ca_file=None, login=None, headers
     if ca_file:
         conn.set_ssl(for_hosts=[address], cert_file=str(cert[0]) if cert else None,
                      key_file=str(cert[1]) if cert else None, ca_certs=str(ca_file))
-    replies = _Replies()
+    replies = Receipts()
     conn.set_listener("replies", replies)
     try:
         conn.connect(*(login or (None, None)), wait=True)
     except ConnectFailedException:
         # stomp.py wakes connect() on an ERROR frame before it hands the frame to the listeners:
         # wait a moment for the refusal's text (failed once in a fresh-clone run: 'CONNECT failed').
-        with replies.cond:
-            replies.cond.wait_for(lambda: replies.errors, 5.0)
-        return replies.errors[-1] if replies.errors else "CONNECT failed"
+        error = replies.wait_error(5.0)
+        return _refusal(error) if error else "CONNECT failed"
     try:
         receipt = f"pub-{label}"
         conn.send(QUEUE, wlcg.encode(result, {"siteName": "X", "gatheredAt": "site-nagios", "role": "site"}),
                   headers={"persistent": "true", "result_id": result.identity(), "label": label,
                            **(headers or {}), "receipt": receipt})
-        with replies.cond:
-            replies.cond.wait_for(lambda: receipt in replies.receipts or replies.errors, timeout)
-        return None if receipt in replies.receipts else (replies.errors or ["no receipt"])[-1]
+        with contextlib.suppress(RuntimeError, TimeoutError):    # an ERROR frame, or no reply
+            replies.wait(receipt, timeout)
+        if receipt in replies.receipts:
+            return None
+        return _refusal(replies.errors[-1]) if replies.errors else "no receipt"
     finally:
         conn.disconnect()
 

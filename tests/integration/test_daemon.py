@@ -14,7 +14,7 @@ import pytest
 from tests.integration.test_outbound import QUEUE, expected_ids, received_ids, result_lines, wait_for_ids
 from tests.reliability import faults
 from tests.sandbox.bridge import inbound_config
-from tests.sandbox.memory import rss_by_kind
+from tests.sandbox.procfs import rss_by_kind
 from tests.sandbox.nagios import host, passive_service, pipe_bytes
 from tests.sandbox.ports import free_port, wait_until
 from tests.sandbox.stomp_probe import publish

@@ -46,7 +46,9 @@ def as_ocsp_passes_it(text):
 
 @pytest.mark.parametrize("source, fmt", [("perfdata", "wlcg"), ("ocsp_pipe", "json")])
 def test_what_the_site_nagios_shows_is_what_the_central_nagios_shows(
-        source, fmt, tmp_path, activemq, nagios_factory, bridge_factory):
+        source, fmt, tmp_path, activemq, bridge_factory, nagios_factory):
+    # bridge_factory before nagios_factory: fixtures end in reverse order, so the site Nagios
+    # stops before the site bridge, and no OCSP command is left blocked on the bridge's FIFO.
     queue = f"/queue/exact.{source}"
     central = nagios_factory(hosts=[host(HOST)], services=[passive_service(HOST, name) for name in CASES],
                              extra_cfg={"log_passive_checks": "1"})

@@ -1,13 +1,19 @@
-"""The sandbox runs the real programs: ActiveMQ brokers, a network of brokers, and Nagios."""
+"""The sandbox runs the real programs: ActiveMQ brokers, a network of brokers, and Nagios; and its
+helpers that tests and benchmarks share (FIFO writers, /proc readers) do what they say."""
+import math
+import os
 import statistics
+import subprocess
 import time
 import uuid
 
 import pytest
 import stomp
 
+from tests.sandbox.fifo import PIPE_BUF, pack
 from tests.sandbox.nagios import active_service, passive_service
 from tests.sandbox.ports import wait_until
+from tests.sandbox.procfs import cpu_seconds, peak_rss_mb, rss_fds_threads, rss_mb
 from tests.sandbox.stomp_probe import publish
 
 pytestmark = pytest.mark.integration
@@ -93,3 +99,23 @@ def test_nagios_active_and_passive_results(nagios_factory):
     assert pas["performance_data"] == "used=91"
     assert pas["check_type"] == "1"  # passive
     assert ("web1", None) in nagios.status()
+
+
+def test_fifo_writes_pack_whole_lines_under_pipe_buf():
+    lines = [b"x" * n + b"\n" for n in (10, 4000, 90, 5000, 1, 4095)]
+    chunks = pack(lines)
+    assert b"".join(chunks) == b"".join(lines)
+    assert all(chunk.endswith(b"\n") for chunk in chunks)
+    # Only a line that is longer by itself may exceed PIPE_BUF, and then alone.
+    assert all(len(chunk) <= PIPE_BUF or chunk.count(b"\n") == 1 for chunk in chunks)
+    assert [len(c) for c in chunks] == [4012, 91, 5001, 2, 4096]
+
+
+def test_procfs_readers_see_a_live_process_and_nan_for_a_gone_one():
+    assert 1 < rss_mb() <= peak_rss_mb() < 10_000
+    rss, fds, threads = rss_fds_threads(os.getpid())
+    assert rss > 1 and fds >= 3 and threads >= 1
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert math.isnan(rss_mb(gone.pid)) and math.isnan(peak_rss_mb(gone.pid))
+    assert cpu_seconds(gone.pid) == 0.0 and cpu_seconds(os.getpid()) > 0

@@ -39,12 +39,13 @@ from msg_nagios_bridge.cores.nagios import result_line
 from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.model import CheckResult
 from tests.sandbox.activemq import ActiveMQ
-from tests.sandbox.bridge import Bridge, bridge_config, inbound_config, ocsp_records
+from tests.sandbox.bridge import Bridge, bridge_config, feed_ocsp, inbound_config
 from tests.sandbox.nagios import Nagios, passive_service
 from tests.sandbox.ports import wait_until
+from tests.sandbox.procfs import rss_mb
+from tests.sandbox.stomp_probe import connect
 
 QUEUE = "/queue/reliability.results"
-PIPE_BUF = 4096
 HOSTS = 20                       # results are spread over this many hosts
 
 logging.getLogger("stomp.py").setLevel(logging.CRITICAL)   # the Counter retries noisily by design
@@ -244,22 +245,9 @@ def append_to(path: Path):
 
 
 def write_to_fifo(path: Path):
-    """Whole lines, at most PIPE_BUF bytes per write(), as Nagios's printf writers do; the
-    open() waits while no bridge reads the FIFO, as theirs do."""
-    def send(lines):
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            chunk = b""
-            for data in ocsp_records(path, lines):
-                if len(chunk) + len(data) > PIPE_BUF:
-                    os.write(fd, chunk)
-                    chunk = b""
-                chunk += data
-            if chunk:
-                os.write(fd, chunk)
-        finally:
-            os.close(fd)
-    return send
+    """Framed records, whole ones of at most PIPE_BUF bytes per write(), as the OCSP shells
+    write them; the open() waits while no bridge reads the FIFO, as theirs do."""
+    return lambda lines: feed_ocsp(path, lines)
 
 
 INBOUND_FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
@@ -275,8 +263,7 @@ class Publisher:
     """Persistent SENDs to ``QUEUE`` on one broker, as a remote site bridge would."""
 
     def __init__(self, broker: ActiveMQ):
-        self.conn = stomp.Connection12([broker.stomp_address], heartbeats=(0, 0))
-        self.conn.connect(wait=True)
+        self.conn, _ = connect(broker)
 
     def send(self, items):
         for result_id, body in items:
@@ -525,10 +512,9 @@ class Sampler(threading.Thread):
 
     def run(self):
         while not self.stopping.wait(0.25):
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                for line in Path(f"/proc/{self.bridge.pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        self.peak_rss = max(self.peak_rss, int(line.split()[1]) / 1024)
+            rss = rss_mb(self.bridge.pid)
+            if rss == rss:      # not NaN: the bridge runs
+                self.peak_rss = max(self.peak_rss, rss)
             status = self.bridge.status()
             for spool in ("spool", "inbound_spool"):
                 self.peak_depth = max(self.peak_depth, (status.get(spool) or {}).get("depth", 0))

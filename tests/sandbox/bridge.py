@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from .fifo import write_lines
 from .ports import kill_process, stop_process, track, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,3 +153,10 @@ def ocsp_records(fifo, lines):
     token = Path(ocsp_record.token_path(str(fifo))).read_text().strip()
     return [ocsp_record.frame((line.encode() if isinstance(line, str) else line).rstrip(b"\n"), token, pid)
             for pid, line in enumerate(lines, 2)]
+
+
+def feed_ocsp(fifo, lines):
+    """Write ``lines`` into the OCSP FIFO of a sandbox bridge as its OCSP command would: framed
+    (ocsp_records), whole records of at most PIPE_BUF bytes per write(); the open() waits while
+    no bridge reads the FIFO, as the shells' do."""
+    write_lines(fifo, ocsp_records(fifo, lines))

@@ -1,5 +1,6 @@
 """A test PKI made on the spot: a CA, broker and client certificates, and Java keystores."""
 import datetime
+from base64 import b64encode
 import ipaddress
 import subprocess
 from pathlib import Path
@@ -221,3 +222,18 @@ class GridCADirectory:
 
     def remove(self, name):
         (self.path / name).unlink()
+
+
+def sign_scheme_1(cert_file, key_file, password, result_id, body):
+    """The signature headers an older release (signature scheme 1) put on a message: the
+    certificate and a signature of CONTEXT + result_id + "\n" + body, made here with
+    cryptography alone, apart from the bridge's Signer."""
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from msg_nagios_bridge.trust.signing import CONTEXT
+    cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password.encode() or None)
+    data = CONTEXT + result_id.encode("utf-8") + b"\n" + body
+    signature = (key.sign(data, padding.PKCS1v15(), hashes.SHA256()) if isinstance(key, rsa.RSAPrivateKey)
+                 else key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return {"signature": b64encode(signature).decode("ascii"),
+            "signer": b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")}

@@ -1,4 +1,5 @@
-"""An independent stomp.py client for tests: subscribe and collect frames, or publish with a receipt."""
+"""An independent stomp.py client for tests and benchmarks: connect with a receipt listener,
+subscribe and collect frames, or publish with a receipt."""
 import itertools
 import threading
 import time
@@ -12,13 +13,13 @@ Message = namedtuple("Message", "headers body received_at")  # received_at: time
 _sub_ids = itertools.count(1)
 
 
-class _ReceiptWaiter(stomp.ConnectionListener):
-    """Tracks RECEIPT and ERROR frames of one connection."""
+class Receipts(stomp.ConnectionListener):
+    """The RECEIPT ids and ERROR frames of one connection (thread-safe)."""
 
     def __init__(self):
         self.cond = threading.Condition()
         self.receipts = set()
-        self.errors = []
+        self.errors = []          # Message tuples of the ERROR frames, in order
 
     def on_receipt(self, frame):
         with self.cond:
@@ -31,28 +32,51 @@ class _ReceiptWaiter(stomp.ConnectionListener):
             self.cond.notify_all()
 
     def wait(self, receipt, timeout):
+        """Until ``receipt`` arrived; RuntimeError on an ERROR frame, TimeoutError after ``timeout``."""
         with self.cond:
             ok = self.cond.wait_for(lambda: receipt in self.receipts or self.errors, timeout)
-        if self.errors:
-            raise RuntimeError(f"STOMP ERROR frame: {self.errors[-1]}")
+        self._raise_errors()
         if not ok:
             raise TimeoutError(f"no RECEIPT {receipt} within {timeout}s")
 
+    def wait_count(self, more_than, timeout):
+        """Until more than ``more_than`` receipts arrived; returns how many did."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len(self.receipts) > more_than or self.errors, timeout)
+            count = len(self.receipts)
+        self._raise_errors()
+        if not ok:
+            raise TimeoutError(f"{count} receipts after {timeout}s")
+        return count
 
-def _connect(addr, client_id=None, heartbeats=(0, 0), auto_decode=True, login=None, **conn_kwargs):
+    def wait_error(self, timeout):
+        """The last ERROR frame, waiting up to ``timeout`` for one; None if none came."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.errors, timeout)
+            return self.errors[-1] if self.errors else None
+
+    def _raise_errors(self):
+        if self.errors:
+            raise RuntimeError(f"STOMP ERROR frame: {self.errors[-1]}")
+
+
+def connect(addr, client_id=None, heartbeats=(0, 0), auto_decode=True, login=None, **conn_kwargs):
+    """A stomp.py 1.2 connection to ``addr`` (host, port), or to a sandbox broker, with a
+    Receipts listener; returns (connection, receipts). No reconnects: a test sees a failure."""
+    addr = addr.stomp_address if hasattr(addr, "stomp_address") else addr
     conn = stomp.Connection12([tuple(addr)], heartbeats=heartbeats, auto_decode=auto_decode,
                               reconnect_attempts_max=1, **conn_kwargs)
-    waiter = _ReceiptWaiter()
-    conn.set_listener("receipts", waiter)
+    receipts = Receipts()
+    conn.set_listener("receipts", receipts)
     headers = {"client-id": client_id} if client_id else {}
     user, password = login or (None, None)
     conn.connect(user, password, wait=True, headers=headers)
-    return conn, waiter
+    return conn, receipts
 
 
 def publish(addr, destination, body, headers=None, timeout=10.0, login=None):
     """Send one persistent message to `destination` on a fresh connection, wait for its receipt."""
-    conn, waiter = _connect(addr, login=login)
+    conn, waiter = connect(addr, login=login)
     try:
         receipt = f"pub-{uuid.uuid4()}"
         hdrs = {"persistent": "true", **(headers or {}), "receipt": receipt}
@@ -95,8 +119,8 @@ class StompProbe(stomp.ConnectionListener):
     # -- connection ------------------------------------------------------------------------------
     def start(self, timeout=10.0):
         """Connect and subscribe; returns once the broker confirmed the SUBSCRIBE with a receipt."""
-        self.conn, self._waiter = _connect(self.addr, self.client_id, self.heartbeats, self.auto_decode,
-                                              login=self.login)
+        self.conn, self._waiter = connect(self.addr, self.client_id, self.heartbeats, self.auto_decode,
+                                          login=self.login)
         self.conn.set_listener("probe", self)
         receipt = f"sub-{uuid.uuid4()}"
         self.conn.subscribe(self.destination, self.sub_id, ack=self.ack_mode,

@@ -4,6 +4,7 @@ import sqlite3
 import time
 from contextlib import closing
 
+from msg_nagios_bridge.cores.nagios.core import may_be_echo
 from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.model import CheckResult, Message
 from msg_nagios_bridge.spool import Spool
@@ -39,7 +40,7 @@ def test_echo_guard_survives_a_restart_and_forgets_objects_after_the_ttl(tmp_pat
         guard.about_to_inject([passive("old")], now=NOW - 7200)
         guard.about_to_inject([passive("recent", "svc")])
     with Spool(path) as spool:
-        again = EchoGuard(spool, ttl=3600)
+        again = EchoGuard(spool, ttl=3600, may_be_echo=may_be_echo)
         assert again(passive("recent", "svc"))
         assert not again(passive("old")) and len(again) == 1
         assert not again(CheckResult(host="recent", service="svc", state=0, attributes={"check_type": "ACTIVE"}))
@@ -165,3 +166,14 @@ def test_with_known_objects_only_objects_nagios_defines_are_remembered(tmp_path)
                                       CheckResult(host="host-only", service=None, state=0,
                                                   attributes={"check_type": "PASSIVE"})], now=RECENT) == 2
         assert guard(passive("real")) and not guard(passive("invented")) and len(guard) == 2
+
+
+def test_the_core_echo_signal_decides_which_results_of_an_injected_object_are_echoes():
+    guard = EchoGuard(may_be_echo=may_be_echo)
+    guard.about_to_inject([passive("h1")])
+    assert guard(passive("h1"))
+    assert not guard(CheckResult(host="h1", service="s", state=0, attributes={"check_type": "ACTIVE"}))
+    assert not guard(passive("h2")), "never injected into"
+    without_signal = EchoGuard()
+    without_signal.about_to_inject([passive("h1")])
+    assert without_signal(CheckResult(host="h1", service="s", state=0, attributes={"check_type": "ACTIVE"}))

@@ -227,11 +227,11 @@ def test_a_suspect_judged_without_dying_is_cleared(tmp_path):
     headers, body = dict(SENDER, result_id="innocent"), wlcg()
     _die(path, headers, body)
     guard = PoisonGuard(path)
-    assert guard.suspects == [fingerprint(headers, body)] and not guard.is_suspect(fingerprint(headers, body))
+    assert list(guard.strikes) == [fingerprint(headers, body)] and not guard.is_suspect(fingerprint(headers, body))
     guard.judging(fingerprint(headers, body))
     guard.idle()
     guard.close()
-    assert PoisonGuard(path).suspects == []
+    assert list(PoisonGuard(path).strikes) == []
 
 
 def test_a_batch_handled_leaves_no_suspect(tmp_path):
@@ -240,7 +240,7 @@ def test_a_batch_handled_leaves_no_suspect(tmp_path):
     guard.judging(fingerprint(SENDER, wlcg()))
     guard.idle()
     guard.close()
-    assert PoisonGuard(path).suspects == []
+    assert list(PoisonGuard(path).strikes) == []
 
 
 def test_the_suspect_list_is_bounded(tmp_path):
@@ -249,14 +249,14 @@ def test_the_suspect_list_is_bounded(tmp_path):
         guard = PoisonGuard(path)
         guard.judging(fingerprint({}, b"%d" % index))
         guard.close()
-    assert len(PoisonGuard(path).suspects) == 100
+    assert len(PoisonGuard(path).strikes) == 100
 
 
 def test_a_damaged_guard_file_is_read_as_no_suspects(tmp_path):
     path = tmp_path / "judging"
     path.write_bytes(os.urandom(5000))
-    assert PoisonGuard(str(path)).suspects == []
-    assert json.dumps(PoisonGuard(str(path)).suspects) == "[]"
+    assert list(PoisonGuard(str(path)).strikes) == []
+    assert json.dumps(list(PoisonGuard(str(path)).strikes)) == "[]"
 
 
 def test_the_subscriber_dead_letters_a_suspect_as_poison_without_judging_it(tmp_path, monkeypatch):
@@ -286,7 +286,7 @@ inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{
         (letter,) = spool.dead_letters()
         assert letter.entry.message.headers["refused"] == "poison" and letter.entry.message.body == body
         subscriber.poison.close()
-    assert PoisonGuard(spool_path + ".judging").suspects == [], "caught: forgotten"
+    assert list(PoisonGuard(spool_path + ".judging").strikes) == [], "caught: forgotten"
 
 
 def test_the_stomp_frame_parser_before_the_judgement_is_linear_too():

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHURN = """
 import collections, json, sys, threading, time
 from msg_nagios_bridge.daemon.malloc import keep_large_blocks_mapped
+from tests.sandbox.procfs import rss_mb
 class RecentIds:
     def __init__(self, size=200_000):
         self.size, self.order, self.ids = size, collections.deque(), set()
@@ -26,9 +27,6 @@ class RecentIds:
             self.ids.discard(self.order.popleft())
 if sys.argv[1] == "fixed":
     assert keep_large_blocks_mapped()
-def rss():
-    with open("/proc/self/status") as status:
-        return next(int(l.split()[1]) / 1024 for l in status if l.startswith("VmRSS"))
 recent, added, samples = RecentIds(), [0], []
 def subscriber(count, ended):
     kept = []
@@ -47,7 +45,7 @@ for phase in range(10):
     if previous is not None:
         previous.set()
     previous = ended
-    samples.append(rss())
+    samples.append(rss_mb())
 print(json.dumps(samples))
 """
 

@@ -1,5 +1,7 @@
 """The Nagios writers on real FIFOs and directories: no FIFO, no reader, atomic writes, refusals."""
+import dataclasses
 import json
+import logging
 import os
 import threading
 import time
@@ -7,14 +9,21 @@ import time
 import pytest
 
 from msg_nagios_bridge import config
+from msg_nagios_bridge.cores.nagios.core import may_be_echo
 from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
 from msg_nagios_bridge.daemon.health import Health
-from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
+from msg_nagios_bridge.model import CheckResult, Message, result_from_dict, result_to_dict
 from msg_nagios_bridge.cores.nagios.checkresults_dir import write_results
 from msg_nagios_bridge.cores.nagios.command_file import NagiosUnavailable, _batches, write_lines
-from msg_nagios_bridge.cores.nagios import writer as nagios_writer
-from msg_nagios_bridge.cores.nagios.writer import NagiosWriter, nagios_pid_alive
+from msg_nagios_bridge.cores.nagios import checkresults_dir, command_file
+from msg_nagios_bridge.cores.nagios import writer as writer_module
+from msg_nagios_bridge.cores.nagios.checkresults_dir import CheckResultsDirDelivery
+from msg_nagios_bridge.cores.nagios.command_file import CONFIRM_AFTER, CommandFileDelivery, nagios_pid_alive
+from msg_nagios_bridge.cores.nagios.delivery import Prepared
+from msg_nagios_bridge.cores.nagios.writer import NagiosWriter
+from msg_nagios_bridge.daemon.health import RateLimitedLog
+from msg_nagios_bridge.wakeup import Wakeup
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox.ports import wait_until
 
@@ -145,7 +154,7 @@ def test_writer_waits_for_nagios_then_delivers_and_dead_letters_the_unwritable(t
     bad = result_to_dict(RESULT)
     bad["host"] = "bad;host"          # edited into the spool by hand: refused on its own, not blocking the batch
     spool.put([spooled(RESULT, "a"), Message("b", "nagios", {}, json.dumps(bad).encode())])
-    echo = EchoGuard()
+    echo = EchoGuard(may_be_echo=may_be_echo)
     writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), echo)
     writer.start()
     try:
@@ -237,7 +246,7 @@ def test_check_result_entries_leave_the_spool_only_once_nagios_has_read_the_file
     stopped for longer than max_check_result_file_age deletes such a file unread at its next
     start, and a restarted bridge forgot the file and wrote the next one beside it."""
     import dataclasses
-    monkeypatch.setattr(nagios_writer, "TOUCH_EVERY", 0.2)
+    monkeypatch.setattr(checkresults_dir, "TOUCH_EVERY", 0.2)
     settings = dataclasses.replace(writer_settings(tmp_path), writer="checkresults_dir")
     spool = Spool(str(tmp_path / "inbound.sqlite"))
     spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(3)])
@@ -282,9 +291,9 @@ def test_a_check_result_file_gone_while_the_bridge_was_down_long_is_written_agai
     [name] = wait_for_result_files(tmp_path)
     writer.stop()
     writer.join(5)
-    saved = json.loads(spool.cursor(nagios_writer.FILED_CURSOR))
+    saved = json.loads(spool.cursor(checkresults_dir.FILED_CURSOR))
     saved["touched"] -= 3600                                  # the bridge was down an hour
-    spool.put([], cursor=(nagios_writer.FILED_CURSOR, json.dumps(saved)))
+    spool.put([], cursor=(checkresults_dir.FILED_CURSOR, json.dumps(saved)))
     spool.close()
     reap(tmp_path, name)
     spool = Spool(str(tmp_path / "inbound.sqlite"))
@@ -441,7 +450,7 @@ def test_a_restarted_bridge_writes_again_only_what_a_new_nagios_never_got(tmp_pa
     try:
         spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(5)])
         crashed = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
-        crashed._write(spool.take(10))            # written, then the bridge is "killed -9"
+        crashed.deliver(spool.take(10))            # written, then the bridge is "killed -9"
         assert lines_in(first, 5) == 5
         spool.close()
         if not same_nagios:                       # a new Nagios on the same FIFO (same inode)
@@ -450,8 +459,8 @@ def test_a_restarted_bridge_writes_again_only_what_a_new_nagios_never_got(tmp_pa
             nagios = a_nagios(fifo, second)
         spool = Spool(str(tmp_path / "inbound.sqlite"))
         restarted = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
-        restarted._load_written()
-        restarted._write(spool.take(10))
+        restarted.load()
+        restarted.deliver(spool.take(10))
         time.sleep(0.5)
         if same_nagios:
             assert lines_in(first, 6, timeout=1) == 5, "the same Nagios had them: not written twice"
@@ -478,7 +487,7 @@ def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(t
     try:
         spool.put([spooled(dataclasses.replace(RESULT, output=f"r{i}"), f"k{i}") for i in range(5)])
         writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
-        writer._write(spool.take(10))
+        writer.deliver(spool.take(10))
         assert lines_in(first, 5) == 5
         closed.touch()                          # the old Nagios stops, dropping what it had read
         deadline = time.time() + 5
@@ -490,11 +499,11 @@ def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(t
                 break
         new = a_nagios(fifo, second)            # a new Nagios on the same FIFO, before the
         assert old.poll() is None               # writer looked again; the old worker lingers
-        writer._confirm(now=time.monotonic() + 60)
+        writer.settle(now=time.monotonic() + 60)
         assert spool.stats().depth == 5, "the new Nagios never had them: kept, not confirmed"
-        writer._write(spool.take(10))
+        writer.deliver(spool.take(10))
         assert lines_in(second, 5) == 5
-        writer._confirm(now=time.monotonic() + 60)
+        writer.settle(now=time.monotonic() + 60)
         assert spool.stats().depth == 0, "confirmed once the same (new) Nagios had them"
     finally:
         for proc in (old, new):
@@ -502,3 +511,175 @@ def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(t
                 proc.kill()
                 proc.wait()
         spool.close()
+
+
+# -- each delivery on its own, and the worker's one wake-up ------------------------------------
+
+WARN = RateLimitedLog(logging.getLogger(__name__))
+
+
+def prepared(spool, render):
+    """Everything in ``spool``, taken, as a delivery's batch with ``render(result)`` as text."""
+    batch = []
+    for entry in spool.take(100):
+        result = result_from_dict(json.loads(entry.message.body))
+        batch.append(Prepared(entry, result, render(result)))
+    return batch
+
+
+def two_results(spool):
+    spool.put([spooled(RESULT, "a"), spooled(dataclasses.replace(RESULT, output="second"), "b")])
+
+
+def test_command_file_delivery_confirms_once_the_same_reader_held_the_lines_for_a_while(tmp_path):
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    two_results(spool)
+    os.mkfifo(tmp_path / "nagios.cmd")
+    reader = FifoReader(tmp_path / "nagios.cmd")
+    reader.start()
+    delivery = CommandFileDelivery(writer_settings(tmp_path), spool, Health(), WARN)
+    try:
+        batch = prepared(spool, lambda result: nagios_command.command_line(result, 1700000000))
+        ids = sorted(item.entry.entry_id for item in batch)
+        delivery.write(batch)
+        written_at = time.monotonic()
+        assert wait_until(lambda: reader.text().count("\n") == 2, timeout=5)
+        assert sorted(delivery.pending) == ids and delivery.ready()
+        assert 0 < delivery.next_look() <= command_file.LOOK_EVERY, "watches the reader meanwhile"
+        assert delivery.confirmed(now=written_at + CONFIRM_AFTER - 1) == [], "too early to tell"
+        assert sorted(delivery.confirmed(now=written_at + CONFIRM_AFTER)) == ids
+        assert spool.stats().depth == 2, "the worker deletes them, not the delivery"
+        delivery.forget(ids)
+        assert not delivery.pending and delivery.next_look() is None
+    finally:
+        reader.close()
+        spool.close()
+
+
+def test_command_file_delivery_gives_back_what_a_reader_that_went_away_had(tmp_path):
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    two_results(spool)
+    os.mkfifo(tmp_path / "nagios.cmd")
+    reader = FifoReader(tmp_path / "nagios.cmd")
+    reader.start()
+    health = Health()
+    delivery = CommandFileDelivery(writer_settings(tmp_path), spool, health, WARN)
+    batch = prepared(spool, lambda result: nagios_command.command_line(result, 1700000000))
+    delivery.write(batch)
+    reader.close()                                   # Nagios stopped, dropping what it had read
+    try:
+        assert delivery.confirmed(now=time.monotonic() + 60) == []
+        assert not delivery.pending
+        assert health.counter("rewritten") == 2
+        assert sorted(entry.entry_id for entry in spool.take(10)) == \
+            sorted(item.entry.entry_id for item in batch), "given back, to be written again"
+        with pytest.raises(NagiosUnavailable, match="nobody reads"):
+            delivery.write(batch)
+        assert not delivery.pending, "a failed write leaves nothing waiting"
+    finally:
+        spool.close()
+
+
+def test_check_results_dir_delivery_confirms_a_file_once_nagios_reaped_it(tmp_path):
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    two_results(spool)
+    directory = tmp_path / "checkresults"
+    directory.mkdir()
+    delivery = CheckResultsDirDelivery(str(directory), spool, Health(), WARN)
+    try:
+        batch = prepared(spool, checkresult_file.render_one)
+        ids = sorted(item.entry.entry_id for item in batch)
+        assert delivery.ready() and delivery.next_look() is None
+        delivery.write(batch)
+        [name] = wait_for_result_files(directory)
+        assert not delivery.ready(), "one file at a time"
+        assert sorted(delivery.pending) == ids and delivery.next_look() == checkresults_dir.LOOK_EVERY
+        assert delivery.confirmed() == []
+        assert json.loads(spool.cursor(checkresults_dir.FILED_CURSOR))["path"] == str(directory / name)
+        restarted = CheckResultsDirDelivery(str(directory), spool, Health(), WARN)
+        restarted.load()
+        assert not restarted.ready() and sorted(restarted.pending) == ids, "a new run waits for it too"
+        reap(directory, name)
+        assert sorted(delivery.confirmed()) == ids
+        delivery.forget(ids)
+        assert delivery.ready() and not delivery.pending
+        assert json.loads(spool.cursor(checkresults_dir.FILED_CURSOR)) == {}
+    finally:
+        spool.close()
+
+
+class RecordingWakeup(Wakeup):
+    """A Wakeup that notes each timeout the worker sleeps with, and whether it sleeps now."""
+
+    def __init__(self):
+        super().__init__()
+        self.timeouts, self.asleep = [], "not yet"
+
+    def wait(self, timeout=None):
+        self.timeouts.append(timeout)
+        self.asleep = timeout
+        try:
+            return super().wait(timeout)
+        finally:
+            self.asleep = "awake"
+
+
+def test_the_idle_writer_sleeps_without_a_timeout_and_a_put_wakes_it(tmp_path, monkeypatch):
+    """No poll interval: with nothing to do it sleeps with no timeout at all, so only the
+    spool's put can make it write, and it writes at once."""
+    monkeypatch.setattr(writer_module, "Wakeup", RecordingWakeup)
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    os.mkfifo(tmp_path / "nagios.cmd")
+    reader = FifoReader(tmp_path / "nagios.cmd")
+    reader.start()
+    writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+    writer.start()
+    try:
+        assert wait_until(lambda: writer.wakeup.asleep is None and not writer.wakeup.is_set(), timeout=5)
+        assert writer.wakeup.timeouts == [None], "sleeps once, with no timeout"
+        put_at = time.monotonic()
+        spool.put([spooled(RESULT, "a")])
+        assert wait_until(lambda: reader.text(), timeout=5)
+        assert time.monotonic() - put_at < 2.0, "written at once (a generous bound for a busy machine)"
+        # Then it watches the reader until the confirmation is due, deletes the entry, and
+        # sleeps with no timeout again.
+        assert wait_until(lambda: spool.stats().depth == 0, timeout=10)
+        assert wait_until(lambda: writer.wakeup.asleep is None, timeout=5)
+        assert all(timeout <= CONFIRM_AFTER for timeout in writer.wakeup.timeouts[1:-1])
+    finally:
+        writer.stop()
+        writer.join(10)
+        reader.close()
+        spool.close()
+    assert not writer.is_alive()
+
+
+def test_a_put_does_not_cut_the_backoff_short(tmp_path):
+    """The worker is woken by every put, but while it backs off from a Nagios that is away it
+    goes back to sleep: no retry storm while results keep arriving."""
+    attempts = []
+
+    class CountingWriter(NagiosWriter):
+        def deliver(self, entries):
+            attempts.append(time.monotonic())
+            super().deliver(entries)
+
+    spool = Spool(str(tmp_path / "inbound.sqlite"))        # no FIFO: Nagios is away
+    writer = CountingWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+    writer.start()
+    try:
+        spool.put([spooled(RESULT, "first")])
+        assert wait_until(lambda: attempts, timeout=5)
+        until = time.monotonic() + 1.0
+        number = 0
+        while time.monotonic() < until:
+            number += 1
+            spool.put([spooled(RESULT, f"k{number}")])
+            time.sleep(0.02)
+        assert number > 20
+        assert len(attempts) <= 4, f"{len(attempts)} attempts in about a second of backoff"
+    finally:
+        writer.stop()
+        writer.join(10)
+        spool.close()
+    assert not writer.is_alive()

@@ -12,7 +12,7 @@ from msg_nagios_bridge.config import OcspPipeSettings, parse
 from msg_nagios_bridge.cores.nagios import ocsp_record, result_line
 from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.cores.nagios.wiring import printf_command
+from tests.sandbox.fifo import printf_command
 from msg_nagios_bridge.outbound.routing import Router
 from msg_nagios_bridge.outbound.intake import Intake
 from msg_nagios_bridge.cores.nagios.ocsp_pipe import FifoError, OcspPipeSource, prepare_fifo
@@ -45,7 +45,7 @@ def start_source(path, spool, intake_health=None, health=None):
         token_file.write_text(TOKEN + "\n")
         token_file.chmod(0o640)
     source = OcspPipeSource(settings(path), Intake("ocsp_pipe", ROUTER, spool, intake_health or Health(),
-                                                   threading.Event()), health or Health(), str(token_file))
+                                                   threading.Event(), result_line.parse), health or Health(), str(token_file))
     source.start()
     assert source.ready.wait(5) and source.failure is None
     return source

@@ -48,7 +48,7 @@ class Tail:
     def start(self):
         self.spool = Spool(self.spool_path)
         self.stopping = threading.Event()
-        intake = Intake("perfdata", Router(SETTINGS), self.spool, Health(), self.stopping)
+        intake = Intake("perfdata", Router(SETTINGS), self.spool, Health(), self.stopping, result_line.parse)
         self.thread = PerfdataTail(self.path, intake, Health(), poll_interval=0.02)
         self.thread.start()
         return self
@@ -158,7 +158,7 @@ def test_a_backlog_bigger_than_the_spool_limit_is_taken_in_parts(tmp_path):
     limit never fit, even in an empty spool, and the source stalled for good."""
     spool = Spool(str(tmp_path / "spool.sqlite"), max_messages=40)
     stopping = threading.Event()
-    intake = Intake("perfdata", Router(SETTINGS), spool, Health(), stopping)
+    intake = Intake("perfdata", Router(SETTINGS), spool, Health(), stopping, result_line.parse)
     batch = [line.encode() for line in lines(0, 100).splitlines()]
     stored = threading.Thread(target=intake.spool_lines, args=(batch, ("perfdata", "end")))
     stored.start()
@@ -205,7 +205,7 @@ def test_a_line_that_fails_in_any_way_is_dead_lettered_and_the_batch_still_store
             return super().messages(result, now_ms)
 
     with Spool(str(tmp_path / "spool.sqlite")) as spool:
-        intake = Intake("perfdata", Failing(SETTINGS), spool, Health(), threading.Event())
+        intake = Intake("perfdata", Failing(SETTINGS), spool, Health(), threading.Event(), result_line.parse)
         assert intake.spool_lines([line.encode() for line in lines(0, 3).splitlines()])
         assert services_in(spool) == [0, 2]
         [dead] = spool.dead_letters()
@@ -223,7 +223,7 @@ def test_lines_written_between_a_read_and_the_rotation_are_read_before_switching
     from msg_nagios_bridge.cores.nagios import perfdata_file
     path = str(tmp_path / "perfdata")
     spool = Spool(str(tmp_path / "spool.sqlite"))
-    tailer = PerfdataTail(path, Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event()),
+    tailer = PerfdataTail(path, Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event(), result_line.parse),
                           Health(), 0.02)
     text = lines(0, 10)
     cut = text.index("\n", len(text) // 2) + 5            # Nagios's buffer flushed mid-line
@@ -257,7 +257,7 @@ def test_files_rotated_while_the_spool_is_full_are_all_read_later(tmp_path):
     path = tmp_path / "perfdata"
     spool = Spool(str(tmp_path / "spool.sqlite"), max_messages=40)
     stopping = threading.Event()
-    tailer = PerfdataTail(str(path), Intake("perfdata", Router(SETTINGS), spool, Health(), stopping),
+    tailer = PerfdataTail(str(path), Intake("perfdata", Router(SETTINGS), spool, Health(), stopping, result_line.parse),
                           Health(), poll_interval=0.02)
     path.write_text(lines(0, 40))
     tailer.start()
@@ -296,7 +296,7 @@ def test_a_restart_after_a_truncation_does_not_publish_the_file_again(tmp_path):
     spool_path = str(tmp_path / "spool.sqlite")
 
     def tailer(spool):
-        return PerfdataTail(path, Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event()),
+        return PerfdataTail(path, Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event(), result_line.parse),
                             Health(), 0.02)
 
     def publish(spool):

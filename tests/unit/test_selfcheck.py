@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from msg_nagios_bridge.daemon import metrics, sdnotify
+from msg_nagios_bridge.daemon.status import Status
 from msg_nagios_bridge.daemon.pidfile import AlreadyRunning, PidFile
 from msg_nagios_bridge.cli.selfcheck import CRITICAL, OK, WARNING, Thresholds, evaluate
 
@@ -19,7 +20,7 @@ def status(**changes):
             "spool": {"depth": 3, "bytes": 900, "oldest_age": 0.5, "dead_letters": 0},
             "counters": {"published": 1000, "spooled": 1003}, "last": {"publish": NOW - 1}}
     base.update(changes)
-    return base
+    return Status.from_json(base)
 
 
 def test_ok_names_the_counters_and_gives_perfdata():

@@ -11,7 +11,7 @@ from msg_nagios_bridge.outbound import routing
 from msg_nagios_bridge.model import Refused
 from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.trust.signing import SIGNED_HEADERS, Signed, Signer, Verifier, signed_bytes_2
-from tests.sandbox.pki import Authority, GridAuthority, GridCADirectory
+from tests.sandbox.pki import Authority, GridAuthority, GridCADirectory, sign_scheme_1
 
 RESULT = CheckResult(host="ce01.site-a.org", service="org.sam.CE-JobSubmit", state=2, output="bad",
                      timestamp=1700000000)
@@ -84,7 +84,7 @@ def test_scheme_2_framing_cannot_be_shifted(pki):
     signature still held. Scheme 2 frames every part with its length."""
     body = b"serviceURI: ce01.site-a.org\nmetricName: x\nEOT\n"
     shifted_id, shifted_body = "abc\nserviceURI: ce01.site-a.org", b"metricName: x\nEOT\n"
-    old = Signer(str(pki[1][0]), str(pki[1][1]), "pw").sign_scheme_1("abc", body)
+    old = sign_scheme_1(pki[1][0], pki[1][1], "pw", "abc", body)
     assert verifier(pki, accept_scheme_1=True).verify({**old, "result_id": shifted_id}, shifted_body)  # the old hole
     headers, body = signed(pki[1], "pw", body=body)
     with pytest.raises(Refused, match="bad-signature"):
@@ -102,7 +102,7 @@ def test_signed_bytes_2_differ_when_what_is_signed_differs(pairs, body, other_pa
 
 
 def test_scheme_1_is_refused_unless_accepted(pki):
-    old = Signer(str(pki[1][0]), str(pki[1][1]), "pw").sign_scheme_1("abc", BODY)
+    old = sign_scheme_1(pki[1][0], pki[1][1], "pw", "abc", BODY)
     headers = {**HEADERS, **old}
     with pytest.raises(Refused, match="signature-scheme: signed with the old scheme 1") as info:
         verifier(pki).verify(headers, BODY)
@@ -235,7 +235,7 @@ inbound:
         True, "if-present", "require", 5.0)
     made = Verifier.from_settings(check)
     assert made.accept_scheme_1 and made.store.crl_mode == "if-present" and made.store.reload_interval == 5.0
-    old = Signer(str(pki[1][0]), str(pki[1][1]), "pw").sign_scheme_1("abc", BODY)
+    old = sign_scheme_1(pki[1][0], pki[1][1], "pw", "abc", BODY)
     assert made.verify({**HEADERS, **old}, BODY).dn == DN
 
 

@@ -72,7 +72,7 @@ def test_a_duplicate_of_what_the_bridge_injected_is_exit_3(tmp_path):
     message = body()
     headers = {"nagios_host": "site-a", "result_id": "r-1"}
     with Spool(inbound_spool_path(settings)) as spool:
-        verdict = judgement.judge_batch(judgement.load_rules(settings.inbound), [(headers, message)],
+        verdict = judgement.judge_batch(judgement.load_rules(settings), [(headers, message)],
                                         judgement.SpoolMemory(spool), time.time())[0]
         spool.put([], marks=judgement.memory_marks([verdict]))
     done = try_message(path, "--header", "nagios_host=site-a", "--header", "result_id=r-1", "-", stdin=message)
@@ -97,7 +97,7 @@ def test_a_100_kb_message_refused_by_policy_is_kept_whole_and_requeued_after_the
     message = body(details="x" * 100_000)
     headers = {"nagios_host": "stranger", "destination": "/queue/q"}
     settings = config.load(str(write_config(tmp_path)))
-    verdict = judgement.judge_batch(judgement.load_rules(settings.inbound), [(headers, message)],
+    verdict = judgement.judge_batch(judgement.load_rules(settings), [(headers, message)],
                                     judgement.NoMemory(), time.time())[0]
     assert verdict.refusal.reason == "sender-not-allowed"
     dead_id = _dead_letter(settings, headers, message, verdict.refusal)

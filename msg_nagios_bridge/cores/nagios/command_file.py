@@ -10,16 +10,42 @@ behind (Debian's 4.4.6 does). Here:
 * every write() holds whole lines and at most PIPE_BUF bytes, so it is atomic
   even with other writers (the CGIs, NSCA...) on the same FIFO;
 * when the pipe is full the writer waits for room, with a timeout.
+
+The FIFO gives no acknowledgement, and a Nagios that stops (or dies) drops what it had read
+but not yet handled (measured: results written just before a SIGTERM never reached it). So
+``CommandFileDelivery`` confirms a result only once the same Nagios has still been reading
+the FIFO CONFIRM_AFTER seconds after the write, and gives back (to be written again) what
+was written shortly before Nagios went away.
 """
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import select
 import stat
-from typing import List, Optional, Sequence, Tuple
+import time
+from collections import deque
+from typing import Deque, FrozenSet, List, Optional, Sequence, Tuple
 
+from ...config import InboundSettings
+from ...daemon.health import Health, RateLimitedLog
+from ...spool import Spool
+from .delivery import Prepared, id_ranges, ids_in, log
 from .nagios_command import PIPE_BUF
+
+# A result written into the command FIFO leaves the spool once the same Nagios has read the
+# FIFO for this long after: longer than a killed core's command worker keeps swallowing (~2 s).
+CONFIRM_AFTER = 3.0
+# Meanwhile the reader is looked at this often: a restarting Nagios shows as a moment with no
+# reader, which one look at the confirmation time would miss (where Nagios's processes cannot
+# be seen, a new FIFO may reuse the old one's inode and look the same).
+LOOK_EVERY = 0.2
+# Saved in the spool with each write: which entries are in which Nagios's FIFO, unconfirmed.
+# A bridge restarted while that same Nagios still reads the same FIFO confirms them instead
+# of writing them twice.
+WRITTEN_CURSOR = "nagios-written"
 
 
 class NagiosUnavailable(Exception):
@@ -135,3 +161,156 @@ def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> Tuple
         return info.st_dev, info.st_ino
     finally:
         os.close(fd)
+
+
+def nagios_pid_alive(lock_file: str) -> Optional[str]:
+    """None if the PID in Nagios's lock file runs, else why not.
+
+    After a SIGKILL of the core, its command-file worker keeps the FIFO open
+    for a few seconds and swallows what is written: the lock file tells.
+    """
+    try:
+        with open(lock_file, encoding="ascii") as handle:
+            pid = int(handle.read().strip() or "0")
+    except (OSError, ValueError):
+        return f"cannot read a PID from Nagios's lock file {lock_file}"
+    if pid <= 0:
+        return f"no PID in Nagios's lock file {lock_file}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"Nagios (pid {pid} from {lock_file}) is not running"
+    except PermissionError:
+        pass   # it runs, as another user
+    return None
+
+
+class ReaderWatch:
+    """Identifies the Nagios reading the command FIFO: (device, inode, ((pid, start), ...)) of
+    the FIFO and of the processes holding it open for reading. Nagios reuses an existing FIFO,
+    so the inode alone cannot tell a restarted Nagios; the reading processes can. The /proc scan
+    runs only when the FIFO changed or a known reader no longer holds it (or every RESCAN s
+    while none is seen)."""
+
+    RESCAN = 10.0
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.cached: Optional[tuple] = None
+        self._held: Tuple[Tuple[int, int, int], ...] = ()     # (pid, start, fd) of the cached readers
+        self.scanned_at = 0.0
+
+    def identity(self) -> Optional[tuple]:
+        fifo = reader_identity(self.path)
+        if fifo is None:
+            return None
+        cached = self.cached
+        if cached is not None and cached[:2] == fifo and all(still_holds(fifo, *r) for r in self._held):
+            if self._held or time.monotonic() - self.scanned_at < self.RESCAN:
+                return cached
+        self._held = fifo_readers(fifo)
+        self.cached = (fifo[0], fifo[1], tuple((pid, start) for pid, start, _ in self._held))
+        self.scanned_at = time.monotonic()
+        return self.cached
+
+
+def _frozen(value):
+    """JSON lists back into the tuples they were saved from."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+class CommandFileDelivery:
+    """Command lines into the command FIFO, confirmed by the same reader CONFIRM_AFTER s later
+    (a Delivery, see delivery.py)."""
+
+    exit_wait = CONFIRM_AFTER + 0.5     # a clean stop waits rather than write them twice
+
+    def __init__(self, settings: InboundSettings, spool: Spool, health: Health, warn: RateLimitedLog):
+        self.path = settings.command_file
+        self.lock_file = settings.nagios_lock_file
+        self.spool = spool
+        self.health = health
+        self.warn = warn
+        # Written, not yet confirmed: (monotonic time, entry ids, reader seen before the write).
+        self._unconfirmed: Deque[Tuple[float, List[int], Optional[tuple]]] = deque()
+        self._readers = ReaderWatch(self.path)
+        # Entries an earlier run of the bridge wrote to the same Nagios that reads the FIFO now.
+        self._written_before: set = set()
+        self._written_to: Optional[tuple] = None
+
+    def reader(self) -> Optional[tuple]:
+        """Who reads the command FIFO now (see ReaderWatch); None if nobody, or if the PID in
+        Nagios's lock file (when set) is not running."""
+        if self.lock_file and nagios_pid_alive(self.lock_file):
+            return None
+        return self._readers.identity()
+
+    @property
+    def pending(self) -> FrozenSet[int]:
+        return frozenset(i for _, batch, _ in self._unconfirmed for i in batch)
+
+    def ready(self) -> bool:
+        return True
+
+    def next_look(self) -> Optional[float]:
+        if not self._unconfirmed:
+            return None
+        return min(LOOK_EVERY, max(0.0, self._unconfirmed[0][0] + CONFIRM_AFTER - time.monotonic()))
+
+    def load(self) -> None:
+        saved = json.loads(self.spool.cursor(WRITTEN_CURSOR) or "{}")
+        reader = self.reader()
+        if reader is None or not reader[2]:
+            return
+        for batch_reader, ranges in saved.get("batches", []):
+            if _frozen(batch_reader) == reader:
+                self._written_before.update(ids_in(ranges))
+        if self._written_before:
+            self._written_to = reader
+            log.info("%d results written by the last run are in the command FIFO of the Nagios"
+                     " that still reads it: not writing them again", len(self._written_before))
+
+    def write(self, batch: List[Prepared]) -> None:
+        reader = self.reader()
+        if self._written_before and reader != self._written_to:
+            self._written_before.clear()            # that Nagios went away: write them all
+        already = [p.entry.entry_id for p in batch if p.entry.entry_id in self._written_before]
+        self._written_before.difference_update(already)
+        lines = [p.text for p in batch if p.entry.entry_id not in already]
+        if lines:
+            write_lines(self.path, lines)
+        # The reader seen just before the write: if it changed in between, the next
+        # confirmed() sees a different one and the batch is written again.
+        self._unconfirmed.append((time.monotonic(), [p.entry.entry_id for p in batch], reader))
+        self._save()
+
+    def confirmed(self, now: Optional[float] = None) -> List[int]:
+        """The entries the same reader has had for CONFIRM_AFTER seconds; gives them all back
+        (to be written again) if the FIFO lost its reader or the reader changed."""
+        if not self._unconfirmed:
+            return []
+        now = time.monotonic() if now is None else now
+        reader = self.reader()
+        if reader is None or any(batch_reader != reader for _, _, batch_reader in self._unconfirmed):
+            ids = [i for _, batch, _ in self._unconfirmed for i in batch]
+            self.spool.give_back(ids)             # first: on a spool error nothing is forgotten
+            self._unconfirmed.clear()
+            self._save()
+            self.health.add("rewritten", len(ids))
+            self.warn(logging.WARNING, "rewrite", f"Nagios stopped reading {self.path}"
+                      f" soon after {len(ids)} results were written: they will be written again")
+            return []
+        settled = [batch for written_at, batch, _ in self._unconfirmed if now - written_at >= CONFIRM_AFTER]
+        return [i for batch in settled for i in batch]
+
+    def forget(self, entry_ids: List[int]) -> None:
+        gone = set(entry_ids)
+        while self._unconfirmed and gone.issuperset(self._unconfirmed[0][1]):
+            self._unconfirmed.popleft()
+
+    def _save(self) -> None:
+        """Save which entries wait for confirmation in which Nagios (only a reader whose
+        processes were seen can be recognised by the next run)."""
+        batches = [[reader, id_ranges(sorted(ids))] for _, ids, reader in self._unconfirmed
+                   if reader is not None and reader[2]]
+        self.spool.put([], cursor=(WRITTEN_CURSOR, json.dumps({"batches": batches})))

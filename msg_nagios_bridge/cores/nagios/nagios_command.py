@@ -41,7 +41,8 @@ import math
 import re
 from typing import List, Tuple
 
-from ...model import CheckResult, InvalidResult
+from ...model import TRUNCATION_MARKER, CheckResult, InvalidResult
+from ...model import truncation_marker as marker
 from ...model import check_name as model_check_name
 
 PIPE_BUF = 4096
@@ -49,8 +50,6 @@ PIPE_BUF = 4096
 SERVICE_COMMAND = "PROCESS_SERVICE_CHECK_RESULT"
 HOST_COMMAND = "PROCESS_HOST_CHECK_RESULT"
 COMMANDS = (SERVICE_COMMAND, HOST_COMMAND)
-
-TRUNCATION_MARKER = " [truncated by msg-nagios-bridge: {n} bytes cut]"
 
 # Control characters that must not survive in text (newline is escaped instead; TAB is kept).
 _CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -203,11 +202,6 @@ def _cut(text: str, budget: int) -> str:
         else:
             high = mid
     return text[:low]
-
-
-def marker(cut_bytes: int) -> str:
-    """The visible note that ``cut_bytes`` bytes of text were dropped."""
-    return TRUNCATION_MARKER.format(n=cut_bytes)
 
 
 _MARKER = re.compile(re.escape(TRUNCATION_MARKER).replace(r"\{n\}", r"(\d{1,20})"))

@@ -35,7 +35,6 @@ other writer in between.
 """
 from __future__ import annotations
 
-import os
 import secrets
 import string
 from typing import List, Tuple

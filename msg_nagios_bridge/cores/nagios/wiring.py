@@ -18,18 +18,6 @@ from . import ocsp_record, result_line
 ILLEGAL_MACRO_OUTPUT_CHARS = "`~$&|'\"<>"
 
 
-def printf_command(tag: str, macros, fifo: str) -> str:
-    """A shell command writing one bare result line into ``fifo`` (one sh fork per check):
-    the format before ocsp_command, kept for tests and benchmarks that log results to a file.
-
-    ``>>``, not ``>``: while the FIFO is missing the shell creates a regular file, which the
-    bridge takes in at its next start; ``>`` would truncate it at every check, keeping one line.
-    """
-    fmt = "\\t".join(["%s"] * (1 + len(macros))) + "\\n"
-    args = " ".join(f"'{value}'" for value in (tag,) + tuple(macros))
-    return f"printf '{fmt}' {args} >> {shlex.quote(fifo)}"
-
-
 def ocsp_command(tag: str, macros, fifo: str, token_file: str) -> str:
     """The OCSP/OCHP command: one framed record (formats/ocsp_record.py) into ``fifo``.
 

@@ -1,0 +1,140 @@
+"""Every benchmark in benchmarks/, run as an operator runs it (``python benchmarks/X.py`` from the
+repository root) with tiny counts, so that none rots unseen: each must exit 0 and print its
+result table with every row it promises, and deliver everything it sent. The figures themselves
+are not checked: a tiny run on a shared CI machine says nothing about speed.
+
+Each benchmark starts and stops its own ActiveMQ and Nagios (tests/sandbox) in a temp dir.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def bench(script, *args, timeout=180):
+    """The output of ``python benchmarks/<script> <args>`` from the repository root; fails with
+    its tail unless it exits 0. On a timeout it gets SIGINT first, so its finally blocks stop
+    the servers it started."""
+    proc = subprocess.Popen([sys.executable, f"benchmarks/{script}", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": ""})     # it must find its own way
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"{script} {' '.join(args)} ran over {timeout} s:\n{out[-4000:]}")
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{out[-4000:]}"
+    return out
+
+
+def table_rows(out):
+    """The first cells of the rows of every table printed (a name, two or more spaces, a figure,
+    as common.print_table lays them out; or a markdown row)."""
+    rows = set()
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")] if line.startswith("|") else \
+            re.split(r"\s{2,}", line.strip())
+        if len(cells) > 1 and cells[0]:
+            rows.add(cells[0])
+    return rows
+
+
+def assert_rows(out, expected):
+    rows = table_rows(out)
+    missing = [name for name in expected if name not in rows]
+    assert not missing, f"rows missing from the table: {missing}\n{out[-4000:]}"
+
+
+def assert_all_delivered(out):
+    for bad in ("INCOMPLETE", "MISSING", "MISMATCH", "Traceback"):
+        assert bad not in out, f"{bad} in the output:\n{out[-4000:]}"
+
+
+def test_spool():
+    out = bench("spool.py", "--dir", "/tmp", "--seconds", "0.3", "--deletes", "200")
+    assert_rows(out, ["case", "put, batch 1", "put, batch 100", "take 100 + done (10000 queued)",
+                      "2 putters (batch 10) + 1 taker, delivered"])
+    assert re.search(r"RSS growth over 200 deletes .* \+[\d.]+ MB, the Spool .* \+[\d.]+ MB", out), out
+
+
+def test_outbound():
+    out = bench("outbound.py", "--count", "300", "--receipt-count", "100", "--tx-batch", "50",
+                "--case-timeout", "30")
+    assert_rows(out, ["1a raw no receipts", "1a+hdr raw, bridge headers", "1b raw receipt each, waited",
+                      "1c raw receipt each, 1000 in flight", "1d raw transactions of 50",
+                      "1a raw no receipts (mid-run)", "bridge perfdata", "bridge ocsp",
+                      "1a raw no receipts (at the end)"])
+    assert out.count("queue drained afterwards: 300/300 ok") >= 4, out      # 1c, 1d, both bridges
+    assert_all_delivered(out)
+
+
+def test_outbound_profile():
+    out = bench("outbound.py", "--profile", "perfdata", "--count", "300", "--profile-top", "5")
+    assert "=== profile perfdata: 300 results in" in out, out
+    assert "no longer in the code" not in out, out     # every stage named still exists
+    assert_rows(out, ["thread"])
+    assert re.search(r"^  publisher #\d+ +broker\.send \(stomp\.py SEND\) +300 ", out, re.M), out
+    assert re.search(r"^--- thread publisher #\d+: [\d.]+ s profiled ---$", out, re.M), out
+
+
+def test_inbound():
+    out = bench("inbound.py", "--count", "200", "--warmup-count", "200", "--hosts", "2",
+                "--services", "10", "--ocsp-count", "40", "--ocsp-bridge-count", "40",
+                "--extra-prefetch", "20", "--latency-rate", "100", "--latency-seconds", "1",
+                "--nagios-latency-rate", "100", "--nagios-latency-seconds", "1",
+                "--case-timeout", "40", "--stall-timeout", "10")
+    assert_rows(out, ["nagios fifo (baseline)", "nagios+ocsp fifo (baseline)", "bridge fifo (alone)",
+                      "bridge crdir (alone)", "bridge -> nagios fifo", "bridge -> nagios+ocsp fifo",
+                      "nagios crdir (baseline)", "bridge -> nagios crdir",
+                      "bridge fifo (alone) prefetch 20", "bridge fifo (alone) again",
+                      "latency fifo (alone)", "latency -> nagios fifo"])
+    assert re.search(r"^latency fifo \(alone\) +100 \(\d+\) +100 +100 ", out, re.M), out   # got all
+    assert_all_delivered(out)
+
+
+def test_inbound_profile():
+    out = bench("inbound.py", "--profile", "--count", "300", "--warmup-count", "100", "--hosts", "2",
+                "--services", "10", "--profile-top", "5")
+    assert "=== profile: 300/300 lines in" in out, out
+    assert "no longer in the code" not in out, out
+    assert re.search(r"^  subscriber #\d+ +spool\.put", out, re.M), out
+    assert re.search(r"command_file\.write_lines \(FIFO\) +\d+ ", out), out
+
+
+def test_soak():
+    out = bench("soak.py", "--duration", "20", "--rate", "50", "--services", "40", "--sample-every", "5",
+                "--reload-every", "8", "--rotate-every", "10", "--drain-timeout", "60")
+    assert "SIGHUP site" in out, out
+    assert_rows(out, ["site", "central", "sent (generator)", "delivered (distinct ids at the probe)"])
+    assert re.search(r"^lost \(sent, never delivered\) +0$", out, re.M), out
+    assert_all_delivered(out)
+
+
+def test_gridscale():
+    out = bench("gridscale.py", "--duration", "10", "--warmup", "3", "--sites", "2", "--services", "20",
+                "--hosts-per-site", "2", "--rate", "100", "--baseline-count", "500",
+                "--drain-timeout", "60", "--stall-timeout", "10")
+    assert_rows(out, ["window", "100/s x 10 s", "100/s"])
+    assert "**Lost: 0** of 1,300 sent" in out, out
+    assert_all_delivered(out)
+
+
+def test_reliability():
+    out = bench("reliability.py", "--rounds", "1", "--duration", "3", "--rate", "50", "--kills", "1",
+                "--only", "broker SIGKILL")
+    assert_rows(out, ["scenario", "broker SIGKILL"])
+    assert re.search(r"^broker SIGKILL +1 +150 +150 +0 .* PASS$", out, re.M), out
+    assert_all_delivered(out)

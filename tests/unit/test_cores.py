@@ -1,0 +1,129 @@
+"""The core interface (cores.Core) as Nagios implements it, and the core-neutral Intake."""
+import os
+import threading
+
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.cores import Core, core_for
+from msg_nagios_bridge.cores.nagios import result_line, wiring
+from msg_nagios_bridge.cores.nagios.perfdata_file import PerfdataTail
+from msg_nagios_bridge.cores.nagios.writer import COMMAND_LINE, CHECK_RESULT_FILE, NagiosWriter
+from msg_nagios_bridge.daemon.health import Health
+from msg_nagios_bridge.inbound.echo import EchoGuard
+from msg_nagios_bridge.model import CheckResult
+from msg_nagios_bridge.outbound.intake import Intake
+from msg_nagios_bridge.outbound.routing import Router
+from msg_nagios_bridge.spool import Spool
+
+RESULT = CheckResult(host="h1", service="s1", state=1, output="warn", timestamp=1700000000)
+
+
+def settings_for(tmp_path, inbound="", perfdata="false", routes="[{name: r, destination: /queue/q}]", policy=""):
+    return config.parse(f"""
+site: {{name: S}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}/spool}}
+sources: {{ocsp_pipe: {{enabled: false}},
+          perfdata: {{enabled: {perfdata}, service_file: {tmp_path}/service-perfdata,
+                      host_file: {tmp_path}/host-perfdata, poll_interval: 0.05}}}}
+routes: {routes}
+inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]{policy}}},
+          command_file: {tmp_path}/nagios.cmd {inbound}}}
+""", "core.yaml")
+
+
+def test_nagios_is_the_core_and_implements_the_interface(tmp_path):
+    settings = settings_for(tmp_path)
+    core = core_for(settings)
+    assert isinstance(core, Core) and core.name == "nagios"
+    assert core.wiring() == wiring.render(settings)
+
+
+def test_the_object_list_is_objects_cache_and_its_version_follows_the_file(tmp_path):
+    assert core_for(settings_for(tmp_path)).known_objects() is None, "not configured: no check"
+    assert core_for(settings_for(tmp_path)).objects_version() is None
+    cache = tmp_path / "objects.cache"
+    core = core_for(settings_for(tmp_path, policy=f", objects_cache: {cache}"))
+    assert core.objects_source == str(cache)
+    with pytest.raises(OSError):
+        core.objects_version()
+    with pytest.raises(OSError):
+        core.known_objects()
+    cache.write_text("define host {\n\thost_name\th1\n\t}\n")
+    os.utime(cache, (1, 1))
+    first = core.objects_version()
+    assert core.known_objects() == frozenset({("h1", None)})
+    cache.write_text("define service {\n\thost_name\th1\n\tservice_description\ts1\n\t}\n")
+    assert core.objects_version() != first, "Nagios rewrote it: the bridge reloads the list"
+    assert core.known_objects() == frozenset({("h1", "s1")})
+
+
+def test_the_echo_signal_is_a_passive_check():
+    core = core_for(settings_for("/tmp"))
+    assert core.may_be_echo(CheckResult(host="h", service="s", state=0, attributes={"check_type": "PASSIVE"}))
+    assert not core.may_be_echo(CheckResult(host="h", service="s", state=0, attributes={"check_type": "ACTIVE"}))
+    assert not core.may_be_echo(CheckResult(host="h", service="s", state=0))
+
+
+def test_preview_is_what_the_writer_would_write(tmp_path):
+    core = core_for(settings_for(tmp_path))
+    kind, text = core.preview(RESULT)
+    assert kind == COMMAND_LINE and text.startswith("[1700000000] PROCESS_SERVICE_CHECK_RESULT;h1;s1;1;warn")
+    big = CheckResult(host="h1", service="s1", state=0, output="x" * 5000, timestamp=1)
+    with_dir = core_for(settings_for(tmp_path, inbound=f", check_result_path: {tmp_path}"))
+    assert with_dir.preview(big)[0] == CHECK_RESULT_FILE, "too big for one line: through the directory"
+
+
+def test_the_writer_is_the_nagios_writer_on_the_given_spool(tmp_path):
+    with Spool(str(tmp_path / "inbound.sqlite")) as spool:
+        writer = core_for(settings_for(tmp_path)).writer(spool, Health(), EchoGuard())
+        assert isinstance(writer, NagiosWriter) and writer.spool is spool and not writer.is_alive()
+
+
+def test_start_sources_starts_the_perfdata_tailers_on_intakes_of_the_callers_making(tmp_path):
+    settings = settings_for(tmp_path, perfdata="true",
+                            routes="[{name: r, destination: /queue/q, host_checks: true}]")
+    stopping = threading.Event()
+    made = []
+
+    with Spool(str(tmp_path / "outbound.sqlite")) as spool:
+        def intake_for(source, parse):
+            made.append((source, parse))
+            return Intake(source, Router(settings), spool, Health(), stopping, parse)
+
+        sources = core_for(settings).start_sources(intake_for, Health())
+        try:
+            assert [type(source) for source in sources] == [PerfdataTail, PerfdataTail], "services and hosts"
+            assert all(source.is_alive() for source in sources)
+            assert made == [("perfdata", result_line.parse)] * 2
+        finally:
+            stopping.set()
+            for source in sources:
+                source.join(10)
+        assert not any(source.is_alive() for source in sources)
+    nothing = settings_for(tmp_path)
+    assert core_for(nothing).start_sources(lambda source, parse: pytest.fail("no source"), Health()) == []
+
+
+def test_the_intake_dead_letters_what_the_cores_parser_refuses_with_its_reason(tmp_path):
+    """The intake knows no core's format: the parser it is given decides."""
+    def parse(text):
+        if text != "good":
+            raise ValueError(f"not good: {text}")
+        return RESULT
+
+    settings = settings_for(tmp_path)
+    with Spool(str(tmp_path / "outbound.sqlite")) as spool:
+        intake = Intake("test", Router(settings), spool, Health(), threading.Event(), parse)
+        assert intake.spool_lines([b"good", b"bad"])
+        assert spool.stats().depth == 1
+        [letter] = spool.dead_letters()
+        assert letter.reason == "not good: bad"
+
+
+def test_nagios_config_prints_the_cores_wiring(tmp_path, capsys):
+    from msg_nagios_bridge.cli.main import main
+    from tests.unit.test_config import EXAMPLE
+    assert main(["nagios-config", "-c", str(EXAMPLE)]) == 0
+    assert capsys.readouterr().out == core_for(config.load(str(EXAMPLE))).wiring()
