@@ -11,10 +11,13 @@ Two stomp.py behaviours are wrapped on purpose:
   vanish without error, so only receipts count as delivery, and the owner
   reconnects from its loop with capped backoff;
 * the bridge opens the socket itself (TCP, then TLS with its own context), and
-  stomp.py only speaks STOMP over it: see ``_Transport``.
+  stomp.py only speaks STOMP over it: see ``_Transport``. Every wait of a connect (TCP,
+  handshake, CONNECTED) also watches an ``_Abort``, so ``abort()`` (the owner's stop) ends a
+  connect under way at once instead of after the connect timeout.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -38,14 +41,28 @@ from ..trust.tlsfiles import ca_bundle_from_dir
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 1 << 16
+# Heart-beats. ActiveMQ checks every interval and sends a heart-beat only if it sent nothing
+# since the last check, so after its last frame the next may come almost two intervals later:
+# with stomp.py's default (lost after 1.5 intervals) a healthy connection whose traffic just
+# stopped was dropped (seen as the subscriber, paused on a full spool, losing its connection
+# 6 s after connecting, with 2 s heart-beats). So the broker is asked to send twice as often
+# as heartbeat_ms, and is lost after 3 of its intervals: after 1.5 x heartbeat_ms as before,
+# while ActiveMQ's longest gap is 1 x heartbeat_ms.
+HEARTBEAT_GRACE = 3.0
+
+
+def heartbeats(heartbeat_ms: int) -> Tuple[int, int]:
+    """The STOMP heart-beat header: (we send every, we want the broker to send every) ms."""
+    return (heartbeat_ms, max(1, heartbeat_ms // 2) if heartbeat_ms else 0)
 
 
 class _Events(stomp.ConnectionListener):
-    """Notes what stomp.py reports; acts on nothing."""
+    """Notes what stomp.py reports and sets ``wakeup`` (the owner's wakeup.Wakeup, or any
+    object with set()); acts on nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, wakeup) -> None:
         self.lock = threading.Lock()
-        self.wakeup = threading.Event()
+        self.wakeup = wakeup
         self.connected = threading.Event()
         # Receipts and errors in the order they arrived: an ERROR for a SEND inside a
         # transaction comes before that transaction's COMMIT receipt, and must be seen first.
@@ -104,6 +121,113 @@ class PeerRefused(ConnectionError):
     """The broker's certificate passed TLS verification but the bridge's own check refused it."""
 
 
+class ConnectAborted(ConnectionError):
+    """abort() was called while connecting."""
+
+
+class _Abort:
+    """Lets another thread end a connect under way: a pipe whose read end every wait of a
+    connect selects on beside its socket. Once set it stays set (the owner is stopping)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pipe: Optional[Tuple[int, int]] = None
+        self.is_set = False
+
+    def set(self) -> None:
+        with self._lock:
+            self.is_set = True
+            if self._pipe is not None:
+                try:
+                    os.write(self._pipe[1], b"x")
+                except OSError:         # full (set before) or closed: readable either way
+                    pass
+
+    def _read_end(self) -> int:
+        with self._lock:
+            if self._pipe is None:
+                self._pipe = os.pipe()
+                os.set_blocking(self._pipe[1], False)
+                if self.is_set:
+                    os.write(self._pipe[1], b"x")
+            return self._pipe[0]
+
+    def wait(self, sock: socket.socket, *, write: bool, deadline: float, what: str) -> None:
+        """Until ``sock`` is readable (writable with ``write``); raise ConnectAborted on
+        abort, socket.timeout at ``deadline`` (the connect timeout)."""
+        abort_fd = self._read_end()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout(what)
+        readable, writable, _ = select.select([abort_fd] + ([] if write else [sock]),
+                                              [sock] if write else [], [], left)
+        if abort_fd in readable or self.is_set:
+            raise ConnectAborted("stopped while connecting")
+        if not readable and not writable:
+            raise socket.timeout(what)
+
+    def close(self) -> None:
+        with self._lock:
+            pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            for fd in pipe:
+                os.close(fd)
+
+
+def open_socket(host_port: Tuple[str, int], timeout: float, context: Optional[ssl.SSLContext],
+                abort: Optional[_Abort] = None) -> socket.socket:
+    """TCP to ``host_port`` within ``timeout`` per address (as socket.create_connection), then
+    with a ``context`` the TLS handshake within ``timeout``; both end at once on ``abort``.
+    Returns a non-blocking socket; raises OSError (ssl.SSLError, socket.timeout, ConnectAborted)."""
+    abort = abort if abort is not None else _Abort()
+    if abort.is_set:
+        raise ConnectAborted("stopped while connecting")
+    # (The name lookup cannot be interrupted; it has the resolver's own timeouts.)
+    addresses = socket.getaddrinfo(host_port[0], host_port[1], 0, socket.SOCK_STREAM)
+    error: Optional[OSError] = None
+    sock = None
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            if code in (errno.EINPROGRESS, errno.EAGAIN):
+                abort.wait(sock, write=True, deadline=time.monotonic() + timeout, what="timed out")
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            break
+        except ConnectAborted:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            sock, error = None, exc
+    if sock is None:
+        raise error or OSError(f"no address for {host_port[0]}")
+    if context is None:
+        return sock
+    try:
+        # Verifies the chain and the host name, presents the client certificate.
+        tls_socket = context.wrap_socket(sock, server_hostname=host_port[0], do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                tls_socket.do_handshake()
+                return tls_socket
+            except ssl.SSLWantReadError:
+                abort.wait(tls_socket, write=False, deadline=deadline, what="The handshake operation timed out")
+            except ssl.SSLWantWriteError:
+                abort.wait(tls_socket, write=True, deadline=deadline, what="The handshake operation timed out")
+    except BaseException:
+        tls_socket.close()
+        raise
+
+
 def explain_connect_error(exc: OSError) -> str:
     """Why a connection (or its TLS handshake) failed, in the words the logs and docs use."""
     if isinstance(exc, PeerRefused):
@@ -119,20 +243,19 @@ def explain_connect_error(exc: OSError) -> str:
     return f"cannot connect ({exc.strerror or exc})"
 
 
-def diagnose_tls(host_port: Tuple[str, int], context: ssl.SSLContext, timeout: float) -> Optional[str]:
+def diagnose_tls(host_port: Tuple[str, int], context: ssl.SSLContext, timeout: float,
+                 abort: Optional[_Abort] = None) -> Optional[str]:
     """Do the TLS handshake again, and read, to say *why* a connection that got through its
     handshake then failed: with TLS 1.3 a broker refuses a client certificate only after the
     client has finished its side of the handshake."""
     try:
-        with socket.create_connection(host_port, timeout=timeout) as raw:
-            with context.wrap_socket(raw, server_hostname=host_port[0]) as tls_socket:
-                tls_socket.do_handshake()
-                # TLS 1.3 reports a refused client certificate only on the first read.
-                tls_socket.settimeout(min(timeout, 1.0))
-                try:
-                    tls_socket.recv(1)
-                except socket.timeout:
-                    pass
+        with open_socket(host_port, timeout, context, abort) as tls_socket:
+            # TLS 1.3 reports a refused client certificate only on the first read.
+            tls_socket.settimeout(min(timeout, 1.0))
+            try:
+                tls_socket.recv(1)
+            except socket.timeout:
+                pass
     except OSError as exc:
         return explain_connect_error(exc)
     return None
@@ -150,13 +273,15 @@ class _Transport(stomp.transport.Transport):
     the stomp.py version."""
 
     def __init__(self, host_port: Tuple[str, int], timeout: float, vhost: str, auto_decode: bool,
-                 context: Optional[ssl.SSLContext], check_peer: Callable[[ssl.SSLSocket], None]):
+                 context: Optional[ssl.SSLContext], check_peer: Callable[[ssl.SSLSocket], None],
+                 abort: _Abort):
         super().__init__([host_port], reconnect_attempts_max=1, timeout=timeout, vhost=vhost,
                          auto_decode=auto_decode)
         self._host_port = host_port
         self._timeout = timeout
         self._context = context
         self._check_peer = check_peer
+        self._abort = abort
         self.opened = False         # the socket is connected, and its handshake and check passed
         # stomp.py 8.0.0 (Debian 12's) leaves the connect timeout on the socket, so an idle
         # connection "times out" and drops every connect_timeout seconds; 8.1+ does this itself.
@@ -173,11 +298,9 @@ class _Transport(stomp.transport.Transport):
     def attempt_connection(self) -> None:
         """Connect or raise OSError (ssl.SSLError, PeerRefused); stomp.py then starts its reader."""
         self.connection_error = False
-        sock = socket.create_connection(self._host_port, self._timeout)
+        sock = open_socket(self._host_port, self._timeout, self._context, self._abort)
         try:
             if self._context is not None:
-                # Verifies the chain and the host name, presents the client certificate.
-                sock = self._context.wrap_socket(sock, server_hostname=self._host_port[0])
                 self._check_peer(sock)
             # A plain socket blocks, as stomp.py 8 keeps every socket: a reader thread, and writes
             # from the caller's thread (which _limit_send_time bounds). A TLS one is non-blocking
@@ -237,7 +360,8 @@ class _Connection12(stomp.connect.StompConnection12):
 
     def __init__(self, transport: _Transport, heartbeats: Tuple[int, int]):
         stomp.connect.BaseConnection.__init__(self, transport)
-        stomp.protocol.Protocol12.__init__(self, transport, heartbeats)
+        stomp.protocol.Protocol12.__init__(self, transport, heartbeats,
+                                           heart_beat_receive_scale=HEARTBEAT_GRACE)
 
 
 def grid_trust_check(tls: TlsSettings) -> Optional[Callable[[ssl.SSLSocket], Optional[str]]]:
@@ -268,16 +392,20 @@ class BrokerConnection:
     """One connection attempt cycle over ``settings.hosts``, in order."""
 
     def __init__(self, settings: BrokerSettings, client_id: str = "", auto_decode: bool = True,
-                 check_peer: Optional[Callable[[ssl.SSLSocket], Optional[str]]] = None):
+                 check_peer: Optional[Callable[[ssl.SSLSocket], Optional[str]]] = None, wakeup=None):
         """``check_peer(tls_socket)`` runs right after each TLS handshake, before any STOMP
         frame is sent, and returns why the broker's certificate is refused (None: accepted);
-        the grid trust check (CRLs, namespaces, key usage) plugs in here."""
+        the grid trust check (CRLs, namespaces, key usage) plugs in here. ``wakeup`` (the
+        owner's wakeup.Wakeup) is set whenever a frame arrives or the connection drops; without
+        one, ``events.wakeup`` is a threading.Event of its own."""
         self.settings = settings
         self.check_peer = check_peer if check_peer is not None else grid_trust_check(settings.tls)
         self.client_id = client_id
         # Subscribers take bodies as bytes: stomp.py's decoding would hide invalid UTF-8.
         self.auto_decode = auto_decode
-        self.events = _Events()
+        self.wakeup = wakeup if wakeup is not None else threading.Event()
+        self.events = _Events(self.wakeup)
+        self._abort = _Abort()
         self.conn: Optional[_Connection12] = None
         self.address: Optional[Tuple[str, int]] = None
         self._last: Optional[Tuple[str, int]] = None     # the broker last connected to
@@ -307,6 +435,8 @@ class BrokerConnection:
             after = hosts.index(self._last) + 1
             hosts = hosts[after:] + hosts[:after]
         for host_port in hosts:
+            if self._abort.is_set:
+                return "stopped while connecting"
             problem = self._connect_one(host_port)
             if problem is None:
                 return None
@@ -316,7 +446,7 @@ class BrokerConnection:
     def _connect_one(self, host_port: Tuple[str, int]) -> Optional[str]:
         s = self.settings
         tls = s.tls
-        self.events = _Events()
+        self.events = _Events(self.wakeup)
         context = None
         if tls.enabled:
             try:
@@ -325,23 +455,28 @@ class BrokerConnection:
             except (OSError, ValueError) as exc:
                 return f"TLS: cannot load the bridge's certificate, key or CAs ({exc})"
         transport = _Transport(host_port, s.connect_timeout, s.vhost or host_port[0], self.auto_decode,
-                               context, self._check_peer)
-        conn = _Connection12(transport, (s.heartbeat_ms, s.heartbeat_ms))
+                               context, self._check_peer, self._abort)
+        conn = _Connection12(transport, heartbeats(s.heartbeat_ms))
         conn.set_listener("bridge", self.events)
         headers = {"client-id": self.client_id} if self.client_id else {}
         try:
             conn.connect(s.username or None, s.password or None, wait=False, headers=headers)
         except (StompException, OSError) as exc:
             self._close(conn)
+            if self._abort.is_set:
+                return "stopped while connecting"
             if isinstance(exc, OSError) and not transport.opened:
                 return self._with_hint(explain_connect_error(exc))    # our own connect or handshake
             # The broker closed the connection after the handshake, before or while CONNECT
             # went out (TLS 1.3 refuses a client certificate only then): ask again, and read.
             return (self._diagnose(host_port) if tls.enabled else None) or \
                 f"cannot connect ({exc.__class__.__name__}: {exc})"
-        if not self.events.connected.wait(s.connect_timeout) or self.events.lost:
+        # abort() sets ``connected`` too, to end this wait (the connect timeout) at once.
+        if not self.events.connected.wait(s.connect_timeout) or self.events.lost or self._abort.is_set:
             error = self._first_error()
             self._close(conn)
+            if self._abort.is_set:
+                return "stopped while connecting"
             if not error and tls.enabled:
                 error = self._diagnose(host_port)
             return error or f"no CONNECTED frame within {s.connect_timeout:g} s"
@@ -379,7 +514,7 @@ class BrokerConnection:
     def _diagnose(self, host_port: Tuple[str, int]) -> Optional[str]:
         tls = self.settings.tls
         return self._with_hint(diagnose_tls(host_port, tls_context(tls, self._ca_file),
-                                             self.settings.connect_timeout))
+                                             self.settings.connect_timeout, self._abort))
 
     def _with_hint(self, problem: Optional[str]) -> Optional[str]:
         if problem and "client certificate" in problem and not self.settings.tls.cert_file:
@@ -416,6 +551,12 @@ class BrokerConnection:
         except (StompException, OSError, RuntimeError):
             pass
 
+    def abort(self) -> None:
+        """End a connect() under way (from another thread) and refuse any later one: for the
+        owner's stop(). A connection already made is left as it is (it drains)."""
+        self._abort.set()
+        self.events.connected.set()
+
     @property
     def is_connected(self) -> bool:
         return self.conn is not None and not self.events.lost and self.conn.is_connected()
@@ -449,6 +590,7 @@ class BrokerConnection:
     def discard(self) -> None:
         """Close, and remove the CA bundle made from a CA directory."""
         self.close()
+        self._abort.close()
         if self._ca_file and self.settings.tls.ca_dir:
             try:
                 os.unlink(self._ca_file)

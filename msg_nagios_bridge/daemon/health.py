@@ -6,7 +6,7 @@ import logging
 import random
 import threading
 import time
-from typing import Deque, Dict, Tuple
+from typing import Deque, Dict, Optional, Tuple
 
 from ..display import printable
 
@@ -93,6 +93,14 @@ class RateLimitedLog:
         if held:
             text = f"{text} (and {held} more like it in the last {int(now - last)} s)"
         self.logger.log(level, "%s", text)
+
+    def due_in(self) -> Optional[float]:
+        """Seconds until ``flush`` has a summary to write (0 if now), None if nothing is held
+        back: the deadline a loop that sleeps until woken passes to its wait."""
+        now = time.monotonic()
+        with self._lock:
+            dues = [last + self.interval - now for last, held, _, _ in self._seen.values() if held]
+        return max(0.0, min(dues)) if dues else None
 
     def flush(self) -> None:
         """Write the summary of every key whose interval is over with occurrences held back."""

@@ -3,15 +3,22 @@
 Subscriptions use ``client-individual`` acks and a bounded prefetch. Every message is
 judged by judgement.judge_batch (the same function the operator tools use). A message is
 acked only after it is durably in the inbound spool, or durably kept as a dead letter with
-its reason (a refused message is acked too, so the broker does not redeliver it forever).
+its reason (a refused message is acked then, so the broker does not redeliver it forever).
 Duplicates and stale results are dropped against the memory of what was injected, kept in
 the inbound spool (so it holds across restarts) and written in the same transaction as the
 accepted results. A message whose judgement killed the bridge is dead-lettered unjudged
 when it comes again (poison.py). After a broker loss the subscriber reconnects over the
-failover list with capped backoff, forever, and subscribes again.
+failover list with capped backoff, forever, and subscribes again (broker/session.py).
+
+Backpressure: when the inbound spool is full, the batch that did not fit is held, unacked,
+and the subscriber stops taking messages; it keeps its connection, so the broker stops
+sending once ``prefetch`` messages per subscription are unacked (what is held in memory is
+bounded by that). Its state is PAUSED until the spool has room (Spool.wake_on_room), then
+the held batch is stored and acked and taking resumes. See docs/spool.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -21,22 +28,37 @@ from typing import Dict, List, Mapping, Optional, Tuple
 from stomp.exception import StompException
 
 from ..broker.connection import BrokerConnection
+from ..broker.session import BrokerSession
 from ..config import BrokerSettings, InboundSettings
 from . import judgement
 from . import policy as policy_module
 from ..display import quoted
 from ..model import Refused
-from ..daemon.health import Backoff, Health, RateLimitedLog
+from ..daemon.health import Health, RateLimitedLog
 from ..model import Message, result_to_dict
 from .poison import PoisonGuard, fingerprint
-from ..spool import Spool, SpoolError
+from ..spool import Spool, SpoolError, SpoolFull
+from ..wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
 FORGET_INTERVAL = 600.0      # seconds between trims of the memory of injected results
+SPOOL_RETRY = 1.0            # seconds before subscribing again after an inbound spool error
+PAUSED = "paused: inbound spool full"
+
+
+@dataclasses.dataclass
+class _Held:
+    """A judged batch whose accepted results the full spool could not take yet."""
+    accepted: List[Message]
+    marks: list
+    acks: List[str]             # the ack ids of its messages not acked yet (all but the refused)
 
 
 class Subscriber(threading.Thread):
+    """Runs until ``stop()``. Sleeps on one Wakeup, set by the broker connection (a message,
+    a loss), the inbound spool (room freed) and stop()."""
+
     def __init__(self, brokers: BrokerSettings, settings: InboundSettings, spool: Spool,
                  health: Health, policy: policy_module.Policy):
         super().__init__(name="subscriber", daemon=True)
@@ -45,19 +67,29 @@ class Subscriber(threading.Thread):
         self.spool = spool
         self.health = health
         self.policy = policy
-        self.broker = BrokerConnection(brokers, client_id=settings.client_id, auto_decode=False)
-        self.stopping = threading.Event()
+        self.wakeup = Wakeup()
+        self.session = BrokerSession("subscriber", brokers, health, self.wakeup, log,
+                                     up_state=lambda address: f"subscribed on {address}",
+                                     on_connect=self._subscribe, label="subscriber",
+                                     client_id=settings.client_id, auto_decode=False)
+        spool.wake_on_room(self.wakeup)
+        self.stopping = self.session.stopping
         self.memory = judgement.SpoolMemory(spool)
         self.poison = PoisonGuard(spool.path + ".judging")
         self._forgotten_at = 0.0
-        self._backoff = Backoff(brokers.backoff_initial, brokers.backoff_max)
+        self._held: Optional[_Held] = None      # while set: paused, taking nothing
+        self._paused = False                    # the state says PAUSED
         self._warn = RateLimitedLog(log)
         self._refusal_log = RateLimitedLog(log)
         self.verifier = judgement.make_verifier(settings)
 
+    @property
+    def broker(self) -> BrokerConnection:
+        return self.session.broker
+
     def stop(self) -> None:
-        self.stopping.set()
-        self.broker.events.wakeup.set()
+        """From any thread; ends a connect under way at once."""
+        self.session.stop()
 
     def run(self) -> None:
         self.health.set_state("subscriber", "starting")
@@ -66,44 +98,37 @@ class Subscriber(threading.Thread):
                 if not self.broker.is_connected:
                     self._reconnect()
                     continue
-                self.broker.events.wakeup.wait(0.2)
-                self.broker.events.wakeup.clear()
-                self._handle(self._take_messages())
+                if self._held is not None:
+                    self._store_held()
+                if self._held is None:
+                    self._handle(self._take_messages())
                 self._refusal_log.flush()
                 if self.broker.events.lost:
                     self._lost("disconnected by the broker or heartbeat timeout")
+                    continue
+                self.session.wait(self._deadline())
             except SpoolError as exc:
                 # Unacked messages will be redelivered: close and start over later.
                 self._warn(logging.ERROR, "spool", f"inbound spool problem; resubscribing later: {exc}")
                 self.health.error(f"inbound spool: {exc}")
                 self._lost(f"inbound spool: {exc}")
-                self.stopping.wait(1.0)
+                self.session.sleep(SPOOL_RETRY)
             except (StompException, OSError) as exc:
                 self._lost(f"{exc.__class__.__name__}: {exc}")
         self.broker.discard()
         self.poison.close()
         self.health.set_state("subscriber", "stopped")
 
+    def _deadline(self) -> Optional[float]:
+        """When the loop must run without being woken: when the refusal log's held-back
+        summary is due (RateLimitedLog.flush); None: only a wake-up."""
+        due = self._refusal_log.due_in()
+        return None if due is None else time.monotonic() + due
+
     def _reconnect(self) -> None:
         if self.broker.conn is not None:
             self._lost("connection lost")
-        self.health.set_state("subscriber", "connecting")
-        problem = self.broker.connect()
-        if problem is None:
-            try:
-                self._subscribe()
-            except (StompException, OSError) as exc:
-                problem = f"subscribe failed: {exc}"
-                self.broker.close()
-        if problem is None:
-            self._backoff.reset()
-            self.health.set_state("subscriber", "subscribed on %s:%d" % self.broker.address)
-            return
-        delay = self._backoff.next_delay()
-        self.health.set_state("subscriber", f"disconnected: {problem}")
-        self.health.error(f"subscriber: {problem}")
-        self._warn(logging.WARNING, "connect", f"subscriber: no broker reachable ({problem}); retrying in {delay:.1f} s")
-        self.stopping.wait(delay)
+        self.session.connect()
 
     def _subscribe(self) -> None:
         for index, sub in enumerate(self.settings.subscriptions):
@@ -115,9 +140,11 @@ class Subscriber(threading.Thread):
             self.broker.conn.subscribe(sub.destination, id=str(index), ack="client-individual", headers=headers)
 
     def _lost(self, why: str) -> None:
-        self._warn(logging.WARNING, "lost", f"subscriber connection lost ({why}); will reconnect")
-        self.health.error(f"subscriber: {why}")
-        self.broker.close()
+        if self._held is not None:
+            # Its messages were never acked: the broker delivers them again, to us or another.
+            self._held = None
+            self._paused = False
+        self.session.lost(why)
 
     def _take_messages(self) -> List[Tuple[Dict[str, str], bytes]]:
         events = self.broker.events
@@ -152,28 +179,57 @@ class Subscriber(threading.Thread):
         now = time.time()
         verdicts = self._judge(messages, now)
         accepted: List[Message] = []
+        acks: List[str] = []
         for (headers, body), verdict in zip(messages, verdicts):
             if verdict.outcome == judgement.REFUSED:
                 self._refuse(headers, body, verdict.refusal)
-            elif verdict.outcome == judgement.ACCEPTED:
+                # Its dead letter is durable now (add_dead_letter commits before it returns):
+                # the ACK, so the broker does not deliver it again.
+                self.health.add("received")
+                self.broker.conn.ack(headers.get("ack", ""))
+                continue
+            acks.append(headers.get("ack", ""))
+            if verdict.outcome == judgement.ACCEPTED:
                 accepted.append(Message(message_id=verdict.key, destination="nagios", headers={},
                                         body=json.dumps(result_to_dict(verdict.result)).encode("utf-8")))
             else:
                 self.health.add("duplicates" if verdict.outcome == judgement.DUPLICATE else "stale")
-        if accepted:
-            # Durable hand-off first, with what it adds to the memory ...
-            new = self.spool.put(accepted, marks=judgement.memory_marks(verdicts))
-            self.health.add("duplicates", len(accepted) - new)
-            self.health.mark("receive")
-        # Every message taken is counted once its outcome is durable (a batch the spool could
-        # not take is redelivered, and counted then): received = injected + refused +
-        # duplicates + stale + waiting in the inbound spool.
-        self.health.add("received", len(messages))
-        for headers, _ in messages:         # ... then the ACK
-            self.broker.conn.ack(headers.get("ack", ""))
+        self._held = _Held(accepted, judgement.memory_marks(verdicts), acks)
+        self._store_held()
         if now - self._forgotten_at > FORGET_INTERVAL:
             self._forgotten_at = now
             self.memory.forget(now - self.settings.max_age)
+
+    def _store_held(self) -> None:
+        """Store the held batch and ACK it; if the spool is full, keep holding it (paused:
+        nothing more is taken, nothing acked) until the spool wakes us with room."""
+        held = self._held
+        assert held is not None
+        if held.accepted:
+            try:
+                # Durable hand-off first, with what it adds to the memory ...
+                new = self.spool.put(held.accepted, marks=held.marks)
+            except SpoolFull as exc:
+                if not self._paused:
+                    self._paused = True
+                    self.health.add("paused")
+                    self.health.set_state("subscriber", PAUSED)
+                    self._warn(logging.WARNING, "full", f"inbound spool full: holding {len(held.acks)} messages "
+                               f"unacked and taking no more until it has room ({exc})")
+                return
+            self.health.add("duplicates", len(held.accepted) - new)
+            self.health.mark("receive")
+        self._held = None
+        if self._paused:
+            self._paused = False
+            log.info("inbound spool has room again: taking messages again")
+            self.health.set_state("subscriber", "subscribed on %s:%d" % self.broker.address)
+        # Every message taken is counted once its outcome is durable (a batch the spool could
+        # not take is redelivered, and counted then): received = injected + refused +
+        # duplicates + stale + waiting in the inbound spool.
+        self.health.add("received", len(held.acks))
+        for ack in held.acks:           # ... then the ACK
+            self.broker.conn.ack(ack)
 
     def _refuse(self, headers: Dict[str, str], body: bytes, exc: Refused) -> None:
         self.health.add("refused")

@@ -13,11 +13,12 @@ batch is given back and the publisher switches to one receipt per message for
 a while, so the refused message is found, counted, and after ``max_refusals``
 moved to the dead letters, while the others go through. An ERROR that names no
 message even then, and closes the connection (ActiveMQ's answer to a frame over
-its size limit), is found by sending one message at a time after it.
+its size limit), is found by sending one message at a time after it. (Those
+decisions are the pure state machine in refusals.py; this class carries them out.)
 
 Anything in flight when the connection goes is given back and sent again
 (at-least-once; receivers drop duplicates by ``result_id``). A broker that is
-away means reconnect with capped exponential backoff, forever.
+away means reconnect with capped exponential backoff, forever (broker/session.py).
 """
 from __future__ import annotations
 
@@ -25,26 +26,31 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 from stomp.exception import StompException
 
 from ..broker.connection import BrokerConnection
+from ..broker.session import BrokerSession
 from ..config import BrokerSettings
 from ..daemon.health import Backoff, Health, RateLimitedLog
 from ..display import printable
 from ..spool import Spool, SpoolEntry, SpoolError
+from ..wakeup import Wakeup
+from . import refusals
 
 log = logging.getLogger(__name__)
 
 BATCH = 500                 # messages per transaction
-ISOLATE_MESSAGES = 2000     # after an ERROR: this many messages with a receipt each
-# No receipt for this long and refusals of different messages in a row: the broker refuses all.
-REFUSING_ALL_AFTER = 30.0
+SPOOL_RETRY = 1.0           # seconds before trying a failing spool again
 
 
 class Publisher(threading.Thread):
-    """Runs until ``stop()``; then drains in-flight receipts within ``drain_timeout``."""
+    """Runs until ``stop()``; then drains in-flight receipts within ``drain_timeout``.
+
+    Sleeps on one Wakeup, set by the broker connection (a reply, a loss), the spool (something
+    to take) and stop(); the only timeouts are deadlines: the oldest receipt's, the end of a
+    refusing-all pause, a backoff."""
 
     def __init__(self, settings: BrokerSettings, spool: Spool, health: Health,
                  drain_timeout: float = 10.0):
@@ -53,70 +59,70 @@ class Publisher(threading.Thread):
         self.spool = spool
         self.health = health
         self.drain_timeout = drain_timeout
-        self.broker = BrokerConnection(settings)
-        self._stopping = threading.Event()
+        self.wakeup = Wakeup()
+        self.session = BrokerSession("publisher", settings, health, self.wakeup, log,
+                                     up_state=lambda address: f"connected to {address}",
+                                     on_connect=self._connected)
+        spool.wake_on_put(self.wakeup)
         self._in_flight: Dict[str, tuple] = {}   # receipt -> (entries, sent_at)
         self._in_flight_count = 0
-        self._isolate = 0                         # messages still to send one receipt each
-        # After an ERROR that named no message even with one receipt per message: one message
-        # in flight at a time until a reply names its message, so that the next such ERROR
-        # can only be about that message.
-        self._probing = False
+        self._refusals = refusals.State()
         self._generation = 0
         self._serial = 0
-        self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._warn = RateLimitedLog(log)
-        # To tell a broker that refuses everything (store full, a permission withdrawn) from one
-        # that refuses a message: the receipts counted, and the refusal before this one.
-        self._receipts = 0
-        self._receipt_at = float("-inf")                          # monotonic time of the last
-        self._last_refusal: Optional[Tuple[int, int]] = None     # (entry id, receipts by then)
         self._refusal_backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._refusing_all = ""                                   # the broker's reason, if so
+        self._paused_until = float("-inf")    # refusing all: nothing is sent before (monotonic)
+
+    @property
+    def broker(self) -> BrokerConnection:
+        return self.session.broker
 
     def stop(self) -> None:
-        self._stopping.set()
-        self.broker.events.wakeup.set()
+        """From any thread; ends a connect under way at once."""
+        self.session.stop()
 
     def run(self) -> None:
         self.health.set_state("publisher", "starting")
-        while not self._stopping.is_set():
+        stopping = self.session.stopping
+        while not stopping.is_set():
             try:
                 if not self.broker.is_connected:
-                    self._reconnect()
+                    if self.broker.conn is not None:
+                        self._connection_lost("connection lost")
+                    self.session.connect()
                     continue
                 self._fill_window()
-                self._wait_for_progress(0.2)
+                self.session.wait(self._deadline())
+                # Read the replies before looking at the connection again: an ERROR that came
+                # just before the broker closed must be seen as one (see _refused).
                 self._collect()
             except SpoolError as exc:
                 self._warn(logging.ERROR, "spool", f"spool problem, retrying: {exc}")
                 self.health.error(f"spool: {exc}")
-                self._stopping.wait(1.0)
+                self.session.sleep(SPOOL_RETRY)
             except (StompException, OSError) as exc:
                 self._connection_lost(f"{exc.__class__.__name__}: {exc}")
         self._drain()
         self.broker.discard()
         self.health.set_state("publisher", "stopped")
 
+    def _deadline(self) -> Optional[float]:
+        """The next moment the loop must act without being woken: the oldest receipt's deadline
+        (receipt_timeout), or the end of a refusing-all pause. None: only a wake-up."""
+        deadlines = []
+        if self._in_flight:
+            oldest = next(iter(self._in_flight.values()))[1]    # dicts keep sending order
+            deadlines.append(oldest + self.settings.receipt_timeout)
+        if self._paused_until > time.monotonic():
+            deadlines.append(self._paused_until)
+        return min(deadlines) if deadlines else None
+
     # -- connection ---------------------------------------------------------
 
-    def _reconnect(self) -> None:
-        if self.broker.conn is not None:
-            self._connection_lost("connection lost")
-        self.health.set_state("publisher", "connecting")
-        problem = self.broker.connect()
-        if problem is None:
-            self._generation += 1
-            self._backoff.reset()
-            address = "%s:%d" % self.broker.address
-            self.health.set_state("publisher", f"connected to {address}")
-            self.health.add("connects")
-            return
-        delay = self._backoff.next_delay()
-        self.health.set_state("publisher", f"disconnected: {problem}")
-        self.health.error(f"broker: {problem}")
-        self._warn(logging.WARNING, "connect", f"no broker reachable ({problem}); retrying in {delay:.1f} s")
-        self._stopping.wait(delay)
+    def _connected(self) -> None:
+        self._generation += 1
+        self.health.add("connects")
 
     def _in_flight_ids(self):
         return [entry.entry_id for entries, _ in self._in_flight.values() for entry in entries]
@@ -131,9 +137,7 @@ class Publisher(threading.Thread):
             self.health.add("retries", len(ids))
             self._in_flight.clear()
             self._in_flight_count = 0
-        self._warn(logging.WARNING, "lost", f"broker connection lost ({why}); will reconnect")
-        self.health.error(f"broker: {why}")
-        self.broker.close()
+        self.session.lost(why)
 
     def _note_unread_errors(self) -> None:
         """An ERROR that names no message may still be unread when the connection is given up:
@@ -141,27 +145,27 @@ class Publisher(threading.Thread):
         the next send usually fails first. Count it as if it had been read (see _refused)."""
         for kind, headers, _ in self.broker.take_replies():
             if kind == "error" and not headers.get("receipt-id"):
-                self._named_no_message()
+                self._step(refusals.NamedNoMessage())      # its RECONNECT: under way already
                 return
 
-    def _named_no_message(self) -> None:
-        """After an ERROR that named no message: one receipt per message for a while, to find
-        the culprit; if that was already so, one message at a time (probing)."""
-        self._probing = self._probing or self._isolate > 0
-        self._isolate = ISOLATE_MESSAGES
+    def _step(self, event: refusals.Event):
+        self._refusals, actions = refusals.step(self._refusals, event)
+        return actions
 
     # -- sending ------------------------------------------------------------
 
     def _fill_window(self) -> None:
+        if time.monotonic() < self._paused_until:
+            return                          # the broker refuses all: wait out the pause
         while True:
-            room = (1 if self._probing else self.settings.max_in_flight) - self._in_flight_count
+            room = self._refusals.window(self.settings.max_in_flight) - self._in_flight_count
             if room <= 0:
                 return
             entries = self.spool.take(min(room, BATCH))
             if not entries:
                 return
             try:
-                if self._isolate > 0:
+                if self._refusals.one_receipt_each:
                     self._send_each(entries)
                 else:
                     self._send_transaction(entries)
@@ -197,39 +201,28 @@ class Publisher(threading.Thread):
                 del entries[:index]
                 raise
             self._track(receipt, [entry])
-            self._isolate -= 1
+            self._step(refusals.SentOne())
 
     def _track(self, receipt: str, entries) -> None:
         self._in_flight[receipt] = (entries, time.monotonic())
         self._in_flight_count += len(entries)
 
-    def _wait_for_progress(self, timeout: float) -> None:
-        """Sleep until a receipt arrives, the spool gets data, or ``timeout``."""
-        events = self.broker.events
-        if self._in_flight:
-            events.wakeup.wait(timeout)
-        else:
-            self.spool.wait(timeout)
-        events.wakeup.clear()
-
     def _collect(self) -> None:
         done = []
         for kind, headers, body in self.broker.take_replies():
             receipt = headers.get("receipt-id", "")
-            inferred = kind != "receipt" and not receipt and self._probing and self._in_flight_count == 1
+            inferred = self._refusals.infers(kind, receipt, self._in_flight_count)
             if inferred:
                 receipt = next(iter(self._in_flight))      # the one message in flight
             item = self._in_flight.pop(receipt, None)
             if item is not None:
                 self._in_flight_count -= len(item[0])
-                # A reply that names its message: the broker's answers can be told apart again.
-                self._probing = self._probing and inferred
+                self._step(refusals.Answered(inferred))
             if kind == "receipt":
                 if item is not None:
                     done.extend(entry.entry_id for entry in item[0])
-                    self._receipts += 1
-                    self._receipt_at = time.monotonic()
-                    self._refusal_backoff.reset()
+                    if refusals.RESET_PAUSE in self._step(refusals.Receipt(time.monotonic())):
+                        self._refusal_backoff.reset()
                 continue
             self._mark_done(done)
             done = []
@@ -241,11 +234,12 @@ class Publisher(threading.Thread):
             self._warn(logging.ERROR, "refuses-all", f"the broker refuses every message ({self._refusing_all});"
                        f" keeping them in the spool, sending again in {delay:.1f} s")
             self._refusing_all = ""
-            self._stopping.wait(delay)
+            self._paused_until = time.monotonic() + delay
         if self._in_flight:
             oldest = next(iter(self._in_flight.values()))[1]    # dicts keep sending order
-            if time.monotonic() - oldest > self.settings.receipt_timeout:
+            if time.monotonic() - oldest >= self.settings.receipt_timeout:
                 self._connection_lost(f"no receipt within {self.settings.receipt_timeout:g} s")
+                return
         if self.broker.events.lost:
             self._connection_lost("disconnected by the broker or heartbeat timeout")
 
@@ -288,36 +282,26 @@ class Publisher(threading.Thread):
         self.health.error(f"broker refused: {reason}")
         self.health.add("broker_errors")
         if item is not None and len(item[0]) == 1:
-            self._isolate = ISOLATE_MESSAGES
             entry: SpoolEntry = item[0][0]
-            last, self._last_refusal = self._last_refusal, (entry.entry_id, self._receipts)
-            if last is None:
-                self.spool.give_back([entry.entry_id])        # the first: nothing to compare yet
-            elif last[1] == self._receipts and last[0] != entry.entry_id and \
-                    time.monotonic() - self._receipt_at > REFUSING_ALL_AFTER:
-                # Two messages refused in a row, none accepted between or for a while: the
-                # broker refuses everything (store full, a permission withdrawn). Dead-lettering
-                # would empty the spool into the dead letters (and past max_dead_letters delete
-                # them): keep them and retry, more slowly. (A broker that still took messages
-                # lately refuses these ones: their destination, say, as for a route it does not
-                # authorise. Those go to the dead letters after max_refusals.)
+            actions = self._step(refusals.RefusedOne(entry.entry_id, entry.attempts, self.settings.max_refusals,
+                                                     time.monotonic(), inferred))
+            if refusals.GIVE_BACK in actions:
                 self.spool.give_back([entry.entry_id])
+            if refusals.PAUSE in actions:
                 self._refusing_all = reason
-            elif entry.attempts + 1 >= self.settings.max_refusals:
+            if refusals.DEAD_LETTER in actions:
                 with self._never_stranded([entry.entry_id]):
                     self.spool.reject(entry.entry_id, f"refused by the broker on try {entry.attempts + 1}: {reason}")
                 self.health.add("dead_letters")
                 self._warn(logging.ERROR, "dead-letter", f"message {entry.message.message_id} to "
                            f"{entry.message.destination} moved to dead letters: {reason}")
-            else:
-                self.spool.give_back([entry.entry_id])
-            if inferred:
+            if refusals.RECONNECT in actions:
                 self._connection_lost(f"broker error: {reason}", replies_read=True)
                 return False
             return True
         if item is not None:
             self.spool.give_back([entry.entry_id for entry in item[0]])
-        self._named_no_message()
+        self._step(refusals.NamedNoMessage())
         self._connection_lost(f"broker error: {reason}", replies_read=True)
         return False
 
@@ -325,8 +309,7 @@ class Publisher(threading.Thread):
         """At shutdown: wait a little for outstanding receipts, give back the rest."""
         deadline = time.monotonic() + self.drain_timeout
         while self._in_flight and self.broker.is_connected and time.monotonic() < deadline:
-            self.broker.events.wakeup.wait(0.1)
-            self.broker.events.wakeup.clear()
+            self.wakeup.wait(deadline - time.monotonic())      # the drain deadline
             try:
                 self._collect()
             except (SpoolError, StompException, OSError):

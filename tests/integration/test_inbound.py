@@ -263,3 +263,37 @@ def test_nagios_lock_file_shows_a_dead_core_and_nothing_is_lost(activemq, nagios
     nagios.start()
     lock.write_text(f"{nagios.pid}\n")
     assert landed(nagios, second, timeout=30), bridge.log_text()[-2000:]
+
+
+def test_a_full_inbound_spool_pauses_the_subscriber_on_its_connection_and_loses_nothing(
+        activemq, nagios_factory, bridge_factory):
+    """Regression (issue 14): with a full inbound spool the subscriber dropped its connection
+    and reconnected about once a second. Now it keeps the connection, takes nothing more
+    (ActiveMQ stops at ``prefetch`` unacked messages), says so in its state, and resumes when
+    the Nagios writer has drained the spool."""
+    services = [f"svc{i}" for i in range(30)]
+    nagios = central_nagios(nagios_factory, services=services)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, spool_options="max_messages: 10",
+                            inbound=inbound_config(nagios, QUEUE, mapping="prefetch: 5"))
+    bridge.start()
+    assert bridge.wait_state("subscriber", "subscribed").startswith("subscribed"), bridge.log_text()[-2000:]
+    nagios.stop()                   # the writer waits: the inbound spool fills
+    results = [remote_result(service, state=i % 4, output=f"held back {i}") for i, service in enumerate(services)]
+    for result in results:
+        send(activemq, result)
+    assert bridge.wait_state("subscriber", "paused: inbound spool full") == "paused: inbound spool full", \
+        (bridge.status().get("states"), bridge.log_text()[-2000:])
+    connections = bridge.log_text().count("connected to broker")
+    time.sleep(6)                   # the old way: about six reconnects by now
+    status = bridge.wait_status(lambda s: True)
+    assert status["states"]["subscriber"] == "paused: inbound spool full"
+    assert bridge.log_text().count("connected to broker") == connections, bridge.log_text()[-2000:]
+    assert "subscriber connection lost" not in bridge.log_text()
+    assert status["inbound_spool"]["depth"] <= 10 and status["counters"]["received"] < 30, status
+    nagios.start()
+    for result in results:
+        assert landed(nagios, result, timeout=60), (result.service, bridge.log_text()[-2000:])
+    assert bridge.wait_state("subscriber", "subscribed").startswith("subscribed")
+    assert bridge.wait_counter("received", 30) == 30
+    assert "subscriber connection lost" not in bridge.log_text()
+    assert bridge.log_text().count("connected to broker") == connections

@@ -84,15 +84,17 @@ def test_a_broker_that_stops_reading_is_given_up_within_the_receipt_timeout(tmp_
 
 
 class AcceptingBroker:
-    """Stands in for BrokerConnection: every SEND/COMMIT with a receipt gets its RECEIPT."""
+    """Stands in for BrokerConnection: every SEND/COMMIT with a receipt gets its RECEIPT, and
+    sets the owner's ``wakeup`` as BrokerConnection does."""
 
     class Events:
-        def __init__(self):
-            self.wakeup = threading.Event()
+        def __init__(self, wakeup):
+            self.wakeup = wakeup
             self.lost = False
 
-    def __init__(self):
-        self.events = self.Events()
+    def __init__(self, wakeup):
+        self.wakeup = wakeup
+        self.events = self.Events(wakeup)
         self.replies = []
         self.conn = object()
         self.address = ("127.0.0.1", 1)
@@ -100,6 +102,9 @@ class AcceptingBroker:
 
     def connect(self):
         return None
+
+    def abort(self):
+        pass
 
     def begin(self, transaction):
         self.refused_in_transaction = False
@@ -152,7 +157,7 @@ def test_entries_the_spool_could_not_delete_after_their_receipt_are_not_stranded
 
     monkeypatch.setattr(spool, "done", done_failing_once)
     publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),)), spool, Health(), drain_timeout=1)
-    publisher.broker = AcceptingBroker()
+    publisher.session.broker = AcceptingBroker(publisher.wakeup)
     publisher.start()
     try:
         deadline = time.time() + 15
@@ -169,8 +174,8 @@ def test_entries_the_spool_could_not_delete_after_their_receipt_are_not_stranded
 class RefusingBroker(AcceptingBroker):
     """Refuses every message while ``refusing`` is set."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, wakeup):
+        super().__init__(wakeup)
         self.refusing = True
         self.refusals = 0
 
@@ -188,7 +193,7 @@ def test_a_broker_that_refuses_everything_does_not_empty_the_spool_into_dead_let
     spool.put([Message(f"m{i}", "/queue/q", {}, b"ok") for i in range(200)])
     publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), backoff_initial=0.1, backoff_max=0.5,
                                          max_refusals=2), spool, Health(), drain_timeout=1)
-    broker = publisher.broker = RefusingBroker()
+    broker = publisher.session.broker = RefusingBroker(publisher.wakeup)
     publisher.start()
     try:
         # More refusals than the 200 messages have tries before max_refusals: at least one of
@@ -220,7 +225,7 @@ def test_a_message_the_broker_refuses_while_it_takes_others_is_dead_lettered():
         spool.put([Message(f"m{i}", "/queue/q", {}, b"bad" if i == 5 else b"ok") for i in range(50)])
         publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), max_refusals=3), spool, Health(),
                               drain_timeout=1)
-        publisher.broker = RefusingOne()
+        publisher.session.broker = RefusingOne(publisher.wakeup)
         publisher.start()
         try:
             deadline = time.time() + 20
@@ -239,12 +244,12 @@ class ClosingOnBigFrames(AcceptingBroker):
     could not read the receipt header), then the connection closes. Our next send then fails,
     usually before the ERROR is read; a new connection starts with nothing received."""
 
-    def __init__(self, limit):
-        super().__init__()
+    def __init__(self, wakeup, limit):
+        super().__init__(wakeup)
         self.limit, self.stored, self.pending, self.connects = limit, [], [], 0
 
     def connect(self):
-        self.events, self.replies, self.pending = self.Events(), [], []
+        self.events, self.replies, self.pending = self.Events(self.wakeup), [], []
         self.is_connected = True
         self.connects += 1
         return None
@@ -285,7 +290,7 @@ def test_a_message_over_the_brokers_frame_limit_is_dead_lettered_and_the_rest_go
                for i in range(200)])
     publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), max_refusals=3, max_in_flight=20,
                                          backoff_initial=0.05, backoff_max=0.1), spool, Health(), drain_timeout=1)
-    broker = publisher.broker = ClosingOnBigFrames(limit=1000)
+    broker = publisher.session.broker = ClosingOnBigFrames(publisher.wakeup, limit=1000)
     publisher.start()
     try:
         assert wait_until(lambda: spool.stats().depth == 0, timeout=20), (spool.stats(), broker.connects)

@@ -1,0 +1,198 @@
+"""The connect/backoff loop the publisher and subscriber share (broker/session.py), against
+real sockets on 127.0.0.1: a stop ends a connect under way at once, and a worker sleeps on
+its one wake-up (no poll interval between a new message and its SEND)."""
+import logging
+import socket
+import threading
+import time
+
+import pytest
+
+from msg_nagios_bridge.broker.connection import BrokerConnection
+from msg_nagios_bridge.broker.session import BrokerSession
+from msg_nagios_bridge.config import BrokerSettings, TlsSettings
+from msg_nagios_bridge.daemon.health import Health
+from msg_nagios_bridge.model import Message
+from msg_nagios_bridge.outbound.publisher import Publisher
+from msg_nagios_bridge.spool import Spool
+from msg_nagios_bridge.wakeup import Wakeup
+from tests.sandbox.ports import wait_until
+from tests.unit.test_publisher import AcceptingBroker
+
+STOP_WITHIN = 1.0       # seconds a stop may take while a connect is under way
+
+
+class SilentServer:
+    """Accepts TCP connections and never sends a byte: a hung broker whose kernel still
+    answers (for TLS, the handshake never completes either)."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.port = self.server.getsockname()[1]
+        self.accepted = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.accepted.append(self.server.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.server.close()
+        for client in self.accepted:
+            client.close()
+
+
+@pytest.fixture
+def silent():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def settings(port, **more):
+    return BrokerSettings(hosts=(("127.0.0.1", port),), connect_timeout=30, backoff_initial=30,
+                          backoff_max=60, heartbeat_ms=0, **more)
+
+
+def stop_time(session, started_connecting):
+    """Run session.connect() in a thread; once ``started_connecting()``, stop; return how long
+    the stop took to end the connect, and what connect() returned."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(session.connect()), daemon=True)
+    thread.start()
+    assert wait_until(started_connecting, timeout=10), "the connect never started"
+    time.sleep(0.2)                         # well inside the connect
+    stopped_at = time.monotonic()
+    session.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    return time.monotonic() - stopped_at, result[0]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["waiting for CONNECTED", "in the TLS handshake"])
+def test_a_stop_ends_a_connect_to_a_broker_that_never_answers(silent, tls):
+    """Regression (issue 14): a stop waited out connect_timeout (10 s by default) when the
+    broker accepted TCP and never answered."""
+    health = Health()
+    session = BrokerSession("publisher", settings(silent.port, tls=TlsSettings(enabled=tls, verify=False)),
+                            health, Wakeup(), logging.getLogger("test"), up_state=lambda address: "connected")
+    took, connected = stop_time(session, lambda: silent.accepted)
+    assert took < STOP_WITHIN, f"the stop took {took:.2f} s"
+    assert connected is False and session.broker.conn is None
+    assert health.snapshot()["states"]["publisher"] == "connecting"
+    session.broker.discard()
+
+
+def test_a_stop_ends_the_backoff_after_a_failed_connect():
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))           # bound, not listening: connections are refused
+    port = closed.getsockname()[1]
+    health = Health()
+    session = BrokerSession("subscriber", settings(port), health, Wakeup(), logging.getLogger("test"),
+                            up_state=lambda address: "subscribed", label="subscriber")
+    took, connected = stop_time(session, lambda: health.snapshot()["states"]["subscriber"].startswith("disconnected"))
+    assert took < STOP_WITHIN and connected is False
+    assert "connection refused" in health.snapshot()["states"]["subscriber"].lower()
+    closed.close()
+    session.broker.discard()
+
+
+def test_a_publisher_stopped_while_connecting_ends_at_once(silent, tmp_path):
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        publisher = Publisher(settings(silent.port), spool, Health(), drain_timeout=1)
+        publisher.start()
+        assert wait_until(lambda: silent.accepted, timeout=10)
+        time.sleep(0.2)
+        stopped_at = time.monotonic()
+        publisher.stop()
+        publisher.join(10)
+        assert not publisher.is_alive() and time.monotonic() - stopped_at < STOP_WITHIN
+
+
+class SlowReceipts(AcceptingBroker):
+    """Answers the first message only when told: the window then holds one message in
+    flight, so only the spool's wake-up can tell the publisher about the next ones."""
+
+    def __init__(self, wakeup):
+        super().__init__(wakeup)
+        self.sent, self.held = [], []
+
+    def send(self, destination, body, headers):
+        self.sent.append(body)
+        if "receipt" in headers and len(self.sent) == 1:
+            self.held.append(headers["receipt"])
+            return
+        super().send(destination, body, headers)
+
+    def commit(self, transaction, receipt):
+        if not self.held and len(self.sent) == 1:
+            self.held.append(receipt)
+            return
+        super().commit(transaction, receipt)
+
+
+def test_a_message_put_while_a_receipt_is_awaited_goes_out_at_once(tmp_path):
+    """Regression (issue 14): with a receipt outstanding the publisher waited on the broker
+    only and found new spool entries on a 0.2 s poll."""
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),)), spool, Health(), drain_timeout=1)
+        broker = publisher.session.broker = SlowReceipts(publisher.wakeup)
+        publisher.start()
+        try:
+            spool.put([Message("first", "/queue/q", {}, b"first")])
+            assert wait_until(lambda: broker.held, timeout=5)
+            started = time.monotonic()
+            for i in range(10):
+                spool.put([Message(f"m{i}", "/queue/q", {}, b"m%d" % i)])
+                assert wait_until(lambda: len(broker.sent) == i + 2, timeout=5, interval=0.001)
+            took = time.monotonic() - started
+            assert took < 1.0, f"10 messages took {took:.2f} s to go out (a 0.2 s poll: 2 s)"
+        finally:
+            publisher.stop()
+            publisher.join(5)
+
+
+class EchoingHeartbeats:
+    """Answers CONNECTED with the heart-beats the client asked for, swapped (as ActiveMQ does),
+    and keeps the CONNECT frame it got."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.connect_frame = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        client, _ = self.server.accept()
+        while b"\x00" not in self.connect_frame:
+            self.connect_frame += client.recv(4096)
+        asked = dict(line.split(":", 1) for line in self.connect_frame.decode().split("\n")[1:] if ":" in line)
+        cx, cy = asked["heart-beat"].split(",")
+        client.sendall(f"CONNECTED\nversion:1.2\nheart-beat:{cy},{cx}\n\n\x00".encode())
+        self.client = client
+
+    def close(self):
+        self.server.close()
+
+
+def test_the_broker_is_asked_for_heartbeats_twice_as_often_as_it_is_given_up():
+    """ActiveMQ may leave almost two of its intervals between heart-beats (it skips one when it
+    sent anything since its last check): asked for heartbeat_ms / 2, it is never silent longer
+    than heartbeat_ms, and the bridge gives it up after 1.5 x heartbeat_ms, as before."""
+    server = EchoingHeartbeats()
+    broker = BrokerConnection(BrokerSettings(hosts=(("127.0.0.1", server.port),), heartbeat_ms=4000,
+                                             connect_timeout=5))
+    try:
+        assert broker.connect() is None
+        assert b"\nheart-beat:4000,2000\n" in server.connect_frame
+        assert broker.conn.receive_sleep == pytest.approx(6.0)
+    finally:
+        broker.discard()
+        server.close()

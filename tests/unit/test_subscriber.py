@@ -1,0 +1,157 @@
+"""The subscriber's hand-off and ACK order, and its backpressure on a full inbound spool, with a
+real spool and a stand-in for the broker connection that records ACKs (the same against the
+real ActiveMQ: tests/integration/test_inbound.py)."""
+import threading
+import time
+
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.daemon.health import Health
+from msg_nagios_bridge.inbound.subscriber import PAUSED, Subscriber
+from msg_nagios_bridge.model import Message
+from msg_nagios_bridge.spool import Spool, SpoolUnavailable
+from tests.unit.test_judgement import ALLOW_ALL, SENDER, wlcg
+
+
+class RecordingBroker:
+    """Stands in for BrokerConnection: records ACKs; ``on_ack(ack_id)`` runs at each."""
+
+    class Conn:
+        def __init__(self, owner):
+            self.owner = owner
+
+        def ack(self, ack_id):
+            self.owner.on_ack(ack_id)
+            self.owner.acks.append(ack_id)
+
+    def __init__(self, wakeup, on_ack=lambda ack_id: None):
+        self.events = type("Events", (), {"lost": False, "lock": threading.Lock(), "messages": []})()
+        self.wakeup, self.on_ack, self.acks = wakeup, on_ack, []
+        self.conn = self.Conn(self)
+        self.address = ("127.0.0.1", 61613)
+        self.is_connected = True
+
+    def connect(self):
+        return None
+
+    def abort(self):
+        pass
+
+    def close(self):
+        pass
+
+    def discard(self):
+        pass
+
+    def deliver(self, *messages):
+        with self.events.lock:
+            self.events.messages.extend(messages)
+        self.wakeup.set()
+
+
+def make_settings(tmp_path):
+    return config.parse(f"""
+site: {{name: S}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}}}}
+""")
+
+
+def now_text():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def good(i):
+    return dict(SENDER, ack=f"good-{i}", result_id=f"r{i}"), wlcg(service=f"svc{i}", when=now_text())
+
+
+def bad(i):
+    return dict(SENDER, ack=f"bad-{i}"), b"not a metric record"
+
+
+@pytest.fixture
+def subscriber_on(tmp_path):
+    made = []
+
+    def make(max_messages=1000, on_ack=lambda ack_id: None):
+        settings = make_settings(tmp_path)
+        spool = Spool(str(tmp_path / "inbound.sqlite"), max_messages=max_messages)
+        subscriber = Subscriber(settings.brokers, settings.inbound, spool, Health(), ALLOW_ALL)
+        broker = subscriber.session.broker = RecordingBroker(subscriber.wakeup, on_ack)
+        made.append((subscriber, spool))
+        return subscriber, spool, broker
+    yield make
+    for subscriber, spool in made:
+        if subscriber.is_alive():
+            subscriber.stop()
+            subscriber.join(5)
+        subscriber.poison.close()
+        spool.close()
+
+
+def test_a_refused_message_is_acked_only_once_its_dead_letter_is_on_disk(subscriber_on, tmp_path):
+    seen_at_ack = {}
+
+    def on_ack(ack_id):
+        # Another handle on the file: what a crash right now would leave.
+        with Spool(str(tmp_path / "inbound.sqlite"), exclusive=False) as reader:
+            seen_at_ack[ack_id] = [dead.entry.message.headers.get("ack") for dead in reader.dead_letters()]
+    subscriber, spool, broker = subscriber_on(on_ack=on_ack)
+    subscriber._handle([bad(1), good(1)])
+    assert broker.acks == ["bad-1", "good-1"]
+    assert seen_at_ack["bad-1"] == ["bad-1"]
+    assert spool.stats().depth == 1
+
+
+def test_a_refused_message_whose_dead_letter_cannot_be_written_is_not_acked(subscriber_on, monkeypatch):
+    subscriber, spool, broker = subscriber_on()
+
+    def failing(message, reason):
+        raise SpoolUnavailable("database or disk is full")
+    monkeypatch.setattr(spool, "add_dead_letter", failing)
+    with pytest.raises(SpoolUnavailable):
+        subscriber._handle([bad(1)])
+    assert broker.acks == [], "not acked: the broker delivers it again"
+
+
+def test_a_full_inbound_spool_pauses_taking_and_resumes_when_there_is_room(subscriber_on):
+    subscriber, spool, broker = subscriber_on(max_messages=3)
+    health = subscriber.health
+    subscriber.start()
+    broker.deliver(good(0), good(1))
+    assert_soon(lambda: broker.acks == ["good-0", "good-1"])
+    broker.deliver(good(2), good(3), bad(4))     # 2 + 2 > 3: the batch does not fit
+    assert_soon(lambda: health.snapshot()["states"]["subscriber"] == PAUSED)
+    assert broker.acks == ["good-0", "good-1", "bad-4"], "the refused one is acked, the held ones are not"
+    broker.deliver(good(5))
+    time.sleep(0.3)
+    assert [headers["ack"] for headers, _ in broker.events.messages] == ["good-5"], \
+        "nothing more is taken while paused"
+    assert spool.stats().depth == 2
+    entries = spool.take(10)                     # Nagios takes them: room
+    spool.done([entry.entry_id for entry in entries])
+    assert_soon(lambda: sorted(broker.acks) == sorted(
+        ["good-0", "good-1", "bad-4", "good-2", "good-3", "good-5"]))
+    assert health.snapshot()["states"]["subscriber"] == "subscribed on 127.0.0.1:61613"
+    assert health.counter("paused") == 1 and health.counter("received") == 6
+    assert broker.events.messages == []
+
+
+def test_a_held_batch_is_dropped_unacked_when_the_connection_goes(subscriber_on):
+    """The broker delivers its messages again after a reconnect: held in memory, never acked."""
+    subscriber, spool, broker = subscriber_on(max_messages=1)
+    spool.put([Message("filler", "nagios", {}, b"{}")])
+    subscriber._handle([good(1)])
+    assert subscriber._held is not None and broker.acks == []
+    subscriber._lost("test")
+    assert subscriber._held is None and broker.acks == []
+
+
+def assert_soon(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.01)
