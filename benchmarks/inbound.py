@@ -462,7 +462,8 @@ def central_nagios(tmp: Path, args, name="nagios", ocsp_fifo=None):
     extra, objects = {}, ""
     if ocsp_fifo:
         from msg_nagios_bridge.cores.nagios import result_line
-        from msg_nagios_bridge.cores.nagios.wiring import ILLEGAL_MACRO_OUTPUT_CHARS, printf_command
+        from msg_nagios_bridge.cores.nagios.wiring import ILLEGAL_MACRO_OUTPUT_CHARS
+        from tests.sandbox.fifo import printf_command
         extra = {"obsess_over_services": 1, "ocsp_command": "bench-ocsp", "ocsp_timeout": 5,
                  "illegal_macro_output_chars": ILLEGAL_MACRO_OUTPUT_CHARS}
         objects = ("define command {\n    command_name bench-ocsp\n    command_line "
