@@ -50,6 +50,7 @@ class Bridge:
         self.core = core_for(settings)
         self.health = health or Health()
         self.stopping = threading.Event()
+        self._intakes: List[Intake] = []
         self.spool: Optional[Spool] = None
         self.inbound_spool: Optional[Spool] = None
         self.publisher: Optional[Publisher] = None
@@ -121,9 +122,13 @@ class Bridge:
 
     def _start_outbound_sources(self) -> None:
         router = Router(self.settings, is_echo=self.echo)
-        self.sources = self.core.start_sources(
-            lambda source, parse: Intake(source, router, self.spool, self.health, self.stopping, parse),
-            self.health)
+
+        def intake_for(source: str, parse) -> Intake:
+            intake = Intake(source, router, self.spool, self.health, self.stopping, parse)
+            self._intakes.append(intake)
+            return intake
+
+        self.sources = self.core.start_sources(intake_for, self.health)
 
     def stop(self, budget: Optional[float] = STOP_BUDGET,
              while_waiting: Callable[[], None] = lambda: None) -> None:
@@ -141,6 +146,8 @@ class Bridge:
         """
         started = time.monotonic()
         self.stopping.set()                          # the sources
+        for intake in self._intakes:
+            intake.wake()                            # one waiting for room in the spool
         parts = [part for part in (self.subscriber, self.publisher, self.writer) if part is not None]
         if self.publisher is not None:
             self.publisher.drain_timeout = PUBLISHER_DRAIN if budget is None else \

@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from ..daemon.health import Health, RateLimitedLog
 from ..model import CheckResult, Message
 from .routing import Router
+from ..wakeup import Wakeup
 from ..spool import Spool, SpoolError, SpoolFull, message_size
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ class Intake:
         self.health = health
         self.stopping = stopping
         self._warn = RateLimitedLog(log)
+        # A batch that waits for room sleeps on this: the spool sets it when entries leave
+        # (the publisher's deletes), stop() through wake().
+        self._room = Wakeup()
+        spool.wake_on_room(self._room)
         # Called about once a second while a batch waits for room (the perfdata tailer opens
         # files that Nagios rotates meanwhile, before a second rotation could unlink them).
         self.while_waiting: Optional[Callable[[], None]] = None
@@ -104,10 +109,26 @@ class Intake:
                 self._warn(logging.ERROR, kind,
                            f"{self.source}: cannot spool {len(messages)} messages, holding the source "
                            f"until the spool takes them: {exc}")
-            if self.stopping.wait(1.0):
+            if self._wait_for_room():
                 return False
-            if self.while_waiting is not None:
-                self.while_waiting()
+
+    def wake(self) -> None:
+        """Wake a batch waiting for room (the bridge is stopping)."""
+        self._room.set()
+
+    def _wait_for_room(self) -> bool:
+        """Sleep until the spool frees room or the bridge stops (True); while_waiting runs
+        about once a second meanwhile: its deadline, not a poll for room."""
+        deadline = time.monotonic() + 1.0
+        while not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if self.while_waiting is not None:
+                    self.while_waiting()
+                return False
+            if self._room.wait(left):
+                return self.stopping.is_set()
+        return True
 
     def dead_letter(self, raw: bytes, reason: str) -> None:
         """Keep an input the bridge could not use, with the reason, and say so (rate-limited)."""

@@ -1,6 +1,8 @@
 """The core interface (cores.Core) as Nagios implements it, and the core-neutral Intake."""
+import dataclasses
 import os
 import threading
+import time
 
 import pytest
 
@@ -127,3 +129,45 @@ def test_nagios_config_prints_the_cores_wiring(tmp_path, capsys):
     from tests.unit.test_config import EXAMPLE
     assert main(["nagios-config", "-c", str(EXAMPLE)]) == 0
     assert capsys.readouterr().out == core_for(config.load(str(EXAMPLE))).wiring()
+
+
+def one_result_per_line(text):
+    return dataclasses.replace(RESULT, timestamp=RESULT.timestamp + len(text))   # another id
+
+
+def test_an_intake_waiting_for_room_stores_as_soon_as_the_spool_frees_some(tmp_path):
+    """No poll: the spool's delete wakes the waiting batch (the old wait was a 1 s step).
+    Each line makes one message per route, so the spool is sized to hold exactly one line."""
+    settings = settings_for(tmp_path)
+    per_line = len(Router(settings).messages(RESULT, 0))
+    with Spool(str(tmp_path / "outbound.sqlite"), max_messages=per_line) as spool:
+        intake = Intake("test", Router(settings), spool, Health(), threading.Event(), one_result_per_line)
+        assert intake.spool_lines([b"first"])
+        stored = threading.Event()
+        waiting = threading.Thread(target=lambda: intake.spool_lines([b"second"]) and stored.set())
+        waiting.start()
+        time.sleep(0.3)
+        assert not stored.is_set(), "the spool is full: the second line must wait"
+        freed = time.monotonic()
+        spool.done([entry.entry_id for entry in spool.take(per_line)])
+        assert stored.wait(5)
+        assert time.monotonic() - freed < 0.5
+        waiting.join(5)
+
+
+def test_a_stop_ends_an_intake_waiting_for_room_at_once(tmp_path):
+    settings = settings_for(tmp_path)
+    per_line = len(Router(settings).messages(RESULT, 0))
+    stopping = threading.Event()
+    with Spool(str(tmp_path / "outbound.sqlite"), max_messages=per_line) as spool:
+        intake = Intake("test", Router(settings), spool, Health(), stopping, one_result_per_line)
+        assert intake.spool_lines([b"first"])
+        outcome = []
+        waiting = threading.Thread(target=lambda: outcome.append(intake.spool_lines([b"second"])))
+        waiting.start()
+        time.sleep(0.3)
+        asked = time.monotonic()
+        stopping.set()
+        intake.wake()
+        waiting.join(5)
+        assert outcome == [False] and time.monotonic() - asked < 0.5
