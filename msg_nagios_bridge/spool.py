@@ -214,6 +214,7 @@ class Spool:
         self._put_event = threading.Event()
         self._on_put: List[Wakeup] = []      # woken when there is something (new) to take
         self._on_room: List[Wakeup] = []     # woken when entries leave (room for more)
+        self._data_version: Optional[int] = None   # see notice_outside_changes
         self._leased: set = set()
         # take() reads only rows above the highest id it ever leased (ids only grow:
         # AUTOINCREMENT), plus the given-back ids below it, oldest first.
@@ -650,6 +651,19 @@ class Spool:
             dead = self._read("count dead letters", "SELECT count(*) FROM dead_letters")[0][0]
             self._depth, self._bytes, self._dead = depth, size, dead
         self._something_to_take()
+        self._room_freed()
+
+    def notice_outside_changes(self) -> bool:
+        """If another process (an operator tool: requeue, purge) committed to this spool since
+        the last call, re-count and wake the workers; True if so. Cheap: SQLite's data_version
+        changes only for commits made on other connections."""
+        with self._lock:
+            version = self._read("read the data version", "PRAGMA data_version")[0][0]
+            changed = self._data_version is not None and version != self._data_version
+            self._data_version = version
+        if changed:
+            self.recount()
+        return changed
 
     def wake_on_put(self, wakeup: Wakeup) -> None:
         """Set ``wakeup`` whenever there is something new to take (put, given back, requeued)

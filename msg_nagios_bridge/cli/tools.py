@@ -1,8 +1,8 @@
 """Operator tools: dead letters (list, show, requeue, purge) and ``send``.
 
 They work while the daemon runs: the dead-letter tables are changed through
-SQLite (which serializes writers), and the daemon re-counts its spools every
-``RECOUNT_INTERVAL`` seconds.
+SQLite (which serializes writers), and the daemon notices another process's commit
+within its status interval (2 s: ``Spool.notice_outside_changes``), re-counts and wakes its workers.
 """
 from __future__ import annotations
 

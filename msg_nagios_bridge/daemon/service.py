@@ -36,7 +36,6 @@ PUBLISHER_DRAIN = 10.0
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 2.0
-RECOUNT_INTERVAL = 30.0     # re-read spool sizes changed by operator tools
 
 
 
@@ -177,13 +176,16 @@ class Bridge:
                 spool.close()
         log.info("bridge stopped")
 
-    def recount(self) -> None:
+    def notice_outside_changes(self) -> None:
+        """Pick up what operator tools changed in the spools (a requeued dead letter, a purge):
+        the workers sleep until woken, and another process's commit wakes nobody. Called every
+        STATUS_INTERVAL: a requeued result waits at most that long; results never do."""
         for spool in (self.spool, self.inbound_spool):
             if spool is not None:
                 try:
-                    spool.recount()
+                    spool.notice_outside_changes()
                 except SpoolError as exc:
-                    log.warning("cannot re-count %s: %s", spool.path, exc)
+                    log.warning("cannot look for changes in %s: %s", spool.path, exc)
 
     def dead_part(self) -> Optional[str]:
         """The name of a part whose thread ended while the bridge runs, if any."""
@@ -266,7 +268,6 @@ def run(settings: config.Settings, config_path: str) -> int:
     exporter = Exporter(settings.metrics, bridge.write_status())
     sdnotify.notify(f"READY=1\nSTATUS=running, brokers {len(settings.brokers.hosts)}\nMAINPID={os.getpid()}")
     watchdog = sdnotify.watchdog_interval()
-    next_recount = time.monotonic() + RECOUNT_INTERVAL
     code = 0
     try:
         while True:
@@ -294,9 +295,7 @@ def run(settings: config.Settings, config_path: str) -> int:
             if watchdog:
                 sdnotify.notify("WATCHDOG=1")   # only a loop that still runs gets here
             bridge.refresh_known_objects()
-            if time.monotonic() >= next_recount:
-                bridge.recount()
-                next_recount = time.monotonic() + RECOUNT_INTERVAL
+            bridge.notice_outside_changes()
             exporter.update(bridge.write_status())
     finally:
         sdnotify.notify("STOPPING=1")

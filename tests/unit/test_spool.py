@@ -623,3 +623,22 @@ def test_spool_wakes_its_watchers_on_put_and_on_room(tmp_path):
         assert room.wait(0) and not to_take.wait(0)
         spool.done([entries[0].entry_id])                 # already gone: no room freed, no wake-up
         assert not room.wait(0)
+
+
+def test_a_commit_by_another_process_wakes_the_workers_of_this_one(tmp_path):
+    """An operator tool's requeue is another connection's commit: nobody in the daemon is woken
+    by it, so the daemon looks (notice_outside_changes) and wakes its workers."""
+    from msg_nagios_bridge.wakeup import Wakeup
+    path = str(tmp_path / "s.sqlite")
+    with Spool(path) as daemon_side:
+        to_take = Wakeup()
+        daemon_side.wake_on_put(to_take)
+        assert not daemon_side.notice_outside_changes()          # the first look only notes
+        daemon_side.put([msg(1)])
+        to_take.wait(0)
+        assert not daemon_side.notice_outside_changes(), "its own commits are not outside changes"
+        with Spool(path, exclusive=False) as tool_side:
+            tool_side.put([msg(2)])
+        assert daemon_side.notice_outside_changes()
+        assert to_take.wait(0) and daemon_side.stats().depth == 2
+        assert [entry.message.message_id for entry in daemon_side.take(10)] == ["id-1", "id-2"]
