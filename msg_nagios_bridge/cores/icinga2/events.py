@@ -314,8 +314,8 @@ def _shut(sock: socket.socket) -> None:
 
 
 def _refusal(what: str, status: int, body: bytes, permission: str) -> str:
-    text = printable(body.decode("utf-8", "replace"), 200)
+    text = printable(body.decode("utf-8", "replace"), 120)
     if status == 404:
         # Icinga answers a missing permission exactly as a missing path or object.
-        return f"{what}: 404 {text} (or the ApiUser lacks the permission {permission})"
+        return f"{what}: 404 (does the ApiUser have the permission {permission}?): {text}"
     return f"{what}: {status} {text}"
