@@ -292,15 +292,16 @@ def account(title, sender, published_outputs, newest, catch_up_results, duplicat
 SERVICES = [f"s{i}" for i in range(10)]
 
 
-def run_fault(core, rig, fault, times, title):
-    """Results flow while ``fault(i)`` happens ``times`` times; then wait for the stream to
-    settle and account. Returns the objects whose newest result was lost."""
+def run_fault(core, rig, fault, times, title, gap=7.0):
+    """Results flow while ``fault(i)`` happens ``times`` times, ``gap`` s apart (more than
+    Icinga's 5 s batches, so that the stream delivers between faults); then wait for the
+    stream to settle and account. Returns (the objects whose newest result was lost, counters)."""
     rig.start()
     sender = Sender(core, SERVICES)
     sender.start()
     try:
         for i in range(times):
-            time.sleep(1.5)
+            time.sleep(gap)
             fault(i)
         time.sleep(1.0)
     finally:
@@ -359,6 +360,7 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)          # a silent stream is no reason to end it
             with self.lock:
                 self.pairs.append((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
@@ -381,13 +383,16 @@ class TcpProxy:
                 pass
 
     def cut(self):
-        """Reset every connection through the proxy (RST to both ends)."""
+        """End every connection through the proxy at once, both ends (the blocked pumps wake)."""
         with self.lock:
             pairs, self.pairs = self.pairs, []
             self.cuts += 1
         for pair in pairs:
             for sock in pair:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
                 sock.close()
 
     def close(self):
@@ -481,8 +486,8 @@ def test_latency_from_icinga_to_the_spool(icinga2_factory, rigs):
         sent = {}
         for i in range(20):
             output = f"run {run} result {i}"
-            assert core.process_check_result("h1", "s1", i % 4, output).status == 200
             sent[output] = time.time()
+            assert core.process_check_result("h1", "s1", i % 4, output).status == 200
             time.sleep(0.25)
         wait_for(lambda: set(sent) <= set(rig.outputs()), 15, "every result")
         delays = sorted(at - sent[record["output"]] for record, at in rig.published() if record["output"] in sent)
