@@ -22,10 +22,12 @@ from msg_nagios_bridge import config
 from msg_nagios_bridge.cores.icinga2 import events
 from msg_nagios_bridge.cores.icinga2.event_record import MARKS_KIND
 from msg_nagios_bridge.daemon.health import Health
+from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.outbound.intake import Intake
 from msg_nagios_bridge.outbound.routing import Router
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox import icinga2 as icinga2_mod
+from tests.sandbox.bridge import Bridge, bridge_config
 from tests.sandbox.icinga2 import Icinga2, host, passive_service
 
 pytestmark = pytest.mark.integration
@@ -495,3 +497,135 @@ def test_latency_from_icinga_to_the_spool(icinga2_factory, rigs):
         print(f"\nlatency run {run + 1}: median {statistics.median(delays):.2f} s,"
               f" min {delays[0]:.2f} s, max {delays[-1]:.2f} s")
     assert max(medians) < 6.0
+
+
+# -- the bridge process, publishing to a real ActiveMQ ------------------------------------------
+
+QUEUE = "/queue/icinga.results"
+
+
+@pytest.fixture
+def icinga_bridge(tmp_path, activemq):
+    """make(core) -> a Bridge process (not started) with core: icinga2 publishing Icinga's results
+    to QUEUE on ``activemq``; stopped at teardown."""
+    pytest.importorskip("msg_nagios_bridge.cores.icinga2.core", reason="Icinga2Core (branch icinga-in) wires the source")
+    made = []
+
+    def make(core, name="bridge"):
+        workdir = tmp_path / name
+        bridge = Bridge(workdir, bridge_config(workdir, [activemq.stomp_port], ocsp=False, destination=QUEUE)
+                        + icinga2_yaml(core))
+        made.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in made:
+        bridge.stop()
+
+
+def summaries(probe):
+    """[(result_id, output, received_at)] of every message the probe received."""
+    return [(m.headers["result_id"], wlcg.decode(m.body)["summaryData"], m.received_at) for m in probe.messages]
+
+
+def start_bridge(bridge):
+    bridge.start()
+    state = bridge.wait_state(events.SOURCE, "connected", timeout=30)
+    assert state in ("connected", "reading"), bridge.log_text()[-3000:]
+    return bridge
+
+
+def test_the_bridge_publishes_icinga_results_to_the_broker_within_icinga_s_batching(
+        icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
+    core = icinga2_factory(objects=[passive_service("h1", "s1"), host("h2")])
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = start_bridge(icinga_bridge(core))
+    core.process_check_result("h1", "s1", 2, "CRITICAL - disk full\nsecond line", performance_data=["used=91%"])
+    core.process_check_result("h2", None, 1, "host down")
+    probe.wait_for_count(2, timeout=15)
+    by_host = {m.headers["host"]: m for m in probe.messages}
+    service = wlcg.decode(by_host["h1"].body)
+    assert (service["metricName"], service["metricStatus"], service["summaryData"]) == ("s1", "CRITICAL", "CRITICAL - disk full")
+    assert service["detailsData"] == "second line" and service["performanceData"] == "used=91%"
+    assert (by_host["h2"].headers["metric"], by_host["h2"].headers["status"]) == (wlcg.HOST_METRIC_NAME, "DOWN")
+    medians = []
+    for run in range(3):
+        probe.clear()
+        sent = {}
+        for i in range(20):
+            output = f"run {run} result {i}"
+            sent[output] = time.monotonic()
+            assert core.process_check_result("h1", "s1", i % 4, output).status == 200
+            time.sleep(0.25)
+        deadline = time.monotonic() + 15
+        while not set(sent) <= {output for _, output, _ in summaries(probe)} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        delays = sorted(at - sent[output] for _, output, at in summaries(probe) if output in sent)
+        assert len(delays) == 20
+        medians.append(statistics.median(delays))
+        print(f"\nIcinga -> bridge -> ActiveMQ -> subscriber, run {run + 1}: median {medians[-1]:.2f} s,"
+              f" min {delays[0]:.2f} s, max {delays[-1]:.2f} s")
+    assert max(medians) < 6.0
+    assert bridge.counter(f"{events.SOURCE}.events") >= 62
+
+
+def account_probe(title, sender, probe, newest, catch_ups):
+    received = summaries(probe)
+    outputs = [output for _, output, _ in received]
+    ids = [result_id for result_id, _, _ in received]
+    return account(title, sender, outputs, newest, catch_ups, len(ids) - len(set(ids)))
+
+
+def settle(core, probe):
+    """{object: its newest output}, once every newest one arrived (or 3 batches passed)."""
+    newest = newest_outputs(core, SERVICES)
+    deadline = time.monotonic() + 3 * EVENT_DELAY
+    while time.monotonic() < deadline and not set(newest.values()) <= {o for _, o, _ in summaries(probe)}:
+        time.sleep(0.2)
+    time.sleep(EVENT_DELAY)
+    return newest
+
+
+def test_bridge_killed_mid_stream_loses_no_newest_result(icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
+    core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = start_bridge(icinga_bridge(core))
+    sender = Sender(core, SERVICES)
+    sender.start()
+    catch_ups = 0
+    try:
+        for _ in range(2):
+            time.sleep(7.0)
+            bridge.kill()                                     # kill -9, mid-stream
+            time.sleep(2.0)                                   # results go on meanwhile
+            start_bridge(bridge)
+            catch_ups += bridge.counter(f"{events.SOURCE}.catch_up_results")
+        time.sleep(3.0)
+    finally:
+        sender.stop()
+    newest = settle(core, probe)
+    lost_newest = account_probe("bridge kill -9 twice mid-stream", sender, probe, newest, catch_ups)
+    assert lost_newest == []
+    assert catch_ups >= len(SERVICES)         # each restart caught up what came while it was dead
+
+
+def test_icinga_reloaded_and_restarted_under_the_bridge_loses_no_newest_result(
+        icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
+    core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = start_bridge(icinga_bridge(core))
+    sender = Sender(core, SERVICES)
+    sender.start()
+    try:
+        for fault in (core.reload, core.restart, core.reload):
+            time.sleep(7.0)
+            fault()
+        time.sleep(3.0)
+    finally:
+        sender.stop()
+    newest = settle(core, probe)
+    status = bridge.wait_status(lambda s: True)
+    lost_newest = account_probe("Icinga reload, restart, reload under the bridge", sender, probe, newest,
+                                status.get("counters", {}).get(f"{events.SOURCE}.catch_up_results", 0))
+    assert lost_newest == []
+    assert status["counters"][f"{events.SOURCE}.connects"] == 4
