@@ -308,7 +308,7 @@ def account(title, sender, published_outputs, newest, catch_up_results, duplicat
     extra = len(published & set(sender.unanswered))
     print(f"\n{title}: sent {len(sender.accepted)} (answered 200; {len(sender.unanswered)} got no answer,"
           f" {extra} of those were recorded and published) / delivered {len(delivered)} / lost {lost}"
-          f" (intermediate results superseded while the stream was down) / duplicated {duplicates}"
+          f" ({why}) / duplicated {duplicates}"
           f" (dropped by message id) / newest per object: {len(newest)} objects, lost {len(lost_newest)}"
           f" / results recovered by the catch-ups: {catch_up_results}")
     return lost_newest
