@@ -155,7 +155,7 @@ def test_results_are_published_with_their_fields_and_the_echo_signal(icinga2_fac
     core.process_check_result("h1", "s1", 2, "CRITICAL - disk full\nsecond line\nthird",
                               performance_data=["used=91%;80;90", "free=2GB"], check_source=CHECK_SOURCE,
                               execution_start=ends - 1.5, execution_end=ends)
-    core.process_check_result("h2", None, 1, "host down")
+    core.process_check_result("h2", None, 1, "host down – Überlast ✓")
     wait_for(lambda: len(rig.published()) == 2, 10, "two results")
     (service, _), (down, _) = sorted(rig.published(), key=lambda pair: pair[0]["host"])
     assert service["host"] == "h1" and service["service"] == "s1"
@@ -165,11 +165,16 @@ def test_results_are_published_with_their_fields_and_the_echo_signal(icinga2_fac
     assert service["epoch"] == int(ends)                     # execution_end
     # The echo signal Icinga2Core.may_be_echo reads: ours carries the bridge's check_source.
     assert service["attributes"] == {"check_source": CHECK_SOURCE, "check_type": "PASSIVE"}
-    assert (down["host"], down["service"], down["status"]) == ("h2", None, "DOWN")
+    assert (down["host"], down["service"], down["status"], down["output"]) == ("h2", None, "DOWN", "host down – Überlast ✓")
     assert down["attributes"] == {"check_source": "icinga-sandbox", "check_type": "PASSIVE"}
     counters = rig.health.snapshot()["counters"]
     assert counters[f"{events.SOURCE}.events"] == 2 and counters[f"{events.SOURCE}.connects"] == 1
     assert rig.spool.load_marks(MARKS_KIND, 0).keys() == {"h1!s1", "h2"}
+    # Read again by a catch-up (marks forgotten): the same two messages, so the spool keeps two.
+    rig.stop()
+    rig.spool.forget_marks(MARKS_KIND, float("inf"))
+    rig.start()
+    assert rig.source.last_catch_up == (2, 2) and len(rig.published()) == 2 and rig.spool.stats().duplicates == 2
 
 
 def test_an_active_check_is_marked_active(icinga2_factory, rigs):
