@@ -174,8 +174,10 @@ class EventStreamSource(threading.Thread):
             sock.settimeout(None)                 # a silent stream is no error (keepalive is on)
             self.connects += 1
             self.health.add(f"{SOURCE}.connects")
-            # Only now: every result from here on comes on the stream, every one before is in
-            # the objects' last results (or superseded there).
+            # Only now: Icinga subscribes the stream before it writes the 200 (2.13.6
+            # EventsHandler::HandleRequest), and stores a result as last_check_result before it
+            # sends the result's event (Checkable::ProcessCheckResult). So every result whose
+            # event missed this stream is in the objects' last results now, or superseded there.
             objects, spooled = self._catch_up()
             if self.stopping.is_set():
                 return
