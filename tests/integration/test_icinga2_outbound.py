@@ -23,12 +23,14 @@ from msg_nagios_bridge.cores.icinga2 import events
 from msg_nagios_bridge.cores.icinga2.event_record import MARKS_KIND
 from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.formats import wlcg
+from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.outbound.intake import Intake
 from msg_nagios_bridge.outbound.routing import Router
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox import icinga2 as icinga2_mod
 from tests.sandbox.bridge import Bridge, bridge_config
 from tests.sandbox.icinga2 import Icinga2, host, passive_service
+from tests.sandbox.stomp_probe import publish
 
 pytestmark = pytest.mark.integration
 
@@ -536,6 +538,7 @@ def test_latency_from_icinga_to_the_spool(icinga2_factory, rigs):
 # -- the bridge process, publishing to a real ActiveMQ ------------------------------------------
 
 QUEUE = "/queue/icinga.results"
+REMOTE_QUEUE = "/queue/remote.results"
 
 
 @pytest.fixture
@@ -545,10 +548,10 @@ def icinga_bridge(tmp_path, activemq):
     pytest.importorskip("msg_nagios_bridge.cores.icinga2.core", reason="Icinga2Core (branch icinga-in) wires the source")
     made = []
 
-    def make(core, name="bridge"):
+    def make(core, name="bridge", inbound=""):
         workdir = tmp_path / name
-        bridge = Bridge(workdir, bridge_config(workdir, [activemq.stomp_port], ocsp=False, destination=QUEUE)
-                        + icinga2_yaml(core))
+        bridge = Bridge(workdir, bridge_config(workdir, [activemq.stomp_port], ocsp=False, destination=QUEUE,
+                                               inbound=inbound) + icinga2_yaml(core))
         made.append(bridge)
         return bridge
 
@@ -663,3 +666,32 @@ def test_icinga_reloaded_and_restarted_under_the_bridge_loses_no_newest_result(
                                 status.get("counters", {}).get(f"{events.SOURCE}.catch_up_results", 0))
     assert lost_newest == []
     assert status["counters"][f"{events.SOURCE}.connects"] == 4
+
+
+def test_results_the_bridge_injected_are_not_published_again(
+        icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
+    """Both directions on one Icinga: a remote result the bridge writes into Icinga comes back on
+    the event stream with the bridge's check_source, and the echo guard drops it; Icinga's own
+    result beside it is published."""
+    core = icinga2_factory(objects=[passive_service("h1", "remote"), passive_service("h1", "local")])
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = icinga_bridge(core, inbound=f"""
+inbound:
+  enabled: true
+  subscriptions: [{{destination: "{REMOTE_QUEUE}"}}]
+  policy: {{rules: [{{senders: ['*'], hosts: ['*'], services: ['*'], host_checks: true}}]}}
+""")
+    start_bridge(bridge)
+    remote = CheckResult(host="h1", service="remote", state=2, output="remote says CRITICAL", timestamp=int(time.time()))
+    publish(activemq, REMOTE_QUEUE, wlcg.encode(remote, {"siteName": "REMOTE", "gatheredAt": "remote-nagios"}),
+            headers={"persistent": "true", "nagios_host": "remote-nagios", "result_id": remote.identity()})
+    injected = core.wait_for_result("h1", "remote", lambda r: r["output"] == "remote says CRITICAL", timeout=20)
+    assert injected["check_source"] == CHECK_SOURCE
+    core.process_check_result("h1", "local", 1, "local WARNING")
+    deadline = time.monotonic() + 3 * EVENT_DELAY                # both events come in the same batches
+    while "local WARNING" not in {o for _, o, _ in summaries(probe)} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(EVENT_DELAY)
+    outputs = [output for _, output, _ in summaries(probe)]
+    assert outputs == ["local WARNING"]
+    assert bridge.wait_counter(f"{events.SOURCE}.events", 2) >= 2  # the injected one was read, and dropped
