@@ -566,9 +566,11 @@ def summaries(probe):
 
 
 def start_bridge(bridge):
+    """Start the bridge process; return once its status shows the stream connected (and so
+    caught up: "reading" comes only after that)."""
     bridge.start()
-    state = bridge.wait_state(events.SOURCE, "connected", timeout=30)
-    assert state in ("connected", "reading"), bridge.log_text()[-3000:]
+    status = bridge.wait_status(lambda s: s.get("states", {}).get(events.SOURCE) in ("connected", "reading"), 30)
+    assert status, bridge.log_text()[-3000:]
     return bridge
 
 
