@@ -606,7 +606,7 @@ def test_the_bridge_publishes_icinga_results_to_the_broker_within_icinga_s_batch
         print(f"\nIcinga -> bridge -> ActiveMQ -> subscriber, run {run + 1}: median {medians[-1]:.2f} s,"
               f" min {delays[0]:.2f} s, max {delays[-1]:.2f} s")
     assert max(medians) < 6.0
-    assert bridge.counter(f"{events.SOURCE}.events") >= 62
+    assert bridge.wait_counter(f"{events.SOURCE}.events", 62) >= 62     # 2 + 3 x 20
 
 
 def account_probe(title, sender, probe, newest, catch_ups):
