@@ -240,6 +240,27 @@ def test_a_result_read_by_the_catch_up_and_the_stream_is_one_message(icinga2_fac
     assert rig.outputs() == ["in the window"]                # ... the stream too, and the spool kept one
     assert rig.spool.stats().duplicates == 1
 
+
+def test_a_catch_up_of_2000_objects_takes_seconds_not_minutes(icinga2_factory, rigs):
+    services = [f"s{i:04d}" for i in range(2000)]
+    core = icinga2_factory(objects=[passive_service(f"h{i % 50:02d}", s) for i, s in enumerate(services)])
+    with core.connect() as connection:
+        for i, service in enumerate(services):
+            path = "/v1/actions/process-check-result?service=" + urllib.parse.quote(f"h{i % 50:02d}!{service}", safe="")
+            assert connection.request("POST", path, {"exit_status": i % 4, "plugin_output": f"out {i}",
+                                                     "performance_data": [f"v={i}"]}).status == 200
+    rig = rigs(core)
+    rig.start()
+    assert rig.source.last_catch_up == (2000, 2000)
+    print(f"\ncatch-up of 2,000 objects at start: {rig.started_in:.2f} s (connect, both object lists, parse,"
+          f" route, spool)")
+    assert len(rig.published()) == 2000
+    rig.stop()
+    rig.start()
+    assert rig.source.last_catch_up == (2000, 0)
+    print(f"catch-up of 2,000 objects with nothing new: {rig.started_in:.2f} s")
+    assert rig.started_in < 10
+
 # -- faults --------------------------------------------------------------------------------
 
 class Sender(threading.Thread):
