@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 MAX_DEAD_LETTER_PREVIEW = 4096
 
+Mark = Tuple[str, str, float]     # (kind, key, time): see Spool.put
+
 
 class Intake:
     def __init__(self, source: str, router: Router, spool: Spool, health: Health,
@@ -44,13 +46,18 @@ class Intake:
         # files that Nagios rotates meanwhile, before a second rotation could unlink them).
         self.while_waiting: Optional[Callable[[], None]] = None
 
-    def spool_lines(self, lines: Sequence[bytes], cursor: Optional[Tuple[str, str]] = None) -> bool:
+    def spool_lines(self, lines: Sequence[bytes], cursor: Optional[Tuple[str, str]] = None,
+                    marks_of: Optional[Callable[[CheckResult], Mark]] = None) -> bool:
         """Parse, route and durably spool ``lines`` with ``cursor``, retrying while full.
 
-        Returns False only if the bridge began stopping before the batch was stored.
+        ``marks_of`` gives the spool mark (kind, key, time) of each result parsed (routed or
+        not), stored in the same transaction as the messages (Spool.put's ``marks``): e.g. the
+        newest time per object a source has spooled. Returns False only if the bridge began
+        stopping before the batch was stored.
         """
         now_ms = int(time.time() * 1000)
         messages: List[Message] = []
+        marks: List[Mark] = []
         for raw in lines:
             text = raw.decode("utf-8", errors="replace").rstrip("\r")
             if not text.strip():
@@ -62,6 +69,8 @@ class Intake:
                     self.dead_letter(raw, str(exc))
                     continue
                 messages.extend(self.router.messages(result, now_ms))
+                if marks_of is not None:
+                    marks.append(marks_of(result))
             except Exception as exc:     # noqa: BLE001
                 # Whatever one line does, it must not stop the source: the line would be read
                 # again after the restart, and fail again, for ever (a poison pill).
@@ -70,9 +79,10 @@ class Intake:
         self.health.add(f"{self.source}.lines", len(lines))
         chunks = self._chunks(messages)
         for number, chunk in enumerate(chunks, 1):
-            # The cursor goes with the last chunk: a crash in between re-reads the lines, and
-            # the spool drops the ids it already holds.
-            if not self._store(chunk, cursor if number == len(chunks) else None):
+            # The cursor and marks go with the last chunk: a crash in between re-reads the
+            # lines, and the spool drops the ids it already holds.
+            last = number == len(chunks)
+            if not self._store(chunk, cursor if last else None, marks if last else []):
                 return False
         return True
 
@@ -91,13 +101,14 @@ class Intake:
             size += weight
         return chunks
 
-    def _store(self, messages: List[Message], cursor: Optional[Tuple[str, str]]) -> bool:
-        """Durably spool ``messages`` with ``cursor``, retrying while the spool is full or
-        unavailable; False only if the bridge began stopping first."""
+    def _store(self, messages: List[Message], cursor: Optional[Tuple[str, str]],
+               marks: Sequence[Mark] = ()) -> bool:
+        """Durably spool ``messages`` with ``cursor`` and ``marks``, retrying while the spool
+        is full or unavailable; False only if the bridge began stopping first."""
         while True:
             try:
-                if messages or cursor is not None:
-                    self.spool.put(messages, cursor=cursor)
+                if messages or cursor is not None or marks:
+                    self.spool.put(messages, cursor=cursor, marks=marks)
                 self.health.add("spooled", len(messages))
                 self.health.set_state(self.source, "reading")
                 return True
