@@ -187,8 +187,13 @@ def test_a_404_on_the_list_names_the_missing_permission():
     with pytest.raises(ObjectsUnavailable, match="objects/query/Service") as caught:
         objects.get()
     assert not isinstance(caught.value, ObjectsUnreachable)
-    with pytest.raises(ObjectsUnavailable):
-        objects.version()                           # refused, not unreachable: no list at all
+    assert objects.version() is None                # never read: the core says "no list" (None)
+
+
+def test_a_401_on_the_list_says_the_credentials_are_refused():
+    api = ScriptedApi({**listing(), "/v1/objects/hosts": (401, {"error": 401, "status": "Unauthorized."})})
+    with pytest.raises(ObjectsUnavailable, match=r"refuses the bridge's credentials \(401 Unauthorized.\)"):
+        ObjectList(api, refresh=60, clock=Clock()).get()
 
 
 # -- the core ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ...spool import Spool
 from .. import IntakeFor
 from . import check_result, wiring
 from .api import ApiClient
-from .objects import ObjectList, ObjectsUnreachable
+from .objects import ObjectList, ObjectsUnavailable
 from .writer import Icinga2Writer
 
 
@@ -52,18 +52,18 @@ class Icinga2Core:
         return check_result.preview(result, self.settings.icinga2.check_source)
 
     def known_objects(self) -> Optional[FrozenSet[ObjectKey]]:
-        """Icinga's hosts and services. None while the list has never been read because Icinga
-        cannot be reached (a bridge started before Icinga must not refuse every result as
-        unknown: the writer checks each one against the list before sending, and holds them
-        until it can read it); OSError for an answer that says the list cannot be read."""
+        """Icinga's hosts and services; None while the list was never read (Icinga unreachable,
+        credentials or permissions refused). A bridge started before Icinga, or with a wrong
+        password, must not refuse every result as an unknown object: the writer checks each
+        one against the list before sending, and holds them all until it can read it."""
         try:
             return self.objects.get()
-        except ObjectsUnreachable:
+        except ObjectsUnavailable:
             return None
 
     def objects_version(self) -> Optional[int]:
         """Grows when the list read from Icinga changed (read again every objects_refresh s);
-        None while it was never read (Icinga unreachable), as known_objects()."""
+        None while it was never read, as known_objects()."""
         return self.objects.version()
 
     def wiring(self) -> str:

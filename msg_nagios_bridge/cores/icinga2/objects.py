@@ -67,6 +67,9 @@ class ObjectList:
                     status, answer = self.client.request("GET", path)
             except ApiUnavailable as exc:
                 raise ObjectsUnreachable(f"cannot read Icinga 2's object list: {exc}") from None
+            if status == 401:
+                text = answer.get("status", "") if isinstance(answer, dict) else ""
+                raise ObjectsUnavailable(f"Icinga 2 refuses the bridge's credentials (401 {text})".replace(" )", ")"))
             if status == 404:
                 raise ObjectsUnavailable(f"Icinga 2 answered 404 to {path}: the ApiUser lacks the permission"
                                          f" {permission}")
@@ -111,12 +114,11 @@ class ObjectList:
             return self._objects
 
     def version(self) -> Optional[int]:
-        """Grows when the list changes. None while it was never read because Icinga cannot
-        be reached; raises ObjectsUnavailable for an answer that refuses it."""
+        """Grows when the list changes; None while it was never read."""
         with self._lock:
             try:
                 self._refresh_if_due()
-            except ObjectsUnreachable:
+            except ObjectsUnavailable:
                 return None
             return self._version
 

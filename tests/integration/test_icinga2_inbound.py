@@ -1,0 +1,257 @@
+"""Inbound into a real Icinga 2 (Debian's 2.13, tests/sandbox/icinga2.py) through its API.
+
+Two levels: the writer alone (cores/icinga2/writer.py in this process, fed from a real inbound
+spool: no broker), and the whole bridge (`msg-nagios-bridge run`, core: icinga2) fed through a
+real ActiveMQ. Each fault test prints sent / delivered / lost / duplicated, as the fault suite
+does for Nagios: every result goes to an object of its own, so "delivered" is the number of
+objects whose last_check_result is the one sent (read back in one /v1/objects query), and
+"duplicated" the number of results Icinga recorded twice, counted on an event stream that
+stays open through the fault (``duplicated`` is None where the fault ends the stream).
+"""
+import json
+import threading
+import time
+
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.cores import core_for
+from msg_nagios_bridge.daemon.health import Health
+from msg_nagios_bridge.formats import wlcg
+from msg_nagios_bridge.inbound.echo import EchoGuard
+from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
+from msg_nagios_bridge.spool import Spool
+from tests.sandbox import icinga2 as icinga2_mod
+from tests.sandbox.icinga2 import Icinga2, host, passive_service
+from tests.sandbox.ports import wait_until
+from tests.sandbox.stomp_probe import connect
+
+pytestmark = pytest.mark.integration
+
+PERMISSIONS = ["events/CheckResult", "actions/process-check-result", "objects/query/Host", "objects/query/Service"]
+USER, PASSWORD = "bridge", "bridge-secret"
+SOURCE = "msg-nagios-bridge@central.example.org"
+QUEUE = "/queue/icinga.inbound.test"
+FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
+HOSTS = ["ce01.remote.org", "ce02.remote.org"]
+
+
+@pytest.fixture
+def icinga2_factory(tmp_path):
+    """make(name="icinga2", start=True, **Icinga2 kwargs) -> Icinga2; all stopped at teardown."""
+    try:
+        icinga2_mod.check_installed()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    made = []
+
+    def make(name="icinga2", start=True, **kwargs):
+        core = Icinga2(tmp_path / name, **kwargs)
+        made.append(core)
+        if start:
+            core.start()
+        return core
+
+    yield make
+    for core in made:
+        core.stop()
+
+
+def central_icinga(icinga2_factory, services=40, password=PASSWORD):
+    """An Icinga with passive services svc000.. on each of HOSTS and the bridge's ApiUser."""
+    objects = [passive_service(h, f"svc{i:03d}") for h in HOSTS for i in range(services)]
+    objects += [host("router.remote.org")]
+    return icinga2_factory(objects=objects,
+                           api_users={USER: {"password": password, "permissions": PERMISSIONS}})
+
+
+def icinga2_section(icinga, password=PASSWORD, refresh=60):
+    return (f"core: icinga2\n"
+            f"icinga2: {{host: 127.0.0.1, port: {icinga.api_port}, ca_file: {icinga.ca_file}, user: {USER},"
+            f" password: {password}, publish: false, check_source: {SOURCE}, objects_refresh: {refresh}}}\n")
+
+
+def results_for(count, tag, timestamp=None):
+    """``count`` results, each for an object of its own (service results, round-robin over HOSTS)."""
+    when = timestamp or int(time.time()) - 60
+    return [CheckResult(host=HOSTS[i % len(HOSTS)], service=f"svc{i // len(HOSTS):03d}", state=i % 4,
+                        output=f"{tag} result {i}", long_output=f"detail of {i}\nsecond line",
+                        perfdata=f"n={i};10;20 'a b'=1s", timestamp=when)
+            for i in range(count)]
+
+
+def tally(icinga, results, stream=None, settle=6.0):
+    """(delivered, lost, duplicated): objects showing the result sent for them; those that do
+    not; results seen more than once on ``stream`` (None without a stream). Waits ``settle``
+    seconds first when a stream is given: 2.13 delivers events in 5 s batches."""
+    reply = icinga.api("GET", "/v1/objects/services?attrs=last_check_result&attrs=host_name&attrs=name")
+    assert reply.status == 200, reply
+    shown = {(e["attrs"]["host_name"], e["attrs"]["name"]): e["attrs"]["last_check_result"] or {}
+             for e in reply.body["results"]}
+    delivered = sum(1 for r in results
+                    if shown.get((r.host, r.service), {}).get("output", "").startswith(r.output + "\n")
+                    and shown[(r.host, r.service)].get("check_source") == SOURCE)
+    duplicated = None
+    if stream is not None:
+        time.sleep(settle)
+        seen = {}
+        for event in stream.events:
+            cr = event["check_result"]
+            if cr.get("check_source") == SOURCE:
+                key = (event["host"], event.get("service"), cr["output"])
+                seen[key] = seen.get(key, 0) + 1
+        duplicated = sum(n - 1 for n in seen.values())
+    return delivered, len(results) - delivered, duplicated
+
+
+def report(name, sent, delivered, lost, duplicated):
+    print(f"\n{name}: sent={sent} delivered={delivered} lost={lost} duplicated={duplicated}")
+
+
+# -- the writer alone, against the real Icinga 2 ----------------------------------------------------
+
+class WriterRig:
+    """The Icinga 2 core's writer in this process, on a real inbound spool in ``tmp_path``."""
+
+    def __init__(self, tmp_path, icinga, password=PASSWORD, refresh=60):
+        ca = icinga.ca_file
+        self.settings = config.parse(icinga2_section(icinga, password, refresh) + f"""
+site: {{name: CENTRAL, nagios_name: central.example.org}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}/spool}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+routes: [{{name: r, destination: /queue/out}}]
+inbound: {{enabled: true, subscriptions: [{{destination: {QUEUE}}}], policy: {{rules: [{{senders: ['*']}}]}}}}
+""", "rig.yaml")
+        assert str(ca) in self.settings.icinga2.ca_file
+        (tmp_path / "spool").mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(str(tmp_path / "spool" / "inbound.sqlite"))
+        self.health = Health()
+        self.echo = EchoGuard(None)
+        self.core = core_for(self.settings)
+        self.writer = self.core.writer(self.spool, self.health, self.echo)
+
+    def put(self, results):
+        self.spool.put([Message(message_id=f"{r.identity()}", destination="icinga2", headers={},
+                                body=json.dumps(result_to_dict(r)).encode()) for r in results])
+
+    def state(self):
+        return self.health.snapshot()["states"].get("icinga2_writer", "")
+
+    def wait_empty(self, timeout=30):
+        return wait_until(lambda: self.spool.stats().depth == 0 or None, timeout)
+
+    def close(self):
+        self.writer.stop()
+        self.writer.join(15)
+        self.spool.close()
+
+
+@pytest.fixture
+def rig_factory(tmp_path):
+    made = []
+
+    def make(icinga, **kwargs):
+        rig = WriterRig(tmp_path / f"rig{len(made)}", icinga, **kwargs)
+        made.append(rig)
+        return rig
+
+    yield make
+    for rig in made:
+        rig.close()
+
+
+def test_results_land_with_output_perfdata_check_time_and_check_source(icinga2_factory, rig_factory):
+    icinga = central_icinga(icinga2_factory, services=2)
+    rig = rig_factory(icinga)
+    when = time.time() - 120.25
+    service = CheckResult(host="ce01.remote.org", service="svc000", state=2, output="CRITICAL - disk full",
+                          long_output="sda1 99%\nsdb1 97%", perfdata="used=99%;90;95 'free space'=1GB",
+                          timestamp=when)
+    down = CheckResult(host="ce02.remote.org", service=None, state=1, output="host DOWN", timestamp=when)
+    unreachable = CheckResult(host="router.remote.org", service=None, state=2, output="unreachable",
+                              timestamp=when)
+    rig.put([service, down, unreachable])
+    rig.writer.start()
+    assert rig.wait_empty(), rig.state()
+    got = icinga.object_state("ce01.remote.org", "svc000")["last_check_result"]
+    assert got["output"] == "CRITICAL - disk full\nsda1 99%\nsdb1 97%"
+    assert got["performance_data"] == ["used=99%;90;95", "'free space'=1GB"]
+    assert got["state"] == 2 and got["active"] is False and got["check_source"] == SOURCE
+    assert abs(got["execution_start"] - when) < 0.001 and abs(got["execution_end"] - when) < 0.001
+    for result in (down, unreachable):   # hosts: DOWN and UNREACHABLE both go as exit status 1 (DOWN)
+        attrs = icinga.object_state(result.host)
+        assert attrs["state"] == 1 and attrs["last_check_result"]["output"] == result.output
+    assert rig.health.counter("injected") == 3 and rig.state() in ("writing", "waiting for results")
+
+
+def test_unknown_objects_become_dead_letters_and_icinga_stays_up(icinga2_factory, rig_factory):
+    icinga = central_icinga(icinga2_factory, services=2)
+    rig = rig_factory(icinga)
+    good = results_for(4, "good")
+    unknown = CheckResult(host="ce01.remote.org", service="no-such-service", state=1, output="who?")
+    rig.put([good[0], unknown, good[1]])
+    rig.writer.start()
+    assert rig.wait_empty(), rig.state()
+    dead = rig.spool.dead_letters()
+    assert [d.reason.split(":")[0] for d in dead] == ["unknown-object"], dead
+    assert "'ce01.remote.org!no-such-service'" in dead[0].reason
+    # Gone from Icinga after the bridge read its list: refused by Icinga (404), also a dead letter.
+    icinga.objects = [o for o in icinga.objects if o.get("name") != "svc001"]
+    icinga.reload()
+    rig.put([good[2], good[3]])
+    assert rig.wait_empty(), rig.state()
+    reasons = sorted(d.reason for d in rig.spool.dead_letters())
+    assert len(reasons) == 3 and all(r.startswith("unknown-object: ") for r in reasons), reasons
+    assert any("answered 404" in r and "permission" in r for r in reasons), reasons
+    assert icinga.running() and icinga.api_answers()
+    assert tally(icinga, good[:2])[0] == 2
+    assert rig.health.counter("refused.unknown-object") == 3
+
+
+def test_icinga_stopped_for_a_while_then_started_loses_nothing(icinga2_factory, rig_factory):
+    icinga = central_icinga(icinga2_factory)
+    rig = rig_factory(icinga)
+    rig.writer.start()
+    results = results_for(60, "stopped")
+    rig.put(results[:20])
+    assert rig.wait_empty(), rig.state()
+    icinga.stop()
+    rig.put(results[20:])
+    assert wait_until(lambda: rig.state().startswith("waiting: ") or None, 15), rig.state()
+    time.sleep(3)                                        # a few backoffs while it is down
+    assert rig.spool.stats().depth == 40
+    icinga.start()
+    assert rig.wait_empty(40), rig.state()
+    delivered, lost, _ = tally(icinga, results)
+    report("writer: icinga stopped", len(results), delivered, lost, None)
+    assert lost == 0 and rig.health.counter("injected") == 60
+
+
+def test_a_reload_mid_stream_loses_nothing(icinga2_factory, rig_factory):
+    icinga = central_icinga(icinga2_factory, services=300)
+    rig = rig_factory(icinga)
+    results = results_for(600, "reload")
+    rig.writer.start()
+    feeder = threading.Thread(target=lambda: [rig.put(results[i:i + 20]) or time.sleep(0.02)
+                                              for i in range(0, len(results), 20)])
+    feeder.start()
+    wait_until(lambda: rig.health.counter("injected") >= 100 or None, 20)
+    icinga.reload()
+    feeder.join()
+    assert rig.wait_empty(60), rig.state()
+    delivered, lost, _ = tally(icinga, results)
+    report("writer: icinga reloaded", len(results), delivered, lost,
+           f"<= {rig.health.counter('icinga2_no_answer')} (requests without an answer, sent again)")
+    assert lost == 0
+
+
+def test_wrong_password_holds_everything_with_a_clear_state(icinga2_factory, rig_factory):
+    icinga = central_icinga(icinga2_factory)
+    rig = rig_factory(icinga, password="wrong")
+    results = results_for(10, "auth")
+    rig.put(results)
+    rig.writer.start()
+    state = wait_until(lambda: "401" in rig.state() and rig.state(), 15)
+    assert state and state.startswith("waiting: Icinga 2 refuses the bridge's credentials (401"), rig.state()
+    assert rig.spool.stats().depth == 10 and not rig.spool.dead_letters()
