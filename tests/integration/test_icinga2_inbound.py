@@ -255,3 +255,46 @@ def test_wrong_password_holds_everything_with_a_clear_state(icinga2_factory, rig
     state = wait_until(lambda: "401" in rig.state() and rig.state(), 15)
     assert state and state.startswith("waiting: Icinga 2 refuses the bridge's credentials (401"), rig.state()
     assert rig.spool.stats().depth == 10 and not rig.spool.dead_letters()
+
+
+def test_the_command_file_writer_still_works_with_icinga2s_compat_pipe_and_says_it_is_deprecated(
+        icinga2_factory, tmp_path, caplog):
+    pipe = tmp_path / "icinga2.cmd"
+    icinga = icinga2_factory(objects=[passive_service("h1", "s1")],
+                             extra_config=f'object ExternalCommandListener "command" {{ command_path = "{pipe}" }}\n')
+    assert wait_until(lambda: pipe.exists() or None, 10)
+    from msg_nagios_bridge.cores.nagios.writer import NagiosWriter
+    settings = config.parse(f"""
+site: {{name: CENTRAL}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}/spool}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+routes: [{{name: r, destination: /queue/out}}]
+inbound: {{enabled: true, subscriptions: [{{destination: {QUEUE}}}], policy: {{rules: [{{senders: ['*']}}]}},
+          writer: command_file, command_file: {pipe}}}
+""", "pipe.yaml")
+    (tmp_path / "spool").mkdir()
+    spool, health = Spool(str(tmp_path / "spool" / "inbound.sqlite")), Health()
+    writer = NagiosWriter(settings.inbound, spool, health, EchoGuard(None))
+    result = CheckResult(host="h1", service="s1", state=1, output="through the pipe", timestamp=time.time() - 5)
+    spool.put([Message(message_id="m1", destination="nagios", headers={},
+                       body=json.dumps(result_to_dict(result)).encode())])
+    with caplog.at_level("WARNING"):
+        writer.start()
+        try:
+            got = icinga.wait_for_result("h1", "s1", lambda r: r["output"] == "through the pipe", timeout=15)
+            assert got["state"] == 1
+            assert wait_until(lambda: spool.stats().depth == 0 or None, 15)
+        finally:
+            writer.stop()
+            writer.join(15)
+            spool.close()
+    state = health.snapshot()["states"].get("command_file", "")
+    assert state.startswith("writing; deprecated: ") and "2.18" in state and "core: icinga2" in state
+    assert any("read by Icinga 2" in r.getMessage() and "deprecated" in r.getMessage() for r in caplog.records)
+    from msg_nagios_bridge.cli.selfcheck import Thresholds, evaluate
+    from msg_nagios_bridge.daemon.status import Status
+    status = Status.from_json({"time": time.time(), "pid": 1, "states": {"command_file": state}, "since": {},
+                               "counters": {}, "last": {}})
+    code, line = evaluate(status, Thresholds(), time.time())
+    assert code == 0 and "deprecated" in line
