@@ -298,3 +298,161 @@ inbound: {{enabled: true, subscriptions: [{{destination: {QUEUE}}}], policy: {{r
                                "counters": {}, "last": {}})
     code, line = evaluate(status, Thresholds(), time.time())
     assert code == 0 and "deprecated" in line
+
+
+# -- the whole bridge: ActiveMQ -> msg-nagios-bridge run (core: icinga2) -> Icinga 2 ------------------
+
+def bridge_inbound(icinga, password=PASSWORD):
+    return icinga2_section(icinga, password) + f"""
+inbound:
+  enabled: true
+  subscriptions: [{{destination: "{QUEUE}"}}]
+  policy: {{rules: [{{senders: ['*'], hosts: ['*'], services: ['*'], host_checks: true}}]}}
+"""
+
+
+class Publisher(threading.Thread):
+    """Sends ``results`` as WLCG messages to QUEUE at ``rate``/s over one STOMP connection,
+    persistent, a receipt on the last; ``sent`` counts what was handed to the broker."""
+
+    def __init__(self, broker, results, rate=200.0):
+        super().__init__(daemon=True)
+        self.broker, self.results, self.rate = broker, results, rate
+        self.sent = 0
+        self.error = None
+
+    def run(self):
+        try:
+            conn, receipts = connect(self.broker)
+            try:
+                t0 = time.monotonic()
+                for i, result in enumerate(self.results):
+                    delay = t0 + i / self.rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    headers = {"persistent": "true", "nagios_host": "remote-nagios", "result_id": result.identity()}
+                    if i == len(self.results) - 1:
+                        headers["receipt"] = "last"
+                    conn.send(QUEUE, wlcg.encode(result, FIELDS), headers=headers)
+                    self.sent += 1
+                receipts.wait("last", 30)
+            finally:
+                conn.disconnect()
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            self.error = exc
+
+
+def wait_delivered(icinga, results, timeout=60):
+    """Poll until every result shows on its object (or ``timeout``); return tally()."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counted = tally(icinga, results)
+        if counted[1] == 0 or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.5)
+
+
+def test_bridge_results_land_and_unknown_objects_are_dead_letters(activemq, icinga2_factory, bridge_factory):
+    icinga = central_icinga(icinga2_factory, services=5)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, site="CENTRAL", inbound=bridge_inbound(icinga))
+    bridge.start()
+    assert bridge.wait_state("icinga2_writer", "waiting for results"), bridge.log_text()[-3000:]
+    results = results_for(6, "bridge")
+    unknown = CheckResult(host="ce01.remote.org", service="not-in-icinga", state=2, output="nobody", timestamp=1)
+    publisher = Publisher(activemq, results[:3] + [unknown] + results[3:])
+    publisher.run()
+    assert publisher.error is None, publisher.error
+    delivered, lost, _ = wait_delivered(icinga, results, 30)
+    assert lost == 0, bridge.log_text()[-3000:]
+    got = icinga.object_state(results[0].host, results[0].service)["last_check_result"]
+    assert got["output"] == "bridge result 0\ndetail of 0\nsecond line" and got["check_source"] == SOURCE
+    assert got["performance_data"] == ["n=0;10;20", "'a b'=1s"]
+    assert int(got["execution_start"]) == int(results[0].timestamp)
+    assert bridge.wait_counter("refused.unknown-object", 1) == 1
+    assert bridge.wait_counter("injected", 6) == 6
+    assert icinga.running() and icinga.api_answers()
+
+
+def test_bridge_icinga_stopped_mid_stream_then_started_loses_nothing(activemq, icinga2_factory, bridge_factory):
+    icinga = central_icinga(icinga2_factory, services=150)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, site="CENTRAL", inbound=bridge_inbound(icinga))
+    bridge.start()
+    assert bridge.wait_state("icinga2_writer", "waiting for results"), bridge.log_text()[-3000:]
+    results = results_for(300, "stopped")
+    publisher = Publisher(activemq, results, rate=100)
+    publisher.start()
+    wait_until(lambda: publisher.sent >= 80 or None, 20)
+    icinga.stop()
+    assert bridge.wait_state("icinga2_writer", "waiting: "), bridge.status()
+    time.sleep(3)
+    icinga.start()
+    publisher.join(60)
+    assert publisher.error is None, publisher.error
+    delivered, lost, _ = wait_delivered(icinga, results)
+    no_answer = bridge.status().get("counters", {}).get("icinga2_no_answer", 0)
+    report("bridge: icinga stopped", len(results), delivered, lost, f"<= {no_answer} (sent again after no answer)")
+    assert lost == 0, bridge.log_text()[-3000:]
+
+
+def test_bridge_icinga_reloaded_mid_stream_loses_nothing(activemq, icinga2_factory, bridge_factory):
+    icinga = central_icinga(icinga2_factory, services=150)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, site="CENTRAL", inbound=bridge_inbound(icinga))
+    bridge.start()
+    assert bridge.wait_state("icinga2_writer", "waiting for results"), bridge.log_text()[-3000:]
+    results = results_for(300, "reload")
+    publisher = Publisher(activemq, results, rate=100)
+    publisher.start()
+    for at in (80, 180):
+        wait_until(lambda: publisher.sent >= at or None, 20)
+        icinga.reload()
+    publisher.join(60)
+    assert publisher.error is None, publisher.error
+    delivered, lost, _ = wait_delivered(icinga, results)
+    no_answer = bridge.status().get("counters", {}).get("icinga2_no_answer", 0)
+    report("bridge: icinga reloaded twice", len(results), delivered, lost, f"<= {no_answer} (sent again after no answer)")
+    assert lost == 0, bridge.log_text()[-3000:]
+
+
+def test_bridge_killed_mid_stream_and_restarted_loses_nothing(activemq, icinga2_factory, bridge_factory):
+    icinga = central_icinga(icinga2_factory, services=150)
+    stream = icinga.events(queue_name="duplicates")
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, site="CENTRAL", inbound=bridge_inbound(icinga))
+    bridge.start()
+    assert bridge.wait_state("icinga2_writer", "waiting for results"), bridge.log_text()[-3000:]
+    results = results_for(300, "kill9")
+    publisher = Publisher(activemq, results, rate=100)
+    publisher.start()
+    wait_until(lambda: publisher.sent >= 120 or None, 20)
+    bridge.kill()
+    time.sleep(1)
+    bridge.start()
+    publisher.join(60)
+    assert publisher.error is None, publisher.error
+    delivered, lost, _ = wait_delivered(icinga, results)
+    _, _, duplicated = tally(icinga, results, stream)
+    stream.close()
+    report("bridge: kill -9 and restart", len(results), delivered, lost, duplicated)
+    assert lost == 0, bridge.log_text()[-3000:]
+
+
+def test_bridge_with_a_wrong_password_loses_nothing_and_says_so_then_delivers_once_fixed(
+        activemq, icinga2_factory, bridge_factory):
+    icinga = central_icinga(icinga2_factory)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, site="CENTRAL",
+                            inbound=bridge_inbound(icinga, password="wrong"))
+    bridge.start()
+    results = results_for(20, "password")
+    publisher = Publisher(activemq, results)
+    publisher.run()
+    assert publisher.error is None, publisher.error
+    state = bridge.wait_state("icinga2_writer", "401")
+    assert state.startswith("waiting: Icinga 2 refuses the bridge's credentials (401"), bridge.status()
+    status = bridge.wait_status(lambda s: s.get("inbound_spool", {}).get("depth") == 20)
+    assert status and status["inbound_spool"]["dead_letters"] == 0, bridge.status()
+    assert tally(icinga, results)[0] == 0
+    bridge.stop()
+    bridge.config_path.write_text(bridge.config_path.read_text().replace("password: wrong", f"password: {PASSWORD}"))
+    bridge.start()
+    delivered, lost, _ = wait_delivered(icinga, results, 30)
+    report("bridge: wrong password, then fixed", len(results), delivered, lost, None)
+    assert lost == 0, bridge.log_text()[-3000:]

@@ -25,8 +25,8 @@ def settings_for(tmp_path, login="user: bridge, password: pw", publish="false", 
     ca = tmp_path / "ca.crt"
     if not ca.exists():
         ca.write_text("not read by these tests\n")
-    section = (f"inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}],"
-               f" policy: {{rules: [{{senders: ['*']}}]}}}}" if inbound else "")
+    section = ("inbound: {enabled: true, subscriptions: [{destination: /queue/q}],"
+               " policy: {rules: [{senders: ['*']}]}}" if inbound else "")
     return config.parse(f"""
 core: icinga2
 icinga2: {{ca_file: {ca}, {login}, publish: {publish}, check_source: {SOURCE}}}
