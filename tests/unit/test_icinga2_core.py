@@ -2,6 +2,7 @@
 action table, the object list's refresh rules, the ApiUser wiring and the echo signal.
 (The same against the real Icinga 2: tests/integration/test_icinga2_inbound.py.)"""
 import json
+import threading
 import urllib.parse
 
 import pytest
@@ -122,8 +123,11 @@ class ScriptedApi:
     def __init__(self, answers):
         self.answers = answers
         self.requests = []
+        self.gate = None        # a threading.Event: requests wait for it (a slow API)
 
     def request(self, method, path, body=None):
+        if self.gate is not None:
+            assert self.gate.wait(5)
         self.requests.append(path)
         answer = self.answers[path.split("?")[0]]
         if isinstance(answer, Exception):
@@ -151,19 +155,32 @@ class Clock:
 def test_the_list_is_read_once_per_refresh_and_its_version_moves_only_when_it_changes():
     api, clock = ScriptedApi(listing()), Clock()
     objects = ObjectList(api, refresh=60, clock=clock)
-    assert objects.get() == {("h1", None), ("h1", "s1")}
-    version = objects.version()
+    version = objects.version()                    # the first time: read at once
+    assert version is not None and objects.get() == {("h1", None), ("h1", "s1")}
     clock.now += 59
     objects.get()
     assert len(api.requests) == 2                  # hosts and services, once
     assert api.requests[1] == "/v1/objects/services?attrs=name&attrs=host_name"
     clock.now += 1
-    assert objects.version() == version and len(api.requests) == 4   # read again, unchanged
+    assert objects.get() and objects.version() == version and len(api.requests) == 4   # read again, unchanged
     api.answers = listing(services=(("h1", "s1"), ("h1", "s2")))
     objects.stale()
-    assert objects.version() == version            # a stale list waits STALE_REREAD seconds
+    objects.get()
+    assert objects.version() == version and len(api.requests) == 4   # a stale list waits STALE_REREAD s
     clock.now += 1
-    assert objects.version() == version + 1 and ("h1", "s2") in objects.get()
+    assert ("h1", "s2") in objects.get() and objects.version() == version + 1
+
+
+def test_version_reads_a_due_list_in_the_background():
+    api, clock = ScriptedApi(listing()), Clock()
+    objects = ObjectList(api, refresh=60, clock=clock)
+    version = objects.version()
+    api.answers, api.gate = listing(hosts=("h1", "h2")), threading.Event()
+    clock.now += 60
+    assert objects.version() == version            # answered at once, while the API is slow
+    api.gate.set()
+    objects._refresher.join(5)
+    assert objects.version() == version + 1 and ("h2", None) in objects.get()
 
 
 def test_unreachable_before_the_first_read_is_none_for_the_core_and_the_old_list_stays_after():

@@ -54,6 +54,8 @@ class ObjectList:
         self._stale = False
         self._failed_at = float("-inf")
         self._error: Optional[ObjectsUnavailable] = None
+        self._tried = False                     # a read was tried (version() waits only for the first)
+        self._refresher: Optional[threading.Thread] = None
 
     def _read(self) -> FrozenSet[ObjectKey]:
         answers = []
@@ -82,14 +84,17 @@ class ObjectList:
         except ValueError as exc:
             raise ObjectsUnavailable(str(exc)) from None
 
+    def _due(self) -> bool:
+        age = self._clock() - self._read_at
+        return age >= self.refresh or (self._stale and age >= STALE_REREAD)
+
     def _refresh_if_due(self) -> None:
         """Called with the lock held. Raises ObjectsUnavailable when a due read fails and no
         list was ever read (with one, the old list stays in use until a read succeeds)."""
         now = self._clock()
-        age = now - self._read_at
-        due = age >= self.refresh or (self._stale and age >= STALE_REREAD)
-        if not due:
+        if not self._due():
             return
+        self._tried = True
         if now - self._failed_at < RETRY_AFTER:
             if self._objects is None and self._error is not None:
                 raise self._error
@@ -114,13 +119,26 @@ class ObjectList:
             return self._objects
 
     def version(self) -> Optional[int]:
-        """Grows when the list changes; None while it was never read."""
+        """Grows when the list changes; None while it was never read. Never waits for Icinga
+        but the first time: the main loop asks every few seconds, and a hung API must not hold
+        it (status.json would go stale); a due read runs in a thread of its own."""
+        if not self._tried:
+            with self._lock:
+                try:
+                    self._refresh_if_due()
+                except ObjectsUnavailable:
+                    pass
+        elif self._due() and not (self._refresher and self._refresher.is_alive()):
+            self._refresher = threading.Thread(target=self._refresh_quietly, name="icinga2-objects", daemon=True)
+            self._refresher.start()
+        return None if self._objects is None else self._version
+
+    def _refresh_quietly(self) -> None:
         with self._lock:
             try:
                 self._refresh_if_due()
             except ObjectsUnavailable:
-                return None
-            return self._version
+                pass        # the writer says why, in its state
 
     def stale(self) -> None:
         """Read it again before the next use (a 404 came: an object may be gone)."""
