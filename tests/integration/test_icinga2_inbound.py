@@ -246,6 +246,22 @@ def test_a_reload_mid_stream_loses_nothing(icinga2_factory, rig_factory):
     assert lost == 0
 
 
+def test_a_pause_longer_than_icingas_idle_timeout_costs_no_request_without_an_answer(icinga2_factory, rig_factory):
+    """Icinga closes a connection idle for 10 to 15 s; a request sent on it gets no answer and
+    would be sent twice. The writer closes an idle connection first."""
+    icinga = central_icinga(icinga2_factory, services=2)
+    rig = rig_factory(icinga)
+    first, second = results_for(2, "idle")
+    rig.put([first])
+    rig.writer.start()
+    assert rig.wait_empty(), rig.state()
+    time.sleep(17)
+    rig.put([second])
+    assert rig.wait_empty(), rig.state()
+    assert tally(icinga, [first, second])[1] == 0
+    assert rig.health.counter("icinga2_no_answer") == 0 and rig.health.counter("written") == 2
+
+
 def test_wrong_password_holds_everything_with_a_clear_state(icinga2_factory, rig_factory):
     icinga = central_icinga(icinga2_factory)
     rig = rig_factory(icinga, password="wrong")
