@@ -65,10 +65,11 @@ def central_icinga(icinga2_factory, services=40, password=PASSWORD):
                            api_users={USER: {"password": password, "permissions": PERMISSIONS}})
 
 
-def icinga2_section(icinga, password=PASSWORD, refresh=60):
+def icinga2_section(icinga, password=PASSWORD, refresh=60, login=None):
+    login = login or f"user: {USER}, password: {password}"
     return (f"core: icinga2\n"
-            f"icinga2: {{host: 127.0.0.1, port: {icinga.api_port}, ca_file: {icinga.ca_file}, user: {USER},"
-            f" password: {password}, publish: false, check_source: {SOURCE}, objects_refresh: {refresh}}}\n")
+            f"icinga2: {{host: 127.0.0.1, port: {icinga.api_port}, ca_file: {icinga.ca_file}, {login},"
+            f" publish: false, check_source: {SOURCE}, objects_refresh: {refresh}}}\n")
 
 
 def results_for(count, tag, timestamp=None):
@@ -113,9 +114,9 @@ def report(name, sent, delivered, lost, duplicated):
 class WriterRig:
     """The Icinga 2 core's writer in this process, on a real inbound spool in ``tmp_path``."""
 
-    def __init__(self, tmp_path, icinga, password=PASSWORD, refresh=60):
+    def __init__(self, tmp_path, icinga, password=PASSWORD, refresh=60, login=None):
         ca = icinga.ca_file
-        self.settings = config.parse(icinga2_section(icinga, password, refresh) + f"""
+        self.settings = config.parse(icinga2_section(icinga, password, refresh, login) + f"""
 site: {{name: CENTRAL, nagios_name: central.example.org}}
 brokers: {{hosts: ["127.0.0.1:1"]}}
 spool: {{directory: {tmp_path}/spool}}
@@ -260,6 +261,23 @@ def test_a_pause_longer_than_icingas_idle_timeout_costs_no_request_without_an_an
     assert rig.wait_empty(), rig.state()
     assert tally(icinga, [first, second])[1] == 0
     assert rig.health.counter("icinga2_no_answer") == 0 and rig.health.counter("written") == 2
+
+
+def test_the_apiuser_core_config_prints_is_enough_with_a_client_certificate(icinga2_factory, rig_factory):
+    icinga = icinga2_factory(objects=[passive_service("h1", "s1")])
+    cert, key = icinga.client_cert("msg-nagios-bridge.central.example.org")
+    rig = rig_factory(icinga, login=f"cert_file: {cert}, key_file: {key}")
+    text = rig.core.wiring()
+    assert 'client_cn = "msg-nagios-bridge.central.example.org"' in text
+    assert "actions/process-check-result" in text and "events/CheckResult" not in text   # publish: false
+    icinga.extra_config = text
+    icinga.reload()
+    result = CheckResult(host="h1", service="s1", state=3, output="by certificate", timestamp=time.time() - 1)
+    rig.put([result])
+    rig.writer.start()
+    assert rig.wait_empty(), rig.state()
+    assert icinga.object_state("h1", "s1")["last_check_result"]["output"] == "by certificate"
+    assert rig.health.counter("injected") == 1 and not rig.spool.dead_letters()
 
 
 def test_wrong_password_holds_everything_with_a_clear_state(icinga2_factory, rig_factory):

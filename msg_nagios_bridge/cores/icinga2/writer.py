@@ -65,14 +65,20 @@ class Icinga2Writer(threading.Thread):
         self._last_request = float("-inf")  # monotonic
         self._held_since: Optional[float] = None
         self._answered: List[int] = []      # answered by Icinga, not yet deleted from the spool
+        self._state = ""
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
         self.stopping.set()
         self.wakeup.set()
 
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            self.health.set_state(PART, state)
+
     def run(self) -> None:
-        self.health.set_state(PART, "waiting for results")
+        self._set_state("waiting for results")
         try:
             while not self.stopping.is_set():
                 self._warn.flush()
@@ -102,8 +108,7 @@ class Icinga2Writer(threading.Thread):
     def _idle(self) -> None:
         """Nothing to send: close the connection before Icinga does (a request on a connection
         Icinga closed gets no answer, and would be sent twice), then sleep until a put."""
-        if self.health.snapshot()["states"].get(PART) != "waiting for results":
-            self.health.set_state(PART, "waiting for results")
+        self._set_state("waiting for results")
         idle = time.monotonic() - self._last_request
         if idle < IDLE_CLOSE:
             self.wakeup.wait(IDLE_CLOSE - idle)
@@ -132,7 +137,7 @@ class Icinga2Writer(threading.Thread):
         now = time.monotonic()
         if self._held_since is None:
             self._held_since = now
-        self.health.set_state(PART, f"waiting: {problem}")
+        self._set_state(f"waiting: {problem}")
         self.health.error(f"icinga2: {problem}")
         self._warn(logging.WARNING, key, f"cannot hand results to Icinga 2, will retry: {problem}")
         self._hold_until = now + self._backoff.next_delay()
@@ -142,8 +147,7 @@ class Icinga2Writer(threading.Thread):
             log.info("Icinga 2 takes results again (held back for %.0f s)", time.monotonic() - self._held_since)
             self._held_since = None
             self._backoff.reset()
-        if self.health.snapshot()["states"].get(PART) != "writing":
-            self.health.set_state(PART, "writing")
+        self._set_state("writing")
 
     def deliver(self, entries: List[SpoolEntry]) -> None:
         """Send ``entries`` (taken from the spool) one by one; what Icinga did not answer for
