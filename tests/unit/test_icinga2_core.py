@@ -257,3 +257,25 @@ def test_check_reports_icinga2_unavailable(tmp_path):
                                "since": {"icinga2_writer": now - 700}, "counters": {}, "last": {}})
     code, line = evaluate(status, Thresholds(), now)
     assert code == CRITICAL and "Icinga 2 unavailable for 700 s (Icinga 2 refuses the bridge's credentials" in line
+
+
+def test_core_config_and_nagios_config_print_the_apiuser(tmp_path, capsys):
+    from msg_nagios_bridge.cli.main import main
+    path = tmp_path / "bridge.yaml"
+    settings_for(tmp_path)              # writes the CA file the config names
+    ca = tmp_path / "ca.crt"
+    path.write_text(f"""
+core: icinga2
+icinga2: {{ca_file: {ca}, user: bridge, password: pw, publish: false}}
+site: {{name: S, nagios_name: central}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}/spool}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+routes: [{{name: r, destination: /queue/out}}]
+inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}}}}
+""")
+    outputs = []
+    for command in ("core-config", "nagios-config"):
+        assert main([command, "-c", str(path)]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and 'object ApiUser "bridge" {' in outputs[0]
