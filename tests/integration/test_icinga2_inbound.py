@@ -548,3 +548,40 @@ def test_bridge_with_a_wrong_password_loses_nothing_and_says_so_then_delivers_on
     delivered, lost, _ = wait_delivered(icinga, results, 30)
     report("bridge: wrong password, then fixed", len(results), delivered, lost, None)
     assert lost == 0, bridge.log_text()[-3000:]
+
+
+def test_the_hostile_corpus_into_icinga_only_check_results_land_and_both_stay_up(
+        activemq, icinga2_factory, bridge_factory):
+    from tests.integration.test_hostile import GENERATED, GENERATED_HEADERS, corpus
+    from tests.sandbox.stomp_probe import publish
+    icinga = icinga2_factory(objects=[passive_service("se01.example.org", "org.sam.SRM-Put"),
+                                      passive_service("ce01.example.org", "org.sam.CE-JobSubmit")],
+                             api_users={USER: {"password": PASSWORD, "permissions": PERMISSIONS}})
+    before = icinga.api("GET", "/v1/objects/services?attrs=name").body["results"]
+    # Anything but a check result (a comment, downtime, acknowledgement...) would show here.
+    stream = icinga.events(types=("CheckResult", "CommentAdded", "DowntimeAdded", "AcknowledgementSet",
+                                  "Notification"), queue_name="hostile")
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, site="CENTRAL", inbound=bridge_inbound(icinga)
+                            + "  mapping: {max_body_bytes: 1048576}\n")
+    bridge.start()
+    cases = list(corpus()) + [(name, body, {}) for name, body in GENERATED.items()]
+    cases += [(name, next(corpus())[1], headers) for name, headers in GENERATED_HEADERS.items()]
+    for _, body, headers in cases:
+        publish(activemq.stomp_address, QUEUE, body, headers={"nagios_host": "remote", **headers})
+    assert bridge.wait_counter("received", len(cases), timeout=60) == len(cases), bridge.log_text()[-2000:]
+    counters = bridge.status()["counters"]
+    accepted = counters["received"] - sum(counters.get(name, 0) for name in ("refused", "duplicates", "stale"))
+    assert counters.get("refused", 0) > 0 and accepted > 0, counters
+    assert bridge.wait_status(lambda status: status["counters"].get("injected", 0) == accepted
+                              and status["inbound_spool"]["depth"] == 0, timeout=30), bridge.status()
+    time.sleep(6)           # 2.13 sends events in 5 s batches
+    stream.close()
+    assert bridge.proc.poll() is None and icinga.running() and icinga.api_answers()
+    kinds = {event["type"] for event in stream.events}
+    assert kinds == {"CheckResult"}, kinds
+    ours = [e for e in stream.events if e["check_result"].get("check_source") == SOURCE]
+    # <=: Icinga drops (with a 200) a result older than the object's current one.
+    assert 0 < len(ours) <= accepted and {(e["host"], e["service"]) for e in ours} <= {
+        ("se01.example.org", "org.sam.SRM-Put"), ("ce01.example.org", "org.sam.CE-JobSubmit")}
+    assert icinga.api("GET", "/v1/objects/services?attrs=name").body["results"] == before
+    print(f"\nhostile corpus into Icinga 2: {len(cases)} messages, {accepted} injected, {counters['refused']} refused")
