@@ -229,8 +229,11 @@ def test_the_echo_signal_is_the_bridges_check_source(tmp_path):
     other_passive = CheckResult(host="h", service="s", state=0,
                                 attributes={"check_source": "nsca-gw", "check_type": "PASSIVE"})
     active = CheckResult(host="h", service="s", state=0, attributes={"check_source": "icinga-master"})
+    active_named_like_us = CheckResult(host="h", service="s", state=0,
+                                       attributes={"check_source": SOURCE, "check_type": "ACTIVE"})
     assert core.may_be_echo(ours)
     assert not core.may_be_echo(other_passive) and not core.may_be_echo(active)
+    assert not core.may_be_echo(active_named_like_us)
 
 
 def test_wiring_is_the_least_apiuser_with_a_password_placeholder(tmp_path):

@@ -75,6 +75,8 @@ class Icinga2Core:
 
 def may_be_echo(result: CheckResult, check_source: str) -> bool:
     """The writer sends every result with the bridge's own check_source; Icinga keeps it on the
-    result and on its event (events.py puts it in attributes["check_source"]). Icinga's own
-    checks carry its node name."""
-    return bool(check_source) and result.attributes.get("check_source") == check_source
+    result and on its event (events.py puts it in attributes["check_source"], and "ACTIVE" or
+    "PASSIVE" in attributes["check_type"]). Icinga's own checks carry its node name."""
+    attributes = result.attributes
+    return (bool(check_source) and attributes.get("check_source") == check_source
+            and attributes.get("check_type") != "ACTIVE")    # ours are passive: Icinga's checks are not
