@@ -16,7 +16,6 @@ import pytest
 
 from msg_nagios_bridge import config
 from msg_nagios_bridge.cores import core_for
-from msg_nagios_bridge.cores.icinga2.writer import BATCH
 from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.inbound.echo import EchoGuard
@@ -90,9 +89,13 @@ def tally(icinga, results, stream=None, settle=6.0):
     assert reply.status == 200, reply
     shown = {(e["attrs"]["host_name"], e["attrs"]["name"]): e["attrs"]["last_check_result"] or {}
              for e in reply.body["results"]}
-    delivered = sum(1 for r in results
-                    if shown.get((r.host, r.service), {}).get("output", "").startswith(r.output + "\n")
-                    and shown[(r.host, r.service)].get("check_source") == SOURCE)
+    missing = [(r.host, r.service, shown.get((r.host, r.service), {}).get("output"))
+               for r in results
+               if not (shown.get((r.host, r.service), {}).get("output", "").startswith(r.output + "\n")
+                       and shown[(r.host, r.service)].get("check_source") == SOURCE)]
+    if missing:
+        print(f"\nnot shown as sent ({len(missing)}): {missing[:10]}")
+    delivered = len(results) - len(missing)
     duplicated = None
     if stream is not None:
         time.sleep(settle)
@@ -320,7 +323,7 @@ logging: {{level: INFO}}
                            body=json.dumps(result_to_dict(r)).encode()) for r in results])
     try:
         bridge.start()
-        left = wait_until(lambda: 0 <= spool_depth(path) < 1000 and spool_depth(path), 30, interval=0.01)
+        left = wait_until(lambda: 0 < spool_depth(path) < len(results) and spool_depth(path), 30, interval=0.005)
         bridge.kill()
         assert left, bridge.log_text()[-3000:]
         bridge.start()
@@ -335,7 +338,7 @@ logging: {{level: INFO}}
         stream.close()
     report(f"daemon: kill -9 with {left} left, restart", len(results), delivered, lost, duplicated)
     assert lost == 0 and on_stream == len(results)
-    assert duplicated <= BATCH          # at most one batch answered and not yet deleted
+    assert duplicated <= left           # only what was still in the spool can be sent twice
 
 
 def test_wrong_password_holds_everything_with_a_clear_state(icinga2_factory, rig_factory):
@@ -450,7 +453,8 @@ def test_bridge_results_land_and_unknown_objects_are_dead_letters(activemq, icin
     bridge.start()
     assert bridge.wait_state("icinga2_writer", "waiting for results"), bridge.log_text()[-3000:]
     results = results_for(6, "bridge")
-    unknown = CheckResult(host="ce01.remote.org", service="not-in-icinga", state=2, output="nobody", timestamp=1)
+    unknown = CheckResult(host="ce01.remote.org", service="not-in-icinga", state=2, output="nobody",
+                          timestamp=time.time() - 60)
     publisher = Publisher(activemq, results[:3] + [unknown] + results[3:])
     publisher.run()
     assert publisher.error is None, publisher.error

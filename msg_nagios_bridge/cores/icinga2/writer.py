@@ -19,10 +19,12 @@ one Wakeup that a put into the spool and stop() set.
 from __future__ import annotations
 
 import json
+import urllib.parse
 import logging
 import threading
 import time
-from typing import List, Optional
+from collections import deque
+from typing import Deque, List, Optional, Tuple
 
 from ...config import Settings
 from ...daemon.health import Backoff, Health, RateLimitedLog
@@ -39,6 +41,12 @@ log = logging.getLogger(__name__)
 
 BATCH = 200             # entries taken from the spool at a time (one delete per batch)
 IDLE_CLOSE = 5.0        # Icinga closes a connection idle for 10 to 15 s: close ours first
+# A 200 from an Icinga that is stopping or reloading may come after it saved its state: the
+# result is gone when it starts again (seen: the last result answered before a SIGTERM closed
+# the connection). So an answered entry is deleted only once Icinga answered another request
+# this long after it, on a connection that did not break in between; a break gives back what
+# was answered less than this long before it (sent again: duplicates rather than loss).
+CONFIRM_AFTER = 0.5
 PART = "icinga2_writer"
 
 
@@ -64,8 +72,12 @@ class Icinga2Writer(threading.Thread):
         self._hold_until = 0.0              # monotonic: send nothing before (backoff)
         self._last_request = float("-inf")  # monotonic
         self._held_since: Optional[float] = None
-        self._answered: List[int] = []      # answered by Icinga, not yet deleted from the spool
+        # Answered by Icinga (200), not yet confirmed: (monotonic time of the answer, entry id).
+        self._pending: Deque[Tuple[float, int]] = deque()
+        self._answered: List[int] = []      # confirmed, not yet deleted from the spool
+        self._last_answer = float("-inf")   # monotonic: the last answer on an unbroken connection
         self._state = ""
+        self._probe_host = ""               # a host Icinga has: the probe's cheap question
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
@@ -98,6 +110,8 @@ class Icinga2Writer(threading.Thread):
                     self.health.error(f"inbound spool: {exc}")
                     self._hold_until = time.monotonic() + 1.0
             try:
+                if self._pending:
+                    self._confirm_by_probe(final=True)
                 self._settle()
             except SpoolError as exc:
                 log.warning("could not delete the last results Icinga 2 took (%s): they will be sent again"
@@ -109,6 +123,9 @@ class Icinga2Writer(threading.Thread):
         """Nothing to send: close the connection before Icinga does (a request on a connection
         Icinga closed gets no answer, and would be sent twice), then sleep until a put."""
         self._set_state("waiting for results")
+        if self._pending:
+            self._confirm_by_probe()
+            return
         idle = time.monotonic() - self._last_request
         if idle < IDLE_CLOSE:
             self.wakeup.wait(IDLE_CLOSE - idle)
@@ -116,8 +133,51 @@ class Icinga2Writer(threading.Thread):
         self.client.close()
         self.wakeup.wait(self._warn.due_in())
 
+    def _confirm(self) -> None:
+        """Move the answers confirmed by a later answer CONFIRM_AFTER s on to ``_answered``."""
+        while self._pending and self._pending[0][0] <= self._last_answer - CONFIRM_AFTER:
+            self._answered.append(self._pending.popleft()[1])
+
+    def _broken(self) -> None:
+        """The connection broke: what was answered shortly before may be lost: send it again."""
+        if self._pending:
+            ids = [entry_id for _, entry_id in self._pending]
+            self._pending.clear()
+            self.spool.give_back(ids)
+            self.health.add("icinga2_resent", len(ids))
+
+    def _confirm_by_probe(self, final: bool = False) -> None:
+        """Nothing more to send (``final``: the writer stops): wait until the last answer is
+        CONFIRM_AFTER old, then ask Icinga something cheap on the same connection; an answer
+        confirms every pending entry. Not final, a put or stop() ends the wait: back to the loop."""
+        wait = self._pending[-1][0] + CONFIRM_AFTER - time.monotonic()
+        if wait > 0:
+            if not final:
+                self.wakeup.wait(wait)
+                return                  # the loop comes back here when the time has come
+            time.sleep(wait)
+        host = self._probe_host
+        try:
+            status, _ = self.client.request("GET", "/v1/objects/hosts?" + urllib.parse.urlencode(
+                {"host": host, "attrs": "name"}, quote_via=urllib.parse.quote, safe=""))
+        except ApiUnavailable as exc:
+            self.health.add("icinga2_no_answer")
+            self._broken()
+            self._hold(f"Icinga 2 API unavailable: {exc}", "unavailable")
+            return
+        finally:
+            self._last_request = time.monotonic()
+        if status >= 500 or status == 401:
+            self._broken()
+            self._hold(f"Icinga 2 answered {status} to a probe", "probe")
+            return
+        self._last_answer = time.monotonic()
+        self._confirm()
+        self._settle()
+
     def _settle(self) -> None:
         """Delete what Icinga answered for (kept across a failed delete, to try again)."""
+        self._confirm()
         if self._answered:
             self.spool.done(self._answered)
             self.health.add("injected", len(self._answered))
@@ -191,15 +251,18 @@ class Icinga2Writer(threading.Thread):
                     status, answer = self.client.request("POST", path, body)
                 except ApiUnavailable as exc:
                     self.health.add("icinga2_no_answer")
+                    self._broken()
                     self._hold(f"Icinga 2 API unavailable: {exc}", "unavailable")
                     return
                 finally:
                     self._last_request = time.monotonic()
+                self._last_answer = self._last_request
+                self._probe_host = name.split("!", 1)[0]
                 self.health.add("written")
                 self.health.mark("icinga2_answer")
                 verdict = check_result.judge(status, answer, name)
                 if verdict.action in (Action.INJECTED, Action.IGNORED):
-                    self._answered.append(entry.entry_id)
+                    self._pending.append((self._last_answer, entry.entry_id))
                     sent += 1
                     self.health.mark("inject")
                     self._answers_again()
@@ -214,6 +277,8 @@ class Icinga2Writer(threading.Thread):
                     sent += 1
                 else:
                     what = "credentials" if verdict.action is Action.CREDENTIALS else "retry"
+                    if verdict.action is Action.RETRY:
+                        self._broken()      # a 5xx: Icinga may be going down
                     self._hold(verdict.reason, what)
                     return
         finally:
