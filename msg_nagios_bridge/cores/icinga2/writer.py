@@ -3,8 +3,9 @@
 One request per result over one kept-alive TLS connection (api.py); Icinga answers for each
 object, and that answer decides (check_result.judge):
 
-* 200: Icinga accepted it: the entry is deleted (``injected``; a 200 "Ignoring passive check
-  result" for an unreachable object is deleted too and counted in ``icinga2_ignored``);
+* 200: Icinga accepted it: the entry is deleted once confirmed (CONFIRM_AFTER below:
+  ``injected``; a 200 "Ignoring passive check result" for an unreachable object is deleted too
+  and counted in ``icinga2_ignored``);
 * 404 (no such object, or no permission), 400 and 403: Icinga will never take it: a dead
   letter (``unknown-object: ...``, ``icinga-refused: ...``);
 * 401: the credentials are refused: the entry stays, the writer backs off and says so;
@@ -52,8 +53,9 @@ PART = "icinga2_writer"
 
 class Icinga2Writer(threading.Thread):
     """Takes entries from the inbound spool, sends each to Icinga 2, deletes it once Icinga
-    answered for its object. Counts ``written`` (requests sent), ``injected`` (200, deleted),
-    ``icinga2_ignored``, ``icinga2_no_answer``, and dead letters by reason (``refused.<reason>``)."""
+    answered for its object. Counts ``written`` (requests answered), ``injected`` (200,
+    confirmed, deleted), ``icinga2_ignored``, ``icinga2_no_answer``, ``icinga2_resent`` (answered
+    shortly before a break, sent again) and dead letters by reason (``refused.<reason>``)."""
 
     def __init__(self, settings: Settings, spool: Spool, health: Health, echo: EchoGuard,
                  objects: ObjectList, client: Optional[ApiClient] = None):
