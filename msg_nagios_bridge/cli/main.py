@@ -192,6 +192,7 @@ EXAMPLES = {name: "example:\n  " + text for name, text in {
     "run": f"msg-nagios-bridge run {_C}",
     "check-config": f"msg-nagios-bridge check-config -v {_C} | less",
     "nagios-config": f"msg-nagios-bridge nagios-config {_C} > /etc/nagios4/conf.d/msg-nagios-bridge.cfg",
+    "core-config": f"msg-nagios-bridge core-config {_C} > /etc/icinga2/conf.d/msg-nagios-bridge.conf",
     "status": f"msg-nagios-bridge status {_C}",
     "check": f"msg-nagios-bridge check {_C} --backlog 10000,100000",
     "dead-letters": f"msg-nagios-bridge dead-letters list --inbound {_C}",
@@ -247,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="run as root although nothing in the bridge needs it")
     check = command("check-config", _check_config, "validate the configuration file and exit")
     check.add_argument("-v", "--verbose", action="store_true", help="also print the settings (secrets masked)")
-    command("nagios-config", _nagios_config, "print the Nagios command definitions and nagios.cfg lines")
+    command("nagios-config", _nagios_config, "print what to add to the core's configuration: Nagios's command"
+            " definitions and nagios.cfg lines, or Icinga 2's ApiUser (core: icinga2)")
+    command("core-config", _nagios_config, "the same as nagios-config (a name that fits every core)")
     status = command("status", _status, "show the status a running bridge last wrote")
     status.add_argument("--json", action="store_true", help="print status.json as it is")
 

@@ -53,11 +53,12 @@ def evaluate(status: Optional[Status], limits: Thresholds, now: float,
             seconds = now - since.get(part, now)
             away = max(away, seconds)
             problems.append((_grade(seconds, limits.disconnected), f"{part} {state} for {seconds:.0f} s"))
-    writer = states.get("nagios_writer", "")
-    if writer.startswith("waiting:"):
-        seconds = now - since.get("nagios_writer", now)
-        away = max(away, seconds)
-        problems.append((_grade(seconds, limits.disconnected), f"Nagios unavailable for {seconds:.0f} s ({writer[9:]})"))
+    for part, core in (("nagios_writer", "Nagios"), ("icinga2_writer", "Icinga 2")):
+        writer = states.get(part, "")
+        if writer.startswith("waiting:"):
+            seconds = now - since.get(part, now)
+            away = max(away, seconds)
+            problems.append((_grade(seconds, limits.disconnected), f"{core} unavailable for {seconds:.0f} s ({writer[9:]})"))
     for part, state in states.items():
         if state.startswith("failed"):
             problems.append((CRITICAL, f"{part} {state}"))
@@ -74,5 +75,7 @@ def evaluate(status: Optional[Status], limits: Thresholds, now: float,
                 f"dead_letters={dead};{limits.dead_letters[0]};{limits.dead_letters[1]};0 "
                 f"published={counters.get('published', 0)}c injected={counters.get('injected', 0)}c "
                 f"refused={counters.get('refused', 0)}c")
+    # Works, but will not for long (Icinga 2's compat command pipe): said, not graded.
+    shown += [f"{part} {state}" for part, state in sorted(states.items()) if "deprecated" in state]
     text = "; ".join(shown).replace("|", "/")
     return code, f"MSG-BRIDGE {NAMES[code]} - {text} | {perfdata}"

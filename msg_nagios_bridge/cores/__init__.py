@@ -85,6 +85,9 @@ class Core(Protocol):
 
 
 def core_for(settings: "Settings") -> Core:
-    """The core ``settings`` describe (Nagios is the only one so far)."""
+    """The core ``settings`` describe."""
+    if settings.core == "icinga2":
+        from .icinga2.core import Icinga2Core
+        return Icinga2Core(settings)
     from .nagios.core import NagiosCore
     return NagiosCore(settings)

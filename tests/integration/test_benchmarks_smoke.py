@@ -138,3 +138,10 @@ def test_reliability():
     assert_rows(out, ["scenario", "broker SIGKILL"])
     assert re.search(r"^broker SIGKILL +1 +150 +150 +0 .* PASS$", out, re.M), out
     assert_all_delivered(out)
+
+
+def test_inbound_icinga2():
+    out = bench("inbound_icinga2.py", "--count", "200", "--runs", "1", "--hosts", "2", "--services", "10", timeout=240)
+    assert "bridge -> icinga2 api: median" in out and "bridge -> nagios fifo: median" in out, out[-3000:]
+    assert "INCOMPLETE" not in out, out[-3000:]
+    assert len(re.findall(r"objects showing the last result (\d+)/\1;", out)) == 2, out[-3000:]

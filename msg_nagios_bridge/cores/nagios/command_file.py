@@ -199,6 +199,7 @@ class ReaderWatch:
         self.cached: Optional[tuple] = None
         self._held: Tuple[Tuple[int, int, int], ...] = ()     # (pid, start, fd) of the cached readers
         self.scanned_at = 0.0
+        self.icinga2 = False        # the reader is Icinga 2 (its deprecated compat command pipe)
 
     def identity(self) -> Optional[tuple]:
         fifo = reader_identity(self.path)
@@ -211,7 +212,21 @@ class ReaderWatch:
         self._held = fifo_readers(fifo)
         self.cached = (fifo[0], fifo[1], tuple((pid, start) for pid, start, _ in self._held))
         self.scanned_at = time.monotonic()
+        self.icinga2 = any(process_name(pid) == "icinga2" for pid, _, _ in self._held)
         return self.cached
+
+
+def process_name(pid: int) -> str:
+    """The command name of ``pid`` (/proc/PID/comm), "" if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+ICINGA2_PIPE_DEPRECATED = ("writing; deprecated: the command file is Icinga 2's compat command pipe (deprecated,"
+                           " removal planned for 2.18); use core: icinga2 (its API writer, docs/icinga2.md)")
 
 
 def _frozen(value):
@@ -237,13 +252,21 @@ class CommandFileDelivery:
         # Entries an earlier run of the bridge wrote to the same Nagios that reads the FIFO now.
         self._written_before: set = set()
         self._written_to: Optional[tuple] = None
+        self._told_icinga2 = False
 
     def reader(self) -> Optional[tuple]:
         """Who reads the command FIFO now (see ReaderWatch); None if nobody, or if the PID in
         Nagios's lock file (when set) is not running."""
         if self.lock_file and nagios_pid_alive(self.lock_file):
             return None
-        return self._readers.identity()
+        identity = self._readers.identity()
+        if self._readers.icinga2 and not self._told_icinga2:
+            self._told_icinga2 = True
+            log.warning("%s is read by Icinga 2: its command pipe (the 'command' feature) is deprecated"
+                        " and will be removed in Icinga 2.18; set core: icinga2 to use its API instead"
+                        " (docs/icinga2.md)", self.path)
+            self.health.set_state("command_file", ICINGA2_PIPE_DEPRECATED)
+        return identity
 
     @property
     def pending(self) -> FrozenSet[int]:

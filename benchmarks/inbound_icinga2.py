@@ -1,0 +1,160 @@
+"""Inbound throughput into Icinga 2 through its API vs. into Nagios 4 through its command FIFO.
+
+    .venv/bin/python benchmarks/inbound_icinga2.py [--count 2000] [--runs 3] [--hosts 10] [--services 100]
+
+One real ActiveMQ, one real Nagios 4 (benchmarks/inbound.py's central_nagios) and one real
+Icinga 2 (tests/sandbox/icinga2.py: Debian's 2.13, the same hosts x passive services, the
+bridge logging in as an ApiUser with the four permissions core-config prints) are started in a
+temp dir on 127.0.0.1; then, --runs times, alternating:
+
+  bridge -> nagios fifo    benchmarks/inbound.py's case of that name: N WLCG messages preloaded
+                           on a queue, the bridge (writer command_file) started, timed from its
+                           first spooled message until nagios.log shows the N-th result.
+  bridge -> icinga2 api    the same with core: icinga2 (writer api), timed from the first
+                           spooled message until the inbound spool is empty: an entry is
+                           deleted only once Icinga answered 200 for its object, and Icinga
+                           processes a result before it answers. Afterwards /v1/objects is
+                           checked: every service must show the last result sent for it.
+
+Prints each run and, per case, the median and range in results/s.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import inbound as nagios_bench  # noqa: E402
+from common import POLL, SpoolWatch, temp_dir  # noqa: E402
+from inbound import Env, bridge_throughput_case, central_nagios, preload, rate_of  # noqa: E402
+
+from tests.sandbox.activemq import ActiveMQ  # noqa: E402
+from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
+from tests.sandbox.icinga2 import Icinga2, passive_service  # noqa: E402
+
+USER, PASSWORD = "bridge", "bench-secret"
+PERMISSIONS = ["events/CheckResult", "actions/process-check-result", "objects/query/Host", "objects/query/Service"]
+
+
+def central_icinga(tmp: Path, args) -> Icinga2:
+    objects = [passive_service(nagios_bench.host_name(h), nagios_bench.service_name(s))
+               for h in range(args.hosts) for s in range(args.services)]
+    return Icinga2(tmp / "icinga2", objects=objects,
+                   api_users={USER: {"password": PASSWORD, "permissions": PERMISSIONS}})
+
+
+def icinga_yaml(icinga: Icinga2, queue: str, prefetch=None) -> str:
+    text = (f"core: icinga2\n"
+            f"icinga2: {{port: {icinga.api_port}, ca_file: {icinga.ca_file}, user: {USER}, password: {PASSWORD},"
+            f" publish: false}}\n"
+            f"inbound:\n  enabled: true\n  subscriptions: [{{destination: \"{queue}\"}}]\n"
+            f"  policy: {{rules: [{{senders: ['*'], hosts: ['*'], services: ['*']}}]}}\n")
+    if prefetch:
+        text += f"  prefetch: {prefetch}\n"
+    return text
+
+
+def objects_check(icinga: Icinga2, payload) -> dict:
+    """Every service's last_check_result against the last result sent for it."""
+    expected = payload.last_outputs()
+    reply = icinga.api("GET", "/v1/objects/services?attrs=last_check_result&attrs=host_name&attrs=name")
+    shown = {(e["attrs"]["host_name"], e["attrs"]["name"]): (e["attrs"]["last_check_result"] or {}).get("output", "")
+             for e in reply.body["results"]}
+    good = sum(1 for key, output in expected.items() if shown.get(key, "").split("\n")[0] == output)
+    return {"status_ok": good, "status_of": len(expected)}
+
+
+def icinga_case(env: Env, icinga: Icinga2, name: str) -> dict:
+    args = env.args
+    payload = env.payload(name)
+    queue = env.queue(name)
+    r = {"count": payload.count, "preload_s": preload(env.broker, queue, payload.messages(), args.case_timeout)}
+    workdir = env.tmp / name
+    bridge = Bridge(workdir, bridge_config(workdir, [env.broker.stomp_port], ocsp=False,
+                                           inbound=icinga_yaml(icinga, queue, args.prefetch)))
+    t_start = time.monotonic()
+    bridge.start()
+    watch = SpoolWatch(workdir / "spool" / "inbound.sqlite")
+    t_first = t_done = None
+    try:
+        deadline = t_start + args.case_timeout
+        while time.monotonic() < deadline and bridge.proc.poll() is None:
+            seq, depth, dead = watch.poll()
+            now = time.monotonic()
+            if t_first is None and seq > 0:
+                t_first = now
+            if seq - depth - dead >= payload.count:
+                t_done = now
+                break
+            time.sleep(POLL if t_first else 0.005)
+        r["dead"] = watch.poll()[2]
+    finally:
+        watch.close()
+        r["exit"] = bridge.stop()
+        counters = bridge.status().get("counters", {})
+        r["counters"] = {k: counters.get(k, 0) for k in ("received", "injected", "written", "icinga2_no_answer",
+                                                         "refused")}
+    if t_done is None:
+        r["incomplete"] = f"not all answered within {args.case_timeout:.0f} s: {bridge.log_text()[-1500:]}"
+    r["seconds"] = max(1e-6, (t_done or time.monotonic()) - (t_first or t_start))
+    r.update(objects_check(icinga, payload))
+    return r
+
+
+def summary(name: str, rates) -> str:
+    return (f"{name}: median {statistics.median(rates):,.0f}/s, range {min(rates):,.0f} to {max(rates):,.0f}/s"
+            f" ({', '.join(f'{x:,.0f}' for x in rates)})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--hosts", type=int, default=10)
+    parser.add_argument("--services", type=int, default=100)
+    parser.add_argument("--prefetch", type=int, default=None)
+    parser.add_argument("--case-timeout", type=float, default=90.0)
+    parser.add_argument("--stall-timeout", type=float, default=10.0)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+    args.run_id = uuid.uuid4().hex[:6]
+    with temp_dir("mnb-icinga2-", args.keep) as tmp:
+        broker, nagios, icinga = ActiveMQ(tmp / "activemq"), central_nagios(tmp, args), central_icinga(tmp, args)
+        try:
+            broker.start()
+            nagios.start()
+            icinga.start()
+            print(f"ActiveMQ, Nagios 4 and Icinga 2 up; {args.hosts * args.services} passive services each;"
+                  f" N={args.count}, {args.runs} runs; load average {nagios_bench.loadavg()}", flush=True)
+            env = Env(args, tmp, broker, nagios)
+            icinga_case(env, icinga, "warmup")          # not reported: JIT of the broker, first TLS
+            rates = {"bridge -> nagios fifo": [], "bridge -> icinga2 api": []}
+            for run in range(args.runs):
+                for name, case in (("bridge -> nagios fifo", lambda: bridge_throughput_case(
+                                        env, f"bnfifo{run}", "command_file", True)),
+                                   ("bridge -> icinga2 api", lambda: icinga_case(env, icinga, f"bicinga{run}"))):
+                    r = case()
+                    rates[name].append(rate_of(r))
+                    print(f"run {run + 1} {name}: {rate_of(r):,.0f} results/s ({r['count']} in {r['seconds']:.2f} s;"
+                          f" objects showing the last result {r.get('status_ok')}/{r.get('status_of')};"
+                          f" dead {r.get('dead')}; {r.get('counters')})"
+                          + (f" INCOMPLETE {r['incomplete']}" if r.get("incomplete") else ""), flush=True)
+            for name, values in rates.items():
+                print(summary(name, values))
+            print(f"load average at the end {nagios_bench.loadavg()}")
+        finally:
+            for thing in (icinga, nagios, broker):
+                try:
+                    thing.stop()
+                except Exception as exc:  # noqa: BLE001 - stop the others
+                    print(f"stopping {thing!r}: {exc}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

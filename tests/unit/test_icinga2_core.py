@@ -1,0 +1,284 @@
+"""Icinga 2 as the core: the process-check-result request built from a result, the answer ->
+action table, the object list's refresh rules, the ApiUser wiring and the echo signal.
+(The same against the real Icinga 2: tests/integration/test_icinga2_inbound.py.)"""
+import json
+import threading
+import urllib.parse
+
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.cli.selfcheck import CRITICAL, Thresholds, evaluate
+from msg_nagios_bridge.cores import Core, core_for
+from msg_nagios_bridge.cores.icinga2 import check_result, wiring
+from msg_nagios_bridge.cores.icinga2.api import ApiUnavailable
+from msg_nagios_bridge.cores.icinga2.check_result import MAX_BODY_BYTES, Action, judge, request
+from msg_nagios_bridge.cores.icinga2.core import Icinga2Core
+from msg_nagios_bridge.cores.icinga2.objects import ObjectList, ObjectsUnavailable, ObjectsUnreachable
+from msg_nagios_bridge.daemon.status import Status
+from msg_nagios_bridge.model import CheckResult
+from tests.sandbox.pki import Authority
+
+SOURCE = "msg-nagios-bridge@central"
+
+
+def settings_for(tmp_path, login="user: bridge, password: pw", publish="false", inbound=True):
+    ca = tmp_path / "ca.crt"
+    if not ca.exists():
+        ca.write_text("not read by these tests\n")
+    section = ("inbound: {enabled: true, subscriptions: [{destination: /queue/q}],"
+               " policy: {rules: [{senders: ['*']}]}}" if inbound else "")
+    return config.parse(f"""
+core: icinga2
+icinga2: {{ca_file: {ca}, {login}, publish: {publish}, check_source: {SOURCE}}}
+site: {{name: S, nagios_name: central}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}/spool}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+routes: [{{name: r, destination: /queue/out}}]
+{section}
+""", "core.yaml")
+
+
+# -- the request ---------------------------------------------------------------------------------
+
+def test_a_service_result_becomes_a_request_naming_its_object_with_its_own_time_output_and_perfdata():
+    result = CheckResult(host="ce01.example.org", service="org.sam.CE JobSubmit", state=2, output="CRITICAL - no",
+                         long_output="line 2\nline 3", perfdata="t=1s;2;3 'a b'=4", timestamp=1700000000.5)
+    path, body = request(result, SOURCE)
+    prefix, query = path.split("?")
+    assert prefix == "/v1/actions/process-check-result"
+    assert urllib.parse.parse_qs(query) == {"service": ["ce01.example.org!org.sam.CE JobSubmit"]}
+    assert "%21" in query and " " not in query and "+" not in query
+    assert body == {"type": "Service", "exit_status": 2, "plugin_output": "CRITICAL - no\nline 2\nline 3",
+                    "check_source": SOURCE, "performance_data": "t=1s;2;3 'a b'=4",
+                    "execution_start": 1700000000.5, "execution_end": 1700000000.5}
+
+
+@pytest.mark.parametrize("state, exit_status", [(0, 0), (1, 1), (2, 1)])
+def test_a_host_result_maps_down_and_unreachable_to_the_exit_status_1_icinga_accepts(state, exit_status):
+    path, body = request(CheckResult(host="h1", service=None, state=state, output="x"), SOURCE)
+    assert path == "/v1/actions/process-check-result?host=h1"
+    assert body["type"] == "Host" and body["exit_status"] == exit_status
+
+
+def test_no_time_no_perfdata_no_long_output_leave_their_fields_out():
+    _, body = request(CheckResult(host="h1", service="s", state=0, output="fine"), SOURCE)
+    assert body == {"type": "Service", "exit_status": 0, "plugin_output": "fine", "check_source": SOURCE}
+
+
+def test_the_body_size_is_what_goes_on_the_wire_and_over_the_limit_has_a_reason():
+    _, body = request(CheckResult(host="h1", service="s", state=0, output="é" * 10), SOURCE)
+    assert check_result.body_size(body) == len(json.dumps(body).encode())
+    assert check_result.too_big_reason(MAX_BODY_BYTES) is None
+    reason = check_result.too_big_reason(MAX_BODY_BYTES + 1)
+    assert reason.startswith("too-big: ") and "max_output_bytes" in reason
+
+
+def test_preview_shows_the_request():
+    kind, text = check_result.preview(CheckResult(host="h1", service="s", state=1, output="w"), SOURCE)
+    assert kind == "API request" and text.startswith("POST /v1/actions/process-check-result?service=h1%21s\n")
+    assert json.loads(text.split("\n", 1)[1])["exit_status"] == 1
+
+
+# -- the answer -> action table ---------------------------------------------------------------------
+
+def ok(text="Successfully processed check result for object 'h1!s1'."):
+    return {"results": [{"code": 200, "status": text}]}
+
+
+@pytest.mark.parametrize("status, answer, action, reason_start", [
+    (200, ok(), Action.INJECTED, ""),
+    (200, ok("Ignoring passive check result for unreachable object 'h3!s'."), Action.IGNORED, "Ignoring"),
+    (404, {"error": 404, "status": "No objects found."}, Action.DEAD_LETTER, "unknown-object: Icinga 2 answered 404"),
+    (400, {"results": [{"code": 400, "status": "Invalid 'exit_status' for Host h2."}]}, Action.DEAD_LETTER,
+     "icinga-refused: 400 Invalid 'exit_status'"),
+    (403, {"results": [{"code": 403, "status": "Passive checks are disabled for object 'h1!x'."}]},
+     Action.DEAD_LETTER, "icinga-refused: 403 Passive checks are disabled"),
+    (401, {"error": 401, "status": "Unauthorized. Please check your user credentials."}, Action.CREDENTIALS,
+     "Icinga 2 refuses the bridge's credentials (401 Unauthorized"),
+    (500, {"results": []}, Action.RETRY, "Icinga 2 answered 500"),
+    (503, "<html>proxy says no</html>", Action.RETRY, "Icinga 2 answered 503 <html>"),
+    (200, {"results": [{"code": 500, "status": "odd"}]}, Action.RETRY, "Icinga 2 answered 200 odd"),
+    (200, "not json", Action.INJECTED, ""),
+])
+def test_each_answer_has_its_action(status, answer, action, reason_start):
+    verdict = judge(status, answer, "h1!s1")
+    assert verdict.action is action
+    assert verdict.reason.startswith(reason_start), verdict.reason
+
+
+def test_a_404_says_it_may_be_a_missing_permission_and_counts_as_unknown_object():
+    reason = judge(404, {"error": 404, "status": "No objects found."}, "h1!s9").reason
+    assert "'h1!s9'" in reason and "actions/process-check-result" in reason
+    assert check_result.reason_counter(reason) == "unknown-object"
+    assert check_result.reason_counter(check_result.unknown_object_reason("h", answered=False)) == "unknown-object"
+
+
+# -- the object list ---------------------------------------------------------------------------------
+
+class ScriptedApi:
+    """Answers GETs from ``answers`` (path prefix -> (status, body) or an exception), counting them."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.requests = []
+        self.gate = None        # a threading.Event: requests wait for it (a slow API)
+
+    def request(self, method, path, body=None):
+        if self.gate is not None:
+            assert self.gate.wait(5)
+        self.requests.append(path)
+        answer = self.answers[path.split("?")[0]]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self):
+        pass
+
+
+def listing(hosts=("h1",), services=(("h1", "s1"),)):
+    return {"/v1/objects/hosts": (200, {"results": [{"name": h, "attrs": {"name": h}} for h in hosts]}),
+            "/v1/objects/services": (200, {"results": [{"name": f"{h}!{s}", "attrs": {"host_name": h, "name": s}}
+                                                       for h, s in services]})}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_list_is_read_once_per_refresh_and_its_version_moves_only_when_it_changes():
+    api, clock = ScriptedApi(listing()), Clock()
+    objects = ObjectList(api, refresh=60, clock=clock)
+    version = objects.version()                    # the first time: read at once
+    assert version is not None and objects.get() == {("h1", None), ("h1", "s1")}
+    clock.now += 59
+    objects.get()
+    assert len(api.requests) == 2                  # hosts and services, once
+    assert api.requests[1] == "/v1/objects/services?attrs=name&attrs=host_name"
+    clock.now += 1
+    assert objects.get() and objects.version() == version and len(api.requests) == 4   # read again, unchanged
+    api.answers = listing(services=(("h1", "s1"), ("h1", "s2")))
+    objects.stale()
+    objects.get()
+    assert objects.version() == version and len(api.requests) == 4   # a stale list waits STALE_REREAD s
+    clock.now += 1
+    assert ("h1", "s2") in objects.get() and objects.version() == version + 1
+
+
+def test_version_reads_a_due_list_in_the_background():
+    api, clock = ScriptedApi(listing()), Clock()
+    objects = ObjectList(api, refresh=60, clock=clock)
+    version = objects.version()
+    api.answers, api.gate = listing(hosts=("h1", "h2")), threading.Event()
+    clock.now += 60
+    assert objects.version() == version            # answered at once, while the API is slow
+    api.gate.set()
+    objects._refresher.join(5)
+    assert objects.version() == version + 1 and ("h2", None) in objects.get()
+
+
+def test_unreachable_before_the_first_read_is_none_for_the_core_and_the_old_list_stays_after():
+    api, clock = ScriptedApi({"/v1/objects/hosts": ApiUnavailable("refused")}), Clock()
+    objects = ObjectList(api, refresh=60, clock=clock)
+    with pytest.raises(ObjectsUnreachable):
+        objects.get()
+    assert objects.version() is None
+    assert len(api.requests) == 2                  # a GET is tried twice (idle close), then held
+    api.answers = listing()
+    clock.now += 5
+    assert objects.get() == {("h1", None), ("h1", "s1")}
+    api.answers = {"/v1/objects/hosts": ApiUnavailable("down")}
+    clock.now += 60
+    assert objects.get() == {("h1", None), ("h1", "s1")} and "down" in objects.problem
+
+
+def test_a_404_on_the_list_names_the_missing_permission():
+    api = ScriptedApi({**listing(), "/v1/objects/services": (404, {"error": 404, "status": "No objects found."})})
+    objects = ObjectList(api, refresh=60, clock=Clock())
+    with pytest.raises(ObjectsUnavailable, match="objects/query/Service") as caught:
+        objects.get()
+    assert not isinstance(caught.value, ObjectsUnreachable)
+    assert objects.version() is None                # never read: the core says "no list" (None)
+
+
+def test_a_401_on_the_list_says_the_credentials_are_refused():
+    api = ScriptedApi({**listing(), "/v1/objects/hosts": (401, {"error": 401, "status": "Unauthorized."})})
+    with pytest.raises(ObjectsUnavailable, match=r"refuses the bridge's credentials \(401 Unauthorized.\)"):
+        ObjectList(api, refresh=60, clock=Clock()).get()
+
+
+# -- the core ------------------------------------------------------------------------------------------
+
+def test_core_for_picks_icinga2_and_it_implements_the_interface(tmp_path):
+    core = core_for(settings_for(tmp_path))
+    assert isinstance(core, Icinga2Core) and isinstance(core, Core)
+    assert core.objects_source.startswith("https://127.0.0.1:5665/")
+    assert core.start_sources(None, None) == []    # publish: false
+    assert core.preview(CheckResult(host="h", service="s", state=0))[0] == "API request"
+
+
+def test_the_echo_signal_is_the_bridges_check_source(tmp_path):
+    core = core_for(settings_for(tmp_path))
+    ours = CheckResult(host="h", service="s", state=0, attributes={"check_source": SOURCE, "check_type": "PASSIVE"})
+    other_passive = CheckResult(host="h", service="s", state=0,
+                                attributes={"check_source": "nsca-gw", "check_type": "PASSIVE"})
+    active = CheckResult(host="h", service="s", state=0, attributes={"check_source": "icinga-master"})
+    active_named_like_us = CheckResult(host="h", service="s", state=0,
+                                       attributes={"check_source": SOURCE, "check_type": "ACTIVE"})
+    assert core.may_be_echo(ours)
+    assert not core.may_be_echo(other_passive) and not core.may_be_echo(active)
+    assert not core.may_be_echo(active_named_like_us)
+
+
+def test_wiring_is_the_least_apiuser_with_a_password_placeholder(tmp_path):
+    text = wiring.render(settings_for(tmp_path))
+    assert 'object ApiUser "bridge" {' in text and 'password = "CHANGE-ME"' in text and "pw" not in text
+    assert 'permissions = [ "actions/process-check-result", "objects/query/Host", "objects/query/Service" ]' in text
+    both = wiring.render(settings_for(tmp_path, publish="true"))
+    assert ('[ "events/CheckResult", "actions/process-check-result", "objects/query/Host",'
+            ' "objects/query/Service" ]') in both
+
+
+def test_wiring_with_a_client_certificate_names_its_cn(tmp_path):
+    cert, key = Authority(tmp_path / "pki", name="Icinga CA").issue("bridge", "bridge.example.org", client=True)
+    text = wiring.render(settings_for(tmp_path, login=f"cert_file: {cert}, key_file: {key}", publish="true",
+                                      inbound=False))
+    assert 'object ApiUser "msg-nagios-bridge" {' in text and 'client_cn = "bridge.example.org"' in text
+    assert "password" not in text and "actions/process-check-result" not in text
+
+
+def test_check_reports_icinga2_unavailable(tmp_path):
+    now = 1_800_000_000.0
+    status = Status.from_json({"time": now - 1, "pid": 1, "states": {"icinga2_writer": "waiting: Icinga 2 refuses"
+                                                                     " the bridge's credentials (401)"},
+                               "since": {"icinga2_writer": now - 700}, "counters": {}, "last": {}})
+    code, line = evaluate(status, Thresholds(), now)
+    assert code == CRITICAL and "Icinga 2 unavailable for 700 s (Icinga 2 refuses the bridge's credentials" in line
+
+
+def test_core_config_and_nagios_config_print_the_apiuser(tmp_path, capsys):
+    from msg_nagios_bridge.cli.main import main
+    path = tmp_path / "bridge.yaml"
+    settings_for(tmp_path)              # writes the CA file the config names
+    ca = tmp_path / "ca.crt"
+    path.write_text(f"""
+core: icinga2
+icinga2: {{ca_file: {ca}, user: bridge, password: pw, publish: false}}
+site: {{name: S, nagios_name: central}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}/spool}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+routes: [{{name: r, destination: /queue/out}}]
+inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}}}}
+""")
+    outputs = []
+    for command in ("core-config", "nagios-config"):
+        assert main([command, "-c", str(path)]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and 'object ApiUser "bridge" {' in outputs[0]
