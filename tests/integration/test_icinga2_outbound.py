@@ -9,7 +9,6 @@ newest result of every object is published (lost newest = 0), and every result w
 stream is connected; intermediate results superseded while the stream was down are not, and are
 counted, not asserted."""
 import http.client
-import importlib.util
 import json
 import socket
 import statistics
@@ -560,10 +559,6 @@ def test_latency_from_icinga_to_the_spool(icinga2_factory, rigs):
 # -- the bridge process, publishing to a real ActiveMQ ------------------------------------------
 
 QUEUE = "/queue/icinga.results"
-# The bridge process reaches the source through Icinga2Core (cores/icinga2/core.py, written beside
-# this on branch icinga-in): until both are merged, these tests are skipped (before any broker starts).
-needs_icinga2_core = pytest.mark.skipif(importlib.util.find_spec("msg_nagios_bridge.cores.icinga2.core") is None,
-                                        reason="needs Icinga2Core (cores/icinga2/core.py, branch icinga-in)")
 REMOTE_QUEUE = "/queue/remote.results"
 
 
@@ -599,7 +594,6 @@ def start_bridge(bridge):
     return bridge
 
 
-@needs_icinga2_core
 def test_the_bridge_publishes_icinga_results_to_the_broker_within_icinga_s_batching(
         icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
     core = icinga2_factory(objects=[passive_service("h1", "s1"), host("h2")])
@@ -652,7 +646,6 @@ def settle(core, probe):
     return newest
 
 
-@needs_icinga2_core
 def test_bridge_killed_mid_stream_loses_no_newest_result(icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
     core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
     probe = stomp_probe_factory(activemq, QUEUE)
@@ -676,7 +669,6 @@ def test_bridge_killed_mid_stream_loses_no_newest_result(icinga2_factory, icinga
     assert catch_ups >= len(SERVICES)         # each restart caught up what came while it was dead
 
 
-@needs_icinga2_core
 def test_icinga_reloaded_and_restarted_under_the_bridge_loses_no_newest_result(
         icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
     core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
@@ -699,7 +691,6 @@ def test_icinga_reloaded_and_restarted_under_the_bridge_loses_no_newest_result(
     assert status["counters"][f"{events.SOURCE}.connects"] == 4
 
 
-@needs_icinga2_core
 def test_results_the_bridge_injected_are_not_published_again(
         icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
     """Both directions on one Icinga: a remote result the bridge writes into Icinga comes back on
