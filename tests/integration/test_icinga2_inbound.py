@@ -21,8 +21,7 @@ from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
 from msg_nagios_bridge.spool import Spool
-from tests.sandbox import icinga2 as icinga2_mod
-from tests.sandbox.icinga2 import Icinga2, host, passive_service
+from tests.sandbox.icinga2 import host, passive_service
 from tests.sandbox.ports import wait_until
 from tests.sandbox.stomp_probe import connect
 
@@ -36,25 +35,6 @@ FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
 HOSTS = ["ce01.remote.org", "ce02.remote.org"]
 
 
-@pytest.fixture
-def icinga2_factory(tmp_path):
-    """make(name="icinga2", start=True, **Icinga2 kwargs) -> Icinga2; all stopped at teardown."""
-    try:
-        icinga2_mod.check_installed()
-    except RuntimeError as e:
-        pytest.fail(str(e), pytrace=False)
-    made = []
-
-    def make(name="icinga2", start=True, **kwargs):
-        core = Icinga2(tmp_path / name, **kwargs)
-        made.append(core)
-        if start:
-            core.start()
-        return core
-
-    yield make
-    for core in made:
-        core.stop()
 
 
 def central_icinga(icinga2_factory, services=40, password=PASSWORD):

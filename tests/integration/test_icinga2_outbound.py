@@ -29,7 +29,7 @@ from msg_nagios_bridge.outbound.routing import Router
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox import icinga2 as icinga2_mod
 from tests.sandbox.bridge import Bridge, bridge_config
-from tests.sandbox.icinga2 import Icinga2, host, passive_service
+from tests.sandbox.icinga2 import host, passive_service
 from tests.sandbox.stomp_probe import publish
 
 pytestmark = pytest.mark.integration
@@ -38,25 +38,6 @@ CHECK_SOURCE = "msg-nagios-bridge@test"
 EVENT_DELAY = 5.5      # Icinga 2.13 hands events out in batches every 5 s (docs/icinga2-notes.md)
 
 
-@pytest.fixture
-def icinga2_factory(tmp_path):
-    """make(name="icinga2", start=True, **Icinga2 kwargs) -> Icinga2 in tmp_path/<name>; all stopped at teardown."""
-    try:
-        icinga2_mod.check_installed()
-    except RuntimeError as e:
-        pytest.fail(str(e), pytrace=False)
-    made = []
-
-    def make(name="icinga2", start=True, **kwargs):
-        core = Icinga2(tmp_path / name, **kwargs)
-        made.append(core)
-        if start:
-            core.start()
-        return core
-
-    yield make
-    for core in made:
-        core.stop()
 
 
 def icinga2_yaml(core, port=None, user="root", password=None, queue="msg-nagios-bridge"):

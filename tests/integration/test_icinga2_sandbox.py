@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.sandbox import icinga2 as icinga2_mod
-from tests.sandbox.icinga2 import Icinga2, active_service, passive_service
+from tests.sandbox.icinga2 import active_service, passive_service
 
 pytestmark = pytest.mark.integration
 
@@ -19,25 +19,6 @@ BRIDGE_PERMISSIONS = ["events/CheckResult", "actions/process-check-result", "obj
                       "objects/query/Service"]
 
 
-@pytest.fixture
-def icinga2_factory(tmp_path):
-    """make(name="icinga2", start=True, **Icinga2 kwargs) -> Icinga2 in tmp_path/<name>; all stopped at teardown."""
-    try:
-        icinga2_mod.check_installed()
-    except RuntimeError as e:
-        pytest.fail(str(e), pytrace=False)  # CI installs it (scripts/setup.sh): missing is a failure
-    made = []
-
-    def make(name="icinga2", start=True, **kwargs):
-        core = Icinga2(tmp_path / name, **kwargs)
-        made.append(core)
-        if start:
-            core.start()
-        return core
-
-    yield make
-    for core in made:
-        core.stop()
 
 
 def _listening(pids):
