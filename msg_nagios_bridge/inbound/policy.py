@@ -1,4 +1,4 @@
-"""Inbound policy: who may inject which results into the local Nagios. Pure.
+"""Inbound policy: who may inject which results into the local core. Pure.
 
 FAIL-SAFE DEFAULT: a Policy with no rules refuses every result. Injecting
 results is a way into an administrator's tool (contract 5), so it must be
@@ -122,4 +122,4 @@ def check(policy: Policy, result: CheckResult, sender: str) -> None:
     elif not any(_matches(result.service, rule.services) for rule in rules):
         raise Refused("service-not-allowed", f"sender {_show(sender)} may not send {_show(what)}")
     if policy.known_objects is not None and (result.host, result.service) not in policy.known_objects:
-        raise Refused("unknown-object", f"the local Nagios defines no {_show(what)}")
+        raise Refused("unknown-object", f"the local monitoring core defines no {_show(what)}")
