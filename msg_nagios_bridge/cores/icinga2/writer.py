@@ -121,6 +121,18 @@ class Icinga2Writer(threading.Thread):
         finally:
             self.client.close()
 
+    def _request(self, method: str, path: str, body=None):
+        """(status, answer), or None when Icinga gave no answer (then held, the connection dropped)."""
+        try:
+            return self.client.request(method, path, body)
+        except ApiUnavailable as exc:
+            self.health.add("icinga2_no_answer")
+            self._broken()
+            self._hold(f"Icinga 2 API unavailable: {exc}", "unavailable")
+            return None
+        finally:
+            self._last_request = time.monotonic()
+
     def _idle(self) -> None:
         """Nothing to send: close the connection before Icinga does (a request on a connection
         Icinga closed gets no answer, and would be sent twice), then sleep until a put."""
@@ -159,16 +171,11 @@ class Icinga2Writer(threading.Thread):
                 return                  # the loop comes back here when the time has come
             time.sleep(wait)
         host = self._probe_host
-        try:
-            status, _ = self.client.request("GET", "/v1/objects/hosts?" + urllib.parse.urlencode(
-                {"host": host, "attrs": "name"}, quote_via=urllib.parse.quote, safe=""))
-        except ApiUnavailable as exc:
-            self.health.add("icinga2_no_answer")
-            self._broken()
-            self._hold(f"Icinga 2 API unavailable: {exc}", "unavailable")
+        answered = self._request("GET", "/v1/objects/hosts?" + urllib.parse.urlencode(
+            {"host": host, "attrs": "name"}, quote_via=urllib.parse.quote, safe=""))
+        if answered is None:
             return
-        finally:
-            self._last_request = time.monotonic()
+        status, _ = answered
         if status >= 500 or status == 401:
             self._broken()
             self._hold(f"Icinga 2 answered {status} to a probe", "probe")
@@ -249,15 +256,10 @@ class Icinga2Writer(threading.Thread):
             for entry, _, name, path, body in prepared:
                 if time.monotonic() - self._last_request >= IDLE_CLOSE:
                     self.client.close()
-                try:
-                    status, answer = self.client.request("POST", path, body)
-                except ApiUnavailable as exc:
-                    self.health.add("icinga2_no_answer")
-                    self._broken()
-                    self._hold(f"Icinga 2 API unavailable: {exc}", "unavailable")
+                answered = self._request("POST", path, body)
+                if answered is None:
                     return
-                finally:
-                    self._last_request = time.monotonic()
+                status, answer = answered
                 self._last_answer = self._last_request
                 self._probe_host = name.split("!", 1)[0]
                 self.health.add("written")
