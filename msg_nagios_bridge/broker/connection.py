@@ -205,6 +205,11 @@ def open_socket(host_port: Tuple[str, int], timeout: float, context: Optional[ss
             sock, error = None, exc
     if sock is None:
         raise error or OSError(f"no address for {host_port[0]}")
+    # Every frame goes out whole in one send, so Nagle's algorithm only delays: with it, a frame
+    # sent while the previous one is unacknowledged waits for the peer's delayed ACK (up to 40 ms
+    # on Linux). Measured: a result published at 1,000/s reached the consumer 27 ms later (p50);
+    # with TCP_NODELAY on the sender, 0.4 ms (docs/performance.md).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if context is None:
         return sock
     try:

@@ -196,3 +196,14 @@ def test_the_broker_is_asked_for_heartbeats_twice_as_often_as_it_is_given_up():
     finally:
         broker.discard()
         server.close()
+
+
+def test_broker_sockets_send_each_frame_at_once(silent):
+    """TCP_NODELAY: a frame is never held back for the peer's delayed ACK of the one before
+    (Nagle's algorithm cost 27 ms per result at 1,000/s, docs/performance.md)."""
+    from msg_nagios_bridge.broker.connection import open_socket
+    sock = open_socket(("127.0.0.1", silent.port), 5.0, None)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
