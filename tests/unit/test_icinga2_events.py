@@ -303,19 +303,28 @@ STOP_WITHIN = 1.0       # seconds a stop may take while a connect or an answer i
 
 
 class SilentApi:
-    """Accepts TCP connections on 127.0.0.1 and never sends a byte (so a TLS handshake never
-    completes), or, with ``context``, completes the handshake, reads the request and never
-    answers it: a hung Icinga whose kernel still accepts."""
+    """A hung Icinga on 127.0.0.1 whose kernel still answers, at one of three stages:
+    "tcp connect": its accept queue is full, so a connect waits for the SYN's answer;
+    "tls handshake": it accepts TCP and never sends a byte;
+    "answer" (with ``context``): it completes the handshake, reads the request, never answers."""
 
-    def __init__(self, context=None):
+    def __init__(self, stage, context=None):
         self.context = context
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
-        self.server.listen(8)
+        self.server.listen(0)
         self.port = self.server.getsockname()[1]
         self.accepted = []
         self.requests = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.fillers = []
+        if stage == "tcp connect":
+            for _ in range(3):              # Linux queues backlog + 1; the rest wait in SYN_SENT
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", self.port))
+                self.fillers.append(filler)
+        else:
+            threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
         while True:
@@ -337,7 +346,7 @@ class SilentApi:
 
     def close(self):
         self.server.close()
-        for client in self.accepted:
+        for client in self.accepted + self.fillers:
             client.close()
 
 
@@ -351,13 +360,14 @@ def api_pki(tmp_path):
     return authority.cert_file, context
 
 
-@pytest.mark.parametrize("stage", ["tls handshake", "answer"])
+@pytest.mark.parametrize("stage", ["tcp connect", "tls handshake", "answer"])
 def test_a_stop_ends_a_connect_to_an_icinga_that_never_answers(tmp_path, api_pki, stage):
-    """A stop returns at once (not after the 30 s timeout) while the source waits in the TLS
-    handshake with an Icinga that accepted TCP and sends nothing, or for the answer to its
-    POST /v1/events."""
+    """A stop returns at once (not after the 30 s timeout) while the source waits for the
+    answer to its SYN, in the TLS handshake with an Icinga that accepted TCP and sends nothing,
+    or for the answer to its POST /v1/events. Regression: the socket was kept for the stop only
+    once the handshake was done."""
     ca_file, server_context = api_pki
-    api = SilentApi(server_context if stage == "answer" else None)
+    api = SilentApi(stage, server_context if stage == "answer" else None)
     settings = config.parse(
         "site: {name: SITE-A}\nbrokers: {hosts: ['127.0.0.1:61613']}\n"
         f"spool: {{directory: {tmp_path}}}\nroutes: [{{name: r, destination: /topic/x}}]\n"
@@ -369,10 +379,13 @@ def test_a_stop_ends_a_connect_to_an_icinga_that_never_answers(tmp_path, api_pki
             intake = Intake(events.SOURCE, Router(settings), spool, health, threading.Event(), parse_event)
             source = events.EventStreamSource(settings.icinga2, intake, health)
             source.start()
-            waiting = (lambda: api.accepted) if stage == "tls handshake" else (lambda: api.requests)
+            waiting = {"tcp connect": lambda: source._sockets, "tls handshake": lambda: api.accepted,
+                       "answer": lambda: api.requests}[stage]
             assert wait_until(waiting, timeout=10), "the source never got that far"
             time.sleep(0.3)                   # well inside the wait
             assert source.is_alive() and not source.ready.is_set()
+            if stage == "tcp connect":            # still waiting for the SYN's answer: no TLS yet
+                assert not any(isinstance(sock, ssl.SSLSocket) for sock in list(source._sockets))
             stopped_at = time.monotonic()
             intake.stopping.set()
             source.join(10)
