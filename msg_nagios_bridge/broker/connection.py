@@ -23,11 +23,12 @@ import os
 import select
 import socket
 import ssl
+import contextlib
 import struct
 import tempfile
 import threading
 import time
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import stomp
 import stomp.connect
@@ -299,6 +300,27 @@ class _Transport(stomp.transport.Transport):
         # connections failed here ("[SSL] internal error", or a CONNECT frame that never went
         # out). So a TLS socket is non-blocking, and every read and write holds this lock.
         self._tls_lock = threading.Lock()
+        self._corked: Optional[List[bytes]] = None     # frames held by corked()
+        self._cork_thread: Optional[int] = None
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """Frames this thread sends inside go out together, in one write, at the end (the
+        ACKs of a batch: one system call instead of one per message; other threads' frames,
+        such as heart-beats, go out at once as usual)."""
+        self._corked, self._cork_thread = [], threading.get_ident()
+        try:
+            yield
+        finally:
+            frames, self._corked, self._cork_thread = self._corked, None, None
+            if frames:
+                self._send_now(b"".join(frames))
+
+    def send(self, encoded_frame: bytes) -> None:
+        if self._corked is not None and self._cork_thread == threading.get_ident():
+            self._corked.append(encoded_frame)
+            return None
+        return self._send_now(encoded_frame)
 
     def attempt_connection(self) -> None:
         """Connect or raise OSError (ssl.SSLError, PeerRefused); stomp.py then starts its reader."""
@@ -338,7 +360,7 @@ class _Transport(stomp.transport.Transport):
             if not self.running:
                 return b""
 
-    def send(self, encoded_frame: bytes) -> None:
+    def _send_now(self, encoded_frame: bytes) -> None:
         """All of ``encoded_frame``, within send_timeout (a broker that stops reading)."""
         sock = self.socket
         if not isinstance(sock, ssl.SSLSocket):
@@ -570,6 +592,13 @@ class BrokerConnection:
         """Write one SEND frame; raises OSError/StompException if the socket is gone."""
         assert self.conn is not None
         self.conn.send(destination, body, headers=dict(headers))
+
+    def ack_all(self, ack_ids: Iterable[str]) -> None:
+        """ACK each message (client-individual), the frames written together in one send."""
+        assert self.conn is not None
+        with self.conn.transport.corked():
+            for ack_id in ack_ids:
+                self.conn.ack(ack_id)
 
     def begin(self, transaction: str) -> None:
         assert self.conn is not None
