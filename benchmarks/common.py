@@ -15,6 +15,7 @@ import pstats
 import resource
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import threading
@@ -125,19 +126,31 @@ def fs_type(path: Path) -> str:
     return fs
 
 
-def code_fingerprint() -> str:
-    """Which bridge code was measured: git HEAD plus a hash of the package's .py files as run."""
-    import hashlib
+def git_commit() -> str:
+    """``git rev-parse HEAD`` of the repository, with "+dirty" when the tree differs from it
+    (modified or untracked files outside .gitignore); "?" without git."""
     import subprocess
+
+    def git(*argv):
+        return subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain"))
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (head or "?") + ("+dirty" if head and dirty else "")
+
+
+def code_fingerprint() -> str:
+    """Which bridge code was measured, and when: the git commit ("+dirty" when the tree differs),
+    a hash of the package's .py files as run, and the date (UTC)."""
+    import hashlib
     digest = hashlib.sha1()
     for path in sorted((REPO / "msg_nagios_bridge").rglob("*.py")):
         digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        head = "?"
-    return f"git {head or '?'}, msg_nagios_bridge/*.py sha1 {digest.hexdigest()[:10]}"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return f"commit {git_commit()}, msg_nagios_bridge/*.py sha1 {digest.hexdigest()[:10]}, {stamp}"
 
 
 @contextlib.contextmanager
@@ -219,11 +232,50 @@ def print_table(head, rows):
         print(fmt(row))
 
 
+BUSY_SHARE = 0.25      # other processes using more than this share of one CPU disturb a case
+
+
+def disturbed(r) -> bool:
+    """Whether other processes used > 25% of a CPU during a case (a Meter's "other_cpu" over
+    its "window")."""
+    return r.get("other_cpu", 0.0) > BUSY_SHARE * r.get("window", r.get("seconds", 0.0))
+
+
 def warn_busy(names):
     """The warning for cases during which other processes used > 25% of a CPU."""
     if names:
         print(f"\nWARNING: other processes used > 25% of a CPU during: {', '.join(names)};"
               " those figures are disturbed (run again on a quiet machine).")
+
+
+def print_summary(cases, figures, runs: int):
+    """Per case and figure: median, min, max over the runs, and each run's value ("*" marks a
+    disturbed run). ``cases`` is {case name: [result dict or None per run]}; ``figures`` is
+    [(label, function(result) -> number or None, format)], a figure shown for a case when it
+    gives a number for at least one run. Then how many runs were disturbed."""
+    head = ("case", "figure", "median", "min", "max", *(f"run {k}" for k in range(1, runs + 1)))
+    table = []
+    for name, results in cases.items():
+        first = True
+        for label, value, fmt in figures:
+            pairs = [(value(r), disturbed(r)) if r else (None, False) for r in results]
+            values = [v for v, _ in pairs if v is not None]
+            if not values:
+                continue
+            per_run = ["-" if v is None else format(v, fmt) + (" *" if busy else "  ")
+                       for v, busy in pairs]
+            table.append((name if first else "", label, format(statistics.median(values), fmt),
+                          format(min(values), fmt), format(max(values), fmt), *per_run))
+            first = False
+    print(f"\nsummary over {runs} run{'s' if runs != 1 else ''} (interleaved: each run measures every"
+          " case once, in order; * = disturbed: other processes used > 25% of a CPU during it):")
+    print_table(head, table)
+    busy_runs = sorted({i + 1 for results in cases.values() for i, r in enumerate(results)
+                        if r and disturbed(r)})
+    measured = [r for results in cases.values() for r in results if r]
+    print(f"disturbed runs (other processes > 25% of a CPU during a case): {len(busy_runs)} of {runs}"
+          + (f" (run {', '.join(map(str, busy_runs))}; {sum(map(disturbed, measured))} of"
+             f" {len(measured)} case measurements)" if busy_runs else ""))
 
 
 # -- profile mode ------------------------------------------------------------------------------

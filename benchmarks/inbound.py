@@ -1,6 +1,6 @@
 """Inbound throughput and latency: ActiveMQ -> bridge -> Nagios 4, against Nagios's own rate.
 
-    .venv/bin/python benchmarks/inbound.py [--count N] [--hosts 10] [--services 100]
+    .venv/bin/python benchmarks/inbound.py [--count N] [--runs 3] [--hosts 10] [--services 100]
                                            [--ocsp-count 5000] [--extra-prefetch 1000]
                                            [--latency-rate 1000] [--latency-seconds 20]
                                            [--nagios-latency-rate 1000] [--nagios-latency-seconds 10]
@@ -11,9 +11,15 @@ One real ActiveMQ 5.x (tests/sandbox/activemq.py: Debian package, -Xmx256M, Kaha
 Nagios 4 (tests/sandbox/nagios.py: Debian nagios4 4.4.6; --hosts x --services passive services;
 log_external_commands=1, log_passive_checks=1, status_update_interval=1,
 check_result_reaper_frequency=1; no OCSP) are started in a temp dir, on 127.0.0.1 only, and
-every case of the run is measured against them, in this order:
+every case is measured against them --runs times (default 3), interleaved: run 1 measures every
+case once in the order below, then run 2, and so on, so that drift (the broker's JIT and KahaDB,
+the machine) hits all cases alike. Each run works in its own subdirectory and queues. The report
+prints every run's rows, then per case the median, min and max of each figure over the runs
+(msgs/s, ratios to the baselines of the same run, CPU per message, RSS, latency p50/p99), and
+marks the runs of a case during which other processes used > 25% of a CPU ("disturbed"). The
+header records the commit ("+dirty" when the tree differs from it) and the date.
 
-  warm-up         a 3000-message "bridge fifo (alone)" run, not reported (broker JIT).
+  warm-up         a 3000-message "bridge fifo (alone)" run, once, not reported (broker JIT).
   nagios fifo     Nagios's own rate, THE BASELINE: N PROCESS_SERVICE_CHECK_RESULT lines (the very
   (baseline)      lines the bridge writes: nagios_command.command_line) written straight into
                   Nagios's command FIFO as fast as it takes them (blocking writes of whole lines,
@@ -27,6 +33,16 @@ every case of the run is measured against them, in this order:
                   FIFO, read here): a central Nagios that also runs the outbound side, as the
                   reference measurement (~950/s) did. --ocsp-count results; done when the core
                   has logged all and all OCSP lines arrived.
+  raw stomp.py, ack client-individual (baseline)
+  raw stomp.py, ack client per prefetch/2 (baseline)
+                  The bridge's intake without the bridge: the same N messages pre-loaded the
+                  same way, read by one stomp.py consumer with the bridge's prefetch that does
+                  nothing but acknowledge: an ACK frame per message from the listener
+                  (client-individual, what the bridge's contract needs), or one cumulative ACK
+                  per prefetch/2 messages and on the last (client: a lean consumer keeps the
+                  broker from running out of prefetch credit). Timed from the first MESSAGE
+                  until the RECEIPT of the last ACK. The bridge rows show "x raw": their rate
+                  over the client-individual consumer's in the same run.
   bridge fifo     The bridge alone, writer command_file: N WLCG messages pre-loaded on a queue
   (alone)         (persistent SENDs, no receipts, a receipt on the last one), then
                   `python -m msg_nagios_bridge run` started; its command_file is a FIFO read by
@@ -87,6 +103,7 @@ import re
 import select
 import shutil
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -99,8 +116,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stomp  # noqa: E402
 
 from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
-                    fs_type, loadavg, print_profiles, print_stages, print_table,
-                    rate as rate_of, self_cpu, system_busy, temp_dir, wait_connected, warn_busy)
+                    disturbed, fs_type, loadavg, print_profiles, print_stages, print_summary,
+                    print_table, rate as rate_of, self_cpu, system_busy, temp_dir, wait_connected)
 
 from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
 from msg_nagios_bridge.formats import wlcg  # noqa: E402
@@ -439,16 +456,22 @@ def status_check(nagios, payload, timeout=4.0):
 # -- cases -------------------------------------------------------------------------------------
 
 class Env:
-    def __init__(self, args, tmp, broker, nagios):
-        self.args, self.tmp, self.broker, self.nagios = args, tmp, broker, nagios
+    """What the cases of one run share. Run ``run`` > 0 (of --runs) works in its own subdirectory
+    of ``tmp`` and names its queues and payload tags apart from the other runs."""
+
+    def __init__(self, args, tmp, broker, nagios, run=0):
+        self.args, self.broker, self.nagios, self.run = args, broker, nagios, run
+        self.tmp = tmp / f"run{run}" if run else tmp
+        self.tmp.mkdir(exist_ok=True)
         self.seq = 0
+        self.suffix = f"-r{run}" if run else ""
 
     def queue(self, name):
         self.seq += 1
-        return f"/queue/bench.inbound.{name}.{self.args.run_id}.{self.seq}"
+        return f"/queue/bench.inbound.{name}{self.suffix}.{self.args.run_id}.{self.seq}"
 
     def tag(self, name):
-        return f"{name}-{self.args.run_id}"
+        return f"{name}{self.suffix}-{self.args.run_id}"
 
     def meter(self, bridge_pid=None, reader_pid=None, nagios=None):
         nagios = nagios or self.nagios
@@ -730,6 +753,58 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
     return r
 
 
+class RawConsumer(stomp.ConnectionListener):
+    """A lean stomp.py consumer, no processing: ``ack`` "client-individual" sends an ACK frame
+    per message from the listener; "client" acknowledges cumulatively, the message that ends
+    every ``every`` (and the last), asking a receipt for the last ACK."""
+
+    def __init__(self, conn, count, ack, every):
+        self.conn, self.count, self.ack, self.every = conn, count, ack, every
+        self.received = 0
+        self.first = None
+
+    def on_message(self, frame):
+        self.received += 1
+        if self.first is None:
+            self.first = time.monotonic()
+        last = self.received == self.count
+        if self.ack == "client-individual" or last or self.received % self.every == 0:
+            self.conn.ack(frame.headers["ack"], receipt="raw-last" if last else None)
+
+
+def raw_consumer_case(env: Env, name, ack):
+    """The baseline for the bridge's intake: the same N messages pre-loaded the same way, read by
+    a raw stomp.py consumer (prefetch as the bridge's) that only acknowledges. Timed from the
+    first message received until the RECEIPT of the last ACK (the broker handles a connection's
+    frames in order: every ACK was processed)."""
+    args = env.args
+    payload = env.payload(name)
+    queue = env.queue(name)
+    r = {"count": payload.count,
+         "preload_s": preload(env.broker, queue, payload.messages(), args.case_timeout)}
+    prefetch = args.prefetch or 100
+    conn, receipts = connect(env.broker, auto_decode=False)
+    consumer = RawConsumer(conn, payload.count, ack, every=max(1, prefetch // 2))
+    conn.set_listener("raw", consumer)
+    try:
+        meter = env.meter()
+        t_start = time.monotonic()
+        conn.subscribe(queue, "1", ack=ack, headers={"activemq.prefetchSize": str(prefetch)})
+        try:
+            receipts.wait("raw-last", args.case_timeout)
+        except TimeoutError:
+            r["incomplete"] = f"{consumer.received}/{payload.count} received after {args.case_timeout:.0f} s"
+        t_end = time.monotonic()
+        r.update(meter.stop())
+    finally:
+        conn.disconnect()
+    r["consumer_cpu"] = r["bench_cpu"]      # the main thread only waits
+    r["count"] = min(consumer.received, payload.count)
+    r["startup_s"] = (consumer.first or t_end) - t_start
+    r["seconds"] = max(1e-6, t_end - (consumer.first or t_start))
+    return r
+
+
 def latency_case(env: Env, name, to_nagios, rate, seconds):
     """A bridge running; a publisher at ``rate``/s; per-message publish -> line-arrival time."""
     args, nagios = env.args, env.nagios
@@ -796,99 +871,148 @@ def percentile(values, p):
 
 # -- report ------------------------------------------------------------------------------------
 
-def report(env: Env, rows, latencies, started):
+RAW_CASES = ("raw stomp.py, ack client-individual (baseline)",
+             "raw stomp.py, ack client per prefetch/2 (baseline)")
+
+
+def _figures(results):
+    """Adds to each result the figures compared across runs: ratios to the baselines of the same
+    run ("x_nagios": nagios fifo, "x_raw": the raw client-individual consumer), CPU per message
+    ("us_per_msg": the bridge's whole life, or the raw consumer's), latency percentiles."""
+    nagios_fifo = {n: rate_of(r) for name, n, r in results if name == "nagios fifo (baseline)"}
+    raw = {n: rate_of(r) for name, n, r in results if name == RAW_CASES[0]}
+    for name, n, r in results:
+        if "latencies" in r:
+            lat = r["latencies"]
+            r["p50_ms"], r["p99_ms"] = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
+            r["us_per_msg"] = 1e6 * r["bridge_cpu"] / max(1, r["count"])
+            continue
+        msgs = rate_of(r)
+        if nagios_fifo.get(n) and name != "nagios fifo (baseline)" and name not in RAW_CASES:
+            r["x_nagios"] = msgs / nagios_fifo[n]
+        if "rss_mb" in r:
+            if raw.get(n):
+                r["x_raw"] = msgs / raw[n]
+            r["us_per_msg"] = 1e6 * r["bridge_cpu_total"] / max(1, r["count"])
+        elif "consumer_cpu" in r:
+            r["us_per_msg"] = 1e6 * r["consumer_cpu"] / max(1, r["count"])
+
+
+SUMMARY_FIGURES = [
+    ("msgs/s", lambda r: None if "latencies" in r else rate_of(r), ",.0f"),
+    ("x nagios fifo", lambda r: r.get("x_nagios"), ".2f"),
+    ("x raw (client-individual)", lambda r: r.get("x_raw"), ".2f"),
+    ("latency p50 ms", lambda r: r.get("p50_ms"), ".1f"),
+    ("latency p99 ms", lambda r: r.get("p99_ms"), ".1f"),
+    ("us CPU/msg", lambda r: r.get("us_per_msg"), ".0f"),
+    ("bridge RSS MB", lambda r: r.get("rss_mb"), ".0f"),
+]
+
+
+def _notes(args, r):
+    note = []
+    if "preload_s" in r:
+        note.append(f"pre-loaded in {r['preload_s']:.1f} s")
+    if "injected_s" in r:
+        note.append(f"spool empty (all handed over) {r['injected_s']:.2f} s after the first spooled")
+    if r.get("note"):
+        note.append(r["note"])
+    if "status_ok" in r:
+        ok = r["status_ok"] == r["status_of"]
+        note.append(f"status.dat: {r['status_ok']}/{r['status_of']} services show their last "
+                    f"result {'ok' if ok else 'MISMATCH'}")
+        if r.get("status_rounds"):
+            last = str(-(-r["count"] // (args.hosts * args.services)) - 1)
+            note.append("services per round shown (last round sent = " + last + "): " +
+                        ", ".join(f"round {k}: {v}" for k, v in r["status_rounds"].items()))
+    if "results_in_files" in r:
+        note.append(f"{r['files']} files holding {r['results_in_files']} results "
+                    f"{'ok' if r['results_in_files'] == r['count'] else 'MISMATCH'}")
+    if "counters" in r:
+        note.append("counters " + ", ".join(f"{k} {v}" for k, v in r["counters"].items() if v))
+    if r.get("dead"):
+        note.append(f"{r['dead']} dead letters")
+    if disturbed(r):
+        note.append(f"DISTURBED: other CPU {r['other_cpu']:.2f} s in {r['window']:.2f} s = irq+softirq "
+                    f"{r['softirq_cpu']:.2f} s, steal {r['steal_cpu']:.2f} s, busiest other processes: " +
+                    (", ".join(f"{name} {cpu:.2f} s" for cpu, name in r["other_top"]) or "none"))
+    if r.get("incomplete"):
+        note.append("INCOMPLETE: " + r["incomplete"])
+    if r.get("exit") not in (None, 0):
+        note.append(f"bridge exit code {r['exit']}")
+    return note
+
+
+def _other(r):
+    return f"{r['other_cpu']:.2f}" + (" *" if disturbed(r) else "")
+
+
+def report(env: Env, results, started):
     args = env.args
+    _figures(results)
+    order = list(dict.fromkeys(name for name, _, _ in results))     # cases in the order measured
+    by_case = sorted(results, key=lambda x: (order.index(x[0]), x[1]))
+    rows = [x for x in by_case if "latencies" not in x[2]]
+    latencies = [x for x in by_case if "latencies" in x[2]]
     print()
     print(f"=== inbound benchmark, run {args.run_id}: {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, stomp.py {stomp.__version__}; temp dir on {args.fs}")
     print(f"code: {code_fingerprint()}; bridge prefetch {args.prefetch or 'default (100)'}")
     print(f"ActiveMQ 5.x pid {env.broker.pid} (-Xmx256M, KahaDB); Nagios 4 pid {env.nagios.pid} with "
           f"{args.hosts} hosts x {args.services} passive services, no OCSP (the +ocsp baseline: a second "
-          f"one obsessing over services); N = {args.count} per throughput case; load average at start {args.load_start} (CPU busy {args.busy_start:.2f} s/s in the "
-          f"second before the start), at end {loadavg()}")
-    base = {name: rate_of(r) for name, r in rows if name.startswith("nagios")}
-    nagios_fifo = base.get("nagios fifo (baseline)", 0.0)
+          f"one obsessing over services); N = {args.count} per throughput case; {args.runs} runs, cases "
+          f"interleaved; load average at start {args.load_start} (CPU busy {args.busy_start:.2f} s/s in "
+          f"the second before the start), at end {loadavg()}")
     print()
-    head = ("case", "N", "window s", "msgs/s", "x nagios fifo", "startup s", "bridge CPU s",
-            "us CPU/msg", "bridge RSS", "broker CPU", "nagios CPU", "bench CPU", "other CPU")
+    head = ("case", "run", "N", "window s", "msgs/s", "x nagios fifo", "x raw", "startup s",
+            "bridge CPU s", "us CPU/msg", "bridge RSS", "broker CPU", "nagios CPU", "bench CPU",
+            "other CPU")
     table, notes = [], []
-    for name, r in rows:
-        msgs = rate_of(r)
+    for name, n, r in rows:
         is_bridge = "rss_mb" in r
         table.append((
-            name, r["count"], f"{r['seconds']:.2f}", f"{msgs:,.0f}",
-            f"{msgs / nagios_fifo:.2f}x" if nagios_fifo else "",
+            name, n, r["count"], f"{r['seconds']:.2f}", f"{rate_of(r):,.0f}",
+            f"{r['x_nagios']:.2f}x" if "x_nagios" in r else "",
+            f"{r['x_raw']:.2f}x" if "x_raw" in r else "",
             f"{r['startup_s']:.2f}" if "startup_s" in r else "",
             f"{r['bridge_cpu']:.2f} ({r['bridge_cpu_total']:.2f})" if is_bridge else "",
-            f"{1e6 * r['bridge_cpu_total'] / max(1, r['count']):.0f}" if is_bridge else "",
+            f"{r['us_per_msg']:.0f}" if "us_per_msg" in r else "",
             f"{r['rss_mb']:.0f} MB" if is_bridge else "",
             f"{r['broker_cpu']:.2f}", f"{r['nagios_cpu']:.2f}",
-            f"{r['bench_cpu'] + r.get('reader_cpu', 0):.2f}", f"{r['other_cpu']:.2f}"))
-        note = []
-        if "preload_s" in r:
-            note.append(f"pre-loaded in {r['preload_s']:.1f} s")
-        if "injected_s" in r:
-            note.append(f"spool empty (all handed over) {r['injected_s']:.2f} s after the first spooled")
-        if r.get("note"):
-            note.append(r["note"])
-        if "status_ok" in r:
-            ok = r["status_ok"] == r["status_of"]
-            note.append(f"status.dat: {r['status_ok']}/{r['status_of']} services show their last "
-                        f"result {'ok' if ok else 'MISMATCH'}")
-            if r.get("status_rounds"):
-                last = str(-(-r["count"] // (args.hosts * args.services)) - 1)
-                note.append("services per round shown (last round sent = " + last + "): " +
-                            ", ".join(f"round {k}: {v}" for k, v in r["status_rounds"].items()))
-        if "results_in_files" in r:
-            note.append(f"{r['files']} files holding {r['results_in_files']} results "
-                        f"{'ok' if r['results_in_files'] == r['count'] else 'MISMATCH'}")
-        if "counters" in r:
-            note.append("counters " + ", ".join(f"{k} {v}" for k, v in r["counters"].items() if v))
-        if r.get("dead"):
-            note.append(f"{r['dead']} dead letters")
-        if r["other_cpu"] > 0.25 * r["window"]:
-            note.append(f"other CPU {r['other_cpu']:.2f} s = irq+softirq {r['softirq_cpu']:.2f} s, "
-                        f"steal {r['steal_cpu']:.2f} s, busiest other processes: " +
-                        (", ".join(f"{name} {cpu:.2f} s" for cpu, name in r["other_top"]) or "none"))
-        if r.get("incomplete"):
-            note.append("INCOMPLETE: " + r["incomplete"])
-        if r.get("exit") not in (None, 0):
-            note.append(f"bridge exit code {r['exit']}")
-        notes.append((name, note))
+            f"{r['bench_cpu'] + r.get('reader_cpu', 0):.2f}", _other(r)))
+        notes.append((f"{name} #{n}", _notes(args, r)))
     print_table(head, table)
     print()
     for name, note in notes:
         if note:
             print(f"  {name}: " + "; ".join(note))
-    print()
-    alone = {name: rate_of(r) for name, r in rows if "(alone)" in name}
-    w1 = max((len(n) for n in alone), default=0)
-    w2 = max((len(n) for n in base), default=0)
-    for name, value in alone.items():
-        for bname, bvalue in base.items():
-            if bvalue:
-                verdict = "meets" if value >= 5 * bvalue else "MISSES"
-                print(f"ratio {name:{w1}} / {bname:{w2}}: {value / bvalue:6.2f}x "
-                      f"({verdict} the >= 5x target)")
     if latencies:
         print()
-        head = ("latency case", "rate /s (sent)", "N", "got", "p50 ms", "p90 ms", "p99 ms", "max ms",
-                "bridge CPU s", "CPU/msg us", "bridge RSS", "broker CPU", "nagios CPU", "other CPU",
-                "p99 < 100 ms")
+        head = ("latency case", "run", "rate /s (sent)", "N", "got", "p50 ms", "p90 ms", "p99 ms",
+                "max ms", "bridge CPU s", "CPU/msg us", "bridge RSS", "broker CPU", "nagios CPU",
+                "other CPU", "p99 < 100 ms")
         table = []
-        for name, r in latencies:
+        for name, n, r in latencies:
             lat = r["latencies"]
-            p99 = percentile(lat, 99) * 1000
             table.append((
-                name, f"{r['rate']} ({r['achieved_rate']:.0f})", r["count"], r["received"],
-                f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 90) * 1000:.1f}",
-                f"{p99:.1f}", f"{(lat[-1] if lat else float('nan')) * 1000:.1f}",
+                name, n, f"{r['rate']} ({r['achieved_rate']:.0f})", r["count"], r["received"],
+                f"{r['p50_ms']:.1f}", f"{percentile(lat, 90) * 1000:.1f}",
+                f"{r['p99_ms']:.1f}", f"{(lat[-1] if lat else float('nan')) * 1000:.1f}",
                 f"{r['bridge_cpu']:.2f} ({r['bridge_cpu_total']:.2f})",
-                f"{1e6 * r['bridge_cpu'] / max(1, r['count']):.0f}", f"{r['rss_mb']:.0f} MB",
-                f"{r['broker_cpu']:.2f}", f"{r['nagios_cpu']:.2f}", f"{r['other_cpu']:.2f}",
-                ("yes" if p99 < 100 else "NO") + ("" if r["received"] == r["count"] else " (MISSING)")))
+                f"{r['us_per_msg']:.0f}", f"{r['rss_mb']:.0f} MB",
+                f"{r['broker_cpu']:.2f}", f"{r['nagios_cpu']:.2f}", _other(r),
+                ("yes" if r["p99_ms"] < 100 else "NO") + ("" if r["received"] == r["count"] else " (MISSING)")))
         print_table(head, table)
-    warn_busy([name for name, r in rows + latencies if r["other_cpu"] > 0.25 * r["window"]])
+    print("\n(other CPU: * = disturbed, other processes used > 25% of a CPU during the case)")
+    cases = {name: [next((r for c, n, r in results if c == name and n == k), None)
+                    for k in range(1, args.runs + 1)] for name in order}
+    print_summary(cases, SUMMARY_FIGURES, args.runs)
+    ratios = [r["x_raw"] for r in cases.get("bridge fifo (alone)", []) if r and "x_raw" in r]
+    if ratios:
+        median = statistics.median(ratios)
+        print(f"target (issue 16): bridge fifo (alone) >= 0.5x the raw client-individual consumer: median "
+              f"{median:.2f}x ({min(ratios):.2f}-{max(ratios):.2f}x), "
+              f"{'meets' if median >= 0.5 else 'falls short of'} it")
     print("""
 How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios's FIFO ->
   N-th "EXTERNAL COMMAND: PROCESS_SERVICE_CHECK_RESULT" line of the case in nagios.log (Nagios
@@ -901,6 +1025,12 @@ How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios
   -> first message spooled (Python start, config, STOMP connect, subscribe, first batch).
   bridge CPU s: in the window (whole process life); us CPU/msg uses the whole life; RSS is
   VmHWM at the end. bench CPU: this process plus the FIFO reader child.
+  raw stomp.py rows: the same N messages pre-loaded the same way, one stomp.py 9 consumer with
+  the bridge's prefetch, no processing; window = first MESSAGE -> the RECEIPT of the last ACK.
+  client-individual: an ACK frame per message, sent from the listener; client: one cumulative
+  ACK per prefetch/2 messages (50 at prefetch 100: the broker never runs out of credit) and
+  one on the last. us CPU/msg there = this process (the consumer; the main thread only waits).
+  x raw = msgs/s over the client-individual consumer's of the same run; x nagios fifo likewise.
   latency: per message, publish (just before the STOMP SEND) -> its line read from the FIFO
   (alone) / its EXTERNAL COMMAND line seen in nagios.log (polled every 2 ms); a warm-up of
   half a second of messages before is not counted. -> nagios crdir latency: not measured
@@ -1001,6 +1131,8 @@ def parse_args():
                         help="inbound.prefetch for the bridge (default: the bridge's default)")
     parser.add_argument("--extra-prefetch", type=int, default=1000,
                         help="also run 'bridge fifo (alone)' with this inbound.prefetch (0: skip)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="measure every case this many times, interleaved (default 3)")
     parser.add_argument("--case-timeout", type=float, default=90.0)
     parser.add_argument("--skip", action="append", default=[],
                         help="skip cases whose name contains this (repeatable)")
@@ -1048,42 +1180,48 @@ def run_all(args, tmp: Path, started: float):
             profile_mode(env)
             return 0
 
-        rows, latencies = [], []
+        results = []            # (case name, run number, result), in the order measured
+        raw_ci, raw_client = RAW_CASES
+        for number in range(1, args.runs + 1):
+            env = Env(args, tmp, broker, nagios, run=number)
 
-        def run(name, fn, *a, **kw):
-            if any(s in name for s in args.skip):
-                return
-            r = fn(env, *a, **kw)
-            if "latencies" in r:
-                latencies.append((name, r))
-                lat = r["latencies"]
-                print(f"{name}: p50 {percentile(lat, 50) * 1000:.1f} ms, p99 "
-                      f"{percentile(lat, 99) * 1000:.1f} ms, {r['received']}/{r['count']}", flush=True)
-            else:
-                rows.append((name, r))
-                print(f"{name}: {rate_of(r):,.0f} msgs/s" +
-                      (f" INCOMPLETE {r['incomplete']}" if r.get("incomplete") else ""), flush=True)
+            def run(name, fn, *a, **kw):
+                if any(s in name for s in args.skip):
+                    return
+                r = fn(env, *a, **kw)
+                results.append((name, number, r))
+                if "latencies" in r:
+                    lat = r["latencies"]
+                    figure = (f"p50 {percentile(lat, 50) * 1000:.1f} ms, p99 "
+                              f"{percentile(lat, 99) * 1000:.1f} ms, {r['received']}/{r['count']}")
+                else:
+                    figure = f"{rate_of(r):,.0f} msgs/s"
+                print(f"run {number}/{args.runs} {name}: {figure}"
+                      + (" (disturbed)" if disturbed(r) else "")
+                      + (f" INCOMPLETE {r['incomplete']}" if r.get("incomplete") else ""), flush=True)
 
-        run("nagios fifo (baseline)", nagios_fifo_case)
-        if args.ocsp_count:
-            run("nagios+ocsp fifo (baseline)", ocsp_case)
-        run("bridge fifo (alone)", bridge_throughput_case, "bfifo", "command_file", False)
-        run("bridge crdir (alone)", bridge_throughput_case, "bcrdir", "checkresults_dir", False)
-        run("bridge -> nagios fifo", bridge_throughput_case, "bnfifo", "command_file", True)
-        if args.ocsp_bridge_count:
-            run("bridge -> nagios+ocsp fifo", bridge_ocsp_case)
-        run("nagios crdir (baseline)", nagios_crdir_case)
-        run("bridge -> nagios crdir", bridge_throughput_case, "bncrdir", "checkresults_dir", True)
-        if args.extra_prefetch:
-            run(f"bridge fifo (alone) prefetch {args.extra_prefetch}", bridge_throughput_case,
-                "bfifopf", "command_file", False, args.extra_prefetch)
-        run("latency fifo (alone)", latency_case, "latfifo", False, args.latency_rate,
-            args.latency_seconds)
-        if args.nagios_latency_rate:
-            run("latency -> nagios fifo", latency_case, "latnagios", True, args.nagios_latency_rate,
-                args.nagios_latency_seconds)
-        run("bridge fifo (alone) again", bridge_throughput_case, "bfifo2", "command_file", False)
-        report(env, rows, latencies, started)
+            run("nagios fifo (baseline)", nagios_fifo_case)
+            if args.ocsp_count:
+                run("nagios+ocsp fifo (baseline)", ocsp_case)
+            run(raw_ci, raw_consumer_case, "rawci", "client-individual")
+            run(raw_client, raw_consumer_case, "rawclient", "client")
+            run("bridge fifo (alone)", bridge_throughput_case, "bfifo", "command_file", False)
+            run("bridge crdir (alone)", bridge_throughput_case, "bcrdir", "checkresults_dir", False)
+            run("bridge -> nagios fifo", bridge_throughput_case, "bnfifo", "command_file", True)
+            if args.ocsp_bridge_count:
+                run("bridge -> nagios+ocsp fifo", bridge_ocsp_case)
+            run("nagios crdir (baseline)", nagios_crdir_case)
+            run("bridge -> nagios crdir", bridge_throughput_case, "bncrdir", "checkresults_dir", True)
+            if args.extra_prefetch:
+                run(f"bridge fifo (alone) prefetch {args.extra_prefetch}", bridge_throughput_case,
+                    "bfifopf", "command_file", False, args.extra_prefetch)
+            run("latency fifo (alone)", latency_case, "latfifo", False, args.latency_rate,
+                args.latency_seconds)
+            if args.nagios_latency_rate:
+                run("latency -> nagios fifo", latency_case, "latnagios", True,
+                    args.nagios_latency_rate, args.nagios_latency_seconds)
+            run("bridge fifo (alone) again", bridge_throughput_case, "bfifo2", "command_file", False)
+        report(env, results, started)
         return 0
     finally:
         nagios.stop()
