@@ -1,15 +1,20 @@
 """Outbound throughput: Nagios result lines -> bridge -> ActiveMQ, against raw stomp.py, same broker.
 
-    .venv/bin/python benchmarks/outbound.py [--count N] [--size 300] [--receipt-count M]
+    .venv/bin/python benchmarks/outbound.py [--count N] [--runs 3] [--size 300] [--receipt-count M]
                                             [--tx-batch 500] [--broker-opt KEY=VALUE ...] [--keep]
     .venv/bin/python benchmarks/outbound.py --profile {perfdata,ocsp} [--count N]
 
 One real ActiveMQ 5.x (tests/sandbox/activemq.py: Debian package, -Xmx256M, KahaDB, STOMP on
-127.0.0.1 only) is started in a temp dir and every case of the run is measured against it, in
-this order (queues get a fresh name per case and run, and are drained after their case, which
-also checks that every message arrived):
+127.0.0.1 only) is started in a temp dir and every case is measured against it --runs times
+(default 3), interleaved: run 1 measures every case once in the order below, then run 2, and so
+on, so that drift (the broker's JIT and KahaDB, the machine) hits all cases alike. Queues get a
+fresh name per case and run, and are drained after their case, which also checks that every
+message arrived. The report prints every run's rows, then per case the median, min and max of
+msgs/s, of the ratio to the 1a baseline of the same run, of CPU per message and of RSS, and
+marks the cases during which other processes used > 25% of a CPU ("disturbed"); the header
+records the commit ("+dirty" when the tree differs from it) and the date.
 
-  warm-up  raw: max(5000, N/2) without receipts, 3000 with receipts in flight, 3000 in
+  warm-up  (once, before run 1) raw: max(5000, N/2) without receipts, 3000 with receipts in flight, 3000 in
            transactions (not reported; the broker's JIT otherwise penalises the first case)
   1a       raw stomp.py 9 Connection12, persistent SEND to a queue, no receipts; then ONE final
            SEND with a receipt. Timed from the first SEND until that receipt: the broker handles
@@ -26,7 +31,8 @@ also checks that every message arrived):
   bridge ocsp       the same with only the OCSP FIFO source; a writer thread writes the lines
            into the FIFO in whole-line chunks of at most PIPE_BUF (4096) bytes.
   1a (mid-run, at the end)   the baseline again right before the bridge cases and at the end:
-           the broker's rate drifts over a run (JIT, KahaDB); the ratio uses the mean of all 1a.
+           the broker's rate drifts over a run (JIT, KahaDB); the ratio uses the mean of the
+           run's 1a cases.
 
 Bridge timing: from the first line written until the bridge has *published* all N, i.e. the
 broker sent a RECEIPT for each and the bridge deleted it from its spool. It is observed by
@@ -67,8 +73,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stomp  # noqa: E402
 
 from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
-                    fs_type, loadavg, print_profiles, print_stages, print_table, rate, self_cpu,
-                    temp_dir, wait_connected, warn_busy)
+                    disturbed, fs_type, loadavg, print_profiles, print_stages, print_summary,
+                    print_table, rate, self_cpu, temp_dir, wait_connected)
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
 from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
@@ -270,31 +276,53 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
 
 # -- report ------------------------------------------------------------------------------------
 
-def report(rows, baseline, args, broker, body_sizes):
+SUMMARY_FIGURES = [
+    ("msgs/s", rate, ",.0f"),
+    ("x 1a", lambda r: r.get("x_1a"), ".2f"),
+    ("us CPU/msg", lambda r: r.get("us_per_msg"), ".0f"),
+    ("bridge RSS MB", lambda r: r.get("rss_mb"), ".0f"),
+]
+
+
+def report(results, args, broker, body_sizes):
+    """``results``: [(case name, run number, result)] in the order measured."""
+    baselines = {}          # run number -> mean 1a msgs/s of that run
+    for n in sorted({n for _, n, _ in results}):
+        values = [rate(r) for name, k, r in results if k == n and name.startswith("1a raw")]
+        baselines[n] = statistics.mean(values) if values else 0.0
+    for name, n, r in results:
+        if baselines.get(n):
+            r["x_1a"] = rate(r) / baselines[n]
+        if "bridge_cpu" in r:
+            r["us_per_msg"] = 1e6 * r["bridge_cpu"] / max(1, r["count"])
+    order = list(dict.fromkeys(name for name, _, _ in results))
+    rows = sorted(results, key=lambda x: (order.index(x[0]), x[1]))
     print()
     print(f"ActiveMQ 5.x pid {broker.pid}, -Xmx256M, KahaDB on {args.fs}; {os.cpu_count()} CPUs;"
           f" Python {platform.python_version()}, stomp.py {stomp.__version__}")
     print(f"code: {code_fingerprint()}; bridge max_in_flight {args.window}")
     print(f"bodies: raw {body_sizes[0]} B; bridge WLCG {body_sizes[1]} B mean "
           f"(+ {body_sizes[2]} B of the bridge's 12 headers per frame)")
-    print(f"load average at start {args.load_start}, at end {loadavg()}")
-    runs = [rate(r) for name, r in rows if name.startswith("1a raw")]
-    print(f"baseline 1a = mean of the {len(runs)} 1a runs = {baseline:,.0f} msgs/s (they range "
-          f"{min(runs):,.0f}-{max(runs):,.0f}: the broker is noisy); bridge target >= 0.8x 1a")
+    print(f"{args.runs} runs, cases interleaved; load average at start {args.load_start}, at end {loadavg()}")
+    for n, baseline in baselines.items():
+        runs = [rate(r) for name, k, r in results if k == n and name.startswith("1a raw")]
+        print(f"run {n}: baseline 1a = mean of its {len(runs)} 1a cases = {baseline:,.0f} msgs/s (they "
+              f"range {min(runs):,.0f}-{max(runs):,.0f}: the broker is noisy)")
+    print("bridge target >= 0.8x 1a (x 1a: over the baseline of the same run)")
     print()
-    head = ("case", "N", "seconds", "msgs/s", "x 1a", "bridge RSS", "bridge CPU s",
+    head = ("case", "run", "N", "seconds", "msgs/s", "x 1a", "bridge RSS", "bridge CPU s",
             "us CPU/msg", "broker CPU s", "bench CPU s", "other CPU s")
     table, notes = [], []
-    for name, r in rows:
-        msgs = rate(r)
+    for name, n, r in rows:
         bridge = "bridge_cpu" in r
         table.append((
-            name, f"{r['count']}", f"{r['seconds']:.2f}", f"{msgs:,.0f}",
-            f"{msgs / baseline:.2f}x" if baseline else "",
+            name, n, f"{r['count']}", f"{r['seconds']:.2f}", f"{rate(r):,.0f}",
+            f"{r['x_1a']:.2f}x" if "x_1a" in r else "",
             f"{r['rss_mb']:.0f} MB" if "rss_mb" in r else "",
             f"{r['bridge_cpu']:.2f} ({r['bridge_cpu_total']:.2f})" if bridge else "",
-            f"{1e6 * r['bridge_cpu'] / max(1, r['count']):.0f}" if bridge else "",
-            f"{r['broker_cpu']:.2f}", f"{r['bench_cpu']:.2f}", f"{r['other_cpu']:.2f}"))
+            f"{r['us_per_msg']:.0f}" if bridge else "",
+            f"{r['broker_cpu']:.2f}", f"{r['bench_cpu']:.2f}",
+            f"{r['other_cpu']:.2f}" + (" *" if disturbed(r) else "")))
         note = []
         if "sent_in" in r:
             note.append(f"all SENDs written after {r['sent_in']:.2f} s")
@@ -308,17 +336,31 @@ def report(rows, baseline, args, broker, body_sizes):
                         f"{'ok' if got >= r['count'] else 'MISSING'}" + (f", {dup} duplicates" if dup else ""))
         if r.get("dead"):
             note.append(f"{r['dead']} dead letters")
+        if disturbed(r):
+            note.append(f"DISTURBED: other processes used {r['other_cpu']:.2f} CPU s in {r['window']:.2f} s")
         if r.get("incomplete"):
             note.append("INCOMPLETE: " + r["incomplete"])
         if r.get("exit") not in (None, 0):
             note.append(f"bridge exit code {r['exit']}")
-        notes.append((name, note))
+        notes.append((f"{name} #{n}", note))
     print_table(head, table)
     print()
     for name, note in notes:
         if note:
             print(f"  {name}: " + "; ".join(note))
-    warn_busy([name for name, r in rows if r["other_cpu"] > 0.25 * r["seconds"]])
+    print("\n(other CPU s: * = disturbed, other processes used > 25% of a CPU during the case)")
+    cases = {name: [next((r for c, k, r in results if c == name and k == n), None)
+                    for n in range(1, args.runs + 1)] for name in order}
+    print_summary(cases, SUMMARY_FIGURES, args.runs)
+    values = list(baselines.values())
+    print(f"baseline 1a (mean of a run's 1a cases): median {statistics.median(values):,.0f} msgs/s, "
+          f"range {min(values):,.0f}-{max(values):,.0f}")
+    for source in ("perfdata", "ocsp"):
+        ratios = [r["x_1a"] for r in cases.get(f"bridge {source}", []) if r and "x_1a" in r]
+        if ratios:
+            median = statistics.median(ratios)
+            print(f"target (issue 16): bridge {source} >= 0.8x 1a: median {median:.2f}x "
+                  f"({min(ratios):.2f}-{max(ratios):.2f}x), {'meets' if median >= 0.8 else 'falls short of'} it")
     print("""
 How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of one final SEND
   (the broker handles a connection's frames in order). 1b: N / time, waiting for each receipt.
@@ -404,6 +446,8 @@ def profile_mode(broker, tmp: Path, args, results_for):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000, help="messages per case (default 20000)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="measure every case this many times, interleaved (default 3)")
     parser.add_argument("--size", type=int, default=300, help="message body bytes (default 300)")
     parser.add_argument("--receipt-count", type=int, default=None,
                         help="messages for 1b, a receipt awaited each (default min(count, 5000))")
@@ -477,35 +521,37 @@ def run(args, tmp: Path, started: float):
             profile_mode(broker, tmp, args, results_for)
             return 0
 
-        rows = []
+        results = []            # (case name, run number, result), in the order measured
+        for number in range(1, args.runs + 1):
+            def raw(name, queue, fn, n, headers):
+                r = fn(broker, queue, n, body, headers, timeout)
+                r["received"], _ = drain(broker, queue, r["count"], timeout)
+                r["distinct"] = None
+                results.append((name, number, r))
+                print(f"run {number}/{args.runs} {name}: {rate(r):,.0f} msgs/s"
+                      + (" (disturbed)" if disturbed(r) else ""), flush=True)
 
-        def raw(name, queue, fn, n, headers):
-            r = fn(broker, queue, n, body, headers, timeout)
-            r["received"], _ = drain(broker, queue, r["count"], timeout)
-            r["distinct"] = None
-            rows.append((name, r))
-            print(f"{name}: {rate(r):,.0f} msgs/s", flush=True)
+            rq = lambda name: q(f"{name}.r{number}")     # noqa: E731 - a queue of this run
+            raw("1a raw no receipts", rq("raw1"), raw_no_receipts, args.count, plain)
+            raw("1a+hdr raw, bridge headers", rq("rawhdr"), raw_no_receipts, args.count,
+                {**bridge_headers})
+            raw("1b raw receipt each, waited", rq("rawrcpt"), raw_receipt_each, args.receipt_count, plain)
+            window = args.window
+            raw(f"1c raw receipt each, {window} in flight", rq("rawwin"),
+                lambda *a: raw_receipt_window(*a, window=window), args.count, plain)
+            raw(f"1d raw transactions of {args.tx_batch}", rq("rawtx"),
+                lambda *a: raw_transactions(*a, batch=args.tx_batch), args.count, plain)
+            raw("1a raw no receipts (mid-run)", rq("rawmid"), raw_no_receipts, args.count, plain)
+            for source in ("perfdata", "ocsp"):
+                workdir = tmp / f"bridge-{source}-r{number}"
+                lines = results_for(example_settings, source)   # same site/route: same bodies
+                r = bridge_case(broker, workdir, source, rq(f"bridge.{source}"), lines, args)
+                results.append((f"bridge {source}", number, r))
+                print(f"run {number}/{args.runs} bridge {source}: {rate(r):,.0f} msgs/s"
+                      + (" (disturbed)" if disturbed(r) else ""), flush=True)
+            raw("1a raw no receipts (at the end)", rq("raw2"), raw_no_receipts, args.count, plain)
 
-        raw("1a raw no receipts", q("raw1"), raw_no_receipts, args.count, plain)
-        raw("1a+hdr raw, bridge headers", q("rawhdr"), raw_no_receipts, args.count,
-            {**bridge_headers})
-        raw("1b raw receipt each, waited", q("rawrcpt"), raw_receipt_each, args.receipt_count, plain)
-        window = args.window
-        raw(f"1c raw receipt each, {window} in flight", q("rawwin"),
-            lambda *a: raw_receipt_window(*a, window=window), args.count, plain)
-        raw(f"1d raw transactions of {args.tx_batch}", q("rawtx"),
-            lambda *a: raw_transactions(*a, batch=args.tx_batch), args.count, plain)
-        raw("1a raw no receipts (mid-run)", q("rawmid"), raw_no_receipts, args.count, plain)
-        for source in ("perfdata", "ocsp"):
-            workdir = tmp / f"bridge-{source}"
-            lines = results_for(example_settings, source)   # same site/route: same bodies
-            r = bridge_case(broker, workdir, source, q(f"bridge.{source}"), lines, args)
-            rows.append((f"bridge {source}", r))
-            print(f"bridge {source}: {rate(r):,.0f} msgs/s", flush=True)
-        raw("1a raw no receipts (at the end)", q("raw2"), raw_no_receipts, args.count, plain)
-
-        baseline = statistics.mean(rate(r) for name, r in rows if name.startswith("1a raw"))
-        report(rows, baseline, args, broker, body_sizes)
+        report(results, args, broker, body_sizes)
         print(f"\ntotal run time {time.monotonic() - started:.0f} s")
         return 0
     finally:

@@ -58,6 +58,20 @@ def assert_rows(out, expected):
     assert not missing, f"rows missing from the table: {missing}\n{out[-4000:]}"
 
 
+def assert_figures_recorded(out, bridge_cases, ratio):
+    """The header names the commit and date; the summary over the runs shows, for each of
+    ``bridge_cases``, its median, min and max msgs/s and its ratio to the baseline of its run,
+    and says how many runs were disturbed."""
+    assert re.search(r"^code: commit [0-9a-f]{40}(\+dirty)?, .*, \d{4}-\d\d-\d\d \d\d:\d\d UTC", out, re.M), out
+    summary = out[out.index("\nsummary over 1 run "):]
+    for case in bridge_cases:
+        rows = summary[summary.index("\n" + case + " "):].splitlines()[1:6]
+        assert re.match(re.escape(case) + r" +msgs/s +[\d,]+ +[\d,]+ +[\d,]+ +[\d,]+ ", rows[0]), rows
+        assert any(re.match(r" +" + re.escape(ratio) + r" +[\d.]+ ", row) for row in rows), rows
+    assert re.search(r"^disturbed runs \(other processes > 25% of a CPU during a case\): [01] of 1", summary,
+                     re.M), summary
+
+
 def assert_all_delivered(out):
     for bad in ("INCOMPLETE", "MISSING", "MISMATCH", "Traceback"):
         assert bad not in out, f"{bad} in the output:\n{out[-4000:]}"
@@ -71,13 +85,14 @@ def test_spool():
 
 
 def test_outbound():
-    out = bench("outbound.py", "--count", "300", "--receipt-count", "100", "--tx-batch", "50",
-                "--case-timeout", "30")
+    out = bench("outbound.py", "--count", "300", "--runs", "1", "--receipt-count", "100",
+                "--tx-batch", "50", "--case-timeout", "30")
     assert_rows(out, ["1a raw no receipts", "1a+hdr raw, bridge headers", "1b raw receipt each, waited",
                       "1c raw receipt each, 1000 in flight", "1d raw transactions of 50",
                       "1a raw no receipts (mid-run)", "bridge perfdata", "bridge ocsp",
                       "1a raw no receipts (at the end)"])
     assert out.count("queue drained afterwards: 300/300 ok") >= 4, out      # 1c, 1d, both bridges
+    assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1a")
     assert_all_delivered(out)
 
 
@@ -91,17 +106,20 @@ def test_outbound_profile():
 
 
 def test_inbound():
-    out = bench("inbound.py", "--count", "200", "--warmup-count", "200", "--hosts", "2",
+    out = bench("inbound.py", "--count", "200", "--runs", "1", "--warmup-count", "200", "--hosts", "2",
                 "--services", "10", "--ocsp-count", "40", "--ocsp-bridge-count", "40",
                 "--extra-prefetch", "20", "--latency-rate", "100", "--latency-seconds", "1",
                 "--nagios-latency-rate", "100", "--nagios-latency-seconds", "1",
                 "--case-timeout", "40", "--stall-timeout", "10")
-    assert_rows(out, ["nagios fifo (baseline)", "nagios+ocsp fifo (baseline)", "bridge fifo (alone)",
+    assert_rows(out, ["nagios fifo (baseline)", "nagios+ocsp fifo (baseline)",
+                      "raw stomp.py, ack client-individual (baseline)",
+                      "raw stomp.py, ack client per prefetch/2 (baseline)", "bridge fifo (alone)",
                       "bridge crdir (alone)", "bridge -> nagios fifo", "bridge -> nagios+ocsp fifo",
                       "nagios crdir (baseline)", "bridge -> nagios crdir",
                       "bridge fifo (alone) prefetch 20", "bridge fifo (alone) again",
                       "latency fifo (alone)", "latency -> nagios fifo"])
-    assert re.search(r"^latency fifo \(alone\) +100 \(\d+\) +100 +100 ", out, re.M), out   # got all
+    assert re.search(r"^latency fifo \(alone\) +1 +100 \(\d+\) +100 +100 ", out, re.M), out   # got all
+    assert_figures_recorded(out, ["bridge fifo (alone)", "bridge -> nagios fifo"], "x raw (client-individual)")
     assert_all_delivered(out)
 
 
