@@ -91,7 +91,8 @@ bridge is replaced), and prints where each thread's time goes: the wall time of 
 functions (judgement, decode, spool put/take/done, FIFO write, ACK) and the top functions.
 
 Every server is started from the temp dir and stopped by PID in a finally block; every wait is
-bounded (--case-timeout). The default run takes about 2-3 minutes on 2 cores.
+bounded (--case-timeout). With the defaults a run takes about 2-3 minutes on 2 cores, so
+--runs 3 about 7-9 minutes.
 """
 from __future__ import annotations
 
@@ -119,7 +120,8 @@ from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  
                     disturbed, fs_type, loadavg, print_profiles, print_stages, print_summary,
                     print_table, rate as rate_of, self_cpu, system_busy, temp_dir, wait_connected)
 
-from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
+from msg_nagios_bridge.config.settings import InboundSettings  # noqa: E402
+from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command  # noqa: E402
 from msg_nagios_bridge.formats import wlcg  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
@@ -782,7 +784,7 @@ def raw_consumer_case(env: Env, name, ack):
     queue = env.queue(name)
     r = {"count": payload.count,
          "preload_s": preload(env.broker, queue, payload.messages(), args.case_timeout)}
-    prefetch = args.prefetch or 100
+    prefetch = args.prefetch or InboundSettings.prefetch      # the bridge's, as in its rows
     conn, receipts = connect(env.broker, auto_decode=False)
     consumer = RawConsumer(conn, payload.count, ack, every=max(1, prefetch // 2))
     conn.set_listener("raw", consumer)
@@ -957,7 +959,7 @@ def report(env: Env, results, started):
     print()
     print(f"=== inbound benchmark, run {args.run_id}: {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, stomp.py {stomp.__version__}; temp dir on {args.fs}")
-    print(f"code: {code_fingerprint()}; bridge prefetch {args.prefetch or 'default (100)'}")
+    print(f"code: {code_fingerprint()}; bridge prefetch {args.prefetch or f'default ({InboundSettings.prefetch})'}")
     print(f"ActiveMQ 5.x pid {env.broker.pid} (-Xmx256M, KahaDB); Nagios 4 pid {env.nagios.pid} with "
           f"{args.hosts} hosts x {args.services} passive services, no OCSP (the +ocsp baseline: a second "
           f"one obsessing over services); N = {args.count} per throughput case; {args.runs} runs, cases "

@@ -53,7 +53,8 @@ profiler per thread (started by threading.setprofile: no code of the bridge is r
 prints where each thread's time goes: the wall time of named public functions (spool put/take/
 done, intake, STOMP send) and the top functions by own time.
 
-The whole default run takes 1-1.5 minutes; every server is stopped by PID in a finally block.
+With the defaults a run takes 1-1.5 minutes (--runs 3: 3-4.5 minutes); every server is stopped
+by PID in a finally block.
 """
 from __future__ import annotations
 
