@@ -225,7 +225,7 @@ def print_table(head, rows):
     """Columns padded to fit; the first left-aligned, the others right-aligned."""
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
+                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     print(fmt(head))
     print(fmt(["-" * w for w in widths]))
     for row in rows:

@@ -1143,6 +1143,8 @@ def parse_args():
     parser.add_argument("--profile-top", type=int, default=22)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     args.run_id = uuid.uuid4().hex[:6]
     return args
 

@@ -466,6 +466,8 @@ def parse_args():
     parser.add_argument("--profile-top", type=int, default=18)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     args.receipt_count = args.receipt_count or min(args.count, 5000)
     args.run_id = uuid.uuid4().hex[:8]
     return args

@@ -66,7 +66,7 @@ def assert_figures_recorded(out, bridge_cases, ratio):
     summary = out[out.index("\nsummary over 1 run "):]
     for case in bridge_cases:
         rows = summary[summary.index("\n" + case + " "):].splitlines()[1:6]
-        assert re.match(re.escape(case) + r" +msgs/s +[\d,]+ +[\d,]+ +[\d,]+ +[\d,]+ ", rows[0]), rows
+        assert re.match(re.escape(case) + r" +msgs/s +[\d,]+ +[\d,]+ +[\d,]+ +[\d,]+( \*)?$", rows[0]), rows
         assert any(re.match(r" +" + re.escape(ratio) + r" +[\d.]+ ", row) for row in rows), rows
     assert re.search(r"^disturbed runs \(other processes > 25% of a CPU during a case\): [01] of 1", summary,
                      re.M), summary
