@@ -241,13 +241,6 @@ def disturbed(r) -> bool:
     return r.get("other_cpu", 0.0) > BUSY_SHARE * r.get("window", r.get("seconds", 0.0))
 
 
-def warn_busy(names):
-    """The warning for cases during which other processes used > 25% of a CPU."""
-    if names:
-        print(f"\nWARNING: other processes used > 25% of a CPU during: {', '.join(names)};"
-              " those figures are disturbed (run again on a quiet machine).")
-
-
 def print_summary(cases, figures, runs: int):
     """Per case and figure: median, min, max over the runs, and each run's value ("*" marks a
     disturbed run). ``cases`` is {case name: [result dict or None per run]}; ``figures`` is
