@@ -21,6 +21,7 @@ Prints each run and, per case, the median and range in results/s.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -30,12 +31,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import inbound as nagios_bench  # noqa: E402
-from common import POLL, SpoolWatch, temp_dir  # noqa: E402
+from common import POLL, Meter, SpoolWatch, temp_dir  # noqa: E402
 from inbound import Env, bridge_throughput_case, central_nagios, preload, rate_of  # noqa: E402
 
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
 from tests.sandbox.icinga2 import Icinga2, passive_service  # noqa: E402
+from tests.sandbox.ports import descendants_of  # noqa: E402
+from tests.sandbox.procfs import CLK_TCK  # noqa: E402
 
 USER, PASSWORD = "bridge", "bench-secret"
 PERMISSIONS = ["events/CheckResult", "actions/process-check-result", "objects/query/Host", "objects/query/Service"]
@@ -80,7 +83,7 @@ def icinga_case(env: Env, icinga: Icinga2, name: str) -> dict:
     t_start = time.monotonic()
     bridge.start()
     watch = SpoolWatch(workdir / "spool" / "inbound.sqlite")
-    t_first = t_done = None
+    t_first = t_done = meter = None
     try:
         deadline = t_start + args.case_timeout
         while time.monotonic() < deadline and bridge.proc.poll() is None:
@@ -88,11 +91,17 @@ def icinga_case(env: Env, icinga: Icinga2, name: str) -> dict:
             now = time.monotonic()
             if t_first is None and seq > 0:
                 t_first = now
+                meter = Meter({"bridge": [bridge.pid], "icinga2": [icinga.pid] + descendants_of(icinga.pid)})
+                threads0 = thread_cpu(bridge.pid)
             if seq - depth - dead >= payload.count:
                 t_done = now
                 break
             time.sleep(POLL if t_first else 0.005)
         r["dead"] = watch.poll()[2]
+        if meter is not None:
+            r.update(meter.stop())
+            r["threads_cpu"] = sorted((v - threads0.get(t, 0.0) for t, v in thread_cpu(bridge.pid).items()),
+                                      reverse=True)[:3]
     finally:
         watch.close()
         r["exit"] = bridge.stop()
@@ -104,6 +113,32 @@ def icinga_case(env: Env, icinga: Icinga2, name: str) -> dict:
     r["seconds"] = max(1e-6, (t_done or time.monotonic()) - (t_first or t_start))
     r.update(objects_check(icinga, payload))
     return r
+
+
+def thread_cpu(pid) -> dict:
+    """{thread id: CPU seconds} of every thread of ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[tid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def cpu_note(r) -> str:
+    """CPU of the bridge and of the core in the timed window, in ms per result."""
+    if "window" not in r:
+        return ""
+    per = 1000.0 / max(1, r["count"])
+    core = "icinga2" if "icinga2_cpu" in r else "nagios"
+    text = (f"; CPU in {r['window']:.2f} s: bridge {r['bridge_cpu']:.2f} s ({r['bridge_cpu'] * per:.2f} ms/result"
+            f"), {core} {r[f'{core}_cpu']:.2f} s ({r[f'{core}_cpu'] * per:.2f} ms/result)")
+    if r.get("threads_cpu"):
+        text += f", busiest bridge threads {', '.join(f'{x:.2f}' for x in r['threads_cpu'])} s"
+    return text
 
 
 def summary(name: str, rates) -> str:
@@ -142,7 +177,7 @@ def main() -> int:
                     rates[name].append(rate_of(r))
                     print(f"run {run + 1} {name}: {rate_of(r):,.0f} results/s ({r['count']} in {r['seconds']:.2f} s;"
                           f" objects showing the last result {r.get('status_ok')}/{r.get('status_of')};"
-                          f" dead {r.get('dead')}; {r.get('counters')})"
+                          f" dead {r.get('dead')}; {r.get('counters')}){cpu_note(r)}"
                           + (f" INCOMPLETE {r['incomplete']}" if r.get("incomplete") else ""), flush=True)
             for name, values in rates.items():
                 print(summary(name, values))

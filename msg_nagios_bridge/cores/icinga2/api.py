@@ -83,6 +83,11 @@ class ApiClient:
         except ValueError:
             return response.status, data.decode("utf-8", "replace")
 
+    @property
+    def connected(self) -> bool:
+        """A connection is open: the next request goes on it (not on a new one)."""
+        return self._connection is not None
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
