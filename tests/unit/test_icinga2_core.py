@@ -4,6 +4,7 @@ action table, the object list's refresh rules, the ApiUser wiring and the echo s
 import json
 import threading
 import urllib.parse
+import zlib
 
 import pytest
 
@@ -15,8 +16,10 @@ from msg_nagios_bridge.cores.icinga2.api import ApiUnavailable
 from msg_nagios_bridge.cores.icinga2.check_result import MAX_BODY_BYTES, Action, judge, request
 from msg_nagios_bridge.cores.icinga2.core import Icinga2Core
 from msg_nagios_bridge.cores.icinga2.objects import ObjectList, ObjectsUnavailable, ObjectsUnreachable
+from msg_nagios_bridge.cores.icinga2.writer import CONFIRM_AFTER, Lane, Prepared, Sent, lane_of, split_by_lane
 from msg_nagios_bridge.daemon.status import Status
-from msg_nagios_bridge.model import CheckResult
+from msg_nagios_bridge.model import CheckResult, Message
+from msg_nagios_bridge.spool import SpoolEntry
 from tests.sandbox.pki import Authority
 
 SOURCE = "msg-nagios-bridge@central"
@@ -282,3 +285,102 @@ inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{
         assert main([command, "-c", str(path)]) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and 'object ApiUser "bridge" {' in outputs[0]
+
+
+# -- the writer's lanes ----------------------------------------------------------------------------
+
+def test_an_object_has_one_lane_the_same_in_every_run_and_objects_spread_over_all_lanes():
+    # crc32: the lane does not depend on Python's per-process hash seed.
+    assert [lane_of(name, 4) for name in ("h1!s1", "h1!s2", "h2", "host-0007!svc-0042")] == [
+        zlib.crc32(name.encode()) % 4 for name in ("h1!s1", "h1!s2", "h2", "host-0007!svc-0042")]
+    assert lane_of("h1!s1", 4) == lane_of("h1!s1", 4)
+    assert {lane_of(f"h{h}!s{s}", 4) for h in range(5) for s in range(20)} == {0, 1, 2, 3}
+    assert {lane_of(f"h{h}!s{s}", 1) for h in range(5) for s in range(20)} == {0}
+
+
+def test_the_split_puts_each_objects_results_on_its_lane_in_their_order_and_loses_none():
+    items = [(f"h{i % 3}!s{i % 7}", i) for i in range(200)]
+    shares = split_by_lane(items, lambda item: item[0], 4)
+    assert sorted(x for share in shares for x in share) == sorted(items)
+    for index, share in enumerate(shares):
+        assert all(lane_of(name, 4) == index for name, _ in share)
+        assert [i for _, i in share] == sorted(i for _, i in share)       # the order given
+    names = {name for name, _ in items}
+    assert sum(1 for share in shares if share) > 1
+    for name in names:      # one object's results: all on one lane
+        assert sum(1 for share in shares if any(n == name for n, _ in share)) == 1
+
+
+class LaneApi:
+    """A connection that answers every POST with ``status`` (or raises ``fail``), and can be closed."""
+
+    def __init__(self, status=200, fail=None):
+        self.status, self.fail = status, fail
+        self.connected = False
+        self.sent = []
+
+    def request(self, method, path, body=None):
+        if self.fail is not None:
+            self.connected = False
+            raise self.fail
+        self.connected = True
+        self.sent.append(body["plugin_output"] if body else method)
+        return self.status, {"results": [{"code": self.status, "status": "Successfully processed"}]}
+
+    def close(self):
+        self.connected = False
+
+
+def prepared(number, name="h1!s1"):
+    message = Message(f"m{number}", "/queue/q", {}, b"{}")
+    return Prepared(SpoolEntry(number, message, 0.0, 0), None, name,
+                    "/v1/actions/process-check-result", {"plugin_output": f"r{number}"})
+
+
+def test_a_lane_sends_in_order_and_keeps_the_200s_pending_until_a_later_answer_confirms_them():
+    api = LaneApi()
+    lane = Lane(api)
+    sent = lane.send([prepared(1), prepared(2)], threading.Event())
+    assert api.sent == ["r1", "r2"] and [a.item.entry.entry_id for a in sent.answers] == [1, 2]
+    assert sent.rest == [] and sent.failure is None and [i.entry.entry_id for _, i in lane.pending] == [1, 2]
+    assert lane.confirmed() == []       # answered just now: not yet confirmed
+    lane.pending = type(lane.pending)((at - CONFIRM_AFTER, item) for at, item in lane.pending)
+    lane.send([prepared(3)], threading.Event())
+    assert lane.confirmed() == [1, 2]
+
+
+def test_what_a_closed_connection_answered_is_sent_again_first_on_the_new_one():
+    api = LaneApi()
+    lane = Lane(api)
+    lane.send([prepared(1), prepared(2)], threading.Event())
+    api.close()                         # e.g. Icinga said Connection: close, or it restarted
+    sent = lane.send([prepared(3)], threading.Event())
+    assert api.sent == ["r1", "r2", "r1", "r2", "r3"] and sent.resent == 2
+    assert [i.entry.entry_id for _, i in lane.pending] == [1, 2, 3]
+
+
+def test_a_lane_without_an_answer_stops_gives_back_the_rest_and_halts_the_others():
+    halt = threading.Event()
+    lane = Lane(LaneApi(fail=ApiUnavailable("refused")))
+    sent = lane.send([prepared(1), prepared(2)], halt)
+    assert sent.failure == "refused" and [i.entry.entry_id for i in sent.rest] == [1, 2] and halt.is_set()
+    other = Lane(LaneApi())
+    assert other.send([prepared(3, "h2")], halt) == Sent([], [prepared(3, "h2")])   # halted: sends nothing
+
+
+def test_a_lane_stops_at_a_5xx_and_gives_it_back():
+    sent = Lane(LaneApi(status=503)).send([prepared(1), prepared(2)], threading.Event())
+    assert sent.hold.action is Action.RETRY and [i.entry.entry_id for i in sent.rest] == [1, 2]
+
+
+@pytest.mark.parametrize("value, problem", [
+    (0, "must be a whole number from 1 to 32"), (33, "must be a whole number from 1 to 32"),
+    ("4", "must be a whole number"), (True, "must be a whole number")])
+def test_connections_is_a_whole_number_from_1_to_32(tmp_path, value, problem):
+    with pytest.raises(config.ConfigError, match=f"icinga2.connections = .*{problem}"):
+        settings_for(tmp_path, login=f"user: bridge, password: pw, connections: {json.dumps(value)}")
+
+
+def test_connections_defaults_to_4_and_1_is_one_connection(tmp_path):
+    assert settings_for(tmp_path).icinga2.connections == 4
+    assert settings_for(tmp_path, login="user: bridge, password: pw, connections: 1").icinga2.connections == 1

@@ -81,35 +81,34 @@ class Prepared(NamedTuple):
 class Answer(NamedTuple):
     item: Prepared
     verdict: Verdict
-    at: float               # monotonic time of the answer
 
 
 class Sent(NamedTuple):
-    """What a lane's send() did: the answers, in order; ``failure``: it stopped because a
-    request got no answer (the text says why), or the last answer is one to hold on."""
+    """What a lane's send() did. ``answers``: Icinga took or refused these for good, in order
+    (a 200 is also in the lane's pending); ``rest``: not answered so, to give back; ``stop``:
+    why the lane stopped early (no answer: ``failure``; or an answer to hold on: ``hold``);
+    ``resent``: pending entries a closed connection could not confirm, sent again."""
     answers: List[Answer]
-    failure: Optional[str]
+    rest: List[Prepared]
+    failure: Optional[str] = None
+    hold: Optional[Verdict] = None
+    resent: int = 0
 
 
 class Lane:
-    """One kept-alive connection to the API and the answers on it not yet confirmed. Between
-    send() calls only the writer thread touches it; during one, only the thread running it."""
+    """One kept-alive connection to the API, and the results answered 200 on it not yet
+    confirmed. Between send() calls only the writer thread touches it; during one, only the
+    thread running it."""
 
     def __init__(self, client: ApiClient):
         self.client = client
-        # Answered by Icinga (200), not yet confirmed: (monotonic time of the answer, entry id).
-        self.pending: Deque[Tuple[float, int]] = deque()
+        # Answered 200, not yet confirmed: (monotonic time of the answer, the entry sent).
+        self.pending: Deque[Tuple[float, Prepared]] = deque()
         self.last_request = float("-inf")   # monotonic
-        self.last_answer = float("-inf")    # monotonic: the last answer on an unbroken connection
-        self.unconfirmable: List[int] = []  # pending when the connection was closed: send again
+        self.last_answer = float("-inf")    # monotonic: the last answer on this connection
 
     def request(self, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
         """(status, answer); ApiUnavailable when there is no answer (the connection is closed)."""
-        if not self.client.connected and self.pending:
-            # A new connection cannot confirm what the closed one answered (Icinga may have
-            # restarted in between).
-            self.unconfirmable += [entry_id for _, entry_id in self.pending]
-            self.pending.clear()
         try:
             answered = self.client.request(method, path, body)
         finally:
@@ -118,32 +117,43 @@ class Lane:
         return answered
 
     def confirmed(self) -> List[int]:
-        """Take the answers confirmed by a later answer CONFIRM_AFTER s on."""
+        """Take the ids of the answers confirmed by a later answer CONFIRM_AFTER s on."""
         ids = []
         while self.pending and self.pending[0][0] <= self.last_answer - CONFIRM_AFTER:
-            ids.append(self.pending.popleft()[1])
+            ids.append(self.pending.popleft()[1].entry.entry_id)
         return ids
 
     def send(self, items: Sequence[Prepared], halt: threading.Event) -> Sent:
-        """Send ``items`` one after another until one gets no answer or an answer to hold on,
-        or another lane set ``halt``; sets ``halt`` itself when it stops so."""
+        """Send ``items`` one after another, until one gets no answer or an answer to hold on
+        (then sets ``halt``), or another lane set ``halt``."""
+        queue = deque(items)
         answers: List[Answer] = []
-        for item in items:
-            if halt.is_set():
-                break
+        resent = 0
+        while queue and not halt.is_set():
             if time.monotonic() - self.last_request >= IDLE_CLOSE:
                 self.client.close()
+            if self.pending and not self.client.connected:
+                # A new connection cannot confirm what the closed one answered (Icinga may have
+                # restarted in between): send those again first, so each object's order holds.
+                again = [item for _, item in self.pending]
+                self.pending.clear()
+                queue.extendleft(reversed(again))
+                resent += len(again)
+            item = queue[0]
             try:
                 status, answer = self.request("POST", item.path, item.body)
             except ApiUnavailable as exc:
                 halt.set()
-                return Sent(answers, str(exc))
+                return Sent(answers, list(queue), failure=str(exc), resent=resent)
             verdict = check_result.judge(status, answer, item.name)
-            answers.append(Answer(item, verdict, self.last_answer))
             if verdict.action in (Action.CREDENTIALS, Action.RETRY):
                 halt.set()
-                break
-        return Sent(answers, None)
+                return Sent(answers, list(queue), hold=verdict, resent=resent)
+            queue.popleft()
+            if verdict.action in (Action.INJECTED, Action.IGNORED):
+                self.pending.append((self.last_answer, item))
+            answers.append(Answer(item, verdict))
+        return Sent(answers, list(queue), resent=resent)
 
 
 class Icinga2Writer(threading.Thread):
@@ -241,7 +251,7 @@ class Icinga2Writer(threading.Thread):
         """The lane's connection broke: what was answered on it shortly before may be lost:
         send it again."""
         if lane.pending:
-            ids = [entry_id for _, entry_id in lane.pending]
+            ids = [item.entry.entry_id for _, item in lane.pending]
             lane.pending.clear()
             self.spool.give_back(ids)
             self.health.add("icinga2_resent", len(ids))
@@ -261,6 +271,9 @@ class Icinga2Writer(threading.Thread):
         path = "/v1/objects/hosts?" + urllib.parse.urlencode(
             {"host": self._probe_host, "attrs": "name"}, quote_via=urllib.parse.quote, safe="")
         for lane in lanes:
+            if not lane.client.connected:
+                self._broken(lane)      # a new connection cannot confirm them; nothing newer is in flight
+                continue
             try:
                 status, _ = lane.request("GET", path)
             except ApiUnavailable as exc:
@@ -275,14 +288,9 @@ class Icinga2Writer(threading.Thread):
         self._settle()
 
     def _settle(self) -> None:
-        """Delete what Icinga answered for (kept across a failed delete, to try again); give
-        back what a closed connection can no longer confirm."""
+        """Delete what Icinga answered for (kept across a failed delete, to try again)."""
         for lane in self.lanes:
             self._answered += lane.confirmed()
-            if lane.unconfirmable:
-                ids, lane.unconfirmable = lane.unconfirmable, []
-                self.spool.give_back(ids)
-                self.health.add("icinga2_resent", len(ids))
         if self._answered:
             self.spool.done(self._answered)
             self.health.add("injected", len(self._answered))
@@ -348,14 +356,16 @@ class Icinga2Writer(threading.Thread):
             self.spool.give_back([item.entry.entry_id for item in prepared])
             raise
         shares = split_by_lane(prepared, lambda item: item.name, len(self.lanes))
-        handled = [0] * len(shares)     # per lane: how many of its share Icinga answered for
+        outcomes: List[Sent] = []
+        taken = [0] * len(shares)       # per lane: how many of its answers were counted here
         try:
             outcomes = self._send(shares)
             for index, sent in enumerate(outcomes):
+                if sent.resent:
+                    self.health.add("icinga2_resent", sent.resent)
                 for answer in sent.answers:
-                    if not self._take_answer(self.lanes[index], answer):
-                        break
-                    handled[index] += 1
+                    self._take_answer(answer)
+                    taken[index] += 1
             # Then what stopped a lane (after the answers: the state says "waiting" at the end).
             hold = None
             for lane, sent in zip(self.lanes, outcomes):
@@ -363,19 +373,25 @@ class Icinga2Writer(threading.Thread):
                     self.health.add("icinga2_no_answer")
                     self._broken(lane)
                     hold = hold or (f"Icinga 2 API unavailable: {sent.failure}", "unavailable")
-                elif sent.answers and sent.answers[-1].verdict.action in (Action.CREDENTIALS, Action.RETRY):
-                    verdict = sent.answers[-1].verdict
-                    if verdict.action is Action.RETRY:
+                elif sent.hold is not None:
+                    self.health.add("written")
+                    self.health.mark("icinga2_answer")
+                    if sent.hold.action is Action.RETRY:
                         self._broken(lane)      # a 5xx: Icinga may be going down
-                    hold = hold or (verdict.reason, "credentials" if verdict.action is Action.CREDENTIALS
+                    hold = hold or (sent.hold.reason, "credentials" if sent.hold.action is Action.CREDENTIALS
                                     else "retry")
             if hold:
                 self._hold(*hold)           # once for the batch, however many lanes stopped
         finally:
-            unanswered = sorted(item.entry.entry_id for share, done in zip(shares, handled)
-                                for item in share[done:])
-            if unanswered:
-                self.spool.give_back(unanswered)
+            if len(outcomes) == len(shares):
+                # Not answered, and refusals not yet recorded (a failed reject): taken again.
+                back = [item for sent, done in zip(outcomes, taken) for item in sent.rest +
+                        [a.item for a in sent.answers[done:] if a.verdict.action is Action.DEAD_LETTER]]
+            else:                           # a lane failed unexpectedly: all but the pending
+                pending = {id(item) for lane in self.lanes for _, item in lane.pending}
+                back = [item for item in prepared if id(item) not in pending]
+            if back:
+                self.spool.give_back(sorted(item.entry.entry_id for item in back))
             self._settle()
 
     def _send(self, shares: List[List[Prepared]]) -> List[Sent]:
@@ -384,7 +400,7 @@ class Icinga2Writer(threading.Thread):
         busy = [index for index, share in enumerate(shares) if share]
         futures = {index: self._pool.submit(self.lanes[index].send, shares[index], halt)
                    for index in busy[1:]} if self._pool is not None else {}
-        outcomes = [Sent([], None)] * len(shares)
+        outcomes = [Sent([], [])] * len(shares)
         try:
             if busy:
                 outcomes[busy[0]] = self.lanes[busy[0]].send(shares[busy[0]], halt)
@@ -399,24 +415,19 @@ class Icinga2Writer(threading.Thread):
                 raise error
         return outcomes
 
-    def _take_answer(self, lane: Lane, answer: Answer) -> bool:
-        """Count and act on one answer; False for an answer to hold on (Icinga did not take it)."""
-        item, verdict, at = answer
+    def _take_answer(self, answer: Answer) -> None:
+        """Count and act on an answer Icinga gave for good (a 200 is pending in its lane)."""
+        item, verdict = answer
         self._probe_host = item.name.split("!", 1)[0]
         self.health.add("written")
         self.health.mark("icinga2_answer")
+        self._answers_again()
         if verdict.action in (Action.INJECTED, Action.IGNORED):
-            lane.pending.append((at, item.entry.entry_id))
             self.health.mark("inject")
-            self._answers_again()
             if verdict.action is Action.IGNORED:
                 self.health.add("icinga2_ignored")
                 self._warn(logging.INFO, "ignored", f"Icinga 2 accepted but ignored a result: {verdict.reason}")
-            return True
-        if verdict.action is Action.DEAD_LETTER:
-            self._answers_again()
+        else:                           # Action.DEAD_LETTER
             if verdict.reason.startswith(check_result.UNKNOWN_OBJECT):
                 self.objects.stale()       # the object may be gone: read the list again soon
             self._refuse(item.entry, verdict.reason)
-            return True
-        return False
