@@ -1,7 +1,15 @@
 """The inbound sink for Icinga 2: inbound spool -> ``POST /v1/actions/process-check-result``.
 
-One request per result over one kept-alive TLS connection (api.py); Icinga answers for each
-object, and that answer decides (check_result.judge):
+One request per result, on ``icinga2.connections`` lanes: a lane is one kept-alive TLS
+connection (api.py) and the answers on it not yet confirmed. A result goes to the lane of its
+object (lane_of: a CRC-32 of ``host!service``, the same in every run), so one object's results
+always go on one connection, one after another, in spool order; the lanes send at the same
+time (the writer thread sends one lane's share of a batch, a thread pool the others'), and
+the next batch is taken only when every lane is done with this one. Only the writer thread
+touches the spool, the counters and the health state. Why lanes: one request at a time waits
+for each answer (Icinga and the bridge mostly idle meanwhile; docs/icinga2.md, Measurements).
+
+Icinga answers for each object, and that answer decides (check_result.judge):
 
 * 200: Icinga accepted it: the entry is deleted once confirmed (CONFIRM_AFTER below:
   ``injected``; a 200 "Ignoring passive check result" for an unreachable object is deleted too
@@ -12,6 +20,9 @@ object, and that answer decides (check_result.judge):
 * any other status, or no answer at all: the entry stays and is sent again after a backoff.
   A request that got no answer may have been processed: sending it again can record it twice
   (duplicates rather than loss).
+
+A lane that gets no answer, a 401 or a 5xx stops, and so do the others after their request
+under way; what they did not get answered goes back to the spool, and the writer backs off once.
 
 Before sending, what Icinga would store badly or refuse is refused here: objects not in its
 object list (objects.py) and requests over check_result.MAX_BODY_BYTES. The worker sleeps on
