@@ -1,7 +1,7 @@
 """The inbound sink for Icinga 2: inbound spool -> ``POST /v1/actions/process-check-result``.
 
 One request per result, on ``icinga2.connections`` lanes: a lane is one kept-alive TLS
-connection (api.py) and the answers on it not yet confirmed. A result goes to the lane of its
+connection (api.LeanClient) and the answers on it not yet confirmed. A result goes to the lane of its
 object (lane_of: a CRC-32 of ``host!service``, the same in every run), so one object's results
 always go on one connection, one after another, in spool order; the lanes send at the same
 time (the writer thread sends one lane's share of a batch, a thread pool the others'), and
@@ -47,7 +47,7 @@ from ...model import CheckResult, result_from_dict
 from ...spool import Spool, SpoolEntry, SpoolError
 from ...wakeup import Wakeup
 from . import check_result
-from .api import ApiClient, ApiUnavailable
+from .api import ApiUnavailable, LeanClient
 from .check_result import Action, Verdict
 from .objects import ObjectList, ObjectsUnavailable
 
@@ -111,7 +111,7 @@ class Lane:
     confirmed. Between send() calls only the writer thread touches it; during one, only the
     thread running it."""
 
-    def __init__(self, client: ApiClient):
+    def __init__(self, client: LeanClient):
         self.client = client
         # Answered 200, not yet confirmed: (monotonic time of the answer, the entry sent).
         self.pending: Deque[Tuple[float, Prepared]] = deque()
@@ -182,7 +182,7 @@ class Icinga2Writer(threading.Thread):
         self.health = health
         self.echo = echo
         self.objects = objects
-        self.lanes = [Lane(ApiClient(settings.icinga2)) for _ in range(settings.icinga2.connections)]
+        self.lanes = [Lane(LeanClient(settings.icinga2)) for _ in range(settings.icinga2.connections)]
         # The writer thread sends one lane's share itself, these threads the others'.
         self._pool = (ThreadPoolExecutor(len(self.lanes) - 1, thread_name_prefix="icinga2-lane")
                       if len(self.lanes) > 1 else None)
