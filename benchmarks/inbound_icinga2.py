@@ -190,7 +190,7 @@ def main() -> int:
             icinga_case(env, icinga, "warmup", lanes[-1])   # not reported: JIT of the broker, first TLS
             cases = [("bridge -> nagios fifo", lambda run: bridge_throughput_case(
                 env, f"bnfifo{run}", "command_file", True))]
-            cases += [(f"bridge -> icinga2 api, connections {n}",
+            cases += [("bridge -> icinga2 api" + (f", connections {n}" if len(lanes) > 1 else ""),
                        lambda run, n=n: icinga_case(env, icinga, f"bicinga{n}x{run}", n)) for n in lanes]
             rates = {name: [] for name, _ in cases}
             answered = {name: [] for name, _ in cases[1:]}
