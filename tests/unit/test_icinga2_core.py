@@ -2,6 +2,7 @@
 action table, the object list's refresh rules, the ApiUser wiring and the echo signal.
 (The same against the real Icinga 2: tests/integration/test_icinga2_inbound.py.)"""
 import json
+import socket
 import threading
 import urllib.parse
 import zlib
@@ -12,7 +13,7 @@ from msg_nagios_bridge import config
 from msg_nagios_bridge.cli.selfcheck import CRITICAL, Thresholds, evaluate
 from msg_nagios_bridge.cores import Core, core_for
 from msg_nagios_bridge.cores.icinga2 import check_result, wiring
-from msg_nagios_bridge.cores.icinga2.api import ApiUnavailable
+from msg_nagios_bridge.cores.icinga2.api import ApiUnavailable, LeanClient
 from msg_nagios_bridge.cores.icinga2.check_result import MAX_BODY_BYTES, Action, judge, request
 from msg_nagios_bridge.cores.icinga2.core import Icinga2Core
 from msg_nagios_bridge.cores.icinga2.objects import ObjectList, ObjectsUnavailable, ObjectsUnreachable
@@ -384,3 +385,56 @@ def test_connections_is_a_whole_number_from_1_to_32(tmp_path, value, problem):
 def test_connections_defaults_to_4_and_1_is_one_connection(tmp_path):
     assert settings_for(tmp_path).icinga2.connections == 4
     assert settings_for(tmp_path, login="user: bridge, password: pw, connections: 1").icinga2.connections == 1
+
+
+# -- the writer's HTTP client (a real socket pair; the answers are written before the request) --
+
+def lean_with(tmp_path, answer: bytes, close=False):
+    ca = Authority(tmp_path / "pki", name="Icinga CA").cert_file
+    client = LeanClient(config.Icinga2Settings(ca_file=str(ca), user="bridge", password="pw"))
+    client._sock, server = socket.socketpair()      # in place of the TLS socket _connect() opens
+    server.sendall(answer)
+    if close:
+        server.shutdown(socket.SHUT_WR)
+    return client, server
+
+
+def test_lean_client_sends_one_request_and_reads_answers_with_content_length_on_one_connection(tmp_path):
+    first = b'{"results": [{"code": 200, "status": "ok"}]}'
+    client, server = lean_with(tmp_path, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                               + str(len(first)).encode() + b"\r\n\r\n" + first
+                               + b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot there")
+    assert client.request("POST", "/v1/actions/process-check-result?service=h%21s", {"a": 1}) == (
+        200, {"results": [{"code": 200, "status": "ok"}]})
+    assert client.connected
+    assert client.request("GET", "/v1/objects/hosts?host=h") == (404, "not there")
+    sent = server.recv(1 << 16).decode()
+    assert sent.startswith("POST /v1/actions/process-check-result?service=h%21s HTTP/1.1\r\nHost: 127.0.0.1:5665\r\n")
+    assert "Authorization: Basic YnJpZGdlOnB3\r\n" in sent and "Accept: application/json\r\n" in sent
+    assert 'Content-Length: 8\r\n\r\n{"a": 1}GET /v1/objects/hosts?host=h HTTP/1.1\r\n' in sent
+
+
+def test_lean_client_reads_a_chunked_answer_and_closes_when_told(tmp_path):
+    client, _ = lean_with(tmp_path, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                          b"5;x=y\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\nTrailer: t\r\n\r\n")
+    assert client.request("GET", "/x") == (200, {"a": 1})
+    assert not client.connected
+
+
+def test_lean_client_reads_an_answer_without_length_until_the_connection_closes(tmp_path):
+    client, _ = lean_with(tmp_path, b"HTTP/1.0 500 Internal\r\n\r\nbroken", close=True)
+    assert client.request("GET", "/x") == (500, "broken") and not client.connected
+
+
+@pytest.mark.parametrize("answer", [
+    b"hello there\r\n\r\n",                                          # not HTTP
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",           # closed mid-answer
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a chunk size
+    b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+    b""])                                                            # closed before answering
+def test_lean_client_without_a_proper_answer_raises_unavailable_and_closes(tmp_path, answer):
+    client, _ = lean_with(tmp_path, answer, close=True)
+    with pytest.raises(ApiUnavailable, match="GET /x: "):
+        client.request("GET", "/x")
+    assert not client.connected
