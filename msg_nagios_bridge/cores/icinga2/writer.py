@@ -1,13 +1,15 @@
 """The inbound sink for Icinga 2: inbound spool -> ``POST /v1/actions/process-check-result``.
 
 One request per result, on ``icinga2.connections`` lanes: a lane is one kept-alive TLS
-connection (api.LeanClient) and the answers on it not yet confirmed. A result goes to the lane of its
-object (lane_of: a CRC-32 of ``host!service``, the same in every run), so one object's results
-always go on one connection, one after another, in spool order; the lanes send at the same
-time (the writer thread sends one lane's share of a batch, a thread pool the others'), and
-the next batch is taken only when every lane is done with this one. Only the writer thread
+connection (api.LeanClient: a minimal HTTP/1.1 exchange, a third of http.client's CPU) and the
+answers on it not yet confirmed. A result goes to the lane of its object (lane_of: a CRC-32 of
+``host!service``, the same in every run); the lanes send at the same time (the writer thread
+sends one lane's share of a batch, a thread pool the others'), and the next batch is taken only
+when every lane is done with this one and has given back what it did not get answered. So one
+object's results always go on one connection, each after Icinga answered the one before, in
+spool order (a given-back entry is taken again before newer ones). Only the writer thread
 touches the spool, the counters and the health state. Why lanes: one request at a time waits
-for each answer (Icinga and the bridge mostly idle meanwhile; docs/icinga2.md, Measurements).
+for each answer, with Icinga and the bridge mostly idle meanwhile (docs/icinga2.md).
 
 Icinga answers for each object, and that answer decides (check_result.judge):
 
@@ -96,9 +98,10 @@ class Answer(NamedTuple):
 
 class Sent(NamedTuple):
     """What a lane's send() did. ``answers``: Icinga took or refused these for good, in order
-    (a 200 is also in the lane's pending); ``rest``: not answered so, to give back; ``stop``:
-    why the lane stopped early (no answer: ``failure``; or an answer to hold on: ``hold``);
-    ``resent``: pending entries a closed connection could not confirm, sent again."""
+    (a 200 is also in the lane's pending); ``rest``: not answered so, to give back; why the
+    lane stopped early: ``failure`` (no answer: the text says why) or ``hold`` (an answer to
+    hold on: 401, 5xx); ``resent``: pending entries a closed connection could not confirm,
+    sent again."""
     answers: List[Answer]
     rest: List[Prepared]
     failure: Optional[str] = None
@@ -171,7 +174,7 @@ class Icinga2Writer(threading.Thread):
     """Takes entries from the inbound spool, sends each to Icinga 2, deletes it once Icinga
     answered for its object. Counts ``written`` (requests answered), ``injected`` (200,
     confirmed, deleted), ``icinga2_ignored``, ``icinga2_no_answer``, ``icinga2_resent`` (answered
-    shortly before a break, sent again) and dead letters by reason (``refused.<reason>``)."""
+    shortly before a break, or on a connection closed before they were confirmed: sent again) and dead letters by reason (``refused.<reason>``)."""
 
     def __init__(self, settings: Settings, spool: Spool, health: Health, echo: EchoGuard,
                  objects: ObjectList):
