@@ -325,7 +325,9 @@ def test_the_daemon_killed_while_writing_and_restarted_loses_nothing(icinga2_fac
     stays open: every result recorded at least once; those recorded twice are the ones answered
     but not yet deleted when the process died."""
     from tests.sandbox.bridge import Bridge
-    icinga = central_icinga(icinga2_factory, services=750)
+    # 4,000 results: the writer's lanes answer 1,500 within the 0.5 s before the first deletion,
+    # and the kill must come while the spool is partly drained.
+    icinga = central_icinga(icinga2_factory, services=2000)
     stream = icinga.events(queue_name="kill9")
     workdir = tmp_path / "daemon"
     (workdir / "spool").mkdir(parents=True)
@@ -338,7 +340,7 @@ routes: [{{name: r, destination: /queue/out}}]
 inbound: {{enabled: true, subscriptions: [{{destination: {QUEUE}}}], policy: {{rules: [{{senders: ['*']}}]}}}}
 logging: {{level: INFO}}
 """)
-    results = results_for(1500, "daemon-kill9")
+    results = results_for(4000, "daemon-kill9")
     path = workdir / "spool" / "inbound.sqlite"
     with Spool(str(path)) as spool:
         spool.put([Message(message_id=r.identity(), destination="icinga2", headers={},
