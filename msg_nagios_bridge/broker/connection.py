@@ -305,16 +305,18 @@ class _Transport(stomp.transport.Transport):
 
     @contextlib.contextmanager
     def corked(self) -> Iterator[None]:
-        """Frames this thread sends inside go out together, in one write, at the end (the
-        ACKs of a batch: one system call instead of one per message; other threads' frames,
-        such as heart-beats, go out at once as usual)."""
+        """Frames this thread sends inside go out together, in one write, when the block ends
+        without an exception (with one, none of them): the ACKs of a batch, or a whole
+        transaction, in one system call instead of one per frame. Other threads' frames, such
+        as heart-beats, go out at once as usual."""
         self._corked, self._cork_thread = [], threading.get_ident()
         try:
             yield
+            frames = self._corked
         finally:
-            frames, self._corked, self._cork_thread = self._corked, None, None
-            if frames:
-                self._send_now(b"".join(frames))
+            self._corked, self._cork_thread = None, None
+        if frames:
+            self._send_now(b"".join(frames))
 
     def send(self, encoded_frame: bytes) -> None:
         if self._corked is not None and self._cork_thread == threading.get_ident():
@@ -595,10 +597,14 @@ class BrokerConnection:
 
     def ack_all(self, ack_ids: Iterable[str]) -> None:
         """ACK each message (client-individual), the frames written together in one send."""
-        assert self.conn is not None
-        with self.conn.transport.corked():
+        with self.corked():
             for ack_id in ack_ids:
                 self.conn.ack(ack_id)
+
+    def corked(self):
+        """The frames sent inside the block go out in one write at its end (_Transport.corked)."""
+        assert self.conn is not None
+        return self.conn.transport.corked()
 
     def begin(self, transaction: str) -> None:
         assert self.conn is not None
