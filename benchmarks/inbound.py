@@ -86,6 +86,7 @@ import platform
 import re
 import select
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -199,6 +200,10 @@ class PacedPublisher:
     def run(self, start=0, stop=None):
         stop = len(self.messages) if stop is None else stop
         conn, listener = connect(self.broker, auto_decode=False)
+        # A bridge publishing results sets TCP_NODELAY (broker/connection.open_socket): without
+        # it, each SEND waits for the broker's delayed ACK of the previous one (27 ms p50 at
+        # 1,000/s, measured), and the latency measured would be the publisher's.
+        conn.transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             t0 = time.monotonic()
             for i in range(start, stop):

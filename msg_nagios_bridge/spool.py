@@ -164,7 +164,8 @@ def message_size(message: Message) -> int:
 def _encode(message: Message) -> Tuple[str, str, str, bytes, int]:
     if not isinstance(message.body, bytes):
         raise TypeError(f"message {message.message_id!r}: body must be bytes")
-    headers = json.dumps(dict(message.headers), separators=(",", ":"), sort_keys=True)
+    # Inbound entries carry no headers: skip the encoder for them.
+    headers = json.dumps(dict(message.headers), separators=(",", ":"), sort_keys=True) if message.headers else "{}"
     size = len(message.body) + sum(len(text.encode("utf-8", "surrogatepass"))
                                    for text in (message.message_id, message.destination, headers))
     return message.message_id, message.destination, headers, message.body, size
@@ -354,15 +355,19 @@ class Spool:
 
             def work() -> None:
                 nonlocal new, new_bytes
-                for message_id, destination, headers, body, size in rows:
-                    inserted = self._db.execute(
+                if rows:
+                    # One statement for the batch; the new rows are those with a larger id
+                    # than any before (ids grow, and the writer holds the lock: see _write).
+                    before = self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+                    self._db.executemany(
                         "INSERT OR IGNORE INTO messages"
                         " (message_id, destination, headers, body, size, enqueued_at)"
                         " SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
                         " (SELECT 1 FROM dead_letters WHERE message_id = ?)",
-                        (message_id, destination, headers, body, size, now, message_id)).rowcount
-                    new += inserted
-                    new_bytes += size * inserted
+                        [(message_id, destination, headers, body, size, now, message_id)
+                         for message_id, destination, headers, body, size in rows])
+                    new, new_bytes = self._db.execute(
+                        "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE id > ?", (before,)).fetchone()
                 # A batch that adds nothing (all duplicates, or only a cursor) always fits.
                 if new and (self._depth + new > self.max_messages
                             or self._bytes + new_bytes > self.max_bytes):

@@ -23,11 +23,12 @@ import os
 import select
 import socket
 import ssl
+import contextlib
 import struct
 import tempfile
 import threading
 import time
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import stomp
 import stomp.connect
@@ -205,6 +206,11 @@ def open_socket(host_port: Tuple[str, int], timeout: float, context: Optional[ss
             sock, error = None, exc
     if sock is None:
         raise error or OSError(f"no address for {host_port[0]}")
+    # Every frame goes out whole in one send, so Nagle's algorithm only delays: with it, a frame
+    # sent while the previous one is unacknowledged waits for the peer's delayed ACK (up to 40 ms
+    # on Linux). Measured: a result published at 1,000/s reached the consumer 27 ms later (p50);
+    # with TCP_NODELAY on the sender, 0.4 ms (docs/performance.md).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if context is None:
         return sock
     try:
@@ -294,6 +300,29 @@ class _Transport(stomp.transport.Transport):
         # connections failed here ("[SSL] internal error", or a CONNECT frame that never went
         # out). So a TLS socket is non-blocking, and every read and write holds this lock.
         self._tls_lock = threading.Lock()
+        self._corked: Optional[List[bytes]] = None     # frames held by corked()
+        self._cork_thread: Optional[int] = None
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """Frames this thread sends inside go out together, in one write, when the block ends
+        without an exception (with one, none of them): the ACKs of a batch, or a whole
+        transaction, in one system call instead of one per frame. Other threads' frames, such
+        as heart-beats, go out at once as usual."""
+        self._corked, self._cork_thread = [], threading.get_ident()
+        try:
+            yield
+            frames = self._corked
+        finally:
+            self._corked, self._cork_thread = None, None
+        if frames:
+            self._send_now(b"".join(frames))
+
+    def send(self, encoded_frame: bytes) -> None:
+        if self._corked is not None and self._cork_thread == threading.get_ident():
+            self._corked.append(encoded_frame)
+            return None
+        return self._send_now(encoded_frame)
 
     def attempt_connection(self) -> None:
         """Connect or raise OSError (ssl.SSLError, PeerRefused); stomp.py then starts its reader."""
@@ -333,7 +362,7 @@ class _Transport(stomp.transport.Transport):
             if not self.running:
                 return b""
 
-    def send(self, encoded_frame: bytes) -> None:
+    def _send_now(self, encoded_frame: bytes) -> None:
         """All of ``encoded_frame``, within send_timeout (a broker that stops reading)."""
         sock = self.socket
         if not isinstance(sock, ssl.SSLSocket):
@@ -565,6 +594,17 @@ class BrokerConnection:
         """Write one SEND frame; raises OSError/StompException if the socket is gone."""
         assert self.conn is not None
         self.conn.send(destination, body, headers=dict(headers))
+
+    def ack_all(self, ack_ids: Iterable[str]) -> None:
+        """ACK each message (client-individual), the frames written together in one send."""
+        with self.corked():
+            for ack_id in ack_ids:
+                self.conn.ack(ack_id)
+
+    def corked(self):
+        """The frames sent inside the block go out in one write at its end (_Transport.corked)."""
+        assert self.conn is not None
+        return self.conn.transport.corked()
 
     def begin(self, transaction: str) -> None:
         assert self.conn is not None

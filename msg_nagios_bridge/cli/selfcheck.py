@@ -59,6 +59,14 @@ def evaluate(status: Optional[Status], limits: Thresholds, now: float,
             seconds = now - since.get(part, now)
             away = max(away, seconds)
             problems.append((_grade(seconds, limits.disconnected), f"{core} unavailable for {seconds:.0f} s ({writer[9:]})"))
+    # Icinga 2's event stream says when it cannot reach Icinga (a Nagios FIFO cannot). A full
+    # spool also holds it up ("waiting: spool full"): that is graded as the backlog.
+    stream = states.get("icinga2_events", "")
+    if stream.startswith("waiting:") and not stream.startswith("waiting: spool "):
+        seconds = now - since.get("icinga2_events", now)
+        away = max(away, seconds)
+        problems.append((_grade(seconds, limits.disconnected),
+                         f"Icinga 2 event stream down for {seconds:.0f} s ({stream[9:]})"))
     for part, state in states.items():
         if state.startswith("failed"):
             problems.append((CRITICAL, f"{part} {state}"))

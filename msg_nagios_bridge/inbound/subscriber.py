@@ -228,8 +228,8 @@ class Subscriber(threading.Thread):
         # not take is redelivered, and counted then): received = injected + refused +
         # duplicates + stale + waiting in the inbound spool.
         self.health.add("received", len(held.acks))
-        for ack in held.acks:           # ... then the ACK
-            self.broker.conn.ack(ack)
+        self.broker.ack_all(held.acks)  # ... then the ACKs
+
 
     def _refuse(self, headers: Dict[str, str], body: bytes, exc: Refused) -> None:
         self.health.add("refused")

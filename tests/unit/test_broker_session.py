@@ -196,3 +196,72 @@ def test_the_broker_is_asked_for_heartbeats_twice_as_often_as_it_is_given_up():
     finally:
         broker.discard()
         server.close()
+
+
+def test_broker_sockets_send_each_frame_at_once(silent):
+    """TCP_NODELAY: a frame is never held back for the peer's delayed ACK of the one before
+    (Nagle's algorithm cost 27 ms per result at 1,000/s, docs/performance.md)."""
+    from msg_nagios_bridge.broker.connection import open_socket
+    sock = open_socket(("127.0.0.1", silent.port), 5.0, None)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
+
+
+class TinyStompServer:
+    """Answers CONNECT with CONNECTED (no heart-beats) and keeps every byte received after it."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.received = b""
+        self.lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        conn, _ = self.server.accept()
+        data = b""
+        while b"\0" not in data:
+            data += conn.recv(4096)
+        conn.sendall(b"CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\0")
+        data = data.split(b"\0", 1)[1]
+        while True:
+            with self.lock:
+                self.received += data
+            data = conn.recv(65536)
+            if not data:
+                return
+
+    def frames(self, command):
+        with self.lock:
+            return [f for f in self.received.split(b"\0") if f.lstrip(b"\n").startswith(command + b"\n")]
+
+
+def test_the_acks_of_a_batch_go_out_in_one_write(monkeypatch):
+    """ack_all: one write for the whole batch (one system call instead of one per message),
+    each ACK a frame of its own that the broker receives."""
+    from msg_nagios_bridge.broker import connection
+    server = TinyStompServer()
+    writes = []
+    send_now = connection._Transport._send_now
+
+    def counting(self, data):
+        writes.append(data)
+        return send_now(self, data)
+    monkeypatch.setattr(connection._Transport, "_send_now", counting)
+    broker = BrokerConnection(settings(server.port))
+    assert broker.connect() is None
+    try:
+        writes.clear()
+        broker.ack_all([f"ack-{i}" for i in range(50)])
+        assert len(writes) == 1 and writes[0].count(b"ACK\n") == 50
+        assert wait_until(lambda: len(server.frames(b"ACK")) == 50, 5)
+        assert [f.split(b"id:")[1].split(b"\n")[0] for f in server.frames(b"ACK")] == \
+            [f"ack-{i}".encode() for i in range(50)]
+        broker.conn.ack("alone")            # outside ack_all: written at once, as before
+        assert len(writes) == 2
+    finally:
+        broker.close()

@@ -2,6 +2,8 @@
 reader (events.LineSplitter) and the marks an intake stores with a batch."""
 import copy
 import json
+import socket
+import ssl
 import threading
 import time
 
@@ -16,6 +18,8 @@ from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.outbound.intake import Intake
 from msg_nagios_bridge.outbound.routing import Router
 from msg_nagios_bridge.spool import Spool
+from tests.sandbox.pki import Authority
+from tests.sandbox.ports import wait_until
 
 # Seen on Icinga 2.13.6 (tests/sandbox/icinga2.py): a passive service result sent with
 # exit_status 2, a check_source of its own and performance_data ["a=1;2;3", 5].
@@ -291,3 +295,105 @@ def test_the_intake_stores_each_parsed_result_s_mark_with_its_messages_and_none_
         assert intake.spool_lines([line(older).encode()], marks_of=events.mark_of)
         assert spool.load_marks(MARKS_KIND, 0)["h1!s1"] == 1796220169.7535644
 
+
+
+# -- a stop while the source connects ------------------------------------------------------------
+
+STOP_WITHIN = 1.0       # seconds a stop may take while a connect or an answer is awaited
+
+
+class SilentApi:
+    """A hung Icinga on 127.0.0.1 whose kernel still answers, at one of three stages:
+    "tcp connect": its accept queue is full, so a connect waits for the SYN's answer;
+    "tls handshake": it accepts TCP and never sends a byte;
+    "answer" (with ``context``): it completes the handshake, reads the request, never answers."""
+
+    def __init__(self, stage, context=None):
+        self.context = context
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(0)
+        self.port = self.server.getsockname()[1]
+        self.accepted = []
+        self.requests = []
+        self.fillers = []
+        if stage == "tcp connect":
+            for _ in range(3):              # Linux queues backlog + 1; the rest wait in SYN_SENT
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", self.port))
+                self.fillers.append(filler)
+        else:
+            threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client = self.server.accept()[0]
+            except OSError:
+                return
+            self.accepted.append(client)
+            if self.context is not None:
+                threading.Thread(target=self._read_request, args=(client,), daemon=True).start()
+
+    def _read_request(self, client):
+        try:
+            tls = self.context.wrap_socket(client, server_side=True)
+            self.accepted.append(tls)
+            self.requests.append(tls.recv(65536))
+        except OSError:
+            pass
+
+    def close(self):
+        self.server.close()
+        for client in self.accepted + self.fillers:
+            client.close()
+
+
+@pytest.fixture
+def api_pki(tmp_path):
+    """(the CA file, a server-side SSLContext with a certificate for 127.0.0.1 from that CA)."""
+    authority = Authority(tmp_path / "pki", name="Icinga Test CA")
+    cert, key = authority.issue("api", "icinga.test", hosts=("127.0.0.1",))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return authority.cert_file, context
+
+
+@pytest.mark.parametrize("stage", ["tcp connect", "tls handshake", "answer"])
+def test_a_stop_ends_a_connect_to_an_icinga_that_never_answers(tmp_path, api_pki, stage):
+    """A stop returns at once (not after the 30 s timeout) while the source waits for the
+    answer to its SYN, in the TLS handshake with an Icinga that accepted TCP and sends nothing,
+    or for the answer to its POST /v1/events. Regression: the socket was kept for the stop only
+    once the handshake was done."""
+    ca_file, server_context = api_pki
+    api = SilentApi(stage, server_context if stage == "answer" else None)
+    settings = config.parse(
+        "site: {name: SITE-A}\nbrokers: {hosts: ['127.0.0.1:61613']}\n"
+        f"spool: {{directory: {tmp_path}}}\nroutes: [{{name: r, destination: /topic/x}}]\n"
+        f"core: icinga2\nicinga2: {{host: 127.0.0.1, port: {api.port}, ca_file: {ca_file}, user: u,"
+        f" password: p, timeout: 30}}\n")
+    health = Health()
+    try:
+        with Spool(str(tmp_path / "out.sqlite")) as spool:
+            intake = Intake(events.SOURCE, Router(settings), spool, health, threading.Event(), parse_event)
+            source = events.EventStreamSource(settings.icinga2, intake, health)
+            source.start()
+            waiting = {"tcp connect": lambda: source._sockets, "tls handshake": lambda: api.accepted,
+                       "answer": lambda: api.requests}[stage]
+            assert wait_until(waiting, timeout=10), "the source never got that far"
+            time.sleep(0.3)                   # well inside the wait
+            assert source.is_alive() and not source.ready.is_set()
+            if stage == "tcp connect":            # still waiting for the SYN's answer: no TLS yet
+                assert not any(isinstance(sock, ssl.SSLSocket) for sock in list(source._sockets))
+            stopped_at = time.monotonic()
+            intake.stopping.set()
+            source.join(10)
+            took = time.monotonic() - stopped_at
+            assert not source.is_alive()
+            assert took < STOP_WITHIN, f"the stop took {took:.2f} s"
+            assert health.snapshot()["states"][events.SOURCE] == "stopped"
+            if stage == "answer":
+                assert api.requests[0].startswith(b"POST /v1/events?types=CheckResult&queue=")
+    finally:
+        api.close()

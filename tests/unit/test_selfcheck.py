@@ -1,7 +1,9 @@
 """The self-check plugin and the metrics, from status snapshots."""
 import os
+import re
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +155,91 @@ def test_rate_limited_log_sums_up_a_burst_once_it_is_over(caplog):
     assert len(caplog.records) == 2
     assert re.fullmatch(r"77 more like this \(bad-field\) in the last \d+ s; the last: refused message 77 as bad-field",
                         caplog.records[1].getMessage()), caplog.records[1].getMessage()
+
+
+def icinga2_status(**changes):
+    """A bridge with core: icinga2 in both directions: the event stream cannot connect, the
+    writer writes."""
+    base = {"time": NOW - 1, "pid": 42,
+            "states": {"publisher": "connected to b1:61613", "subscriber": "subscribed on b1:61613",
+                       "icinga2_events": "waiting: ConnectionRefusedError: [Errno 111] Connection refused",
+                       "icinga2_writer": "writing"},
+            "since": {"icinga2_events": NOW - 400, "icinga2_writer": NOW - 900},
+            "spool": {"depth": 0, "bytes": 0, "oldest_age": None, "dead_letters": 0},
+            "inbound_spool": {"depth": 12, "bytes": 3000, "oldest_age": 30.5, "dead_letters": 5},
+            "counters": {"icinga2_events.events": 120, "icinga2_events.lines": 120, "icinga2_events.connects": 2,
+                         "icinga2_events.disconnects": 3, "icinga2_events.catch_up_results": 7, "spooled": 127,
+                         "published": 127, "received": 50, "written": 45, "injected": 40, "icinga2_no_answer": 1,
+                         "icinga2_resent": 3, "icinga2_ignored": 2, "refused": 5, "refused.unknown-object": 4,
+                         "refused.too-big": 1, "dead_letters": 5},
+            "last": {"icinga2_events.event": NOW - 3, "icinga2_events.catch_up": NOW - 100, "inject": NOW - 10,
+                     "icinga2_answer": NOW - 5, "publish": NOW - 2}}
+    base.update(changes)
+    return Status.from_json(base)
+
+
+def samples(text):
+    """{metric name with its labels: value} of a metrics text; asserts each family has one
+    TYPE line, before its samples, and that every name is a valid Prometheus name."""
+    typed, values = set(), {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name = line.split()[2]
+            assert name not in typed, f"two TYPE lines for {name}"
+            typed.add(name)
+            continue
+        series, value = line.rsplit(" ", 1)
+        name = series.split("{")[0]
+        assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", name), name
+        assert name in typed, f"{name} has no TYPE line before it"
+        values[series] = float(value)
+    return values
+
+
+def test_metrics_show_the_icinga2_side_connected_last_event_backlog_and_refusals_by_reason():
+    values = samples(metrics.render(icinga2_status()))
+    p = "msg_nagios_bridge_"
+    assert values[p + 'part_up{part="icinga2_events"}'] == 0          # the stream cannot connect
+    assert values[p + 'part_up{part="icinga2_writer"}'] == 1
+    assert values[p + "last_icinga2_events_event_timestamp_seconds"] == NOW - 3
+    assert values[p + "last_icinga2_events_catch_up_timestamp_seconds"] == NOW - 100
+    assert values[p + "last_icinga2_answer_timestamp_seconds"] == NOW - 5
+    assert values[p + "last_inject_timestamp_seconds"] == NOW - 10
+    assert values[p + "inbound_spool_depth"] == 12 and values[p + "inbound_spool_oldest_age_seconds"] == 30.5
+    assert values[p + "inbound_spool_dead_letters"] == 5
+    assert p + "spool_oldest_age_seconds" not in values                # the outbound spool is empty
+    for counter, value in (("icinga2_events_events", 120), ("icinga2_events_catch_up_results", 7),
+                           ("icinga2_events_connects", 2), ("icinga2_events_disconnects", 3),
+                           ("icinga2_no_answer", 1), ("icinga2_resent", 3), ("icinga2_ignored", 2),
+                           ("written", 45), ("injected", 40), ("refused", 5), ("refused_unknown_object", 4),
+                           ("refused_too_big", 1)):
+        assert values[f"{p}{counter}_total"] == value, counter
+
+
+def test_every_icinga2_metric_the_docs_name_is_rendered():
+    """docs/metrics.md names the Icinga 2 metrics as the renderer makes them."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    named = set(re.findall(r"`((?:icinga2_|last_icinga2_|refused_)[a-z0-9_]+_(?:total|timestamp_seconds))`", docs))
+    parts = set(re.findall(r'`part_up\{part="(icinga2_[a-z]+)"\}`', docs))
+    assert len(named) >= 10 and parts == {"icinga2_events", "icinga2_writer"}
+    rendered = samples(metrics.render(icinga2_status()))
+    for part in parts:
+        assert f'msg_nagios_bridge_part_up{{part="{part}"}}' in rendered, part
+    for name in named - {"refused_icinga_refused_total", "refused_unwritable_total"}:   # not in this snapshot
+        assert "msg_nagios_bridge_" + name in rendered, name
+
+
+def test_check_says_when_the_icinga2_event_stream_is_down():
+    code, line = evaluate(icinga2_status(), Thresholds(), NOW)
+    assert code == WARNING
+    assert "Icinga 2 event stream down for 400 s (ConnectionRefusedError" in line
+    assert "disconnected=400s" in line
+    long_down = icinga2_status(since={"icinga2_events": NOW - 700})
+    assert evaluate(long_down, Thresholds(), NOW)[0] == CRITICAL
+    # A full spool holds the stream up: that is the backlog's threshold, not a disconnect.
+    full = icinga2_status(states={"icinga2_events": "waiting: spool full: 100000 messages"})
+    code, line = evaluate(full, Thresholds(), NOW)
+    assert code == WARNING and "event stream" not in line               # the 5 dead letters warn
+    connected = icinga2_status(states={"icinga2_events": "connected", "icinga2_writer": "writing"},
+                               inbound_spool={"depth": 12, "bytes": 3000, "oldest_age": 30.5, "dead_letters": 0})
+    assert evaluate(connected, Thresholds(), NOW)[0] == OK

@@ -32,6 +32,10 @@ class RecordingBroker:
         self.address = ("127.0.0.1", 61613)
         self.is_connected = True
 
+    def ack_all(self, ack_ids):
+        for ack_id in ack_ids:
+            self.conn.ack(ack_id)
+
     def connect(self):
         return None
 

@@ -32,7 +32,7 @@ from ...display import printable
 from ...model import CheckResult
 from ...outbound.intake import Intake, Mark
 from .. import IntakeFor
-from .api import MAX_ANSWER_BYTES, ApiClient, headers
+from .api import MAX_ANSWER_BYTES, ApiClient, headers, ssl_context
 from .event_record import MARKS_KIND, MAX_EVENT_BYTES, catch_up_line, object_key, parse_event
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class EventStreamSource(threading.Thread):
         self.health = health
         self.stopping = intake.stopping
         self.api = ApiClient(settings)
+        self._context = ssl_context(settings)
         self.ready = threading.Event()      # the first connect and catch-up done, or failed
         self.connects = 0
         self.last_catch_up: Optional[Tuple[int, int]] = None   # (objects with a result, spooled)
@@ -276,20 +277,57 @@ class EventStreamSource(threading.Thread):
     # -- sockets ---------------------------------------------------------------------------
 
     def _connect(self) -> http.client.HTTPSConnection:
-        """A new connection, opened (TCP and TLS, within ``timeout``), its socket kept for stop."""
+        """A new connection, opened (TCP and TLS, each within ``timeout``), its socket kept for
+        stop from before the TCP connect: a stop ends a connect or a handshake under way at once
+        (an Icinga that accepts TCP and never answers would hold it for the whole timeout)."""
         connection = self.api.connection()
-        connection.connect()
-        sock = connection.sock
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        error: Optional[OSError] = None
+        for family, kind, proto, _, address in socket.getaddrinfo(
+                self.settings.host, self.settings.port, type=socket.SOCK_STREAM):
+            raw = self._watched(socket.socket(family, kind, proto))
+            try:
+                if self.stopping.is_set():
+                    raise OSError("stopping")
+                raw.settimeout(connection.timeout)
+                raw.connect(address)
+                break
+            except OSError as exc:
+                error = exc
+                self._forget(raw)
+        else:
+            raise error or OSError(f"{self.settings.host} resolves to no address")
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
                               ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
             if hasattr(socket, option):
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+                raw.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+        # wrap_socket takes the descriptor over from ``raw``: the TLS socket is the one a stop
+        # must shut, before the handshake starts.
+        with self._lock:
+            self._sockets.discard(raw)
+        try:
+            sock = self._watched(self._context.wrap_socket(raw, server_hostname=self.settings.host,
+                                                           do_handshake_on_connect=False))
+        except OSError:
+            raw.close()
+            raise
+        sock.do_handshake()
+        connection.sock = sock
+        return connection
+
+    def _watched(self, sock: socket.socket) -> socket.socket:
+        """``sock``, kept for stop; shut at once if the stop already came."""
         with self._lock:
             self._sockets.add(sock)
-        if self.stopping.is_set():                # the stop came while we connected
+        if self.stopping.is_set():
             _shut(sock)
-        return connection
+        return sock
+
+    def _forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+        sock.close()
 
     def _close_on_stop(self) -> None:
         self.stopping.wait()

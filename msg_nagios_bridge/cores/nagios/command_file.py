@@ -40,8 +40,17 @@ from .nagios_command import PIPE_BUF
 CONFIRM_AFTER = 3.0
 # Meanwhile the reader is looked at this often: a restarting Nagios shows as a moment with no
 # reader, which one look at the confirmation time would miss (where Nagios's processes cannot
-# be seen, a new FIFO may reuse the old one's inode and look the same).
+# be seen, a new FIFO may reuse the old one's inode and look the same). A write uses the last
+# look when it is this recent (a look is a /proc walk of a few syscalls, and at 1,000 results/s
+# writes come in batches of a few results): a reader that changed in between is seen by the
+# next look, and the batch is written again (duplicates, never loss). Confirmed entries are
+# handed for deletion at these looks too, so one delete covers LOOK_EVERY s of writes.
 LOOK_EVERY = 0.2
+# The saved cursor (below) is rewritten at most this often: it only spares a bridge restarted
+# after a crash from writing again what the same Nagios already has, so a crash loses at most
+# this much of it (those results are written twice), while a commit per write cost about
+# 60 us of CPU each and the cursor's size grows with what waits (3 s of writes).
+SAVE_EVERY = 0.5
 # Saved in the spool with each write: which entries are in which Nagios's FIFO, unconfirmed.
 # A bridge restarted while that same Nagios still reads the same FIFO confirms them instead
 # of writing them twice.
@@ -253,6 +262,17 @@ class CommandFileDelivery:
         self._written_before: set = set()
         self._written_to: Optional[tuple] = None
         self._told_icinga2 = False
+        self._looked: Optional[tuple] = None      # the last look: reader identity
+        self._next_look = float("-inf")           # monotonic: when the next look is due
+        self._saved_at = float("-inf")            # monotonic: the cursor's last save
+        self._unsaved = False                     # what waits changed since that save
+
+    def _look(self, now: float, fresh: bool = False) -> Optional[tuple]:
+        """The reader, from the last look if it is less than LOOK_EVERY old (``fresh``: look now)."""
+        if fresh or now >= self._next_look:
+            self._looked = self.reader()
+            self._next_look = now + LOOK_EVERY
+        return self._looked
 
     def reader(self) -> Optional[tuple]:
         """Who reads the command FIFO now (see ReaderWatch); None if nobody, or if the PID in
@@ -278,7 +298,8 @@ class CommandFileDelivery:
     def next_look(self) -> Optional[float]:
         if not self._unconfirmed:
             return None
-        return min(LOOK_EVERY, max(0.0, self._unconfirmed[0][0] + CONFIRM_AFTER - time.monotonic()))
+        now = time.monotonic()
+        return max(0.0, min(self._next_look, self._unconfirmed[0][0] + CONFIRM_AFTER) - now)
 
     def load(self) -> None:
         saved = json.loads(self.spool.cursor(WRITTEN_CURSOR) or "{}")
@@ -294,7 +315,8 @@ class CommandFileDelivery:
                      " that still reads it: not writing them again", len(self._written_before))
 
     def write(self, batch: List[Prepared]) -> None:
-        reader = self.reader()
+        now = time.monotonic()
+        reader = self._look(now)
         if self._written_before and reader != self._written_to:
             self._written_before.clear()            # that Nagios went away: write them all
         already = [p.entry.entry_id for p in batch if p.entry.entry_id in self._written_before]
@@ -305,7 +327,9 @@ class CommandFileDelivery:
         # The reader seen just before the write: if it changed in between, the next
         # confirmed() sees a different one and the batch is written again.
         self._unconfirmed.append((time.monotonic(), [p.entry.entry_id for p in batch], reader))
-        self._save()
+        self._unsaved = True
+        if now - self._saved_at >= SAVE_EVERY:
+            self._save()
 
     def confirmed(self, now: Optional[float] = None) -> List[int]:
         """The entries the same reader has had for CONFIRM_AFTER seconds; gives them all back
@@ -313,7 +337,12 @@ class CommandFileDelivery:
         if not self._unconfirmed:
             return []
         now = time.monotonic() if now is None else now
-        reader = self.reader()
+        due = self._unconfirmed[0][0] + CONFIRM_AFTER
+        if now < self._next_look and now < due:
+            return []                   # looked less than LOOK_EVERY ago, nothing due
+        reader = self._look(now, fresh=True)
+        if self._unsaved and now - self._saved_at >= SAVE_EVERY:
+            self._save()
         if reader is None or any(batch_reader != reader for _, _, batch_reader in self._unconfirmed):
             ids = [i for _, batch, _ in self._unconfirmed for i in batch]
             self.spool.give_back(ids)             # first: on a spool error nothing is forgotten
@@ -333,7 +362,12 @@ class CommandFileDelivery:
 
     def _save(self) -> None:
         """Save which entries wait for confirmation in which Nagios (only a reader whose
-        processes were seen can be recognised by the next run)."""
-        batches = [[reader, id_ranges(sorted(ids))] for _, ids, reader in self._unconfirmed
-                   if reader is not None and reader[2]]
+        processes were seen can be recognised by the next run), as runs of ids per reader."""
+        by_reader: dict = {}
+        for _, ids, reader in self._unconfirmed:
+            if reader is not None and reader[2]:
+                by_reader.setdefault(reader, []).extend(ids)
+        batches = [[reader, id_ranges(sorted(ids))] for reader, ids in by_reader.items()]
         self.spool.put([], cursor=(WRITTEN_CURSOR, json.dumps({"batches": batches})))
+        self._saved_at = time.monotonic()
+        self._unsaved = False
