@@ -116,7 +116,7 @@ class LeanClient:
         self._fields = f"Host: {host}:{settings.port}\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in headers(settings).items())
         self._sock: Optional[socket.socket] = None
-        self._buffer = b""
+        self._buffer = bytearray()
 
     @property
     def connected(self) -> bool:
@@ -131,7 +131,7 @@ class LeanClient:
         except BaseException:
             raw.close()
             raise
-        self._buffer = b""
+        self._buffer = bytearray()
 
     def request(self, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
         """(HTTP status, the answer parsed from JSON, or its text if it is not JSON);
@@ -153,36 +153,48 @@ class LeanClient:
             raise ApiUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
         return status, _answer(data)
 
+    # The buffer is a bytearray and every search resumes where the last one stopped: reading an
+    # answer stays linear in its size however the server cuts it (one byte per packet included).
+
     def _fill(self) -> None:
         data = self._sock.recv(1 << 16)
         if not data:
             raise ConnectionError("the connection was closed")
         self._buffer += data
 
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]             # from the front of a bytearray: no copy of the rest
+        return data
+
     def _read_exact(self, size: int) -> bytes:
         while len(self._buffer) < size:
             self._fill()
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+        return self._take(size)
+
+    def _find(self, mark: bytes, limit: int, what: str) -> int:
+        """The offset of ``mark`` in the buffer, reading until it comes; ValueError once more
+        than ``limit`` bytes came without it."""
+        start = 0
+        while True:
+            at = self._buffer.find(mark, start)
+            if at >= 0:
+                return at
+            if len(self._buffer) > limit:
+                raise ValueError(f"{what} is over {limit} bytes")
+            start = max(0, len(self._buffer) - len(mark) + 1)
+            self._fill()
 
     def _read_line(self) -> bytes:
-        while b"\r\n" not in self._buffer:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                raise ValueError(f"a line of the answer is over {MAX_HEAD_BYTES} bytes")
-            self._fill()
-        line, self._buffer = self._buffer.split(b"\r\n", 1)
+        at = self._find(b"\r\n", MAX_HEAD_BYTES, "a line of the answer")
+        line = self._take(at)
+        del self._buffer[:2]
         return line
 
     def _read_head(self) -> Tuple[int, Dict[str, str]]:
-        while True:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                break
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                raise ValueError(f"the answer's header is over {MAX_HEAD_BYTES} bytes")
-            self._fill()
-        lines = self._buffer[:end].decode("latin-1").split("\r\n")
-        self._buffer = self._buffer[end + 4:]
+        end = self._find(b"\r\n\r\n", MAX_HEAD_BYTES, "the answer's header")
+        lines = self._take(end).decode("latin-1").split("\r\n")
+        del self._buffer[:4]
         version, _, rest = lines[0].partition(" ")
         code = rest[:3]
         if not version.startswith("HTTP/1.") or not code.isdigit():
@@ -201,7 +213,10 @@ class LeanClient:
         if "chunked" in fields.get("transfer-encoding", "").lower():
             parts, size = [], 0
             while True:
-                chunk = int(self._read_line().split(b";", 1)[0].strip(), 16)
+                digits = self._read_line().split(b";", 1)[0].strip()
+                if not digits or len(digits) > 16 or digits.strip(b"0123456789abcdefABCDEF"):
+                    raise ValueError(f"not a chunk size: {bytes(digits[:40])!r}")
+                chunk = int(digits, 16)
                 if chunk == 0:
                     while self._read_line():    # trailer fields, up to an empty line
                         pass
@@ -213,6 +228,8 @@ class LeanClient:
                 if self._read_exact(2) != b"\r\n":
                     raise ValueError("a chunk does not end with CRLF")
         if "content-length" in fields:
+            if not fields["content-length"].isdigit():
+                raise ValueError(f"not a Content-Length: {fields['content-length'][:40]!r}")
             size = int(fields["content-length"])
             if not 0 <= size <= MAX_ANSWER_BYTES:
                 raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes (Content-Length {size})")
@@ -222,7 +239,7 @@ class LeanClient:
                 raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes")
             data = self._sock.recv(1 << 16)
             if not data:
-                data, self._buffer = self._buffer, b""
+                data = bytes(self._buffer)
                 self.close()
                 return data
             self._buffer += data
@@ -233,4 +250,4 @@ class LeanClient:
                 self._sock.close()
             finally:
                 self._sock = None
-                self._buffer = b""
+                self._buffer = bytearray()
