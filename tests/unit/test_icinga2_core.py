@@ -370,6 +370,36 @@ def test_a_lane_without_an_answer_stops_gives_back_the_rest_and_halts_the_others
     assert other.send([prepared(3, "h2")], halt) == Sent([], [prepared(3, "h2")])   # halted: sends nothing
 
 
+def test_a_quiet_lane_is_probed_once_its_answers_are_due_and_they_leave_the_spool(tmp_path):
+    """Other lanes busy, this one's objects get no new result: without a probe its 200s stayed
+    unconfirmed, and after 5 s its connection was closed and they were sent again."""
+    from msg_nagios_bridge.cores.icinga2.writer import Icinga2Writer
+    from msg_nagios_bridge.daemon.health import Health
+    from msg_nagios_bridge.inbound.echo import EchoGuard
+    from msg_nagios_bridge.spool import Spool
+    (tmp_path / "ca.crt").write_text(open(Authority(tmp_path / "pki", name="Icinga CA").cert_file).read())
+    settings = settings_for(tmp_path)
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message("m1", "nagios", {}, b"{}"), Message("m2", "nagios", {}, b"{}")])
+        ids = [entry.entry_id for entry in spool.take(2)]
+        writer = Icinga2Writer(settings, spool, Health(), EchoGuard(), objects=None)
+        quiet, busy = LaneApi(), LaneApi()
+        writer.lanes[0].client, writer.lanes[1].client = quiet, busy
+        writer.lanes[0].send([prepared(ids[0])], threading.Event())
+        writer.lanes[1].send([prepared(ids[1], "h2!s1")], threading.Event())
+        writer._probe_quiet_lanes()
+        assert quiet.sent == ["r%d" % ids[0]] and spool.stats().depth == 2   # not due yet: no probe
+        writer.lanes[0].last_answer -= CONFIRM_AFTER
+        writer.lanes[0].pending[0] = (writer.lanes[0].pending[0][0] - CONFIRM_AFTER, writer.lanes[0].pending[0][1])
+        writer._probe_quiet_lanes()
+        assert quiet.sent == ["r%d" % ids[0], "GET"] and busy.sent == ["r%d" % ids[1]]
+        assert not writer.lanes[0].pending and spool.stats().depth == 1      # confirmed and deleted
+        writer._pool.shutdown()
+    finally:
+        spool.close()
+
+
 def test_a_lane_stops_at_a_5xx_and_gives_it_back():
     sent = Lane(LaneApi(status=503)).send([prepared(1), prepared(2)], threading.Event())
     assert sent.hold.action is Action.RETRY and [i.entry.entry_id for i in sent.rest] == [1, 2]

@@ -225,6 +225,7 @@ class Icinga2Writer(threading.Thread):
                         self._idle()
                         continue
                     self.deliver(entries)
+                    self._probe_quiet_lanes()
                 except SpoolError as exc:
                     self._warn(logging.ERROR, "spool", f"inbound spool problem, retrying: {exc}")
                     self.health.error(f"inbound spool: {exc}")
@@ -282,6 +283,21 @@ class Icinga2Writer(threading.Thread):
                 self.wakeup.wait(wait)
                 return                  # the loop comes back here when the time has come
             time.sleep(wait)
+        if self._probe(lanes):
+            self._settle()
+
+    def _probe_quiet_lanes(self) -> None:
+        """While other lanes are busy, a lane whose objects got no new result keeps its 200s
+        unconfirmed, and after IDLE_CLOSE its connection is closed and they are sent again
+        (duplicates): probe such a lane once its last answer is CONFIRM_AFTER old."""
+        now = time.monotonic()
+        quiet = [lane for lane in self.lanes if lane.pending and now - lane.last_answer >= CONFIRM_AFTER]
+        if quiet and self._probe(quiet):
+            self._settle()
+
+    def _probe(self, lanes: List[Lane]) -> bool:
+        """Ask Icinga something cheap on each of ``lanes``: an answer confirms every pending
+        entry of its lane. False if Icinga did not answer (then the writer holds)."""
         path = "/v1/objects/hosts?" + urllib.parse.urlencode(
             {"host": self._probe_host, "attrs": "name"}, quote_via=urllib.parse.quote, safe="")
         for lane in lanes:
@@ -294,12 +310,12 @@ class Icinga2Writer(threading.Thread):
                 self.health.add("icinga2_no_answer")
                 self._broken(lane)
                 self._hold(f"Icinga 2 API unavailable: {exc}", "unavailable")
-                return
+                return False
             if status >= 500 or status == 401:
                 self._broken(lane)
                 self._hold(f"Icinga 2 answered {status} to a probe", "probe")
-                return
-        self._settle()
+                return False
+        return True
 
     def _settle(self) -> None:
         """Delete what Icinga answered for (kept across a failed delete, to try again)."""
