@@ -182,7 +182,7 @@ class Publisher(threading.Thread):
         receipt = self._next_receipt()
         transaction = "tx-" + receipt
         # BEGIN, the SENDs and the COMMIT in one write: one system call per transaction, not
-        # one per message (stomp.py still encodes every frame).
+        # one per message.
         with self.broker.corked():
             self.broker.begin(transaction)
             for entry in entries:
