@@ -21,6 +21,7 @@ Prints each run and, per case, the median and range in results/s.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -30,12 +31,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import inbound as nagios_bench  # noqa: E402
-from common import POLL, SpoolWatch, temp_dir  # noqa: E402
+from common import POLL, Meter, SpoolWatch, temp_dir  # noqa: E402
 from inbound import Env, bridge_throughput_case, central_nagios, preload, rate_of  # noqa: E402
 
+from msg_nagios_bridge.config import Icinga2Settings  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
 from tests.sandbox.icinga2 import Icinga2, passive_service  # noqa: E402
+from tests.sandbox.ports import descendants_of  # noqa: E402
+from tests.sandbox.procfs import CLK_TCK  # noqa: E402
 
 USER, PASSWORD = "bridge", "bench-secret"
 PERMISSIONS = ["events/CheckResult", "actions/process-check-result", "objects/query/Host", "objects/query/Service"]
@@ -48,10 +52,11 @@ def central_icinga(tmp: Path, args) -> Icinga2:
                    api_users={USER: {"password": PASSWORD, "permissions": PERMISSIONS}})
 
 
-def icinga_yaml(icinga: Icinga2, queue: str, prefetch=None) -> str:
+def icinga_yaml(icinga: Icinga2, queue: str, prefetch=None, connections=None) -> str:
+    lanes = f", connections: {connections}" if connections else ""
     text = (f"core: icinga2\n"
             f"icinga2: {{port: {icinga.api_port}, ca_file: {icinga.ca_file}, user: {USER}, password: {PASSWORD},"
-            f" publish: false}}\n"
+            f" publish: false{lanes}}}\n"
             f"inbound:\n  enabled: true\n  subscriptions: [{{destination: \"{queue}\"}}]\n"
             f"  policy: {{rules: [{{senders: ['*'], hosts: ['*'], services: ['*']}}]}}\n")
     if prefetch:
@@ -69,41 +74,85 @@ def objects_check(icinga: Icinga2, payload) -> dict:
     return {"status_ok": good, "status_of": len(expected)}
 
 
-def icinga_case(env: Env, icinga: Icinga2, name: str) -> dict:
+def icinga_case(env: Env, icinga: Icinga2, name: str, connections=None) -> dict:
     args = env.args
     payload = env.payload(name)
     queue = env.queue(name)
     r = {"count": payload.count, "preload_s": preload(env.broker, queue, payload.messages(), args.case_timeout)}
     workdir = env.tmp / name
     bridge = Bridge(workdir, bridge_config(workdir, [env.broker.stomp_port], ocsp=False,
-                                           inbound=icinga_yaml(icinga, queue, args.prefetch)))
+                                           inbound=icinga_yaml(icinga, queue, args.prefetch, connections)))
     t_start = time.monotonic()
     bridge.start()
     watch = SpoolWatch(workdir / "spool" / "inbound.sqlite")
-    t_first = t_done = None
+    t_first = t_done = meter = None
+    timeline = []
     try:
         deadline = t_start + args.case_timeout
         while time.monotonic() < deadline and bridge.proc.poll() is None:
             seq, depth, dead = watch.poll()
             now = time.monotonic()
             if t_first is None and seq > 0:
-                t_first = now
+                t_first, t_first_wall = now, time.time()
+                meter = Meter({"bridge": [bridge.pid], "icinga2": [icinga.pid] + descendants_of(icinga.pid)})
+                threads0 = thread_cpu(bridge.pid)
+            if t_first is not None and args.timeline:
+                timeline.append((now - t_first, seq, seq - depth - dead))
             if seq - depth - dead >= payload.count:
                 t_done = now
                 break
             time.sleep(POLL if t_first else 0.005)
         r["dead"] = watch.poll()[2]
+        if meter is not None:
+            r.update(meter.stop())
+            r["threads_cpu"] = sorted((v - threads0.get(t, 0.0) for t, v in thread_cpu(bridge.pid).items()),
+                                      reverse=True)[:3]
+            r["threads_cpu"] = sorted((v - threads0.get(t, 0.0) for t, v in thread_cpu(bridge.pid).items()),
+                                      reverse=True)[:3]
     finally:
         watch.close()
         r["exit"] = bridge.stop()
         counters = bridge.status().get("counters", {})
+        last_inject = bridge.status().get("last", {}).get("inject")
+        if t_first is not None and last_inject:
+            # Comparable to the FIFO case's end (the core has the N-th result): Icinga answered
+            # 200 for the last result (marked when its lane's batch came back: a little late).
+            r["answered_s"] = max(1e-6, last_inject - t_first_wall)
         r["counters"] = {k: counters.get(k, 0) for k in ("received", "injected", "written", "icinga2_no_answer",
                                                          "refused")}
     if t_done is None:
         r["incomplete"] = f"not all answered within {args.case_timeout:.0f} s: {bridge.log_text()[-1500:]}"
     r["seconds"] = max(1e-6, (t_done or time.monotonic()) - (t_first or t_start))
+    if timeline:
+        r["timeline"] = " ".join(f"{t:.1f}s:{spooled}/{deleted}" for t, spooled, deleted in timeline[::5])
     r.update(objects_check(icinga, payload))
     return r
+
+
+def thread_cpu(pid) -> dict:
+    """{thread id: CPU seconds} of every thread of ``pid``."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[tid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def cpu_note(r) -> str:
+    """CPU of the bridge and of the core in the timed window, in ms per result."""
+    if "window" not in r:
+        return ""
+    per = 1000.0 / max(1, r["count"])
+    core = "icinga2" if "icinga2_cpu" in r else "nagios"
+    text = (f"; CPU in {r['window']:.2f} s: bridge {r['bridge_cpu']:.2f} s ({r['bridge_cpu'] * per:.2f} ms/result"
+            f"), {core} {r[f'{core}_cpu']:.2f} s ({r[f'{core}_cpu'] * per:.2f} ms/result)")
+    if r.get("threads_cpu"):
+        text += f", busiest bridge threads {', '.join(f'{x:.2f}' for x in r['threads_cpu'])} s"
+    return text
 
 
 def summary(name: str, rates) -> str:
@@ -118,9 +167,13 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=10)
     parser.add_argument("--services", type=int, default=100)
     parser.add_argument("--prefetch", type=int, default=None)
+    parser.add_argument("--connections", default=str(Icinga2Settings.connections),
+                        help="icinga2.connections of the bridge; a comma list runs a case per value"
+                             " (default: the configuration's default, %(default)s)")
     parser.add_argument("--case-timeout", type=float, default=90.0)
     parser.add_argument("--stall-timeout", type=float, default=10.0)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--timeline", action="store_true", help="print spooled/deleted every 0.1 s")
     args = parser.parse_args()
     args.run_id = uuid.uuid4().hex[:6]
     with temp_dir("mnb-icinga2-", args.keep) as tmp:
@@ -132,20 +185,34 @@ def main() -> int:
             print(f"ActiveMQ, Nagios 4 and Icinga 2 up; {args.hosts * args.services} passive services each;"
                   f" N={args.count}, {args.runs} runs; load average {nagios_bench.loadavg()}", flush=True)
             env = Env(args, tmp, broker, nagios)
-            icinga_case(env, icinga, "warmup")          # not reported: JIT of the broker, first TLS
-            rates = {"bridge -> nagios fifo": [], "bridge -> icinga2 api": []}
+            lanes = [int(x) for x in args.connections.split(",")]
+            print(f"icinga2.connections: {', '.join(map(str, lanes))}", flush=True)
+            icinga_case(env, icinga, "warmup", lanes[-1])   # not reported: JIT of the broker, first TLS
+            cases = [("bridge -> nagios fifo", lambda run: bridge_throughput_case(
+                env, f"bnfifo{run}", "command_file", True))]
+            cases += [("bridge -> icinga2 api" + (f", connections {n}" if len(lanes) > 1 else ""),
+                       lambda run, n=n: icinga_case(env, icinga, f"bicinga{n}x{run}", n)) for n in lanes]
+            rates = {name: [] for name, _ in cases}
+            answered = {name: [] for name, _ in cases[1:]}
+
             for run in range(args.runs):
-                for name, case in (("bridge -> nagios fifo", lambda: bridge_throughput_case(
-                                        env, f"bnfifo{run}", "command_file", True)),
-                                   ("bridge -> icinga2 api", lambda: icinga_case(env, icinga, f"bicinga{run}"))):
-                    r = case()
+                for name, case in cases:
+                    r = case(run)
                     rates[name].append(rate_of(r))
-                    print(f"run {run + 1} {name}: {rate_of(r):,.0f} results/s ({r['count']} in {r['seconds']:.2f} s;"
-                          f" objects showing the last result {r.get('status_ok')}/{r.get('status_of')};"
-                          f" dead {r.get('dead')}; {r.get('counters')})"
-                          + (f" INCOMPLETE {r['incomplete']}" if r.get("incomplete") else ""), flush=True)
+                    if r.get("answered_s"):
+                        answered[name].append(r["count"] / r["answered_s"])
+                    print(f"run {run + 1} {name}: {rate_of(r):,.0f} results/s ({r['count']} in {r['seconds']:.2f} s"
+                          + (f", the last answered after {r['answered_s']:.2f} s = {r['count'] / r['answered_s']:,.0f}/s"
+                             if r.get("answered_s") else "")
+                          + f"; objects showing the last result {r.get('status_ok')}/{r.get('status_of')};"
+                          f" dead {r.get('dead')}; {r.get('counters')}){cpu_note(r)}"
+                          + (f" INCOMPLETE {r['incomplete']}" if r.get("incomplete") else "")
+                          + (f"\n  spooled/deleted: {r['timeline']}" if r.get("timeline") else ""), flush=True)
             for name, values in rates.items():
                 print(summary(name, values))
+            for name, values in answered.items():
+                if values:
+                    print(summary(f"{name}, until the last answer", values))
             print(f"load average at the end {nagios_bench.loadavg()}")
         finally:
             for thing in (icinga, nagios, broker):

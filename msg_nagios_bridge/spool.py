@@ -164,7 +164,8 @@ def message_size(message: Message) -> int:
 def _encode(message: Message) -> Tuple[str, str, str, bytes, int]:
     if not isinstance(message.body, bytes):
         raise TypeError(f"message {message.message_id!r}: body must be bytes")
-    headers = json.dumps(dict(message.headers), separators=(",", ":"), sort_keys=True)
+    # Inbound entries carry no headers: skip the encoder for them.
+    headers = json.dumps(dict(message.headers), separators=(",", ":"), sort_keys=True) if message.headers else "{}"
     size = len(message.body) + sum(len(text.encode("utf-8", "surrogatepass"))
                                    for text in (message.message_id, message.destination, headers))
     return message.message_id, message.destination, headers, message.body, size

@@ -84,6 +84,7 @@ class _Section:
 
 
 MAX_SECONDS = 86400.0
+MAX_CONNECTIONS = 32     # icinga2.connections: more lanes than this only load Icinga's API threads
 
 _KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
                list: "a list", dict: "a mapping"}
@@ -489,7 +490,7 @@ def _metrics(root: _Section) -> MetricsSettings:
 def _icinga2(root: _Section, site: Site, core: str) -> Icinga2Settings:
     sec = root.section("icinga2", ("host", "port", "ca_file", "cert_file", "key_file", "user", "password",
                                    "password_file", "publish", "event_queue", "check_source",
-                                   "objects_refresh", "timeout"))
+                                   "objects_refresh", "timeout", "connections"))
     if core != "icinga2":
         if sec.data:
             raise root.error("icinga2", sec.data, "is read only with core: icinga2")
@@ -507,6 +508,9 @@ def _icinga2(root: _Section, site: Site, core: str) -> Icinga2Settings:
         check_source=sec.get("check_source", str, f"msg-nagios-bridge@{site.nagios_name}", _one_line),
         objects_refresh=sec.get("objects_refresh", float, 60.0, _positive),
         timeout=sec.get("timeout", float, 10.0, _positive),
+        connections=sec.get("connections", int, 4, lambda v: None if 1 <= v <= MAX_CONNECTIONS else
+                            f"must be a whole number from 1 to {MAX_CONNECTIONS} (1: one connection,"
+                            " results sent one after another)"),
     )
     if bool(settings.cert_file) != bool(settings.key_file):
         raise sec.error("key_file" if settings.cert_file else "cert_file", "",

@@ -114,8 +114,9 @@ def check_headers(headers: typing.Mapping[str, str]) -> None:
     for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise Refused("bad-headers", "a header name or value is not text")
-        name_bytes = len(name.encode("utf-8", "surrogatepass"))
-        value_bytes = len(value.encode("utf-8", "surrogatepass"))
+        # ASCII (nearly every header) is one byte a character: no encoding needed to count.
+        name_bytes = len(name) if name.isascii() else len(name.encode("utf-8", "surrogatepass"))
+        value_bytes = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
         if name_bytes > MAX_HEADER_NAME_BYTES:
             raise Refused("bad-headers", f"a header name is {name_bytes} bytes long (limit {MAX_HEADER_NAME_BYTES})")
         if value_bytes > MAX_HEADER_VALUE_BYTES:

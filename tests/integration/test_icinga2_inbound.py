@@ -16,6 +16,7 @@ import pytest
 
 from msg_nagios_bridge import config
 from msg_nagios_bridge.cores import core_for
+from msg_nagios_bridge.cores.icinga2.writer import lane_of
 from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.inbound.echo import EchoGuard
@@ -45,11 +46,13 @@ def central_icinga(icinga2_factory, services=40, password=PASSWORD):
                            api_users={USER: {"password": password, "permissions": PERMISSIONS}})
 
 
-def icinga2_section(icinga, password=PASSWORD, refresh=60, login=None):
+def icinga2_section(icinga, password=PASSWORD, refresh=60, login=None, connections=None):
+    """The icinga2 section; ``connections`` left out: the default (several lanes)."""
     login = login or f"user: {USER}, password: {password}"
+    lanes = f", connections: {connections}" if connections else ""
     return (f"core: icinga2\n"
             f"icinga2: {{host: 127.0.0.1, port: {icinga.api_port}, ca_file: {icinga.ca_file}, {login},"
-            f" publish: false, check_source: {SOURCE}, objects_refresh: {refresh}}}\n")
+            f" publish: false, check_source: {SOURCE}, objects_refresh: {refresh}{lanes}}}\n")
 
 
 def results_for(count, tag, timestamp=None):
@@ -98,9 +101,9 @@ def report(name, sent, delivered, lost, duplicated):
 class WriterRig:
     """The Icinga 2 core's writer in this process, on a real inbound spool in ``tmp_path``."""
 
-    def __init__(self, tmp_path, icinga, password=PASSWORD, refresh=60, login=None):
+    def __init__(self, tmp_path, icinga, password=PASSWORD, refresh=60, login=None, connections=None):
         ca = icinga.ca_file
-        self.settings = config.parse(icinga2_section(icinga, password, refresh, login) + f"""
+        self.settings = config.parse(icinga2_section(icinga, password, refresh, login, connections) + f"""
 site: {{name: CENTRAL, nagios_name: central.example.org}}
 brokers: {{hosts: ["127.0.0.1:1"]}}
 spool: {{directory: {tmp_path}/spool}}
@@ -231,6 +234,45 @@ def test_a_reload_mid_stream_loses_nothing(icinga2_factory, rig_factory):
     assert lost == 0
 
 
+def test_many_results_for_a_few_objects_through_several_lanes_land_in_order_and_none_is_lost(
+        icinga2_factory, rig_factory):
+    """Each object's results go on one lane (one connection) in their order; the lanes send at
+    the same time. Icinga must record every result once, each object's in the order sent, and
+    show the newest."""
+    icinga = central_icinga(icinga2_factory, services=4)
+    rig = rig_factory(icinga, connections=4)
+    objects = [(HOSTS[i % 2], f"svc{i // 2:03d}") for i in range(8)]
+    assert len({lane_of(f"{h}!{s}", 4) for h, s in objects}) >= 3, "the objects must spread over lanes"
+    rounds = 60
+    base = int(time.time()) - rounds - 60
+    # Round k of every object, interleaved as they would come from a broker; each object's
+    # check time grows with k, so its newest result is also its last one.
+    results = [CheckResult(host=h, service=s, state=k % 3, output=f"lanes {h}!{s} #{k:03d}", timestamp=base + k)
+               for k in range(rounds) for h, s in objects]
+    stream = icinga.events(queue_name="lanes")
+    rig.writer.start()
+    feeder = threading.Thread(target=lambda: [rig.put(results[i:i + 37]) or time.sleep(0.01)
+                                              for i in range(0, len(results), 37)])
+    feeder.start()
+    feeder.join()
+    assert rig.wait_empty(60), rig.state()
+    assert rig.spool.stats().dead_letters == 0
+    assert rig.health.counter("injected") == len(results) and rig.health.counter("icinga2_no_answer") == 0
+    for h, s in objects:
+        assert icinga.object_state(h, s)["last_check_result"]["output"] == f"lanes {h}!{s} #{rounds - 1:03d}"
+    # 2.13 delivers events in 5 s batches.
+    assert wait_until(lambda: len(stream.events) >= len(results) or None, 20), len(stream.events)
+    time.sleep(1)
+    seen = {}
+    for event in stream.events:
+        if event["check_result"].get("check_source") == SOURCE:
+            seen.setdefault((event["host"], event.get("service")), []).append(event["check_result"]["output"])
+    stream.close()
+    for h, s in objects:
+        assert seen.get((h, s)) == [f"lanes {h}!{s} #{k:03d}" for k in range(rounds)], (h, s)
+    report("writer: 4 lanes, 8 objects", len(results), sum(len(v) for v in seen.values()), 0, 0)
+
+
 def test_a_pause_longer_than_icingas_idle_timeout_costs_no_request_without_an_answer(icinga2_factory, rig_factory):
     """Icinga closes a connection idle for 10 to 15 s; a request sent on it gets no answer and
     would be sent twice. The writer closes an idle connection first."""
@@ -283,7 +325,9 @@ def test_the_daemon_killed_while_writing_and_restarted_loses_nothing(icinga2_fac
     stays open: every result recorded at least once; those recorded twice are the ones answered
     but not yet deleted when the process died."""
     from tests.sandbox.bridge import Bridge
-    icinga = central_icinga(icinga2_factory, services=750)
+    # 4,000 results: the writer's lanes answer 1,500 within the 0.5 s before the first deletion,
+    # and the kill must come while the spool is partly drained.
+    icinga = central_icinga(icinga2_factory, services=2000)
     stream = icinga.events(queue_name="kill9")
     workdir = tmp_path / "daemon"
     (workdir / "spool").mkdir(parents=True)
@@ -296,7 +340,7 @@ routes: [{{name: r, destination: /queue/out}}]
 inbound: {{enabled: true, subscriptions: [{{destination: {QUEUE}}}], policy: {{rules: [{{senders: ['*']}}]}}}}
 logging: {{level: INFO}}
 """)
-    results = results_for(1500, "daemon-kill9")
+    results = results_for(4000, "daemon-kill9")
     path = workdir / "spool" / "inbound.sqlite"
     with Spool(str(path)) as spool:
         spool.put([Message(message_id=r.identity(), destination="icinga2", headers={},

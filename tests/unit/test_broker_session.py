@@ -265,3 +265,28 @@ def test_the_acks_of_a_batch_go_out_in_one_write(monkeypatch):
         assert len(writes) == 2
     finally:
         broker.close()
+
+
+def test_a_send_frame_encoded_by_the_bridge_is_what_stomp_py_would_write():
+    """The publisher's SENDs (send_frame) parse, with stomp.py's own parser, to the headers and
+    body stomp.py's send() writes, hostile header text included."""
+    import stomp.utils
+    from stomp.protocol import Protocol12
+    from msg_nagios_bridge.broker.connection import send_frame
+
+    class Capture:
+        def transmit(self, frame):
+            self.frame = stomp.utils.pack(stomp.utils.convert_frame(frame))
+    protocol = Protocol12.__new__(Protocol12)
+    protocol.transport, protocol.auto_content_length, protocol.version = Capture(), True, "1.2"
+    headers = {"persistent": "true", "site": "SITE-A", "transaction": "tx-1-5", "result_id": "a55c53c9",
+               "odd": "a:b\\c\nd\re", "é": "ünïcode"}
+    body = b"serviceURI: ce01\nEOT\n\x00 after a NUL"
+    destination = "/topic/grid.probe.metricOutput.EGEE.site.SITE-A"
+    protocol.send(destination, body, headers=dict(headers))
+    # stomp.py's parser takes a frame without its closing NUL.
+    theirs = stomp.utils.parse_frame(protocol.transport.frame[:-1])
+    ours = stomp.utils.parse_frame(send_frame(destination, body, headers)[:-1])
+    assert ours.cmd == theirs.cmd == "SEND"
+    assert ours.headers == theirs.headers and ours.body == theirs.body == body
+    assert ours.headers["odd"] == "a:b\\c\nd\re" and ours.headers["content-length"] == str(len(body))

@@ -2,8 +2,11 @@
 action table, the object list's refresh rules, the ApiUser wiring and the echo signal.
 (The same against the real Icinga 2: tests/integration/test_icinga2_inbound.py.)"""
 import json
+import socket
 import threading
+import time
 import urllib.parse
+import zlib
 
 import pytest
 
@@ -11,12 +14,14 @@ from msg_nagios_bridge import config
 from msg_nagios_bridge.cli.selfcheck import CRITICAL, Thresholds, evaluate
 from msg_nagios_bridge.cores import Core, core_for
 from msg_nagios_bridge.cores.icinga2 import check_result, wiring
-from msg_nagios_bridge.cores.icinga2.api import ApiUnavailable
+from msg_nagios_bridge.cores.icinga2.api import ApiUnavailable, LeanClient
 from msg_nagios_bridge.cores.icinga2.check_result import MAX_BODY_BYTES, Action, judge, request
 from msg_nagios_bridge.cores.icinga2.core import Icinga2Core
 from msg_nagios_bridge.cores.icinga2.objects import ObjectList, ObjectsUnavailable, ObjectsUnreachable
+from msg_nagios_bridge.cores.icinga2.writer import CONFIRM_AFTER, Lane, Prepared, Sent, lane_of, split_by_lane
 from msg_nagios_bridge.daemon.status import Status
-from msg_nagios_bridge.model import CheckResult
+from msg_nagios_bridge.model import CheckResult, Message
+from msg_nagios_bridge.spool import SpoolEntry
 from tests.sandbox.pki import Authority
 
 SOURCE = "msg-nagios-bridge@central"
@@ -282,3 +287,228 @@ inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{
         assert main([command, "-c", str(path)]) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] and 'object ApiUser "bridge" {' in outputs[0]
+
+
+# -- the writer's lanes ----------------------------------------------------------------------------
+
+def test_an_object_has_one_lane_the_same_in_every_run_and_objects_spread_over_all_lanes():
+    # crc32: the lane does not depend on Python's per-process hash seed.
+    assert [lane_of(name, 4) for name in ("h1!s1", "h1!s2", "h2", "host-0007!svc-0042")] == [
+        zlib.crc32(name.encode()) % 4 for name in ("h1!s1", "h1!s2", "h2", "host-0007!svc-0042")]
+    assert lane_of("h1!s1", 4) == lane_of("h1!s1", 4)
+    assert {lane_of(f"h{h}!s{s}", 4) for h in range(5) for s in range(20)} == {0, 1, 2, 3}
+    assert {lane_of(f"h{h}!s{s}", 1) for h in range(5) for s in range(20)} == {0}
+
+
+def test_the_split_puts_each_objects_results_on_its_lane_in_their_order_and_loses_none():
+    items = [(f"h{i % 3}!s{i % 7}", i) for i in range(200)]
+    shares = split_by_lane(items, lambda item: item[0], 4)
+    assert sorted(x for share in shares for x in share) == sorted(items)
+    for index, share in enumerate(shares):
+        assert all(lane_of(name, 4) == index for name, _ in share)
+        assert [i for _, i in share] == sorted(i for _, i in share)       # the order given
+    names = {name for name, _ in items}
+    assert sum(1 for share in shares if share) > 1
+    for name in names:      # one object's results: all on one lane
+        assert sum(1 for share in shares if any(n == name for n, _ in share)) == 1
+
+
+class LaneApi:
+    """A connection that answers every POST with ``status`` (or raises ``fail``), and can be closed."""
+
+    def __init__(self, status=200, fail=None):
+        self.status, self.fail = status, fail
+        self.connected = False
+        self.sent = []
+
+    def request(self, method, path, body=None):
+        if self.fail is not None:
+            self.connected = False
+            raise self.fail
+        self.connected = True
+        self.sent.append(body["plugin_output"] if body else method)
+        return self.status, {"results": [{"code": self.status, "status": "Successfully processed"}]}
+
+    def close(self):
+        self.connected = False
+
+
+def prepared(number, name="h1!s1"):
+    message = Message(f"m{number}", "/queue/q", {}, b"{}")
+    return Prepared(SpoolEntry(number, message, 0.0, 0), None, name,
+                    "/v1/actions/process-check-result", {"plugin_output": f"r{number}"})
+
+
+def test_a_lane_sends_in_order_and_keeps_the_200s_pending_until_a_later_answer_confirms_them():
+    api = LaneApi()
+    lane = Lane(api)
+    sent = lane.send([prepared(1), prepared(2)], threading.Event())
+    assert api.sent == ["r1", "r2"] and [a.item.entry.entry_id for a in sent.answers] == [1, 2]
+    assert sent.rest == [] and sent.failure is None and [i.entry.entry_id for _, i in lane.pending] == [1, 2]
+    assert lane.confirmed() == []       # answered just now: not yet confirmed
+    lane.pending = type(lane.pending)((at - CONFIRM_AFTER, item) for at, item in lane.pending)
+    lane.send([prepared(3)], threading.Event())
+    assert lane.confirmed() == [1, 2]
+
+
+def test_what_a_closed_connection_answered_is_sent_again_first_on_the_new_one():
+    api = LaneApi()
+    lane = Lane(api)
+    lane.send([prepared(1), prepared(2)], threading.Event())
+    api.close()                         # e.g. Icinga said Connection: close, or it restarted
+    sent = lane.send([prepared(3)], threading.Event())
+    assert api.sent == ["r1", "r2", "r1", "r2", "r3"] and sent.resent == 2
+    assert [i.entry.entry_id for _, i in lane.pending] == [1, 2, 3]
+
+
+def test_a_lane_without_an_answer_stops_gives_back_the_rest_and_halts_the_others():
+    halt = threading.Event()
+    lane = Lane(LaneApi(fail=ApiUnavailable("refused")))
+    sent = lane.send([prepared(1), prepared(2)], halt)
+    assert sent.failure == "refused" and [i.entry.entry_id for i in sent.rest] == [1, 2] and halt.is_set()
+    other = Lane(LaneApi())
+    assert other.send([prepared(3, "h2")], halt) == Sent([], [prepared(3, "h2")])   # halted: sends nothing
+
+
+def test_a_quiet_lane_is_probed_once_its_answers_are_due_and_they_leave_the_spool(tmp_path):
+    """Other lanes busy, this one's objects get no new result: without a probe its 200s stayed
+    unconfirmed, and after 5 s its connection was closed and they were sent again."""
+    from msg_nagios_bridge.cores.icinga2.writer import Icinga2Writer
+    from msg_nagios_bridge.daemon.health import Health
+    from msg_nagios_bridge.inbound.echo import EchoGuard
+    from msg_nagios_bridge.spool import Spool
+    (tmp_path / "ca.crt").write_text(open(Authority(tmp_path / "pki", name="Icinga CA").cert_file).read())
+    settings = settings_for(tmp_path)
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message("m1", "nagios", {}, b"{}"), Message("m2", "nagios", {}, b"{}")])
+        ids = [entry.entry_id for entry in spool.take(2)]
+        writer = Icinga2Writer(settings, spool, Health(), EchoGuard(), objects=None)
+        quiet, busy = LaneApi(), LaneApi()
+        writer.lanes[0].client, writer.lanes[1].client = quiet, busy
+        writer.lanes[0].send([prepared(ids[0])], threading.Event())
+        writer.lanes[1].send([prepared(ids[1], "h2!s1")], threading.Event())
+        writer._probe_quiet_lanes()
+        assert quiet.sent == ["r%d" % ids[0]] and spool.stats().depth == 2   # not due yet: no probe
+        writer.lanes[0].last_answer -= CONFIRM_AFTER
+        writer.lanes[0].pending[0] = (writer.lanes[0].pending[0][0] - CONFIRM_AFTER, writer.lanes[0].pending[0][1])
+        writer._probe_quiet_lanes()
+        assert quiet.sent == ["r%d" % ids[0], "GET"] and busy.sent == ["r%d" % ids[1]]
+        assert not writer.lanes[0].pending and spool.stats().depth == 1      # confirmed and deleted
+        writer._pool.shutdown()
+    finally:
+        spool.close()
+
+
+def test_a_lane_stops_at_a_5xx_and_gives_it_back():
+    sent = Lane(LaneApi(status=503)).send([prepared(1), prepared(2)], threading.Event())
+    assert sent.hold.action is Action.RETRY and [i.entry.entry_id for i in sent.rest] == [1, 2]
+
+
+@pytest.mark.parametrize("value, problem", [
+    (0, "must be a whole number from 1 to 32"), (33, "must be a whole number from 1 to 32"),
+    ("4", "must be a whole number"), (True, "must be a whole number")])
+def test_connections_is_a_whole_number_from_1_to_32(tmp_path, value, problem):
+    with pytest.raises(config.ConfigError, match=f"icinga2.connections = .*{problem}"):
+        settings_for(tmp_path, login=f"user: bridge, password: pw, connections: {json.dumps(value)}")
+
+
+def test_connections_defaults_to_4_and_1_is_one_connection(tmp_path):
+    assert settings_for(tmp_path).icinga2.connections == 4
+    assert settings_for(tmp_path, login="user: bridge, password: pw, connections: 1").icinga2.connections == 1
+
+
+# -- the writer's HTTP client (a real socket pair; the answers are written before the request) --
+
+def lean_with(tmp_path, answer: bytes, close=False):
+    ca = Authority(tmp_path / "pki", name="Icinga CA").cert_file
+    client = LeanClient(config.Icinga2Settings(ca_file=str(ca), user="bridge", password="pw"))
+    client._sock, server = socket.socketpair()      # in place of the TLS socket _connect() opens
+    server.sendall(answer)
+    if close:
+        server.shutdown(socket.SHUT_WR)
+    return client, server
+
+
+def test_lean_client_sends_one_request_and_reads_answers_with_content_length_on_one_connection(tmp_path):
+    first = b'{"results": [{"code": 200, "status": "ok"}]}'
+    client, server = lean_with(tmp_path, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                               + str(len(first)).encode() + b"\r\n\r\n" + first
+                               + b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot there")
+    assert client.request("POST", "/v1/actions/process-check-result?service=h%21s", {"a": 1}) == (
+        200, {"results": [{"code": 200, "status": "ok"}]})
+    assert client.connected
+    assert client.request("GET", "/v1/objects/hosts?host=h") == (404, "not there")
+    sent = server.recv(1 << 16).decode()
+    assert sent.startswith("POST /v1/actions/process-check-result?service=h%21s HTTP/1.1\r\nHost: 127.0.0.1:5665\r\n")
+    assert "Authorization: Basic YnJpZGdlOnB3\r\n" in sent and "Accept: application/json\r\n" in sent
+    assert 'Content-Length: 8\r\n\r\n{"a": 1}GET /v1/objects/hosts?host=h HTTP/1.1\r\n' in sent
+
+
+def test_lean_client_reads_a_chunked_answer_and_closes_when_told(tmp_path):
+    client, _ = lean_with(tmp_path, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                          b"5;x=y\r\n{\"a\":\r\n3\r\n 1}\r\n0\r\nTrailer: t\r\n\r\n")
+    assert client.request("GET", "/x") == (200, {"a": 1})
+    assert not client.connected
+
+
+def test_lean_client_reads_an_answer_without_length_until_the_connection_closes(tmp_path):
+    client, _ = lean_with(tmp_path, b"HTTP/1.0 500 Internal\r\n\r\nbroken", close=True)
+    assert client.request("GET", "/x") == (500, "broken") and not client.connected
+
+
+@pytest.mark.parametrize("answer", [
+    b"hello there\r\n\r\n",                                          # not HTTP
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",           # closed mid-answer
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # not a chunk size
+    b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+    b""])                                                            # closed before answering
+def test_lean_client_without_a_proper_answer_raises_unavailable_and_closes(tmp_path, answer):
+    client, _ = lean_with(tmp_path, answer, close=True)
+    with pytest.raises(ApiUnavailable, match="GET /x: "):
+        client.request("GET", "/x")
+    assert not client.connected
+
+
+class Pieces:
+    """A socket whose recv() hands out ``data`` in pieces of ``size`` bytes, then end of file:
+    the worst cut a server or the network can make, which a real socket cannot be made to
+    produce on demand."""
+
+    def __init__(self, data: bytes, size: int):
+        self.data, self.size, self.at = data, size, 0
+
+    def recv(self, limit):
+        piece = self.data[self.at:self.at + min(self.size, limit)]
+        self.at += len(piece)
+        return piece
+
+    def sendall(self, data):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_lean_client_reads_a_big_answer_cut_in_small_pieces_in_linear_time(tmp_path):
+    """8 MB in 1 KB pieces: with an immutable buffer grown piece by piece this copied about
+    32 GB (minutes); read whole in well under the bound here."""
+    client, _ = lean_with(tmp_path, b"")
+    body = b"x" * (8 << 20)
+    client._sock = Pieces(b"HTTP/1.0 200 OK\r\n\r\n" + body, 1024)
+    started = time.monotonic()
+    assert client.request("GET", "/x") == (200, body.decode())
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nX: " + b"a" * (70 << 10),                                    # a head without end
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * (70 << 10),     # a chunk size without end
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nabc",                # a negative chunk size
+    b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nabcde"])
+def test_lean_client_refuses_heads_and_sizes_beyond_its_limits_byte_by_byte(tmp_path, answer):
+    client, _ = lean_with(tmp_path, b"")
+    client._sock = Pieces(answer, 1)
+    with pytest.raises(ApiUnavailable):
+        client.request("GET", "/x")

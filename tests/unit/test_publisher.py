@@ -6,6 +6,7 @@ sending heart-beats: what ActiveMQ's producer flow control ("Stopping producer")
 whose kernel still answers looks like from the bridge. Making a real ActiveMQ do exactly this
 on demand is not practical, hence the small server here.
 """
+import contextlib
 import socket
 import threading
 import time
@@ -105,6 +106,9 @@ class AcceptingBroker:
 
     def abort(self):
         pass
+
+    def corked(self):
+        return contextlib.nullcontext()
 
     def begin(self, transaction):
         self.refused_in_transaction = False

@@ -10,14 +10,16 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import ssl
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from ...config import Icinga2Settings
 
 # An answer bigger than this is not read (the object list of a very large Icinga is read in
 # pages by the caller, not in one answer).
 MAX_ANSWER_BYTES = 256 << 20
+MAX_HEAD_BYTES = 64 << 10       # an answer's status line and header fields
 
 
 class ApiUnavailable(Exception):
@@ -83,7 +85,169 @@ class ApiClient:
         except ValueError:
             return response.status, data.decode("utf-8", "replace")
 
+    @property
+    def connected(self) -> bool:
+        """A connection is open: the next request goes on it (not on a new one)."""
+        return self._connection is not None
+
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _answer(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", "replace")
+
+
+class LeanClient:
+    """The same requests as ApiClient, for the inbound writer's many small ones: a minimal
+    HTTP/1.1 exchange on one kept-alive TLS socket, without http.client, whose request and
+    header parsing cost about twice the rest of a request (measured: 0.14 against 0.05 ms CPU
+    per process-check-result). Reads answers with Content-Length, chunked, or until close."""
+
+    def __init__(self, settings: Icinga2Settings):
+        self.settings = settings
+        self._context = ssl_context(settings)
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        self._fields = f"Host: {host}:{settings.port}\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in headers(settings).items())
+        self._sock: Optional[socket.socket] = None
+        self._buffer = bytearray()
+
+    @property
+    def connected(self) -> bool:
+        """A connection is open: the next request goes on it (not on a new one)."""
+        return self._sock is not None
+
+    def _connect(self) -> None:
+        raw = socket.create_connection((self.settings.host, self.settings.port), timeout=self.settings.timeout)
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # one small request, its answer
+            self._sock = self._context.wrap_socket(raw, server_hostname=self.settings.host)
+        except BaseException:
+            raw.close()
+            raise
+        self._buffer = bytearray()
+
+    def request(self, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
+        """(HTTP status, the answer parsed from JSON, or its text if it is not JSON);
+        raises ApiUnavailable when there is no answer (the connection is then closed)."""
+        payload = b"" if body is None else json.dumps(body).encode("utf-8")
+        length = "" if body is None else f"Content-Length: {len(payload)}\r\n"
+        try:
+            if self._sock is None:
+                self._connect()
+            # The path comes quoted (ASCII); latin-1 refuses anything else.
+            self._sock.sendall(f"{method} {path} HTTP/1.1\r\n{self._fields}{length}\r\n".encode("latin-1")
+                               + payload)
+            status, fields = self._read_head()
+            data = self._read_body(status, fields)
+            if fields.get("connection", "").lower() == "close":
+                self.close()
+        except (OSError, ValueError) as exc:    # UnicodeError is a ValueError
+            self.close()
+            raise ApiUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        return status, _answer(data)
+
+    # The buffer is a bytearray and every search resumes where the last one stopped: reading an
+    # answer stays linear in its size however the server cuts it (one byte per packet included).
+
+    def _fill(self) -> None:
+        data = self._sock.recv(1 << 16)
+        if not data:
+            raise ConnectionError("the connection was closed")
+        self._buffer += data
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]             # from the front of a bytearray: no copy of the rest
+        return data
+
+    def _read_exact(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._fill()
+        return self._take(size)
+
+    def _find(self, mark: bytes, limit: int, what: str) -> int:
+        """The offset of ``mark`` in the buffer, reading until it comes; ValueError once more
+        than ``limit`` bytes came without it."""
+        start = 0
+        while True:
+            at = self._buffer.find(mark, start)
+            if at >= 0:
+                return at
+            if len(self._buffer) > limit:
+                raise ValueError(f"{what} is over {limit} bytes")
+            start = max(0, len(self._buffer) - len(mark) + 1)
+            self._fill()
+
+    def _read_line(self) -> bytes:
+        at = self._find(b"\r\n", MAX_HEAD_BYTES, "a line of the answer")
+        line = self._take(at)
+        del self._buffer[:2]
+        return line
+
+    def _read_head(self) -> Tuple[int, Dict[str, str]]:
+        end = self._find(b"\r\n\r\n", MAX_HEAD_BYTES, "the answer's header")
+        lines = self._take(end).decode("latin-1").split("\r\n")
+        del self._buffer[:4]
+        version, _, rest = lines[0].partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise ValueError(f"not an HTTP answer: {lines[0][:80]!r}")
+        fields = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise ValueError(f"not an HTTP header field: {line[:80]!r}")
+            fields[name.strip().lower()] = value.strip()
+        return int(code), fields
+
+    def _read_body(self, status: int, fields: Dict[str, str]) -> bytes:
+        if status < 200 or status in (204, 304):
+            return b""
+        if "chunked" in fields.get("transfer-encoding", "").lower():
+            parts, size = [], 0
+            while True:
+                digits = self._read_line().split(b";", 1)[0].strip()
+                if not digits or len(digits) > 16 or digits.strip(b"0123456789abcdefABCDEF"):
+                    raise ValueError(f"not a chunk size: {bytes(digits[:40])!r}")
+                chunk = int(digits, 16)
+                if chunk == 0:
+                    while self._read_line():    # trailer fields, up to an empty line
+                        pass
+                    return b"".join(parts)
+                size += chunk
+                if size > MAX_ANSWER_BYTES:
+                    raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes")
+                parts.append(self._read_exact(chunk))
+                if self._read_exact(2) != b"\r\n":
+                    raise ValueError("a chunk does not end with CRLF")
+        if "content-length" in fields:
+            if not fields["content-length"].isdigit():
+                raise ValueError(f"not a Content-Length: {fields['content-length'][:40]!r}")
+            size = int(fields["content-length"])
+            if not 0 <= size <= MAX_ANSWER_BYTES:
+                raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes (Content-Length {size})")
+            return self._read_exact(size)
+        while True:                             # until the server closes the connection
+            if len(self._buffer) > MAX_ANSWER_BYTES:
+                raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes")
+            data = self._sock.recv(1 << 16)
+            if not data:
+                data = bytes(self._buffer)
+                self.close()
+                return data
+            self._buffer += data
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+                self._buffer = bytearray()
