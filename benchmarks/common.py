@@ -233,12 +233,14 @@ def print_table(head, rows):
 
 
 BUSY_SHARE = 0.25      # other processes using more than this share of one CPU disturb a case
+BUSY_FLOOR = 0.05      # CPU seconds: /proc counts in 10 ms ticks, one tick in a 30 ms case is not "busy"
 
 
 def disturbed(r) -> bool:
     """Whether other processes used > 25% of a CPU during a case (a Meter's "other_cpu" over
-    its "window")."""
-    return r.get("other_cpu", 0.0) > BUSY_SHARE * r.get("window", r.get("seconds", 0.0))
+    its "window"), and more than 0.05 CPU seconds in all (below that it is tick rounding)."""
+    other = r.get("other_cpu", 0.0)
+    return other > BUSY_FLOOR and other > BUSY_SHARE * r.get("window", r.get("seconds", 0.0))
 
 
 def print_summary(cases, figures, runs: int):
