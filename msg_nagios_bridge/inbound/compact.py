@@ -19,6 +19,7 @@ is not published.
 from __future__ import annotations
 
 import heapq
+import math
 import os
 import sys
 from array import array
@@ -108,15 +109,21 @@ class KnownObjects:
 MERGE_AT = 8192      # new names kept in a dict until this many, then merged into the arrays
 
 
+def whole_second(when: float) -> int:
+    """A time as TimedNames keeps it: the whole second at or before it (none before 1970)."""
+    return max(0, math.floor(when))
+
+
 class TimedNames:
-    """A mutable map name -> time (a float), compact: sorted arrays of hashes and times, plus a
-    small dict of the names added since the last merge. Not thread-safe: callers lock."""
+    """A mutable map name -> time in whole seconds (whole_second), compact: 12 bytes a name in
+    sorted arrays of hashes and times, plus a small dict of the names added since the last
+    merge. Not thread-safe: callers lock."""
 
     def __init__(self) -> None:
         self._hash = Hasher()
         self._hashes = array("Q")
-        self._times = array("d")
-        self._new: Dict[int, float] = {}
+        self._times = array("I")             # until 2106
+        self._new: Dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._hashes) + len(self._new)
@@ -127,7 +134,7 @@ class TimedNames:
         i = bisect_left(hashes, value)
         return i if i < len(hashes) and hashes[i] == value else -1
 
-    def get(self, name: str) -> Optional[float]:
+    def get(self, name: str) -> Optional[int]:
         value = self._hash(name)
         when = self._new.get(value)
         if when is not None:
@@ -136,7 +143,8 @@ class TimedNames:
         return self._times[i] if i >= 0 else None
 
     def set(self, names: Iterable[str], when: float) -> None:
-        """Each of ``names`` now maps to ``when``."""
+        """Each of ``names`` now maps to ``when`` (its whole second)."""
+        when = whole_second(when)
         for name in names:
             value = self._hash(name)
             i = self._find(value)
@@ -157,7 +165,7 @@ class TimedNames:
         """Fold the dict of new names into the sorted arrays (slices copied in C)."""
         if not self._new:
             return
-        hashes, times = array("Q"), array("d")
+        hashes, times = array("Q"), array("I")
         start = 0
         for value in sorted(self._new):
             stop = bisect_left(self._hashes, value, start)
@@ -170,9 +178,9 @@ class TimedNames:
         times += self._times[start:]
         self._hashes, self._times, self._new = hashes, times, {}
 
-    def time_counts(self) -> Dict[float, int]:
+    def time_counts(self) -> Dict[int, int]:
         """{time: how many names map to it} (names share their batch's time: few keys)."""
-        counts: Dict[float, int] = {}
+        counts: Dict[int, int] = {}
         for when in self._times:
             counts[when] = counts.get(when, 0) + 1
         for when in self._new.values():
@@ -182,7 +190,7 @@ class TimedNames:
     def forget_before(self, before: float) -> int:
         """Drop every name whose time is before ``before``; return how many."""
         self._merge()
-        hashes, times = array("Q"), array("d")
+        hashes, times = array("Q"), array("I")
         for value, when in zip(self._hashes, self._times):
             if when >= before:
                 hashes.append(value)

@@ -127,3 +127,12 @@ def test_timed_names_load_rows_from_the_spool_a_chunk_at_a_time(tmp_path):
             names.load(rows)
         assert len(names) == 300 and names.get("old-3") == 100.0 and names.get("new-249") == 200.0
         assert names.get("x") is None
+
+
+def test_timed_names_keep_whole_seconds_in_four_bytes():
+    names = TimedNames()
+    names.set(["a"], 1_700_000_000.9)
+    names.set([f"n{i}" for i in range(compact.MERGE_AT)], 1_700_000_001.2)
+    assert names.get("a") == 1_700_000_000 and names.get("n1") == 1_700_000_001
+    assert names._times.itemsize == 4 and names._hashes.itemsize == 8
+    assert names.forget_before(1_700_000_001) == 1 and names.get("a") is None and len(names) == compact.MERGE_AT
