@@ -1,20 +1,19 @@
-"""Compact sets of names for the inbound side: 8 bytes per entry, not a Python object each.
+"""Compact sets of names for the inbound side: 8 bytes a name (12 with a time), not Python objects.
 
 A central bridge remembers half a million objects twice: the objects Nagios defines (the
-policy's ``known_objects``) and the objects it injected into (the echo guard). As Python sets
-and dicts of strings that took 110 and 70 MB. Here each name is a 64-bit keyed hash in a sorted ``array``, looked up with
-``bisect``: 4 MB for 500,000 names, a lookup in about a microsecond. The hash is Python's own
-for str (SipHash-1-3, keyed with 16 random bytes drawn when the process starts; computed in C,
-and cached on the string), or, where PYTHONHASHSEED fixed that key, BLAKE2b keyed with random
-bytes of its own. The key is never saved: the spool keeps the names themselves.
+policy's ``known_objects``) and the objects it injected into (the echo guard). As a frozenset
+of tuples and a dict of strings they took 110 and 70 MB. Here each name is a 64-bit keyed hash
+in a sorted ``array``, looked up with ``bisect``: 4 MB for 500,000 names, a lookup in about a
+microsecond. The hash is Python's own for str (SipHash-1-3, keyed with 16 random bytes drawn
+when the process starts; computed in C), or, where PYTHONHASHSEED fixed that key, BLAKE2b keyed
+with random bytes of its own. The key is never saved: the spool keeps the names themselves.
 
 Membership is exact for every name put in. A name never put in is taken for a member only if
-its hash equals one of the n stored hashes: with a secret key a sender cannot aim at one, and
-by chance it happens with probability n / 2**64 per lookup, 2.7e-14 at n = 500,000, so one
-in ten thousand over 3e9 lookups of absent names (ten years of 10 unknown names a second).
-A false member costs little either way: an unknown object's result is handed to Nagios, which
-logs and drops it (the policy's rules still apply), or one passive result that was no echo
-is not published.
+its hash equals one of the n stored hashes. With a secret key a sender cannot aim at one; by
+chance it happens with probability n / 2**64 per lookup, 2.7e-14 at n = 500,000: about once in
+12,000 runs of ten years at 10 absent names a second. What a false member would cost: one
+result for an object Nagios does not define is handed to Nagios (which logs and drops it,
+unless the name is a host's address), or one passive result that was no echo is not published.
 """
 from __future__ import annotations
 
