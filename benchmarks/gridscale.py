@@ -38,7 +38,8 @@ sandbox run (each choice measured on this project's 2-core machine):
   the sandbox's 256 MB ran out of memory (OutOfMemoryError, dispatch stopped) under a backlog of
   60,000 results.
 - The central bridge is `python -m msg_nagios_bridge run` (tests/sandbox/bridge.py) with the
-  default prefetch (--prefetch) and writer command_file into the real Nagios. Its echo guard is
+  default prefetch (--prefetch) and writer command_file into the real Nagios. Its policy reads
+  Nagios's objects.cache (every grid object; --no-objects-cache: none, as before 2026-12-02). Its echo guard is
   primed with every grid object before it starts, as a central bridge holds it after its first
   check interval (it is kept in the inbound spool across restarts). --cold starts it empty, as
   in a new central bridge's first interval, when every batch holds new objects to save. (Until
@@ -483,7 +484,8 @@ def run(args, tmp: Path):
 
         work = tmp / "central-bridge"
         central = inbound_config(nagios, SUBSCRIPTIONS[args.subscription],
-                                 durable_name="gridscale" if args.subscription == "durable" else "")
+                                 durable_name="gridscale" if args.subscription == "durable" else "",
+                                 objects_cache=not args.no_objects_cache)
         if args.prefetch:
             central += f"  prefetch: {args.prefetch}\n"
         if not args.cold:
@@ -628,6 +630,8 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
         + (f"primed with all {services:,} objects ({info['primed_mb']:.0f} MB of spool), "
            "as after its first check interval" if "primed_mb" in info else
            "empty at the start (--cold: its first check interval)")
+        + ("" if args.no_objects_cache else
+           f"; its policy checks every result against Nagios's objects.cache ({services:,} services)")
         + f"; ActiveMQ heap {BROKER_HEAP}; the sites share "
         f"{max(1, args.connections // info['gens']) * info['gens']} STOMP connection(s); messages "
         f"{'NOT ' if args.non_persistent else ''}persistent.",
@@ -775,6 +779,9 @@ def parse_args():
                         help="publisher processes (default: one per 8,000 results/s)")
     parser.add_argument("--cold", action="store_true",
                         help="start the bridge with an empty echo guard (its first check interval)")
+    parser.add_argument("--no-objects-cache", action="store_true",
+                        help="no objects_cache in the bridge's policy (by default it knows all the "
+                             "grid's objects, as a central bridge should)")
     parser.add_argument("--connections", type=int, default=8,
                         help="STOMP connections the sites share (over all generator processes)")
     parser.add_argument("--subscription", choices=sorted(SUBSCRIPTIONS), default="queue",

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .files import fsync_dir
 from .model import Message
@@ -418,6 +418,21 @@ class Spool:
         with self._lock:
             return dict(self._read("read marks", "SELECT key, at FROM marks WHERE kind = ? AND at >= ?",
                                    (kind, since)))
+
+    def each_mark(self, kind: str, since: float, chunk: int = 10_000) -> Iterator[List[Tuple[str, float]]]:
+        """load_marks a chunk at a time (lists of (key, time) in key order), so a caller that
+        keeps them compactly never holds them all as Python objects."""
+        after = None
+        while True:
+            with self._lock:
+                rows = self._read("read marks", "SELECT key, at FROM marks WHERE kind = ? AND at >= ?"
+                                  + ("" if after is None else " AND key > ?") + " ORDER BY key LIMIT ?",
+                                  (kind, since) + (() if after is None else (after,)) + (chunk,))
+            if rows:
+                yield rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1][0]
 
     def find_marks(self, kind: str, keys: Iterable[str]) -> Dict[str, float]:
         """Those of ``keys`` marked as ``kind``, with their times."""

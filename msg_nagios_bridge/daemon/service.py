@@ -19,6 +19,7 @@ from . import status as status_file
 from .status import SpoolGauges, Status
 from ..cores import Writer, core_for
 from ..inbound import policy as policy_module
+from ..inbound.compact import KnownObjects
 from ..inbound.echo import EchoGuard
 from .health import Health
 from ..outbound.routing import Router
@@ -101,6 +102,7 @@ class Bridge:
                           self.core.objects_source, exc.strerror)
                 self.health.error(f"objects cache: {exc}")
                 known = frozenset()
+        known = KnownObjects.of(known)           # 8 bytes an object (inbound/compact.py)
         if self.echo is not None:
             self.echo.known_objects = known      # only objects the core has can echo
         return policy_module.Policy(rules=inbound.rules, sender_header=inbound.sender_header,

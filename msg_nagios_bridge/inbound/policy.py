@@ -26,10 +26,11 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import typing
-from typing import FrozenSet, Optional, Tuple
+from typing import Container, Optional, Tuple
 
 from ..display import quoted as _show
 from ..model import CheckResult, ObjectKey, Refused
+from .compact import KnownObjects
 
 
 def _patterns(kind: str, value: object) -> Tuple[str, ...]:
@@ -74,19 +75,19 @@ class Policy:
     who may publish at the broker), or ``JMSXUserID``, the identity ActiveMQ
     stamps on each message with ``populateJMSXUserID`` (docs/inbound.md).
     ``known_objects``: {(host, service or None)} the local Nagios defines, or
-    None to skip that check.
+    None to skip that check; kept as compact.KnownObjects (8 bytes an object).
     """
 
     rules: Tuple[Rule, ...] = ()
     sender_header: str = "nagios_host"
-    known_objects: Optional[FrozenSet[ObjectKey]] = None
+    known_objects: Optional[Container[ObjectKey]] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.rules, (tuple, list)) or not all(isinstance(r, Rule) for r in self.rules):
             raise ValueError("rules must be a list of Rule")
         object.__setattr__(self, "rules", tuple(self.rules))
         if self.known_objects is not None:
-            object.__setattr__(self, "known_objects", frozenset(self.known_objects))
+            object.__setattr__(self, "known_objects", KnownObjects.of(self.known_objects))
 
 
 def _matches(name: str, patterns: Tuple[str, ...]) -> bool:

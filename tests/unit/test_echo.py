@@ -177,3 +177,18 @@ def test_the_core_echo_signal_decides_which_results_of_an_injected_object_are_ec
     without_signal = EchoGuard()
     without_signal.about_to_inject([passive("h1")])
     assert without_signal(CheckResult(host="h1", service="s", state=0, attributes={"check_type": "ACTIVE"}))
+
+
+def test_eviction_forgets_the_same_objects_in_memory_and_in_the_spool_with_times_in_fractions(tmp_path):
+    # The guard keeps whole seconds in memory (inbound/compact.py), the spool the exact time:
+    # both must forget the same rows, and the batch being noted stays whole.
+    path = str(tmp_path / "inbound.sqlite")
+    with Spool(path) as spool:
+        guard = EchoGuard(spool, max_objects=100)
+        for batch in range(12):
+            now = RECENT + batch * 0.4                    # three batches share a whole second
+            guard.about_to_inject([passive(f"b{batch}-{i}") for i in range(20)], now=now)
+            assert len(guard) == saved_rows(path) <= 120
+            assert all(guard(passive(f"b{batch}-{i}")) for i in range(20))
+    with Spool(path) as spool:
+        assert len(EchoGuard(spool, max_objects=100)) == saved_rows(path)

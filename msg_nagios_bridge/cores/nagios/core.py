@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import FrozenSet, List, Optional, Tuple
+from typing import Container, List, Optional, Tuple
 
 from ...config import Settings
 from ...daemon.health import Health
@@ -59,8 +59,8 @@ class NagiosCore:
     def preview(self, result: CheckResult) -> Tuple[str, str]:
         return what_to_write(self.settings.inbound, result)
 
-    def known_objects(self) -> Optional[FrozenSet[ObjectKey]]:
-        return objects_cache.read(self.objects_source) if self.objects_source else None
+    def known_objects(self) -> Optional[Container[ObjectKey]]:
+        return objects_cache.read_known(self.objects_source) if self.objects_source else None
 
     def objects_version(self) -> Optional[float]:
         """objects.cache's mtime: Nagios rewrites it when it (re)loads its configuration."""

@@ -1,0 +1,138 @@
+"""The compact name sets of inbound/compact.py: exact for what was put in, small, reloadable."""
+import os
+import subprocess
+import sys
+import tracemalloc
+
+from msg_nagios_bridge.cores.nagios import objects_cache
+from msg_nagios_bridge.inbound import compact
+from msg_nagios_bridge.inbound.compact import KnownObjects, TimedNames, object_text
+from msg_nagios_bridge.spool import Spool
+
+
+def grid(hosts, services):
+    return [(f"ce{h:04d}.example.org", f"org.sam.svc{s:03d}") for h in range(hosts) for s in range(services)]
+
+
+def test_known_objects_hold_every_object_put_in_and_refuse_the_others():
+    objects = grid(1000, 150) + [(f"ce{h:04d}.example.org", None) for h in range(1000)]
+    known = KnownObjects(objects)            # 151,000: more than one CHUNK, so chunks are merged
+    assert len(known) == len(objects) > compact.CHUNK
+    assert all(key in known for key in objects)
+    absent = ([(f"ce{h:04d}.example.org", "org.sam.svc150") for h in range(1000)]
+              + [(f"ce{h:04d}.example.org", None) for h in range(1000, 2000)]
+              + [("192.0.2.1", "org.sam.svc001"), ("ce0001.example.org", ""), ("", None)])
+    assert set(absent).isdisjoint(objects)
+    assert not any(key in known for key in absent)
+
+
+def test_a_host_result_is_not_a_service_and_names_do_not_run_into_each_other():
+    known = KnownObjects([("h", None), ("a\tb", "c"), ("H1:h", None)])
+    assert ("h", None) in known and ("h", "") not in known
+    assert ("a", "b\tc") not in known and ("a\tb", "c") in known
+    assert ("H1:h", None) in known and ("h", None) in known and ("1:h", None) not in known
+    assert object_text(("ab", "c")) != object_text(("a", "bc"))
+    for odd in ("h", ("h",), ("h", None, 1), (1, None), ("h", 2), None):
+        assert odd not in known
+
+
+def test_known_objects_of_keeps_none_and_compact_sets_and_converts_the_rest():
+    assert KnownObjects.of(None) is None
+    known = KnownObjects([("h", "s")])
+    assert KnownObjects.of(known) is known
+    converted = KnownObjects.of(frozenset({("h", "s")}))
+    assert isinstance(converted, KnownObjects) and ("h", "s") in converted and len(converted) == 1
+    empty = KnownObjects.of(frozenset())
+    assert len(empty) == 0 and ("h", "s") not in empty, "fail safe: an empty list refuses everything"
+
+
+def test_half_a_million_objects_take_about_8_bytes_each():
+    objects = grid(5000, 100)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        known = KnownObjects(objects)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(known) == 500_000
+    # 4.0 MB of hashes, and what the array over-allocates as it grows (frozenset: 110 MB)
+    assert held < 5e6, f"{held / 1e6:.1f} MB for 500,000 objects"
+    assert objects[0] in known and objects[-1] in known and ("ce5000.example.org", "org.sam.svc000") not in known
+
+
+def test_read_known_follows_objects_cache_when_nagios_rewrites_it(tmp_path):
+    path = tmp_path / "objects.cache"
+    text = "".join(f"define service {{\n\thost_name\th{h}\n\tservice_description\ts {h}\n\t}}\n\n"
+                   for h in range(3)) + "define host {\n\thost_name\th0\n\taddress\t192.0.2.1\n\t}\n"
+    path.write_text(text)
+    known = objects_cache.read_known(str(path))
+    assert len(known) == len(objects_cache.parse(text)) == 4
+    assert all(key in known for key in objects_cache.parse(text))
+    assert ("192.0.2.1", None) not in known and ("h3", "s 3") not in known
+    path.write_text(text.replace("h2", "h9"))
+    again = objects_cache.read_known(str(path))
+    assert ("h9", "s 2") in again and ("h2", "s 2") not in again
+
+
+def test_lf_only_like_nagios_a_line_separator_inside_a_name_stays_in_it(tmp_path):
+    path = tmp_path / "objects.cache"
+    path.write_bytes("define service {\r\n\thost_name\th\u2028x\r\n\tservice_description\ts\x85y\r\n\t}\r\n"
+                     .encode("utf-8"))
+    assert objects_cache.read(str(path)) == {("h\u2028x", "s\x85y")}
+    known = objects_cache.read_known(str(path))
+    assert ("h\u2028x", "s\x85y") in known and len(known) == 1
+
+
+def test_with_a_fixed_pythonhashseed_the_hash_is_keyed_with_a_secret_of_its_own():
+    code = ("import sys; from msg_nagios_bridge.inbound.compact import Hasher, KnownObjects, _siphash;"
+            "h = Hasher(); assert h._hash is not _siphash;"
+            "k = KnownObjects([('h', 's'), ('h', None)]);"
+            "assert ('h', 's') in k and ('h', None) in k and ('h', 't') not in k; print('ok')")
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
+    assert compact.Hasher()._hash is compact._siphash or not sys.flags.hash_randomization
+
+
+def test_timed_names_keep_the_latest_time_across_merges_and_forget_by_time():
+    names = TimedNames()
+    first = [f"name-{i}" for i in range(compact.MERGE_AT + 10)]
+    names.set(first[:100], 10.0)
+    assert len(names) == 100 and names.get("name-5") == 10.0 and names.get("name-100") is None
+    names.set(first, 20.0)                         # crosses MERGE_AT: merged into the arrays
+    assert len(names) == len(first) and not names._new
+    assert names.get("name-5") == 20.0 and names.get(first[-1]) == 20.0
+    names.set(["name-5"], 30.0)                    # in the arrays: updated in place
+    names.set(["late"], 30.0)                      # new: in the dict until the next merge
+    assert names.get("name-5") == 30.0 and names.get("late") == 30.0 and len(names) == len(first) + 1
+    assert names.time_counts() == {20.0: len(first) - 1, 30.0: 2}
+    assert names.forget_before(30.0) == len(first) - 1
+    assert len(names) == 2 and names.get("name-6") is None and names.get("late") == 30.0
+
+
+def test_timed_names_load_rows_from_the_spool_a_chunk_at_a_time(tmp_path):
+    with Spool(str(tmp_path / "inbound.sqlite")) as spool:
+        spool.save_marks("echo", [f"old-{i}" for i in range(50)], 100.0)
+        spool.save_marks("echo", [f"new-{i}" for i in range(250)], 200.0)
+        spool.save_marks("other", ["x"], 300.0)
+        chunks = list(spool.each_mark("echo", since=150.0, chunk=100))
+        assert [len(rows) for rows in chunks] == [100, 100, 50]
+        keys = [key for rows in chunks for key, _ in rows]
+        assert keys == sorted(keys) and set(keys) == {f"new-{i}" for i in range(250)}
+        assert list(spool.each_mark("echo", since=0, chunk=300))[0] and \
+            sum(len(rows) for rows in spool.each_mark("echo", since=0, chunk=7)) == 300
+        names = TimedNames()
+        for rows in spool.each_mark("echo", since=0, chunk=64):
+            names.load(rows)
+        assert len(names) == 300 and names.get("old-3") == 100.0 and names.get("new-249") == 200.0
+        assert names.get("x") is None
+
+
+def test_timed_names_keep_whole_seconds_in_four_bytes():
+    names = TimedNames()
+    names.set(["a"], 1_700_000_000.9)
+    names.set([f"n{i}" for i in range(compact.MERGE_AT)], 1_700_000_001.2)
+    assert names.get("a") == 1_700_000_000 and names.get("n1") == 1_700_000_001
+    assert names._times.itemsize == 4 and names._hashes.itemsize == 8
+    assert names.forget_before(1_700_000_001) == 1 and names.get("a") is None and len(names) == compact.MERGE_AT
