@@ -508,7 +508,7 @@ def _icinga2(root: _Section, site: Site, core: str) -> Icinga2Settings:
         check_source=sec.get("check_source", str, f"msg-nagios-bridge@{site.nagios_name}", _one_line),
         objects_refresh=sec.get("objects_refresh", float, 60.0, _positive),
         timeout=sec.get("timeout", float, 10.0, _positive),
-        connections=sec.get("connections", int, 4, lambda v: None if 1 <= v <= MAX_CONNECTIONS else
+        connections=sec.get("connections", int, 8, lambda v: None if 1 <= v <= MAX_CONNECTIONS else
                             f"must be a whole number from 1 to {MAX_CONNECTIONS} (1: one connection,"
                             " results sent one after another)"),
     )

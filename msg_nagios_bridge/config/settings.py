@@ -215,7 +215,7 @@ class Icinga2Settings:
     check_source: str = ""       # what the bridge's own results carry (echo signal); "" -> msg-nagios-bridge@SITE
     objects_refresh: float = 60.0   # seconds between re-reads of the object list
     timeout: float = 10.0        # connect and answer timeout of one API request
-    connections: int = 4         # inbound: parallel lanes (kept-alive connections) to the API
+    connections: int = 8         # inbound: parallel lanes (kept-alive connections) to the API
 
 
 CORES = ("nagios", "icinga2")

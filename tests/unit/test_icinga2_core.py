@@ -413,8 +413,8 @@ def test_connections_is_a_whole_number_from_1_to_32(tmp_path, value, problem):
         settings_for(tmp_path, login=f"user: bridge, password: pw, connections: {json.dumps(value)}")
 
 
-def test_connections_defaults_to_4_and_1_is_one_connection(tmp_path):
-    assert settings_for(tmp_path).icinga2.connections == 4
+def test_connections_defaults_to_8_and_1_is_one_connection(tmp_path):
+    assert settings_for(tmp_path).icinga2.connections == 8
     assert settings_for(tmp_path, login="user: bridge, password: pw, connections: 1").icinga2.connections == 1
 
 
