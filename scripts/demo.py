@@ -76,6 +76,17 @@ def icinga2_section(icinga, publish):
             f" user: {ICINGA2_USER}, password: {ICINGA2_PASSWORD}, publish: {str(publish).lower()}}}\n")
 
 
+def start_pair(started, icinga, bridge, part, state, problem):
+    """Start an Icinga 2 and its bridge (noted in ``started`` for the stop), and wait until the
+    bridge's ``part`` is in ``state``; RuntimeError with the bridge's log if not within 30 s."""
+    started.append(icinga)
+    icinga.start()
+    started.append(bridge)
+    bridge.start()
+    if not bridge.wait_state(part, state, timeout=30):
+        raise RuntimeError(f"{problem}:\n{bridge.log_text()[-3000:]}")
+
+
 def icinga2_with_bridge(workdir, objects, bridge_dir, bridge_text):
     """An Icinga 2 sandbox (not started) whose ApiUser for the bridge has the permissions
     `core-config` gives the bridge configured by ``bridge_text(icinga)``; and that bridge."""
@@ -101,12 +112,8 @@ inbound:
   policy: {{rules: [{{senders: ['*'], hosts: ['*'], services: ['*'], host_checks: true}}]}}
   writer: api
 """) + icinga2_section(icinga, publish=False))
-    started.append(central)
-    central.start()
-    started.append(receiver)
-    receiver.start()
-    if not receiver.wait_state("icinga2_writer", "waiting for results", timeout=30):
-        raise RuntimeError(f"the central bridge's Icinga 2 writer did not come up:\n{receiver.log_text()[-3000:]}")
+    start_pair(started, central, receiver, "icinga2_writer", "waiting for results",
+               "the central bridge's Icinga 2 writer did not come up")
     print(f"demo: central Icinga 2 (pid {central.pid}, API on 127.0.0.1:{central.api_port}) with "
           f"{args.services} passive services, fed through its API by the central bridge (pid {receiver.pid}) "
           f"subscribed to {TOPIC}")
@@ -117,12 +124,8 @@ inbound:
          for i, n in enumerate(names)],
         work / "site-bridge", lambda icinga: bridge_config(
             work / "site-bridge", [broker.stomp_port], site="DEMO.SITE", ocsp=False) + icinga2_section(icinga, True))
-    started.append(site)
-    site.start()
-    started.append(sender)
-    sender.start()
-    if not sender.wait_state("icinga2_events", "connected", timeout=30):
-        raise RuntimeError(f"the site bridge's event stream did not connect:\n{sender.log_text()[-3000:]}")
+    start_pair(started, site, sender, "icinga2_events", "connected",
+               "the site bridge's event stream did not connect")
     print(f"demo: site Icinga 2 (pid {site.pid}, API on 127.0.0.1:{site.api_port}) checks {args.services} "
           f"services every 2 s; site bridge (pid {sender.pid}) publishes them from Icinga's event stream "
           f"(Icinga 2.13 hands events out every 5 s)")
