@@ -278,7 +278,7 @@ def _sources(root: _Section, core: str = "nagios") -> Tuple[OcspPipeSettings, Pe
 
 
 _ROUTE_KEYS = ("name", "destination", "format", "hosts", "services", "exclude_hosts", "exclude_services",
-               "hard_only", "host_checks", "ttl", "sign")
+               "hard_only", "host_checks", "ttl", "sign", "message_group")
 
 
 def _routes(root: _Section) -> Tuple[Route, ...]:
@@ -308,6 +308,7 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
             host_checks=sec.get("host_checks", bool, False),
             ttl=sec.get("ttl", int, 0, _not_negative),
             sign=sec.get("sign", bool, False),
+            message_group=sec.get("message_group", bool, True),
         ))
     return tuple(routes)
 

@@ -128,6 +128,7 @@ class Route:
     host_checks: bool = False
     ttl: int = 0
     sign: bool = False
+    message_group: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,6 +54,14 @@ def destination(route: Route, site: Site, result: CheckResult) -> str:
     return route.destination.format(**safe)
 
 
+def message_group(result: CheckResult) -> str:
+    """The ActiveMQ message group (``JMSXGroupID``) of ``result``: its host and service, so
+    that a queue shared by several consumers hands every result of one object to one consumer,
+    in order (docs/scaling.md). No site: two sites' results for the same host and service are
+    one object in the receiving Nagios, and its order is what the group must keep."""
+    return f"{result.host}!{result.service or wlcg.HOST_METRIC_NAME}"
+
+
 def message_fields(site: Site) -> Dict[str, str]:
     """The record fields that come from the site, not from the result."""
     return {"siteName": site.name, "gatheredAt": site.nagios_name, "role": site.role, "voName": site.vo}
@@ -80,6 +88,8 @@ def build_message(route: Route, site: Site, result: CheckResult, now_ms: int = 0
     }
     if site.vo:
         headers["vo"] = site.vo
+    if route.message_group:
+        headers["JMSXGroupID"] = message_group(result)
     if route.ttl and now_ms:
         headers["expires"] = str(now_ms + route.ttl * 1000)
     message_id = hashlib.blake2b(f"{result_id}:{route.name}".encode(), digest_size=16).hexdigest()
