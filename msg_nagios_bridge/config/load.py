@@ -315,7 +315,7 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
 
 _INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping", "policy", "writer",
                  "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures",
-                 "echo_guard_max_objects")
+                 "echo_guard_max_objects", "shared_newest_file")
 _MAPPING_KEYS = ("host_from", "service_from", "service_suffix_role", "host_template", "service_template",
                  "max_body_bytes", "max_output_bytes")
 WRITERS = ("command_file", "checkresults_dir", "api")
@@ -391,6 +391,7 @@ def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSetting
         check_result_path=check_result_path,
         nagios_lock_file=sec.get("nagios_lock_file", str, "", _optional_absolute),
         echo_guard_max_objects=sec.get("echo_guard_max_objects", int, 1_000_000, _positive),
+        shared_newest_file=sec.get("shared_newest_file", str, "", _optional_absolute),
         error_queue=sec.get("error_queue", str, "",
                             lambda v: None if not v or (v.startswith("/queue/") and _one_line(v) is None)
                             else "must be a /queue/... name (or empty)"),

@@ -169,6 +169,7 @@ class InboundSettings:
     check_result_path: str = ""
     nagios_lock_file: str = ""
     echo_guard_max_objects: int = 1_000_000
+    shared_newest_file: str = ""
     error_queue: str = ""
     signatures: SignatureCheck = SignatureCheck()
     max_age: float = 86400.0

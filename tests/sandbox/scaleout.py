@@ -103,10 +103,14 @@ class Stream:
             conn.disconnect()
 
 
-def central_bridge(workdir: Path, broker, nagios: Nagios, index: int, prefetch: int = 100) -> Bridge:
+def central_bridge(workdir: Path, broker, nagios: Nagios, index: int, prefetch: int = 100,
+                   shared: bool = True) -> Bridge:
     """Central bridge number ``index``: its own spool and status under ``workdir``, its own
-    client-id (ActiveMQ refuses a second connection with a client-id in use), the shared queue."""
+    client-id (ActiveMQ refuses a second connection with a client-id in use), the shared queue,
+    and (``shared``) the newest-result file all centrals of this Nagios share."""
     inbound = inbound_config(nagios, QUEUE) + f"  client_id: central-{index}\n  prefetch: {prefetch}\n"
+    if shared:
+        inbound += f"  shared_newest_file: {nagios.dir / 'central-newest.sqlite'}\n"
     return Bridge(workdir, bridge_config(workdir, [broker.stomp_port], ocsp=False, inbound=inbound,
                                          site="CENTRAL", heartbeat_ms=1000))
 
@@ -140,10 +144,11 @@ class Applied:
         return self.lines
 
     def verdict(self, stream: Stream) -> dict:
-        """lost: (object, counter) pairs sent but never applied; out_of_order: applications of
+        """missing: (object, counter) pairs sent but never applied (lost, unless a bridge
+        dropped it as older than what was already applied: its ``stale`` counter); out_of_order: applications of
         a counter lower than one applied before for the object (an older result over a newer);
         duplicates: applications beyond the first of a counter (at-least-once)."""
-        lost = out_of_order = distinct = applied = 0
+        missing = out_of_order = distinct = applied = 0
         for obj in stream.objects:
             seen, newest = set(), 0
             for k in self.order.get(obj, []):
@@ -152,8 +157,8 @@ class Applied:
                 newest = max(newest, k)
             applied += len(self.order.get(obj, []))
             distinct += len(seen)
-            lost += sum(1 for k in range(1, stream.rounds + 1) if k not in seen)
-        return {"lost": lost, "out_of_order": out_of_order, "duplicates": applied - distinct,
+            missing += sum(1 for k in range(1, stream.rounds + 1) if k not in seen)
+        return {"missing": missing, "out_of_order": out_of_order, "duplicates": applied - distinct,
                 "distinct": distinct, "applied": applied}
 
 

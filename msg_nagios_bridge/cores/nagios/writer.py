@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from typing import Dict, List, Optional, Tuple
@@ -19,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 from ...config import InboundSettings
 from ...daemon.health import Backoff, Health, RateLimitedLog
 from ...inbound.echo import EchoGuard
+from ...inbound.judgement import object_key
 from ...model import CheckResult, result_from_dict
 from ...spool import Spool, SpoolEntry, SpoolError
 from ...wakeup import Wakeup
@@ -26,6 +28,7 @@ from . import checkresult_file, nagios_command
 from .checkresults_dir import CheckResultsDirDelivery
 from .command_file import CommandFileDelivery, NagiosUnavailable, nagios_pid_alive
 from .delivery import Delivery, Prepared, log
+from .shared_newest import SharedNewest
 
 BATCH = 500                 # results per round through the command file
 FILE_BATCH = 10_000         # results per check result file (Nagios reads one about every second)
@@ -55,6 +58,9 @@ class NagiosWriter(threading.Thread):
             self.fifo = CommandFileDelivery(settings, spool, health, self._warn)
         # In the order they are written to: the file before the lines (as it always was).
         self.deliveries: List[Delivery] = [self.files] + ([self.fifo] if self.fifo else [])
+        # Central bridges sharing one Nagios (docs/scaling.md): no older result after a newer.
+        self.shared = SharedNewest(settings.shared_newest_file, settings.max_age) \
+            if settings.shared_newest_file else None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -152,6 +158,32 @@ class NagiosWriter(threading.Thread):
                 self.health.add("refused.unwritable")
         if not prepared:
             return
+        if self.shared is None:
+            self._write(prepared)
+            return
+        with self.shared.locked():
+            prepared = self._newest_only(prepared)
+            if prepared and self._write(prepared):
+                self.shared.note([(object_key(item.result), item.result.timestamp) for _, item in prepared])
+
+    def _newest_only(self, prepared: List[Tuple[Delivery, Prepared]]) -> List[Tuple[Delivery, Prepared]]:
+        """``prepared`` without the results older than what a bridge sharing this Nagios
+        already wrote for their object: those leave the spool, counted ``stale``."""
+        newest = self.shared.newest([object_key(item.result) for _, item in prepared])
+        keep, older = [], []
+        for pair in prepared:
+            result = pair[1].result
+            (older if result.timestamp < newest.get(object_key(result), -math.inf) else keep).append(pair)
+        if older:
+            self.spool.done([item.entry.entry_id for _, item in older])
+            self.health.add("stale", len(older))
+            log.info("%d results older than what the bridges sharing this Nagios wrote for their"
+                     " objects: not written", len(older))
+        return keep
+
+    def _write(self, prepared: List[Tuple[Delivery, Prepared]]) -> bool:
+        """Write ``prepared`` to their deliveries; False if Nagios could not take them (given
+        back to the spool, the worker backs off)."""
         try:
             # Before the write: Nagios may run OCSP on a result before the write returns.
             self.echo.about_to_inject(item.result for _, item in prepared)
@@ -177,11 +209,12 @@ class NagiosWriter(threading.Thread):
             self.health.error(f"nagios: {exc}")
             self._warn(logging.WARNING, "nagios", f"cannot hand results to Nagios, will retry: {exc}")
             self._hold(self._backoff.next_delay())
-            return
+            return False
         self._backoff.reset()
         self.health.add("written", len(prepared))
         self.health.mark("inject")
         self.health.set_state("nagios_writer", "writing")
+        return True
 
 
 COMMAND_LINE, TRUNCATED_LINE, CHECK_RESULT_FILE = "command line", "command line, truncated", "check result file"
