@@ -292,6 +292,11 @@ class CommandFileDelivery:
     def pending(self) -> FrozenSet[int]:
         return frozenset(i for _, batch, _ in self._unconfirmed for i in batch)
 
+    def written_before(self, entry_id: int) -> bool:
+        """Whether the last run wrote this entry into the FIFO of the Nagios that reads it now
+        (``write`` will not write it again)."""
+        return entry_id in self._written_before
+
     def ready(self) -> bool:
         return True
 

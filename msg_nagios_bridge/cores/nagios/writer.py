@@ -168,12 +168,18 @@ class NagiosWriter(threading.Thread):
 
     def _newest_only(self, prepared: List[Tuple[Delivery, Prepared]]) -> List[Tuple[Delivery, Prepared]]:
         """``prepared`` without the results older than what a bridge sharing this Nagios
-        already wrote for their object: those leave the spool, counted ``stale``."""
+        already wrote for their object: those leave the spool, counted ``stale``. What the last
+        run of this bridge wrote into the same Nagios stays (Nagios has it; it is not written
+        again, only confirmed)."""
         newest = self.shared.newest([object_key(item.result) for _, item in prepared])
         keep, older = [], []
         for pair in prepared:
-            result = pair[1].result
-            (older if result.timestamp < newest.get(object_key(result), -math.inf) else keep).append(pair)
+            result, entry_id = pair[1].result, pair[1].entry.entry_id
+            superseded = result.timestamp < newest.get(object_key(result), -math.inf)
+            if superseded and not (self.fifo and self.fifo.written_before(entry_id)):
+                older.append(pair)
+            else:
+                keep.append(pair)
         if older:
             self.spool.done([item.entry.entry_id for _, item in older])
             self.health.add("stale", len(older))
