@@ -80,9 +80,11 @@ class Stream:
         last = len(self) - len(self.objects)
         return {obj: self.result(last + slot).output for slot, obj in enumerate(self.objects)}
 
-    def publish(self, broker, start: int = 0, stop: int = None, rate: float = 0.0, timeout: float = 60.0):
+    def publish(self, broker, start: int = 0, stop: int = None, rate: float = 0.0, timeout: float = 60.0,
+                destination: str = ""):
         """Send results [start, stop) as persistent messages, at ``rate``/s (0: at once), a
-        receipt on the last; returns the seconds the sending took."""
+        receipt on the last, to the virtual topic (or ``destination``); returns the seconds
+        the sending took."""
         stop = len(self) if stop is None else stop
         conn, listener = connect(broker, auto_decode=False)
         try:
@@ -96,7 +98,7 @@ class Stream:
                 headers = dict(message.headers)
                 if i == stop - 1:
                     headers["receipt"] = f"scale-{stop}"
-                conn.send(message.destination, message.body, headers=headers)
+                conn.send(destination or message.destination, message.body, headers=headers)
             listener.wait(f"scale-{stop}", timeout)
             return time.monotonic() - t0
         finally:
@@ -104,11 +106,11 @@ class Stream:
 
 
 def central_bridge(workdir: Path, broker, nagios: Nagios, index: int, prefetch: int = 100,
-                   shared: bool = True) -> Bridge:
+                   shared: bool = True, queue: str = QUEUE) -> Bridge:
     """Central bridge number ``index``: its own spool and status under ``workdir``, its own
     client-id (ActiveMQ refuses a second connection with a client-id in use), the shared queue,
     and (``shared``) the newest-result file all centrals of this Nagios share."""
-    inbound = inbound_config(nagios, QUEUE) + f"  client_id: central-{index}\n  prefetch: {prefetch}\n"
+    inbound = inbound_config(nagios, queue) + f"  client_id: central-{index}\n  prefetch: {prefetch}\n"
     if shared:
         inbound += f"  shared_newest_file: {nagios.dir / 'central-newest.sqlite'}\n"
     return Bridge(workdir, bridge_config(workdir, [broker.stomp_port], ocsp=False, inbound=inbound,
