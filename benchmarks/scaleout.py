@@ -1,7 +1,8 @@
 """Central scale-out: 1, 2, 4 central bridges sharing one ActiveMQ queue, into one Nagios 4.
 
     .venv/bin/python benchmarks/scaleout.py [--runs 3] [--bridges 1,2,4] [--hosts 10]
-                                            [--services 50] [--rounds 20] [--prefetch 100] [--keep]
+                                            [--services 50] [--rounds 20] [--prefetch 100]
+                                            [--unshared] [--keep]
 
 One real ActiveMQ 5 (tests/sandbox/activemq.py) and one real Nagios 4 (hosts x services passive
 services) are started in a temp dir on 127.0.0.1. For every case (N central bridges) and run,
@@ -14,6 +15,8 @@ policy for that queue has consumersBeforeDispatchStarts=N (ActiveMQ holds dispat
 consumers are there, so the first one does not take every message group) and the hash-bucket
 group map. Timed from the first result Nagios logs ("EXTERNAL COMMAND:
 PROCESS_SERVICE_CHECK_RESULT", polled every 20 ms) until it logged the last one.
+
+With --unshared, one more case: one bridge without inbound.shared_newest_file (its cost).
 
 Per case: results/s and its ratio to the one-bridge rate of the same run; the CPU of every
 bridge in the window (% of a core, and µs per result over all bridges), of the broker, of
@@ -46,25 +49,32 @@ from tests.sandbox.ports import children_of  # noqa: E402
 from tests.sandbox.procfs import cpu_seconds, peak_rss_mb  # noqa: E402
 
 
-def policy_xml(counts) -> str:
+def policy_xml(cases) -> str:
     entries = "".join(
-        f'        <policyEntry queue="Consumer.c{n}.>" messageGroupMapFactoryType="bucket"'
-        f' consumersBeforeDispatchStarts="{n}" timeBeforeDispatchStarts="30000"/>\n' for n in counts)
+        f'        <policyEntry queue="Consumer.c{label}.>" messageGroupMapFactoryType="bucket"'
+        f' consumersBeforeDispatchStarts="{n}" timeBeforeDispatchStarts="30000"/>\n' for label, n, _ in cases)
     return ("    <destinationPolicy>\n      <policyMap><policyEntries>\n" + entries
             + "      </policyEntries></policyMap>\n    </destinationPolicy>\n")
 
 
-def case(args, tmp: Path, broker, nagios, count: int, run: int) -> dict:
-    """``count`` bridges drain one preloaded queue into ``nagios``."""
-    work = tmp / f"r{run}-c{count}"
-    queue = f"/queue/Consumer.c{count}.VirtualTopic.scale.r{run}"
+def name(label: str) -> str:
+    n = int(label.rstrip("u"))
+    return f"{n} bridge{'s' if n > 1 else ''}" + (", no shared file" if label.endswith("u") else "")
+
+
+def case(args, tmp: Path, broker, nagios, label: str, run: int) -> dict:
+    """``count`` bridges (label "<count>", or "<count>u": without shared_newest_file) drain
+    one preloaded queue into ``nagios``."""
+    count, shared = int(label.rstrip("u")), not label.endswith("u")
+    work = tmp / f"r{run}-c{label}"
+    queue = f"/queue/Consumer.c{label}.VirtualTopic.scale.r{run}"
     # Every case's results are newer than the last case's for the same objects: the bridges
     # share a newest-result file with this Nagios, and would rightly drop older ones as stale.
-    stream = scaleout.Stream(f"s{run}c{count}", args.hosts, args.services, args.rounds, base=args.next_base)
+    stream = scaleout.Stream(f"s{run}c{label}", args.hosts, args.services, args.rounds, base=args.next_base)
     args.next_base += args.rounds + 1
     applied = scaleout.Applied(nagios.log_file, stream.tag)
     r = {"count": len(stream), "preload_s": stream.publish(broker, destination=queue, timeout=120)}
-    bridges = [scaleout.central_bridge(work / f"central{i}", broker, nagios, i, args.prefetch, queue=queue)
+    bridges = [scaleout.central_bridge(work / f"central{i}", broker, nagios, i, args.prefetch, shared, queue)
                for i in range(count)]
     try:
         t_start = time.monotonic()
@@ -120,12 +130,13 @@ def report(args, results, started):
           f" temp dir on {args.fs}")
     print(f"{args.hosts} x {args.services} objects x {args.rounds} rounds = "
           f"{args.hosts * args.services * args.rounds} results per case; prefetch {args.prefetch}\n")
-    base = {run: rate(r) for (n, run), r in results.items() if n == 1}
+    base = {run: rate(r) for (label, run), r in results.items() if label == "1"}
     rows = []
-    for (n, run), r in sorted(results.items(), key=lambda item: (item[0][1], item[0][0])):
+    order = [label for label, _, _ in args.cases]
+    for (label, run), r in sorted(results.items(), key=lambda item: (item[0][1], order.index(item[0][0]))):
         r["x1"] = rate(r) / base[run] if base.get(run) else None
         window = r["window"]
-        rows.append((f"{n} bridge{'s' if n > 1 else ''}", run, f"{rate(r):,.0f}",
+        rows.append((name(label), run, f"{rate(r):,.0f}",
                      "-" if r["x1"] is None else f"{r['x1']:.2f}",
                      " ".join(f"{100 * c / window:.0f}%" for c in r["bridge_cpu"]),
                      f"{1e6 * sum(r['bridge_cpu']) / r['count']:.0f}",
@@ -138,8 +149,8 @@ def report(args, results, started):
     print_table(("case", "run", "results/s", "x 1", "CPU per bridge", "µs/result", "broker", "nagios",
                  "other", "received per bridge", "lost", "out of order", "dup", "stale", "newest shown",
                  "note"), rows)
-    cases = {f"{n} bridge{'s' if n > 1 else ''}": [results.get((n, run)) for run in range(1, args.runs + 1)]
-             for n in args.bridges}
+    cases = {name(label): [results.get((label, run)) for run in range(1, args.runs + 1)]
+             for label in order}
     print_summary(cases, [
         ("results/s", lambda r: rate(r), ",.0f"),
         ("x 1 bridge", lambda r: r.get("x1"), ".2f"),
@@ -166,11 +177,17 @@ def parse_args():
     parser.add_argument("--prefetch", type=int, default=100)
     parser.add_argument("--case-timeout", type=float, default=120.0)
     parser.add_argument("--stall-timeout", type=float, default=15.0)
+    parser.add_argument("--unshared", action="store_true",
+                        help="also one bridge without inbound.shared_newest_file (what the file costs)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
     args.bridges = [int(x) for x in args.bridges.split(",")]
     if args.runs < 1 or not args.bridges or min(args.bridges) < 1:
         parser.error("--runs and every --bridges count must be at least 1")
+    # (label, bridges, shared file); "1" is the baseline of the "x 1" ratio
+    args.cases = [(str(n), n, True) for n in dict.fromkeys([1] + args.bridges)]
+    if args.unshared:
+        args.cases.append(("1u", 1, False))
     return args
 
 
@@ -185,7 +202,7 @@ def main():
         time.sleep(1.0)
         if system_busy() - busy0 > 0.25:
             print("WARNING: the machine is busy before the start: figures will be disturbed", flush=True)
-        broker = ActiveMQ(tmp / "activemq", extra_xml=policy_xml(sorted(set(args.bridges))))
+        broker = ActiveMQ(tmp / "activemq", extra_xml=policy_xml(args.cases))
         nagios = scaleout.central_nagios(tmp / "nagios", args.hosts, args.services)
         try:
             broker.start()
@@ -194,15 +211,15 @@ def main():
                   f" passive services) up; temp dir {tmp}", flush=True)
             # Warm the broker's JIT (send, dispatch with groups): one short case, not reported.
             # Check times from the past on, one a round, none ahead of the clock at the end.
-            args.next_base = int(time.time()) - (args.runs * len(args.bridges) + 1) * (args.rounds + 1) - 10
+            args.next_base = int(time.time()) - (args.runs * len(args.cases) + 1) * (args.rounds + 1) - 10
             warm = argparse.Namespace(**{**vars(args), "rounds": 2})
-            case(warm, tmp, broker, nagios, 1, 0)
+            case(warm, tmp, broker, nagios, "1", 0)
             args.next_base = warm.next_base
             results = {}
             for run in range(1, args.runs + 1):
-                for n in args.bridges:
-                    r = results[(n, run)] = case(args, tmp, broker, nagios, n, run)
-                    print(f"run {run}/{args.runs} {n} bridge(s): {rate(r):,.0f} results/s, received "
+                for label, _, _ in args.cases:
+                    r = results[(label, run)] = case(args, tmp, broker, nagios, label, run)
+                    print(f"run {run}/{args.runs} {name(label)}: {rate(r):,.0f} results/s, received "
                           f"{r['received']}, lost {r['lost']}, out of order {r['out_of_order']}"
                           + (" (disturbed)" if disturbed(r) else "")
                           + (f" INCOMPLETE {r['incomplete']}" if r.get("incomplete") else ""), flush=True)
