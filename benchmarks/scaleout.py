@@ -33,7 +33,7 @@ that it keeps order and loses nothing, not the speed-up of bridges on machines o
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
@@ -126,8 +126,8 @@ def rate(r):
 
 
 def report(args, results, started):
-    print(f"\n{args.fingerprint}; {args.runs} runs; machine: 2 CPUs shared (load {args.load_start} at the start);"
-          f" temp dir on {args.fs}")
+    print(f"\ncode: {args.fingerprint}; {args.runs} runs; {os.cpu_count()} CPUs shared with whatever else runs"
+          f" (load {args.load_start} at the start); temp dir on {args.fs}")
     print(f"{args.hosts} x {args.services} objects x {args.rounds} rounds = "
           f"{args.hosts * args.services * args.rounds} results per case; prefetch {args.prefetch}\n")
     base = {run: rate(r) for (label, run), r in results.items() if label == "1"}

@@ -163,3 +163,12 @@ def test_inbound_icinga2():
     assert "bridge -> icinga2 api: median" in out and "bridge -> nagios fifo: median" in out, out[-3000:]
     assert "INCOMPLETE" not in out, out[-3000:]
     assert len(re.findall(r"objects showing the last result (\d+)/\1;", out)) == 2, out[-3000:]
+
+
+def test_scaleout():
+    out = bench("scaleout.py", "--runs", "1", "--hosts", "2", "--services", "10", "--rounds", "3", "--unshared",
+                timeout=240)
+    assert_rows(out, ["1 bridge", "2 bridges", "4 bridges", "1 bridge, no shared file"])
+    assert re.search(r"^code: commit [0-9a-f]{40}(\+dirty)?, .*, \d{4}-\d\d-\d\d \d\d:\d\d UTC", out, re.M), out
+    assert "lost, out of order, newest not shown or incomplete in 0 of 4 case runs" in out, out[-3000:]
+    assert_all_delivered(out)
