@@ -20,7 +20,7 @@ EXCHANGE = "grid.results.hash"
 
 def definitions(bridges):
     """The exchange, one durable queue per bridge bound with weight 10, as a definitions file
-    loaded at boot (STOMP cannot declare an exchange with arguments)."""
+    (STOMP cannot declare an exchange with arguments)."""
     queues = [f"central-{i}" for i in range(bridges)]
     return {
         "exchanges": [{"name": EXCHANGE, "vhost": "/", "type": "x-consistent-hash", "durable": True,
@@ -48,8 +48,10 @@ def rabbit(tmp_path):
         pytest.fail(str(exc), pytrace=False)
     defs = tmp_path / "definitions.json"
     defs.write_text(json.dumps(definitions(2)))
-    node = HashingRabbitMQ(tmp_path / "rabbitmq", extra_conf=f"load_definitions = {defs}\n")
+    node = HashingRabbitMQ(tmp_path / "rabbitmq")
     node.start()
+    # Imported into the running node (a file loaded at boot replaces the default vhost and user).
+    node.ctl("import_definitions", str(defs))
     yield node
     node.stop()
 
