@@ -314,8 +314,9 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
 
 
 _INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping", "policy", "writer",
+                 "shared_newest_file",
                  "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures",
-                 "echo_guard_max_objects", "shared_newest_file")
+                 "echo_guard_max_objects")
 _MAPPING_KEYS = ("host_from", "service_from", "service_suffix_role", "host_template", "service_template",
                  "max_body_bytes", "max_output_bytes")
 WRITERS = ("command_file", "checkresults_dir", "api")
