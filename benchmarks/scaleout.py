@@ -114,7 +114,8 @@ def case(args, tmp: Path, broker, nagios, label: str, run: int) -> dict:
     r["received"] = [b.counter("received") for b in bridges]
     stale = sum(b.counter("stale") for b in bridges)
     r.update(applied.verdict(stream))
-    r["lost"] = r["missing"] - stale
+    # Never applied and not dropped as superseded (with no kill, stale is 0: lost = missing).
+    r["lost"] = max(r["unsuperseded"], r["missing"] - stale)
     r["stale"] = stale
     r["newest_shown"] = scaleout.wait_newest_shown(nagios, stream, 5)
     r["objects"] = len(stream.objects)

@@ -11,6 +11,7 @@ import pytest
 from tests.sandbox import scaleout
 from tests.sandbox.activemq import ActiveMQ, check_installed as activemq_installed
 from tests.sandbox.nagios import check_installed as nagios_installed
+from tests.sandbox.ports import wait_until
 
 HOSTS, SERVICES = 5, 10          # 50 objects, 50 message groups
 
@@ -87,7 +88,9 @@ def test_results_keep_their_order_across_n_central_bridges(count, broker, nagios
     # Every bridge took a share, and each object went through one bridge only.
     received = [b.wait_counter("received", 1, timeout=10) for b in bridges]
     assert all(received), received
-    assert sum(b.counter("received") for b in bridges) >= len(stream)
+    # Every message was received by one of them (status.json lags by up to 2 s).
+    total = wait_until(lambda: sum(b.counter("received") for b in bridges) >= len(stream), timeout=10)
+    assert total, [b.counter("received") for b in bridges]
 
 
 def test_a_killed_bridge_hands_its_share_to_the_others(broker, nagios, centrals, tmp_path):
@@ -117,13 +120,17 @@ def test_a_killed_bridge_hands_its_share_to_the_others(broker, nagios, centrals,
     shown = scaleout.wait_newest_shown(nagios, stream, 10)
     # What the killed bridge wrote after its restart and a survivor had already superseded,
     # it dropped and counted as stale (shared_newest_file): not lost, and never shown.
-    stale = victim.wait_counter("stale", verdict["missing"], timeout=10) if verdict["missing"] else 0
+    stale = victim.wait_counter("stale", verdict["missing"], timeout=10)
     late = {obj: order for obj, order in applied.order.items() if order != sorted(order)}
     detail = (verdict, stranded, stale, late)
     print(f"kill: {verdict}, stranded in the killed bridge's spool: {stranded}, dropped as stale: {stale}")
-    assert verdict["missing"] - stale == 0, detail             # lost
-    assert verdict["missing"] <= stranded, detail
+    # Lost 0: a result never applied is one the killed bridge held and dropped because a newer
+    # one of its object was applied meanwhile. Its stale count may be higher: results it wrote
+    # just before the kill without noting it (command_file.SAVE_EVERY) look unwritten to it.
+    assert verdict["unsuperseded"] == 0, detail
+    assert verdict["missing"] <= min(stale, stranded), detail
     assert verdict["out_of_order"] == 0, detail
     assert shown == len(stream.objects), detail
-    survivors = [b.counter("received") for b in bridges[1:]]
-    assert all(survivors), survivors
+    # status.json is rewritten every 2 s: wait for each survivor's own.
+    survivors = [b.wait_counter("received", 1, timeout=10) for b in bridges[1:]]
+    assert all(survivors), (survivors, [b.status() for b in bridges[1:]])

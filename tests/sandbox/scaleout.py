@@ -147,10 +147,11 @@ class Applied:
 
     def verdict(self, stream: Stream) -> dict:
         """missing: (object, counter) pairs sent but never applied (lost, unless a bridge
-        dropped it as older than what was already applied: its ``stale`` counter); out_of_order: applications of
+        dropped it as older than what was already applied: its ``stale`` counter);
+        unsuperseded: the missing ones with no newer result of their object applied; out_of_order: applications of
         a counter lower than one applied before for the object (an older result over a newer);
         duplicates: applications beyond the first of a counter (at-least-once)."""
-        missing = out_of_order = distinct = applied = 0
+        missing = unsuperseded = out_of_order = distinct = applied = 0
         for obj in stream.objects:
             seen, newest = set(), 0
             for k in self.order.get(obj, []):
@@ -159,9 +160,11 @@ class Applied:
                 newest = max(newest, k)
             applied += len(self.order.get(obj, []))
             distinct += len(seen)
-            missing += sum(1 for k in range(1, stream.rounds + 1) if k not in seen)
-        return {"missing": missing, "out_of_order": out_of_order, "duplicates": applied - distinct,
-                "distinct": distinct, "applied": applied}
+            never = [k for k in range(1, stream.rounds + 1) if k not in seen]
+            missing += len(never)
+            unsuperseded += sum(1 for k in never if k > newest)
+        return {"missing": missing, "unsuperseded": unsuperseded, "out_of_order": out_of_order,
+                "duplicates": applied - distinct, "distinct": distinct, "applied": applied}
 
 
 def newest_shown(nagios: Nagios, stream: Stream) -> int:
