@@ -370,32 +370,80 @@ def test_a_lane_without_an_answer_stops_gives_back_the_rest_and_halts_the_others
     assert other.send([prepared(3, "h2")], halt) == Sent([], [prepared(3, "h2")])   # halted: sends nothing
 
 
-def test_a_quiet_lane_is_probed_once_its_answers_are_due_and_they_leave_the_spool(tmp_path):
-    """Other lanes busy, this one's objects get no new result: without a probe its 200s stayed
-    unconfirmed, and after 5 s its connection was closed and they were sent again."""
+def lane_writer(tmp_path, spool, *clients):
+    """An Icinga2Writer whose lanes talk to ``clients`` (LaneApi), their threads started."""
     from msg_nagios_bridge.cores.icinga2.writer import Icinga2Writer
     from msg_nagios_bridge.daemon.health import Health
     from msg_nagios_bridge.inbound.echo import EchoGuard
-    from msg_nagios_bridge.spool import Spool
     (tmp_path / "ca.crt").write_text(open(Authority(tmp_path / "pki", name="Icinga CA").cert_file).read())
-    settings = settings_for(tmp_path)
+    writer = Icinga2Writer(settings_for(tmp_path), spool, Health(), EchoGuard(), objects=None)
+    for lane, client in zip(writer.lanes, clients):
+        lane.client = client
+    writer._start_lanes()
+    return writer
+
+
+def hand_out(writer, items_by_lane):
+    with writer._cond:
+        for index, items in items_by_lane.items():
+            writer.lanes[index].inbox.extend(items)
+            writer._outstanding += len(items)
+        writer._cond.notify_all()
+
+
+def run_writer_thread_until(writer, done, timeout=5.0):
+    """Do the writer thread's part (collect, settle) until ``done()`` or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        writer.wakeup.wait(0.02)
+        writer._collect()
+        writer._settle()
+
+
+def test_a_lane_with_nothing_to_send_probes_once_its_answers_are_due_and_they_leave_the_spool(tmp_path):
+    """A lane whose objects get no new result (the others may be busy): without a probe its
+    200s stayed unconfirmed, and after 5 s its connection was closed and they were sent again."""
+    from msg_nagios_bridge.spool import Spool
     spool = Spool(str(tmp_path / "in.sqlite"))
     try:
         spool.put([Message("m1", "nagios", {}, b"{}"), Message("m2", "nagios", {}, b"{}")])
         ids = [entry.entry_id for entry in spool.take(2)]
-        writer = Icinga2Writer(settings, spool, Health(), EchoGuard(), objects=None)
-        quiet, busy = LaneApi(), LaneApi()
-        writer.lanes[0].client, writer.lanes[1].client = quiet, busy
-        writer.lanes[0].send([prepared(ids[0])], threading.Event())
-        writer.lanes[1].send([prepared(ids[1], "h2!s1")], threading.Event())
-        writer._probe_quiet_lanes()
-        assert quiet.sent == ["r%d" % ids[0]] and spool.stats().depth == 2   # not due yet: no probe
-        writer.lanes[0].last_answer -= CONFIRM_AFTER
-        writer.lanes[0].pending[0] = (writer.lanes[0].pending[0][0] - CONFIRM_AFTER, writer.lanes[0].pending[0][1])
-        writer._probe_quiet_lanes()
-        assert quiet.sent == ["r%d" % ids[0], "GET"] and busy.sent == ["r%d" % ids[1]]
-        assert not writer.lanes[0].pending and spool.stats().depth == 1      # confirmed and deleted
-        writer._pool.shutdown()
+        first, second = LaneApi(), LaneApi()
+        writer = lane_writer(tmp_path, spool, first, second)
+        started = time.monotonic()
+        hand_out(writer, {0: [prepared(ids[0])], 1: [prepared(ids[1], "h2!s1")]})
+        run_writer_thread_until(writer, lambda: first.sent and second.sent)
+        assert first.sent == ["r%d" % ids[0]] and spool.stats().depth == 2    # answered, not yet confirmed
+        run_writer_thread_until(writer, lambda: spool.stats().depth == 0)
+        assert first.sent == ["r%d" % ids[0], "GET"] and second.sent == ["r%d" % ids[1], "GET"]
+        assert spool.stats().depth == 0 and time.monotonic() - started >= CONFIRM_AFTER
+        assert writer._outstanding == 0 and writer.health.snapshot()["counters"]["injected"] == 2
+        writer._stop_lanes()
+    finally:
+        spool.close()
+
+
+def test_a_lane_without_an_answer_halts_every_lane_and_all_they_hold_goes_back_to_the_spool(tmp_path, monkeypatch):
+    from msg_nagios_bridge.cores.icinga2 import writer as writer_module
+    from msg_nagios_bridge.spool import Spool
+    monkeypatch.setattr(writer_module, "CONFIRM_AFTER", 60.0)     # no probe confirms the 200s meanwhile
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message(f"m{i}", "nagios", {}, b"{}") for i in range(6)])
+        ids = [entry.entry_id for entry in spool.take(6)]
+        failing, working = LaneApi(fail=ApiUnavailable("refused")), LaneApi()
+        writer = lane_writer(tmp_path, spool, failing, working)
+        hand_out(writer, {0: [prepared(i) for i in ids[:3]], 1: [prepared(i, "h2!s1") for i in ids[3:]]})
+        run_writer_thread_until(writer, lambda: writer._hold_until > 0)
+        assert writer._hold_until > time.monotonic() and writer._outstanding == 0
+        assert not any(lane.inbox for lane in writer.lanes)
+        # The failed lane's three are taken again first, oldest first; the other lane's 200s
+        # stay pending on their unbroken connection until confirmed.
+        again = [entry.entry_id for entry in spool.take(6)]
+        pending = [item.entry.entry_id for _, item in writer.lanes[1].pending]
+        assert again[:3] == ids[:3] and sorted(again + pending) == ids
+        assert writer.health.snapshot()["counters"]["icinga2_no_answer"] == 1
+        writer._stop_lanes()
     finally:
         spool.close()
 
