@@ -139,8 +139,17 @@ class ScriptedApi:
             raise answer
         return answer
 
+    def each_result(self, path):
+        status, body = self.request("GET", path)
+        return (status, iter(body["results"])) if status == 200 else (status, body)
+
     def close(self):
         pass
+
+
+def holds_exactly(known, expected):
+    """A KnownObjects holds ``expected`` and nothing more (by count)."""
+    return len(known) == len(expected) and all(key in known for key in expected)
 
 
 def listing(hosts=("h1",), services=(("h1", "s1"),)):
@@ -161,7 +170,7 @@ def test_the_list_is_read_once_per_refresh_and_its_version_moves_only_when_it_ch
     api, clock = ScriptedApi(listing()), Clock()
     objects = ObjectList(api, refresh=60, clock=clock)
     version = objects.version()                    # the first time: read at once
-    assert version is not None and objects.get() == {("h1", None), ("h1", "s1")}
+    assert version is not None and holds_exactly(objects.get(), {("h1", None), ("h1", "s1")})
     clock.now += 59
     objects.get()
     assert len(api.requests) == 2                  # hosts and services, once
@@ -197,10 +206,10 @@ def test_unreachable_before_the_first_read_is_none_for_the_core_and_the_old_list
     assert len(api.requests) == 2                  # a GET is tried twice (idle close), then held
     api.answers = listing()
     clock.now += 5
-    assert objects.get() == {("h1", None), ("h1", "s1")}
+    assert holds_exactly(objects.get(), {("h1", None), ("h1", "s1")})
     api.answers = {"/v1/objects/hosts": ApiUnavailable("down")}
     clock.now += 60
-    assert objects.get() == {("h1", None), ("h1", "s1")} and "down" in objects.problem
+    assert holds_exactly(objects.get(), {("h1", None), ("h1", "s1")}) and "down" in objects.problem
 
 
 def test_a_404_on_the_list_names_the_missing_permission():
@@ -560,3 +569,66 @@ def test_lean_client_refuses_heads_and_sizes_beyond_its_limits_byte_by_byte(tmp_
     client._sock = Pieces(answer, 1)
     with pytest.raises(ApiUnavailable):
         client.request("GET", "/x")
+
+
+# -- results_of: an object list an object at a time -------------------------------------------------
+
+def reader(data: bytes, size: int):
+    """read(n) over ``data`` in pieces of at most ``size`` bytes."""
+    view = memoryview(data)
+    state = {"at": 0}
+
+    def read(n):
+        at = state["at"]
+        piece = bytes(view[at:at + min(n, size)])
+        state["at"] = at + len(piece)
+        return piece
+    return read
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 16])
+def test_results_of_gives_each_object_however_the_answer_is_cut(size):
+    from msg_nagios_bridge.cores.icinga2.api import results_of
+    items = [{"attrs": {"name": f"h{i}", "note": "\u00e9\u4e2d\U0001F600 \\ \" ]}"}} for i in range(300)]
+    data = (' { "results" : [ ' + " , ".join(json.dumps(i) for i in items) + ' ] } ').encode()
+    assert list(results_of(reader(data, size))) == items
+    assert list(results_of(reader(b'{"results":[]}', size))) == []
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b'{"error":404,"status":"No objects found."}', "not an answer with results"),
+    (b'{"results":[{"a":1}', "ends inside the results"),
+    (b'{"results":[{"a":1},{"b"', "ends inside the results"),
+    (b'{"results":[{"a":1} {"b":2}]}', "expected , or ]"),
+    (b'{"results":[1,2]}', "not a JSON object"),
+    (b'{"results":[{"a":' + b"[" * 100000 + b"]" * 100000 + b"}]}", "nested too deeply"),
+    (b'{"results":[{"a":"' + b"x" * (3 << 16) + b'"}]}', "over 65536 bytes")])
+def test_results_of_says_what_is_wrong_with_an_answer(data, problem):
+    from msg_nagios_bridge.cores.icinga2.api import results_of
+    with pytest.raises(ValueError, match=problem):
+        list(results_of(reader(data, 4096), limit=1 << 16))
+
+
+def test_results_of_is_linear_in_the_answer_cut_in_small_pieces(monkeypatch):
+    """One 4 MB object and 20,000 small ones in 1 KB pieces: an object cut by a piece's end is
+    parsed again only once twice as much came, so the characters scanned stay within a few
+    times the answer (parsing again at every piece scanned the 4 MB object 4,000 times)."""
+    from msg_nagios_bridge.cores.icinga2 import api
+    scanned = [0]
+    decoder = api._DECODER
+
+    class Counting:
+        def raw_decode(self, text, at):
+            scanned[0] += len(text) - at
+            return decoder.raw_decode(text, at)
+    monkeypatch.setattr(api, "_DECODER", Counting())
+    big = {"attrs": {"name": "big", "output": "x" * (4 << 20)}}
+    small = [{"attrs": {"name": f"h{i}"}} for i in range(20000)]
+    data = json.dumps({"results": [big] + small}).encode()
+    started = time.monotonic()
+    got = list(api.results_of(reader(data, 1024)))
+    assert len(got) == 20001 and got[0] == big
+    # Each small object's scan may see the rest of the buffer (up to a piece): bounded by the
+    # pieces, not by the answer; the big one by twice its size, twice.
+    assert scanned[0] < 4 * len(data) + 20001 * 2 * api.READ_SIZE
+    assert time.monotonic() - started < 10
