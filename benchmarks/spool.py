@@ -309,11 +309,12 @@ def main() -> None:
         return
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    code = code_fingerprint()      # before the scratch directory, which may be in the work tree
     scratch = tempfile.mkdtemp(prefix="spool-bench-", dir=args.dir)
     print(f"python {platform.python_version()}, sqlite {__import__('sqlite3').sqlite_version}, "
           f"{os.cpu_count()} CPUs, {platform.machine()}, scratch on "
           f"{fs_type(os.path.realpath(scratch))} ({scratch})")
-    print(f"code: {code_fingerprint()}")
+    print(f"code: {code}")
     print(f"{args.runs} run{'s' if args.runs != 1 else ''}, cases interleaved; load average at the start"
           f" {loadavg()}", flush=True)
     cases = {name: [] for name, _ in CASES}

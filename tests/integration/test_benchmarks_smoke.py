@@ -174,7 +174,7 @@ def test_gridscale():
     assert_rows(out, ["window", "100/s x 10 s", "100/s"])
     assert "**Lost: 0** of 1,300 sent" in out, out
     assert_code_recorded(out)
-    assert_summary(out, "window", 3, [("100/s x 10 s", "injected/s"), ("", "lag p99 ms"),
+    assert_summary(out, "window", 3, [("100/s x 10 s", "sent/s"), ("", "injected/s"), ("", "lag p99 ms"),
                                       ("", "bridge us/result")])
     assert_all_delivered(out)
 
