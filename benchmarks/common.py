@@ -300,14 +300,6 @@ def summary_text(*args, **kwargs) -> str:
     return out.getvalue().strip("\n")
 
 
-def median_range(values, fmt: str) -> str:
-    """"median (min-max)" of ``values``; only the value when there is one."""
-    middle = format(statistics.median(values), fmt)
-    if len(values) == 1:
-        return middle
-    return f"{middle} ({format(min(values), fmt)}-{format(max(values), fmt)})"
-
-
 # -- profile mode ------------------------------------------------------------------------------
 
 class ThreadProfiles:
