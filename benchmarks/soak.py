@@ -489,7 +489,7 @@ def run(args, tmp, command, started):
         print_table(["count", "value"], counts)
         print()
         print_table(sample_head, sample_rows)
-        summary = summary_text({"bridges": windows}, SUMMARY_FIGURES, args.runs, unit="window",
+        summary = summary_text({"bridges": windows}, SUMMARY_FIGURES, len(windows), unit="window",
                                how=f"the load cut into {args.runs} windows of "
                                    f"{args.duration / args.runs:.0f} s; one world throughout, so the"
                                    " windows are not independent runs")
