@@ -107,6 +107,15 @@ def test_spool():
                                    ("RSS growth, deletes of 1-500 ids", "one ? per id MB"), ("", "Spool MB")])
 
 
+def test_icinga2_objects():
+    out = bench("icinga2_objects.py", "--objects", "3000", "--runs", "2")
+    assert_code_recorded(out)
+    for case in ("bridge: results_of + KnownObjects", "baseline: json.loads + frozenset"):
+        assert len(re.findall(rf"^run [12] {re.escape(case)}: RSS before \d+ MB, after \d+ MB, peak \d+ MB$",
+                              out, re.M)) == 2, out
+        assert re.search(rf"^{re.escape(case)}\s+after - before, MB\s+-?\d+\s+-?\d+\s+-?\d+$", out, re.M), out
+
+
 def test_outbound():
     out = bench("outbound.py", "--count", "300", "--runs", "1", "--receipt-count", "100",
                 "--tx-batch", "50", "--case-timeout", "30")
