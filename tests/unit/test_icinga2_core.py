@@ -632,3 +632,26 @@ def test_results_of_is_linear_in_the_answer_cut_in_small_pieces(monkeypatch):
     # pieces, not by the answer; the big one by twice its size, twice.
     assert scanned[0] < 4 * len(data) + 20001 * 2 * api.READ_SIZE
     assert time.monotonic() - started < 10
+
+
+def test_a_lane_whose_connection_closed_sends_its_unconfirmed_answers_again_without_holding(tmp_path):
+    """Icinga said Connection: close after the last answer: the lane's probe finds no
+    connection; a new one cannot confirm what the old one answered, so they go again, first."""
+    from msg_nagios_bridge.spool import Spool
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message(f"m{i}", "nagios", {}, b"{}") for i in range(2)])
+        ids = [entry.entry_id for entry in spool.take(2)]
+        api = LaneApi()
+        writer = lane_writer(tmp_path, spool, api)
+        hand_out(writer, {0: [prepared(ids[0]), prepared(ids[1])]})
+        run_writer_thread_until(writer, lambda: len(api.sent) == 2)
+        api.close()
+        run_writer_thread_until(writer, lambda: spool.stats().depth == 0)
+        assert api.sent == ["r%d" % ids[0], "r%d" % ids[1]] * 2 + ["GET"] and spool.stats().depth == 0
+        counters = writer.health.snapshot()["counters"]
+        assert counters["icinga2_resent"] == 2 and "icinga2_no_answer" not in counters
+        assert writer._hold_until == 0.0
+        writer._stop_lanes()
+    finally:
+        spool.close()

@@ -327,7 +327,12 @@ class Icinga2Writer(threading.Thread):
         """Ask Icinga something cheap on ``lane``: its answer confirms the lane's answers that
         are CONFIRM_AFTER old. No answer, a 401 or a 5xx: a failed Sent (the lane stops)."""
         if not lane.client.connected:
-            return Sent([], [], failure="connection closed before its answers were confirmed")
+            # Closed (idle, or Icinga said Connection: close) before its answers were confirmed:
+            # a new connection cannot confirm them; send them again (send() does, on it).
+            again = [item for _, item in lane.pending]
+            lane.pending.clear()
+            sent = lane.send(again, self._halt)
+            return sent._replace(resent=sent.resent + len(again)) if again else sent
         path = "/v1/objects/hosts?" + urllib.parse.urlencode(
             {"host": self._probe_host, "attrs": "name"}, quote_via=urllib.parse.quote, safe="")
         try:
@@ -383,6 +388,9 @@ class Icinga2Writer(threading.Thread):
         if wait > 0:
             time.sleep(wait)
         for lane in lanes:
+            if not lane.client.connected:
+                self._broken(lane)          # sent again at the next start, not now
+                continue
             sent = self._probe_lane(lane)
             if sent.failure is not None or sent.hold is not None:
                 self._broken(lane)
@@ -402,11 +410,13 @@ class Icinga2Writer(threading.Thread):
     def _collect(self, halting: bool = False) -> None:
         """Act on what the lanes posted: count the answers, note what is confirmed; when a lane
         stopped (no answer, 401, 5xx), halt them all, take everything back, back off once."""
-        with self._cond:
-            events = list(self._events)
-            self._events.clear()
         hold = None
-        for index, sent, confirmed in events:
+        while True:
+            with self._cond:
+                if not self._events:
+                    break
+                # One at a time: after an error (a spool write), the rest are still there.
+                index, sent, confirmed = self._events.popleft()
             self._note_confirmed(confirmed)
             hold = self._take_sent(self.lanes[index], sent) or hold
         if hold and not halting:
