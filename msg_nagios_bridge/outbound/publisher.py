@@ -30,6 +30,7 @@ from typing import Dict, Optional
 
 from stomp.exception import StompException
 
+from ..broker import kinds
 from ..broker.connection import BrokerConnection
 from ..broker.session import BrokerSession
 from ..config import BrokerSettings
@@ -73,6 +74,9 @@ class Publisher(threading.Thread):
         self._refusal_backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._refusing_all = ""                                   # the broker's reason, if so
         self._paused_until = float("-inf")    # refusing all: nothing is sent before (monotonic)
+        # Transactions only where a COMMIT's receipt proves the messages are stored (not on
+        # RabbitMQ: broker/kinds.py); else one receipt per message, many in flight.
+        self.transactions = kinds.uses_transactions(settings.kind)
 
     @property
     def broker(self) -> BrokerConnection:
@@ -165,7 +169,7 @@ class Publisher(threading.Thread):
             if not entries:
                 return
             try:
-                if self._refusals.one_receipt_each:
+                if self._refusals.one_receipt_each or not self.transactions:
                     self._send_each(entries)
                 else:
                     self._send_transaction(entries)
@@ -204,7 +208,8 @@ class Publisher(threading.Thread):
                 del entries[:index]
                 raise
             self._track(receipt, [entry])
-            self._step(refusals.SentOne())
+            if self._refusals.one_receipt_each:
+                self._step(refusals.SentOne())
 
     def _track(self, receipt: str, entries) -> None:
         self._in_flight[receipt] = (entries, time.monotonic())

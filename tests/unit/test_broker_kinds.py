@@ -1,0 +1,80 @@
+"""brokers.kind: what is refused at config load for each broker, and the frames' headers."""
+import pytest
+
+from msg_nagios_bridge import config
+from msg_nagios_bridge.broker import kinds
+
+BASE = """
+site: {{name: SITE-A}}
+brokers: {{hosts: ["127.0.0.1:61613"]{kind}}}
+spool: {{directory: /tmp/spool}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+inbound:
+  enabled: true
+  policy: {{rules: [{{senders: ['*']}}]}}
+  subscriptions: [{sub}]
+"""
+
+
+def parse(sub, kind=""):
+    return config.parse(BASE.format(kind=f", kind: {kind}" if kind else "", sub=sub), "k.yaml")
+
+
+def test_activemq_is_the_default_and_rabbitmq_defaults_to_the_vhost_slash():
+    assert parse("{destination: /queue/a}").brokers.kind == "activemq"
+    assert parse("{destination: /queue/a}").brokers.vhost == ""
+    rabbit = parse("{destination: /queue/a}", "rabbitmq").brokers
+    assert (rabbit.kind, rabbit.vhost) == ("rabbitmq", "/")
+
+
+def test_an_unknown_kind_is_refused_with_the_choices():
+    with pytest.raises(config.ConfigError) as caught:
+        parse("{destination: /queue/a}", "artemis")
+    assert "brokers.kind" in str(caught.value) and "activemq, rabbitmq" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind, sub, key, words", [
+    ("rabbitmq", "{destination: /queue/a, selector: \"site='X'\"}", "subscriptions[0].selector", "no selectors"),
+    ("rabbitmq", "{destination: '/topic/grid.>'}", "subscriptions[0].destination", "use '#'"),
+    ("rabbitmq", "{destination: /queue/Consumer.central.VirtualTopic.results}", "subscriptions[0].destination",
+     "virtual topic"),
+    ("activemq", "{destination: '/topic/grid.#'}", "subscriptions[0].destination", "use '>'"),
+    ("activemq", "{destination: /amq/queue/results}", "subscriptions[0].destination", "brokers.kind: rabbitmq"),
+    ("activemq", "{destination: /exchange/amq.topic/a.b}", "subscriptions[0].destination", "RabbitMQ"),
+])
+def test_the_wrong_brokers_conventions_are_refused_saying_what_to_write(kind, sub, key, words):
+    with pytest.raises(config.ConfigError) as caught:
+        parse(sub, kind)
+    assert key in str(caught.value) and words in str(caught.value)
+
+
+@pytest.mark.parametrize("kind, sub", [
+    ("rabbitmq", "{destination: '/topic/grid.*.results.#', durable_name: central}"),
+    ("rabbitmq", "{destination: /amq/queue/results}"),
+    ("rabbitmq", "{destination: /exchange/amq.topic/a.b}"),
+    ("activemq", "{destination: '/topic/grid.>', durable_name: central}"),
+    ("activemq", "{destination: /queue/Consumer.central.VirtualTopic.results, selector: \"site='X'\"}"),
+])
+def test_each_brokers_own_conventions_are_accepted(kind, sub):
+    assert parse(sub, kind).inbound.subscriptions
+
+
+def test_subscribe_headers_per_kind():
+    assert kinds.subscribe_headers("activemq", 2, "/topic/t", "a='b'", "dur", 100, "cid") == (
+        "2", {"activemq.prefetchSize": "100", "selector": "a='b'", "activemq.subscriptionName": "dur"})
+    assert kinds.subscribe_headers("rabbitmq", 2, "/topic/t", "", "dur", 100, "cid") == (
+        "cid.dur", {"prefetch-count": "100", "durable": "true", "auto-delete": "false", "x-queue-name": "cid.dur"})
+    assert kinds.subscribe_headers("rabbitmq", 0, "/queue/q", "", "", 7, "cid") == ("0", {"prefetch-count": "7"})
+
+
+def test_expires_becomes_a_relative_expiration_on_rabbitmq_only():
+    headers = {"persistent": "true", "expires": "10500"}
+    assert kinds.outgoing_headers("activemq", headers, now_ms=10_000) is headers
+    assert kinds.outgoing_headers("rabbitmq", headers, now_ms=10_000) == dict(headers, expiration="500")
+    assert kinds.outgoing_headers("rabbitmq", headers, now_ms=11_000)["expiration"] == "0"
+    assert "expiration" not in kinds.outgoing_headers("rabbitmq", {"expires": "0"}, now_ms=5)
+    assert "expiration" not in kinds.outgoing_headers("rabbitmq", {"persistent": "true"}, now_ms=5)
+
+
+def test_transactions_only_where_a_commit_receipt_means_stored():
+    assert kinds.uses_transactions("activemq") and not kinds.uses_transactions("rabbitmq")
