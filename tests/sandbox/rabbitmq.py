@@ -57,6 +57,7 @@ class RabbitMQ:
     tests and the fault suite can use either."""
 
     kind = "rabbitmq"
+    stomp_vhost = "/"         # the STOMP host header RabbitMQ takes as the vhost (stomp_probe)
 
     def __init__(self, workdir, name="r1", stomp_port=None, amqp_port=None, dist_port=None,
                  epmd_port=None, start_timeout=60.0, extra_conf=""):
