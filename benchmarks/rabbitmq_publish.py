@@ -12,6 +12,7 @@ max_in_flight 1000) publishes --count messages of about --size bytes with the br
                  (what the bridge does on ActiveMQ)
   receipts       publisher.transactions = False: one receipt per SEND, up to 1000 in flight
                  (what the bridge does on RabbitMQ)
+  receipts-5000  the same with brokers.max_in_flight: 5000
 
 Throughput: from the start of the publisher until it has counted every message published (a
 receipt for each), msgs/s; every run checks with rabbitmqctl that the queue holds --count.
@@ -40,7 +41,8 @@ from msg_nagios_bridge.outbound.publisher import Publisher  # noqa: E402
 from msg_nagios_bridge.spool import Spool  # noqa: E402
 from tests.sandbox.rabbitmq import RabbitMQ  # noqa: E402
 
-MODES = ("transactions", "receipts")
+# name: (transactions?, max_in_flight)
+MODES = {"transactions": (True, 1000), "receipts": (False, 1000), "receipts-5000": (False, 5000)}
 
 
 def messages(count: int, size: int, queue: str):
@@ -56,9 +58,11 @@ def publish(node: RabbitMQ, workdir: Path, mode: str, queue: str, count: int, si
     spool = Spool(str(workdir / f"{queue}.sqlite"))
     spool.put(messages(count, size, queue))
     health = Health()
-    settings = BrokerSettings(hosts=(node.stomp_address,), kind="rabbitmq", receipt_timeout=60)
+    transactions, window = MODES[mode]
+    settings = BrokerSettings(hosts=(node.stomp_address,), kind="rabbitmq", receipt_timeout=60,
+                              max_in_flight=window)
     publisher = Publisher(settings, spool, health, drain_timeout=1)
-    publisher.transactions = mode == "transactions"
+    publisher.transactions = transactions
     started = time.monotonic()
     publisher.start()
     try:
@@ -102,21 +106,23 @@ def main() -> int:
                     if held != args.count:
                         raise RuntimeError(f"{queue}: the queue holds {held}, not {args.count}")
                     rates[mode].append(args.count / seconds)
-                    print(f"run {run}  {mode:12s}  {args.count / seconds:8.0f} msgs/s  ({seconds:.2f} s)")
+                    print(f"run {run}  {mode:13s}  {args.count / seconds:8.0f} msgs/s  ({seconds:.2f} s)"
+                          f"  load {open('/proc/loadavg').read().split()[0]}", flush=True)
                     node.ctl("delete_queue", queue)
                 if args.crash:
                     for mode in MODES:
                         queue = f"crash-{mode}-{run}"
                         _, held = publish(node, workdir, mode, queue, args.count, args.size, kill_at_end=True)
                         kept[mode].append(held)
-                        print(f"run {run}  {mode:12s}  killed at the last receipt: {held} of {args.count} kept")
+                        print(f"run {run}  {mode:13s}  killed at the last receipt: {held} of {args.count} kept",
+                              flush=True)
                         node.ctl("delete_queue", queue)
         finally:
             node.stop()
         print("\nmode          msgs/s median  (min - max)" + ("     kept after a kill at the last receipt"
                                                             if args.crash else ""))
         for mode in MODES:
-            line = (f"{mode:12s}  {statistics.median(rates[mode]):8.0f}      "
+            line = (f"{mode:13s} {statistics.median(rates[mode]):8.0f}      "
                     f"({min(rates[mode]):.0f} - {max(rates[mode]):.0f})")
             if args.crash:
                 line += f"     {', '.join(str(k) for k in kept[mode])} of {args.count}"
