@@ -415,6 +415,7 @@ _VIRTUAL_TOPIC_QUEUE = re.compile(r"^/queue/Consumer\.[^.]+\.")
 
 def _check_for_broker(file: str, kind: str, inbound: InboundSettings) -> None:
     """Refuse subscriptions the broker kind cannot serve, with what to write instead."""
+    durable_names = set()
     for index, sub in enumerate(inbound.subscriptions):
         key = f"inbound.subscriptions[{index}]"
         topic = sub.destination.startswith("/topic/")
@@ -427,6 +428,12 @@ def _check_for_broker(file: str, kind: str, inbound: InboundSettings) -> None:
                 raise ConfigError(file, f"{key}.destination", sub.destination,
                                   "'>' is ActiveMQ's wildcard: on RabbitMQ (brokers.kind) use '#' (zero or more "
                                   "words of the routing key) or '*' (one word)")
+            if sub.durable_name in durable_names:
+                # On RabbitMQ the name is the queue's (and the subscription id): two would share one.
+                raise ConfigError(file, f"{key}.durable_name", sub.durable_name,
+                                  "is used by another subscription: on RabbitMQ it names the durable queue")
+            if sub.durable_name:
+                durable_names.add(sub.durable_name)
             if _VIRTUAL_TOPIC_QUEUE.match(sub.destination):
                 raise ConfigError(file, f"{key}.destination", sub.destination,
                                   "an ActiveMQ virtual topic queue (Consumer.<name>.<topic>) means nothing on "

@@ -59,6 +59,12 @@ def test_each_brokers_own_conventions_are_accepted(kind, sub):
     assert parse(sub, kind).inbound.subscriptions
 
 
+def test_a_durable_name_names_one_queue_on_rabbitmq():
+    with pytest.raises(config.ConfigError) as caught:
+        parse("{destination: /topic/a, durable_name: d}, {destination: /topic/b, durable_name: d}", "rabbitmq")
+    assert "subscriptions[1].durable_name" in str(caught.value)
+
+
 def test_subscribe_headers_per_kind():
     assert kinds.subscribe_headers("activemq", 2, "/topic/t", "a='b'", "dur", 100, "cid") == (
         "2", {"activemq.prefetchSize": "100", "selector": "a='b'", "activemq.subscriptionName": "dur"})
