@@ -76,7 +76,11 @@ if ! dpkg-query -W -f='${Status}' rabbitmq-server 2>/dev/null | grep -q "install
     $sudo systemctl disable --now rabbitmq-server.service epmd.socket epmd.service >/dev/null 2>&1 || true
   else
     $sudo update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
-    $sudo deb-systemd-helper disable rabbitmq-server.service epmd.socket epmd.service >/dev/null 2>&1 || true
+    # Without a running systemd, systemctl still removes the units' links (deb-systemd-helper
+    # refuses to run outside dpkg); erlang-base enables epmd.socket and epmd.service.
+    if command -v systemctl >/dev/null; then
+      $sudo systemctl disable rabbitmq-server.service epmd.socket epmd.service >/dev/null 2>&1 || true
+    fi
   fi
 fi
 
