@@ -131,6 +131,12 @@ def test_failover_between_two_independent_nodes(rabbitmq_factory, bridge_factory
     on_second, _ = drained(second, QUEUE, expected_ids(after))
     assert set(on_first) | set(on_second) == expected_ids(before) | expected_ids(after)
     assert expected_ids(after) <= set(on_second)
+    # The operator's `send` (one result now, waiting for the receipt) speaks RabbitMQ as well.
+    done = subprocess.run([sys.executable, "-m", "msg_nagios_bridge", "send", "-c", str(bridge.config_path),
+                           "--host", "ce01.example.org", "--service", "rabbit-send", "--state", "2"],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert first.queues()["test.results"][0] == 1
 
 
 @pytest.mark.parametrize("subscription, words", [
