@@ -169,8 +169,10 @@ class Publisher(threading.Thread):
             if not entries:
                 return
             try:
-                if self._refusals.one_receipt_each or not self.transactions:
+                if self._refusals.one_receipt_each:
                     self._send_each(entries)
+                elif not self.transactions:
+                    self._send_receipted(entries)
                 else:
                     self._send_transaction(entries)
             except BaseException:
@@ -194,6 +196,21 @@ class Publisher(threading.Thread):
                 self.broker.send(entry.message.destination, entry.message.body, headers)
             self.broker.commit(transaction, receipt)
         self._track(receipt, entries)
+
+    def _send_receipted(self, entries) -> None:
+        """One receipt per message (where a COMMIT's receipt proves nothing: broker/kinds.py),
+        the batch in one write as a transaction is. Once the batch is tracked in flight,
+        ``entries`` is emptied: if the write then fails, the connection loss gives them back."""
+        receipts = []
+        with self.broker.corked():
+            for entry in entries:
+                receipt = self._next_receipt()
+                self.broker.send(entry.message.destination, entry.message.body,
+                                 dict(entry.message.headers, receipt=receipt))
+                receipts.append((receipt, entry))
+            for receipt, entry in receipts:
+                self._track(receipt, [entry])
+            del entries[:]
 
     def _send_each(self, entries) -> None:
         """One receipt per message, so that an ERROR names the message it is about."""

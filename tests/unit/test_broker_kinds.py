@@ -1,8 +1,17 @@
-"""brokers.kind: what is refused at config load for each broker, and the frames' headers."""
+"""brokers.kind: what is refused at config load for each broker, the frames' headers, and how
+the publisher sends to RabbitMQ."""
+import contextlib
+
 import pytest
 
 from msg_nagios_bridge import config
 from msg_nagios_bridge.broker import kinds
+from msg_nagios_bridge.config import BrokerSettings
+from msg_nagios_bridge.daemon.health import Health
+from msg_nagios_bridge.model import Message
+from msg_nagios_bridge.outbound.publisher import Publisher
+from msg_nagios_bridge.spool import Spool
+from tests.sandbox.ports import wait_until
 
 BASE = """
 site: {{name: SITE-A}}
@@ -84,3 +93,75 @@ def test_expires_becomes_a_relative_expiration_on_rabbitmq_only():
 
 def test_transactions_only_where_a_commit_receipt_means_stored():
     assert kinds.uses_transactions("activemq") and not kinds.uses_transactions("rabbitmq")
+
+
+class CorkingBroker:
+    """Stands in for BrokerConnection (as test_publisher.AcceptingBroker), recording what the
+    publisher does: frames written in corked blocks, BEGIN/COMMIT; the first corked write fails."""
+
+    def __init__(self, wakeup):
+        import types
+        self.events = types.SimpleNamespace(wakeup=wakeup, lost=False)
+        self.conn, self.address, self.is_connected = object(), ("127.0.0.1", 1), True
+        self.replies, self.writes, self.transactions, self.pending = [], [], 0, None
+        self.fail_next_write = True
+
+    def connect(self):
+        return None
+
+    def abort(self):
+        pass
+
+    def close(self):
+        pass
+
+    discard = close
+
+    @contextlib.contextmanager
+    def corked(self):
+        self.pending = []
+        yield
+        frames, self.pending = self.pending, None
+        if self.fail_next_write:
+            self.fail_next_write = False
+            raise OSError("the write failed")
+        self.writes.append(frames)
+        for headers in frames:
+            self.replies.append(("receipt", {"receipt-id": headers["receipt"]}, ""))
+        self.events.wakeup.set()
+
+    def send(self, destination, body, headers):
+        assert self.pending is not None, "a SEND outside a corked block"
+        self.pending.append(headers)
+
+    def begin(self, transaction):
+        self.transactions += 1
+
+    def take_replies(self):
+        replies, self.replies = self.replies, []
+        return replies
+
+
+def test_on_rabbitmq_each_message_has_its_receipt_a_batch_is_one_write_and_a_failed_write_gives_back_once(
+        tmp_path):
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    spool.put([Message(f"m{i}", "/queue/q", {"persistent": "true"}, b"ok") for i in range(700)])
+    given_back = []
+    real_give_back = spool.give_back
+    spool.give_back = lambda ids: (given_back.extend(ids), real_give_back(ids))
+    health = Health()
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), kind="rabbitmq"), spool, health,
+                          drain_timeout=1)
+    broker = publisher.session.broker = CorkingBroker(publisher.wakeup)
+    publisher.start()
+    try:
+        assert wait_until(lambda: spool.stats().depth == 0, 15), spool.stats()
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()
+    assert broker.transactions == 0 and health.counter("published") == 700
+    assert sorted(len(frames) for frames in broker.writes) == [200, 500]     # a write per batch (BATCH)
+    assert all("receipt" in headers for frames in broker.writes for headers in frames)
+    # The failed write's batch (500, in flight by then) was given back once, by the connection loss.
+    assert len(given_back) == 500 and len(set(given_back)) == 500
