@@ -44,7 +44,7 @@ from tests.sandbox.nagios import Nagios, passive_service
 from tests.sandbox.rabbitmq import RabbitMQ
 from tests.sandbox.ports import wait_until
 from tests.sandbox.procfs import rss_mb
-from tests.sandbox.stomp_probe import connect
+from tests.sandbox.stomp_probe import StompProbe, connect
 
 QUEUE = "/queue/reliability.results"
 HOSTS = 20                       # results are spread over this many hosts
@@ -370,6 +370,11 @@ def run_outbound(name, tmp, rng, params, *, source, brokers, counter_groups, fau
         for broker in chosen:
             if not broker.running():
                 broker.start()
+        if params.broker == "rabbitmq":
+            # The durable queue, declared before anything flows: one declared just before a
+            # SIGKILL was once gone after the restart (docs/rabbitmq.md).
+            for broker in chosen:
+                StompProbe(broker, QUEUE).start().close()
         if prepare:
             prepare(world)
         options = dict(heartbeat_ms=1000, **(bridge_options or {}))
