@@ -133,10 +133,10 @@ def main() -> int:
                             node.ctl("delete_queue", queue)
         finally:
             node.stop()
-        print("\nmode          msgs/s median  (min - max)" + ("     kept after a kill at the last receipt"
+        print("\nmode           msgs/s median  (min - max)" + ("     kept after a kill at the last receipt"
                                                             if args.crash else ""))
         for mode in MODES:
-            line = (f"{mode:13s} {statistics.median(rates[mode]):8.0f}      "
+            line = (f"{mode:13s}  {statistics.median(rates[mode]):8.0f}      "
                     f"({min(rates[mode]):.0f} - {max(rates[mode]):.0f})")
             if args.crash and kept[mode]:
                 line += f"     {', '.join(str(k) for k in kept[mode])} of {args.count}"

@@ -15,7 +15,7 @@ from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.broker.kinds import durable_queue_name
 from tests.integration.test_inbound import FIELDS, HEADERS, central_nagios, landed, remote_result
-from tests.integration.test_outbound import expected_ids, received_ids, result_lines, wait_for_ids
+from tests.integration.test_outbound import expected_ids, result_lines, wait_for_ids
 from tests.sandbox import rabbitmq as rabbitmq_mod
 from tests.sandbox.bridge import REPO, bridge_config, inbound_config
 from tests.sandbox.ports import wait_until
