@@ -54,6 +54,36 @@ if [ "${#icinga_missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# RabbitMQ for tests/sandbox/rabbitmq.py, which runs a node (with the rabbitmq_stomp plugin,
+# enabled offline into its own plugins file) from a temp dir as the current user, with its own
+# epmd. The package starts and enables a system rabbitmq-server (and erlang-base an epmd): as
+# for icinga2 above, a policy-rc.d refuses every start during a fresh install, then both are
+# disabled. A rabbitmq-server installed before is left as it is.
+if ! dpkg-query -W -f='${Status}' rabbitmq-server 2>/dev/null | grep -q "install ok installed"; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing rabbitmq-server (its system service stays stopped and disabled)"
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# written by msg-nagios-bridge scripts/setup.sh during one install\nexit 101\n' \
+      | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    trap '$sudo rm -f "$policy"' EXIT
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now rabbitmq-server.service epmd.socket epmd.service >/dev/null 2>&1 || true
+  else
+    $sudo update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
+    # Without a running systemd, systemctl still removes the units' links (deb-systemd-helper
+    # refuses to run outside dpkg); erlang-base enables epmd.socket and epmd.service.
+    if command -v systemctl >/dev/null; then
+      $sudo systemctl disable rabbitmq-server.service epmd.socket epmd.service >/dev/null 2>&1 || true
+    fi
+  fi
+fi
+
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv

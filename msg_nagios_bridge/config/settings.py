@@ -87,6 +87,7 @@ class BrokerSettings:
     backoff_max: float = 60.0
     max_refusals: int = 5
     tls: TlsSettings = TlsSettings()
+    kind: str = "activemq"          # activemq | rabbitmq: what the bridge says differently (broker/kinds.py)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from stomp.exception import StompException
 
+from ..broker import kinds
 from ..broker.connection import BrokerConnection
 from ..broker.session import BrokerSession
 from ..config import BrokerSettings, InboundSettings
@@ -132,12 +133,9 @@ class Subscriber(threading.Thread):
 
     def _subscribe(self) -> None:
         for index, sub in enumerate(self.settings.subscriptions):
-            headers = {"activemq.prefetchSize": str(self.settings.prefetch)}
-            if sub.selector:
-                headers["selector"] = sub.selector
-            if sub.durable_name:
-                headers["activemq.subscriptionName"] = sub.durable_name
-            self.broker.conn.subscribe(sub.destination, id=str(index), ack="client-individual", headers=headers)
+            id_, headers = kinds.subscribe_headers(self.brokers.kind, index, sub.destination, sub.selector,
+                                                   sub.durable_name, self.settings.prefetch, self.settings.client_id)
+            self.broker.conn.subscribe(sub.destination, id=id_, ack="client-individual", headers=headers)
 
     def _lost(self, why: str) -> None:
         if self._held is not None:

@@ -203,3 +203,9 @@ def test_inbound_icinga2():
     assert "bridge -> icinga2 api: median" in out and "bridge -> nagios fifo: median" in out, out[-3000:]
     assert "INCOMPLETE" not in out, out[-3000:]
     assert len(re.findall(r"objects showing the last result (\d+)/\1;", out)) == 2, out[-3000:]
+
+
+def test_rabbitmq_publish():
+    out = bench("rabbitmq_publish.py", "--count", "300", "--runs", "1", "--crash", timeout=240)
+    assert_rows(out, ["transactions", "receipts", "receipts-5000", "receipts-each"])
+    assert re.search(r"run 1  receipts +killed at the last receipt: 300 of 300 kept", out), out[-3000:]
