@@ -35,6 +35,7 @@ _INF = float("inf")
 MAX_STREAMS = 1000
 MAX_GAPS = 1000
 MAX_TOTAL_GAPS = 100_000
+OLD_EPOCHS = 4                   # forgotten epoch ids remembered per stream
 CURSOR_PREFIX = "seq-in:"
 
 # Refusals that say the headers cannot be trusted to name the producer: such a message is
@@ -84,12 +85,15 @@ def _count(value) -> int:
 
 
 class _Stream:
-    __slots__ = ("producer", "route", "current", "previous", "retired", "last_seen")
+    __slots__ = ("producer", "route", "current", "previous", "retired", "old_epochs", "last_seen")
 
     def __init__(self, producer: str, route: str, current: _Epoch):
         self.producer, self.route, self.current = producer, route, current
         self.previous: Optional[_Epoch] = None
         self.retired = _Epoch("")         # the sums of the epochs before those two (no gaps)
+        # The ids of the last few forgotten epochs: a message of one (a redelivery) must not
+        # start that epoch over as a new one.
+        self.old_epochs: List[str] = []
         self.last_seen = 0.0
 
     def epochs(self) -> List[_Epoch]:
@@ -103,6 +107,7 @@ class _Stream:
             for name in ("received", "late", "duplicates", "lost", "untracked"):
                 setattr(self.retired, name, getattr(self.retired, name) + getattr(old, name))
             self.retired.lost += old.missing
+            self.old_epochs = (self.old_epochs + [old.epoch])[-OLD_EPOCHS:]
 
 
 class Tracker:
@@ -162,6 +167,11 @@ class Tracker:
                     self._apply(stream, stream.previous, stamp_seq, now)
                     self._dirty.add(key)
                     stream.last_seen = now
+                    return
+                if epoch in stream.old_epochs:
+                    # Of an epoch already forgotten: it arrived, and can fill no known gap.
+                    stream.retired.duplicates += 1
+                    self._dirty.add(key)
                     return
                 self._retire(stream, _Epoch(stamp.epoch))        # a new epoch starts at 1
         self._apply(stream, stream.current, stamp_seq, now)
@@ -259,6 +269,7 @@ class Tracker:
         stream = self._streams[key]
         value = {"producer": stream.producer, "route": stream.route, "last_seen": stream.last_seen,
                  "current": stream.current.to_json(), "retired": stream.retired.to_json(),
+                 "old_epochs": stream.old_epochs,
                  "previous": stream.previous.to_json() if stream.previous is not None else None}
         return CURSOR_PREFIX + json.dumps(list(key)), json.dumps(value, separators=(",", ":"))
 
@@ -282,6 +293,7 @@ class Tracker:
                     if data.get("previous"):
                         stream.previous = _Epoch.from_json(data["previous"], self.max_gaps)
                     stream.last_seen = float(data.get("last_seen", 0.0))
+                    stream.old_epochs = [str(epoch) for epoch in data.get("old_epochs", [])][-OLD_EPOCHS:]
                 except (ValueError, TypeError, KeyError, IndexError) as exc:
                     log.warning("loss accounting: saved state %s is damaged (%s): starting it afresh",
                                 name[:200], exc)

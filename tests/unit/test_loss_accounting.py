@@ -119,6 +119,21 @@ def test_a_third_epoch_counts_what_the_first_still_missed_as_lost():
     assert tracker.counters["new_epochs"] == 2
 
 
+def test_a_redelivery_from_a_forgotten_epoch_does_not_start_it_over():
+    tracker = Tracker()
+    note(tracker, 1, 2, 3, epoch="old")
+    note(tracker, 1, 2, epoch="new")
+    assert row(tracker)["previous_epoch"] is None        # "old" missed nothing: forgotten
+    note(tracker, 2, 3, epoch="old")                     # the broker delivers it again
+    note(tracker, 3, epoch="new")
+    r = row(tracker)
+    assert (r["epoch"], r["missing"], r["duplicates"], r["highest"]) == ("new", 0, 2, 3)
+    again = Tracker()
+    again.load(dict(tracker.unsaved()))
+    note(again, 1, epoch="old")
+    assert (row(again)["epoch"], row(again)["duplicates"]) == ("new", 3)
+
+
 def test_a_gap_older_than_the_expiry_is_lost_and_no_longer_open():
     tracker = Tracker(expiry=100)
     note(tracker, 1, 5, at=NOW)
