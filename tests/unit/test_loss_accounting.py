@@ -13,8 +13,10 @@ from msg_nagios_bridge.formats import sequence as wire
 from msg_nagios_bridge.inbound.sequence import CURSOR_PREFIX, Tracker
 from msg_nagios_bridge.model import Message
 from msg_nagios_bridge.spool import Spool, SpoolFull
-from tests.unit.test_subscriber import RecordingBroker, bad, good, make_settings  # noqa: F401
-from tests.unit.test_subscriber import subscriber_on  # noqa: F401 (a fixture)
+from tests.unit import test_subscriber
+from tests.unit.test_subscriber import RecordingBroker, bad, good
+
+subscriber_on = test_subscriber.subscriber_on       # the fixture: a subscriber on a real spool
 
 NOW = 1_700_000_000.0
 
