@@ -358,7 +358,7 @@ class Spool:
         so are ``marks`` (kind, key, at), each keeping the later of its old and new time,
         and ``states``, more (name, value) cursors.
         ``numbered``: each new message with a ``route`` header gets the next number of that
-        route in ``route_seq``, and the route's epoch in ``route_epoch`` (formats/sequence.py);
+        route, with the route's epoch, in ``route_seq`` (formats/sequence.py);
         the counters are cursors named ``seq-out:<route>`` written in the same transaction,
         so a number is given once, whatever crashes, and a duplicate gets none.
         Raises SpoolFull (limit reached) or SpoolUnavailable (disk full, I/O error); in both
@@ -445,9 +445,9 @@ class Spool:
             epoch, last = counters.get(route) or self._sequences.get(route) or (sequence.new_epoch(), 0)
             last += 1
             counters[route] = (epoch, last)
-            # Spliced into the JSON text rather than encoded again: O(1) a message. The route
-            # name is JSON text already; epoch and number are [0-9a-zA-Z_-] only.
-            stamp = f'{{"{sequence.EPOCH_HEADER}":"{epoch}","{sequence.SEQ_HEADER}":"{last}"'
+            # Spliced into the JSON text rather than encoded again: O(1) a message (the epoch
+            # is [0-9a-zA-Z_-] only, nothing to escape).
+            stamp = f'{{"{sequence.SEQ_HEADER}":"{sequence.stamp_text(epoch, last)}"'
             spliced = stamp + ("}" if headers == "{}" else "," + headers[1:])
             numbered.append((message_id, destination, spliced, body, size + len(spliced) - len(headers)))
         return numbered

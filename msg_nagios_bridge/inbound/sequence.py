@@ -138,43 +138,40 @@ class Tracker:
                     self._note(headers, now)
 
     def _note(self, headers: Mapping[str, str], now: float) -> None:
-        seq_text = headers.get(wire.SEQ_HEADER)
-        if seq_text is None:
+        value = headers.get(wire.SEQ_HEADER)
+        if value is None:
             self.counters["unnumbered"] += 1
             return
         key = (headers.get("site", ""), headers.get("nagios_host", ""), headers.get(wire.ROUTE_HEADER, ""))
         stream = self._streams.get(key)
-        epoch = headers.get(wire.EPOCH_HEADER)
         # The fast path (a known stream, its current epoch, a plain number) skips the parse.
-        if (stream is not None and epoch == stream.current.epoch and isinstance(seq_text, str)
-                and 0 < len(seq_text) <= 18 and seq_text.isascii() and seq_text.isdigit() and seq_text[0] != "0"):
-            stamp_seq = int(seq_text)
-        else:
+        seq = _number_in(value, stream.current.epoch) if stream is not None else None
+        if seq is None:
             stamp = wire.parse(headers)
             if isinstance(stamp, str):
                 self.counters["malformed" if stamp == wire.MALFORMED else "unnumbered"] += 1
                 return
-            stamp_seq = stamp.seq
+            seq = stamp.seq
             if stream is None:
                 if len(self._streams) >= self.max_streams:
                     self.counters["untracked_streams"] += 1
                     return
                 # The first message of a stream is its baseline: what came before it was not
                 # known to be meant for this receiver.
-                stream = self._streams[key] = _Stream(stamp.producer, stamp.route, _Epoch(stamp.epoch, stamp.seq - 1))
-            elif epoch != stream.current.epoch:
-                if stream.previous is not None and epoch == stream.previous.epoch:
-                    self._apply(stream, stream.previous, stamp_seq, now)
+                stream = self._streams[key] = _Stream(stamp.producer, stamp.route, _Epoch(stamp.epoch, seq - 1))
+            elif stamp.epoch != stream.current.epoch:
+                if stream.previous is not None and stamp.epoch == stream.previous.epoch:
+                    self._apply(stream, stream.previous, seq, now)
                     self._dirty.add(key)
                     stream.last_seen = now
                     return
-                if epoch in stream.old_epochs:
+                if stamp.epoch in stream.old_epochs:
                     # Of an epoch already forgotten: it arrived, and can fill no known gap.
                     stream.retired.duplicates += 1
                     self._dirty.add(key)
                     return
                 self._retire(stream, _Epoch(stamp.epoch))        # a new epoch starts at 1
-        self._apply(stream, stream.current, stamp_seq, now)
+        self._apply(stream, stream.current, seq, now)
         self._dirty.add(key)
         stream.last_seen = now
 
@@ -330,6 +327,16 @@ class Tracker:
             counters = dict(self.counters)
         rows.sort(key=lambda row: (row["producer"], row["route"]))
         return {"counters": counters, "streams": rows}
+
+
+def _number_in(value, epoch: str) -> Optional[int]:
+    """The number in a route_seq ``value`` of ``epoch``, if it is a plain one; else None (then
+    wire.parse says what it is)."""
+    cut = len(epoch) + 1
+    if (isinstance(value, str) and value.startswith(epoch) and 0 < len(value) - cut <= 18
+            and value[cut - 1] == ":" and value[cut] != "0" and value.isascii() and value[cut:].isdigit()):
+        return int(value[cut:])
+    return None
 
 
 def json_key(name: str) -> Tuple[str, str, str]:

@@ -27,7 +27,7 @@ PRODUCER = "{site}/test-nagios.example.org"         # site/nagios_name (tests/sa
 # What a site bridge sets (outbound/routing.py, spool numbering); a copy republished as is is
 # what a producer's resend or a broker's redelivery looks like to the receiver.
 BRIDGE_HEADERS = ("persistent", "content-type", "site", "role", "nagios_host", "host", "metric", "status",
-                  "state_type", "result_id", "check_time", "route", "vo", "route_seq", "route_epoch")
+                  "state_type", "result_id", "check_time", "route", "vo", "route_seq")
 
 
 def lines(site, first, count):

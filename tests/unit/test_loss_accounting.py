@@ -22,7 +22,7 @@ NOW = 1_700_000_000.0
 
 
 def stamped(seq, epoch="e1", site="site-a", host="nagios.a", route="central"):
-    return {"site": site, "nagios_host": host, "route": route, "route_seq": str(seq), "route_epoch": epoch}
+    return {"site": site, "nagios_host": host, "route": route, "route_seq": f"{epoch}:{seq}"}
 
 
 def note(tracker, *seqs, at=NOW, **kw):
@@ -147,16 +147,17 @@ def test_a_gap_older_than_the_expiry_is_lost_and_no_longer_open():
 
 
 @pytest.mark.parametrize("seq", ["0", "-1", "abc", "1e5", "01", " 1", "1 ", "\u00b2", "\u0661",
-                                 "9" * 19, "1" * 20, "", "9223372036854775808"])
+                                 "9" * 19, "1" * 20, "", "9223372036854775808", "1:2"])
 def test_a_malformed_number_is_counted_and_ignored(seq):
     tracker = Tracker()
     note(tracker, 1, 2)
-    tracker.note_batch([(dict(stamped(1), route_seq=seq), None)], NOW)
+    tracker.note_batch([(dict(stamped(1), route_seq=f"e1:{seq}"), None)], NOW)
     assert tracker.counters["malformed"] == 1
     assert row(tracker)["highest"] == 2
 
 
-@pytest.mark.parametrize("change", [{"route_epoch": ""}, {"route_epoch": "a b"}, {"route_epoch": "x" * 65},
+@pytest.mark.parametrize("change", [{"route_seq": ":1"}, {"route_seq": "a b:1"}, {"route_seq": "x" * 65 + ":1"},
+                                    {"route_seq": "1"}, {"route_seq": "e1:"}, {"route_seq": "e1;1"},
                                     {"site": ""}, {"route": "r" * 201}, {"nagios_host": "h" * 10_000}])
 def test_malformed_names_make_no_stream(change):
     tracker = Tracker()
@@ -178,13 +179,13 @@ def test_a_huge_hostile_header_is_refused_in_constant_time():
     tracker = Tracker()
     note(tracker, 1)
     for size in (10**6, 10**7):
-        huge = {"route_seq": "7" * size, "route_epoch": "e" * size, "site": "s" * size,
+        huge = {"route_seq": "e" * size + ":" + "7" * size, "site": "s" * size,
                 "nagios_host": "h", "route": "central"}
         started = time.perf_counter()
         tracker.note_batch([(huge, None)] * 100, NOW)
         assert time.perf_counter() - started < 0.05, f"{size}: the length is checked before any scan"
     assert tracker.counters["malformed"] == 200
-    assert wire.parse({"route_seq": "1", "route_epoch": "e", "site": "s", "nagios_host": "h",
+    assert wire.parse({"route_seq": "e:1", "site": "s", "nagios_host": "h",
                        "route": "r"}) == wire.Stamp("s/h", "r", "e", 1)
 
 
@@ -307,7 +308,8 @@ def out(i, route="central", **headers):
 
 
 def numbers(spool):
-    return [(e.message.headers.get("route"), e.message.headers.get("route_seq"), e.message.headers.get("route_epoch"))
+    return [(e.message.headers.get("route"),) + tuple(e.message.headers["route_seq"].split(":")[::-1])
+            if "route_seq" in e.message.headers else (e.message.headers.get("route"), None, None)
             for e in spool.take(1000)]
 
 
@@ -358,7 +360,7 @@ def test_numbering_keeps_the_other_headers_and_counts_the_bytes(tmp_path):
         spool.put([out(1, extra="x"), Message("plain", "/topic/t", {}, b"b")], numbered=True)
         entries = spool.take(10)
         assert entries[0].message.headers == {"route": "central", "site": "S", "extra": "x",
-                                              "route_seq": "1", "route_epoch": spool.sequences()["central"][0]}
+                                              "route_seq": spool.sequences()["central"][0] + ":1"}
         assert entries[1].message.headers == {}, "no route: not numbered"
         size = spool.stats().bytes
         spool.done([e.entry_id for e in entries])
