@@ -119,8 +119,10 @@ def _status(args) -> int:
               f"{'-' if oldest is None else f'{oldest:.0f} s'}, {spool.dead_letters} dead letters")
     for what, when in sorted(status.last.items()):
         print(f"  last {what:35s} {now - when:.0f} s ago")
+    from ..display import printable
+    for route, value in sorted((status.numbering or {}).items()):
+        print(f"  route {printable(route, 40):34s} numbered up to {value['last']} (epoch {value['epoch']})")
     if status.sequences is not None:
-        from ..display import printable
         print("  loss accounting (per producer and route):")
         for row in status.streams():
             age = row["oldest_gap_age"]

@@ -66,6 +66,10 @@ def _label(text: str) -> str:
 
 
 def _sequences(status: Status, lines: List[str]) -> None:
+    if status.numbering:
+        lines.append(f"# TYPE {_name('sequence_numbered')} gauge")
+        for route, value in sorted(status.numbering.items()):
+            lines.append('%s{route="%s"} %d' % (_name("sequence_numbered"), _label(route), value["last"]))
     if status.sequences is None:
         return
     for counter, value in sorted(status.sequences.get("counters", {}).items()):

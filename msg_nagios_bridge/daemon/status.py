@@ -17,6 +17,8 @@ status.json holds one JSON object (schema 1), padded with spaces to whole 64 KiB
                     {"counters": {name: count}, "streams": [{producer, route, epoch, highest,
                     missing, late, duplicates, received, lost, untracked, gaps, oldest_gap_age
                     (s, or null), previous_epoch (or null), last_seen}, ...]}
+    numbering       the producer's side (outbound spool): {route: {"epoch": id, "last": the
+                    last number given}}; only with outbound on
 
 A reader ignores keys it does not know (a newer writer may add some) and fills those an older
 writer did not have with empty values; anything else is a StatusError that says what is wrong.
@@ -67,6 +69,7 @@ class Status:
     spool: Optional[SpoolGauges] = None
     inbound_spool: Optional[SpoolGauges] = None
     sequences: Optional[Mapping[str, Any]] = None
+    numbering: Optional[Mapping[str, Mapping[str, Any]]] = None
 
     SPOOLS = ("spool", "inbound_spool")
 
@@ -84,6 +87,8 @@ class Status:
             data[name] = dataclasses.asdict(gauges)
         if self.sequences is not None:
             data["sequences"] = self.sequences
+        if self.numbering is not None:
+            data["numbering"] = {route: dict(value) for route, value in self.numbering.items()}
         return data
 
     def streams(self) -> List[Mapping[str, Any]]:
@@ -103,7 +108,7 @@ class Status:
                 counters=_mapping(data, "counters", int), last=_mapping(data, "last", float),
                 errors=_errors(data.get("errors", [])),
                 spool=_gauges(data, "spool"), inbound_spool=_gauges(data, "inbound_spool"),
-                sequences=_sequences(data.get("sequences")))
+                sequences=_sequences(data.get("sequences")), numbering=_numbering(data.get("numbering")))
         except StatusError as exc:
             if isinstance(schema, int) and schema > SCHEMA:
                 raise StatusError(f"{exc} (written by a newer release: schema {schema}, "
@@ -193,6 +198,16 @@ def _sequences(value: Any) -> Optional[Dict[str, Any]]:
         checked["last_seen"] = float(last_seen) if isinstance(last_seen, (int, float)) else None
         streams.append(checked)
     return {"counters": counters, "streams": streams}
+
+
+def _numbering(value: Any) -> Optional[Dict[str, Dict[str, Any]]]:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+            isinstance(item, dict) and isinstance(item.get("epoch"), str) and isinstance(item.get("last"), int)
+            and not isinstance(item.get("last"), bool) for item in value.values()):
+        raise StatusError("numbering is not a JSON object of {epoch, last} per route")
+    return {route: {"epoch": item["epoch"], "last": item["last"]} for route, item in value.items()}
 
 
 def read(path: str) -> Optional[Status]:

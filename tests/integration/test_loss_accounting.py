@@ -94,10 +94,14 @@ def spool_bytes(directory):
     return total
 
 
-def check(bridge):
-    run = subprocess.run([sys.executable, "-m", "msg_nagios_bridge", "check", "-c", str(bridge.config_path)],
+def cli(bridge, command):
+    run = subprocess.run([sys.executable, "-m", "msg_nagios_bridge", command, "-c", str(bridge.config_path)],
                          capture_output=True, text=True, cwd=str(REPO), timeout=60)
     return run.returncode, run.stdout
+
+
+def check(bridge):
+    return cli(bridge, "check")
 
 
 def test_messages_the_broker_dropped_are_reported_exactly_per_site(activemq, nagios_factory, bridge_factory,
@@ -128,6 +132,9 @@ def test_messages_the_broker_dropped_are_reported_exactly_per_site(activemq, nag
     assert (a["highest"], a["missing"], a["received"], a["late"]) == (37, 7, 30, 0), a
     assert (b["highest"], b["missing"], b["received"], b["late"]) == (43, 13, 30, 0), b
     assert a["epoch"] != b["epoch"] and a["duplicates"] == b["duplicates"] == 0
+    # The producers' side says the same: numbered up to 37 and 43, in those epochs.
+    for site, row in (("SITE_A", a), ("SITE_B", b)):
+        assert sites[site].status()["numbering"]["results"] == {"epoch": row["epoch"], "last": row["highest"]}
     # This process (since the restart) took the 20 that came: received = injected + stale + ...
     assert central.status()["counters"]["received"] == 20
 
@@ -147,6 +154,11 @@ def test_messages_the_broker_dropped_are_reported_exactly_per_site(activemq, nag
     assert "SITE_A/test-nagios.example.org route results: 7 missing" in line
     assert "SITE_B/test-nagios.example.org route results: 13 missing" in line
     assert " missing=20 " in line
+    code, text = cli(central, "status")
+    assert code == 0 and "SITE_B/test-nagios.example.org route results: epoch " in text, text
+    assert "highest 43, missing 13 (oldest gap " in text, text
+    code, text = cli(sites["SITE_A"], "status")
+    assert f"numbered up to 37 (epoch {a['epoch']})" in text, text
 
     # The state is in the inbound spool: a restart invents nothing and forgets nothing.
     before = streams(central)

@@ -418,6 +418,14 @@ def test_check_names_three_streams_and_counts_the_rest():
     assert "\x1b" not in line and line.count("|") == 1
 
 
+def test_the_producer_side_shows_the_last_number_of_each_route():
+    status = Status.from_json({"time": NOW, "pid": 1, "numbering": {"central": {"epoch": "ab", "last": 41}}})
+    assert Status.from_json(status.to_json()) == status
+    assert 'msg_nagios_bridge_sequence_numbered{route="central"} 41' in metrics.render(status)
+    with pytest.raises(StatusError, match="numbering"):
+        Status.from_json({"time": NOW, "pid": 1, "numbering": {"central": {"epoch": "ab", "last": "41"}}})
+
+
 def test_metrics_show_each_stream_with_escaped_labels():
     text = metrics.render(status_with([stream_row(producer='a"b\\c\nd', missing=2, oldest_gap_age=5.0, lost=1)]))
     assert 'msg_nagios_bridge_sequence_missing{producer="a\\"b\\\\c\\nd",route="central"} 2' in text
