@@ -320,7 +320,7 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
 
 _INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping", "policy", "writer",
                  "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures",
-                 "echo_guard_max_objects")
+                 "echo_guard_max_objects", "loss_accounting", "gap_warning_seconds", "gap_critical_seconds")
 _MAPPING_KEYS = ("host_from", "service_from", "service_suffix_role", "host_template", "service_template",
                  "max_body_bytes", "max_output_bytes")
 WRITERS = ("command_file", "checkresults_dir", "api")
@@ -382,6 +382,13 @@ def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSetting
     check_result_path = sec.get("check_result_path", str, "", _optional_absolute)
     if writer == "checkresults_dir" and not check_result_path:
         raise sec.error("check_result_path", "", "is required when writer is checkresults_dir")
+    # Loss accounting (docs/loss-accounting.md); 0 turns a threshold off.
+    within = lambda v: None if 0 <= v <= 90 * 86400 else "must be from 0 (off) to 7776000 seconds (90 days)"  # noqa: E731
+    gap_warning = sec.get("gap_warning_seconds", int, 300, within)
+    gap_critical = sec.get("gap_critical_seconds", int, 0, within)
+    if gap_critical and gap_warning and gap_critical < gap_warning:
+        raise sec.error("gap_critical_seconds", gap_critical,
+                        f"must not be below gap_warning_seconds ({gap_warning}), or be 0 (off)")
     return InboundSettings(
         enabled=enabled,
         subscriptions=tuple(subs),
@@ -404,6 +411,9 @@ def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSetting
         max_age=float(pol_sec.get("max_age", int, 86400, lambda v: None if 60 <= v <= 90 * 86400
                                   else "must be from 60 to 7776000 seconds (90 days)")),
         max_clock_skew=pol_sec.get("max_clock_skew", float, 300.0, _not_negative),
+        loss_accounting=sec.get("loss_accounting", bool, True),
+        gap_warning_seconds=float(gap_warning),
+        gap_critical_seconds=float(gap_critical),
     )
 
 
