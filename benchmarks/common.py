@@ -39,6 +39,13 @@ def self_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def tree_cpu() -> float:
+    """CPU seconds of this process and of every child it has waited for (a round's servers,
+    once stopped, count here rather than as "other")."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self_cpu() + children.ru_utime + children.ru_stime
+
+
 def system_fields():
     """The first 8 counters of the "cpu" line of /proc/stat (clock ticks)."""
     with open("/proc/stat") as handle:
@@ -71,11 +78,14 @@ class Meter:
     """CPU seconds over a window: "<group>_cpu" per group of PIDs, "bench_cpu" (this process),
     "other_cpu" (everything else) and "window". With ``detail``, also the kernel's share
     ("softirq_cpu", "steal_cpu") and the 3 busiest other processes ("other_top"). The groups
-    named in ``with_children`` also count the CPU of their waited-for children."""
+    named in ``with_children`` also count the CPU of their waited-for children; with
+    ``bench_children``, "bench_cpu" counts this process's waited-for children too (servers a
+    benchmark started and stopped inside the window are then not "other")."""
 
-    def __init__(self, groups, detail: bool = False, with_children=()):
+    def __init__(self, groups, detail: bool = False, with_children=(), bench_children: bool = False):
         self.groups = {name: [p for p in pids if p] for name, pids in groups.items()}
         self.detail, self.with_children = detail, set(with_children)
+        self.bench_children = bench_children
         self.t0 = time.monotonic()
         if detail:
             self.procs = all_processes()
@@ -85,7 +95,7 @@ class Meter:
     def _sample(self):
         sample = {name: sum(cpu_seconds(p, name in self.with_children) for p in pids)
                   for name, pids in self.groups.items()}
-        sample["bench"] = self_cpu()
+        sample["bench"] = tree_cpu() if self.bench_children else self_cpu()
         sample["busy"] = system_busy()
         return sample
 
@@ -243,12 +253,17 @@ def disturbed(r) -> bool:
     return other > BUSY_FLOOR and other > BUSY_SHARE * r.get("window", r.get("seconds", 0.0))
 
 
-def print_summary(cases, figures, runs: int):
+INTERLEAVED = "interleaved: each run measures every case once, in order"
+
+
+def print_summary(cases, figures, runs: int, unit: str = "run", how: str = INTERLEAVED):
     """Per case and figure: median, min, max over the runs, and each run's value ("*" marks a
     disturbed run). ``cases`` is {case name: [result dict or None per run]}; ``figures`` is
     [(label, function(result) -> number or None, format)], a figure shown for a case when it
-    gives a number for at least one run. Then how many runs were disturbed."""
-    head = ("case", "figure", "median", "min", "max", *(f"run {k}" for k in range(1, runs + 1)))
+    gives a number for at least one run. Then how many runs were disturbed. A benchmark whose
+    repetitions are not interleaved runs names them (``unit``: "round", "window") and says what
+    one is (``how``)."""
+    head = ("case", "figure", "median", "min", "max", *(f"{unit} {k}" for k in range(1, runs + 1)))
     table = []
     for name, results in cases.items():
         first = True
@@ -262,15 +277,27 @@ def print_summary(cases, figures, runs: int):
             table.append((name if first else "", label, format(statistics.median(values), fmt),
                           format(min(values), fmt), format(max(values), fmt), *per_run))
             first = False
-    print(f"\nsummary over {runs} run{'s' if runs != 1 else ''} (interleaved: each run measures every"
-          " case once, in order; * = disturbed: other processes used > 25% of a CPU during it):")
+    print(f"\nsummary over {runs} {unit}{'s' if runs != 1 else ''} ({how};"
+          " * = disturbed: other processes used > 25% of a CPU during it):")
     print_table(head, table)
     busy_runs = sorted({i + 1 for results in cases.values() for i, r in enumerate(results)
                         if r and disturbed(r)})
     measured = [r for results in cases.values() for r in results if r]
+    if unit != "run":
+        print(f"disturbed {unit}s (other processes > 25% of a CPU during the {unit}):"
+              f" {sum(map(disturbed, measured))} of {len(measured)}")
+        return
     print(f"disturbed runs (other processes > 25% of a CPU during a case): {len(busy_runs)} of {runs}"
           + (f" (run {', '.join(map(str, busy_runs))}; {sum(map(disturbed, measured))} of"
              f" {len(measured)} case measurements)" if busy_runs else ""))
+
+
+def summary_text(*args, **kwargs) -> str:
+    """What print_summary(*args, **kwargs) prints, as text (for a doc section)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_summary(*args, **kwargs)
+    return out.getvalue().strip("\n")
 
 
 # -- profile mode ------------------------------------------------------------------------------

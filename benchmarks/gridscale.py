@@ -1,9 +1,9 @@
 """Grid scale: 250 sites x 2,000 services every 5 minutes into one central inbound bridge.
 
     .venv/bin/python benchmarks/gridscale.py [--duration 600] [--warmup 60] [--rate R]
-                                             [--sites 250] [--services 2000] [--write-doc]
+                                             [--sites 250] [--services 2000] [--runs N] [--write-doc]
     .venv/bin/python benchmarks/gridscale.py --ramp [--ramp-rates 1700,2000,2500,3500,5000]
-                                             [--step-seconds 60] [--write-doc]
+                                             [--step-seconds 60] [--runs N] [--write-doc]
     (--duration 60 for a try; --help for the rest)
 
 One real ActiveMQ and one real Nagios 4 (tests/sandbox) on 127.0.0.1 in a temp dir, stopped by
@@ -62,6 +62,16 @@ per result, bridge RSS, the backlog, lost (sent, never injected: must be 0) and 
 keeps up when over its last quarter the backlog is under 2 s worth of results or at most half a
 second's worth above its first quarter's. The ramp stops at the first step that does not; where
 its backlog waits (and the CPU figures) say whether the bridge, Nagios or the machine is the limit.
+
+Repetitions (--runs N): one run loads a 500,000-service Nagios and a broker for minutes, so a
+repetition here is a window: each reported step (the sustained window, or each ramp step) is cut
+into N equal windows (default: sustained one a minute, at least 3 and at most 10; ramp 3 per
+step), and a summary gives per step the median, min and max over its windows of the rates, lag
+p50/p99, the bridge's CPU, CPU per result and RSS, and each window's value, with "*" on a window
+during which other processes used more than a quarter of a CPU (benchmarks/common.py's
+disturbed). The windows share one broker, Nagios and bridge, so they are not independent runs:
+for >= 3 of those, run the command 3 times (each prints and writes its code fingerprint: commit,
++dirty, a hash of the package, the date) and quote the median and range of the three reports.
 """
 from __future__ import annotations
 
@@ -88,7 +98,7 @@ import stomp  # noqa: E402
 
 import inbound  # noqa: E402
 from common import (REPO, Meter, SpoolWatch, code_fingerprint, fs_type, loadavg,  # noqa: E402
-                    rate as rate_of, self_cpu, system_busy, temp_dir, write_doc_section)
+                    rate as rate_of, self_cpu, summary_text, system_busy, temp_dir, write_doc_section)
 from inbound import COMMAND_LINE, Env, central_nagios, host_name, percentile, service_name  # noqa: E402
 
 from msg_nagios_bridge.config import Route, Site  # noqa: E402
@@ -414,6 +424,33 @@ def window_stats(sampler, tail, t_from, t_to, lags=True):
             "rss": (a["rss"], max(rss or [a["rss"]]), b["rss"]), "start": a, "end": b}
 
 
+def repetitions(sampler, tail, t_from, t_to, n):
+    """[t_from, t_to) cut into ``n`` equal windows: window_stats of each, with the CPU other
+    processes used in seconds ("other_cpu" over "window"), as common.disturbed reads them."""
+    out, length = [], (t_to - t_from) / n
+    for k in range(n):
+        st = window_stats(sampler, tail, t_from + k * length, t_from + (k + 1) * length)
+        dt = st["end"]["t"] - st["start"]["t"]
+        out.append({**st, "other_cpu": st["cpu"]["other"] / 100 * dt, "window": dt})
+    return out
+
+
+def lag_ms(p):
+    return lambda r: 1000 * percentile(r["lags"], p) if r["lags"] else None
+
+
+SUMMARY_FIGURES = [
+    ("sent/s", lambda r: r["sent_rate"], ",.0f"),
+    ("injected/s", lambda r: r["inj_rate"], ",.0f"),
+    ("lag p50 ms", lag_ms(50), ",.0f"),
+    ("lag p99 ms", lag_ms(99), ",.0f"),
+    ("bridge CPU %", lambda r: r["cpu"]["bridge"], ".0f"),
+    ("bridge us/result", lambda r: r["us"]["bridge"], ",.0f"),
+    ("bridge RSS MB (max)", lambda r: r["rss"][1], ".0f"),
+    ("other CPU %", lambda r: r["cpu"]["other"], ".0f"),
+]
+
+
 def keeps_up(rate, rows):
     """Over the last quarter of the window the backlog (sent - injected) is under 2 s worth,
     or no more than half a second's worth above the first quarter's (means: samples jitter)."""
@@ -605,7 +642,7 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
     lost = info["lost"]
     lines = [
         f"Run {datetime.datetime.now():%Y-%m-%d %H:%M}: `{args.command}`  ",
-        f"code {code_fingerprint()}; {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"code {args.code}; {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"stomp.py {stomp.__version__}; temp dir on {info['fs']}.  ",
         f"Machine: load average {info['load_start']} at the start (other processes used "
         f"{info['busy_start']:.2f} CPU s in the second before), {loadavg()} at the end.",
@@ -699,6 +736,15 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
                          f"{b['cpu']['other']:.0f}%"))
             t += bucket
         lines += ["Over time (lag of the results sent in each interval):", "", md_table(head, rows), ""]
+    runs = args.runs or (3 if args.ramp else max(3, min(10, round(args.duration / 60))))
+    cases = {f"{steps[s][0]:,.0f}/s x {steps[s][1]:.0f} s": repetitions(sampler, tail, bounds[s],
+                                                                       bounds[s + 1], runs)
+             for s in range(1, len(steps))}
+    how = (f"each step cut into {runs} equal windows; one broker, Nagios and bridge throughout, so"
+           " the windows are not independent runs")
+    lines += [f"Per step over {runs} windows (median, min, max, each window; lag of the results sent in"
+              " the window):", "", "```", summary_text(cases, SUMMARY_FIGURES, runs, unit="window", how=how),
+              "```", ""]
     fail = next((v for v in verdicts if not v[1]), None)
     if fail is None:
         lines.append(f"**Verdict: the bridge kept up at {verdicts[-1][0]:,.0f} results/s**"
@@ -775,6 +821,9 @@ def parse_args():
     parser.add_argument("--hosts-per-site", type=int, default=20)
     parser.add_argument("--rate", type=float, default=None,
                         help="results/s (default: sites x services / 300, a 5-minute interval)")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="windows each reported step is cut into for the summary, the "
+                             "repetitions (default: sustained one a minute, 3-10; ramp 3 a step)")
     parser.add_argument("--ramp", action="store_true", help="step the rate up to find the ceiling")
     parser.add_argument("--ramp-rates", default="1700,2000,2500,3500,5000")
     parser.add_argument("--step-seconds", type=float, default=60)
@@ -806,6 +855,8 @@ def parse_args():
                         help="write the result into docs/RELIABILITY.md (section gridscale)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args()
+    if args.runs < 0:
+        parser.error("--runs must be at least 1 (or 0: the default)")
     args.rate = args.rate or args.sites * args.services / 300
     args.run_id = uuid.uuid4().hex[:6]
     args.command = "python benchmarks/gridscale.py " + shlex.join(sys.argv[1:])
@@ -816,6 +867,8 @@ def main():
     # SIGTERM (e.g. from timeout) must run the finally blocks that stop what we started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args()
+    args.code = code_fingerprint()      # now: the bridge loads the code as it is at its start
+    print(f"code: {args.code}", flush=True)
     with temp_dir("mnb-gridscale-", args.keep) as tmp:
         return run(args, tmp)
 

@@ -166,7 +166,9 @@ class Payload:
 
     def message(self, i: int):
         result = self.results[i]
-        headers = {"persistent": "true", "nagios_host": SENDER, "result_id": result.identity()}
+        # Numbered as a site bridge numbers them (loss accounting: docs/loss-accounting.md).
+        headers = {"persistent": "true", "nagios_host": SENDER, "result_id": result.identity(),
+                   "site": "bench", "route": self.tag, "route_seq": f"0123456789abcdef:{i + 1}"}
         return wlcg.encode(result, FIELDS).encode("utf-8"), headers
 
     def messages(self):

@@ -94,7 +94,8 @@ def icinga_case(env: Env, icinga: Icinga2, name: str, connections=None) -> dict:
             now = time.monotonic()
             if t_first is None and seq > 0:
                 t_first, t_first_wall = now, time.time()
-                meter = Meter({"bridge": [bridge.pid], "icinga2": [icinga.pid] + descendants_of(icinga.pid)})
+                meter = Meter({"bridge": [bridge.pid], "icinga2": [icinga.pid] + descendants_of(icinga.pid),
+                               "broker": [env.broker.pid]})
                 threads0 = thread_cpu(bridge.pid)
             if t_first is not None and args.timeline:
                 timeline.append((now - t_first, seq, seq - depth - dead))
@@ -150,6 +151,8 @@ def cpu_note(r) -> str:
     core = "icinga2" if "icinga2_cpu" in r else "nagios"
     text = (f"; CPU in {r['window']:.2f} s: bridge {r['bridge_cpu']:.2f} s ({r['bridge_cpu'] * per:.2f} ms/result"
             f"), {core} {r[f'{core}_cpu']:.2f} s ({r[f'{core}_cpu'] * per:.2f} ms/result)")
+    if "broker_cpu" in r:
+        text += f", broker {r['broker_cpu']:.2f} s ({r['broker_cpu'] * per:.2f} ms/result)"
     if r.get("threads_cpu"):
         text += f", busiest bridge threads {', '.join(f'{x:.2f}' for x in r['threads_cpu'])} s"
     return text

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/soak.py [--duration 3900] [--rate 200] [--services 2000]
                                         [--reload-every 600] [--rotate-every 180]
-                                        [--sample-every 30] [--keep] [--write-doc]
+                                        [--sample-every 30] [--runs N] [--keep] [--write-doc]
 
 One real ActiveMQ and one real Nagios 4 (tests/sandbox) in a temp dir, on 127.0.0.1 only:
 
@@ -40,6 +40,16 @@ One real ActiveMQ and one real Nagios 4 (tests/sandbox) in a temp dir, on 127.0.
 
 Every server is stopped by PID in a finally block; every wait is bounded. The machine's other
 load does not matter much here: this measures flatness of memory and descriptors, not speed.
+
+Repetitions (--runs N): an hour is one run, so a repetition here is a window: the load is cut
+into N equal windows (default one per 10 minutes, at least 3 and at most 10), and a summary
+gives per bridge the median, min and max over the windows of its RSS at the window's end and its
+change within the window, fds, threads and CPU per result, and the delivered rate, with each
+window's value and "*" on a window during which other processes used more than a quarter of a
+CPU (benchmarks/common.py's Meter). The windows follow each other in one world (the first holds
+the warm-up), so they are not independent runs: for >= 3 of those, run the soak 3 times (each
+prints and writes its code fingerprint: commit, +dirty, a hash of the package, the date) and
+quote the median and range of the three.
 """
 from __future__ import annotations
 
@@ -57,8 +67,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (REPO, code_fingerprint, loadavg, print_table, temp_dir,  # noqa: E402
-                    wait_connected, write_doc_section)
+from common import (REPO, Meter, code_fingerprint, loadavg, print_table,  # noqa: E402
+                    summary_text, temp_dir, wait_connected, write_doc_section)
 
 from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
@@ -189,6 +199,31 @@ def at(samples, t, key):
     return min(samples, key=lambda s: abs(s["t"] - t))[key]
 
 
+def window_result(start, end, meter):
+    """Both bridges' figures over a window ({"site_rss": ...}), from the samples at its
+    ``start`` and ``end`` and the window's Meter (whose "other_cpu" and "window" mark a disturbed
+    one)."""
+    out = dict(meter)
+    for bridge, counter in WORK_COUNTER.items():
+        done = end[counter] - start[counter]
+        out.update({f"{bridge}_rss": end[f"{bridge}_rss_mb"],
+                    f"{bridge}_rss_change": end[f"{bridge}_rss_mb"] - start[f"{bridge}_rss_mb"],
+                    f"{bridge}_fds": end[f"{bridge}_fds"], f"{bridge}_threads": end[f"{bridge}_threads"],
+                    f"{bridge}_us": 1e6 * meter[f"{bridge}_cpu"] / done if done > 0 else None,
+                    f"{bridge}_rate": done / max(1e-6, end["t"] - start["t"])})
+    return out
+
+
+# The sample's column counting a bridge's work (from its status.json, up to a few seconds old).
+WORK_COUNTER = {"site": "published", "central": "central_injected"}
+SUMMARY_FIGURES = [
+    (f"{bridge} {label}", lambda r, key=f"{bridge}_{key}": r[key], form)
+    for bridge in WORK_COUNTER
+    for label, key, form in (("results/s", "rate", ",.0f"), ("RSS MB at the end", "rss", ".1f"),
+                             ("RSS change MB", "rss_change", "+.1f"), ("fds at the end", "fds", "d"),
+                             ("threads at the end", "threads", "d"), ("CPU us/result", "us", ",.0f"))]
+
+
 def fmt(x, digits=1):
     if x is None:
         return "-"
@@ -209,13 +244,20 @@ def main():
     ap.add_argument("--no-site-reload", action="store_true", help="reload only the central bridge")
     ap.add_argument("--rotate-every", type=float, default=180, help="perfdata rotation period")
     ap.add_argument("--drain-timeout", type=float, default=300)
+    ap.add_argument("--runs", type=int, default=0,
+                    help="windows the load is cut into for the summary, the repetitions "
+                         "(default: one per 10 minutes, 3-10)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (samples.csv, logs)")
     ap.add_argument("--write-doc", action="store_true", help="write the soak section of docs/RELIABILITY.md")
     args = ap.parse_args()
+    if args.runs < 0:
+        ap.error("--runs must be at least 1 (or 0: the default)")
+    args.runs = args.runs or max(3, min(10, round(args.duration / 600)))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))    # run the finally blocks
     command = "python benchmarks/soak.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     started = datetime.datetime.now().astimezone()
     args.code = code_fingerprint()      # now: the bridges load the code as it is at their start
+    print(f"code: {args.code}", flush=True)
     with temp_dir("soak-", args.keep) as tmp:
         code = run(args, tmp, command, started)
     sys.exit(code)
@@ -235,7 +277,6 @@ def run(args, tmp, command, started):
         broker.start()
         nagios.start()
         print(f"broker pid {broker.pid} (stomp {broker.stomp_port}), nagios pid {nagios.pid}, dir {tmp}")
-        print(f"code: {args.code}")
         central = Bridge(tmp / "central", bridge_config(
             tmp / "central", [broker.stomp_port], ocsp=False, site="SOAK.CENTRAL",
             inbound=inbound_config(nagios, TOPIC, durable_name="central")))
@@ -266,7 +307,7 @@ def run(args, tmp, command, started):
         writer = csv.DictWriter(out, columns)
         writer.writeheader()
 
-        def sample(t, phase):
+        def sample(t, phase, keep=True):
             row = {"t": round(t, 1), "phase": phase}
             for name, bridge in bridges.items():
                 rss, fds, threads = rss_fds_threads(bridge.pid)
@@ -289,13 +330,21 @@ def run(args, tmp, command, started):
                        central_duplicates=cc.get("duplicates", 0),
                        site_reloads=sc.get("reloads", 0), central_reloads=cc.get("reloads", 0),
                        load=loadavg())
-            samples.append(row)
-            writer.writerow(row)
-            out.flush()
+            if keep:
+                samples.append(row)
+                writer.writerow(row)
+                out.flush()
             return row
+
+        def meter():
+            return Meter({"site": [site.pid], "central": [central.pid], "broker": [broker.pid],
+                          "nagios": [nagios.pid] + children_of(nagios.pid)}, with_children=("nagios",))
 
         t0 = time.monotonic()
         cpu0 = {name: cpu_seconds(b.pid) for name, b in bridges.items()}
+        window_start, window_meter = sample(0.0, "window", keep=False), meter()
+        windows = []
+        window_ends = [args.duration * k / args.runs for k in range(1, args.runs + 1)]
         gen.start()
         next_sample = 0.0
         reloads = []
@@ -333,9 +382,15 @@ def run(args, tmp, command, started):
                       f"{row['sent']} probe {row['probe_distinct']} injected "
                       f"{row['central_injected']} | load {row['load']}", flush=True)
                 next_sample += args.sample_every
+            if window_ends and now >= window_ends[0]:
+                window_ends.pop(0)
+                end, cpu = sample(now, "window", keep=False), window_meter.stop()
+                windows.append(window_result(window_start, end, cpu))
+                window_start, window_meter = end, meter()
             if now >= args.duration:
                 break
-            time.sleep(min(1.0, max(0.05, min(next_sample, reloads[0][0] if reloads else 1e9) - now)))
+            time.sleep(min(1.0, max(0.05, min(next_sample, reloads[0][0] if reloads else 1e9,
+                                              window_ends[0] if window_ends else 1e9) - now)))
 
         # -- drain -------------------------------------------------------------------------
         gen.stop_flag.set()
@@ -434,6 +489,11 @@ def run(args, tmp, command, started):
         print_table(["count", "value"], counts)
         print()
         print_table(sample_head, sample_rows)
+        summary = summary_text({"bridges": windows}, SUMMARY_FIGURES, len(windows), unit="window",
+                               how=f"the load cut into {args.runs} windows of "
+                                   f"{args.duration / args.runs:.0f} s; one world throughout, so the"
+                                   " windows are not independent runs")
+        print("\n" + summary)
         print(f"\nsamples: {csv_path}")
         problems = []
         if lost:
@@ -468,6 +528,12 @@ ran other tests and benchmarks at the same time (this measures flatness, not spe
 Every 10 minutes:
 
 {md(sample_head, sample_rows)}
+
+Per bridge over {args.runs} windows (median, min, max, each window; counters from status.json):
+
+```
+{summary}
+```
 {chr(10).join(f"{chr(10)}**{p}**" for p in problems)}"""
             write_doc_section(REPO / "docs" / "RELIABILITY.md", "soak", text)
             print("wrote the soak section of docs/RELIABILITY.md")

@@ -1,6 +1,6 @@
 """Spool throughput: SQLite WAL synchronous=FULL (the Spool) against the baselines, same run.
 
-    python benchmarks/spool.py [--dir DIR] [--seconds S]
+    python benchmarks/spool.py [--dir DIR] [--seconds S] [--deletes N] [--runs 3]
 
 Baselines: a minimal fsyncing directory queue in the style of python-dirq's QueueSimple (one
 file per message: write a temp file, fsync, rename into place, fsync the directory), and
@@ -13,6 +13,13 @@ Then memory: RSS growth of a fresh process after --deletes deletes of 1-500 ids 
 sizes, from a thread, as the publisher does), by the Spool against the Spool's earlier delete,
 which wrote one "?" per id (so each batch size was a statement of its own, and sqlite3 keeps up
 to 128 compiled per connection: the site bridge's slow RSS rise in the soak).
+
+Every case (and the memory case) is measured --runs times (default 3), interleaved: run 1
+measures every case once, then run 2, and so on. The tables show medians (the ratios are the
+medians of each run's own ratio); then a summary gives per case the median, min and max and each
+run's value, with "*" on a run during which other processes used more than a quarter of a CPU
+(benchmarks/common.py's Meter and disturbed). The header records the commit and the date. With
+the defaults a run takes about 40 s, so --runs 3 about 2 minutes.
 """
 from __future__ import annotations
 
@@ -21,13 +28,16 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import Meter, code_fingerprint, fs_type, loadavg, print_summary  # noqa: E402
 
 from msg_nagios_bridge.model import Message  # noqa: E402
 from msg_nagios_bridge.spool import Spool, _encode  # noqa: E402
@@ -175,6 +185,7 @@ CASES = [
     ("2 putters (batch 10) + 1 taker, delivered", bench_mixed),
 ]
 KINDS = ["sqlite-full", "dirq", "sqlite-normal"]
+MEMORY_CASE = "RSS growth, deletes of 1-500 ids"
 
 
 def delete_with_one_mark_per_id(spool: Spool, ids) -> None:
@@ -211,26 +222,76 @@ def statement_memory_worker(kind: str, path: str, deletes: int) -> None:
     print(growth[0])
 
 
-def statement_memory(scratch: str, deletes: int) -> dict:
-    """RSS growth (MB) of a fresh process per kind of delete."""
+def statement_memory(scratch: str, deletes: int, run: int) -> dict:
+    """RSS growth (MB) of a fresh process per kind of delete; with the Meter's figures (the
+    workers are waited-for children, so their CPU is not counted as other processes')."""
+    meter = Meter({}, bench_children=True)
     growth = {}
     for kind in ("one-mark-per-id", "spool"):
-        path = os.path.join(scratch, f"memory-{kind}")
+        path = os.path.join(scratch, f"memory-{kind}-{run}")
         os.makedirs(path)
         out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-worker", kind, path,
                               str(deletes)], capture_output=True, text=True, timeout=600, check=True)
         growth[kind] = float(out.stdout.split()[-1])
-    return growth
+    return {**meter.stop(), **growth}
 
 
-def file_system(path: str) -> str:
-    best, fstype = "", "?"
-    with open("/proc/mounts") as mounts:
-        for line in mounts:
-            mount_point, kind = line.split()[1:3]
-            if path.startswith(mount_point) and len(mount_point) > len(best):
-                best, fstype = mount_point, kind
-    return fstype
+def measure(scratch: str, seconds: float, run: int) -> dict:
+    """One run of every case against every kind: {case name: {kind: msgs/s, "other_cpu",
+    "window"}} (the CPU figures over the case's three kinds)."""
+    out = {}
+    for name, case in CASES:
+        meter = Meter({})
+        rates = {}
+        for kind in KINDS:
+            path = os.path.join(scratch, f"{kind}-{run}-{len(out)}")
+            queue = open_backend(kind, path)
+            try:
+                rates[kind] = case(queue, seconds)
+            finally:
+                queue.close()
+                shutil.rmtree(path)
+        out[name] = {**meter.stop(), **rates}
+    return out
+
+
+SUMMARY_FIGURES = [
+    ("SQLite FULL /s", lambda r: r.get("sqlite-full"), ",.0f"),
+    ("dirq fsync /s", lambda r: r.get("dirq"), ",.0f"),
+    ("SQLite NORMAL /s", lambda r: r.get("sqlite-normal"), ",.0f"),
+    ("FULL/dirq", lambda r: r["sqlite-full"] / r["dirq"] if "dirq" in r else None, ".1f"),
+    ("FULL/NORMAL", lambda r: r["sqlite-full"] / r["sqlite-normal"] if "sqlite-normal" in r else None,
+     ".2f"),
+    ("one ? per id MB", lambda r: r.get("one-mark-per-id"), "+.1f"),
+    ("Spool MB", lambda r: r.get("spool"), "+.1f"),
+]
+
+
+def report(cases: dict, args) -> None:
+    """The tables of the runs in ``cases`` ({case name: [result per run]})."""
+    plural = "s" if args.runs != 1 else ""
+    print(f"\nmessages/s (300-byte bodies, {args.seconds:g} s per case; medians of {args.runs} run{plural},"
+          " ratios: medians of each run's own)\n")
+    header = f"| {'case':43} | {'SQLite FULL':>11} | {'dirq fsync':>10} | {'SQLite NORMAL':>13} |" \
+             f" {'FULL/dirq':>9} | {'FULL/NORMAL':>11} |"
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    for name, _ in CASES:
+        full, dirq, normal, per_dirq, per_normal = (
+            statistics.median(value(r) for r in cases[name]) for _, value, _ in SUMMARY_FIGURES[:5])
+        print(f"| {name:43} | {full:11,.0f} | {dirq:10,.0f} | {normal:13,.0f} |"
+              f" {per_dirq:8.1f}x | {per_normal:10.2f}x |")
+
+    memory = cases[MEMORY_CASE]
+    marks = [r["one-mark-per-id"] for r in memory]
+    spool = [r["spool"] for r in memory]
+    print(f"\nRSS growth over {args.deletes:,} deletes of 1-500 ids each (a fresh process each):"
+          f" one \"?\" per id (the spool before 7851831) {statistics.median(marks):+.1f} MB,"
+          f" the Spool (one JSON array) {statistics.median(spool):+.1f} MB"
+          + (f" (medians of {args.runs} runs; ranges {min(marks):+.1f} to {max(marks):+.1f} and"
+             f" {min(spool):+.1f} to {max(spool):+.1f} MB)" if args.runs > 1 else ""))
+    print_summary(cases, SUMMARY_FIGURES, args.runs)
+    print(f"load average at the end {loadavg()}")
 
 
 def main() -> None:
@@ -238,44 +299,36 @@ def main() -> None:
     parser.add_argument("--dir", default=".", help="where to create the scratch directory")
     parser.add_argument("--seconds", type=float, default=2.0, help="time limit per case")
     parser.add_argument("--deletes", type=int, default=5000, help="deletes in the memory case")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="measure every case this many times, interleaved (default 3)")
     parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
         kind, path, deletes = args.memory_worker
         statement_memory_worker(kind, path, int(deletes))
         return
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    code = code_fingerprint()      # before the scratch directory, which may be in the work tree
     scratch = tempfile.mkdtemp(prefix="spool-bench-", dir=args.dir)
     print(f"python {platform.python_version()}, sqlite {__import__('sqlite3').sqlite_version}, "
           f"{os.cpu_count()} CPUs, {platform.machine()}, scratch on "
-          f"{file_system(os.path.realpath(scratch))} ({scratch})")
-    results = {}
+          f"{fs_type(os.path.realpath(scratch))} ({scratch})")
+    print(f"code: {code}")
+    print(f"{args.runs} run{'s' if args.runs != 1 else ''}, cases interleaved; load average at the start"
+          f" {loadavg()}", flush=True)
+    cases = {name: [] for name, _ in CASES}
+    cases[MEMORY_CASE] = []
     try:
-        for name, case in CASES:
-            for kind in KINDS:
-                path = os.path.join(scratch, f"{kind}-{len(results)}")
-                queue = open_backend(kind, path)
-                try:
-                    results[name, kind] = case(queue, args.seconds)
-                finally:
-                    queue.close()
-                    shutil.rmtree(path)
-        growth = statement_memory(scratch, args.deletes)
+        for run in range(1, args.runs + 1):
+            for name, result in measure(scratch, args.seconds, run).items():
+                cases[name].append(result)
+                print(f"run {run}/{args.runs} {name}: " + ", ".join(
+                    f"{kind} {result[kind]:,.0f}/s" for kind in KINDS), flush=True)
+            cases[MEMORY_CASE].append(statement_memory(scratch, args.deletes, run))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-    print(f"\nmessages/s (300-byte bodies, {args.seconds:g} s per case)\n")
-    header = f"| {'case':43} | {'SQLite FULL':>11} | {'dirq fsync':>10} | {'SQLite NORMAL':>13} |" \
-             f" {'FULL/dirq':>9} | {'FULL/NORMAL':>11} |"
-    print(header)
-    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
-    for name, _ in CASES:
-        full, dirq, normal = (results[name, kind] for kind in KINDS)
-        print(f"| {name:43} | {full:11,.0f} | {dirq:10,.0f} | {normal:13,.0f} |"
-              f" {full / dirq:8.1f}x | {full / normal:10.2f}x |")
-
-    print(f"\nRSS growth over {args.deletes:,} deletes of 1-500 ids each (a fresh process each):"
-          f" one \"?\" per id (the spool before 7851831) {growth['one-mark-per-id']:+.1f} MB,"
-          f" the Spool (one JSON array) {growth['spool']:+.1f} MB")
+    report(cases, args)
 
 
 if __name__ == "__main__":

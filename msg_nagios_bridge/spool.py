@@ -21,6 +21,7 @@ import time
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .files import fsync_dir
+from .formats import sequence
 from .model import Message
 from .wakeup import Wakeup
 
@@ -189,6 +190,13 @@ def _id_array(ids: Iterable[int]) -> str:
     return json.dumps([int(entry_id) for entry_id in ids])
 
 
+def _id_array_text(ids: Iterable[str]) -> str:
+    return json.dumps(list(ids))
+
+
+_SEQ_OUT = "seq-out:"       # cursors holding the outbound numbering: "<epoch>:<last number>"
+
+
 
 class Spool:
     """A durable queue of Messages in the SQLite file ``path`` (created 0600 if missing, in a
@@ -221,6 +229,8 @@ class Spool:
         # AUTOINCREMENT), plus the given-back ids below it, oldest first.
         self._high = 0
         self._returned: set = set()
+        self._sequences: Dict[str, Tuple[str, int]] = {}   # route -> (epoch, last number given)
+        self._sequences_loaded = False
         self._counters = dict.fromkeys(
             ("put", "duplicates", "done", "given_back", "rejected", "refused_full",
              "dead_letters_dropped", "errors"), 0)
@@ -338,13 +348,19 @@ class Spool:
     # -- the queue -------------------------------------------------------------------------
 
     def put(self, messages: Sequence[Message], cursor: Optional[Tuple[str, str]] = None,
-            marks: Sequence[Tuple[str, str, float]] = ()) -> int:
+            marks: Sequence[Tuple[str, str, float]] = (), *, numbered: bool = False,
+            states: Sequence[Tuple[str, str]] = ()) -> int:
         """Store a batch, all or nothing, fsynced when this returns; return how many were new.
 
         A message_id already in the spool (queued or dead letter) or twice in the batch is a
         duplicate: skipped and counted. ``cursor`` = (name, value) is saved in the same
         transaction, so a source's read position is durable exactly when its lines are;
-        so are ``marks`` (kind, key, at), each keeping the later of its old and new time.
+        so are ``marks`` (kind, key, at), each keeping the later of its old and new time,
+        and ``states``, more (name, value) cursors.
+        ``numbered``: each new message with a ``route`` header gets the next number of that
+        route, with the route's epoch, in ``route_seq`` (formats/sequence.py);
+        the counters are cursors named ``seq-out:<route>`` written in the same transaction,
+        so a number is given once, whatever crashes, and a duplicate gets none.
         Raises SpoolFull (limit reached) or SpoolUnavailable (disk full, I/O error); in both
         cases nothing of the batch, cursor included, was written.
         """
@@ -352,9 +368,15 @@ class Spool:
         now = self._clock()
         with self._lock:
             new = new_bytes = 0
+            counters: Dict[str, Tuple[str, int]] = {}
 
             def work() -> None:
-                nonlocal new, new_bytes
+                nonlocal new, new_bytes, rows
+                if rows and numbered:
+                    rows = self._number(rows, messages, counters)
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO cursors (name, value, updated_at) VALUES (?, ?, ?)",
+                        [(_SEQ_OUT + route, f"{epoch}:{last}", now) for route, (epoch, last) in counters.items()])
                 if rows:
                     # One statement for the batch; the new rows are those with a larger id
                     # than any before (ids grow, and the writer holds the lock: see _write).
@@ -382,12 +404,14 @@ class Spool:
                     self._db.executemany(
                         "INSERT INTO marks (kind, key, at) VALUES (?, ?, ?) ON CONFLICT (kind, key)"
                         " DO UPDATE SET at = max(at, excluded.at)", marks)
+                self._save_states(states, now)
 
             try:
                 self._write("store a batch", work)
             except SpoolFull:
                 self._counters["refused_full"] += new
                 raise
+            self._sequences.update(counters)     # only once committed
             self._depth += new
             self._bytes += new_bytes
             self._counters["put"] += new
@@ -395,6 +419,61 @@ class Spool:
         if new:
             self._something_to_take()
         return new
+
+    def _number(self, rows: list, messages: Sequence[Message], counters: Dict[str, Tuple[str, int]]) -> list:
+        """Inside put's transaction: ``rows`` with the sequence headers spliced into the
+        headers of each message that will be new; ``counters`` gets each route's last number."""
+        if self._sequences_loaded is False:
+            for name, value in self._db.execute("SELECT name, value FROM cursors WHERE name >= ? AND name < ?",
+                                                (_SEQ_OUT, _SEQ_OUT[:-1] + ";")):
+                epoch, _, last = value.rpartition(":")
+                self._sequences[name[len(_SEQ_OUT):]] = (epoch, int(last))
+            self._sequences_loaded = True
+        ids = _id_array_text(row[0] for row in rows)
+        # Known ids get no number: the insert below skips them (a gap if they took one).
+        taken = {row[0] for row in self._db.execute(
+            f"SELECT message_id FROM messages WHERE message_id {_IN_IDS} UNION ALL"
+            f" SELECT message_id FROM dead_letters WHERE message_id {_IN_IDS}", (ids, ids))}
+        numbered = []
+        for row, message in zip(rows, messages):
+            message_id, destination, headers, body, size = row
+            route = message.headers.get(sequence.ROUTE_HEADER)
+            if message_id in taken or not route or sequence.SEQ_HEADER in message.headers:
+                numbered.append(row)
+                continue
+            taken.add(message_id)
+            epoch, last = counters.get(route) or self._sequences.get(route) or (sequence.new_epoch(), 0)
+            last += 1
+            counters[route] = (epoch, last)
+            # Spliced into the JSON text rather than encoded again: O(1) a message (the epoch
+            # is [0-9a-zA-Z_-] only, nothing to escape).
+            stamp = f'{{"{sequence.SEQ_HEADER}":"{sequence.stamp_text(epoch, last)}"'
+            spliced = stamp + ("}" if headers == "{}" else "," + headers[1:])
+            numbered.append((message_id, destination, spliced, body, size + len(spliced) - len(headers)))
+        return numbered
+
+    def sequences(self) -> Dict[str, Tuple[str, int]]:
+        """{route: (epoch, last number given)} of the outbound numbering."""
+        with self._lock:
+            rows = self._read("read the sequence counters", "SELECT name, value FROM cursors"
+                              " WHERE name >= ? AND name < ?", (_SEQ_OUT, _SEQ_OUT[:-1] + ";"))
+        found = {}
+        for name, value in rows:
+            epoch, _, last = value.rpartition(":")
+            found[name[len(_SEQ_OUT):]] = (epoch, int(last))
+        return found
+
+    def _save_states(self, states: Sequence[Tuple[str, str]], now: float) -> None:
+        if states:
+            self._db.executemany("INSERT OR REPLACE INTO cursors (name, value, updated_at) VALUES (?, ?, ?)",
+                                 [(name, value, now) for name, value in states])
+
+    def cursors(self, prefix: str) -> Dict[str, str]:
+        """Every cursor whose name starts with ``prefix`` (the last character of ``prefix``
+        must not be U+FFFF), with its value."""
+        with self._lock:
+            return dict(self._read("read cursors", "SELECT name, value FROM cursors WHERE name >= ? AND name < ?",
+                                   (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))))
 
     def cursor(self, name: str) -> Optional[str]:
         """The value last saved with put(..., cursor=(name, value)), or None."""
@@ -553,9 +632,10 @@ class Spool:
             log.warning("spool %s: %d oldest dead letters deleted (limits %d dead letters, %d bytes)",
                         self.path, dropped, self.max_dead_letters, self.max_dead_letter_bytes)
 
-    def add_dead_letter(self, message: Message, reason: str) -> bool:
+    def add_dead_letter(self, message: Message, reason: str, states: Sequence[Tuple[str, str]] = ()) -> bool:
         """Keep input that never became a queue entry (a bad line, a refused message) as a
-        dead letter with ``reason``; return False if its message_id is already one."""
+        dead letter with ``reason``; return False if its message_id is already one.
+        ``states``: (name, value) cursors saved in the same transaction."""
         row = _encode(message)
         now = self._clock()
         with self._lock:
@@ -568,6 +648,7 @@ class Spool:
                     " headers, body, size, enqueued_at, attempts, reason, rejected_at)"
                     " VALUES (0, ?, ?, ?, ?, ?, ?, 0, ?, ?)", (*row, now, reason, now)).rowcount
                 dropped = self._trim_dead_letters(added)
+                self._save_states(states, now)
 
             self._write("keep a dead letter", work)
             self._dead += added - dropped

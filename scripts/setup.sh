@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the bridge, its tests and its demo need on Debian/Ubuntu: the real ActiveMQ
-# and Nagios 4 (for tests and the demo), Icinga 2 (for its sandbox), and a venv with the
+# and Nagios 4 (for tests and the demo), Icinga 2 and RabbitMQ (for their sandboxes), and a venv with the
 # package and its test extras in ./.venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 # stomp.py 8.0.0 probe the broker without the client certificate; test_tls.py runs TLS with it.
 packages=(activemq nagios4-core monitoring-plugins-basic python3-venv
           python3-stomp python3-yaml python3-daemon python3-openssl python3-cryptography)
+updated=0
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,39 +21,52 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "setup: installing ${missing[*]}"
   $sudo apt-get update -qq
+  updated=1
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Icinga 2 for tests/sandbox/icinga2.py, which runs `icinga2 daemon` from a temp dir as the
-# current user (icinga2-bin + icinga2-common are enough). Its package enables a system icinga2
-# and starts it (checks, notifications, log in /var/log/icinga2). On a fresh install, a
+# Packages whose install starts and enables a system service we do not want running: a
 # policy-rc.d that refuses every start (unless the machine has its own) covers the install,
-# then the service is disabled. An icinga2 installed before is left as it is.
-icinga_packages=(icinga2-bin icinga2-common)
-icinga_missing=()
-for p in "${icinga_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || icinga_missing+=("$p")
-done
-if [ "${#icinga_missing[@]}" -gt 0 ]; then
-  sudo=""
+# then the units are disabled. Without a running systemd, systemctl still removes the units'
+# links (deb-systemd-helper refuses to run outside dpkg). Packages installed before are left
+# as they are.
+install_stopped() {   # install_stopped "SYSTEMD UNITS" "SYSV NAMES" PACKAGE...
+  local units=$1 sysv=$2 wanted=() p
+  shift 2
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || wanted+=("$p")
+  done
+  [ "${#wanted[@]}" -gt 0 ] || return 0
+  local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "setup: installing ${icinga_missing[*]} (its system service stays stopped and disabled)"
-  policy=/usr/sbin/policy-rc.d
+  echo "setup: installing ${wanted[*]} (its system service stays stopped and disabled)"
+  local policy=/usr/sbin/policy-rc.d
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\n# written by msg-nagios-bridge scripts/setup.sh during one install\nexit 101\n' \
       | $sudo tee "$policy" >/dev/null
     $sudo chmod 755 "$policy"
-    trap '$sudo rm -f "$policy"' EXIT
+    trap "$sudo rm -f $policy" EXIT
   fi
-  [ "${#missing[@]}" -gt 0 ] || $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${icinga_missing[@]}" >/dev/null
+  [ "$updated" -eq 1 ] || { $sudo apt-get update -qq; updated=1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${wanted[@]}" >/dev/null
   if [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now icinga2.service >/dev/null 2>&1 || true
+    $sudo systemctl disable --now $units >/dev/null 2>&1 || true
   else
-    $sudo update-rc.d icinga2 disable >/dev/null 2>&1 || true
-    $sudo deb-systemd-helper disable icinga2.service >/dev/null 2>&1 || true
+    for p in $sysv; do $sudo update-rc.d "$p" disable >/dev/null 2>&1 || true; done
+    if command -v systemctl >/dev/null; then
+      $sudo systemctl disable $units >/dev/null 2>&1 || true
+    fi
   fi
-fi
+}
+
+# Icinga 2 for tests/sandbox/icinga2.py, which runs `icinga2 daemon` from a temp dir as the
+# current user (icinga2-bin + icinga2-common are enough).
+install_stopped "icinga2.service" "icinga2" icinga2-bin icinga2-common
+
+# RabbitMQ for tests/sandbox/rabbitmq.py, which runs a node (with the rabbitmq_stomp plugin,
+# enabled offline into its own plugins file) from a temp dir as the current user, with its own
+# epmd. erlang-base enables an epmd (socket and service) too.
+install_stopped "rabbitmq-server.service epmd.socket epmd.service" "rabbitmq-server" rabbitmq-server
 
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

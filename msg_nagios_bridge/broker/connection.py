@@ -38,6 +38,7 @@ from stomp.exception import StompException
 
 from ..config import BrokerSettings, TlsSettings
 from ..trust.tlsfiles import ca_bundle_from_dir
+from . import kinds
 
 log = logging.getLogger(__name__)
 
@@ -514,7 +515,9 @@ class BrokerConnection:
                 context = tls_context(tls, self._ca_file)
             except (OSError, ValueError) as exc:
                 return f"TLS: cannot load the bridge's certificate, key or CAs ({exc})"
-        transport = _Transport(host_port, s.connect_timeout, s.vhost or host_port[0], self.auto_decode,
+        # RabbitMQ takes the CONNECT's host header as the vhost: "/" unless one is configured.
+        vhost = s.vhost or ("/" if s.kind == kinds.RABBITMQ else host_port[0])
+        transport = _Transport(host_port, s.connect_timeout, vhost, self.auto_decode,
                                context, self._check_peer, self._abort)
         conn = _Connection12(transport, heartbeats(s.heartbeat_ms))
         conn.set_listener("bridge", self.events)
@@ -625,6 +628,7 @@ class BrokerConnection:
         """Write one SEND frame (encoded by send_frame); raises OSError/StompException if the
         socket is gone."""
         assert self.conn is not None
+        headers = kinds.outgoing_headers(self.settings.kind, headers)
         self.conn.transport.send(send_frame(destination, body, headers))
 
     def ack_all(self, ack_ids: Iterable[str]) -> None:

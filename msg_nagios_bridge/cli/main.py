@@ -119,6 +119,22 @@ def _status(args) -> int:
               f"{'-' if oldest is None else f'{oldest:.0f} s'}, {spool.dead_letters} dead letters")
     for what, when in sorted(status.last.items()):
         print(f"  last {what:35s} {now - when:.0f} s ago")
+    from ..display import printable
+    for route, value in sorted((status.numbering or {}).items()):
+        print(f"  route {printable(route, 40):34s} numbered up to {value['last']} (epoch {value['epoch']})")
+    if status.sequences is not None:
+        print("  loss accounting (per producer and route):")
+        for row in status.streams():
+            age = row["oldest_gap_age"]
+            print(f"    {printable(row['producer'], 80)} route {printable(row['route'], 40)}: epoch {row['epoch']},"
+                  f" highest {row['highest']}, missing {row['missing']}"
+                  f" (oldest gap {'-' if age is None else f'{age:.0f} s'}), late {row['late']},"
+                  f" lost {row['lost']}, duplicates {row['duplicates']}"
+                  + (f", untracked {row['untracked']}" if row["untracked"] else "")
+                  + (f", previous epoch {row['previous_epoch']}" if row["previous_epoch"] else ""))
+        left_out = {k: v for k, v in status.sequences.get("counters", {}).items() if v}
+        if left_out:
+            print("    not accounted: " + ", ".join(f"{k} {v}" for k, v in sorted(left_out.items())))
     counters = status.counters
     print("  counters: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "none yet"))
     if status.errors:
@@ -144,7 +160,8 @@ def _check(args) -> int:
         print(f"MSG-BRIDGE UNKNOWN - configuration error: {exc}")
         return UNKNOWN
     limits = Thresholds(backlog=args.backlog, oldest=args.oldest, disconnected=args.disconnected,
-                        dead_letters=args.dead_letters, stale=args.stale)
+                        dead_letters=args.dead_letters, stale=args.stale,
+                        gap=(settings.inbound.gap_warning_seconds, settings.inbound.gap_critical_seconds))
     status, unreadable = _read_status(settings)
     code, line = evaluate(status, limits, time.time(), unreadable)
     print(line)

@@ -9,6 +9,7 @@ import dataclasses
 from typing import List, Optional, Tuple
 
 from ..daemon.health import is_up
+from ..display import printable
 from ..daemon.status import Status
 
 OK, WARNING, CRITICAL, UNKNOWN = range(4)
@@ -22,6 +23,9 @@ class Thresholds:
     disconnected: Tuple[float, float] = (120.0, 600.0)    # broker or Nagios away for, s
     dead_letters: Tuple[int, int] = (1, 100)
     stale: float = 30.0                                   # status.json older than this: not running
+    # A producer's stream with a gap open this long, s (inbound.gap_warning_seconds,
+    # gap_critical_seconds; 0: never).
+    gap: Tuple[float, float] = (300.0, 0.0)
 
 
 def _grade(value: float, limits) -> int:
@@ -73,6 +77,7 @@ def evaluate(status: Optional[Status], limits: Thresholds, now: float,
     problems.append((_grade(backlog, limits.backlog), f"backlog {backlog}"))
     problems.append((_grade(oldest, limits.oldest), f"oldest waiting {oldest:.0f} s"))
     problems.append((_grade(dead, limits.dead_letters), f"{dead} dead letters"))
+    problems += _gaps(status, limits.gap)
     code = max(grade for grade, _ in problems)
     counters = status.counters
     shown = [text for grade, text in problems if grade > OK] or [
@@ -83,7 +88,32 @@ def evaluate(status: Optional[Status], limits: Thresholds, now: float,
                 f"dead_letters={dead};{limits.dead_letters[0]};{limits.dead_letters[1]};0 "
                 f"published={counters.get('published', 0)}c injected={counters.get('injected', 0)}c "
                 f"refused={counters.get('refused', 0)}c")
+    if status.sequences is not None:
+        missing = sum(row["missing"] for row in status.streams())
+        perfdata += f" missing={missing} lost={sum(row['lost'] for row in status.streams())}c"
     # Works, but will not for long (Icinga 2's compat command pipe): said, not graded.
     shown += [f"{part} {state}" for part, state in sorted(states.items()) if "deprecated" in state]
     text = "; ".join(shown).replace("|", "/")
     return code, f"MSG-BRIDGE {NAMES[code]} - {text} | {perfdata}"
+
+
+def _gaps(status: Status, limits: Tuple[float, float]) -> List[Tuple[int, str]]:
+    """The streams with a gap open longer than a threshold (loss accounting), worst first;
+    at most 3 named, the rest counted."""
+    warning, critical = limits
+    graded = []
+    for row in status.streams():
+        age = row["oldest_gap_age"]
+        if age is None:
+            continue
+        grade = CRITICAL if critical and age >= critical else WARNING if warning and age >= warning else OK
+        if grade > OK:
+            graded.append((grade, age, row))
+    graded.sort(key=lambda item: (-item[0], -item[1]))
+    # The names come from message headers: shown escaped and cut.
+    problems = [(grade, f"{printable(row['producer'], 80)} route {printable(row['route'], 40)}:"
+                        f" {row['missing']} missing, gap open {age:.0f} s")
+                for grade, age, row in graded[:3]]
+    if len(graded) > 3:
+        problems.append((max(grade for grade, _, _ in graded[3:]), f"{len(graded) - 3} more streams with gaps"))
+    return problems

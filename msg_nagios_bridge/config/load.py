@@ -12,12 +12,14 @@ import logging
 import logging.handlers
 import math
 import os
+import re
 import socket
 import string
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
+from ..broker.kinds import ACTIVEMQ, RABBITMQ, KINDS as BROKER_KINDS
 from ..formats import decode as inbound_format
 from ..trust.tlsfiles import ca_bundle_from_dir
 from ..inbound import policy as policy_module
@@ -171,7 +173,9 @@ def _site(root: _Section) -> Site:
 def _brokers(root: _Section) -> BrokerSettings:
     sec = root.section("brokers", (
         "hosts", "username", "password", "password_file", "vhost", "heartbeat_ms", "connect_timeout",
-        "receipt_timeout", "max_in_flight", "backoff_initial", "backoff_max", "max_refusals", "tls"))
+        "receipt_timeout", "max_in_flight", "backoff_initial", "backoff_max", "max_refusals", "tls", "kind"))
+    kind = sec.get("kind", str, ACTIVEMQ, lambda v: None if v in BROKER_KINDS else
+                   f"must be one of {', '.join(BROKER_KINDS)} (the broker the bridge talks to)")
     raw_hosts = sec.get("hosts", list, check=lambda v: None if v else "must list at least one broker")
     hosts = tuple(_host_port(sec.file, f"{sec.key('hosts')}[{i}]", h) for i, h in enumerate(raw_hosts))
     initial = sec.get("backoff_initial", float, 1.0, _positive)
@@ -179,7 +183,8 @@ def _brokers(root: _Section) -> BrokerSettings:
         hosts=hosts,
         username=sec.get("username", str, ""),
         password=_secret(sec, "password"),
-        vhost=sec.get("vhost", str, ""),
+        # RabbitMQ takes the STOMP host header as its vhost: "/" unless given.
+        vhost=sec.get("vhost", str, "/" if kind == RABBITMQ else ""),
         heartbeat_ms=sec.get("heartbeat_ms", int, 10_000,
                              lambda v: None if 0 <= v <= MAX_SECONDS * 1000 else "must be from 0 to 86400000 (a day)"),
         connect_timeout=sec.get("connect_timeout", float, 10.0, _positive),
@@ -191,6 +196,7 @@ def _brokers(root: _Section) -> BrokerSettings:
                             lambda v: None if v >= initial else "must not be below backoff_initial"),
         max_refusals=sec.get("max_refusals", int, 5, _positive),
         tls=_tls(sec),
+        kind=kind,
     )
     return settings
 
@@ -316,7 +322,7 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
 _INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping", "policy", "writer",
                  "shared_newest_file",
                  "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures",
-                 "echo_guard_max_objects")
+                 "echo_guard_max_objects", "loss_accounting", "gap_warning_seconds", "gap_critical_seconds")
 _MAPPING_KEYS = ("host_from", "service_from", "service_suffix_role", "host_template", "service_template",
                  "max_body_bytes", "max_output_bytes")
 WRITERS = ("command_file", "checkresults_dir", "api")
@@ -334,7 +340,7 @@ def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSetting
     for index, item in enumerate(raw_subs):
         sub = _Section(sec.file, f"{sec.key('subscriptions')}[{index}]", item,
                        ("destination", "selector", "durable_name"))
-        destination = sub.get("destination", str, check=lambda v: None if v.startswith(("/topic/", "/queue/"))
+        destination = sub.get("destination", str, check=lambda v: None if v.startswith(SUBSCRIPTION_PREFIXES)
                               and _one_line(v) is None else "must be a /topic/... or /queue/... name")
         durable = sub.get("durable_name", str, "", _one_line_or_empty)
         if durable and not destination.startswith("/topic/"):
@@ -378,6 +384,13 @@ def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSetting
     check_result_path = sec.get("check_result_path", str, "", _optional_absolute)
     if writer == "checkresults_dir" and not check_result_path:
         raise sec.error("check_result_path", "", "is required when writer is checkresults_dir")
+    # Loss accounting (docs/loss-accounting.md); 0 turns a threshold off.
+    within = lambda v: None if 0 <= v <= 90 * 86400 else "must be from 0 (off) to 7776000 seconds (90 days)"  # noqa: E731
+    gap_warning = sec.get("gap_warning_seconds", int, 300, within)
+    gap_critical = sec.get("gap_critical_seconds", int, 0, within)
+    if gap_critical and gap_warning and gap_critical < gap_warning:
+        raise sec.error("gap_critical_seconds", gap_critical,
+                        f"must not be below gap_warning_seconds ({gap_warning}), or be 0 (off)")
     return InboundSettings(
         enabled=enabled,
         subscriptions=tuple(subs),
@@ -401,7 +414,53 @@ def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSetting
         max_age=float(pol_sec.get("max_age", int, 86400, lambda v: None if 60 <= v <= 90 * 86400
                                   else "must be from 60 to 7776000 seconds (90 days)")),
         max_clock_skew=pol_sec.get("max_clock_skew", float, 300.0, _not_negative),
+        loss_accounting=sec.get("loss_accounting", bool, True),
+        gap_warning_seconds=float(gap_warning),
+        gap_critical_seconds=float(gap_critical),
     )
+
+
+# /amq/queue/ and /exchange/ are RabbitMQ's; _check_for_broker refuses them on ActiveMQ.
+SUBSCRIPTION_PREFIXES = ("/topic/", "/queue/", "/amq/queue/", "/exchange/")
+# An ActiveMQ virtual topic's consumer queue: /queue/Consumer.<group>.<topic>
+_VIRTUAL_TOPIC_QUEUE = re.compile(r"^/queue/Consumer\.[^.]+\.")
+
+
+def _check_for_broker(file: str, kind: str, inbound: InboundSettings) -> None:
+    """Refuse subscriptions the broker kind cannot serve, with what to write instead."""
+    durable_names = set()
+    for index, sub in enumerate(inbound.subscriptions):
+        key = f"inbound.subscriptions[{index}]"
+        topic = sub.destination.startswith("/topic/")
+        if kind == RABBITMQ:
+            if sub.selector:
+                raise ConfigError(file, f"{key}.selector", sub.selector,
+                                  "RabbitMQ's STOMP has no selectors: remove it, and subscribe to a topic whose "
+                                  "routing key selects the messages (e.g. /topic/...ngi.* or /topic/...#)")
+            if topic and ">" in sub.destination:
+                raise ConfigError(file, f"{key}.destination", sub.destination,
+                                  "'>' is ActiveMQ's wildcard: on RabbitMQ (brokers.kind) use '#' (zero or more "
+                                  "words of the routing key) or '*' (one word)")
+            if sub.durable_name in durable_names:
+                # On RabbitMQ the name is the queue's (and the subscription id): two would share one.
+                raise ConfigError(file, f"{key}.durable_name", sub.durable_name,
+                                  "is used by another subscription: on RabbitMQ it names the durable queue")
+            if sub.durable_name:
+                durable_names.add(sub.durable_name)
+            if _VIRTUAL_TOPIC_QUEUE.match(sub.destination):
+                raise ConfigError(file, f"{key}.destination", sub.destination,
+                                  "an ActiveMQ virtual topic queue (Consumer.<name>.<topic>) means nothing on "
+                                  "RabbitMQ: subscribe to the /topic/ with a durable_name (a durable queue of its "
+                                  "own), or to a /queue/ or /amq/queue/ bound to the topic")
+        else:
+            if sub.destination.startswith(("/amq/queue/", "/exchange/")):
+                raise ConfigError(file, f"{key}.destination", sub.destination,
+                                  "/amq/queue/ and /exchange/ are RabbitMQ destinations: set brokers.kind: rabbitmq,"
+                                  " or use /queue/ or /topic/ on ActiveMQ")
+            if topic and "#" in sub.destination:
+                raise ConfigError(file, f"{key}.destination", sub.destination,
+                                  "'#' is RabbitMQ's wildcard: on ActiveMQ (brokers.kind) use '>' (one or more "
+                                  "words) or '*' (one word)")
 
 
 TRUST_RULE_KEYS = ("crl", "crl_file", "namespaces", "reload_interval")
@@ -544,6 +603,7 @@ def parse(text: str, file: str = "<config>") -> Settings:
     pipe, perf = _sources(root, core)
     routes = _routes(root)
     inbound = _inbound(root, site, core)
+    _check_for_broker(file, brokers.kind, inbound)
     icinga2 = _icinga2(root, site, core)
     log_settings = _logging(root)
     daemon = _daemon(root)

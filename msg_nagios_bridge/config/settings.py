@@ -87,6 +87,7 @@ class BrokerSettings:
     backoff_max: float = 60.0
     max_refusals: int = 5
     tls: TlsSettings = TlsSettings()
+    kind: str = "activemq"          # activemq | rabbitmq: what the bridge says differently (broker/kinds.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +175,9 @@ class InboundSettings:
     signatures: SignatureCheck = SignatureCheck()
     max_age: float = 86400.0
     max_clock_skew: float = 300.0
+    loss_accounting: bool = True           # track the producers' route_seq (docs/loss-accounting.md)
+    gap_warning_seconds: float = 300.0     # check: WARNING for a gap open this long (0: never)
+    gap_critical_seconds: float = 0.0      # check: CRITICAL likewise (0: never)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

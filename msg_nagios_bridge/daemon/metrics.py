@@ -42,8 +42,48 @@ def render(status: Status) -> str:
     for part, state in states:
         up = 1 if is_up(state) else 0
         lines.append('%s{part="%s"} %d' % (_name("part_up"), _UNSAFE.sub("_", part), up))
+    _sequences(status, lines)
     metric(_name("status_timestamp_seconds"), "gauge", status.time)
     return "\n".join(lines) + "\n"
+
+
+# Loss accounting, one series a (producer, route): (row field, metric, type).
+_STREAM_METRICS = (
+    ("missing", "sequence_missing", "gauge"),
+    ("highest", "sequence_highest", "gauge"),
+    ("oldest_gap_age", "sequence_oldest_gap_age_seconds", "gauge"),
+    ("received", "sequence_received_total", "counter"),
+    ("late", "sequence_late_total", "counter"),
+    ("duplicates", "sequence_duplicates_total", "counter"),
+    ("lost", "sequence_lost_total", "counter"),
+    ("untracked", "sequence_untracked_total", "counter"),
+)
+
+
+def _label(text: str) -> str:
+    """A label value as the exposition format escapes it."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _sequences(status: Status, lines: List[str]) -> None:
+    if status.numbering:
+        lines.append(f"# TYPE {_name('sequence_numbered')} gauge")
+        for route, value in sorted(status.numbering.items()):
+            lines.append('%s{route="%s"} %d' % (_name("sequence_numbered"), _label(route), value["last"]))
+    if status.sequences is None:
+        return
+    for counter, value in sorted(status.sequences.get("counters", {}).items()):
+        lines.append(f"# TYPE {_name('sequence_' + counter)}_total counter")
+        lines.append(f"{_name('sequence_' + counter)}_total {value}")
+    rows = status.streams()
+    for field, name, kind in _STREAM_METRICS:
+        samples = [(row, row[field]) for row in rows if row.get(field) is not None]
+        if not samples:
+            continue
+        lines.append(f"# TYPE {_name(name)} {kind}")
+        for row, value in samples:
+            lines.append('%s{producer="%s",route="%s"} %s' % (_name(name), _label(row["producer"]),
+                                                            _label(row["route"]), value))
 
 
 def write_textfile(path: str, text: str) -> None:

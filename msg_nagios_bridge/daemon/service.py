@@ -206,9 +206,17 @@ class Bridge:
                 stats = spool.stats()
                 gauges[name] = SpoolGauges(depth=stats.depth, bytes=stats.bytes,
                                            oldest_age=stats.oldest_age, dead_letters=stats.dead_letters)
-        return Status(time=time.time(), pid=os.getpid(), states=snapshot["states"],
+        tracker = self.subscriber.tracker if self.subscriber is not None else None
+        numbering = None
+        if self.spool is not None:
+            numbering = {route: {"epoch": epoch, "last": last}
+                         for route, (epoch, last) in self.spool.sequences().items()}
+        now = time.time()
+        return Status(time=now, pid=os.getpid(), states=snapshot["states"],
                       since=snapshot["since"], counters=snapshot["counters"], last=snapshot["last"],
-                      errors=tuple(snapshot["errors"]), **gauges)
+                      errors=tuple(snapshot["errors"]),
+                      sequences=tracker.snapshot(now) if tracker is not None else None,
+                      numbering=numbering, **gauges)
 
     def write_status(self) -> Optional[Status]:
         """Take a snapshot and write it to status.json (read by ``status`` and ``check``);

@@ -13,6 +13,12 @@ status.json holds one JSON object (schema 1), padded with spaces to whole 64 KiB
     spool, inbound_spool
                     {depth, bytes, oldest_age (s, or null when empty), dead_letters}: the
                     outbound and the inbound spool, each only when its direction is on
+    sequences       loss accounting (inbound/sequence.py; only with inbound.loss_accounting):
+                    {"counters": {name: count}, "streams": [{producer, route, epoch, highest,
+                    missing, late, duplicates, received, lost, untracked, gaps, oldest_gap_age
+                    (s, or null), previous_epoch (or null), last_seen}, ...]}
+    numbering       the producer's side (outbound spool): {route: {"epoch": id, "last": the
+                    last number given}}; only with outbound on
 
 A reader ignores keys it does not know (a newer writer may add some) and fills those an older
 writer did not have with empty values; anything else is a StatusError that says what is wrong.
@@ -27,7 +33,7 @@ import logging
 import os
 import tempfile
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 SCHEMA = 1
 BLOCK = 65536      # the padding: see write()
@@ -62,6 +68,8 @@ class Status:
     errors: Tuple[Tuple[float, str], ...] = ()
     spool: Optional[SpoolGauges] = None
     inbound_spool: Optional[SpoolGauges] = None
+    sequences: Optional[Mapping[str, Any]] = None
+    numbering: Optional[Mapping[str, Mapping[str, Any]]] = None
 
     SPOOLS = ("spool", "inbound_spool")
 
@@ -77,7 +85,15 @@ class Status:
             "errors": [[when, text] for when, text in self.errors]}
         for name, gauges in self.spools().items():
             data[name] = dataclasses.asdict(gauges)
+        if self.sequences is not None:
+            data["sequences"] = self.sequences
+        if self.numbering is not None:
+            data["numbering"] = {route: dict(value) for route, value in self.numbering.items()}
         return data
+
+    def streams(self) -> List[Mapping[str, Any]]:
+        """The loss accounting's rows, one a (producer, route); [] without it."""
+        return list(self.sequences["streams"]) if self.sequences else []
 
     @classmethod
     def from_json(cls, data: Any) -> "Status":
@@ -91,7 +107,8 @@ class Status:
                 states=_mapping(data, "states", str), since=_mapping(data, "since", float),
                 counters=_mapping(data, "counters", int), last=_mapping(data, "last", float),
                 errors=_errors(data.get("errors", [])),
-                spool=_gauges(data, "spool"), inbound_spool=_gauges(data, "inbound_spool"))
+                spool=_gauges(data, "spool"), inbound_spool=_gauges(data, "inbound_spool"),
+                sequences=_sequences(data.get("sequences")), numbering=_numbering(data.get("numbering")))
         except StatusError as exc:
             if isinstance(schema, int) and schema > SCHEMA:
                 raise StatusError(f"{exc} (written by a newer release: schema {schema}, "
@@ -151,6 +168,46 @@ def _gauges(data: Mapping, key: str) -> Optional[SpoolGauges]:
                            dead_letters=_integer(value, "dead_letters"))
     except StatusError as exc:
         raise StatusError(f"{key}.{exc}") from None
+
+
+_STREAM_COUNTS = ("highest", "missing", "late", "duplicates", "received", "lost", "untracked", "gaps")
+
+
+def _sequences(value: Any) -> Optional[Dict[str, Any]]:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("streams", []), list):
+        raise StatusError("sequences is not a JSON object with a list of streams")
+    counters = _mapping(value, "counters", int)
+    streams = []
+    for index, row in enumerate(value.get("streams", [])):
+        if not isinstance(row, dict):
+            raise StatusError(f"sequences.streams[{index}] is not a JSON object")
+        try:
+            checked = {name: _integer(row, name) for name in _STREAM_COUNTS}
+            checked["oldest_gap_age"] = _number(row, "oldest_gap_age", optional=True)
+        except StatusError as exc:
+            raise StatusError(f"sequences.streams[{index}].{exc}") from None
+        for name in ("producer", "route", "epoch"):
+            if not isinstance(row.get(name), str):
+                raise StatusError(f"sequences.streams[{index}].{name} is not a string")
+            checked[name] = row[name]
+        previous = row.get("previous_epoch")
+        checked["previous_epoch"] = previous if isinstance(previous, str) else None
+        last_seen = row.get("last_seen")
+        checked["last_seen"] = float(last_seen) if isinstance(last_seen, (int, float)) else None
+        streams.append(checked)
+    return {"counters": counters, "streams": streams}
+
+
+def _numbering(value: Any) -> Optional[Dict[str, Dict[str, Any]]]:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+            isinstance(item, dict) and isinstance(item.get("epoch"), str) and isinstance(item.get("last"), int)
+            and not isinstance(item.get("last"), bool) for item in value.values()):
+        raise StatusError("numbering is not a JSON object of {epoch, last} per route")
+    return {route: {"epoch": item["epoch"], "last": item["last"]} for route, item in value.items()}
 
 
 def read(path: str) -> Optional[Status]:

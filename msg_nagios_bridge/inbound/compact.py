@@ -37,14 +37,18 @@ def _siphash(text: str) -> int:
     return hash(text) & MASK
 
 
+_SECRET = os.urandom(16)     # for BLAKE2b: one per process, as str's hash key is
+
+
 class Hasher:
-    """Text -> 64-bit unsigned int, keyed with a secret the sender cannot know."""
+    """Text -> 64-bit unsigned int, keyed with a secret the sender cannot know (the same in
+    every Hasher of one process, so two sets of one process can be compared)."""
 
     def __init__(self) -> None:
         if sys.flags.hash_randomization and sys.hash_info.hash_bits >= 64:
             self._hash = _siphash
         else:      # PYTHONHASHSEED set: str's hash key is known
-            secret = os.urandom(16)
+            secret = _SECRET
             self._hash = lambda text: int.from_bytes(blake2b(
                 text.encode("utf-8", "surrogatepass"), digest_size=8, key=secret).digest(), "little")
 
@@ -100,6 +104,11 @@ class KnownObjects:
 
     def __len__(self) -> int:
         return len(self._hashes)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KnownObjects) and self._hashes == other._hashes
+
+    __hash__ = None     # mutable in principle: not a dict key
 
     def __repr__(self) -> str:
         return f"<KnownObjects: {len(self)} objects>"

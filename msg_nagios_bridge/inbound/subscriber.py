@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from stomp.exception import StompException
 
+from ..broker import kinds
 from ..broker.connection import BrokerConnection
 from ..broker.session import BrokerSession
 from ..config import BrokerSettings, InboundSettings
@@ -37,6 +38,7 @@ from ..model import Refused
 from ..daemon.health import Health, RateLimitedLog
 from ..model import Message, result_to_dict
 from .poison import PoisonGuard, fingerprint
+from .sequence import CURSOR_PREFIX, Tracker
 from ..spool import Spool, SpoolError, SpoolFull
 from ..wakeup import Wakeup
 
@@ -82,6 +84,12 @@ class Subscriber(threading.Thread):
         self._warn = RateLimitedLog(log)
         self._refusal_log = RateLimitedLog(log)
         self.verifier = judgement.make_verifier(settings)
+        # Loss accounting (docs/loss-accounting.md): its state is saved with every write that
+        # comes before an ACK, so what was acked is never forgotten.
+        self.tracker: Optional[Tracker] = None
+        if settings.loss_accounting:
+            self.tracker = Tracker(expiry=settings.max_age)
+            self.tracker.load(spool.cursors(CURSOR_PREFIX))
 
     @property
     def broker(self) -> BrokerConnection:
@@ -132,12 +140,9 @@ class Subscriber(threading.Thread):
 
     def _subscribe(self) -> None:
         for index, sub in enumerate(self.settings.subscriptions):
-            headers = {"activemq.prefetchSize": str(self.settings.prefetch)}
-            if sub.selector:
-                headers["selector"] = sub.selector
-            if sub.durable_name:
-                headers["activemq.subscriptionName"] = sub.durable_name
-            self.broker.conn.subscribe(sub.destination, id=str(index), ack="client-individual", headers=headers)
+            id_, headers = kinds.subscribe_headers(self.brokers.kind, index, sub.destination, sub.selector,
+                                                   sub.durable_name, self.settings.prefetch, self.settings.client_id)
+            self.broker.conn.subscribe(sub.destination, id=id_, ack="client-individual", headers=headers)
 
     def _lost(self, why: str) -> None:
         if self._held is not None:
@@ -178,6 +183,9 @@ class Subscriber(threading.Thread):
             return
         now = time.time()
         verdicts = self._judge(messages, now)
+        if self.tracker is not None:
+            self.tracker.note_batch([(headers, verdict.refusal.reason if verdict.outcome == judgement.REFUSED
+                                      else None) for (headers, _), verdict in zip(messages, verdicts)], now)
         accepted: List[Message] = []
         acks: List[str] = []
         for (headers, body), verdict in zip(messages, verdicts):
@@ -205,10 +213,11 @@ class Subscriber(threading.Thread):
         nothing more is taken, nothing acked) until the spool wakes us with room."""
         held = self._held
         assert held is not None
-        if held.accepted:
+        states = self.tracker.unsaved() if self.tracker is not None else []
+        if held.accepted or states:
             try:
                 # Durable hand-off first, with what it adds to the memory ...
-                new = self.spool.put(held.accepted, marks=held.marks)
+                new = self.spool.put(held.accepted, marks=held.marks, states=states)
             except SpoolFull as exc:
                 if not self._paused:
                     self._paused = True
@@ -217,8 +226,11 @@ class Subscriber(threading.Thread):
                     self._warn(logging.WARNING, "full", f"inbound spool full: holding {len(held.acks)} messages "
                                f"unacked and taking no more until it has room ({exc})")
                 return
+            if self.tracker is not None:
+                self.tracker.saved(states)
             self.health.add("duplicates", len(held.accepted) - new)
-            self.health.mark("receive")
+            if held.accepted:
+                self.health.mark("receive")
         self._held = None
         if self._paused:
             self._paused = False
@@ -240,8 +252,11 @@ class Subscriber(threading.Thread):
         # Its own id: the spool counts an id it holds as a dead letter as a duplicate, so a
         # forgery kept under the genuine result's id would make the genuine one vanish.
         # Not remembered as seen either, for the same reason.
+        states = self.tracker.unsaved() if self.tracker is not None else []
         self.spool.add_dead_letter(dead_letter(headers, body, exc, self.settings.mapping.max_body_bytes),
-                                   str(exc)[:1000])
+                                   str(exc)[:1000], states=states)
+        if self.tracker is not None:
+            self.tracker.saved(states)
         if exc.reason == "poison":
             self.poison.caught(fingerprint(headers, body))
         self.health.add("dead_letters")

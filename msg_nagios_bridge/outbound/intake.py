@@ -108,7 +108,7 @@ class Intake:
         while True:
             try:
                 if messages or cursor is not None or marks:
-                    self.spool.put(messages, cursor=cursor, marks=marks)
+                    self.spool.put(messages, cursor=cursor, marks=marks, numbered=True)
                 self.health.add("spooled", len(messages))
                 self.health.set_state(self.source, "reading")
                 return True

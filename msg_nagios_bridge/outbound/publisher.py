@@ -30,6 +30,7 @@ from typing import Dict, Optional
 
 from stomp.exception import StompException
 
+from ..broker import kinds
 from ..broker.connection import BrokerConnection
 from ..broker.session import BrokerSession
 from ..config import BrokerSettings
@@ -73,6 +74,9 @@ class Publisher(threading.Thread):
         self._refusal_backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._refusing_all = ""                                   # the broker's reason, if so
         self._paused_until = float("-inf")    # refusing all: nothing is sent before (monotonic)
+        # Transactions only where a COMMIT's receipt proves the messages are stored (not on
+        # RabbitMQ: broker/kinds.py); else one receipt per message, many in flight.
+        self.transactions = kinds.uses_transactions(settings.kind)
 
     @property
     def broker(self) -> BrokerConnection:
@@ -167,6 +171,8 @@ class Publisher(threading.Thread):
             try:
                 if self._refusals.one_receipt_each:
                     self._send_each(entries)
+                elif not self.transactions:
+                    self._send_receipted(entries)
                 else:
                     self._send_transaction(entries)
             except BaseException:
@@ -191,6 +197,21 @@ class Publisher(threading.Thread):
             self.broker.commit(transaction, receipt)
         self._track(receipt, entries)
 
+    def _send_receipted(self, entries) -> None:
+        """One receipt per message (where a COMMIT's receipt proves nothing: broker/kinds.py),
+        the batch in one write as a transaction is. Once the batch is tracked in flight,
+        ``entries`` is emptied: if the write then fails, the connection loss gives them back."""
+        receipts = []
+        with self.broker.corked():
+            for entry in entries:
+                receipt = self._next_receipt()
+                self.broker.send(entry.message.destination, entry.message.body,
+                                 dict(entry.message.headers, receipt=receipt))
+                receipts.append((receipt, entry))
+            for receipt, entry in receipts:
+                self._track(receipt, [entry])
+            del entries[:]
+
     def _send_each(self, entries) -> None:
         """One receipt per message, so that an ERROR names the message it is about."""
         for index, entry in enumerate(entries):
@@ -204,7 +225,8 @@ class Publisher(threading.Thread):
                 del entries[:index]
                 raise
             self._track(receipt, [entry])
-            self._step(refusals.SentOne())
+            if self._refusals.one_receipt_each:
+                self._step(refusals.SentOne())
 
     def _track(self, receipt: str, entries) -> None:
         self._in_flight[receipt] = (entries, time.monotonic())

@@ -58,11 +58,30 @@ def assert_rows(out, expected):
     assert not missing, f"rows missing from the table: {missing}\n{out[-4000:]}"
 
 
+def assert_code_recorded(out):
+    """The header names the commit and date."""
+    assert re.search(r"^code: commit [0-9a-f]{40}(\+dirty)?, .*, \d{4}-\d\d-\d\d \d\d:\d\d UTC", out, re.M), out
+
+
+def assert_summary(out, unit, count, rows):
+    """A summary over ``count`` repetitions called ``unit`` ("run", "window", "round") holds each
+    of ``rows`` ((case or "", figure)) with a median, min, max and one value per repetition
+    (each "*" or not), and says how many were disturbed."""
+    summary = out[out.index(f"\nsummary over {count} {unit}{'s' if count != 1 else ''} ("):]
+    number = r"[-+\d.,]+"
+    for case, figure in rows:
+        pattern = (r"^ *" + re.escape(case) + r" +" + re.escape(figure) + f" +{number}" * 3
+                   + rf"( +{number}( \*)?){{{count}}}$")
+        assert re.search(pattern, summary, re.M), f"no summary row {case!r} {figure!r}:\n{summary}"
+    assert re.search(rf"^disturbed {unit}s \(other processes > 25% of a CPU during (a case|the {unit})\):"
+                     rf" \d+ of \d+", summary, re.M), summary
+
+
 def assert_figures_recorded(out, bridge_cases, ratio):
     """The header names the commit and date; the summary over the runs shows, for each of
     ``bridge_cases``, its median, min and max msgs/s and its ratio to the baseline of its run,
     and says how many runs were disturbed."""
-    assert re.search(r"^code: commit [0-9a-f]{40}(\+dirty)?, .*, \d{4}-\d\d-\d\d \d\d:\d\d UTC", out, re.M), out
+    assert_code_recorded(out)
     summary = out[out.index("\nsummary over 1 run "):]
     for case in bridge_cases:
         rows = summary[summary.index("\n" + case + " "):].splitlines()[1:6]
@@ -78,10 +97,23 @@ def assert_all_delivered(out):
 
 
 def test_spool():
-    out = bench("spool.py", "--dir", "/tmp", "--seconds", "0.3", "--deletes", "200")
+    out = bench("spool.py", "--dir", "/tmp", "--seconds", "0.2", "--deletes", "200", "--runs", "2")
     assert_rows(out, ["case", "put, batch 1", "put, batch 100", "take 100 + done (10000 queued)",
                       "2 putters (batch 10) + 1 taker, delivered"])
     assert re.search(r"RSS growth over 200 deletes .* \+[\d.]+ MB, the Spool .* \+[\d.]+ MB", out), out
+    assert_code_recorded(out)
+    assert_summary(out, "run", 2, [("put, batch 1", "SQLite FULL /s"), ("", "dirq fsync /s"),
+                                   ("", "FULL/dirq"), ("2 putters (batch 10) + 1 taker, delivered", "SQLite FULL /s"),
+                                   ("RSS growth, deletes of 1-500 ids", "one ? per id MB"), ("", "Spool MB")])
+
+
+def test_icinga2_objects():
+    out = bench("icinga2_objects.py", "--objects", "3000", "--runs", "2")
+    assert_code_recorded(out)
+    for case in ("bridge: results_of + KnownObjects", "baseline: json.loads + frozenset"):
+        assert len(re.findall(rf"^run [12] {re.escape(case)}: RSS before \d+ MB, after \d+ MB, peak \d+ MB$",
+                              out, re.M)) == 2, out
+        assert re.search(rf"^{re.escape(case)}\s+after - before, MB\s+-?\d+\s+-?\d+\s+-?\d+$", out, re.M), out
 
 
 def test_outbound():
@@ -138,6 +170,9 @@ def test_soak():
     assert "SIGHUP site" in out, out
     assert_rows(out, ["site", "central", "sent (generator)", "delivered (distinct ids at the probe)"])
     assert re.search(r"^lost \(sent, never delivered\) +0$", out, re.M), out
+    assert_code_recorded(out)
+    assert_summary(out, "window", 3, [("bridges", "site results/s"), ("", "site RSS MB at the end"),
+                                      ("", "central fds at the end"), ("", "central CPU us/result")])
     assert_all_delivered(out)
 
 
@@ -147,6 +182,9 @@ def test_gridscale():
                 "--drain-timeout", "60", "--stall-timeout", "10")
     assert_rows(out, ["window", "100/s x 10 s", "100/s"])
     assert "**Lost: 0** of 1,300 sent" in out, out
+    assert_code_recorded(out)
+    assert_summary(out, "window", 3, [("100/s x 10 s", "sent/s"), ("", "injected/s"), ("", "lag p99 ms"),
+                                      ("", "bridge us/result")])
     assert_all_delivered(out)
 
 
@@ -154,7 +192,9 @@ def test_reliability():
     out = bench("reliability.py", "--rounds", "1", "--duration", "3", "--rate", "50", "--kills", "1",
                 "--only", "broker SIGKILL")
     assert_rows(out, ["scenario", "broker SIGKILL"])
-    assert re.search(r"^broker SIGKILL +1 +150 +150 +0 .* PASS$", out, re.M), out
+    assert re.search(r"^broker SIGKILL +1 +150 +150 +0 .* [01] +PASS$", out, re.M), out    # [01]: disturbed
+    assert_code_recorded(out)
+    assert_summary(out, "round", 1, [("broker SIGKILL", "flow back s"), ("", "caught up s"), ("", "lost")])
     assert_all_delivered(out)
 
 
@@ -163,6 +203,12 @@ def test_inbound_icinga2():
     assert "bridge -> icinga2 api: median" in out and "bridge -> nagios fifo: median" in out, out[-3000:]
     assert "INCOMPLETE" not in out, out[-3000:]
     assert len(re.findall(r"objects showing the last result (\d+)/\1;", out)) == 2, out[-3000:]
+
+
+def test_rabbitmq_publish():
+    out = bench("rabbitmq_publish.py", "--count", "300", "--runs", "1", "--crash", timeout=240)
+    assert_rows(out, ["transactions", "receipts", "receipts-5000", "receipts-each"])
+    assert re.search(r"run 1  receipts +killed at the last receipt: 300 of 300 kept", out), out[-3000:]
 
 
 def test_scaleout():

@@ -41,9 +41,10 @@ from msg_nagios_bridge.model import CheckResult
 from tests.sandbox.activemq import ActiveMQ
 from tests.sandbox.bridge import Bridge, bridge_config, feed_ocsp, inbound_config
 from tests.sandbox.nagios import Nagios, passive_service
+from tests.sandbox.rabbitmq import RabbitMQ
 from tests.sandbox.ports import wait_until
 from tests.sandbox.procfs import rss_mb
-from tests.sandbox.stomp_probe import connect
+from tests.sandbox.stomp_probe import StompProbe, connect
 
 QUEUE = "/queue/reliability.results"
 HOSTS = 20                       # results are spread over this many hosts
@@ -57,6 +58,7 @@ class Params:
     rate: float = 150.0          # results per second
     drain_timeout: float = 90.0  # after the stream, how long everything may take to arrive
     kills: int = 2               # bridge kill -9 scenarios: how many kills per run
+    broker: str = "activemq"     # the brokers' kind (brokers.kind): activemq | rabbitmq
 
 
 @dataclasses.dataclass
@@ -108,8 +110,9 @@ class Counter:
     saw (its own ack lost with a connection) is noted apart: that duplicate is the test's, not
     the bridge's."""
 
-    def __init__(self, groups):
+    def __init__(self, groups, kind="activemq"):
         self.groups = [list(g) for g in groups]
+        self.kind = kind
         self.lock = threading.Lock()
         self.first: Dict[str, float] = {}
         self.deliveries = collections.Counter()
@@ -142,8 +145,9 @@ class Counter:
 
     def _connect(self, address):
         connected = threading.Event()
+        # RabbitMQ takes the host header as the vhost: "/".
         conn = stomp.Connection12([address], heartbeats=(1000, 1000), reconnect_attempts_max=1,
-                                  auto_decode=False)
+                                  auto_decode=False, **({"vhost": "/"} if self.kind == "rabbitmq" else {}))
         counter = self
 
         class Listener(stomp.ConnectionListener):
@@ -161,7 +165,7 @@ class Counter:
             if not connected.wait(3.0):
                 raise OSError("no CONNECTED")
             conn.subscribe(QUEUE, id="1", ack="client-individual",
-                           headers={"activemq.prefetchSize": "500"})
+                           headers={"prefetch-count" if self.kind == "rabbitmq" else "activemq.prefetchSize": "500"})
             return conn
         except Exception:  # noqa: BLE001 - any failure: try again later
             _quietly(conn.disconnect)
@@ -309,7 +313,12 @@ class World:
         self.closers: List[Callable] = []
 
     def broker(self, name, **kwargs) -> ActiveMQ:
-        broker = ActiveMQ(self.tmp / f"activemq-{name}", name=name, **kwargs)
+        """A broker of the run's kind (Params.broker): ActiveMQ, or a RabbitMQ node (the same
+        lifecycle: start, stop, kill, pause/resume, restart)."""
+        if self.p.broker == "rabbitmq":
+            broker = RabbitMQ(self.tmp / f"rabbitmq-{name}", name=name, **kwargs)
+        else:
+            broker = ActiveMQ(self.tmp / f"activemq-{name}", name=name, **kwargs)
         self.brokers.append(broker)
         return broker
 
@@ -361,9 +370,16 @@ def run_outbound(name, tmp, rng, params, *, source, brokers, counter_groups, fau
         for broker in chosen:
             if not broker.running():
                 broker.start()
+        if params.broker == "rabbitmq":
+            # The durable queue, declared before anything flows: one declared just before a
+            # SIGKILL was once gone after the restart (docs/rabbitmq.md).
+            for broker in chosen:
+                StompProbe(broker, QUEUE).start().close()
         if prepare:
             prepare(world)
         options = dict(heartbeat_ms=1000, **(bridge_options or {}))
+        if params.broker != "activemq":
+            options["kind"] = params.broker
         bridge = world.bridge("bridge", bridge_config(
             tmp / "bridge", [b.stomp_port for b in world.brokers], ocsp=source == "ocsp",
             perfdata=source == "perfdata", destination=QUEUE, **options))
@@ -375,7 +391,7 @@ def run_outbound(name, tmp, rng, params, *, source, brokers, counter_groups, fau
             # so that what waits in the pipe outlives a bridge killed with -9.
             holder = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
             world.closers.insert(0, lambda: os.close(holder))
-        counter = Counter(counter_groups(world)).start()
+        counter = Counter(counter_groups(world), params.broker).start()
         world.closers.append(counter.stop)
         send = write_to_fifo(fifo) if source == "ocsp" else append_to(tmp / "bridge" / "service-perfdata")
         happened = world.flow(outbound_line, send, fault)
@@ -708,7 +724,15 @@ SCENARIOS = {
 }
 
 
+# The scenarios that are about the broker itself, run on RabbitMQ too (Params.broker): two
+# independent nodes for the hang (the bridge fails over to the other).
+BROKER_SCENARIOS = ("broker SIGKILL", "broker SIGTERM", "broker restart", "hung broker (SIGSTOP)")
+
+
 def run(name: str, tmp: Path, seed: int, params: Params) -> Outcome:
-    """Run scenario ``name`` once in the (empty) directory ``tmp``."""
+    """Run scenario ``name`` once in the (empty) directory ``tmp``, with ``params.broker``
+    brokers (rabbitmq: only the BROKER_SCENARIOS)."""
+    if params.broker != "activemq" and name not in BROKER_SCENARIOS:
+        raise ValueError(f"{name!r} runs on ActiveMQ only")
     tmp.mkdir(parents=True, exist_ok=True)
     return SCENARIOS[name](name, tmp, random.Random(seed), params)

@@ -57,12 +57,13 @@ def free_port():
     raise RuntimeError("no free port found on 127.0.0.1")
 
 
-def stomp_connect_ok(host, port, timeout=2.0, login=None):
-    """True if a raw STOMP 1.2 CONNECT to host:port (as ``login`` = (user, password)) gets CONNECTED back."""
+def stomp_connect_ok(host, port, timeout=2.0, login=None, vhost="localhost"):
+    """True if a raw STOMP 1.2 CONNECT to host:port (as ``login`` = (user, password); with
+    ``vhost`` as its host header, which RabbitMQ takes as the vhost) gets CONNECTED back."""
     credentials = b"login:%s\npasscode:%s\n" % tuple(x.encode() for x in login) if login else b""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(b"CONNECT\naccept-version:1.2\nhost:localhost\n" + credentials + b"\n\x00")
+            s.sendall(b"CONNECT\naccept-version:1.2\nhost:%s\n" % vhost.encode() + credentials + b"\n\x00")
             data = b""
             while b"\x00" not in data and len(data) < 65536:
                 chunk = s.recv(4096)

@@ -62,7 +62,11 @@ class Receipts(stomp.ConnectionListener):
 
 def connect(addr, client_id=None, heartbeats=(0, 0), auto_decode=True, login=None, **conn_kwargs):
     """A stomp.py 1.2 connection to ``addr`` (host, port), or to a sandbox broker, with a
-    Receipts listener; returns (connection, receipts). No reconnects: a test sees a failure."""
+    Receipts listener; returns (connection, receipts). No reconnects: a test sees a failure.
+    A sandbox broker with a ``stomp_vhost`` (RabbitMQ, which takes the host header as its
+    vhost) is connected to on that vhost unless ``vhost`` is given."""
+    if getattr(addr, "stomp_vhost", None):
+        conn_kwargs.setdefault("vhost", addr.stomp_vhost)
     addr = addr.stomp_address if hasattr(addr, "stomp_address") else addr
     conn = stomp.Connection12([tuple(addr)], heartbeats=heartbeats, auto_decode=auto_decode,
                               reconnect_attempts_max=1, **conn_kwargs)
@@ -96,6 +100,7 @@ class StompProbe(stomp.ConnectionListener):
     def __init__(self, addr, destination, ack="auto", selector=None, client_id=None,
                  durable_name=None, prefetch=None, headers=None, auto_ack=False,
                  heartbeats=(0, 0), auto_decode=True, login=None):
+        self.vhost = getattr(addr, "stomp_vhost", None)       # RabbitMQ's (see connect)
         self.addr = tuple(addr.stomp_address if hasattr(addr, "stomp_address") else addr)
         self.destination = destination
         self.ack_mode = ack
@@ -120,7 +125,7 @@ class StompProbe(stomp.ConnectionListener):
     def start(self, timeout=10.0):
         """Connect and subscribe; returns once the broker confirmed the SUBSCRIBE with a receipt."""
         self.conn, self._waiter = connect(self.addr, self.client_id, self.heartbeats, self.auto_decode,
-                                          login=self.login)
+                                          login=self.login, **({"vhost": self.vhost} if self.vhost else {}))
         self.conn.set_listener("probe", self)
         receipt = f"sub-{uuid.uuid4()}"
         self.conn.subscribe(self.destination, self.sub_id, ack=self.ack_mode,

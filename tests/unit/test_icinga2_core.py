@@ -139,8 +139,17 @@ class ScriptedApi:
             raise answer
         return answer
 
+    def each_result(self, path):
+        status, body = self.request("GET", path)
+        return (status, iter(body["results"])) if status == 200 else (status, body)
+
     def close(self):
         pass
+
+
+def holds_exactly(known, expected):
+    """A KnownObjects holds ``expected`` and nothing more (by count)."""
+    return len(known) == len(expected) and all(key in known for key in expected)
 
 
 def listing(hosts=("h1",), services=(("h1", "s1"),)):
@@ -161,7 +170,7 @@ def test_the_list_is_read_once_per_refresh_and_its_version_moves_only_when_it_ch
     api, clock = ScriptedApi(listing()), Clock()
     objects = ObjectList(api, refresh=60, clock=clock)
     version = objects.version()                    # the first time: read at once
-    assert version is not None and objects.get() == {("h1", None), ("h1", "s1")}
+    assert version is not None and holds_exactly(objects.get(), {("h1", None), ("h1", "s1")})
     clock.now += 59
     objects.get()
     assert len(api.requests) == 2                  # hosts and services, once
@@ -197,10 +206,10 @@ def test_unreachable_before_the_first_read_is_none_for_the_core_and_the_old_list
     assert len(api.requests) == 2                  # a GET is tried twice (idle close), then held
     api.answers = listing()
     clock.now += 5
-    assert objects.get() == {("h1", None), ("h1", "s1")}
+    assert holds_exactly(objects.get(), {("h1", None), ("h1", "s1")})
     api.answers = {"/v1/objects/hosts": ApiUnavailable("down")}
     clock.now += 60
-    assert objects.get() == {("h1", None), ("h1", "s1")} and "down" in objects.problem
+    assert holds_exactly(objects.get(), {("h1", None), ("h1", "s1")}) and "down" in objects.problem
 
 
 def test_a_404_on_the_list_names_the_missing_permission():
@@ -370,32 +379,80 @@ def test_a_lane_without_an_answer_stops_gives_back_the_rest_and_halts_the_others
     assert other.send([prepared(3, "h2")], halt) == Sent([], [prepared(3, "h2")])   # halted: sends nothing
 
 
-def test_a_quiet_lane_is_probed_once_its_answers_are_due_and_they_leave_the_spool(tmp_path):
-    """Other lanes busy, this one's objects get no new result: without a probe its 200s stayed
-    unconfirmed, and after 5 s its connection was closed and they were sent again."""
+def lane_writer(tmp_path, spool, *clients):
+    """An Icinga2Writer whose lanes talk to ``clients`` (LaneApi), their threads started."""
     from msg_nagios_bridge.cores.icinga2.writer import Icinga2Writer
     from msg_nagios_bridge.daemon.health import Health
     from msg_nagios_bridge.inbound.echo import EchoGuard
-    from msg_nagios_bridge.spool import Spool
     (tmp_path / "ca.crt").write_text(open(Authority(tmp_path / "pki", name="Icinga CA").cert_file).read())
-    settings = settings_for(tmp_path)
+    writer = Icinga2Writer(settings_for(tmp_path), spool, Health(), EchoGuard(), objects=None)
+    for lane, client in zip(writer.lanes, clients):
+        lane.client = client
+    writer._start_lanes()
+    return writer
+
+
+def hand_out(writer, items_by_lane):
+    with writer._cond:
+        for index, items in items_by_lane.items():
+            writer.lanes[index].inbox.extend(items)
+            writer._outstanding += len(items)
+        writer._cond.notify_all()
+
+
+def run_writer_thread_until(writer, done, timeout=5.0):
+    """Do the writer thread's part (collect, settle) until ``done()`` or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        writer.wakeup.wait(0.02)
+        writer._collect()
+        writer._settle()
+
+
+def test_a_lane_with_nothing_to_send_probes_once_its_answers_are_due_and_they_leave_the_spool(tmp_path):
+    """A lane whose objects get no new result (the others may be busy): without a probe its
+    200s stayed unconfirmed, and after 5 s its connection was closed and they were sent again."""
+    from msg_nagios_bridge.spool import Spool
     spool = Spool(str(tmp_path / "in.sqlite"))
     try:
         spool.put([Message("m1", "nagios", {}, b"{}"), Message("m2", "nagios", {}, b"{}")])
         ids = [entry.entry_id for entry in spool.take(2)]
-        writer = Icinga2Writer(settings, spool, Health(), EchoGuard(), objects=None)
-        quiet, busy = LaneApi(), LaneApi()
-        writer.lanes[0].client, writer.lanes[1].client = quiet, busy
-        writer.lanes[0].send([prepared(ids[0])], threading.Event())
-        writer.lanes[1].send([prepared(ids[1], "h2!s1")], threading.Event())
-        writer._probe_quiet_lanes()
-        assert quiet.sent == ["r%d" % ids[0]] and spool.stats().depth == 2   # not due yet: no probe
-        writer.lanes[0].last_answer -= CONFIRM_AFTER
-        writer.lanes[0].pending[0] = (writer.lanes[0].pending[0][0] - CONFIRM_AFTER, writer.lanes[0].pending[0][1])
-        writer._probe_quiet_lanes()
-        assert quiet.sent == ["r%d" % ids[0], "GET"] and busy.sent == ["r%d" % ids[1]]
-        assert not writer.lanes[0].pending and spool.stats().depth == 1      # confirmed and deleted
-        writer._pool.shutdown()
+        first, second = LaneApi(), LaneApi()
+        writer = lane_writer(tmp_path, spool, first, second)
+        started = time.monotonic()
+        hand_out(writer, {0: [prepared(ids[0])], 1: [prepared(ids[1], "h2!s1")]})
+        run_writer_thread_until(writer, lambda: first.sent and second.sent)
+        assert first.sent == ["r%d" % ids[0]] and spool.stats().depth == 2    # answered, not yet confirmed
+        run_writer_thread_until(writer, lambda: spool.stats().depth == 0)
+        assert first.sent == ["r%d" % ids[0], "GET"] and second.sent == ["r%d" % ids[1], "GET"]
+        assert spool.stats().depth == 0 and time.monotonic() - started >= CONFIRM_AFTER
+        assert writer._outstanding == 0 and writer.health.snapshot()["counters"]["injected"] == 2
+        writer._stop_lanes()
+    finally:
+        spool.close()
+
+
+def test_a_lane_without_an_answer_halts_every_lane_and_all_they_hold_goes_back_to_the_spool(tmp_path, monkeypatch):
+    from msg_nagios_bridge.cores.icinga2 import writer as writer_module
+    from msg_nagios_bridge.spool import Spool
+    monkeypatch.setattr(writer_module, "CONFIRM_AFTER", 60.0)     # no probe confirms the 200s meanwhile
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message(f"m{i}", "nagios", {}, b"{}") for i in range(6)])
+        ids = [entry.entry_id for entry in spool.take(6)]
+        failing, working = LaneApi(fail=ApiUnavailable("refused")), LaneApi()
+        writer = lane_writer(tmp_path, spool, failing, working)
+        hand_out(writer, {0: [prepared(i) for i in ids[:3]], 1: [prepared(i, "h2!s1") for i in ids[3:]]})
+        run_writer_thread_until(writer, lambda: writer._hold_until > 0)
+        assert writer._hold_until > time.monotonic() and writer._outstanding == 0
+        assert not any(lane.inbox for lane in writer.lanes)
+        # The failed lane's three are taken again first, oldest first; the other lane's 200s
+        # stay pending on their unbroken connection until confirmed.
+        again = [entry.entry_id for entry in spool.take(6)]
+        pending = [item.entry.entry_id for _, item in writer.lanes[1].pending]
+        assert again[:3] == ids[:3] and sorted(again + pending) == ids
+        assert writer.health.snapshot()["counters"]["icinga2_no_answer"] == 1
+        writer._stop_lanes()
     finally:
         spool.close()
 
@@ -512,3 +569,89 @@ def test_lean_client_refuses_heads_and_sizes_beyond_its_limits_byte_by_byte(tmp_
     client._sock = Pieces(answer, 1)
     with pytest.raises(ApiUnavailable):
         client.request("GET", "/x")
+
+
+# -- results_of: an object list an object at a time -------------------------------------------------
+
+def reader(data: bytes, size: int):
+    """read(n) over ``data`` in pieces of at most ``size`` bytes."""
+    view = memoryview(data)
+    state = {"at": 0}
+
+    def read(n):
+        at = state["at"]
+        piece = bytes(view[at:at + min(n, size)])
+        state["at"] = at + len(piece)
+        return piece
+    return read
+
+
+@pytest.mark.parametrize("size", [1, 7, 1 << 16])
+def test_results_of_gives_each_object_however_the_answer_is_cut(size):
+    from msg_nagios_bridge.cores.icinga2.api import results_of
+    items = [{"attrs": {"name": f"h{i}", "note": "\u00e9\u4e2d\U0001F600 \\ \" ]}"}} for i in range(300)]
+    data = (' { "results" : [ ' + " , ".join(json.dumps(i) for i in items) + ' ] } ').encode()
+    assert list(results_of(reader(data, size))) == items
+    assert list(results_of(reader(b'{"results":[]}', size))) == []
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b'{"error":404,"status":"No objects found."}', "not an answer with results"),
+    (b'{"results":[{"a":1}', "ends inside the results"),
+    (b'{"results":[{"a":1},{"b"', "ends inside the results"),
+    (b'{"results":[{"a":1} {"b":2}]}', "expected , or ]"),
+    (b'{"results":[1,2]}', "not a JSON object"),
+    (b'{"results":[{"a":' + b"[" * 100000 + b"]" * 100000 + b"}]}", "nested too deeply"),
+    (b'{"results":[{"a":"' + b"x" * (3 << 16) + b'"}]}', "over 65536 bytes")])
+def test_results_of_says_what_is_wrong_with_an_answer(data, problem):
+    from msg_nagios_bridge.cores.icinga2.api import results_of
+    with pytest.raises(ValueError, match=problem):
+        list(results_of(reader(data, 4096), limit=1 << 16))
+
+
+def test_results_of_is_linear_in_the_answer_cut_in_small_pieces(monkeypatch):
+    """One 4 MB object and 20,000 small ones in 1 KB pieces: an object cut by a piece's end is
+    parsed again only once twice as much came, so the characters scanned stay within a few
+    times the answer (parsing again at every piece scanned the 4 MB object 4,000 times)."""
+    from msg_nagios_bridge.cores.icinga2 import api
+    scanned = [0]
+    decoder = api._DECODER
+
+    class Counting:
+        def raw_decode(self, text, at):
+            scanned[0] += len(text) - at
+            return decoder.raw_decode(text, at)
+    monkeypatch.setattr(api, "_DECODER", Counting())
+    big = {"attrs": {"name": "big", "output": "x" * (4 << 20)}}
+    small = [{"attrs": {"name": f"h{i}"}} for i in range(20000)]
+    data = json.dumps({"results": [big] + small}).encode()
+    started = time.monotonic()
+    got = list(api.results_of(reader(data, 1024)))
+    assert len(got) == 20001 and got[0] == big
+    # Each small object's scan may see the rest of the buffer (up to a piece): bounded by the
+    # pieces, not by the answer; the big one by twice its size, twice.
+    assert scanned[0] < 4 * len(data) + 20001 * 2 * api.READ_SIZE
+    assert time.monotonic() - started < 10
+
+
+def test_a_lane_whose_connection_closed_sends_its_unconfirmed_answers_again_without_holding(tmp_path):
+    """Icinga said Connection: close after the last answer: the lane's probe finds no
+    connection; a new one cannot confirm what the old one answered, so they go again, first."""
+    from msg_nagios_bridge.spool import Spool
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message(f"m{i}", "nagios", {}, b"{}") for i in range(2)])
+        ids = [entry.entry_id for entry in spool.take(2)]
+        api = LaneApi()
+        writer = lane_writer(tmp_path, spool, api)
+        hand_out(writer, {0: [prepared(ids[0]), prepared(ids[1])]})
+        run_writer_thread_until(writer, lambda: len(api.sent) == 2)
+        api.close()
+        run_writer_thread_until(writer, lambda: spool.stats().depth == 0)
+        assert api.sent == ["r%d" % ids[0], "r%d" % ids[1]] * 2 + ["GET"] and spool.stats().depth == 0
+        counters = writer.health.snapshot()["counters"]
+        assert counters["icinga2_resent"] == 2 and "icinga2_no_answer" not in counters
+        assert writer._hold_until == 0.0
+        writer._stop_lanes()
+    finally:
+        spool.close()

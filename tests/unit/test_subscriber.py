@@ -113,7 +113,7 @@ def test_a_refused_message_is_acked_only_once_its_dead_letter_is_on_disk(subscri
 def test_a_refused_message_whose_dead_letter_cannot_be_written_is_not_acked(subscriber_on, monkeypatch):
     subscriber, spool, broker = subscriber_on()
 
-    def failing(message, reason):
+    def failing(message, reason, states=()):
         raise SpoolUnavailable("database or disk is full")
     monkeypatch.setattr(spool, "add_dead_letter", failing)
     with pytest.raises(SpoolUnavailable):

@@ -8,17 +8,21 @@ whether to send it again). Icinga's certificate is always verified against ``ca_
 from __future__ import annotations
 
 import base64
+import codecs
 import http.client
 import json
+import re
 import socket
 import ssl
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from ...config import Icinga2Settings
 
-# An answer bigger than this is not read (the object list of a very large Icinga is read in
-# pages by the caller, not in one answer).
+# An answer bigger than this is not read whole. Object lists are not read whole at all: they
+# are taken an object at a time (results_of), however long; one object may be this big.
 MAX_ANSWER_BYTES = 256 << 20
+MAX_RESULT_BYTES = 16 << 20
+READ_SIZE = 1 << 16
 MAX_HEAD_BYTES = 64 << 10       # an answer's status line and header fields
 
 
@@ -85,6 +89,42 @@ class ApiClient:
         except ValueError:
             return response.status, data.decode("utf-8", "replace")
 
+    def each_result(self, path: str) -> Tuple[int, Any]:
+        """GET ``path``: (200, an iterator of its results, read one at a time as it is
+        consumed: consume it before the next request), or (status, the answer) for another
+        status. ApiUnavailable when there is no answer, or the answer breaks off or is not a
+        list of results (the connection is then closed)."""
+        if self._connection is None:
+            self._connection = self.connection()
+        try:
+            self._connection.request("GET", path, headers=self._headers)
+            response = self._connection.getresponse()
+            if response.status != 200:
+                data = response.read(MAX_ANSWER_BYTES + 1)
+                self.close()
+                try:
+                    return response.status, json.loads(data)
+                except ValueError:
+                    return response.status, data.decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise ApiUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from None
+
+        def results() -> Iterator[dict]:
+            try:
+                yield from results_of(response.read)
+                if response.read(MAX_HEAD_BYTES) and response.read(1):
+                    raise ValueError("more than a closing brace after the results")
+                if response.will_close:
+                    self.close()
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                self.close()
+                raise ApiUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from None
+            except BaseException:
+                self.close()                # not read to its end: the connection cannot be reused
+                raise
+        return 200, results()
+
     @property
     def connected(self) -> bool:
         """A connection is open: the next request goes on it (not on a new one)."""
@@ -101,6 +141,79 @@ def _answer(data: bytes) -> Any:
         return json.loads(data)
     except ValueError:
         return data.decode("utf-8", "replace")
+
+
+_RESULTS_START = re.compile(r'\s*\{\s*"results"\s*:\s*\[')
+_DECODER = json.JSONDecoder()
+
+
+def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> Iterator[dict]:
+    """The objects of an answer ``{"results": [...]}``, one at a time, from ``read(n)`` (e.g. an
+    HTTPResponse's read): the whole answer is never held, only the object being read. Time is
+    linear in the answer's size however it is cut: an object cut by the end of what was read
+    is parsed again only once twice as much is there. ValueError when the answer is not such a
+    list, or one object is over ``limit`` bytes (counted as characters)."""
+    decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+    text, at, done = "", 0, False
+
+    def more(least: int) -> bool:
+        """Read until ``least`` characters are there after ``at`` (or the end); False at the end."""
+        nonlocal text, at, done
+        if at > READ_SIZE and at * 2 > len(text):
+            text, at = text[at:], 0            # drop what was parsed: copies stay linear
+        pieces, size = [text], len(text) - at
+        while not done and size < least:
+            data = read(READ_SIZE)
+            done = not data
+            pieces.append(decode(data, final=done))
+            size += len(pieces[-1])
+        if len(pieces) > 1:
+            text = "".join(pieces)              # once per call, and calls ask for twice as much
+        return len(text) - at >= least
+
+    def skip_blanks() -> str:
+        nonlocal at
+        while True:
+            while at < len(text) and text[at] in " \t\r\n":
+                at += 1
+            if at < len(text) or not more(1):
+                return text[at] if at < len(text) else ""
+
+    more(64)
+    start = _RESULTS_START.match(text, at)
+    if not start:
+        raise ValueError(f"not an answer with results: {text[at:at + 60]!r}")
+    at = start.end()
+    first = True
+    while True:
+        mark = skip_blanks()
+        if mark == "]":
+            return
+        if not mark:
+            raise ValueError("the answer ends inside the results")
+        if not first:
+            if mark != ",":
+                raise ValueError(f"expected , or ] between results, found {mark!r}")
+            at += 1
+            mark = skip_blanks()
+        if mark != "{":
+            raise ValueError(f"a result is not a JSON object: {text[at:at + 60]!r}")
+        want = 0
+        while True:
+            try:
+                item, end = _DECODER.raw_decode(text, at)
+                break
+            except json.JSONDecodeError:
+                if done:
+                    raise ValueError("the answer ends inside the results") from None
+                if len(text) - at > limit:
+                    raise ValueError(f"a result is over {limit} bytes") from None
+                want = max(2 * (len(text) - at), READ_SIZE)
+                more(want)
+            except RecursionError:
+                raise ValueError("a result is nested too deeply") from None
+        at, first = end, False
+        yield item
 
 
 class LeanClient:

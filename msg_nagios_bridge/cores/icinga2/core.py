@@ -8,12 +8,13 @@ writer puts on every result it sends.
 from __future__ import annotations
 
 import threading
-from typing import FrozenSet, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ...config import Settings
 from ...daemon.health import Health
+from ...inbound.compact import KnownObjects
 from ...inbound.echo import EchoGuard
-from ...model import CheckResult, ObjectKey
+from ...model import CheckResult
 from ...spool import Spool
 from .. import IntakeFor
 from . import check_result, wiring
@@ -51,7 +52,7 @@ class Icinga2Core:
     def preview(self, result: CheckResult) -> Tuple[str, str]:
         return check_result.preview(result, self.settings.icinga2.check_source)
 
-    def known_objects(self) -> Optional[FrozenSet[ObjectKey]]:
+    def known_objects(self) -> Optional[KnownObjects]:
         """Icinga's hosts and services; None while the list was never read (Icinga unreachable,
         credentials or permissions refused). A bridge started before Icinga, or with a wrong
         password, must not refuse every result as an unknown object: the writer checks each

@@ -19,12 +19,11 @@ the sockets down at once: a blocked read or answer ends then, not at a timeout.
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import socket
 import threading
 import urllib.parse
-from typing import Any, List, Optional, Set, Tuple
+from typing import Any, Iterator, List, Optional, Set, Tuple
 
 from ...config import Icinga2Settings, Settings
 from ...daemon.health import Backoff, Health, RateLimitedLog
@@ -32,7 +31,7 @@ from ...display import printable
 from ...model import CheckResult
 from ...outbound.intake import Intake, Mark
 from .. import IntakeFor
-from .api import MAX_ANSWER_BYTES, ApiClient, headers, ssl_context
+from .api import MAX_ANSWER_BYTES, ApiClient, headers, results_of, ssl_context
 from .event_record import MARKS_KIND, MAX_EVENT_BYTES, catch_up_line, object_key, parse_event
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,7 @@ log = logging.getLogger(__name__)
 SOURCE = "icinga2_events"      # the intake's name, the health state's, and the counters' prefix
 READ_CHUNK = 1 << 16
 REFUSED_HEAD_BYTES = 1 << 16   # what of a line too long is kept as its dead letter
+CATCH_UP_CHUNK = 1000          # objects of the catch-up spooled at a time
 READY_TIMEOUT = 30.0           # how long start_sources waits for the first connect and catch-up
 BACKOFF_INITIAL, BACKOFF_CAP = 0.5, 30.0
 # A stream may be silent for hours; a peer that vanished (no FIN, no RST) is found by TCP
@@ -49,6 +49,10 @@ KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 60, 10, 3
 
 class StreamRefused(Exception):
     """Icinga answered, but not with a stream (or an object list): the message says what."""
+
+
+class _Stopping(Exception):
+    """The bridge began stopping while the catch-up spooled: the next start catches up."""
 
 
 def start_sources(settings: Settings, intake_for: IntakeFor, health: Health) -> List[threading.Thread]:
@@ -214,15 +218,45 @@ class EventStreamSource(threading.Thread):
 
     def _catch_up(self) -> Tuple[int, int]:
         """Spool each object's last result newer than the newest spooled for it (by check
-        time); (objects with a result, results spooled)."""
+        time); (objects with a result, results spooled). The object lists are read an object
+        at a time and spooled CATCH_UP_CHUNK objects at a time, oldest first within each (so
+        all oldest first up to that many objects), so a large Icinga's answer (hundreds of MB
+        with outputs) is never held whole."""
         connection = self._connect()
+        found = spooled = 0
         try:
-            found = self._last_results(connection, "hosts", "attrs=name&attrs=last_check_result")
-            found += self._last_results(connection, "services",
-                                        "attrs=name&attrs=host_name&attrs=last_check_result")
+            chunk: List[Tuple[Any, Any, dict]] = []
+            for kind, attrs in (("hosts", "attrs=name&attrs=last_check_result"),
+                                ("services", "attrs=name&attrs=host_name&attrs=last_check_result")):
+                for item in self._last_results(connection, kind, attrs):
+                    chunk.append(item)
+                    if len(chunk) >= CATCH_UP_CHUNK:
+                        spooled += self._spool_newer(chunk)
+                        found += len(chunk)
+                        chunk = []
+            spooled += self._spool_newer(chunk)
+            found += len(chunk)
+        except _Stopping:
+            return found, spooled                 # the bridge stops: the next start catches up
         finally:
             connection.close()
-        newest = self.intake.spool.load_marks(MARKS_KIND, 0.0)
+        # One mark per object ever seen: keep those of objects Icinga no longer has in bounds.
+        self.intake.spool.keep_newest_marks(MARKS_KIND, max(10_000, 2 * found))
+        self.health.add(f"{SOURCE}.catch_up_results", spooled)
+        self.health.mark(f"{SOURCE}.catch_up")
+        self.last_catch_up = (found, spooled)
+        return self.last_catch_up
+
+    def _spool_newer(self, found: List[Tuple[Any, Any, dict]]) -> int:
+        """Spool those of ``found`` (host, service, last_check_result) newer than the newest
+        spooled for their object; how many. Raises _Stopping when the bridge stops."""
+        keys = []
+        for host, service, _ in found:
+            try:
+                keys.append(object_key(host, service))
+            except TypeError:
+                pass                              # not text: the parser says what is wrong
+        newest = self.intake.spool.find_marks(MARKS_KIND, keys) if keys else {}
         lines: List[Tuple[float, bytes]] = []
         for host, service, last in found:
             when = last.get("execution_end", last.get("execution_start"))
@@ -239,39 +273,30 @@ class EventStreamSource(threading.Thread):
             lines.append((when if isinstance(when, (int, float)) else 0.0, line))
         lines.sort(key=lambda pair: pair[0])      # oldest first, as the stream would have had them
         if lines and not self.intake.spool_lines([line for _, line in lines], marks_of=mark_of):
-            return len(found), 0                  # stopping
-        # One mark per object ever seen: keep those of objects Icinga no longer has in bounds.
-        self.intake.spool.keep_newest_marks(MARKS_KIND, max(10_000, 2 * len(found)))
-        self.health.add(f"{SOURCE}.catch_up_results", len(lines))
-        self.health.mark(f"{SOURCE}.catch_up")
-        self.last_catch_up = (len(found), len(lines))
-        return self.last_catch_up
+            raise _Stopping()
+        return len(lines)
 
     def _last_results(self, connection: http.client.HTTPSConnection, kind: str,
-                      attrs: str) -> List[Tuple[Any, Any, dict]]:
-        """(host, service or None, last_check_result) of the ``kind`` objects that have one."""
+                      attrs: str) -> Iterator[Tuple[Any, Any, dict]]:
+        """(host, service or None, last_check_result) of the ``kind`` objects that have one,
+        read an object at a time (api.results_of)."""
         path = f"/v1/objects/{kind}?{attrs}"
         connection.request("GET", path, headers=headers(self.settings))
         response = connection.getresponse()
-        data = response.read(MAX_ANSWER_BYTES + 1)
         if response.status != 200:
+            data = response.read(MAX_ANSWER_BYTES + 1)
             raise StreamRefused(_refusal(f"GET {path}", response.status, data,
                                          f"objects/query/{kind[:-1].capitalize()}"))
-        if len(data) > MAX_ANSWER_BYTES:
-            raise StreamRefused(f"GET {path}: the answer is over {MAX_ANSWER_BYTES} bytes")
         try:
-            results = json.loads(data.decode("utf-8", "replace"))["results"]
-            found = []
-            for item in results:
+            for item in results_of(response.read):
                 attrs_of = item["attrs"]
                 last = attrs_of.get("last_check_result")
                 if isinstance(last, dict):        # None: never checked
                     if kind == "hosts":
-                        found.append((attrs_of.get("name"), None, last))
+                        yield attrs_of.get("name"), None, last
                     else:
-                        found.append((attrs_of.get("host_name"), attrs_of.get("name"), last))
-            return found
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+                        yield attrs_of.get("host_name"), attrs_of.get("name"), last
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StreamRefused(f"GET {path}: not an object list ({type(exc).__name__}: {exc})") from None
 
     # -- sockets ---------------------------------------------------------------------------

@@ -1,15 +1,17 @@
 """The inbound sink for Icinga 2: inbound spool -> ``POST /v1/actions/process-check-result``.
 
 One request per result, on ``icinga2.connections`` lanes: a lane is one kept-alive TLS
-connection (api.LeanClient: a minimal HTTP/1.1 exchange, a third of http.client's CPU) and the
-answers on it not yet confirmed. A result goes to the lane of its object (lane_of: a CRC-32 of
-``host!service``, the same in every run); the lanes send at the same time (the writer thread
-sends one lane's share of a batch, a thread pool the others'), and the next batch is taken only
-when every lane is done with this one and has given back what it did not get answered. So one
-object's results always go on one connection, each after Icinga answered the one before, in
-spool order (a given-back entry is taken again before newer ones). Only the writer thread
-touches the spool, the counters and the health state. Why lanes: one request at a time waits
-for each answer, with Icinga and the bridge mostly idle meanwhile (docs/icinga2.md).
+connection (api.LeanClient: a minimal HTTP/1.1 exchange, a third of http.client's CPU), a
+thread of its own, an inbox, and the answers on its connection not yet confirmed. A result goes
+to the lane of its object (lane_of: a CRC-32 of ``host!service``, the same in every run), in
+spool order; each lane sends what its inbox holds, one request after the other's answer, and
+posts the answers back. The writer thread keeps up to 2 x BATCH entries handed out, so no lane
+waits for another (a slow lane holds only its own objects; the lanes once waited for each
+other at every batch of 200: docs/icinga2.md). So one object's results always go on one
+connection, each after Icinga answered the one before, in spool order (a given-back entry is
+taken again before newer ones). Only the writer thread touches the spool, the counters and the
+health state. Why lanes: one request at a time waits for each answer, with Icinga and the
+bridge mostly idle meanwhile.
 
 Icinga answers for each object, and that answer decides (check_result.judge):
 
@@ -24,7 +26,8 @@ Icinga answers for each object, and that answer decides (check_result.judge):
   (duplicates rather than loss).
 
 A lane that gets no answer, a 401 or a 5xx stops, and so do the others after their request
-under way; what they did not get answered goes back to the spool, and the writer backs off once.
+under way; what they did not get answered, and what waits in their inboxes, goes back to the
+spool, and the writer backs off once.
 
 Before sending, what Icinga would store badly or refuse is refused here: objects not in its
 object list (objects.py) and requests over check_result.MAX_BODY_BYTES. The worker sleeps on
@@ -39,7 +42,6 @@ import threading
 import time
 import zlib
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Deque, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from ...config import Settings
@@ -63,6 +65,7 @@ IDLE_CLOSE = 5.0        # Icinga closes a connection idle for 10 to 15 s: close 
 # this long after it, on the same connection, unbroken in between; a break gives back what
 # was answered on that connection and not yet confirmed (sent again: duplicates rather than loss).
 CONFIRM_AFTER = 0.5
+SETTLE_EVERY = 0.2      # seconds a confirmed entry may wait for its (shared, durable) delete
 PART = "icinga2_writer"
 
 T = TypeVar("T")
@@ -120,6 +123,15 @@ class Lane:
         self.pending: Deque[Tuple[float, Prepared]] = deque()
         self.last_request = float("-inf")   # monotonic
         self.last_answer = float("-inf")    # monotonic: the last answer on this connection
+        self.inbox: Deque[Prepared] = deque()   # to send (the writer appends, the lane's thread takes)
+        self.busy = False                   # the lane's thread is sending or probing
+
+    def probe_due(self) -> Optional[float]:
+        """Seconds until a probe would confirm every pending answer (<= 0: now); None when
+        nothing is pending."""
+        if not self.pending:
+            return None
+        return self.last_answer + CONFIRM_AFTER - time.monotonic()
 
     def request(self, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
         """(status, answer); ApiUnavailable when there is no answer (the connection is closed)."""
@@ -186,9 +198,15 @@ class Icinga2Writer(threading.Thread):
         self.echo = echo
         self.objects = objects
         self.lanes = [Lane(LeanClient(settings.icinga2)) for _ in range(settings.icinga2.connections)]
-        # The writer thread sends one lane's share itself, these threads the others'.
-        self._pool = (ThreadPoolExecutor(len(self.lanes) - 1, thread_name_prefix="icinga2-lane")
-                      if len(self.lanes) > 1 else None)
+        # Shared with the lane threads, under _cond: each lane's inbox and busy flag, _events,
+        # _closing. A lane thread sends what its inbox holds and posts (lane, Sent, confirmed
+        # ids) to _events; everything else (the spool, counters, health) is this thread's.
+        self._cond = threading.Condition()
+        self._events: Deque[Tuple[int, Sent, List[int]]] = deque()
+        self._halt = threading.Event()     # set by a lane that stopped: the others stop too
+        self._closing = False
+        self._lane_threads: List[threading.Thread] = []
+        self._outstanding = 0               # handed to the lanes, not yet come back in an event
         self.stopping = threading.Event()
         self.wakeup = Wakeup()
         spool.wake_on_put(self.wakeup)
@@ -196,6 +214,7 @@ class Icinga2Writer(threading.Thread):
         self._hold_until = 0.0              # monotonic: send nothing before (backoff)
         self._held_since: Optional[float] = None
         self._answered: List[int] = []      # confirmed, not yet deleted from the spool
+        self._settle_due = 0.0              # monotonic: delete _answered by then
         self._state = ""
         self._probe_host = ""               # a host Icinga has: the probe's cheap question
         self._warn = RateLimitedLog(log)
@@ -211,120 +230,243 @@ class Icinga2Writer(threading.Thread):
 
     def run(self) -> None:
         self._set_state("waiting for results")
+        self._start_lanes()
         try:
             while not self.stopping.is_set():
                 self._warn.flush()
-                wait = self._hold_until - time.monotonic()
-                if wait > 0:
-                    self.wakeup.wait(wait)
-                    continue
                 try:
-                    self._settle()
-                    entries = self.spool.take(BATCH)
-                    if not entries:
-                        self._idle()
+                    self._collect()
+                    self._settle(force=self._outstanding == 0)
+                    wait = self._hold_until - time.monotonic()
+                    if wait > 0:
+                        self.wakeup.wait(wait)
                         continue
-                    self.deliver(entries)
-                    self._probe_quiet_lanes()
+                    if self._outstanding < BATCH:
+                        entries = self.spool.take(BATCH)
+                        if entries:
+                            self.deliver(entries)
+                            continue
+                    if self._outstanding == 0:
+                        self._set_state("waiting for results")
+                    self.wakeup.wait(self._next_wake())
                 except SpoolError as exc:
                     self._warn(logging.ERROR, "spool", f"inbound spool problem, retrying: {exc}")
                     self.health.error(f"inbound spool: {exc}")
                     self._hold_until = time.monotonic() + 1.0
             try:
+                self._halt_lanes()
                 if self._pending():
-                    self._confirm_by_probe(final=True)
+                    self._confirm_by_probe()
                 self._settle()
             except SpoolError as exc:
                 log.warning("could not delete the last results Icinga 2 took (%s): they will be sent again"
                             " at the next start", exc)
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+            self._stop_lanes()
             for lane in self.lanes:
                 lane.client.close()
 
+    # -- the lane threads ------------------------------------------------------------------------
+
+    def _start_lanes(self) -> None:
+        for index in range(len(self.lanes)):
+            thread = threading.Thread(target=self._lane_loop, args=(index,), daemon=True,
+                                      name=f"icinga2-lane-{index}")
+            thread.start()
+            self._lane_threads.append(thread)
+
+    def _stop_lanes(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in self._lane_threads:
+            thread.join(timeout=60)
+
+    def _lane_loop(self, index: int) -> None:
+        """A lane's thread: send what its inbox holds; when it has nothing to send, probe its
+        connection once its unconfirmed answers are CONFIRM_AFTER old (else, with the other
+        lanes busy, they would wait for its idle close and be sent again), and close the
+        connection before Icinga's idle timeout does."""
+        lane = self.lanes[index]
+        while True:
+            with self._cond:
+                while True:
+                    if self._closing:
+                        return
+                    if not self._halt.is_set():
+                        if lane.inbox:
+                            chunk = list(lane.inbox)
+                            lane.inbox.clear()
+                            break
+                        due = lane.probe_due()
+                        if due is not None and due <= 0:
+                            chunk = []      # nothing to send: a probe
+                            break
+                    else:
+                        due = None
+                    idle = IDLE_CLOSE - (time.monotonic() - lane.last_request)
+                    if lane.client.connected and not lane.pending and idle <= 0:
+                        lane.client.close()
+                    timeouts = [t for t in (due, idle if lane.client.connected else None) if t is not None and t > 0]
+                    self._cond.wait(min(timeouts) if timeouts else None)
+                lane.busy = True
+            try:
+                sent = lane.send(chunk, self._halt) if chunk else self._probe_lane(lane)
+                confirmed = lane.confirmed()
+            except Exception as exc:  # noqa: BLE001 - a bug must not end the lane silently
+                log.exception("icinga2 lane %d failed", index)
+                sent, confirmed = Sent([], list(chunk), failure=f"internal error: {exc}"), []
+                self._halt.set()
+            with self._cond:
+                lane.busy = False
+                self._events.append((index, sent, confirmed))
+                self._cond.notify_all()
+            self.wakeup.set()
+
+    def _probe_lane(self, lane: Lane) -> Sent:
+        """Ask Icinga something cheap on ``lane``: its answer confirms the lane's answers that
+        are CONFIRM_AFTER old. No answer, a 401 or a 5xx: a failed Sent (the lane stops)."""
+        if not lane.client.connected:
+            # Closed (idle, or Icinga said Connection: close) before its answers were confirmed:
+            # a new connection cannot confirm them; send them again (send() does, on it).
+            again = [item for _, item in lane.pending]
+            lane.pending.clear()
+            sent = lane.send(again, self._halt)
+            return sent._replace(resent=sent.resent + len(again)) if again else sent
+        path = "/v1/objects/hosts?" + urllib.parse.urlencode(
+            {"host": self._probe_host, "attrs": "name"}, quote_via=urllib.parse.quote, safe="")
+        try:
+            status, _ = lane.request("GET", path)
+        except ApiUnavailable as exc:
+            self._halt.set()
+            return Sent([], [], failure=str(exc))
+        if status >= 500 or status == 401:
+            self._halt.set()
+            return Sent([], [], hold=Verdict(Action.RETRY if status >= 500 else Action.CREDENTIALS,
+                                             f"Icinga 2 answered {status} to a probe"))
+        return Sent([], [])
+
+    def _halt_lanes(self) -> None:
+        """Stop every lane after its request under way and take back what they hold: their
+        inboxes go back to the spool, with what each lane did not get answered."""
+        self._halt.set()
+        with self._cond:
+            self._cond.notify_all()
+            while any(lane.busy for lane in self.lanes):
+                self._cond.wait()
+        self._collect(halting=True)
+        back: List[int] = []
+        with self._cond:
+            for lane in self.lanes:
+                back += [item.entry.entry_id for item in lane.inbox]
+                self._outstanding -= len(lane.inbox)
+                lane.inbox.clear()
+        with self._cond:
+            self._halt.clear()
+            self._cond.notify_all()         # a lane with answers to confirm may probe again
+        if back:
+            self.spool.give_back(sorted(back))
+
     def _pending(self) -> List[Lane]:
-        """The lanes with answers not yet confirmed."""
+        """The lanes with answers not yet confirmed (only while the lanes are halted)."""
         return [lane for lane in self.lanes if lane.pending]
 
-    def _idle(self) -> None:
-        """Nothing to send: close the connections before Icinga does (a request on a connection
-        Icinga closed gets no answer, and would be sent twice), then sleep until a put."""
-        self._set_state("waiting for results")
-        if self._pending():
-            self._confirm_by_probe()
-            return
-        idle = time.monotonic() - max(lane.last_request for lane in self.lanes)
-        if idle < IDLE_CLOSE:
-            self.wakeup.wait(IDLE_CLOSE - idle)
-            return
-        for lane in self.lanes:
-            lane.client.close()
-        self.wakeup.wait(self._warn.due_in())
-
     def _broken(self, lane: Lane) -> None:
-        """The lane's connection broke: what was answered on it shortly before may be lost:
-        send it again."""
+        """The lane's connection broke (the lanes are halted): what was answered on it shortly
+        before may be lost: send it again."""
         if lane.pending:
             ids = [item.entry.entry_id for _, item in lane.pending]
             lane.pending.clear()
             self.spool.give_back(ids)
             self.health.add("icinga2_resent", len(ids))
 
-    def _confirm_by_probe(self, final: bool = False) -> None:
-        """Nothing more to send (``final``: the writer stops): wait until the last answer is
-        CONFIRM_AFTER old, then ask Icinga something cheap on each connection with answers to
-        confirm; an answer confirms every pending entry of its lane. Not final, a put or stop()
-        ends the wait: back to the loop."""
+    def _confirm_by_probe(self) -> None:
+        """The writer stops, the lanes are halted: wait until the last answer is CONFIRM_AFTER
+        old, then probe each lane with answers to confirm."""
         lanes = self._pending()
         wait = max(lane.pending[-1][0] for lane in lanes) + CONFIRM_AFTER - time.monotonic()
         if wait > 0:
-            if not final:
-                self.wakeup.wait(wait)
-                return                  # the loop comes back here when the time has come
             time.sleep(wait)
-        if self._probe(lanes):
-            self._settle()
-
-    def _probe_quiet_lanes(self) -> None:
-        """While other lanes are busy, a lane whose objects got no new result keeps its 200s
-        unconfirmed, and after IDLE_CLOSE its connection is closed and they are sent again
-        (duplicates): probe such a lane once its last answer is CONFIRM_AFTER old."""
-        now = time.monotonic()
-        quiet = [lane for lane in self.lanes if lane.pending and now - lane.last_answer >= CONFIRM_AFTER]
-        if quiet and self._probe(quiet):
-            self._settle()
-
-    def _probe(self, lanes: List[Lane]) -> bool:
-        """Ask Icinga something cheap on each of ``lanes``: an answer confirms every pending
-        entry of its lane. False if Icinga did not answer (then the writer holds)."""
-        path = "/v1/objects/hosts?" + urllib.parse.urlencode(
-            {"host": self._probe_host, "attrs": "name"}, quote_via=urllib.parse.quote, safe="")
         for lane in lanes:
             if not lane.client.connected:
-                self._broken(lane)      # a new connection cannot confirm them; nothing newer is in flight
+                self._broken(lane)          # sent again at the next start, not now
                 continue
-            try:
-                status, _ = lane.request("GET", path)
-            except ApiUnavailable as exc:
-                self.health.add("icinga2_no_answer")
+            sent = self._probe_lane(lane)
+            if sent.failure is not None or sent.hold is not None:
                 self._broken(lane)
-                self._hold(f"Icinga 2 API unavailable: {exc}", "unavailable")
-                return False
-            if status >= 500 or status == 401:
-                self._broken(lane)
-                self._hold(f"Icinga 2 answered {status} to a probe", "probe")
-                return False
-        return True
+            else:
+                self._note_confirmed(lane.confirmed())
+        self._halt.clear()
 
-    def _settle(self) -> None:
-        """Delete what Icinga answered for (kept across a failed delete, to try again)."""
-        for lane in self.lanes:
-            self._answered += lane.confirmed()
-        if self._answered:
-            self.spool.done(self._answered)
-            self.health.add("injected", len(self._answered))
-            self._answered = []
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def _next_wake(self) -> Optional[float]:
+        """Seconds until this thread has something of its own to do (a rate-limited warning, a
+        delete due); None: only when woken."""
+        waits = [self._warn.due_in()] + ([self._settle_due - time.monotonic()] if self._answered else [])
+        waits = [max(w, 0.0) for w in waits if w is not None]
+        return min(waits) if waits else None
+
+    def _collect(self, halting: bool = False) -> None:
+        """Act on what the lanes posted: count the answers, note what is confirmed; when a lane
+        stopped (no answer, 401, 5xx), halt them all, take everything back, back off once."""
+        hold = None
+        while True:
+            with self._cond:
+                if not self._events:
+                    break
+                # One at a time: after an error (a spool write), the rest are still there.
+                index, sent, confirmed = self._events.popleft()
+            self._note_confirmed(confirmed)
+            hold = self._take_sent(self.lanes[index], sent) or hold
+        if hold and not halting:
+            self._halt_lanes()
+            self._hold(*hold)               # once, however many lanes stopped
+
+    def _take_sent(self, lane: Lane, sent: Sent) -> Optional[Tuple[str, str]]:
+        """Count one lane's Sent and give back what it did not get answered; (problem, key)
+        when the lane stopped on it."""
+        taken = 0
+        try:
+            if sent.resent:
+                self.health.add("icinga2_resent", sent.resent)
+            for answer in sent.answers:
+                self._take_answer(answer)
+                taken += 1
+        finally:
+            # Not answered, and refusals not yet recorded (a failed reject): taken again.
+            back = sent.rest + [a.item for a in sent.answers[taken:] if a.verdict.action is Action.DEAD_LETTER]
+            self._outstanding -= len(sent.answers) + len(sent.rest)
+            if back:
+                self.spool.give_back(sorted(item.entry.entry_id for item in back))
+        if sent.failure is not None:
+            self.health.add("icinga2_no_answer")
+            self._broken(lane)
+            return f"Icinga 2 API unavailable: {sent.failure}", "unavailable"
+        if sent.hold is not None:
+            self.health.add("written")
+            self.health.mark("icinga2_answer")
+            if sent.hold.action is Action.RETRY:
+                self._broken(lane)      # a 5xx: Icinga may be going down
+            return sent.hold.reason, "credentials" if sent.hold.action is Action.CREDENTIALS else "retry"
+        return None
+
+    def _settle(self, force: bool = True) -> None:
+        """Delete what Icinga answered for (kept across a failed delete, to try again). Not
+        ``force``d: only once BATCH are confirmed or the oldest waited SETTLE_EVERY (one
+        durable delete for many answers; a crash before it only sends them again)."""
+        if not self._answered:
+            return
+        if not force and len(self._answered) < BATCH and time.monotonic() < self._settle_due:
+            return
+        self.spool.done(self._answered)
+        self.health.add("injected", len(self._answered))
+        self._answered = []
+
+    def _note_confirmed(self, ids: List[int]) -> None:
+        if ids and not self._answered:
+            self._settle_due = time.monotonic() + SETTLE_EVERY
+        self._answered += ids
 
     def _refuse(self, entry: SpoolEntry, reason: str) -> None:
         """A dead letter: Icinga will never take this entry."""
@@ -353,8 +495,8 @@ class Icinga2Writer(threading.Thread):
         self._set_state("writing")
 
     def deliver(self, entries: List[SpoolEntry]) -> None:
-        """Send ``entries`` (taken from the spool), each object's in order on its lane, the
-        lanes at the same time; what Icinga did not answer for goes back to the spool."""
+        """Hand ``entries`` (taken from the spool) to the lanes, each object's to its lane in
+        spool order; returns at once (the lanes post what Icinga answered)."""
         try:
             known = self.objects.get()
         except ObjectsUnavailable as exc:
@@ -386,64 +528,11 @@ class Icinga2Writer(threading.Thread):
             self.spool.give_back([item.entry.entry_id for item in prepared])
             raise
         shares = split_by_lane(prepared, lambda item: item.name, len(self.lanes))
-        outcomes: List[Sent] = []
-        taken = [0] * len(shares)       # per lane: how many of its answers were counted here
-        try:
-            outcomes = self._send(shares)
-            for index, sent in enumerate(outcomes):
-                if sent.resent:
-                    self.health.add("icinga2_resent", sent.resent)
-                for answer in sent.answers:
-                    self._take_answer(answer)
-                    taken[index] += 1
-            # Then what stopped a lane (after the answers: the state says "waiting" at the end).
-            hold = None
-            for lane, sent in zip(self.lanes, outcomes):
-                if sent.failure is not None:
-                    self.health.add("icinga2_no_answer")
-                    self._broken(lane)
-                    hold = hold or (f"Icinga 2 API unavailable: {sent.failure}", "unavailable")
-                elif sent.hold is not None:
-                    self.health.add("written")
-                    self.health.mark("icinga2_answer")
-                    if sent.hold.action is Action.RETRY:
-                        self._broken(lane)      # a 5xx: Icinga may be going down
-                    hold = hold or (sent.hold.reason, "credentials" if sent.hold.action is Action.CREDENTIALS
-                                    else "retry")
-            if hold:
-                self._hold(*hold)           # once for the batch, however many lanes stopped
-        finally:
-            if len(outcomes) == len(shares):
-                # Not answered, and refusals not yet recorded (a failed reject): taken again.
-                back = [item for sent, done in zip(outcomes, taken) for item in sent.rest +
-                        [a.item for a in sent.answers[done:] if a.verdict.action is Action.DEAD_LETTER]]
-            else:                           # a lane failed unexpectedly: all but the pending
-                pending = {id(item) for lane in self.lanes for _, item in lane.pending}
-                back = [item for item in prepared if id(item) not in pending]
-            if back:
-                self.spool.give_back(sorted(item.entry.entry_id for item in back))
-            self._settle()
-
-    def _send(self, shares: List[List[Prepared]]) -> List[Sent]:
-        """Each lane sends its share, the lanes at the same time; the writer thread sends one."""
-        halt = threading.Event()
-        busy = [index for index, share in enumerate(shares) if share]
-        futures = {index: self._pool.submit(self.lanes[index].send, shares[index], halt)
-                   for index in busy[1:]} if self._pool is not None else {}
-        outcomes = [Sent([], [])] * len(shares)
-        try:
-            if busy:
-                outcomes[busy[0]] = self.lanes[busy[0]].send(shares[busy[0]], halt)
-        finally:
-            error = None
-            for index, future in futures.items():
-                try:
-                    outcomes[index] = future.result()
-                except Exception as exc:  # noqa: BLE001 - wait for every lane, then raise
-                    error = error or exc
-            if error is not None:
-                raise error
-        return outcomes
+        with self._cond:
+            for lane, share in zip(self.lanes, shares):
+                lane.inbox.extend(share)
+            self._outstanding += len(prepared)
+            self._cond.notify_all()
 
     def _take_answer(self, answer: Answer) -> None:
         """Count and act on an answer Icinga gave for good (a 200 is pending in its lane)."""

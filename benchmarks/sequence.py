@@ -1,0 +1,88 @@
+"""Loss accounting's cost in-process (docs/loss-accounting.md): CPU per message of the receiver's
+tracker (note_batch and saving the changed state, per batch of 100) and of the outbound spool's
+put with and without numbering (batches of 500). Median and range of 5 runs, process CPU time.
+
+    .venv/bin/python benchmarks/sequence.py
+"""
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from msg_nagios_bridge.inbound.sequence import Tracker  # noqa: E402
+from msg_nagios_bridge.model import Message  # noqa: E402
+from msg_nagios_bridge.spool import Spool  # noqa: E402
+
+
+
+
+def tracker_run(n=100_000, batch=100, reorder=False):
+    t = Tracker()
+    heads = []
+    for i in range(n):
+        seq = i + 1
+        if reorder and i % 10 == 5:
+            seq = i + 2
+        elif reorder and i % 10 == 6:
+            seq = i
+        heads.append(({"persistent": "true", "nagios_host": "n", "site": "s", "route": "central",
+                       "route_seq": f"0123456789abcdef:{seq}", "result_id": "x"}, None))
+    start = time.process_time()
+    for k in range(0, n, batch):
+        t.note_batch(heads[k:k + batch], 1.0)
+        st = t.unsaved(); t.saved(st)
+    return (time.process_time() - start) / n * 1e6
+
+
+
+def put_run(numbered, n=20_000, batch=500):
+    with tempfile.TemporaryDirectory() as d:
+        return _put_run(d, numbered, n, batch)
+
+
+def _put_run(d, numbered, n, batch):
+    s = Spool(os.path.join(d, "s.sqlite"))
+    msgs = [Message(f"id{i:08d}", "/topic/x.y", {"persistent": "true", "content-type": "text/plain", "site": "S",
+            "role": "site", "nagios_host": "n", "host": f"h{i%10}", "metric": "m", "status": "OK",
+            "state_type": "HARD", "result_id": f"r{i}", "check_time": "1", "route": "central"}, b"x" * 300) for i in range(n)]
+    start = time.process_time()
+    for k in range(0, n, batch):
+        s.put(msgs[k:k + batch], numbered=numbered)
+    used = time.process_time() - start
+    s.close()
+    return used / n * 1e6
+
+
+
+_FRAME_HEADERS = {
+    "persistent": "true", "content-type": "text/plain", "site": "SITE_A", "role": "site",
+    "nagios_host": "nagios.site-a.org", "host": "ce01.site-a.org", "metric": "org.sam.CE-JobSubmit",
+    "status": "OK", "state_type": "HARD", "result_id": "0123456789abcdef0123456789abcdef",
+    "check_time": "1764705997", "route": "central", "subscription": "0", "priority": "4",
+    "destination": "/topic/grid.probe.metricOutput.EGEE.site.SITE_A", "timestamp": "1764705997000",
+    "message-id": "ID:host-1234-5678-1:1:1:1:1", "ack": "ID:host-1234-5678-1:1:1:1:1", "expires": "0"}
+
+
+def stomp_parse_run(numbered, n=20_000):
+    """stomp.py parsing a MESSAGE frame as the broker delivers it to the receiver: the cost of
+    one more header on the wire."""
+    from stomp import utils
+    headers = dict(_FRAME_HEADERS, route_seq="0123456789abcdef:123456") if numbered else _FRAME_HEADERS
+    frame = ("MESSAGE\n" + "".join(f"{k}:{v}\n" for k, v in headers.items()) + "\n" + "x" * 300).encode()
+    start = time.process_time()
+    for _ in range(n):
+        utils.parse_frame(frame)
+    return (time.process_time() - start) / n * 1e6
+
+
+for name, fn in (("tracker, in order", lambda: tracker_run()),
+                 ("tracker, 20% reordered (gaps open and fill)", lambda: tracker_run(reorder=True)),
+                 ("outbound put, plain", lambda: put_run(False)),
+                 ("outbound put, numbered", lambda: put_run(True)),
+                 ("stomp.py parses a MESSAGE, bridge headers", lambda: stomp_parse_run(False)),
+                 ("stomp.py parses a MESSAGE, + route_seq", lambda: stomp_parse_run(True))):
+    runs = [fn() for _ in range(5)]
+    print(f"{name:45s} median {statistics.median(runs):6.2f} us/msg (min {min(runs):.2f}, max {max(runs):.2f}; 5 runs)")
