@@ -67,6 +67,7 @@ def nagios(tmp_path):
 def central(tmp_path, rabbit, nagios, index):
     workdir = tmp_path / f"central{index}"
     inbound = (inbound_config(nagios, f"/amq/queue/central-{index}") + f"  client_id: central-{index}\n"
+               "  loss_accounting: false\n"
                f"  shared_newest_file: {nagios.dir / 'central-newest.sqlite'}\n")
     return Bridge(workdir, bridge_config(workdir, [rabbit.stomp_port], ocsp=False, inbound=inbound,
                                          site="CENTRAL", heartbeat_ms=1000, kind="rabbitmq"))

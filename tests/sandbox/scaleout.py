@@ -110,7 +110,9 @@ def central_bridge(workdir: Path, broker, nagios: Nagios, index: int, prefetch: 
     """Central bridge number ``index``: its own spool and status under ``workdir``, its own
     client-id (ActiveMQ refuses a second connection with a client-id in use), the shared queue,
     and (``shared``) the newest-result file all centrals of this Nagios share."""
-    inbound = inbound_config(nagios, queue) + f"  client_id: central-{index}\n  prefetch: {prefetch}\n"
+    # Loss accounting off: each bridge sees only a share of the stream (docs/scaling.md).
+    inbound = inbound_config(nagios, queue) + (f"  client_id: central-{index}\n  prefetch: {prefetch}\n"
+                                               "  loss_accounting: false\n")
     if shared:
         inbound += f"  shared_newest_file: {nagios.dir / 'central-newest.sqlite'}\n"
     return Bridge(workdir, bridge_config(workdir, [broker.stomp_port], ocsp=False, inbound=inbound,
