@@ -9,10 +9,9 @@ import time
 
 import pytest
 
+from tests.sandbox import rabbitmq as rabbitmq_mod
 from tests.sandbox import scaleout
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config
-
-rabbitmq_mod = pytest.importorskip("tests.sandbox.rabbitmq", reason="the RabbitMQ sandbox (issue 17, point 1)")
 
 HOSTS, SERVICES = 5, 10
 EXCHANGE = "grid.results.hash"
