@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .ports import free_port, kill_process, stomp_connect_ok, stop_process, track
+from .ports import free_port, kill_process, stop_process, track, wait_stomp_ready
 
 ACTIVEMQ_HOME = Path("/usr/share/activemq")
 HOST = "127.0.0.1"
@@ -203,17 +203,7 @@ class ActiveMQ:
 
     def wait_ready(self, timeout=None):
         """Wait until the STOMP port accepts a STOMP CONNECT; raise with the log tail if not."""
-        deadline = time.monotonic() + (timeout or self.start_timeout)
-        while time.monotonic() < deadline:
-            if not self.running():
-                raise RuntimeError(f"broker {self.name} exited with {self.proc and self.proc.returncode}"
-                                   f"\n{self.log_tail()}")
-            if stomp_connect_ok(HOST, self.stomp_port, timeout=1.0, login=self.login):
-                self.started_in = time.monotonic() - self._t0
-                return self
-            time.sleep(0.1)
-        raise TimeoutError(f"broker {self.name} STOMP port {self.stomp_port} not ready"
-                           f"\n{self.log_tail()}")
+        return wait_stomp_ready(self, "broker", timeout or self.start_timeout, login=self.login)
 
     def stop(self, timeout=15.0):
         """SIGTERM (after SIGCONT), wait up to `timeout`, then SIGKILL."""

@@ -57,6 +57,22 @@ def free_port():
     raise RuntimeError("no free port found on 127.0.0.1")
 
 
+def wait_stomp_ready(server, what, timeout, **connect):
+    """Wait until ``server``'s STOMP port answers a CONNECT (``connect``: stomp_connect_ok's
+    login/vhost), then set its ``started_in``; raise with its log tail if it exits or the
+    time runs out. ``what`` names it in the error ("broker", "node")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.running():
+            raise RuntimeError(f"{what} {server.name} exited with {server.proc and server.proc.returncode}"
+                               f"\n{server.log_tail()}")
+        if stomp_connect_ok("127.0.0.1", server.stomp_port, timeout=1.0, **connect):
+            server.started_in = time.monotonic() - server._t0
+            return server
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} {server.name} STOMP port {server.stomp_port} not ready\n{server.log_tail()}")
+
+
 def stomp_connect_ok(host, port, timeout=2.0, login=None, vhost="localhost"):
     """True if a raw STOMP 1.2 CONNECT to host:port (as ``login`` = (user, password); with
     ``vhost`` as its host header, which RabbitMQ takes as the vhost) gets CONNECTED back."""

@@ -28,7 +28,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .ports import descendants_of, free_port, kill_process, stomp_connect_ok, stop_process, track
+from .ports import descendants_of, free_port, kill_process, stop_process, track, wait_stomp_ready
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 HOST = "127.0.0.1"
@@ -174,16 +174,7 @@ class RabbitMQ:
 
     def wait_ready(self, timeout=None):
         """Wait until the STOMP port answers a CONNECT; raise with the log tail if not."""
-        deadline = time.monotonic() + (timeout or self.start_timeout)
-        while time.monotonic() < deadline:
-            if not self.running():
-                raise RuntimeError(f"node {self.name} exited with {self.proc and self.proc.returncode}"
-                                   f"\n{self.log_tail()}")
-            if stomp_connect_ok(HOST, self.stomp_port, timeout=1.0, vhost="/"):
-                self.started_in = time.monotonic() - self._t0
-                return self
-            time.sleep(0.1)
-        raise TimeoutError(f"node {self.name} STOMP port {self.stomp_port} not ready\n{self.log_tail()}")
+        return wait_stomp_ready(self, "node", timeout or self.start_timeout, vhost="/")
 
     def _node_pids(self):
         """beam.smp and what it started (erl_child_setup, inet_gethost, ...), deepest last."""
