@@ -249,7 +249,7 @@ def test_a_non_persistent_site_broker_killed_with_messages_is_reported_exactly_p
     site_broker.wait_for_log(r"Network connection between .* has been established", 60, count=2)
     publish_from(sites, {"SITE_A": 30, "SITE_B": 30}, sent)
     rows = wait_highest(central, sent, timeout=90)
-    # At-least-once: copies of 5 messages SITE_B's bridge sent before the kill, published again
+    # At-least-once: copies of 5 SITE_B messages delivered before the cut, published again
     # to the site broker as they were (a resend after a lost receipt looks like this), cross the
     # network and are duplicates, not gaps.
     assert len(copies) == 5
