@@ -200,3 +200,77 @@ def test_a_receiver_killed_before_its_acks_counts_the_redelivery_as_duplicates(
     assert code == 0, line
     print(f"redelivered and counted as duplicates: {duplicates}; "
           f"counters: {json.dumps(central.status()['counters'], sort_keys=True)}")
+
+
+# On the central broker, every message put on the queue is also copied to a topic, where a probe
+# sees it without competing with the central bridge for it.
+COPY_TO_TOPIC = """    <destinationInterceptors><virtualDestinationInterceptor><virtualDestinations>
+      <compositeQueue name="{queue}" forwardOnly="false"><forwardTo><topic physicalName="{topic}"/></forwardTo></compositeQueue>
+    </virtualDestinations></virtualDestinationInterceptor></destinationInterceptors>"""
+
+
+def test_a_non_persistent_site_broker_killed_with_messages_is_reported_exactly_per_site(
+        activemq_factory, nagios_factory, bridge_factory, stomp_probe_factory):
+    """A network of brokers: the site bridges publish to a site broker that keeps messages in
+    memory only (persistent="false") and forwards them over a networkConnector to the central
+    broker, where the central bridge consumes a queue. The central broker is stopped, so what
+    the sites publish waits on the site broker (they have its receipts, so they let go of it);
+    the site broker is killed -9 and everything it held is gone. Exactly that many are missing,
+    per site; what was delivered twice is a duplicate, never a gap."""
+    queue = "/queue/grid.loss.network"
+    central_broker = activemq_factory("central", extra_xml=COPY_TO_TOPIC.format(
+        queue="grid.loss.network", topic="grid.loss.copies"))
+    probe = stomp_probe_factory(central_broker, "/topic/grid.loss.copies")
+    site_broker = activemq_factory("site", persistent=False, network_to=[central_broker.openwire_port])
+    site_broker.wait_bridges()
+    nagios = central_nagios(nagios_factory)
+    central = bridge_factory([central_broker.stomp_port], name="central", ocsp=False,
+                             inbound=inbound_config(nagios, queue))
+    central.start()
+    assert "subscribed" in central.wait_state("subscriber", "subscribed"), central.log_text()
+    sites = start_sites(bridge_factory, site_broker, destination=queue)
+    sent = {"SITE_A": 0, "SITE_B": 0}
+
+    publish_from(sites, {"SITE_A": 20, "SITE_B": 20}, sent)
+    rows = wait_highest(central, {"SITE_A": 20, "SITE_B": 20})
+    assert [rows[PRODUCER.format(site=s)]["missing"] for s in sent] == [0, 0], rows
+    assert probe.wait_for_count(40, timeout=20)
+    copies = [m for m in probe.messages if m.headers.get("site") == "SITE_B"][:5]
+    probe.close()
+
+    # Cut the network: the central broker goes away (nothing in flight: all 20 arrived), so the
+    # site broker keeps what comes, in memory, and receipts it.
+    central_broker.stop()
+    lost = {"SITE_A": 60, "SITE_B": 90}
+    publish_from(sites, lost, sent)
+    site_broker.kill()                       # non-persistent: the 150 messages it held are gone
+    central_broker.start()
+    site_broker.start()
+    site_broker.wait_for_log(r"Network connection between .* has been established", 60, count=2)
+    publish_from(sites, {"SITE_A": 30, "SITE_B": 30}, sent)
+    rows = wait_highest(central, sent, timeout=90)
+    # At-least-once: copies of 5 SITE_B messages delivered before the cut, published again
+    # to the site broker as they were (a resend after a lost receipt looks like this), cross the
+    # network and are duplicates, not gaps.
+    assert len(copies) == 5
+    for frame in copies:
+        publish(site_broker.stomp_address, queue, frame.body,
+                headers={k: v for k, v in frame.headers.items() if k in BRIDGE_HEADERS})
+    resent = {"SITE_A": 0, "SITE_B": 5}
+    assert wait_until(lambda: streams(central)[PRODUCER.format(site="SITE_B")]["duplicates"] >= 5, 30)
+    time.sleep(2.5)
+    rows = streams(central)
+
+    for site in sent:
+        row = rows[PRODUCER.format(site=site)]
+        delivered = row["received"]
+        print(f"network of brokers, {site}: sent {sent[site]}, delivered {delivered}, "
+              f"lost {row['missing']} (held by the killed site broker: {lost[site]}), "
+              f"duplicated {row['duplicates']}, late {row['late']}")
+        assert (row["highest"], row["missing"], row["received"], row["late"], row["lost"]) == (
+            sent[site], lost[site], sent[site] - lost[site], 0, 0), row
+        assert row["duplicates"] == resent[site], row
+        # The producer's side agrees on the numbers it gave.
+        assert sites[site].status()["numbering"]["results"] == {"epoch": row["epoch"], "last": row["highest"]}
+    code, line = check(central)
+    assert " missing=150 " in line, line

@@ -35,7 +35,7 @@ ACTIVEMQ_XML = """<beans xmlns="http://www.springframework.org/schema/beans"
   xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
   http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" brokerName="{name}" useJmx="false"
-          persistent="true" dataDirectory="{data}"{broker_attributes}>
+          persistent="{persistent}" dataDirectory="{data}"{broker_attributes}>
 {network}    <persistenceAdapter>
       <kahaDB directory="{kahadb}">
         <locker><shared-file-locker lockAcquireSleepInterval="1000"/></locker>
@@ -101,7 +101,7 @@ class ActiveMQ:
 
     def __init__(self, workdir, name="b1", stomp_port=None, openwire_port=None,
                  network_to=(), data_dir=None, extra_xml="", start_timeout=60.0, login=None,
-                 extra_connectors="", broker_attributes="", conf_files=None):
+                 extra_connectors="", broker_attributes="", conf_files=None, persistent=True):
         self.dir = Path(workdir).resolve()
         self.name = name
         self.stomp_port = stomp_port or free_port()
@@ -117,6 +117,9 @@ class ActiveMQ:
         # users.properties; a login.config there is also passed as java.security.auth.login.config.
         self.conf_files = dict(conf_files or {})
         self.start_timeout = start_timeout
+        # False: persistent="false", a broker that keeps messages in memory only (ActiveMQ then
+        # ignores the configured KahaDB): what it holds is lost when it dies.
+        self.persistent = persistent
         self.log_file = self.dir / "activemq.log"
         self.console_file = self.dir / "console.log"
         self.conf_file = self.dir / "conf" / "activemq.xml"
@@ -155,7 +158,8 @@ class ActiveMQ:
         self.conf_file.write_text(ACTIVEMQ_XML.format(
             name=self.name, data=self.dir / "data", kahadb=self.data_dir / "kahadb", host=HOST,
             openwire=self.openwire_port, stomp=self.stomp_port, network=network,
-            extra=self.extra_xml, connectors=self.extra_connectors, broker_attributes=self.broker_attributes))
+            extra=self.extra_xml, connectors=self.extra_connectors, broker_attributes=self.broker_attributes,
+            persistent="true" if self.persistent else "false"))
         for name, text in self.conf_files.items():
             (conf / name).write_text(text)
         (conf / "log4j.properties").write_text(LOG4J_PROPERTIES.format(log=self.log_file))
