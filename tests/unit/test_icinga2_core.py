@@ -796,3 +796,32 @@ def test_a_spool_error_while_taking_a_stopped_lanes_answers_does_not_leave_every
             writer.join(10)
     finally:
         spool.close()
+
+
+def test_an_answer_nested_too_deeply_is_an_answer_not_an_exception_from_the_client(tmp_path):
+    """json.loads raises RecursionError (not a ValueError) for a deeply nested answer: it came
+    out of LeanClient.request, ended the lane's send on its error path, and lost the entries
+    the lane was sending again from a closed connection (leased until a restart)."""
+    body = b"[" * 100000
+    client, _ = lean_with(tmp_path, b"HTTP/1.1 500 Odd\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    status, answer = client.request("GET", "/x")
+    assert status == 500 and answer == body.decode()
+
+
+def test_a_lane_whose_send_breaks_gives_back_what_it_was_sending_again_too():
+    """An unexpected error while a lane sends: everything not answered goes back, including
+    the pending entries it had just taken to send again on a new connection."""
+    class Breaking(LaneApi):
+        def request(self, method, path, body=None):
+            if body and body["plugin_output"] == "r3":
+                raise RuntimeError("a bug")
+            return super().request(method, path, body)
+    api = Breaking()
+    lane = Lane(api)
+    lane.send([prepared(1), prepared(2)], threading.Event())
+    api.close()                         # 1 and 2 go again first, on a new connection
+    halt = threading.Event()
+    sent = lane.send([prepared(3), prepared(4)], halt)
+    assert [a.item.entry.entry_id for a in sent.answers] == [1, 2] and sent.resent == 2
+    assert [i.entry.entry_id for i in sent.rest] == [3, 4] and sent.failure and halt.is_set()
+    assert [i.entry.entry_id for _, i in lane.pending] == [1, 2]

@@ -86,7 +86,7 @@ class ApiClient:
             raise
         try:
             return response.status, json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):    # RecursionError: nested too deeply
             return response.status, data.decode("utf-8", "replace")
 
     def each_result(self, path: str) -> Tuple[int, Any]:
@@ -104,7 +104,7 @@ class ApiClient:
                 self.close()
                 try:
                     return response.status, json.loads(data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     return response.status, data.decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as exc:
             self.close()
@@ -139,7 +139,7 @@ class ApiClient:
 def _answer(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):    # RecursionError: nested too deeply
         return data.decode("utf-8", "replace")
 
 

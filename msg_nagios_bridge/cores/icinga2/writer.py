@@ -171,6 +171,11 @@ class Lane:
             except ApiUnavailable as exc:
                 halt.set()
                 return Sent(answers, list(queue), failure=str(exc), resent=resent)
+            except Exception as exc:  # noqa: BLE001 - a bug: what is queued (resent ones too) goes back
+                log.exception("icinga2 lane: sending failed")
+                self.client.close()
+                halt.set()
+                return Sent(answers, list(queue), failure=f"internal error: {exc}", resent=resent)
             verdict = check_result.judge(status, answer, item.name)
             if verdict.action in (Action.CREDENTIALS, Action.RETRY):
                 halt.set()
