@@ -825,3 +825,23 @@ def test_a_lane_whose_send_breaks_gives_back_what_it_was_sending_again_too():
     assert [a.item.entry.entry_id for a in sent.answers] == [1, 2] and sent.resent == 2
     assert [i.entry.entry_id for i in sent.rest] == [3, 4] and sent.failure and halt.is_set()
     assert [i.entry.entry_id for _, i in lane.pending] == [1, 2]
+
+
+@pytest.mark.parametrize("size", [1 << 16, 1 << 20])
+def test_results_of_reads_no_more_than_the_limit_of_an_object_over_it(size):
+    """An object over the limit: at most about the limit is read and held before the
+    ValueError (it read twice the limit: 32 MB at the default 16 MB, 128 MB of str with
+    non-BMP characters)."""
+    from msg_nagios_bridge.cores.icinga2.api import READ_SIZE, results_of
+    limit = 1 << 20
+    data = b'{"results":[{"a":"' + b"x" * (8 * limit) + b'"}]}'
+    read = reader(data, size)
+    taken = [0]
+
+    def counting(n):
+        piece = read(n)
+        taken[0] += len(piece)
+        return piece
+    with pytest.raises(ValueError, match="over 1048576 bytes"):
+        list(results_of(counting, limit=limit))
+    assert taken[0] <= limit + 2 * READ_SIZE

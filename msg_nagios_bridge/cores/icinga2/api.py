@@ -198,7 +198,6 @@ def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> I
             mark = skip_blanks()
         if mark != "{":
             raise ValueError(f"a result is not a JSON object: {text[at:at + 60]!r}")
-        want = 0
         while True:
             try:
                 item, end = _DECODER.raw_decode(text, at)
@@ -208,8 +207,8 @@ def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> I
                     raise ValueError("the answer ends inside the results") from None
                 if len(text) - at > limit:
                     raise ValueError(f"a result is over {limit} bytes") from None
-                want = max(2 * (len(text) - at), READ_SIZE)
-                more(want)
+                # Twice as much, but never past the limit: one more than it tells.
+                more(min(max(2 * (len(text) - at), READ_SIZE), limit + 1))
             except RecursionError:
                 raise ValueError("a result is nested too deeply") from None
         at, first = end, False
