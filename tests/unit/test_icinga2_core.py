@@ -18,7 +18,7 @@ from msg_nagios_bridge.cores.icinga2.api import ApiUnavailable, LeanClient
 from msg_nagios_bridge.cores.icinga2.check_result import MAX_BODY_BYTES, Action, judge, request
 from msg_nagios_bridge.cores.icinga2.core import Icinga2Core
 from msg_nagios_bridge.cores.icinga2.objects import ObjectList, ObjectsUnavailable, ObjectsUnreachable
-from msg_nagios_bridge.cores.icinga2.writer import CONFIRM_AFTER, Lane, Prepared, Sent, lane_of, split_by_lane
+from msg_nagios_bridge.cores.icinga2.writer import CONFIRM_AFTER, Answer, Lane, Prepared, Sent, lane_of, split_by_lane
 from msg_nagios_bridge.daemon.status import Status
 from msg_nagios_bridge.model import CheckResult, Message
 from msg_nagios_bridge.spool import SpoolEntry
@@ -845,3 +845,36 @@ def test_results_of_reads_no_more_than_the_limit_of_an_object_over_it(size):
     with pytest.raises(ValueError, match="over 1048576 bytes"):
         list(results_of(counting, limit=limit))
     assert taken[0] <= limit + 2 * READ_SIZE
+
+
+def test_a_spool_error_in_a_halting_collect_keeps_the_lanes_halted_until_every_event_is_taken(tmp_path, monkeypatch):
+    """Two lanes stopped; taking the first one's answers fails (a spool error). The lanes must
+    stay halted until the second one's event is taken too: released earlier, that lane could
+    send again while the writer thread clears its pending."""
+    from msg_nagios_bridge.spool import Spool, SpoolError
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message(f"m{i}", "nagios", {}, b"{}") for i in range(3)])
+        ids = [entry.entry_id for entry in spool.take(3)]
+        writer = lane_writer(tmp_path, spool, LaneApi(), LaneApi(), start=False, objects=NoObjects())
+        failures = []
+
+        def reject_once(entry_id, reason):
+            failures.append(entry_id)
+            if len(failures) == 1:
+                raise SpoolError("disk full (once)")
+        monkeypatch.setattr(spool, "reject", reject_once)
+        dead = judge(404, {"error": 404, "status": "No objects found."}, "h1!s1")
+        writer._halt.set()
+        writer._outstanding = 3
+        writer._events.extend([
+            (0, Sent([Answer(prepared(ids[0]), dead)], [prepared(ids[1])], failure="refused"), []),
+            (1, Sent([], [prepared(ids[2], "h2!s1")], failure="refused"), [])])
+        with pytest.raises(SpoolError):
+            writer._collect()
+        assert writer._halt.is_set() and len(writer._events) == 1
+        writer._collect()
+        assert not writer._halt.is_set() and not writer._events and writer._outstanding == 0
+        assert sorted(entry.entry_id for entry in spool.take(3)) == ids
+    finally:
+        spool.close()

@@ -152,7 +152,8 @@ def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> I
     HTTPResponse's read): the whole answer is never held, only the object being read. Time is
     linear in the answer's size however it is cut: an object cut by the end of what was read
     is parsed again only once twice as much is there. ValueError when the answer is not such a
-    list, or one object is over ``limit`` bytes (counted as characters)."""
+    list, or one object is over ``limit`` bytes (counted as characters; an object that came
+    whole within a read past the limit, READ_SIZE more, is taken: at most that much is held)."""
     decode = codecs.getincrementaldecoder("utf-8")("replace").decode
     text, at, done = "", 0, False
 

@@ -114,8 +114,9 @@ class Sent(NamedTuple):
 
 class Lane:
     """One kept-alive connection to the API, and the results answered 200 on it not yet
-    confirmed. Between send() calls only the writer thread touches it; during one, only the
-    thread running it."""
+    confirmed. Its connection, pending and times: touched by the lane's thread, and by the
+    writer thread only while every lane is halted and none busy, or their threads ended (a
+    stop). Its inbox and busy flag: only under the writer's Condition."""
 
     def __init__(self, client: LeanClient):
         self.client = client
@@ -365,15 +366,15 @@ class Icinga2Writer(threading.Thread):
             self._cond.notify_all()
             while any(lane.busy for lane in self.lanes):
                 self._cond.wait()
-        try:
-            hold = self._collect(halting=True)
-        finally:
-            back = self._take_back_inboxes(give_back=False)
-            with self._cond:
-                self._halt.clear()
-                self._cond.notify_all()     # a lane with answers to confirm may probe again
-            if back:
-                self.spool.give_back(back)
+        # A spool error here leaves the halt set, with the events after it: the next
+        # _collect halts again (released now, a lane could run while its event is taken).
+        hold = self._collect(halting=True)
+        back = self._take_back_inboxes(give_back=False)
+        with self._cond:
+            self._halt.clear()
+            self._cond.notify_all()         # a lane with answers to confirm may probe again
+        if back:
+            self.spool.give_back(back)
         return hold
 
     def _take_back_inboxes(self, give_back: bool = True) -> List[int]:
