@@ -18,7 +18,7 @@ from msg_nagios_bridge.cores.icinga2.api import ApiUnavailable, LeanClient
 from msg_nagios_bridge.cores.icinga2.check_result import MAX_BODY_BYTES, Action, judge, request
 from msg_nagios_bridge.cores.icinga2.core import Icinga2Core
 from msg_nagios_bridge.cores.icinga2.objects import ObjectList, ObjectsUnavailable, ObjectsUnreachable
-from msg_nagios_bridge.cores.icinga2.writer import CONFIRM_AFTER, Lane, Prepared, Sent, lane_of, split_by_lane
+from msg_nagios_bridge.cores.icinga2.writer import CONFIRM_AFTER, Answer, Lane, Prepared, Sent, lane_of, split_by_lane
 from msg_nagios_bridge.daemon.status import Status
 from msg_nagios_bridge.model import CheckResult, Message
 from msg_nagios_bridge.spool import SpoolEntry
@@ -379,16 +379,18 @@ def test_a_lane_without_an_answer_stops_gives_back_the_rest_and_halts_the_others
     assert other.send([prepared(3, "h2")], halt) == Sent([], [prepared(3, "h2")])   # halted: sends nothing
 
 
-def lane_writer(tmp_path, spool, *clients):
-    """An Icinga2Writer whose lanes talk to ``clients`` (LaneApi), their threads started."""
+def lane_writer(tmp_path, spool, *clients, start=True, objects=None):
+    """An Icinga2Writer whose lanes talk to ``clients`` (LaneApi), their threads started
+    (``start``; else run() starts them)."""
     from msg_nagios_bridge.cores.icinga2.writer import Icinga2Writer
     from msg_nagios_bridge.daemon.health import Health
     from msg_nagios_bridge.inbound.echo import EchoGuard
     (tmp_path / "ca.crt").write_text(open(Authority(tmp_path / "pki", name="Icinga CA").cert_file).read())
-    writer = Icinga2Writer(settings_for(tmp_path), spool, Health(), EchoGuard(), objects=None)
+    writer = Icinga2Writer(settings_for(tmp_path), spool, Health(), EchoGuard(), objects=objects)
     for lane, client in zip(writer.lanes, clients):
         lane.client = client
-    writer._start_lanes()
+    if start:
+        writer._start_lanes()
     return writer
 
 
@@ -653,5 +655,226 @@ def test_a_lane_whose_connection_closed_sends_its_unconfirmed_answers_again_with
         assert counters["icinga2_resent"] == 2 and "icinga2_no_answer" not in counters
         assert writer._hold_until == 0.0
         writer._stop_lanes()
+    finally:
+        spool.close()
+
+
+# -- review: the writer's counting, its stop, a spool error on a halted lane ------------------------
+
+def until(done, timeout=5.0):
+    """Poll ``done()`` until it holds or ``timeout`` passed; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return done()
+
+
+def test_results_sent_again_are_not_counted_twice_as_come_back(tmp_path):
+    """A resent entry was already counted back once, with its first answer: counting it again
+    drove _outstanding below zero (the writer then handed out more than 2 x BATCH)."""
+    from msg_nagios_bridge.spool import Spool
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message(f"m{i}", "nagios", {}, b"{}") for i in range(3)])
+        ids = [entry.entry_id for entry in spool.take(3)]
+        api = LaneApi()
+        writer = lane_writer(tmp_path, spool, api)
+        hand_out(writer, {0: [prepared(ids[0]), prepared(ids[1])]})
+        run_writer_thread_until(writer, lambda: len(api.sent) == 2)
+        api.close()                     # the probe finds it closed: sends both again
+        run_writer_thread_until(writer, lambda: spool.stats().depth == 1)
+        assert writer._outstanding == 0
+        hand_out(writer, {0: [prepared(ids[2])]})
+        run_writer_thread_until(writer, lambda: len(api.sent) == 5)
+        api.close()                     # send() finds it closed: the pending one goes first
+        hand_out(writer, {0: []})
+        run_writer_thread_until(writer, lambda: spool.stats().depth == 0)
+        assert spool.stats().depth == 0 and writer._outstanding == 0
+        writer._stop_lanes()
+    finally:
+        spool.close()
+
+
+class ProbeTimingApi(LaneApi):
+    """A LaneApi whose probes take a round trip, and which notes requests made at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+        self.in_flight = self.most_at_once = 0
+
+    def request(self, method, path, body=None):
+        with self.lock:
+            self.in_flight += 1
+            self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            if method == "GET":
+                time.sleep(0.05)        # the probe's round trip to Icinga
+            return super().request(method, path, body)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_a_stop_confirms_the_last_answers_with_one_probe_on_the_writer_thread_alone(tmp_path):
+    """At a stop the lanes are halted and the writer thread probes: the lanes' threads must not
+    probe too (they did: the halt was cleared first, so a lane's thread and the writer thread
+    used one connection at once, and what the lane's probe confirmed was never deleted)."""
+    from msg_nagios_bridge.spool import Spool
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message("m1", "nagios", {}, b"{}")])
+        ids = [entry.entry_id for entry in spool.take(1)]
+        api = ProbeTimingApi()
+        writer = lane_writer(tmp_path, spool, api, start=False)
+        hand_out(writer, {0: [prepared(ids[0])]})
+        writer.start()
+        assert until(lambda: len(api.sent) == 1)
+        started = time.monotonic()
+        writer.stop()
+        writer.join(10)
+        took = time.monotonic() - started
+        assert not writer.is_alive() and took < CONFIRM_AFTER + 2.0
+        assert api.sent == ["r%d" % ids[0], "GET"] and api.most_at_once == 1
+        assert spool.stats().depth == 0         # confirmed by the stop's probe, deleted
+    finally:
+        spool.close()
+
+
+class ScriptedLaneApi(LaneApi):
+    """Answers each POST with the next of ``script``: a status, or an exception to raise."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = list(script)
+
+    def request(self, method, path, body=None):
+        step = self.script.pop(0) if method == "POST" and self.script else 200
+        if isinstance(step, Exception):
+            self.connected = False
+            raise step
+        self.status = step
+        return super().request(method, path, body)
+
+
+class NoObjects:
+    def get(self):
+        raise ObjectsUnavailable("the object list is not read in this test")
+
+    def stale(self):
+        pass
+
+
+def test_a_spool_error_while_taking_a_stopped_lanes_answers_does_not_leave_every_lane_halted(tmp_path, monkeypatch):
+    """A lane got a 404 then no answer; recording the 404's dead letter failed (a spool
+    error). The writer must still halt and release the lanes: it lost the lane's failure with
+    the exception and left the halt set, so no lane sent anything again until a restart."""
+    from msg_nagios_bridge.spool import Spool, SpoolError
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message(f"m{i}", "nagios", {}, b"{}") for i in range(3)])
+        ids = [entry.entry_id for entry in spool.take(3)]
+        first = ScriptedLaneApi([404, ApiUnavailable("refused")])
+        second = LaneApi()
+        writer = lane_writer(tmp_path, spool, first, second, start=False, objects=NoObjects())
+        real_reject, failures = spool.reject, []
+
+        def reject_once(entry_id, reason):
+            if not failures:
+                failures.append(entry_id)
+                raise SpoolError("disk full (once)")
+            real_reject(entry_id, reason)
+        monkeypatch.setattr(spool, "reject", reject_once)
+        hand_out(writer, {0: [prepared(ids[0]), prepared(ids[1])]})
+        writer.start()
+        try:
+            assert until(lambda: failures and not writer._halt.is_set() and not writer._events)
+            hand_out(writer, {1: [prepared(ids[2], "h2!s1")]})
+            assert until(lambda: second.sent == ["r%d" % ids[2]]), "the lanes stayed halted"
+        finally:
+            writer.stop()
+            writer.join(10)
+    finally:
+        spool.close()
+
+
+def test_an_answer_nested_too_deeply_is_an_answer_not_an_exception_from_the_client(tmp_path):
+    """json.loads raises RecursionError (not a ValueError) for a deeply nested answer: it came
+    out of LeanClient.request, ended the lane's send on its error path, and lost the entries
+    the lane was sending again from a closed connection (leased until a restart)."""
+    body = b"[" * 100000
+    client, _ = lean_with(tmp_path, b"HTTP/1.1 500 Odd\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    status, answer = client.request("GET", "/x")
+    assert status == 500 and answer == body.decode()
+
+
+def test_a_lane_whose_send_breaks_gives_back_what_it_was_sending_again_too():
+    """An unexpected error while a lane sends: everything not answered goes back, including
+    the pending entries it had just taken to send again on a new connection."""
+    class Breaking(LaneApi):
+        def request(self, method, path, body=None):
+            if body and body["plugin_output"] == "r3":
+                raise RuntimeError("a bug")
+            return super().request(method, path, body)
+    api = Breaking()
+    lane = Lane(api)
+    lane.send([prepared(1), prepared(2)], threading.Event())
+    api.close()                         # 1 and 2 go again first, on a new connection
+    halt = threading.Event()
+    sent = lane.send([prepared(3), prepared(4)], halt)
+    assert [a.item.entry.entry_id for a in sent.answers] == [1, 2] and sent.resent == 2
+    assert [i.entry.entry_id for i in sent.rest] == [3, 4] and sent.failure and halt.is_set()
+    assert [i.entry.entry_id for _, i in lane.pending] == [1, 2]
+
+
+@pytest.mark.parametrize("size", [1 << 16, 1 << 20])
+def test_results_of_reads_no_more_than_the_limit_of_an_object_over_it(size):
+    """An object over the limit: at most about the limit is read and held before the
+    ValueError (it read twice the limit: 32 MB at the default 16 MB, 128 MB of str with
+    non-BMP characters)."""
+    from msg_nagios_bridge.cores.icinga2.api import READ_SIZE, results_of
+    limit = 1 << 20
+    data = b'{"results":[{"a":"' + b"x" * (8 * limit) + b'"}]}'
+    read = reader(data, size)
+    taken = [0]
+
+    def counting(n):
+        piece = read(n)
+        taken[0] += len(piece)
+        return piece
+    with pytest.raises(ValueError, match="over 1048576 bytes"):
+        list(results_of(counting, limit=limit))
+    assert taken[0] <= limit + 2 * READ_SIZE
+
+
+def test_a_spool_error_in_a_halting_collect_keeps_the_lanes_halted_until_every_event_is_taken(tmp_path, monkeypatch):
+    """Two lanes stopped; taking the first one's answers fails (a spool error). The lanes must
+    stay halted until the second one's event is taken too: released earlier, that lane could
+    send again while the writer thread clears its pending."""
+    from msg_nagios_bridge.spool import Spool, SpoolError
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spool.put([Message(f"m{i}", "nagios", {}, b"{}") for i in range(3)])
+        ids = [entry.entry_id for entry in spool.take(3)]
+        writer = lane_writer(tmp_path, spool, LaneApi(), LaneApi(), start=False, objects=NoObjects())
+        failures = []
+
+        def reject_once(entry_id, reason):
+            failures.append(entry_id)
+            if len(failures) == 1:
+                raise SpoolError("disk full (once)")
+        monkeypatch.setattr(spool, "reject", reject_once)
+        dead = judge(404, {"error": 404, "status": "No objects found."}, "h1!s1")
+        writer._halt.set()
+        writer._outstanding = 3
+        writer._events.extend([
+            (0, Sent([Answer(prepared(ids[0]), dead)], [prepared(ids[1])], failure="refused"), []),
+            (1, Sent([], [prepared(ids[2], "h2!s1")], failure="refused"), [])])
+        with pytest.raises(SpoolError):
+            writer._halt_lanes()            # the events came while it waited for the busy lanes
+        assert writer._halt.is_set() and len(writer._events) == 1
+        writer._collect()
+        assert not writer._halt.is_set() and not writer._events and writer._outstanding == 0
+        assert sorted(entry.entry_id for entry in spool.take(3)) == ids
     finally:
         spool.close()

@@ -86,7 +86,7 @@ class ApiClient:
             raise
         try:
             return response.status, json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):    # RecursionError: nested too deeply
             return response.status, data.decode("utf-8", "replace")
 
     def each_result(self, path: str) -> Tuple[int, Any]:
@@ -104,7 +104,7 @@ class ApiClient:
                 self.close()
                 try:
                     return response.status, json.loads(data)
-                except ValueError:
+                except (ValueError, RecursionError):
                     return response.status, data.decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as exc:
             self.close()
@@ -139,7 +139,7 @@ class ApiClient:
 def _answer(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):    # RecursionError: nested too deeply
         return data.decode("utf-8", "replace")
 
 
@@ -152,7 +152,8 @@ def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> I
     HTTPResponse's read): the whole answer is never held, only the object being read. Time is
     linear in the answer's size however it is cut: an object cut by the end of what was read
     is parsed again only once twice as much is there. ValueError when the answer is not such a
-    list, or one object is over ``limit`` bytes (counted as characters)."""
+    list, or one object is over ``limit`` bytes (counted as characters; an object that came
+    whole within a read past the limit, READ_SIZE more, is taken: at most that much is held)."""
     decode = codecs.getincrementaldecoder("utf-8")("replace").decode
     text, at, done = "", 0, False
 
@@ -198,7 +199,6 @@ def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> I
             mark = skip_blanks()
         if mark != "{":
             raise ValueError(f"a result is not a JSON object: {text[at:at + 60]!r}")
-        want = 0
         while True:
             try:
                 item, end = _DECODER.raw_decode(text, at)
@@ -208,8 +208,8 @@ def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> I
                     raise ValueError("the answer ends inside the results") from None
                 if len(text) - at > limit:
                     raise ValueError(f"a result is over {limit} bytes") from None
-                want = max(2 * (len(text) - at), READ_SIZE)
-                more(want)
+                # Twice as much, but never past the limit: one more than it tells.
+                more(min(max(2 * (len(text) - at), READ_SIZE), limit + 1))
             except RecursionError:
                 raise ValueError("a result is nested too deeply") from None
         at, first = end, False

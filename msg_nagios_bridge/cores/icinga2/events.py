@@ -31,7 +31,7 @@ from ...display import printable
 from ...model import CheckResult
 from ...outbound.intake import Intake, Mark
 from .. import IntakeFor
-from .api import MAX_ANSWER_BYTES, ApiClient, headers, results_of, ssl_context
+from .api import MAX_ANSWER_BYTES, MAX_HEAD_BYTES, ApiClient, headers, results_of, ssl_context
 from .event_record import MARKS_KIND, MAX_EVENT_BYTES, catch_up_line, object_key, parse_event
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,11 @@ class EventStreamSource(threading.Thread):
                         yield attrs_of.get("name"), None, last
                     else:
                         yield attrs_of.get("host_name"), attrs_of.get("name"), last
+            # results_of stops at the list's end: read the answer to its own (the closing
+            # brace may come in a read of its own), else the next request on the connection
+            # raises ResponseNotReady.
+            if response.read(MAX_HEAD_BYTES) and response.read(1):
+                raise ValueError("more than a closing brace after the results")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StreamRefused(f"GET {path}: not an object list ({type(exc).__name__}: {exc})") from None
 

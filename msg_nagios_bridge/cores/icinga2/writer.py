@@ -114,8 +114,9 @@ class Sent(NamedTuple):
 
 class Lane:
     """One kept-alive connection to the API, and the results answered 200 on it not yet
-    confirmed. Between send() calls only the writer thread touches it; during one, only the
-    thread running it."""
+    confirmed. Its connection, pending and times: touched by the lane's thread, and by the
+    writer thread only while every lane is halted and none busy, or their threads ended (a
+    stop). Its inbox and busy flag: only under the writer's Condition."""
 
     def __init__(self, client: LeanClient):
         self.client = client
@@ -171,6 +172,11 @@ class Lane:
             except ApiUnavailable as exc:
                 halt.set()
                 return Sent(answers, list(queue), failure=str(exc), resent=resent)
+            except Exception as exc:  # noqa: BLE001 - a bug: what is queued (resent ones too) goes back
+                log.exception("icinga2 lane: sending failed")
+                self.client.close()
+                halt.set()
+                return Sent(answers, list(queue), failure=f"internal error: {exc}", resent=resent)
             verdict = check_result.judge(status, answer, item.name)
             if verdict.action in (Action.CREDENTIALS, Action.RETRY):
                 halt.set()
@@ -254,7 +260,12 @@ class Icinga2Writer(threading.Thread):
                     self.health.error(f"inbound spool: {exc}")
                     self._hold_until = time.monotonic() + 1.0
             try:
-                self._halt_lanes()
+                # The lanes' threads end first (each after its request under way): a lane
+                # released here would probe its connection while this thread probes it too.
+                self._halt.set()
+                self._stop_lanes()
+                self._collect(halting=True)
+                self._take_back_inboxes()
                 if self._pending():
                     self._confirm_by_probe()
                 self._settle()
@@ -346,26 +357,39 @@ class Icinga2Writer(threading.Thread):
                                              f"Icinga 2 answered {status} to a probe"))
         return Sent([], [])
 
-    def _halt_lanes(self) -> None:
-        """Stop every lane after its request under way and take back what they hold: their
-        inboxes go back to the spool, with what each lane did not get answered."""
+    def _halt_lanes(self) -> Optional[Tuple[str, str]]:
+        """Stop every lane after its request under way, take back what they hold (their
+        inboxes go back to the spool, with what each lane did not get answered), release
+        them; (problem, key) when a lane stopped on something to hold on."""
         self._halt.set()
         with self._cond:
             self._cond.notify_all()
             while any(lane.busy for lane in self.lanes):
                 self._cond.wait()
-        self._collect(halting=True)
+        # A spool error here leaves the halt set, with the events after it: the next
+        # _collect halts again (released now, a lane could run while its event is taken).
+        hold = self._collect(halting=True)
+        back = self._take_back_inboxes(give_back=False)
+        with self._cond:
+            self._halt.clear()
+            self._cond.notify_all()         # a lane with answers to confirm may probe again
+        if back:
+            self.spool.give_back(back)
+        return hold
+
+    def _take_back_inboxes(self, give_back: bool = True) -> List[int]:
+        """Empty the lanes' inboxes (the lanes are halted); their entries go back to the spool
+        (``give_back``), else their ids are returned."""
         back: List[int] = []
         with self._cond:
             for lane in self.lanes:
                 back += [item.entry.entry_id for item in lane.inbox]
                 self._outstanding -= len(lane.inbox)
                 lane.inbox.clear()
-        with self._cond:
-            self._halt.clear()
-            self._cond.notify_all()         # a lane with answers to confirm may probe again
-        if back:
-            self.spool.give_back(sorted(back))
+        back.sort()
+        if give_back and back:
+            self.spool.give_back(back)
+        return back
 
     def _pending(self) -> List[Lane]:
         """The lanes with answers not yet confirmed (only while the lanes are halted)."""
@@ -396,7 +420,6 @@ class Icinga2Writer(threading.Thread):
                 self._broken(lane)
             else:
                 self._note_confirmed(lane.confirmed())
-        self._halt.clear()
 
     # -- the writer thread -----------------------------------------------------------------------
 
@@ -407,9 +430,10 @@ class Icinga2Writer(threading.Thread):
         waits = [max(w, 0.0) for w in waits if w is not None]
         return min(waits) if waits else None
 
-    def _collect(self, halting: bool = False) -> None:
+    def _collect(self, halting: bool = False) -> Optional[Tuple[str, str]]:
         """Act on what the lanes posted: count the answers, note what is confirmed; when a lane
-        stopped (no answer, 401, 5xx), halt them all, take everything back, back off once."""
+        stopped (no answer, 401, 5xx), halt them all, take everything back, back off once.
+        ``halting``: only act on the events; (problem, key) when a lane stopped on one."""
         hold = None
         while True:
             with self._cond:
@@ -419,9 +443,15 @@ class Icinga2Writer(threading.Thread):
                 index, sent, confirmed = self._events.popleft()
             self._note_confirmed(confirmed)
             hold = self._take_sent(self.lanes[index], sent) or hold
-        if hold and not halting:
-            self._halt_lanes()
-            self._hold(*hold)               # once, however many lanes stopped
+        if halting:
+            return hold
+        # Also when a lane's stop was not seen (a spool error ended an earlier _collect
+        # before it), or its event is not yet posted: else the halt stayed set for good.
+        if hold or self._halt.is_set():
+            hold = self._halt_lanes() or hold
+            if hold:
+                self._hold(*hold)           # once, however many lanes stopped
+        return None
 
     def _take_sent(self, lane: Lane, sent: Sent) -> Optional[Tuple[str, str]]:
         """Count one lane's Sent and give back what it did not get answered; (problem, key)
@@ -436,7 +466,8 @@ class Icinga2Writer(threading.Thread):
         finally:
             # Not answered, and refusals not yet recorded (a failed reject): taken again.
             back = sent.rest + [a.item for a in sent.answers[taken:] if a.verdict.action is Action.DEAD_LETTER]
-            self._outstanding -= len(sent.answers) + len(sent.rest)
+            # Entries sent again were counted back with their first answer already.
+            self._outstanding -= len(sent.answers) + len(sent.rest) - sent.resent
             if back:
                 self.spool.give_back(sorted(item.entry.entry_id for item in back))
         if sent.failure is not None:
