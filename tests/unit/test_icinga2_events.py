@@ -441,21 +441,41 @@ def test_the_catch_up_reads_each_object_list_to_its_end_so_the_next_request_can_
         server.server_close()
 
 
-@pytest.mark.xfail(strict=True, reason="review finding, not fixed: one object over api.MAX_RESULT_BYTES"
-                   " (Icinga stores 20 MiB outputs) fails every catch-up, so the stream is never read")
-def test_one_object_with_an_output_over_the_result_limit_does_not_stop_the_catch_up():
-    """Before ca670de the answer was read whole (up to 256 MB): a 17 MB output was caught up.
-    Now results_of refuses the whole list at that object, _session fails before it reads the
-    stream, and the next reconnect fails the same way while Icinga keeps that output."""
+def test_one_object_with_an_output_over_the_result_limit_is_skipped_and_the_catch_up_goes_on():
+    """Icinga stores 20 MiB outputs: such an object is skipped (read to its end, never held),
+    named in a dead letter, and the objects after it are caught up (before, the whole list
+    was refused at it, so every connect failed before the stream was read)."""
     from msg_nagios_bridge.cores.icinga2.api import results_of
-    big = {"attrs": {"name": "h1", "last_check_result": {"output": "x" * (20 << 20)}}}   # 20 MiB
+    big = {"attrs": {"name": "h1", "last_check_result": {"output": "x\\\" ]} {[" * (2 << 20)}}}   # 16+ MiB
     small = {"attrs": {"name": "h2", "last_check_result": {"output": "ok"}}}
-    data = json.dumps({"results": [big, small]}).encode()
+    data = json.dumps({"results": [small, big, small]}).encode()
     view, at = memoryview(data), [0]
 
     def read(n):
         piece = bytes(view[at[0]:at[0] + n])
         at[0] += len(piece)
         return piece
-    names = [item["attrs"]["name"] for item in results_of(read)]
-    assert "h2" in names
+    skipped = []
+    started = time.monotonic()
+    names = [item["attrs"]["name"] for item in results_of(read, too_big=skipped.append)]
+    assert names == ["h2", "h2"] and len(skipped) == 1 and skipped[0].startswith('{"attrs": {"name": "h1"')
+    assert time.monotonic() - started < 10
+    at[0] = 0
+    with pytest.raises(ValueError, match="over"):        # without too_big: refused, as the object list is
+        list(results_of(read))
+
+
+@pytest.mark.parametrize("size", [1, 3, 4096])
+def test_skipping_an_object_over_the_limit_keeps_strings_escapes_and_brackets_however_it_is_cut(size):
+    from msg_nagios_bridge.cores.icinga2.api import results_of
+    big = {"a": ["}" * 5000, "\\\"{[", {"b": "\\" * 40 + '"'}], "c": "]" * 30}
+    data = json.dumps({"results": [big, {"n": 1}, big, {"n": 2}]}).encode()
+    view, at = memoryview(data), [0]
+
+    def read(n):
+        piece = bytes(view[at[0]:at[0] + min(n, size)])
+        at[0] += len(piece)
+        return piece
+    skipped = []
+    assert list(results_of(read, limit=100, too_big=skipped.append)) == [{"n": 1}, {"n": 2}]
+    assert len(skipped) == 2

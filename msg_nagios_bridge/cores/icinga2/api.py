@@ -147,13 +147,20 @@ _RESULTS_START = re.compile(r'\s*\{\s*"results"\s*:\s*\[')
 _DECODER = json.JSONDecoder()
 
 
-def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> Iterator[dict]:
+_STRUCTURE = re.compile(r'[{}\[\]"]')
+_STRING_STOP = re.compile(r'["\\]')
+
+
+def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES,
+               too_big: Optional[Callable[[str], None]] = None) -> Iterator[dict]:
     """The objects of an answer ``{"results": [...]}``, one at a time, from ``read(n)`` (e.g. an
     HTTPResponse's read): the whole answer is never held, only the object being read. Time is
     linear in the answer's size however it is cut: an object cut by the end of what was read
     is parsed again only once twice as much is there. ValueError when the answer is not such a
     list, or one object is over ``limit`` bytes (counted as characters; an object that came
-    whole within a read past the limit, READ_SIZE more, is taken: at most that much is held)."""
+    whole within a read past the limit, READ_SIZE more, is taken: at most that much is held).
+    With ``too_big``, such an object is skipped instead (read to its end, never held) and
+    ``too_big`` gets its first characters: one huge object does not cost the whole list."""
     decode = codecs.getincrementaldecoder("utf-8")("replace").decode
     text, at, done = "", 0, False
 
@@ -179,6 +186,35 @@ def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> I
                 at += 1
             if at < len(text) or not more(1):
                 return text[at] if at < len(text) else ""
+
+    def skip_object() -> None:
+        """Move ``at`` past the object starting there, holding at most a read or two of it:
+        strings are skipped to their closing quote (escapes included), brackets counted."""
+        nonlocal at
+        depth, in_string = 0, False
+        while True:
+            found = (_STRING_STOP if in_string else _STRUCTURE).search(text, at)
+            if found is None:
+                at = len(text)
+            elif in_string and found.group() == "\\":
+                if found.end() < len(text):
+                    at = found.end() + 1        # the escaped character, whatever it is
+                    continue
+                at = found.start()              # the backslash and what it escapes come next
+            else:
+                at = found.end()
+                mark = found.group()
+                if mark == '"':
+                    in_string = not in_string
+                elif mark in "{[":
+                    depth += 1
+                else:
+                    depth -= 1
+                    if depth == 0:
+                        return
+                continue
+            if not more(2 if at < len(text) else 1):
+                raise ValueError("the answer ends inside the results")
 
     more(64)
     start = _RESULTS_START.match(text, at)
@@ -207,13 +243,20 @@ def results_of(read: Callable[[int], bytes], limit: int = MAX_RESULT_BYTES) -> I
                 if done:
                     raise ValueError("the answer ends inside the results") from None
                 if len(text) - at > limit:
-                    raise ValueError(f"a result is over {limit} bytes") from None
+                    if too_big is None:
+                        raise ValueError(f"a result is over {limit} bytes") from None
+                    too_big(text[at:at + 200])
+                    skip_object()
+                    item = None
+                    break
                 # Twice as much, but never past the limit: one more than it tells.
                 more(min(max(2 * (len(text) - at), READ_SIZE), limit + 1))
             except RecursionError:
                 raise ValueError("a result is nested too deeply") from None
-        at, first = end, False
-        yield item
+        first = False
+        if item is not None:
+            at = end
+            yield item
 
 
 class LeanClient:

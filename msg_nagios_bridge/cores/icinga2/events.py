@@ -31,7 +31,7 @@ from ...display import printable
 from ...model import CheckResult
 from ...outbound.intake import Intake, Mark
 from .. import IntakeFor
-from .api import MAX_ANSWER_BYTES, MAX_HEAD_BYTES, ApiClient, headers, results_of, ssl_context
+from .api import MAX_ANSWER_BYTES, MAX_RESULT_BYTES, MAX_HEAD_BYTES, ApiClient, headers, results_of, ssl_context
 from .event_record import MARKS_KIND, MAX_EVENT_BYTES, catch_up_line, object_key, parse_event
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class EventStreamSource(threading.Thread):
             raise StreamRefused(_refusal(f"GET {path}", response.status, data,
                                          f"objects/query/{kind[:-1].capitalize()}"))
         try:
-            for item in results_of(response.read):
+            for item in results_of(response.read, too_big=lambda head: self._skipped(path, head)):
                 attrs_of = item["attrs"]
                 last = attrs_of.get("last_check_result")
                 if isinstance(last, dict):        # None: never checked
@@ -303,6 +303,12 @@ class EventStreamSource(threading.Thread):
                 raise ValueError("more than a closing brace after the results")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StreamRefused(f"GET {path}: not an object list ({type(exc).__name__}: {exc})") from None
+
+    def _skipped(self, path: str, head: str) -> None:
+        """An object of the catch-up over api.MAX_RESULT_BYTES: skipped (its result would be
+        over MAX_EVENT_BYTES anyway), kept as a dead letter with its head, the rest goes on."""
+        self.intake.dead_letter(head.encode("utf-8", "replace"),
+                                f"an object of GET {path} is over {MAX_RESULT_BYTES} bytes: skipped by the catch-up")
 
     # -- sockets ---------------------------------------------------------------------------
 
