@@ -1,13 +1,12 @@
 """Run a real ActiveMQ 5.x broker (Debian package) from its own directory, on 127.0.0.1 only."""
 import os
-import re
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from .ports import free_port, kill_process, stop_process, track, wait_stomp_ready
+from .ports import LogFiles, free_port, kill_process, stop_process, track, wait_stomp_ready
 
 ACTIVEMQ_HOME = Path("/usr/share/activemq")
 HOST = "127.0.0.1"
@@ -96,8 +95,10 @@ def check_installed():
         raise RuntimeError("ActiveMQ sandbox cannot run, missing: " + ", ".join(missing))
 
 
-class ActiveMQ:
+class ActiveMQ(LogFiles):
     """One broker: STOMP + OpenWire on 127.0.0.1, KahaDB, config and log in `workdir`."""
+
+    what = "broker"
 
     def __init__(self, workdir, name="b1", stomp_port=None, openwire_port=None,
                  network_to=(), data_dir=None, extra_xml="", start_timeout=60.0, login=None,
@@ -230,22 +231,7 @@ class ActiveMQ:
         self.stop()
         return self.start(wait=wait)
 
-    # -- logs ------------------------------------------------------------------------------------
-    def log_text(self):
-        parts = [p.read_text(errors="replace") for p in (self.log_file, self.console_file) if p.exists()]
-        return "\n".join(parts)
-
-    def log_tail(self, lines=40):
-        return f"--- {self.name} log tail ---\n" + "\n".join(self.log_text().splitlines()[-lines:])
-
-    def wait_for_log(self, pattern, timeout=30.0, count=1):
-        """Wait until regex `pattern` occurs `count` times in the broker log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(re.findall(pattern, self.log_text())) >= count:
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"{pattern!r} not in broker {self.name} log\n{self.log_tail()}")
+    # -- logs (LogFiles: log_text, log_tail, wait_for_log) -------------------------------------
 
     def wait_bridges(self, timeout=30.0):
         """Wait until every `network_to` bridge of this broker is established."""

@@ -3,6 +3,7 @@ waiting for a condition."""
 import atexit
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,28 @@ def free_port():
             _handed_out.add(port)
             return port
     raise RuntimeError("no free port found on 127.0.0.1")
+
+
+class LogFiles:
+    """A sandbox server's logs: its ``log_file`` and ``console_file`` (``name`` names it, and
+    ``what`` the kind of server, in errors)."""
+    what = "server"
+
+    def log_text(self):
+        return "\n".join(p.read_text(errors="replace") for p in (self.log_file, self.console_file)
+                         if p.exists())
+
+    def log_tail(self, lines=40):
+        return f"--- {self.name} log tail ---\n" + "\n".join(self.log_text().splitlines()[-lines:])
+
+    def wait_for_log(self, pattern, timeout=30.0, count=1):
+        """Wait until regex ``pattern`` occurs ``count`` times in the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(re.findall(pattern, self.log_text())) >= count:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{pattern!r} not in {self.what} {self.name} log\n{self.log_tail()}")
 
 
 def wait_stomp_ready(server, what, timeout, **connect):

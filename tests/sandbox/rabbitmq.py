@@ -20,7 +20,6 @@ to 10 (a restart on existing data 3.4 s), 8.6 and 10.6 s at a load average of 20
 takes about 1 s.
 """
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -28,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .ports import descendants_of, free_port, kill_process, stop_process, track, wait_stomp_ready
+from .ports import LogFiles, descendants_of, free_port, kill_process, stop_process, track, wait_stomp_ready
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 HOST = "127.0.0.1"
@@ -56,10 +55,12 @@ def check_installed():
         raise RuntimeError("RabbitMQ sandbox cannot run, missing: " + ", ".join(missing))
 
 
-class RabbitMQ:
+class RabbitMQ(LogFiles):
     """One node: STOMP + AMQP + distribution on 127.0.0.1, everything in ``workdir``. The same
     lifecycle as sandbox.activemq.ActiveMQ (start, stop, kill, pause/resume, restart), so that
     tests and the fault suite can use either."""
+
+    what = "node"
 
     kind = "rabbitmq"
     stomp_vhost = "/"         # the STOMP host header RabbitMQ takes as the vhost (stomp_probe)
@@ -242,21 +243,7 @@ class RabbitMQ:
                 found[fields[0]] = (int(fields[1]), fields[2] == "true")
         return found
 
-    # -- logs ------------------------------------------------------------------------------------
-    def log_text(self):
-        return "\n".join(p.read_text(errors="replace") for p in (self.log_file, self.console_file)
-                         if p.exists())
-
-    def log_tail(self, lines=40):
-        return f"--- {self.name} log tail ---\n" + "\n".join(self.log_text().splitlines()[-lines:])
-
-    def wait_for_log(self, pattern, timeout=30.0, count=1):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(re.findall(pattern, self.log_text())) >= count:
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"{pattern!r} not in node {self.name} log\n{self.log_tail()}")
+    # -- logs (LogFiles: log_text, log_tail, wait_for_log) -------------------------------------
 
     def __enter__(self):
         return self.start() if not self.running() else self
