@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 def _parse_headers(lines, offset=0):
     """stomp.utils.parse_headers, the same result, without its two re.sub calls per header
     when there is nothing to unescape (nearly always): they were half of the receiving thread's
-    work on a MESSAGE frame (measured: 41-44 against 17-19 us a 21-header frame; tested equal
-    on escaped, repeated and malformed headers)."""
+    work on a MESSAGE frame (benchmarks/sequence.py, 5 runs each: 12.7 against 26.0 us median
+    for a site bridge's 22-header frame; tested equal on escaped, repeated and malformed
+    headers)."""
     headers = {}
     match = stomp.utils.HEADER_LINE_RE.match
     for line in lines[offset:]:
