@@ -28,7 +28,7 @@ from .settings import (
     DEFAULT_PATH, MAX_CONFIG_BYTES, DESTINATION_FIELDS, FORMATS, ConfigError, Site, TrustRules,
     TlsSettings, BrokerSettings, SpoolSettings, OcspPipeSettings, PerfdataSettings, Route,
     SigningSettings, SignatureCheck, Subscription, InboundSettings, LOG_LEVELS, LOG_TARGETS,
-    LoggingSettings, DaemonSettings, MetricsSettings, Settings, Icinga2Settings, CORES)
+    LoggingSettings, DaemonSettings, MetricsSettings, Settings, Icinga2Settings, CORES, PREFETCH)
 
 
 class _Section:
@@ -395,7 +395,7 @@ def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSetting
         enabled=enabled,
         subscriptions=tuple(subs),
         client_id=sec.get("client_id", str, f"msg-nagios-bridge-{site.nagios_name}", _one_line),
-        prefetch=sec.get("prefetch", int, 100, lambda v: None if 1 <= v <= 10_000 else "must be from 1 to 10000"),
+        prefetch=sec.get("prefetch", int, PREFETCH, lambda v: None if 1 <= v <= 10_000 else "must be from 1 to 10000"),
         mapping=mapping,
         rules=tuple(rules),
         sender_header=pol_sec.get("sender_header", str, "nagios_host", _one_line),

@@ -173,3 +173,35 @@ def test_a_stop_ends_an_intake_waiting_for_room_at_once(tmp_path):
         intake.wake()
         waiting.join(5)
         assert outcome == [False] and time.monotonic() - asked < 0.5
+
+
+def test_a_long_batch_is_spooled_a_piece_at_a_time_with_the_cursor_last(tmp_path):
+    """The publisher can send the first lines of a backlog while later ones are parsed; the
+    source's cursor is stored only with the last piece (a crash re-reads, never skips)."""
+    from msg_nagios_bridge.outbound import intake as intake_module
+    settings = settings_for(tmp_path)
+    per_line = len(Router(settings).messages(RESULT, 0))
+    lines = [b"line %d" % number for number in range(intake_module.PIECE_LINES * 2 + 1)]
+    with Spool(str(tmp_path / "outbound.sqlite")) as spool:
+        seen_while_parsing = {}
+
+        def parse(text):
+            number = int(text.split()[1])
+            seen_while_parsing[number] = (spool.stats().depth, spool.cursor("c"))
+            return dataclasses.replace(RESULT, timestamp=RESULT.timestamp + number)
+
+        intake = Intake("test", Router(settings), spool, Health(), threading.Event(), parse)
+        assert intake.spool_lines(lines, cursor=("c", "end"))
+        piece = intake_module.PIECE_LINES
+        assert seen_while_parsing[piece - 1] == (0, None)
+        assert seen_while_parsing[piece] == (piece * per_line, None), "the first piece is stored before the second is parsed"
+        assert seen_while_parsing[2 * piece] == (2 * piece * per_line, None)
+        assert spool.stats().depth == len(lines) * per_line and spool.cursor("c") == "end"
+
+
+def test_an_empty_batch_still_stores_its_cursor(tmp_path):
+    settings = settings_for(tmp_path)
+    with Spool(str(tmp_path / "outbound.sqlite")) as spool:
+        intake = Intake("test", Router(settings), spool, Health(), threading.Event(), one_result_per_line)
+        assert intake.spool_lines([], cursor=("c", "7")) and intake.spool_lines([b"  "], cursor=("d", "8"))
+        assert (spool.cursor("c"), spool.cursor("d"), spool.stats().depth) == ("7", "8", 0)
