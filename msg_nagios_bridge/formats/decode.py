@@ -229,7 +229,7 @@ def _fill(name: str, template: str, values: Dict[str, str]) -> str:
 
 
 def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8"))
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def _cut_bytes(text: str, budget: int) -> str:
@@ -289,7 +289,9 @@ def _result(record: Record, headers: typing.Mapping[str, str], mapping: Mapping,
         long_output = rest.strip("\n") + ("\n" + long_output if long_output else "")
     if shown and not output.upper().startswith(shown):
         output = f"{shown}: {output}" if output else shown
-    perfdata = re.sub(r"[\r\n]+", " ", record.perfdata)  # perfdata is one line
+    perfdata = record.perfdata
+    if "\n" in perfdata or "\r" in perfdata:
+        perfdata = re.sub(r"[\r\n]+", " ", perfdata)  # perfdata is one line
     output, long_output = _limittext_field(output, long_output, mapping.max_output_bytes)
     perfdata, perf_cut = _limit_perfdata(perfdata, mapping.max_output_bytes)
     if perf_cut:

@@ -129,6 +129,9 @@ def decode(body: str) -> Dict[str, str]:
     if not lines or lines[-1].strip() != "EOT":
         raise BadMessage("record does not end with an EOT line")
     lines.pop()
+    # The only "eot" is the last line's (nearly always): no value has anything to unescape,
+    # and the check per value (a lowered copy each) is skipped.
+    unescape = unescape_eot if text.lower().count("eot") > 1 else str
     record: Dict[str, str] = {}
     for index, line in enumerate(lines):
         if not line.strip():
@@ -141,9 +144,9 @@ def decode(body: str) -> Dict[str, str]:
             raise BadMessage(f"key {key!r} appears twice")
         if key == "detailsData":
             rest = "\n".join([value[1:] if value.startswith(" ") else value] + lines[index + 1:])
-            record[key] = unescape_eot(rest)
+            record[key] = unescape(rest)
             break
-        record[key] = unescape_eot(value.strip())
+        record[key] = unescape(value.strip())
     return record
 
 

@@ -91,7 +91,13 @@ class Policy:
 
 
 def _matches(name: str, patterns: Tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    # "*" (the usual rule) needs no pattern matching: it matches any name.
+    return any(pattern == "*" or fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _what(result: CheckResult) -> str:
+    """The result's name, for a refusal (made only when one is raised)."""
+    return f"{result.host}" + (f"/{result.service}" if result.service is not None else " (host result)")
 
 
 def sender_of(policy: Policy, headers: typing.Mapping[str, str]) -> str:
@@ -106,9 +112,8 @@ def check(policy: Policy, result: CheckResult, sender: str) -> None:
     The reason names the furthest step any sender-matching rule got to, so an
     operator sees whether the host or the service is the problem.
     """
-    what = f"{result.host}" + (f"/{result.service}" if result.service is not None else " (host result)")
     if not isinstance(sender, str) or not sender:
-        raise Refused("no-sender", f"result for {_show(what)} has no {policy.sender_header!r} sender")
+        raise Refused("no-sender", f"result for {_show(_what(result))} has no {policy.sender_header!r} sender")
     rules = [rule for rule in policy.rules if rule.allows_sender(sender)]
     if not rules:
         hint = " (the policy has no rules: inbound results are off)" if not policy.rules else ""
@@ -121,6 +126,6 @@ def check(policy: Policy, result: CheckResult, sender: str) -> None:
             raise Refused("host-check-not-allowed",
                           f"sender {_show(sender)} may not send host results for {_show(result.host)}")
     elif not any(_matches(result.service, rule.services) for rule in rules):
-        raise Refused("service-not-allowed", f"sender {_show(sender)} may not send {_show(what)}")
+        raise Refused("service-not-allowed", f"sender {_show(sender)} may not send {_show(_what(result))}")
     if policy.known_objects is not None and (result.host, result.service) not in policy.known_objects:
-        raise Refused("unknown-object", f"the local monitoring core defines no {_show(what)}")
+        raise Refused("unknown-object", f"the local monitoring core defines no {_show(_what(result))}")
