@@ -25,6 +25,9 @@ records the commit ("+dirty" when the tree differs from it) and the date.
            unconfirmed: the bridge's delivery contract without the bridge's code.
   1d       raw STOMP transactions: BEGIN, --tx-batch SENDs, COMMIT with a receipt, commits
            pipelined; timed until the last commit's receipt (also proof of delivery).
+  1d+hdr   1d with the headers of the bridge's frames (its 12-15 headers and route_seq): what
+           the broker costs for the bridge's own messages; "x 1d+hdr" of a bridge row is the
+           bridge's own cost (its spool, parsing, fsyncs) against that.
   bridge perfdata   `python -m msg_nagios_bridge run` (tests/sandbox/bridge.py) with only the
            perfdata source; N result lines (result_line.format_line of distinct CheckResults,
            bodies ~--size bytes after WLCG encoding) are appended to its service perfdata file.
@@ -79,6 +82,7 @@ from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
 from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
+from msg_nagios_bridge.formats import sequence  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from msg_nagios_bridge.outbound.routing import Router  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
@@ -280,6 +284,7 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
 SUMMARY_FIGURES = [
     ("msgs/s", rate, ",.0f"),
     ("x 1a", lambda r: r.get("x_1a"), ".2f"),
+    ("x 1d+hdr", lambda r: r.get("x_1dhdr"), ".2f"),
     ("us CPU/msg", lambda r: r.get("us_per_msg"), ".0f"),
     ("bridge RSS MB", lambda r: r.get("rss_mb"), ".0f"),
 ]
@@ -291,9 +296,12 @@ def report(results, args, broker, body_sizes):
     for n in sorted({n for _, n, _ in results}):
         values = [rate(r) for name, k, r in results if k == n and name.startswith("1a raw")]
         baselines[n] = statistics.mean(values) if values else 0.0
+    same_frames = {n: rate(r) for name, n, r in results if name.startswith("1d+hdr")}
     for name, n, r in results:
         if baselines.get(n):
             r["x_1a"] = rate(r) / baselines[n]
+        if name.startswith("bridge") and same_frames.get(n):
+            r["x_1dhdr"] = rate(r) / same_frames[n]
         if "bridge_cpu" in r:
             r["us_per_msg"] = 1e6 * r["bridge_cpu"] / max(1, r["count"])
     order = list(dict.fromkeys(name for name, _, _ in results))
@@ -362,6 +370,11 @@ def report(results, args, broker, body_sizes):
             median = statistics.median(ratios)
             print(f"target (issue 16): bridge {source} >= 0.8x 1a: median {median:.2f}x "
                   f"({min(ratios):.2f}-{max(ratios):.2f}x), {'meets' if median >= 0.8 else 'falls short of'} it")
+        ratios = [r["x_1dhdr"] for r in cases.get(f"bridge {source}", []) if r and "x_1dhdr" in r]
+        if ratios:
+            print(f"  the bridge's own cost: bridge {source} / 1d+hdr (raw stomp.py sending the bridge's frames,"
+                  f" headers and transactions): median {statistics.median(ratios):.2f}x"
+                  f" ({min(ratios):.2f}-{max(ratios):.2f}x)")
     print("""
 How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of one final SEND
   (the broker handles a connection's frames in order). 1b: N / time, waiting for each receipt.
@@ -503,6 +516,8 @@ def run(args, tmp: Path, started: float):
 
         _, sample = make_results(200, args.size, Router(example_settings), "sample")
         bridge_headers = dict(sample[0].headers)
+        # What the bridge's frames carry besides: the number its spool gives (formats/sequence.py).
+        frame_headers = {**bridge_headers, sequence.SEQ_HEADER: sequence.stamp_text(sequence.new_epoch(), 123456)}
         body_sizes = (args.size, round(statistics.mean(len(m.body) for m in sample)),
                       len(json.dumps(bridge_headers)))
 
@@ -544,6 +559,8 @@ def run(args, tmp: Path, started: float):
                 lambda *a: raw_receipt_window(*a, window=window), args.count, plain)
             raw(f"1d raw transactions of {args.tx_batch}", rq("rawtx"),
                 lambda *a: raw_transactions(*a, batch=args.tx_batch), args.count, plain)
+            raw(f"1d+hdr raw transactions of {args.tx_batch}, the bridge's headers", rq("rawtxhdr"),
+                lambda *a: raw_transactions(*a, batch=args.tx_batch), args.count, frame_headers)
             raw("1a raw no receipts (mid-run)", rq("rawmid"), raw_no_receipts, args.count, plain)
             for source in ("perfdata", "ocsp"):
                 workdir = tmp / f"bridge-{source}-r{number}"

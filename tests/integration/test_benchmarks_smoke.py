@@ -121,10 +121,12 @@ def test_outbound():
                 "--tx-batch", "50", "--case-timeout", "30")
     assert_rows(out, ["1a raw no receipts", "1a+hdr raw, bridge headers", "1b raw receipt each, waited",
                       "1c raw receipt each, 1000 in flight", "1d raw transactions of 50",
+                      "1d+hdr raw transactions of 50, the bridge's headers",
                       "1a raw no receipts (mid-run)", "bridge perfdata", "bridge ocsp",
                       "1a raw no receipts (at the end)"])
-    assert out.count("queue drained afterwards: 300/300 ok") >= 4, out      # 1c, 1d, both bridges
+    assert out.count("queue drained afterwards: 300/300 ok") >= 5, out      # 1c, 1d, 1d+hdr, both bridges
     assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1a")
+    assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1d+hdr")
     assert_all_delivered(out)
 
 
