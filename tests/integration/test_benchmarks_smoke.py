@@ -130,6 +130,16 @@ def test_outbound():
     assert_all_delivered(out)
 
 
+def test_header_cost():
+    out = bench("header_cost.py", "--count", "200", "--runs", "1")
+    assert_code_recorded(out)
+    for case in ("plain", "bridge", "-group", "-expires", "filterable"):
+        assert re.search(rf"^run 1 {re.escape(case)} \(\d+ headers\): [\d,]+ msgs/s, broker \d+ us CPU per message",
+                         out, re.M), out
+        assert re.search(rf"^{re.escape(case)}\s+msgs/s\s+[\d,]+", out, re.M), out
+    assert "bridge: +" in out or "bridge: -" in out, out
+
+
 def test_outbound_profile():
     out = bench("outbound.py", "--profile", "perfdata", "--count", "300", "--profile-top", "5")
     assert "=== profile perfdata: 300 results in" in out, out
