@@ -277,3 +277,19 @@ def test_a_marker_counts_the_bytes_cut_from_the_original_across_both_cuts():
     said = int(re.search(r"\[truncated by msg-nagios-bridge: (\d+) bytes cut\]", line).group(1))
     assert said == len(summary) - kept and line.count("[truncated") == 1
     assert len(line.encode()) <= nc.PIPE_BUF
+
+
+def test_clean_text_takes_its_shortcut_only_where_the_full_steps_change_nothing():
+    """clean_text returns printable text as it is: the same as applying every step."""
+    import random
+    from msg_nagios_bridge.cores.nagios import nagios_command as nc
+
+    def every_step(text):
+        text = text.replace("\r\n", "\n")
+        return nc._SURROGATE.sub("\ufffd", nc._CONTROL_BUT_NEWLINE.sub(" ", text))
+
+    rng = random.Random(16)
+    alphabet = "aZ09 ;|\\\t\n\r\x00\x1b\x7f\x85\x9f\xa0\u2028\u202e\ufeff\ud800\udfffé漢"
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 10)))
+        assert nc.clean_text(text) == every_step(text), repr(text)

@@ -92,6 +92,10 @@ def _check_now(now: object) -> int:
 
 def clean_text(text: str) -> str:
     """Text with the control-character policy applied (steps 2-3 above), not yet escaped."""
+    if text.isprintable():
+        # Nearly always: nothing to change. Every character the steps change (C0 and C1
+        # controls but tab and newline, CR, surrogates) is one str.isprintable refuses.
+        return text
     text = text.replace("\r\n", "\n")
     text = _CONTROL_BUT_NEWLINE.sub(" ", text)
     return _SURROGATE.sub("\ufffd", text)
