@@ -519,6 +519,28 @@ class Spool:
             return dict(self._read("read marks", "SELECT key, at FROM marks WHERE kind = ? AND key"
                                    " IN (SELECT value FROM json_each(?))", (kind, json.dumps(list(keys)))))
 
+    def forget_marks_step(self, kind: str, before: float, after: str, scan: int) -> Optional[str]:
+        """One bounded step of a sweep in key order: delete the marks of ``kind`` older than
+        ``before`` among the next ``scan`` keys after ``after``; return the last key looked at,
+        or None when the sweep reached the end. Each step is a short transaction of its own, so
+        a big deletion never stalls the spool's other users for long (forget_marks does it all
+        at once: about 1 s for 800,000 marks)."""
+        with self._lock:
+            rows = self._read("find old marks", "SELECT key FROM marks WHERE kind = ? AND key > ?"
+                              " ORDER BY key LIMIT 1 OFFSET ?", (kind, after, max(scan, 1) - 1))
+            end = rows[0][0] if rows else None
+            self._write("forget old marks", lambda: self._db.execute(
+                "DELETE FROM marks WHERE kind = ? AND key > ? AND at < ?" + ("" if end is None else " AND key <= ?"),
+                (kind, after, before) + (() if end is None else (end,))))
+        return end
+
+    def newest_marks_time(self, kind: str, count: int) -> float:
+        """The time of the ``count``-th newest mark of ``kind`` (-inf if there are fewer)."""
+        with self._lock:
+            rows = self._read("read marks", "SELECT at FROM marks WHERE kind = ? ORDER BY at DESC LIMIT 1 OFFSET ?",
+                              (kind, max(count, 1) - 1))
+        return rows[0][0] if rows else float("-inf")
+
     def keep_newest_marks(self, kind: str, count: int) -> None:
         """Delete the marks of ``kind`` older than the ``count`` newest (all of one time stay)."""
         with self._lock:

@@ -213,6 +213,7 @@ SEEN, NEWEST = "seen", "newest"
 
 
 MAX_SEEN = 200_000
+SWEEP_SCAN = 10_000     # marks looked at per step of a sweep (a few ms)
 
 
 class SpoolMemory:
@@ -223,10 +224,16 @@ class SpoolMemory:
     row per object. The ids seen are kept for the MAX_SEEN newest results only: they catch the
     broker's redeliveries, and an older one coming again has the time of the newest result of
     its object at best, so injecting it again changes nothing in Nagios (an older one is stale).
+
+    What is forgotten goes in a sweep of bounded steps (``start_forgetting``, then
+    ``forget_some`` between batches): at grid scale ten minutes of ids are a million rows, and
+    deleting them at once stalled the subscriber for a second or more.
     """
 
     def __init__(self, spool):
         self.spool = spool
+        self._sweep: List[Tuple[str, float]] = []       # (kind, forget before) still to sweep
+        self._after = ""                                 # the sweep's position in key order
 
     def seen(self, keys: Sequence[str]) -> typing.Collection[str]:
         return self.spool.find_marks(SEEN, keys).keys()
@@ -234,10 +241,30 @@ class SpoolMemory:
     def newest(self, objects: Sequence[str]) -> typing.Mapping[str, float]:
         return self.spool.find_marks(NEWEST, objects)
 
+    def start_forgetting(self, before: float) -> None:
+        """Begin a sweep: the newest times before ``before``, and the ids seen before it or
+        older than the MAX_SEEN newest."""
+        self._sweep = [(NEWEST, before), (SEEN, max(before, self.spool.newest_marks_time(SEEN, MAX_SEEN)))]
+        self._after = ""
+
+    def forget_some(self, scan: Optional[int] = None) -> bool:
+        """One step of the sweep (at most ``scan`` marks looked at, SWEEP_SCAN by default);
+        True while more is left."""
+        if self._sweep:
+            kind, before = self._sweep[0]
+            end = self.spool.forget_marks_step(kind, before, self._after, scan or SWEEP_SCAN)
+            if end is None:
+                self._sweep.pop(0)
+                self._after = ""
+            else:
+                self._after = end
+        return bool(self._sweep)
+
     def forget(self, before: float) -> None:
-        self.spool.forget_marks(NEWEST, before)
-        self.spool.forget_marks(SEEN, before)
-        self.spool.keep_newest_marks(SEEN, MAX_SEEN)
+        """A whole sweep at once (tools and tests)."""
+        self.start_forgetting(before)
+        while self.forget_some():
+            pass
 
 
 def make_verifier(settings) -> Optional[object]:

@@ -44,7 +44,8 @@ from ..wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
-FORGET_INTERVAL = 600.0      # seconds between trims of the memory of injected results
+FORGET_INTERVAL = 60.0       # seconds between sweeps of the memory of injected results
+SWEEP_STEP_GAP = 0.1         # seconds at least between two steps of a sweep (each a short write)
 SPOOL_RETRY = 1.0            # seconds before subscribing again after an inbound spool error
 PAUSED = "paused: inbound spool full"
 
@@ -79,6 +80,7 @@ class Subscriber(threading.Thread):
         self.memory = judgement.SpoolMemory(spool)
         self.poison = PoisonGuard(spool.path + ".judging")
         self._forgotten_at = 0.0
+        self._swept_at = 0.0
         self._held: Optional[_Held] = None      # while set: paused, taking nothing
         self._paused = False                    # the state says PAUSED
         self._warn = RateLimitedLog(log)
@@ -204,9 +206,17 @@ class Subscriber(threading.Thread):
                 self.health.add("duplicates" if verdict.outcome == judgement.DUPLICATE else "stale")
         self._held = _Held(accepted, judgement.memory_marks(verdicts), acks)
         self._store_held()
+        self._forget_some(now)
+
+    def _forget_some(self, now: float) -> None:
+        """Between batches: a step of the memory's sweep, at most every SWEEP_STEP_GAP seconds,
+        and a new sweep every FORGET_INTERVAL."""
         if now - self._forgotten_at > FORGET_INTERVAL:
             self._forgotten_at = now
-            self.memory.forget(now - self.settings.max_age)
+            self.memory.start_forgetting(now - self.settings.max_age)
+        if now - self._swept_at >= SWEEP_STEP_GAP:
+            self._swept_at = now
+            self.memory.forget_some()
 
     def _store_held(self) -> None:
         """Store the held batch and ACK it; if the spool is full, keep holding it (paused:

@@ -374,3 +374,29 @@ def test_the_ids_seen_are_bounded_by_count_and_the_newest_times_by_age(tmp_path,
         memory.forget(900.0)
         assert sorted(memory.seen([f"id{i}" for i in range(6)])) == ["id3", "id4", "id5"]
         assert memory.newest(["h\ts"]) == {"h\ts": 1000.0}
+
+
+def test_the_memory_forgets_in_bounded_steps_with_the_same_outcome(tmp_path, monkeypatch):
+    """A sweep looks at most ``scan`` marks a step; stepped or whole, the same marks remain."""
+    monkeypatch.setattr(judgement, "MAX_SEEN", 4)
+    marks = ([("seen", f"id{i:02}", 1000.0 + i) for i in range(10)]
+             + [("newest", f"h{i}\ts", 800.0 + 50 * i) for i in range(5)])
+    outcomes = []
+    for stepped in (True, False):
+        with Spool(str(tmp_path / f"in-{stepped}.sqlite")) as spool:
+            memory = judgement.SpoolMemory(spool)
+            spool.put([], marks=marks)
+            if stepped:
+                memory.start_forgetting(900.0)
+                steps = 1
+                while memory.forget_some(scan=3):
+                    steps += 1
+                assert steps == 2 + 4, "5 newest marks in steps of 3 (2), 10 ids (4)"
+                assert not memory.forget_some(scan=3), "a finished sweep does nothing"
+            else:
+                memory.forget(900.0)
+            outcomes.append((sorted(memory.seen([key for kind, key, _ in marks if kind == "seen"])),
+                             memory.newest([key for kind, key, _ in marks if kind == "newest"])))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == ["id06", "id07", "id08", "id09"]
+    assert outcomes[0][1] == {"h2\ts": 900.0, "h3\ts": 950.0, "h4\ts": 1000.0}

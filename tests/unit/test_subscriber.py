@@ -159,3 +159,24 @@ def assert_soon(predicate, timeout=5.0):
     while not predicate():
         assert time.monotonic() < deadline, "not within the time"
         time.sleep(0.01)
+
+
+def test_the_memory_of_ids_is_swept_a_step_between_batches(subscriber_on, monkeypatch):
+    """Every FORGET_INTERVAL a sweep starts; each batch after it (SWEEP_STEP_GAP apart) takes a
+    bounded step, so ten minutes of ids at grid scale never go in one long delete."""
+    from msg_nagios_bridge.inbound import judgement, subscriber as subscriber_module
+    monkeypatch.setattr(judgement, "MAX_SEEN", 2)
+    monkeypatch.setattr(judgement, "SWEEP_SCAN", 2)
+    subscriber, spool, _ = subscriber_on()
+    spool.put([], marks=[("seen", f"id{i}", 1000.0 + i) for i in range(6)])
+    start = 10_000.0
+    subscriber._forget_some(start)                          # starts a sweep, takes its first step
+    left = lambda: len(spool.find_marks("seen", [f"id{i}" for i in range(6)]))  # noqa: E731
+    assert left() == 6, "no newest marks: the first step sweeps them"
+    subscriber._forget_some(start + subscriber_module.SWEEP_STEP_GAP / 2)
+    assert left() == 6, "too soon after the last step"
+    counts = []
+    for step in range(1, 5):
+        subscriber._forget_some(start + step * subscriber_module.SWEEP_STEP_GAP)
+        counts.append(left())
+    assert counts == [4, 2, 2, 2], "2 marks looked at a step; the 2 newest stay"
