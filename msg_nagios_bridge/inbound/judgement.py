@@ -241,10 +241,13 @@ class SpoolMemory:
     def newest(self, objects: Sequence[str]) -> typing.Mapping[str, float]:
         return self.spool.find_marks(NEWEST, objects)
 
-    def start_forgetting(self, before: float) -> None:
-        """Begin a sweep: the newest times before ``before``, and the ids seen before it or
-        older than the MAX_SEEN newest."""
-        self._sweep = [(NEWEST, before), (SEEN, max(before, self.spool.newest_marks_time(SEEN, MAX_SEEN)))]
+    def start_forgetting(self, before: float, newest: bool = True) -> None:
+        """Begin a sweep: the ids seen before ``before`` or older than the MAX_SEEN newest, and
+        with ``newest`` the newest times before ``before`` (one row per object: at grid scale
+        500,000 rows to look at, and rarely one to delete)."""
+        self._sweep = [(SEEN, max(before, self.spool.newest_marks_time(SEEN, MAX_SEEN)))]
+        if newest:
+            self._sweep.append((NEWEST, before))
         self._after = ""
 
     def forget_some(self, scan: Optional[int] = None) -> bool:

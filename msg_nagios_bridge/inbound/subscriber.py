@@ -45,6 +45,7 @@ from ..wakeup import Wakeup
 log = logging.getLogger(__name__)
 
 FORGET_INTERVAL = 60.0       # seconds between sweeps of the memory of injected results
+NEWEST_SWEEP_EVERY = 10      # sweeps: the newest times per object (kept max_age) are swept 1 in 10
 SWEEP_STEP_GAP = 0.1         # seconds at least between two steps of a sweep (each a short write)
 SPOOL_RETRY = 1.0            # seconds before subscribing again after an inbound spool error
 PAUSED = "paused: inbound spool full"
@@ -81,6 +82,7 @@ class Subscriber(threading.Thread):
         self.poison = PoisonGuard(spool.path + ".judging")
         self._forgotten_at = 0.0
         self._swept_at = 0.0
+        self._sweeps = 0
         self._held: Optional[_Held] = None      # while set: paused, taking nothing
         self._paused = False                    # the state says PAUSED
         self._warn = RateLimitedLog(log)
@@ -213,7 +215,8 @@ class Subscriber(threading.Thread):
         and a new sweep every FORGET_INTERVAL."""
         if now - self._forgotten_at > FORGET_INTERVAL:
             self._forgotten_at = now
-            self.memory.start_forgetting(now - self.settings.max_age)
+            self._sweeps += 1
+            self.memory.start_forgetting(now - self.settings.max_age, newest=self._sweeps % NEWEST_SWEEP_EVERY == 1)
         if now - self._swept_at >= SWEEP_STEP_GAP:
             self._swept_at = now
             self.memory.forget_some()
