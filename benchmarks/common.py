@@ -256,6 +256,14 @@ def disturbed(r) -> bool:
 INTERLEAVED = "interleaved: each run measures every case once, in order"
 
 
+def _formatted(value, fmt: str) -> str:
+    """``format(value, fmt)``; an integer format given the median of an even count of integers
+    (a float such as 13.5) shows it with one decimal."""
+    if fmt.endswith("d") and isinstance(value, float):
+        fmt = fmt[:-1] + (".0f" if value.is_integer() else ".1f")
+    return format(value, fmt)
+
+
 def print_summary(cases, figures, runs: int, unit: str = "run", how: str = INTERLEAVED):
     """Per case and figure: median, min, max over the runs, and each run's value ("*" marks a
     disturbed run). ``cases`` is {case name: [result dict or None per run]}; ``figures`` is
@@ -272,10 +280,10 @@ def print_summary(cases, figures, runs: int, unit: str = "run", how: str = INTER
             values = [v for v, _ in pairs if v is not None]
             if not values:
                 continue
-            per_run = ["-" if v is None else format(v, fmt) + (" *" if busy else "  ")
+            per_run = ["-" if v is None else _formatted(v, fmt) + (" *" if busy else "  ")
                        for v, busy in pairs]
-            table.append((name if first else "", label, format(statistics.median(values), fmt),
-                          format(min(values), fmt), format(max(values), fmt), *per_run))
+            table.append((name if first else "", label, _formatted(statistics.median(values), fmt),
+                          _formatted(min(values), fmt), _formatted(max(values), fmt), *per_run))
             first = False
     print(f"\nsummary over {runs} {unit}{'s' if runs != 1 else ''} ({how};"
           " * = disturbed: other processes used > 25% of a CPU during it):")
