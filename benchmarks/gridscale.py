@@ -101,7 +101,7 @@ from common import (REPO, Meter, SpoolWatch, code_fingerprint, fs_type, loadavg,
                     rate as rate_of, self_cpu, summary_text, system_busy, temp_dir, write_doc_section)
 from inbound import COMMAND_LINE, Env, central_nagios, host_name, percentile, service_name  # noqa: E402
 
-from msg_nagios_bridge.config import Route, Site  # noqa: E402
+from msg_nagios_bridge.config import InboundSettings, Route, Site  # noqa: E402
 from msg_nagios_bridge.inbound.echo import EchoGuard  # noqa: E402
 from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from msg_nagios_bridge.outbound.routing import build_message  # noqa: E402
@@ -665,7 +665,7 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
            "below are not the rates asked for.**" if invalid else "."),
         f"- Central bridge: subscribed to {SUBSCRIPTIONS[args.subscription]}"
         + (" (the broker forwards every site topic into it)" if args.subscription == "queue"
-           else " (durable)") + f", prefetch {args.prefetch or 'default (100)'}, writer "
+           else " (durable)") + f", prefetch {args.prefetch or f'default ({InboundSettings.prefetch})'}, writer "
         f"command_file; its echo guard "
         + (f"primed with all {services:,} objects ({info['primed_mb']:.0f} MB of spool), "
            "as after its first check interval" if "primed_mb" in info else
