@@ -39,8 +39,9 @@ header records the commit ("+dirty" when the tree differs from it) and the date.
                   same way, read by one stomp.py consumer with the bridge's prefetch that does
                   nothing but acknowledge: an ACK frame per message from the listener
                   (client-individual, what the bridge's contract needs), or one cumulative ACK
-                  per prefetch/2 messages and on the last (client: a lean consumer keeps the
-                  broker from running out of prefetch credit). Timed from the first MESSAGE
+                  per prefetch/2 messages, at most 100, and on the last (client: a lean
+                  consumer keeps the broker from running out of prefetch credit; ActiveMQ
+                  pages at most 200 messages of a queue in at a time). Timed from the first MESSAGE
                   until the RECEIPT of the last ACK. The bridge rows show "x raw": their rate
                   over the client-individual consumer's in the same run.
   bridge fifo     The bridge alone, writer command_file: N WLCG messages pre-loaded on a queue
@@ -788,7 +789,7 @@ def raw_consumer_case(env: Env, name, ack):
          "preload_s": preload(env.broker, queue, payload.messages(), args.case_timeout)}
     prefetch = args.prefetch or InboundSettings.prefetch      # the bridge's, as in its rows
     conn, receipts = connect(env.broker, auto_decode=False)
-    consumer = RawConsumer(conn, payload.count, ack, every=max(1, prefetch // 2))
+    consumer = RawConsumer(conn, payload.count, ack, every=max(1, min(prefetch, ACTIVEMQ_PAGE) // 2))
     conn.set_listener("raw", consumer)
     try:
         meter = env.meter()
@@ -874,6 +875,12 @@ def percentile(values, p):
 
 
 # -- report ------------------------------------------------------------------------------------
+
+# ActiveMQ 5 reads at most maxPageSize (200 by default) messages of a queue into memory for
+# dispatch at a time: a cumulative consumer that waited for 250 messages before its first ACK
+# (half the bridge's prefetch of 500) got 200 and stalled until the broker's periodic sweep,
+# 10,000 messages taking 30 s.
+ACTIVEMQ_PAGE = 200
 
 RAW_CASES = ("raw stomp.py, ack client-individual (baseline)",
              "raw stomp.py, ack client per prefetch/2 (baseline)")
@@ -1038,7 +1045,8 @@ How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios
   raw stomp.py rows: the same N messages pre-loaded the same way, one stomp.py 9 consumer with
   the bridge's prefetch, no processing; window = first MESSAGE -> the RECEIPT of the last ACK.
   client-individual: an ACK frame per message, sent from the listener; client: one cumulative
-  ACK per prefetch/2 messages (50 at prefetch 100: the broker never runs out of credit) and
+  ACK per prefetch/2 messages, at most 100 (ActiveMQ pages 200 in at a time: the broker never
+  runs out of credit) and
   one on the last. us CPU/msg there = this process (the consumer; the main thread only waits).
   x raw = msgs/s over the client-individual consumer's of the same run; x nagios fifo likewise.
   latency: per message, publish (just before the STOMP SEND) -> its line read from the FIFO
