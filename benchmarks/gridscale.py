@@ -107,7 +107,7 @@ from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from msg_nagios_bridge.outbound.routing import build_message  # noqa: E402
 from msg_nagios_bridge.spool import Spool  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
-from tests.sandbox.procfs import cpu_seconds, peak_rss_mb, rss_mb  # noqa: E402
+from tests.sandbox.procfs import busiest_thread, cpu_seconds, peak_rss_mb, rss_mb, thread_cpu  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
 from tests.sandbox.ports import children_of  # noqa: E402
 
@@ -389,7 +389,8 @@ class Sampler:
                "lines": self.tail.lines, "bridge": cpu_seconds(self.bridge.pid),
                "rss": rss_mb(self.bridge.pid), "broker": cpu_seconds(self.broker.pid),
                "nagios": sum(cpu_seconds(p, True) for p in nagios_pids),
-               "gen": sum(self.gen_cpu.values()), "bench": self_cpu(), "busy": system_busy()}
+               "gen": sum(self.gen_cpu.values()), "bench": self_cpu(), "busy": system_busy(),
+               "threads": {"broker": thread_cpu(self.broker.pid), "bridge": thread_cpu(self.bridge.pid)}}
         # Where the results not yet injected wait: not yet taken from the broker, in the
         # spool not yet written, written into Nagios's FIFO but not yet handled.
         # The bridge's own count of results written to Nagios is in status.json (<= 2 s old).
@@ -421,7 +422,8 @@ def window_stats(sampler, tail, t_from, t_to, lags=True):
             "injected": b["lines"] - a["lines"], "cpu": cpu,
             "lags": tail.lags(t_from, t_to) if lags else [],
             "us": {k: cpu[k] / 100 * dt * 1e6 / max(1, b["lines"] - a["lines"]) for k in cpu},
-            "rss": (a["rss"], max(rss or [a["rss"]]), b["rss"]), "start": a, "end": b}
+            "rss": (a["rss"], max(rss or [a["rss"]]), b["rss"]), "start": a, "end": b,
+            "busiest": {k: busiest_thread(a["threads"][k], b["threads"][k], dt) for k in ("broker", "bridge")}}
 
 
 def repetitions(sampler, tail, t_from, t_to, n):
@@ -694,6 +696,12 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
     lines += ["CPU per injected result (us):", "", md_table(head, [
         (f"{steps[s][0]:,.0f}/s", *(f"{st['us'][k]:,.0f}" for k in ("bridge", "broker", "nagios", "gen")))
         for s, st in enumerate(stats, 1)]), ""]
+    head = ("window", "broker's busiest thread", "bridge's busiest thread")
+    lines += ["The busiest thread of each (% of a core: a process can be limited by one thread while it "
+              "uses less than its cores):", "", md_table(head, [
+                  (f"{steps[s][0]:,.0f}/s", *(f"{st['busiest'][k][1]} {st['busiest'][k][0]:.0f}%"
+                                              for k in ("broker", "bridge")))
+                  for s, st in enumerate(stats, 1)]), ""]
     counters = info["status"].get("counters", {})
     others, window = {}, sum(m["window"] for m in info["meters"])
     for m in info["meters"]:
@@ -755,17 +763,24 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
         where = max(("on the broker", end["at_broker"]), ("in the bridge's spool", end["in_spool"]),
                     ("in Nagios", end["in_nagios"]), key=lambda x: x[1])[0]
         busy = sum(cpu.values())
+        broker_top, bridge_top = st["busiest"]["broker"], st["busiest"]["bridge"]
         if where == "in Nagios":
             limit = "**Nagios**"
         elif cpu["bridge"] >= 85:
             limit = f"**the bridge**: it used {cpu['bridge']:.0f}% of a core"
+        elif broker_top[0] >= 85:
+            limit = (f"**the broker**: its busiest thread ({broker_top[1]}) used {broker_top[0]:.0f}% of a "
+                     f"core, the whole broker {cpu['broker']:.0f}%; the bridge {cpu['bridge']:.0f}%, its "
+                     f"busiest thread ({bridge_top[1]}) {bridge_top[0]:.0f}%")
         elif busy > 180:
             limit = (f"**the machine's CPU**, not the bridge itself: all processes used {busy:.0f}% "
                      f"of the 2 cores' 200% (other processes {cpu['other']:.0f}%), the bridge only "
                      f"{cpu['bridge']:.0f}% of a core; it waited for CPU and for the broker")
         else:
             limit = (f"**the bridge**, though at {cpu['bridge']:.0f}% of a core and with CPU to spare "
-                     f"({busy:.0f}% of 200% used): it waits on the broker (prefetch, acks)")
+                     f"({busy:.0f}% of 200% used): it waits on the broker (prefetch, acks); the busiest "
+                     f"threads: the broker's ({broker_top[1]}) {broker_top[0]:.0f}%, the bridge's "
+                     f"({bridge_top[1]}) {bridge_top[0]:.0f}% of a core")
         lines.append(
             f"**Verdict: the central side falls behind at {rate:,.0f} results/s** (sent "
             f"{st['sent_rate']:,.0f}/s, injected {st['inj_rate']:,.0f}/s); the backlog waits {where}. "

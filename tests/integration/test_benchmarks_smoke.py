@@ -194,6 +194,7 @@ def test_gridscale():
                 "--drain-timeout", "60", "--stall-timeout", "10")
     assert_rows(out, ["window", "100/s x 10 s", "100/s"])
     assert "**Lost: 0** of 1,300 sent" in out, out
+    assert re.search(r"^\| 100/s \| \S.* \d+% \| \S.* \d+% \|$", out[out.index("The busiest thread of each"):], re.M), out
     assert_code_recorded(out)
     assert_summary(out, "window", 3, [("100/s x 10 s", "sent/s"), ("", "injected/s"), ("", "lag p99 ms"),
                                       ("", "bridge us/result")])

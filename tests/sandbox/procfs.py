@@ -21,6 +21,38 @@ def cpu_seconds(pid, children=False):
     return ticks / CLK_TCK
 
 
+def thread_cpu(pid):
+    """{thread id: (its name, utime + stime in seconds)} of ``pid``'s threads; {} if it is gone.
+    A JVM's threads carry their names (cut to 15 characters): which one is busy says where a
+    broker spends its time when the process as a whole uses less than its cores."""
+    threads = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return threads
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as handle:
+                text = handle.read()
+        except OSError:
+            continue                    # ended meanwhile
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        threads[tid] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return threads
+
+
+def busiest_thread(before, after, seconds):
+    """(% of a core, name) of the thread that used the most CPU between two thread_cpu
+    samples ``seconds`` apart; (0.0, "") when none ran."""
+    best = (0.0, "")
+    for tid, (name, cpu) in after.items():
+        used = cpu - before.get(tid, (name, 0.0))[1]        # born in between: from 0
+        if seconds > 0 and 100 * used / seconds > best[0]:
+            best = (100 * used / seconds, name)
+    return best
+
+
 def status_fields(pid, *keys):
     """{key: the number} of the fields ``keys`` of /proc/PID/status (sizes are in kB); {} if
     the process is gone."""
