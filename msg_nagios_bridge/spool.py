@@ -574,6 +574,21 @@ class Spool:
             self._leased.update(entry.entry_id for entry in entries)
         return entries
 
+    def entries_among(self, ranges: Sequence[Tuple[int, int]], limit: int) -> List[SpoolEntry]:
+        """Up to ``limit`` entries with ids in the inclusive ``ranges``, oldest first, leased
+        or not (nothing is leased by this)."""
+        entries: List[SpoolEntry] = []
+        for low, high in ranges:
+            rows = self._read("read entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
+                              " WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?", (low, high, limit - len(entries)))
+            entries += [_entry(row) for row in rows]
+        return entries
+
+    def last_id(self) -> int:
+        """The highest id an entry has had (0 if none): a later put's ids are higher."""
+        rows = self._read("read the last id", "SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
+        return int(rows[0][0]) if rows else 0
+
     def done(self, entry_ids: Iterable[int]) -> None:
         """Delete entries (delivered), durably. Unknown ids are ignored."""
         ids = list(entry_ids)

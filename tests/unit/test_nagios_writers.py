@@ -472,6 +472,104 @@ def test_a_restarted_bridge_writes_again_only_what_a_new_nagios_never_got(tmp_pa
         spool.close()
 
 
+def results_of(host, counters, base=1700000000):
+    """(spool message, output) for results n=k of ``host``/s1, each k s after ``base``."""
+    return [(spooled(dataclasses.replace(RESULT, host=host, output=f"{host} n={k}", timestamp=base + k), f"{host}-{k}"),
+             f"{host} n={k}") for k in counters]
+
+
+def outputs(path):
+    """The first line of each result's output, in the order written."""
+    return [line.split(";")[-1].split("\\n")[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_bridge_killed_just_after_a_write_never_shows_an_older_result_after_a_newer(tmp_path):
+    """Regression (CI, test_a_consistent_hash_exchange_keeps_each_object_on_one_bridge_and_in_order):
+    a bridge killed after writing a batch, before its cursor was saved, wrote the whole batch
+    again: Nagios applied h1 n=1 after h1 n=2 (and could have notified on the old state)."""
+    fifo, out = tmp_path / "nagios.cmd", tmp_path / "nagios.out"
+    os.mkfifo(fifo)
+    nagios = a_nagios(fifo, out)
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    try:
+        (first,) = [m for m, _ in results_of("h0", [1])]
+        spool.put([first])
+        batch = results_of("h1", [1]) + results_of("h2", [1]) + results_of("h1", [2])
+        spool.put([m for m, _ in batch])
+        crashed = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+        crashed.deliver(spool.take(1))         # its cursor is saved with this write...
+        crashed.deliver(spool.take(10))        # ...not with this one, SAVE_EVERY has not passed
+        assert lines_in(out, 4) == 4
+        spool.close()                          # "kill -9"
+        spool = Spool(str(tmp_path / "inbound.sqlite"))
+        health = Health()
+        restarted = NagiosWriter(writer_settings(tmp_path), spool, health, EchoGuard())
+        restarted.load()
+        restarted.deliver(spool.take(10))
+        assert lines_in(out, 6) == 6
+        time.sleep(0.3)
+        applied = outputs(out)
+        assert applied == ["h0 n=1", "h1 n=1", "h2 n=1", "h1 n=2", "h2 n=1", "h1 n=2"], applied
+        assert health.counter("stale") == 1      # h1 n=1: dropped, older than h1 n=2
+    finally:
+        nagios.kill()
+        nagios.wait()
+        spool.close()
+
+
+def test_a_clean_stop_while_nagios_is_down_keeps_every_result_of_the_backlog(tmp_path):
+    """Results tried while Nagios was down "may be written"; a clean stop says none may be, so
+    the restarted bridge writes them all, the older ones of an object too."""
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    try:
+        backlog = results_of("h1", [1, 2, 3])
+        spool.put([m for m, _ in backlog])
+        writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+        writer.start()                         # no FIFO: Nagios is down
+        assert wait_until(lambda: json.loads(spool.cursor(writer_module.MAYBE_WRITTEN_CURSOR) or "[]"), timeout=10)
+        writer.stop()
+        writer.join(10)
+        assert json.loads(spool.cursor(writer_module.MAYBE_WRITTEN_CURSOR)) == []
+        health = Health()
+        restarted = NagiosWriter(writer_settings(tmp_path), spool, health, EchoGuard())
+        restarted.load()
+        assert spool.stats().depth == 3 and health.counter("stale") == 0
+    finally:
+        spool.close()
+
+
+def test_the_ids_that_may_be_written_are_saved_before_the_write_and_once_per_write_ahead(tmp_path, monkeypatch):
+    fifo, out = tmp_path / "nagios.cmd", tmp_path / "nagios.out"
+    os.mkfifo(fifo)
+    nagios = a_nagios(fifo, out)
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    monkeypatch.setattr(writer_module, "WRITE_AHEAD", 5)
+    try:
+        spool.put([m for m, _ in results_of("h1", range(1, 4))])     # a backlog of 3 (ids 1-3)
+        writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
+        saved = []
+        real_put = spool.put
+        monkeypatch.setattr(spool, "put", lambda messages, cursor=None: (
+            saved.append(json.loads(cursor[1])) if cursor and cursor[0] == writer_module.MAYBE_WRITTEN_CURSOR else None,
+            real_put(messages, cursor=cursor))[1])
+        writer.deliver(spool.take(1))
+        assert saved == [[[1, 1], [4, 6]]]   # ids 2-3 exist, not written: not among them
+        writer.deliver(spool.take(2))
+        assert saved[-1] == [[1, 3], [4, 8]]   # up to the batch, and the next 5 to be put
+        for k in range(4, 9):
+            real_put([results_of("h2", [k])[0][0]])
+            writer.deliver(spool.take(1))
+        assert len(saved) == 2              # ids 4-8 were covered: no commit for them
+        real_put([results_of("h2", [9])[0][0]])
+        writer.deliver(spool.take(1))
+        assert saved[-1] == [[1, 9], [10, 14]]
+        assert lines_in(out, 9) == 9
+    finally:
+        nagios.kill()
+        nagios.wait()
+        spool.close()
+
+
 def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(tmp_path):
     """Regression (fault suite, 'Nagios restarted', up to 1,141 duplicates a round): the old
     command worker outlives its core by a second or two after closing the FIFO, and the new

@@ -121,7 +121,7 @@ class CheckResultsDirDelivery:
         self._file = write_results(self.directory, results)
         self._ids = [p.entry.entry_id for p in batch]
         self._since = self._touched = time.time()
-        self._save()
+        self.save()
 
     def confirmed(self, now: Optional[float] = None) -> List[int]:
         """The entries of the file once Nagios has reaped it; meanwhile keeps the file fresh,
@@ -136,7 +136,7 @@ class CheckResultsDirDelivery:
             try:
                 os.utime(self._file)
                 self._touched = now
-                self._save()
+                self.save()
             except FileNotFoundError:
                 return []                              # reaped just now: seen next time
         age = now - self._since
@@ -150,9 +150,9 @@ class CheckResultsDirDelivery:
 
     def forget(self, entry_ids: List[int]) -> None:
         self._file, self._ids = None, []
-        self._save()
+        self.save()
 
-    def _save(self) -> None:
+    def save(self) -> None:
         state = {} if self._file is None else {
             "path": self._file, "ids": id_ranges(sorted(self._ids)), "touched": self._touched}
         self.spool.put([], cursor=(FILED_CURSOR, json.dumps(state)))
@@ -169,7 +169,7 @@ class CheckResultsDirDelivery:
             log.warning("%s, with %d results, is gone after the bridge was down for %.0f s: Nagios"
                         " may have deleted it unread as too old, so they will be written again",
                         saved["path"], len(ids), time.time() - saved["touched"])
-            self._save()
+            self.save()
             return
         # Still there, or read by Nagios while the bridge restarted (then confirmed() says so).
         self._file, self._ids = saved["path"], ids

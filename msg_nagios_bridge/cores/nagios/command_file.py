@@ -334,7 +334,7 @@ class CommandFileDelivery:
         self._unconfirmed.append((time.monotonic(), [p.entry.entry_id for p in batch], reader))
         self._unsaved = True
         if now - self._saved_at >= SAVE_EVERY:
-            self._save()
+            self.save()
 
     def confirmed(self, now: Optional[float] = None) -> List[int]:
         """The entries the same reader has had for CONFIRM_AFTER seconds; gives them all back
@@ -347,12 +347,12 @@ class CommandFileDelivery:
             return []                   # looked less than LOOK_EVERY ago, nothing due
         reader = self._look(now, fresh=True)
         if self._unsaved and now - self._saved_at >= SAVE_EVERY:
-            self._save()
+            self.save()
         if reader is None or any(batch_reader != reader for _, _, batch_reader in self._unconfirmed):
             ids = [i for _, batch, _ in self._unconfirmed for i in batch]
             self.spool.give_back(ids)             # first: on a spool error nothing is forgotten
             self._unconfirmed.clear()
-            self._save()
+            self.save()
             self.health.add("rewritten", len(ids))
             self.warn(logging.WARNING, "rewrite", f"Nagios stopped reading {self.path}"
                       f" soon after {len(ids)} results were written: they will be written again")
@@ -365,7 +365,7 @@ class CommandFileDelivery:
         while self._unconfirmed and gone.issuperset(self._unconfirmed[0][1]):
             self._unconfirmed.popleft()
 
-    def _save(self) -> None:
+    def save(self) -> None:
         """Save which entries wait for confirmation in which Nagios (only a reader whose
         processes were seen can be recognised by the next run), as runs of ids per reader."""
         by_reader: dict = {}

@@ -58,6 +58,9 @@ class Delivery(Protocol):
     def forget(self, entry_ids: List[int]) -> None:
         """``entry_ids`` (from ``confirmed``) have left the spool: stop waiting for them."""
 
+    def save(self) -> None:
+        """Save what waits for confirmation now (the next run's ``load`` reads it)."""
+
     def next_look(self) -> Optional[float]:
         """Seconds until ``confirmed`` or ``ready`` may tell something new; None: nothing waits."""
 

@@ -33,6 +33,20 @@ from .shared_newest import SharedNewest
 BATCH = 500                 # results per round through the command file
 FILE_BATCH = 10_000         # results per check result file (Nagios reads one about every second)
 
+# Nagios does not acknowledge, so a bridge killed just after a write cannot tell what of its
+# last writes Nagios has (the deliveries save that every SAVE_EVERY s at best). Written again in
+# order, an older result of an object would show after the newer one Nagios already had, and
+# could notify on the old state. So before it writes an entry outside the ids it saved as
+# "may be written", the writer saves new ones (in the spool): every id up to the batch's
+# highest, and the ids the next WRITE_AHEAD entries put will have (one commit per WRITE_AHEAD
+# entries, or per batch while a backlog drains). A writer restarted after a kill drops as
+# ``stale`` each entry among them that is older than another of them for the same object, as
+# the judgement drops a result older than one already injected. A clean stop saves that none
+# may be: only a kill, and an object with two results in that window, lose the older one.
+MAYBE_WRITTEN_CURSOR = "nagios-maybe-written"
+WRITE_AHEAD = 1_000
+MAYBE_WRITTEN_LOOK = 100_000    # entries up to the bound looked at after a restart (more: the oldest)
+
 
 class NagiosWriter(threading.Thread):
     """Takes entries from the inbound spool, hands each to its delivery, deletes them once the
@@ -61,6 +75,7 @@ class NagiosWriter(threading.Thread):
         # Central bridges sharing one Nagios (docs/scaling.md): no older result after a newer.
         self.shared = SharedNewest(settings.shared_newest_file, settings.max_age) \
             if settings.shared_newest_file else None
+        self._maybe_written: List[List[int]] = []   # [[low, high], ...] ids (MAYBE_WRITTEN_CURSOR)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -99,6 +114,35 @@ class NagiosWriter(threading.Thread):
         """What the last run left waiting for Nagios (saved in the spool)."""
         for delivery in self.deliveries:
             delivery.load()
+        self._maybe_written = json.loads(self.spool.cursor(MAYBE_WRITTEN_CURSOR) or "[]")
+        self._drop_superseded_rewrites()
+
+    def _drop_superseded_rewrites(self) -> None:
+        """Drop (``stale``) the entries the last run may have written that are older than
+        another of them for the same object (see MAYBE_WRITTEN_CURSOR). What a delivery knows
+        Nagios has stays: it is not written again."""
+        if not self._maybe_written:
+            return
+        entries = self.spool.entries_among(self._maybe_written, MAYBE_WRITTEN_LOOK)
+        known = frozenset().union(*(delivery.pending for delivery in self.deliveries))
+        results: Dict[int, CheckResult] = {}
+        newest: Dict[str, float] = {}
+        for entry in entries:
+            try:
+                result = result_from_dict(json.loads(entry.message.body))
+            except (ValueError, TypeError):
+                continue                    # deliver() dead-letters it
+            results[entry.entry_id] = result
+            key = object_key(result)
+            newest[key] = max(newest.get(key, -math.inf), result.timestamp)
+        older = [entry_id for entry_id, result in results.items()
+                 if result.timestamp < newest[object_key(result)] and entry_id not in known
+                 and not (self.fifo and self.fifo.written_before(entry_id))]
+        if older:
+            self.spool.done(older)
+            self.health.add("stale", len(older))
+            log.info("%d results the last run may have written to Nagios are older than another it may"
+                     " have written for the same object: not written again", len(older))
 
     def settle(self, now: Optional[float] = None) -> None:
         """Delete what the deliveries confirmed by ``now`` (time.monotonic(); None: now)."""
@@ -134,6 +178,9 @@ class NagiosWriter(threading.Thread):
                 time.sleep(min(min(looks, default=0.1), left))
                 for delivery in waiting:
                     self._settle(delivery)
+            for delivery in self.deliveries:
+                delivery.save()             # exactly what waits: none "may be written"
+            self._save_maybe_written([])
         except SpoolError as exc:
             log.warning("could not confirm the last results written to Nagios (%s):"
                         " they will be written again at the next start", exc)
@@ -187,10 +234,24 @@ class NagiosWriter(threading.Thread):
                      " objects: not written", len(older))
         return keep
 
+    def _bound_what_may_be_written(self, prepared: List[Tuple[Delivery, Prepared]]) -> None:
+        """Save new "may be written" ids before writing one outside them (MAYBE_WRITTEN_CURSOR)."""
+        ids = [item.entry.entry_id for _, item in prepared]
+        if all(any(low <= i <= high for low, high in self._maybe_written) for i in ids):
+            return
+        top, last = max(ids), self.spool.last_id()
+        ranges = [[1, top]] + ([[last + 1, top + WRITE_AHEAD]] if last < top + WRITE_AHEAD else [])
+        self._save_maybe_written(ranges)
+
+    def _save_maybe_written(self, ranges: List[List[int]]) -> None:
+        self.spool.put([], cursor=(MAYBE_WRITTEN_CURSOR, json.dumps(ranges)))
+        self._maybe_written = ranges
+
     def _write(self, prepared: List[Tuple[Delivery, Prepared]]) -> bool:
         """Write ``prepared`` to their deliveries; False if Nagios could not take them (given
         back to the spool, the worker backs off)."""
         try:
+            self._bound_what_may_be_written(prepared)
             # Before the write: Nagios may run OCSP on a result before the write returns.
             self.echo.about_to_inject(item.result for _, item in prepared)
         except SpoolError:
