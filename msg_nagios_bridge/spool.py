@@ -584,11 +584,6 @@ class Spool:
             entries += [_entry(row) for row in rows]
         return entries
 
-    def last_id(self) -> int:
-        """The highest id an entry has had (0 if none): a later put's ids are higher."""
-        rows = self._read("read the last id", "SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
-        return int(rows[0][0]) if rows else 0
-
     def done(self, entry_ids: Iterable[int]) -> None:
         """Delete entries (delivered), durably. Unknown ids are ignored."""
         ids = list(entry_ids)

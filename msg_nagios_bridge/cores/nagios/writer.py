@@ -36,13 +36,13 @@ FILE_BATCH = 10_000         # results per check result file (Nagios reads one ab
 # Nagios does not acknowledge, so a bridge killed just after a write cannot tell what of its
 # last writes Nagios has (the deliveries save that every SAVE_EVERY s at best). Written again in
 # order, an older result of an object would show after the newer one Nagios already had, and
-# could notify on the old state. So before it writes an entry outside the ids it saved as
-# "may be written", the writer saves new ones (in the spool): every id up to the batch's
-# highest, and the ids the next WRITE_AHEAD entries put will have (one commit per WRITE_AHEAD
-# entries, or per batch while a backlog drains). A writer restarted after a kill drops as
-# ``stale`` each entry among them that is older than another of them for the same object, as
-# the judgement drops a result older than one already injected. A clean stop saves that none
-# may be: only a kill, and an object with two results in that window, lose the older one.
+# could notify on the old state. So before it writes an entry past the ids it saved as "may be
+# written", the writer saves new ones (in the spool): every id up to WRITE_AHEAD past the
+# batch's highest, one commit per WRITE_AHEAD entries at most. A writer restarted after a kill
+# drops as ``stale`` each entry among them that is older than another of them for the same
+# object, as the judgement drops a result older than one already injected: at a kill, an
+# object with two results among the last writes and the next WRITE_AHEAD entries loses the
+# older one. A clean stop saves that none may be written.
 MAYBE_WRITTEN_CURSOR = "nagios-maybe-written"
 WRITE_AHEAD = 1_000
 MAYBE_WRITTEN_LOOK = 100_000    # entries up to the bound looked at after a restart (more: the oldest)
@@ -239,9 +239,7 @@ class NagiosWriter(threading.Thread):
         ids = [item.entry.entry_id for _, item in prepared]
         if all(any(low <= i <= high for low, high in self._maybe_written) for i in ids):
             return
-        top, last = max(ids), self.spool.last_id()
-        ranges = [[1, top]] + ([[last + 1, top + WRITE_AHEAD]] if last < top + WRITE_AHEAD else [])
-        self._save_maybe_written(ranges)
+        self._save_maybe_written([[1, max(ids) + WRITE_AHEAD]])
 
     def _save_maybe_written(self, ranges: List[List[int]]) -> None:
         self.spool.put([], cursor=(MAYBE_WRITTEN_CURSOR, json.dumps(ranges)))
