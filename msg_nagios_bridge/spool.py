@@ -574,15 +574,12 @@ class Spool:
             self._leased.update(entry.entry_id for entry in entries)
         return entries
 
-    def entries_among(self, ranges: Sequence[Tuple[int, int]], limit: int) -> List[SpoolEntry]:
-        """Up to ``limit`` entries with ids in the inclusive ``ranges``, oldest first, leased
-        or not (nothing is leased by this)."""
-        entries: List[SpoolEntry] = []
-        for low, high in ranges:
-            rows = self._read("read entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
-                              " WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?", (low, high, limit - len(entries)))
-            entries += [_entry(row) for row in rows]
-        return entries
+    def entries_up_to(self, last_id: int, limit: int) -> List[SpoolEntry]:
+        """Up to ``limit`` entries with ids up to ``last_id``, oldest first, leased or not
+        (nothing is leased by this)."""
+        rows = self._read("read entries", f"SELECT {_ENTRY_COLUMNS} FROM messages WHERE id <= ? ORDER BY id LIMIT ?",
+                          (last_id, limit))
+        return [_entry(row) for row in rows]
 
     def done(self, entry_ids: Iterable[int]) -> None:
         """Delete entries (delivered), durably. Unknown ids are ignored."""

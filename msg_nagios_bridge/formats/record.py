@@ -42,6 +42,8 @@ def text_field(value: Any, key: str) -> str:
         raise Refused("bad-field", f"{key} must be text, got {type(value).__name__}")
     if "\x00" in value:
         raise Refused("nul-byte", f"{key} contains a NUL character")
+    if value.isascii():
+        return value                    # no surrogate can be in it
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -120,10 +120,30 @@ def test_a_message_within_every_limit_is_still_accepted():
     ({"x" * (judgement.MAX_HEADER_NAME_BYTES + 1): "v"}, "bad-headers"),
     ({"role": "r" * (judgement.MAX_HEADER_VALUE_BYTES + 1)}, "bad-headers"),
     ({"result_id": "r" * (judgement.MAX_RESULT_ID + 1)}, "bad-headers"),
+    # Within the limit in characters, beyond it in UTF-8 bytes (2 a character).
+    ({"role": "\u00e9" * (judgement.MAX_HEADER_VALUE_BYTES // 2 + 1)}, "bad-headers"),
+    ({"\u00e9" * (judgement.MAX_HEADER_NAME_BYTES // 2 + 1): "v"}, "bad-headers"),
+    # Each header within its limit, all of them beyond the total.
+    ({f"h{i}": "v" * judgement.MAX_HEADER_VALUE_BYTES for i in range(judgement.MAX_HEADERS_BYTES
+                                                                      // judgement.MAX_HEADER_VALUE_BYTES)},
+     "bad-headers"),
 ])
 def test_headers_beyond_the_limits_are_refused(headers, reason):
     verdict = one(dict(SENDER, **headers), wlcg())
     assert verdict.outcome == judgement.REFUSED and verdict.refusal.reason == reason
+
+
+def test_headers_at_the_limits_are_accepted_ascii_or_not():
+    at_limits = {"x" * judgement.MAX_HEADER_NAME_BYTES: "v", "note": "r" * judgement.MAX_HEADER_VALUE_BYTES,
+                 "result_id": "r" * judgement.MAX_RESULT_ID}
+    assert one(dict(SENDER, **at_limits), wlcg()).outcome == judgement.ACCEPTED
+    wide = {"\u00e9" * (judgement.MAX_HEADER_NAME_BYTES // 2): "\u00e9" * (judgement.MAX_HEADER_VALUE_BYTES // 2)}
+    assert one(dict(SENDER, **wide), wlcg()).outcome == judgement.ACCEPTED
+
+
+def test_a_header_that_is_not_text_is_refused():
+    verdict = one(dict(SENDER, role=b"bytes"), wlcg())
+    assert verdict.outcome == judgement.REFUSED and verdict.refusal.reason == "bad-headers"
 
 
 # -- freshness, duplicates, no rollback --------------------------------------------------------

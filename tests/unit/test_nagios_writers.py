@@ -526,10 +526,10 @@ def test_a_clean_stop_while_nagios_is_down_keeps_every_result_of_the_backlog(tmp
         spool.put([m for m, _ in backlog])
         writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard())
         writer.start()                         # no FIFO: Nagios is down
-        assert wait_until(lambda: json.loads(spool.cursor(writer_module.MAYBE_WRITTEN_CURSOR) or "[]"), timeout=10)
+        assert wait_until(lambda: int(spool.cursor(writer_module.MAYBE_WRITTEN_CURSOR) or 0), timeout=10)
         writer.stop()
         writer.join(10)
-        assert json.loads(spool.cursor(writer_module.MAYBE_WRITTEN_CURSOR)) == []
+        assert spool.cursor(writer_module.MAYBE_WRITTEN_CURSOR) == "0"
         health = Health()
         restarted = NagiosWriter(writer_settings(tmp_path), spool, health, EchoGuard())
         restarted.load()
@@ -550,10 +550,10 @@ def test_the_ids_that_may_be_written_are_saved_before_the_write_and_once_per_wri
         saved = []
         real_put = spool.put
         monkeypatch.setattr(spool, "put", lambda messages, cursor=None: (
-            saved.append(json.loads(cursor[1])) if cursor and cursor[0] == writer_module.MAYBE_WRITTEN_CURSOR else None,
+            saved.append(int(cursor[1])) if cursor and cursor[0] == writer_module.MAYBE_WRITTEN_CURSOR else None,
             real_put(messages, cursor=cursor))[1])
         writer.deliver(spool.take(1))
-        assert saved == [[[1, 6]]]           # up to 5 past the batch, before it was written
+        assert saved == [6]                  # up to 5 past the batch, before it was written
         writer.deliver(spool.take(2))
         for k in range(4, 7):
             real_put([results_of("h2", [k])[0][0]])
@@ -561,7 +561,7 @@ def test_the_ids_that_may_be_written_are_saved_before_the_write_and_once_per_wri
         assert len(saved) == 1              # ids 2-6 were covered: no commit for them
         real_put([results_of("h2", [7])[0][0]])
         writer.deliver(spool.take(1))
-        assert saved[-1] == [[1, 12]]
+        assert saved[-1] == 12
         assert lines_in(out, 7) == 7
     finally:
         nagios.kill()

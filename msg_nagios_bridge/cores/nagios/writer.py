@@ -75,7 +75,7 @@ class NagiosWriter(threading.Thread):
         # Central bridges sharing one Nagios (docs/scaling.md): no older result after a newer.
         self.shared = SharedNewest(settings.shared_newest_file, settings.max_age) \
             if settings.shared_newest_file else None
-        self._maybe_written: List[List[int]] = []   # [[low, high], ...] ids (MAYBE_WRITTEN_CURSOR)
+        self._maybe_written = 0             # every id up to this one may be written (MAYBE_WRITTEN_CURSOR)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -114,7 +114,7 @@ class NagiosWriter(threading.Thread):
         """What the last run left waiting for Nagios (saved in the spool)."""
         for delivery in self.deliveries:
             delivery.load()
-        self._maybe_written = json.loads(self.spool.cursor(MAYBE_WRITTEN_CURSOR) or "[]")
+        self._maybe_written = int(self.spool.cursor(MAYBE_WRITTEN_CURSOR) or 0)
         self._drop_superseded_rewrites()
 
     def _drop_superseded_rewrites(self) -> None:
@@ -123,7 +123,7 @@ class NagiosWriter(threading.Thread):
         Nagios has stays: it is not written again."""
         if not self._maybe_written:
             return
-        entries = self.spool.entries_among(self._maybe_written, MAYBE_WRITTEN_LOOK)
+        entries = self.spool.entries_up_to(self._maybe_written, MAYBE_WRITTEN_LOOK)
         known = frozenset().union(*(delivery.pending for delivery in self.deliveries))
         results: Dict[int, CheckResult] = {}
         newest: Dict[str, float] = {}
@@ -180,7 +180,7 @@ class NagiosWriter(threading.Thread):
                     self._settle(delivery)
             for delivery in self.deliveries:
                 delivery.save()             # exactly what waits: none "may be written"
-            self._save_maybe_written([])
+            self._save_maybe_written(0)
         except SpoolError as exc:
             log.warning("could not confirm the last results written to Nagios (%s):"
                         " they will be written again at the next start", exc)
@@ -236,14 +236,13 @@ class NagiosWriter(threading.Thread):
 
     def _bound_what_may_be_written(self, prepared: List[Tuple[Delivery, Prepared]]) -> None:
         """Save new "may be written" ids before writing one outside them (MAYBE_WRITTEN_CURSOR)."""
-        ids = [item.entry.entry_id for _, item in prepared]
-        if all(any(low <= i <= high for low, high in self._maybe_written) for i in ids):
-            return
-        self._save_maybe_written([[1, max(ids) + WRITE_AHEAD]])
+        top = max(item.entry.entry_id for _, item in prepared)
+        if top > self._maybe_written:
+            self._save_maybe_written(top + WRITE_AHEAD)
 
-    def _save_maybe_written(self, ranges: List[List[int]]) -> None:
-        self.spool.put([], cursor=(MAYBE_WRITTEN_CURSOR, json.dumps(ranges)))
-        self._maybe_written = ranges
+    def _save_maybe_written(self, last_id: int) -> None:
+        self.spool.put([], cursor=(MAYBE_WRITTEN_CURSOR, str(last_id)))
+        self._maybe_written = last_id
 
     def _write(self, prepared: List[Tuple[Delivery, Prepared]]) -> bool:
         """Write ``prepared`` to their deliveries; False if Nagios could not take them (given
