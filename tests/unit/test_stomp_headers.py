@@ -1,5 +1,6 @@
-"""broker/connection.py replaces stomp.utils.parse_headers with one that skips unescaping when
-there is nothing to unescape: it must give what stomp.py's own gives, for every input."""
+"""broker/connection.py replaces stomp.py's parse_headers and parse_frame with leaner ones, and
+sends MESSAGE frames to the listeners without stomp.py's notify: each must give what stomp.py's
+own gives, for every input."""
 import importlib.util
 import random
 import time
@@ -17,8 +18,9 @@ def stomp_original():
     return module
 
 
-def test_the_bridge_parses_stomp_headers_with_its_own_function():
+def test_the_bridge_parses_stomp_headers_and_frames_with_its_own_functions():
     assert stomp.utils.parse_headers is connection._parse_headers
+    assert stomp.transport.parse_frame is connection._parse_frame
 
 
 def test_headers_parse_exactly_as_stomp_py_parses_them():
@@ -29,6 +31,7 @@ def test_headers_parse_exactly_as_stomp_py_parses_them():
         ["MESSAGE", "no colon here", ":empty key", "key:", "k:v:w", "dup:1", "dup:2"],
         ["MESSAGE", "bad\\qescape:v\\t", "trailing\\:x\\"],                       # undefined escapes
         ["MESSAGE", "é\u2028:ü\\n", ""],
+        ["MESSAGE", "k:v\nw", "\n:x", "a\nb:c"],                                  # newlines (never from a frame)
     ]
     rng = random.Random(7)
     alphabet = "ab:\\cnrt\\:é"
@@ -47,3 +50,74 @@ def test_a_huge_header_line_is_parsed_in_linear_time():
     started = time.monotonic()
     connection._parse_headers(["MESSAGE", "x" * (1 << 20), "k:" + "\\n" * (1 << 19)])
     assert time.monotonic() - started < 5
+
+
+def frames_as_stomp_parses_them(original, frames):
+    for frame in frames:
+        ours, theirs = connection._parse_frame(frame), original.parse_frame(frame)
+        if theirs is None:
+            assert ours is None, frame
+        else:
+            assert (ours.cmd, ours.headers, ours.body) == (theirs.cmd, theirs.headers, theirs.body), frame
+
+
+def test_frames_parse_exactly_as_stomp_py_parses_them():
+    original = stomp_original()
+    fixed = [
+        b"MESSAGE\ndestination:/queue/a\nmessage-id:ID\\c1\n\nbody\n\nmore",
+        b"MESSAGE\r\ndestination:/queue/a\r\nx:y\r\n\r\nbody\n\n",             # CRLF lines
+        b"MESSAGE\r\nx:y\r\n\r\n\nbody", b"MESSAGE\nx:y\r\n\r\nbody\n\n",    # both ends: the first wins
+        b"\n\nMESSAGE\nx:y\n\nbody", b"\n\n\n", b"", b"MESSAGE", b"MESSAGE\nx:y",   # blank, empty, no end
+        b"ERROR\nmessage:bad\xff\xfe\n\n\xff body",                                 # not UTF-8
+        b"MESSAGE\nx:a\rb\n\r\n\r\n",                                               # a lone CR
+    ]
+    rng = random.Random(11)
+    pieces = [b"MESSAGE", b"\n", b"\r\n", b"\r", b":", b"k", b"v", b"\\c", b"\\", b"\xc3\xa9", b"\xff", b" "]
+    generated = [b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 24))) for _ in range(5000)]
+    frames_as_stomp_parses_them(original, fixed + generated)
+
+
+def test_a_huge_frame_is_parsed_in_linear_time():
+    """No blank line in 8 MB of CRs and LFs (the searches for its end), and 4 MB of headers."""
+    original = stomp_original()
+    started = time.monotonic()
+    connection._parse_frame(b"MESSAGE" + b"\r\n\r" * (1 << 21) + b"x")
+    connection._parse_frame(b"MESSAGE\n" + b"k:v\n" * (1 << 20) + b"\n")
+    assert time.monotonic() - started < 5
+    frames_as_stomp_parses_them(original, [b"MESSAGE" + b"\r\n\r" * 1000, b"MESSAGE\n" + b"k:v\n" * 1000 + b"\n"])
+
+
+class Recorder(stomp.ConnectionListener):
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def on_before_message(self, frame):
+        self.calls.append(("before", self.name, frame.headers["n"]))
+
+    def on_message(self, frame):
+        self.calls.append(("message", self.name, frame.headers["n"]))
+
+
+class Bare:
+    """A listener with no stomp.py base class and no message methods: skipped, as notify does."""
+
+
+def test_message_frames_reach_the_listeners_as_stomp_py_notify_sends_them():
+    """Every listener's on_before_message, then every on_message, in their names' order; a
+    listener set or removed later is seen at the next frame; other frames go through stomp.py."""
+    ours_calls, theirs_calls = [], []
+    ours = connection._Transport(("127.0.0.1", 1), 1.0, "localhost", False, None, lambda sock: None,
+                                 connection._Abort())
+    theirs = stomp.transport.Transport([("127.0.0.1", 1)])
+    for transport, calls in ((ours, ours_calls), (theirs, theirs_calls)):
+        transport.set_listener("b", Recorder("b", calls))
+        transport.set_listener("a", Recorder("a", calls))
+        transport.set_listener("c", Bare())
+        transport.process_frame(stomp.utils.Frame("MESSAGE", {"n": "1"}, b""), b"")
+        transport.remove_listener("a")
+        transport.set_listener("d", Recorder("d", calls))
+        transport.process_frame(stomp.utils.Frame("MESSAGE", {"n": "2"}, b""), b"")
+        transport.process_frame(stomp.utils.Frame("RECEIPT", {"receipt-id": "r", "n": "3"}, b""), b"")
+    assert ours_calls == theirs_calls
+    assert ours_calls[:4] == [("before", "a", "1"), ("before", "b", "1"), ("message", "a", "1"), ("message", "b", "1")]
+    assert ours_calls[4:] == [("before", "b", "2"), ("before", "d", "2"), ("message", "b", "2"), ("message", "d", "2")]
