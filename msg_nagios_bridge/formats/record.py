@@ -8,6 +8,7 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime
+import functools
 import re
 from typing import Any, Dict, Optional
 
@@ -51,9 +52,21 @@ def text_field(value: Any, key: str) -> str:
     return value
 
 
+MAX_CACHED_TIMESTAMP = 48      # characters: longer texts are parsed every time, never kept
+
+
 def parse_timestamp(text: str) -> float:
     """ISO 8601 (``2009-09-21T21:35:48Z``, fractions and offsets tolerated,
-    no zone = UTC) or plain epoch digits; raises Refused("bad-timestamp")."""
+    no zone = UTC) or plain epoch digits; raises Refused("bad-timestamp").
+
+    Results of one second share its text, so short texts are remembered (a bounded cache of
+    short keys: hostile texts can only churn it): a tenth of decoding a record."""
+    if len(text) <= MAX_CACHED_TIMESTAMP:
+        return _parse_short_timestamp(text)
+    return _parse_timestamp(text)
+
+
+def _parse_timestamp(text: str) -> float:
     value = text.strip()
     if value.isdigit() and value.isascii() and len(value) <= 12:
         return float(value)
@@ -79,6 +92,9 @@ def parse_timestamp(text: str) -> float:
             raise Refused("bad-timestamp", f"timestamp {_show(text)} has no real UTC offset")
         epoch -= sign * (hours * 3600 + minutes * 60)
     return float(epoch)
+
+
+_parse_short_timestamp = functools.lru_cache(maxsize=1024)(_parse_timestamp)
 
 
 def state_type(value: str) -> str:

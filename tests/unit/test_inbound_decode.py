@@ -196,6 +196,21 @@ def test_absurd_timestamps_are_refused(stamp):
     assert refused(wlcg_body(timestamp=stamp)) in ("bad-timestamp", "missing-field")
 
 
+def test_timestamps_read_the_same_from_the_cache_and_refusals_are_never_kept():
+    """Short texts are remembered (record.parse_timestamp): the second reading gives what the
+    first gave, a refused text is refused again, and a text past the cached length is read too."""
+    from msg_nagios_bridge.formats.record import MAX_CACHED_TIMESTAMP, parse_timestamp
+    for text, epoch in (("2024-01-01T00:00:00Z", 1704067200.0), ("2024-01-01T02:00:00+02:00", 1704067200.0),
+                        (" 1704067200 ", 1704067200.0), ("2024-01-01T00:00:00.5Z", 1704067200.5)):
+        assert parse_timestamp(text) == parse_timestamp(text) == epoch
+    for _ in range(2):
+        with pytest.raises(Refused) as caught:
+            parse_timestamp("2024-02-30T00:00:00Z")
+        assert caught.value.reason == "bad-timestamp"
+    padded = " " * MAX_CACHED_TIMESTAMP + "2024-01-01T00:00:00Z"
+    assert parse_timestamp(padded) == 1704067200.0
+
+
 def test_long_output_is_cut_visibly_not_dropped():
     mapping = Mapping(max_output_bytes=1000)
     result = decode({}, wlcg_body(detailsData="é" * 2000), mapping, now=NOW)
