@@ -600,7 +600,7 @@ def test_a_restarted_nagios_is_told_apart_while_its_old_command_worker_lingers(t
         assert spool.stats().depth == 5, "the new Nagios never had them: kept, not confirmed"
         writer.deliver(spool.take(10))
         assert lines_in(second, 5) == 5
-        writer.settle(now=time.monotonic() + 60)
+        writer.settle(now=time.monotonic() + 120)          # the next look
         assert spool.stats().depth == 0, "confirmed once the same (new) Nagios had them"
     finally:
         for proc in (old, new):
@@ -648,6 +648,34 @@ def test_command_file_delivery_confirms_once_the_same_reader_held_the_lines_for_
         assert spool.stats().depth == 2, "the worker deletes them, not the delivery"
         delivery.forget(ids)
         assert not delivery.pending and delivery.next_look() is None
+    finally:
+        reader.close()
+        spool.close()
+
+
+def test_at_a_steady_rate_what_came_due_is_confirmed_at_the_looks_not_at_each_write(tmp_path):
+    """Two writes 0.1 s apart: the first comes due first, but what comes due less than
+    LOOK_EVERY after a look waits for the next look, so one delete covers LOOK_EVERY s of
+    writes (a look, a walk over what waits and a delete at every write cost ~100 us each)."""
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    two_results(spool)
+    os.mkfifo(tmp_path / "nagios.cmd")
+    reader = FifoReader(tmp_path / "nagios.cmd")
+    reader.start()
+    delivery = CommandFileDelivery(writer_settings(tmp_path), spool, Health(), WARN)
+    try:
+        first, second = [[item] for item in prepared(spool, lambda result: nagios_command.command_line(result, 1700000000))]
+        delivery.write(first)
+        time.sleep(0.1)
+        delivery.write(second)
+        second_at = time.monotonic()
+        assert wait_until(lambda: reader.text().count("\n") == 2, timeout=5)
+        look = second_at + CONFIRM_AFTER - 0.05       # the first is due, the second not yet
+        assert delivery.confirmed(now=look) == [first[0].entry.entry_id]
+        delivery.forget([first[0].entry.entry_id])
+        assert delivery.confirmed(now=look + 0.1) == [], "due now, but looked 0.1 s ago"
+        assert abs(delivery.next_look() - (look + command_file.LOOK_EVERY - time.monotonic())) < 0.05, "the next look"
+        assert delivery.confirmed(now=look + command_file.LOOK_EVERY) == [second[0].entry.entry_id]
     finally:
         reader.close()
         spool.close()
