@@ -202,6 +202,13 @@ def send_frame(destination: str, body: bytes, headers: Mapping[str, str]) -> byt
     return "".join(lines).encode("utf-8") + body + b"\0"
 
 
+def ack_frame(ack_id: str) -> bytes:
+    """One STOMP 1.2 ACK frame, encoded: what stomp.py's ack() writes (an escaped ``id``), for
+    the same reason as send_frame: its frame object, listener calls and lock per ACK cost the
+    subscriber about a tenth of its time per message."""
+    return f"ACK\nid:{_escaped(ack_id)}\n\n".encode("utf-8") + b"\0"
+
+
 class PeerRefused(ConnectionError):
     """The broker's certificate passed TLS verification but the bridge's own check refused it."""
 
@@ -721,9 +728,10 @@ class BrokerConnection:
 
     def ack_all(self, ack_ids: Iterable[str]) -> None:
         """ACK each message (client-individual), the frames written together in one send."""
-        with self.corked():
-            for ack_id in ack_ids:
-                self.conn.ack(ack_id)
+        assert self.conn is not None
+        frames = b"".join(ack_frame(ack_id) for ack_id in ack_ids)
+        if frames:
+            self.conn.transport.send(frames)
 
     def corked(self):
         """The frames sent inside the block go out in one write at its end (_Transport.corked)."""

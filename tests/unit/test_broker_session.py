@@ -290,3 +290,21 @@ def test_a_send_frame_encoded_by_the_bridge_is_what_stomp_py_would_write():
     assert ours.cmd == theirs.cmd == "SEND"
     assert ours.headers == theirs.headers and ours.body == theirs.body == body
     assert ours.headers["odd"] == "a:b\\c\nd\re" and ours.headers["content-length"] == str(len(body))
+
+
+def test_an_ack_frame_encoded_by_the_bridge_is_what_stomp_py_would_write():
+    """The subscriber's ACKs (ack_frame) are byte for byte what stomp.py's ack() writes, for
+    ActiveMQ's ids (colons), RabbitMQ's, and hostile text."""
+    import stomp.utils
+    from stomp.protocol import Protocol12
+    from msg_nagios_bridge.broker.connection import ack_frame
+
+    class Capture:
+        def transmit(self, frame):
+            self.frame = stomp.utils.pack(stomp.utils.convert_frame(frame))
+    protocol = Protocol12.__new__(Protocol12)
+    protocol.transport, protocol.auto_content_length, protocol.version = Capture(), True, "1.2"
+    for ack_id in ("ID:host-35555-1764690000000-5:1:-1:1:42", "T_0@@session-kq1bcUtz1a8bDJzcMkVFeQ@@1", "",
+                   "a:b\\c\nd\re", "ünï"):
+        protocol.ack(ack_id)
+        assert ack_frame(ack_id) == protocol.transport.frame, ack_id
