@@ -487,10 +487,18 @@ class _Transport(stomp.transport.Transport):
     def _send_now(self, encoded_frame: bytes) -> None:
         """All of ``encoded_frame``, within send_timeout (a broker that stops reading)."""
         sock = self.socket
-        if not isinstance(sock, ssl.SSLSocket):
-            return super().send(encoded_frame)
+        if sock is None:
+            raise stomp.exception.NotConnectedException()
         with self._write_lock:
+            if not isinstance(sock, ssl.SSLSocket):
+                # Not stomp.py's send(): it looks at self.socket again after its check, and the
+                # reader thread sets it to None when the broker closes the connection, so a send
+                # racing that raised AttributeError, which ended the publisher thread (seen
+                # once, RabbitMQ closing on an oversized frame). This socket raises OSError.
+                sock.sendall(encoded_frame)
+                return None
             self._send_all(sock, memoryview(encoded_frame))
+        return None
 
     def _send_all(self, sock: ssl.SSLSocket, view: memoryview) -> None:
         """Fails when nothing could be written for send_timeout (a corked batch may be big)."""

@@ -308,3 +308,58 @@ def test_an_ack_frame_encoded_by_the_bridge_is_what_stomp_py_would_write():
                    "a:b\\c\nd\re", "ünï"):
         protocol.ack(ack_id)
         assert ack_frame(ack_id) == protocol.transport.frame, ack_id
+
+
+def test_a_send_on_a_connection_the_broker_closed_raises_what_the_owners_handle():
+    """Regression (seen once, RabbitMQ closing on an oversized frame): stomp.py's own send read
+    the socket again after its check, so a send racing the reader thread's cleanup raised
+    AttributeError and ended the publisher thread. Now: NotConnectedException (a
+    StompException) without a socket, OSError on a closed one, never anything else."""
+    import socket as socket_module
+
+    import stomp.exception
+    from msg_nagios_bridge.broker import connection
+
+    transport = connection._Transport(("127.0.0.1", 1), 1.0, "localhost", False, None, lambda sock: None,
+                                      connection._Abort())
+    with pytest.raises(stomp.exception.StompException):
+        transport.send(b"ACK\nid:1\n\n\0")
+    ours, theirs = socket_module.socketpair()
+    transport.socket = ours
+    transport.send(b"ACK\nid:1\n\n\0")
+    assert theirs.recv(100) == b"ACK\nid:1\n\n\0"
+    ours.close()
+    with pytest.raises(OSError):
+        transport.send(b"ACK\nid:2\n\n\0")
+    theirs.close()
+
+
+def test_a_send_reads_the_socket_once_so_the_reader_threads_cleanup_cannot_race_it():
+    """The socket attribute goes None (the reader thread's cleanup) after it was first read:
+    the send uses the socket it read (stomp.py's read it again: AttributeError)."""
+    import socket as socket_module
+
+    from msg_nagios_bridge.broker import connection
+
+    class Racing(connection._Transport):
+        reads = 0
+        _socket = None
+
+        @property
+        def socket(self):
+            self.reads += 1
+            return self._socket if self.reads <= 2 else None
+
+        @socket.setter
+        def socket(self, value):
+            self._socket = value
+
+    transport = Racing(("127.0.0.1", 1), 1.0, "localhost", False, None, lambda sock: None, connection._Abort())
+    ours, theirs = socket_module.socketpair()
+    transport.socket, transport.reads = ours, 0
+    try:
+        transport.send(b"ACK\nid:1\n\n\0")
+        assert theirs.recv(100) == b"ACK\nid:1\n\n\0"
+    finally:
+        ours.close()
+        theirs.close()
