@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests
+# --durations: the slowest tests in every log (the suite aims at 20 minutes).
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 "$@" tests
