@@ -174,7 +174,7 @@ def _encode(message: Message) -> Tuple[str, str, str, bytes, int]:
 
 def _entry(row: tuple) -> SpoolEntry:
     entry_id, message_id, destination, headers, body, enqueued_at, attempts = row
-    message = Message(message_id, destination, json.loads(headers), bytes(body))
+    message = Message(message_id, destination, {} if headers == "{}" else json.loads(headers), bytes(body))
     return SpoolEntry(entry_id, message, enqueued_at, attempts)
 
 
