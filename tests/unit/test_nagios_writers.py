@@ -628,13 +628,18 @@ def two_results(spool):
     spool.put([spooled(RESULT, "a"), spooled(dataclasses.replace(RESULT, output="second"), "b")])
 
 
-def test_command_file_delivery_confirms_once_the_same_reader_held_the_lines_for_a_while(tmp_path):
+def two_results_and_a_reading_fifo(tmp_path, health):
+    """A spool with two_results, a command FIFO with a reader, and a delivery into it."""
     spool = Spool(str(tmp_path / "inbound.sqlite"))
     two_results(spool)
     os.mkfifo(tmp_path / "nagios.cmd")
     reader = FifoReader(tmp_path / "nagios.cmd")
     reader.start()
-    delivery = CommandFileDelivery(writer_settings(tmp_path), spool, Health(), WARN)
+    return spool, reader, CommandFileDelivery(writer_settings(tmp_path), spool, health, WARN)
+
+
+def test_command_file_delivery_confirms_once_the_same_reader_held_the_lines_for_a_while(tmp_path):
+    spool, reader, delivery = two_results_and_a_reading_fifo(tmp_path, Health())
     try:
         batch = prepared(spool, lambda result: nagios_command.command_line(result, 1700000000))
         ids = sorted(item.entry.entry_id for item in batch)
@@ -657,12 +662,7 @@ def test_at_a_steady_rate_what_came_due_is_confirmed_at_the_looks_not_at_each_wr
     """Two writes 0.1 s apart: the first comes due first, but what comes due less than
     LOOK_EVERY after a look waits for the next look, so one delete covers LOOK_EVERY s of
     writes (a look, a walk over what waits and a delete at every write cost ~100 us each)."""
-    spool = Spool(str(tmp_path / "inbound.sqlite"))
-    two_results(spool)
-    os.mkfifo(tmp_path / "nagios.cmd")
-    reader = FifoReader(tmp_path / "nagios.cmd")
-    reader.start()
-    delivery = CommandFileDelivery(writer_settings(tmp_path), spool, Health(), WARN)
+    spool, reader, delivery = two_results_and_a_reading_fifo(tmp_path, Health())
     try:
         first, second = [[item] for item in prepared(spool, lambda result: nagios_command.command_line(result, 1700000000))]
         delivery.write(first)
@@ -682,13 +682,8 @@ def test_at_a_steady_rate_what_came_due_is_confirmed_at_the_looks_not_at_each_wr
 
 
 def test_command_file_delivery_gives_back_what_a_reader_that_went_away_had(tmp_path):
-    spool = Spool(str(tmp_path / "inbound.sqlite"))
-    two_results(spool)
-    os.mkfifo(tmp_path / "nagios.cmd")
-    reader = FifoReader(tmp_path / "nagios.cmd")
-    reader.start()
     health = Health()
-    delivery = CommandFileDelivery(writer_settings(tmp_path), spool, health, WARN)
+    spool, reader, delivery = two_results_and_a_reading_fifo(tmp_path, health)
     batch = prepared(spool, lambda result: nagios_command.command_line(result, 1700000000))
     delivery.write(batch)
     reader.close()                                   # Nagios stopped, dropping what it had read
