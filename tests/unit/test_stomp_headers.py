@@ -3,6 +3,7 @@ sends MESSAGE frames to the listeners without stomp.py's notify: each must give 
 own gives, for every input."""
 import importlib.util
 import random
+import threading
 import time
 
 import stomp.utils
@@ -121,3 +122,17 @@ def test_message_frames_reach_the_listeners_as_stomp_py_notify_sends_them():
     assert ours_calls == theirs_calls
     assert ours_calls[:4] == [("before", "a", "1"), ("before", "b", "1"), ("message", "a", "1"), ("message", "b", "1")]
     assert ours_calls[4:] == [("before", "b", "2"), ("before", "d", "2"), ("message", "b", "2"), ("message", "d", "2")]
+
+
+def test_the_heart_beat_listener_sees_every_message_frame():
+    """stomp.py's heart-beat listener (the protocol object itself) takes a MESSAGE as a sign of
+    life: ActiveMQ sends no heart-beat while it sends messages, so a busy subscription would be
+    declared dead if the short path to the listeners left it out."""
+    transport = connection._Transport(("127.0.0.1", 1), 1.0, "localhost", False, None, lambda sock: None,
+                                      connection._Abort())
+    protocol = connection._Connection12(transport, (10000, 5000))
+    seen = []
+    protocol.on_message = lambda frame: seen.append(frame.headers["n"])      # the heart-beat reset
+    transport.set_listener("events", connection._Events(threading.Event()))
+    transport.process_frame(stomp.utils.Frame("MESSAGE", {"n": "1"}, b""), b"")
+    assert seen == ["1"]
