@@ -396,9 +396,8 @@ class _Transport(stomp.transport.Transport):
         # holds a semaphore for the same reason.)
         self._write_lock = threading.Lock()
         self._corked: Optional[List[bytes]] = None     # frames held by corked()
-        self._on_message: Tuple[Optional[Callable[[stomp.utils.Frame], None]], ...] = ()
-        self._note_listeners()
         self._cork_thread: Optional[int] = None
+        self._note_listeners()
 
     def set_listener(self, name, listener) -> None:
         super().set_listener(name, listener)
@@ -409,9 +408,13 @@ class _Transport(stomp.transport.Transport):
         self._note_listeners()
 
     def _note_listeners(self) -> None:
+        """The calls process_frame makes for a MESSAGE: every listener's on_before_message, then
+        every on_message, in the listeners' names' order (a listener without one is skipped)."""
         listeners = [listener for _, listener in sorted(self.listeners.items())]
-        self._on_message = tuple(getattr(listener, "on_before_message", None) for listener in listeners) + \
-            tuple(getattr(listener, "on_message", None) for listener in listeners)
+        calls = [getattr(listener, name, None) for name in ("on_before_message", "on_message")
+                 for listener in listeners]
+        self._on_message: Tuple[Callable[[stomp.utils.Frame], None], ...] = tuple(
+            call for call in calls if call is not None)
 
     def process_frame(self, f, frame_str) -> None:
         """A MESSAGE frame goes to the listeners' on_before_message then on_message, in their
@@ -421,8 +424,7 @@ class _Transport(stomp.transport.Transport):
         if f.cmd != "MESSAGE":
             return super().process_frame(f, frame_str)
         for call in self._on_message:
-            if call is not None:
-                call(f)
+            call(f)
         return None
 
     @contextlib.contextmanager
