@@ -1,15 +1,17 @@
 """The status snapshot as Prometheus metrics: a textfile and/or /metrics on loopback."""
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import tempfile
 import threading
-from typing import Callable, List
+from typing import TYPE_CHECKING, Callable, List
 
 from .health import is_up
 from .status import Status
+
+if TYPE_CHECKING:
+    import http.server
 
 PREFIX = "msg_nagios_bridge_"
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -104,6 +106,9 @@ def write_textfile(path: str, text: str) -> None:
 
 def serve(listen: str, text: Callable[[], str]) -> http.server.ThreadingHTTPServer:
     """Serve ``text()`` at /metrics on ``listen`` (loopback only, checked by the config)."""
+    # Imported here: http.server brings http.client and email (about 2 MB of RSS), which a
+    # bridge without the metrics endpoint never uses.
+    import http.server
     host, _, port = listen.rpartition(":")
 
     class Handler(http.server.BaseHTTPRequestHandler):
