@@ -1,8 +1,10 @@
 """The compact name sets of inbound/compact.py: exact for what was put in, small, reloadable."""
 import os
+import random
 import subprocess
 import sys
 import tracemalloc
+from array import array
 
 from msg_nagios_bridge.cores.nagios import objects_cache
 from msg_nagios_bridge.inbound import compact
@@ -48,17 +50,27 @@ def test_known_objects_of_keeps_none_and_compact_sets_and_converts_the_rest():
 
 def test_half_a_million_objects_take_about_8_bytes_each():
     objects = grid(5000, 100)
+    known = KnownObjects(objects)
+    assert len(known) == 500_000
+    # 4.0 MB of hashes, and what the array over-allocates as it grows (frozenset: 110 MB)
+    assert known._hashes.buffer_info()[1] * known._hashes.itemsize < 4.3e6
+    assert objects[0] in known and objects[-1] in known and ("ce5000.example.org", "org.sam.svc000") not in known
+
+
+def test_building_known_objects_holds_little_more_than_the_hashes():
+    objects = grid(600, 100)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         known = KnownObjects(objects)
-        held = tracemalloc.get_traced_memory()[0] - before
+        held, peak = (size - before for size in tracemalloc.get_traced_memory())
     finally:
         tracemalloc.stop()
-    assert len(known) == 500_000
-    # 4.0 MB of hashes, and what the array over-allocates as it grows (frozenset: 110 MB)
-    assert held < 5e6, f"{held / 1e6:.1f} MB for 500,000 objects"
-    assert objects[0] in known and objects[-1] in known and ("ce5000.example.org", "org.sam.svc000") not in known
+    assert len(known) == 60_000
+    assert held < 0.55e6, f"{held / 1e6:.1f} MB for 60,000 objects"
+    # A chunk's list at most (0.7 MB): a chunk of 65,536 held 2.6 MB, and at 500,000 objects
+    # the chunks merged into a new array held 4 MB more.
+    assert peak - held < 1.2e6, f"{(peak - held) / 1e6:.1f} MB more at the peak of building"
 
 
 def test_read_known_follows_objects_cache_when_nagios_rewrites_it(tmp_path):
@@ -136,3 +148,41 @@ def test_timed_names_keep_whole_seconds_in_four_bytes():
     assert names.get("a") == 1_700_000_000 and names.get("n1") == 1_700_000_001
     assert names._times.itemsize == 4 and names._hashes.itemsize == 8
     assert names.forget_before(1_700_000_001) == 1 and names.get("a") is None and len(names) == compact.MERGE_AT
+
+
+def test_merging_in_place_gives_the_sorted_merge_with_each_time_beside_its_value():
+    rng = random.Random(7)
+    for old_count, new_count in ((0, 5), (5, 0), (1000, 1), (1, 1000), (3000, 3000), (20, 200_000)):
+        old = sorted(rng.getrandbits(64) for _ in range(old_count))
+        new = sorted(rng.getrandbits(64) for _ in range(new_count))
+        if old and new:
+            new = sorted(new + [old[0]])    # KnownObjects may hold a value twice
+        values, times = array("Q", old), array("I", (v % 1000 for v in old))
+        compact.merge_in_place(values, new, times, [v % 1000 for v in new])
+        assert list(values) == sorted(old + new)
+        assert list(times) == [v % 1000 for v in values]
+    edges = array("Q", [5, 6, 7])
+    compact.merge_in_place(edges, [1, 2])           # all below: the old values move once
+    compact.merge_in_place(edges, [8, 9])           # all above: nothing moves
+    assert list(edges) == [1, 2, 5, 6, 7, 8, 9]
+
+
+def test_a_merge_into_timed_names_holds_no_second_copy_of_them():
+    names = TimedNames()
+    names.load((f"S{i}:h{i}", 1.7e9) for i in range(200_000))
+    added = [f"new-{i}" for i in range(compact.MERGE_AT)]
+    tracemalloc.start()
+    try:
+        # Copied while traced: tracemalloc counts a block it did not see allocated as new
+        # memory when it is reallocated.
+        names._hashes, names._times = array("Q", names._hashes), array("I", names._times)
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        names.set(added, 1.8e9)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert not names._new and len(names) == 200_000 + len(added)
+    assert names.get("new-9") == 1_800_000_000 and names.get("S7:h7") == 1_700_000_000
+    # The arrays take 2.4 MB; a merge that built merged copies held both.
+    assert peak < 1.5e6, f"{peak / 1e6:.1f} MB more at the peak of a merge"
