@@ -357,10 +357,11 @@ class Icinga2Writer(threading.Thread):
                                              f"Icinga 2 answered {status} to a probe"))
         return Sent([], [])
 
-    def _halt_lanes(self) -> Optional[Tuple[str, str]]:
+    def _halt_lanes(self, hold: Optional[Tuple[str, str]] = None) -> Optional[Tuple[str, str]]:
         """Stop every lane after its request under way, take back what they hold (their
         inboxes go back to the spool, with what each lane did not get answered), release
-        them; (problem, key) when a lane stopped on something to hold on."""
+        them; (problem, key) when a lane stopped on something to hold on (``hold``: what the
+        events already taken said)."""
         self._halt.set()
         with self._cond:
             self._cond.notify_all()
@@ -368,7 +369,15 @@ class Icinga2Writer(threading.Thread):
                 self._cond.wait()
         # A spool error here leaves the halt set, with the events after it: the next
         # _collect halts again (released now, a lane could run while its event is taken).
-        hold = self._collect(halting=True)
+        hold = self._collect(halting=True) or hold
+        if hold is not None and hold[1] == "unavailable":
+            # No answer on one connection: Icinga stopped, restarted or reloaded, which ends
+            # every kept-alive connection. Kept, each would fail in turn on its next request,
+            # each failure a backoff, doubled if no answer came between. Closed now, the next
+            # requests open new ones; what they answered and was not confirmed is sent again
+            # first, as after any closed connection (Lane.send).
+            for lane in self.lanes:
+                lane.client.close()
         back = self._take_back_inboxes(give_back=False)
         with self._cond:
             self._halt.clear()
@@ -448,7 +457,7 @@ class Icinga2Writer(threading.Thread):
         # Also when a lane's stop was not seen (a spool error ended an earlier _collect
         # before it), or its event is not yet posted: else the halt stayed set for good.
         if hold or self._halt.is_set():
-            hold = self._halt_lanes() or hold
+            hold = self._halt_lanes(hold)
             if hold:
                 self._hold(*hold)           # once, however many lanes stopped
         return None
