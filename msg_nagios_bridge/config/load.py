@@ -531,11 +531,13 @@ def _logging(root: _Section) -> LoggingSettings:
 
 
 def _daemon(root: _Section) -> DaemonSettings:
-    sec = root.section("daemon", ("user", "group", "pidfile"))
+    sec = root.section("daemon", ("user", "group", "pidfile", "status_interval"))
     return DaemonSettings(
         user=sec.get("user", str, ""),
         group=sec.get("group", str, ""),
         pidfile=sec.get("pidfile", str, DaemonSettings.pidfile, _absolute_path),
+        status_interval=sec.get("status_interval", float, DaemonSettings.status_interval,
+                                lambda v: None if 0.1 <= v <= 60 else "must be from 0.1 to 60 seconds"),
     )
 
 

@@ -205,6 +205,7 @@ class DaemonSettings:
     user: str = ""
     group: str = ""
     pidfile: str = "/run/msg-nagios-bridge/msg-nagios-bridge.pid"
+    status_interval: float = 2.0     # s between writes of status.json (and metrics, watchdog)
 
 
 @dataclasses.dataclass(frozen=True)

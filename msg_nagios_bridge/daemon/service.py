@@ -36,9 +36,6 @@ PUBLISHER_DRAIN = 10.0
 
 log = logging.getLogger(__name__)
 
-STATUS_INTERVAL = 2.0
-
-
 
 class Bridge:
     """One wired set of parts built from one Settings. Reload builds a new one."""
@@ -181,7 +178,8 @@ class Bridge:
     def notice_outside_changes(self) -> None:
         """Pick up what operator tools changed in the spools (a requeued dead letter, a purge):
         the workers sleep until woken, and another process's commit wakes nobody. Called every
-        STATUS_INTERVAL: a requeued result waits at most that long; results never do."""
+        status interval (daemon.status_interval): a requeued result waits at most that long;
+        results never do."""
         for spool in (self.spool, self.inbound_spool):
             if spool is not None:
                 try:
@@ -281,7 +279,8 @@ def run(settings: config.Settings, config_path: str) -> int:
     code = 0
     try:
         while True:
-            flags.stop.wait(min(STATUS_INTERVAL, watchdog or STATUS_INTERVAL))
+            interval = bridge.settings.daemon.status_interval
+            flags.stop.wait(min(interval, watchdog or interval))
             flags.stop.clear()
             if flags.terminate:
                 break

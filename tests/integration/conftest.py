@@ -9,10 +9,12 @@ from tests.sandbox.icinga2 import Icinga2
 @pytest.fixture
 def bridge_factory(tmp_path):
     """make(broker_ports, name="bridge", **bridge_config options) -> Bridge (not started),
-    working in tmp_path/name; every one is stopped at teardown."""
+    working in tmp_path/name; every one is stopped at teardown. Its status.json is written
+    every 0.25 s (tests wait on it; the default 2 s cost the suite minutes)."""
     made = []
 
     def make(broker_ports, name="bridge", **options):
+        options.setdefault("status_interval", 0.25)
         workdir = tmp_path / name
         bridge = Bridge(workdir, bridge_config(workdir, broker_ports, **options))
         made.append(bridge)

@@ -137,8 +137,8 @@ def test_daemon_mode_pidfile(tmp_path, activemq, bridge_factory):
     pidfile = tmp_path / "bridge.pid"
     log = tmp_path / "bridge-daemon.log"
     bridge.config_path.write_text(bridge.config_path.read_text().replace(
-        "logging: {level: INFO}", f"logging: {{level: INFO, target: file, file: {log}}}") +
-        f"daemon: {{pidfile: {pidfile}}}\n")
+        "logging: {level: INFO}", f"logging: {{level: INFO, target: file, file: {log}}}").replace(
+        "daemon: {", f"daemon: {{pidfile: {pidfile}, "))
     started = cli(bridge, "run", "--daemon", "--allow-root")
     assert started.returncode == 0, started.stderr
     pid = None

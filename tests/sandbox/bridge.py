@@ -15,10 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def bridge_config(workdir, broker_ports, *, ocsp=True, perfdata=False, destination=None,
                   site="TEST.SITE", extra_routes="", heartbeat_ms=2000, inbound="", connect_timeout=3, spool_options="",
-                  **brokers):
+                  status_interval=None, **brokers):
     """YAML text for a bridge writing everything under ``workdir``; ``inbound`` is the YAML of
     an ``inbound:`` section (see ``inbound_config``); ``spool_options`` more keys of ``spool:``
-    (e.g. "max_messages: 300")."""
+    (e.g. "max_messages: 300"); ``status_interval``: daemon.status_interval (None: the default)."""
     workdir = Path(workdir)
     hosts = ", ".join(f'"127.0.0.1:{port}"' for port in broker_ports)
     broker_extra = "".join(f", {key}: {value}" for key, value in brokers.items())
@@ -37,7 +37,7 @@ routes:
 {extra_routes}
 {inbound}
 logging: {{level: INFO}}
-"""
+""" + (f"daemon: {{status_interval: {status_interval}}}\n" if status_interval is not None else "")
 
 
 def inbound_config(nagios, destination, writer="command_file", durable_name="", rules=None,

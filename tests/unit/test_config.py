@@ -47,6 +47,8 @@ def test_defaults_from_a_minimal_config():
     (MINIMAL + "logging: {target: file}\n", "logging.file", "required"),
     (MINIMAL + "logging: {syslog_facility: kernel}\n", "logging.syslog_facility", "facility"),
     (MINIMAL + "metrics: {listen: '0.0.0.0:9100'}\n", "metrics.listen", "loopback"),
+    (MINIMAL + "daemon: {status_interval: 0}\n", "daemon.status_interval", "0.1 to 60"),
+    (MINIMAL + "daemon: {status_interval: 61}\n", "daemon.status_interval", "0.1 to 60"),
     # Found in review: each of these raised something other than ConfigError, or passed the
     # check and failed at run time (connect_timeout: .inf overflowed the socket timeout).
     (MINIMAL.replace("61613", "6161\u00b9"), "brokers.hosts[0]", "port"),
@@ -67,6 +69,11 @@ def test_mistakes_name_file_key_value_and_reason(text, key, reason):
     assert error.key == key
     assert reason in error.reason
     assert str(error).startswith(f"bridge.yaml: {key} = " if key else "bridge.yaml: ")
+
+
+def test_the_status_interval_is_two_seconds_unless_set():
+    assert config.parse(MINIMAL, "bridge.yaml").daemon.status_interval == 2.0
+    assert config.parse(MINIMAL + "daemon: {status_interval: 0.25}\n", "bridge.yaml").daemon.status_interval == 0.25
 
 
 def test_a_missing_required_key_is_named():
@@ -115,7 +122,7 @@ def test_the_example_documents_every_key():
         "backoff_max", "max_refusals", "directory", "max_messages", "max_megabytes", "ocsp_pipe",
         "perfdata", "path", "group", "mode", "max_line_bytes", "service_file", "host_file",
         "poll_interval", "rotate_interval", "level", "target", "file", "syslog_facility", "user",
-        "pidfile", "textfile", "listen", "senders", "rules", "sender_header", "exact_senders",
+        "pidfile", "status_interval", "textfile", "listen", "senders", "rules", "sender_header", "exact_senders",
         "objects_cache", "selector", "durable_name", "tls", "ca_file", "ca_dir", "cert_file", "key_file",
         "key_password_file", "verify", "core", "icinga2", "port", "publish", "event_queue", "check_source",
         "objects_refresh", "timeout"}
