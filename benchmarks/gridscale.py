@@ -718,8 +718,8 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
         + f"; **duplicates: {info['dups']:,}**; dead letters {info['last_row']['dead']}"
         + (f". The backlog drained {info['drain_s']:.0f} s after the generator stopped." if info["drained"]
            else "."),
-        f"- Bridge: peak RSS (VmHWM) {info['bridge_hwm']:.0f} MB ({info['bridge_idle_rss']:.0f} MB idle "
-        "before the load); counters " + ", ".join(f"{k} {counters.get(k, 0):,}" for k in
+        f"- Bridge: peak RSS (VmHWM) {info['bridge_hwm']:.1f} MiB = {info['bridge_hwm'] * 1.048576:.1f} MB"
+        f" ({info['bridge_idle_rss']:.1f} MiB idle before the load); counters " + ", ".join(f"{k} {counters.get(k, 0):,}" for k in
                                             ("received", "injected", "duplicates", "refused"))
         + f"; exit code {info['bridge_exit']} on SIGTERM.",
         "- Idle, in the 5 s before the load: " + ", ".join(
