@@ -737,7 +737,8 @@ class BrokerConnection:
         self.conn.transport.send(send_frame(destination, body, headers))
 
     def ack_all(self, ack_ids: Iterable[str]) -> None:
-        """ACK each message (client-individual), the frames written together in one send."""
+        """An ACK frame for each id (the subscriber's cumulative acks: one per subscription of
+        a batch), the frames written together in one send."""
         assert self.conn is not None
         frames = b"".join(ack_frame(ack_id) for ack_id in ack_ids)
         if frames:

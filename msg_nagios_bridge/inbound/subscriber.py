@@ -1,9 +1,13 @@
 """The inbound source: subscriptions -> judgement -> inbound spool -> ACK.
 
-Subscriptions use ``client-individual`` acks and a bounded prefetch. Every message is
-judged by judgement.judge_batch (the same function the operator tools use). A message is
-acked only after it is durably in the inbound spool, or durably kept as a dead letter with
-its reason (a refused message is acked then, so the broker does not redeliver it forever).
+Subscriptions use cumulative ``client`` acks and a bounded prefetch. Every message is
+judged by judgement.judge_batch (the same function the operator tools use). A batch (what
+arrived since the last) is acked once every message of it is durable: in the inbound spool,
+or kept as a dead letter with its reason (a refused message is acked too, so the broker does
+not redeliver it forever). One ACK per subscription, for the batch's last message of it,
+acknowledges every message delivered before on that subscription: those were taken in this
+batch or an earlier one, in order, so they are durable too. (An ACK per message cost
+ActiveMQ a third more CPU per result: docs/performance.md.)
 Duplicates and stale results are dropped against the memory of what was injected, kept in
 the inbound spool (so it holds across restarts) and written in the same transaction as the
 accepted results. A message whose judgement killed the bridge is dead-lettered unjudged
@@ -56,7 +60,8 @@ class _Held:
     """A judged batch whose accepted results the full spool could not take yet."""
     accepted: List[Message]
     marks: list
-    acks: List[str]             # the ack ids of its messages not acked yet (all but the refused)
+    acks: List[str]             # cumulative_acks of its messages
+    taken: int                  # how many messages it holds (refused ones included)
 
 
 class Subscriber(threading.Thread):
@@ -146,7 +151,7 @@ class Subscriber(threading.Thread):
         for index, sub in enumerate(self.settings.subscriptions):
             id_, headers = kinds.subscribe_headers(self.brokers.kind, index, sub.destination, sub.selector,
                                                    sub.durable_name, self.settings.prefetch, self.settings.client_id)
-            self.broker.conn.subscribe(sub.destination, id=id_, ack="client-individual", headers=headers)
+            self.broker.conn.subscribe(sub.destination, id=id_, ack="client", headers=headers)
 
     def _lost(self, why: str) -> None:
         if self._held is not None:
@@ -191,22 +196,16 @@ class Subscriber(threading.Thread):
             self.tracker.note_batch([(headers, verdict.refusal.reason if verdict.outcome == judgement.REFUSED
                                       else None) for (headers, _), verdict in zip(messages, verdicts)], now)
         accepted: List[Message] = []
-        acks: List[str] = []
         for (headers, body), verdict in zip(messages, verdicts):
             if verdict.outcome == judgement.REFUSED:
+                # Durable when this returns (add_dead_letter commits): acked with the batch.
                 self._refuse(headers, body, verdict.refusal)
-                # Its dead letter is durable now (add_dead_letter commits before it returns):
-                # the ACK, so the broker does not deliver it again.
-                self.health.add("received")
-                self.broker.conn.ack(headers.get("ack", ""))
-                continue
-            acks.append(headers.get("ack", ""))
-            if verdict.outcome == judgement.ACCEPTED:
+            elif verdict.outcome == judgement.ACCEPTED:
                 accepted.append(Message(message_id=verdict.key, destination="nagios", headers={},
                                         body=json.dumps(result_to_dict(verdict.result)).encode("utf-8")))
             else:
                 self.health.add("duplicates" if verdict.outcome == judgement.DUPLICATE else "stale")
-        self._held = _Held(accepted, judgement.memory_marks(verdicts), acks)
+        self._held = _Held(accepted, judgement.memory_marks(verdicts), cumulative_acks(messages), len(messages))
         self._store_held()
         self._forget_some(now)
 
@@ -252,7 +251,7 @@ class Subscriber(threading.Thread):
         # Every message taken is counted once its outcome is durable (a batch the spool could
         # not take is redelivered, and counted then): received = injected + refused +
         # duplicates + stale + waiting in the inbound spool.
-        self.health.add("received", len(held.acks))
+        self.health.add("received", held.taken)
         self.broker.ack_all(held.acks)  # ... then the ACKs
 
 
@@ -281,6 +280,15 @@ class Subscriber(threading.Thread):
                              "refused_by": self.settings.client_id}
             self.broker.send(self.settings.error_queue, body[:65536], error_headers)
             self.health.add("error_queue_sent")
+
+
+def cumulative_acks(messages: List[Tuple[Dict[str, str], bytes]]) -> List[str]:
+    """The ack ids that acknowledge every message of a batch with ``client`` acks: of each
+    subscription, its last message's."""
+    last: Dict[str, str] = {}
+    for headers, _ in messages:
+        last[headers.get("subscription", "")] = headers.get("ack", "")
+    return list(last.values())
 
 
 def dead_letter(headers: Mapping[str, str], body: bytes, exc: Refused, max_body_bytes: int) -> Message:

@@ -155,6 +155,25 @@ def test_duplicates_are_dropped_and_refusals_are_dead_lettered_once(activemq, na
     assert nagios.running()
 
 
+def test_batches_from_two_subscriptions_are_acked_whole(activemq, nagios_factory, bridge_factory):
+    """Cumulative acks: a batch is acked by the last message of each subscription in it. Results
+    waiting in two queues come in batches that mix both; after a restart none comes again."""
+    services = [f"org.sam.T{i}" for i in range(60)]
+    nagios = central_nagios(nagios_factory, services=services)
+    queues = [QUEUE, QUEUE + ".second"]
+    bridge = bridge_factory([activemq.stomp_port], ocsp=False, inbound=inbound_config(nagios, queues))
+    for i, service in enumerate(services):
+        send(activemq, remote_result(service, output=f"result {i}"), destination=queues[i % 2])
+    bridge.start()
+    assert bridge.wait_counter("received", 60) == 60, bridge.log_text()[-2000:]
+    assert bridge.wait_counter("injected", 60) == 60
+    bridge.stop()
+    bridge.start()
+    assert bridge.wait_state("subscriber", "subscribed").startswith("subscribed"), bridge.log_text()[-2000:]
+    time.sleep(3)          # a redelivery would come at once, on subscribing
+    assert bridge.wait_status(lambda s: True)["counters"].get("received", 0) == 0
+
+
 def test_site_nagios_to_central_nagios_through_two_bridges(activemq, nagios_factory, bridge_factory):
     central = nagios_factory(hosts=[host("ce01.site.org")],
                              services=[passive_service("ce01.site.org", "org.sam.CE-JobSubmit")])

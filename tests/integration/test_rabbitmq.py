@@ -117,6 +117,27 @@ def test_durable_topic_subscription_and_queue_into_nagios(rabbitmq_factory, nagi
         "every message acked"
 
 
+def test_batches_from_two_queues_are_acked_whole(rabbitmq_factory, nagios_factory, bridge_factory):
+    """Cumulative acks on RabbitMQ: results waiting in two queues, taken in batches that may
+    mix both, are every one acked."""
+    node = rabbitmq_factory()
+    services = [f"org.sam.T{i}" for i in range(60)]
+    nagios = central_nagios(nagios_factory, services=services)
+    queues = ["/queue/inbound.one", "/queue/inbound.two"]
+    bridge = bridge_factory([node.stomp_port], ocsp=False, inbound=inbound_config(nagios, queues), kind="rabbitmq")
+    bridge.start()
+    assert "subscribed" in bridge.wait_state("subscriber", "subscribed"), bridge.log_text()[-2000:]
+    bridge.stop()
+    for i, service in enumerate(services):
+        result = remote_result(service, output=f"result {i}")
+        publish(node, queues[i % 2], wlcg.encode(result, FIELDS), headers={**HEADERS, "result_id": result.identity()})
+    assert node.queues()["inbound.one"][0] == 30
+    bridge.start()
+    assert bridge.wait_counter("injected", 60) == 60, bridge.log_text()[-2000:]
+    assert wait_until(lambda: node.queues()["inbound.one"][0] == 0 and node.queues()["inbound.two"][0] == 0, 10), \
+        ("every message acked", node.queues())
+
+
 def test_failover_between_two_independent_nodes(rabbitmq_factory, bridge_factory):
     first, second = rabbitmq_factory(), rabbitmq_factory()
     bridge = bridge_factory([first.stomp_port, second.stomp_port], ocsp=False, perfdata=True,

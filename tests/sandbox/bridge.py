@@ -42,12 +42,15 @@ logging: {{level: INFO}}
 
 def inbound_config(nagios, destination, writer="command_file", durable_name="", rules=None,
                    objects_cache=False, mapping="", lock_file=None, sender_header=""):
-    """The ``inbound:`` YAML section for injecting into the sandbox ``nagios``.
+    """The ``inbound:`` YAML section for injecting into the sandbox ``nagios``; ``destination``
+    may be a list (a subscription each).
 
     The sandbox runs Nagios in the foreground, which writes no lock file (only
     ``-d`` does): pass ``lock_file`` to test that check with a file of your own."""
     rules = rules or "[{senders: ['*'], hosts: ['*'], services: ['*'], host_checks: true}]"
     durable = f", durable_name: {durable_name}" if durable_name else ""
+    destinations = [destination] if isinstance(destination, str) else destination
+    subscriptions = ", ".join(f'{{destination: "{name}"{durable}}}' for name in destinations)
     policy = [f"rules: {rules}"]
     if objects_cache:
         policy.append(f"objects_cache: {nagios.dir / 'objects.cache'}")
@@ -56,7 +59,7 @@ def inbound_config(nagios, destination, writer="command_file", durable_name="", 
     return f"""
 inbound:
   enabled: true
-  subscriptions: [{{destination: "{destination}"{durable}}}]
+  subscriptions: [{subscriptions}]
   policy: {{{", ".join(policy)}}}
   writer: {writer}
   command_file: {nagios.command_file}

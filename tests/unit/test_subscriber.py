@@ -96,18 +96,39 @@ def subscriber_on(tmp_path):
         spool.close()
 
 
-def test_a_refused_message_is_acked_only_once_its_dead_letter_is_on_disk(subscriber_on, tmp_path):
-    seen_at_ack = {}
+def test_a_batch_is_acked_once_its_results_and_dead_letters_are_on_disk(subscriber_on, tmp_path):
+    """Cumulative acks: the batch's last message's ACK acknowledges all of it, so it is sent
+    only when every message of the batch is durable, the refused ones as dead letters."""
+    on_disk_at_ack = {}
 
     def on_ack(ack_id):
         # Another handle on the file: what a crash right now would leave.
         with Spool(str(tmp_path / "inbound.sqlite"), exclusive=False) as reader:
-            seen_at_ack[ack_id] = [dead.entry.message.headers.get("ack") for dead in reader.dead_letters()]
+            on_disk_at_ack[ack_id] = ([dead.entry.message.headers.get("ack") for dead in reader.dead_letters()],
+                                      reader.stats().depth)
     subscriber, spool, broker = subscriber_on(on_ack=on_ack)
-    subscriber._handle([bad(1), good(1)])
-    assert broker.acks == ["bad-1", "good-1"]
-    assert seen_at_ack["bad-1"] == ["bad-1"]
-    assert spool.stats().depth == 1
+    subscriber._handle([good(1), bad(2), good(3)])
+    assert broker.acks == ["good-3"], "one ACK, for the last message"
+    assert on_disk_at_ack["good-3"] == (["bad-2"], 2)
+    assert subscriber.health.counter("received") == 3
+
+
+def test_a_batch_from_several_subscriptions_is_acked_once_per_subscription(subscriber_on):
+    """A cumulative ACK acknowledges its own subscription's earlier messages only: the last
+    message of each subscription in the batch is acked."""
+    subscriber, _, broker = subscriber_on()
+    messages = [good(i) for i in range(5)]
+    for (headers, _), subscription in zip(messages, ["0", "1", "0", "1", "0"]):
+        headers["subscription"] = subscription
+    subscriber._handle(messages)
+    assert broker.acks == ["good-4", "good-3"]
+
+
+def test_cumulative_acks_are_the_last_ack_of_each_subscription():
+    from msg_nagios_bridge.inbound.subscriber import cumulative_acks
+    batch = [({"subscription": s, "ack": a}, b"") for s, a in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")]]
+    assert cumulative_acks(batch) == ["3", "2", "4"]
+    assert cumulative_acks([]) == []
 
 
 def test_a_refused_message_whose_dead_letter_cannot_be_written_is_not_acked(subscriber_on, monkeypatch):
@@ -126,10 +147,10 @@ def test_a_full_inbound_spool_pauses_taking_and_resumes_when_there_is_room(subsc
     health = subscriber.health
     subscriber.start()
     broker.deliver(good(0), good(1))
-    assert_soon(lambda: broker.acks == ["good-0", "good-1"])
+    assert_soon(lambda: broker.acks == ["good-1"])
     broker.deliver(good(2), good(3), bad(4))     # 2 + 2 > 3: the batch does not fit
     assert_soon(lambda: health.snapshot()["states"]["subscriber"] == PAUSED)
-    assert broker.acks == ["good-0", "good-1", "bad-4"], "the refused one is acked, the held ones are not"
+    assert broker.acks == ["good-1"], "the first batch acked by its last; nothing of the held one"
     broker.deliver(good(5))
     time.sleep(0.3)
     assert [headers["ack"] for headers, _ in broker.events.messages] == ["good-5"], \
@@ -137,8 +158,7 @@ def test_a_full_inbound_spool_pauses_taking_and_resumes_when_there_is_room(subsc
     assert spool.stats().depth == 2
     entries = spool.take(10)                     # Nagios takes them: room
     spool.done([entry.entry_id for entry in entries])
-    assert_soon(lambda: sorted(broker.acks) == sorted(
-        ["good-0", "good-1", "bad-4", "good-2", "good-3", "good-5"]))
+    assert_soon(lambda: broker.acks == ["good-1", "bad-4", "good-5"])
     assert health.snapshot()["states"]["subscriber"] == "subscribed on 127.0.0.1:61613"
     assert health.counter("paused") == 1 and health.counter("received") == 6
     assert broker.events.messages == []
