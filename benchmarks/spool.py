@@ -14,6 +14,14 @@ sizes, from a thread, as the publisher does), by the Spool against the Spool's e
 which wrote one "?" per id (so each batch size was a statement of its own, and sqlite3 keeps up
 to 128 compiled per connection: the site bridge's slow RSS rise in the soak).
 
+Then the inbound memory's share of a subscriber's ``put``: a spool holding --marks-objects newest
+times (one per object) and --marks-seen seen ids, --marks-batches batches of --marks-batch
+results each (a 300-byte message, its seen id and its object's newest time, objects taken round
+robin over 250 sites as the grid sends them), from a copy of the same starting file for each
+variant: both marks (what the subscriber writes), the newest times only, the seen ids only, and
+the messages only (the baseline). Mean µs of ``put`` per result, time waiting for the disk
+included.
+
 Every case (and the memory case) is measured --runs times (default 3), interleaved: run 1
 measures every case once, then run 2, and so on. The tables show medians (the ratios are the
 medians of each run's own ratio); then a summary gives per case the median, min and max and each
@@ -186,6 +194,7 @@ CASES = [
 ]
 KINDS = ["sqlite-full", "dirq", "sqlite-normal"]
 MEMORY_CASE = "RSS growth, deletes of 1-500 ids"
+MARKS_CASE = "put per result, inbound memory"
 
 
 def delete_with_one_mark_per_id(spool: Spool, ids) -> None:
@@ -236,6 +245,63 @@ def statement_memory(scratch: str, deletes: int, run: int) -> dict:
     return {**meter.stop(), **growth}
 
 
+MARKS_VARIANTS = (("messages and both marks", ("seen", "newest")), ("messages and newest times", ("newest",)),
+                  ("messages and seen ids", ("seen",)), ("messages only", ()))
+MARKS_SITES = 250
+
+
+def marks_objects(count: int):
+    """Object keys ordered as the grid sends them: site by site in turn."""
+    return [f"ce{i // MARKS_SITES:06d}.site{i % MARKS_SITES:03d}.org\torg.sam.Probe" for i in range(count)]
+
+
+def marks_base(scratch: str, objects: int, seen: int) -> str:
+    """The starting spool of the marks case (built once): ``objects`` newest times, ``seen`` ids."""
+    path = os.path.join(scratch, "marks-base", "inbound.sqlite")
+    os.makedirs(os.path.dirname(path))
+    rng = random.Random(1)
+    with Spool(path) as spool:
+        keys = marks_objects(objects)
+        for start in range(0, objects, 20_000):
+            spool.put([], marks=[("newest", key, 1e9 + i * 0.001) for i, key in enumerate(keys[start:start + 20_000], start)])
+        for start in range(0, seen, 20_000):
+            spool.put([], marks=[("seen", f"id:{rng.getrandbits(64):016x}:{rng.getrandbits(128):032x}", 1e9 + i * 0.001)
+                                 for i in range(start, min(seen, start + 20_000))])
+    return path
+
+
+def marks_put(base: str, work: str, kinds, objects: int, batches: int, batch: int) -> float:
+    """Mean µs of put per result over ``batches`` batches, on a copy of ``base``."""
+    os.makedirs(work)
+    path = os.path.join(work, "inbound.sqlite")
+    shutil.copyfile(base, path)
+    keys = marks_objects(objects)
+    rng = random.Random(2)
+    spent, now, position = 0.0, 2e9, 0
+    with Spool(path) as spool:
+        for _ in range(batches):
+            ids = [f"id:{rng.getrandbits(64):016x}:{rng.getrandbits(128):032x}" for _ in range(batch)]
+            marks = [(kind, key, now) for result_id, obj in zip(ids, (keys[(position + k) % objects] for k in range(batch)))
+                     for kind, key in (("seen", result_id), ("newest", obj)) if kind in kinds]
+            batch_messages = [Message(result_id, "nagios", {}, BODY) for result_id in ids]
+            start = time.perf_counter()
+            spool.put(batch_messages, marks=marks)
+            spent += time.perf_counter() - start
+            spool.done([entry.entry_id for entry in spool.take(batch)])
+            position, now = position + batch, now + 0.1
+    shutil.rmtree(work)
+    return spent / (batches * batch) * 1e6
+
+
+def marks_cost(scratch: str, base: str, args, run: int) -> dict:
+    """One run of every marks variant: {variant: µs per result}, with the Meter's figures."""
+    meter = Meter({})
+    costs = {name: marks_put(base, os.path.join(scratch, f"marks-{run}-{i}"), kinds, args.marks_objects,
+                             args.marks_batches, args.marks_batch)
+             for i, (name, kinds) in enumerate(MARKS_VARIANTS)}
+    return {**meter.stop(), **costs}
+
+
 def measure(scratch: str, seconds: float, run: int) -> dict:
     """One run of every case against every kind: {case name: {kind: msgs/s, "other_cpu",
     "window"}} (the CPU figures over the case's three kinds)."""
@@ -264,6 +330,9 @@ SUMMARY_FIGURES = [
      ".2f"),
     ("one ? per id MB", lambda r: r.get("one-mark-per-id"), "+.1f"),
     ("Spool MB", lambda r: r.get("spool"), "+.1f"),
+    *((f"{name}, µs/result", lambda r, name=name: r.get(name), ".0f") for name, _ in MARKS_VARIANTS),
+    ("both marks / messages only", lambda r: r["messages and both marks"] / r["messages only"]
+     if "messages only" in r else None, ".1f"),
 ]
 
 
@@ -290,6 +359,10 @@ def report(cases: dict, args) -> None:
           f" the Spool (one JSON array) {statistics.median(spool):+.1f} MB"
           + (f" (medians of {args.runs} runs; ranges {min(marks):+.1f} to {max(marks):+.1f} and"
              f" {min(spool):+.1f} to {max(spool):+.1f} MB)" if args.runs > 1 else ""))
+    marks = cases[MARKS_CASE]
+    print(f"\nput per result, a spool of {args.marks_objects:,} newest times and {args.marks_seen:,} seen ids,"
+          f" {args.marks_batches} batches of {args.marks_batch} (medians of {args.runs} run{plural}): "
+          + ", ".join(f"{name} {statistics.median(r[name] for r in marks):,.0f} µs" for name, _ in MARKS_VARIANTS))
     print_summary(cases, SUMMARY_FIGURES, args.runs)
     print(f"load average at the end {loadavg()}")
 
@@ -301,6 +374,10 @@ def main() -> None:
     parser.add_argument("--deletes", type=int, default=5000, help="deletes in the memory case")
     parser.add_argument("--runs", type=int, default=3,
                         help="measure every case this many times, interleaved (default 3)")
+    parser.add_argument("--marks-objects", type=int, default=500_000, help="newest times in the marks case")
+    parser.add_argument("--marks-seen", type=int, default=200_000, help="seen ids in the marks case")
+    parser.add_argument("--marks-batches", type=int, default=200, help="batches per variant of the marks case")
+    parser.add_argument("--marks-batch", type=int, default=200, help="results per batch in the marks case")
     parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_worker:
@@ -319,13 +396,18 @@ def main() -> None:
           f" {loadavg()}", flush=True)
     cases = {name: [] for name, _ in CASES}
     cases[MEMORY_CASE] = []
+    cases[MARKS_CASE] = []
     try:
+        base = marks_base(scratch, args.marks_objects, args.marks_seen)
         for run in range(1, args.runs + 1):
             for name, result in measure(scratch, args.seconds, run).items():
                 cases[name].append(result)
                 print(f"run {run}/{args.runs} {name}: " + ", ".join(
                     f"{kind} {result[kind]:,.0f}/s" for kind in KINDS), flush=True)
             cases[MEMORY_CASE].append(statement_memory(scratch, args.deletes, run))
+            cases[MARKS_CASE].append(marks_cost(scratch, base, args, run))
+            print(f"run {run}/{args.runs} {MARKS_CASE}: " + ", ".join(
+                f"{name} {cases[MARKS_CASE][-1][name]:,.0f} µs" for name, _ in MARKS_VARIANTS), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report(cases, args)

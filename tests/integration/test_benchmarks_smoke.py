@@ -97,14 +97,19 @@ def assert_all_delivered(out):
 
 
 def test_spool():
-    out = bench("spool.py", "--dir", "/tmp", "--seconds", "0.2", "--deletes", "200", "--runs", "2")
+    out = bench("spool.py", "--dir", "/tmp", "--seconds", "0.2", "--deletes", "200", "--runs", "2",
+                "--marks-objects", "3000", "--marks-seen", "1000", "--marks-batches", "5", "--marks-batch", "20")
     assert_rows(out, ["case", "put, batch 1", "put, batch 100", "take 100 + done (10000 queued)",
                       "2 putters (batch 10) + 1 taker, delivered"])
     assert re.search(r"RSS growth over 200 deletes .* \+[\d.]+ MB, the Spool .* \+[\d.]+ MB", out), out
     assert_code_recorded(out)
     assert_summary(out, "run", 2, [("put, batch 1", "SQLite FULL /s"), ("", "dirq fsync /s"),
                                    ("", "FULL/dirq"), ("2 putters (batch 10) + 1 taker, delivered", "SQLite FULL /s"),
-                                   ("RSS growth, deletes of 1-500 ids", "one ? per id MB"), ("", "Spool MB")])
+                                   ("RSS growth, deletes of 1-500 ids", "one ? per id MB"), ("", "Spool MB"),
+                                   ("put per result, inbound memory", "messages and both marks, µs/result"),
+                                   ("", "messages only, µs/result"), ("", "both marks / messages only")])
+    assert re.search(r"put per result, a spool of 3,000 newest times and 1,000 seen ids, 5 batches of 20 .*"
+                     r"messages and both marks [\d,]+ µs, .* messages only [\d,]+ µs", out), out
 
 
 def test_icinga2_objects():
