@@ -247,12 +247,19 @@ def statement_memory(scratch: str, deletes: int, run: int) -> dict:
 
 MARKS_VARIANTS = (("messages and both marks", ("seen", "newest")), ("messages and newest times", ("newest",)),
                   ("messages and seen ids", ("seen",)), ("messages only", ()))
-MARKS_SITES = 250
+MARKS_SITES, MARKS_HOSTS_PER_SITE, MARKS_SERVICES_PER_HOST = 250, 20, 100
 
 
 def marks_objects(count: int):
-    """Object keys ordered as the grid sends them: site by site in turn."""
-    return [f"ce{i // MARKS_SITES:06d}.site{i % MARKS_SITES:03d}.org\torg.sam.Probe" for i in range(count)]
+    """Object keys in the order gridscale.py's generator sends them (Grid.slot, with its names):
+    one site after another, each site's services in order, so one batch's objects lie far apart
+    in key order, as at the central bridge."""
+    keys = []
+    for i in range(count):
+        site, service = i % MARKS_SITES, (i // MARKS_SITES) % (MARKS_HOSTS_PER_SITE * MARKS_SERVICES_PER_HOST)
+        host = site * MARKS_HOSTS_PER_SITE + service // MARKS_SERVICES_PER_HOST
+        keys.append(f"ce{host:02d}.remote.org\torg.bench.svc{service % MARKS_SERVICES_PER_HOST:03d}")
+    return keys
 
 
 def marks_base(scratch: str, objects: int, seen: int) -> str:
