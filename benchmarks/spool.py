@@ -262,33 +262,37 @@ def marks_objects(count: int):
     return keys
 
 
-def marks_base(scratch: str, objects: int, seen: int) -> str:
-    """The starting spool of the marks case (built once): ``objects`` newest times, ``seen`` ids."""
+def random_id(rng: random.Random) -> str:
+    """A seen id shaped as the subscriber's dedupe keys (judgement.dedupe_key)."""
+    return f"id:{rng.getrandbits(64):016x}:{rng.getrandbits(128):032x}"
+
+
+def marks_base(scratch: str, keys, seen: int) -> str:
+    """The starting spool of the marks case (built once): a newest time for each of ``keys``,
+    ``seen`` ids."""
     path = os.path.join(scratch, "marks-base", "inbound.sqlite")
     os.makedirs(os.path.dirname(path))
     rng = random.Random(1)
     with Spool(path) as spool:
-        keys = marks_objects(objects)
-        for start in range(0, objects, 20_000):
+        for start in range(0, len(keys), 20_000):
             spool.put([], marks=[("newest", key, 1e9 + i * 0.001) for i, key in enumerate(keys[start:start + 20_000], start)])
         for start in range(0, seen, 20_000):
-            spool.put([], marks=[("seen", f"id:{rng.getrandbits(64):016x}:{rng.getrandbits(128):032x}", 1e9 + i * 0.001)
+            spool.put([], marks=[("seen", random_id(rng), 1e9 + i * 0.001)
                                  for i in range(start, min(seen, start + 20_000))])
     return path
 
 
-def marks_put(base: str, work: str, kinds, objects: int, batches: int, batch: int) -> float:
+def marks_put(base: str, work: str, kinds, keys, batches: int, batch: int) -> float:
     """Mean µs of put per result over ``batches`` batches, on a copy of ``base``."""
     os.makedirs(work)
     path = os.path.join(work, "inbound.sqlite")
     shutil.copyfile(base, path)
-    keys = marks_objects(objects)
     rng = random.Random(2)
     spent, now, position = 0.0, 2e9, 0
     with Spool(path) as spool:
         for _ in range(batches):
-            ids = [f"id:{rng.getrandbits(64):016x}:{rng.getrandbits(128):032x}" for _ in range(batch)]
-            marks = [(kind, key, now) for result_id, obj in zip(ids, (keys[(position + k) % objects] for k in range(batch)))
+            ids = [random_id(rng) for _ in range(batch)]
+            marks = [(kind, key, now) for result_id, obj in zip(ids, (keys[(position + k) % len(keys)] for k in range(batch)))
                      for kind, key in (("seen", result_id), ("newest", obj)) if kind in kinds]
             batch_messages = [Message(result_id, "nagios", {}, BODY) for result_id in ids]
             start = time.perf_counter()
@@ -300,10 +304,10 @@ def marks_put(base: str, work: str, kinds, objects: int, batches: int, batch: in
     return spent / (batches * batch) * 1e6
 
 
-def marks_cost(scratch: str, base: str, args, run: int) -> dict:
+def marks_cost(scratch: str, base: str, keys, args, run: int) -> dict:
     """One run of every marks variant: {variant: µs per result}, with the Meter's figures."""
     meter = Meter({})
-    costs = {name: marks_put(base, os.path.join(scratch, f"marks-{run}-{i}"), kinds, args.marks_objects,
+    costs = {name: marks_put(base, os.path.join(scratch, f"marks-{run}-{i}"), kinds, keys,
                              args.marks_batches, args.marks_batch)
              for i, (name, kinds) in enumerate(MARKS_VARIANTS)}
     return {**meter.stop(), **costs}
@@ -405,14 +409,15 @@ def main() -> None:
     cases[MEMORY_CASE] = []
     cases[MARKS_CASE] = []
     try:
-        base = marks_base(scratch, args.marks_objects, args.marks_seen)
+        marks_keys = marks_objects(args.marks_objects)
+        base = marks_base(scratch, marks_keys, args.marks_seen)
         for run in range(1, args.runs + 1):
             for name, result in measure(scratch, args.seconds, run).items():
                 cases[name].append(result)
                 print(f"run {run}/{args.runs} {name}: " + ", ".join(
                     f"{kind} {result[kind]:,.0f}/s" for kind in KINDS), flush=True)
             cases[MEMORY_CASE].append(statement_memory(scratch, args.deletes, run))
-            cases[MARKS_CASE].append(marks_cost(scratch, base, args, run))
+            cases[MARKS_CASE].append(marks_cost(scratch, base, marks_keys, args, run))
             print(f"run {run}/{args.runs} {MARKS_CASE}: " + ", ".join(
                 f"{name} {cases[MARKS_CASE][-1][name]:,.0f} µs" for name, _ in MARKS_VARIANTS), flush=True)
     finally:
