@@ -14,13 +14,14 @@ sizes, from a thread, as the publisher does), by the Spool against the Spool's e
 which wrote one "?" per id (so each batch size was a statement of its own, and sqlite3 keeps up
 to 128 compiled per connection: the site bridge's slow RSS rise in the soak).
 
-Then the inbound memory's share of a subscriber's ``put``: a spool holding --marks-objects newest
-times (one per object) and --marks-seen seen ids, --marks-batches batches of --marks-batch
-results each (a 300-byte message, its seen id and its object's newest time, objects taken round
-robin over 250 sites as the grid sends them), from a copy of the same starting file for each
-variant: both marks (what the subscriber writes), the newest times only, the seen ids only, and
-the messages only (the baseline). Mean µs of ``put`` per result, time waiting for the disk
-included.
+Then the inbound memory's share of a subscriber's ``put``: a spool holding --marks-objects objects'
+newest times, --marks-batches batches of --marks-batch results each (a 300-byte message and its
+object's memory, objects taken round robin over 250 sites as the grid sends them), from a copy of
+the same starting file for each variant: the memory of spool format 3 (one row per object with
+its newest time and the tags of that time: what the subscriber writes), the memory of format 2
+(the newest times and --marks-seen seen ids as marks, with their time index: what the
+subscriber wrote before), and the messages only (the baseline). Mean µs of ``put`` per result,
+time waiting for the disk included.
 
 Every case (and the memory case) is measured --runs times (default 3), interleaved: run 1
 measures every case once, then run 2, and so on. The tables show medians (the ratios are the
@@ -47,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import Meter, code_fingerprint, fs_type, loadavg, print_summary  # noqa: E402
 
+from msg_nagios_bridge.inbound.judgement import memory_tag  # noqa: E402
 from msg_nagios_bridge.model import Message  # noqa: E402
 from msg_nagios_bridge.spool import Spool, _encode  # noqa: E402
 
@@ -245,8 +247,8 @@ def statement_memory(scratch: str, deletes: int, run: int) -> dict:
     return {**meter.stop(), **growth}
 
 
-MARKS_VARIANTS = (("messages and both marks", ("seen", "newest")), ("messages and newest times", ("newest",)),
-                  ("messages and seen ids", ("seen",)), ("messages only", ()))
+MARKS_VARIANTS = (("messages and memory (format 3)", "newest"), ("messages and marks (format 2)", "marks"),
+                  ("messages only", None))
 MARKS_SITES, MARKS_HOSTS_PER_SITE, MARKS_SERVICES_PER_HOST = 250, 20, 100
 
 
@@ -268,22 +270,25 @@ def random_id(rng: random.Random) -> str:
 
 
 def marks_base(scratch: str, keys, seen: int) -> str:
-    """The starting spool of the marks case (built once): a newest time for each of ``keys``,
-    ``seen`` ids."""
+    """The starting spool of the marks case (built once): a newest time for each of ``keys`` in
+    both formats' memories, and ``seen`` ids (format 2's marks)."""
     path = os.path.join(scratch, "marks-base", "inbound.sqlite")
     os.makedirs(os.path.dirname(path))
     rng = random.Random(1)
     with Spool(path) as spool:
         for start in range(0, len(keys), 20_000):
-            spool.put([], marks=[("newest", key, 1e9 + i * 0.001) for i, key in enumerate(keys[start:start + 20_000], start)])
+            chunk = list(enumerate(keys[start:start + 20_000], start))
+            spool.put([], marks=[("newest", key, 1e9 + i * 0.001) for i, key in chunk],
+                      newest=[(key, 1e9 + i * 0.001, f"{rng.getrandbits(64):016x}") for i, key in chunk])
         for start in range(0, seen, 20_000):
             spool.put([], marks=[("seen", random_id(rng), 1e9 + i * 0.001)
                                  for i in range(start, min(seen, start + 20_000))])
     return path
 
 
-def marks_put(base: str, work: str, kinds, keys, batches: int, batch: int) -> float:
-    """Mean µs of put per result over ``batches`` batches, on a copy of ``base``."""
+def marks_put(base: str, work: str, memory, keys, batches: int, batch: int) -> float:
+    """Mean µs of put per result over ``batches`` batches, on a copy of ``base``, with ``memory``
+    "newest" (format 3), "marks" (format 2) or None."""
     os.makedirs(work)
     path = os.path.join(work, "inbound.sqlite")
     shutil.copyfile(base, path)
@@ -292,11 +297,14 @@ def marks_put(base: str, work: str, kinds, keys, batches: int, batch: int) -> fl
     with Spool(path) as spool:
         for _ in range(batches):
             ids = [random_id(rng) for _ in range(batch)]
-            marks = [(kind, key, now) for result_id, obj in zip(ids, (keys[(position + k) % len(keys)] for k in range(batch)))
-                     for kind, key in (("seen", result_id), ("newest", obj)) if kind in kinds]
+            objects = [keys[(position + k) % len(keys)] for k in range(batch)]
+            marks = [mark for result_id, obj in zip(ids, objects)
+                     for mark in (("seen", result_id, now), ("newest", obj, now))] if memory == "marks" else []
+            newest = [(obj, now, memory_tag(result_id)) for result_id, obj in zip(ids, objects)] \
+                if memory == "newest" else []
             batch_messages = [Message(result_id, "nagios", {}, BODY) for result_id in ids]
             start = time.perf_counter()
-            spool.put(batch_messages, marks=marks)
+            spool.put(batch_messages, marks=marks, newest=newest)
             spent += time.perf_counter() - start
             spool.done([entry.entry_id for entry in spool.take(batch)])
             position, now = position + batch, now + 0.1
@@ -307,9 +315,9 @@ def marks_put(base: str, work: str, kinds, keys, batches: int, batch: int) -> fl
 def marks_cost(scratch: str, base: str, keys, args, run: int) -> dict:
     """One run of every marks variant: {variant: µs per result}, with the Meter's figures."""
     meter = Meter({})
-    costs = {name: marks_put(base, os.path.join(scratch, f"marks-{run}-{i}"), kinds, keys,
+    costs = {name: marks_put(base, os.path.join(scratch, f"marks-{run}-{i}"), memory, keys,
                              args.marks_batches, args.marks_batch)
-             for i, (name, kinds) in enumerate(MARKS_VARIANTS)}
+             for i, (name, memory) in enumerate(MARKS_VARIANTS)}
     return {**meter.stop(), **costs}
 
 
@@ -342,7 +350,9 @@ SUMMARY_FIGURES = [
     ("one ? per id MB", lambda r: r.get("one-mark-per-id"), "+.1f"),
     ("Spool MB", lambda r: r.get("spool"), "+.1f"),
     *((f"{name}, µs/result", lambda r, name=name: r.get(name), ".0f") for name, _ in MARKS_VARIANTS),
-    ("both marks / messages only", lambda r: r["messages and both marks"] / r["messages only"]
+    ("format 3 / messages only", lambda r: r["messages and memory (format 3)"] / r["messages only"]
+     if "messages only" in r else None, ".1f"),
+    ("format 2 / format 3", lambda r: r["messages and marks (format 2)"] / r["messages and memory (format 3)"]
      if "messages only" in r else None, ".1f"),
 ]
 
@@ -371,7 +381,8 @@ def report(cases: dict, args) -> None:
           + (f" (medians of {args.runs} runs; ranges {min(marks):+.1f} to {max(marks):+.1f} and"
              f" {min(spool):+.1f} to {max(spool):+.1f} MB)" if args.runs > 1 else ""))
     marks = cases[MARKS_CASE]
-    print(f"\nput per result, a spool of {args.marks_objects:,} newest times and {args.marks_seen:,} seen ids,"
+    print(f"\nput per result, a spool of {args.marks_objects:,} newest times (and {args.marks_seen:,} seen ids"
+          " for format 2),"
           f" {args.marks_batches} batches of {args.marks_batch} (medians of {args.runs} run{plural}): "
           + ", ".join(f"{name} {statistics.median(r[name] for r in marks):,.0f} µs" for name, _ in MARKS_VARIANTS))
     print_summary(cases, SUMMARY_FIGURES, args.runs)
@@ -386,7 +397,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3,
                         help="measure every case this many times, interleaved (default 3)")
     parser.add_argument("--marks-objects", type=int, default=500_000, help="newest times in the marks case")
-    parser.add_argument("--marks-seen", type=int, default=200_000, help="seen ids in the marks case")
+    parser.add_argument("--marks-seen", type=int, default=200_000, help="seen ids in the marks case (format 2)")
     parser.add_argument("--marks-batches", type=int, default=200, help="batches per variant of the marks case")
     parser.add_argument("--marks-batch", type=int, default=200, help="results per batch in the marks case")
     parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)

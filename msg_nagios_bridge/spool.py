@@ -28,7 +28,7 @@ from .wakeup import Wakeup
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x4D4E4246  # "MNBF": marks a file as a msg-nagios-bridge spool
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Pragmas applied on every open. synchronous=FULL is what makes a WAL commit durable:
 # with NORMAL a commit is only written to the WAL and survives a crash of the process
@@ -49,6 +49,18 @@ CREATE TABLE marks (
 ) WITHOUT ROWID;
 """
 
+# The inbound memory: per object, the newest result time injected and the tags (fixed-width
+# digests, concatenated) of the results injected at that time. One row per object and no
+# index on time: a result touches one B-tree page here (version 2 kept the ids seen as marks
+# of their own, and both kinds in the time index: four random pages a result).
+_NEWEST_TABLE = """
+CREATE TABLE newest (
+    object TEXT NOT NULL PRIMARY KEY,
+    at     REAL NOT NULL,
+    tags   TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
 _SCHEMA = f"""
 CREATE TABLE messages (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,7 +77,7 @@ CREATE TABLE cursors (
     value      TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
-{_MARKS_TABLE}CREATE TABLE dead_letters (
+{_MARKS_TABLE}{_NEWEST_TABLE}CREATE TABLE dead_letters (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     entry_id    INTEGER NOT NULL,
     message_id  TEXT    NOT NULL UNIQUE,
@@ -94,6 +106,30 @@ INSERT OR REPLACE INTO marks
 DELETE FROM cursors WHERE name = 'echo-guard-objects';
 PRAGMA user_version=2;
 """
+
+# Version 2 kept the inbound memory as marks 'newest' (object -> time) and 'seen' (one row per
+# result id). The newest times move with no tags: a result redelivered with exactly its
+# object's newest time is injected once more after the upgrade (rare, and it changes nothing
+# in the core); an older one is stale, as before.
+_MIGRATE_FROM_2 = _NEWEST_TABLE + """
+INSERT OR REPLACE INTO newest (object, at, tags) SELECT key, at, '' FROM marks WHERE kind = 'newest';
+DELETE FROM marks WHERE kind IN ('newest', 'seen');
+PRAGMA user_version=3;
+"""
+
+# Tags kept per object at its newest time, at most (each NEWEST_TAG_WIDTH characters): beyond
+# it the older ones of that time are forgotten.
+NEWEST_TAGS_MAX = 16
+NEWEST_TAG_WIDTH = 16
+
+# In UPDATE SET every column named is the row's old value: ``at`` in the CASE is the old time.
+_UPSERT_NEWEST = f"""INSERT INTO newest (object, at, tags) VALUES (?, ?, ?)
+ON CONFLICT (object) DO UPDATE SET
+    tags = CASE WHEN excluded.at > at THEN excluded.tags
+                WHEN excluded.at < at THEN tags
+                WHEN length(tags) < {NEWEST_TAGS_MAX * NEWEST_TAG_WIDTH} THEN tags || excluded.tags
+                ELSE excluded.tags END,
+    at = max(at, excluded.at)"""
 
 _ENTRY_COLUMNS = "id, message_id, destination, headers, body, enqueued_at, attempts"
 
@@ -285,12 +321,13 @@ class Spool:
             tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app_id == 0 and tables == 0:
                 db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+                version = SCHEMA_VERSION
             elif app_id != APPLICATION_ID:
                 raise sqlite3.DatabaseError("not a msg-nagios-bridge spool "
                                             f"(application_id {app_id:#x})")
-            elif version not in (1, SCHEMA_VERSION):
+            elif version not in (1, 2, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"spool format version {version} is not "
-                                            f"{SCHEMA_VERSION} (nor 1, which is converted)")
+                                            f"{SCHEMA_VERSION} (nor 1 or 2, which are converted)")
             # Refuse to run on a damaged file rather than lose or mangle entries later.
             problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
@@ -299,6 +336,11 @@ class Spool:
             # versions, and may run beside an old daemon that still writes version 1.
             if version == 1 and exclusive:
                 db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_FROM_1 + "COMMIT;")
+                version = 2
+            if version == 2 and exclusive:
+                db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_FROM_2 + "COMMIT;")
+                version = 3
+            self.version = version
             if exclusive:
                 # The dead letters' sizes without reading their bodies (size comes after the
                 # body in a row, so a plain scan would read every body): for the byte limit.
@@ -349,14 +391,15 @@ class Spool:
 
     def put(self, messages: Sequence[Message], cursor: Optional[Tuple[str, str]] = None,
             marks: Sequence[Tuple[str, str, float]] = (), *, numbered: bool = False,
-            states: Sequence[Tuple[str, str]] = ()) -> int:
+            states: Sequence[Tuple[str, str]] = (), newest: Sequence[Tuple[str, float, str]] = ()) -> int:
         """Store a batch, all or nothing, fsynced when this returns; return how many were new.
 
         A message_id already in the spool (queued or dead letter) or twice in the batch is a
         duplicate: skipped and counted. ``cursor`` = (name, value) is saved in the same
         transaction, so a source's read position is durable exactly when its lines are;
         so are ``marks`` (kind, key, at), each keeping the later of its old and new time,
-        and ``states``, more (name, value) cursors.
+        ``states``, more (name, value) cursors, and ``newest`` (object, at, tag), in order:
+        a later time replaces an object's time and tags, the same time adds the tag.
         ``numbered``: each new message with a ``route`` header gets the next number of that
         route, with the route's epoch, in ``route_seq`` (formats/sequence.py);
         the counters are cursors named ``seq-out:<route>`` written in the same transaction,
@@ -366,6 +409,8 @@ class Spool:
         """
         rows = [_encode(message) for message in messages]
         now = self._clock()
+        if newest:
+            self._need_memory()
         with self._lock:
             new = new_bytes = 0
             counters: Dict[str, Tuple[str, int]] = {}
@@ -404,6 +449,8 @@ class Spool:
                     self._db.executemany(
                         "INSERT INTO marks (kind, key, at) VALUES (?, ?, ?) ON CONFLICT (kind, key)"
                         " DO UPDATE SET at = max(at, excluded.at)", marks)
+                if newest:
+                    self._db.executemany(_UPSERT_NEWEST, newest)
                 self._save_states(states, now)
 
             try:
@@ -525,13 +572,19 @@ class Spool:
         or None when the sweep reached the end. Each step is a short transaction of its own, so
         a big deletion never stalls the spool's other users for long (forget_marks does it all
         at once: about 1 s for 800,000 marks)."""
+        return self._sweep_step("marks", "key", "kind = ? AND ", (kind,), before, after, scan)
+
+    def _sweep_step(self, table: str, key: str, where: str, args: tuple, before: float, after: str,
+                    scan: int) -> Optional[str]:
+        """forget_marks_step on ``table`` (rows with ``key`` and ``at``), those matching
+        ``where`` (an SQL prefix ending in AND, its parameters ``args``)."""
         with self._lock:
-            rows = self._read("find old marks", "SELECT key FROM marks WHERE kind = ? AND key > ?"
-                              " ORDER BY key LIMIT 1 OFFSET ?", (kind, after, max(scan, 1) - 1))
+            rows = self._read(f"find old {table}", f"SELECT {key} FROM {table} WHERE {where}{key} > ?"
+                              f" ORDER BY {key} LIMIT 1 OFFSET ?", args + (after, max(scan, 1) - 1))
             end = rows[0][0] if rows else None
-            self._write("forget old marks", lambda: self._db.execute(
-                "DELETE FROM marks WHERE kind = ? AND key > ? AND at < ?" + ("" if end is None else " AND key <= ?"),
-                (kind, after, before) + (() if end is None else (end,))))
+            self._write(f"forget old {table}", lambda: self._db.execute(
+                f"DELETE FROM {table} WHERE {where}{key} > ? AND at < ?" + ("" if end is None else f" AND {key} <= ?"),
+                args + (after, before) + (() if end is None else (end,))))
         return end
 
     def newest_marks_time(self, kind: str, count: int) -> float:
@@ -553,6 +606,27 @@ class Spool:
         with self._lock:
             self._write("forget old marks", lambda: self._db.execute(
                 "DELETE FROM marks WHERE kind = ? AND at < ?", (kind, before)))
+
+    # -- the inbound memory: per object, its newest time and the tags of that time -----------
+
+    def _need_memory(self) -> None:
+        if self.version < 3:
+            raise SpoolError(f"spool {self.path} is in format {self.version}, without the inbound memory"
+                             " of format 3: start the upgraded daemon once to convert it")
+
+    def find_newest(self, objects: Iterable[str]) -> Dict[str, Tuple[float, str]]:
+        """Those of ``objects`` with a newest time: {object: (time, tags)}."""
+        self._need_memory()
+        with self._lock:
+            return {obj: (at, tags) for obj, at, tags in self._read(
+                "read the newest times", "SELECT object, at, tags FROM newest WHERE object IN"
+                " (SELECT value FROM json_each(?))", (json.dumps(list(objects)),))}
+
+    def forget_newest_step(self, before: float, after: str, scan: int) -> Optional[str]:
+        """forget_marks_step for the newest times: delete those older than ``before`` among
+        the next ``scan`` objects after ``after``; the last object looked at, or None at the end."""
+        self._need_memory()
+        return self._sweep_step("newest", "object", "", (), before, after, scan)
 
     def take(self, limit: int) -> List[SpoolEntry]:
         """Lease and return up to ``limit`` entries not already leased, oldest first."""

@@ -93,7 +93,7 @@ def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Seque
             # Stored first, purged after: a crash in between repeats a result, never loses one.
             requeued = Message(message_id=verdict.key, destination="nagios", headers={},
                                body=json.dumps(result_to_dict(verdict.result)).encode("utf-8"))
-            if spool.put([requeued], marks=judgement.memory_marks([verdict])) != 1:
+            if spool.put([requeued], newest=judgement.memory_rows([verdict])) != 1:
                 raise ToolError(f"dead letter {dead_id} could not be queued again")
             spool.purge_dead_letters([dead_id])
         elif spool.requeue_dead_letter(dead_id) is None:

@@ -12,10 +12,10 @@ The subscriber, ``dead-letters requeue --inbound`` and ``try-message`` all call
 5. the policy (formats the sender may report on);
 6. freshness: a result older than ``max_age`` or more than ``max_clock_skew`` ahead of the
    clock is refused (``too-old``, ``from-future``);
-7. against what was already injected (``Memory``): the same result again is a
-   ``duplicate``; a result older than the newest one injected for the same object is
-   ``stale`` (Nagios takes a passive result's time as last_check unconditionally, so an old
-   result replayed would overwrite a newer state).
+7. against what was already injected (``Memory``): a result older than the newest one
+   injected for the same object is ``stale`` (Nagios takes a passive result's time as
+   last_check unconditionally, so an old result replayed would overwrite a newer state);
+   the same result again with its object's newest time is a ``duplicate``.
 
 Steps 1-6 are pure and linear in the message size; every refusal is a Refused with a reason.
 Duplicates are keyed by the sender's verified identity (the signer certificate, canonical)
@@ -27,13 +27,14 @@ import dataclasses
 import hashlib
 import math
 import typing
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import policy as policy_module
 from ..display import quoted
 from ..formats import decode as inbound_format
 from ..model import Refused
 from ..model import CheckResult
+from ..spool import NEWEST_TAG_WIDTH
 
 # Headers a message's meaning depends on: the dedupe key (result_id) and the fields the
 # decoder, the name mapping and templates read. With signatures required each must be signed.
@@ -75,21 +76,23 @@ class Verdict:
 
 
 class Memory(typing.Protocol):
-    """What was injected before: keys seen, and the newest result time per object."""
+    """What was injected before: per object, the newest result time and the tags
+    (``memory_tag``) of the results injected with that time."""
 
-    def seen(self, keys: Sequence[str]) -> typing.Collection[str]: ...
-
-    def newest(self, objects: Sequence[str]) -> typing.Mapping[str, float]: ...
+    def recall(self, objects: Sequence[str]) -> typing.Mapping[str, Tuple[float, typing.Collection[str]]]: ...
 
 
 class NoMemory:
     """A memory that has seen nothing (a dry run without a spool)."""
 
-    def seen(self, keys: Sequence[str]) -> typing.Collection[str]:
-        return ()
-
-    def newest(self, objects: Sequence[str]) -> typing.Mapping[str, float]:
+    def recall(self, objects: Sequence[str]) -> typing.Mapping[str, Tuple[float, typing.Collection[str]]]:
         return {}
+
+
+def memory_tag(key: str) -> str:
+    """The fixed-width digest of a dedupe key that the memory keeps (8 bytes: a collision
+    needs two results of one object with the same time)."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=NEWEST_TAG_WIDTH // 2).hexdigest()
 
 
 def object_key(result: CheckResult) -> str:
@@ -192,19 +195,21 @@ def against_memory(verdicts: List[Verdict], memory: Memory) -> List[Verdict]:
     accepted = [v for v in verdicts if v.outcome == ACCEPTED]
     if not accepted:
         return verdicts
-    seen = set(memory.seen([v.key for v in accepted]))
-    newest: Dict[str, float] = dict(memory.newest(sorted({v.object_key for v in accepted})))
+    newest: Dict[str, Tuple[float, Set[str]]] = {
+        obj: (at, set(tags)) for obj, (at, tags) in memory.recall(sorted({v.object_key for v in accepted})).items()}
     judged = []
     for verdict in verdicts:
         if verdict.outcome == ACCEPTED:
-            when = verdict.result.timestamp
-            if verdict.key in seen:
-                verdict = dataclasses.replace(verdict, outcome=DUPLICATE)
-            elif when < newest.get(verdict.object_key, -math.inf):
+            when, tag = verdict.result.timestamp, memory_tag(verdict.key)
+            at, tags = newest.get(verdict.object_key, (-math.inf, set()))
+            if when < at:
                 verdict = dataclasses.replace(verdict, outcome=STALE)
+            elif when == at and tag in tags:
+                verdict = dataclasses.replace(verdict, outcome=DUPLICATE)
+            elif when == at:
+                tags.add(tag)
             else:
-                seen.add(verdict.key)
-                newest[verdict.object_key] = when
+                newest[verdict.object_key] = (when, {tag})
         judged.append(verdict)
     return judged
 
@@ -215,69 +220,56 @@ def judge_batch(rules: Rules, messages: Iterable[Tuple[typing.Mapping[str, str],
     return against_memory([judge_one(rules, headers, body, now) for headers, body in messages], memory)
 
 
-def memory_marks(verdicts: Iterable[Verdict]) -> List[Tuple[str, str, float]]:
-    """What the accepted verdicts add to the memory, as spool marks (kind, key, result time)."""
-    marks = []
-    for verdict in verdicts:
-        if verdict.outcome == ACCEPTED:
-            marks.append((SEEN, verdict.key, verdict.result.timestamp))
-            marks.append((NEWEST, verdict.object_key, verdict.result.timestamp))
-    return marks
+def memory_rows(verdicts: Iterable[Verdict]) -> List[Tuple[str, float, str]]:
+    """What the accepted verdicts add to the memory, as the spool's ``newest`` rows (object,
+    result time, tag), in order."""
+    return [(verdict.object_key, verdict.result.timestamp, memory_tag(verdict.key))
+            for verdict in verdicts if verdict.outcome == ACCEPTED]
 
 
-SEEN, NEWEST = "seen", "newest"
-
-
-MAX_SEEN = 200_000
-SWEEP_SCAN = 10_000     # marks looked at per step of a sweep (a few ms)
+SWEEP_SCAN = 10_000     # objects looked at per step of a sweep (a few ms)
 
 
 class SpoolMemory:
-    """The memory kept in the inbound spool's marks, so it holds across restarts.
+    """The memory kept in the inbound spool (its ``newest`` table), so it holds across restarts.
 
-    Both kinds are stamped with the result's own time. The newest time per object is kept for
-    max_age (a result older than that is refused as too-old before the memory is asked): one
-    row per object. The ids seen are kept for the MAX_SEEN newest results only: they catch the
-    broker's redeliveries, and an older one coming again has the time of the newest result of
-    its object at best, so injecting it again changes nothing in Nagios (an older one is stale).
+    One row per object: the newest result time injected and the tags of the results injected
+    with that time, kept for max_age (a result older than that is refused as too-old before the
+    memory is asked). A broker's redelivery of the newest result has its time and its tag: a
+    duplicate; of an older one, an older time: stale (injecting it would put an older state
+    over a newer one). Up to NEWEST_TAGS_MAX tags per time (spool.py); beyond, the older ones of
+    that time are forgotten, and such a result redelivered would be injected once more (with
+    the same time, so the core ends with the same newest state only if it came last).
 
     What is forgotten goes in a sweep of bounded steps (``start_forgetting``, then
-    ``forget_some`` between batches): at grid scale ten minutes of ids are a million rows, and
-    deleting them at once stalled the subscriber for a second or more.
+    ``forget_some`` between batches): at grid scale 500,000 rows to look at, and deleting
+    them at once would stall the subscriber.
     """
 
     def __init__(self, spool):
         self.spool = spool
-        self._sweep: List[Tuple[str, float]] = []       # (kind, forget before) still to sweep
-        self._after = ""                                 # the sweep's position in key order
+        self._before: Optional[float] = None             # the sweep's cut-off, None when idle
+        self._after = ""                                 # the sweep's position in object order
 
-    def seen(self, keys: Sequence[str]) -> typing.Collection[str]:
-        return self.spool.find_marks(SEEN, keys).keys()
+    def recall(self, objects: Sequence[str]) -> typing.Mapping[str, Tuple[float, typing.Collection[str]]]:
+        width = NEWEST_TAG_WIDTH
+        return {obj: (at, [tags[i:i + width] for i in range(0, len(tags), width)])
+                for obj, (at, tags) in self.spool.find_newest(objects).items()}
 
-    def newest(self, objects: Sequence[str]) -> typing.Mapping[str, float]:
-        return self.spool.find_marks(NEWEST, objects)
-
-    def start_forgetting(self, before: float, newest: bool = True) -> None:
-        """Begin a sweep: the ids seen before ``before`` or older than the MAX_SEEN newest, and
-        with ``newest`` the newest times before ``before`` (one row per object: at grid scale
-        500,000 rows to look at, and rarely one to delete)."""
-        self._sweep = [(SEEN, max(before, self.spool.newest_marks_time(SEEN, MAX_SEEN)))]
-        if newest:
-            self._sweep.append((NEWEST, before))
-        self._after = ""
+    def start_forgetting(self, before: float) -> None:
+        """Begin a sweep of the newest times before ``before``."""
+        self._before, self._after = before, ""
 
     def forget_some(self, scan: Optional[int] = None) -> bool:
-        """One step of the sweep (at most ``scan`` marks looked at, SWEEP_SCAN by default);
+        """One step of the sweep (at most ``scan`` objects looked at, SWEEP_SCAN by default);
         True while more is left."""
-        if self._sweep:
-            kind, before = self._sweep[0]
-            end = self.spool.forget_marks_step(kind, before, self._after, scan or SWEEP_SCAN)
+        if self._before is not None:
+            end = self.spool.forget_newest_step(self._before, self._after, scan or SWEEP_SCAN)
             if end is None:
-                self._sweep.pop(0)
-                self._after = ""
+                self._before, self._after = None, ""
             else:
                 self._after = end
-        return bool(self._sweep)
+        return self._before is not None
 
     def forget(self, before: float) -> None:
         """A whole sweep at once (tools and tests)."""

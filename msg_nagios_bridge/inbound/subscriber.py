@@ -48,8 +48,7 @@ from ..wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
-FORGET_INTERVAL = 60.0       # seconds between sweeps of the memory of injected results
-NEWEST_SWEEP_EVERY = 10      # sweeps: the newest times per object (kept max_age) are swept 1 in 10
+FORGET_INTERVAL = 600.0      # seconds between sweeps of the memory (newest times kept max_age)
 SWEEP_STEP_GAP = 0.1         # seconds at least between two steps of a sweep (each a short write)
 SPOOL_RETRY = 1.0            # seconds before subscribing again after an inbound spool error
 PAUSED = "paused: inbound spool full"
@@ -59,7 +58,7 @@ PAUSED = "paused: inbound spool full"
 class _Held:
     """A judged batch whose accepted results the full spool could not take yet."""
     accepted: List[Message]
-    marks: list
+    memory: list                # judgement.memory_rows of the accepted
     acks: List[str]             # cumulative_acks of its messages
     taken: int                  # how many messages it holds (refused ones included)
 
@@ -87,7 +86,6 @@ class Subscriber(threading.Thread):
         self.poison = PoisonGuard(spool.path + ".judging")
         self._forgotten_at = 0.0
         self._swept_at = 0.0
-        self._sweeps = 0
         self._held: Optional[_Held] = None      # while set: paused, taking nothing
         self._paused = False                    # the state says PAUSED
         self._warn = RateLimitedLog(log)
@@ -205,7 +203,7 @@ class Subscriber(threading.Thread):
                                         body=json.dumps(result_to_dict(verdict.result)).encode("utf-8")))
             else:
                 self.health.add("duplicates" if verdict.outcome == judgement.DUPLICATE else "stale")
-        self._held = _Held(accepted, judgement.memory_marks(verdicts), cumulative_acks(messages), len(messages))
+        self._held = _Held(accepted, judgement.memory_rows(verdicts), cumulative_acks(messages), len(messages))
         self._store_held()
         self._forget_some(now)
 
@@ -214,8 +212,7 @@ class Subscriber(threading.Thread):
         and a new sweep every FORGET_INTERVAL."""
         if now - self._forgotten_at > FORGET_INTERVAL:
             self._forgotten_at = now
-            self._sweeps += 1
-            self.memory.start_forgetting(now - self.settings.max_age, newest=self._sweeps % NEWEST_SWEEP_EVERY == 1)
+            self.memory.start_forgetting(now - self.settings.max_age)
         if now - self._swept_at >= SWEEP_STEP_GAP:
             self._swept_at = now
             self.memory.forget_some()
@@ -229,7 +226,7 @@ class Subscriber(threading.Thread):
         if held.accepted or states:
             try:
                 # Durable hand-off first, with what it adds to the memory ...
-                new = self.spool.put(held.accepted, marks=held.marks, states=states)
+                new = self.spool.put(held.accepted, newest=held.memory, states=states)
             except SpoolFull as exc:
                 if not self._paused:
                     self._paused = True

@@ -106,10 +106,12 @@ def test_spool():
     assert_summary(out, "run", 2, [("put, batch 1", "SQLite FULL /s"), ("", "dirq fsync /s"),
                                    ("", "FULL/dirq"), ("2 putters (batch 10) + 1 taker, delivered", "SQLite FULL /s"),
                                    ("RSS growth, deletes of 1-500 ids", "one ? per id MB"), ("", "Spool MB"),
-                                   ("put per result, inbound memory", "messages and both marks, µs/result"),
-                                   ("", "messages only, µs/result"), ("", "both marks / messages only")])
-    assert re.search(r"put per result, a spool of 3,000 newest times and 1,000 seen ids, 5 batches of 20 .*"
-                     r"messages and both marks [\d,]+ µs, .* messages only [\d,]+ µs", out), out
+                                   ("put per result, inbound memory", "messages and memory (format 3), µs/result"),
+                                   ("", "messages and marks (format 2), µs/result"),
+                                   ("", "messages only, µs/result"), ("", "format 3 / messages only"),
+                                   ("", "format 2 / format 3")])
+    assert re.search(r"put per result, a spool of 3,000 newest times \(and 1,000 seen ids for format 2\), 5 batches"
+                     r" of 20 .*messages and memory \(format 3\) [\d,]+ µs, .* messages only [\d,]+ µs", out), out
 
 
 def test_icinga2_objects():

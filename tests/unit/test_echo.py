@@ -4,10 +4,12 @@ import sqlite3
 import time
 from contextlib import closing
 
+import pytest
+
 from msg_nagios_bridge.cores.nagios.core import may_be_echo
 from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.model import CheckResult, Message
-from msg_nagios_bridge.spool import Spool
+from msg_nagios_bridge.spool import Spool, SpoolError
 
 NOW = 1_700_000_000.0
 
@@ -66,7 +68,7 @@ def test_a_version_1_spool_keeps_its_messages_and_echo_objects(tmp_path):
         assert spool.load_marks("echo", since=0) == {"ce01\tCE-JobSubmit": NOW, "host-only\t": NOW}
         assert spool.cursor("echo-guard-objects") is None
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_the_guard_loads_when_old_entries_cannot_be_deleted(tmp_path):
@@ -90,10 +92,36 @@ def test_the_guard_loads_when_old_entries_cannot_be_deleted(tmp_path):
 def _as_version_1(path, echo_cursor=None):
     """Turn the spool at ``path`` back into what version 1 left, with ``echo_cursor`` if given."""
     with closing(sqlite3.connect(path)) as db:
-        db.executescript("DROP TABLE marks; PRAGMA user_version=1;")
+        db.executescript("DROP TABLE marks; DROP TABLE newest; PRAGMA user_version=1;")
         if echo_cursor is not None:
             db.execute("INSERT INTO cursors VALUES ('echo-guard-objects', ?, 0)", (echo_cursor,))
         db.commit()
+
+
+def _as_version_2(path, marks):
+    """Turn the spool at ``path`` back into what version 2 left: the inbound memory as ``marks``."""
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript("DROP TABLE newest; PRAGMA user_version=2;")
+        db.executemany("INSERT INTO marks (kind, key, at) VALUES (?, ?, ?)", marks)
+        db.commit()
+
+
+def test_a_version_2_spool_keeps_its_messages_newest_times_and_echo_objects(tmp_path):
+    path = str(tmp_path / "inbound.sqlite")
+    with Spool(path) as spool:
+        spool.put([Message("m1", "nagios", {}, b"body")])
+    _as_version_2(path, [("newest", "h\ts", NOW), ("seen", "id:x:r1", NOW), ("echo", "ce01\tCE", NOW)])
+    with Spool(path, exclusive=False) as tool:       # only the daemon converts
+        assert tool.stats().depth == 1
+        with pytest.raises(SpoolError, match="start the upgraded daemon once"):
+            tool.find_newest(["h\ts"])
+    with Spool(path) as daemon:
+        assert [e.message.message_id for e in daemon.take(10)] == ["m1"]
+        assert daemon.find_newest(["h\ts"]) == {"h\ts": (NOW, "")}
+        assert daemon.load_marks("echo", since=0) == {"ce01\tCE": NOW}
+        assert daemon.find_marks("seen", ["id:x:r1"]) == {} and daemon.find_marks("newest", ["h\ts"]) == {}
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
 
 
 def test_a_version_1_spool_without_echo_objects_or_with_damaged_ones_still_opens(tmp_path):

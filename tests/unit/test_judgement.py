@@ -8,6 +8,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from msg_nagios_bridge import spool as spool_module
 from msg_nagios_bridge.inbound import judgement
 from msg_nagios_bridge.formats.decode import Mapping
 from msg_nagios_bridge.inbound.policy import Policy, Rule
@@ -164,7 +165,7 @@ def test_a_result_older_than_the_newest_injected_is_stale(tmp_path):
     with Spool(str(tmp_path / "in.sqlite")) as spool:
         memory = judgement.SpoolMemory(spool)
         newer = one(dict(SENDER, result_id="b"), wlcg(when="2024-01-01T00:30:00Z", status="CRITICAL"), memory=memory)
-        spool.put([], marks=judgement.memory_marks([newer]))
+        spool.put([], newest=judgement.memory_rows([newer]))
         older = one(dict(SENDER, result_id="a"), wlcg(when="2024-01-01T00:10:00Z"), memory=memory)
         assert older.outcome == judgement.STALE
         other_object = one(dict(SENDER, result_id="c"), wlcg(service="other", when="2024-01-01T00:10:00Z"),
@@ -186,19 +187,48 @@ def test_duplicates_are_scoped_by_the_senders_identity(tmp_path):
     with Spool(str(tmp_path / "in.sqlite")) as spool:
         memory = judgement.SpoolMemory(spool)
         first = one({"nagios_host": "evil.org", "result_id": "r1"}, wlcg(), memory=memory)
-        spool.put([], marks=judgement.memory_marks([first]))
-        genuine = one({"nagios_host": "nagios.site-a.org", "result_id": "r1"}, wlcg(service="x"), memory=memory)
+        spool.put([], newest=judgement.memory_rows([first]))
+        # The same object and time: only the sender tells them apart.
+        genuine = one({"nagios_host": "nagios.site-a.org", "result_id": "r1"}, wlcg(), memory=memory)
         assert genuine.outcome == judgement.ACCEPTED
-        again = one({"nagios_host": "evil.org", "result_id": "r1"}, wlcg(service="y"), memory=memory)
+        again = one({"nagios_host": "evil.org", "result_id": "r1"}, wlcg(), memory=memory)
         assert again.outcome == judgement.DUPLICATE
 
 
 def test_the_memory_forgets_only_what_freshness_refuses_anyway(tmp_path):
     with Spool(str(tmp_path / "in.sqlite")) as spool:
         memory = judgement.SpoolMemory(spool)
-        spool.put([], marks=[("seen", "old", 100.0), ("seen", "new", 200.0), ("newest", "h\ts", 100.0)])
+        spool.put([], newest=[("h\ts", 100.0, "a" * 16), ("h\tt", 200.0, "b" * 16)])
         memory.forget(150.0)
-        assert list(memory.seen(["old", "new"])) == ["new"] and memory.newest(["h\ts"]) == {}
+        assert memory.recall(["h\ts", "h\tt"]) == {"h\tt": (200.0, ["b" * 16])}
+
+
+def test_the_newest_time_keeps_the_tags_of_its_results_and_a_later_time_replaces_them(tmp_path):
+    with Spool(str(tmp_path / "in.sqlite")) as spool:
+        memory = judgement.SpoolMemory(spool)
+        spool.put([], newest=[("h\ts", 200.0, "a" * 16), ("h\ts", 200.0, "b" * 16), ("h\ts", 100.0, "c" * 16)])
+        assert memory.recall(["h\ts"]) == {"h\ts": (200.0, ["a" * 16, "b" * 16])}
+        spool.put([], newest=[("h\ts", 300.0, "d" * 16)])
+        assert memory.recall(["h\ts"]) == {"h\ts": (300.0, ["d" * 16])}
+        # Bounded: past NEWEST_TAGS_MAX tags of one time, they start again from the latest.
+        tags = [f"{i:016x}" for i in range(spool_module.NEWEST_TAGS_MAX + 1)]
+        spool.put([], newest=[("h\tu", 400.0, tag) for tag in tags])
+        assert memory.recall(["h\tu"]) == {"h\tu": (400.0, [tags[-1]])}
+
+
+def test_a_redelivery_of_the_newest_result_is_a_duplicate_and_of_an_older_one_stale(tmp_path):
+    with Spool(str(tmp_path / "in.sqlite")) as spool:
+        memory = judgement.SpoolMemory(spool)
+        older = one(dict(SENDER, result_id="a"), wlcg(when="2024-01-01T00:10:00Z"), memory=memory)
+        newer = one(dict(SENDER, result_id="b"), wlcg(when="2024-01-01T00:30:00Z"), memory=memory)
+        same_time = one(dict(SENDER, result_id="c"), wlcg(when="2024-01-01T00:30:00Z"), memory=memory)
+        spool.put([], newest=judgement.memory_rows([older, newer, same_time]))
+    with Spool(str(tmp_path / "in.sqlite")) as spool:             # held across a restart
+        memory = judgement.SpoolMemory(spool)
+        again = [one(dict(SENDER, result_id=rid), wlcg(when=when), memory=memory).outcome
+                 for rid, when in (("a", "2024-01-01T00:10:00Z"), ("b", "2024-01-01T00:30:00Z"),
+                                   ("c", "2024-01-01T00:30:00Z"), ("d", "2024-01-01T00:30:00Z"))]
+        assert again == [judgement.STALE, judgement.DUPLICATE, judgement.DUPLICATE, judgement.ACCEPTED]
 
 
 def test_marks_keep_the_later_time():
@@ -365,7 +395,7 @@ def test_a_replayed_signed_result_is_a_duplicate_however_its_signer_header_is_re
         memory = judgement.SpoolMemory(spool)
         first = one(headers, body, _signed_rules(signing_pki), memory)
         assert first.outcome == judgement.ACCEPTED and first.sender == "CN=nagios.site-a.org,O=msg-nagios-bridge tests"
-        spool.put([], marks=judgement.memory_marks([first]))
+        spool.put([], newest=judgement.memory_rows([first]))
         der = base64.b64decode(headers["signer"])
         reencoded = base64.b64encode(der).decode().rstrip("=")
         padding = "=" * (-len(reencoded) % 4)
@@ -386,37 +416,22 @@ def test_a_read_header_the_signature_does_not_cover_is_refused(signing_pki):
     assert "'role'" in verdict.refusal.message
 
 
-def test_the_ids_seen_are_bounded_by_count_and_the_newest_times_by_age(tmp_path, monkeypatch):
-    monkeypatch.setattr(judgement, "MAX_SEEN", 3)
-    with Spool(str(tmp_path / "in.sqlite")) as spool:
-        memory = judgement.SpoolMemory(spool)
-        spool.put([], marks=[("seen", f"id{i}", 1000.0 + i) for i in range(6)] + [("newest", "h\ts", 1000.0)])
-        memory.forget(900.0)
-        assert sorted(memory.seen([f"id{i}" for i in range(6)])) == ["id3", "id4", "id5"]
-        assert memory.newest(["h\ts"]) == {"h\ts": 1000.0}
-
-
-def test_the_memory_forgets_in_bounded_steps_with_the_same_outcome(tmp_path, monkeypatch):
-    """A sweep looks at most ``scan`` marks a step; stepped or whole, the same marks remain."""
-    monkeypatch.setattr(judgement, "MAX_SEEN", 4)
-    marks = ([("seen", f"id{i:02}", 1000.0 + i) for i in range(10)]
-             + [("newest", f"h{i}\ts", 800.0 + 50 * i) for i in range(5)])
+def test_the_memory_forgets_in_bounded_steps_with_the_same_outcome(tmp_path):
+    """A sweep looks at most ``scan`` objects a step; stepped or whole, the same rows remain."""
+    rows = [(f"h{i:02}\ts", 800.0 + 50 * i, f"{i:016x}") for i in range(10)]
     outcomes = []
     for stepped in (True, False):
         with Spool(str(tmp_path / f"in-{stepped}.sqlite")) as spool:
             memory = judgement.SpoolMemory(spool)
-            spool.put([], marks=marks)
+            spool.put([], newest=rows)
             if stepped:
                 memory.start_forgetting(900.0)
                 steps = 1
                 while memory.forget_some(scan=3):
                     steps += 1
-                assert steps == 2 + 4, "5 newest marks in steps of 3 (2), 10 ids (4)"
+                assert steps == 4, "10 objects in steps of 3"
                 assert not memory.forget_some(scan=3), "a finished sweep does nothing"
             else:
                 memory.forget(900.0)
-            outcomes.append((sorted(memory.seen([key for kind, key, _ in marks if kind == "seen"])),
-                             memory.newest([key for kind, key, _ in marks if kind == "newest"])))
-    assert outcomes[0] == outcomes[1]
-    assert outcomes[0][0] == ["id06", "id07", "id08", "id09"]
-    assert outcomes[0][1] == {"h2\ts": 900.0, "h3\ts": 950.0, "h4\ts": 1000.0}
+            outcomes.append(memory.recall([obj for obj, _, _ in rows]))
+    assert outcomes[0] == outcomes[1] and sorted(outcomes[0]) == [obj for obj, _, _ in rows[2:]]

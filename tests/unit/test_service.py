@@ -7,6 +7,7 @@ import time
 from msg_nagios_bridge import config
 from msg_nagios_bridge.daemon import service
 from msg_nagios_bridge.model import CheckResult, Message, result_to_dict
+from msg_nagios_bridge.inbound import judgement
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox.nagios import pipe_bytes
 from tests.sandbox.ports import wait_until
@@ -47,19 +48,20 @@ def test_a_reload_and_a_restart_keep_the_memory_of_results_already_injected(tmp_
     bridge = service.Bridge(config.load(str(path)))
     bridge.start()
     now = time.time()
-    bridge.inbound_spool.put([], marks=[("seen", "id:x:already-injected", now), ("newest", "h\ts", now)])
+    bridge.inbound_spool.put([], newest=[("h\ts", now, judgement.memory_tag("id:x:already-injected"))])
     started = time.monotonic()
     fresh = service._reload(bridge, str(path))
     try:
         assert fresh is not bridge
-        assert list(fresh.subscriber.memory.seen(["id:x:already-injected", "id:x:other"])) == ["id:x:already-injected"]
+        assert fresh.subscriber.memory.recall(["h\ts", "h\tt"]) == {
+            "h\ts": (now, [judgement.memory_tag("id:x:already-injected")])}
         assert time.monotonic() - started < service.STOP_BUDGET
     finally:
         fresh.stop()
     restarted = service.Bridge(config.load(str(path)))
     restarted.start()
     try:
-        assert restarted.subscriber.memory.newest(["h\ts", "h\tt"]) == {"h\ts": now}
+        assert list(restarted.subscriber.memory.recall(["h\ts", "h\tt"])) == ["h\ts"]
     finally:
         restarted.stop()
 

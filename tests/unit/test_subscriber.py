@@ -181,23 +181,25 @@ def assert_soon(predicate, timeout=5.0):
         time.sleep(0.01)
 
 
-def test_the_memory_of_ids_is_swept_a_step_between_batches(subscriber_on, monkeypatch):
+def test_the_memory_is_swept_a_step_between_batches(subscriber_on, monkeypatch):
     """Every FORGET_INTERVAL a sweep starts; each batch after it (SWEEP_STEP_GAP apart) takes a
-    bounded step, so ten minutes of ids at grid scale never go in one long delete."""
+    bounded step, so 500,000 objects at grid scale never go in one long delete."""
     from msg_nagios_bridge.inbound import judgement, subscriber as subscriber_module
-    monkeypatch.setattr(judgement, "MAX_SEEN", 2)
     monkeypatch.setattr(judgement, "SWEEP_SCAN", 2)
     subscriber, spool, _ = subscriber_on()
-    spool.put([], marks=[("seen", f"id{i}", 1000.0 + i) for i in range(6)])
-    start = 10_000.0
+    objects = [f"h{i}\ts" for i in range(6)]
+    start = 100_000.0
+    cutoff = start - subscriber.settings.max_age
+    # Objects 0 to 3 older than max_age, 4 and 5 not.
+    spool.put([], newest=[(obj, cutoff - 4 + i, f"{i:016x}") for i, obj in enumerate(objects)])
     subscriber._forget_some(start)                          # starts a sweep, takes its first step
-    left = lambda: len(spool.find_marks("seen", [f"id{i}" for i in range(6)]))  # noqa: E731
-    assert left() == 4, "the first step looked at 2 marks, both older than the 2 newest"
+    left = lambda: len(spool.find_newest(objects))          # noqa: E731
+    assert left() == 4, "the first step looked at 2 objects, both older than max_age"
     subscriber._forget_some(start + subscriber_module.SWEEP_STEP_GAP / 2)
     assert left() == 4, "too soon after the last step"
     counts = []
     for step in range(1, 4):
         subscriber._forget_some(start + step * subscriber_module.SWEEP_STEP_GAP)
         counts.append(left())
-    assert counts == [2, 2, 2], "2 marks looked at a step; the 2 newest stay"
-    assert sorted(spool.find_marks("seen", [f"id{i}" for i in range(6)])) == ["id4", "id5"]
+    assert counts == [2, 2, 2], "2 objects looked at a step; the 2 within max_age stay"
+    assert sorted(spool.find_newest(objects)) == objects[4:]

@@ -74,7 +74,7 @@ def test_a_duplicate_of_what_the_bridge_injected_is_exit_3(tmp_path):
     with Spool(inbound_spool_path(settings)) as spool:
         verdict = judgement.judge_batch(judgement.load_rules(settings), [(headers, message)],
                                         judgement.SpoolMemory(spool), time.time())[0]
-        spool.put([], marks=judgement.memory_marks([verdict]))
+        spool.put([], newest=judgement.memory_rows([verdict]))
     done = try_message(path, "--header", "nagios_host=site-a", "--header", "result_id=r-1", "-", stdin=message)
     assert done.returncode == 3 and done.stdout.startswith(b"duplicate"), done.stdout
 
