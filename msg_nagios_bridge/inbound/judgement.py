@@ -24,6 +24,7 @@ and the result_id, never by header text a sender can vary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import typing
@@ -73,6 +74,11 @@ class Verdict:
     @property
     def object_key(self) -> str:
         return object_key(self.result) if self.result is not None else ""
+
+    @functools.cached_property
+    def tag(self) -> str:
+        """memory_tag of the key, computed once: judging and the spool's row both use it."""
+        return memory_tag(self.key)
 
 
 class Memory(typing.Protocol):
@@ -200,7 +206,7 @@ def against_memory(verdicts: List[Verdict], memory: Memory) -> List[Verdict]:
     judged = []
     for verdict in verdicts:
         if verdict.outcome == ACCEPTED:
-            when, tag = verdict.result.timestamp, memory_tag(verdict.key)
+            when, tag = verdict.result.timestamp, verdict.tag
             at, tags = newest.get(verdict.object_key, (-math.inf, set()))
             if when < at:
                 verdict = dataclasses.replace(verdict, outcome=STALE)
@@ -223,7 +229,7 @@ def judge_batch(rules: Rules, messages: Iterable[Tuple[typing.Mapping[str, str],
 def memory_rows(verdicts: Iterable[Verdict]) -> List[Tuple[str, float, str]]:
     """What the accepted verdicts add to the memory, as the spool's ``newest`` rows (object,
     result time, tag), in order."""
-    return [(verdict.object_key, verdict.result.timestamp, memory_tag(verdict.key))
+    return [(verdict.object_key, verdict.result.timestamp, verdict.tag)
             for verdict in verdicts if verdict.outcome == ACCEPTED]
 
 
