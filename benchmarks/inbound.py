@@ -19,7 +19,13 @@ prints every run's rows, then per case the median, min and max of each figure ov
 marks the runs of a case during which other processes used > 25% of a CPU ("disturbed"). The
 header records the commit ("+dirty" when the tree differs from it) and the date.
 
-  warm-up         a 3000-message "bridge fifo (alone)" run, once, not reported (broker JIT).
+  warm-up         a 3000-message "bridge fifo (alone)" run, once, not reported (broker JIT);
+                  when a latency case runs, also --latency-warmup-seconds (10) of the paced
+                  publisher into a bridge (not reported): the broker handles single paced
+                  SENDs on other code paths than a backlog, and until its JIT has compiled
+                  them it used 1 ms of CPU a message, three times what it used later (the first
+                  latency case of a run had the broker at 10 s of CPU in 10 s, the same case
+                  after it 3 s; p50 5.3 against 4.1 ms, p99 52 against 19, 2026-12-04).
   nagios fifo     Nagios's own rate, THE BASELINE: N PROCESS_SERVICE_CHECK_RESULT lines (the very
   (baseline)      lines the bridge writes: nagios_command.command_line) written straight into
                   Nagios's command FIFO as fast as it takes them (blocking writes of whole lines,
@@ -68,6 +74,9 @@ header records the commit ("+dirty" when the tree differs from it) and the date.
   bridge fifo (alone) again
                   "bridge fifo (alone)" once more at the very end (after the latency cases):
                   how much the figure drifts within one run.
+  latency raw     The broker's share of the latency: the same paced publisher, read by a
+  stomp.py        stomp.py consumer in this process (TCP_NODELAY, the bridge's prefetch) that
+  (baseline)      notes each message's arrival and sends an ACK frame for it (client-individual).
   latency fifo    A publisher sends --latency-rate results/s for --latency-seconds (persistent,
   (alone)         no receipts) into a queue the running bridge consumes; the bridge's
                   command_file is the benchmark's FIFO reader, which timestamps each line on
@@ -75,7 +84,7 @@ header records the commit ("+dirty" when the tree differs from it) and the date.
                   id, so latency = arrival - send time, per message: p50/p90/p99/max.
   latency ->      The same into the real Nagios at --nagios-latency-rate, "arrival" being the
   nagios fifo     moment the benchmark sees the result's EXTERNAL COMMAND line in nagios.log
-                  (polled every 2 ms). Through the check results directory it is not measured:
+                  (polled every 0.5 ms). Through the check results directory it is not measured:
                   Nagios reaps that directory once a second (check_result_reaper_frequency=1),
                   so the latency there is that interval (0-1 s) plus processing, not the bridge;
                   and status.dat, written once a second, is too coarse to say more.
@@ -359,12 +368,14 @@ class LogTail:
         self.arrivals = {} if record else None
         self._thread = None
         self._stop = threading.Event()
+        self._handle = None         # kept open: an open() per poll made each poll slower
 
     def poll(self) -> int:
         try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
+            if self._handle is None:
+                self._handle = open(self.path, "rb")
+            self._handle.seek(self.offset)
+            data = self._handle.read()
         except OSError:
             return self.count
         t = time.monotonic()
@@ -385,8 +396,10 @@ class LogTail:
                         self.arrivals.setdefault(int(m.group(1)), t)
         return self.count
 
-    def follow(self, interval=0.002):
-        """Poll in a thread every ``interval`` s (for latency)."""
+    def follow(self, interval=0.0005):
+        """Poll in a thread every ``interval`` s (for latency: a line is timed when seen, so
+        the interval is added to it, half of it on average; 2 ms polls added about 1 ms to
+        the p50 measured until 2026-12-04)."""
         def loop():
             while not self._stop.is_set():
                 self.poll()
@@ -399,6 +412,9 @@ class LogTail:
         self._stop.set()
         if self._thread:
             self._thread.join(5)
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def crdir_files(directory: Path):
@@ -810,50 +826,84 @@ def raw_consumer_case(env: Env, name, ack):
     return r
 
 
-def latency_case(env: Env, name, to_nagios, rate, seconds):
-    """A bridge running; a publisher at ``rate``/s; per-message publish -> line-arrival time."""
+class TimingConsumer(stomp.ConnectionListener):
+    """The raw latency baseline's consumer: notes when each message arrived (by the number in
+    its route_seq) and acknowledges it with an ACK frame of its own (client-individual)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.arrivals = {}
+
+    def on_message(self, frame):
+        t = time.monotonic()
+        self.arrivals.setdefault(int(frame.headers["route_seq"].rpartition(":")[2]) - 1, t)
+        self.conn.ack(frame.headers["ack"])
+
+
+def latency_case(env: Env, name, sink, rate, seconds):
+    """A publisher at ``rate``/s; per-message publish -> arrival time. ``sink``: "fifo" (a
+    bridge writing into the benchmark's FIFO), "nagios" (a bridge writing into the real
+    Nagios; arrival = its log line) or "raw" (no bridge: a stomp.py consumer acking each
+    message, the broker's share of the latency)."""
     args, nagios = env.args, env.nagios
     warm = max(100, int(rate * 0.5))
     count = int(rate * seconds)
     payload = env.payload(name, count=warm + count)
     messages = payload.messages()
     queue = env.queue(name)
-    reader = tail = None
-    if to_nagios:
+    reader = tail = consumer = conn = bridge = None
+    if sink == "nagios":
         target = nagios
         tail = LogTail(nagios.log_file, "command", payload.tag, record=True)
         tail.follow()
-    else:
+        arrivals_seen = lambda: tail.count                      # noqa: E731
+    elif sink == "fifo":
         work = env.tmp / f"{name}-central"
         work.mkdir()
         target = types.SimpleNamespace(command_file=work / "nagios.cmd",
                                        check_result_path=work / "checkresults", dir=work)
         reader = FifoReader(work / "nagios.cmd", record=True)
-    arrivals_seen = (lambda: tail.count) if tail else (lambda: reader.lines)
-    bridge = None
+        arrivals_seen = lambda: reader.lines                    # noqa: E731
+    else:
+        conn, _ = connect(env.broker, auto_decode=False)
+        conn.transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # as the bridge's
+        consumer = TimingConsumer(conn)
+        conn.set_listener("timing", consumer)
+        prefetch = args.prefetch or InboundSettings.prefetch
+        arrivals_seen = lambda: len(consumer.arrivals)          # noqa: E731
     r = {"rate": rate, "count": count}
     try:
-        bridge, watch = start_bridge(env, name, target, queue, "command_file")
-        watch.close()
-        wait_connected(bridge, interval=0.02)
+        if consumer is not None:
+            conn.subscribe(queue, "1", ack="client-individual",
+                           headers={"activemq.prefetchSize": str(prefetch)})
+        else:
+            bridge, watch = start_bridge(env, name, target, queue, "command_file")
+            watch.close()
+            wait_connected(bridge, interval=0.02)
         publisher = PacedPublisher(env.broker, queue, messages, rate)
         publisher.run(0, warm)                    # warm-up: not counted
         deadline = time.monotonic() + 20
         while arrivals_seen() < warm and time.monotonic() < deadline:
             time.sleep(0.01)
-        meter = env.meter(bridge.pid, reader.pid if reader else None)
+        meter = env.meter(bridge.pid if bridge else None, reader.pid if reader else None)
         sent_for = publisher.run(warm, warm + count)
         deadline = time.monotonic() + 15
         while arrivals_seen() < warm + count and time.monotonic() < deadline:
             time.sleep(0.01)
         r.update(meter.stop())
         r["achieved_rate"] = (count - 1) / sent_for if sent_for else 0.0
-        r["bridge_cpu_total"] = cpu_seconds(bridge.pid)
-        r["rss_mb"] = peak_rss_mb(bridge.pid)
+        if bridge:
+            r["bridge_cpu_total"] = cpu_seconds(bridge.pid)
+            r["rss_mb"] = peak_rss_mb(bridge.pid)
+        else:
+            r["consumer_cpu"] = r["bench_cpu"]   # with the paced publisher's: same process
     finally:
         if bridge:
             r["exit"] = bridge.stop()
-        if tail:
+        if conn is not None:
+            conn.disconnect()
+            arrivals = consumer.arrivals
+        elif tail:
             tail.stop()
             arrivals = tail.arrivals
         else:
@@ -898,7 +948,8 @@ def _figures(results):
         if "latencies" in r:
             lat = r["latencies"]
             r["p50_ms"], r["p99_ms"] = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
-            r["us_per_msg_window"] = 1e6 * r["bridge_cpu"] / max(1, r["count"])
+            cpu = r["bridge_cpu"] if "rss_mb" in r else r["consumer_cpu"]
+            r["us_per_msg_window"] = 1e6 * cpu / max(1, r["count"])
             continue
         msgs = rate_of(r)
         if nagios_fifo.get(n) and name != "nagios fifo (baseline)" and name not in RAW_CASES:
@@ -1014,8 +1065,8 @@ def report(env: Env, results, started):
                 name, n, f"{r['rate']} ({r['achieved_rate']:.0f})", r["count"], r["received"],
                 f"{r['p50_ms']:.1f}", f"{percentile(lat, 90) * 1000:.1f}",
                 f"{r['p99_ms']:.1f}", f"{(lat[-1] if lat else float('nan')) * 1000:.1f}",
-                f"{r['bridge_cpu']:.2f} ({r['bridge_cpu_total']:.2f})",
-                f"{r['us_per_msg_window']:.0f}", f"{r['rss_mb']:.0f} MB",
+                f"{r['bridge_cpu']:.2f} ({r['bridge_cpu_total']:.2f})" if "rss_mb" in r else "",
+                f"{r['us_per_msg_window']:.0f}", f"{r['rss_mb']:.0f} MB" if "rss_mb" in r else "",
                 f"{r['broker_cpu']:.2f}", f"{r['nagios_cpu']:.2f}", _other(r),
                 ("yes" if r["p99_ms"] < 100 else "NO") + ("" if r["received"] == r["count"] else " (MISSING)")))
         print_table(head, table)
@@ -1050,7 +1101,7 @@ How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios
   one on the last. us CPU/msg there = this process (the consumer; the main thread only waits).
   x raw = msgs/s over the client-individual consumer's of the same run; x nagios fifo likewise.
   latency: per message, publish (just before the STOMP SEND) -> its line read from the FIFO
-  (alone) / its EXTERNAL COMMAND line seen in nagios.log (polled every 2 ms); a warm-up of
+  (alone) / its EXTERNAL COMMAND line seen in nagios.log (polled every 0.5 ms); a warm-up of
   half a second of messages before is not counted. -> nagios crdir latency: not measured
   (Nagios reaps the directory once a second; status.dat is written once a second).""")
     print(f"\ntotal run time {time.monotonic() - started:.0f} s")
@@ -1135,6 +1186,8 @@ def parse_args():
     parser.add_argument("--services", type=int, default=100, help="passive services per host")
     parser.add_argument("--latency-rate", type=int, default=1000)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-warmup-seconds", type=float, default=10.0,
+                        help="paced warm-up before the first latency case, not reported (0: none)")
     parser.add_argument("--nagios-latency-rate", type=int, default=1000,
                         help="results/s for the latency through the real Nagios (0: skip)")
     parser.add_argument("--nagios-latency-seconds", type=float, default=10.0)
@@ -1195,6 +1248,14 @@ def run_all(args, tmp: Path, started: float):
         env_warm = Env(argparse.Namespace(**{**vars(args), "count": args.warmup_count}), tmp, broker, nagios)
         r = bridge_throughput_case(env_warm, "warmup", "command_file", to_nagios=False)
         print(f"warm-up (not reported): bridge alone {rate_of(r):,.0f} msgs/s", flush=True)
+        if args.latency_warmup_seconds > 0 and not all(
+                any(s in name for s in args.skip) for name in ("latency raw stomp.py (baseline)", "latency fifo (alone)",
+                                                          "latency -> nagios fifo")):
+            r = latency_case(env_warm, "latwarm", "fifo", args.latency_rate, args.latency_warmup_seconds)
+            lat = r["latencies"]
+            print(f"warm-up (not reported): paced {args.latency_rate}/s for {args.latency_warmup_seconds:g} s, "
+                  f"p50 {percentile(lat, 50) * 1000:.1f} ms, p99 {percentile(lat, 99) * 1000:.1f} ms, "
+                  f"broker CPU {r.get('broker_cpu', float('nan')):.1f} s", flush=True)
 
         if args.profile:
             profile_mode(env)
@@ -1235,10 +1296,12 @@ def run_all(args, tmp: Path, started: float):
             if args.extra_prefetch:
                 run(f"bridge fifo (alone) prefetch {args.extra_prefetch}", bridge_throughput_case,
                     "bfifopf", "command_file", False, args.extra_prefetch)
-            run("latency fifo (alone)", latency_case, "latfifo", False, args.latency_rate,
+            run("latency raw stomp.py (baseline)", latency_case, "latraw", "raw", args.latency_rate,
+                args.latency_seconds)
+            run("latency fifo (alone)", latency_case, "latfifo", "fifo", args.latency_rate,
                 args.latency_seconds)
             if args.nagios_latency_rate:
-                run("latency -> nagios fifo", latency_case, "latnagios", True,
+                run("latency -> nagios fifo", latency_case, "latnagios", "nagios",
                     args.nagios_latency_rate, args.nagios_latency_seconds)
             run("bridge fifo (alone) again", bridge_throughput_case, "bfifo2", "command_file", False)
         report(env, results, started)
