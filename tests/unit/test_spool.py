@@ -110,6 +110,8 @@ def test_one_statement_for_any_number_of_ids_so_the_site_bridge_rss_does_not_cre
     compiled per connection, each as large as its IN list. Any batch size must share one text."""
     spool.put([msg(i) for i in range(400)])
     recording = spool._db = RecordingConnection(spool._db)
+    spool._reader = RecordingConnection(spool._reader_connection())     # take()'s own
+    spool._reader.texts = recording.texts
     for size in range(1, 25):                      # done(), batch sizes 1..24
         spool.done(e.entry_id for e in spool.take(size))
     given = spool.take(30)
@@ -595,16 +597,37 @@ def test_entries_given_back_survive_a_failed_read_in_take(tmp_path, monkeypatch)
         spool.give_back([entry.entry_id for entry in spool.take(3)])      # a connection lost
         real_read, failed = spool._read, []
 
-        def read_failing_once(what, sql, args=()):
+        def read_failing_once(what, sql, args=(), db=None):
             if not failed:
                 failed.append(what)
                 raise SpoolUnavailable("disk I/O error")
-            return real_read(what, sql, args)
+            return real_read(what, sql, args, db)
 
         monkeypatch.setattr(spool, "_read", read_failing_once)
         with pytest.raises(SpoolUnavailable):
             spool.take(10)
         assert len(spool.take(10)) == 3
+
+
+def test_take_does_not_wait_for_a_write_in_progress(tmp_path):
+    """The thread that takes (the Nagios writer) must not wait while another thread's put
+    holds the write lock through its commit and fsync: take reads through its own connection
+    the last commit, and what commits later is taken next time."""
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        spool.put([msg(i) for i in range(3)])
+        taken = []
+        with spool._lock:                         # a put in the middle of its commit
+            spool._db.execute("BEGIN IMMEDIATE")
+            spool._db.execute("INSERT INTO messages (message_id, destination, headers, body, size,"
+                              " enqueued_at) VALUES ('uncommitted', 'd', '{}', x'00', 1, 0)")
+            taker = threading.Thread(target=lambda: taken.extend(spool.take(10)))
+            taker.start()
+            taker.join(5)
+            finished = not taker.is_alive()
+            spool._db.execute("COMMIT")
+        taker.join(5)
+        assert finished and [e.message.message_id for e in taken] == ["id-0", "id-1", "id-2"]
+        assert [e.message.message_id for e in spool.take(10)] == ["uncommitted"]
 
 
 def test_spool_wakes_its_watchers_on_put_and_on_room(tmp_path):
