@@ -160,6 +160,7 @@ def test_inbound():
     out = bench("inbound.py", "--count", "200", "--runs", "1", "--warmup-count", "200", "--hosts", "2",
                 "--services", "10", "--ocsp-count", "40", "--ocsp-bridge-count", "40",
                 "--extra-prefetch", "20", "--latency-rate", "100", "--latency-seconds", "1",
+                "--latency-warmup-seconds", "1",
                 "--nagios-latency-rate", "100", "--nagios-latency-seconds", "1",
                 "--case-timeout", "40", "--stall-timeout", "10")
     assert_rows(out, ["nagios fifo (baseline)", "nagios+ocsp fifo (baseline)",
@@ -168,8 +169,10 @@ def test_inbound():
                       "bridge crdir (alone)", "bridge -> nagios fifo", "bridge -> nagios+ocsp fifo",
                       "nagios crdir (baseline)", "bridge -> nagios crdir",
                       "bridge fifo (alone) prefetch 20", "bridge fifo (alone) again",
-                      "latency fifo (alone)", "latency -> nagios fifo"])
-    assert re.search(r"^latency fifo \(alone\) +1 +100 \(\d+\) +100 +100 ", out, re.M), out   # got all
+                      "latency raw stomp.py (baseline)", "latency fifo (alone)", "latency -> nagios fifo"])
+    assert re.search(r"^warm-up \(not reported\): paced 100/s for 1 s, p50 ", out, re.M), out
+    for case in ("latency raw stomp\\.py \\(baseline\\)", "latency fifo \\(alone\\)"):     # got all
+        assert re.search(rf"^{case} +1 +100 \(\d+\) +100 +100 ", out, re.M), out
     assert_figures_recorded(out, ["bridge fifo (alone)", "bridge -> nagios fifo"], "x raw (client-individual)")
     assert_all_delivered(out)
 
