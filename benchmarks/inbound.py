@@ -25,7 +25,7 @@ header records the commit ("+dirty" when the tree differs from it) and the date.
                   SENDs on other code paths than a backlog, and until its JIT has compiled
                   them it used 1 ms of CPU a message, three times what it used later (the first
                   latency case of a run had the broker at 10 s of CPU in 10 s, the same case
-                  after it 3 s; p50 5.3 against 4.1 ms, p99 52 against 19, 2026-12-04).
+                  after it 3 s; p50 5.3 against 4.1 ms, p99 52 against 19: one run, 2026-12-04).
   nagios fifo     Nagios's own rate, THE BASELINE: N PROCESS_SERVICE_CHECK_RESULT lines (the very
   (baseline)      lines the bridge writes: nagios_command.command_line) written straight into
                   Nagios's command FIFO as fast as it takes them (blocking writes of whole lines,

@@ -640,8 +640,8 @@ class Spool:
         The rows are read through a connection of the taker's own, without holding the lock
         every write holds through its commit: in WAL mode a reader sees the last commit without
         waiting for the next one, whose fsync would otherwise hold up the thread that takes
-        (the Nagios writer waited so on the subscriber's commits for about a third of its time
-        at 1,000 results/s, and each result with it). Takes are serialised among themselves;
+        (py-spy at 1,000 results/s: the Nagios writer waited so on the subscriber's commits for
+        about a fifth of its time). Takes are serialised among themselves;
         the leases are changed under _lease_lock, never held through a commit."""
         with self._take_lock:
             with self._lease_lock:
