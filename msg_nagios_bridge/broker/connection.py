@@ -40,6 +40,7 @@ from stomp.exception import StompException
 
 from ..config import BrokerSettings, TlsSettings
 from ..trust.tlsfiles import ca_bundle_from_dir
+from ..daemon.threadname import named_thread_starter
 from . import kinds
 
 log = logging.getLogger(__name__)
@@ -371,9 +372,10 @@ class _Transport(stomp.transport.Transport):
 
     def __init__(self, host_port: Tuple[str, int], timeout: float, vhost: str, auto_decode: bool,
                  context: Optional[ssl.SSLContext], check_peer: Callable[[ssl.SSLSocket], None],
-                 abort: _Abort):
+                 abort: _Abort, thread_name: str = "stomp-rx"):
         super().__init__([host_port], reconnect_attempts_max=1, timeout=timeout, vhost=vhost,
                          auto_decode=auto_decode)
+        self.override_threading(named_thread_starter(thread_name))
         self._host_port = host_port
         self._timeout = timeout
         self._context = context
@@ -558,13 +560,16 @@ class BrokerConnection:
     """One connection attempt cycle over ``settings.hosts``, in order."""
 
     def __init__(self, settings: BrokerSettings, client_id: str = "", auto_decode: bool = True,
-                 check_peer: Optional[Callable[[ssl.SSLSocket], Optional[str]]] = None, wakeup=None):
+                 check_peer: Optional[Callable[[ssl.SSLSocket], Optional[str]]] = None, wakeup=None,
+                 thread_name: str = "stomp-rx"):
         """``check_peer(tls_socket)`` runs right after each TLS handshake, before any STOMP
         frame is sent, and returns why the broker's certificate is refused (None: accepted);
         the grid trust check (CRLs, namespaces, key usage) plugs in here. ``wakeup`` (the
         owner's wakeup.Wakeup) is set whenever a frame arrives or the connection drops; without
-        one, ``events.wakeup`` is a threading.Event of its own."""
+        one, ``events.wakeup`` is a threading.Event of its own. ``thread_name``: stomp.py's
+        reader thread's (top -H shows it)."""
         self.settings = settings
+        self.thread_name = thread_name
         self.check_peer = check_peer if check_peer is not None else grid_trust_check(settings.tls)
         self.client_id = client_id
         # Subscribers take bodies as bytes: stomp.py's decoding would hide invalid UTF-8.
@@ -623,7 +628,7 @@ class BrokerConnection:
         # RabbitMQ takes the CONNECT's host header as the vhost: "/" unless one is configured.
         vhost = s.vhost or ("/" if s.kind == kinds.RABBITMQ else host_port[0])
         transport = _Transport(host_port, s.connect_timeout, vhost, self.auto_decode,
-                               context, self._check_peer, self._abort)
+                               context, self._check_peer, self._abort, self.thread_name)
         conn = _Connection12(transport, heartbeats(s.heartbeat_ms))
         conn.set_listener("bridge", self.events)
         headers = {"client-id": self.client_id} if self.client_id else {}

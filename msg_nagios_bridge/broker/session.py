@@ -39,7 +39,8 @@ class BrokerSession:
         self.on_connect = on_connect
         self.label = label
         self.stopping = threading.Event()
-        self.broker = BrokerConnection(settings, client_id=client_id, auto_decode=auto_decode, wakeup=wakeup)
+        self.broker = BrokerConnection(settings, client_id=client_id, auto_decode=auto_decode, wakeup=wakeup,
+                                       thread_name=f"{part}-rx")
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._warn = RateLimitedLog(logger)
         # The publisher says "no broker reachable", the subscriber "subscriber: no broker reachable".

@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import threading
 from typing import TYPE_CHECKING, Callable, List
 
 from .health import is_up
 from .status import Status
+from .threadname import named_thread_starter
 
 if TYPE_CHECKING:
     import http.server
@@ -128,5 +128,5 @@ def serve(listen: str, text: Callable[[], str]) -> http.server.ThreadingHTTPServ
 
     server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    named_thread_starter("metrics")(server.serve_forever)
     return server

@@ -45,6 +45,7 @@ from .poison import PoisonGuard, fingerprint
 from .sequence import CURSOR_PREFIX, Tracker
 from ..spool import Spool, SpoolError, SpoolFull
 from ..wakeup import Wakeup
+from ..daemon.threadname import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Subscriber(threading.Thread):
         self.session.stop()
 
     def run(self) -> None:
+        name_os_thread(self.name)
         self.health.set_state("subscriber", "starting")
         while not self.stopping.is_set():
             try:

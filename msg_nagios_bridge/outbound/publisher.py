@@ -39,6 +39,7 @@ from ..display import printable
 from ..spool import Spool, SpoolEntry, SpoolError
 from ..wakeup import Wakeup
 from . import refusals
+from ..daemon.threadname import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Publisher(threading.Thread):
         self.session.stop()
 
     def run(self) -> None:
+        name_os_thread(self.name)
         self.health.set_state("publisher", "starting")
         stopping = self.session.stopping
         while not stopping.is_set():

@@ -14,7 +14,7 @@ import pytest
 from tests.integration.test_outbound import QUEUE, expected_ids, received_ids, result_lines, wait_for_ids
 from tests.reliability import faults
 from tests.sandbox.bridge import inbound_config
-from tests.sandbox.procfs import rss_by_kind
+from tests.sandbox.procfs import rss_by_kind, thread_cpu
 from tests.sandbox.nagios import host, passive_service, pipe_bytes
 from tests.sandbox.ports import free_port, wait_until
 from tests.sandbox.stomp_probe import publish
@@ -53,6 +53,10 @@ def test_ready_notification_status_and_metrics(tmp_path, activemq, bridge_factor
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
         assert "msg_nagios_bridge_published_total 5" in text
         assert (tmp_path / "m.prom").exists()
+        # top -H tells the threads apart (Python 3.11 names none at the OS level).
+        names = {name for name, _ in thread_cpu(bridge.pid).values()}
+        assert {"publisher", "publisher-rx", "metrics"} <= names, names
+        assert any(name.startswith("perfdata:") for name in names), names
         bridge.signal(signal.SIGTERM)
         assert bridge.proc.wait(20) == 0
         assert b"STOPPING=1" in server.recv(200)

@@ -33,6 +33,7 @@ from ...outbound.intake import Intake, Mark
 from .. import IntakeFor
 from .api import MAX_ANSWER_BYTES, MAX_RESULT_BYTES, MAX_HEAD_BYTES, ApiClient, headers, results_of, ssl_context
 from .event_record import MARKS_KIND, MAX_EVENT_BYTES, catch_up_line, object_key, parse_event
+from ...daemon.threadname import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class EventStreamSource(threading.Thread):
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> None:
+        name_os_thread(self.name)
         threading.Thread(target=self._close_on_stop, name="icinga2-events-stop", daemon=True).start()
         backoff = Backoff(BACKOFF_INITIAL, BACKOFF_CAP)
         try:

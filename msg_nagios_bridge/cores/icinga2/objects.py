@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from ...inbound.compact import KnownObjects
 from ...model import ObjectKey
 from .api import ApiClient, ApiUnavailable
+from ...daemon.threadname import named_thread_starter
 
 RETRY_AFTER = 5.0
 STALE_REREAD = 1.0      # a stale list is read again at most this often (404s may come in a row)
@@ -149,8 +150,7 @@ class ObjectList:
                 except ObjectsUnavailable:
                     pass
         elif self._due() and not (self._refresher and self._refresher.is_alive()):
-            self._refresher = threading.Thread(target=self._refresh_quietly, name="icinga2-objects", daemon=True)
-            self._refresher.start()
+            self._refresher = named_thread_starter("icinga2-objects")(self._refresh_quietly)
         return None if self._objects is None else self._version
 
     def _refresh_quietly(self) -> None:

@@ -35,6 +35,7 @@ one Wakeup that a put into the spool and stop() set.
 """
 from __future__ import annotations
 
+import functools
 import json
 import urllib.parse
 import logging
@@ -54,6 +55,7 @@ from . import check_result
 from .api import ApiUnavailable, LeanClient
 from .check_result import Action, Verdict
 from .objects import ObjectList, ObjectsUnavailable
+from ...daemon.threadname import name_os_thread, named_thread_starter
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +237,7 @@ class Icinga2Writer(threading.Thread):
             self.health.set_state(PART, state)
 
     def run(self) -> None:
+        name_os_thread(self.name)
         self._set_state("waiting for results")
         self._start_lanes()
         try:
@@ -281,10 +284,8 @@ class Icinga2Writer(threading.Thread):
 
     def _start_lanes(self) -> None:
         for index in range(len(self.lanes)):
-            thread = threading.Thread(target=self._lane_loop, args=(index,), daemon=True,
-                                      name=f"icinga2-lane-{index}")
-            thread.start()
-            self._lane_threads.append(thread)
+            self._lane_threads.append(named_thread_starter(f"icinga2-lane-{index}")(
+                functools.partial(self._lane_loop, index)))
 
     def _stop_lanes(self) -> None:
         with self._cond:

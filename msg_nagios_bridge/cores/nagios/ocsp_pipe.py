@@ -51,6 +51,7 @@ from . import ocsp_record
 from ...daemon.health import Health, RateLimitedLog
 from ...outbound.intake import Intake
 from ...files import fsync_dir
+from ...daemon.threadname import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class OcspPipeSource(threading.Thread):
         self.failure = None
 
     def run(self) -> None:
+        name_os_thread(self.name)
         fd = -1
         try:
             self.token = load_token(self.token_file, self.settings.group)

@@ -30,6 +30,7 @@ from typing import Deque, List, Optional, Tuple
 from . import result_line
 from ...daemon.health import Health
 from ...outbound.intake import Intake
+from ...daemon.threadname import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class PerfdataTail(threading.Thread):
     # -- loop ---------------------------------------------------------------
 
     def run(self) -> None:
+        name_os_thread(self.name)
         try:
             self._resume()
             self.health.set_state(self.state_name, "reading" if self.fd is not None else "waiting for the file")

@@ -29,6 +29,7 @@ from .checkresults_dir import CheckResultsDirDelivery
 from .command_file import CommandFileDelivery, NagiosUnavailable, nagios_pid_alive
 from .delivery import Delivery, Prepared, log
 from .shared_newest import SharedNewest
+from ...daemon.threadname import name_os_thread
 
 BATCH = 500                 # results per round through the command file
 FILE_BATCH = 10_000         # results per check result file (Nagios reads one about every second)
@@ -82,6 +83,7 @@ class NagiosWriter(threading.Thread):
         self.wakeup.set()
 
     def run(self) -> None:
+        name_os_thread(self.name)
         self.health.set_state("nagios_writer", "waiting for results")
         try:
             self.load()
