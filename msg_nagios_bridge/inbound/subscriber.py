@@ -2,12 +2,17 @@
 
 Subscriptions use cumulative ``client`` acks and a bounded prefetch. Every message is
 judged by judgement.judge_batch (the same function the operator tools use). A batch (what
-arrived since the last) is acked once every message of it is durable: in the inbound spool,
-or kept as a dead letter with its reason (a refused message is acked too, so the broker does
-not redeliver it forever). One ACK per subscription, for the batch's last message of it,
+arrived since the last) is acked only once every message of it is durable: in the inbound
+spool, or kept as a dead letter with its reason (a refused message is acked too, so the broker
+does not redeliver it forever). One ACK per subscription, for the last durable message of it,
 acknowledges every message delivered before on that subscription: those were taken in this
 batch or an earlier one, in order, so they are durable too. (An ACK per message cost
-ActiveMQ a third more CPU per result: docs/performance.md.)
+ActiveMQ a third more CPU per result: docs/performance.md.) The ACKs of durable batches go
+out together once a quarter of the prefetch or ACK_DELAY has passed: at a steady rate
+batches hold one or two messages, and an ACK for each cost the broker and the subscriber more
+than the message itself. No result waits for this (it is already in the spool, on its way to
+the core); the broker only keeps those messages a moment longer, and redelivers them if the
+bridge dies first (the memory of what was injected drops them).
 Duplicates and stale results are dropped against the memory of what was injected, kept in
 the inbound spool (so it holds across restarts) and written in the same transaction as the
 accepted results. A message whose judgement killed the bridge is dead-lettered unjudged
@@ -53,6 +58,7 @@ FORGET_INTERVAL = 600.0      # seconds between sweeps of the memory (newest time
 SWEEP_STEP_GAP = 0.1         # seconds at least between two steps of a sweep (each a short write)
 SPOOL_RETRY = 1.0            # seconds before subscribing again after an inbound spool error
 PAUSED = "paused: inbound spool full"
+ACK_DELAY = 0.05             # seconds the ACK of a durable batch may wait to go with the next's
 
 
 @dataclasses.dataclass
@@ -60,7 +66,7 @@ class _Held:
     """A judged batch whose accepted results the full spool could not take yet."""
     accepted: List[Message]
     memory: list                # judgement.memory_rows of the accepted
-    acks: List[str]             # cumulative_acks of its messages
+    acks: Dict[str, str]        # cumulative_acks of its messages
     taken: int                  # how many messages it holds (refused ones included)
 
 
@@ -91,6 +97,11 @@ class Subscriber(threading.Thread):
         self._paused = False                    # the state says PAUSED
         self._warn = RateLimitedLog(log)
         self._refusal_log = RateLimitedLog(log)
+        # ACKs of durable messages not sent yet: subscription -> its last durable message's.
+        self._unacked: Dict[str, str] = {}
+        self._unacked_count = 0
+        self._unacked_since = 0.0               # monotonic: when the oldest became durable
+        self.ack_every = max(1, settings.prefetch // 4)
         self.verifier = judgement.make_verifier(settings)
         # Loss accounting (docs/loss-accounting.md): its state is saved with every write that
         # comes before an ACK, so what was acked is never forgotten.
@@ -119,6 +130,7 @@ class Subscriber(threading.Thread):
                     self._store_held()
                 if self._held is None:
                     self._handle(self._take_messages())
+                self._ack_if_due()
                 self._refusal_log.flush()
                 if self.broker.events.lost:
                     self._lost("disconnected by the broker or heartbeat timeout")
@@ -132,15 +144,23 @@ class Subscriber(threading.Thread):
                 self.session.sleep(SPOOL_RETRY)
             except (StompException, OSError) as exc:
                 self._lost(f"{exc.__class__.__name__}: {exc}")
+        if self._unacked and self.broker.is_connected:
+            try:
+                self._send_acks()
+            except (StompException, OSError):
+                pass                    # redelivered to the next consumer; the memory drops them
         self.broker.discard()
         self.poison.close()
         self.health.set_state("subscriber", "stopped")
 
     def _deadline(self) -> Optional[float]:
         """When the loop must run without being woken: when the refusal log's held-back
-        summary is due (RateLimitedLog.flush); None: only a wake-up."""
+        summary is due (RateLimitedLog.flush) or the ACKs waiting are; None: only a wake-up."""
         due = self._refusal_log.due_in()
-        return None if due is None else time.monotonic() + due
+        deadlines = [] if due is None else [time.monotonic() + due]
+        if self._unacked:
+            deadlines.append(self._unacked_since + ACK_DELAY)
+        return min(deadlines, default=None)
 
     def _reconnect(self) -> None:
         if self.broker.conn is not None:
@@ -158,6 +178,9 @@ class Subscriber(threading.Thread):
             # Its messages were never acked: the broker delivers them again, to us or another.
             self._held = None
             self._paused = False
+        # Ack ids of a lost connection mean nothing to the next: those messages come again
+        # and the memory of what was injected drops them.
+        self._unacked, self._unacked_count = {}, 0
         self.session.lost(why)
 
     def _take_messages(self) -> List[Tuple[Dict[str, str], bytes]]:
@@ -234,7 +257,7 @@ class Subscriber(threading.Thread):
                     self._paused = True
                     self.health.add("paused")
                     self.health.set_state("subscriber", PAUSED)
-                    self._warn(logging.WARNING, "full", f"inbound spool full: holding {len(held.acks)} messages "
+                    self._warn(logging.WARNING, "full", f"inbound spool full: holding {held.taken} messages "
                                f"unacked and taking no more until it has room ({exc})")
                 return
             if self.tracker is not None:
@@ -251,7 +274,25 @@ class Subscriber(threading.Thread):
         # not take is redelivered, and counted then): received = injected + refused +
         # duplicates + stale + waiting in the inbound spool.
         self.health.add("received", held.taken)
-        self.broker.ack_all(held.acks)  # ... then the ACKs
+        self._ack_later(held.acks, held.taken)  # ... then the ACKs
+
+    def _ack_later(self, acks: Dict[str, str], count: int) -> None:
+        """Note the ACKs of a durable batch; they go out with the next once ``ack_every``
+        messages or ACK_DELAY seconds wait."""
+        if not self._unacked:
+            self._unacked_since = time.monotonic()
+        self._unacked.update(acks)
+        self._unacked_count += count
+        self._ack_if_due()
+
+    def _ack_if_due(self) -> None:
+        if self._unacked and (self._unacked_count >= self.ack_every
+                              or time.monotonic() - self._unacked_since >= ACK_DELAY):
+            self._send_acks()
+
+    def _send_acks(self) -> None:
+        acks, self._unacked, self._unacked_count = self._unacked, {}, 0
+        self.broker.ack_all(acks.values())
 
 
     def _refuse(self, headers: Dict[str, str], body: bytes, exc: Refused) -> None:
@@ -281,13 +322,13 @@ class Subscriber(threading.Thread):
             self.health.add("error_queue_sent")
 
 
-def cumulative_acks(messages: List[Tuple[Dict[str, str], bytes]]) -> List[str]:
+def cumulative_acks(messages: List[Tuple[Dict[str, str], bytes]]) -> Dict[str, str]:
     """The ack ids that acknowledge every message of a batch with ``client`` acks: of each
-    subscription, its last message's."""
+    subscription, its last message's (subscription -> ack id)."""
     last: Dict[str, str] = {}
     for headers, _ in messages:
         last[headers.get("subscription", "")] = headers.get("ack", "")
-    return list(last.values())
+    return last
 
 
 def dead_letter(headers: Mapping[str, str], body: bytes, exc: Refused, max_body_bytes: int) -> Message:

@@ -8,6 +8,7 @@ import pytest
 
 from msg_nagios_bridge import config
 from msg_nagios_bridge.daemon.health import Health
+from msg_nagios_bridge.inbound import subscriber as subscriber_module
 from msg_nagios_bridge.inbound.subscriber import PAUSED, Subscriber
 from msg_nagios_bridge.model import Message
 from msg_nagios_bridge.spool import Spool, SpoolUnavailable
@@ -80,10 +81,14 @@ def bad(i):
 def subscriber_on(tmp_path):
     made = []
 
-    def make(max_messages=1000, on_ack=lambda ack_id: None):
+    def make(max_messages=1000, on_ack=lambda ack_id: None, ack_every=1):
+        """``ack_every``: 1 acks each batch as it is durable (the ACK grouping has tests of
+        its own, below)."""
         settings = make_settings(tmp_path)
         spool = Spool(str(tmp_path / "inbound.sqlite"), max_messages=max_messages)
         subscriber = Subscriber(settings.brokers, settings.inbound, spool, Health(), ALLOW_ALL)
+        if ack_every is not None:
+            subscriber.ack_every = ack_every
         broker = subscriber.session.broker = RecordingBroker(subscriber.wakeup, on_ack)
         made.append((subscriber, spool))
         return subscriber, spool, broker
@@ -127,8 +132,8 @@ def test_a_batch_from_several_subscriptions_is_acked_once_per_subscription(subsc
 def test_cumulative_acks_are_the_last_ack_of_each_subscription():
     from msg_nagios_bridge.inbound.subscriber import cumulative_acks
     batch = [({"subscription": s, "ack": a}, b"") for s, a in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4")]]
-    assert cumulative_acks(batch) == ["3", "2", "4"]
-    assert cumulative_acks([]) == []
+    assert cumulative_acks(batch) == {"a": "3", "b": "2", "c": "4"}
+    assert cumulative_acks([]) == {}
 
 
 def test_a_refused_message_whose_dead_letter_cannot_be_written_is_not_acked(subscriber_on, monkeypatch):
@@ -203,3 +208,50 @@ def test_the_memory_is_swept_a_step_between_batches(subscriber_on, monkeypatch):
         counts.append(left())
     assert counts == [2, 2, 2], "2 objects looked at a step; the 2 within max_age stay"
     assert sorted(spool.find_newest(objects)) == objects[4:]
+
+
+def test_the_acks_of_small_batches_go_together_after_a_quarter_of_the_prefetch(subscriber_on, monkeypatch):
+    """At a steady rate batches hold a message or two; their ACKs wait for the next batch's
+    until prefetch/4 messages are durable (one ACK frame for all of them, per subscription)."""
+    monkeypatch.setattr(subscriber_module, "ACK_DELAY", 60.0)     # the count alone, here
+    subscriber, _, broker = subscriber_on(ack_every=None)
+    assert subscriber.ack_every == subscriber.settings.prefetch // 4 == 125
+    subscriber.ack_every = 5
+    subscriber._handle([good(1), good(2)])
+    subscriber._handle([good(3)])
+    assert broker.acks == [], "3 of 5: not yet"
+    subscriber._handle([good(4), bad(5)])
+    assert broker.acks == ["bad-5"], "5 durable: one ACK for all"
+    subscriber._handle([good(6)])
+    assert broker.acks == ["bad-5"]
+
+
+def test_a_waiting_ack_goes_out_after_ack_delay_with_no_more_messages(subscriber_on):
+    """A lone message is acked within ACK_DELAY though nothing else comes (the loop's
+    deadline wakes it), and it was durable before."""
+    from msg_nagios_bridge.inbound.subscriber import ACK_DELAY
+    acked_at = {}
+    subscriber, spool, broker = subscriber_on(ack_every=None, on_ack=lambda ack_id: acked_at.setdefault(
+        ack_id, (time.monotonic(), spool.stats().depth)))
+    subscriber.start()
+    delivered = time.monotonic()
+    broker.deliver(good(1))
+    assert_soon(lambda: broker.acks == ["good-1"])
+    at, depth = acked_at["good-1"]
+    assert depth == 1, "in the spool before its ACK"
+    assert ACK_DELAY <= at - delivered < ACK_DELAY + 1.0
+
+
+def test_waiting_acks_are_dropped_when_the_connection_goes_and_sent_at_a_stop(subscriber_on, monkeypatch):
+    """The ack ids of a lost connection mean nothing on the next (the broker delivers those
+    messages again and the memory drops them); at a stop, what waits is acked before closing."""
+    monkeypatch.setattr(subscriber_module, "ACK_DELAY", 60.0)     # not due before the stop
+    subscriber, _, broker = subscriber_on(ack_every=None)
+    subscriber._handle([good(1)])
+    subscriber._lost("test")
+    assert subscriber._unacked == {} and broker.acks == []
+    subscriber._handle([good(2)])
+    subscriber.start()
+    subscriber.stop()
+    subscriber.join(5)
+    assert broker.acks == ["good-2"]
