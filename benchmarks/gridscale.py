@@ -530,6 +530,8 @@ def run(args, tmp: Path):
                                  objects_cache=not args.no_objects_cache)
         if args.prefetch:
             central += f"  prefetch: {args.prefetch}\n"
+        if args.ack_delay:
+            central += f"  ack_delay: {args.ack_delay}\n"
         if not args.cold:
             info["primed_mb"] = grid.prime_echo_guard(work / "spool" / "inbound.sqlite")
         bridge = Bridge(work, bridge_config(work, [broker.stomp_port], ocsp=False, inbound=central))
@@ -858,6 +860,8 @@ def parse_args():
                         help="send persistent:false (no broker store: more CPU left for the bridge)")
     parser.add_argument("--prefetch", type=int, default=0,
                         help="inbound.prefetch of the bridge (default: the bridge's default)")
+    parser.add_argument("--ack-delay", type=float, default=0.0,
+                        help="inbound.ack_delay of the bridge (default 0, the bridge's default)")
     parser.add_argument("--baseline-count", type=int, default=50000,
                         help="results for Nagios's own FIFO rate")
     parser.add_argument("--status-interval", type=int, default=3600,

@@ -4,7 +4,7 @@
                                            [--ocsp-count 5000] [--extra-prefetch 1000]
                                            [--latency-rate 1000] [--latency-seconds 20]
                                            [--nagios-latency-rate 1000] [--nagios-latency-seconds 10]
-                                           [--prefetch P] [--skip NAME] [--keep]
+                                           [--prefetch P] [--ack-delay S] [--skip NAME] [--keep]
     .venv/bin/python benchmarks/inbound.py --profile [--count N]   # where the bridge's time goes
 
 One real ActiveMQ 5.x (tests/sandbox/activemq.py: Debian package, -Xmx256M, KahaDB) and one real
@@ -647,6 +647,8 @@ def _inbound_yaml(env: Env, target, queue, writer, prefetch=None):
     prefetch = prefetch or env.args.prefetch
     if prefetch:
         text += f"  prefetch: {prefetch}\n"
+    if env.args.ack_delay:
+        text += f"  ack_delay: {env.args.ack_delay}\n"
     return text
 
 
@@ -1200,6 +1202,8 @@ def parse_args():
                         help="end a case when nothing moved for this many seconds")
     parser.add_argument("--prefetch", type=int, default=None,
                         help="inbound.prefetch for the bridge (default: the bridge's default)")
+    parser.add_argument("--ack-delay", type=float, default=0.0,
+                        help="inbound.ack_delay for the bridge (default 0, the bridge's default)")
     parser.add_argument("--extra-prefetch", type=int, default=1000,
                         help="also run 'bridge fifo (alone)' with this inbound.prefetch (0: skip)")
     parser.add_argument("--runs", type=int, default=3,

@@ -319,7 +319,7 @@ def _routes(root: _Section) -> Tuple[Route, ...]:
     return tuple(routes)
 
 
-_INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "mapping", "policy", "writer",
+_INBOUND_KEYS = ("enabled", "subscriptions", "client_id", "prefetch", "ack_delay", "mapping", "policy", "writer",
                  "shared_newest_file",
                  "command_file", "check_result_path", "nagios_lock_file", "error_queue", "signatures",
                  "echo_guard_max_objects", "loss_accounting", "gap_warning_seconds", "gap_critical_seconds")
@@ -396,6 +396,7 @@ def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSetting
         subscriptions=tuple(subs),
         client_id=sec.get("client_id", str, f"msg-nagios-bridge-{site.nagios_name}", _one_line),
         prefetch=sec.get("prefetch", int, PREFETCH, lambda v: None if 1 <= v <= 10_000 else "must be from 1 to 10000"),
+        ack_delay=sec.get("ack_delay", float, 0.0, lambda v: None if 0 <= v <= 10 else "must be from 0 to 10 (seconds)"),
         mapping=mapping,
         rules=tuple(rules),
         sender_header=pol_sec.get("sender_header", str, "nagios_host", _one_line),

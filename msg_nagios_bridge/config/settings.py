@@ -161,6 +161,8 @@ class Subscription:
 # against 127-144 us of CPU per result in a backlog). It bounds what waits in memory: about
 # 1.5 MB of WLCG messages.
 PREFETCH = 500
+# ack_delay: how long the ACK of a durable batch may wait to go with the next batches' (0: sent
+# as soon as the batch is durable). See inbound/subscriber.py and docs/inbound.md.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +171,7 @@ class InboundSettings:
     subscriptions: Tuple[Subscription, ...] = ()
     client_id: str = ""
     prefetch: int = PREFETCH
+    ack_delay: float = 0.0
     mapping: inbound_format.Mapping = inbound_format.Mapping()
     rules: Tuple[policy_module.Rule, ...] = ()
     sender_header: str = "nagios_host"

@@ -7,12 +7,14 @@ spool, or kept as a dead letter with its reason (a refused message is acked too,
 does not redeliver it forever). One ACK per subscription, for the last durable message of it,
 acknowledges every message delivered before on that subscription: those were taken in this
 batch or an earlier one, in order, so they are durable too. (An ACK per message cost
-ActiveMQ a third more CPU per result: docs/performance.md.) The ACKs of durable batches go
-out together once a quarter of the prefetch or ACK_DELAY has passed: at a steady rate
-batches hold one or two messages, and an ACK for each cost the broker and the subscriber more
-than the message itself. No result waits for this (it is already in the spool, on its way to
-the core); the broker only keeps those messages a moment longer, and redelivers them if the
-bridge dies first (the memory of what was injected drops them).
+ActiveMQ a third more CPU per result: docs/performance.md.) With ``ack_delay`` set, the ACKs
+of durable batches go out together once a quarter of the prefetch or ``ack_delay`` seconds
+wait: at a steady rate batches hold one or two messages, and an ACK for each costs the broker
+and the subscriber more than the message itself. No result waits for that ACK (it is in the
+spool, on its way to the core), but ActiveMQ holds new messages back while some are unacked
+(about 14 ms at 1,000/s, measured with a raw stomp.py consumer too), hence off by default.
+A lost connection's waiting ACKs are dropped: the broker redelivers those messages and the
+memory of what was injected drops them.
 Duplicates and stale results are dropped against the memory of what was injected, kept in
 the inbound spool (so it holds across restarts) and written in the same transaction as the
 accepted results. A message whose judgement killed the bridge is dead-lettered unjudged
@@ -58,7 +60,6 @@ FORGET_INTERVAL = 600.0      # seconds between sweeps of the memory (newest time
 SWEEP_STEP_GAP = 0.1         # seconds at least between two steps of a sweep (each a short write)
 SPOOL_RETRY = 1.0            # seconds before subscribing again after an inbound spool error
 PAUSED = "paused: inbound spool full"
-ACK_DELAY = 0.05             # seconds the ACK of a durable batch may wait to go with the next's
 
 
 @dataclasses.dataclass
@@ -101,7 +102,7 @@ class Subscriber(threading.Thread):
         self._unacked: Dict[str, str] = {}
         self._unacked_count = 0
         self._unacked_since = 0.0               # monotonic: when the oldest became durable
-        self.ack_every = max(1, settings.prefetch // 4)
+        self.ack_every = max(1, settings.prefetch // 4) if settings.ack_delay else 1
         self.verifier = judgement.make_verifier(settings)
         # Loss accounting (docs/loss-accounting.md): its state is saved with every write that
         # comes before an ACK, so what was acked is never forgotten.
@@ -159,7 +160,7 @@ class Subscriber(threading.Thread):
         due = self._refusal_log.due_in()
         deadlines = [] if due is None else [time.monotonic() + due]
         if self._unacked:
-            deadlines.append(self._unacked_since + ACK_DELAY)
+            deadlines.append(self._unacked_since + self.settings.ack_delay)
         return min(deadlines, default=None)
 
     def _reconnect(self) -> None:
@@ -277,8 +278,8 @@ class Subscriber(threading.Thread):
         self._ack_later(held.acks, held.taken)  # ... then the ACKs
 
     def _ack_later(self, acks: Dict[str, str], count: int) -> None:
-        """Note the ACKs of a durable batch; they go out with the next once ``ack_every``
-        messages or ACK_DELAY seconds wait."""
+        """Note the ACKs of a durable batch; they go out at once, or with ``ack_delay``, with
+        the next batches' once ``ack_every`` messages or ``ack_delay`` seconds wait."""
         if not self._unacked:
             self._unacked_since = time.monotonic()
         self._unacked.update(acks)
@@ -287,7 +288,7 @@ class Subscriber(threading.Thread):
 
     def _ack_if_due(self) -> None:
         if self._unacked and (self._unacked_count >= self.ack_every
-                              or time.monotonic() - self._unacked_since >= ACK_DELAY):
+                              or time.monotonic() - self._unacked_since >= self.settings.ack_delay):
             self._send_acks()
 
     def _send_acks(self) -> None:

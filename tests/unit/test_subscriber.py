@@ -8,7 +8,6 @@ import pytest
 
 from msg_nagios_bridge import config
 from msg_nagios_bridge.daemon.health import Health
-from msg_nagios_bridge.inbound import subscriber as subscriber_module
 from msg_nagios_bridge.inbound.subscriber import PAUSED, Subscriber
 from msg_nagios_bridge.model import Message
 from msg_nagios_bridge.spool import Spool, SpoolUnavailable
@@ -55,13 +54,14 @@ class RecordingBroker:
         self.wakeup.set()
 
 
-def make_settings(tmp_path):
+def make_settings(tmp_path, ack_delay=0):
     return config.parse(f"""
 site: {{name: S}}
 brokers: {{hosts: ["127.0.0.1:1"]}}
 spool: {{directory: {tmp_path}}}
 sources: {{ocsp_pipe: {{enabled: false}}}}
-inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}}}}
+inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}},
+          ack_delay: {ack_delay}}}
 """)
 
 
@@ -81,14 +81,10 @@ def bad(i):
 def subscriber_on(tmp_path):
     made = []
 
-    def make(max_messages=1000, on_ack=lambda ack_id: None, ack_every=1):
-        """``ack_every``: 1 acks each batch as it is durable (the ACK grouping has tests of
-        its own, below)."""
-        settings = make_settings(tmp_path)
+    def make(max_messages=1000, on_ack=lambda ack_id: None, ack_delay=0):
+        settings = make_settings(tmp_path, ack_delay)
         spool = Spool(str(tmp_path / "inbound.sqlite"), max_messages=max_messages)
         subscriber = Subscriber(settings.brokers, settings.inbound, spool, Health(), ALLOW_ALL)
-        if ack_every is not None:
-            subscriber.ack_every = ack_every
         broker = subscriber.session.broker = RecordingBroker(subscriber.wakeup, on_ack)
         made.append((subscriber, spool))
         return subscriber, spool, broker
@@ -210,11 +206,18 @@ def test_the_memory_is_swept_a_step_between_batches(subscriber_on, monkeypatch):
     assert sorted(spool.find_newest(objects)) == objects[4:]
 
 
-def test_the_acks_of_small_batches_go_together_after_a_quarter_of_the_prefetch(subscriber_on, monkeypatch):
-    """At a steady rate batches hold a message or two; their ACKs wait for the next batch's
+def test_by_default_each_batch_is_acked_as_soon_as_it_is_durable(subscriber_on):
+    subscriber, _, broker = subscriber_on()
+    subscriber._handle([good(1)])
+    assert broker.acks == ["good-1"]
+    subscriber._handle([good(2), good(3)])
+    assert broker.acks == ["good-1", "good-3"]
+
+
+def test_with_ack_delay_the_acks_of_small_batches_go_together_after_a_quarter_of_the_prefetch(subscriber_on):
+    """With ack_delay, the ACKs of batches of a message or two wait for the next batches'
     until prefetch/4 messages are durable (one ACK frame for all of them, per subscription)."""
-    monkeypatch.setattr(subscriber_module, "ACK_DELAY", 60.0)     # the count alone, here
-    subscriber, _, broker = subscriber_on(ack_every=None)
+    subscriber, _, broker = subscriber_on(ack_delay=1)     # the count decides, here
     assert subscriber.ack_every == subscriber.settings.prefetch // 4 == 125
     subscriber.ack_every = 5
     subscriber._handle([good(1), good(2)])
@@ -227,11 +230,11 @@ def test_the_acks_of_small_batches_go_together_after_a_quarter_of_the_prefetch(s
 
 
 def test_a_waiting_ack_goes_out_after_ack_delay_with_no_more_messages(subscriber_on):
-    """A lone message is acked within ACK_DELAY though nothing else comes (the loop's
+    """A lone message is acked after ack_delay though nothing else comes (the loop's
     deadline wakes it), and it was durable before."""
-    from msg_nagios_bridge.inbound.subscriber import ACK_DELAY
+    delay = 0.05
     acked_at = {}
-    subscriber, spool, broker = subscriber_on(ack_every=None, on_ack=lambda ack_id: acked_at.setdefault(
+    subscriber, spool, broker = subscriber_on(ack_delay=delay, on_ack=lambda ack_id: acked_at.setdefault(
         ack_id, (time.monotonic(), spool.stats().depth)))
     subscriber.start()
     delivered = time.monotonic()
@@ -239,14 +242,13 @@ def test_a_waiting_ack_goes_out_after_ack_delay_with_no_more_messages(subscriber
     assert_soon(lambda: broker.acks == ["good-1"])
     at, depth = acked_at["good-1"]
     assert depth == 1, "in the spool before its ACK"
-    assert ACK_DELAY <= at - delivered < ACK_DELAY + 1.0
+    assert delay <= at - delivered < delay + 1.0
 
 
-def test_waiting_acks_are_dropped_when_the_connection_goes_and_sent_at_a_stop(subscriber_on, monkeypatch):
+def test_waiting_acks_are_dropped_when_the_connection_goes_and_sent_at_a_stop(subscriber_on):
     """The ack ids of a lost connection mean nothing on the next (the broker delivers those
     messages again and the memory drops them); at a stop, what waits is acked before closing."""
-    monkeypatch.setattr(subscriber_module, "ACK_DELAY", 60.0)     # not due before the stop
-    subscriber, _, broker = subscriber_on(ack_every=None)
+    subscriber, _, broker = subscriber_on(ack_delay=1)     # not due before the stop
     subscriber._handle([good(1)])
     subscriber._lost("test")
     assert subscriber._unacked == {} and broker.acks == []
