@@ -647,8 +647,9 @@ def _inbound_yaml(env: Env, target, queue, writer, prefetch=None):
     prefetch = prefetch or env.args.prefetch
     if prefetch:
         text += f"  prefetch: {prefetch}\n"
-    if env.args.ack_delay:
-        text += f"  ack_delay: {env.args.ack_delay}\n"
+    ack_delay = getattr(env.args, "ack_delay", 0)    # inbound_icinga2.py's arguments have none
+    if ack_delay:
+        text += f"  ack_delay: {ack_delay}\n"
     return text
 
 
