@@ -363,3 +363,53 @@ def test_a_send_reads_the_socket_once_so_the_reader_threads_cleanup_cannot_race_
     finally:
         ours.close()
         theirs.close()
+
+
+def _tcp_pair():
+    import socket as socket_module
+    listener = socket_module.create_server(("127.0.0.1", 0))
+    client = socket_module.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    return client, server
+
+
+def test_ack_at_once_puts_the_socket_back_in_quick_ack_mode():
+    """TCP_QUICKACK reads 0 once the kernel is delaying ACKs (set here by hand); ack_at_once
+    makes it 1 again. Without it, ActiveMQ's Nagle holds each frame until the delayed ACK."""
+    import socket as socket_module
+
+    from msg_nagios_bridge.broker import connection
+
+    if not hasattr(socket_module, "TCP_QUICKACK"):
+        pytest.skip("TCP_QUICKACK is Linux's")
+    client, server = _tcp_pair()
+    try:
+        client.setsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_QUICKACK, 0)
+        assert client.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_QUICKACK) == 0
+        connection.ack_at_once(client)
+        assert client.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_QUICKACK) == 1
+    finally:
+        client.close()
+        server.close()
+    connection.ack_at_once(client)      # closed: nothing raised
+    connection.ack_at_once(None)
+
+
+def test_every_read_of_the_broker_socket_asks_for_a_quick_ack(monkeypatch):
+    from msg_nagios_bridge.broker import connection
+
+    asked = []
+    monkeypatch.setattr(connection, "ack_at_once", asked.append)
+    transport = connection._Transport(("127.0.0.1", 1), 1.0, "localhost", False, None, lambda sock: None,
+                                      connection._Abort())
+    client, server = _tcp_pair()
+    transport.socket = client
+    try:
+        for frame in (b"MESSAGE\n\n1\0", b"MESSAGE\n\n2\0"):
+            server.sendall(frame)
+            assert transport.receive() == frame
+        assert asked == [client, client]
+    finally:
+        client.close()
+        server.close()
