@@ -331,14 +331,17 @@ def ack_at_once(sock: Optional[socket.socket]) -> None:
 
     ActiveMQ's STOMP connector leaves Nagle's algorithm on unless the broker's administrator
     adds transport.tcpNoDelay=true, so the broker holds each frame while the one before is
-    unacknowledged at the TCP level. A client that sends nothing back for a while (ACKs grouped
-    by inbound.ack_delay, a publisher waiting for its receipts) then gets every frame after the
+    unacknowledged at the TCP level. A consumer that sends nothing back for a while (its ACKs
+    grouped by inbound.ack_delay, or waiting for a commit) then gets every frame after the
     first when its kernel's delayed ACK fires. Measured against the sandbox's ActiveMQ, 1,000
     messages/s with cumulative ACKs every 10 ms: p50 5.9 ms from SEND to the consumer without
     this, 0.3 with it (and with tcpNoDelay on the broker instead); acking each message, 0.3
     either way (docs/performance.md). TCP_QUICKACK is not sticky (the kernel leaves quick-ACK
     mode by itself), so it is set again after every read: one setsockopt, about a microsecond.
-    Elsewhere than Linux, or on a closed socket, nothing."""
+    Elsewhere than Linux, or on a closed socket, nothing. Only the subscriber's connection
+    asks for it: a publisher writes far more than it reads, and its frames carry the ACKs; in
+    two outbound runs each, with it, the bridge and the broker spent 10-15% more CPU per message
+    (within the noise of that day, not pursued)."""
     if _TCP_QUICKACK is None or sock is None:
         return
     try:
@@ -396,7 +399,7 @@ class _Transport(stomp.transport.Transport):
 
     def __init__(self, host_port: Tuple[str, int], timeout: float, vhost: str, auto_decode: bool,
                  context: Optional[ssl.SSLContext], check_peer: Callable[[ssl.SSLSocket], None],
-                 abort: _Abort, thread_name: str = "stomp-rx"):
+                 abort: _Abort, thread_name: str = "stomp-rx", quick_ack: bool = False):
         super().__init__([host_port], reconnect_attempts_max=1, timeout=timeout, vhost=vhost,
                          auto_decode=auto_decode)
         self.override_threading(named_thread_starter(thread_name))
@@ -405,6 +408,7 @@ class _Transport(stomp.transport.Transport):
         self._context = context
         self._check_peer = check_peer
         self._abort = abort
+        self._quick_ack = quick_ack     # ack_at_once after every read
         self.opened = False         # the socket is connected, and its handshake and check passed
         # stomp.py 8.0.0 (Debian 12's) leaves the connect timeout on the socket, so an idle
         # connection "times out" and drops every connect_timeout seconds; 8.1+ does this itself.
@@ -495,17 +499,20 @@ class _Transport(stomp.transport.Transport):
 
     def receive(self) -> bytes:
         """Up to RECV_BYTES, waiting for them; b"" at the end of the connection (stomp.py then
-        reports it lost). Each read asks the kernel to acknowledge at once (ack_at_once)."""
+        reports it lost). With ``quick_ack``, each read asks the kernel to acknowledge at once
+        (ack_at_once)."""
         sock = self.socket
         if not isinstance(sock, ssl.SSLSocket):
             data = super().receive()
-            ack_at_once(sock)
+            if self._quick_ack:
+                ack_at_once(sock)
             return data
         while True:
             with self._tls_lock:
                 try:
                     data = sock.recv(RECV_BYTES)
-                    ack_at_once(sock)
+                    if self._quick_ack:
+                        ack_at_once(sock)
                     return data
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                     pass
@@ -589,15 +596,17 @@ class BrokerConnection:
 
     def __init__(self, settings: BrokerSettings, client_id: str = "", auto_decode: bool = True,
                  check_peer: Optional[Callable[[ssl.SSLSocket], Optional[str]]] = None, wakeup=None,
-                 thread_name: str = "stomp-rx"):
+                 thread_name: str = "stomp-rx", quick_ack: bool = False):
         """``check_peer(tls_socket)`` runs right after each TLS handshake, before any STOMP
         frame is sent, and returns why the broker's certificate is refused (None: accepted);
         the grid trust check (CRLs, namespaces, key usage) plugs in here. ``wakeup`` (the
         owner's wakeup.Wakeup) is set whenever a frame arrives or the connection drops; without
         one, ``events.wakeup`` is a threading.Event of its own. ``thread_name``: stomp.py's
-        reader thread's (top -H shows it)."""
+        reader thread's (top -H shows it). ``quick_ack``: TCP ACKs at once (ack_at_once), for a
+        consumer, which may send nothing back for a while."""
         self.settings = settings
         self.thread_name = thread_name
+        self.quick_ack = quick_ack
         self.check_peer = check_peer if check_peer is not None else grid_trust_check(settings.tls)
         self.client_id = client_id
         # Subscribers take bodies as bytes: stomp.py's decoding would hide invalid UTF-8.
@@ -656,7 +665,7 @@ class BrokerConnection:
         # RabbitMQ takes the CONNECT's host header as the vhost: "/" unless one is configured.
         vhost = s.vhost or ("/" if s.kind == kinds.RABBITMQ else host_port[0])
         transport = _Transport(host_port, s.connect_timeout, vhost, self.auto_decode,
-                               context, self._check_peer, self._abort, self.thread_name)
+                               context, self._check_peer, self._abort, self.thread_name, self.quick_ack)
         conn = _Connection12(transport, heartbeats(s.heartbeat_ms))
         conn.set_listener("bridge", self.events)
         headers = {"client-id": self.client_id} if self.client_id else {}

@@ -26,12 +26,13 @@ class BrokerSession:
     """``part``: the health part and log name ("publisher", "subscriber"). ``up_state``:
     the health state once connected, given the address. ``on_connect()`` runs once per new
     connection (subscribe, say): raising StompException or OSError fails that attempt.
-    ``label``: how the log lines and errors name the connection ("broker", "subscriber")."""
+    ``label``: how the log lines and errors name the connection ("broker", "subscriber").
+    ``quick_ack``: TCP ACKs at once (a consumer's connection; connection.ack_at_once)."""
 
     def __init__(self, part: str, settings: BrokerSettings, health: Health, wakeup: Wakeup,
                  logger: logging.Logger, *, up_state: Callable[[str], str],
                  on_connect: Callable[[], None] = lambda: None, label: str = "broker",
-                 client_id: str = "", auto_decode: bool = True):
+                 client_id: str = "", auto_decode: bool = True, quick_ack: bool = False):
         self.part = part
         self.health = health
         self.wakeup = wakeup
@@ -40,7 +41,7 @@ class BrokerSession:
         self.label = label
         self.stopping = threading.Event()
         self.broker = BrokerConnection(settings, client_id=client_id, auto_decode=auto_decode, wakeup=wakeup,
-                                       thread_name=f"{part}-rx")
+                                       thread_name=f"{part}-rx", quick_ack=quick_ack)
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self._warn = RateLimitedLog(logger)
         # The publisher says "no broker reachable", the subscriber "subscriber: no broker reachable".

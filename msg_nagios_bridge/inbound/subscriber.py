@@ -87,7 +87,8 @@ class Subscriber(threading.Thread):
         self.session = BrokerSession("subscriber", brokers, health, self.wakeup, log,
                                      up_state=lambda address: f"subscribed on {address}",
                                      on_connect=self._subscribe, label="subscriber",
-                                     client_id=settings.client_id, auto_decode=False)
+                                     client_id=settings.client_id, auto_decode=False,
+                                     quick_ack=True)     # the broker's Nagle: broker/connection.ack_at_once
         spool.wake_on_room(self.wakeup)
         self.stopping = self.session.stopping
         self.memory = judgement.SpoolMemory(spool)

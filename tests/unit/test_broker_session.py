@@ -396,20 +396,22 @@ def test_ack_at_once_puts_the_socket_back_in_quick_ack_mode():
     connection.ack_at_once(None)
 
 
-def test_every_read_of_the_broker_socket_asks_for_a_quick_ack(monkeypatch):
+def test_every_read_of_a_consumers_socket_asks_for_a_quick_ack_and_only_a_consumers(monkeypatch):
     from msg_nagios_bridge.broker import connection
 
     asked = []
     monkeypatch.setattr(connection, "ack_at_once", asked.append)
-    transport = connection._Transport(("127.0.0.1", 1), 1.0, "localhost", False, None, lambda sock: None,
-                                      connection._Abort())
-    client, server = _tcp_pair()
-    transport.socket = client
-    try:
-        for frame in (b"MESSAGE\n\n1\0", b"MESSAGE\n\n2\0"):
-            server.sendall(frame)
-            assert transport.receive() == frame
-        assert asked == [client, client]
-    finally:
-        client.close()
-        server.close()
+    for quick_ack, expected in ((True, 2), (False, 0)):
+        asked.clear()
+        transport = connection._Transport(("127.0.0.1", 1), 1.0, "localhost", False, None, lambda sock: None,
+                                          connection._Abort(), quick_ack=quick_ack)
+        client, server = _tcp_pair()
+        transport.socket = client
+        try:
+            for frame in (b"MESSAGE\n\n1\0", b"MESSAGE\n\n2\0"):
+                server.sendall(frame)
+                assert transport.receive() == frame
+            assert asked == [client] * expected
+        finally:
+            client.close()
+            server.close()

@@ -306,3 +306,13 @@ def test_a_message_over_the_brokers_frame_limit_is_dead_lettered_and_the_rest_go
         publisher.stop()
         publisher.join(5)
         spool.close()
+
+
+def test_the_publishers_connection_leaves_tcp_acks_to_the_kernel(tmp_path):
+    """A publisher's own frames carry its ACKs; quick ACKs there only cost (ack_at_once)."""
+    spool = Spool(str(tmp_path / "out.sqlite"))
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),)), spool, Health(), drain_timeout=1)
+    try:
+        assert publisher.session.broker.quick_ack is False
+    finally:
+        spool.close()

@@ -257,3 +257,17 @@ def test_waiting_acks_are_dropped_when_the_connection_goes_and_sent_at_a_stop(su
     subscriber.stop()
     subscriber.join(5)
     assert broker.acks == ["good-2"]
+
+
+def test_the_subscribers_connection_asks_for_quick_tcp_acks(tmp_path):
+    """ActiveMQ's Nagle holds each MESSAGE until the previous one's TCP ACK: a subscriber that
+    has sent nothing back for a while must not leave that ACK to its kernel's delayed-ACK timer
+    (broker/connection.ack_at_once)."""
+    settings = make_settings(tmp_path, 0)
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    subscriber = Subscriber(settings.brokers, settings.inbound, spool, Health(), ALLOW_ALL)
+    try:
+        assert subscriber.session.broker.quick_ack is True
+    finally:
+        subscriber.poison.close()
+        spool.close()
