@@ -14,7 +14,7 @@ from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.cores.nagios.wiring import main_config_lines, object_definitions
 from tests.sandbox.bridge import bridge_config
-from tests.sandbox.nagios import active_service, host
+from tests.sandbox.nagios import active_service, host, passive_service
 from tests.sandbox.ports import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -280,6 +280,31 @@ def test_perfdata_rotation_by_the_nagios_processing_command_loses_nothing(
     # Results checked while Nagios shut down reach the perfdata file but their OCSP may never run.
     assert len(set(got) - expected) <= 3
     assert len(got) == len(set(got)), "rotation must not make the bridge read a line twice"
+
+
+@pytest.mark.parametrize("source", ["ocsp_pipe", "perfdata"])
+def test_each_result_carries_the_time_of_its_own_check(
+        source, tmp_path, activemq, nagios_factory, stomp_probe_factory, bridge_factory):
+    """Two checks of one service, alike in state and output, are two results stamped with the
+    check's time, not the moment Nagios wrote them. Stamped with $TIMET$, which Nagios expands
+    anew for each line, two such checks written within one second were one identity (the spool
+    kept one), and the OCSP line and the perfdata line of one check could differ by a second."""
+    probe = stomp_probe_factory(activemq, QUEUE)
+    bridge = bridge_factory([activemq.stomp_port], ocsp=source == "ocsp_pipe",
+                            perfdata=source == "perfdata", destination=QUEUE)
+    bridge.start(wait_for=bridge.workdir / "ocsp.fifo" if source == "ocsp_pipe" else None)
+    extra, objects = nagios_wiring(bridge)
+    extra["obsess_over_hosts"] = "0"
+    nagios = nagios_factory(hosts=[host("h1", active_checks_enabled=0)], extra_cfg=extra, objects=objects,
+                            services=[passive_service("h1", "remote")])
+    checked = [int(time.time()) - 300, int(time.time()) - 200]
+    for when in checked:
+        nagios.send_command("PROCESS_SERVICE_CHECK_RESULT;h1;remote;1;disk 91% full", timestamp=when)
+    stamps = lambda: sorted(int(m.headers["check_time"]) for m in probe.messages
+                            if m.headers.get("metric") == "remote")
+    assert wait_until(lambda: len(stamps()) >= 2, timeout=20), (stamps(), bridge.log_text()[-2000:])
+    time.sleep(0.5)   # a third message, if any, would be a duplicate
+    assert stamps() == checked
 
 
 def test_a_hung_broker_is_noticed_by_heartbeats_and_the_bridge_fails_over(

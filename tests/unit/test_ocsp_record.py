@@ -143,7 +143,7 @@ def nagios_expand(command, values):
     return "".join(out)
 
 
-MACRO_VALUES = {"TIMET": "1700000000", "HOSTNAME": "ce01.example.org", "SERVICEDESC": "org.sam.CE",
+MACRO_VALUES = {"LASTSERVICECHECK": "1700000000", "HOSTNAME": "ce01.example.org", "SERVICEDESC": "org.sam.CE",
                 "SERVICESTATEID": "2", "SERVICESTATETYPE": "HARD", "SERVICEATTEMPT": "1",
                 "SERVICECHECKTYPE": "ACTIVE", "SERVICEOUTPUT": "CRITICAL: ünïcode € \ttab",
                 "SERVICEPERFDATA": "t=1s", "LONGSERVICEOUTPUT": "line\\n" * 2000 + f"{TOKEN[:8]}:1 9\tMNB1S"}

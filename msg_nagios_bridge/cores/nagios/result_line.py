@@ -7,8 +7,8 @@ format means one parser and one set of tests for both paths.
 
 A line is tab-separated and starts with a tag that names its kind and version::
 
-    MNB1S <timet> <host> <service> <stateid> <statetype> <attempt> <checktype> <flavour> <uri> <publish> <output> <perfdata> <long output>
-    MNB1H <timet> <host> <stateid> <statetype> <attempt> <checktype> <flavour> <uri> <publish> <output> <perfdata> <long output>
+    MNB1S <checktime> <host> <service> <stateid> <statetype> <attempt> <checktype> <flavour> <uri> <publish> <output> <perfdata> <long output>
+    MNB1H <checktime> <host> <stateid> <statetype> <attempt> <checktype> <flavour> <uri> <publish> <output> <perfdata> <long output>
 
 ``checktype`` is ACTIVE or PASSIVE: the echo guard needs it (a passive result
 the bridge itself injected must not be published again).
@@ -35,13 +35,17 @@ SERVICE_RECORD_TAG = "MNB2S"
 HOST_RECORD_TAG = "MNB2H"
 RECORD_LINES = 4
 
+# The time is the check's own (Nagios sets last_check from the result's start time before it
+# runs the OCSP command or writes perfdata), not $TIMET$: Nagios expands that anew for each
+# line, so the OCSP line and the perfdata line of one check could differ by a second, and two
+# checks of one service alike in state and output, written within a second, shared one identity.
 SERVICE_MACROS = (
-    "$TIMET$", "$HOSTNAME$", "$SERVICEDESC$", "$SERVICESTATEID$", "$SERVICESTATETYPE$",
+    "$LASTSERVICECHECK$", "$HOSTNAME$", "$SERVICEDESC$", "$SERVICESTATEID$", "$SERVICESTATETYPE$",
     "$SERVICEATTEMPT$", "$SERVICECHECKTYPE$", "$_SERVICEMSG_FLAVOUR$", "$_SERVICEMSG_URI$", "$_SERVICEMSG_PUBLISH$",
     "$SERVICEOUTPUT$", "$SERVICEPERFDATA$", "$LONGSERVICEOUTPUT$",
 )
 HOST_MACROS = (
-    "$TIMET$", "$HOSTNAME$", "$HOSTSTATEID$", "$HOSTSTATETYPE$",
+    "$LASTHOSTCHECK$", "$HOSTNAME$", "$HOSTSTATEID$", "$HOSTSTATETYPE$",
     "$HOSTATTEMPT$", "$HOSTCHECKTYPE$", "$_HOSTMSG_FLAVOUR$", "$_HOSTMSG_URI$", "$_HOSTMSG_PUBLISH$",
     "$HOSTOUTPUT$", "$HOSTPERFDATA$", "$LONGHOSTOUTPUT$",
 )
