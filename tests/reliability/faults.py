@@ -44,7 +44,7 @@ from tests.sandbox.nagios import Nagios, passive_service
 from tests.sandbox.rabbitmq import RabbitMQ
 from tests.sandbox.ports import wait_until
 from tests.sandbox.procfs import rss_mb
-from tests.sandbox.stomp_probe import StompProbe, connect
+from tests.sandbox.stomp_probe import connect
 
 QUEUE = "/queue/reliability.results"
 HOSTS = 20                       # results are spread over this many hosts
@@ -371,10 +371,10 @@ def run_outbound(name, tmp, rng, params, *, source, brokers, counter_groups, fau
             if not broker.running():
                 broker.start()
         if params.broker == "rabbitmq":
-            # The durable queue, declared before anything flows: one declared just before a
-            # SIGKILL was once gone after the restart (docs/rabbitmq.md).
+            # The durable queue, declared before anything flows on a node restarted since: one
+            # declared just before a SIGKILL was once gone after the restart (docs/rabbitmq.md).
             for broker in chosen:
-                StompProbe(broker, QUEUE).start().close()
+                broker.declare_queues(QUEUE)
         if prepare:
             prepare(world)
         options = dict(heartbeat_ms=1000, **(bridge_options or {}))
