@@ -223,15 +223,15 @@ class RabbitMQ(LogFiles):
         if self.epmd is not None:
             stop_process(self.epmd, 5.0)
 
-    def declare_queues(self, *destinations):
-        """Declare each ``/queue/`` destination durable (a STOMP SUBSCRIBE, then gone), then
-        restart the node cleanly, as docs/rabbitmq.md asks of a site: on a node started for the
-        first time seconds before, a queue declared just before a SIGKILL can be gone after it,
-        with the messages RabbitMQ confirmed into it."""
+    def declare_queues(self, *destinations, restart=True):
+        """Declare each ``/queue/`` destination durable (a STOMP SUBSCRIBE, then gone), then,
+        with ``restart``, restart the node cleanly, as docs/rabbitmq.md asks of a site: on a node
+        started for the first time seconds before, a queue declared just before a SIGKILL can be
+        gone after it, with the messages RabbitMQ confirmed into it."""
         from .stomp_probe import StompProbe
         for destination in destinations:
             StompProbe(self, destination).start().close()
-        return self.restart()
+        return self.restart() if restart else self
 
     # -- the node's own tool ---------------------------------------------------------------------
     def ctl(self, *args, timeout=60.0):
