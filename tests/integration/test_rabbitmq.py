@@ -64,8 +64,8 @@ def drained(node, destination, expected, **kwargs):
 def test_published_results_are_persistent_in_durable_queues_and_survive_a_crash(rabbitmq_factory, bridge_factory):
     node = rabbitmq_factory()
     # The durable queue and a durable subscription on the topic, made before anything is
-    # published, on a node restarted since (a queue declared just before a crash can be gone
-    # after it: docs/rabbitmq.md).
+    # published, then the node restarted cleanly (a queue declared just before a crash can be
+    # gone after it: docs/rabbitmq.md).
     durable_topic_probe(node, TOPIC, "central.results").start().close()
     node.declare_queues(QUEUE)
     bridge = bridge_factory([node.stomp_port], ocsp=False, perfdata=True, destination=QUEUE, kind="rabbitmq",
@@ -140,9 +140,9 @@ def test_batches_from_two_queues_are_acked_whole(rabbitmq_factory, nagios_factor
 
 def test_failover_between_two_independent_nodes(rabbitmq_factory, bridge_factory):
     first, second = rabbitmq_factory(), rabbitmq_factory()
-    # The durable queue declared before anything is published, on a node restarted since
-    # (declare_queues): this test failed twice in full CI runs while the bridge's first SEND
-    # declared the queue on a node started seconds before (docs/rabbitmq.md).
+    # The durable queue declared before anything is published, then the node restarted
+    # cleanly (declare_queues): this test failed twice in full CI runs while the bridge's first
+    # SEND declared the queue a moment before the SIGKILL (docs/rabbitmq.md).
     first.declare_queues(QUEUE)
     StompProbe(second, QUEUE).start().close()        # the second node is not killed
     bridge = bridge_factory([first.stomp_port, second.stomp_port], ocsp=False, perfdata=True,

@@ -371,10 +371,10 @@ def run_outbound(name, tmp, rng, params, *, source, brokers, counter_groups, fau
             if not broker.running():
                 broker.start()
         if params.broker == "rabbitmq":
-            # The durable queue, declared before anything flows; on a node to be SIGKILLed, one
-            # restarted since: a queue declared on a node started seconds before can be gone
-            # after a SIGKILL (docs/rabbitmq.md). The other faults end with a clean shutdown or
-            # none, and skip the 7 s a restart costs.
+            # The durable queue, declared before anything flows; on a node to be SIGKILLed, then
+            # restarted cleanly: a queue declared a moment before a SIGKILL can be gone after it
+            # (docs/rabbitmq.md). The other faults end with a clean shutdown or none, and skip
+            # the 7 s a restart costs.
             for broker in chosen:
                 broker.declare_queues(QUEUE, restart=getattr(fault, "kills_broker", False))
         if prepare:

@@ -225,9 +225,9 @@ class RabbitMQ(LogFiles):
 
     def declare_queues(self, *destinations, restart=True):
         """Declare each ``/queue/`` destination durable (a STOMP SUBSCRIBE, then gone), then,
-        with ``restart``, restart the node cleanly, as docs/rabbitmq.md asks of a site: on a node
-        started for the first time seconds before, a queue declared just before a SIGKILL can be
-        gone after it, with the messages RabbitMQ confirmed into it."""
+        with ``restart``, restart the node cleanly: a queue declared a moment before a SIGKILL
+        can be gone after it, with the messages RabbitMQ confirmed into it (docs/rabbitmq.md);
+        a clean stop writes the node's schema database, declarations included."""
         from .stomp_probe import StompProbe
         for destination in destinations:
             StompProbe(self, destination).start().close()
