@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from .ports import LogFiles, descendants_of, free_port, kill_process, stop_process, track, wait_stomp_ready
+from .stomp_probe import StompProbe
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 HOST = "127.0.0.1"
@@ -228,7 +229,6 @@ class RabbitMQ(LogFiles):
         with ``restart``, restart the node cleanly: a queue declared a moment before a SIGKILL
         can be gone after it, with the messages RabbitMQ confirmed into it (docs/rabbitmq.md);
         a clean stop writes the node's schema database, declarations included."""
-        from .stomp_probe import StompProbe
         for destination in destinations:
             StompProbe(self, destination).start().close()
         return self.restart() if restart else self
