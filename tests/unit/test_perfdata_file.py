@@ -1,4 +1,5 @@
 """The perfdata tailer on real files and a real spool: rotation, truncation, restarts."""
+import dataclasses
 import os
 import threading
 import time
@@ -369,3 +370,38 @@ def test_split_records_leaves_an_incomplete_record_for_later():
     complete = records(0, 1).encode().split(b"\n")[:-1]
     assert split_records(complete + [b"garbage", complete[0]]) == (
         [b"\n".join(complete), b"garbage"], len(complete) + 1)
+
+
+@pytest.mark.parametrize("kind", ["record", "line"])
+def test_an_oversized_record_is_dead_lettered_whole_and_its_tail_never_read_as_a_result(tmp_path, kind):
+    """Regression (review 2026-12-04): after the first 4 MiB of an oversized record were
+    dead-lettered, the tailer read on from the cut, inside plugin output: a result line the
+    plugin placed there was published, for any host. The record's last part is written
+    later here, so that skipping to its end also waits for it."""
+    from msg_nagios_bridge.cores.nagios.perfdata_file import MAX_BATCH_BYTES
+    forged = result_line.format_line(CheckResult(host="victim.example.org", service="forged", state=2,
+                                                 output="planted", timestamp=1700000123))
+    big = CheckResult(host="h", service="big", state=0, output="ok", timestamp=1700000000, long_output="")
+    if kind == "record":
+        fmt = result_line.format_record
+        prefix = fmt(big).rsplit("\n", 1)[0] + "\n"       # its long output is on its last line
+        text = fmt(dataclasses.replace(big, long_output="A" * (MAX_BATCH_BYTES - len(prefix)) + forged))
+    else:
+        fmt = result_line.format_line
+        prefix = fmt(big).split("\tok")[0] + "\t"         # output is where the line cut falls
+        text = fmt(dataclasses.replace(big, output="A" * (MAX_BATCH_BYTES - len(prefix)) + forged))
+    assert text.index(forged) == MAX_BATCH_BYTES
+    path = tmp_path / "perfdata"
+    path.write_text(lines(0, 1) + text[:-5])
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        intake = Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event(), result_line.parse)
+        tailer = PerfdataTail(str(path), intake, Health(), poll_interval=0.02)
+        step_until_idle(tailer)
+        with open(path, "a") as handle:
+            handle.write(text[-5:] + "\n" + lines(1, 1))
+        step_until_idle(tailer)
+        assert services_in(spool) == [0, 1]
+        dead = sorted(spool.dead_letters(), key=lambda d: d.entry.entry_id)
+        assert [int(d.entry.message.headers["length"]) for d in dead] == [MAX_BATCH_BYTES, len(text) + 1 - MAX_BATCH_BYTES]
+        assert "the rest of a line or record longer than" in dead[1].reason
+        tailer._close()

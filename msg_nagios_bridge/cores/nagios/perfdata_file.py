@@ -92,6 +92,8 @@ class PerfdataTail(threading.Thread):
         self.file_id: Optional[Tuple[int, int]] = None
         self.offset = 0
         self.fingerprint = ""                          # of the current file, once it is long enough
+        # Newlines still to pass before the next record, after an oversized one was cut.
+        self.skip_lines = 0
         # Files that appeared at the path after the current one, opened, not yet read: oldest first.
         self.queued: Deque[Tuple[int, Tuple[int, int]]] = deque()
         intake.while_waiting = self._discover
@@ -164,6 +166,23 @@ class PerfdataTail(threading.Thread):
         while self.queued:
             os.close(self.queued.popleft()[0])
 
+    def _skip_rest_of_record(self, data: bytes) -> bool:
+        """After an oversized record's first MAX_BATCH_BYTES: dead-letter the rest of it, up to
+        the newline that ends it, and read on from there. True if it did something."""
+        left, cut = self.skip_lines, 0
+        while left and cut < len(data):
+            newline = data.find(b"\n", cut)
+            if newline < 0:
+                break
+            cut, left = newline + 1, left - 1
+        if left == 0 or len(data) >= MAX_BATCH_BYTES:
+            rest = data if left else data[:cut]
+            self.intake.dead_letter(rest, f"the rest of a line or record longer than {MAX_BATCH_BYTES} bytes")
+            self.offset += len(rest)
+            self.skip_lines = left
+            return True
+        return self._at_end(data)
+
     def _next_file(self, leftover: bytes) -> bool:
         """If the current file, read to its end, was replaced: switch. True if it did something."""
         current = _stat(self.path)
@@ -218,6 +237,8 @@ class PerfdataTail(threading.Thread):
             self.health.set_state(self.state_name, "reading")
         self._discover()
         data = os.pread(self.fd, MAX_BATCH_BYTES, self.offset)
+        if self.skip_lines:
+            return self._skip_rest_of_record(data)
         end = data.rfind(b"\n")
         complete = data[:end].split(b"\n") if end >= 0 else []
         lines, used = split_records(complete)
@@ -232,14 +253,26 @@ class PerfdataTail(threading.Thread):
         if len(data) >= MAX_BATCH_BYTES:
             self.intake.dead_letter(data, f"line or record longer than {MAX_BATCH_BYTES} bytes")
             self.offset += len(data)
+            # Never resume inside it: the rest of its line is plugin output, which may hold a
+            # whole result line of the plugin's making (for any host) right after the cut.
+            first_line_ends = data.find(b"\n")
+            first = data if first_line_ends < 0 else data[:first_line_ends]
+            record_lines = result_line.RECORD_LINES if result_line.is_record_start(first) else 1
+            self.skip_lines = record_lines - data.count(b"\n")
             return True
+        return self._at_end(data)
+
+    def _at_end(self, data: bytes) -> bool:
+        """The file read to its end (``data``: an incomplete last line): switch to the next
+        file if it was rotated, start again if it was truncated. True if it did either."""
         if self._next_file(data):
+            self.skip_lines = 0
             return True
         size = os.fstat(self.fd).st_size
         if size < self.offset:
             log.warning("%s was truncated (from %d to %d bytes); reading it from the start",
                         self.path, self.offset, size)
             self.health.add("perfdata_truncations")
-            self.offset, self.fingerprint = 0, ""
+            self.offset, self.fingerprint, self.skip_lines = 0, "", 0
             return True
         return False
