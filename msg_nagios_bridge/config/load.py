@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
-from ..broker.kinds import ACTIVEMQ, RABBITMQ, KINDS as BROKER_KINDS
+from ..broker.kinds import ACTIVEMQ, RABBITMQ, KINDS as BROKER_KINDS, settle_seconds
 from ..formats import decode as inbound_format
 from ..trust.tlsfiles import ca_bundle_from_dir
 from ..inbound import policy as policy_module
@@ -173,7 +173,8 @@ def _site(root: _Section) -> Site:
 def _brokers(root: _Section) -> BrokerSettings:
     sec = root.section("brokers", (
         "hosts", "username", "password", "password_file", "vhost", "heartbeat_ms", "connect_timeout",
-        "receipt_timeout", "max_in_flight", "backoff_initial", "backoff_max", "max_refusals", "tls", "kind"))
+        "receipt_timeout", "max_in_flight", "backoff_initial", "backoff_max", "max_refusals", "tls", "kind",
+        "settle_seconds"))
     kind = sec.get("kind", str, ACTIVEMQ, lambda v: None if v in BROKER_KINDS else
                    f"must be one of {', '.join(BROKER_KINDS)} (the broker the bridge talks to)")
     raw_hosts = sec.get("hosts", list, check=lambda v: None if v else "must list at least one broker")
@@ -195,6 +196,8 @@ def _brokers(root: _Section) -> BrokerSettings:
         backoff_max=sec.get("backoff_max", float, 60.0,
                             lambda v: None if v >= initial else "must not be below backoff_initial"),
         max_refusals=sec.get("max_refusals", int, 5, _positive),
+        settle_seconds=sec.get("settle_seconds", float, settle_seconds(kind),
+                               lambda v: None if 0 <= v <= 3600 else "must be from 0 to 3600 seconds"),
         tls=_tls(sec),
         kind=kind,
     )

@@ -86,6 +86,7 @@ class BrokerSettings:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     max_refusals: int = 5
+    settle_seconds: float = 0.0     # receipted messages kept this long, resent if the connection goes
     tls: TlsSettings = TlsSettings()
     kind: str = "activemq"          # activemq | rabbitmq: what the bridge says differently (broker/kinds.py)
 

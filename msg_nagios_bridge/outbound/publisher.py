@@ -17,16 +17,18 @@ its size limit), is found by sending one message at a time after it. (Those
 decisions are the pure state machine in refusals.py; this class carries them out.)
 
 Anything in flight when the connection goes is given back and sent again
-(at-least-once; receivers drop duplicates by ``result_id``). A broker that is
-away means reconnect with capped exponential backoff, forever (broker/session.py).
+(at-least-once; receivers drop duplicates by ``result_id``). So is what was receipted in
+the last ``settle_seconds`` (by default 5 s on RabbitMQ, none on ActiveMQ: broker/kinds.py).
+A broker that is away means reconnect with capped exponential backoff, forever (broker/session.py).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
 import time
-from typing import Dict, Optional
+from typing import Deque, Dict, List, Optional, Tuple
 
 from stomp.exception import StompException
 
@@ -68,6 +70,9 @@ class Publisher(threading.Thread):
         spool.wake_on_put(self.wakeup)
         self._in_flight: Dict[str, tuple] = {}   # receipt -> (entries, sent_at)
         self._in_flight_count = 0
+        # Receipted, deleted at their deadline (monotonic); given back if the connection goes first.
+        self.settle_seconds = settings.settle_seconds
+        self._settling: Deque[Tuple[float, List[int]]] = collections.deque()
         self._refusals = refusals.State()
         self._generation = 0
         self._serial = 0
@@ -115,8 +120,9 @@ class Publisher(threading.Thread):
 
     def _deadline(self) -> Optional[float]:
         """The next moment the loop must act without being woken: the oldest receipt's deadline
-        (receipt_timeout), or the end of a refusing-all pause. None: only a wake-up."""
-        deadlines = []
+        (receipt_timeout), the end of a refusing-all pause, or the oldest settling entries'.
+        None: only a wake-up."""
+        deadlines = [self._settling[0][0]] if self._settling else []
         if self._in_flight:
             oldest = next(iter(self._in_flight.values()))[1]    # dicts keep sending order
             deadlines.append(oldest + self.settings.receipt_timeout)
@@ -133,16 +139,23 @@ class Publisher(threading.Thread):
     def _in_flight_ids(self):
         return [entry.entry_id for entries, _ in self._in_flight.values() for entry in entries]
 
-    def _connection_lost(self, why: str, replies_read: bool = False) -> None:
-        """Give back everything in flight: without a receipt it may not have arrived."""
+    def _connection_lost(self, why: str, replies_read: bool = False, after_error: bool = False) -> None:
+        """Give back everything in flight: without a receipt it may not have arrived; and what
+        is settling, unless the broker closed the connection after an ERROR (``after_error``):
+        it is up then, and those it confirmed are safe (else each probe for a refused message,
+        a reconnect, would send them all again)."""
         if not replies_read:
             self._note_unread_errors()
-        if self._in_flight:
-            ids = self._in_flight_ids()
+        ids = self._in_flight_ids()
+        if not after_error:
+            ids += [entry_id for _, settling in self._settling for entry_id in settling]
+            self._settling.clear()
+        if ids:
             self.spool.give_back(ids)
             self.health.add("retries", len(ids))
             self._in_flight.clear()
             self._in_flight_count = 0
+        self._delete_settled(everything=True)          # after an ERROR: confirmed by a live broker
         self.session.lost(why)
 
     def _note_unread_errors(self) -> None:
@@ -256,6 +269,7 @@ class Publisher(threading.Thread):
             if not self._refused(headers, body, item, inferred):
                 return          # connection abandoned: later replies belong to it
         self._mark_done(done)
+        self._delete_settled()
         if self._refusing_all:
             delay = self._refusal_backoff.next_delay()
             self._warn(logging.ERROR, "refuses-all", f"the broker refuses every message ({self._refusing_all});"
@@ -271,11 +285,27 @@ class Publisher(threading.Thread):
             self._connection_lost("disconnected by the broker or heartbeat timeout")
 
     def _mark_done(self, entry_ids) -> None:
+        """Receipted: published; deleted now, or once settled (``settle_seconds``)."""
+        if entry_ids:
+            if self.settle_seconds:
+                self._settling.append((time.monotonic() + self.settle_seconds, list(entry_ids)))
+            else:
+                self._delete_entries(entry_ids)
+            self.health.add("published", len(entry_ids))
+            self.health.mark("publish")
+
+    def _delete_settled(self, everything: bool = False) -> None:
+        """Delete what has settled (``everything``: all receipted, at shutdown)."""
+        now = time.monotonic()
+        settled: List[int] = []
+        while self._settling and (everything or self._settling[0][0] <= now):
+            settled.extend(self._settling.popleft()[1])
+        self._delete_entries(settled)
+
+    def _delete_entries(self, entry_ids) -> None:
         if entry_ids:
             with self._never_stranded(entry_ids):
                 self.spool.done(entry_ids)
-            self.health.add("published", len(entry_ids))
-            self.health.mark("publish")
 
     @contextlib.contextmanager
     def _never_stranded(self, entry_ids):
@@ -323,13 +353,13 @@ class Publisher(threading.Thread):
                 self._warn(logging.ERROR, "dead-letter", f"message {entry.message.message_id} to "
                            f"{entry.message.destination} moved to dead letters: {reason}")
             if refusals.RECONNECT in actions:
-                self._connection_lost(f"broker error: {reason}", replies_read=True)
+                self._connection_lost(f"broker error: {reason}", replies_read=True, after_error=True)
                 return False
             return True
         if item is not None:
             self.spool.give_back([entry.entry_id for entry in item[0]])
         self._step(refusals.NamedNoMessage())
-        self._connection_lost(f"broker error: {reason}", replies_read=True)
+        self._connection_lost(f"broker error: {reason}", replies_read=True, after_error=True)
         return False
 
     def _drain(self) -> None:
@@ -345,3 +375,9 @@ class Publisher(threading.Thread):
             self.spool.give_back(self._in_flight_ids())
             self._in_flight.clear()
             self._in_flight_count = 0
+        # A clean stop: what was receipted is deleted now, not sent again at the next start.
+        try:
+            self._delete_settled(everything=True)
+        except SpoolError:
+            pass                # given back (_never_stranded): sent again at the next start
+

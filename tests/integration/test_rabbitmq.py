@@ -174,6 +174,27 @@ def test_failover_between_two_independent_nodes(rabbitmq_factory, bridge_factory
     assert first.queues()["test.results"][0] == 1
 
 
+def test_results_receipted_just_before_a_crash_are_sent_again_to_the_other_node(rabbitmq_factory, bridge_factory):
+    """RabbitMQ 3.10 can lose a queue that a SEND created moments before the node is killed,
+    with the messages it had confirmed into it (docs/rabbitmq.md): the bridge keeps receipted
+    results for brokers.settle_seconds and sends them again when the connection goes within
+    it. Here the bridge's own first SEND creates the queue, as at a site where nobody declared
+    it, and the window is long, so that the kill falls within it however loaded the machine."""
+    first, second = rabbitmq_factory(), rabbitmq_factory()
+    bridge = bridge_factory([first.stomp_port, second.stomp_port], ocsp=False, perfdata=True,
+                            destination=QUEUE, kind="rabbitmq", settle_seconds=300)
+    bridge.start()
+    lines = result_lines(20, "settling")
+    with open(bridge.workdir / "service-perfdata", "a") as handle:
+        handle.write("".join(lines))
+    assert bridge.wait_counter("published", 20) >= 20, bridge.log_text()[-2000:]
+    first.kill()
+    # All 20 reach the second node, though the first had confirmed each of them.
+    on_second, _ = drained(second, QUEUE, expected_ids(lines))
+    assert set(on_second) == expected_ids(lines), bridge.log_text()[-3000:]
+    assert bridge.wait_counter("published", 40) >= 40 and bridge.counter("retries") >= 20
+
+
 def test_a_result_over_the_nodes_size_limit_is_dead_lettered_and_the_rest_delivered(rabbitmq_factory,
                                                                                     bridge_factory):
     """RabbitMQ answers a message over max_message_size with an ERROR that names no message

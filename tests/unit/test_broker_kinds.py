@@ -1,6 +1,7 @@
 """brokers.kind: what is refused at config load for each broker, the frames' headers, and how
 the publisher sends to RabbitMQ."""
 import contextlib
+import time
 
 import pytest
 
@@ -97,7 +98,8 @@ def test_transactions_only_where_a_commit_receipt_means_stored():
 
 class CorkingBroker:
     """Stands in for BrokerConnection (as test_publisher.AcceptingBroker), recording what the
-    publisher does: frames written in corked blocks, BEGIN/COMMIT; the first corked write fails."""
+    publisher does: frames written in corked blocks, BEGIN/COMMIT; the first corked write fails
+    (unless ``fail_next_write`` is cleared); closed, it is connected again at once."""
 
     def __init__(self, wakeup):
         import types
@@ -113,7 +115,7 @@ class CorkingBroker:
         pass
 
     def close(self):
-        pass
+        self.events.lost = False        # "reconnected" at once: the next connection is a fresh one
 
     discard = close
 
@@ -165,3 +167,81 @@ def test_on_rabbitmq_each_message_has_its_receipt_a_batch_is_one_write_and_a_fai
     assert all("receipt" in headers for frames in broker.writes for headers in frames)
     # The failed write's batch (500, in flight by then) was given back once, by the connection loss.
     assert len(given_back) == 500 and len(set(given_back)) == 500
+
+
+def test_settle_seconds_defaults_to_five_on_rabbitmq_and_none_on_activemq():
+    assert parse("{destination: /queue/a}").brokers.settle_seconds == 0
+    assert parse("{destination: /queue/a}", "rabbitmq").brokers.settle_seconds == kinds.RABBITMQ_SETTLE_SECONDS == 5
+    assert parse("{destination: /queue/a}", "activemq, settle_seconds: 2.5").brokers.settle_seconds == 2.5
+    with pytest.raises(config.ConfigError) as caught:
+        parse("{destination: /queue/a}", "rabbitmq, settle_seconds: -1")
+    assert "settle_seconds = -1" in str(caught.value) and "from 0 to 3600" in str(caught.value)
+
+
+def publish_settling(tmp_path, settle_seconds, count=50):
+    """A publisher on RabbitMQ's terms with ``settle_seconds``, started on ``count`` spooled
+    messages that the CorkingBroker receipts at once: (publisher, spool, health)."""
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    spool.put([Message(f"m{i}", "/queue/q", {"persistent": "true"}, b"ok") for i in range(count)])
+    health = Health()
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), kind="rabbitmq", settle_seconds=settle_seconds),
+                          spool, health, drain_timeout=1)
+    publisher.session.broker = CorkingBroker(publisher.wakeup)
+    publisher.session.broker.fail_next_write = False
+    publisher.start()
+    return publisher, spool, health
+
+
+def test_receipted_messages_stay_in_the_spool_for_settle_seconds_then_are_deleted(tmp_path):
+    publisher, spool, health = publish_settling(tmp_path, 1.0)
+    try:
+        assert wait_until(lambda: health.counter("published") == 50, 10)
+        published_at = time.monotonic()
+        assert spool.stats().depth == 50 and spool.stats().leased == 50     # receipted, settling
+        assert wait_until(lambda: spool.stats().depth == 0, 10), spool.stats()
+        assert time.monotonic() - published_at > 0.8
+        assert spool.take(100) == []
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()
+
+
+def test_a_connection_lost_while_they_settle_sends_the_receipted_again_and_a_clean_stop_deletes_them(tmp_path):
+    publisher, spool, health = publish_settling(tmp_path, 600.0)
+    broker = publisher.session.broker
+    try:
+        assert wait_until(lambda: health.counter("published") == 50, 10)
+        first_writes = len(broker.writes)
+        broker.events.lost = True                   # what stomp.py's listener notes at a reset
+        publisher.wakeup.set()
+        # Given back and sent again (the CorkingBroker "reconnects" at once): 50 more receipts.
+        assert wait_until(lambda: health.counter("published") == 100, 10), health.counter("published")
+        assert health.counter("retries") == 50
+        resent = [headers for frames in broker.writes[first_writes:] for headers in frames]
+        assert len(resent) == 50
+        assert spool.stats().depth == 50            # the same 50 entries, settling again
+    finally:
+        publisher.stop()
+        publisher.join(5)
+    assert spool.stats().depth == 0                 # a clean stop: receipted means delivered
+    spool.close()
+
+
+def test_a_connection_the_broker_closes_after_an_error_does_not_send_the_settling_again(tmp_path):
+    """An ERROR comes from a live broker: what it confirmed is safe, and sending it again at
+    each reconnect (each probe for a refused message is one) would repeat it many times."""
+    publisher, spool, health = publish_settling(tmp_path, 600.0)
+    broker = publisher.session.broker
+    try:
+        assert wait_until(lambda: health.counter("published") == 50, 10)
+        writes = len(broker.writes)
+        broker.replies.append(("error", {"message": "not allowed"}, ""))    # names no message
+        publisher.wakeup.set()
+        assert wait_until(lambda: spool.stats().depth == 0, 10), spool.stats()
+        assert health.counter("broker_errors") == 1 and health.counter("retries") == 0
+        assert len(broker.writes) == writes and health.counter("published") == 50
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()

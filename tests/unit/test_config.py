@@ -119,7 +119,7 @@ def test_the_example_documents_every_key():
     keys = set(config._ROUTE_KEYS + config._INBOUND_KEYS + config._MAPPING_KEYS) | {
         "name", "role", "nagios_name", "vo", "hosts", "username", "password", "password_file", "vhost",
         "heartbeat_ms", "connect_timeout", "receipt_timeout", "max_in_flight", "backoff_initial",
-        "backoff_max", "max_refusals", "directory", "max_messages", "max_megabytes", "ocsp_pipe",
+        "backoff_max", "max_refusals", "settle_seconds", "directory", "max_messages", "max_megabytes", "ocsp_pipe",
         "perfdata", "path", "group", "mode", "max_line_bytes", "service_file", "host_file",
         "poll_interval", "rotate_interval", "level", "target", "file", "syslog_facility", "user",
         "pidfile", "status_interval", "textfile", "listen", "senders", "rules", "sender_header", "exact_senders",
