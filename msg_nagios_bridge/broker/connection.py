@@ -200,7 +200,11 @@ def send_frame(destination: str, body: bytes, headers: Mapping[str, str]) -> byt
         if name not in ("destination", "content-length"):
             lines.append(f"{_escaped(name)}:{_escaped(str(value))}\n")
     lines.append("\n")
-    return "".join(lines).encode("utf-8") + body + b"\0"
+    head = "".join(lines)
+    if "\0" in head:
+        # STOMP has no escape for NUL, which ends a frame: a reader would see two frames.
+        head = head.replace("\0", "\ufffd")
+    return head.encode("utf-8") + body + b"\0"
 
 
 def ack_frame(ack_id: str) -> bytes:

@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Dict, Mapping
 
-from ..model import CheckResult, InvalidResult, Refused
+from ..model import CheckResult, Refused
 from .record import Record, parse_timestamp, state_type
 
 HOST_METRIC_NAME = "HOST"
@@ -41,6 +41,7 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 _LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"     # str.splitlines()
 _SEGMENTS = re.compile(f"([{_LINE_BREAKS}])")
+_BREAKS_TO_BLANKS = str.maketrans(_LINE_BREAKS, " " * len(_LINE_BREAKS))
 _BLANKS = "".join(chr(c) for c in range(sys.maxunicode + 1) if c <= 0x20 or chr(c).isspace())
 _EOT_START = re.compile(r"\.*eot", re.IGNORECASE)
 _ESCAPED_EOT_START = re.compile(r"\.+eot", re.IGNORECASE)
@@ -108,9 +109,9 @@ def encode(result: CheckResult, fields: Mapping[str, str]) -> str:
         record["performanceData"] = result.perfdata
     lines = []
     for key, value in record.items():
-        if "\n" in value or "\r" in value:
-            raise InvalidResult(f"metric-output field {key} would span lines: {value[:60]!r}")
-        lines.append(f"{key}: {escape_eot(value)}")
+        # A line break of any reader's kind (str.splitlines: VT, FF, NEL, U+2028 ...) in a one-
+        # line field becomes a blank: text after it would read as a key of its own there.
+        lines.append(f"{key}: {escape_eot(value.translate(_BREAKS_TO_BLANKS))}")
     if result.long_output:
         lines.append("detailsData: " + escape_eot(result.long_output))
     lines.append("EOT")

@@ -15,8 +15,9 @@ from ..formats import wlcg
 from ..model import CheckResult, Message
 
 # Characters that would change a destination's meaning (ActiveMQ uses '.' as the
-# hierarchy separator, '*' and '>' as wildcards, ',' to list destinations).
-_UNSAFE_IN_DESTINATION = re.compile(r"[.\s*>,/:;\\]")
+# hierarchy separator, '*' and '>' as wildcards, ',' to list destinations), and control
+# characters (a NUL would end the SEND frame).
+_UNSAFE_IN_DESTINATION = re.compile(r"[.\s*>,/:;\\\x00-\x1f\x7f]")
 _OPT_OUT = ("0", "no", "false", "off")
 
 _ENCODERS = {"wlcg": (wlcg.encode, "text/plain"), "json": (json_format.encode, "application/json")}

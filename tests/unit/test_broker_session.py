@@ -292,6 +292,18 @@ def test_a_send_frame_encoded_by_the_bridge_is_what_stomp_py_would_write():
     assert ours.headers["odd"] == "a:b\\c\nd\re" and ours.headers["content-length"] == str(len(body))
 
 
+def test_a_nul_in_a_header_never_ends_the_send_frame():
+    """STOMP has no escape for NUL, which ends a frame: in a header it becomes U+FFFD, so that
+    one SEND stays one frame (a NUL in the body is safe: content-length)."""
+    import stomp.utils
+    from msg_nagios_bridge.broker.connection import send_frame
+    frame = send_frame("/queue/q\x00BOGUS", b"body\x00NUL", {"vo": "ops\x00\nBOGUS:1"})
+    assert frame.count(b"\x00") == 2 and frame.endswith(b"\x00")        # the body's and the end
+    parsed = stomp.utils.parse_frame(frame[:-1])
+    assert parsed.cmd == "SEND" and parsed.headers["destination"] == "/queue/q\ufffdBOGUS"
+    assert parsed.headers["vo"] == "ops\ufffd\nBOGUS:1" and parsed.body == b"body\x00NUL"
+
+
 def test_an_ack_frame_encoded_by_the_bridge_is_what_stomp_py_would_write():
     """The subscriber's ACKs (ack_frame) are byte for byte what stomp.py's ack() writes, for
     ActiveMQ's ids (colons), RabbitMQ's, and hostile text."""

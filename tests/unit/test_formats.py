@@ -127,10 +127,21 @@ def test_wlcg_decode_keeps_unknown_keys_and_refuses_broken_records():
         wlcg.decode("not a pair\nEOT")
 
 
-def test_wlcg_refuses_an_attribute_that_would_add_a_line():
-    result = CheckResult(host="h", service="s", state=0, attributes={"flavour": "CE\nmetricStatus: OK"})
-    with pytest.raises(InvalidResult):
-        wlcg.encode(result, FIELDS)
+@pytest.mark.parametrize("brk", list(wlcg._LINE_BREAKS))
+def test_wlcg_a_line_break_of_any_readers_kind_in_a_one_line_field_adds_no_key(brk):
+    """Regression (review 2026-12-04): only LF and CR were kept out of one-line fields (and
+    refused, so a CR in a custom variable dead-lettered the result); a reader that splits lines
+    as str.splitlines does, last key winning, read a second metricStatus after a VT or U+2028."""
+    forged = f"{brk}metricStatus: OK{brk}siteName: SITE-B"
+    output = "CRITICAL: down" + (forged if brk not in "\r\n" else " metricStatus: OK siteName: SITE-B")
+    result = CheckResult(host="h", service="s", state=2, output=output, perfdata="t=1" + forged,   # (a CheckResult
+                         attributes={"flavour": "CE" + forged, "uri": "h" + forged})    # refuses LF, CR in output)
+    body = wlcg.encode(result, FIELDS)
+    assert body.splitlines() == body.split("\n")[:-1]                # the bridge's lines are every reader's
+    keys = [line.partition(":")[0] for line in body.splitlines()]
+    assert keys.count("metricStatus") == 1 and keys.count("siteName") == 1
+    record = wlcg.decode(body)
+    assert record["metricStatus"] == "CRITICAL" and record["summaryData"] == "CRITICAL: down metricStatus: OK siteName: SITE-B"
 
 
 @given(st.text(), st.text())

@@ -49,6 +49,15 @@ def test_destination_makes_dots_and_wildcards_safe():
     assert routing.destination(JSON_CE, SETTINGS.site, weird) == "/queue/ce.a_b_c.x_y_z"
 
 
+def test_destination_keeps_control_characters_of_custom_variables_out():
+    """Regression (review 2026-12-04): a NUL in the flavour custom variable reached the
+    destination, and ended the SEND frame there (stomp.py read two frames)."""
+    route = dataclasses.replace(ALL, destination="/queue/q.{flavour}")
+    for char in ("\x00", "\x01", "\x1b", "\x7f", "\t"):
+        flavoured = result(attributes={"flavour": f"CE{char}BOGUS"})
+        assert routing.destination(route, SETTINGS.site, flavoured) == "/queue/q.CE_BOGUS"
+
+
 def test_headers_carry_what_consumers_filter_on():
     message = routing.build_message(ALL, SETTINGS.site, result(state=2), now_ms=1000)
     headers = message.headers
