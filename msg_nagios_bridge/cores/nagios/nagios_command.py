@@ -262,8 +262,12 @@ def truncate_to_fit(result: CheckResult, now: int, limit: int = PIPE_BUF) -> str
             text = body + (mark if kept else mark.lstrip())
         elif _cost(output) <= room:
             items: List[str] = []
+            # A running cost (_cost adds up over concatenation): measuring the joined items
+            # again for each one took time quadratic in their number (review 2026-12-04).
+            used = _cost(output + "|")
             for item in perfdata.split(" "):
-                if _cost(output + "|" + " ".join(items + [item])) > room:
+                used += _cost(item) + (1 if items else 0)       # its separating blank
+                if used > room:
                     break
                 items.append(item)
             kept_perf = " ".join(items).strip()
