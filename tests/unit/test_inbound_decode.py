@@ -251,11 +251,18 @@ LINE = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_ch
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x00"), max_size=200)
 
 
+BREAKS_TO_BLANKS = str.maketrans(wlcg._LINE_BREAKS, " " * len(wlcg._LINE_BREAKS))
+
+
 def round_trip_result(host, service, state, output, long_output, perfdata, timestamp, strip):
+    """``strip`` (WLCG): its values lose their surrounding blanks, and a one-line field its line
+    breaks of any kind (blanks instead: docs/formats.md)."""
+    if strip:
+        output, perfdata = (text.translate(BREAKS_TO_BLANKS).strip() for text in (output, perfdata))
     try:
         result = CheckResult(host=host, service=service, state=min(state, 2) if service is None else state,
-                             output=output.strip() if strip else output, long_output=long_output.strip("\n"),
-                             perfdata=perfdata.strip() if strip else perfdata, timestamp=timestamp)
+                             output=output, long_output=long_output.strip("\n"), perfdata=perfdata,
+                             timestamp=timestamp)
     except InvalidResult:
         assume(False)
     assume(service != wlcg.HOST_METRIC_NAME)
