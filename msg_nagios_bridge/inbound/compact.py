@@ -39,12 +39,20 @@ def _siphash(text: str) -> int:
 _SECRET = os.urandom(16)     # for BLAKE2b: one per process, as str's hash key is
 
 
+def _str_hash_is_secret() -> bool:
+    """Whether str's hash key was drawn at random at start. Not with any PYTHONHASHSEED but
+    "random": 0 turns randomization off, any other number fixes the key (and
+    sys.flags.hash_randomization still says 1)."""
+    seed = None if sys.flags.ignore_environment else os.environ.get("PYTHONHASHSEED")
+    return bool(sys.flags.hash_randomization) and seed in (None, "random")
+
+
 class Hasher:
     """Text -> 64-bit unsigned int, keyed with a secret the sender cannot know (the same in
     every Hasher of one process, so two sets of one process can be compared)."""
 
     def __init__(self) -> None:
-        if sys.flags.hash_randomization and sys.hash_info.hash_bits >= 64:
+        if _str_hash_is_secret() and sys.hash_info.hash_bits >= 64:
             self._hash = _siphash
         else:      # PYTHONHASHSEED set: str's hash key is known
             secret = _SECRET

@@ -6,6 +6,8 @@ import sys
 import tracemalloc
 from array import array
 
+import pytest
+
 from msg_nagios_bridge.cores.nagios import objects_cache
 from msg_nagios_bridge.inbound import compact
 from msg_nagios_bridge.inbound.compact import KnownObjects, TimedNames, object_text
@@ -96,12 +98,15 @@ def test_lf_only_like_nagios_a_line_separator_inside_a_name_stays_in_it(tmp_path
     assert ("h\u2028x", "s\x85y") in known and len(known) == 1
 
 
-def test_with_a_fixed_pythonhashseed_the_hash_is_keyed_with_a_secret_of_its_own():
+@pytest.mark.parametrize("seed", ["0", "1234"])
+def test_with_a_fixed_pythonhashseed_the_hash_is_keyed_with_a_secret_of_its_own(seed):
+    """Regression (review 2026-12-04): only PYTHONHASHSEED=0 was seen as a known key; with
+    1234, sys.flags.hash_randomization is 1 and str's hash, keyed with 1234, was used."""
     code = ("import sys; from msg_nagios_bridge.inbound.compact import Hasher, KnownObjects, _siphash;"
             "h = Hasher(); assert h._hash is not _siphash;"
             "k = KnownObjects([('h', 's'), ('h', None)]);"
             "assert ('h', 's') in k and ('h', None) in k and ('h', 't') not in k; print('ok')")
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    env = dict(os.environ, PYTHONHASHSEED=seed)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
     assert compact.Hasher()._hash is compact._siphash or not sys.flags.hash_randomization
