@@ -7,9 +7,10 @@ The subscriber, ``dead-letters requeue --inbound`` and ``try-message`` all call
 2. the signature, when signatures are required: the verified signer is the sender, and a
    header the bridge reads (``HEADERS_READ``) that the signature does not cover is refused
    (``unsigned-header``);
-3. the sender (the policy's sender header when signatures are not required);
+3. the sender (the policy's sender header when signatures are not required), which some
+   rule of the policy must allow (``no-sender``, ``sender-not-allowed``), before any decoding;
 4. decoding (formats.decode);
-5. the policy (formats the sender may report on);
+5. the policy (the hosts and services the sender may report on);
 6. freshness: a result older than ``max_age`` or more than ``max_clock_skew`` ahead of the
    clock is refused (``too-old``, ``from-future``);
 7. against what was already injected (``Memory``): a result older than the newest one
@@ -171,6 +172,7 @@ def judge(rules: Rules, headers: typing.Mapping[str, str], body: bytes, now: flo
     """Steps 1-6 for one message: an ACCEPTED verdict, or raise Refused (only)."""
     check_headers(headers)
     sender, identity = _sender(rules, headers, body)
+    policy_module.check_sender(rules.policy, sender)
     result = inbound_format.decode(headers, body, rules.mapping, now=now)
     policy_module.check(rules.policy, result, sender)
     age = now - result.timestamp

@@ -106,6 +106,17 @@ def sender_of(policy: Policy, headers: typing.Mapping[str, str]) -> str:
     return value if isinstance(value, str) else ""
 
 
+def check_sender(policy: Policy, sender: str) -> None:
+    """Return if some rule allows ``sender``; else raise Refused (``no-sender``,
+    ``sender-not-allowed``). Judged before the body is decoded: a sender no rule names costs no
+    decoding, and nothing it sends counts in the loss accounting (inbound/sequence.py)."""
+    if not isinstance(sender, str) or not sender:
+        raise Refused("no-sender", f"the message has no {policy.sender_header!r} sender")
+    if not any(rule.allows_sender(sender) for rule in policy.rules):
+        hint = " (the policy has no rules: inbound results are off)" if not policy.rules else ""
+        raise Refused("sender-not-allowed", f"sender {_show(sender)} may not send results{hint}")
+
+
 def check(policy: Policy, result: CheckResult, sender: str) -> None:
     """Return if ``sender`` may inject ``result``; else raise Refused with a reason.
 

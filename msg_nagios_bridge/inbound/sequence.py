@@ -38,12 +38,15 @@ MAX_TOTAL_GAPS = 100_000
 OLD_EPOCHS = 4                   # forgotten epoch ids remembered per stream
 CURSOR_PREFIX = "seq-in:"
 
-# Refusals that say the headers cannot be trusted to name the producer: such a message is
-# left out of the accounting (counted as untrusted). Every other refused message arrived
-# from the producer its headers name (policy, freshness, decoding): it counts as received.
+# Refusals that say the headers cannot be trusted to name the producer, or that the sender
+# is none the policy allows: such a message is left out of the accounting (counted as
+# untrusted), or anyone who may publish to the destination could open streams and gaps
+# (review 2026-12-04). Every other refused message came from a sender the policy allows
+# (the sender is judged before decoding: judgement.py), from the producer its headers name:
+# it counts as received.
 UNTRUSTED_REFUSALS = frozenset({
     "bad-headers", "poison", "internal-error", "bad-signature", "signature-scheme", "unsigned",
-    "unsigned-header", "untrusted-signer", "encrypted"})
+    "unsigned-header", "untrusted-signer", "encrypted", "no-sender", "sender-not-allowed"})
 
 
 class _Epoch:

@@ -110,6 +110,18 @@ def test_generated_hostile_shapes_are_judged_fast(body):
     assert verdict.outcome in (judgement.ACCEPTED, judgement.REFUSED)
 
 
+def test_the_sender_is_judged_before_the_body_is_decoded():
+    """A sender no rule allows costs no decoding, and its refusal says so whatever the body
+    (its messages are then left out of the loss accounting: inbound/sequence.py)."""
+    only_a = judgement.Rules(mapping=Mapping(), policy=Policy(rules=(
+        Rule(senders=("nagios.site-a.org",), hosts=("*",), services=("*",)),)))
+    stranger = {"nagios_host": "nagios.elsewhere.org"}
+    for body in (b"not a record", wlcg()):
+        assert one(stranger, body, only_a).refusal.reason == "sender-not-allowed"
+        assert one({}, body, only_a).refusal.reason == "no-sender"
+    assert one(SENDER, b"not a record", only_a).refusal.reason == "no-eot"
+
+
 def test_a_message_within_every_limit_is_still_accepted():
     verdict = one(dict(SENDER, result_id="r1"), wlcg())
     assert verdict.outcome == judgement.ACCEPTED, verdict.refusal

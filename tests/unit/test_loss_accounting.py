@@ -175,6 +175,19 @@ def test_unnumbered_and_untrusted_messages_are_left_out_and_counted():
     assert row(tracker)["received"] == 1, "a result refused by the policy did arrive"
 
 
+def test_messages_from_senders_the_policy_does_not_allow_open_no_stream_and_move_none():
+    """Regression (review 2026-12-04): a refused sender's message counted, so anyone who may
+    publish to the destination could move a producer's stream to 2**63-1 (gaps of 9e18) or
+    fill the table of streams so that a new genuine producer went untracked."""
+    tracker = Tracker()
+    note(tracker, 1)
+    forged = [(stamped(2**63 - 1), "sender-not-allowed"), (stamped(5), "no-sender")]
+    forged += [(stamped(1, site=f"site-{i}"), "sender-not-allowed") for i in range(50)]
+    tracker.note_batch(forged, NOW)
+    assert tracker.counters["untrusted"] == 52
+    assert len(tracker.snapshot(NOW)["streams"]) == 1 and row(tracker)["missing"] == 0
+
+
 def test_a_huge_hostile_header_is_refused_in_constant_time():
     tracker = Tracker()
     note(tracker, 1)
