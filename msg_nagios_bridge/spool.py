@@ -397,7 +397,8 @@ class Spool:
 
     def put(self, messages: Sequence[Message], cursor: Optional[Tuple[str, str]] = None,
             marks: Sequence[Tuple[str, str, float]] = (), *, numbered: bool = False,
-            states: Sequence[Tuple[str, str]] = (), newest: Sequence[Tuple[str, float, str]] = ()) -> int:
+            states: Sequence[Tuple[str, str]] = (), newest: Sequence[Tuple[str, float, str]] = (),
+            dead_letters: Sequence[Tuple[Message, str]] = ()) -> int:
         """Store a batch, all or nothing, fsynced when this returns; return how many were new.
 
         A message_id already in the spool (queued or dead letter) or twice in the batch is a
@@ -405,7 +406,9 @@ class Spool:
         transaction, so a source's read position is durable exactly when its lines are;
         so are ``marks`` (kind, key, at), each keeping the later of its old and new time,
         ``states``, more (name, value) cursors, and ``newest`` (object, at, tag), in order:
-        a later time replaces an object's time and tags, the same time adds the tag.
+        a later time replaces an object's time and tags, the same time adds the tag;
+        ``dead_letters`` (message, reason), as add_dead_letter keeps them (a source's refused
+        lines with the batch they came in: one fsync, not one each).
         ``numbered``: each new message with a ``route`` header gets the next number of that
         route, with the route's epoch, in ``route_seq`` (formats/sequence.py);
         the counters are cursors named ``seq-out:<route>`` written in the same transaction,
@@ -422,7 +425,7 @@ class Spool:
             counters: Dict[str, Tuple[str, int]] = {}
 
             def work() -> None:
-                nonlocal new, new_bytes, rows
+                nonlocal new, new_bytes, rows, added, dropped
                 if rows and numbered:
                     rows = self._number(rows, messages, counters)
                     self._db.executemany(
@@ -458,7 +461,10 @@ class Spool:
                 if newest:
                     self._db.executemany(_UPSERT_NEWEST, newest)
                 self._save_states(states, now)
+                if dead_letters:
+                    added, dropped = self._insert_dead_letters(dead_letters, now)
 
+            added = dropped = 0
             try:
                 self._write("store a batch", work)
             except SpoolFull:
@@ -469,6 +475,7 @@ class Spool:
             self._bytes += new_bytes
             self._counters["put"] += new
             self._counters["duplicates"] += len(rows) - new
+            self._count_dead_letters(added, dropped)
         if new:
             self._something_to_take()
         return new
@@ -775,28 +782,37 @@ class Spool:
         """Keep input that never became a queue entry (a bad line, a refused message) as a
         dead letter with ``reason``; return False if its message_id is already one.
         ``states``: (name, value) cursors saved in the same transaction."""
-        row = _encode(message)
         now = self._clock()
         with self._lock:
             added = dropped = 0
 
             def work() -> None:
                 nonlocal added, dropped
-                added = self._db.execute(
-                    "INSERT OR IGNORE INTO dead_letters (entry_id, message_id, destination,"
-                    " headers, body, size, enqueued_at, attempts, reason, rejected_at)"
-                    " VALUES (0, ?, ?, ?, ?, ?, ?, 0, ?, ?)", (*row, now, reason, now)).rowcount
-                dropped = self._trim_dead_letters(added)
+                added, dropped = self._insert_dead_letters([(message, reason)], now)
                 self._save_states(states, now)
 
             self._write("keep a dead letter", work)
-            self._dead += added - dropped
-            self._counters["rejected"] += added
-            self._counters["dead_letters_dropped"] += dropped
+            self._count_dead_letters(added, dropped)
+        return bool(added)
+
+    def _insert_dead_letters(self, dead_letters: Sequence[Tuple[Message, str]], now: float) -> Tuple[int, int]:
+        """Inside a transaction: keep (message, reason) as dead letters, each message_id once,
+        and trim to the limits; (added, dropped)."""
+        added = self._db.executemany(
+            "INSERT OR IGNORE INTO dead_letters (entry_id, message_id, destination,"
+            " headers, body, size, enqueued_at, attempts, reason, rejected_at)"
+            " VALUES (0, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            [(*_encode(message), now, reason, now) for message, reason in dead_letters]).rowcount
+        return added, self._trim_dead_letters(added)
+
+    def _count_dead_letters(self, added: int, dropped: int) -> None:
+        """Once committed (under self._lock)."""
+        self._dead += added - dropped
+        self._counters["rejected"] += added
+        self._counters["dead_letters_dropped"] += dropped
         if dropped:
             log.warning("spool %s: %d oldest dead letters deleted (limits %d dead letters, %d bytes)",
                         self.path, dropped, self.max_dead_letters, self.max_dead_letter_bytes)
-        return bool(added)
 
     def _trim_dead_letters(self, added: int) -> int:
         """Inside a transaction that added dead letters: delete the oldest beyond the limits

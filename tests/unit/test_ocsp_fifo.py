@@ -140,7 +140,7 @@ class RefusingSpool:
     def wake_on_room(self, wakeup):
         pass                      # never any room
 
-    def put(self, messages, cursor=None, marks=(), numbered=False):
+    def put(self, messages, cursor=None, marks=(), numbered=False, dead_letters=()):
         from msg_nagios_bridge.spool import SpoolUnavailable
         raise SpoolUnavailable("disk I/O error")
 

@@ -405,3 +405,22 @@ def test_an_oversized_record_is_dead_lettered_whole_and_its_tail_never_read_as_a
         assert [int(d.entry.message.headers["length"]) for d in dead] == [MAX_BATCH_BYTES, len(text) + 1 - MAX_BATCH_BYTES]
         assert "the rest of a line or record longer than" in dead[1].reason
         tailer._close()
+
+
+def test_refused_lines_are_kept_in_the_transaction_of_their_batch(tmp_path):
+    """Regression (review 2026-12-04): each refused line was kept in a transaction (an fsync)
+    of its own: a perfdata file in Nagios's default template, or garbage on the OCSP pipe,
+    went in at the fsync rate (80-92 lines/s on a loaded disk) and the source fell behind."""
+    bad = [b"[SERVICEPERFDATA]\t1700000000\th\ts%d\t0.1\t0.0\tOK\ttime=1s" % i for i in range(1200)]
+    good = [line.encode() for line in lines(0, 3).splitlines()]
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        writes = []
+        real_write = spool._write
+        spool._write = lambda what, work: (writes.append(what), real_write(what, work))[1]
+        intake = Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event(), result_line.parse)
+        assert intake.spool_lines(bad[:600] + good + bad[600:], cursor=("perfdata:x", "42"))
+        assert writes == ["store a batch"] * 3            # one per piece of 500 lines (PIECE_LINES)
+        assert services_in(spool) == [0, 1, 2] and spool.stats().dead_letters == 1200
+        assert spool.cursors("perfdata:") == {"perfdata:x": "42"}
+        assert intake.spool_lines(bad[:10])                                 # read again after a crash
+        assert spool.stats().dead_letters == 1200                           # kept once
