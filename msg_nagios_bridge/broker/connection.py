@@ -114,7 +114,8 @@ class _FrameSplitter:
 
     stomp.py's rules, kept: a frame ends at its first NUL, unless the headers before that NUL
     carry a content-length, which then says where the body ends; optional EOLs after a frame
-    are skipped. One difference: EOLs between frames count as a heart-beat (a b"\n" frame)."""
+    are skipped. One difference: EOLs between frames with no frame after them yet count as a
+    heart-beat (a b"\n" frame), wherever they came (stomp.py: only alone in a read)."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
@@ -126,16 +127,17 @@ class _FrameSplitter:
         self.buffer += chunk
 
     def frames(self) -> List[bytes]:
-        """The frames complete so far, in order (heart-beats as b"\n")."""
+        """The frames complete so far, in order (or a heart-beat, b"\n")."""
         frames: List[bytes] = []
         buffer = self.buffer
+        beat = False
         while True:
             if self.end < 0:
                 eols = self.start
                 while buffer.startswith(b"\n", self.start) or buffer.startswith(b"\r\n", self.start):
                     self.start += 1 if buffer[self.start] == 10 else 2
                 if self.start > eols:
-                    frames.append(b"\n")
+                    beat = True
                     self.scanned = max(self.scanned, self.start)
                 nul = buffer.find(b"\0", max(self.scanned, self.start))
                 if nul < 0:
@@ -147,6 +149,8 @@ class _FrameSplitter:
             frames.append(bytes(buffer[self.start:self.end]))
             self.start = self.scanned = self.end + 1
             self.end = -1
+        if beat and not frames:
+            frames.append(b"\n")   # a heart-beat, where nothing else shows the broker alive
         if self.start:
             del buffer[:self.start]                 # at most once per frame completed: linear
             self.scanned -= self.start
@@ -157,12 +161,12 @@ class _FrameSplitter:
 
     def _end(self, nul: int) -> int:
         """Where the frame beginning at ``start`` ends, given its first NUL at ``nul``."""
-        head = bytes(self.buffer[self.start:nul])
-        preamble = stomp.utils.PREAMBLE_END_RE.search(head)
+        preamble = stomp.utils.PREAMBLE_END_RE.search(self.buffer, self.start, nul)
         if preamble:
-            length = _CONTENT_LENGTH.search(head, 0, preamble.start())
+            # (Its "^" matches after a newline: the first line is the command, never this.)
+            length = _CONTENT_LENGTH.search(self.buffer, self.start, preamble.start())
             if length:
-                return max(nul, self.start + preamble.end() + int(length.group(1)))
+                return max(nul, preamble.end() + int(length.group(1)))
         return nul
 
 
