@@ -641,8 +641,10 @@ class Spool:
         self._need_memory()
         return self._sweep_step("newest", "object", "", (), before, after, scan)
 
-    def take(self, limit: int) -> List[SpoolEntry]:
-        """Lease and return up to ``limit`` entries not already leased, oldest first.
+    def take(self, limit: int, max_bytes: int = 0) -> List[SpoolEntry]:
+        """Lease and return up to ``limit`` entries not already leased, oldest first; with
+        ``max_bytes``, only as many as fit in it (their ``size``), but at least one: a reader
+        of big messages holds a bounded amount of memory, not ``limit`` of them.
 
         The rows are read through a connection of the taker's own, without holding the lock
         every write holds through its commit: in WAL mode a reader sees the last commit without
@@ -656,23 +658,51 @@ class Spool:
                 wanted = sorted(self._returned)[:limit]
                 high = self._high
             reader = self._reader_connection()
+            budget = max_bytes or None
             rows: list = []
+            forget = wanted         # the given-back ids done with (taken, or deleted meanwhile)
             if wanted:
+                if budget is not None:
+                    ids, budget = self._within(reader, -budget, f"WHERE id {_IN_IDS} ORDER BY id",
+                                               (_id_array(wanted),))
+                    if budget == 0 and ids:          # cut short: the rest waits for the next take
+                        forget = [entry_id for entry_id in wanted if entry_id <= ids[-1]]
+                    wanted = ids
                 rows += self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
                                    f" WHERE id {_IN_IDS} ORDER BY id", (_id_array(wanted),), reader)
             fresh: list = []
-            if len(rows) < limit:
-                fresh = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
-                                   " WHERE id > ? ORDER BY id LIMIT ?", (high, limit - len(rows)), reader)
+            if len(rows) < limit and budget != 0:
+                if budget is None:
+                    fresh = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
+                                       " WHERE id > ? ORDER BY id LIMIT ?", (high, limit - len(rows)), reader)
+                else:
+                    ids, budget = self._within(reader, budget if rows else -budget,
+                                               "WHERE id > ? ORDER BY id LIMIT ?", (high, limit - len(rows)))
+                    if ids:
+                        fresh = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
+                                           " WHERE id > ? AND id <= ? ORDER BY id", (high, ids[-1]), reader)
                 rows += fresh
             entries = [_entry(row) for row in rows]
             with self._lease_lock:
                 # Only now: a read error must leave them to be taken again, not forgotten.
-                self._returned.difference_update(wanted)
+                self._returned.difference_update(forget)
                 if fresh:
                     self._high = fresh[-1][0]
                 self._leased.update(entry.entry_id for entry in entries)
         return entries
+
+    def _within(self, reader: sqlite3.Connection, budget: int, where: str, args: tuple) -> Tuple[List[int], int]:
+        """The ids of the rows ``where`` selects, oldest first, as long as their sizes add up to
+        at most abs(``budget``) (a negative budget: the first row whatever its size), and the
+        budget left."""
+        ids: List[int] = []
+        left = abs(budget)
+        for entry_id, size in self._read("take entries", f"SELECT id, size FROM messages {where}", args, reader):
+            if size > left and (ids or budget > 0):
+                return ids, 0
+            ids.append(entry_id)
+            left = max(0, left - size)
+        return ids, left
 
     def _reader_connection(self) -> sqlite3.Connection:
         """take()'s own connection, opened at the first take (operator tools never take)."""

@@ -316,3 +316,53 @@ def test_the_publishers_connection_leaves_tcp_acks_to_the_kernel(tmp_path):
         assert publisher.session.broker.quick_ack is False
     finally:
         spool.close()
+
+
+class HoldingBroker(AcceptingBroker):
+    """Accepts every frame and answers none until ``release()``: what is in flight piles up."""
+
+    def __init__(self, wakeup):
+        super().__init__(wakeup)
+        self.sent, self.held = [], []
+
+    def send(self, destination, body, headers):
+        self.sent.append(len(body))
+
+    def commit(self, transaction, receipt):
+        self.held.append(receipt)
+
+    def release(self):
+        for receipt in self.held:
+            self.reply("receipt", **{"receipt-id": receipt})
+        self.held = []
+
+
+def test_big_messages_in_flight_are_bounded_in_bytes_not_only_in_number(tmp_path):
+    """Regression (review 2026-12-04): the window counted messages only, and a transaction's
+    frames are joined into one write: a spool of 480 MiB of big messages grew the RSS by
+    1.4 GiB. Now at most MAX_IN_FLIGHT_BYTES of bodies (and one more message) wait for receipts,
+    BATCH_BYTES a transaction, and at least one message goes however big."""
+    from msg_nagios_bridge.outbound import publisher as publisher_module
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    size = 3 << 20
+    spool.put([Message(f"big{i}", "/queue/q", {}, bytes([65 + i % 26]) * size) for i in range(12)]
+              + [Message("huge", "/queue/q", {}, b"h" * (publisher_module.BATCH_BYTES + 1))])
+    health = Health()
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),)), spool, health, drain_timeout=1)
+    broker = publisher.session.broker = HoldingBroker(publisher.wakeup)
+    publisher.start()
+    try:
+        most = publisher_module.MAX_IN_FLIGHT_BYTES // size + 1
+        assert wait_until(lambda: len(broker.sent) == most, 10), broker.sent
+        time.sleep(0.3)
+        assert len(broker.sent) == most and len(broker.held) == most   # 6 MiB + 3 MiB > BATCH_BYTES
+        for _ in range(10):
+            broker.release()
+            if wait_until(lambda: health.counter("published") == 13, 0.5):
+                break
+        assert health.counter("published") == 13 and spool.stats().depth == 0
+        assert broker.sent[-1] == publisher_module.BATCH_BYTES + 1       # alone in its transaction
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()

@@ -555,6 +555,20 @@ class SpoolModel(RuleBasedStateMachine):
         assert [e.message.message_id for e in got] == [self.queued[i] for i in expected]
         self.leased.update(expected)
 
+    @rule(limit=st.integers(1, 5), budget=st.integers(1, 1500))
+    def take_bytes(self, limit, budget):
+        """take(limit, max_bytes): oldest first while their sizes fit, but at least one."""
+        expected, left = [], budget
+        for entry_id in sorted(set(self.queued) - self.leased)[:limit]:
+            size = _encode(msg(int(self.queued[entry_id][3:])))[4]
+            if expected and size > left:
+                break
+            expected.append(entry_id)
+            left -= size
+        got = self.spool.take(limit, max_bytes=budget)
+        assert [e.entry_id for e in got] == expected
+        self.leased.update(expected)
+
     @precondition(lambda self: self.leased)
     @rule(data=st.data())
     def finish(self, data):
