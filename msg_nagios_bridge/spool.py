@@ -748,14 +748,16 @@ class Spool:
         if deleted:
             self._room_freed()
 
-    def give_back(self, entry_ids: Iterable[int]) -> None:
-        """Unlease entries so take() returns them again; each one's attempts grows by 1."""
+    def give_back(self, entry_ids: Iterable[int], tried: bool = True) -> None:
+        """Unlease entries so take() returns them again; each one's attempts grows by 1, unless
+        not ``tried`` (e.g. confirmed, and sent again only in case the broker lost them)."""
         ids = list(entry_ids)
         with self._lock:
             try:
-                self._write("give entries back", lambda: self._db.executemany(
-                    "UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
-                    [(entry_id,) for entry_id in ids]))
+                if tried:
+                    self._write("give entries back", lambda: self._db.executemany(
+                        "UPDATE messages SET attempts = attempts + 1 WHERE id = ?",
+                        [(entry_id,) for entry_id in ids]))
             finally:
                 # Unleased even when the count cannot be written (disk full): an entry left
                 # leased would never be taken again until the bridge restarts.

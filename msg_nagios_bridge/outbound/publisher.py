@@ -153,14 +153,18 @@ class Publisher(threading.Thread):
         if not replies_read:
             self._note_unread_errors()
         ids = self._in_flight_ids()
-        if not after_error:
-            ids += [entry_id for _, settling in self._settling for entry_id in settling]
-            self._settling.clear()
         if ids:
             self.spool.give_back(ids)
             self.health.add("retries", len(ids))
             self._in_flight.clear()
             self._in_flight_count = self._in_flight_bytes = 0
+        if not after_error:
+            settled = [entry_id for _, settling in self._settling for entry_id in settling]
+            self._settling.clear()
+            if settled:
+                # The broker confirmed them: not a try that counts towards max_refusals.
+                self.spool.give_back(settled, tried=False)
+                self.health.add("retries", len(settled))
         self._delete_settled(everything=True)          # after an ERROR: confirmed by a live broker
         self.session.lost(why)
 

@@ -221,6 +221,8 @@ def test_a_connection_lost_while_they_settle_sends_the_receipted_again_and_a_cle
         resent = [headers for frames in broker.writes[first_writes:] for headers in frames]
         assert len(resent) == 50
         assert spool.stats().depth == 50            # the same 50 entries, settling again
+        # Confirmed once: sending them again is no try that counts towards max_refusals.
+        assert {entry.attempts for entry in spool.entries_up_to(10**9, 100)} == {0}
     finally:
         publisher.stop()
         publisher.join(5)
