@@ -110,7 +110,8 @@ class _FrameSplitter:
     stomp.py's BaseTransport.__read does, in time linear in them. stomp.py copies and searches
     its whole receive buffer again for every chunk that holds a NUL: a message of N bytes with
     a NUL in every chunk took time in N squared on the receiving thread, holding the GIL
-    (review 2026-12-04: 8 MiB in 2 s, 32 MiB in 48 s), before any limit of the bridge's.
+    (review 2026-12-04: 16 MiB in 4 KiB chunks, 2.3 s against 0.02 s here), before any limit of
+    the bridge's.
 
     stomp.py's rules, kept: a frame ends at its first NUL, unless the headers before that NUL
     carry a content-length, which then says where the body ends; optional EOLs after a frame

@@ -339,8 +339,8 @@ class HoldingBroker(AcceptingBroker):
 
 def test_big_messages_in_flight_are_bounded_in_bytes_not_only_in_number(tmp_path):
     """Regression (review 2026-12-04): the window counted messages only, and a transaction's
-    frames are joined into one write: a spool of 480 MiB of big messages grew the RSS by
-    1.4 GiB. Now at most MAX_IN_FLIGHT_BYTES of bodies (and one more message) wait for receipts,
+    frames are joined into one write: a spool of big messages put up to 1,000 of them in
+    memory. Now at most MAX_IN_FLIGHT_BYTES of bodies (and one more message) wait for receipts,
     BATCH_BYTES a transaction, and at least one message goes however big."""
     from msg_nagios_bridge.outbound import publisher as publisher_module
     spool = Spool(str(tmp_path / "spool.sqlite"))
