@@ -421,7 +421,7 @@ class Spool:
         if newest:
             self._need_memory()
         with self._lock:
-            new = new_bytes = 0
+            new = new_bytes = added = dropped = 0
             counters: Dict[str, Tuple[str, int]] = {}
 
             def work() -> None:
@@ -464,7 +464,6 @@ class Spool:
                 if dead_letters:
                     added, dropped = self._insert_dead_letters(dead_letters, now)
 
-            added = dropped = 0
             try:
                 self._write("store a batch", work)
             except SpoolFull:
@@ -663,7 +662,7 @@ class Spool:
             forget = wanted         # the given-back ids done with (taken, or deleted meanwhile)
             if wanted:
                 if budget is not None:
-                    ids, budget = self._within(reader, -budget, f"WHERE id {_IN_IDS} ORDER BY id",
+                    ids, budget = self._within(reader, budget, True, f"WHERE id {_IN_IDS} ORDER BY id",
                                                (_id_array(wanted),))
                     if budget == 0 and ids:          # cut short: the rest waits for the next take
                         forget = [entry_id for entry_id in wanted if entry_id <= ids[-1]]
@@ -676,7 +675,7 @@ class Spool:
                     fresh = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
                                        " WHERE id > ? ORDER BY id LIMIT ?", (high, limit - len(rows)), reader)
                 else:
-                    ids, budget = self._within(reader, budget if rows else -budget,
+                    ids, budget = self._within(reader, budget, not rows,
                                                "WHERE id > ? ORDER BY id LIMIT ?", (high, limit - len(rows)))
                     if ids:
                         fresh = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
@@ -691,14 +690,15 @@ class Spool:
                 self._leased.update(entry.entry_id for entry in entries)
         return entries
 
-    def _within(self, reader: sqlite3.Connection, budget: int, where: str, args: tuple) -> Tuple[List[int], int]:
+    def _within(self, reader: sqlite3.Connection, budget: int, first_whatever: bool, where: str,
+                args: tuple) -> Tuple[List[int], int]:
         """The ids of the rows ``where`` selects, oldest first, as long as their sizes add up to
-        at most abs(``budget``) (a negative budget: the first row whatever its size), and the
-        budget left."""
+        at most ``budget`` (``first_whatever``: the first row whatever its size), and the budget
+        left (0 when cut short)."""
         ids: List[int] = []
-        left = abs(budget)
+        left = budget
         for entry_id, size in self._read("take entries", f"SELECT id, size FROM messages {where}", args, reader):
-            if size > left and (ids or budget > 0):
+            if size > left and (ids or not first_whatever):
                 return ids, 0
             ids.append(entry_id)
             left = max(0, left - size)

@@ -135,7 +135,7 @@ class _FrameSplitter:
         while True:
             if self.end < 0:
                 eols = self.start
-                while buffer.startswith(b"\n", self.start) or buffer.startswith(b"\r\n", self.start):
+                while buffer.startswith(_EOLS, self.start):
                     self.start += 1 if buffer[self.start] == 10 else 2
                 if self.start > eols:
                     beat = True

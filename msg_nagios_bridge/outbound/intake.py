@@ -80,9 +80,9 @@ class Intake:
                   marks_of: Optional[Callable[[CheckResult], Mark]],
                   refused: List[Tuple[Message, str]]) -> List[Message]:
         """The routed messages of ``lines``; a line that is no result goes to ``refused`` as a
-        dead letter (stored with the messages, in one transaction: one fsync each cost a
-        source that Nagios wrote in an unexpected template 80 lines/s). The mark of each
-        result parsed is appended to ``marks``."""
+        dead letter (stored with the messages, in one transaction: an fsync each held a source
+        that Nagios wrote in an unexpected template to the disk's fsync rate). The mark of
+        each result parsed is appended to ``marks``."""
         messages: List[Message] = []
         for raw in lines:
             text = raw.decode("utf-8", errors="replace").rstrip("\r")
