@@ -397,7 +397,7 @@ class Spool:
 
     def put(self, messages: Sequence[Message], cursor: Optional[Tuple[str, str]] = None,
             marks: Sequence[Tuple[str, str, float]] = (), *, numbered: bool = False,
-            states: Sequence[Tuple[str, str]] = (), newest: Sequence[Tuple[str, float, str]] = (),
+            states: Sequence[Tuple[str, Optional[str]]] = (), newest: Sequence[Tuple[str, float, str]] = (),
             dead_letters: Sequence[Tuple[Message, str]] = ()) -> int:
         """Store a batch, all or nothing, fsynced when this returns; return how many were new.
 
@@ -405,7 +405,7 @@ class Spool:
         duplicate: skipped and counted. ``cursor`` = (name, value) is saved in the same
         transaction, so a source's read position is durable exactly when its lines are;
         so are ``marks`` (kind, key, at), each keeping the later of its old and new time,
-        ``states``, more (name, value) cursors, and ``newest`` (object, at, tag), in order:
+        ``states``, more (name, value) cursors (value None: delete it), and ``newest`` (object, at, tag), in order:
         a later time replaces an object's time and tags, the same time adds the tag;
         ``dead_letters`` (message, reason), as add_dead_letter keeps them (a source's refused
         lines with the batch they came in: one fsync, not one each).
@@ -522,10 +522,13 @@ class Spool:
             found[name[len(_SEQ_OUT):]] = (epoch, int(last))
         return found
 
-    def _save_states(self, states: Sequence[Tuple[str, str]], now: float) -> None:
+    def _save_states(self, states: Sequence[Tuple[str, Optional[str]]], now: float) -> None:
+        """Inside a transaction: save (name, value) cursors; value None deletes the cursor."""
         if states:
             self._db.executemany("INSERT OR REPLACE INTO cursors (name, value, updated_at) VALUES (?, ?, ?)",
-                                 [(name, value, now) for name, value in states])
+                                 [(name, value, now) for name, value in states if value is not None])
+            self._db.executemany("DELETE FROM cursors WHERE name = ?",
+                                 [(name,) for name, value in states if value is None])
 
     def cursors(self, prefix: str) -> Dict[str, str]:
         """Every cursor whose name starts with ``prefix`` (the last character of ``prefix``
@@ -810,10 +813,10 @@ class Spool:
             log.warning("spool %s: %d oldest dead letters deleted (limits %d dead letters, %d bytes)",
                         self.path, dropped, self.max_dead_letters, self.max_dead_letter_bytes)
 
-    def add_dead_letter(self, message: Message, reason: str, states: Sequence[Tuple[str, str]] = ()) -> bool:
+    def add_dead_letter(self, message: Message, reason: str, states: Sequence[Tuple[str, Optional[str]]] = ()) -> bool:
         """Keep input that never became a queue entry (a bad line, a refused message) as a
         dead letter with ``reason``; return False if its message_id is already one.
-        ``states``: (name, value) cursors saved in the same transaction."""
+        ``states``: (name, value) cursors saved (value None: deleted) in the same transaction."""
         now = self._clock()
         with self._lock:
             added = dropped = 0

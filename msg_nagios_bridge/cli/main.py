@@ -132,6 +132,12 @@ def _status(args) -> int:
                   f" lost {row['lost']}, duplicates {row['duplicates']}"
                   + (f", untracked {row['untracked']}" if row["untracked"] else "")
                   + (f", previous epoch {row['previous_epoch']}" if row["previous_epoch"] else ""))
+        forgotten = status.forgotten()
+        if forgotten.get("streams"):
+            print(f"    {forgotten['streams']} streams forgotten (not seen for max_age), in all: received"
+                  f" {forgotten['received']}, late {forgotten['late']}, lost {forgotten['lost']},"
+                  f" duplicates {forgotten['duplicates']}"
+                  + (f", untracked {forgotten['untracked']}" if forgotten["untracked"] else ""))
         left_out = {k: v for k, v in status.sequences.get("counters", {}).items() if v}
         if left_out:
             print("    not accounted: " + ", ".join(f"{k} {v}" for k, v in sorted(left_out.items())))

@@ -90,7 +90,8 @@ def evaluate(status: Optional[Status], limits: Thresholds, now: float,
                 f"refused={counters.get('refused', 0)}c")
     if status.sequences is not None:
         missing = sum(row["missing"] for row in status.streams())
-        perfdata += f" missing={missing} lost={sum(row['lost'] for row in status.streams())}c"
+        lost = sum(row["lost"] for row in status.streams()) + status.forgotten().get("lost", 0)
+        perfdata += f" missing={missing} lost={lost}c"
     # Works, but will not for long (Icinga 2's compat command pipe): said, not graded.
     shown += [f"{part} {state}" for part, state in sorted(states.items()) if "deprecated" in state]
     text = "; ".join(shown).replace("|", "/")

@@ -50,6 +50,7 @@ def render(status: Status) -> str:
 
 
 # Loss accounting, one series a (producer, route): (row field, metric, type).
+FORGOTTEN_LABEL = "(forgotten)"   # producer and route of the forgotten streams' sums
 _STREAM_METRICS = (
     ("missing", "sequence_missing", "gauge"),
     ("highest", "sequence_highest", "gauge"),
@@ -78,6 +79,13 @@ def _sequences(status: Status, lines: List[str]) -> None:
         lines.append(f"# TYPE {_name('sequence_' + counter)}_total counter")
         lines.append(f"{_name('sequence_' + counter)}_total {value}")
     rows = status.streams()
+    forgotten = status.forgotten()
+    if forgotten.get("streams"):
+        # The counters of the streams forgotten after max_age idle, in one series of their
+        # own: a sum over the series never goes down when a stream's own series ends.
+        lines.append(f"# TYPE {_name('sequence_forgotten_streams_total')} counter")
+        lines.append(f"{_name('sequence_forgotten_streams_total')} {forgotten['streams']}")
+        rows = rows + [dict(forgotten, producer=FORGOTTEN_LABEL, route=FORGOTTEN_LABEL)]
     for field, name, kind in _STREAM_METRICS:
         samples = [(row, row[field]) for row in rows if row.get(field) is not None]
         if not samples:

@@ -16,7 +16,9 @@ status.json holds one JSON object (schema 1), padded with spaces to whole 64 KiB
     sequences       loss accounting (inbound/sequence.py; only with inbound.loss_accounting):
                     {"counters": {name: count}, "streams": [{producer, route, epoch, highest,
                     missing, late, duplicates, received, lost, untracked, gaps, oldest_gap_age
-                    (s, or null), previous_epoch (or null), last_seen}, ...]}
+                    (s, or null), previous_epoch (or null), last_seen}, ...], "forgotten":
+                    {streams, received, late, duplicates, lost, untracked}: the sums of the
+                    streams forgotten after max_age without a message}
     numbering       the producer's side (outbound spool): {route: {"epoch": id, "last": the
                     last number given}}; only with outbound on
 
@@ -95,6 +97,11 @@ class Status:
         """The loss accounting's rows, one a (producer, route); [] without it."""
         return list(self.sequences["streams"]) if self.sequences else []
 
+    def forgotten(self) -> Mapping[str, int]:
+        """The sums of the streams the loss accounting forgot (not seen for max_age): with
+        the rows', totals that never go down. {} without loss accounting."""
+        return dict(self.sequences.get("forgotten") or {}) if self.sequences else {}
+
     @classmethod
     def from_json(cls, data: Any) -> "Status":
         """The status in ``data`` (a decoded status.json); StatusError if it is not one."""
@@ -170,6 +177,7 @@ def _gauges(data: Mapping, key: str) -> Optional[SpoolGauges]:
         raise StatusError(f"{key}.{exc}") from None
 
 
+_FORGOTTEN_COUNTS = ("streams", "received", "late", "duplicates", "lost", "untracked")
 _STREAM_COUNTS = ("highest", "missing", "late", "duplicates", "received", "lost", "untracked", "gaps")
 
 
@@ -197,7 +205,10 @@ def _sequences(value: Any) -> Optional[Dict[str, Any]]:
         last_seen = row.get("last_seen")
         checked["last_seen"] = float(last_seen) if isinstance(last_seen, (int, float)) else None
         streams.append(checked)
-    return {"counters": counters, "streams": streams}
+    # The sums of the streams forgotten after max_age idle (absent in a status before them).
+    forgotten = _mapping(value, "forgotten", int) if "forgotten" in value else {}
+    return {"counters": counters, "streams": streams,
+            "forgotten": {name: forgotten.get(name, 0) for name in _FORGOTTEN_COUNTS}}
 
 
 def _numbering(value: Any) -> Optional[Dict[str, Dict[str, Any]]]:

@@ -6,7 +6,9 @@ numbers skipped (missing); a number inside a gap fills it (late); any other numb
 highest is a duplicate (at-least-once redelivery: neither a gap nor a loss). A new epoch
 retires the current one (kept, one per stream, so its gaps can still fill) and starts at 1.
 A gap open longer than ``expiry`` (inbound.policy.max_age: whatever comes later is too old to
-inject) is closed as lost.
+inject) is closed as lost. A stream not seen for ``expiry`` is forgotten (its cursor deleted),
+its counts kept in one ``forgotten`` sum, so the totals never go down; if its producer comes
+back, the stream starts again from a new baseline.
 
 Bounded whatever the senders do: at most ``max_streams`` streams (messages of more are
 counted, not tracked), ``max_gaps`` gap ranges a stream and ``max_total_gaps`` in all (past
@@ -14,7 +16,8 @@ that a stream's oldest gap is dropped and its size counted as untracked). Every 
 O(1) or O(log gaps) but a gap split, a list insert of at most max_gaps items.
 
 The state of each changed stream is saved as a spool cursor (``seq-in:<json [producer,
-route]>``) in the transaction that makes its messages durable, before they are acked: a
+route]>``; a forgotten one's is deleted, and the forgotten sum saved as ``seq-in:forgotten``)
+in the transaction that makes its messages durable, before they are acked: a
 restart never forgets a number that was acked, so it invents no gap (a redelivered message it
 saw already is a duplicate).
 """
@@ -24,6 +27,7 @@ import bisect
 import json
 import logging
 import threading
+import time
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..daemon.health import RateLimitedLog
@@ -37,6 +41,8 @@ MAX_GAPS = 1000
 MAX_TOTAL_GAPS = 100_000
 OLD_EPOCHS = 4                   # forgotten epoch ids remembered per stream
 CURSOR_PREFIX = "seq-in:"
+FORGOTTEN_CURSOR = CURSOR_PREFIX + "forgotten"   # not a JSON list: never a stream's name
+_COUNTS = ("received", "late", "duplicates", "lost", "untracked")
 
 # Refusals that say the headers cannot be trusted to name the producer, or that the sender
 # is none the policy allows: such a message is left out of the accounting (counted as
@@ -76,7 +82,7 @@ class _Epoch:
                 raise ValueError("gaps out of order")
             part.gaps.append([first, last, float(since)])
             part.missing += last - first + 1
-        for name in ("received", "late", "duplicates", "lost", "untracked"):
+        for name in _COUNTS:
             setattr(part, name, _count(data.get(name, 0)))
         return part
 
@@ -107,10 +113,15 @@ class _Stream:
         missed is lost."""
         old, self.previous = self.previous, None
         if old is not None:
-            for name in ("received", "late", "duplicates", "lost", "untracked"):
-                setattr(self.retired, name, getattr(self.retired, name) + getattr(old, name))
-            self.retired.lost += old.missing
+            _add_counts(self.retired, old)
             self.old_epochs = (self.old_epochs + [old.epoch])[-OLD_EPOCHS:]
+
+
+def _add_counts(total: _Epoch, part: _Epoch) -> None:
+    """Add the counts of ``part`` to ``total``; what ``part`` still misses is lost."""
+    for name in _COUNTS:
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.lost += part.missing
 
 
 class Tracker:
@@ -123,6 +134,11 @@ class Tracker:
         self._lock = threading.Lock()
         self._streams: Dict[Tuple[str, str, str], _Stream] = {}
         self._dirty: set = set()
+        self._deleted: set = set()       # keys of forgotten streams whose cursors are not deleted yet
+        # The sums of the streams forgotten after ``expiry`` without a message, and how many.
+        self._forgotten = _Epoch("")
+        self._forgotten_streams = 0
+        self._forgotten_saved = self._forgotten_value()
         self._total_gaps = 0
         # Messages left out of the accounting, by why (counters since the start).
         self.counters = dict.fromkeys(("unnumbered", "malformed", "untrusted", "untracked_streams",
@@ -162,6 +178,7 @@ class Tracker:
                 # The first message of a stream is its baseline: what came before it was not
                 # known to be meant for this receiver.
                 stream = self._streams[key] = _Stream(stamp.producer, stamp.route, _Epoch(stamp.epoch, seq - 1))
+                self._deleted.discard(key)     # its cursor is written again, not deleted
             elif stamp.epoch != stream.current.epoch:
                 if stream.previous is not None and stamp.epoch == stream.previous.epoch:
                     self._apply(stream, stream.previous, seq, now)
@@ -235,8 +252,18 @@ class Tracker:
                   f" started a new sequence (epoch {new.epoch} after {stream.previous.epoch})")
 
     def expire(self, now: float) -> None:
-        """Close the gaps older than ``expiry`` as lost; forget an old epoch with none left."""
+        """Close the gaps older than ``expiry`` as lost; forget an old epoch with none left,
+        and a stream not seen for ``expiry`` (its counts kept in the forgotten sum)."""
         with self._lock:
+            idle = [key for key, stream in self._streams.items() if stream.last_seen < now - self.expiry]
+            for key in idle:
+                stream = self._streams.pop(key)
+                for part in stream.epochs() + [stream.retired]:
+                    self._total_gaps -= len(part.gaps)
+                    _add_counts(self._forgotten, part)
+                self._forgotten_streams += 1
+                self._dirty.discard(key)
+                self._deleted.add(key)
             for key, stream in self._streams.items():
                 changed = False
                 for part in stream.epochs():
@@ -254,16 +281,32 @@ class Tracker:
 
     # -- saving and loading ----------------------------------------------------------------
 
-    def unsaved(self) -> List[Tuple[str, str]]:
-        """The (cursor name, value) of every stream changed since saved() last saw it."""
+    def unsaved(self) -> List[Tuple[str, Optional[str]]]:
+        """The (cursor name, value) of every stream changed since saved() last saw it, value
+        None for a forgotten stream's (to delete), and the forgotten sum if it changed."""
         with self._lock:
-            return [self._cursor(key) for key in self._dirty]
+            states: List[Tuple[str, Optional[str]]] = [self._cursor(key) for key in self._dirty]
+            states += [(_cursor_name(key), None) for key in self._deleted]
+            forgotten = self._forgotten_value()
+            if forgotten != self._forgotten_saved:
+                states.append((FORGOTTEN_CURSOR, forgotten))
+            return states
 
-    def saved(self, states: Sequence[Tuple[str, str]]) -> None:
+    def saved(self, states: Sequence[Tuple[str, Optional[str]]]) -> None:
         """``states`` (from unsaved()) are durable now."""
         if states:
             with self._lock:
-                self._dirty.difference_update(json_key(name) for name, _ in states)
+                for name, value in states:
+                    if name == FORGOTTEN_CURSOR:
+                        self._forgotten_saved = value
+                    elif value is None:
+                        self._deleted.discard(json_key(name))
+                    else:
+                        self._dirty.discard(json_key(name))
+
+    def _forgotten_value(self) -> str:
+        return json.dumps({"streams": self._forgotten_streams, **self._forgotten.to_json()},
+                          separators=(",", ":"))
 
     def _cursor(self, key: Tuple[str, str, str]) -> Tuple[str, str]:
         stream = self._streams[key]
@@ -271,7 +314,7 @@ class Tracker:
                  "current": stream.current.to_json(), "retired": stream.retired.to_json(),
                  "old_epochs": stream.old_epochs,
                  "previous": stream.previous.to_json() if stream.previous is not None else None}
-        return CURSOR_PREFIX + json.dumps(list(key)), json.dumps(value, separators=(",", ":"))
+        return _cursor_name(key), json.dumps(value, separators=(",", ":"))
 
     def load(self, cursors: Mapping[str, str]) -> int:
         """Take the streams saved in ``cursors`` (Spool.cursors(CURSOR_PREFIX)); a damaged one
@@ -279,6 +322,9 @@ class Tracker:
         loaded = 0
         with self._lock:
             for name, value in cursors.items():
+                if name == FORGOTTEN_CURSOR:
+                    self._load_forgotten(value)
+                    continue
                 if len(self._streams) >= self.max_streams:
                     log.warning("loss accounting: more saved streams than %d; the rest are not tracked",
                                 self.max_streams)
@@ -292,7 +338,8 @@ class Tracker:
                         stream.retired = _Epoch.from_json(data["retired"], 0)
                     if data.get("previous"):
                         stream.previous = _Epoch.from_json(data["previous"], self.max_gaps)
-                    stream.last_seen = float(data.get("last_seen", 0.0))
+                    # A state saved before last_seen was: seen now (not forgotten at once).
+                    stream.last_seen = float(data.get("last_seen", time.time()))
                     stream.old_epochs = [str(epoch) for epoch in data.get("old_epochs", [])][-OLD_EPOCHS:]
                 except (ValueError, TypeError, KeyError, IndexError) as exc:
                     log.warning("loss accounting: saved state %s is damaged (%s): starting it afresh",
@@ -302,6 +349,22 @@ class Tracker:
                 self._total_gaps += sum(len(part.gaps) for part in stream.epochs())
                 loaded += 1
         return loaded
+
+    def _load_forgotten(self, value: str) -> None:
+        # Sums of many streams may pass 2^63-1 (wire.MAX_SEQ bounds one number, not a sum).
+        try:
+            data = json.loads(value)
+            counts = {name: data.get(name, 0) for name in ("streams",) + _COUNTS}
+            if not all(type(count) is int and count >= 0 for count in counts.values()):
+                raise ValueError(f"not counts: {counts}")
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("loss accounting: the saved sum of forgotten streams is damaged (%s): starting it at 0",
+                        str(exc)[:200])
+            return
+        self._forgotten_streams = counts.pop("streams")
+        for name, count in counts.items():
+            setattr(self._forgotten, name, count)
+        self._forgotten_saved = value
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -328,8 +391,10 @@ class Tracker:
                     "previous_epoch": previous.epoch if previous is not None else None,
                     "last_seen": stream.last_seen})
             counters = dict(self.counters)
+            forgotten = {"streams": self._forgotten_streams,
+                         **{name: getattr(self._forgotten, name) for name in _COUNTS}}
         rows.sort(key=lambda row: (row["producer"], row["route"]))
-        return {"counters": counters, "streams": rows}
+        return {"counters": counters, "streams": rows, "forgotten": forgotten}
 
 
 def _number_in(value, epoch: str) -> Optional[int]:
@@ -340,6 +405,10 @@ def _number_in(value, epoch: str) -> Optional[int]:
             and value[cut - 1] == ":" and value[cut] != "0" and value.isascii() and value[cut:].isdigit()):
         return int(value[cut:])
     return None
+
+
+def _cursor_name(key: Tuple[str, str, str]) -> str:
+    return CURSOR_PREFIX + json.dumps(list(key))
 
 
 def json_key(name: str) -> Tuple[str, str, str]:

@@ -7,10 +7,13 @@ import pytest
 
 from msg_nagios_bridge import config
 from msg_nagios_bridge.cli.selfcheck import CRITICAL, OK, WARNING, Thresholds, evaluate
+from msg_nagios_bridge.cli.main import main
 from msg_nagios_bridge.daemon import metrics
+from msg_nagios_bridge.daemon import status as status_file
+from msg_nagios_bridge.paths import status_path
 from msg_nagios_bridge.daemon.status import Status, StatusError
 from msg_nagios_bridge.formats import sequence as wire
-from msg_nagios_bridge.inbound.sequence import CURSOR_PREFIX, Tracker
+from msg_nagios_bridge.inbound.sequence import CURSOR_PREFIX, FORGOTTEN_CURSOR, Tracker
 from msg_nagios_bridge.model import Message
 from msg_nagios_bridge.spool import Spool, SpoolFull
 from tests.unit import test_subscriber
@@ -238,6 +241,41 @@ def test_streams_are_bounded_and_the_rest_counted():
     assert tracker.counters["untracked_streams"] == 4
 
 
+def totals(tracker, at):
+    """The counts of every stream, forgotten ones included: counters that never go down."""
+    snap = tracker.snapshot(at)
+    return {name: sum(r[name] for r in snap["streams"]) + snap["forgotten"][name]
+            for name in ("received", "late", "duplicates", "lost", "untracked")}
+
+
+def test_a_stream_not_seen_for_the_expiry_is_forgotten_and_its_counts_kept():
+    tracker = Tracker(expiry=100)
+    note(tracker, 1, 2, 5, 3, 3, at=NOW)                 # 4 missing, 3 late, 1 duplicate
+    note(tracker, 7, at=NOW + 50, site="site-b")
+    before = totals(tracker, NOW + 99)
+    assert tracker.snapshot(NOW + 99)["forgotten"]["streams"] == 0
+    after = totals(tracker, NOW + 101)                   # site-a idle for 101 s, site-b for 51
+    assert [r["producer"] for r in tracker.snapshot(NOW + 101)["streams"]] == ["site-b/nagios.a"]
+    assert tracker.snapshot(NOW + 101)["forgotten"] == {
+        "streams": 1, "received": 4, "late": 1, "duplicates": 1, "lost": 1, "untracked": 0}
+    assert after == dict(before, lost=before["lost"] + 1)   # the gap (4) closed as lost: never down
+    note(tracker, 9, at=NOW + 102)                       # it comes back: a new baseline, no gap
+    assert (row(tracker, NOW + 102)["missing"], row(tracker, NOW + 102)["received"]) == (0, 1)
+    assert totals(tracker, NOW + 102)["received"] == after["received"] + 1
+
+
+def test_forgetting_makes_room_in_a_full_table_of_streams():
+    tracker = Tracker(expiry=100, max_streams=3)
+    for site in "abc":
+        note(tracker, 1, site=site, at=NOW)
+    note(tracker, 1, site="d", at=NOW + 10)
+    assert tracker.counters["untracked_streams"] == 1
+    tracker.expire(NOW + 101)
+    note(tracker, 2, site="d", at=NOW + 102)
+    assert [r["producer"] for r in tracker.snapshot(NOW + 102)["streams"]] == ["d/nagios.a"]
+    assert tracker.counters["untracked_streams"] == 1
+
+
 # -- persistence -----------------------------------------------------------------------------
 
 def test_the_state_survives_a_restart_through_the_spool(tmp_path):
@@ -259,6 +297,73 @@ def test_the_state_survives_a_restart_through_the_spool(tmp_path):
     note(again, 4, epoch="old", at=NOW + 11)            # the old epoch's gaps still fill
     note(again, 1, epoch="new", at=NOW + 11)
     assert row(again, NOW + 11)["missing"] == before["streams"][0]["missing"] - 2
+
+
+def save(tracker, spool):
+    states = tracker.unsaved()
+    spool.put([], states=states)
+    tracker.saved(states)
+
+
+def test_a_forgotten_stream_s_cursor_is_deleted_and_its_counts_survive_a_restart(tmp_path):
+    path = str(tmp_path / "inbound.sqlite")
+    tracker = Tracker(expiry=100)
+    note(tracker, 1, 4, at=NOW)
+    note(tracker, 1, 2, at=NOW + 60, site="site-b")
+    with Spool(path) as spool:
+        save(tracker, spool)
+        assert len(spool.cursors(CURSOR_PREFIX)) == 2
+        tracker.expire(NOW + 101)
+        save(tracker, spool)
+        assert tracker.unsaved() == []
+        saved = spool.cursors(CURSOR_PREFIX)
+    assert sorted(saved) == sorted([FORGOTTEN_CURSOR, CURSOR_PREFIX + '["site-b", "nagios.a", "central"]'])
+    again = Tracker(expiry=100)
+    assert again.load(saved) == 1
+    assert again.snapshot(NOW + 101) == tracker.snapshot(NOW + 101)
+    assert again.snapshot(NOW + 101)["forgotten"]["lost"] == 2
+
+
+def test_a_stream_forgotten_and_seen_again_before_saving_keeps_its_cursor(tmp_path):
+    tracker = Tracker(expiry=100)
+    note(tracker, 1, at=NOW)
+    with Spool(str(tmp_path / "s.sqlite")) as spool:
+        save(tracker, spool)
+        tracker.expire(NOW + 101)
+        note(tracker, 7, at=NOW + 102)
+        save(tracker, spool)
+        again = Tracker(expiry=100)
+        again.load(spool.cursors(CURSOR_PREFIX))
+    assert row(again, NOW + 102)["highest"] == 7
+    assert again.snapshot(NOW + 102)["forgotten"]["streams"] == 1
+
+
+def test_a_stream_forgotten_while_its_state_is_being_saved_is_deleted_next_time(tmp_path):
+    """The main loop's expire() may run between the subscriber's unsaved() and saved()."""
+    tracker = Tracker(expiry=100)
+    note(tracker, 1, at=NOW)
+    with Spool(str(tmp_path / "s.sqlite")) as spool:
+        states = tracker.unsaved()
+        tracker.expire(NOW + 101)
+        spool.put([], states=states)
+        tracker.saved(states)
+        save(tracker, spool)
+        assert list(spool.cursors(CURSOR_PREFIX)) == [FORGOTTEN_CURSOR]
+
+
+@pytest.mark.parametrize("value", ["not json", "[1]", '{"received": -1}', '{"lost": "3"}', '{"streams": 1.5}'])
+def test_a_damaged_sum_of_forgotten_streams_starts_at_zero(value, caplog):
+    tracker = Tracker()
+    tracker.load({FORGOTTEN_CURSOR: value})
+    assert tracker.snapshot(NOW)["forgotten"] == dict.fromkeys(
+        ("streams", "received", "late", "duplicates", "lost", "untracked"), 0)
+    assert "forgotten streams is damaged" in caplog.text
+
+
+def test_a_sum_of_forgotten_streams_past_2_63_loads():
+    tracker = Tracker()
+    tracker.load({FORGOTTEN_CURSOR: json.dumps({"streams": 2, "lost": 2 * wire.MAX_SEQ})})
+    assert tracker.snapshot(NOW)["forgotten"]["lost"] == 2 * wire.MAX_SEQ
 
 
 def test_a_damaged_saved_state_is_skipped_not_fatal(tmp_path, caplog):
@@ -445,6 +550,29 @@ def test_metrics_show_each_stream_with_escaped_labels():
     assert "# TYPE msg_nagios_bridge_sequence_lost_total counter" in text
     assert "msg_nagios_bridge_sequence_malformed_total 2" in text
     assert "sequence_oldest_gap_age_seconds{" in text
+
+
+def test_status_metrics_and_check_count_the_forgotten_streams(tmp_path, capsys):
+    forgotten = {"streams": 3, "received": 50, "late": 1, "duplicates": 2, "lost": 7, "untracked": 0}
+    status = Status.from_json({"time": NOW - 1, "pid": 1, "sequences": {
+        "counters": {}, "streams": [stream_row(lost=1)], "forgotten": forgotten}})
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(config_text(tmp_path, ", loss_accounting: true"))
+    status_file.write(status_path(config.load(str(cfg))), status)
+    assert main(["status", "-c", str(cfg)]) == 0
+    assert ("3 streams forgotten (not seen for max_age), in all: received 50, late 1, lost 7, duplicates 2"
+            in capsys.readouterr().out)
+    assert Status.from_json(status.to_json()) == status
+    assert status.forgotten() == forgotten
+    text = metrics.render(status)
+    assert 'msg_nagios_bridge_sequence_lost_total{producer="(forgotten)",route="(forgotten)"} 7' in text
+    assert 'msg_nagios_bridge_sequence_lost_total{producer="site-a/nagios.a",route="central"} 1' in text
+    assert "msg_nagios_bridge_sequence_forgotten_streams_total 3" in text
+    assert 'sequence_missing{producer="(forgotten)"' not in text
+    assert " lost=8c" in evaluate(status, Thresholds(), NOW)[1]
+    assert status_with([stream_row()]).forgotten()["streams"] == 0     # a status from before
+    with pytest.raises(StatusError, match="forgotten"):
+        Status.from_json({"time": NOW, "pid": 1, "sequences": {"streams": [], "forgotten": {"lost": "7"}}})
 
 
 def config_text(tmp_path, inbound_extra=""):
