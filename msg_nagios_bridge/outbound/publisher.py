@@ -154,7 +154,10 @@ class Publisher(threading.Thread):
             self._note_unread_errors()
         ids = self._in_flight_ids()
         if ids:
-            self.spool.give_back(ids)
+            # A try towards max_refusals only when the broker refused something (an ERROR
+            # naming no message): a connection lost (network, broker restart) refuses nothing,
+            # and counting it would dead-letter a message at its first refusal after a few.
+            self.spool.give_back(ids, tried=after_error)
             self.health.add("retries", len(ids))
             self._in_flight.clear()
             self._in_flight_count = self._in_flight_bytes = 0
@@ -202,8 +205,9 @@ class Publisher(threading.Thread):
                 else:
                     self._send_transaction(entries)
             except BaseException:
-                # Not (all) sent: hand the batch back before the caller handles the error.
-                self.spool.give_back([entry.entry_id for entry in entries])
+                # Not (all) sent: hand the batch back before the caller handles the error
+                # (not refused: no try).
+                self.spool.give_back([entry.entry_id for entry in entries], tried=False)
                 raise
 
     def _next_receipt(self) -> str:
@@ -386,7 +390,7 @@ class Publisher(threading.Thread):
             except (SpoolError, StompException, OSError):
                 break
         if self._in_flight:
-            self.spool.give_back(self._in_flight_ids())
+            self.spool.give_back(self._in_flight_ids(), tried=False)     # stopped: no try
             self._in_flight.clear()
             self._in_flight_count = self._in_flight_bytes = 0
         # A clean stop: what was receipted is deleted now, not sent again at the next start.

@@ -150,7 +150,7 @@ def test_on_rabbitmq_each_message_has_its_receipt_a_batch_is_one_write_and_a_fai
     spool.put([Message(f"m{i}", "/queue/q", {"persistent": "true"}, b"ok") for i in range(700)])
     given_back = []
     real_give_back = spool.give_back
-    spool.give_back = lambda ids: (given_back.extend(ids), real_give_back(ids))
+    spool.give_back = lambda ids, tried=True: (given_back.extend((i, tried) for i in ids), real_give_back(ids, tried))
     health = Health()
     publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), kind="rabbitmq"), spool, health,
                           drain_timeout=1)
@@ -165,8 +165,10 @@ def test_on_rabbitmq_each_message_has_its_receipt_a_batch_is_one_write_and_a_fai
     assert broker.transactions == 0 and health.counter("published") == 700
     assert sorted(len(frames) for frames in broker.writes) == [200, 500]     # a write per batch (BATCH)
     assert all("receipt" in headers for frames in broker.writes for headers in frames)
-    # The failed write's batch (500, in flight by then) was given back once, by the connection loss.
+    # The failed write's batch (500, in flight by then) was given back once, by the connection
+    # loss, and not as a try towards max_refusals: the broker refused nothing.
     assert len(given_back) == 500 and len(set(given_back)) == 500
+    assert {tried for _, tried in given_back} == {False}
 
 
 def test_settle_seconds_defaults_to_five_on_rabbitmq_and_none_on_activemq():

@@ -243,6 +243,58 @@ def test_a_message_the_broker_refuses_while_it_takes_others_is_dead_lettered():
             spool.close()
 
 
+def test_resends_after_lost_connections_are_no_tries_towards_max_refusals(tmp_path):
+    """Regression (review 2026-12-04): every message in flight when a connection went had a
+    try counted, so one that rode through a few broker restarts was dead-lettered at its first
+    refusals. Only refusals count: the bad message is refused max_refusals - 1 times on its
+    own (its transaction's refusal is the other try), however many connections were lost."""
+
+    class LosingThenRefusingOne(AcceptingBroker):
+        def __init__(self, wakeup):
+            super().__init__(wakeup)
+            self.losses, self.refused_alone = 0, 0
+
+        def losing(self):
+            return self.losses < 4
+
+        def refuses(self, body):
+            return body == b"bad"
+
+        def send(self, destination, body, headers):
+            if self.losing():
+                return                          # no receipt: in flight until the loss below
+            self.refused_alone += "receipt" in headers and self.refuses(body)
+            super().send(destination, body, headers)
+
+        def commit(self, transaction, receipt):
+            if self.losing():
+                self.events.lost = True         # what stomp.py's listener notes at a reset
+                self.events.wakeup.set()
+            else:
+                super().commit(transaction, receipt)
+
+        def close(self):                        # "connected again" at once
+            self.losses += self.events.lost
+            self.events.lost = False
+
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    spool.put([Message(f"m{i}", "/queue/q", {}, b"bad" if i == 5 else b"ok") for i in range(50)])
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), max_refusals=5, backoff_initial=0.01,
+                                         backoff_max=0.05), spool, Health(), drain_timeout=1)
+    broker = publisher.session.broker = LosingThenRefusingOne(publisher.wakeup)
+    publisher.start()
+    try:
+        assert wait_until(lambda: not spool.stats().depth and spool.stats().dead_letters, timeout=20), spool.stats()
+        assert broker.losses == 4
+        [dead] = spool.dead_letters()
+        assert dead.entry.message.message_id == "m5"
+        assert broker.refused_alone == 4, broker.refused_alone
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()
+
+
 class ClosingOnBigFrames(AcceptingBroker):
     """ActiveMQ's answer to a frame over its size limit: an ERROR that names no message (it
     could not read the receipt header), then the connection closes. Our next send then fails,
