@@ -1,7 +1,8 @@
 """Fault injection, long mode: every scenario of tests/reliability/faults.py, many rounds.
 
     .venv/bin/python benchmarks/reliability.py [--rounds 5] [--duration 20] [--rate 150]
-                                               [--only NAME]... [--seed N] [--write-doc] [--keep]
+                                               [--only NAME]... [--broker activemq|rabbitmq]
+                                               [--seed N] [--write-doc] [--keep]
 
 Each round builds its world afresh in a temp dir (real ActiveMQ and Nagios on 127.0.0.1, the
 bridge as its own process), streams ``--rate`` results/s for ``--duration`` s, injects the
@@ -11,7 +12,9 @@ RELIABILITY_SEED=S+r in the short mode (tests/reliability/test_faults.py).
 
 Prints one line per round and a table per scenario: rounds, sent, lost, duplicates, the times
 to recover (median and worst), how many rounds were disturbed. ``--write-doc`` puts the table
-into docs/RELIABILITY.md. Exits 1 if any round lost a result.
+into docs/RELIABILITY.md. Exits 1 if any round lost a result. ``--broker rabbitmq`` runs the
+scenarios about the broker itself (faults.BROKER_SCENARIOS) on RabbitMQ nodes instead, and
+writes its own table.
 
 A round is the repetition (``--runs`` is another name for ``--rounds``; the default 5 gives
 >= 3): a summary gives per scenario the median, min and max over its rounds of the times to
@@ -47,6 +50,8 @@ def parse_args():
     parser.add_argument("--kills", type=int, default=3, help="bridge kill -9s per round")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help=f"a scenario (repeatable); one of: {', '.join(faults.SCENARIOS)}")
+    parser.add_argument("--broker", choices=("activemq", "rabbitmq"), default="activemq",
+                        help="the brokers' kind; rabbitmq runs only the scenarios about the broker")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--write-doc", action="store_true", help="write the table into docs/RELIABILITY.md")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs")
@@ -93,7 +98,7 @@ def markdown(rows, notes, args, started, elapsed, code, cases):
     lines = [f"Run on {started:%Y-%m-%d %H:%M} UTC in {elapsed / 60:.0f} min:"
              f" `python benchmarks/reliability.py {' '.join(sys.argv[1:])}`",
              f"({args.rounds} rounds per scenario, {args.duration:g} s at {args.rate:g} results/s"
-             f" each, seed {args.seed}; {code}; load average at the end {loadavg()}).",
+             f" each, seed {args.seed}, {args.broker}; {code}; load average at the end {loadavg()}).",
              "", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     lines += ["", "*flow back*: from the fault's start until a result sent after it arrived;"
@@ -111,11 +116,12 @@ def markdown(rows, notes, args, started, elapsed, code, cases):
 def main():
     args = parse_args()
     args.seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
-    names = args.only or list(faults.SCENARIOS)
-    unknown = [n for n in names if n not in faults.SCENARIOS]
+    known = list(faults.SCENARIOS) if args.broker == "activemq" else list(faults.BROKER_SCENARIOS)
+    names = args.only or known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        sys.exit(f"unknown scenario(s): {unknown}; known: {list(faults.SCENARIOS)}")
-    params = faults.Params(duration=args.duration, rate=args.rate, kills=args.kills)
+        sys.exit(f"unknown scenario(s) on {args.broker}: {unknown}; known: {known}")
+    params = faults.Params(duration=args.duration, rate=args.rate, kills=args.kills, broker=args.broker)
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
     code = code_fingerprint()           # at the start: each round's bridge runs the code of then
     print(f"code: {code}; seed {args.seed}; load average at the start {loadavg()}", flush=True)
@@ -153,7 +159,8 @@ def main():
     print_summary(*positional, **keywords)
     if args.write_doc:
         text = markdown(rows, notes, args, started, time.monotonic() - t0, code, cases)
-        write_doc_section(REPO / "docs" / "RELIABILITY.md", "faults", text)
+        write_doc_section(REPO / "docs" / "RELIABILITY.md",
+                          "faults" if args.broker == "activemq" else "faults-rabbitmq", text)
         print(f"\nwritten to {REPO / 'docs' / 'RELIABILITY.md'}")
     return 1 if failed else 0
 

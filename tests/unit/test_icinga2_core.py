@@ -19,6 +19,7 @@ from msg_nagios_bridge.cores.icinga2.check_result import MAX_BODY_BYTES, Action,
 from msg_nagios_bridge.cores.icinga2.core import Icinga2Core
 from msg_nagios_bridge.cores.icinga2.objects import ObjectList, ObjectsUnavailable, ObjectsUnreachable
 from msg_nagios_bridge.cores.icinga2.writer import CONFIRM_AFTER, Answer, Lane, Prepared, Sent, lane_of, split_by_lane
+from msg_nagios_bridge.daemon.health import Backoff
 from msg_nagios_bridge.daemon.status import Status
 from msg_nagios_bridge.model import CheckResult, Message
 from msg_nagios_bridge.spool import SpoolEntry
@@ -876,5 +877,181 @@ def test_a_spool_error_in_a_halting_collect_keeps_the_lanes_halted_until_every_e
         writer._collect()
         assert not writer._halt.is_set() and not writer._events and writer._outstanding == 0
         assert sorted(entry.entry_id for entry in spool.take(3)) == ids
+    finally:
+        spool.close()
+
+
+# -- a review of the writer's answers (2026-12-05) -------------------------------------------------
+
+class AllKnown:
+    """An object list that has every object."""
+
+    def get(self):
+        class Everything:
+            def __contains__(self, key):
+                return True
+        return Everything()
+
+    def stale(self):
+        self.stale_calls = getattr(self, "stale_calls", 0) + 1
+
+
+class DecidingApi(LaneApi):
+    """Answers each POST with ``decide(body)`` -> (status, answer); a GET (a probe) with 200."""
+
+    def __init__(self, decide):
+        super().__init__()
+        self.decide = decide
+
+    def request(self, method, path, body=None):
+        self.connected = True
+        self.sent.append(body["plugin_output"] if body else method)
+        return self.decide(body) if body else (200, {"results": []})
+
+
+def spooled_results(spool, outputs):
+    from msg_nagios_bridge.model import result_to_dict
+    spool.put([Message(f"m{i}", "nagios", {}, json.dumps(result_to_dict(
+        CheckResult(f"h{i}", "s", 0, output=text, timestamp=1000.0 + i))).encode())
+        for i, text in enumerate(outputs)])
+
+
+def writer_on(tmp_path, decide):
+    """An unstarted Icinga2Writer on a real spool whose 8 lanes all talk to ``decide``: (writer, spool, apis)."""
+    from msg_nagios_bridge.spool import Spool
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    apis = [DecidingApi(decide) for _ in range(8)]
+    writer = lane_writer(tmp_path, spool, *apis, start=False, objects=AllKnown())
+    writer._backoff = Backoff(0.01, 0.05)          # the holds' backoff: short here
+    return writer, spool, apis
+
+
+def accepted(body):
+    return 200, {"results": [{"code": 200, "status": f"Successfully processed check result for {body['plugin_output']}"}]}
+
+
+def test_a_result_whose_action_fails_in_icinga_is_a_dead_letter_and_stalls_no_other(tmp_path):
+    """Icinga answers 500 "Action execution failed" in the object's own entry when its action
+    throws for that request. Retried for ever, and halting every lane each time, that one
+    result let 42 of 2,000 others through in 6 s (the review's run). Now only its lane stops,
+    and after MAX_SERVER_ERRORS such answers it is a dead letter."""
+    from msg_nagios_bridge.cores.icinga2.writer import MAX_SERVER_ERRORS
+
+    def decide(body):
+        if body["plugin_output"] == "POISON":
+            return 500, {"results": [{"code": 500, "status": "Action execution failed: 'boom'."}]}
+        return accepted(body)
+    writer, spool, apis = writer_on(tmp_path, decide)
+    spooled_results(spool, ["POISON"] + [f"r{i}" for i in range(300)])
+    writer.start()
+    try:
+        assert until(lambda: spool.stats().depth == 0, timeout=30), (spool.stats(), writer._state)
+        assert [text for api in apis for text in api.sent].count("POISON") == MAX_SERVER_ERRORS
+        [dead] = spool.dead_letters()
+        assert dead.reason == (f"icinga-error: Icinga 2 answered 500 Action execution failed: 'boom'."
+                               f" ({MAX_SERVER_ERRORS} times to this result)")
+        assert writer.health.snapshot()["counters"]["injected"] == 300
+        assert writer._held_since is None           # no hold: the other lanes went on
+    finally:
+        writer.stop()
+        writer.join(10)
+        spool.close()
+
+
+@pytest.mark.parametrize("answer", [
+    (503, {"status": "Shutting down"}),            # Icinga going down: every lane holds
+    (500, {"results": [{"code": 500, "status": "Action execution failed: 'disk full'"}]})])  # fails all
+def test_5xx_answers_to_every_result_make_no_dead_letter(tmp_path, answer):
+    down = {"on": True}
+
+    def decide(body):
+        return answer if down["on"] else accepted(body)
+    writer, spool, apis = writer_on(tmp_path, decide)
+    spooled_results(spool, [f"r{i}" for i in range(20)])
+    writer.start()
+    try:
+        assert until(lambda: sum(len(api.sent) for api in apis) > 100, timeout=30)
+        assert spool.stats().dead_letters == 0 and spool.stats().depth == 20
+        assert writer._state.startswith("waiting: ")
+        down["on"] = False
+        assert until(lambda: spool.stats().depth == 0, timeout=30), spool.stats()
+        assert spool.stats().dead_letters == 0
+    finally:
+        writer.stop()
+        writer.join(10)
+        spool.close()
+
+
+@pytest.mark.parametrize("status, text", [(404, "No objects found."), (403, "No permission")])
+def test_icinga_refusing_every_result_does_not_empty_the_spool_into_dead_letters(tmp_path, status, text):
+    """An ApiUser without actions/process-check-result: Icinga 2.13 answers 404 to every
+    request (later versions 403), for objects its list has. Each result was dead-lettered at
+    about 1,500/s, and past max_dead_letters (10,000) the oldest were deleted: the review saw
+    800 results gone from the spool in 0.5 s. Now the writer holds after REFUSING_ALL
+    different objects in a row, and keeps them."""
+    from msg_nagios_bridge.cores.icinga2.writer import REFUSING_ALL
+    refusing = {"on": True}
+
+    def decide(body):
+        return (status, {"error": status, "status": text}) if refusing["on"] else accepted(body)
+    writer, spool, apis = writer_on(tmp_path, decide)
+    spooled_results(spool, [f"r{i}" for i in range(500)])
+    writer.start()
+    try:
+        assert until(lambda: sum(len(api.sent) for api in apis) > 200, timeout=30)
+        assert until(lambda: "refuses every result" in writer._state, timeout=10), writer._state
+        assert spool.stats().dead_letters <= REFUSING_ALL - 1
+        assert spool.stats().depth >= 500 - (REFUSING_ALL - 1)
+        refusing["on"] = False                  # the permission is given
+        assert until(lambda: spool.stats().depth == 0, timeout=30), spool.stats()
+        assert writer.health.snapshot()["counters"]["injected"] + spool.stats().dead_letters == 500
+        assert writer._state == "waiting for results"
+    finally:
+        writer.stop()
+        writer.join(10)
+        spool.close()
+
+
+def test_one_object_icinga_refuses_among_others_it_takes_is_still_a_dead_letter(tmp_path):
+    def decide(body):
+        if body["plugin_output"] in ("gone-1", "gone-2"):
+            return 404, {"error": 404, "status": "No objects found."}
+        return accepted(body)
+    writer, spool, apis = writer_on(tmp_path, decide)
+    spooled_results(spool, ["gone-1"] + [f"r{i}" for i in range(100)] + ["gone-2"])
+    writer.start()
+    try:
+        assert until(lambda: spool.stats().depth == 0, timeout=30), spool.stats()
+        assert sorted(dead.reason.split(":")[0] for dead in spool.dead_letters()) == ["unknown-object"] * 2
+        assert writer.objects.stale_calls >= 1       # the list is read again: the object may be gone
+    finally:
+        writer.stop()
+        writer.join(10)
+        spool.close()
+
+
+def test_a_dead_letter_the_spool_cannot_record_while_preparing_strands_no_entry(tmp_path, monkeypatch):
+    """deliver(): a reject that failed (disk full) left the loop with the batch's entries
+    leased, never taken again until a restart (the review: 11 of 11 stranded)."""
+    from msg_nagios_bridge.spool import Spool, SpoolError
+
+    class KnowsAllBut:
+        def get(self):
+            class Known:
+                def __contains__(self, key):
+                    return key[0] != "h3"
+            return Known()
+
+        def stale(self):
+            pass
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    try:
+        spooled_results(spool, [f"r{i}" for i in range(11)])
+        writer = lane_writer(tmp_path, spool, start=False, objects=KnowsAllBut())
+        monkeypatch.setattr(spool, "reject", lambda entry_id, reason: (_ for _ in ()).throw(SpoolError("disk full")))
+        with pytest.raises(SpoolError):
+            writer.deliver(spool.take(11))
+        assert spool.stats().leased == 0 and len(spool.take(11)) == 11
+        assert writer._outstanding == 0 and not any(lane.inbox for lane in writer.lanes)
     finally:
         spool.close()

@@ -70,6 +70,11 @@ class Action(enum.Enum):
 class Verdict(NamedTuple):
     action: Action
     reason: str = ""        # dead letters: "<counter name>: text"; else what to log / show
+    # Icinga's answer for this object, which it may give every result (403; 404, which also
+    # means a missing permission; a 5xx in the object's own entry: its action failed), unlike
+    # a 400 (this result's fault) or a 5xx without one (Icinga going down, a proxy): the
+    # writer watches for a run of them over different objects.
+    for_object: bool = False
 
 
 UNKNOWN_OBJECT = "unknown-object"
@@ -92,12 +97,13 @@ def judge(status: int, answer: Any, name: str) -> Verdict:
     The object's own entry (``results[0].code``) decides when there is one; it matches the
     HTTP status for a named object, but a proxy or an odd answer must not turn an error
     into a success."""
-    code, text = status, ""
+    code, text, own = status, "", False
     if isinstance(answer, dict):
         results = answer.get("results")
         if isinstance(results, list) and results and isinstance(results[0], dict):
             entry = results[0]
-            code = entry.get("code", status) if isinstance(entry.get("code"), int) else status
+            own = isinstance(entry.get("code"), int) and not isinstance(entry.get("code"), bool)
+            code = entry["code"] if own else status
             text = str(entry.get("status", ""))
         else:
             text = str(answer.get("status", ""))
@@ -108,12 +114,14 @@ def judge(status: int, answer: Any, name: str) -> Verdict:
             return Verdict(Action.IGNORED, text)
         return Verdict(Action.INJECTED, text)
     if code == 404 or status == 404:
-        return Verdict(Action.DEAD_LETTER, unknown_object_reason(name, answered=True))
+        return Verdict(Action.DEAD_LETTER, unknown_object_reason(name, answered=True), for_object=True)
     if code in (400, 403) or status in (400, 403):
-        return Verdict(Action.DEAD_LETTER, f"{ICINGA_REFUSED}: {code} {text or 'no reason given'}")
+        return Verdict(Action.DEAD_LETTER, f"{ICINGA_REFUSED}: {code} {text or 'no reason given'}",
+                       for_object=code == 403 or status == 403)
     if status == 401 or code == 401:
         return Verdict(Action.CREDENTIALS, f"Icinga 2 refuses the bridge's credentials (401 {text})".strip())
-    return Verdict(Action.RETRY, f"Icinga 2 answered {status} {text}".strip())
+    return Verdict(Action.RETRY, f"Icinga 2 answered {status} {text}".strip(),
+                   for_object=own and code >= 500)
 
 
 def reason_counter(reason: str) -> str:

@@ -21,9 +21,19 @@ Icinga answers for each object, and that answer decides (check_result.judge):
 * 404 (no such object, or no permission), 400 and 403: Icinga will never take it: a dead
   letter (``unknown-object: ...``, ``icinga-refused: ...``);
 * 401: the credentials are refused: the entry stays, the writer backs off and says so;
+* a 5xx in the object's own entry (its action failed: Icinga answers so for that request
+  alone): only its lane stops, the entry is sent again, and after MAX_SERVER_ERRORS such
+  answers it is a dead letter (``icinga-error: ...``): retried for ever, one such result
+  stalled every lane;
 * any other status, or no answer at all: the entry stays and is sent again after a backoff.
   A request that got no answer may have been processed: sending it again can record it twice
   (duplicates rather than loss).
+
+But when 403s, 404s or an object's 5xx come for REFUSING_ALL different objects in a row, no
+200 between, Icinga refuses or fails everything (an ApiUser without the permission: 2.13
+answers 404, later versions 403): they are kept, not counted, and the writer holds and backs
+off, instead of moving the whole spool to the dead letters (which past their limit deletes
+the oldest).
 
 A lane that gets no answer, a 401 or a 5xx stops, and so do the others after their request
 under way; what they did not get answered, and what waits in their inboxes, goes back to the
@@ -43,7 +53,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from typing import Any, Callable, Deque, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from ...config import Settings
 from ...daemon.health import Backoff, Health, RateLimitedLog
@@ -68,6 +78,10 @@ IDLE_CLOSE = 5.0        # Icinga closes a connection idle for 10 to 15 s: close 
 # was answered on that connection and not yet confirmed (sent again: duplicates rather than loss).
 CONFIRM_AFTER = 0.5
 SETTLE_EVERY = 0.2      # seconds a confirmed entry may wait for its (shared, durable) delete
+REFUSING_ALL = 3        # refusals for this many different objects in a row, no 200 between: hold
+MAX_SERVER_ERRORS = 5   # an object's 5xx answers to one result: then a dead letter
+SERVER_ERRORS_KEPT = 1000   # entries whose 5xx answers are counted (the oldest forgotten past it)
+ICINGA_ERROR = "icinga-error"
 PART = "icinga2_writer"
 
 T = TypeVar("T")
@@ -181,7 +195,8 @@ class Lane:
                 return Sent(answers, list(queue), failure=f"internal error: {exc}", resent=resent)
             verdict = check_result.judge(status, answer, item.name)
             if verdict.action in (Action.CREDENTIALS, Action.RETRY):
-                halt.set()
+                if not verdict.for_object:
+                    halt.set()          # Icinga cannot take results now: every lane stops
                 return Sent(answers, list(queue), hold=verdict, resent=resent)
             queue.popleft()
             if verdict.action in (Action.INJECTED, Action.IGNORED):
@@ -225,6 +240,9 @@ class Icinga2Writer(threading.Thread):
         self._settle_due = 0.0              # monotonic: delete _answered by then
         self._state = ""
         self._probe_host = ""               # a host Icinga has: the probe's cheap question
+        self._refused_in_row: set = set()   # objects refused (for_object) since the last 200
+        self._server_errors: Dict[int, int] = {}    # entry id -> an object's 5xx answers to it
+        self._last_refusal = ""
         self._warn = RateLimitedLog(log)
 
     def stop(self) -> None:
@@ -466,16 +484,23 @@ class Icinga2Writer(threading.Thread):
     def _take_sent(self, lane: Lane, sent: Sent) -> Optional[Tuple[str, str]]:
         """Count one lane's Sent and give back what it did not get answered; (problem, key)
         when the lane stopped on it."""
-        taken = 0
+        taken, kept = 0, []
+        rest, failed_alone = list(sent.rest), sent.hold is not None and sent.hold.for_object
         try:
             if sent.resent:
                 self.health.add("icinga2_resent", sent.resent)
             for answer in sent.answers:
-                self._take_answer(answer)
+                if not self._take_answer(answer):
+                    kept.append(answer.item)
                 taken += 1
+            if failed_alone:
+                self.health.add("written")
+                if not self._refused_by_all(rest[0].name) and self._failed_again(rest[0].entry, sent.hold):
+                    rest.pop(0)
         finally:
-            # Not answered, and refusals not yet recorded (a failed reject): taken again.
-            back = sent.rest + [a.item for a in sent.answers[taken:] if a.verdict.action is Action.DEAD_LETTER]
+            # Not answered, kept (Icinga refuses all), and refusals not yet recorded (a failed
+            # reject): taken again.
+            back = rest + kept + [a.item for a in sent.answers[taken:] if a.verdict.action is Action.DEAD_LETTER]
             # Entries sent again were counted back with their first answer already.
             self._outstanding -= len(sent.answers) + len(sent.rest) - sent.resent
             if back:
@@ -484,6 +509,14 @@ class Icinga2Writer(threading.Thread):
             self.health.add("icinga2_no_answer")
             self._broken(lane)
             return f"Icinga 2 API unavailable: {sent.failure}", "unavailable"
+        if len(self._refused_in_row) >= REFUSING_ALL and (failed_alone or (kept and sent.hold is None)):
+            self._halt.set()            # the other lanes would only be refused too
+            reason = sent.hold.reason if failed_alone else self._last_refusal
+            return (f"Icinga 2 refuses every result ({len(self._refused_in_row)} objects in a row, none"
+                    f" accepted; the last: {reason}); check the ApiUser's permission"
+                    " actions/process-check-result, and Icinga 2's log", "refuses-all")
+        if failed_alone:
+            return None                 # that lane stopped; the others go on
         if sent.hold is not None:
             self.health.add("written")
             self.health.mark("icinga2_answer")
@@ -491,6 +524,23 @@ class Icinga2Writer(threading.Thread):
                 self._broken(lane)      # a 5xx: Icinga may be going down
             return sent.hold.reason, "credentials" if sent.hold.action is Action.CREDENTIALS else "retry"
         return None
+
+    def _refused_by_all(self, name: str) -> bool:
+        """Note a refusal for object ``name`` (Verdict.for_object); True when such refusals
+        came for REFUSING_ALL different objects since the last 200: Icinga refuses all."""
+        self._refused_in_row.add(name)
+        return len(self._refused_in_row) >= REFUSING_ALL
+
+    def _failed_again(self, entry: SpoolEntry, verdict: Verdict) -> bool:
+        """Count an object's 5xx answer to ``entry``; True when that made it a dead letter."""
+        count = self._server_errors.pop(entry.entry_id, 0) + 1
+        if count < MAX_SERVER_ERRORS:
+            self._server_errors[entry.entry_id] = count
+            while len(self._server_errors) > SERVER_ERRORS_KEPT:
+                del self._server_errors[next(iter(self._server_errors))]
+            return False
+        self._refuse(entry, f"{ICINGA_ERROR}: {verdict.reason} ({count} times to this result)")
+        return True
 
     def _settle(self, force: bool = True) -> None:
         """Delete what Icinga answered for (kept across a failed delete, to try again). Not
@@ -545,22 +595,30 @@ class Icinga2Writer(threading.Thread):
             self._hold(str(exc), "objects")
             return
         prepared: List[Prepared] = []
-        for entry in entries:
+        for index, entry in enumerate(entries):
             try:
-                result = result_from_dict(json.loads(entry.message.body))
-            except (ValueError, TypeError) as exc:   # decode() already refuses these; defence in depth
-                self._refuse(entry, f"unwritable: cannot be sent to Icinga 2: {exc}")
-                continue
-            name = check_result.object_name(result)
-            if (result.host, result.service) not in known:
-                self._refuse(entry, check_result.unknown_object_reason(name, answered=False))
-                continue
-            path, body = check_result.request(result, self.check_source)
-            too_big = check_result.too_big_reason(check_result.body_size(body))
-            if too_big:
-                self._refuse(entry, too_big)
-                continue
-            prepared.append(Prepared(entry, result, name, path, body))
+                reason = None
+                try:
+                    result = result_from_dict(json.loads(entry.message.body))
+                except (ValueError, TypeError) as exc:   # decode() already refuses these; defence in depth
+                    reason = f"unwritable: cannot be sent to Icinga 2: {exc}"
+                else:
+                    name = check_result.object_name(result)
+                    if (result.host, result.service) not in known:
+                        reason = check_result.unknown_object_reason(name, answered=False)
+                    else:
+                        path, body = check_result.request(result, self.check_source)
+                        reason = check_result.too_big_reason(check_result.body_size(body))
+                if reason:
+                    self._refuse(entry, reason)
+                else:
+                    prepared.append(Prepared(entry, result, name, path, body))
+            except SpoolError:
+                # A dead letter not recorded (disk full): this entry, the rest and those
+                # prepared go back, or they stayed leased until a restart (review 2026-12-05).
+                self.spool.give_back(sorted([item.entry.entry_id for item in prepared]
+                                            + [later.entry_id for later in entries[index:]]))
+                raise
         if not prepared:
             return
         try:
@@ -575,19 +633,26 @@ class Icinga2Writer(threading.Thread):
             self._outstanding += len(prepared)
             self._cond.notify_all()
 
-    def _take_answer(self, answer: Answer) -> None:
-        """Count and act on an answer Icinga gave for good (a 200 is pending in its lane)."""
+    def _take_answer(self, answer: Answer) -> bool:
+        """Count and act on an answer Icinga gave for good (a 200 is pending in its lane).
+        False: a refusal kept, not a dead letter (Icinga refuses every result: give it back)."""
         item, verdict = answer
-        self._probe_host = item.name.split("!", 1)[0]
         self.health.add("written")
         self.health.mark("icinga2_answer")
-        self._answers_again()
         if verdict.action in (Action.INJECTED, Action.IGNORED):
+            self._probe_host = item.name.split("!", 1)[0]
+            self._refused_in_row.clear()
+            self._answers_again()
             self.health.mark("inject")
             if verdict.action is Action.IGNORED:
                 self.health.add("icinga2_ignored")
                 self._warn(logging.INFO, "ignored", f"Icinga 2 accepted but ignored a result: {verdict.reason}")
-        else:                           # Action.DEAD_LETTER
-            if verdict.reason.startswith(check_result.UNKNOWN_OBJECT):
-                self.objects.stale()       # the object may be gone: read the list again soon
-            self._refuse(item.entry, verdict.reason)
+            return True
+        # Action.DEAD_LETTER
+        if verdict.reason.startswith(check_result.UNKNOWN_OBJECT):
+            self.objects.stale()       # the object may be gone: read the list again soon
+        if verdict.for_object and self._refused_by_all(item.name):
+            self._last_refusal = verdict.reason
+            return False
+        self._refuse(item.entry, verdict.reason)
+        return True
