@@ -14,7 +14,7 @@ from msg_nagios_bridge import config
 from msg_nagios_bridge.cli.selfcheck import CRITICAL, Thresholds, evaluate
 from msg_nagios_bridge.cores import Core, core_for
 from msg_nagios_bridge.cores.icinga2 import check_result, wiring
-from msg_nagios_bridge.cores.icinga2.api import ApiUnavailable, LeanClient
+from msg_nagios_bridge.cores.icinga2.api import MAX_LEAN_ANSWER_BYTES, ApiUnavailable, LeanClient
 from msg_nagios_bridge.cores.icinga2.check_result import MAX_BODY_BYTES, Action, judge, request
 from msg_nagios_bridge.cores.icinga2.core import Icinga2Core
 from msg_nagios_bridge.cores.icinga2.objects import ObjectList, ObjectsUnavailable, ObjectsUnreachable
@@ -552,14 +552,51 @@ class Pieces:
 
 
 def test_lean_client_reads_a_big_answer_cut_in_small_pieces_in_linear_time(tmp_path):
-    """8 MB in 1 KB pieces: with an immutable buffer grown piece by piece this copied about
-    32 GB (minutes); read whole in well under the bound here."""
+    """Its largest answer (1 MiB) in 64-byte pieces: with an immutable buffer grown piece by
+    piece this copied about 8 GB (minutes); read whole in well under the bound here."""
     client, _ = lean_with(tmp_path, b"")
-    body = b"x" * (8 << 20)
-    client._sock = Pieces(b"HTTP/1.0 200 OK\r\n\r\n" + body, 1024)
+    body = b"x" * MAX_LEAN_ANSWER_BYTES
+    client._sock = Pieces(b"HTTP/1.0 200 OK\r\n\r\n" + body, 64)
     started = time.monotonic()
     assert client.request("GET", "/x") == (200, body.decode())
     assert time.monotonic() - started < 5
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
+                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+
+
+def test_lean_client_counts_an_answer_in_tiny_chunks_as_it_comes_on_the_wire(tmp_path):
+    """1-byte chunks held about 130 bytes of memory per byte of answer, up to 256 MiB of
+    answer a lane (the review: +2,099 MiB for 16 MiB, 23 s). The writer's answers are about
+    100 bytes: the limit is 1 MiB of what comes on the wire, chunk lines included."""
+    client, _ = lean_with(tmp_path, b"")
+    fits = b"y" * (MAX_LEAN_ANSWER_BYTES // 8)          # 1 byte a chunk: 6 bytes on the wire
+    client._sock = Pieces(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(fits, 1), 4096)
+    assert client.request("GET", "/x") == (200, fits.decode())
+    client, _ = lean_with(tmp_path, b"")
+    client._sock = Pieces(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          + chunked(b"y" * (MAX_LEAN_ANSWER_BYTES // 4), 1), 4096)
+    with pytest.raises(ApiUnavailable, match="over 1048576 bytes"):
+        client.request("GET", "/x")
+
+
+def test_lean_client_skips_interim_answers_so_the_next_answers_stay_in_step(tmp_path):
+    """A 100 Continue was taken for the answer: each later answer was then read as the next
+    request's, so a refused result could be deleted as injected (the review's proxy)."""
+    ok = b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}'
+    not_found = b'HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}'
+    client, server = lean_with(tmp_path, b"HTTP/1.1 100 Continue\r\n\r\n" + not_found
+                               + b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n" + ok)
+    assert client.request("POST", "/a", {})[0] == 404
+    assert client.request("POST", "/b", {})[0] == 200
+    server.close()
+    for answer, problem in ((b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "switches protocols"),
+                            (b"HTTP/1.1 100 Continue\r\n\r\n" * 9 + ok, "more than 8 interim")):
+        client, _ = lean_with(tmp_path, answer)
+        with pytest.raises(ApiUnavailable, match=problem):
+            client.request("POST", "/a", {})
 
 
 @pytest.mark.parametrize("answer", [

@@ -479,3 +479,53 @@ def test_skipping_an_object_over_the_limit_keeps_strings_escapes_and_brackets_ho
     skipped = []
     assert list(results_of(read, limit=100, too_big=skipped.append)) == [{"n": 1}, {"n": 2}]
     assert len(skipped) == 2
+
+
+def test_the_catch_up_holds_neither_objects_over_the_line_limit_nor_many_big_ones():
+    """Objects of up to 16 MiB were read, and up to 1,000 held, before the line's 1 MiB limit
+    refused them (the review: 155 MiB for 100 objects of 1.5 MiB). Now an object that would
+    make a line over MAX_EVENT_BYTES is skipped as it is read, and a chunk is spooled once its
+    outputs reach CATCH_UP_BYTES."""
+    import functools
+    import http.client
+    import http.server
+    import tracemalloc
+    import types
+    over = {"attrs": {"name": "big", "last_check_result": {"execution_end": 1.0, "output": "x" * (3 << 19)}}}
+    under = {"attrs": {"name": "h", "last_check_result": {"execution_end": 1.0, "output": "y" * (900 << 10)}}}
+    hosts = json.dumps({"results": [over, under] * 30}).encode()          # 72 MiB
+    services = b'{"results": []}'
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            body = hosts if self.path.startswith("/v1/objects/hosts") else services
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    chunks, skipped = [], []
+    source = types.SimpleNamespace(
+        settings=config.Icinga2Settings(user="bridge", password="pw"), health=Health(),
+        _connect=lambda: http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10),
+        _skipped=lambda path, head: skipped.append(head),
+        _spool_newer=lambda chunk: chunks.append(len(chunk)) or 0,
+        intake=types.SimpleNamespace(spool=types.SimpleNamespace(keep_newest_marks=lambda kind, keep: None)))
+    source._last_results = functools.partial(events.EventStreamSource._last_results, source)
+    tracemalloc.start()
+    try:
+        assert events.EventStreamSource._catch_up(source) == (30, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        server.shutdown()
+        server.server_close()
+    assert len(skipped) == 30 and skipped[0].startswith('{"attrs": {"name": "big"')
+    assert max(chunks) <= events.CATCH_UP_BYTES // (900 << 10) + 1 and sum(chunks) == 30
+    assert peak < 3 * events.CATCH_UP_BYTES, f"{peak / 2**20:.0f} MiB held at the peak"

@@ -24,6 +24,11 @@ MAX_ANSWER_BYTES = 256 << 20
 MAX_RESULT_BYTES = 16 << 20
 READ_SIZE = 1 << 16
 MAX_HEAD_BYTES = 64 << 10       # an answer's status line and header fields
+# The inbound writer's answers (LeanClient) are about 100 bytes: a bigger one, counted as it
+# comes on the wire (chunk sizes included), is not Icinga's answer to a check result.
+MAX_LEAN_ANSWER_BYTES = 1 << 20
+MAX_INTERIM_ANSWERS = 8         # 1xx answers skipped before the final one
+MAX_ERROR_BYTES = 64 << 10      # of an error answer's body, what is read (for its message)
 
 
 class ApiUnavailable(Exception):
@@ -100,7 +105,7 @@ class ApiClient:
             self._connection.request("GET", path, headers=self._headers)
             response = self._connection.getresponse()
             if response.status != 200:
-                data = response.read(MAX_ANSWER_BYTES + 1)
+                data = response.read(MAX_ERROR_BYTES)
                 self.close()
                 try:
                     return response.status, json.loads(data)
@@ -300,7 +305,7 @@ class LeanClient:
             # The path comes quoted (ASCII); latin-1 refuses anything else.
             self._sock.sendall(f"{method} {path} HTTP/1.1\r\n{self._fields}{length}\r\n".encode("latin-1")
                                + payload)
-            status, fields = self._read_head()
+            status, fields = self._read_final_head()
             data = self._read_body(status, fields)
             if fields.get("connection", "").lower() == "close":
                 self.close()
@@ -363,36 +368,52 @@ class LeanClient:
             fields[name.strip().lower()] = value.strip()
         return int(code), fields
 
+    def _read_final_head(self) -> Tuple[int, Dict[str, str]]:
+        """The head of the final answer: interim 1xx answers (a proxy's 100 Continue) are
+        skipped, or the answers that follow would be read as the next requests' (review
+        2026-12-05); 101 switches protocols, which this client never asks for."""
+        for _ in range(MAX_INTERIM_ANSWERS):
+            status, fields = self._read_head()
+            if status == 101:
+                raise ValueError("the answer switches protocols (101), which was not asked for")
+            if not 100 <= status < 200:
+                return status, fields
+        raise ValueError(f"more than {MAX_INTERIM_ANSWERS} interim (1xx) answers")
+
     def _read_body(self, status: int, fields: Dict[str, str]) -> bytes:
-        if status < 200 or status in (204, 304):
+        limit = MAX_LEAN_ANSWER_BYTES
+        if status in (204, 304):
             return b""
         if "chunked" in fields.get("transfer-encoding", "").lower():
-            parts, size = [], 0
+            # One bytearray, not a list of chunks, and the limit counts the chunk lines too:
+            # an answer in 1-byte chunks held about 130 bytes of memory per byte (review).
+            body, wire = bytearray(), 0
             while True:
-                digits = self._read_line().split(b";", 1)[0].strip()
+                line = self._read_line()
+                digits = line.split(b";", 1)[0].strip()
                 if not digits or len(digits) > 16 or digits.strip(b"0123456789abcdefABCDEF"):
                     raise ValueError(f"not a chunk size: {bytes(digits[:40])!r}")
                 chunk = int(digits, 16)
                 if chunk == 0:
                     while self._read_line():    # trailer fields, up to an empty line
                         pass
-                    return b"".join(parts)
-                size += chunk
-                if size > MAX_ANSWER_BYTES:
-                    raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes")
-                parts.append(self._read_exact(chunk))
+                    return bytes(body)
+                wire += len(line) + chunk + 4
+                if wire > limit:
+                    raise ValueError(f"the answer is over {limit} bytes")
+                body += self._read_exact(chunk)
                 if self._read_exact(2) != b"\r\n":
                     raise ValueError("a chunk does not end with CRLF")
         if "content-length" in fields:
             if not fields["content-length"].isdigit():
                 raise ValueError(f"not a Content-Length: {fields['content-length'][:40]!r}")
             size = int(fields["content-length"])
-            if not 0 <= size <= MAX_ANSWER_BYTES:
-                raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes (Content-Length {size})")
+            if not 0 <= size <= limit:
+                raise ValueError(f"the answer is over {limit} bytes (Content-Length {size})")
             return self._read_exact(size)
         while True:                             # until the server closes the connection
-            if len(self._buffer) > MAX_ANSWER_BYTES:
-                raise ValueError(f"the answer is over {MAX_ANSWER_BYTES} bytes")
+            if len(self._buffer) > limit:
+                raise ValueError(f"the answer is over {limit} bytes")
             data = self._sock.recv(1 << 16)
             if not data:
                 data = bytes(self._buffer)

@@ -31,7 +31,7 @@ from ...display import printable
 from ...model import CheckResult
 from ...outbound.intake import Intake, Mark
 from .. import IntakeFor
-from .api import MAX_ANSWER_BYTES, MAX_RESULT_BYTES, MAX_HEAD_BYTES, ApiClient, headers, results_of, ssl_context
+from .api import MAX_ERROR_BYTES, MAX_HEAD_BYTES, ApiClient, headers, results_of, ssl_context
 from .event_record import MARKS_KIND, MAX_EVENT_BYTES, catch_up_line, object_key, parse_event
 from ...daemon.threadname import name_os_thread
 
@@ -41,6 +41,11 @@ SOURCE = "icinga2_events"      # the intake's name, the health state's, and the 
 READ_CHUNK = 1 << 16
 REFUSED_HEAD_BYTES = 1 << 16   # what of a line too long is kept as its dead letter
 CATCH_UP_CHUNK = 1000          # objects of the catch-up spooled at a time
+CATCH_UP_BYTES = 16 << 20      # ... or fewer, once their outputs and perfdata are this big
+# An object of the catch-up bigger than this would make a line over MAX_EVENT_BYTES (the line
+# is the same JSON, less a few names): skipped as it is read, never held (review 2026-12-05:
+# up to 1,000 objects of 16 MiB each were held before the line's limit was checked).
+CATCH_UP_OBJECT_BYTES = MAX_EVENT_BYTES + (64 << 10)
 READY_TIMEOUT = 30.0           # how long start_sources waits for the first connect and catch-up
 BACKOFF_INITIAL, BACKOFF_CAP = 0.5, 30.0
 # A stream may be silent for hours; a peer that vanished (no FIN, no RST) is found by TCP
@@ -228,14 +233,16 @@ class EventStreamSource(threading.Thread):
         found = spooled = 0
         try:
             chunk: List[Tuple[Any, Any, dict]] = []
+            size = 0
             for kind, attrs in (("hosts", "attrs=name&attrs=last_check_result"),
                                 ("services", "attrs=name&attrs=host_name&attrs=last_check_result")):
                 for item in self._last_results(connection, kind, attrs):
                     chunk.append(item)
-                    if len(chunk) >= CATCH_UP_CHUNK:
+                    size += _rough_size(item[2])
+                    if len(chunk) >= CATCH_UP_CHUNK or size >= CATCH_UP_BYTES:
                         spooled += self._spool_newer(chunk)
                         found += len(chunk)
-                        chunk = []
+                        chunk, size = [], 0
             spooled += self._spool_newer(chunk)
             found += len(chunk)
         except _Stopping:
@@ -286,11 +293,12 @@ class EventStreamSource(threading.Thread):
         connection.request("GET", path, headers=headers(self.settings))
         response = connection.getresponse()
         if response.status != 200:
-            data = response.read(MAX_ANSWER_BYTES + 1)
+            data = response.read(MAX_ERROR_BYTES)
             raise StreamRefused(_refusal(f"GET {path}", response.status, data,
                                          f"objects/query/{kind[:-1].capitalize()}"))
         try:
-            for item in results_of(response.read, too_big=lambda head: self._skipped(path, head)):
+            for item in results_of(response.read, limit=CATCH_UP_OBJECT_BYTES,
+                                   too_big=lambda head: self._skipped(path, head)):
                 attrs_of = item["attrs"]
                 last = attrs_of.get("last_check_result")
                 if isinstance(last, dict):        # None: never checked
@@ -307,10 +315,10 @@ class EventStreamSource(threading.Thread):
             raise StreamRefused(f"GET {path}: not an object list ({type(exc).__name__}: {exc})") from None
 
     def _skipped(self, path: str, head: str) -> None:
-        """An object of the catch-up over api.MAX_RESULT_BYTES: skipped (its result would be
+        """An object of the catch-up over CATCH_UP_OBJECT_BYTES: skipped (its result would be
         over MAX_EVENT_BYTES anyway), kept as a dead letter with its head, the rest goes on."""
-        self.intake.dead_letter(head.encode("utf-8", "replace"),
-                                f"an object of GET {path} is over {MAX_RESULT_BYTES} bytes: skipped by the catch-up")
+        self.intake.dead_letter(head.encode("utf-8", "replace"), f"an object of GET {path} is over"
+                                f" {CATCH_UP_OBJECT_BYTES} bytes: skipped by the catch-up")
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -397,3 +405,12 @@ def _refusal(what: str, status: int, body: bytes, permission: str) -> str:
         # Icinga answers a missing permission exactly as a missing path or object.
         return f"{what}: 404 (does the ApiUser have the permission {permission}?): {text}"
     return f"{what}: {status} {text}"
+
+
+def _rough_size(check_result: Any) -> int:
+    """About how big a last_check_result is: its output and perfdata, the fields that grow."""
+    if not isinstance(check_result, dict):
+        return 64
+    output, perfdata = check_result.get("output"), check_result.get("performance_data")
+    return (256 + (len(output) if isinstance(output, str) else 0)
+            + (sum(len(item) for item in perfdata if isinstance(item, str)) if isinstance(perfdata, list) else 0))
