@@ -18,9 +18,8 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from ...config import Icinga2Settings
 
-# An answer bigger than this is not read whole. Object lists are not read whole at all: they
-# are taken an object at a time (results_of), however long; one object may be this big.
-MAX_ANSWER_BYTES = 256 << 20
+# Object lists are not read whole: they are taken an object at a time (results_of), however
+# long; one object may be this big.
 MAX_RESULT_BYTES = 16 << 20
 READ_SIZE = 1 << 16
 MAX_HEAD_BYTES = 64 << 10       # an answer's status line and header fields
@@ -55,7 +54,9 @@ def headers(settings: Icinga2Settings) -> dict:
 
 
 class ApiClient:
-    """Requests to one Icinga 2 API, one at a time, on a connection kept between them."""
+    """Object lists from one Icinga 2 API (each_result), on a connection kept between them,
+    and new connections for the event stream. (The writer's many small requests go through
+    LeanClient.)"""
 
     def __init__(self, settings: Icinga2Settings):
         self.settings = settings
@@ -68,31 +69,6 @@ class ApiClient:
         return http.client.HTTPSConnection(
             self.settings.host, self.settings.port, context=self._context,
             timeout=self.settings.timeout if timeout is None else timeout)
-
-    def request(self, method: str, path: str, body: Any = None) -> Tuple[int, Any]:
-        """(HTTP status, the answer parsed from JSON, or its text if it is not JSON);
-        raises ApiUnavailable when there is no answer."""
-        payload = None if body is None else json.dumps(body).encode("utf-8")
-        if self._connection is None:
-            self._connection = self.connection()
-        try:
-            self._connection.request(method, path, body=payload, headers=self._headers)
-            response = self._connection.getresponse()
-            data = response.read(MAX_ANSWER_BYTES + 1)
-            if len(data) > MAX_ANSWER_BYTES:
-                raise ApiUnavailable(f"{method} {path}: the answer is over {MAX_ANSWER_BYTES} bytes")
-            if response.will_close:
-                self.close()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            raise ApiUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-        except ApiUnavailable:
-            self.close()
-            raise
-        try:
-            return response.status, json.loads(data)
-        except (ValueError, RecursionError):    # RecursionError: nested too deeply
-            return response.status, data.decode("utf-8", "replace")
 
     def each_result(self, path: str) -> Tuple[int, Any]:
         """GET ``path``: (200, an iterator of its results, read one at a time as it is
