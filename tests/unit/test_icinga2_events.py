@@ -1,5 +1,6 @@
 """Icinga 2's event lines -> CheckResults (cores/icinga2/event_record.py), the bounded line
 reader (events.LineSplitter) and the marks an intake stores with a batch."""
+import contextlib
 import copy
 import json
 import socket
@@ -399,19 +400,11 @@ def test_a_stop_ends_a_connect_to_an_icinga_that_never_answers(tmp_path, api_pki
         api.close()
 
 
-def test_the_catch_up_reads_each_object_list_to_its_end_so_the_next_request_can_follow(tmp_path):
-    """results_of stops at the list's ``]``: when the closing ``}`` came in a read of its own
-    (an answer of 64 KiB + 1 bytes), the services request on the same connection raised
-    http.client.ResponseNotReady and the catch-up failed."""
-    import http.client
+@contextlib.contextmanager
+def object_lists(hosts: bytes, services: bytes):
+    """An HTTP server on 127.0.0.1 answering GET /v1/objects/hosts... with ``hosts`` and any
+    other GET with ``services``; yields its port."""
     import http.server
-    import types
-    from msg_nagios_bridge.cores.icinga2.api import READ_SIZE
-    last = {"execution_end": 1.0, "state": 0, "output": ""}
-    hosts = json.dumps({"results": [{"attrs": {"name": "h1", "last_check_result": dict(last, output="")}}]})
-    hosts = hosts.replace('"output": ""', '"output": "' + "x" * (READ_SIZE + 1 - len(hosts)) + '"').encode()
-    services = json.dumps({"results": [{"attrs": {"name": "s1", "host_name": "h1", "last_check_result": last}}]}).encode()
-    assert len(hosts) == READ_SIZE + 1 and hosts.endswith(b"]}")
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -426,19 +419,37 @@ def test_the_catch_up_reads_each_object_list_to_its_end_so_the_next_request_can_
         def log_message(self, *args):
             pass
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        source = types.SimpleNamespace(settings=config.Icinga2Settings(user="bridge", password="pw"))
-        got = list(events.EventStreamSource._last_results(source, connection, "hosts", "attrs=name"))
-        assert [(host, service) for host, service, _ in got] == [("h1", None)]
-        got = list(events.EventStreamSource._last_results(source, connection, "services", "attrs=name"))
-        assert [(host, service) for host, service, _ in got] == [("h1", "s1")]
+        yield server.server_port
     finally:
-        connection.close()
         server.shutdown()
         server.server_close()
+
+
+def test_the_catch_up_reads_each_object_list_to_its_end_so_the_next_request_can_follow(tmp_path):
+    """results_of stops at the list's ``]``: when the closing ``}`` came in a read of its own
+    (an answer of 64 KiB + 1 bytes), the services request on the same connection raised
+    http.client.ResponseNotReady and the catch-up failed."""
+    import http.client
+    import types
+    from msg_nagios_bridge.cores.icinga2.api import READ_SIZE
+    last = {"execution_end": 1.0, "state": 0, "output": ""}
+    hosts = json.dumps({"results": [{"attrs": {"name": "h1", "last_check_result": dict(last, output="")}}]})
+    hosts = hosts.replace('"output": ""', '"output": "' + "x" * (READ_SIZE + 1 - len(hosts)) + '"').encode()
+    services = json.dumps({"results": [{"attrs": {"name": "s1", "host_name": "h1", "last_check_result": last}}]}).encode()
+    assert len(hosts) == READ_SIZE + 1 and hosts.endswith(b"]}")
+
+    with object_lists(hosts, services) as port:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            source = types.SimpleNamespace(settings=config.Icinga2Settings(user="bridge", password="pw"))
+            got = list(events.EventStreamSource._last_results(source, connection, "hosts", "attrs=name"))
+            assert [(host, service) for host, service, _ in got] == [("h1", None)]
+            got = list(events.EventStreamSource._last_results(source, connection, "services", "attrs=name"))
+            assert [(host, service) for host, service, _ in got] == [("h1", "s1")]
+        finally:
+            connection.close()
 
 
 def test_one_object_with_an_output_over_the_result_limit_is_skipped_and_the_catch_up_goes_on():
@@ -488,7 +499,6 @@ def test_the_catch_up_holds_neither_objects_over_the_line_limit_nor_many_big_one
     outputs reach CATCH_UP_BYTES."""
     import functools
     import http.client
-    import http.server
     import tracemalloc
     import types
     over = {"attrs": {"name": "big", "last_check_result": {"execution_end": 1.0, "output": "x" * (3 << 19)}}}
@@ -496,36 +506,21 @@ def test_the_catch_up_holds_neither_objects_over_the_line_limit_nor_many_big_one
     hosts = json.dumps({"results": [over, under] * 30}).encode()          # 72 MiB
     services = b'{"results": []}'
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self):
-            body = hosts if self.path.startswith("/v1/objects/hosts") else services
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     chunks, skipped = [], []
-    source = types.SimpleNamespace(
-        settings=config.Icinga2Settings(user="bridge", password="pw"), health=Health(),
-        _connect=lambda: http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10),
-        _skipped=lambda path, head: skipped.append(head),
-        _spool_newer=lambda chunk: chunks.append(len(chunk)) or 0,
-        intake=types.SimpleNamespace(spool=types.SimpleNamespace(keep_newest_marks=lambda kind, keep: None)))
-    source._last_results = functools.partial(events.EventStreamSource._last_results, source)
-    tracemalloc.start()
-    try:
-        assert events.EventStreamSource._catch_up(source) == (30, 0)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        server.shutdown()
-        server.server_close()
+    with object_lists(hosts, services) as port:
+        source = types.SimpleNamespace(
+            settings=config.Icinga2Settings(user="bridge", password="pw"), health=Health(),
+            _connect=lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=10),
+            _skipped=lambda path, head: skipped.append(head),
+            _spool_newer=lambda chunk: chunks.append(len(chunk)) or 0,
+            intake=types.SimpleNamespace(spool=types.SimpleNamespace(keep_newest_marks=lambda kind, keep: None)))
+        source._last_results = functools.partial(events.EventStreamSource._last_results, source)
+        tracemalloc.start()
+        try:
+            assert events.EventStreamSource._catch_up(source) == (30, 0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
     assert len(skipped) == 30 and skipped[0].startswith('{"attrs": {"name": "big"')
     assert max(chunks) <= events.CATCH_UP_BYTES // (900 << 10) + 1 and sum(chunks) == 30
     assert peak < 3 * events.CATCH_UP_BYTES, f"{peak / 2**20:.0f} MiB held at the peak"
