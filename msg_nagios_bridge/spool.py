@@ -444,9 +444,11 @@ class Spool:
                          for message_id, destination, headers, body, size in rows])
                     new, new_bytes = self._db.execute(
                         "SELECT count(*), coalesce(sum(size), 0) FROM messages WHERE id > ?", (before,)).fetchone()
-                # A batch that adds nothing (all duplicates, or only a cursor) always fits.
-                if new and (self._depth + new > self.max_messages
-                            or self._bytes + new_bytes > self.max_bytes):
+                # A batch that adds nothing (all duplicates, or only a cursor) always fits;
+                # so does any batch into an empty spool, or a batch bigger than the limits
+                # (batch_limits keeps writers' batches well under) would wait for ever.
+                if new and self._depth and (self._depth + new > self.max_messages
+                                            or self._bytes + new_bytes > self.max_bytes):
                     raise SpoolFull(
                         f"spool {self.path} is full: {self._depth} messages, {self._bytes} bytes"
                         f" held; a batch of {new} new messages, {new_bytes} bytes would pass the"
@@ -955,6 +957,12 @@ class Spool:
         if changed:
             self.recount()
         return changed
+
+    def batch_limits(self) -> Tuple[int, int]:
+        """(messages, bytes): how big a writer's batches may be, a quarter of each limit (at
+        least one message), so that a batch always fits an empty spool and a backlog read in
+        one go (after a long wait) is stored in parts."""
+        return max(1, self.max_messages // 4), max(1, self.max_bytes // 4)
 
     def wake_on_put(self, wakeup: Wakeup) -> None:
         """Set ``wakeup`` whenever there is something new to take (put, given back, requeued)

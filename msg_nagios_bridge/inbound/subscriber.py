@@ -186,9 +186,21 @@ class Subscriber(threading.Thread):
         self.session.lost(why)
 
     def _take_messages(self) -> List[Tuple[Dict[str, str], bytes]]:
+        """The messages received, up to the spool's batch_limits: while paused on a full spool
+        up to a whole prefetch (500) waits, and a batch bigger than the spool's limit never
+        fit, even empty (the subscriber stayed paused for ever: benchmarks/reliability.py,
+        2026-12-05). The rest is taken in the next round."""
+        most, most_bytes = self.spool.batch_limits()
         events = self.broker.events
         with events.lock:
-            messages, events.messages = events.messages, []
+            waiting = events.messages
+            cut = size = 0
+            while cut < len(waiting) and (cut == 0 or (cut < most and size + len(waiting[cut][1]) <= most_bytes)):
+                size += len(waiting[cut][1])
+                cut += 1
+            messages, events.messages = waiting[:cut], waiting[cut:]
+        if len(messages) < len(waiting):
+            self.wakeup.set()           # the rest: in the next round, not at the next frame
         return [(headers, body if isinstance(body, bytes) else body.encode("utf-8", "surrogateescape"))
                 for headers, body in messages]
 

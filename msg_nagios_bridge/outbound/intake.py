@@ -105,9 +105,8 @@ class Intake:
         return messages
 
     def _chunks(self, messages: List[Message]) -> List[List[Message]]:
-        """Split a batch into parts of at most a quarter of the spool's limits, so that a
-        backlog read in one go (after a long wait) can never be too big for an empty spool."""
-        most, most_bytes = max(1, self.spool.max_messages // 4), max(1, self.spool.max_bytes // 4)
+        """Split a batch into parts within the spool's batch_limits."""
+        most, most_bytes = self.spool.batch_limits()
         chunks: List[List[Message]] = [[]]
         size = 0
         for message in messages:

@@ -137,6 +137,9 @@ class RefusingSpool:
     """A spool whose disk is gone: every put fails, nothing is stored."""
     max_messages, max_bytes = 1000, 1 << 20
 
+    def batch_limits(self):
+        return 250, 1 << 18
+
     def wake_on_room(self, wakeup):
         pass                      # never any room
 
