@@ -476,11 +476,18 @@ def trust_rules(sec: _Section) -> TrustRules:
     same keys can serve brokers.tls)."""
     def mode(value: str) -> Optional[str]:
         return None if value in TRUST_MODES else f"must be one of {', '.join(TRUST_MODES)}"
-    rules = TrustRules(crl=sec.get("crl", str, "require", mode),
+    # With a ca_file and no crl_file there is no CRL to check: "require" would promise what
+    # is not done (review 2026-12-05: revoked certificates were accepted under crl: require).
+    # So the default is then if-present, and an explicit require is refused.
+    without_crls = bool(sec.data.get("ca_file")) and not sec.data.get("crl_file") and not sec.data.get("ca_dir")
+    rules = TrustRules(crl=sec.get("crl", str, "if-present" if without_crls else "require", mode),
                        crl_file=sec.get("crl_file", str, "", _readable_file),
                        namespaces=sec.get("namespaces", str, "require", mode),
                        reload_interval=sec.get("reload_interval", float, 60.0,
                                                lambda v: None if v >= 1 else "must be at least 1 second"))
+    if without_crls and rules.crl == "require":
+        raise sec.error("crl", "require", "needs the CAs' CRLs: with ca_file, give them in crl_file (fetch-crl can"
+                                          " write them), or use a ca_dir; crl: if-present checks no revocation")
     if rules.crl_file and sec.data.get("ca_dir"):
         raise sec.error("crl_file", rules.crl_file, "goes with ca_file: a ca_dir has its CRLs as <hash>.r0 files "
                                                     "(fetch-crl)")

@@ -80,6 +80,8 @@ MAX_PEER_CERTIFICATES = 10
 MAX_CERT_FILE = 1 << 20
 MAX_POLICY_FILE = 1 << 20
 MAX_CRL_FILE = 64 << 20          # some IGTF CRLs list tens of thousands of serials
+CRL_CLOCK_SKEW = datetime.timedelta(minutes=5)   # a CRL issued this far in the future still counts
+WEAK_HASHES = ("md5", "sha1")     # a certificate signed with one is refused (the root's own aside)
 
 _CA_FILE = re.compile(r"^([0-9a-f]{8})\.[0-9]+$")
 _CRL_FILE = re.compile(r"^([0-9a-f]{8})\.r[0-9]+$")
@@ -343,6 +345,22 @@ def _crl_dates(crl) -> Tuple[datetime.datetime, Optional[datetime.datetime]]:
     return _utc(crl.last_update), _utc(crl.next_update)
 
 
+def _partial_crl(x509, crl) -> str:
+    """Why ``crl`` is not a CA's complete CRL ("" if it is): a delta CRL or one of a limited
+    scope (issuingDistributionPoint) lists only some revocations, and taken as the whole CRL
+    it hid the base CRL's (review 2026-12-05); an unknown critical extension may change its
+    meaning likewise."""
+    oid = x509.oid.ExtensionOID
+    for extension in crl.extensions:
+        if extension.oid == oid.DELTA_CRL_INDICATOR:
+            return "a delta CRL"
+        if extension.oid == oid.ISSUING_DISTRIBUTION_POINT:
+            return "a CRL of a limited scope (issuingDistributionPoint)"
+        if extension.critical and extension.oid not in (oid.CRL_NUMBER, oid.AUTHORITY_KEY_IDENTIFIER):
+            return f"a CRL with a critical extension the bridge does not process ({extension.oid.dotted_string})"
+    return ""
+
+
 def _split_pem(data: bytes, kind: bytes) -> List[bytes]:
     begin, end = b"-----BEGIN " + kind + b"-----", b"-----END " + kind + b"-----"
     blocks = []
@@ -390,6 +408,50 @@ def _issued_by(cert, issuer_key) -> bool:
         return True
     except (InvalidSignature, ValueError, TypeError):
         return False
+
+
+def _known_critical():
+    oid = _crypto()[0].oid.ExtensionOID
+    return frozenset((oid.BASIC_CONSTRAINTS, oid.KEY_USAGE, oid.EXTENDED_KEY_USAGE,
+                      oid.SUBJECT_ALTERNATIVE_NAME, oid.NAME_CONSTRAINTS))
+
+
+def _check_link(cert, dn: str) -> None:
+    """What RFC 5280 asks of every certificate of a path but the trust anchor: no critical
+    extension left unprocessed, and a signature hash that is not broken (review 2026-12-05:
+    both were accepted)."""
+    known = _known_critical()
+    for extension in cert.extensions:
+        if extension.critical and extension.oid not in known:
+            raise Untrusted("bad-certificate", f"{dn!r} has a critical extension the bridge does not process "
+                                               f"({extension.oid.dotted_string})")
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is not None and algorithm.name in WEAK_HASHES:
+        raise Untrusted("ca-signature", f"{dn!r} is signed with {algorithm.name.upper()}, which is broken")
+
+
+def _check_name_constraints(issuer: "_Authority", below: Sequence) -> None:
+    """The issuer's nameConstraints (RFC 5280 4.2.1.10) on the subjects of the certificates
+    below it (``below``: x509.Name objects, the end entity first). Only directoryName subtrees
+    are evaluated: a CA that constrains other name forms is refused rather than trusted blind."""
+    x509 = _crypto()[0]
+    constraints = _extension(issuer.cert, x509.NameConstraints)
+    if constraints is None:
+        return
+    permitted = list(constraints.permitted_subtrees or ())
+    excluded = list(constraints.excluded_subtrees or ())
+    if any(not isinstance(name, x509.DirectoryName) for name in permitted + excluded):
+        raise Untrusted("ca-constraints", f"CA {issuer.dn!r} constrains names other than directory names "
+                                          f"(nameConstraints), which the bridge does not evaluate")
+
+    def within(subject, subtree) -> bool:
+        prefix = list(subtree.value.rdns)
+        return list(subject.rdns)[:len(prefix)] == prefix
+    for subject in below:
+        if any(within(subject, subtree) for subtree in excluded) or (
+                permitted and not any(within(subject, subtree) for subtree in permitted)):
+            raise Untrusted("ca-constraints", f"CA {issuer.dn!r} may not issue {openssl_dn(subject)!r} "
+                                              f"(nameConstraints)")
 
 
 def _extension(cert, kind):
@@ -517,6 +579,10 @@ class TrustStore:
             try:
                 crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----BEGIN")
                        else x509.load_der_x509_crl(data))
+                scope = _partial_crl(x509, crl)
+                if scope:
+                    problems.append(f"{label}: {scope}: not used (only complete CRLs are)")
+                    continue
                 last, following = _crl_dates(crl)
                 issuer_name = crl.issuer.public_bytes()
                 candidates = by_subject.get(issuer_name, ())
@@ -647,16 +713,20 @@ class TrustStore:
 
     def _check_path(self, snapshot: _Snapshot, cert, when: datetime.datetime, intermediates: Sequence) -> str:
         """The issuer's DN if every link from ``cert`` to a self-signed CA of the store holds."""
-        current, first_issuer = cert, None
-        for _ in range(MAX_CHAIN):
+        current, first_issuer, below = cert, None, []
+        for depth in range(MAX_CHAIN):
             dn = openssl_dn(current.subject)
             start, end = validity(current)
             if not start <= when <= end:
                 raise Untrusted("cert-validity", f"{dn!r} (CA {openssl_dn(current.issuer)!r}) is not valid now "
                                                  f"(valid {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC)")
+            _check_link(current, dn)
+            below.append(current.subject)
             issuer = self._issuer(snapshot, current, intermediates)
             first_issuer = first_issuer or issuer.dn
-            self._check_ca(issuer, dn)
+            # ``depth``: the CA certificates between this issuer and the end entity.
+            self._check_ca(issuer, dn, depth)
+            _check_name_constraints(issuer, below)
             if current.issuer != current.subject:
                 self._check_namespace(snapshot, issuer, dn)
             self._check_crl(snapshot, issuer, current, dn, when)
@@ -691,7 +761,7 @@ class TrustStore:
         raise Untrusted("ca-unknown", f"{dn!r} is issued by {ca!r}, which is not a trusted CA")
 
     @staticmethod
-    def _check_ca(issuer: _Authority, dn: str) -> None:
+    def _check_ca(issuer: _Authority, dn: str, cas_below: int = 0) -> None:
         x509 = _crypto()[0]
         constraints = _extension(issuer.cert, x509.BasicConstraints)
         usage = _extension(issuer.cert, x509.KeyUsage)
@@ -701,6 +771,10 @@ class TrustStore:
         if constraints is None and not issuer.self_signed:
             raise Untrusted("ca-constraints", f"{issuer.dn!r} is not marked as a CA (no basicConstraints), so it "
                                               f"cannot vouch for {dn!r}")
+        if constraints is not None and constraints.path_length is not None and cas_below > constraints.path_length:
+            raise Untrusted("ca-constraints", f"{issuer.dn!r} allows {constraints.path_length} CA(s) below it "
+                                              f"(pathLenConstraint), and {cas_below} stand between it and the "
+                                              f"certificate")
 
     def _check_namespace(self, snapshot: _Snapshot, issuer: _Authority, dn: str) -> None:
         if not snapshot.has_namespaces:
@@ -751,13 +825,21 @@ class TrustStore:
         if cert.serial_number in crl.revoked:
             raise Untrusted("crl-revoked", f"CA {issuer.dn!r} revoked {dn!r} (serial {cert.serial_number:X}, "
                                            f"{crl.label})")
-        if crl.next_update is not None and when > crl.next_update:
-            if self.crl_mode == "require":
-                raise Untrusted("crl-expired", f"the CRL of CA {issuer.dn!r} ({crl.label}) expired "
-                                               f"{crl.next_update:%Y-%m-%d %H:%M} UTC, so {dn!r} cannot be checked "
-                                               f"for revocation (crl: require; is fetch-crl running?)")
-            self._warn_once(("crl-expired", issuer.dn), "the CRL of CA %r has expired: accepting its "
-                                                         "certificates anyway (crl: if-present)", issuer.dn)
+        # Not current: expired, without a nextUpdate (RFC 5280 requires one: such a CRL can
+        # never be known current), or issued in the future (a wrong clock on either side).
+        if crl.next_update is None:
+            stale = "has no nextUpdate"
+        elif when > crl.next_update:
+            stale = f"expired {crl.next_update:%Y-%m-%d %H:%M} UTC"
+        elif crl.last_update > when + CRL_CLOCK_SKEW:
+            stale = f"is not valid before {crl.last_update:%Y-%m-%d %H:%M} UTC"
+        else:
+            return
+        if self.crl_mode == "require":
+            raise Untrusted("crl-expired", f"the CRL of CA {issuer.dn!r} ({crl.label}) {stale}, so {dn!r} cannot "
+                                           f"be checked for revocation (crl: require; is fetch-crl running?)")
+        self._warn_once(("crl-expired", issuer.dn), "the CRL of CA %r is not current (%s): accepting its "
+                                                     "certificates anyway (crl: if-present)", issuer.dn, stale)
 
     def _warn_once(self, key, text: str, *args) -> None:
         if key not in self._warned:

@@ -149,22 +149,26 @@ class _Serial:
 class GridAuthority:
     """A CA with a one-line DN, optionally below ``parent``; issues certificates and CRLs as values."""
 
-    def __init__(self, dn, parent=None, days=365):
+    def __init__(self, dn, parent=None, days=365, path_length=None, extensions=()):
+        """``extensions``: more (extension, critical) pairs, e.g. NameConstraints."""
         self.dn = dn
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         issuer_name, issuer_key = (parent.cert.subject, parent.key) if parent else (grid_name(dn), self.key)
-        self.cert = (x509.CertificateBuilder().subject_name(grid_name(dn)).issuer_name(issuer_name)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=days))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                     .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
-                     .sign(issuer_key, hashes.SHA256()))
+        builder = (x509.CertificateBuilder().subject_name(grid_name(dn)).issuer_name(issuer_name)
+                   .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=days))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+                   .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        self.cert = builder.sign(issuer_key, hashes.SHA256())
         self.hash = subject_hash(self.cert)
 
     def issue(self, dn, usage=("digital_signature", "key_encipherment"), eku=("client", "server"), expired=False,
-              ca=False):
-        """(certificate, key) for ``dn``; ``usage`` None: no keyUsage; ``eku`` None: no extendedKeyUsage."""
+              ca=False, extensions=(), hash_algorithm=None):
+        """(certificate, key) for ``dn``; ``usage`` None: no keyUsage; ``eku`` None: no extendedKeyUsage;
+        ``extensions``: more (extension, critical) pairs; ``hash_algorithm``: of the signature (SHA-256)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         start, end = ((now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)) if expired
@@ -179,15 +183,23 @@ class GridAuthority:
         if eku is not None:
             oids = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
             builder = builder.add_extension(x509.ExtendedKeyUsage([oids[name] for name in eku]), critical=False)
-        return builder.sign(self.key, hashes.SHA256()), key
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(self.key, hash_algorithm or hashes.SHA256()), key
 
-    def crl(self, revoked=(), expired=False, signed_by=None):
-        """A CRL listing ``revoked`` (certificates); ``expired``: its nextUpdate is past."""
+    def crl(self, revoked=(), expired=False, signed_by=None, issued_in=None, extensions=()):
+        """A CRL listing ``revoked`` (certificates); ``expired``: its nextUpdate is past;
+        ``issued_in``: a timedelta from now for its thisUpdate (a week's validity from it);
+        ``extensions``: (extension, critical) pairs."""
         now = datetime.datetime.now(datetime.timezone.utc)
         last, following = ((now - datetime.timedelta(days=10), now - datetime.timedelta(days=3)) if expired
                            else (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=7)))
+        if issued_in is not None:
+            last, following = now + issued_in, now + issued_in + datetime.timedelta(days=7)
         builder = x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject) \
             .last_update(last).next_update(following)
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
         for cert in revoked:
             builder = builder.add_revoked_certificate(
                 x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(last).build())

@@ -363,3 +363,87 @@ def test_a_broken_signing_policy_does_not_matter_beside_a_namespaces_file(tmp_pa
     grid.write_signing_policy(cas["ca2"], "access_id_CA X509\n")      # CA2 has only that one
     error = refused(TrustStore(ca_dir=str(grid.path), crl="if-present"), cas["ca2-own"])
     assert error.reason == "ca-namespace" and f"{cas['ca2'].hash}.signing_policy cannot be read" in str(error)
+
+
+# -- RFC 5280's path and CRL rules (a review of the trust code, 2026-12-05) ------------------------
+
+def pem_store(tmp_path, authorities, crls):
+    """A TrustStore of a plain ca_file of ``authorities`` and a crl_file of ``crls``."""
+    (tmp_path / "cas.pem").write_bytes(b"".join(a.cert.public_bytes(serialization.Encoding.PEM) for a in authorities))
+    (tmp_path / "crls.pem").write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in crls))
+    return TrustStore(ca_file=str(tmp_path / "cas.pem"), crl_file=str(tmp_path / "crls.pem"))
+
+
+@pytest.mark.parametrize("path_length, accepted", [(0, False), (1, True), (None, True)])
+def test_a_root_s_path_length_limits_the_cas_below_it(tmp_path, path_length, accepted):
+    root = GridAuthority("/C=XX/O=Root/CN=Root", path_length=path_length)
+    sub = GridAuthority("/C=XX/O=Root/CN=Sub CA", parent=root)
+    leaf = sub.issue("/C=XX/O=Site1/CN=host1.site1.org")[0]
+    store = pem_store(tmp_path, [root, sub], [root.crl(), sub.crl()])
+    if accepted:
+        assert store.check(leaf, "signer").issuer == "/C=XX/O=Root/CN=Sub CA"
+    else:
+        error = refused(store, leaf)
+        assert error.reason == "ca-constraints" and "pathLenConstraint" in str(error)
+
+
+def test_a_ca_s_name_constraints_confine_what_it_issues(tmp_path):
+    from cryptography import x509
+    from tests.sandbox.pki import grid_name
+    root = GridAuthority("/C=XX/O=Root2/CN=Root2")
+    confined = GridAuthority("/C=XX/O=Root2/CN=Site2 CA", parent=root, extensions=[(x509.NameConstraints(
+        permitted_subtrees=[x509.DirectoryName(grid_name("/C=XX/O=Site2"))], excluded_subtrees=None), True)])
+    store = pem_store(tmp_path, [root, confined], [root.crl(), confined.crl()])
+    assert store.check(confined.issue("/C=XX/O=Site2/CN=host.site2.org")[0], "signer")
+    error = refused(store, confined.issue("/C=XX/O=Site1/CN=host1.site1.org")[0])
+    assert error.reason == "ca-constraints" and "nameConstraints" in str(error)
+    by_dns = GridAuthority("/C=XX/O=Root2/CN=DNS CA", parent=root, extensions=[(x509.NameConstraints(
+        permitted_subtrees=[x509.DNSName("site2.org")], excluded_subtrees=None), True)])
+    store = pem_store(tmp_path, [root, by_dns], [root.crl(), by_dns.crl()])
+    error = refused(store, by_dns.issue("/C=XX/O=Site2/CN=host.site2.org")[0])
+    assert error.reason == "ca-constraints" and "does not evaluate" in str(error)
+
+
+def test_an_unknown_critical_extension_and_a_sha1_signature_are_refused(tmp_path):
+    from cryptography import x509
+    root = GridAuthority("/C=XX/O=Root3/CN=Root3")
+    store = pem_store(tmp_path, [root], [root.crl()])
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+    error = refused(store, root.issue("/C=XX/O=Site1/CN=a.site1.org", extensions=[(unknown, True)])[0])
+    assert error.reason == "bad-certificate" and "1.3.6.1.4.1.99999.1" in str(error)
+    assert store.check(root.issue("/C=XX/O=Site1/CN=b.site1.org", extensions=[(unknown, False)])[0], "signer")
+    # cryptography no longer signs with SHA-1: the openssl command does, with the root's key.
+    (tmp_path / "root.key").write_bytes(root.key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "root.pem").write_bytes(root.cert.public_bytes(serialization.Encoding.PEM))
+    leaf_key = tmp_path / "leaf.key"
+    leaf_key.write_bytes(root.issue("/C=XX/O=Site1/CN=unused")[1].private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    subprocess.run(["openssl", "req", "-new", "-key", str(leaf_key), "-subj", "/C=XX/O=Site1/CN=c.site1.org",
+                    "-out", str(tmp_path / "leaf.csr")], check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(tmp_path / "leaf.csr"), "-CA", str(tmp_path / "root.pem"),
+                    "-CAkey", str(tmp_path / "root.key"), "-set_serial", "4660", "-days", "10", "-sha1",
+                    "-out", str(tmp_path / "leaf.pem")], check=True, capture_output=True)
+    error = refused(store, x509.load_pem_x509_certificate((tmp_path / "leaf.pem").read_bytes()))
+    assert error.reason == "ca-signature" and "SHA1" in str(error)
+
+
+def test_only_a_complete_current_crl_counts(tmp_path, caplog):
+    """A newer empty delta CRL hid the full CRL's revocations; a CRL of a limited scope (only CA
+    certificates) was taken as the CA's CRL; one issued in the future counted as current."""
+    from cryptography import x509
+    root = GridAuthority("/C=XX/O=Root4/CN=Root4")
+    stolen = root.issue("/C=XX/O=Site1/CN=stolen.site1.org")[0]
+    delta = root.crl(issued_in=datetime.timedelta(minutes=-1), extensions=[
+        (x509.DeltaCRLIndicator(1), True), (x509.CRLNumber(2), False)])
+    assert refused(pem_store(tmp_path, [root], [root.crl(revoked=[stolen]), delta]), stolen).reason == "crl-revoked"
+    assert "a delta CRL: not used" in caplog.text
+    scoped = root.crl(extensions=[(x509.IssuingDistributionPoint(
+        full_name=None, relative_name=None, only_contains_user_certs=False, only_contains_ca_certs=True,
+        only_some_reasons=None, indirect_crl=False, only_contains_attribute_certs=False), True)])
+    assert refused(pem_store(tmp_path, [root], [scoped]), stolen).reason == "crl-missing"
+    future = pem_store(tmp_path, [root], [root.crl(issued_in=datetime.timedelta(days=5))])
+    error = refused(future, stolen)
+    assert error.reason == "crl-expired" and "is not valid before" in str(error)
+    skewed = pem_store(tmp_path, [root], [root.crl(issued_in=datetime.timedelta(minutes=2))])
+    assert skewed.check(stolen, "signer")                   # within the clock skew allowed

@@ -256,6 +256,8 @@ def test_a_certificate_with_an_unknown_signature_algorithm_is_refused_not_a_cras
     ("reload_interval: 0", "inbound.signatures.reload_interval", "at least 1 second"),
     ("accept_scheme_1: 'yes'", "inbound.signatures.accept_scheme_1", "true or false"),
     ("ca_dir: {tmp}, crl_file: {pem}", "inbound.signatures.crl_file", "goes with ca_file"),
+    # No CRL to check: "require" was accepted and checked nothing (review 2026-12-05).
+    ("ca_file: {pem}, crl: require", "inbound.signatures.crl", "needs the CAs' CRLs"),
 ])
 def test_signature_settings_errors_name_the_key(pki, tmp_path, keys, key, reason):
     (tmp_path / "ca.0").write_bytes(pki[0].cert_file.read_bytes())
@@ -269,3 +271,19 @@ sources: {{ocsp_pipe: {{enabled: true}}}}
 inbound: {{signatures: {{{keys}}}}}
 """, "s.yaml")
     assert info.value.key == key
+
+
+@pytest.mark.parametrize("keys, crl", [
+    ("ca_file: {pem}", "if-present"), ("ca_file: {pem}, crl_file: {pem}", "require"),
+    ("ca_dir: {tmp}", "require"), ("ca_file: {pem}, crl: if-present", "if-present")])
+def test_crl_defaults_to_require_only_where_there_are_crls(pki, tmp_path, keys, crl):
+    (tmp_path / "ca.0").write_bytes(pki[0].cert_file.read_bytes())
+    keys = keys.format(tmp=tmp_path, pem=pki[0].cert_file)
+    settings = config.parse(f"""
+site: {{name: S}}
+brokers: {{hosts: ["127.0.0.1:1"], tls: {{enabled: true, {keys}}}}}
+spool: {{directory: /tmp/x}}
+sources: {{ocsp_pipe: {{enabled: true}}}}
+inbound: {{signatures: {{{keys}}}}}
+""", "s.yaml")
+    assert settings.inbound.signatures.rules.crl == crl and settings.brokers.tls.rules.crl == crl
