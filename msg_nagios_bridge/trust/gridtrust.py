@@ -80,6 +80,7 @@ MAX_PEER_CERTIFICATES = 10
 MAX_CERT_FILE = 1 << 20
 MAX_POLICY_FILE = 1 << 20
 MAX_CRL_FILE = 64 << 20          # some IGTF CRLs list tens of thousands of serials
+SETTLE_SECONDS = 2.0             # a changed file is loaded once it has not changed for this long
 CRL_CLOCK_SKEW = datetime.timedelta(minutes=5)   # a CRL issued this far in the future still counts
 WEAK_HASHES = ("md5", "sha1")     # a certificate signed with one is refused (the root's own aside)
 
@@ -498,6 +499,12 @@ class TrustStore:
         return [os.path.join(self.ca_dir, name) for name in sorted(os.listdir(self.ca_dir))
                 if _CA_FILE.match(name) or _CRL_FILE.match(name) or _POLICY_FILE.match(name)]
 
+    @staticmethod
+    def _settling(stamp: Tuple) -> bool:
+        """A file of ``stamp`` changed less than SETTLE_SECONDS ago."""
+        recent = (time.time() - SETTLE_SECONDS) * 1e9
+        return any(len(item) == 4 and item[3] > recent for item in stamp)
+
     def _file_stamp(self) -> Tuple:
         try:
             paths = self._paths()
@@ -608,20 +615,32 @@ class TrustStore:
         broken: Dict[str, str] = {}
         for hash_name, kind, path in files:
             origin = f"{kind} of {hash_name}"
+            named = set()
             try:
                 text = _read(path, MAX_POLICY_FILE).decode("utf-8", "replace")
                 if kind == "namespaces":
                     for issuer, permit, pattern in parse_namespaces(text):
                         owners = [a.dn for a in by_hash.get(hash_name, ())] if issuer is None else [issuer]
                         for owner in owners:
+                            named.add(_policy_dn(owner))
                             namespaces.setdefault(_policy_dn(owner), []).append(
                                 _Rule(permit, _Glob(_policy_dn(pattern)), origin))
                 else:
                     for issuer, pattern in parse_signing_policy(text):
+                        named.add(_policy_dn(issuer))
                         signing.setdefault(_policy_dn(issuer), []).append(
                             _Rule(True, _Glob(_policy_dn(pattern)), origin))
             except (OSError, ValueError) as exc:
                 broken[f"{hash_name}.{kind}"] = f"{os.path.basename(path)} cannot be read: {exc}"
+                problems.append(broken[f"{hash_name}.{kind}"])
+                continue
+            own = {_policy_dn(authority.dn) for authority in by_hash.get(hash_name, ())}
+            if own and not own & named:
+                # Its own CA spelled another way than openssl_dn spells it: without this the CA
+                # had no rules, so under namespaces: if-present it could issue any DN (review
+                # 2026-12-05). Refused, as for a file that cannot be read.
+                broken[f"{hash_name}.{kind}"] = (f"{os.path.basename(path)} names no rule for its CA as the bridge"
+                                                 f" spells it ({sorted(own)[0]!r})")
                 problems.append(broken[f"{hash_name}.{kind}"])
         return ({key: tuple(value) for key, value in namespaces.items()},
                 {key: tuple(value) for key, value in signing.items()}, broken)
@@ -636,12 +655,22 @@ class TrustStore:
             stamp = self._file_stamp()
             if stamp == self._stamp:
                 return False
+            # A file written in place (not by rename, as fetch-crl and the IGTF packages do)
+            # may be read half written: a CRL then looked missing, a namespaces file lost its
+            # DENY lines (review 2026-12-05). Load only files that have not changed for
+            # SETTLE_SECONDS, and only a state whose files did not change while it was read.
+            if self._settling(stamp):
+                self._next_look = self._clock() + SETTLE_SECONDS
+                return False
             self._stamp = stamp         # a broken state is retried when the files change again
             try:
                 snapshot = self._load()
             except Exception as exc:     # noqa: BLE001 - keep believing what we believed
                 log.error("cannot reload the CAs from %s, keeping the previous ones: %s",
                           self.ca_dir or self.ca_file, exc)
+                return False
+            if self._file_stamp() != stamp:
+                self._stamp, self._next_look = None, self._clock() + SETTLE_SECONDS
                 return False
             self._snapshot, self._warned = snapshot, set()
             log.info("reloaded the CAs from %s: %d CAs, %d CRLs", self.ca_dir or self.ca_file,
