@@ -180,7 +180,7 @@ def test_grid_trust_in_the_daemon_namespaces_crls_and_a_crl_update(tmp_path, act
     assert central.wait_counter("refused", 2, timeout=20) == 2
     # fetch-crl replaces CA1's CRL, now revoking the good signer too.
     grid.write_crl(ca1, ca1.crl(revoked=[stolen_cert, good_cert]))
-    time.sleep(1.5)
+    time.sleep(3.5)         # loaded once unchanged for 2 s (gridtrust.SETTLE_SECONDS), looked at every 1 s
     send(good, "svc3", "signed by a certificate revoked since")
     assert central.wait_counter("refused", 3, timeout=20) == 3
     assert central.wait_counter("injected", 1, timeout=20) == 1
