@@ -138,7 +138,8 @@ class Tracker:
         # The sums of the streams forgotten after ``expiry`` without a message, and how many.
         self._forgotten = _Epoch("")
         self._forgotten_streams = 0
-        self._forgotten_saved = self._forgotten_value()
+        # Its cursor's value: made when it changes (expire), not for every batch's unsaved().
+        self._forgotten_text = self._forgotten_saved = self._forgotten_value()
         self._total_gaps = 0
         # Messages left out of the accounting, by why (counters since the start).
         self.counters = dict.fromkeys(("unnumbered", "malformed", "untrusted", "untracked_streams",
@@ -264,6 +265,8 @@ class Tracker:
                 self._forgotten_streams += 1
                 self._dirty.discard(key)
                 self._deleted.add(key)
+            if idle:
+                self._forgotten_text = self._forgotten_value()
             for key, stream in self._streams.items():
                 changed = False
                 for part in stream.epochs():
@@ -287,9 +290,8 @@ class Tracker:
         with self._lock:
             states: List[Tuple[str, Optional[str]]] = [self._cursor(key) for key in self._dirty]
             states += [(_cursor_name(key), None) for key in self._deleted]
-            forgotten = self._forgotten_value()
-            if forgotten != self._forgotten_saved:
-                states.append((FORGOTTEN_CURSOR, forgotten))
+            if self._forgotten_text != self._forgotten_saved:
+                states.append((FORGOTTEN_CURSOR, self._forgotten_text))
             return states
 
     def saved(self, states: Sequence[Tuple[str, Optional[str]]]) -> None:
@@ -364,7 +366,7 @@ class Tracker:
         self._forgotten_streams = counts.pop("streams")
         for name, count in counts.items():
             setattr(self._forgotten, name, count)
-        self._forgotten_saved = value
+        self._forgotten_text = self._forgotten_saved = value
 
     # -- reporting -------------------------------------------------------------------------
 

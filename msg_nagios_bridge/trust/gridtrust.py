@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import logging
 import os
@@ -411,6 +412,7 @@ def _issued_by(cert, issuer_key) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
 def _known_critical():
     oid = _crypto()[0].oid.ExtensionOID
     return frozenset((oid.BASIC_CONSTRAINTS, oid.KEY_USAGE, oid.EXTENDED_KEY_USAGE,

@@ -494,7 +494,7 @@ def test_skipping_an_object_over_the_limit_keeps_strings_escapes_and_brackets_ho
 
 def test_the_catch_up_holds_neither_objects_over_the_line_limit_nor_many_big_ones():
     """Objects of up to 16 MiB were read, and up to 1,000 held, before the line's 1 MiB limit
-    refused them (the review: 155 MiB for 100 objects of 1.5 MiB). Now an object that would
+    refused them (the review: memory in proportion). Now an object that would
     make a line over MAX_EVENT_BYTES is skipped as it is read, and a chunk is spooled once its
     outputs reach CATCH_UP_BYTES."""
     import functools

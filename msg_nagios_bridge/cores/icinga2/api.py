@@ -362,7 +362,7 @@ class LeanClient:
             return b""
         if "chunked" in fields.get("transfer-encoding", "").lower():
             # One bytearray, not a list of chunks, and the limit counts the chunk lines too:
-            # an answer in 1-byte chunks held about 130 bytes of memory per byte (review).
+            # an answer in 1-byte chunks held many times its size in memory (review).
             body, wire = bytearray(), 0
             while True:
                 line = self._read_line()
