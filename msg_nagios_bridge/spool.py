@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .files import fsync_dir
 from .formats import sequence
@@ -397,6 +397,7 @@ class Spool:
 
     def put(self, messages: Sequence[Message], cursor: Optional[Tuple[str, str]] = None,
             marks: Sequence[Tuple[str, str, float]] = (), *, numbered: bool = False,
+            sign: Optional[Callable[[Mapping[str, str], bytes], Optional[Mapping[str, str]]]] = None,
             states: Sequence[Tuple[str, Optional[str]]] = (), newest: Sequence[Tuple[str, float, str]] = (),
             dead_letters: Sequence[Tuple[Message, str]] = ()) -> int:
         """Store a batch, all or nothing, fsynced when this returns; return how many were new.
@@ -413,6 +414,9 @@ class Spool:
         route, with the route's epoch, in ``route_seq`` (formats/sequence.py);
         the counters are cursors named ``seq-out:<route>`` written in the same transaction,
         so a number is given once, whatever crashes, and a duplicate gets none.
+        ``sign`` (with ``numbered``): called with each new message's headers, its number
+        included, and its body; the headers it returns (a signature) are added. Inside the
+        transaction, as the number must be given before the signature is made.
         Raises SpoolFull (limit reached) or SpoolUnavailable (disk full, I/O error); in both
         cases nothing of the batch, cursor included, was written.
         """
@@ -427,7 +431,7 @@ class Spool:
             def work() -> None:
                 nonlocal new, new_bytes, rows, added, dropped
                 if rows and numbered:
-                    rows = self._number(rows, messages, counters)
+                    rows = self._number(rows, messages, counters, sign)
                     self._db.executemany(
                         "INSERT OR REPLACE INTO cursors (name, value, updated_at) VALUES (?, ?, ?)",
                         [(_SEQ_OUT + route, f"{epoch}:{last}", now) for route, (epoch, last) in counters.items()])
@@ -481,9 +485,11 @@ class Spool:
             self._something_to_take()
         return new
 
-    def _number(self, rows: list, messages: Sequence[Message], counters: Dict[str, Tuple[str, int]]) -> list:
+    def _number(self, rows: list, messages: Sequence[Message], counters: Dict[str, Tuple[str, int]],
+                sign=None) -> list:
         """Inside put's transaction: ``rows`` with the sequence headers spliced into the
-        headers of each message that will be new; ``counters`` gets each route's last number."""
+        headers of each message that will be new, and signed if ``sign`` says so; ``counters``
+        gets each route's last number."""
         if self._sequences_loaded is False:
             for name, value in self._db.execute("SELECT name, value FROM cursors WHERE name >= ? AND name < ?",
                                                 (_SEQ_OUT, _SEQ_OUT[:-1] + ";")):
@@ -499,18 +505,39 @@ class Spool:
         for row, message in zip(rows, messages):
             message_id, destination, headers, body, size = row
             route = message.headers.get(sequence.ROUTE_HEADER)
-            if message_id in taken or not route or sequence.SEQ_HEADER in message.headers:
+            if message_id in taken:
                 numbered.append(row)
                 continue
             taken.add(message_id)
-            epoch, last = counters.get(route) or self._sequences.get(route) or (sequence.new_epoch(), 0)
-            last += 1
-            counters[route] = (epoch, last)
-            # Spliced into the JSON text rather than encoded again: O(1) a message (the epoch
-            # is [0-9a-zA-Z_-] only, nothing to escape).
-            stamp = f'{{"{sequence.SEQ_HEADER}":"{sequence.stamp_text(epoch, last)}"'
-            spliced = stamp + ("}" if headers == "{}" else "," + headers[1:])
-            numbered.append((message_id, destination, spliced, body, size + len(spliced) - len(headers)))
+            stamp = None
+            if route and sequence.SEQ_HEADER not in message.headers:
+                epoch, last = counters.get(route) or self._sequences.get(route) or (sequence.new_epoch(), 0)
+                last += 1
+                counters[route] = (epoch, last)
+                stamp = sequence.stamp_text(epoch, last)
+            signature = None
+            if sign is not None:
+                signed = dict(message.headers)
+                if stamp is not None:
+                    signed[sequence.SEQ_HEADER] = stamp
+                try:
+                    signature = sign(signed, body)
+                except Exception as exc:     # noqa: BLE001
+                    # Held and retried as any spool failure (the source waits, its state says
+                    # why): a message of a signing route is never stored unsigned.
+                    raise SpoolUnavailable(f"spool {self.path}: cannot sign message {message_id}:"
+                                           f" {type(exc).__name__}: {exc}") from exc
+            if signature:
+                signed.update(signature)
+                text = json.dumps(signed, separators=(",", ":"), sort_keys=True)
+            elif stamp is not None:
+                # Spliced into the JSON text rather than encoded again: O(1) a message (the
+                # epoch is [0-9a-zA-Z_-] only, nothing to escape).
+                text = f'{{"{sequence.SEQ_HEADER}":"{stamp}"' + ("}" if headers == "{}" else "," + headers[1:])
+            else:
+                numbered.append(row)
+                continue
+            numbered.append((message_id, destination, text, body, size + len(text) - len(headers)))
         return numbered
 
     def sequences(self) -> Dict[str, Tuple[str, int]]:

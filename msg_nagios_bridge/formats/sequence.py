@@ -20,6 +20,10 @@ from typing import Mapping, Union
 SEQ_HEADER = "route_seq"
 ROUTE_HEADER = "route"
 PRODUCER_HEADERS = ("site", "nagios_host")
+# What a stream's key and a message's place in it are read from: a signing producer signs
+# them (trust/signing.py), and a receiver that requires signatures counts only messages
+# whose signature covers every one of them that the message carries.
+STREAM_HEADERS = PRODUCER_HEADERS + (ROUTE_HEADER, SEQ_HEADER)
 
 MAX_SEQ = (1 << 63) - 1          # fits SQLite's INTEGER; 19 digits
 MAX_NAME = 200                   # characters of a producer's site, host or route name

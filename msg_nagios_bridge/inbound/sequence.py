@@ -117,6 +117,15 @@ class _Stream:
             self.old_epochs = (self.old_epochs + [old.epoch])[-OLD_EPOCHS:]
 
 
+def _numbers_signed(headers: Mapping[str, str]) -> bool:
+    """True if ``signed-headers`` lists each stream header the message has (a message
+    without route_seq is left out as unnumbered anyway)."""
+    if wire.SEQ_HEADER not in headers:
+        return True
+    listed = [name.strip() for name in headers.get("signed-headers", "").split(",")]
+    return all(name in listed for name in wire.STREAM_HEADERS if name in headers)
+
+
 def _add_counts(total: _Epoch, part: _Epoch) -> None:
     """Add the counts of ``part`` to ``total``; what ``part`` still misses is lost."""
     for name in _COUNTS:
@@ -128,8 +137,13 @@ class Tracker:
     """Thread-safe: the subscriber notes and saves, the main loop takes snapshots."""
 
     def __init__(self, *, expiry: float = 86400.0, max_streams: int = MAX_STREAMS, max_gaps: int = MAX_GAPS,
-                 max_total_gaps: int = MAX_TOTAL_GAPS):
+                 max_total_gaps: int = MAX_TOTAL_GAPS, signed_numbers: bool = False):
+        """``signed_numbers`` (signatures required): a message counts only if its signature
+        covers each of the stream headers it carries (wire.STREAM_HEADERS; the verifier checked
+        the signature over the names its ``signed-headers`` lists); else anyone who may
+        publish, or a broker on the way, could renumber a signed message."""
         self.expiry = expiry
+        self.signed_numbers = signed_numbers
         self.max_streams, self.max_gaps, self.max_total_gaps = max_streams, max_gaps, max_total_gaps
         self._lock = threading.Lock()
         self._streams: Dict[Tuple[str, str, str], _Stream] = {}
@@ -142,8 +156,8 @@ class Tracker:
         self._forgotten_text = self._forgotten_saved = self._forgotten_value()
         self._total_gaps = 0
         # Messages left out of the accounting, by why (counters since the start).
-        self.counters = dict.fromkeys(("unnumbered", "malformed", "untrusted", "untracked_streams",
-                                       "new_epochs"), 0)
+        self.counters = dict.fromkeys(("unnumbered", "malformed", "untrusted", "unsigned_numbers",
+                                       "untracked_streams", "new_epochs"), 0)
         self._log = RateLimitedLog(log)
 
     # -- noting what arrived ---------------------------------------------------------------
@@ -154,6 +168,8 @@ class Tracker:
             for headers, refusal in items:
                 if refusal is not None and refusal in UNTRUSTED_REFUSALS:
                     self.counters["untrusted"] += 1
+                elif self.signed_numbers and not _numbers_signed(headers):
+                    self.counters["unsigned_numbers"] += 1
                 else:
                     self._note(headers, now)
 

@@ -109,7 +109,7 @@ class Subscriber(threading.Thread):
         # comes before an ACK, so what was acked is never forgotten.
         self.tracker: Optional[Tracker] = None
         if settings.loss_accounting:
-            self.tracker = Tracker(expiry=settings.max_age)
+            self.tracker = Tracker(expiry=settings.max_age, signed_numbers=self.verifier is not None)
             self.tracker.load(spool.cursors(CURSOR_PREFIX))
 
     @property

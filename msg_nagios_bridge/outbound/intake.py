@@ -94,7 +94,8 @@ class Intake:
                 except ValueError as exc:
                     refused.append(self._refused(raw, str(exc)))
                     continue
-                messages.extend(self.router.messages(result, now_ms))
+                # Unsigned here: the spool signs them once numbered (route_seq signed too).
+                messages.extend(self.router.messages(result, now_ms, sign=False))
                 if marks_of is not None:
                     marks.append(marks_of(result))
             except Exception as exc:     # noqa: BLE001
@@ -126,7 +127,8 @@ class Intake:
         while True:
             try:
                 if messages or cursor is not None or marks or refused:
-                    self.spool.put(messages, cursor=cursor, marks=marks, numbered=True, dead_letters=refused)
+                    self.spool.put(messages, cursor=cursor, marks=marks, numbered=True, dead_letters=refused,
+                                   sign=self.router.signature if self.router.signer is not None else None)
                 self.health.add("spooled", len(messages))
                 self.health.set_state(self.source, "reading")
                 return True

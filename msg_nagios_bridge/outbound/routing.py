@@ -7,9 +7,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import re
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from ..config import Route, Settings, Site
+from ..config import ConfigError, Route, Settings, Site
 from ..formats import json as json_format
 from ..formats import wlcg
 from ..model import CheckResult, Message
@@ -113,13 +113,30 @@ class Router:
         self.routes = settings.routes
         self.is_echo = is_echo
         self.signer = None
-        if any(route.sign for route in self.routes):
+        self._signing_routes = frozenset(route.name for route in self.routes if route.sign)
+        if self._signing_routes:
             from ..trust.signing import Signer
             signing = settings.signing
-            self.signer = Signer(signing.cert_file, signing.key_file, signing.key_password)
+            try:
+                self.signer = Signer(signing.cert_file, signing.key_file, signing.key_password)
+            except (OSError, ValueError, TypeError) as exc:
+                # cryptography: ValueError (bad data, wrong password), TypeError (a password
+                # missing or not needed); Signer: a key that is not the certificate's.
+                raise ConfigError(settings.file, "signing.key_file", signing.key_file,
+                                  f"cannot sign with it: {exc}") from None
 
-    def messages(self, result: CheckResult, now_ms: int = 0) -> List[Message]:
+    def messages(self, result: CheckResult, now_ms: int = 0, sign: bool = True) -> List[Message]:
+        """The messages of ``result``, one per route that selects it. ``sign=False`` leaves
+        them unsigned for the outbound spool, which signs them with ``signature`` once it has
+        numbered them (the number is signed too)."""
         if self.is_echo is not None and self.is_echo(result):
             return []
-        return [build_message(route, self.site, result, now_ms, self.signer)
+        signer = self.signer if sign else None
+        return [build_message(route, self.site, result, now_ms, signer)
                 for route in self.routes if selects(route, result)]
+
+    def signature(self, headers: Mapping[str, str], body: bytes) -> Optional[Mapping[str, str]]:
+        """The signature headers for a message of a route that signs, else None."""
+        if self.signer is None or headers.get("route") not in self._signing_routes:
+            return None
+        return self.signer.sign(headers, body)

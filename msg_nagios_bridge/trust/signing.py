@@ -4,7 +4,9 @@ Scheme 2 (what the bridge sends): a signed message carries, beside its unchanged
 
 * ``signed-headers``: the names of the headers the signature covers, comma-separated
   (``result_id,role,site,vo``: result_id and every header the inbound side reads; ``vo`` only
-  when the site has one);
+  when the site has one; and the loss accounting's ``nagios_host``, ``route`` and ``route_seq``,
+  so that nobody on the way can renumber a stream: the outbound spool signs a message when it
+  numbers it);
 * ``signature``: base64 of the signature, by the publisher's host key, over ``signed_bytes_2``:
   the scheme tag, the number of signed headers, each (name, value) sorted by name, and the body,
   every part prefixed by its length (8 bytes, big-endian), so no byte can move from one part
@@ -38,6 +40,7 @@ import functools
 import hashlib
 from typing import FrozenSet, Mapping, Optional, Sequence, Tuple
 
+from ..formats import sequence
 from ..model import Refused
 from .gridtrust import TrustStore, Untrusted, verify_signed_by
 from .gridtrust import _crypto as _grid_crypto
@@ -50,6 +53,10 @@ MAX_SIGNED_HEADERS = 32
 # from headers when the record lacks them; the role also makes the service-name suffix). A
 # message carrying one of them unsigned is refused when signatures are required.
 SIGNED_HEADERS = ("result_id", "role", "site", "vo")
+# Signed when present (``route_seq`` is added by the outbound spool, which then signs): what
+# the loss accounting reads. Not required by a receiver: it leaves a message whose numbers
+# are unsigned out of the accounting (inbound/sequence.py), and judges the result as before.
+STREAM_HEADERS = tuple(name for name in sequence.STREAM_HEADERS if name not in SIGNED_HEADERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +134,15 @@ class Signer:
             self.key = serialization.load_pem_private_key(handle.read(), key_password.encode() or None)
         self.cert_header = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
         self.hash = hashes.SHA256()
+        # Found here, not at the first message: the outbound spool signs inside its
+        # transaction, and a failure there holds the sources.
+        if not isinstance(self.key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+            raise ValueError(f"{key_file}: a {type(self.key).__name__}; signing needs an RSA or EC key")
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        if (self.key.public_key().public_bytes(serialization.Encoding.DER, public)
+                != cert.public_key().public_bytes(serialization.Encoding.DER, public)):
+            raise ValueError(f"{key_file} is not the key of {cert_file}: every receiver would refuse"
+                             f" the signatures")
 
     def _sign(self, data: bytes) -> str:
         _, _, _, _, ec, padding, rsa = _crypto()
@@ -138,10 +154,10 @@ class Signer:
 
     def sign(self, headers: Mapping[str, str], body: bytes) -> Mapping[str, str]:
         """The headers to add to a message with ``headers`` and ``body`` (scheme 2): it signs
-        each of SIGNED_HEADERS the message has; result_id it must have."""
+        each of SIGNED_HEADERS and STREAM_HEADERS the message has; result_id it must have."""
         if not headers.get("result_id"):
             raise ValueError("a signed message needs a result_id")
-        names = [name for name in SIGNED_HEADERS if name in headers]
+        names = [name for name in SIGNED_HEADERS + STREAM_HEADERS if name in headers]
         data = signed_bytes_2([(name, headers[name]) for name in names], body)
         return {"signed-headers": ",".join(names), "signature": self._sign(data), "signer": self.cert_header}
 

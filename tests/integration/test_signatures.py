@@ -47,11 +47,18 @@ def test_signed_results_pass_and_tampered_ones_are_refused(tmp_path, activemq, n
     assert original.headers["signature"] and original.headers["signer"]
     # A copy of a genuine signed message, its state changed on the way (and a new result_id, or it
     # would simply be dropped as a duplicate): the signature no longer matches.
-    assert original.headers["signed-headers"] == "result_id,role,site"     # scheme 2
+    # Scheme 2; the stream and its number signed too (the spool signs once it has numbered).
+    assert original.headers["signed-headers"] == "result_id,role,site,nagios_host,route,route_seq"
     headers = {k: v for k, v in original.headers.items()
-               if k in ("signature", "signer", "signed-headers", "nagios_host", "role", "site")}
+               if k in ("signature", "signer", "signed-headers", "nagios_host", "role", "site", "route",
+                        "route_seq")}
     publish(activemq.stomp_address, TOPIC, original.body.replace("metricStatus: OK", "metricStatus: CRITICAL"),
             headers={**headers, "result_id": "f" * 32})
+    # The genuine message renumbered on the way (a broker hiding what it dropped, or a replay
+    # moving the stream's highest number): refused, and the stream's numbers do not move.
+    epoch = original.headers["route_seq"].split(":")[0]
+    publish(activemq.stomp_address, TOPIC, original.body,
+            headers={**headers, "result_id": original.headers["result_id"], "route_seq": f"{epoch}:{2**63 - 1}"})
     # The same body, unsigned.
     publish(activemq.stomp_address, TOPIC, original.body, headers={"nagios_host": "x", "result_id": "y"})
     # Signed by a "certificate" of the trusted CA with an unknown algorithm: refused, and the
@@ -65,12 +72,16 @@ def test_signed_results_pass_and_tampered_ones_are_refused(tmp_path, activemq, n
         perfdata.write(result_line.format_line(late) + "\n")
     assert nagios.wait_for(lambda s: (s.get((late.host, late.service)) or {}).get("plugin_output") ==
                            late.output or None, timeout=30), central.log_text()[-3000:]
-    assert central.wait_counter("refused", 3, timeout=20) == 3
+    assert central.wait_counter("refused", 4, timeout=20) == 4
     # status.json is rewritten every few seconds: Nagios may show the late result before it counts it.
     assert central.wait_counter("injected", 4, timeout=20) == 4
-    counters = central.status()["counters"]
+    status = central.status()
+    counters = status["counters"]
     assert (counters["refused.bad-signature"], counters["refused.untrusted-signer"],
-            counters["refused.unsigned"]) == (1, 1, 1), counters
+            counters["refused.unsigned"]) == (2, 1, 1), counters
+    [stream] = status["sequences"]["streams"]
+    assert (stream["highest"], stream["missing"], stream["received"]) == (4, 0, 4), status["sequences"]
+    assert status["sequences"]["counters"]["untrusted"] == 4
 
 
 def test_a_refused_forgery_does_not_shadow_the_genuine_result(activemq, nagios_factory, bridge_factory):

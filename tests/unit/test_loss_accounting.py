@@ -191,6 +191,86 @@ def test_messages_from_senders_the_policy_does_not_allow_open_no_stream_and_move
     assert len(tracker.snapshot(NOW)["streams"]) == 1 and row(tracker)["missing"] == 0
 
 
+def test_with_signatures_required_only_messages_whose_numbers_are_signed_count():
+    """Regression (review 2026-12-05): route_seq was added after the signature was made, so a
+    replayed or renumbered signed message moved its stream's numbers (a stream pushed to
+    2**63-1; a broker could hide what it dropped). The producer now signs the stream headers;
+    a receiver requiring signatures leaves a message out unless its signature covers each."""
+    signed_all = "result_id,role,site,nagios_host,route,route_seq"
+    tracker = Tracker(signed_numbers=True)
+    tracker.note_batch([(dict(stamped(1), **{"signed-headers": signed_all}), None),
+                        (dict(stamped(2), **{"signed-headers": signed_all}), "too-old")], NOW)
+    assert (row(tracker)["highest"], row(tracker)["received"]) == (2, 2)
+    forged = [dict(stamped(2**63 - 1), **{"signed-headers": "result_id,role,site"}),     # an older producer
+              dict(stamped(9), **{"signed-headers": "result_id,role,site,nagios_host,route"}),
+              dict(stamped(9, host="other"), **{"signed-headers": "result_id,site,route,route_seq"}),
+              stamped(9)]                                        # scheme 1: no signed-headers at all
+    tracker.note_batch([(headers, None) for headers in forged], NOW)
+    assert tracker.counters["unsigned_numbers"] == 4
+    assert len(tracker.snapshot(NOW)["streams"]) == 1
+    assert (row(tracker)["highest"], row(tracker)["missing"], row(tracker)["received"]) == (2, 0, 2)
+    # Spaces around names as the verifier takes them; a message without a number is
+    # unnumbered, not unsigned.
+    tracker.note_batch([(dict(stamped(3), **{"signed-headers": " result_id, site , nagios_host,route ,route_seq"}),
+                         None), ({"site": "site-a", "signed-headers": "result_id"}, None)], NOW)
+    assert row(tracker)["highest"] == 3
+    assert (tracker.counters["unnumbered"], tracker.counters["unsigned_numbers"]) == (1, 4)
+    # Without signatures required, the numbers count as before.
+    plain = Tracker()
+    plain.note_batch([(stamped(1), None), (stamped(5), None)], NOW)
+    assert (row(plain)["highest"], plain.counters["unsigned_numbers"]) == (5, 0)
+
+
+def test_a_subscriber_requiring_signatures_counts_only_the_numbers_its_signature_covers(tmp_path):
+    """The whole inbound path with real signatures: a message signed as the outbound spool
+    signs it counts; one signed before numbering (an older producer) is injected but left out
+    of the accounting; a renumbered copy of a signed message is refused (bad-signature)."""
+    from msg_nagios_bridge.daemon.health import Health
+    from msg_nagios_bridge.inbound.subscriber import Subscriber
+    from msg_nagios_bridge.trust.signing import Signer
+    from tests.sandbox.pki import Authority
+    from tests.unit.test_judgement import ALLOW_ALL, wlcg
+    authority = Authority(tmp_path / "pki")
+    cert, key = authority.issue("site-a", "nagios.site-a.org", client=True)
+    settings = config.parse(f"""
+site: {{name: S}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: {tmp_path}}}
+sources: {{ocsp_pipe: {{enabled: false}}}}
+inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}},
+          signatures: {{required: true, ca_file: {authority.cert_file}}}}}
+""")
+    signer = Signer(str(cert), str(key))
+
+    def message(seq, service, number_signed=True):
+        headers = {"result_id": f"r-{service}", "role": "site", "site": "site-a", "nagios_host": "nagios.a",
+                   "route": "central"}
+        body = wlcg(service=service, when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        if number_signed:
+            headers["route_seq"] = f"e1:{seq}"
+        headers.update(signer.sign(headers, body))
+        headers["route_seq"] = f"e1:{seq}"
+        return dict(headers, ack=f"ack-{service}"), body
+
+    with Spool(str(tmp_path / "inbound.sqlite")) as spool:
+        subscriber = Subscriber(settings.brokers, settings.inbound, spool, Health(), ALLOW_ALL)
+        subscriber.session.broker = test_subscriber.RecordingBroker(subscriber.wakeup)
+        assert subscriber.tracker.signed_numbers
+        first, older, third = message(1, "s1"), message(2**63 - 1, "s2", number_signed=False), message(3, "s3")
+        renumbered = (dict(third[0], route_seq="e1:999", ack="ack-forged"), third[1])
+        subscriber._handle([first, older, renumbered, third])
+        try:
+            assert spool.stats().depth == 3, "the three genuine results are to be injected"
+            [dead] = spool.dead_letters()
+            assert dead.reason.startswith("bad-signature")
+            counters = subscriber.tracker.counters
+            assert (counters["unsigned_numbers"], counters["untrusted"]) == (1, 1)
+            stream = subscriber.tracker.snapshot(time.time())["streams"][0]
+            assert (stream["highest"], stream["missing"], stream["received"]) == (3, 1, 2)
+        finally:
+            subscriber.poison.close()
+
+
 def test_a_huge_hostile_header_is_refused_in_constant_time():
     tracker = Tracker()
     note(tracker, 1)

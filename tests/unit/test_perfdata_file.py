@@ -200,10 +200,10 @@ def test_a_carriage_return_in_plugin_output_is_published_not_a_poison_pill(tail)
 def test_a_line_that_fails_in_any_way_is_dead_lettered_and_the_batch_still_stored(tmp_path):
     """Whatever one line raises, the others are stored and the source goes on."""
     class Failing(Router):
-        def messages(self, result, now_ms=0):
+        def messages(self, result, now_ms=0, sign=True):
             if result.service == "s1":
                 raise KeyError("something unforeseen")
-            return super().messages(result, now_ms)
+            return super().messages(result, now_ms, sign)
 
     with Spool(str(tmp_path / "spool.sqlite")) as spool:
         intake = Intake("perfdata", Failing(SETTINGS), spool, Health(), threading.Event(), result_line.parse)

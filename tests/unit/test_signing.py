@@ -10,13 +10,15 @@ from msg_nagios_bridge import config
 from msg_nagios_bridge.outbound import routing
 from msg_nagios_bridge.model import Refused
 from msg_nagios_bridge.model import CheckResult
-from msg_nagios_bridge.trust.signing import SIGNED_HEADERS, Signed, Signer, Verifier, signed_bytes_2
+from msg_nagios_bridge.spool import Spool
+from msg_nagios_bridge.trust.signing import SIGNED_HEADERS, STREAM_HEADERS, Signed, Signer, Verifier, signed_bytes_2
 from tests.sandbox.pki import Authority, GridAuthority, GridCADirectory, sign_scheme_1
 
 RESULT = CheckResult(host="ce01.site-a.org", service="org.sam.CE-JobSubmit", state=2, output="bad",
                      timestamp=1700000000)
 DN = "CN=nagios.site-a.org,O=msg-nagios-bridge tests"
-HEADERS = {"result_id": "abc", "role": "site", "site": "SITE_A", "vo": "ops", "nagios_host": "nagios.site-a.org"}
+HEADERS = {"result_id": "abc", "role": "site", "site": "SITE_A", "vo": "ops", "nagios_host": "nagios.site-a.org",
+           "route": "central", "route_seq": "e1:7", "host": "ce01.site-a.org"}
 BODY = b"serviceURI: ce01.site-a.org\nmetricName: x\nmetricStatus: CRITICAL\nEOT\n"
 
 
@@ -44,11 +46,13 @@ def verifier(pki, **kwargs):
 
 def test_a_signed_message_verifies_and_names_its_signer(pki):
     headers, body = signed(pki[1], "pw")
-    assert headers["signed-headers"] == "result_id,role,site,vo"
+    # What the bridge reads, and what the loss accounting reads (the stream and the number);
+    # not the headers only for consumers' selectors (host).
+    assert headers["signed-headers"] == "result_id,role,site,vo,nagios_host,route,route_seq"
     verdict = verifier(pki).verify(headers, body)
     assert isinstance(verdict, Signed)
     assert verdict.dn == DN
-    assert verdict.signed_headers == frozenset(SIGNED_HEADERS)
+    assert verdict.signed_headers == frozenset(SIGNED_HEADERS + STREAM_HEADERS)
     assert len(verdict.identity) == 64 and int(verdict.identity, 16) >= 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         verdict.dn = "CN=mallory"
@@ -205,9 +209,10 @@ signing: {{cert_file: {good[0]}, key_file: {good[1]}, key_password_file: {passwo
 routes: [{{name: signed, destination: /queue/a, sign: true}}, {{name: plain, destination: /queue/b}}]
 """, "s.yaml")
     signed_message, plain = routing.Router(settings).messages(RESULT)
-    assert signed_message.headers["signed-headers"] == "result_id,role,site"      # the site has no vo
+    # The site has no vo; no route_seq either (given by the spool: next test).
+    assert signed_message.headers["signed-headers"] == "result_id,role,site,nagios_host,route"
     verdict = verifier(pki).verify(signed_message.headers, signed_message.body)
-    assert verdict.dn == DN and verdict.signed_headers == {"result_id", "role", "site"}
+    assert verdict.dn == DN and verdict.signed_headers == {"result_id", "role", "site", "nagios_host", "route"}
     assert "signature" not in plain.headers and "signed-headers" not in plain.headers
     with pytest.raises(config.ConfigError, match="signing.cert_file"):
         config.parse(f"""
@@ -216,6 +221,80 @@ brokers: {{hosts: ["127.0.0.1:1"]}}
 routes: [{{name: signed, destination: /queue/a, sign: true}}]
 """, "s.yaml")
     assert dataclasses.replace(settings.routes[0]).sign
+
+
+def test_the_outbound_spool_signs_a_message_once_numbered_so_its_number_is_signed(pki, tmp_path):
+    """route_seq is given in the spool's transaction: a signature made before it would leave
+    the number free to change on the way (renumbered, a stream's losses hide)."""
+    _, good, _, _ = pki
+    password = tmp_path / "pw"
+    password.write_text("pw")
+    password.chmod(0o600)
+    settings = config.parse(f"""
+site: {{name: S, vo: ops}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+spool: {{directory: /tmp/x}}
+signing: {{cert_file: {good[0]}, key_file: {good[1]}, key_password_file: {password}}}
+routes: [{{name: signed, destination: /queue/a, sign: true}}, {{name: plain, destination: /queue/b}}]
+""", "s.yaml")
+    router = routing.Router(settings)
+    unsigned = router.messages(RESULT, sign=False)
+    assert not any("signature" in message.headers for message in unsigned)
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        spool.put(unsigned, numbered=True, sign=router.signature)
+        spool.put(unsigned, numbered=True, sign=router.signature)        # duplicates: no number, no signature
+        entries = {entry.message.headers["route"]: entry.message for entry in spool.take(10)}
+    assert len(entries) == 2
+    signed_message, plain = entries["signed"], entries["plain"]
+    assert signed_message.headers["route_seq"].endswith(":1") and plain.headers["route_seq"].endswith(":1")
+    assert signed_message.headers["signed-headers"] == "result_id,role,site,vo,nagios_host,route,route_seq"
+    assert "signature" not in plain.headers
+    check = verifier(pki)
+    assert check.verify(signed_message.headers, signed_message.body).signed_headers >= set(STREAM_HEADERS)
+    epoch = signed_message.headers["route_seq"].split(":")[0]
+    for name, forged in (("route_seq", f"{epoch}:2"), ("route", "plain"), ("nagios_host", "elsewhere")):
+        with pytest.raises(Refused, match="does not match"):
+            check.verify(dict(signed_message.headers, **{name: forged}), signed_message.body)
+
+
+def test_a_key_that_cannot_sign_for_the_certificate_is_a_configuration_error(pki, tmp_path):
+    """Found when the bridge starts (the spool signs inside its transaction, where a failure
+    would hold the sources), naming the key: not the certificate's key, a wrong password."""
+    _, good, _, foreign = pki
+    password = tmp_path / "pw"
+    password.write_text("pw")
+    password.chmod(0o600)
+
+    def router(cert, key, password_line=""):
+        return routing.Router(config.parse(f"""
+site: {{name: S}}
+brokers: {{hosts: ["127.0.0.1:1"]}}
+signing: {{cert_file: {cert}, key_file: {key}{password_line}}}
+routes: [{{name: signed, destination: /queue/a, sign: true}}]
+""", "s.yaml"))
+    assert router(good[0], good[1], f", key_password_file: {password}").signer is not None
+    with pytest.raises(config.ConfigError, match=r"s.yaml: signing.key_file = .*foreign.key.*is not the key of"):
+        router(good[0], foreign[1])
+    with pytest.raises(config.ConfigError, match=r"signing.key_file = .*cannot sign with it"):
+        router(good[0], good[1])                        # its password missing
+
+
+def test_a_signature_that_fails_in_the_spool_stores_nothing_and_is_an_unavailable_spool(tmp_path):
+    """Never stored unsigned: the batch is not written, and the intake waits and retries as
+    for any spool failure (its state names the reason)."""
+    from msg_nagios_bridge.spool import SpoolUnavailable
+    from msg_nagios_bridge.model import Message
+
+    def failing(headers, body):
+        raise RuntimeError("the key went away")
+    message = Message("m1", "/queue/a", {"route": "signed", "result_id": "r1"}, b"body")
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        with pytest.raises(SpoolUnavailable, match="cannot sign message m1: RuntimeError: the key went away"):
+            spool.put([message], cursor=("source", "7"), numbered=True, sign=failing)
+        assert spool.stats().depth == 0 and spool.cursor("source") is None
+        assert spool.put([message], numbered=True, sign=lambda headers, body: None) == 1
+        [entry] = spool.take(1)
+        assert entry.message.headers["route_seq"].endswith(":1"), "the failed put gave no number away"
 
 
 def test_the_verifier_from_settings(pki, tmp_path):
