@@ -232,14 +232,7 @@ def test_a_subscriber_requiring_signatures_counts_only_the_numbers_its_signature
     from tests.unit.test_judgement import ALLOW_ALL, wlcg
     authority = Authority(tmp_path / "pki")
     cert, key = authority.issue("site-a", "nagios.site-a.org", client=True)
-    settings = config.parse(f"""
-site: {{name: S}}
-brokers: {{hosts: ["127.0.0.1:1"]}}
-spool: {{directory: {tmp_path}}}
-sources: {{ocsp_pipe: {{enabled: false}}}}
-inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}},
-          signatures: {{required: true, ca_file: {authority.cert_file}}}}}
-""")
+    settings = test_subscriber.make_settings(tmp_path, inbound=f"signatures: {{required: true, ca_file: {authority.cert_file}}}")
     signer = Signer(str(cert), str(key))
 
     def message(seq, service, number_signed=True):

@@ -54,14 +54,16 @@ class RecordingBroker:
         self.wakeup.set()
 
 
-def make_settings(tmp_path, ack_delay=0):
+def make_settings(tmp_path, ack_delay=0, inbound=""):
+    """Settings of a subscriber on /queue/q allowing every sender; ``inbound``: more keys of
+    the inbound section (flow style, e.g. ``signatures: {...}``)."""
     return config.parse(f"""
 site: {{name: S}}
 brokers: {{hosts: ["127.0.0.1:1"]}}
 spool: {{directory: {tmp_path}}}
 sources: {{ocsp_pipe: {{enabled: false}}}}
 inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders: ['*']}}]}},
-          ack_delay: {ack_delay}}}
+          ack_delay: {ack_delay}{", " + inbound if inbound else ""}}}
 """)
 
 
