@@ -232,7 +232,8 @@ def test_a_subscriber_requiring_signatures_counts_only_the_numbers_its_signature
     from tests.unit.test_judgement import ALLOW_ALL, wlcg
     authority = Authority(tmp_path / "pki")
     cert, key = authority.issue("site-a", "nagios.site-a.org", client=True)
-    settings = test_subscriber.make_settings(tmp_path, inbound=f"signatures: {{required: true, ca_file: {authority.cert_file}}}")
+    settings = test_subscriber.make_settings(
+        tmp_path, inbound=f"signatures: {{required: true, ca_file: {authority.cert_file}}}")
     signer = Signer(str(cert), str(key))
 
     def message(seq, service, number_signed=True):
