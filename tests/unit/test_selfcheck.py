@@ -248,3 +248,31 @@ def test_check_says_when_the_icinga2_event_stream_is_down():
     connected = icinga2_status(states={"icinga2_events": "connected", "icinga2_writer": "writing"},
                                inbound_spool={"depth": 12, "bytes": 3000, "oldest_age": 30.5, "dead_letters": 0})
     assert evaluate(connected, Thresholds(), NOW)[0] == OK
+
+
+def test_metrics_endpoint_bounds_its_clients_and_their_time(monkeypatch):
+    """Any local user can connect to /metrics: idle connections are closed after a timeout,
+    and beyond MAX_CLIENTS at once a connection is closed unanswered, not given a thread."""
+    import urllib.request
+    from tests.sandbox.ports import free_port
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 0.5, raising=False)
+    monkeypatch.setattr(metrics, "MAX_CLIENTS", 4, raising=False)
+    port = free_port()
+    server = metrics.serve(f"127.0.0.1:{port}", lambda: "a 1\n")
+    idle = []
+    try:
+        threads = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        idle.append(extra)
+        assert extra.recv(100) == b"", "a fifth client at once is closed at once"
+        assert threading.active_count() <= threads + 4
+        for sock in idle[:4]:
+            assert sock.recv(100) == b"", "a client that sends nothing is closed after the timeout"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert body == b"a 1\n", "the slots are free again"
+    finally:
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+        server.server_close()
