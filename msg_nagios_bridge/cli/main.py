@@ -109,17 +109,17 @@ def _status(args) -> int:
     if args.json:
         print(json.dumps(status.to_json(), indent=2, sort_keys=True))
         return 0
+    from ..display import printable      # states and errors may quote remote text
     now = time.time()
     print(f"msg-nagios-bridge pid {status.pid}, status written {now - status.time:.0f} s ago")
     for part, state in sorted(status.states.items()):
-        print(f"  {part:40s} {state}  (for {now - status.since.get(part, now):.0f} s)")
+        print(f"  {printable(part):40s} {printable(state)}  (for {now - status.since.get(part, now):.0f} s)")
     for name, spool in status.spools().items():
         oldest = spool.oldest_age
         print(f"  {name:40s} {spool.depth} waiting ({spool.bytes} bytes), oldest "
               f"{'-' if oldest is None else f'{oldest:.0f} s'}, {spool.dead_letters} dead letters")
     for what, when in sorted(status.last.items()):
         print(f"  last {what:35s} {now - when:.0f} s ago")
-    from ..display import printable
     for route, value in sorted((status.numbering or {}).items()):
         print(f"  route {printable(route, 40):34s} numbered up to {value['last']} (epoch {value['epoch']})")
     if status.sequences is not None:
@@ -146,7 +146,7 @@ def _status(args) -> int:
     if status.errors:
         print("  last errors:")
         for when, text in status.errors[-10:]:
-            print(f"    {time.strftime('%H:%M:%S', time.localtime(when))}  {text}")
+            print(f"    {time.strftime('%H:%M:%S', time.localtime(when))}  {printable(text)}")
     return 0
 
 

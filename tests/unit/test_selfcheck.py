@@ -276,3 +276,32 @@ def test_metrics_endpoint_bounds_its_clients_and_their_time(monkeypatch):
             sock.close()
         server.shutdown()
         server.server_close()
+
+
+def test_remote_text_in_a_state_is_escaped_for_status_and_check(tmp_path, capsys):
+    """A broker's ERROR frame (often a Java stack trace; any byte, ESC too) becomes the
+    publisher's state: `status` must not print an escape sequence to the operator's terminal,
+    and `check` must stay one line with its perfdata."""
+    from msg_nagios_bridge import config
+    from msg_nagios_bridge.cli.main import main
+    from msg_nagios_bridge.daemon import status as status_file
+    from msg_nagios_bridge.daemon.health import Health
+    from msg_nagios_bridge.paths import status_path
+    import time
+    remote = "disconnected: b1:61613: refused: \x1b]2;owned\x07\x1b[2J bad\n\tat org.apache.X"
+    health = Health()
+    health.set_state("publisher", remote)
+    state = health.snapshot()["states"]["publisher"]
+    assert state.startswith("disconnected: b1:61613: refused: ") and not any(c in state for c in "\x1b\x07\n\t")
+    # A status file written before the state was escaped (or by hand) still holds the raw text.
+    raw = status(states={"publisher": remote}, since={"publisher": NOW - 700})
+    code, line = evaluate(raw, Thresholds(), NOW)
+    assert code == CRITICAL and not any(c in line for c in "\x1b\x07\n\t")
+    assert "for 700 s" in line.split("|")[0]
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(f"site: {{name: S}}\nbrokers: {{hosts: ['127.0.0.1:1']}}\nspool: {{directory: {tmp_path}}}\n")
+    status_file.write(status_path(config.load(str(cfg))), Status.from_json(
+        {**raw.to_json(), "time": time.time(), "errors": [[NOW, "broker said \x1b[2J"]]}))
+    assert main(["status", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "refused: \\x1b]2;owned" in out and "broker said \\x1b[2J" in out and "\x1b" not in out
