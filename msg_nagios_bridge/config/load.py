@@ -667,6 +667,32 @@ class _NoAliasLoader(yaml.SafeLoader):
                                               event.start_mark)
         return super().compose_node(parent, index)
 
+    def construct_object(self, node, deep=False):
+        # SafeLoader's constructors raise plain Python errors for some scalars (a date such as
+        # 2024-02-30, "!!bool maybe", "!!int x"): a YAML error at the value's line instead, not a
+        # traceback (and, on a reload, not the end of the running bridge). Without the value or
+        # Python's text, which quotes it: it may be a password.
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, KeyError, AttributeError, TypeError):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a value that is not a valid {node.tag.rsplit(':', 1)[-1]}", node.start_mark) from None
+
+    def construct_number(self, node):
+        # Every number in this file is a few digits; a longer one is a mistake. Python refuses
+        # an int of over 4300 digits, a long sexagesimal float (1:2:3.5) overflows, and a
+        # sexagesimal int takes time quadratic in its length.
+        if len(self.construct_scalar(node)) > MAX_NUMBER_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number longer than {MAX_NUMBER_CHARS} characters", node.start_mark)
+        tag = node.tag.rsplit(":", 1)[-1]
+        return (yaml.SafeLoader.construct_yaml_int if tag == "int" else yaml.SafeLoader.construct_yaml_float)(self, node)
+
+
+MAX_NUMBER_CHARS = 40
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_number)
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:float", _NoAliasLoader.construct_number)
+
 
 def load(path: str = DEFAULT_PATH) -> Settings:
     """Read and validate the file at ``path``, or raise ConfigError."""
