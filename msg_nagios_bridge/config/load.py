@@ -245,13 +245,22 @@ def _tls(brokers: _Section) -> TlsSettings:
     return settings
 
 
+MAX_SPOOL_MEGABYTES = 1 << 30     # a petabyte: in bytes, well within SQLite's 64-bit integers
+
+
+def _megabytes(value: int) -> Optional[str]:
+    # The limits are compared in SQL as bytes: a value past 2^43 MiB ("unlimited" typed as
+    # many nines) would fail at the first dead letter (OverflowError) and end the part.
+    return None if 1 <= value <= MAX_SPOOL_MEGABYTES else f"must be from 1 to {MAX_SPOOL_MEGABYTES} (a petabyte)"
+
+
 def _spool(root: _Section) -> SpoolSettings:
     sec = root.section("spool", ("directory", "max_messages", "max_megabytes", "max_dead_letter_megabytes"))
     settings = SpoolSettings(
         directory=sec.get("directory", str, "/var/spool/msg-nagios-bridge", _absolute_path),
         max_messages=sec.get("max_messages", int, 1_000_000, _positive),
-        max_megabytes=sec.get("max_megabytes", int, 1024, _positive),
-        max_dead_letter_megabytes=sec.get("max_dead_letter_megabytes", int, 256, _positive),
+        max_megabytes=sec.get("max_megabytes", int, 1024, _megabytes),
+        max_dead_letter_megabytes=sec.get("max_dead_letter_megabytes", int, 256, _megabytes),
     )
     return settings
 

@@ -63,6 +63,10 @@ def test_defaults_from_a_minimal_config():
     # Found in review (2026-12-06): SafeLoader raised ValueError, OverflowError or KeyError for
     # these, a traceback (and a reload that ended the running bridge); a long sexagesimal number
     # also took time quadratic in its length.
+    (MINIMAL.replace("/tmp/spool", "/tmp/spool, max_dead_letter_megabytes: 99999999999999"),
+     "spool.max_dead_letter_megabytes", "from 1 to 1073741824"),
+    (MINIMAL.replace("/tmp/spool", "/tmp/spool, max_megabytes: 99999999999999"),
+     "spool.max_megabytes", "from 1 to 1073741824"),
     (MINIMAL + "x: 2024-02-30\n", "", "not a valid timestamp (line 5, column 4)"),
     (MINIMAL + "x: !!bool maybe\n", "", "not a valid bool"),
     (MINIMAL.replace("hosts:", "max_in_flight: 1" + "0" * 5000 + ", hosts:"), "", "a number longer than 40"),
@@ -311,3 +315,22 @@ def test_a_reload_with_a_value_yaml_cannot_convert_keeps_the_running_bridge(tmp_
     running = SimpleNamespace(health=Health())
     assert _reload(running, str(path)) is running
     assert "reload refused" in running.health.snapshot()["errors"][-1][1]
+
+
+def test_the_largest_spool_limits_the_config_allows_work_in_the_spool(tmp_path):
+    """Regression: max_dead_letter_megabytes: 99999999999999 ("unlimited") passed the config;
+    the limit in bytes did not fit SQLite's integers, so the first dead letter raised
+    OverflowError and ended the part that refused it (after every restart again)."""
+    from msg_nagios_bridge.model import Message
+    from msg_nagios_bridge.spool import Spool
+    most = config.MAX_SPOOL_MEGABYTES
+    settings = config.parse(MINIMAL.replace(
+        "/tmp/spool", f"{tmp_path}, max_megabytes: {most}, max_dead_letter_megabytes: {most}"), "b.yaml")
+    spool = Spool(str(tmp_path / "s.sqlite"), max_bytes=settings.spool.max_megabytes << 20,
+                  max_dead_letter_bytes=settings.spool.max_dead_letter_megabytes << 20)
+    try:
+        assert spool.put([Message(message_id="m1", destination="/topic/x", headers={}, body=b"x")]) == 1
+        spool.add_dead_letter(Message(message_id="m2", destination="/topic/x", headers={}, body=b"x"), "why")
+        assert spool.stats().dead_letters == 1
+    finally:
+        spool.close()
