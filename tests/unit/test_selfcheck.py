@@ -305,3 +305,23 @@ def test_remote_text_in_a_state_is_escaped_for_status_and_check(tmp_path, capsys
     assert main(["status", "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "refused: \\x1b]2;owned" in out and "broker said \\x1b[2J" in out and "\x1b" not in out
+
+
+def test_check_gives_a_long_status_interval_time_before_calling_the_status_stale(tmp_path, capsys):
+    """Regression: daemon.status_interval may be up to 60 s, but check called a status older
+    than 30 s stale: a healthy bridge with a long interval was CRITICAL half of the time."""
+    import time
+    from msg_nagios_bridge import config
+    from msg_nagios_bridge.cli.main import main
+    from msg_nagios_bridge.daemon import status as status_file
+    from msg_nagios_bridge.paths import status_path
+    cfg = tmp_path / "bridge.yaml"
+    base = f"site: {{name: S}}\nbrokers: {{hosts: ['127.0.0.1:1']}}\nspool: {{directory: {tmp_path}}}\n"
+    written_45_s_ago = Status.from_json({**status().to_json(), "time": time.time() - 45})
+    cfg.write_text(base + "daemon: {status_interval: 60}\n")
+    status_file.write(status_path(config.load(str(cfg))), written_45_s_ago)
+    assert main(["check", "-c", str(cfg)]) == OK, capsys.readouterr().out
+    assert main(["check", "-c", str(cfg), "--stale", "40"]) == CRITICAL
+    cfg.write_text(base)                                   # 2 s: 45 s without a status is stale
+    assert main(["check", "-c", str(cfg)]) == CRITICAL
+    assert "s old: the bridge is not running or hung" in capsys.readouterr().out
