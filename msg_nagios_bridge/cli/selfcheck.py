@@ -44,6 +44,10 @@ def evaluate(status: Optional[Status], limits: Thresholds, now: float,
     age = now - status.time
     if age > limits.stale:
         return CRITICAL, f"MSG-BRIDGE CRITICAL - status is {age:.0f} s old: the bridge is not running or hung"
+    if age < -limits.stale:
+        # A running bridge rewrites its status within an interval, whatever the clock did.
+        return CRITICAL, (f"MSG-BRIDGE CRITICAL - status is dated {-age:.0f} s ahead: the clock was set back"
+                          " since, and the bridge has not written again (not running or hung)")
     spools = status.spools().values()
     backlog = sum(spool.depth for spool in spools)
     oldest = max([spool.oldest_age or 0 for spool in spools] + [0])

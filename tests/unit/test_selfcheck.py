@@ -325,3 +325,23 @@ def test_check_gives_a_long_status_interval_time_before_calling_the_status_stale
     cfg.write_text(base)                                   # 2 s: 45 s without a status is stale
     assert main(["check", "-c", str(cfg)]) == CRITICAL
     assert "s old: the bridge is not running or hung" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("written", ['{"time": NaN, "pid": 1}', '{"time": Infinity, "pid": 1}',
+                                     '{"time": 1e400, "pid": 1}'])
+def test_a_status_that_could_never_be_stale_is_not_read_as_fresh(tmp_path, written):
+    """Regression: json reads NaN and Infinity, and a status time of either was never older
+    than --stale: check said OK for ever, running bridge or not."""
+    from msg_nagios_bridge.daemon import status as status_file
+    path = tmp_path / "status.json"
+    path.write_text(written)
+    with pytest.raises(status_file.StatusError, match="time is .*, not a number"):
+        status_file.read(str(path))
+
+
+def test_a_status_dated_ahead_of_the_clock_is_critical():
+    """A clock set back after the bridge last wrote: only a bridge that stopped writing leaves
+    such a status for longer than --stale."""
+    code, line = evaluate(status(time=NOW + 3600), Thresholds(), NOW)
+    assert code == CRITICAL and "dated 3600 s ahead" in line
+    assert evaluate(status(time=NOW + 5), Thresholds(), NOW)[0] == OK      # clocks of a few s
