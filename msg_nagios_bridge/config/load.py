@@ -28,7 +28,7 @@ from .settings import (
     DEFAULT_PATH, MAX_CONFIG_BYTES, DESTINATION_FIELDS, FORMATS, ConfigError, Site, TrustRules,
     TlsSettings, BrokerSettings, SpoolSettings, OcspPipeSettings, PerfdataSettings, Route,
     SigningSettings, SignatureCheck, Subscription, InboundSettings, LOG_LEVELS, LOG_TARGETS,
-    LoggingSettings, DaemonSettings, MetricsSettings, Settings, Icinga2Settings, CORES, PREFETCH)
+    LoggingSettings, DaemonSettings, MetricsSettings, Settings, Icinga2Settings, CORES, PREFETCH, _is_secret_key)
 
 
 class _Section:
@@ -735,11 +735,14 @@ def _warn_if_secret_is_exposed(path: str, settings: Settings) -> None:
 
 
 def as_dict(settings: Settings) -> Dict[str, Any]:
-    """Settings as plain data, secrets masked (for logs and ``check-config``)."""
-    data = dataclasses.asdict(settings)
-    if data["brokers"]["password"]:
-        data["brokers"]["password"] = "********"
-    for section in (data["brokers"]["tls"], data["signing"]):
-        if section["key_password"]:
-            section["key_password"] = "********"
-    return data
+    """Settings as plain data, secrets masked (for logs and ``check-config``): every key named
+    like a secret (``_is_secret_key``) wherever it is, so a section added later (icinga2.password
+    was shown) needs no line here."""
+    def masked(data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: "********" if value and _is_secret_key(str(key)) else masked(value)
+                    for key, value in data.items()}
+        if isinstance(data, (list, tuple)):
+            return [masked(item) for item in data]
+        return data
+    return masked(dataclasses.asdict(settings))

@@ -334,3 +334,21 @@ def test_the_largest_spool_limits_the_config_allows_work_in_the_spool(tmp_path):
         assert spool.stats().dead_letters == 1
     finally:
         spool.close()
+
+
+def test_check_config_verbose_masks_the_icinga2_api_password(tmp_path, capsys):
+    """Regression: `check-config -v` printed icinga2.password (read from its password_file)
+    in clear: as_dict masked only the secrets it named, and this one was added later."""
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    secret = tmp_path / "pw"
+    secret.write_text("icinga-s3cret\n")
+    secret.chmod(0o600)
+    path = tmp_path / "bridge.yaml"
+    path.write_text(ICINGA.replace("CA", str(ca)).replace("password: secret", f"password_file: {secret}"))
+    settings = config.load(str(path))
+    assert settings.icinga2.password == "icinga-s3cret"
+    assert main(["check-config", "-v", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "icinga-s3cret" not in out and '"password": "********"' in out
+    assert "icinga-s3cret" not in repr(settings)
