@@ -345,3 +345,16 @@ def test_a_status_dated_ahead_of_the_clock_is_critical():
     code, line = evaluate(status(time=NOW + 3600), Thresholds(), NOW)
     assert code == CRITICAL and "dated 3600 s ahead" in line
     assert evaluate(status(time=NOW + 5), Thresholds(), NOW)[0] == OK      # clocks of a few s
+
+
+def test_the_foreground_pidfile_check_creates_nothing(tmp_path):
+    """Regression: ``run --daemon`` checks the pidfile in the foreground, as root before the
+    drop to daemon.user; that check created the file (root's, 0644), and the detached bridge,
+    now daemon.user, could not open it and died where nobody saw it (stderr is /dev/null)."""
+    path = tmp_path / "bridge.pid"
+    PidFile(str(path)).check()
+    assert not path.exists()
+    with PidFile(str(path)):
+        with pytest.raises(AlreadyRunning, match=str(os.getpid())):
+            PidFile(str(path)).check()
+
