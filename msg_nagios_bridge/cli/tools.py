@@ -152,6 +152,9 @@ def try_message(settings: config.Settings, headers: dict, body: bytes, out: Text
         out.write(f"refused by the writer: {exc}\n")
         return TRY_REFUSED
     out.write(f"accepted from sender {verdict.sender!r}; the {kind} that would be written:\n")
+    # Escaped for the terminal: the writers keep a bidi override (and Icinga's JSON a C1
+    # control such as U+009B, a CSI) of the sender's output, which are plugin text to the core.
+    text = printable(text, keep="\n")
     out.write(text if text.endswith("\n") else text + "\n")
     return TRY_ACCEPTED
 
