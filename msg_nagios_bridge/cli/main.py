@@ -109,17 +109,17 @@ def _status(args) -> int:
     if args.json:
         print(json.dumps(status.to_json(), indent=2, sort_keys=True))
         return 0
+    from ..display import printable      # states and errors may quote remote text
     now = time.time()
     print(f"msg-nagios-bridge pid {status.pid}, status written {now - status.time:.0f} s ago")
     for part, state in sorted(status.states.items()):
-        print(f"  {part:40s} {state}  (for {now - status.since.get(part, now):.0f} s)")
+        print(f"  {printable(part):40s} {printable(state)}  (for {now - status.since.get(part, now):.0f} s)")
     for name, spool in status.spools().items():
         oldest = spool.oldest_age
         print(f"  {name:40s} {spool.depth} waiting ({spool.bytes} bytes), oldest "
               f"{'-' if oldest is None else f'{oldest:.0f} s'}, {spool.dead_letters} dead letters")
     for what, when in sorted(status.last.items()):
         print(f"  last {what:35s} {now - when:.0f} s ago")
-    from ..display import printable
     for route, value in sorted((status.numbering or {}).items()):
         print(f"  route {printable(route, 40):34s} numbered up to {value['last']} (epoch {value['epoch']})")
     if status.sequences is not None:
@@ -146,7 +146,7 @@ def _status(args) -> int:
     if status.errors:
         print("  last errors:")
         for when, text in status.errors[-10:]:
-            print(f"    {time.strftime('%H:%M:%S', time.localtime(when))}  {text}")
+            print(f"    {time.strftime('%H:%M:%S', time.localtime(when))}  {printable(text)}")
     return 0
 
 
@@ -165,8 +165,11 @@ def _check(args) -> int:
     except config.ConfigError as exc:
         print(f"MSG-BRIDGE UNKNOWN - configuration error: {exc}")
         return UNKNOWN
+    # The bridge writes its status every daemon.status_interval (up to 60 s): a status is
+    # stale only when it missed a few, or a healthy bridge with a long interval is CRITICAL.
+    stale = args.stale if args.stale is not None else max(STALE, 3 * settings.daemon.status_interval)
     limits = Thresholds(backlog=args.backlog, oldest=args.oldest, disconnected=args.disconnected,
-                        dead_letters=args.dead_letters, stale=args.stale,
+                        dead_letters=args.dead_letters, stale=stale,
                         gap=(settings.inbound.gap_warning_seconds, settings.inbound.gap_critical_seconds))
     status, unreadable = _read_status(settings)
     code, line = evaluate(status, limits, time.time(), unreadable)
@@ -206,6 +209,7 @@ def _send(args) -> int:
     return 0
 
 
+STALE = 30.0                  # check --stale's default (at least 3 status intervals)
 TRY_CANNOT_RUN = 4
 EXIT_CLOSED_PIPE = 141        # as a shell reports a command ended by SIGPIPE (128 + 13)
 EXIT_INTERRUPTED = 130        # 128 + SIGINT
@@ -286,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds without a broker or Nagios (default 120,600)")
     check.add_argument("--dead-letters", type=_pair, default=(1, 100), metavar="W,C",
                        help="dead letters kept (default 1,100)")
-    check.add_argument("--stale", type=float, default=30.0, metavar="S",
-                       help="status older than this means the bridge is not running (default 30)")
+    check.add_argument("--stale", type=float, default=None, metavar="S",
+                       help=f"status older than this means the bridge is not running (default {STALE:.0f},"
+                            " or 3 times daemon.status_interval if that is longer)")
 
     dead = command("dead-letters", _dead_letters, "list, show, requeue or purge dead letters")
     actions = dead.add_subparsers(dest="action", required=True)

@@ -38,12 +38,16 @@ def evaluate(status: Optional[Status], limits: Thresholds, now: float,
     """(exit code, one line of output with perfdata); ``unreadable`` says why there is no
     ``status`` when status.json exists but cannot be read."""
     if unreadable:
-        return CRITICAL, f"MSG-BRIDGE CRITICAL - cannot read the bridge's status: {unreadable}".replace("|", "/")
+        return CRITICAL, printable(f"MSG-BRIDGE CRITICAL - cannot read the bridge's status: {unreadable}").replace("|", "/")
     if not status:
         return CRITICAL, "MSG-BRIDGE CRITICAL - no status: the bridge is not running (or cannot write its status)"
     age = now - status.time
     if age > limits.stale:
         return CRITICAL, f"MSG-BRIDGE CRITICAL - status is {age:.0f} s old: the bridge is not running or hung"
+    if age < -limits.stale:
+        # A running bridge rewrites its status within an interval, whatever the clock did.
+        return CRITICAL, (f"MSG-BRIDGE CRITICAL - status is dated {-age:.0f} s ahead: the clock was set back"
+                          " since, and the bridge has not written again (not running or hung)")
     spools = status.spools().values()
     backlog = sum(spool.depth for spool in spools)
     oldest = max([spool.oldest_age or 0 for spool in spools] + [0])
@@ -94,7 +98,8 @@ def evaluate(status: Optional[Status], limits: Thresholds, now: float,
         perfdata += f" missing={missing} lost={lost}c"
     # Works, but will not for long (Icinga 2's compat command pipe): said, not graded.
     shown += [f"{part} {state}" for part, state in sorted(states.items()) if "deprecated" in state]
-    text = "; ".join(shown).replace("|", "/")
+    # Escaped again: a status written by an older bridge may hold a state with a line break.
+    text = printable("; ".join(shown)).replace("|", "/")
     return code, f"MSG-BRIDGE {NAMES[code]} - {text} | {perfdata}"
 
 

@@ -43,7 +43,13 @@ def list_dead_letters(spool: Spool, out: TextIO, limit: int = 1000) -> int:
     for letter in letters:
         out.write(f"{letter.dead_id:6d}  {_when(letter.rejected_at)}  "
                   f"{printable(letter.entry.message.destination, 60):60s}  {printable(letter.reason, 120)}\n")
-    out.write(f"{len(letters)} dead letter(s)\n")
+    total = spool.stats().dead_letters
+    if total > len(letters):
+        # The spool keeps up to 10,000: say that the newest are not in this list.
+        out.write(f"{len(letters)} of {total} dead letter(s) listed, the oldest: purge or requeue"
+                  f" them to list the newer ones\n")
+    else:
+        out.write(f"{len(letters)} dead letter(s)\n")
     return len(letters)
 
 
@@ -146,6 +152,9 @@ def try_message(settings: config.Settings, headers: dict, body: bytes, out: Text
         out.write(f"refused by the writer: {exc}\n")
         return TRY_REFUSED
     out.write(f"accepted from sender {verdict.sender!r}; the {kind} that would be written:\n")
+    # Escaped for the terminal: the writers keep a bidi override (and Icinga's JSON a C1
+    # control such as U+009B, a CSI) of the sender's output, which are plugin text to the core.
+    text = printable(text, keep="\n")
     out.write(text if text.endswith("\n") else text + "\n")
     return TRY_ACCEPTED
 

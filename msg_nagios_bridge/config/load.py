@@ -28,7 +28,7 @@ from .settings import (
     DEFAULT_PATH, MAX_CONFIG_BYTES, DESTINATION_FIELDS, FORMATS, ConfigError, Site, TrustRules,
     TlsSettings, BrokerSettings, SpoolSettings, OcspPipeSettings, PerfdataSettings, Route,
     SigningSettings, SignatureCheck, Subscription, InboundSettings, LOG_LEVELS, LOG_TARGETS,
-    LoggingSettings, DaemonSettings, MetricsSettings, Settings, Icinga2Settings, CORES, PREFETCH)
+    LoggingSettings, DaemonSettings, MetricsSettings, Settings, Icinga2Settings, CORES, PREFETCH, _is_secret_key)
 
 
 class _Section:
@@ -245,13 +245,22 @@ def _tls(brokers: _Section) -> TlsSettings:
     return settings
 
 
+MAX_SPOOL_MEGABYTES = 1 << 30     # a petabyte: in bytes, well within SQLite's 64-bit integers
+
+
+def _megabytes(value: int) -> Optional[str]:
+    # The limits are compared in SQL as bytes: a value past 2^43 MiB ("unlimited" typed as
+    # many nines) would fail at the first dead letter (OverflowError) and end the part.
+    return None if 1 <= value <= MAX_SPOOL_MEGABYTES else f"must be from 1 to {MAX_SPOOL_MEGABYTES} (a petabyte)"
+
+
 def _spool(root: _Section) -> SpoolSettings:
     sec = root.section("spool", ("directory", "max_messages", "max_megabytes", "max_dead_letter_megabytes"))
     settings = SpoolSettings(
         directory=sec.get("directory", str, "/var/spool/msg-nagios-bridge", _absolute_path),
         max_messages=sec.get("max_messages", int, 1_000_000, _positive),
-        max_megabytes=sec.get("max_megabytes", int, 1024, _positive),
-        max_dead_letter_megabytes=sec.get("max_dead_letter_megabytes", int, 256, _positive),
+        max_megabytes=sec.get("max_megabytes", int, 1024, _megabytes),
+        max_dead_letter_megabytes=sec.get("max_dead_letter_megabytes", int, 256, _megabytes),
     )
     return settings
 
@@ -667,6 +676,32 @@ class _NoAliasLoader(yaml.SafeLoader):
                                               event.start_mark)
         return super().compose_node(parent, index)
 
+    def construct_object(self, node, deep=False):
+        # SafeLoader's constructors raise plain Python errors for some scalars (a date such as
+        # 2024-02-30, "!!bool maybe", "!!int x"): a YAML error at the value's line instead, not a
+        # traceback (and, on a reload, not the end of the running bridge). Without the value or
+        # Python's text, which quotes it: it may be a password.
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, KeyError, AttributeError, TypeError):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a value that is not a valid {node.tag.rsplit(':', 1)[-1]}", node.start_mark) from None
+
+    def construct_number(self, node):
+        # Every number in this file is a few digits; a longer one is a mistake. Python refuses
+        # an int of over 4300 digits, a long sexagesimal float (1:2:3.5) overflows, and a
+        # sexagesimal int takes time quadratic in its length.
+        if len(self.construct_scalar(node)) > MAX_NUMBER_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number longer than {MAX_NUMBER_CHARS} characters", node.start_mark)
+        tag = node.tag.rsplit(":", 1)[-1]
+        return (yaml.SafeLoader.construct_yaml_int if tag == "int" else yaml.SafeLoader.construct_yaml_float)(self, node)
+
+
+MAX_NUMBER_CHARS = 40
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct_number)
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:float", _NoAliasLoader.construct_number)
+
 
 def load(path: str = DEFAULT_PATH) -> Settings:
     """Read and validate the file at ``path``, or raise ConfigError."""
@@ -700,11 +735,14 @@ def _warn_if_secret_is_exposed(path: str, settings: Settings) -> None:
 
 
 def as_dict(settings: Settings) -> Dict[str, Any]:
-    """Settings as plain data, secrets masked (for logs and ``check-config``)."""
-    data = dataclasses.asdict(settings)
-    if data["brokers"]["password"]:
-        data["brokers"]["password"] = "********"
-    for section in (data["brokers"]["tls"], data["signing"]):
-        if section["key_password"]:
-            section["key_password"] = "********"
-    return data
+    """Settings as plain data, secrets masked (for logs and ``check-config``): every key named
+    like a secret (``_is_secret_key``) wherever it is, so a section added later (icinga2.password
+    was shown) needs no line here."""
+    def masked(data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: "********" if value and _is_secret_key(str(key)) else masked(value)
+                    for key, value in data.items()}
+        if isinstance(data, (list, tuple)):
+            return [masked(item) for item in data]
+        return data
+    return masked(dataclasses.asdict(settings))

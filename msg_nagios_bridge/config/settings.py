@@ -228,7 +228,7 @@ class Icinga2Settings:
     cert_file: str = ""          # the bridge's client certificate (ApiUser client_cn) ...
     key_file: str = ""
     user: str = ""               # ... or an ApiUser's name and password
-    password: str = ""
+    password: str = dataclasses.field(default="", repr=False)
     publish: bool = True         # outbound: publish Icinga's check results (the event stream)
     event_queue: str = "msg-nagios-bridge"   # /v1/events queue name (2.13 requires one)
     check_source: str = ""       # what the bridge's own results carry (echo signal); "" -> msg-nagios-bridge@SITE

@@ -44,7 +44,10 @@ class Health:
             self._last[name] = time.time()
 
     def set_state(self, part: str, state: str) -> None:
-        """``since`` is when the part last went from up to held up, or back (see UP_STATES)."""
+        """``since`` is when the part last went from up to held up, or back (see UP_STATES).
+        ``state`` is escaped and cut like an error: it may quote remote text (a broker's ERROR
+        frame, often a Java stack trace), and ``status`` prints it, ``check`` puts it in its one line."""
+        state = printable(state, 1000)
         with self._lock:
             old = self._states.get(part)
             if old is None or is_up(old) != is_up(state):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from typing import TYPE_CHECKING, Callable, List
 
 from .health import is_up
@@ -14,6 +15,12 @@ if TYPE_CHECKING:
     import http.server
 
 PREFIX = "msg_nagios_bridge_"
+# Any local user can connect to the loopback endpoint: each connection is served by a thread,
+# so one that sends nothing (or reads nothing) must not keep its thread for ever, and many
+# must not make thousands of threads (the unit's TasksMax: a bridge that cannot start a thread
+# cannot reconnect to its broker).
+REQUEST_TIMEOUT = 10.0      # seconds a client has to send its request and read the answer
+MAX_CLIENTS = 16            # connections served at once; one more is closed unanswered
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -134,7 +141,28 @@ def serve(listen: str, text: Callable[[], str]) -> http.server.ThreadingHTTPServ
         def log_message(self, *args):   # no access log
             pass
 
-    server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
-    server.daemon_threads = True
+    Handler.timeout = REQUEST_TIMEOUT    # the socket's timeout for every read and write
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        slots = threading.BoundedSemaphore(MAX_CLIENTS)
+
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)      # all busy: no thread for this one
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    server = Server((host, int(port)), Handler)
     named_thread_starter("metrics")(server.serve_forever)
     return server

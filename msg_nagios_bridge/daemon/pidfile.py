@@ -20,8 +20,8 @@ class PidFile:
         self.path = path
         self.fd: Optional[int] = None
 
-    def _lock(self) -> int:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    def _lock(self, flags: int = os.O_RDWR | os.O_CREAT) -> int:
+        fd = os.open(self.path, flags | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -31,8 +31,14 @@ class PidFile:
         return fd
 
     def check(self) -> None:
-        """Raise AlreadyRunning now, in the foreground, rather than after detaching."""
-        fd = self._lock()
+        """Raise AlreadyRunning now, in the foreground, rather than after detaching.
+
+        Creates nothing: this runs before the drop to daemon.user, and a pidfile it made would
+        belong to root, which the detached bridge could then not open (it died unseen)."""
+        try:
+            fd = self._lock(os.O_RDONLY)
+        except FileNotFoundError:
+            return          # no pidfile: nothing holds it
         os.close(fd)
 
     def __enter__(self) -> "PidFile":

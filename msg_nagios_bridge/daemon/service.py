@@ -66,6 +66,7 @@ class Bridge:
         """Sinks first, then sources."""
         s = self.settings
         os.makedirs(s.spool.directory, mode=0o700, exist_ok=True)
+        _refuse_a_shared_directory(s.spool.directory)
         if s.inbound.enabled:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
             self.echo = EchoGuard(self.inbound_spool, max_objects=s.inbound.echo_guard_max_objects,
@@ -226,6 +227,16 @@ class Bridge:
             return None
         status_file.write(status_path(self.settings), snapshot)
         return snapshot
+
+
+def _refuse_a_shared_directory(directory: str) -> None:
+    """SpoolError if another user can put files in ``directory``: one who makes the spool
+    file before the bridge does (or replaces it) decides what the writer injects into the core,
+    past every inbound check, and what ``status`` and ``check`` report."""
+    info = os.stat(directory)
+    if info.st_mode & 0o002 or info.st_uid not in (os.geteuid(), 0):
+        raise SpoolError(f"spool directory {directory} (mode {info.st_mode & 0o7777:o}, owner uid {info.st_uid})"
+                         " can be written by other users: give it to the bridge's user, mode 0700")
 
 
 class _Flags:

@@ -32,6 +32,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -127,7 +128,8 @@ def _number(data: Mapping, key: str, *, optional: bool = False) -> Optional[floa
     value = data.get(key)
     if value is None and optional and key in data:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        # json reads NaN and Infinity: a status time of either would never be stale.
         raise StatusError(f"{key} is {'missing' if key not in data else repr(value)[:40]}, not a number")
     return float(value)
 

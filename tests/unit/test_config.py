@@ -60,6 +60,18 @@ def test_defaults_from_a_minimal_config():
     (MINIMAL.replace("hosts:", 'password_file: "/tmp/a\\0b", hosts:'), "brokers.password_file", "NUL"),
     (MINIMAL + "site: {name: OTHER}\n", "", "found the key 'site' twice"),
     (MINIMAL + "x: " + "[" * 3000 + "]" * 3000 + "\n", "", "too deeply"),
+    # Found in review (2026-12-06): SafeLoader raised ValueError, OverflowError or KeyError for
+    # these, a traceback (and a reload that ended the running bridge); a long sexagesimal number
+    # also took time quadratic in its length.
+    (MINIMAL.replace("/tmp/spool", "/tmp/spool, max_dead_letter_megabytes: 99999999999999"),
+     "spool.max_dead_letter_megabytes", "from 1 to 1073741824"),
+    (MINIMAL.replace("/tmp/spool", "/tmp/spool, max_megabytes: 99999999999999"),
+     "spool.max_megabytes", "from 1 to 1073741824"),
+    (MINIMAL + "x: 2024-02-30\n", "", "not a valid timestamp (line 5, column 4)"),
+    (MINIMAL + "x: !!bool maybe\n", "", "not a valid bool"),
+    (MINIMAL.replace("hosts:", "max_in_flight: 1" + "0" * 5000 + ", hosts:"), "", "a number longer than 40"),
+    (MINIMAL.replace("hosts:", "connect_timeout: 1:" + "0:" * 300 + "0.5, hosts:"), "", "a number longer than 40"),
+    (MINIMAL.replace("hosts:", "max_in_flight: 1:" + "0:" * 300000 + "0, hosts:"), "", "a number longer than 40"),
 ])
 def test_mistakes_name_file_key_value_and_reason(text, key, reason):
     with pytest.raises(config.ConfigError) as caught:
@@ -233,6 +245,8 @@ def test_the_shipped_nagios_snippet_matches_what_nagios_config_prints():
     MINIMAL.replace("/tmp/spool}", "/tmp/spool, db_password: '12345'}"),   # unknown *_password key
     MINIMAL + "brokers:\n  password: '12345\n",                            # YAML error snippets
     MINIMAL.replace("hosts:", "password: 12345: x, hosts:"),
+    MINIMAL.replace("hosts:", "password: !!int '12345x', hosts:"),          # Python's own error text
+    MINIMAL.replace("hosts:", "password: 12345" + "0" * 40 + ", hosts:"),
 ])
 def test_a_numeric_password_is_not_echoed_by_a_config_error(text):
     with pytest.raises(config.ConfigError) as caught:
@@ -287,3 +301,54 @@ def test_the_api_writer_needs_core_icinga2():
         config.parse(MINIMAL + "inbound: {enabled: true, writer: api, policy: {rules: [{senders: ['*']}]},"
                                " subscriptions: [{destination: /topic/x}]}\n")
     assert caught.value.key == "inbound.writer"
+
+
+def test_a_reload_with_a_value_yaml_cannot_convert_keeps_the_running_bridge(tmp_path):
+    """Regression: ``x: 2024-02-30`` raised ValueError out of config.load, which a reload did
+    not catch: SIGHUP with that typo ended the running bridge (and systemd restarted it into
+    the same error)."""
+    from types import SimpleNamespace
+    from msg_nagios_bridge.daemon.health import Health
+    from msg_nagios_bridge.daemon.service import _reload
+    path = tmp_path / "bridge.yaml"
+    path.write_text(MINIMAL.replace("name: SITE-A", "name: SITE-A, vo: 2024-02-30"))
+    running = SimpleNamespace(health=Health())
+    assert _reload(running, str(path)) is running
+    assert "reload refused" in running.health.snapshot()["errors"][-1][1]
+
+
+def test_the_largest_spool_limits_the_config_allows_work_in_the_spool(tmp_path):
+    """Regression: max_dead_letter_megabytes: 99999999999999 ("unlimited") passed the config;
+    the limit in bytes did not fit SQLite's integers, so the first dead letter raised
+    OverflowError and ended the part that refused it (after every restart again)."""
+    from msg_nagios_bridge.model import Message
+    from msg_nagios_bridge.spool import Spool
+    most = config.MAX_SPOOL_MEGABYTES
+    settings = config.parse(MINIMAL.replace(
+        "/tmp/spool", f"{tmp_path}, max_megabytes: {most}, max_dead_letter_megabytes: {most}"), "b.yaml")
+    spool = Spool(str(tmp_path / "s.sqlite"), max_bytes=settings.spool.max_megabytes << 20,
+                  max_dead_letter_bytes=settings.spool.max_dead_letter_megabytes << 20)
+    try:
+        assert spool.put([Message(message_id="m1", destination="/topic/x", headers={}, body=b"x")]) == 1
+        spool.add_dead_letter(Message(message_id="m2", destination="/topic/x", headers={}, body=b"x"), "why")
+        assert spool.stats().dead_letters == 1
+    finally:
+        spool.close()
+
+
+def test_check_config_verbose_masks_the_icinga2_api_password(tmp_path, capsys):
+    """Regression: `check-config -v` printed icinga2.password (read from its password_file)
+    in clear: as_dict masked only the secrets it named, and this one was added later."""
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x")
+    secret = tmp_path / "pw"
+    secret.write_text("icinga-s3cret\n")
+    secret.chmod(0o600)
+    path = tmp_path / "bridge.yaml"
+    path.write_text(ICINGA.replace("CA", str(ca)).replace("password: secret", f"password_file: {secret}"))
+    settings = config.load(str(path))
+    assert settings.icinga2.password == "icinga-s3cret"
+    assert main(["check-config", "-v", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "icinga-s3cret" not in out and '"password": "********"' in out
+    assert "icinga-s3cret" not in repr(settings)

@@ -74,3 +74,21 @@ def test_log_lines_and_status_errors_escape_remote_text():
     health = Health()
     health.error("broker refused: " + ESC)
     assert health.snapshot()["errors"][0][1] == "broker refused: \\x1b]0;owned\\x07\\x1b[2J"
+
+
+def test_a_list_cut_at_its_limit_says_how_many_dead_letters_there_are(tmp_path):
+    """Regression: with more dead letters than the list's limit (1,000; the spool keeps up to
+    10,000), the list showed the oldest and ended "1000 dead letter(s)", as if that were all."""
+    spool = Spool(str(tmp_path / "in.sqlite"))
+    for number in range(3):
+        spool.add_dead_letter(Message(message_id=f"m{number}", destination="/topic/x", headers={}, body=b"x"),
+                              f"reason {number}")
+    listed = io.StringIO()
+    assert tools.list_dead_letters(spool, listed, limit=2) == 2
+    text = listed.getvalue()
+    assert "reason 0" in text and "reason 2" not in text
+    assert text.endswith("2 of 3 dead letter(s) listed, the oldest: purge or requeue them to list the newer ones\n")
+    listed = io.StringIO()
+    tools.list_dead_letters(spool, listed)
+    assert listed.getvalue().endswith("\n3 dead letter(s)\n")
+    spool.close()

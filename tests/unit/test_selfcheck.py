@@ -248,3 +248,113 @@ def test_check_says_when_the_icinga2_event_stream_is_down():
     connected = icinga2_status(states={"icinga2_events": "connected", "icinga2_writer": "writing"},
                                inbound_spool={"depth": 12, "bytes": 3000, "oldest_age": 30.5, "dead_letters": 0})
     assert evaluate(connected, Thresholds(), NOW)[0] == OK
+
+
+def test_metrics_endpoint_bounds_its_clients_and_their_time(monkeypatch):
+    """Any local user can connect to /metrics: idle connections are closed after a timeout,
+    and beyond MAX_CLIENTS at once a connection is closed unanswered, not given a thread."""
+    import urllib.request
+    from tests.sandbox.ports import free_port
+    monkeypatch.setattr(metrics, "REQUEST_TIMEOUT", 0.5, raising=False)
+    monkeypatch.setattr(metrics, "MAX_CLIENTS", 4, raising=False)
+    port = free_port()
+    server = metrics.serve(f"127.0.0.1:{port}", lambda: "a 1\n")
+    idle = []
+    try:
+        threads = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(4)]
+        extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+        idle.append(extra)
+        assert extra.recv(100) == b"", "a fifth client at once is closed at once"
+        assert threading.active_count() <= threads + 4
+        for sock in idle[:4]:
+            assert sock.recv(100) == b"", "a client that sends nothing is closed after the timeout"
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert body == b"a 1\n", "the slots are free again"
+    finally:
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_remote_text_in_a_state_is_escaped_for_status_and_check(tmp_path, capsys):
+    """A broker's ERROR frame (often a Java stack trace; any byte, ESC too) becomes the
+    publisher's state: `status` must not print an escape sequence to the operator's terminal,
+    and `check` must stay one line with its perfdata."""
+    from msg_nagios_bridge import config
+    from msg_nagios_bridge.cli.main import main
+    from msg_nagios_bridge.daemon import status as status_file
+    from msg_nagios_bridge.daemon.health import Health
+    from msg_nagios_bridge.paths import status_path
+    import time
+    remote = "disconnected: b1:61613: refused: \x1b]2;owned\x07\x1b[2J bad\n\tat org.apache.X"
+    health = Health()
+    health.set_state("publisher", remote)
+    state = health.snapshot()["states"]["publisher"]
+    assert state.startswith("disconnected: b1:61613: refused: ") and not any(c in state for c in "\x1b\x07\n\t")
+    # A status file written before the state was escaped (or by hand) still holds the raw text.
+    raw = status(states={"publisher": remote}, since={"publisher": NOW - 700})
+    code, line = evaluate(raw, Thresholds(), NOW)
+    assert code == CRITICAL and not any(c in line for c in "\x1b\x07\n\t")
+    assert "for 700 s" in line.split("|")[0]
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(f"site: {{name: S}}\nbrokers: {{hosts: ['127.0.0.1:1']}}\nspool: {{directory: {tmp_path}}}\n")
+    status_file.write(status_path(config.load(str(cfg))), Status.from_json(
+        {**raw.to_json(), "time": time.time(), "errors": [[NOW, "broker said \x1b[2J"]]}))
+    assert main(["status", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "refused: \\x1b]2;owned" in out and "broker said \\x1b[2J" in out and "\x1b" not in out
+
+
+def test_check_gives_a_long_status_interval_time_before_calling_the_status_stale(tmp_path, capsys):
+    """Regression: daemon.status_interval may be up to 60 s, but check called a status older
+    than 30 s stale: a healthy bridge with a long interval was CRITICAL half of the time."""
+    import time
+    from msg_nagios_bridge import config
+    from msg_nagios_bridge.cli.main import main
+    from msg_nagios_bridge.daemon import status as status_file
+    from msg_nagios_bridge.paths import status_path
+    cfg = tmp_path / "bridge.yaml"
+    base = f"site: {{name: S}}\nbrokers: {{hosts: ['127.0.0.1:1']}}\nspool: {{directory: {tmp_path}}}\n"
+    written_45_s_ago = Status.from_json({**status().to_json(), "time": time.time() - 45})
+    cfg.write_text(base + "daemon: {status_interval: 60}\n")
+    status_file.write(status_path(config.load(str(cfg))), written_45_s_ago)
+    assert main(["check", "-c", str(cfg)]) == OK, capsys.readouterr().out
+    assert main(["check", "-c", str(cfg), "--stale", "40"]) == CRITICAL
+    cfg.write_text(base)                                   # 2 s: 45 s without a status is stale
+    assert main(["check", "-c", str(cfg)]) == CRITICAL
+    assert "s old: the bridge is not running or hung" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("written", ['{"time": NaN, "pid": 1}', '{"time": Infinity, "pid": 1}',
+                                     '{"time": 1e400, "pid": 1}'])
+def test_a_status_that_could_never_be_stale_is_not_read_as_fresh(tmp_path, written):
+    """Regression: json reads NaN and Infinity, and a status time of either was never older
+    than --stale: check said OK for ever, running bridge or not."""
+    from msg_nagios_bridge.daemon import status as status_file
+    path = tmp_path / "status.json"
+    path.write_text(written)
+    with pytest.raises(status_file.StatusError, match="time is .*, not a number"):
+        status_file.read(str(path))
+
+
+def test_a_status_dated_ahead_of_the_clock_is_critical():
+    """A clock set back after the bridge last wrote: only a bridge that stopped writing leaves
+    such a status for longer than --stale."""
+    code, line = evaluate(status(time=NOW + 3600), Thresholds(), NOW)
+    assert code == CRITICAL and "dated 3600 s ahead" in line
+    assert evaluate(status(time=NOW + 5), Thresholds(), NOW)[0] == OK      # clocks of a few s
+
+
+def test_the_foreground_pidfile_check_creates_nothing(tmp_path):
+    """Regression: ``run --daemon`` checks the pidfile in the foreground, as root before the
+    drop to daemon.user; that check created the file (root's, 0644), and the detached bridge,
+    now daemon.user, could not open it and died where nobody saw it (stderr is /dev/null)."""
+    path = tmp_path / "bridge.pid"
+    PidFile(str(path)).check()
+    assert not path.exists()
+    with PidFile(str(path)):
+        with pytest.raises(AlreadyRunning, match=str(os.getpid())):
+            PidFile(str(path)).check()
+

@@ -139,3 +139,26 @@ def test_a_reload_whose_valid_config_cannot_start_goes_back_to_the_running_one(t
         assert any(text.startswith("reload failed") for _, text in fresh.health.snapshot()["errors"])
     finally:
         fresh.stop()
+
+
+def test_a_spool_directory_other_users_can_write_to_is_refused(tmp_path):
+    """Regression: a world-writable spool.directory (e.g. one under /tmp) was used as it was:
+    another user who makes inbound.sqlite before the bridge decides what it injects into the
+    core, past every inbound check. The bridge now refuses to start on it, and says why."""
+    import pytest
+    from msg_nagios_bridge.spool import SpoolError
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool").chmod(0o777)
+    path = tmp_path / "bridge.yaml"
+    path.write_text(CONFIG.format(tmp=tmp_path))
+    bridge = service.Bridge(config.load(str(path)))
+    try:
+        with pytest.raises(SpoolError, match="can be written by other users"):
+            bridge.start()
+        assert not (tmp_path / "spool" / "inbound.sqlite").exists()
+    finally:
+        bridge.stop(budget=5)
+    (tmp_path / "spool").chmod(0o700)
+    bridge = service.Bridge(config.load(str(path)))
+    bridge.start()
+    bridge.stop(budget=5)

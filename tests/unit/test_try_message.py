@@ -60,6 +60,20 @@ def test_an_accepted_message_prints_the_exact_command_line(tmp_path):
     assert "PROCESS_SERVICE_CHECK_RESULT;se01.example.org;org.sam.SRM-Put;2;disk full" in out
 
 
+def test_what_would_be_written_is_shown_with_the_senders_bidi_and_c1_characters_escaped(tmp_path):
+    """Regression: the command line keeps a U+202E of the sender's output (plugin text to
+    Nagios), and Icinga's JSON a U+009B (a CSI to many terminals): try-message printed both raw
+    to the operator's terminal, which display.printable exists to prevent."""
+    import io
+    settings = config.load(str(write_config(tmp_path)))
+    out = io.StringIO()
+    message = body(details="x \u202e gnp.exe \x9b2J y")
+    assert tools.try_message(settings, {"nagios_host": "site-a"}, message, out) == tools.TRY_ACCEPTED
+    shown = out.getvalue()
+    assert "\u202e" not in shown and "\x9b" not in shown
+    assert "disk full\\nx \\u202e gnp.exe" in shown and shown.endswith("y\n")
+
+
 def test_a_refused_message_prints_the_reason_the_dead_letter_would_record(tmp_path):
     done = try_message(write_config(tmp_path), "--header", "nagios_host=stranger", "-", stdin=body())
     assert done.returncode == 1
