@@ -224,7 +224,7 @@ def test_a_reload_mid_stream_loses_nothing(icinga2_factory, rig_factory):
     feeder = threading.Thread(target=lambda: [rig.put(results[i:i + 20]) or time.sleep(0.02)
                                               for i in range(0, len(results), 20)])
     feeder.start()
-    wait_until(lambda: rig.health.counter("injected") >= 100 or None, 20)
+    assert wait_until(lambda: rig.health.counter("injected") >= 100 or None, 20), rig.state()   # mid-stream
     icinga.reload()
     feeder.join()
     assert rig.wait_empty(60), rig.state()
@@ -538,7 +538,7 @@ def test_bridge_icinga_stopped_mid_stream_then_started_loses_nothing(activemq, i
     results = results_for(300, "stopped")
     publisher = Publisher(activemq, results, rate=100)
     publisher.start()
-    wait_until(lambda: publisher.sent >= 80 or None, 20)
+    assert wait_until(lambda: publisher.sent >= 80 or None, 20), (publisher.sent, publisher.error)   # mid-stream
     icinga.stop()
     assert bridge.wait_state("icinga2_writer", "waiting: "), bridge.status()
     time.sleep(3)
@@ -559,7 +559,7 @@ def test_bridge_icinga_reloaded_mid_stream_loses_nothing(activemq, icinga2_facto
     publisher = Publisher(activemq, results, rate=100)
     publisher.start()
     for at in (80, 180):
-        wait_until(lambda: publisher.sent >= at or None, 20)
+        assert wait_until(lambda: publisher.sent >= at or None, 20), (publisher.sent, publisher.error)
         icinga.reload()
     publisher.join(60)
     assert publisher.error is None, publisher.error
@@ -577,7 +577,7 @@ def test_bridge_killed_mid_stream_and_restarted_loses_nothing(activemq, icinga2_
     results = results_for(300, "kill9")
     publisher = Publisher(activemq, results, rate=100)
     publisher.start()
-    wait_until(lambda: publisher.sent >= 120 or None, 20)
+    assert wait_until(lambda: publisher.sent >= 120 or None, 20), (publisher.sent, publisher.error)
     bridge.kill()
     time.sleep(1)
     bridge.start()

@@ -2,7 +2,11 @@
 action table, the object list's refresh rules, the ApiUser wiring and the echo signal.
 (The same against the real Icinga 2: tests/integration/test_icinga2_inbound.py.)"""
 import json
+import os
+import pathlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -25,6 +29,7 @@ from msg_nagios_bridge.model import CheckResult, Message
 from msg_nagios_bridge.spool import SpoolEntry
 from tests.sandbox.pki import Authority
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SOURCE = "msg-nagios-bridge@central"
 
 
@@ -305,7 +310,15 @@ def test_an_object_has_one_lane_the_same_in_every_run_and_objects_spread_over_al
     # crc32: the lane does not depend on Python's per-process hash seed.
     assert [lane_of(name, 4) for name in ("h1!s1", "h1!s2", "h2", "host-0007!svc-0042")] == [
         zlib.crc32(name.encode()) % 4 for name in ("h1!s1", "h1!s2", "h2", "host-0007!svc-0042")]
-    assert lane_of("h1!s1", 4) == lane_of("h1!s1", 4)
+    # The same in every run, whatever Python's hash seed: other processes, other seeds.
+    names = [f"h{h}!s{s}" for h in range(5) for s in range(20)]
+    here = [lane_of(name, 4) for name in names]
+    for seed in ("1", "2"):
+        other = subprocess.run(
+            [sys.executable, "-c", "import sys\nfrom msg_nagios_bridge.cores.icinga2.writer import lane_of\n"
+             "print([lane_of(name, 4) for name in sys.argv[1:]])", *names],
+            capture_output=True, text=True, check=True, cwd=str(REPO), env=dict(os.environ, PYTHONHASHSEED=seed))
+        assert other.stdout.strip() == str(here), other.stderr
     assert {lane_of(f"h{h}!s{s}", 4) for h in range(5) for s in range(20)} == {0, 1, 2, 3}
     assert {lane_of(f"h{h}!s{s}", 1) for h in range(5) for s in range(20)} == {0}
 

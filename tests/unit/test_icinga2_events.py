@@ -16,6 +16,7 @@ from msg_nagios_bridge.cores.icinga2 import events
 from msg_nagios_bridge.cores.icinga2.event_record import (MARKS_KIND, MAX_EVENT_BYTES, BadEvent, catch_up_line,
                                                           parse_event)
 from msg_nagios_bridge.daemon.health import Health
+from msg_nagios_bridge.model import CheckResult
 from msg_nagios_bridge.outbound.intake import Intake
 from msg_nagios_bridge.outbound.routing import Router
 from msg_nagios_bridge.spool import Spool
@@ -209,25 +210,28 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 @given(st.sampled_from(["type", "host", "service", "check_result"]), json_values)
 def test_any_value_in_any_event_key_is_a_result_or_a_value_error(key, value):
     try:
-        parse_event(json.dumps({**SERVICE_EVENT, key: value}))
+        result = parse_event(json.dumps({**SERVICE_EVENT, key: value}))
     except ValueError:
-        pass
+        return
+    assert isinstance(result, CheckResult)
 
 
 @given(st.sampled_from(sorted(SERVICE_EVENT["check_result"]) + ["vars_after"]), json_values)
 def test_any_value_in_any_result_key_is_a_result_or_a_value_error(key, value):
     try:
-        parse_event(json.dumps(with_result(**{key: value})))
+        result = parse_event(json.dumps(with_result(**{key: value})))
     except ValueError:
-        pass
+        return
+    assert isinstance(result, CheckResult)
 
 
 @given(st.binary(max_size=300))
 def test_any_bytes_are_a_result_or_a_value_error(data):
     try:
-        parse_event(data.decode("utf-8", "replace"))
+        result = parse_event(data.decode("utf-8", "replace"))
     except ValueError:
-        pass
+        return
+    assert isinstance(result, CheckResult)
 
 
 # -- the bounded line reader -----------------------------------------------------------------

@@ -22,9 +22,10 @@ RULES = judgement.Rules(mapping=Mapping(), policy=ALLOW_ALL)
 SENDER = {"nagios_host": "nagios.site-a.org"}
 
 
-def wlcg(host="se01.example.org", service="org.sam.SRM-Put", when="2024-01-01T00:00:00Z", status="OK", **extra):
+def wlcg(host="se01.example.org", service="org.sam.SRM-Put", when="2024-01-01T00:00:00Z", status="OK",
+         summaryData="fine", **extra):
     lines = [f"hostName: {host}", f"metricName: {service}", f"metricStatus: {status}", f"timestamp: {when}",
-             "summaryData: fine"] + [f"{k}: {v}" for k, v in extra.items()]
+             f"summaryData: {summaryData}"] + [f"{k}: {v}" for k, v in extra.items()]
     return ("\n".join(lines) + "\nEOT\n").encode()
 
 
@@ -51,7 +52,7 @@ FAMILIES = {
     "json many keys": lambda n: ({}, _json_key_flood(n)),
     "json huge number": lambda n: ({}, b'{"host":"h","service":"s","state":' + b"1" * n + b"}"),
     "json huge exponent": lambda n: ({}, b'{"host":"h","service":"s","state":0,"epoch":1e' + b"9" * n + b"}"),
-    "wlcg many tiny lines": lambda n: ({}, b"a:b\n" * (n // 4) + b"EOT\n"),
+    "wlcg many tiny lines": lambda n: ({}, b"".join(b"%x:b\n" % i for i in range(n // 8)) + b"EOT\n"),  # keys differ
     "wlcg many blank lines": lambda n: ({}, b"\n" * n + b"EOT\n"),
     "wlcg one huge line": lambda n: ({}, b"x" * n),
     "wlcg colons": lambda n: ({}, b"x:" * (n // 2) + b"\nEOT\n"),

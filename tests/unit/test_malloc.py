@@ -66,3 +66,6 @@ def test_rss_stays_flat_while_subscribers_rebuild_the_recent_id_memory():
     blocks in the arenas of the threads that had used them."""
     fixed = churn("fixed")
     assert max(fixed) - fixed[0] < 20, f"RSS (MB) after each subscriber: {fixed}"
+    # The control: without the fix the same churn does step up (else the test proves nothing).
+    plain = churn("plain")
+    assert max(plain) - plain[0] >= 20, f"RSS (MB) without the fix: {plain}: the churn no longer shows the growth"
