@@ -905,6 +905,15 @@ class Spool:
                               " ORDER BY id LIMIT ?", (limit,))
         return [DeadLetter(row[0], _entry(row[1:8]), row[8], row[9]) for row in rows]
 
+    def dead_letter(self, dead_id: int) -> Optional[DeadLetter]:
+        """The dead letter ``dead_id``, or None."""
+        with self._lock:
+            rows = self._read("read a dead letter",
+                              "SELECT id, entry_id, message_id, destination, headers, body,"
+                              " enqueued_at, attempts, reason, rejected_at FROM dead_letters"
+                              " WHERE id = ?", (dead_id,))
+        return DeadLetter(rows[0][0], _entry(rows[0][1:8]), rows[0][8], rows[0][9]) if rows else None
+
     def requeue_dead_letter(self, dead_id: int) -> Optional[int]:
         """Put a dead letter back in the queue (attempts 0, enqueued now); return its new id.
 

@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # tests/integration/test_package.py runs the unpacked package on them with /usr/bin/python3.
 # python3-openssl (with python3-cryptography): common on grid boxes, and what made Debian's
 # stomp.py 8.0.0 probe the broker without the client certificate; test_tls.py runs TLS with it.
+# systemd: its systemd-analyze verifies the packaged units (test_package.py), offline.
 packages=(activemq nagios4-core monitoring-plugins-basic python3-venv
-          python3-stomp python3-yaml python3-daemon python3-openssl python3-cryptography)
+          python3-stomp python3-yaml python3-daemon python3-openssl python3-cryptography systemd)
 updated=0
 missing=()
 for p in "${packages[@]}"; do

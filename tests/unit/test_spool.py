@@ -351,6 +351,8 @@ def test_dead_letters_keep_reason_and_can_be_requeued_or_purged(tmp_path):
         assert [(d.entry.message.message_id, d.reason, d.rejected_at) for d in dead] == [
             ("id-0", "destination not allowed", clock.now - 10), ("id-1", "too large", clock.now)]
         assert dead[0].entry.message == msg(0)
+        assert spool.dead_letter(dead[1].dead_id) == dead[1]             # one, by its id
+        assert spool.dead_letter(dead[1].dead_id + 1) is None
         stats = spool.stats()
         assert (stats.depth, stats.dead_letters, stats.rejected, stats.leased) == (2, 2, 2, 2)
         assert spool.put([msg(0)]) == 0  # a source re-reading it does not bring it back
