@@ -63,8 +63,9 @@ FAMILIES = {
     "wlcg huge uri": lambda n: ({}, wlcg(serviceURI="a://" * (n // 4))),
     "wlcg huge timestamp": lambda n: ({}, wlcg(when="1" * n)),
     "wlcg huge names": lambda n: ({}, wlcg(host="h" * (n // 2), service="s" * (n // 2))),
-    "mixed encodings": lambda n: ({}, ("é".encode("latin-1") + "é".encode()) * (n // 3)),
-    "overlong utf-8": lambda n: ({}, b"\xc0\xaf" * (n // 2)),
+    # A body valid up to its last bytes: read to the end before the bad encoding shows.
+    "mixed encodings": lambda n: ({}, wlcg(detailsData="é" * (n // 2))[:-4] + "é".encode("latin-1") + b"\nEOT\n"),
+    "overlong utf-8": lambda n: ({}, wlcg(detailsData="d" * n)[:-4] + b"\xc0\xaf\nEOT\n"),
     "thousands of headers": lambda n: ({f"h{i}": "v" for i in range(n // 100)}, wlcg()),
     "one long header name": lambda n: ({"x" * n: "v"}, wlcg()),
     "one long header value": lambda n: ({"role": "r" * n}, wlcg()),
