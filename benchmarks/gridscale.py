@@ -62,6 +62,11 @@ per result, bridge RSS, the backlog, lost (sent, never injected: must be 0) and 
 keeps up when over its last quarter the backlog is under 2 s worth of results or at most half a
 second's worth above its first quarter's. The ramp stops at the first step that does not; where
 its backlog waits (and the CPU figures) say whether the bridge, Nagios or the machine is the limit.
+--consumer raw puts benchmarks/raw_central.py in the bridge's place: raw stomp.py with cumulative
+acks and the bridge's prefetch, each record turned into a command line written into the FIFO, no
+spool, fsync or judging. The same ramp with it is the baseline: a step it keeps up with and the
+bridge does not is the bridge's limit; a step neither keeps up with is the broker's, Nagios's or
+the machine's.
 
 Repetitions (--runs N): one run loads a 500,000-service Nagios and a broker for minutes, so a
 repetition here is a window: each reported step (the sustained window, or each ramp step) is cut
@@ -86,6 +91,7 @@ import re
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -109,7 +115,7 @@ from msg_nagios_bridge.spool import Spool  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.procfs import busiest_thread, cpu_seconds, peak_rss_mb, rss_mb, thread_cpu  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: E402
-from tests.sandbox.ports import children_of  # noqa: E402
+from tests.sandbox.ports import children_of, track  # noqa: E402
 
 SITE_TOPIC = "/topic/grid.probe.metricOutput.EGEE.{role}.{site}"   # the default route's
 SITE_TOPICS = "grid.probe.metricOutput.EGEE.site.>"
@@ -123,6 +129,7 @@ FORWARD_XML = f"""    <destinationInterceptors><virtualDestinationInterceptor><v
 SUBSCRIPTIONS = {"queue": f"/queue/{CENTRAL_QUEUE}", "durable": f"/topic/{SITE_TOPICS}"}
 LINE_RE = re.compile(rb"id=(\d+) sent=(\d+\.\d+)")
 BROKER_HEAP = "1G"
+RAW_PREFETCH = InboundSettings.prefetch     # the bridge's default, for --consumer raw
 BEHIND_LIMIT = 1.0         # s behind schedule that make a generator's figure invalid
 
 
@@ -134,6 +141,38 @@ class CentralBroker(ActiveMQ):
 
     def command(self):
         return [f"-Xmx{BROKER_HEAP}" if arg == "-Xmx256M" else arg for arg in super().command()]
+
+
+class RawCentral(Bridge):
+    """--consumer raw: benchmarks/raw_central.py in the bridge's place (its status.json has
+    what the sampler reads), the baseline that says whether a step the bridge cannot keep up
+    with is the broker's and Nagios's limit too."""
+
+    def __init__(self, workdir, port, destination, prefetch, fifo):
+        super().__init__(workdir, "")
+        self.argv = [sys.executable, str(Path(__file__).resolve().parent / "raw_central.py"), str(port),
+                     destination, str(prefetch), str(fifo), str(workdir)]
+
+    def start(self, wait_for=None, timeout=15.0):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
+                                     start_new_session=True)
+        log.close()
+        track(self)
+        return self
+
+
+class RawWatch:
+    """SpoolWatch's poll for RawCentral: what it took from the broker (it holds nothing)."""
+
+    def __init__(self, consumer):
+        self.consumer = consumer
+
+    def poll(self):
+        return self.consumer.status().get("counters", {}).get("received", 0), 0, 0
+
+    def close(self):
+        pass
 
 
 class Grid:
@@ -532,9 +571,13 @@ def run(args, tmp: Path):
             central += f"  prefetch: {args.prefetch}\n"
         if args.ack_delay:
             central += f"  ack_delay: {args.ack_delay}\n"
-        if not args.cold:
-            info["primed_mb"] = grid.prime_echo_guard(work / "spool" / "inbound.sqlite")
-        bridge = Bridge(work, bridge_config(work, [broker.stomp_port], ocsp=False, inbound=central))
+        if args.consumer == "raw":
+            bridge = RawCentral(work, broker.stomp_port, SUBSCRIPTIONS[args.subscription],
+                                args.prefetch or RAW_PREFETCH, nagios.command_file)
+        else:
+            if not args.cold:
+                info["primed_mb"] = grid.prime_echo_guard(work / "spool" / "inbound.sqlite")
+            bridge = Bridge(work, bridge_config(work, [broker.stomp_port], ocsp=False, inbound=central))
         bridge.start()
         deadline = time.monotonic() + 60
         # A durable subscription must exist before the first SEND to a site topic.
@@ -549,7 +592,7 @@ def run(args, tmp: Path):
         time.sleep(5.0)
         info["idle"] = idle.stop()
         info["bridge_idle_rss"] = rss_mb(bridge.pid)
-        watch = SpoolWatch(work / "spool" / "inbound.sqlite")
+        watch = RawWatch(bridge) if args.consumer == "raw" else SpoolWatch(work / "spool" / "inbound.sqlite")
         tail = InjectTail(nagios.log_file, tag, schedule.total)
         gens = Generators(broker, nprocs, max(1, args.connections // nprocs), grid, schedule, tag,
                           not args.non_persistent)
@@ -667,7 +710,10 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
         + (f", exit codes {info['gen_exit']}" if any(info["gen_exit"]) else "")
         + (f". **INVALID: the generator fell behind by more than {BEHIND_LIMIT:.0f} s; the rates "
            "below are not the rates asked for.**" if invalid else "."),
-        f"- Central bridge: subscribed to {SUBSCRIPTIONS[args.subscription]}"
+        ("- **Central consumer: the raw stomp.py baseline (benchmarks/raw_central.py), not the bridge**:"
+         " no spool, no judging, cumulative acks, whole lines into the FIFO; every 'bridge' below is"
+         " this consumer. " if args.consumer == "raw" else "")
+        + f"- Central bridge: subscribed to {SUBSCRIPTIONS[args.subscription]}"
         + (" (the broker forwards every site topic into it)" if args.subscription == "queue"
            else " (durable)") + f", prefetch {args.prefetch or f'default ({InboundSettings.prefetch})'}, writer "
         f"command_file; its echo guard "
@@ -862,6 +908,9 @@ def parse_args():
                         help="inbound.prefetch of the bridge (default: the bridge's default)")
     parser.add_argument("--ack-delay", type=float, default=0.0,
                         help="inbound.ack_delay of the bridge (default 0, the bridge's default)")
+    parser.add_argument("--consumer", choices=("bridge", "raw"), default="bridge",
+                        help="raw: benchmarks/raw_central.py (raw stomp.py into the FIFO, no spool "
+                             "or judging) in the central bridge's place, the baseline for the ramp")
     parser.add_argument("--baseline-count", type=int, default=50000,
                         help="results for Nagios's own FIFO rate")
     parser.add_argument("--status-interval", type=int, default=3600,
@@ -876,6 +925,8 @@ def parse_args():
     args = parser.parse_args()
     if args.runs < 0:
         parser.error("--runs must be at least 1 (or 0: the default)")
+    if args.consumer == "raw" and (args.write_doc or args.subscription == "durable"):
+        parser.error("--consumer raw is a baseline: no --write-doc, and only --subscription queue")
     args.rate = args.rate or args.sites * args.services / 300
     args.run_id = uuid.uuid4().hex[:6]
     args.command = "python benchmarks/gridscale.py " + shlex.join(sys.argv[1:])

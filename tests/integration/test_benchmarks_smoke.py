@@ -211,6 +211,18 @@ def test_gridscale():
     assert_all_delivered(out)
 
 
+def test_gridscale_raw_consumer_baseline():
+    """--consumer raw: benchmarks/raw_central.py in the bridge's place takes every result into
+    Nagios, and the report says it is the baseline."""
+    out = bench("gridscale.py", "--duration", "6", "--warmup", "2", "--sites", "2", "--services", "20",
+                "--hosts-per-site", "2", "--rate", "100", "--baseline-count", "500", "--consumer", "raw",
+                "--drain-timeout", "60", "--stall-timeout", "10")
+    assert "**Central consumer: the raw stomp.py baseline (benchmarks/raw_central.py), not the bridge**" in out, out
+    assert "**Lost: 0** of 800 sent" in out, out
+    assert re.search(r"counters received 800, injected 800", out), out
+    assert_all_delivered(out)
+
+
 def test_reliability():
     out = bench("reliability.py", "--rounds", "1", "--duration", "3", "--rate", "50", "--kills", "1",
                 "--only", "broker SIGKILL")
