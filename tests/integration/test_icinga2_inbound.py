@@ -38,10 +38,24 @@ HOSTS = ["ce01.remote.org", "ce02.remote.org"]
 
 
 
+MARKER = ("router.remote.org", "marker")   # a service no result goes to: see wait_for_the_stream
+
+
+def wait_for_the_stream(icinga, stream, timeout=15):
+    """Wait until ``stream`` holds the events of every result Icinga has recorded so far:
+    events come in the order of the results (in 5 s batches on 2.13), so once a marker result
+    sent now is on the stream, everything before it is too."""
+    output = f"marker {time.monotonic()}"
+    assert icinga.process_check_result(*MARKER, 0, output).status == 200
+    assert wait_until(lambda: any(e["check_result"]["output"] == output for e in stream.events) or None,
+                      timeout), "the marker's event did not come"
+
+
 def central_icinga(icinga2_factory, services=40, password=PASSWORD):
-    """An Icinga with passive services svc000.. on each of HOSTS and the bridge's ApiUser."""
+    """An Icinga with passive services svc000.. on each of HOSTS, the MARKER service and the
+    bridge's ApiUser."""
     objects = [passive_service(h, f"svc{i:03d}") for h in HOSTS for i in range(services)]
-    objects += [host("router.remote.org")]
+    objects += [host("router.remote.org"), passive_service(*MARKER)]
     return icinga2_factory(objects=objects,
                            api_users={USER: {"password": password, "permissions": PERMISSIONS}})
 
@@ -289,9 +303,8 @@ def test_many_results_for_a_few_objects_through_several_lanes_land_in_order_and_
     assert rig.health.counter("injected") == len(results) and rig.health.counter("icinga2_no_answer") == 0
     for h, s in objects:
         assert icinga.object_state(h, s)["last_check_result"]["output"] == f"lanes {h}!{s} #{rounds - 1:03d}"
-    # 2.13 delivers events in 5 s batches.
-    assert wait_until(lambda: len(stream.events) >= len(results) or None, 20), len(stream.events)
-    time.sleep(1)
+    wait_for_the_stream(icinga, stream, timeout=20)     # 2.13 delivers events in 5 s batches
+    assert len(stream.events) >= len(results) + 1, len(stream.events)     # and the marker
     seen = {}
     for event in stream.events:
         if event["check_result"].get("check_source") == SOURCE:
@@ -381,8 +394,9 @@ logging: {{level: INFO}}
         assert left, bridge.log_text()[-3000:]
         bridge.start()
         assert wait_until(lambda: spool_depth(path) == 0 or None, 60), bridge.log_text()[-3000:]
-        assert wait_until(lambda: len(stream.events) >= len(results) or None, 15)
-        delivered, lost, duplicated = tally(icinga, results, stream)
+        wait_for_the_stream(icinga, stream)      # every result was answered: all their events
+        assert len(stream.events) >= len(results) + 1             # and the marker
+        delivered, lost, duplicated = tally(icinga, results, stream, settle=0)
         seen = {(e["host"], e["service"], e["check_result"]["output"]) for e in stream.events}
         on_stream = sum(1 for r in results
                         if (r.host, r.service, f"{r.output}\n{r.long_output}") in seen)
@@ -618,7 +632,8 @@ def test_the_hostile_corpus_into_icinga_only_check_results_land_and_both_stay_up
     from tests.integration.test_hostile import GENERATED, GENERATED_HEADERS, corpus
     from tests.sandbox.stomp_probe import publish
     icinga = icinga2_factory(objects=[passive_service("se01.example.org", "org.sam.SRM-Put"),
-                                      passive_service("ce01.example.org", "org.sam.CE-JobSubmit")],
+                                      passive_service("ce01.example.org", "org.sam.CE-JobSubmit"),
+                                      passive_service(*MARKER)],
                              api_users={USER: {"password": PASSWORD, "permissions": PERMISSIONS}})
     before = icinga.api("GET", "/v1/objects/services?attrs=name").body["results"]
     # Anything but a check result (a comment, downtime, acknowledgement...) would show here.
@@ -637,7 +652,7 @@ def test_the_hostile_corpus_into_icinga_only_check_results_land_and_both_stay_up
     assert counters.get("refused", 0) > 0 and accepted > 0, counters
     assert bridge.wait_status(lambda status: status["counters"].get("injected", 0) == accepted
                               and status["inbound_spool"]["depth"] == 0, timeout=30), bridge.status()
-    time.sleep(6)           # 2.13 sends events in 5 s batches
+    wait_for_the_stream(icinga, stream)     # the events of all that was injected
     stream.close()
     assert bridge.proc.poll() is None and icinga.running() and icinga.api_answers()
     kinds = {event["type"] for event in stream.events}

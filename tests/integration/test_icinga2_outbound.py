@@ -306,6 +306,20 @@ def account(title, sender, published_outputs, newest, catch_up_results, duplicat
 
 
 SERVICES = [f"s{i}" for i in range(10)]
+MARKER = "marker"      # a service of h1 besides SERVICES: its result, sent last, closes a run
+
+
+def fault_objects():
+    return [passive_service("h1", s) for s in SERVICES + [MARKER]]
+
+
+def mark_the_end(core):
+    """Send the marker's result after everything else and return its output: events come in
+    the order Icinga recorded the results, so once it is published, every event sent before it
+    on the same stream is too (what a fixed wait of one more 5 s batch was for)."""
+    output = f"the end {time.monotonic()}"
+    assert core.process_check_result("h1", MARKER, 0, output).status == 200
+    return output
 
 
 def run_fault(core, rig, fault, times, title, gap=7.0, **account_options):
@@ -324,18 +338,19 @@ def run_fault(core, rig, fault, times, title, gap=7.0, **account_options):
         sender.stop()
     wait_for(lambda: rig.state() in ("connected", "reading"), 20, "the stream connected again")
     newest = newest_outputs(core, SERVICES)
-    # Every newest result must come, by the stream or a catch-up; late ones within the batching.
-    deadline = time.monotonic() + 2 * EVENT_DELAY
-    while time.monotonic() < deadline and not set(newest.values()) <= set(rig.outputs()):
+    end = mark_the_end(core)
+    # Every newest result must come, by the stream or a catch-up; late ones within the batching;
+    # the marker after them, so that events of intermediate results on their way are in too.
+    deadline = time.monotonic() + 3 * EVENT_DELAY
+    while time.monotonic() < deadline and not set(newest.values()) | {end} <= set(rig.outputs()):
         time.sleep(0.2)
-    time.sleep(EVENT_DELAY)                                   # events of intermediate results still on their way
     counters = rig.health.snapshot()["counters"]
     return account(title, sender, rig.outputs(), newest, counters.get(f"{events.SOURCE}.catch_up_results", 0),
                    rig.spool.stats().duplicates, **account_options), counters
 
 
 def test_icinga_reloads_mid_stream_lose_no_newest_result(icinga2_factory, rigs):
-    core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
+    core = icinga2_factory(objects=fault_objects())
     rig = rigs(core)
     lost_newest, counters = run_fault(core, rig, lambda i: core.reload(), 3, "Icinga reloaded 3 times mid-stream")
     assert lost_newest == []
@@ -344,7 +359,7 @@ def test_icinga_reloads_mid_stream_lose_no_newest_result(icinga2_factory, rigs):
 
 
 def test_icinga_restarts_mid_stream_lose_no_newest_result(icinga2_factory, rigs):
-    core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
+    core = icinga2_factory(objects=fault_objects())
     rig = rigs(core)
     lost_newest, counters = run_fault(core, rig, lambda i: core.restart(), 2, "Icinga restarted 2 times mid-stream")
     assert lost_newest == []
@@ -358,7 +373,7 @@ def test_icinga_killed_mid_stream_the_bridge_publishes_what_icinga_still_has(ici
     everything, it never wrote its state). The bridge publishes what Icinga still holds, and
     what the stream had brought before the crash; what waited in Icinga's event inbox at the
     crash is gone for everybody: printed, not asserted."""
-    core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
+    core = icinga2_factory(objects=fault_objects())
     rig = rigs(core)
     before_crash = {}
 
@@ -441,7 +456,7 @@ class TcpProxy:
 
 
 def test_dropped_connections_lose_no_newest_result(icinga2_factory, rigs):
-    core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
+    core = icinga2_factory(objects=fault_objects())
     proxy = TcpProxy(core.api_port)
     try:
         rig = rigs(core, port=proxy.port)
@@ -618,17 +633,19 @@ def account_probe(title, sender, probe, newest, catch_ups):
 
 
 def settle(core, probe):
-    """{object: its newest output}, once every newest one arrived (or 3 batches passed)."""
+    """{object: its newest output}, once every newest one and the marker sent after them
+    (mark_the_end) arrived, or 4 batches passed."""
     newest = newest_outputs(core, SERVICES)
-    deadline = time.monotonic() + 3 * EVENT_DELAY
-    while time.monotonic() < deadline and not set(newest.values()) <= {o for _, o, _ in summaries(probe)}:
+    end = mark_the_end(core)
+    received = lambda: {o for _, o, _ in summaries(probe)}
+    deadline = time.monotonic() + 4 * EVENT_DELAY
+    while time.monotonic() < deadline and not set(newest.values()) | {end} <= received():
         time.sleep(0.2)
-    time.sleep(EVENT_DELAY)
     return newest
 
 
 def test_bridge_killed_mid_stream_loses_no_newest_result(icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
-    core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
+    core = icinga2_factory(objects=fault_objects())
     probe = stomp_probe_factory(activemq, QUEUE)
     bridge = start_bridge(icinga_bridge(core))
     sender = Sender(core, SERVICES)
@@ -652,7 +669,7 @@ def test_bridge_killed_mid_stream_loses_no_newest_result(icinga2_factory, icinga
 
 def test_icinga_reloaded_and_restarted_under_the_bridge_loses_no_newest_result(
         icinga2_factory, icinga_bridge, activemq, stomp_probe_factory):
-    core = icinga2_factory(objects=[passive_service("h1", s) for s in SERVICES])
+    core = icinga2_factory(objects=fault_objects())
     probe = stomp_probe_factory(activemq, QUEUE)
     bridge = start_bridge(icinga_bridge(core))
     sender = Sender(core, SERVICES)

@@ -353,8 +353,11 @@ class World:
             _quietly(bridge.stop)
         if self.nagios:
             _quietly(self.nagios.stop)
-        for broker in self.brokers:
-            _quietly(broker.stop)
+        stopping = [threading.Thread(target=_quietly, args=(broker.stop,)) for broker in self.brokers]
+        for thread in stopping:             # at once: each stop waits for its own process
+            thread.start()
+        for thread in stopping:
+            thread.join()
 
 
 # -- outbound -------------------------------------------------------------------------------
@@ -367,9 +370,11 @@ def run_outbound(name, tmp, rng, params, *, source, brokers, counter_groups, fau
     world = World(tmp, rng, params)
     try:
         chosen = brokers(world)
-        for broker in chosen:
-            if not broker.running():
-                broker.start()
+        starting = [broker for broker in chosen if not broker.running()]
+        for broker in starting:             # at once: two nodes start side by side
+            broker.start(wait=False)
+        for broker in starting:
+            broker.wait_ready()
         if params.broker == "rabbitmq":
             # The durable queue, declared before anything flows; on a node to be SIGKILLed, then
             # restarted cleanly: a queue declared a moment before a SIGKILL can be gone after it
