@@ -980,6 +980,27 @@ def accepted(body):
     return 200, {"results": [{"code": 200, "status": f"Successfully processed check result for {body['plugin_output']}"}]}
 
 
+def test_lanes_finding_icinga_gone_one_after_another_step_the_backoff_once(tmp_path):
+    """Regression: each of the 8 lanes that found Icinga gone in one attempt stepped the
+    backoff (a collect each, while the hold of the first ran): after a restart of 3 s the
+    results waited the 30 s cap (29 s in test_icinga2_inbound's stop-and-start test, 4 s
+    with this). A failure reported while held keeps the hold as it is."""
+    writer, spool, _ = writer_on(tmp_path, accepted)
+    writer._backoff = Backoff(0.5, 30.0)
+    try:
+        writer._hold("Icinga 2 API unavailable: refused", "unavailable")
+        first = writer._hold_until
+        for _ in range(7):                  # the attempt's other lanes, a collect each
+            writer._hold("Icinga 2 API unavailable: refused", "unavailable")
+        assert writer._hold_until == first
+        assert writer._backoff._current == 1.0, "stepped once, from 0.5"
+        writer._hold_until = time.monotonic()           # the hold is over: the next attempt fails
+        writer._hold("Icinga 2 API unavailable: refused", "unavailable")
+        assert writer._backoff._current == 2.0 and writer._hold_until > time.monotonic() + 0.7
+    finally:
+        spool.close()
+
+
 def test_a_result_whose_action_fails_in_icinga_is_a_dead_letter_and_stalls_no_other(tmp_path):
     """Icinga answers 500 "Action execution failed" in the object's own entry when its action
     throws for that request. Retried for ever, and halting every lane each time, that one
