@@ -60,7 +60,7 @@ def test_defaults_from_a_minimal_config():
     (MINIMAL.replace("hosts:", 'password_file: "/tmp/a\\0b", hosts:'), "brokers.password_file", "NUL"),
     (MINIMAL + "site: {name: OTHER}\n", "", "found the key 'site' twice"),
     (MINIMAL + "x: " + "[" * 3000 + "]" * 3000 + "\n", "", "too deeply"),
-    # Found in review (2026-12-06): SafeLoader raised ValueError, OverflowError or KeyError for
+    # Found in review (2026-12-05): SafeLoader raised ValueError, OverflowError or KeyError for
     # these, a traceback (and a reload that ended the running bridge); a long sexagesimal number
     # also took time quadratic in its length.
     (MINIMAL.replace("/tmp/spool", "/tmp/spool, max_dead_letter_megabytes: 99999999999999"),
