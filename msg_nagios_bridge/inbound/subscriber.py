@@ -30,7 +30,6 @@ the held batch is stored and acked and taking resumes. See docs/spool.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 import time
@@ -47,7 +46,7 @@ from . import policy as policy_module
 from ..display import quoted
 from ..model import Refused
 from ..daemon.health import Health, RateLimitedLog
-from ..model import Message, result_to_dict
+from ..model import Message, SpooledResults
 from .poison import PoisonGuard, fingerprint
 from .sequence import CURSOR_PREFIX, Tracker
 from ..spool import Spool, SpoolError, SpoolFull
@@ -76,13 +75,14 @@ class Subscriber(threading.Thread):
     a loss), the inbound spool (room freed) and stop()."""
 
     def __init__(self, brokers: BrokerSettings, settings: InboundSettings, spool: Spool,
-                 health: Health, policy: policy_module.Policy):
+                 health: Health, policy: policy_module.Policy, results: Optional[SpooledResults] = None):
         super().__init__(name="subscriber", daemon=True)
         self.brokers = brokers
         self.settings = settings
         self.spool = spool
         self.health = health
         self.policy = policy
+        self.results = results or SpooledResults()     # shared with the core's writer (daemon/service.py)
         self.wakeup = Wakeup()
         self.session = BrokerSession("subscriber", brokers, health, self.wakeup, log,
                                      up_state=lambda address: f"subscribed on {address}",
@@ -239,7 +239,7 @@ class Subscriber(threading.Thread):
                 self._refuse(headers, body, verdict.refusal)
             elif verdict.outcome == judgement.ACCEPTED:
                 accepted.append(Message(message_id=verdict.key, destination="nagios", headers={},
-                                        body=json.dumps(result_to_dict(verdict.result)).encode("utf-8")))
+                                        body=self.results.encode(verdict.result)))
             else:
                 self.health.add("duplicates" if verdict.outcome == judgement.DUPLICATE else "stale")
         self._held = _Held(accepted, judgement.memory_rows(verdicts), cumulative_acks(messages), len(messages))

@@ -41,3 +41,71 @@ def test_result_dict_round_trip_covers_every_field():
                          perfdata="p=1", timestamp=12.5, attempt=3, attributes={"flavour": "CE"})
     assert result_to_dict(result) == dataclasses.asdict(result)
     assert result_from_dict(result_to_dict(result)) == result
+
+
+# -- SpooledResults: the inbound spool's bodies, and the results the writer reads back undecoded --
+
+def _result(**changes):
+    fields = dict(host="ce01.example.org", service="org.sam.CE-JobSubmit", state=1, output="WARNING: slow",
+                  long_output="line 1\nline 2", perfdata="t=1.5s;2;5", timestamp=1700000000.25,
+                  attributes={"site": "SITE-A", "vo": "ops"})
+    fields.update(changes)
+    return CheckResult(**fields)
+
+
+@given(host=st.text(min_size=1, max_size=40), service=st.none() | st.text(min_size=1, max_size=40),
+       state=st.integers(0, 3), state_type=st.sampled_from(["HARD", "SOFT"]), output=st.text(max_size=60),
+       long_output=st.text(max_size=60), perfdata=st.text(max_size=40),
+       timestamp=st.integers(0, 2**35 - 1) | st.floats(0, 2**35 - 1, exclude_max=True),
+       attempt=st.integers(-2**70, 2**70), attributes=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4))
+def test_a_spooled_result_decodes_to_the_same_result_remembered_or_not(host, service, state, state_type, output,
+                                                                      long_output, perfdata, timestamp, attempt, attributes):
+    """The writer gets the remembered result only because decoding its body gives the same
+    one, to the types of its fields (an int timestamp stays an int): the repr compares them."""
+    from msg_nagios_bridge.model import SpooledResults
+    try:
+        result = CheckResult(host=host, service=service, state=state, state_type=state_type, output=output,
+                             long_output=long_output, perfdata=perfdata, timestamp=timestamp, attempt=attempt,
+                             attributes=attributes)
+    except InvalidResult:
+        return
+    body = SpooledResults().encode(result)
+    assert repr(SpooledResults().decode(body)) == repr(result)
+    shared = SpooledResults(keep=8)
+    assert shared.encode(result) == body            # the same bytes, remembering or not
+    assert shared.decode(body) is result
+
+
+def test_spooled_results_hand_back_a_remembered_result_once_by_its_exact_body():
+    from msg_nagios_bridge.model import SpooledResults
+    shared = SpooledResults(keep=8)
+    result = _result()
+    body = shared.encode(result)
+    assert shared.decode(bytes(bytearray(body))) is result     # another bytes object, as SQLite returns
+    again = shared.decode(body)                                 # taken: decoded this time
+    assert again == result and again is not result
+    other = _result(state=2, output="CRITICAL: down")
+    shared.encode(other)
+    assert shared.decode(SpooledResults().encode(_result(state=0, output="OK"))).state == 0   # not remembered
+
+
+def test_spooled_results_remember_a_bounded_number_of_small_bodies():
+    from msg_nagios_bridge.model import SpooledResults
+    shared = SpooledResults(keep=4)
+    results = [_result(output=f"WARNING: {i}") for i in range(10)]
+    bodies = [shared.encode(result) for result in results]
+    assert [shared.decode(body) is result for body, result in zip(bodies, results)] == [False] * 6 + [True] * 4
+    big = _result(long_output="x" * SpooledResults.MAX_BODY)
+    assert shared.decode(shared.encode(big)) is not big                # too big to keep
+    assert SpooledResults().decode(SpooledResults().encode(big)) == big
+    alone = SpooledResults()                                           # keep 0: remembers nothing
+    assert alone.decode(alone.encode(results[0])) is not results[0]
+
+
+@pytest.mark.parametrize("body, error", [(b"not json", ValueError), (b'{"host": "h"}', TypeError),
+                                         (b'{"host": "a;b", "service": "s", "state": 0}', ValueError)])
+def test_spooled_results_refuse_a_body_that_holds_no_result(body, error):
+    """The writers dead-letter what raises ValueError or TypeError here."""
+    from msg_nagios_bridge.model import SpooledResults
+    with pytest.raises(error):
+        SpooledResults(keep=8).decode(body)

@@ -13,7 +13,7 @@ from msg_nagios_bridge.cores.nagios.core import may_be_echo
 from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command
 from msg_nagios_bridge.daemon.health import Health
-from msg_nagios_bridge.model import CheckResult, Message, result_from_dict, result_to_dict
+from msg_nagios_bridge.model import CheckResult, Message, SpooledResults, result_from_dict, result_to_dict
 from msg_nagios_bridge.cores.nagios.checkresults_dir import write_results
 from msg_nagios_bridge.cores.nagios.command_file import NagiosUnavailable, _batches, write_lines
 from msg_nagios_bridge.cores.nagios import checkresults_dir, command_file
@@ -145,8 +145,7 @@ inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{
 
 
 def spooled(result, key):
-    return Message(message_id=key, destination="nagios", headers={},
-                   body=json.dumps(result_to_dict(result)).encode())
+    return Message(message_id=key, destination="nagios", headers={}, body=SpooledResults().encode(result))
 
 
 def test_writer_waits_for_nagios_then_delivers_and_dead_letters_the_unwritable(tmp_path):
@@ -174,6 +173,35 @@ def test_writer_waits_for_nagios_then_delivers_and_dead_letters_the_unwritable(t
     assert not echo(CheckResult(host="h1", service="s1", state=1, attributes={"check_type": "ACTIVE"}))
     assert spool.dead_letters()[0].reason.startswith("cannot be written to Nagios")
     spool.close()
+
+
+def test_the_writer_writes_what_the_spool_holds_remembered_by_the_subscriber_or_not(tmp_path):
+    """The writer reads back undecoded a result the subscriber just stored (SpooledResults):
+    the line is the same; and a result the subscriber encoded whose id the spool already held
+    (a duplicate it dropped) is never what gets written for that id."""
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    shared = SpooledResults(keep=16)
+    held = dataclasses.replace(RESULT, output="held first")
+    spool.put([spooled(held, "a")])
+    spool.put([Message("a", "nagios", {}, shared.encode(dataclasses.replace(RESULT, output="dropped copy")))])
+    remembered = dataclasses.replace(RESULT, host="h2", output="remembered")
+    body = shared.encode(remembered)
+    spool.put([Message("b", "nagios", {}, body)])
+    os.mkfifo(tmp_path / "nagios.cmd")
+    reader = FifoReader(tmp_path / "nagios.cmd")
+    reader.start()
+    writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard(), shared)
+    writer.start()
+    try:
+        assert wait_until(lambda: reader.text().count("\n") == 2, timeout=10)
+    finally:
+        reader.close()
+        writer.stop()
+        writer.join(10)
+        spool.close()
+    assert reader.text() == (nagios_command.command_line(held, 1700000000)
+                             + nagios_command.command_line(remembered, 1700000000))
+    assert shared.decode(body) is not remembered        # the writer took it from the memory
 
 
 def test_echo_guard_knows_the_object_before_nagios_reads_the_line(tmp_path):

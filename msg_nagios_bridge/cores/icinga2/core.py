@@ -14,7 +14,7 @@ from ...config import Settings
 from ...daemon.health import Health
 from ...inbound.compact import KnownObjects
 from ...inbound.echo import EchoGuard
-from ...model import CheckResult
+from ...model import CheckResult, SpooledResults
 from ...spool import Spool
 from .. import IntakeFor
 from . import check_result, wiring
@@ -46,8 +46,9 @@ class Icinga2Core:
         from .events import start_sources     # written beside this (branch icinga-out)
         return start_sources(self.settings, intake_for, health)
 
-    def writer(self, spool: Spool, health: Health, echo: EchoGuard) -> Icinga2Writer:
-        return Icinga2Writer(self.settings, spool, health, echo, self.objects)
+    def writer(self, spool: Spool, health: Health, echo: EchoGuard,
+               results: Optional[SpooledResults] = None) -> Icinga2Writer:
+        return Icinga2Writer(self.settings, spool, health, echo, self.objects, results)
 
     def preview(self, result: CheckResult) -> Tuple[str, str]:
         return check_result.preview(result, self.settings.icinga2.check_source)

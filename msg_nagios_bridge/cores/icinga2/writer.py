@@ -46,7 +46,6 @@ one Wakeup that a put into the spool and stop() set.
 from __future__ import annotations
 
 import functools
-import json
 import urllib.parse
 import logging
 import threading
@@ -58,7 +57,7 @@ from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Seque
 from ...config import Settings
 from ...daemon.health import Backoff, Health, RateLimitedLog
 from ...inbound.echo import EchoGuard
-from ...model import CheckResult, result_from_dict
+from ...model import CheckResult, SpooledResults
 from ...spool import Spool, SpoolEntry, SpoolError
 from ...wakeup import Wakeup
 from . import check_result
@@ -212,9 +211,10 @@ class Icinga2Writer(threading.Thread):
     shortly before a break, or on a connection closed before they were confirmed: sent again) and dead letters by reason (``refused.<reason>``)."""
 
     def __init__(self, settings: Settings, spool: Spool, health: Health, echo: EchoGuard,
-                 objects: ObjectList):
+                 objects: ObjectList, results: Optional[SpooledResults] = None):
         super().__init__(name="icinga2-writer", daemon=True)
         self.settings = settings
+        self.results = results or SpooledResults()     # the subscriber's (daemon/service.py)
         self.check_source = settings.icinga2.check_source
         self.spool = spool
         self.health = health
@@ -603,7 +603,7 @@ class Icinga2Writer(threading.Thread):
             try:
                 reason = None
                 try:
-                    result = result_from_dict(json.loads(entry.message.body))
+                    result = self.results.decode(entry.message.body)
                 except (ValueError, TypeError) as exc:   # decode() already refuses these; defence in depth
                     reason = f"unwritable: cannot be sent to Icinga 2: {exc}"
                 else:

@@ -14,7 +14,7 @@ from typing import Container, List, Optional, Tuple
 from ...config import Settings
 from ...daemon.health import Health
 from ...inbound.echo import EchoGuard
-from ...model import CheckResult, ObjectKey
+from ...model import CheckResult, ObjectKey, SpooledResults
 from ...spool import Spool
 from .. import IntakeFor
 from . import objects_cache, ocsp_record, result_line, wiring
@@ -53,8 +53,9 @@ class NagiosCore:
             pipe.ready.wait(SOURCE_READY_TIMEOUT)
         return sources
 
-    def writer(self, spool: Spool, health: Health, echo: EchoGuard) -> NagiosWriter:
-        return NagiosWriter(self.settings.inbound, spool, health, echo)
+    def writer(self, spool: Spool, health: Health, echo: EchoGuard,
+               results: Optional[SpooledResults] = None) -> NagiosWriter:
+        return NagiosWriter(self.settings.inbound, spool, health, echo, results)
 
     def preview(self, result: CheckResult) -> Tuple[str, str]:
         return what_to_write(self.settings.inbound, result)

@@ -10,7 +10,6 @@ backoff, a confirmation due, a file to look at) end: no result waits on a poll i
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -21,7 +20,7 @@ from ...config import InboundSettings
 from ...daemon.health import Backoff, Health, RateLimitedLog
 from ...inbound.echo import EchoGuard
 from ...inbound.judgement import object_key
-from ...model import CheckResult, result_from_dict
+from ...model import CheckResult, SpooledResults
 from ...spool import Spool, SpoolEntry, SpoolError
 from ...wakeup import Wakeup
 from . import checkresult_file, nagios_command
@@ -54,10 +53,12 @@ class NagiosWriter(threading.Thread):
     delivery confirmed them. Counts ``written`` (handed over, a rewrite included), ``injected``
     (confirmed), ``truncated``, and refusals of what cannot be written at all."""
 
-    def __init__(self, settings: InboundSettings, spool: Spool, health: Health, echo: EchoGuard):
+    def __init__(self, settings: InboundSettings, spool: Spool, health: Health, echo: EchoGuard,
+                 results: Optional[SpooledResults] = None):
         super().__init__(name="nagios-writer", daemon=True)
         self.settings = settings
         self.spool = spool
+        self.results = results or SpooledResults()     # the subscriber's (daemon/service.py)
         self.health = health
         self.echo = echo
         self.stopping = threading.Event()
@@ -131,7 +132,7 @@ class NagiosWriter(threading.Thread):
         newest: Dict[str, float] = {}
         for entry in entries:
             try:
-                result = result_from_dict(json.loads(entry.message.body))
+                result = self.results.decode(entry.message.body)
             except (ValueError, TypeError):
                 continue                    # deliver() dead-letters it
             results[entry.entry_id] = result
@@ -193,7 +194,7 @@ class NagiosWriter(threading.Thread):
         prepared: List[Tuple[Delivery, Prepared]] = []
         for entry in entries:
             try:
-                result = result_from_dict(json.loads(entry.message.body))
+                result = self.results.decode(entry.message.body)
                 # Formatted (and so checked) once; one refused result must not block the rest.
                 kind, text = what_to_write(self.settings, result)
                 if kind == TRUNCATED_LINE:
