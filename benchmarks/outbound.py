@@ -33,6 +33,10 @@ records the commit ("+dirty" when the tree differs from it) and the date.
            bodies ~--size bytes after WLCG encoding) are appended to its service perfdata file.
   bridge ocsp       the same with only the OCSP FIFO source; a writer thread writes the lines
            into the FIFO in whole-line chunks of at most PIPE_BUF (4096) bytes.
+  bridge perfdata, signed (rsa|ecdsa)   with --sign: the perfdata case with a route that signs
+           every message (signing.cert_file/key_file: a certificate made for the run); the spool
+           signs each message in its write transaction, once numbered. Reported against the
+           unsigned perfdata case of the same run too.
   1a (mid-run, at the end)   the baseline again right before the bridge cases and at the end:
            the broker's rate drifts over a run (JIT, KahaDB); the ratio uses the mean of the
            run's 1a cases.
@@ -87,6 +91,7 @@ from msg_nagios_bridge.model import CheckResult  # noqa: E402
 from msg_nagios_bridge.outbound.routing import Router  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, feed_ocsp  # noqa: E402
+from tests.sandbox.pki import Authority  # noqa: E402
 from tests.sandbox.procfs import cpu_seconds, peak_rss_mb  # noqa: E402
 from tests.sandbox.stomp_probe import StompProbe, connect  # noqa: E402
 
@@ -187,8 +192,9 @@ def raw_transactions(broker, destination, count, body, headers, timeout, batch):
         conn.disconnect()
 
 
-def drain(broker, destination, expected, timeout, key=None):
-    """Consume the queue (auto ack, prefetch 1000); return (received, distinct by ``key``)."""
+def drain(broker, destination, expected, timeout, key=None, counted_header=None):
+    """Consume the queue (auto ack, prefetch 1000); return (received, distinct by ``key``), and
+    with ``counted_header`` how many carried that header as well."""
     probe = StompProbe(broker, destination, ack="auto", prefetch=1000)
     probe.start()
     try:
@@ -208,6 +214,8 @@ def drain(broker, destination, expected, timeout, key=None):
     finally:
         probe.close()
     distinct = len({m.headers.get(key) for m in messages}) if key else len(messages)
+    if counted_header:
+        return len(messages), distinct, sum(1 for m in messages if counted_header in m.headers)
     return len(messages), distinct
 
 
@@ -220,12 +228,16 @@ def write_perfdata(path: Path, lines, chunk_lines: int):
             handle.flush()
 
 
-def bridge_case(broker, workdir: Path, source: str, destination: str, lines, args):
-    """Run one bridge process with one source; time N lines from first write to all published."""
+def bridge_case(broker, workdir: Path, source: str, destination: str, lines, args, signing=None):
+    """Run one bridge process with one source; time N lines from first write to all published.
+    ``signing``: (cert_file, key_file) for a route that signs every message."""
     count = len(lines)
     text = bridge_config(workdir, [broker.stomp_port], ocsp=source == "ocsp",
                          perfdata=source == "perfdata", destination=destination,
                          **dict(args.broker_opt))
+    if signing:
+        text = text.replace("host_checks: true}", "host_checks: true, sign: true}", 1) + \
+            f"signing: {{cert_file: {signing[0]}, key_file: {signing[1]}}}\n"
     bridge = Bridge(workdir, text)
     fifo = workdir / "ocsp.fifo"
     result = {"count": count}
@@ -274,7 +286,11 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
         watch.close()
         code = bridge.stop()
         result["exit"] = code
-    received, distinct = drain(broker, destination, count, args.case_timeout, key="result_id")
+    if signing:
+        received, distinct, result["signed"] = drain(broker, destination, count, args.case_timeout,
+                                                     key="result_id", counted_header="signed-headers")
+    else:
+        received, distinct = drain(broker, destination, count, args.case_timeout, key="result_id")
     result["received"], result["distinct"] = received, distinct
     return result
 
@@ -343,6 +359,8 @@ def report(results, args, broker, body_sizes):
             dup = r["received"] - r["distinct"] if r.get("distinct") is not None else 0
             note.append(f"queue drained afterwards: {got}/{r['count']} "
                         f"{'ok' if got >= r['count'] else 'MISSING'}" + (f", {dup} duplicates" if dup else ""))
+        if "signed" in r:
+            note.append(f"signed: {r['signed']}/{r['received']} {'ok' if r['signed'] == r['received'] else 'UNSIGNED'}")
         if r.get("dead"):
             note.append(f"{r['dead']} dead letters")
         if disturbed(r):
@@ -375,6 +393,15 @@ def report(results, args, broker, body_sizes):
             print(f"  the bridge's own cost: bridge {source} / 1d+hdr (raw stomp.py sending the bridge's frames,"
                   f" headers and transactions): median {statistics.median(ratios):.2f}x"
                   f" ({min(ratios):.2f}-{max(ratios):.2f}x)")
+    signed = next((name for name in cases if name.startswith("bridge perfdata, signed")), None)
+    if signed:
+        pairs = [(s, u) for s, u in zip(cases[signed], cases["bridge perfdata"]) if s and u]
+        ratios = [rate(s) / rate(u) for s, u in pairs if rate(u)]
+        extra = [s["us_per_msg"] - u["us_per_msg"] for s, u in pairs if "us_per_msg" in s and "us_per_msg" in u]
+        if ratios:
+            print(f"{signed} / bridge perfdata of the same run: median {statistics.median(ratios):.2f}x"
+                  f" ({min(ratios):.2f}-{max(ratios):.2f}x); the bridge's CPU per message"
+                  f" {statistics.median(extra):+.0f} us ({min(extra):+.0f} to {max(extra):+.0f})")
     print("""
 How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of one final SEND
   (the broker handles a connection's frames in order). 1b: N / time, waiting for each receipt.
@@ -477,6 +504,9 @@ def parse_args():
     parser.add_argument("--profile", choices=("perfdata", "ocsp"),
                         help="profile the bridge in-process instead of the benchmark")
     parser.add_argument("--profile-top", type=int, default=18)
+    parser.add_argument("--sign", choices=("rsa", "ecdsa"),
+                        help="add a case: the perfdata bridge with a route that signs every message"
+                             " (an RSA 2048 or ECDSA P-256 certificate made for the run)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
     args = parser.parse_args()
     if args.runs < 1:
@@ -509,6 +539,10 @@ def run(args, tmp: Path, started: float):
             example_dir, [broker.stomp_port], ocsp=False, perfdata=True, destination="/queue/x",
             **dict(args.broker_opt)))
         args.window = bridge_config_mod.load(str(example_dir / "opts.yaml")).brokers.max_in_flight
+        args.signing = None
+        if args.sign:
+            args.signing = Authority(tmp / "pki").issue("signer", "bench-signer.example.org", client=True,
+                                                        key_type="rsa" if args.sign == "rsa" else "ec")
 
         def results_for(settings, tag):
             results, _ = make_results(args.count, args.size, Router(settings), tag)
@@ -562,12 +596,16 @@ def run(args, tmp: Path, started: float):
             raw(f"1d+hdr raw transactions of {args.tx_batch}, the bridge's headers", rq("rawtxhdr"),
                 lambda *a: raw_transactions(*a, batch=args.tx_batch), args.count, frame_headers)
             raw("1a raw no receipts (mid-run)", rq("rawmid"), raw_no_receipts, args.count, plain)
-            for source in ("perfdata", "ocsp"):
-                workdir = tmp / f"bridge-{source}-r{number}"
+            bridges = [("perfdata", "perfdata", None), ("ocsp", "ocsp", None)]
+            if args.signing:
+                bridges.append((f"perfdata, signed ({args.sign})", "perfdata", args.signing))
+            for case, source, signing in bridges:
+                workdir = tmp / f"bridge-{source}{'-signed' if signing else ''}-r{number}"
                 lines = results_for(example_settings, source)   # same site/route: same bodies
-                r = bridge_case(broker, workdir, source, rq(f"bridge.{source}"), lines, args)
-                results.append((f"bridge {source}", number, r))
-                print(f"run {number}/{args.runs} bridge {source}: {rate(r):,.0f} msgs/s"
+                r = bridge_case(broker, workdir, source, rq(f"bridge.{source}{'.signed' if signing else ''}"),
+                                lines, args, signing)
+                results.append((f"bridge {case}", number, r))
+                print(f"run {number}/{args.runs} bridge {case}: {rate(r):,.0f} msgs/s"
                       + (" (disturbed)" if disturbed(r) else ""), flush=True)
             raw("1a raw no receipts (at the end)", rq("raw2"), raw_no_receipts, args.count, plain)
 

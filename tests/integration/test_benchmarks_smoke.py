@@ -125,13 +125,15 @@ def test_icinga2_objects():
 
 def test_outbound():
     out = bench("outbound.py", "--count", "300", "--runs", "1", "--receipt-count", "100",
-                "--tx-batch", "50", "--case-timeout", "30")
+                "--tx-batch", "50", "--case-timeout", "30", "--sign", "rsa")
     assert_rows(out, ["1a raw no receipts", "1a+hdr raw, bridge headers", "1b raw receipt each, waited",
                       "1c raw receipt each, 1000 in flight", "1d raw transactions of 50",
                       "1d+hdr raw transactions of 50, the bridge's headers",
                       "1a raw no receipts (mid-run)", "bridge perfdata", "bridge ocsp",
-                      "1a raw no receipts (at the end)"])
-    assert out.count("queue drained afterwards: 300/300 ok") >= 5, out      # 1c, 1d, 1d+hdr, both bridges
+                      "bridge perfdata, signed (rsa)", "1a raw no receipts (at the end)"])
+    assert out.count("queue drained afterwards: 300/300 ok") >= 6, out      # 1c, 1d, 1d+hdr, the 3 bridges
+    assert "signed: 300/300 ok" in out, out
+    assert re.search(r"^bridge perfdata, signed \(rsa\) / bridge perfdata of the same run: median [\d.]+x", out, re.M), out
     assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1a")
     assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1d+hdr")
     assert_all_delivered(out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -45,9 +45,11 @@ class Authority:
         return GridAuthority.crl(self, [_Serial(serial) for serial in revoked_serials]).public_bytes(
             serialization.Encoding.PEM)
 
-    def issue(self, name, common_name, hosts=(), client=False, expired=False, key_password=None):
-        """(cert_file, key_file) for a server (``hosts`` as SANs) or client certificate."""
-        key = ec.generate_private_key(ec.SECP256R1())
+    def issue(self, name, common_name, hosts=(), client=False, expired=False, key_password=None, key_type="ec"):
+        """(cert_file, key_file) for a server (``hosts`` as SANs) or client certificate;
+        ``key_type`` "ec" (P-256) or "rsa" (2048 bits, as most grid host certificates)."""
+        key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if key_type == "rsa"
+               else ec.generate_private_key(ec.SECP256R1()))
         now = datetime.datetime.now(datetime.timezone.utc)
         start, end = ((now - datetime.timedelta(days=10), now - datetime.timedelta(days=1)) if expired
                       else (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)))
