@@ -292,6 +292,13 @@ def _result(record: Record, headers: typing.Mapping[str, str], mapping: Mapping,
     perfdata = record.perfdata
     if "\n" in perfdata or "\r" in perfdata:
         perfdata = re.sub(r"[\r\n]+", " ", perfdata)  # perfdata is one line
+    if "\t" in perfdata:
+        # Nagios and Icinga 2 write perfdata into their perfdata files as it came, and the usual
+        # templates for graphers are tab-separated KEY::value fields read last key first
+        # (PNP4Nagios's process_perfdata.pl: HOSTNAME also names the directory it writes):
+        # "a=1<TAB>HOSTNAME::other" from a sender allowed one host would graph another (review
+        # 2026-12-05). Perfdata items are separated by blanks, so a tab says no more than a space.
+        perfdata = perfdata.replace("\t", " ")
     output, long_output = _limittext_field(output, long_output, mapping.max_output_bytes)
     perfdata, perf_cut = _limit_perfdata(perfdata, mapping.max_output_bytes)
     if perf_cut:

@@ -236,6 +236,22 @@ def test_json_output_with_newlines_moves_the_rest_to_long_output():
     assert (result.output, result.long_output) == ("one", "two\nthree\nfour")
 
 
+@pytest.mark.parametrize("fmt", ["wlcg", "json"])
+def test_a_tab_in_perfdata_never_reaches_a_perfdata_file_as_a_field_separator(fmt):
+    """Regression (review 2026-12-05): a tab in perfdata was written to Nagios as it came, and
+    Nagios writes it into its perfdata file, where a tab-separated grapher template (PNP4Nagios:
+    KEY::value fields, the last key wins) read "HOSTNAME::other" as the result's host."""
+    forged = "a=1\tHOSTNAME::other.example.org\tSERVICEDESC::Other"
+    body = (wlcg_body(performanceData=forged) if fmt == "wlcg" else json.dumps(
+        {"host": "h", "service": "s", "status": "OK", "epoch": NOW, "output": "OK\ta table", "perfdata": forged}).encode())
+    result = decode({}, body, now=NOW)
+    assert result.perfdata == "a=1 HOSTNAME::other.example.org SERVICEDESC::Other"
+    assert "\t" not in nc.command_line(result, NOW).split("|", 1)[1]
+    assert "\t" not in checkresult_file.render_one(result).partition("|")[2]
+    if fmt == "json":
+        assert result.output == "OK\ta table"      # output keeps its tabs: plugins print tables with them
+
+
 def test_a_str_body_is_accepted_and_headers_may_be_none():
     assert decode(None, wlcg_body().decode(), now=NOW).host == "se01.example.org"
 
@@ -259,6 +275,7 @@ def round_trip_result(host, service, state, output, long_output, perfdata, times
     breaks of any kind (blanks instead: docs/formats.md)."""
     if strip:
         output, perfdata = (text.translate(BREAKS_TO_BLANKS).strip() for text in (output, perfdata))
+    perfdata = perfdata.replace("\t", " ")         # a tab in perfdata arrives as a space
     try:
         result = CheckResult(host=host, service=service, state=min(state, 2) if service is None else state,
                              output=output, long_output=long_output.strip("\n"), perfdata=perfdata,
