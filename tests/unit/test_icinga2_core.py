@@ -25,6 +25,7 @@ from msg_nagios_bridge.cores.icinga2.objects import ObjectList, ObjectsUnavailab
 from msg_nagios_bridge.cores.icinga2.writer import CONFIRM_AFTER, Answer, Lane, Prepared, Sent, lane_of, split_by_lane
 from msg_nagios_bridge.daemon.health import Backoff
 from msg_nagios_bridge.daemon.status import Status
+from msg_nagios_bridge.cores.nagios import nagios_command
 from msg_nagios_bridge.model import CheckResult, Message
 from msg_nagios_bridge.spool import SpoolEntry
 from tests.sandbox.pki import Authority
@@ -64,6 +65,18 @@ def test_a_service_result_becomes_a_request_naming_its_object_with_its_own_time_
     assert body == {"type": "Service", "exit_status": 2, "plugin_output": "CRITICAL - no\nline 2\nline 3",
                     "check_source": SOURCE, "performance_data": "t=1s;2;3 'a b'=4",
                     "execution_start": 1700000000.5, "execution_end": 1700000000.5}
+
+
+def test_control_characters_reach_icinga_as_spaces_as_they_reach_nagios():
+    """Regression (review 2026-12-05): ESC, VT, U+009B went to Icinga as they came (JSON-escaped),
+    to be printed by whatever lists its objects; the Nagios writers turned them into spaces."""
+    result = CheckResult(host="h1", service="s", state=1, output="WARN \x1b[2J\x9bcleared\ttab",
+                         long_output="two\x0bthree\nfour", perfdata="t=1\x1b]0;x\x07", timestamp=1700000000)
+    _, body = request(result, SOURCE)
+    assert body["plugin_output"] == "WARN  [2J cleared\ttab\ntwo three\nfour"
+    assert body["performance_data"] == "t=1 ]0;x "
+    line = nagios_command.command_line(result, 1700000000)
+    assert "WARN  [2J cleared\ttab" in line and "two three" in line           # the same policy
 
 
 @pytest.mark.parametrize("state, exit_status", [(0, 0), (1, 1), (2, 1)])

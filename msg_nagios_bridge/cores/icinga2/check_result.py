@@ -21,6 +21,7 @@ import urllib.parse
 from typing import Any, NamedTuple, Optional, Tuple
 
 from ...model import CheckResult
+from ..nagios.nagios_command import clean_text
 
 # Icinga's 1 MiB body limit is applied to chunked bodies only (a Content-Length body of any
 # size is read whole): the bridge keeps its own limit so a result never costs Icinga more.
@@ -39,7 +40,10 @@ def request(result: CheckResult, check_source: str) -> Tuple[str, dict]:
     kind = "host" if result.service is None else "service"
     path = "/v1/actions/process-check-result?" + urllib.parse.urlencode({kind: object_name(result)},
                                                                         quote_via=urllib.parse.quote, safe="")
-    output = result.output + ("\n" + result.long_output if result.long_output else "")
+    # The Nagios writers' control-character policy (nagios_command.clean_text: C0 and C1 controls
+    # but tab and newline become spaces): ESC or U+009B kept in Icinga's state would reach the
+    # terminal of whoever lists objects (review 2026-12-05).
+    output = clean_text(result.output + ("\n" + result.long_output if result.long_output else ""))
     body: dict = {
         "type": kind.capitalize(),
         "exit_status": HOST_EXIT_STATUS[result.state] if kind == "host" else result.state,
@@ -47,7 +51,7 @@ def request(result: CheckResult, check_source: str) -> Tuple[str, dict]:
         "check_source": check_source,
     }
     if result.perfdata:
-        body["performance_data"] = result.perfdata
+        body["performance_data"] = clean_text(result.perfdata)
     if result.timestamp > 0:
         body["execution_start"] = body["execution_end"] = result.timestamp
     return path, body
