@@ -268,6 +268,11 @@ def _spool(root: _Section) -> SpoolSettings:
 def _sources(root: _Section, core: str = "nagios") -> Tuple[OcspPipeSettings, PerfdataSettings]:
     sec = root.section("sources", ("ocsp_pipe", "perfdata"))
     pipe_sec = sec.section("ocsp_pipe", ("enabled", "path", "group", "mode", "max_line_bytes"))
+    raw_mode = pipe_sec.data.get("mode")
+    if isinstance(raw_mode, int) and not isinstance(raw_mode, bool):
+        # YAML reads 0620 unquoted as the octal number 400: "400 must be text" puzzled.
+        raise pipe_sec.error("mode", raw_mode, 'must be text: quote it, as in mode: "0620" (YAML reads an'
+                                               " unquoted 0620 as the number 400)")
     mode_text = pipe_sec.get("mode", str, "0620",
                              lambda v: None if len(v) == 4 and all(c in "01234567" for c in v)
                              else "must be four octal digits such as 0620")

@@ -352,3 +352,12 @@ def test_check_config_verbose_masks_the_icinga2_api_password(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "icinga-s3cret" not in out and '"password": "********"' in out
     assert "icinga-s3cret" not in repr(settings)
+
+
+def test_an_unquoted_fifo_mode_says_to_quote_it():
+    # YAML reads 0620 unquoted as the octal number 400: "400 must be text" told the admin
+    # nothing about the 0620 they wrote (found following the docs, 2026-12-05).
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(MINIMAL + "sources: {ocsp_pipe: {mode: 0620}}\n", "bridge.yaml")
+    assert caught.value.key == "sources.ocsp_pipe.mode"
+    assert "quote it" in caught.value.reason and '"0620"' in caught.value.reason
