@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -158,6 +159,17 @@ def _pair(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not WARNING,CRITICAL") from None
 
 
+def _days(text: str) -> float:
+    """--older-than: a number of days from 0; a negative one meant every dead letter."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not (math.isfinite(days) and days >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 0")
+    return days
+
+
 def _check(args) -> int:
     from .selfcheck import UNKNOWN, Thresholds, evaluate
     try:
@@ -218,7 +230,8 @@ _C = "-c /etc/msg-nagios-bridge/bridge.yaml"
 EXAMPLES = {name: "example:\n  " + text for name, text in {
     "run": f"msg-nagios-bridge run {_C}",
     "check-config": f"msg-nagios-bridge check-config -v {_C} | less",
-    "nagios-config": f"msg-nagios-bridge nagios-config {_C} > /etc/nagios4/conf.d/msg-nagios-bridge.cfg",
+    # Not redirected into conf.d: the output also holds nagios.cfg lines, which an object file refuses.
+    "nagios-config": f"msg-nagios-bridge nagios-config {_C} | less",
     "core-config": f"msg-nagios-bridge core-config {_C} > /etc/icinga2/conf.d/msg-nagios-bridge.conf",
     "status": f"msg-nagios-bridge status {_C}",
     "check": f"msg-nagios-bridge check {_C} --backlog 10000,100000",
@@ -308,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-c", "--config", default=argparse.SUPPRESS, help="the YAML configuration file")
         if action == "purge":
             sub.add_argument("--all", action="store_true", help="all of them")
-            sub.add_argument("--older-than", type=float, metavar="DAYS", help="those refused this long ago")
+            sub.add_argument("--older-than", type=_days, metavar="DAYS", help="those refused this long ago")
 
     try_command = command(
         "try-message", _try_message,

@@ -75,3 +75,23 @@ def test_interrupt_and_missing_files_give_one_line_not_a_traceback(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and b"Traceback" not in err, err
+
+
+def test_purge_older_than_refuses_a_negative_or_endless_age(capsys):
+    # --older-than -3 meant "refused before 3 days from now": every dead letter was deleted.
+    parser = build_parser()
+    for days in ("-3", "nan", "inf"):
+        try:
+            parser.parse_args(["dead-letters", "purge", "--older-than", days])
+        except SystemExit as exc:
+            assert exc.code == 2, days
+        else:
+            raise AssertionError(f"--older-than {days} was taken")
+        assert "--older-than" in capsys.readouterr().err
+    assert parser.parse_args(["dead-letters", "purge", "--older-than", "0.5"]).older_than == 0.5
+
+
+def test_the_nagios_config_example_does_not_put_nagios_cfg_lines_in_an_object_file():
+    # Its output holds nagios.cfg lines (obsess_over_services=1 ...), which nagios -v refuses
+    # in an object file: the example must not redirect it into conf.d.
+    assert "conf.d" not in EXAMPLES["nagios-config"]
