@@ -618,7 +618,10 @@ def parse(text: str, file: str = "<config>") -> Settings:
         # stops "billion laughs" anchor bombs before they expand.
         data = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(file, "", None, f"is not valid YAML: {_yaml_problem(exc)}") from None
+        # A parser or scanner error is nearly always indentation or an unquoted ':' / '#'.
+        hint = ("; check the indentation (spaces, not tabs, as in the example) and the quoting at that line"
+                if isinstance(exc, (yaml.scanner.ScannerError, yaml.parser.ParserError)) else "")
+        raise ConfigError(file, "", None, f"is not valid YAML: {_yaml_problem(exc)}{hint}") from None
     except RecursionError:
         raise ConfigError(file, "", None, "nests lists or mappings too deeply") from None
     root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "inbound", "logging",

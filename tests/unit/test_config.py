@@ -361,3 +361,10 @@ def test_an_unquoted_fifo_mode_says_to_quote_it():
         config.parse(MINIMAL + "sources: {ocsp_pipe: {mode: 0620}}\n", "bridge.yaml")
     assert caught.value.key == "sources.ocsp_pipe.mode"
     assert "quote it" in caught.value.reason and '"0620"' in caught.value.reason
+
+
+@pytest.mark.parametrize("text", ["site:\n  name: X\n brokers:\n  hosts: ['a:1']\n", "site:\n\tname: X\n"])
+def test_a_yaml_syntax_error_points_at_the_indentation(text):
+    # PyYAML's "expected <block end>, but found '<block mapping start>'" alone did not say what to fix.
+    with pytest.raises(config.ConfigError, match=r"not valid YAML: .*\(line \d+, column \d+\); check the indentation"):
+        config.parse(text, "bridge.yaml")
