@@ -131,6 +131,10 @@ def check_destination_template(template: str) -> Optional[str]:
 
 
 def _host_port(file: str, key: str, value: Any) -> Tuple[str, int]:
+    if isinstance(value, str) and "://" in value:
+        # MSG's own tools write brokers as stomp+ssl://host:port; here TLS is a setting.
+        tls = " (for stomp+ssl set brokers.tls.enabled: true)" if key.startswith("brokers.") else ""
+        raise ConfigError(file, key, value, f"must be HOST:PORT, without a scheme such as stomp://{tls}")
     if not isinstance(value, str) or value.count(":") != 1:
         raise ConfigError(file, key, value, "must be HOST:PORT")
     host, _, port = value.partition(":")

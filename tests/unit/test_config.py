@@ -33,6 +33,8 @@ def test_defaults_from_a_minimal_config():
     (MINIMAL.replace("name: SITE-A", "nmae: SITE-A"), "site.nmae", "not a known key"),
     (MINIMAL.replace("61613", "99999"), "brokers.hosts[0]", "port"),
     (MINIMAL.replace('"127.0.0.1:61613"', "12"), "brokers.hosts[0]", "HOST:PORT"),
+    (MINIMAL.replace('"127.0.0.1:61613"', '"stomp+ssl://b.example.org:6162"'), "brokers.hosts[0]",
+     "without a scheme such as stomp:// (for stomp+ssl set brokers.tls.enabled: true)"),
     (MINIMAL + "routes: [{name: r, destination: '/topic/x.{planet}'}]\n", "routes[0].destination", "planet"),
     (MINIMAL + "routes: [{name: r, destination: 'topic/x'}]\n", "routes[0].destination", "/topic/"),
     (MINIMAL + "routes: [{name: r, destination: /topic/x, format: xml}]\n", "routes[0].format", "wlcg"),
