@@ -205,3 +205,11 @@ def test_an_empty_batch_still_stores_its_cursor(tmp_path):
         intake = Intake("test", Router(settings), spool, Health(), threading.Event(), one_result_per_line)
         assert intake.spool_lines([], cursor=("c", "7")) and intake.spool_lines([b"  "], cursor=("d", "8"))
         assert (spool.cursor("c"), spool.cursor("d"), spool.stats().depth) == ("7", "8", 0)
+
+
+def test_the_wiring_names_an_object_directory_debian_s_nagios_reads(tmp_path):
+    # Debian's nagios.cfg reads cfg_dir=/etc/nagios4/conf.d; /etc/nagios4/objects holds only
+    # the cfg_file entries it names, so a file put there as suggested was never read.
+    text = wiring.render(settings_for(tmp_path, perfdata="true"))
+    assert "/etc/nagios4/conf.d/msg-nagios-bridge.cfg" in text
+    assert "/etc/nagios4/objects/" not in text

@@ -99,7 +99,7 @@ def render(settings: Settings) -> str:
     parts = [
         f"# Nagios wiring for msg-nagios-bridge, generated from {settings.file}.",
         "# 1. Put the command definitions in an object file Nagios reads (a cfg_dir),",
-        "#    e.g. /etc/nagios4/objects/msg-nagios-bridge.cfg:",
+        "#    e.g. /etc/nagios4/conf.d/msg-nagios-bridge.cfg (Debian; not /etc/nagios4/objects):",
         "",
         object_definitions(settings),
         "# 2. Add these lines to nagios.cfg (and remove other values for the same keys):",
