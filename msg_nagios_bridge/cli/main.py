@@ -267,6 +267,17 @@ def _try_message(args) -> int:
         return TRY_CANNOT_RUN
 
 
+def _plugin_usage_error(parser: argparse.ArgumentParser):
+    """``check``'s bad arguments: UNKNOWN (3) with one line on stdout, as a Nagios plugin says it;
+    argparse's exit 2 with the text on stderr showed in Nagios as CRITICAL without output."""
+    def error(message: str):
+        from .selfcheck import UNKNOWN
+        parser.print_usage(sys.stderr)
+        print(f"MSG-BRIDGE UNKNOWN - {parser.prog}: {message}")
+        sys.exit(UNKNOWN)
+    return error
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msg-nagios-bridge",
                                      description="Bridge Nagios check results to and from MSG (ActiveMQ/STOMP).")
@@ -306,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--stale", type=float, default=None, metavar="S",
                        help=f"status older than this means the bridge is not running (default {STALE:.0f},"
                             " or 3 times daemon.status_interval if that is longer)")
+    check.error = parser.check_error = _plugin_usage_error(check)
 
     dead = command("dead-letters", _dead_letters, "list, show, requeue or purge dead letters")
     actions = dead.add_subparsers(dest="action", required=True)
@@ -360,7 +372,10 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:     # reported by the top parser, which knows no plugin: check's own error
+        (parser.check_error if args.command == "check" else parser.error)(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

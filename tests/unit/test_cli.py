@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from msg_nagios_bridge.cli.main import EXAMPLES, EXIT_CLOSED_PIPE, build_parser
+from msg_nagios_bridge.cli.main import EXAMPLES, EXIT_CLOSED_PIPE, build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 MAN = (REPO / "packaging" / "msg-nagios-bridge.8").read_text()
@@ -95,3 +95,22 @@ def test_the_nagios_config_example_does_not_put_nagios_cfg_lines_in_an_object_fi
     # Its output holds nagios.cfg lines (obsess_over_services=1 ...), which nagios -v refuses
     # in an object file: the example must not redirect it into conf.d.
     assert "conf.d" not in EXAMPLES["nagios-config"]
+
+
+def test_check_with_bad_arguments_is_unknown_as_a_nagios_plugin(capsys):
+    # argparse exited 2 (CRITICAL to Nagios) with the text on stderr, which Nagios does not show.
+    try:
+        build_parser().parse_args(["check", "--backlog", "5"])
+    except SystemExit as exc:
+        assert exc.code == 3
+    else:
+        raise AssertionError("--backlog 5 was taken")
+    out = capsys.readouterr().out
+    assert out.startswith("MSG-BRIDGE UNKNOWN - ") and "--backlog" in out and out.count("\n") == 1
+    try:
+        main(["check", "--bogus"])           # an unknown option is found by the top parser
+    except SystemExit as exc:
+        assert exc.code == 3
+    else:
+        raise AssertionError("--bogus was taken")
+    assert capsys.readouterr().out.startswith("MSG-BRIDGE UNKNOWN - ")
