@@ -65,14 +65,20 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     uid = gid = None
-    try:
-        if settings.daemon.user:
+    # Each name on its own, so the error names the key and the value as written.
+    if settings.daemon.user:
+        try:
             user = pwd.getpwnam(settings.daemon.user)
-            uid, gid = user.pw_uid, user.pw_gid
-        if settings.daemon.group:
+        except KeyError:
+            raise config.ConfigError(settings.file, "daemon.user", settings.daemon.user,
+                                     "no such user on this machine") from None
+        uid, gid = user.pw_uid, user.pw_gid
+    if settings.daemon.group:
+        try:
             gid = grp.getgrnam(settings.daemon.group).gr_gid
-    except KeyError as exc:
-        raise config.ConfigError(settings.file, "daemon", exc.args[0], "no such user or group") from None
+        except KeyError:
+            raise config.ConfigError(settings.file, "daemon.group", settings.daemon.group,
+                                     "no such group on this machine") from None
     log_settings = settings.logging
     if log_settings.target == "stderr":
         # A detached process has no stderr: send the log to syslog instead of nowhere.

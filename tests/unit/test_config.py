@@ -370,3 +370,14 @@ def test_a_yaml_syntax_error_points_at_the_indentation(text):
     # PyYAML's "expected <block end>, but found '<block mapping start>'" alone did not say what to fix.
     with pytest.raises(config.ConfigError, match=r"not valid YAML: .*\(line \d+, column \d+\); check the indentation"):
         config.parse(text, "bridge.yaml")
+
+
+@pytest.mark.parametrize("names, key", [("user: no-such-user-mnb", "daemon.user"),
+                                        ("group: no-such-group-mnb", "daemon.group")])
+def test_run_daemon_names_the_daemon_key_of_an_unknown_user_or_group(tmp_path, capsys, names, key):
+    # It said "daemon = \"getpwnam(): name not found: ...\"": neither the key nor the value as written.
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(MINIMAL + f"daemon: {{{names}, pidfile: {tmp_path}/pid}}\n")
+    assert main(["run", "--daemon", "--allow-root", "-c", str(cfg)]) == 2
+    value = names.split(": ")[1]
+    assert f"{cfg}: {key} = '{value}': no such" in capsys.readouterr().err
