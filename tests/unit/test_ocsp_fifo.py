@@ -273,3 +273,20 @@ def test_after_an_upgrade_plain_lines_are_taken_until_the_first_framed_record(tm
         finally:
             source.stopping.set()
             source.join(5)
+
+
+def test_a_group_the_bridge_is_not_in_is_named_with_what_to_do(tmp_path, monkeypatch):
+    # It said "[Errno 1] Operation not permitted" (the FIFO) or named only the token file.
+    from msg_nagios_bridge.cores.nagios import ocsp_pipe
+    group = __import__("grp").getgrgid(os.getgid()).gr_name
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "chown", refuse)
+    monkeypatch.setattr(os, "fchown", refuse)
+    with pytest.raises(FifoError, match=rf"cannot give .*ocsp.fifo to group '{group}' \(sources.ocsp_pipe.group\)"
+                                        r": the bridge's user is not in that group"):
+        prepare_fifo(settings(tmp_path / "ocsp.fifo", group=group))
+    with pytest.raises(FifoError, match=r"cannot give .*ocsp.fifo.token to group .*not in that group"):
+        ocsp_pipe.load_token(str(tmp_path / "ocsp.fifo.token"), group)
+    assert not [name for name in os.listdir(tmp_path) if ".token" in name]
