@@ -290,3 +290,19 @@ def test_a_group_the_bridge_is_not_in_is_named_with_what_to_do(tmp_path, monkeyp
     with pytest.raises(FifoError, match=r"cannot give .*ocsp.fifo.token to group .*not in that group"):
         ocsp_pipe.load_token(str(tmp_path / "ocsp.fifo.token"), group)
     assert not [name for name in os.listdir(tmp_path) if ".token" in name]
+
+
+def test_a_missing_or_read_only_fifo_directory_says_what_to_do(tmp_path, monkeypatch):
+    # "cannot create the OCSP token file ...: No such file or directory" after a reboot emptied
+    # /run (a hand-made directory), or "Read-only file system" under the unit: now with the fix.
+    from msg_nagios_bridge.cores.nagios import ocsp_pipe
+    with pytest.raises(FifoError, match=r"No such file or directory: its directory does not exist"):
+        ocsp_pipe.load_token(str(tmp_path / "gone" / "ocsp.fifo.token"))
+    with pytest.raises(FifoError, match=r"cannot create the FIFO .*: its directory does not exist"):
+        prepare_fifo(settings(tmp_path / "gone" / "ocsp.fifo"))
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(os, "mkfifo", read_only)
+    with pytest.raises(FifoError, match=r"Read-only file system: the bridge's user cannot write.*ReadWritePaths="):
+        prepare_fifo(settings(tmp_path / "ocsp.fifo"))

@@ -94,7 +94,7 @@ def prepare_fifo(settings: OcspPipeSettings) -> List[str]:
         except FileExistsError:
             continue           # a writer made a file again in between: move that aside too
         except OSError as exc:
-            raise FifoError(f"cannot create the FIFO {path}: {exc.strerror}") from None
+            raise FifoError(f"cannot create the FIFO {path}: {exc.strerror}{_directory_hint(exc)}") from None
     else:
         raise FifoError(f"cannot create the FIFO {path}: writers keep creating a file there")
     _apply_mode(settings)
@@ -151,7 +151,7 @@ def load_token(path: str, group: str = "") -> bytes:
             except FileExistsError:
                 pass                                 # made meanwhile: use that one
         except OSError as exc:
-            raise FifoError(f"cannot create the OCSP token file {path}: {exc.strerror}") from None
+            raise FifoError(f"cannot create the OCSP token file {path}: {exc.strerror}{_directory_hint(exc)}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
@@ -172,6 +172,17 @@ def load_token(path: str, group: str = "") -> bytes:
                         " one at its next start (and records still waiting with the old one are refused)")
     return text.encode("ascii")
 
+
+
+def _directory_hint(exc: OSError) -> str:
+    """What to do when the FIFO's directory is missing or not writable (a path outside the unit's
+    /run/msg-nagios-bridge is read-only under ProtectSystem=strict)."""
+    if exc.errno == errno.ENOENT:
+        return ": its directory does not exist (the systemd unit and tmpfiles.d entry make /run/msg-nagios-bridge)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (": the bridge's user cannot write its directory (under systemd only /run/msg-nagios-bridge is"
+                " writable: keep sources.ocsp_pipe.path there, or add ReadWritePaths= in a drop-in)")
+    return ""
 
 
 def _to_group(path: str, group: str, chown: Callable[[int], None]) -> None:
