@@ -8,6 +8,7 @@ The example ``etc/msg-nagios-bridge.yaml`` documents every key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import logging.handlers
 import math
@@ -44,7 +45,9 @@ class _Section:
         # Unknown keys first: a typo in a required key is a typo, not a missing key.
         for name in data:
             if name not in known:
-                raise self.error(str(name), data[name], f"is not a known key (known: {', '.join(known)})")
+                close = difflib.get_close_matches(str(name), known, 1)
+                guess = f"did you mean {close[0]}? " if close else ""
+                raise self.error(str(name), data[name], f"is not a known key ({guess}known: {', '.join(known)})")
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name

@@ -30,7 +30,8 @@ def test_defaults_from_a_minimal_config():
 
 @pytest.mark.parametrize("text, key, reason", [
     (MINIMAL + "colour: blue\n", "colour", "not a known key"),
-    (MINIMAL.replace("name: SITE-A", "nmae: SITE-A"), "site.nmae", "not a known key"),
+    (MINIMAL.replace("name: SITE-A", "nmae: SITE-A"), "site.nmae", "not a known key (did you mean name? known:"),
+    (MINIMAL.replace("hosts:", "heartbeat: 5000, hosts:"), "brokers.heartbeat", "did you mean heartbeat_ms?"),
     (MINIMAL.replace("61613", "99999"), "brokers.hosts[0]", "port"),
     (MINIMAL.replace('"127.0.0.1:61613"', "12"), "brokers.hosts[0]", "HOST:PORT"),
     (MINIMAL.replace('"127.0.0.1:61613"', '"stomp+ssl://b.example.org:6162"'), "brokers.hosts[0]",
