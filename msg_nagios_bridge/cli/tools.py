@@ -173,8 +173,9 @@ def send(settings: config.Settings, result: CheckResult, out: TextIO, timeout: f
     """
     messages = Router(settings).messages(result, int(time.time() * 1000))
     if not messages:
-        out.write("no route takes this result (check hard_only, hosts, services, host_checks)\n")
-        return 0
+        # An error, not a quiet 0: a test that sent nothing must not pass for one that did.
+        raise ToolError("no route takes this result, nothing was sent (check the routes' hard_only, hosts,"
+                        " services, host_checks)")
     broker = BrokerConnection(settings.brokers)
     problem = broker.connect()
     if problem is not None:

@@ -114,3 +114,10 @@ def test_check_with_bad_arguments_is_unknown_as_a_nagios_plugin(capsys):
     else:
         raise AssertionError("--bogus was taken")
     assert capsys.readouterr().out.startswith("MSG-BRIDGE UNKNOWN - ")
+
+
+def test_send_that_no_route_takes_fails(tmp_path, capsys):
+    # It printed "no route takes this result" and exited 0, as if the test result had gone out.
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    assert main(["send", "-c", str(tmp_path / "c.yaml"), "--host", "h", "--state", "0"]) == 1    # a host result
+    assert "error: no route takes this result, nothing was sent" in capsys.readouterr().err
