@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import logging
 import logging.handlers
 import math
@@ -724,7 +725,9 @@ def load(path: str = DEFAULT_PATH) -> Settings:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(path, "", None, f"cannot be read: {exc.strerror}") from None
+        # The package makes it root:nagios 0640 (it may hold a password): say who may read it.
+        hint = " (run this as root or as the bridge's user)" if exc.errno == errno.EACCES else ""
+        raise ConfigError(path, "", None, f"cannot be read: {exc.strerror}{hint}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(path, "", None, f"is larger than {MAX_CONFIG_BYTES} bytes")
     try:

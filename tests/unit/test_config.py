@@ -382,3 +382,18 @@ def test_run_daemon_names_the_daemon_key_of_an_unknown_user_or_group(tmp_path, c
     assert main(["run", "--daemon", "--allow-root", "-c", str(cfg)]) == 2
     value = names.split(": ")[1]
     assert f"{cfg}: {key} = '{value}': no such" in capsys.readouterr().err
+
+
+def test_a_config_the_user_may_not_read_says_who_may(tmp_path, monkeypatch):
+    # status, check and dead-letters read it too, often by hand as an ordinary user.
+    import builtins
+    real_open = builtins.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith("bridge.yaml"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", refuse)
+    with pytest.raises(config.ConfigError, match=r"bridge.yaml: cannot be read: Permission denied \(run this as root"
+                                                 r" or as the bridge's user\)"):
+        config.load(str(tmp_path / "bridge.yaml"))
