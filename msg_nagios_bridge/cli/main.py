@@ -41,7 +41,7 @@ def _run(args) -> int:
     use_one_arena()
     if args.daemon:
         return _run_detached(settings, args.config)
-    logsetup.configure(settings.logging)
+    logsetup.configure(settings.logging, args.config)
     return run(settings, args.config)
 
 
@@ -90,7 +90,7 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
         options["initgroups"] = bool(settings.daemon.user)
     context = daemon.DaemonContext(**options)
     with context:
-        logsetup.configure(log_settings)
+        logsetup.configure(log_settings, config_path)
         return run(settings, config_path)
 
 

@@ -372,8 +372,13 @@ def _reload(bridge: Bridge, config_path: str) -> Bridge:
         log.error("reload refused, keeping the running configuration: %s", exc)
         bridge.health.error(f"reload refused: {exc}")
         return bridge
+    try:
+        logsetup.configure(settings.logging, config_path)     # also re-opens a log file moved by logrotate
+    except config.ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+        bridge.health.error(f"reload refused: {exc}")
+        return bridge
     log.info("reloading configuration from %s", config_path)
-    logsetup.configure(settings.logging)     # also re-opens a log file moved by logrotate
     health = bridge.health
     bridge.stop(budget=None, while_waiting=lambda: sdnotify.notify("WATCHDOG=1"))
     fresh = Bridge(settings, health)

@@ -397,3 +397,21 @@ def test_a_config_the_user_may_not_read_says_who_may(tmp_path, monkeypatch):
     with pytest.raises(config.ConfigError, match=r"bridge.yaml: cannot be read: Permission denied \(run this as root"
                                                  r" or as the bridge's user\)"):
         config.load(str(tmp_path / "bridge.yaml"))
+
+
+def test_a_log_file_that_cannot_be_opened_is_a_config_error_and_a_reload_keeps_running(tmp_path):
+    """It raised PermissionError (or 'Read-only file system' under the unit) as a traceback at
+    start, and out of a SIGHUP reload, which ended the running bridge."""
+    from types import SimpleNamespace
+    from msg_nagios_bridge.daemon import logsetup
+    from msg_nagios_bridge.daemon.health import Health
+    from msg_nagios_bridge.daemon.service import _reload
+    gone = f"{tmp_path}/no-such-dir/bridge.log"
+    with pytest.raises(config.ConfigError, match=r"bridge.yaml: logging.file = '.*no-such-dir/bridge.log': cannot be"
+                                                 r" opened: No such file or directory .*LogsDirectory="):
+        logsetup.configure(config.LoggingSettings(target="file", file=gone), "bridge.yaml")
+    path = tmp_path / "bridge.yaml"
+    path.write_text(MINIMAL + f"logging: {{target: file, file: {gone}}}\n")
+    running = SimpleNamespace(health=Health())
+    assert _reload(running, str(path)) is running
+    assert "reload refused: " in running.health.snapshot()["errors"][-1][1]
