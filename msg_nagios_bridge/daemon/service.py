@@ -21,7 +21,7 @@ from ..cores import Writer, core_for
 from ..inbound import policy as policy_module
 from ..inbound.compact import KnownObjects
 from ..inbound.echo import EchoGuard
-from .health import Health
+from .health import Health, RateLimitedLog
 from ..outbound.routing import Router
 from ..outbound.publisher import Publisher
 from ..outbound.intake import Intake
@@ -340,6 +340,7 @@ class Exporter:
         self.settings = settings
         self.server = None
         self._text = metrics.render(snapshot) if snapshot is not None else ""
+        self._warn = RateLimitedLog(log)      # the textfile is written every status interval
         if settings.listen:
             try:
                 self.server = metrics.serve(settings.listen, lambda: self._text)
@@ -355,7 +356,9 @@ class Exporter:
             try:
                 metrics.write_textfile(self.settings.textfile, self._text)
             except OSError as exc:
-                log.warning("cannot write the metrics textfile %s: %s", self.settings.textfile, exc.strerror)
+                self._warn(logging.WARNING, "textfile", f"cannot write the metrics textfile {self.settings.textfile}"
+                           f" (metrics.textfile): {exc.strerror}; under systemd its directory needs"
+                           " ReadWritePaths= in a drop-in (docs/packaging.md)")
 
     def close(self) -> None:
         if self.server is not None:
