@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -40,7 +41,7 @@ def _run(args) -> int:
     use_one_arena()
     if args.daemon:
         return _run_detached(settings, args.config)
-    logsetup.configure(settings.logging)
+    logsetup.configure(settings.logging, args.config)
     return run(settings, args.config)
 
 
@@ -64,14 +65,20 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     uid = gid = None
-    try:
-        if settings.daemon.user:
+    # Each name on its own, so the error names the key and the value as written.
+    if settings.daemon.user:
+        try:
             user = pwd.getpwnam(settings.daemon.user)
-            uid, gid = user.pw_uid, user.pw_gid
-        if settings.daemon.group:
+        except KeyError:
+            raise config.ConfigError(settings.file, "daemon.user", settings.daemon.user,
+                                     "no such user on this machine") from None
+        uid, gid = user.pw_uid, user.pw_gid
+    if settings.daemon.group:
+        try:
             gid = grp.getgrnam(settings.daemon.group).gr_gid
-    except KeyError as exc:
-        raise config.ConfigError(settings.file, "daemon", exc.args[0], "no such user or group") from None
+        except KeyError:
+            raise config.ConfigError(settings.file, "daemon.group", settings.daemon.group,
+                                     "no such group on this machine") from None
     log_settings = settings.logging
     if log_settings.target == "stderr":
         # A detached process has no stderr: send the log to syslog instead of nowhere.
@@ -83,7 +90,7 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
         options["initgroups"] = bool(settings.daemon.user)
     context = daemon.DaemonContext(**options)
     with context:
-        logsetup.configure(log_settings)
+        logsetup.configure(log_settings, config_path)
         return run(settings, config_path)
 
 
@@ -158,6 +165,17 @@ def _pair(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not WARNING,CRITICAL") from None
 
 
+def _days(text: str) -> float:
+    """--older-than: a number of days from 0; a negative one meant every dead letter."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not (math.isfinite(days) and days >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 0")
+    return days
+
+
 def _check(args) -> int:
     from .selfcheck import UNKNOWN, Thresholds, evaluate
     try:
@@ -218,7 +236,8 @@ _C = "-c /etc/msg-nagios-bridge/bridge.yaml"
 EXAMPLES = {name: "example:\n  " + text for name, text in {
     "run": f"msg-nagios-bridge run {_C}",
     "check-config": f"msg-nagios-bridge check-config -v {_C} | less",
-    "nagios-config": f"msg-nagios-bridge nagios-config {_C} > /etc/nagios4/conf.d/msg-nagios-bridge.cfg",
+    # Not redirected into conf.d: the output also holds nagios.cfg lines, which an object file refuses.
+    "nagios-config": f"msg-nagios-bridge nagios-config {_C} | less",
     "core-config": f"msg-nagios-bridge core-config {_C} > /etc/icinga2/conf.d/msg-nagios-bridge.conf",
     "status": f"msg-nagios-bridge status {_C}",
     "check": f"msg-nagios-bridge check {_C} --backlog 10000,100000",
@@ -252,6 +271,17 @@ def _try_message(args) -> int:
     except (OSError, tools.ToolError, tools.SpoolError) as exc:
         print(f"error: cannot judge: {exc}", file=sys.stderr)
         return TRY_CANNOT_RUN
+
+
+def _plugin_usage_error(parser: argparse.ArgumentParser):
+    """``check``'s bad arguments: UNKNOWN (3) with one line on stdout, as a Nagios plugin says it;
+    argparse's exit 2 with the text on stderr showed in Nagios as CRITICAL without output."""
+    def error(message: str):
+        from .selfcheck import UNKNOWN
+        parser.print_usage(sys.stderr)
+        print(f"MSG-BRIDGE UNKNOWN - {parser.prog}: {message}")
+        sys.exit(UNKNOWN)
+    return error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--stale", type=float, default=None, metavar="S",
                        help=f"status older than this means the bridge is not running (default {STALE:.0f},"
                             " or 3 times daemon.status_interval if that is longer)")
+    check.error = parser.check_error = _plugin_usage_error(check)
 
     dead = command("dead-letters", _dead_letters, "list, show, requeue or purge dead letters")
     actions = dead.add_subparsers(dest="action", required=True)
@@ -308,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-c", "--config", default=argparse.SUPPRESS, help="the YAML configuration file")
         if action == "purge":
             sub.add_argument("--all", action="store_true", help="all of them")
-            sub.add_argument("--older-than", type=float, metavar="DAYS", help="those refused this long ago")
+            sub.add_argument("--older-than", type=_days, metavar="DAYS", help="those refused this long ago")
 
     try_command = command(
         "try-message", _try_message,
@@ -347,7 +378,10 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:     # reported by the top parser, which knows no plugin: check's own error
+        (parser.check_error if args.command == "check" else parser.error)(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

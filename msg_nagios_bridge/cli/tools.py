@@ -82,7 +82,7 @@ def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Seque
     changed); if accepted, its result joins the queue to Nagios.
     """
     done = 0
-    rules = judgement.load_rules(settings) if which == "inbound" else None
+    rules = load_rules(settings) if which == "inbound" else None
     for dead_id in dead_ids:
         letter = _find(spool, dead_id)
         message = letter.entry.message
@@ -110,6 +110,18 @@ def requeue(settings: config.Settings, which: str, spool: Spool, dead_ids: Seque
     return done
 
 
+def load_rules(settings: config.Settings) -> judgement.Rules:
+    """judgement.load_rules, an unreadable object list named by its key."""
+    try:
+        return judgement.load_rules(settings)
+    except OSError as exc:
+        source = settings.inbound.objects_cache
+        if not source or exc.filename != source:
+            raise
+        raise ToolError(f"cannot read the core's object list {source} (inbound.policy.objects_cache):"
+                        f" {exc.strerror}") from None
+
+
 def original_headers(message: Message) -> dict:
     """A dead letter's headers as they were received (without what the bridge added)."""
     return {k: v for k, v in message.headers.items() if k != "refused" and not k.startswith("x-bridge-")}
@@ -129,7 +141,7 @@ def try_message(settings: config.Settings, headers: dict, body: bytes, out: Text
     written. Prints the verdict and what would be written. Returns TRY_ACCEPTED,
     TRY_REFUSED, or TRY_DROPPED (a duplicate or a stale result, judged against the inbound
     spool's memory when the spool exists)."""
-    rules = judgement.load_rules(settings)
+    rules = load_rules(settings)
     memory: judgement.Memory = judgement.NoMemory()
     spool = None
     path = inbound_spool_path(settings)
@@ -173,8 +185,9 @@ def send(settings: config.Settings, result: CheckResult, out: TextIO, timeout: f
     """
     messages = Router(settings).messages(result, int(time.time() * 1000))
     if not messages:
-        out.write("no route takes this result (check hard_only, hosts, services, host_checks)\n")
-        return 0
+        # An error, not a quiet 0: a test that sent nothing must not pass for one that did.
+        raise ToolError("no route takes this result, nothing was sent (check the routes' hard_only, hosts,"
+                        " services, host_checks)")
     broker = BrokerConnection(settings.brokers)
     problem = broker.connect()
     if problem is not None:

@@ -8,6 +8,8 @@ The example ``etc/msg-nagios-bridge.yaml`` documents every key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import errno
 import logging
 import logging.handlers
 import math
@@ -44,7 +46,9 @@ class _Section:
         # Unknown keys first: a typo in a required key is a typo, not a missing key.
         for name in data:
             if name not in known:
-                raise self.error(str(name), data[name], f"is not a known key (known: {', '.join(known)})")
+                close = difflib.get_close_matches(str(name), known, 1)
+                guess = f"did you mean {close[0]}? " if close else ""
+                raise self.error(str(name), data[name], f"is not a known key ({guess}known: {', '.join(known)})")
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -131,6 +135,10 @@ def check_destination_template(template: str) -> Optional[str]:
 
 
 def _host_port(file: str, key: str, value: Any) -> Tuple[str, int]:
+    if isinstance(value, str) and "://" in value:
+        # MSG's own tools write brokers as stomp+ssl://host:port; here TLS is a setting.
+        tls = " (for stomp+ssl set brokers.tls.enabled: true)" if key.startswith("brokers.") else ""
+        raise ConfigError(file, key, value, f"must be HOST:PORT, without a scheme such as stomp://{tls}")
     if not isinstance(value, str) or value.count(":") != 1:
         raise ConfigError(file, key, value, "must be HOST:PORT")
     host, _, port = value.partition(":")
@@ -268,6 +276,11 @@ def _spool(root: _Section) -> SpoolSettings:
 def _sources(root: _Section, core: str = "nagios") -> Tuple[OcspPipeSettings, PerfdataSettings]:
     sec = root.section("sources", ("ocsp_pipe", "perfdata"))
     pipe_sec = sec.section("ocsp_pipe", ("enabled", "path", "group", "mode", "max_line_bytes"))
+    raw_mode = pipe_sec.data.get("mode")
+    if isinstance(raw_mode, int) and not isinstance(raw_mode, bool):
+        # YAML reads 0620 unquoted as the octal number 400: "400 must be text" puzzled.
+        raise pipe_sec.error("mode", raw_mode, 'must be text: quote it, as in mode: "0620" (YAML reads an'
+                                               " unquoted 0620 as the number 400)")
     mode_text = pipe_sec.get("mode", str, "0620",
                              lambda v: None if len(v) == 4 and all(c in "01234567" for c in v)
                              else "must be four octal digits such as 0620")
@@ -613,7 +626,10 @@ def parse(text: str, file: str = "<config>") -> Settings:
         # stops "billion laughs" anchor bombs before they expand.
         data = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(file, "", None, f"is not valid YAML: {_yaml_problem(exc)}") from None
+        # A parser or scanner error is nearly always indentation or an unquoted ':' / '#'.
+        hint = ("; check the indentation (spaces, not tabs, as in the example) and the quoting at that line"
+                if isinstance(exc, (yaml.scanner.ScannerError, yaml.parser.ParserError)) else "")
+        raise ConfigError(file, "", None, f"is not valid YAML: {_yaml_problem(exc)}{hint}") from None
     except RecursionError:
         raise ConfigError(file, "", None, "nests lists or mappings too deeply") from None
     root = _Section(file, "", data, ("site", "brokers", "spool", "sources", "routes", "inbound", "logging",
@@ -709,7 +725,9 @@ def load(path: str = DEFAULT_PATH) -> Settings:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(path, "", None, f"cannot be read: {exc.strerror}") from None
+        # The package makes it root:nagios 0640 (it may hold a password): say who may read it.
+        hint = " (run this as root or as the bridge's user)" if exc.errno == errno.EACCES else ""
+        raise ConfigError(path, "", None, f"cannot be read: {exc.strerror}{hint}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(path, "", None, f"is larger than {MAX_CONFIG_BYTES} bytes")
     try:

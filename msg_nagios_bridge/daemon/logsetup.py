@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Optional
 
-from ..config import LoggingSettings
+from ..config import ConfigError, LoggingSettings
 from ..display import printable
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,7 +33,9 @@ class EscapingFormatter(logging.Formatter):
             record.message = message
 
 
-def configure(settings: LoggingSettings) -> None:
+def configure(settings: LoggingSettings, config_file: str = "") -> None:
+    """Log as ``settings`` say. ConfigError (naming ``config_file`` and logging.file) when the log
+    file cannot be opened; the handler in place is kept then."""
     global _handler
     if settings.target == "syslog":
         address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
@@ -41,7 +43,15 @@ def configure(settings: LoggingSettings) -> None:
             address=address, facility=logging.handlers.SysLogHandler.facility_names[settings.syslog_facility])
         handler.setFormatter(EscapingFormatter("msg-nagios-bridge[%(process)d]: %(levelname)s %(name)s: %(message)s"))
     elif settings.target == "file":
-        handler = logging.FileHandler(settings.file, encoding="utf-8")
+        try:
+            handler = logging.FileHandler(settings.file, encoding="utf-8")
+        except OSError as exc:
+            # A traceback at start (a restart loop under systemd), and the end of the bridge on
+            # a SIGHUP: the unit grants no log directory unless a drop-in does.
+            raise ConfigError(config_file or "the configuration", "logging.file", settings.file,
+                              f"cannot be opened: {exc.strerror} (the bridge's user must be able to write it;"
+                              " under systemd add LogsDirectory= or ReadWritePaths= in a drop-in,"
+                              " docs/packaging.md)") from None
         handler.setFormatter(EscapingFormatter(FORMAT))
     else:
         # Under systemd, journald adds its own time stamp.

@@ -21,7 +21,7 @@ from ..cores import Writer, core_for
 from ..inbound import policy as policy_module
 from ..inbound.compact import KnownObjects
 from ..inbound.echo import EchoGuard
-from .health import Health
+from .health import Health, RateLimitedLog
 from ..outbound.routing import Router
 from ..outbound.publisher import Publisher
 from ..outbound.intake import Intake
@@ -104,8 +104,8 @@ class Bridge:
                 known = self.core.known_objects()
             except OSError as exc:
                 # Fail safe: with no object list, refuse rather than accept everything.
-                log.error("cannot read %s (%s): refusing inbound results until it can be read",
-                          self.core.objects_source, exc.strerror)
+                log.error("cannot read %s (inbound.policy.objects_cache: %s): refusing inbound results"
+                          " (unknown-object) until it can be read", self.core.objects_source, exc.strerror)
                 self.health.error(f"objects cache: {exc}")
                 known = frozenset()
         known = KnownObjects.of(known)           # 8 bytes an object (inbound/compact.py)
@@ -340,6 +340,7 @@ class Exporter:
         self.settings = settings
         self.server = None
         self._text = metrics.render(snapshot) if snapshot is not None else ""
+        self._warn = RateLimitedLog(log)      # the textfile is written every status interval
         if settings.listen:
             try:
                 self.server = metrics.serve(settings.listen, lambda: self._text)
@@ -355,7 +356,9 @@ class Exporter:
             try:
                 metrics.write_textfile(self.settings.textfile, self._text)
             except OSError as exc:
-                log.warning("cannot write the metrics textfile %s: %s", self.settings.textfile, exc.strerror)
+                self._warn(logging.WARNING, "textfile", f"cannot write the metrics textfile {self.settings.textfile}"
+                           f" (metrics.textfile): {exc.strerror}; under systemd its directory needs"
+                           " ReadWritePaths= in a drop-in (docs/packaging.md)")
 
     def close(self) -> None:
         if self.server is not None:
@@ -372,8 +375,13 @@ def _reload(bridge: Bridge, config_path: str) -> Bridge:
         log.error("reload refused, keeping the running configuration: %s", exc)
         bridge.health.error(f"reload refused: {exc}")
         return bridge
+    try:
+        logsetup.configure(settings.logging, config_path)     # also re-opens a log file moved by logrotate
+    except config.ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+        bridge.health.error(f"reload refused: {exc}")
+        return bridge
     log.info("reloading configuration from %s", config_path)
-    logsetup.configure(settings.logging)     # also re-opens a log file moved by logrotate
     health = bridge.health
     bridge.stop(budget=None, while_waiting=lambda: sdnotify.notify("WATCHDOG=1"))
     fresh = Bridge(settings, health)

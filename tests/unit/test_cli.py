@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from msg_nagios_bridge.cli.main import EXAMPLES, EXIT_CLOSED_PIPE, build_parser
+from msg_nagios_bridge.cli.main import EXAMPLES, EXIT_CLOSED_PIPE, build_parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 MAN = (REPO / "packaging" / "msg-nagios-bridge.8").read_text()
@@ -75,3 +75,49 @@ def test_interrupt_and_missing_files_give_one_line_not_a_traceback(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and b"Traceback" not in err, err
+
+
+def test_purge_older_than_refuses_a_negative_or_endless_age(capsys):
+    # --older-than -3 meant "refused before 3 days from now": every dead letter was deleted.
+    parser = build_parser()
+    for days in ("-3", "nan", "inf"):
+        try:
+            parser.parse_args(["dead-letters", "purge", "--older-than", days])
+        except SystemExit as exc:
+            assert exc.code == 2, days
+        else:
+            raise AssertionError(f"--older-than {days} was taken")
+        assert "--older-than" in capsys.readouterr().err
+    assert parser.parse_args(["dead-letters", "purge", "--older-than", "0.5"]).older_than == 0.5
+
+
+def test_the_nagios_config_example_does_not_put_nagios_cfg_lines_in_an_object_file():
+    # Its output holds nagios.cfg lines (obsess_over_services=1 ...), which nagios -v refuses
+    # in an object file: the example must not redirect it into conf.d.
+    assert "conf.d" not in EXAMPLES["nagios-config"]
+
+
+def test_check_with_bad_arguments_is_unknown_as_a_nagios_plugin(capsys):
+    # argparse exited 2 (CRITICAL to Nagios) with the text on stderr, which Nagios does not show.
+    try:
+        build_parser().parse_args(["check", "--backlog", "5"])
+    except SystemExit as exc:
+        assert exc.code == 3
+    else:
+        raise AssertionError("--backlog 5 was taken")
+    out = capsys.readouterr().out
+    assert out.startswith("MSG-BRIDGE UNKNOWN - ") and "--backlog" in out and out.count("\n") == 1
+    try:
+        main(["check", "--bogus"])           # an unknown option is found by the top parser
+    except SystemExit as exc:
+        assert exc.code == 3
+    else:
+        raise AssertionError("--bogus was taken")
+    assert capsys.readouterr().out.startswith("MSG-BRIDGE UNKNOWN - ")
+
+
+def test_send_that_no_route_takes_fails(tmp_path, capsys):
+    # It printed "no route takes this result" and exited 0, as if the test result had gone out.
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    assert main(["send", "-c", str(tmp_path / "c.yaml"), "--host", "h", "--state", "0"]) == 1    # a host result
+    assert "error: no route takes this result, nothing was sent" in capsys.readouterr().err

@@ -30,9 +30,12 @@ def test_defaults_from_a_minimal_config():
 
 @pytest.mark.parametrize("text, key, reason", [
     (MINIMAL + "colour: blue\n", "colour", "not a known key"),
-    (MINIMAL.replace("name: SITE-A", "nmae: SITE-A"), "site.nmae", "not a known key"),
+    (MINIMAL.replace("name: SITE-A", "nmae: SITE-A"), "site.nmae", "not a known key (did you mean name? known:"),
+    (MINIMAL.replace("hosts:", "heartbeat: 5000, hosts:"), "brokers.heartbeat", "did you mean heartbeat_ms?"),
     (MINIMAL.replace("61613", "99999"), "brokers.hosts[0]", "port"),
     (MINIMAL.replace('"127.0.0.1:61613"', "12"), "brokers.hosts[0]", "HOST:PORT"),
+    (MINIMAL.replace('"127.0.0.1:61613"', '"stomp+ssl://b.example.org:6162"'), "brokers.hosts[0]",
+     "without a scheme such as stomp:// (for stomp+ssl set brokers.tls.enabled: true)"),
     (MINIMAL + "routes: [{name: r, destination: '/topic/x.{planet}'}]\n", "routes[0].destination", "planet"),
     (MINIMAL + "routes: [{name: r, destination: 'topic/x'}]\n", "routes[0].destination", "/topic/"),
     (MINIMAL + "routes: [{name: r, destination: /topic/x, format: xml}]\n", "routes[0].format", "wlcg"),
@@ -352,3 +355,63 @@ def test_check_config_verbose_masks_the_icinga2_api_password(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "icinga-s3cret" not in out and '"password": "********"' in out
     assert "icinga-s3cret" not in repr(settings)
+
+
+def test_an_unquoted_fifo_mode_says_to_quote_it():
+    # YAML reads 0620 unquoted as the octal number 400: "400 must be text" told the admin
+    # nothing about the 0620 they wrote (found following the docs, 2026-12-05).
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(MINIMAL + "sources: {ocsp_pipe: {mode: 0620}}\n", "bridge.yaml")
+    assert caught.value.key == "sources.ocsp_pipe.mode"
+    assert "quote it" in caught.value.reason and '"0620"' in caught.value.reason
+
+
+@pytest.mark.parametrize("text", ["site:\n  name: X\n brokers:\n  hosts: ['a:1']\n", "site:\n\tname: X\n"])
+def test_a_yaml_syntax_error_points_at_the_indentation(text):
+    # PyYAML's "expected <block end>, but found '<block mapping start>'" alone did not say what to fix.
+    with pytest.raises(config.ConfigError, match=r"not valid YAML: .*\(line \d+, column \d+\); check the indentation"):
+        config.parse(text, "bridge.yaml")
+
+
+@pytest.mark.parametrize("names, key", [("user: no-such-user-mnb", "daemon.user"),
+                                        ("group: no-such-group-mnb", "daemon.group")])
+def test_run_daemon_names_the_daemon_key_of_an_unknown_user_or_group(tmp_path, capsys, names, key):
+    # It said "daemon = \"getpwnam(): name not found: ...\"": neither the key nor the value as written.
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(MINIMAL + f"daemon: {{{names}, pidfile: {tmp_path}/pid}}\n")
+    assert main(["run", "--daemon", "--allow-root", "-c", str(cfg)]) == 2
+    value = names.split(": ")[1]
+    assert f"{cfg}: {key} = '{value}': no such" in capsys.readouterr().err
+
+
+def test_a_config_the_user_may_not_read_says_who_may(tmp_path, monkeypatch):
+    # status, check and dead-letters read it too, often by hand as an ordinary user.
+    import builtins
+    real_open = builtins.open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith("bridge.yaml"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", refuse)
+    with pytest.raises(config.ConfigError, match=r"bridge.yaml: cannot be read: Permission denied \(run this as root"
+                                                 r" or as the bridge's user\)"):
+        config.load(str(tmp_path / "bridge.yaml"))
+
+
+def test_a_log_file_that_cannot_be_opened_is_a_config_error_and_a_reload_keeps_running(tmp_path):
+    """It raised PermissionError (or 'Read-only file system' under the unit) as a traceback at
+    start, and out of a SIGHUP reload, which ended the running bridge."""
+    from types import SimpleNamespace
+    from msg_nagios_bridge.daemon import logsetup
+    from msg_nagios_bridge.daemon.health import Health
+    from msg_nagios_bridge.daemon.service import _reload
+    gone = f"{tmp_path}/no-such-dir/bridge.log"
+    with pytest.raises(config.ConfigError, match=r"bridge.yaml: logging.file = '.*no-such-dir/bridge.log': cannot be"
+                                                 r" opened: No such file or directory .*LogsDirectory="):
+        logsetup.configure(config.LoggingSettings(target="file", file=gone), "bridge.yaml")
+    path = tmp_path / "bridge.yaml"
+    path.write_text(MINIMAL + f"logging: {{target: file, file: {gone}}}\n")
+    running = SimpleNamespace(health=Health())
+    assert _reload(running, str(path)) is running
+    assert "reload refused: " in running.health.snapshot()["errors"][-1][1]

@@ -205,3 +205,23 @@ def test_an_empty_batch_still_stores_its_cursor(tmp_path):
         intake = Intake("test", Router(settings), spool, Health(), threading.Event(), one_result_per_line)
         assert intake.spool_lines([], cursor=("c", "7")) and intake.spool_lines([b"  "], cursor=("d", "8"))
         assert (spool.cursor("c"), spool.cursor("d"), spool.stats().depth) == ("7", "8", 0)
+
+
+def test_the_wiring_names_an_object_directory_debian_s_nagios_reads(tmp_path):
+    # Debian's nagios.cfg reads cfg_dir=/etc/nagios4/conf.d; /etc/nagios4/objects holds only
+    # the cfg_file entries it names, so a file put there as suggested was never read.
+    text = wiring.render(settings_for(tmp_path, perfdata="true"))
+    assert "/etc/nagios4/conf.d/msg-nagios-bridge.cfg" in text
+    assert "/etc/nagios4/objects/" not in text
+
+
+def test_the_wiring_of_an_inbound_bridge_names_the_nagios_cfg_settings_it_relies_on(tmp_path):
+    # An inbound-only config printed two empty sections: nothing about the command file.
+    settings = settings_for(tmp_path, policy=", objects_cache: /var/lib/nagios4/objects.cache")
+    text = wiring.render(settings)
+    assert "(none: no outbound source is enabled)" in text
+    for line in ("accept_passive_service_checks=1", "check_external_commands=1",
+                 f"command_file={tmp_path}/nagios.cmd", "object_cache_file=/var/lib/nagios4/objects.cache"):
+        assert f"#     {line}\n" in text, line
+    assert "accept_passive_host_checks" not in text
+    assert wiring.main_config_lines(settings) == ""      # comments only: nagios.cfg's paths may differ

@@ -1,5 +1,6 @@
 """The Nagios writers on real FIFOs and directories: no FIFO, no reader, atomic writes, refusals."""
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -831,3 +832,17 @@ def test_a_put_does_not_cut_the_backoff_short(tmp_path):
         writer.join(10)
         spool.close()
     assert not writer.is_alive()
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_no_write_access_to_nagios_paths_says_what_to_do(tmp_path, monkeypatch, code):
+    # Found following the docs: "cannot open the command file ...: Read-only file system" (a
+    # command_file outside the unit's ReadWritePaths) said nothing of the drop-in that fixes it.
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(NagiosUnavailable, match=r"ReadWritePaths=.*docs/packaging.md") as caught:
+        write_lines(str(tmp_path / "nagios.cmd"), ["x\n"])
+    assert os.strerror(code) in str(caught.value) and "nagios.cmd" in str(caught.value)
+    with pytest.raises(NagiosUnavailable, match=r"write access.*ReadWritePaths="):
+        write_results(str(tmp_path), [RESULT])

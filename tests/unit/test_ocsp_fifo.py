@@ -273,3 +273,36 @@ def test_after_an_upgrade_plain_lines_are_taken_until_the_first_framed_record(tm
         finally:
             source.stopping.set()
             source.join(5)
+
+
+def test_a_group_the_bridge_is_not_in_is_named_with_what_to_do(tmp_path, monkeypatch):
+    # It said "[Errno 1] Operation not permitted" (the FIFO) or named only the token file.
+    from msg_nagios_bridge.cores.nagios import ocsp_pipe
+    group = __import__("grp").getgrgid(os.getgid()).gr_name
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "chown", refuse)
+    monkeypatch.setattr(os, "fchown", refuse)
+    with pytest.raises(FifoError, match=rf"cannot give .*ocsp.fifo to group '{group}' \(sources.ocsp_pipe.group\)"
+                                        r": the bridge's user is not in that group"):
+        prepare_fifo(settings(tmp_path / "ocsp.fifo", group=group))
+    with pytest.raises(FifoError, match=r"cannot give .*ocsp.fifo.token to group .*not in that group"):
+        ocsp_pipe.load_token(str(tmp_path / "ocsp.fifo.token"), group)
+    assert not [name for name in os.listdir(tmp_path) if ".token" in name]
+
+
+def test_a_missing_or_read_only_fifo_directory_says_what_to_do(tmp_path, monkeypatch):
+    # "cannot create the OCSP token file ...: No such file or directory" after a reboot emptied
+    # /run (a hand-made directory), or "Read-only file system" under the unit: now with the fix.
+    from msg_nagios_bridge.cores.nagios import ocsp_pipe
+    with pytest.raises(FifoError, match=r"No such file or directory: its directory does not exist"):
+        ocsp_pipe.load_token(str(tmp_path / "gone" / "ocsp.fifo.token"))
+    with pytest.raises(FifoError, match=r"cannot create the FIFO .*: its directory does not exist"):
+        prepare_fifo(settings(tmp_path / "gone" / "ocsp.fifo"))
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(os, "mkfifo", read_only)
+    with pytest.raises(FifoError, match=r"Read-only file system: the bridge's user cannot write.*ReadWritePaths="):
+        prepare_fifo(settings(tmp_path / "ocsp.fifo"))

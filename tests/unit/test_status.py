@@ -98,3 +98,16 @@ def test_the_exporter_serves_the_last_snapshot_it_was_given(tmp_path):
         assert "msg_nagios_bridge_injected_total 6" in get()
     finally:
         exporter.close()
+
+
+def test_a_metrics_textfile_that_cannot_be_written_is_logged_once_a_minute_with_the_key(tmp_path, caplog):
+    # It logged a warning at every status interval (2 s): 43,200 lines a day.
+    import logging
+    from msg_nagios_bridge.config import MetricsSettings
+    from msg_nagios_bridge.daemon.service import Exporter
+    exporter = Exporter(MetricsSettings(textfile=str(tmp_path / "gone" / "m.prom")), None)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            exporter.update(snapshot())
+    warnings = [r.getMessage() for r in caplog.records if "metrics textfile" in r.getMessage()]
+    assert len(warnings) == 1 and "(metrics.textfile): No such file or directory" in warnings[0], warnings

@@ -144,3 +144,14 @@ class _Out:
 
     def write(self, text):
         self.text += text
+
+
+def test_an_unreadable_objects_cache_is_named_by_its_key(tmp_path):
+    # It said "cannot judge: [Errno 2] No such file or directory: '...'", not which setting.
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("policy: {rules:", f"policy: {{objects_cache: {tmp_path}/gone.cache, rules:"))
+    settings = config.load(str(path))
+    with pytest.raises(tools.ToolError, match=r"gone.cache \(inbound.policy.objects_cache\): No such file"):
+        tools.try_message(settings, {"nagios_host": "site-a"}, body(), __import__("io").StringIO())
+    done = try_message(path, "--header", "nagios_host=site-a", "-", stdin=body())
+    assert done.returncode == 4 and b"inbound.policy.objects_cache" in done.stderr, done.stderr

@@ -26,7 +26,7 @@ from ...daemon.health import Health, RateLimitedLog
 from ...model import CheckResult
 from ...files import fsync_dir
 from ...spool import Spool
-from .command_file import NagiosUnavailable
+from .command_file import NO_WRITE_ACCESS, WRITE_ACCESS_HINT, NagiosUnavailable
 from .delivery import Prepared, id_ranges, ids_in, log
 
 NOT_REAPED_AFTER = 30.0     # a check result file Nagios has not read by then: Nagios is away
@@ -56,6 +56,8 @@ def write_results(directory: str, results: Sequence[CheckResult]) -> str:
             continue
         except OSError as exc:
             reason = "does not exist" if exc.errno == errno.ENOENT else exc.strerror
+            if exc.errno in NO_WRITE_ACCESS:
+                reason += f": {WRITE_ACCESS_HINT}"
             raise NagiosUnavailable(f"cannot write into the check results directory {directory}: {reason}") from None
     else:
         raise NagiosUnavailable(f"no free file name in {directory} after 100 tries")

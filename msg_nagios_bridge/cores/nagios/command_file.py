@@ -38,6 +38,11 @@ from .nagios_command import PIPE_BUF
 # A result written into the command FIFO leaves the spool once the same Nagios has read the
 # FIFO for this long after: longer than a killed core's command worker keeps swallowing (~2 s).
 CONFIRM_AFTER = 3.0
+# What to do about EACCES / EPERM / EROFS on a Nagios path: the usual causes are the bridge's
+# user and, under the hardened unit (ProtectSystem=strict), a path outside its ReadWritePaths.
+NO_WRITE_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS)
+WRITE_ACCESS_HINT = ("the bridge's user (the Nagios user) needs write access to it, and under systemd a path"
+                     " outside /var/lib/nagios4 needs ReadWritePaths= in a drop-in (docs/packaging.md)")
 # Meanwhile the reader is looked at this often: a restarting Nagios shows as a moment with no
 # reader, which one look at the confirmation time would miss (where Nagios's processes cannot
 # be seen, a new FIFO may reuse the old one's inode and look the same). A write uses the last
@@ -147,7 +152,8 @@ def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> Tuple
             raise NagiosUnavailable(f"nobody reads the command file {path} (Nagios stopped or restarting)") from None
         if exc.errno == errno.ELOOP:
             raise NagiosUnavailable(f"{path} is a symlink; refusing to follow it") from None
-        raise NagiosUnavailable(f"cannot open the command file {path}: {exc.strerror}") from None
+        hint = f": {WRITE_ACCESS_HINT}" if exc.errno in NO_WRITE_ACCESS else ""
+        raise NagiosUnavailable(f"cannot open the command file {path}: {exc.strerror}{hint}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISFIFO(info.st_mode):

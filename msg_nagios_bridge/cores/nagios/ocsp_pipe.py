@@ -43,7 +43,7 @@ import stat
 import termios
 import threading
 import time
-from typing import List
+from typing import Callable, List
 
 from ...config import OcspPipeSettings
 from ...display import printable
@@ -94,7 +94,7 @@ def prepare_fifo(settings: OcspPipeSettings) -> List[str]:
         except FileExistsError:
             continue           # a writer made a file again in between: move that aside too
         except OSError as exc:
-            raise FifoError(f"cannot create the FIFO {path}: {exc.strerror}") from None
+            raise FifoError(f"cannot create the FIFO {path}: {exc.strerror}{_directory_hint(exc)}") from None
     else:
         raise FifoError(f"cannot create the FIFO {path}: writers keep creating a file there")
     _apply_mode(settings)
@@ -123,7 +123,7 @@ def recovered_files(path: str) -> List[str]:
 
 def _apply_mode(settings: OcspPipeSettings) -> None:
     if settings.group:
-        os.chown(settings.path, -1, _gid(settings.group), follow_symlinks=False)
+        _to_group(settings.path, settings.group, lambda gid: os.chown(settings.path, -1, gid, follow_symlinks=False))
     os.chmod(settings.path, settings.mode)
 
 
@@ -139,7 +139,7 @@ def load_token(path: str, group: str = "") -> bytes:
             try:
                 os.fchmod(fd, 0o640)                 # whatever the umask
                 if group:
-                    os.fchown(fd, -1, _gid(group))
+                    _to_group(path, group, lambda gid: os.fchown(fd, -1, gid))
                 os.write(fd, (ocsp_record.new_token() + "\n").encode("ascii"))
                 os.fsync(fd)
             finally:
@@ -151,7 +151,7 @@ def load_token(path: str, group: str = "") -> bytes:
             except FileExistsError:
                 pass                                 # made meanwhile: use that one
         except OSError as exc:
-            raise FifoError(f"cannot create the OCSP token file {path}: {exc.strerror}") from None
+            raise FifoError(f"cannot create the OCSP token file {path}: {exc.strerror}{_directory_hint(exc)}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
@@ -172,6 +172,27 @@ def load_token(path: str, group: str = "") -> bytes:
                         " one at its next start (and records still waiting with the old one are refused)")
     return text.encode("ascii")
 
+
+
+def _directory_hint(exc: OSError) -> str:
+    """What to do when the FIFO's directory is missing or not writable (a path outside the unit's
+    /run/msg-nagios-bridge is read-only under ProtectSystem=strict)."""
+    if exc.errno == errno.ENOENT:
+        return ": its directory does not exist (the systemd unit and tmpfiles.d entry make /run/msg-nagios-bridge)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (": the bridge's user cannot write its directory (under systemd only /run/msg-nagios-bridge is"
+                " writable: keep sources.ocsp_pipe.path there, or add ReadWritePaths= in a drop-in)")
+    return ""
+
+
+def _to_group(path: str, group: str, chown: Callable[[int], None]) -> None:
+    """``chown(gid)`` of ``group``; EPERM (the bridge's user is not in it) said as such, not as
+    a bare "Operation not permitted"."""
+    try:
+        chown(_gid(group))
+    except PermissionError:
+        raise FifoError(f"cannot give {path} to group {group!r} (sources.ocsp_pipe.group): the bridge's user is"
+                        " not in that group; add it to the group, or leave group empty") from None
 
 
 def _gid(group: str) -> int:

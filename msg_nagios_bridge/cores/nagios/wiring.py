@@ -94,18 +94,46 @@ def main_config_lines(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def inbound_settings_lines(settings: Settings) -> List[str]:
+    """The nagios.cfg settings inbound relies on, as this config names them (Debian's defaults
+    already have most): shown as comments, for Nagios's own file may differ in its paths."""
+    inbound = settings.inbound
+    if not inbound.enabled:
+        return []
+    lines = ["accept_passive_service_checks=1"]
+    if any(rule.host_checks for rule in inbound.rules):
+        lines.append("accept_passive_host_checks=1")
+    if inbound.writer == "command_file":
+        lines += ["check_external_commands=1", f"command_file={inbound.command_file}"]
+    if inbound.check_result_path:
+        lines.append(f"check_result_path={inbound.check_result_path}")
+    if inbound.objects_cache:
+        lines.append(f"object_cache_file={inbound.objects_cache}")
+    if inbound.nagios_lock_file:
+        lines.append(f"lock_file={inbound.nagios_lock_file}")
+    return lines
+
+
 def render(settings: Settings) -> str:
     """The full text printed by ``nagios-config``."""
+    outbound = main_config_lines(settings)
+    inbound = inbound_settings_lines(settings)
     parts = [
         f"# Nagios wiring for msg-nagios-bridge, generated from {settings.file}.",
         "# 1. Put the command definitions in an object file Nagios reads (a cfg_dir),",
-        "#    e.g. /etc/nagios4/objects/msg-nagios-bridge.cfg:",
+        "#    e.g. /etc/nagios4/conf.d/msg-nagios-bridge.cfg (Debian; not /etc/nagios4/objects):",
         "",
-        object_definitions(settings),
+        object_definitions(settings) or "#    (none: no outbound source is enabled)\n",
         "# 2. Add these lines to nagios.cfg (and remove other values for the same keys):",
         "",
-        main_config_lines(settings),
+        outbound or "#    (none: no outbound source is enabled)",
         "",
+    ]
+    if inbound:
+        parts += ["# 2b. Inbound: nagios.cfg must have these settings, with the same paths as the bridge's",
+                  "#     config (the bridge writes to the command file, reads objects.cache, ...):",
+                  "#"] + [f"#     {line}" for line in inbound] + [""]
+    parts += [
         "# 3. Optional, per service or host: custom variables the bridge passes on:",
         "#      _MSG_FLAVOUR  serviceFlavour in the message   _MSG_URI  serviceURI",
         "#      _MSG_PUBLISH  0 = never publish this service's results",
