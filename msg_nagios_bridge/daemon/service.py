@@ -104,8 +104,10 @@ class Bridge:
                 known = self.core.known_objects()
             except OSError as exc:
                 # Fail safe: with no object list, refuse rather than accept everything.
-                log.error("cannot read %s (inbound.policy.objects_cache: %s): refusing inbound results"
-                          " (unknown-object) until it can be read", self.core.objects_source, exc.strerror)
+                # The key only where the source is the configured objects.cache (Icinga 2's is its API).
+                key = "inbound.policy.objects_cache: " if self.core.objects_source == inbound.objects_cache else ""
+                log.error("cannot read %s (%s%s): refusing inbound results (unknown-object) until it can be"
+                          " read", self.core.objects_source, key, exc.strerror)
                 self.health.error(f"objects cache: {exc}")
                 known = frozenset()
         known = KnownObjects.of(known)           # 8 bytes an object (inbound/compact.py)
