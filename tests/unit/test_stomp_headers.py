@@ -224,3 +224,48 @@ def test_a_big_message_with_a_nul_in_every_chunk_is_read_in_linear_time():
 
 def test_the_reading_thread_uses_the_linear_splitter():
     assert "_BaseTransport__read" in vars(connection._Transport)
+
+
+def regex_end(buffer, start, nul):
+    """Where a frame ends by the two regexes _FrameSplitter._end used before (stomp.py's
+    PREAMBLE_END_RE and a MULTILINE ``^content-length:``), kept here as the reference."""
+    import re
+    preamble = stomp.utils.PREAMBLE_END_RE.search(buffer, start, nul)
+    if preamble:
+        length = re.compile(rb"^content-length:\s*([0-9]{1,15})", re.MULTILINE).search(
+            buffer, start, preamble.start())
+        if length:
+            return max(nul, preamble.end() + int(length.group(1)))
+    return nul
+
+
+def test_a_frame_ends_where_the_regexes_said():
+    """Headers in odd places (the first line, after a blank run, several, none with digits,
+    over 15 digits, blanks across lines), CR LF and LF, and frames that start mid-buffer."""
+    rng = random.Random(5)
+    pieces = [b"content-length:", b"content-length: ", b"content-length:\n", b"\ncontent-length:",
+              b"7", b"12", b"1234567890123456789", b"\n", b"\r\n", b"\n\n", b"\r\n\r\n", b"\r",
+              b"x", b"MESSAGE", b":", b"\t", b" ", b"\x00", b"content-lengt", b"\x0b"]
+    for _ in range(20000):
+        buffer = bytearray(b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 14))))
+        nuls = [i for i, byte in enumerate(buffer) if byte == 0]
+        if not nuls:
+            buffer += b"\x00"
+            nuls = [len(buffer) - 1]
+        start = rng.randrange(0, nuls[0] + 1)
+        nul = next(i for i in nuls if i >= start)
+        splitter = connection._FrameSplitter()
+        splitter.buffer, splitter.start = buffer, start
+        assert splitter._end(nul) == regex_end(buffer, start, nul), (bytes(buffer), start)
+
+
+def test_finding_a_frame_end_is_linear_in_headers_built_to_be_slow():
+    """Many ``content-length:`` lines without digits, and long blank runs after each."""
+    for head in (b"MESSAGE\n" + b"content-length:" + b" " * 10 + b"\n") * 100000, \
+                b"MESSAGE" + b"\ncontent-length:" * 200000:
+        buffer = bytearray(head + b"\n\nbody\x00")
+        splitter = connection._FrameSplitter()
+        splitter.buffer = buffer
+        started = time.perf_counter()
+        assert splitter._end(len(buffer) - 1) == len(buffer) - 1
+        assert time.perf_counter() - started < 1.0
