@@ -3,6 +3,7 @@ sends MESSAGE frames to the listeners without stomp.py's notify: each must give 
 own gives, for every input."""
 import importlib.util
 import random
+import re
 import threading
 import time
 
@@ -226,14 +227,15 @@ def test_the_reading_thread_uses_the_linear_splitter():
     assert "_BaseTransport__read" in vars(connection._Transport)
 
 
+CONTENT_LENGTH_RE = re.compile(rb"^content-length:\s*([0-9]{1,15})", re.MULTILINE)
+
+
 def regex_end(buffer, start, nul):
     """Where a frame ends by the two regexes _FrameSplitter._end used before (stomp.py's
     PREAMBLE_END_RE and a MULTILINE ``^content-length:``), kept here as the reference."""
-    import re
     preamble = stomp.utils.PREAMBLE_END_RE.search(buffer, start, nul)
     if preamble:
-        length = re.compile(rb"^content-length:\s*([0-9]{1,15})", re.MULTILINE).search(
-            buffer, start, preamble.start())
+        length = CONTENT_LENGTH_RE.search(buffer, start, preamble.start())
         if length:
             return max(nul, preamble.end() + int(length.group(1)))
     return nul
