@@ -196,6 +196,10 @@ def _cut(text: str, budget: int) -> str:
     Cutting the unescaped text at a character boundary can never split a UTF-8
     sequence or an escape pair.
     """
+    # Every character costs a byte at least: the prefix is within the first ``budget``, so
+    # this costs O(budget log budget) whatever the text's length (it measured the whole text
+    # first: 14 ms for an 8 MB output, on the writer thread).
+    text = text[:max(budget, 0) + 1]
     if _cost(text) <= budget:
         return text
     low, high = 0, len(text)  # _cost(text[:low]) <= budget < _cost(text[:high])
