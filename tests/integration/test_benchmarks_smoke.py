@@ -240,6 +240,10 @@ def test_inbound_icinga2():
     assert "bridge -> icinga2 api: median" in out and "bridge -> nagios fifo: median" in out, out[-3000:]
     assert "INCOMPLETE" not in out, out[-3000:]
     assert len(re.findall(r"objects showing the last result (\d+)/\1;", out)) == 2, out[-3000:]
+    assert_code_recorded(out)
+    assert_summary(out, "run", 1, [("bridge -> nagios fifo", "results/s"), ("", "bridge µs CPU/result"),
+                                   ("", "Nagios µs CPU/result"), ("bridge -> icinga2 api", "results/s"),
+                                   ("", "results/s, until the last answer"), ("", "Icinga 2 µs CPU/result")])
 
 
 def test_rabbitmq_publish():
