@@ -250,6 +250,10 @@ def test_rabbitmq_publish():
     out = bench("rabbitmq_publish.py", "--count", "300", "--runs", "1", "--crash", timeout=240)
     assert_rows(out, ["transactions", "receipts", "receipts-5000", "receipts-each"])
     assert re.search(r"run 1  receipts +killed at the last receipt: 300 of 300 kept", out), out[-3000:]
+    assert re.search(r"^receipts: kept after a kill at the last receipt 300 of 300$", out, re.M), out[-3000:]
+    assert_code_recorded(out)
+    assert_summary(out, "run", 1, [("transactions", "msgs/s"), ("", "node µs CPU/msg"), ("", "publisher µs CPU/msg"),
+                                   ("receipts", "msgs/s"), ("receipts-5000", "msgs/s"), ("receipts-each", "msgs/s")])
 
 
 def test_scaleout():
