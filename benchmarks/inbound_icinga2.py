@@ -24,7 +24,6 @@ than a quarter of a CPU).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
 from tests.sandbox.icinga2 import Icinga2, passive_service  # noqa: E402
 from tests.sandbox.ports import descendants_of  # noqa: E402
-from tests.sandbox.procfs import CLK_TCK  # noqa: E402
+from tests.sandbox.procfs import thread_cpu  # noqa: E402
 
 USER, PASSWORD = "bridge", "bench-secret"
 PERMISSIONS = ["events/CheckResult", "actions/process-check-result", "objects/query/Host", "objects/query/Service"]
@@ -109,8 +108,8 @@ def icinga_case(env: Env, icinga: Icinga2, name: str, connections=None) -> dict:
         r["dead"] = watch.poll()[2]
         if meter is not None:
             r.update(meter.stop())
-            r["threads_cpu"] = sorted((v - threads0.get(t, 0.0) for t, v in thread_cpu(bridge.pid).items()),
-                                      reverse=True)[:3]
+            r["threads_cpu"] = sorted((cpu - threads0.get(t, ("", 0.0))[1]
+                                       for t, (_, cpu) in thread_cpu(bridge.pid).items()), reverse=True)[:3]
     finally:
         watch.close()
         r["exit"] = bridge.stop()
@@ -129,19 +128,6 @@ def icinga_case(env: Env, icinga: Icinga2, name: str, connections=None) -> dict:
         r["timeline"] = " ".join(f"{t:.1f}s:{spooled}/{deleted}" for t, spooled, deleted in timeline[::5])
     r.update(objects_check(icinga, payload))
     return r
-
-
-def thread_cpu(pid) -> dict:
-    """{thread id: CPU seconds} of every thread of ``pid``."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[tid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return out
 
 
 def cpu_note(r) -> str:
