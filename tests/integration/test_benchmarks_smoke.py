@@ -123,7 +123,6 @@ def test_icinga2_objects():
         assert re.search(rf"^{re.escape(case)}\s+after - before, MB\s+-?\d+\s+-?\d+\s+-?\d+$", out, re.M), out
 
 
-
 def test_sequence():
     out = bench("sequence.py", "--count", "2000", "--runs", "2", timeout=60)
     assert_code_recorded(out)
@@ -131,6 +130,7 @@ def test_sequence():
         "tracker, in order", "tracker, 20% reordered (gaps open and fill)", "outbound put, plain",
         "outbound put, numbered", "stomp.py parses a MESSAGE, bridge headers", "stomp.py parses a MESSAGE, + route_seq",
         "stomp.py's own parse_headers, + route_seq")])
+
 
 def test_outbound():
     out = bench("outbound.py", "--count", "300", "--runs", "1", "--receipt-count", "100",
