@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import inbound as nagios_bench  # noqa: E402
-from common import POLL, Meter, SpoolWatch, code_fingerprint, print_summary, temp_dir  # noqa: E402
+from common import POLL, Meter, SpoolWatch, code_fingerprint, cpu_us_per, print_summary, temp_dir  # noqa: E402
 from inbound import Env, bridge_throughput_case, central_nagios, preload, rate_of  # noqa: E402
 
 from msg_nagios_bridge.config import Icinga2Settings  # noqa: E402
@@ -145,11 +145,6 @@ def cpu_note(r) -> str:
     return text
 
 
-def per_result(key: str):
-    """A summary figure: µs of ``key`` (a Meter's "<group>_cpu") per result, None where not measured."""
-    return lambda r: 1e6 * r[key] / max(1, r["count"]) if key in r else None
-
-
 def answered_rate(r):
     """Results/s until the core answered for the last result; None where that is not known."""
     return r["count"] / r["answered_s"] if r.get("answered_s") else None
@@ -158,9 +153,9 @@ def answered_rate(r):
 SUMMARY_FIGURES = [
     ("results/s", rate_of, ",.0f"),
     ("results/s, until the last answer", answered_rate, ",.0f"),
-    ("bridge µs CPU/result", per_result("bridge_cpu"), ".0f"),
-    ("Icinga 2 µs CPU/result", per_result("icinga2_cpu"), ".0f"),
-    ("Nagios µs CPU/result", per_result("nagios_cpu"), ".0f"),
+    ("bridge µs CPU/result", cpu_us_per("bridge_cpu"), ".0f"),
+    ("Icinga 2 µs CPU/result", cpu_us_per("icinga2_cpu"), ".0f"),
+    ("Nagios µs CPU/result", cpu_us_per("nagios_cpu"), ".0f"),
 ]
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Meter, code_fingerprint, disturbed, loadavg, print_summary, rate  # noqa: E402
+from common import Meter, code_fingerprint, cpu_us_per, disturbed, loadavg, print_summary, rate  # noqa: E402
 from msg_nagios_bridge.config import BrokerSettings  # noqa: E402
 from msg_nagios_bridge.daemon.health import Health  # noqa: E402
 from msg_nagios_bridge.model import Message  # noqa: E402
@@ -143,10 +143,8 @@ def main() -> int:
                             node.ctl("delete_queue", queue)
         finally:
             node.stop()
-        print_summary(results, [("msgs/s", rate, ",.0f"),
-                                ("node µs CPU/msg", lambda r: 1e6 * r["node_cpu"] / r["count"], ".0f"),
-                                ("publisher µs CPU/msg", lambda r: 1e6 * r["bench_cpu"] / r["count"], ".0f")],
-                      args.runs)
+        print_summary(results, [("msgs/s", rate, ",.0f"), ("node µs CPU/msg", cpu_us_per("node_cpu"), ".0f"),
+                                ("publisher µs CPU/msg", cpu_us_per("bench_cpu"), ".0f")], args.runs)
         for mode in MODES:
             if kept[mode]:
                 print(f"{mode}: kept after a kill at the last receipt {', '.join(map(str, kept[mode]))}"
