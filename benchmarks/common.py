@@ -231,6 +231,12 @@ def rate(r):
     return r["count"] / r["seconds"] if r.get("seconds") else 0.0
 
 
+def cpu_us_per(key: str):
+    """A summary figure: µs of ``key`` (a Meter's "<group>_cpu") per message of a case result
+    ({"count", ...}); None where it was not measured."""
+    return lambda r: 1e6 * r[key] / max(1, r["count"]) if key in r else None
+
+
 def print_table(head, rows):
     """Columns padded to fit; the first left-aligned, the others right-aligned."""
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]

@@ -16,12 +16,14 @@ temp dir on 127.0.0.1; then, --runs times, alternating:
                            processes a result before it answers. Afterwards /v1/objects is
                            checked: every service must show the last result sent for it.
 
-Prints each run and, per case, the median and range in results/s.
+Prints the commit measured, each run, per case the median and range in results/s, and a
+summary over the runs (common.print_summary: results/s, and the CPU of the bridge and of the
+core per result in the timed window; "*" marks a run during which other processes used more
+than a quarter of a CPU).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -31,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import inbound as nagios_bench  # noqa: E402
-from common import POLL, Meter, SpoolWatch, temp_dir  # noqa: E402
+from common import POLL, Meter, SpoolWatch, code_fingerprint, cpu_us_per, print_summary, temp_dir  # noqa: E402
 from inbound import Env, bridge_throughput_case, central_nagios, preload, rate_of  # noqa: E402
 
 from msg_nagios_bridge.config import Icinga2Settings  # noqa: E402
@@ -39,7 +41,7 @@ from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config  # noqa: E402
 from tests.sandbox.icinga2 import Icinga2, passive_service  # noqa: E402
 from tests.sandbox.ports import descendants_of  # noqa: E402
-from tests.sandbox.procfs import CLK_TCK  # noqa: E402
+from tests.sandbox.procfs import thread_cpu  # noqa: E402
 
 USER, PASSWORD = "bridge", "bench-secret"
 PERMISSIONS = ["events/CheckResult", "actions/process-check-result", "objects/query/Host", "objects/query/Service"]
@@ -106,10 +108,8 @@ def icinga_case(env: Env, icinga: Icinga2, name: str, connections=None) -> dict:
         r["dead"] = watch.poll()[2]
         if meter is not None:
             r.update(meter.stop())
-            r["threads_cpu"] = sorted((v - threads0.get(t, 0.0) for t, v in thread_cpu(bridge.pid).items()),
-                                      reverse=True)[:3]
-            r["threads_cpu"] = sorted((v - threads0.get(t, 0.0) for t, v in thread_cpu(bridge.pid).items()),
-                                      reverse=True)[:3]
+            r["threads_cpu"] = sorted((cpu - threads0.get(t, ("", 0.0))[1]
+                                       for t, (_, cpu) in thread_cpu(bridge.pid).items()), reverse=True)[:3]
     finally:
         watch.close()
         r["exit"] = bridge.stop()
@@ -130,19 +130,6 @@ def icinga_case(env: Env, icinga: Icinga2, name: str, connections=None) -> dict:
     return r
 
 
-def thread_cpu(pid) -> dict:
-    """{thread id: CPU seconds} of every thread of ``pid``."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[tid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return out
-
-
 def cpu_note(r) -> str:
     """CPU of the bridge and of the core in the timed window, in ms per result."""
     if "window" not in r:
@@ -156,6 +143,20 @@ def cpu_note(r) -> str:
     if r.get("threads_cpu"):
         text += f", busiest bridge threads {', '.join(f'{x:.2f}' for x in r['threads_cpu'])} s"
     return text
+
+
+def answered_rate(r):
+    """Results/s until the core answered for the last result; None where that is not known."""
+    return r["count"] / r["answered_s"] if r.get("answered_s") else None
+
+
+SUMMARY_FIGURES = [
+    ("results/s", rate_of, ",.0f"),
+    ("results/s, until the last answer", answered_rate, ",.0f"),
+    ("bridge µs CPU/result", cpu_us_per("bridge_cpu"), ".0f"),
+    ("Icinga 2 µs CPU/result", cpu_us_per("icinga2_cpu"), ".0f"),
+    ("Nagios µs CPU/result", cpu_us_per("nagios_cpu"), ".0f"),
+]
 
 
 def summary(name: str, rates) -> str:
@@ -179,6 +180,7 @@ def main() -> int:
     parser.add_argument("--timeline", action="store_true", help="print spooled/deleted every 0.1 s")
     args = parser.parse_args()
     args.run_id = uuid.uuid4().hex[:6]
+    print(f"code: {code_fingerprint()}", flush=True)
     with temp_dir("mnb-icinga2-", args.keep) as tmp:
         broker, nagios, icinga = ActiveMQ(tmp / "activemq"), central_nagios(tmp, args), central_icinga(tmp, args)
         try:
@@ -195,27 +197,26 @@ def main() -> int:
                 env, f"bnfifo{run}", "command_file", True))]
             cases += [("bridge -> icinga2 api" + (f", connections {n}" if len(lanes) > 1 else ""),
                        lambda run, n=n: icinga_case(env, icinga, f"bicinga{n}x{run}", n)) for n in lanes]
-            rates = {name: [] for name, _ in cases}
-            answered = {name: [] for name, _ in cases[1:]}
+            results = {name: [] for name, _ in cases}
 
             for run in range(args.runs):
                 for name, case in cases:
                     r = case(run)
-                    rates[name].append(rate_of(r))
-                    if r.get("answered_s"):
-                        answered[name].append(r["count"] / r["answered_s"])
+                    results[name].append(r)
                     print(f"run {run + 1} {name}: {rate_of(r):,.0f} results/s ({r['count']} in {r['seconds']:.2f} s"
-                          + (f", the last answered after {r['answered_s']:.2f} s = {r['count'] / r['answered_s']:,.0f}/s"
+                          + (f", the last answered after {r['answered_s']:.2f} s = {answered_rate(r):,.0f}/s"
                              if r.get("answered_s") else "")
                           + f"; objects showing the last result {r.get('status_ok')}/{r.get('status_of')};"
                           f" dead {r.get('dead')}; {r.get('counters')}){cpu_note(r)}"
                           + (f" INCOMPLETE {r['incomplete']}" if r.get("incomplete") else "")
                           + (f"\n  spooled/deleted: {r['timeline']}" if r.get("timeline") else ""), flush=True)
-            for name, values in rates.items():
-                print(summary(name, values))
-            for name, values in answered.items():
-                if values:
-                    print(summary(f"{name}, until the last answer", values))
+            for name, rs in results.items():
+                print(summary(name, [rate_of(r) for r in rs]))
+            for name, rs in results.items():
+                if any(r.get("answered_s") for r in rs):
+                    print(summary(f"{name}, until the last answer",
+                                  [answered_rate(r) for r in rs if r.get("answered_s")]))
+            print_summary(results, SUMMARY_FIGURES, args.runs)
             print(f"load average at the end {nagios_bench.loadavg()}")
         finally:
             for thing in (icinga, nagios, broker):

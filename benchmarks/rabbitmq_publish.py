@@ -18,8 +18,12 @@ max_in_flight 1000) publishes --count messages of about --size bytes with the br
 
 Throughput: from the start of the publisher until it has counted every message published (a
 receipt for each), msgs/s; every run checks with rabbitmqctl that the queue holds --count.
-Runs are interleaved (run 1: both modes, run 2: both ...). Printed: each run, then the median
-and range per mode.
+Runs are interleaved (run 1: every mode, run 2: every mode ...). The CPU of the node (beam.smp
+and its helpers) and of this process (the publisher) is metered over the same window
+(common.Meter), and so is what other processes used. Printed: the commit measured, each run,
+then a summary per mode (common.print_summary): msgs/s and the node's and the publisher's CPU
+per message, median, min, max and each run's value, "*" on a run during which other processes
+used more than a quarter of a CPU.
 
 Crash check (--crash, transactions and receipts, once per run): the queue is declared (a
 subscription, closed) 3 s before; the same publish, and the moment the publisher has its last
@@ -29,19 +33,20 @@ counts what the durable queue kept. A receipt that means "stored" loses nothing.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import Meter, code_fingerprint, cpu_us_per, disturbed, loadavg, print_summary, rate  # noqa: E402
 from msg_nagios_bridge.config import BrokerSettings  # noqa: E402
 from msg_nagios_bridge.daemon.health import Health  # noqa: E402
 from msg_nagios_bridge.model import Message  # noqa: E402
 from msg_nagios_bridge.outbound.publisher import Publisher  # noqa: E402
 from msg_nagios_bridge.spool import Spool  # noqa: E402
+from tests.sandbox.ports import descendants_of  # noqa: E402
 from tests.sandbox.rabbitmq import RabbitMQ  # noqa: E402
 from tests.sandbox.stomp_probe import StompProbe  # noqa: E402
 
@@ -59,7 +64,9 @@ def messages(count: int, size: int, queue: str):
 
 
 def publish(node: RabbitMQ, workdir: Path, mode: str, queue: str, count: int, size: int, kill_at_end=False):
-    """Publish ``count`` messages in ``mode``; return (seconds, messages the queue holds)."""
+    """Publish ``count`` messages in ``mode``; return ({"count", "seconds", and a Meter's CPU
+    figures: "node_cpu", "bench_cpu" (the publisher), "other_cpu", "window"}, messages the queue
+    holds)."""
     if kill_at_end:
         # Declared (durable) well before the kill: a queue declared just before a SIGKILL was
         # once missing after the restart, messages and all (docs/rabbitmq.md).
@@ -75,13 +82,14 @@ def publish(node: RabbitMQ, workdir: Path, mode: str, queue: str, count: int, si
     publisher.transactions = transactions
     if write_each:
         publisher._send_receipted = publisher._send_each
+    meter = Meter({"node": [node.pid] + descendants_of(node.pid)})
     started = time.monotonic()
     publisher.start()
     try:
         deadline = started + 300
         while health.counter("published") < count and time.monotonic() < deadline:
             time.sleep(0.002)
-        seconds = time.monotonic() - started
+        r = {"count": count, "seconds": time.monotonic() - started, **meter.stop()}
         if kill_at_end:
             node.kill()
     finally:
@@ -93,7 +101,7 @@ def publish(node: RabbitMQ, workdir: Path, mode: str, queue: str, count: int, si
     if kill_at_end:
         node.start()
     held = node.queues().get(queue)
-    return seconds, "queue missing" if held is None else held[0]
+    return r, "queue missing" if held is None else held[0]
 
 
 def main() -> int:
@@ -103,24 +111,26 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=300)
     parser.add_argument("--crash", action="store_true", help="also the kill-after-the-last-receipt check")
     args = parser.parse_args()
+    print(f"code: {code_fingerprint()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-rabbitmq-") as tmp:
         workdir = Path(tmp)
         node = RabbitMQ(workdir / "node")
         node.start()
         print(f"RabbitMQ node started in {node.started_in:.1f} s; {args.count} messages of {args.size} B, "
               f"{args.runs} runs, interleaved")
-        rates = {mode: [] for mode in MODES}
+        results = {mode: [] for mode in MODES}
         kept = {mode: [] for mode in MODES}
         try:
             for run in range(1, args.runs + 1):
                 for mode in MODES:
                     queue = f"bench-{mode}-{run}"
-                    seconds, held = publish(node, workdir, mode, queue, args.count, args.size)
+                    r, held = publish(node, workdir, mode, queue, args.count, args.size)
                     if held != args.count:
                         raise RuntimeError(f"{queue}: the queue holds {held}, not {args.count}")
-                    rates[mode].append(args.count / seconds)
-                    print(f"run {run}  {mode:13s}  {args.count / seconds:8.0f} msgs/s  ({seconds:.2f} s)"
-                          f"  load {open('/proc/loadavg').read().split()[0]}", flush=True)
+                    results[mode].append(r)
+                    print(f"run {run}  {mode:13s}  {rate(r):8.0f} msgs/s  ({r['seconds']:.2f} s)"
+                          f"  other processes {r['other_cpu']:.2f} CPU s" + (" (disturbed)" if disturbed(r) else "")
+                          + f"  load {loadavg().split()[0]}", flush=True)
                     node.ctl("delete_queue", queue)
                 if args.crash:
                     for mode in ("transactions", "receipts"):
@@ -133,14 +143,12 @@ def main() -> int:
                             node.ctl("delete_queue", queue)
         finally:
             node.stop()
-        print("\nmode           msgs/s median  (min - max)" + ("     kept after a kill at the last receipt"
-                                                            if args.crash else ""))
+        print_summary(results, [("msgs/s", rate, ",.0f"), ("node µs CPU/msg", cpu_us_per("node_cpu"), ".0f"),
+                                ("publisher µs CPU/msg", cpu_us_per("bench_cpu"), ".0f")], args.runs)
         for mode in MODES:
-            line = (f"{mode:13s}  {statistics.median(rates[mode]):8.0f}      "
-                    f"({min(rates[mode]):.0f} - {max(rates[mode]):.0f})")
-            if args.crash and kept[mode]:
-                line += f"     {', '.join(str(k) for k in kept[mode])} of {args.count}"
-            print(line)
+            if kept[mode]:
+                print(f"{mode}: kept after a kill at the last receipt {', '.join(map(str, kept[mode]))}"
+                      f" of {args.count}")
     return 0
 
 

@@ -1,17 +1,24 @@
 """Loss accounting's cost in-process (docs/loss-accounting.md): CPU per message of the receiver's
 tracker (note_batch and saving the changed state, per batch of 100) and of the outbound spool's
-put with and without numbering (batches of 500). Median and range of 5 runs, process CPU time.
+put with and without numbering (batches of 500), and of stomp.py parsing a MESSAGE frame.
 
-    .venv/bin/python benchmarks/sequence.py
+    .venv/bin/python benchmarks/sequence.py [--runs 5] [--count N]
+
+Each case runs --runs times in a row (not interleaved), --count messages a run (default 100,000
+for the tracker, 20,000 for the others); measured is this process's CPU time per message.
+Printed: the commit measured, then per case the median, min and max over the runs and each
+run's value (common.print_summary), "*" on a run during which other processes used more than a
+quarter of a CPU (the machine's busy CPU less this process's, over the run's wall time).
 """
+import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Meter, code_fingerprint, print_summary  # noqa: E402
 from msg_nagios_bridge.inbound.sequence import Tracker  # noqa: E402
 from msg_nagios_bridge.model import Message  # noqa: E402
 from msg_nagios_bridge.spool import Spool  # noqa: E402
@@ -95,12 +102,34 @@ def shipped_parse_headers():
 
 SHIPPED_PARSE_HEADERS = shipped_parse_headers()
 
-for name, fn in (("tracker, in order", lambda: tracker_run()),
-                 ("tracker, 20% reordered (gaps open and fill)", lambda: tracker_run(reorder=True)),
-                 ("outbound put, plain", lambda: put_run(False)),
-                 ("outbound put, numbered", lambda: put_run(True)),
-                 ("stomp.py parses a MESSAGE, bridge headers", lambda: stomp_parse_run(False)),
-                 ("stomp.py parses a MESSAGE, + route_seq", lambda: stomp_parse_run(True)),
-                 ("  the same, stomp.py's own parse_headers", lambda: stomp_parse_run(True, shipped=True))):
-    runs = [fn() for _ in range(5)]
-    print(f"{name:45s} median {statistics.median(runs):6.2f} us/msg (min {min(runs):.2f}, max {max(runs):.2f}; 5 runs)")
+# name: (function(n) -> µs CPU per message, default n)
+CASES = {"tracker, in order": (tracker_run, 100_000),
+         "tracker, 20% reordered (gaps open and fill)": (lambda n: tracker_run(n, reorder=True), 100_000),
+         "outbound put, plain": (lambda n: put_run(False, n), 20_000),
+         "outbound put, numbered": (lambda n: put_run(True, n), 20_000),
+         "stomp.py parses a MESSAGE, bridge headers": (lambda n: stomp_parse_run(False, n), 20_000),
+         "stomp.py parses a MESSAGE, + route_seq": (lambda n: stomp_parse_run(True, n), 20_000),
+         "stomp.py's own parse_headers, + route_seq": (lambda n: stomp_parse_run(True, n, shipped=True), 20_000)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--count", type=int, default=None,
+                        help="messages a run of every case (default: 100,000 for the tracker, 20,000 for the others)")
+    args = parser.parse_args()
+    print(f"code: {code_fingerprint()}", flush=True)
+    results = {}
+    for name, (run, count) in CASES.items():
+        results[name] = []
+        for _ in range(args.runs):
+            meter = Meter({})       # other_cpu: the machine's busy CPU less this process's
+            us = run(args.count or count)
+            results[name].append({"us": us, **meter.stop()})
+    print_summary(results, [("µs CPU/msg", lambda r: r["us"], ".2f")], args.runs,
+                  how="a case's runs one after another")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

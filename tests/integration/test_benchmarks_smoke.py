@@ -123,6 +123,15 @@ def test_icinga2_objects():
         assert re.search(rf"^{re.escape(case)}\s+after - before, MB\s+-?\d+\s+-?\d+\s+-?\d+$", out, re.M), out
 
 
+def test_sequence():
+    out = bench("sequence.py", "--count", "2000", "--runs", "2", timeout=60)
+    assert_code_recorded(out)
+    assert_summary(out, "run", 2, [(case, "µs CPU/msg") for case in (
+        "tracker, in order", "tracker, 20% reordered (gaps open and fill)", "outbound put, plain",
+        "outbound put, numbered", "stomp.py parses a MESSAGE, bridge headers", "stomp.py parses a MESSAGE, + route_seq",
+        "stomp.py's own parse_headers, + route_seq")])
+
+
 def test_outbound():
     out = bench("outbound.py", "--count", "300", "--runs", "1", "--receipt-count", "100",
                 "--tx-batch", "50", "--case-timeout", "30", "--sign", "rsa")
@@ -240,12 +249,20 @@ def test_inbound_icinga2():
     assert "bridge -> icinga2 api: median" in out and "bridge -> nagios fifo: median" in out, out[-3000:]
     assert "INCOMPLETE" not in out, out[-3000:]
     assert len(re.findall(r"objects showing the last result (\d+)/\1;", out)) == 2, out[-3000:]
+    assert_code_recorded(out)
+    assert_summary(out, "run", 1, [("bridge -> nagios fifo", "results/s"), ("", "bridge µs CPU/result"),
+                                   ("", "Nagios µs CPU/result"), ("bridge -> icinga2 api", "results/s"),
+                                   ("", "results/s, until the last answer"), ("", "Icinga 2 µs CPU/result")])
 
 
 def test_rabbitmq_publish():
     out = bench("rabbitmq_publish.py", "--count", "300", "--runs", "1", "--crash", timeout=240)
     assert_rows(out, ["transactions", "receipts", "receipts-5000", "receipts-each"])
     assert re.search(r"run 1  receipts +killed at the last receipt: 300 of 300 kept", out), out[-3000:]
+    assert re.search(r"^receipts: kept after a kill at the last receipt 300 of 300$", out, re.M), out[-3000:]
+    assert_code_recorded(out)
+    assert_summary(out, "run", 1, [("transactions", "msgs/s"), ("", "node µs CPU/msg"), ("", "publisher µs CPU/msg"),
+                                   ("receipts", "msgs/s"), ("receipts-5000", "msgs/s"), ("receipts-each", "msgs/s")])
 
 
 def test_scaleout():
