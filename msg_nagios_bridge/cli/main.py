@@ -46,7 +46,8 @@ def _run(args) -> int:
 
 
 def _run_detached(settings: config.Settings, config_path: str) -> int:
-    """The classic way: detach with python-daemon, pidfile, umask, drop to user and group."""
+    """The classic way: detach with python-daemon, pidfile, umask, drop to user and group. The
+    command waits until the bridge has started or failed, and says why it failed (detach.py)."""
     import dataclasses
     import grp
     import inspect
@@ -54,9 +55,8 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
 
     import daemon
 
-    from ..daemon import logsetup
+    from ..daemon.detach import detach
     from ..daemon.pidfile import AlreadyRunning, PidFile
-    from ..daemon.service import run
 
     pidfile = PidFile(settings.daemon.pidfile)
     try:
@@ -88,10 +88,7 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
                    signal_map={})   # run() installs its own handlers
     if "initgroups" in inspect.signature(daemon.DaemonContext).parameters:   # python-daemon >= 2.3
         options["initgroups"] = bool(settings.daemon.user)
-    context = daemon.DaemonContext(**options)
-    with context:
-        logsetup.configure(log_settings, config_path)
-        return run(settings, config_path)
+    return detach(settings, config_path, log_settings, options)
 
 
 def _read_status(settings: config.Settings):
