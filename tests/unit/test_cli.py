@@ -121,3 +121,116 @@ def test_send_that_no_route_takes_fails(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(CONFIG)
     assert main(["send", "-c", str(tmp_path / "c.yaml"), "--host", "h", "--state", "0"]) == 1    # a host result
     assert "error: no route takes this result, nothing was sent" in capsys.readouterr().err
+
+
+# -- run --daemon: the command says whether the detached bridge started ----------------------------
+
+DAEMON_CONFIG = """site: {{name: S, nagios_name: n.example.org}}
+brokers: {{hosts: ["127.0.0.1:1"], backoff_initial: 0.5, backoff_max: 5}}
+spool: {{directory: {spool}}}
+sources:
+  ocsp_pipe: {{enabled: {ocsp}, path: {fifo}}}
+  perfdata: {{enabled: true, service_file: {dir}/service-perfdata, host_file: {dir}/host-perfdata}}
+logging: {{level: INFO, target: file, file: {log}}}
+daemon: {{pidfile: {dir}/bridge.pid, status_interval: 0.2}}
+"""
+
+
+def start_daemon(tmp_path, python_code=None, **changes):
+    """``run --daemon`` of a bridge under ``tmp_path`` (it needs no broker: the publisher
+    retries 127.0.0.1:1); ``python_code`` replaces ``-m msg_nagios_bridge``, with the arguments
+    in sys.argv[1:]. Returns the finished command."""
+    values = dict(dir=tmp_path, spool=tmp_path / "spool", ocsp="false", fifo=tmp_path / "ocsp.fifo",
+                  log=tmp_path / "bridge.log")
+    values.update(changes)
+    (tmp_path / "bridge.yaml").write_text(DAEMON_CONFIG.format(**values))
+    launch = ["-c", python_code] if python_code else ["-m", "msg_nagios_bridge"]
+    return subprocess.run([sys.executable, *launch, "run", "--daemon", "--allow-root", "-c", str(tmp_path / "bridge.yaml")],
+                          cwd=REPO, capture_output=True, text=True, timeout=90)
+
+
+def stop_daemon(tmp_path, wait=0.0, timeout=20):
+    """TERM the daemon by the PID in its pidfile if it still runs after ``wait`` seconds;
+    True once the pidfile is gone."""
+    pidfile = tmp_path / "bridge.pid"
+    deadline = time.monotonic() + wait
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pidfile.exists() and pidfile.read_text().strip():
+        os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pidfile.exists()
+
+
+def test_run_daemon_exits_0_once_the_detached_bridge_has_started(tmp_path):
+    try:
+        started = start_daemon(tmp_path)
+        assert started.returncode == 0 and started.stderr == "", started.stderr
+        # Started, not merely forked: the pidfile is there and its process has left our session.
+        pid = int((tmp_path / "bridge.pid").read_text())
+        assert os.getsid(pid) != os.getsid(0)
+        assert "bridge started" in (tmp_path / "bridge.log").read_text()
+    finally:
+        assert stop_daemon(tmp_path), "the pidfile is removed on exit"
+    assert "bridge stopped" in (tmp_path / "bridge.log").read_text()
+
+
+def test_run_daemon_says_why_the_detached_bridge_could_not_start(tmp_path):
+    """Regression (review 2026-12-05): whatever failed after python-daemon's fork went to
+    /dev/null, and the command had already exited 0."""
+    (tmp_path / "a-file").write_text("")
+    cases = [  # (what is wrong, exit code, words of the line, whether the log has it)
+        (dict(spool=tmp_path / "a-file" / "spool"), 1, ["spool.directory", "cannot be created: Not a directory"], True),
+        (dict(ocsp="true", fifo=tmp_path / "missing" / "ocsp.fifo"), 1,
+         ["ocsp_pipe failed", "its directory does not exist"], True),
+        (dict(log=tmp_path / "missing" / "bridge.log"), 2,
+         ["configuration error:", "logging.file", "cannot be opened: No such file or directory"], False),
+    ]
+    for changes, code, words, logged in cases:
+        try:
+            done = start_daemon(tmp_path, **changes)
+            assert done.returncode == code, (changes, done.stderr)
+            assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+            assert all(word in done.stderr for word in words), done.stderr
+            # Gone before the command returned: a corrected start is not refused by the pidfile.
+            assert not (tmp_path / "bridge.pid").exists()
+            if logged:
+                assert done.stderr.strip() in (tmp_path / "bridge.log").read_text()
+        finally:
+            stop_daemon(tmp_path)
+
+
+def test_an_error_that_ends_the_detached_bridge_after_its_start_is_logged(tmp_path):
+    # Its traceback went to stderr, /dev/null in a daemon: the bridge was gone without a word.
+    boom = ("import sys; from msg_nagios_bridge.daemon import service; "
+            "service.Bridge.notice_outside_changes = lambda self: 1 / 0; "
+            "from msg_nagios_bridge.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    try:
+        started = start_daemon(tmp_path, boom)
+        assert started.returncode == 0, started.stderr
+    finally:
+        assert stop_daemon(tmp_path, wait=10)     # it ends by itself at the first status interval (0.2 s)
+    log = (tmp_path / "bridge.log").read_text()
+    assert "the bridge stopped: error: ZeroDivisionError: division by zero" in log
+    assert "Traceback" in log and "bridge stopped" in log
+
+
+def test_the_command_waits_for_a_word_but_not_for_ever(capsys):
+    from msg_nagios_bridge.daemon.detach import wait_for_start
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"2 configuration error: bridge.yaml: logging.file = '/x': cannot be opened\n")
+    assert wait_for_start(read_end) == 2
+    assert capsys.readouterr().err == "configuration error: bridge.yaml: logging.file = '/x': cannot be opened\n"
+    os.close(write_end)
+    read_end, write_end = os.pipe()                  # the daemon ended without a word
+    os.close(write_end)
+    assert wait_for_start(read_end) == 1
+    assert "ended while it started, without saying why" in capsys.readouterr().err
+    read_end, write_end = os.pipe()                  # still starting, or hung
+    try:
+        assert wait_for_start(read_end, timeout=0.2) == 1
+        assert "cannot tell whether the bridge started: it said nothing within" in capsys.readouterr().err
+    finally:
+        os.close(write_end)
