@@ -1,6 +1,7 @@
 """Config: every mistake names file, key and value; the example file is valid."""
 import os
 import pathlib
+import pwd
 import shutil
 import tempfile
 
@@ -485,6 +486,12 @@ def test_check_config_judges_the_spool_for_daemon_user(tmp_path, capsys):
     code, _, err = check_here(tmp_path, capsys)
     assert code == 2 and "can be written by other users (mode 777" in err
     (tmp_path / "spool").chmod(0o700)
+    if os.geteuid() == 0:
+        # Without daemon.user the bridge is the unit's User=: root checking the packaged config
+        # must not be told that nagios's spool is "shared".
+        os.chown(tmp_path / "spool", pwd.getpwnam(nobody).pw_uid, -1)
+        assert check_here(tmp_path, capsys)[:3] == (0, f"{tmp_path}/bridge.yaml: OK\n", "")
+        os.chown(tmp_path / "spool", 0, -1)
     (tmp_path / "spool" / "outbound.sqlite").write_text("")
     (tmp_path / "spool" / "outbound.sqlite").chmod(0o400)
     if os.geteuid() != 0:                                 # root may write it all the same
