@@ -50,11 +50,19 @@ def check_machine(settings: Settings) -> Findings:
         found.warnings.append(ConfigError(file, key, value, reason))
 
     user = _user(settings, error)
-    _spool(settings, user, error)
+    checks = [lambda: _spool(settings, user, error)]
     if settings.core == "nagios":
-        _nagios(settings, user, error, warning)
+        checks.append(lambda: _nagios(settings, user, error, warning))
     if settings.logging.target == "file":
-        _writable_file("logging.file", settings.logging.file, user, error)
+        checks.append(lambda: _writable_file("logging.file", settings.logging.file, user, error))
+    for check in checks:
+        try:
+            check()
+        except OSError as exc:
+            # A directory this user may not look into (nagios's, as another user): say so
+            # rather than call what is there missing.
+            warning("", None, f"cannot check {exc.filename}: {exc.strerror} (run check-config as root or as the"
+                              " bridge's user)")
     return found
 
 
@@ -91,9 +99,9 @@ def _user(settings: Settings, error) -> Optional[User]:
 def _spool(settings: Settings, user: Optional[User], error) -> None:
     directory = settings.spool.directory
     key = "spool.directory"
-    if not os.path.isdir(directory):
+    if not _is_dir(directory):
         parent = _nearest_existing(directory)
-        if not os.path.isdir(parent):
+        if not _is_dir(parent):
             error(key, directory, f"cannot be created: {parent} is not a directory")
         elif user and not _may(parent, os.W_OK | os.X_OK, user):
             error(key, directory, f"does not exist, and {user} cannot create it: {parent} is not writable by it")
@@ -113,7 +121,7 @@ def _spool(settings: Settings, user: Optional[User], error) -> None:
     # A spool tool run as root (dead-letters, send) leaves files the bridge's user cannot open.
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
-        if name.startswith(("outbound.sqlite", "inbound.sqlite", "status.json")) and os.path.isfile(path) \
+        if name.startswith(("outbound.sqlite", "inbound.sqlite", "status.json")) and stat.S_ISREG(_mode(path) or 0) \
                 and not _may(path, os.R_OK | os.W_OK, user):
             owner = os.stat(path).st_uid
             error(key, directory, f"{name} in it cannot be written by {user} (owner uid {owner}): chown it to"
@@ -123,11 +131,11 @@ def _spool(settings: Settings, user: Optional[User], error) -> None:
 def _nagios(settings: Settings, user: Optional[User], error, warning) -> None:
     if settings.ocsp_pipe.enabled:
         directory = os.path.dirname(settings.ocsp_pipe.path)
-        if not os.path.isdir(directory) and directory == RUNTIME_DIRECTORY:
+        if not _is_dir(directory) and directory == RUNTIME_DIRECTORY:
             warning("sources.ocsp_pipe.path", settings.ocsp_pipe.path,
                     f"its directory {directory} does not exist now: the systemd unit makes it when it starts the"
                     " bridge (RuntimeDirectory=), and the tmpfiles.d entry at boot; run --daemon needs it first")
-        elif not os.path.isdir(directory):
+        elif not _is_dir(directory):
             error("sources.ocsp_pipe.path", settings.ocsp_pipe.path, f"its directory {directory} does not exist")
         elif user and not _may(directory, os.W_OK | os.X_OK, user):
             error("sources.ocsp_pipe.path", settings.ocsp_pipe.path,
@@ -138,31 +146,31 @@ def _nagios(settings: Settings, user: Optional[User], error, warning) -> None:
         for name in keys:
             path = getattr(settings.perfdata, name)
             directory = os.path.dirname(path)
-            if not os.path.isdir(directory):
+            if not _is_dir(directory):
                 error(f"sources.perfdata.{name}", path, f"its directory {directory} does not exist: the bridge"
                                                          " would wait for ever for Nagios to write the file")
-            elif user and not _may(directory, os.R_OK | os.X_OK, user):
-                error(f"sources.perfdata.{name}", path, f"its directory {directory} cannot be read by {user}")
+            elif user and not _may(directory, os.X_OK, user):      # the files are opened by name
+                error(f"sources.perfdata.{name}", path, f"its directory {directory} cannot be searched by {user}")
     inbound = settings.inbound
     if not inbound.enabled:
         return
     if inbound.writer == "command_file":
         path = inbound.command_file
         directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
+        if not _is_dir(directory):
             error("inbound.command_file", path, f"its directory {directory} does not exist: is it nagios.cfg's"
                                                 " command_file?")
-        elif not os.path.exists(path):
+        elif _mode(path) is None:
             warning("inbound.command_file", path, "does not exist now: Nagios makes it when it runs (with"
                                                   " check_external_commands=1); the bridge waits for it")
-        elif not stat.S_ISFIFO(os.stat(path).st_mode):
+        elif not stat.S_ISFIFO(_mode(path)):
             warning("inbound.command_file", path, "is not a FIFO: is it nagios.cfg's command_file?")
         elif user and not _may(path, os.W_OK, user):
-            error("inbound.command_file", path, f"cannot be written by {user}: Nagios lets its command group"
-                                                " write it (nagios.cfg's nagios_group or a group of it)")
+            error("inbound.command_file", path, f"cannot be written by {user}: put that user in the group of the"
+                                                f" file ({_group_name(os.stat(path).st_gid)})")
     if inbound.check_result_path:
         path = inbound.check_result_path
-        if not os.path.isdir(path):
+        if not _is_dir(path):
             error("inbound.check_result_path", path, "is not a directory: is it nagios.cfg's check_result_path?")
         elif user and not _may(path, os.W_OK | os.X_OK, user):
             error("inbound.check_result_path", path, f"is not writable by {user}")
@@ -170,19 +178,40 @@ def _nagios(settings: Settings, user: Optional[User], error, warning) -> None:
 
 def _writable_file(key: str, path: str, user: Optional[User], error) -> None:
     """A file the bridge appends to, made when missing (logging.file)."""
-    if os.path.exists(path):
+    if _mode(path) is not None:
         if user and not _may(path, os.W_OK, user):
             error(key, path, f"cannot be written by {user}")
         return
     directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
+    if not _is_dir(directory):
         error(key, path, f"its directory {directory} does not exist")
     elif user and not _may(directory, os.W_OK | os.X_OK, user):
         error(key, path, f"does not exist, and {user} cannot create it: {directory} is not writable by it")
 
 
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return f"gid {gid}"
+
+
+def _mode(path: str) -> Optional[int]:
+    """``path``'s st_mode, None when nothing is there. Unlike os.path.exists, an OSError (no
+    search permission above it) when this user cannot tell."""
+    try:
+        return os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _is_dir(path: str) -> bool:
+    mode = _mode(path)
+    return mode is not None and stat.S_ISDIR(mode)
+
+
 def _nearest_existing(path: str) -> str:
-    while not os.path.lexists(path) and path != os.path.dirname(path):
+    while _mode(path) is None and path != os.path.dirname(path):
         path = os.path.dirname(path)
     return path
 

@@ -537,3 +537,22 @@ def test_the_machine_check_reads_mode_bits_for_another_user(tmp_path):
         assert not _may(path, os.R_OK, member)
     finally:
         shutil.rmtree(top)
+
+
+def test_check_config_does_not_call_missing_what_it_may_not_look_at(tmp_path, capsys, monkeypatch):
+    # An ordinary user checking nagios's config cannot search /var/lib/nagios4: os.path.isdir
+    # said False, and the check reported the command file's directory as missing.
+    from msg_nagios_bridge.config import machine
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "nagios") + "/"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.setattr(machine.os, "stat", stat)
+    inbound = ("inbound: {enabled: true, subscriptions: [{destination: /queue/q}], policy: {rules: [{senders:"
+               " ['*']}]}, command_file: {dir}/nagios/rw/nagios.cmd}")
+    code, out, err = check_here(tmp_path, capsys, more=inbound)
+    assert code == 0 and err == "", err
+    assert f"warning: {tmp_path}/bridge.yaml: cannot check {tmp_path}/nagios/rw: Permission denied (run" \
+           " check-config as root or as the bridge's user)" in out
