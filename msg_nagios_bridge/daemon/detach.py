@@ -25,9 +25,9 @@ from .. import config
 from ..spool import SpoolError
 
 # Seconds the command waits for the daemon's word. Starting takes well under a second; the
-# parts' own waits (an OCSP FIFO's source: service.SOURCE_READY_TIMEOUT) fit in it.
+# parts' own waits (the OCSP source's, cores/nagios/core.py SOURCE_READY_TIMEOUT) fit in it.
 START_TIMEOUT = 60.0
-MAX_TEXT = 3000          # one write under PIPE_BUF (4096): it arrives whole
+MAX_TEXT = 3000          # characters of the line: an error, not a flood
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def describe(exc: BaseException) -> Tuple[int, str]:
     if isinstance(exc, (SpoolError, StartFailed)):
         return 1, f"error: {exc}"
     if isinstance(exc, OSError) and exc.strerror:
-        return 1, f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror}"
+        return 1, f"error: {exc.filename}: {exc.strerror}" if exc.filename else f"error: {exc.strerror}"
     return 1, f"error: {type(exc).__name__}: {exc}"
 
 
