@@ -217,6 +217,20 @@ def test_an_error_that_ends_the_detached_bridge_after_its_start_is_logged(tmp_pa
     assert "Traceback" in log and "bridge stopped" in log
 
 
+def test_the_exception_that_ends_a_part_of_the_detached_bridge_is_logged(tmp_path):
+    # A thread's traceback goes to stderr, /dev/null in a daemon: the log said only that the
+    # part "stopped unexpectedly".
+    boom = ("import sys; from msg_nagios_bridge.outbound import publisher; "
+            "publisher.Publisher.run = lambda self: 1 / 0; "
+            "from msg_nagios_bridge.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    try:
+        start_daemon(tmp_path, boom)       # exit 0 or 1: the part dies at once, or after the start
+    finally:
+        assert stop_daemon(tmp_path, wait=10)     # the main loop ends it
+    log = (tmp_path / "bridge.log").read_text()
+    assert "publisher ended on an unexpected error" in log and "ZeroDivisionError" in log, log
+
+
 def test_the_command_waits_for_a_word_but_not_for_ever(capsys):
     from msg_nagios_bridge.daemon.detach import wait_for_start
     read_end, write_end = os.pipe()
