@@ -1,12 +1,17 @@
 """The command line behaves like a Unix tool, and its man page says what its parser does."""
 import argparse
 import os
+import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from msg_nagios_bridge.cli.main import EXAMPLES, EXIT_CLOSED_PIPE, build_parser, main
 
@@ -229,6 +234,66 @@ def test_the_exception_that_ends_a_part_of_the_detached_bridge_is_logged(tmp_pat
         assert stop_daemon(tmp_path, wait=10)     # the main loop ends it
     log = (tmp_path / "bridge.log").read_text()
     assert "publisher ended on an unexpected error" in log and "ZeroDivisionError" in log, log
+
+
+def python_for(user):
+    """An interpreter ``user`` can run the bridge's checkout with (PYTHONPATH), or None: the
+    venv's may live where only root can read (pyenv under /root); Debian's python3 has the
+    modules as the package uses them."""
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        return None
+    for python in (sys.executable, "/usr/bin/python3"):
+        tried = subprocess.run(["runuser", "-u", user, "--", python, "-c", "import msg_nagios_bridge.cli.main, daemon"],
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, cwd="/", capture_output=True, timeout=60)
+        if tried.returncode == 0:
+            return python
+    return None
+
+
+def test_run_daemon_as_root_says_daemon_user_cannot_write_the_spool(tmp_path):
+    """The review's case: root starts it, it drops to daemon.user, and that user cannot use the
+    spool directory; check-config says so beforehand. Needs root and a python nobody can run."""
+    python = python_for("nobody")
+    if python is None:
+        pytest.skip("needs root, runuser, and a python the user nobody can run the checkout with")
+    nobody = pwd.getpwnam("nobody")
+    top = Path(tempfile.mkdtemp(dir="/tmp"))              # nobody must reach it: tmp_path is root's 0700
+    try:
+        top.chmod(0o755)
+        (top / "spool").mkdir(mode=0o700)                  # root's
+        (top / "run").mkdir()
+        os.chown(top / "run", nobody.pw_uid, nobody.pw_gid)
+        config_path = top / "bridge.yaml"
+        config_path.write_text(DAEMON_CONFIG.format(dir=top, spool=top / "spool", ocsp="false", fifo=top / "ocsp.fifo",
+                                                    log=top / "run" / "bridge.log").replace(
+            f"pidfile: {top}/bridge.pid", f"pidfile: {top}/run/bridge.pid, user: nobody"))
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+        def bridge(*args):
+            return subprocess.run([python, "-m", "msg_nagios_bridge", *args, "-c", str(config_path)], cwd=REPO, env=env,
+                                  capture_output=True, text=True, timeout=90)
+        checked = bridge("check-config")
+        assert checked.returncode == 2
+        assert f"spool.directory = '{top}/spool': is not writable by nobody (daemon.user)" in checked.stderr
+        done = bridge("run", "--daemon")
+        assert done.returncode == 1 and "Permission denied" in done.stderr and f"{top}/spool" in done.stderr
+        assert done.stderr.count("\n") == 1 and not (top / "run" / "bridge.pid").exists(), done.stderr
+        os.chown(top / "spool", nobody.pw_uid, nobody.pw_gid)
+        assert bridge("check-config").returncode == 0
+        done = bridge("run", "--daemon")
+        assert done.returncode == 0, done.stderr
+        pid = int((top / "run" / "bridge.pid").read_text())
+        assert os.stat(f"/proc/{pid}").st_uid == nobody.pw_uid
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while (top / "run" / "bridge.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (top / "run" / "bridge.pid").exists()
+    finally:
+        pidfile = top / "run" / "bridge.pid"
+        if pidfile.exists() and pidfile.read_text().strip():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)      # the daemon this test started
+        shutil.rmtree(top)
 
 
 def test_the_command_waits_for_a_word_but_not_for_ever(capsys):
