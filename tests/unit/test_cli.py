@@ -150,8 +150,8 @@ def start_daemon(tmp_path, python_code=None, **changes):
     values.update(changes)
     (tmp_path / "bridge.yaml").write_text(DAEMON_CONFIG.format(**values))
     launch = ["-c", python_code] if python_code else ["-m", "msg_nagios_bridge"]
-    return subprocess.run([sys.executable, *launch, "run", "--daemon", "--allow-root", "-c", str(tmp_path / "bridge.yaml")],
-                          cwd=REPO, capture_output=True, text=True, timeout=90)
+    return subprocess.run([sys.executable, *launch, "run", "--daemon", "--allow-root",
+                           "-c", str(tmp_path / "bridge.yaml")], cwd=REPO, capture_output=True, text=True, timeout=90)
 
 
 def stop_daemon(tmp_path, wait=0.0, timeout=20):

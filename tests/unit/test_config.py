@@ -460,7 +460,8 @@ def test_check_config_finds_what_run_would_fail_on_here_and_says_all_of_it(tmp_p
     assert all(line.startswith(f"configuration error: {tmp_path}/bridge.yaml: ") for line in lines), err
     for words in ["daemon.user = 'no-such-user-mnb': no such user on this machine",
                   "daemon.group = 'no-such-group-mnb': no such group on this machine",
-                  f"spool.directory = '{tmp_path}/a-file/spool': cannot be created: {tmp_path}/a-file is not a directory",
+                  f"spool.directory = '{tmp_path}/a-file/spool': cannot be created: {tmp_path}/a-file is not a"
+                  " directory",
                   f"sources.ocsp_pipe.path = '{tmp_path}/missing/ocsp.fifo': its directory {tmp_path}/missing does"
                   " not exist",
                   f"sources.perfdata.service_file = '{tmp_path}/missing/perfdata': its directory {tmp_path}/missing"
