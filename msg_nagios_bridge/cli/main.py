@@ -14,6 +14,15 @@ from .. import __version__, config
 
 def _check_config(args) -> int:
     settings = config.load(args.config)
+    if not args.syntax_only:
+        from ..config.machine import check_machine
+        found = check_machine(settings)
+        for warning in found.warnings:
+            print(f"warning: {warning}")
+        if found.errors:
+            for error in found.errors:       # all of them: each is a trip to the machine to fix
+                print(f"configuration error: {error}", file=sys.stderr)
+            return 2
     print(f"{args.config}: OK")
     if args.verbose:
         print(json.dumps(config.as_dict(settings), indent=2, sort_keys=True))
@@ -46,7 +55,8 @@ def _run(args) -> int:
 
 
 def _run_detached(settings: config.Settings, config_path: str) -> int:
-    """The classic way: detach with python-daemon, pidfile, umask, drop to user and group."""
+    """The classic way: detach with python-daemon, pidfile, umask, drop to user and group. The
+    command waits until the bridge has started or failed, and says why it failed (detach.py)."""
     import dataclasses
     import grp
     import inspect
@@ -54,9 +64,8 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
 
     import daemon
 
-    from ..daemon import logsetup
+    from ..daemon.detach import detach
     from ..daemon.pidfile import AlreadyRunning, PidFile
-    from ..daemon.service import run
 
     pidfile = PidFile(settings.daemon.pidfile)
     try:
@@ -88,10 +97,7 @@ def _run_detached(settings: config.Settings, config_path: str) -> int:
                    signal_map={})   # run() installs its own handlers
     if "initgroups" in inspect.signature(daemon.DaemonContext).parameters:   # python-daemon >= 2.3
         options["initgroups"] = bool(settings.daemon.user)
-    context = daemon.DaemonContext(**options)
-    with context:
-        logsetup.configure(log_settings, config_path)
-        return run(settings, config_path)
+    return detach(settings, config_path, log_settings, options)
 
 
 def _read_status(settings: config.Settings):
@@ -303,8 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
                              help="detach the classic way (pidfile, umask, drop to daemon.user/group)")
     run_command.add_argument("--allow-root", action="store_true",
                              help="run as root although nothing in the bridge needs it")
-    check = command("check-config", _check_config, "validate the configuration file and exit")
+    check = command("check-config", _check_config, "validate the configuration file, and what run needs of this"
+                    " machine (users, directories), and exit")
     check.add_argument("-v", "--verbose", action="store_true", help="also print the settings (secrets masked)")
+    check.add_argument("--syntax-only", action="store_true",
+                       help="check the syntax and the values only, not what run needs of this machine (users,"
+                            " directories): for a configuration meant for another machine")
     command("nagios-config", _nagios_config, "print what to add to the core's configuration: Nagios's command"
             " definitions and nagios.cfg lines, or Icinga 2's ApiUser (core: icinga2)")
     command("core-config", _nagios_config, "the same as nagios-config (a name that fits every core)")

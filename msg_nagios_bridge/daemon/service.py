@@ -70,7 +70,11 @@ class Bridge:
     def start(self) -> None:
         """Sinks first, then sources."""
         s = self.settings
-        os.makedirs(s.spool.directory, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(s.spool.directory, mode=0o700, exist_ok=True)
+        except OSError as exc:       # one line that names the key, not a traceback
+            raise SpoolError(f"spool directory {s.spool.directory} (spool.directory) cannot be created:"
+                             f" {exc.strerror}") from None
         _refuse_a_shared_directory(s.spool.directory)
         if s.inbound.enabled:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
@@ -239,6 +243,15 @@ class Bridge:
         return snapshot
 
 
+def start_failure(bridge: Bridge) -> Optional[str]:
+    """The first part that failed while starting, as ``"PART failed: WHY"``, or None. Such a
+    part (an OCSP FIFO that cannot be made) ends the bridge at the main loop's next look."""
+    for part, state in sorted(bridge.health.snapshot()["states"].items()):
+        if state.startswith("failed"):
+            return f"{part} {state}"
+    return None
+
+
 def _refuse_a_shared_directory(directory: str) -> None:
     """SpoolError if another user can put files in ``directory``: one who makes the spool
     file before the bridge does (or replaces it) decides what the writer injects into the core,
@@ -289,8 +302,12 @@ def install_signal_flags() -> "_Flags":
 _flags: Optional[_Flags] = None
 
 
-def run(settings: config.Settings, config_path: str) -> int:
-    """Run until SIGTERM/SIGINT. Returns the exit code (1 if a part died: let systemd restart us)."""
+def run(settings: config.Settings, config_path: str,
+        started: Callable[[Bridge], None] = lambda bridge: None) -> int:
+    """Run until SIGTERM/SIGINT. Returns the exit code (1 if a part died: let systemd restart us).
+    ``started`` is called once the parts have started, where systemd is told READY=1 (run
+    --daemon tells the command that waits for it, detach.py); what it raises stops the bridge
+    and comes out of run()."""
     flags = install_signal_flags()
     bridge = Bridge(settings)
     bridge.start()
@@ -299,6 +316,7 @@ def run(settings: config.Settings, config_path: str) -> int:
     watchdog = sdnotify.watchdog_interval()
     code = 0
     try:
+        started(bridge)          # may raise to end the bridge: the finally below stops it
         while True:
             interval = bridge.settings.daemon.status_interval
             flags.stop.wait(min(interval, watchdog or interval))

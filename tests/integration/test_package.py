@@ -225,7 +225,10 @@ def test_unpacked_package_runs_on_debian_python_and_modules(root):
     config = str(root / CONFIG)
     checked = run([launcher, "check-config", "-c", config], env=env, cwd=str(root))
     assert checked.returncode == 0, checked.stderr
-    assert checked.stdout.strip() == f"{config}: OK"
+    *warnings, ok = checked.stdout.strip().splitlines()
+    assert ok == f"{config}: OK"
+    # Only what this test box lacks of an installed one: the unit's /run/msg-nagios-bridge.
+    assert all(line.startswith("warning: ") and "/run/msg-nagios-bridge" in line for line in warnings), warnings
     wiring = run([launcher, "nagios-config", "-c", config], env=env, cwd=str(root))
     assert wiring.returncode == 0 and "ocsp_command=msg-bridge-ocsp" in wiring.stdout, wiring.stderr
 

@@ -1,12 +1,17 @@
 """The command line behaves like a Unix tool, and its man page says what its parser does."""
 import argparse
 import os
+import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from msg_nagios_bridge.cli.main import EXAMPLES, EXIT_CLOSED_PIPE, build_parser, main
 
@@ -121,3 +126,190 @@ def test_send_that_no_route_takes_fails(tmp_path, capsys):
     (tmp_path / "c.yaml").write_text(CONFIG)
     assert main(["send", "-c", str(tmp_path / "c.yaml"), "--host", "h", "--state", "0"]) == 1    # a host result
     assert "error: no route takes this result, nothing was sent" in capsys.readouterr().err
+
+
+# -- run --daemon: the command says whether the detached bridge started ----------------------------
+
+DAEMON_CONFIG = """site: {{name: S, nagios_name: n.example.org}}
+brokers: {{hosts: ["127.0.0.1:1"], backoff_initial: 0.5, backoff_max: 5}}
+spool: {{directory: {spool}}}
+sources:
+  ocsp_pipe: {{enabled: {ocsp}, path: {fifo}}}
+  perfdata: {{enabled: true, service_file: {dir}/service-perfdata, host_file: {dir}/host-perfdata}}
+logging: {{level: INFO, target: file, file: {log}}}
+daemon: {{pidfile: {dir}/bridge.pid, status_interval: 0.2}}
+"""
+
+
+def start_daemon(tmp_path, python_code=None, **changes):
+    """``run --daemon`` of a bridge under ``tmp_path`` (it needs no broker: the publisher
+    retries 127.0.0.1:1); ``python_code`` replaces ``-m msg_nagios_bridge``, with the arguments
+    in sys.argv[1:]. Returns the finished command."""
+    values = dict(dir=tmp_path, spool=tmp_path / "spool", ocsp="false", fifo=tmp_path / "ocsp.fifo",
+                  log=tmp_path / "bridge.log")
+    values.update(changes)
+    (tmp_path / "bridge.yaml").write_text(DAEMON_CONFIG.format(**values))
+    launch = ["-c", python_code] if python_code else ["-m", "msg_nagios_bridge"]
+    return subprocess.run([sys.executable, *launch, "run", "--daemon", "--allow-root",
+                           "-c", str(tmp_path / "bridge.yaml")], cwd=REPO, capture_output=True, text=True, timeout=90)
+
+
+def stop_daemon(tmp_path, wait=0.0, timeout=20):
+    """TERM the daemon by the PID in its pidfile if it still runs after ``wait`` seconds;
+    True once the pidfile is gone."""
+    pidfile = tmp_path / "bridge.pid"
+    deadline = time.monotonic() + wait
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pidfile.exists() and pidfile.read_text().strip():
+        os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pidfile.exists()
+
+
+def test_run_daemon_exits_0_once_the_detached_bridge_has_started(tmp_path):
+    try:
+        started = start_daemon(tmp_path)
+        assert started.returncode == 0 and started.stderr == "", started.stderr
+        # Started, not merely forked: the pidfile is there and its process has left our session.
+        pid = int((tmp_path / "bridge.pid").read_text())
+        assert os.getsid(pid) != os.getsid(0)
+        assert "bridge started" in (tmp_path / "bridge.log").read_text()
+    finally:
+        assert stop_daemon(tmp_path), "the pidfile is removed on exit"
+    assert "bridge stopped" in (tmp_path / "bridge.log").read_text()
+
+
+def test_run_daemon_says_why_the_detached_bridge_could_not_start(tmp_path):
+    """Regression (review 2026-12-05): whatever failed after python-daemon's fork went to
+    /dev/null, and the command had already exited 0."""
+    (tmp_path / "a-file").write_text("")
+    cases = [  # (what is wrong, exit code, words of the line, whether the log has it)
+        (dict(spool=tmp_path / "a-file" / "spool"), 1, ["spool.directory", "cannot be created: Not a directory"], True),
+        (dict(ocsp="true", fifo=tmp_path / "missing" / "ocsp.fifo"), 1,
+         ["ocsp_pipe failed", "its directory does not exist"], True),
+        (dict(log=tmp_path / "missing" / "bridge.log"), 2,
+         ["configuration error:", "logging.file", "cannot be opened: No such file or directory"], False),
+    ]
+    for changes, code, words, logged in cases:
+        try:
+            done = start_daemon(tmp_path, **changes)
+            assert done.returncode == code, (changes, done.stderr)
+            assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+            assert all(word in done.stderr for word in words), done.stderr
+            # Gone before the command returned: a corrected start is not refused by the pidfile.
+            assert not (tmp_path / "bridge.pid").exists()
+            if logged:
+                assert done.stderr.strip() in (tmp_path / "bridge.log").read_text()
+        finally:
+            stop_daemon(tmp_path)
+
+
+def test_an_error_that_ends_the_detached_bridge_after_its_start_is_logged(tmp_path):
+    # Its traceback went to stderr, /dev/null in a daemon: the bridge was gone without a word.
+    boom = ("import sys; from msg_nagios_bridge.daemon import service; "
+            "service.Bridge.notice_outside_changes = lambda self: 1 / 0; "
+            "from msg_nagios_bridge.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    try:
+        started = start_daemon(tmp_path, boom)
+        assert started.returncode == 0, started.stderr
+    finally:
+        assert stop_daemon(tmp_path, wait=10)     # it ends by itself at the first status interval (0.2 s)
+    log = (tmp_path / "bridge.log").read_text()
+    assert "the bridge stopped: error: ZeroDivisionError: division by zero" in log
+    assert "Traceback" in log and "bridge stopped" in log
+
+
+def test_the_exception_that_ends_a_part_of_the_detached_bridge_is_logged(tmp_path):
+    # A thread's traceback goes to stderr, /dev/null in a daemon: the log said only that the
+    # part "stopped unexpectedly".
+    boom = ("import sys; from msg_nagios_bridge.outbound import publisher; "
+            "publisher.Publisher.run = lambda self: 1 / 0; "
+            "from msg_nagios_bridge.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    try:
+        start_daemon(tmp_path, boom)       # exit 0 or 1: the part dies at once, or after the start
+    finally:
+        assert stop_daemon(tmp_path, wait=10)     # the main loop ends it
+    log = (tmp_path / "bridge.log").read_text()
+    assert "publisher ended on an unexpected error" in log and "ZeroDivisionError" in log, log
+
+
+def python_for(user):
+    """An interpreter ``user`` can run the bridge's checkout with (PYTHONPATH), or None: the
+    venv's may live where only root can read (pyenv under /root); Debian's python3 has the
+    modules as the package uses them."""
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        return None
+    for python in (sys.executable, "/usr/bin/python3"):
+        tried = subprocess.run(["runuser", "-u", user, "--", python, "-c", "import msg_nagios_bridge.cli.main, daemon"],
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, cwd="/", capture_output=True, timeout=60)
+        if tried.returncode == 0:
+            return python
+    return None
+
+
+def test_run_daemon_as_root_says_daemon_user_cannot_write_the_spool(tmp_path):
+    """The review's case: root starts it, it drops to daemon.user, and that user cannot use the
+    spool directory; check-config says so beforehand. Needs root and a python nobody can run."""
+    python = python_for("nobody")
+    if python is None:
+        pytest.skip("needs root, runuser, and a python the user nobody can run the checkout with")
+    nobody = pwd.getpwnam("nobody")
+    top = Path(tempfile.mkdtemp(dir="/tmp"))              # nobody must reach it: tmp_path is root's 0700
+    try:
+        top.chmod(0o755)
+        (top / "spool").mkdir(mode=0o700)                  # root's
+        (top / "run").mkdir()
+        os.chown(top / "run", nobody.pw_uid, nobody.pw_gid)
+        config_path = top / "bridge.yaml"
+        config_path.write_text(DAEMON_CONFIG.format(dir=top, spool=top / "spool", ocsp="false", fifo=top / "ocsp.fifo",
+                                                    log=top / "run" / "bridge.log").replace(
+            f"pidfile: {top}/bridge.pid", f"pidfile: {top}/run/bridge.pid, user: nobody"))
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+        def bridge(*args):
+            return subprocess.run([python, "-m", "msg_nagios_bridge", *args, "-c", str(config_path)], cwd=REPO, env=env,
+                                  capture_output=True, text=True, timeout=90)
+        checked = bridge("check-config")
+        assert checked.returncode == 2
+        assert f"spool.directory = '{top}/spool': is not writable by nobody (daemon.user)" in checked.stderr
+        done = bridge("run", "--daemon")
+        assert done.returncode == 1 and "Permission denied" in done.stderr and f"{top}/spool" in done.stderr
+        assert done.stderr.count("\n") == 1 and not (top / "run" / "bridge.pid").exists(), done.stderr
+        os.chown(top / "spool", nobody.pw_uid, nobody.pw_gid)
+        assert bridge("check-config").returncode == 0
+        done = bridge("run", "--daemon")
+        assert done.returncode == 0, done.stderr
+        pid = int((top / "run" / "bridge.pid").read_text())
+        assert os.stat(f"/proc/{pid}").st_uid == nobody.pw_uid
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while (top / "run" / "bridge.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (top / "run" / "bridge.pid").exists()
+    finally:
+        pidfile = top / "run" / "bridge.pid"
+        if pidfile.exists() and pidfile.read_text().strip():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)      # the daemon this test started
+        shutil.rmtree(top)
+
+
+def test_the_command_waits_for_a_word_but_not_for_ever(capsys):
+    from msg_nagios_bridge.daemon.detach import wait_for_start
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"2 configuration error: bridge.yaml: logging.file = '/x': cannot be opened\n")
+    assert wait_for_start(read_end) == 2
+    assert capsys.readouterr().err == "configuration error: bridge.yaml: logging.file = '/x': cannot be opened\n"
+    os.close(write_end)
+    read_end, write_end = os.pipe()                  # the daemon ended without a word
+    os.close(write_end)
+    assert wait_for_start(read_end) == 1
+    assert "ended while it started, without saying why" in capsys.readouterr().err
+    read_end, write_end = os.pipe()                  # still starting, or hung
+    try:
+        assert wait_for_start(read_end, timeout=0.2) == 1
+        assert "cannot tell whether the bridge started: it said nothing within" in capsys.readouterr().err
+    finally:
+        os.close(write_end)

@@ -1,5 +1,9 @@
 """Config: every mistake names file, key and value; the example file is valid."""
+import os
 import pathlib
+import pwd
+import shutil
+import tempfile
 
 import pytest
 
@@ -351,7 +355,8 @@ def test_check_config_verbose_masks_the_icinga2_api_password(tmp_path, capsys):
     path.write_text(ICINGA.replace("CA", str(ca)).replace("password: secret", f"password_file: {secret}"))
     settings = config.load(str(path))
     assert settings.icinga2.password == "icinga-s3cret"
-    assert main(["check-config", "-v", "-c", str(path)]) == 0
+    # --syntax-only: its spool, /tmp, is no place for a spool on any machine (run refuses it).
+    assert main(["check-config", "-v", "--syntax-only", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "icinga-s3cret" not in out and '"password": "********"' in out
     assert "icinga-s3cret" not in repr(settings)
@@ -415,3 +420,140 @@ def test_a_log_file_that_cannot_be_opened_is_a_config_error_and_a_reload_keeps_r
     running = SimpleNamespace(health=Health())
     assert _reload(running, str(path)) is running
     assert "reload refused: " in running.health.snapshot()["errors"][-1][1]
+
+
+
+# -- check-config: what run needs of this machine --------------------------------------------------
+
+def check_here(tmp_path, capsys, *options, spool="{dir}/spool", sources="{ocsp_pipe: {path: {dir}/ocsp.fifo}}",
+               more=""):
+    """check-config of a config under tmp_path (``{dir}`` in the texts): (exit code, stdout, stderr)."""
+    path = tmp_path / "bridge.yaml"
+    text = (f"site: {{name: SITE-A}}\nbrokers: {{hosts: ['127.0.0.1:61613']}}\nspool: {{directory: {spool}}}\n"
+            f"sources: {sources}\n{more}\n")
+    path.write_text(text.replace("{dir}", str(tmp_path)))
+    code = main(["check-config", *options, "-c", str(path)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_config_says_ok_when_this_machine_has_what_run_needs(tmp_path, capsys):
+    (tmp_path / "perf").mkdir()
+    code, out, err = check_here(tmp_path, capsys, sources="{ocsp_pipe: {path: {dir}/ocsp.fifo}, perfdata: {enabled:"
+                                " true, service_file: {dir}/perf/service-perfdata}}",
+                                more="logging: {target: file, file: {dir}/bridge.log}")
+    assert (code, out, err) == (0, f"{tmp_path}/bridge.yaml: OK\n", "")
+
+
+def test_check_config_finds_what_run_would_fail_on_here_and_says_all_of_it(tmp_path, capsys):
+    """Regression (review 2026-12-05): check-config said OK for a config whose daemon.user did not
+    exist, whose spool could not be made, whose log file's directory was missing: run failed."""
+    (tmp_path / "a-file").write_text("")
+    bad = dict(spool="{dir}/a-file/spool",
+               sources="{ocsp_pipe: {path: {dir}/missing/ocsp.fifo}, perfdata: {enabled: true,"
+                       " service_file: {dir}/missing/perfdata}}",
+               more="daemon: {user: no-such-user-mnb, group: no-such-group-mnb}\n"
+                    "logging: {target: file, file: {dir}/missing/bridge.log}")
+    code, out, err = check_here(tmp_path, capsys, **bad)
+    assert code == 2 and "OK" not in out
+    lines = err.splitlines()
+    assert all(line.startswith(f"configuration error: {tmp_path}/bridge.yaml: ") for line in lines), err
+    for words in ["daemon.user = 'no-such-user-mnb': no such user on this machine",
+                  "daemon.group = 'no-such-group-mnb': no such group on this machine",
+                  f"spool.directory = '{tmp_path}/a-file/spool': cannot be created: {tmp_path}/a-file is not a"
+                  " directory",
+                  f"sources.ocsp_pipe.path = '{tmp_path}/missing/ocsp.fifo': its directory {tmp_path}/missing does"
+                  " not exist",
+                  f"sources.perfdata.service_file = '{tmp_path}/missing/perfdata': its directory {tmp_path}/missing"
+                  " does not exist",
+                  f"logging.file = '{tmp_path}/missing/bridge.log': its directory {tmp_path}/missing does not exist"]:
+        assert any(words in line for line in lines), (words, err)
+    assert len(lines) == 6, err
+    # A config meant for another machine: its syntax and values only.
+    assert check_here(tmp_path, capsys, "--syntax-only", **bad)[:2] == (0, f"{tmp_path}/bridge.yaml: OK\n")
+
+
+def test_check_config_judges_the_spool_for_daemon_user(tmp_path, capsys):
+    """For daemon.user, not for root who runs the check (os.access answers for root)."""
+    nobody = "nobody"
+    (tmp_path / "spool").mkdir(mode=0o700)                # ours, not nobody's
+    code, _, err = check_here(tmp_path, capsys, more=f"daemon: {{user: {nobody}}}")
+    assert code == 2 and f"spool.directory = '{tmp_path}/spool': is not writable by nobody (daemon.user)" in err
+    (tmp_path / "spool").rmdir()
+    code, _, err = check_here(tmp_path, capsys, spool="{dir}/sub/spool", more=f"daemon: {{user: {nobody}}}")
+    assert code == 2 and f"does not exist, and nobody (daemon.user) cannot create it: {tmp_path} is not" in err
+    (tmp_path / "spool").mkdir(mode=0o777)
+    (tmp_path / "spool").chmod(0o777)
+    code, _, err = check_here(tmp_path, capsys)
+    assert code == 2 and "can be written by other users (mode 777" in err
+    (tmp_path / "spool").chmod(0o700)
+    if os.geteuid() == 0:
+        # Without daemon.user the bridge is the unit's User=: root checking the packaged config
+        # must not be told that nagios's spool is "shared".
+        os.chown(tmp_path / "spool", pwd.getpwnam(nobody).pw_uid, -1)
+        assert check_here(tmp_path, capsys)[:3] == (0, f"{tmp_path}/bridge.yaml: OK\n", "")
+        os.chown(tmp_path / "spool", 0, -1)
+    (tmp_path / "spool" / "outbound.sqlite").write_text("")
+    (tmp_path / "spool" / "outbound.sqlite").chmod(0o400)
+    if os.geteuid() != 0:                                 # root may write it all the same
+        code, _, err = check_here(tmp_path, capsys)
+        assert code == 2 and "outbound.sqlite in it cannot be written by" in err
+
+
+def test_check_config_warns_of_a_missing_nagios_command_file_and_refuses_a_missing_directory(tmp_path, capsys):
+    inbound = ("inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders:"
+               " ['*']}}]}}, command_file: {path}}}")
+    # Nagios down: it makes its command file when it starts; the bridge waits for it.
+    code, out, err = check_here(tmp_path, capsys, more=inbound.format(path="{dir}/nagios.cmd"))
+    assert code == 0 and err == "", err
+    assert out == (f"warning: {tmp_path}/bridge.yaml: inbound.command_file = '{tmp_path}/nagios.cmd': does not exist"
+                   " now: Nagios makes it when it runs (with check_external_commands=1); the bridge waits for it\n"
+                   f"{tmp_path}/bridge.yaml: OK\n")
+    os.mkfifo(tmp_path / "nagios.cmd")
+    assert check_here(tmp_path, capsys, more=inbound.format(path="{dir}/nagios.cmd"))[:3] == (
+        0, f"{tmp_path}/bridge.yaml: OK\n", "")
+    code, out, err = check_here(tmp_path, capsys, more=inbound.format(path="{dir}/rw/nagios.cmd"))
+    assert code == 2 and f"inbound.command_file = '{tmp_path}/rw/nagios.cmd': its directory {tmp_path}/rw does not" \
+                         " exist" in err
+
+
+def test_the_machine_check_reads_mode_bits_for_another_user(tmp_path):
+    # Root's os.access says yes to everything: for daemon.user the bits decide.
+    from msg_nagios_bridge.config.machine import User, _may
+    top = tempfile.mkdtemp(dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        path = os.path.join(top, "f")
+        with open(path, "w"):
+            pass
+        os.chmod(path, 0o640)
+        other = os.getuid() + 4242
+        member = User("m", other, frozenset({os.stat(path).st_gid}), "test")
+        stranger = User("s", other, frozenset({os.getgid() + 4242}), "test")
+        assert _may(path, os.R_OK, member) and not _may(path, os.W_OK, member)
+        assert not _may(path, os.R_OK, stranger)
+        os.chmod(top, 0o750)                     # no search in the directory above: nothing below
+        assert not _may(path, os.R_OK, stranger) and _may(path, os.R_OK, member)
+        os.chmod(top, 0o700)
+        assert not _may(path, os.R_OK, member)
+    finally:
+        shutil.rmtree(top)
+
+
+def test_check_config_does_not_call_missing_what_it_may_not_look_at(tmp_path, capsys, monkeypatch):
+    # An ordinary user checking nagios's config cannot search /var/lib/nagios4: os.path.isdir
+    # said False, and the check reported the command file's directory as missing.
+    from msg_nagios_bridge.config import machine
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "nagios") + "/"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+    monkeypatch.setattr(machine.os, "stat", stat)
+    inbound = ("inbound: {enabled: true, subscriptions: [{destination: /queue/q}], policy: {rules: [{senders:"
+               " ['*']}]}, command_file: {dir}/nagios/rw/nagios.cmd}")
+    code, out, err = check_here(tmp_path, capsys, more=inbound)
+    assert code == 0 and err == "", err
+    assert f"warning: {tmp_path}/bridge.yaml: cannot check {tmp_path}/nagios/rw: Permission denied (run" \
+           " check-config as root or as the bridge's user)" in out
