@@ -239,8 +239,10 @@ class PerfdataTail(threading.Thread):
         data = os.pread(self.fd, MAX_BATCH_BYTES, self.offset)
         if self.skip_lines:
             return self._skip_rest_of_record(data)
-        end = data.rfind(b"\n")
-        complete = data[:end].split(b"\n") if end >= 0 else []
+        # The complete lines, without a copy of the read up to its last newline first (4 MiB
+        # more at the peak of a backlog's read): the part after the last newline is dropped.
+        complete = data.split(b"\n")
+        complete.pop()
         lines, used = split_records(complete)
         if used:
             new_offset = self.offset + sum(len(line) + 1 for line in complete[:used])
