@@ -49,7 +49,8 @@ deleted only after its receipt). status.json is only written every 5 s, and a su
 queue would add consumer work to the broker that the raw baselines do not have. "spooled" is
 the moment the high-water mark reached N (the intake side alone).
 
-Reported for each bridge: peak RSS (VmHWM from /proc/PID/status at the end of the run) and CPU
+Reported for each bridge: peak RSS (VmHWM from /proc/PID/status at the end of the run), its RSS
+once connected and before the load (what the load adds is the difference), and CPU
 seconds (utime+stime from /proc/PID/stat) during the timed window and over the whole process
 life; the CPU seconds of the broker, of this process and of every other process on the machine
 during each case are shown too (2 cores are shared: a busy machine disturbs the figures, and the
@@ -92,7 +93,7 @@ from msg_nagios_bridge.outbound.routing import Router  # noqa: E402
 from tests.sandbox.activemq import ActiveMQ  # noqa: E402
 from tests.sandbox.bridge import Bridge, bridge_config, feed_ocsp  # noqa: E402
 from tests.sandbox.pki import Authority  # noqa: E402
-from tests.sandbox.procfs import cpu_seconds, peak_rss_mb  # noqa: E402
+from tests.sandbox.procfs import cpu_seconds, peak_rss_mb, rss_mb  # noqa: E402
 from tests.sandbox.stomp_probe import StompProbe, connect  # noqa: E402
 
 
@@ -247,6 +248,7 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
         wait_connected(bridge)
         time.sleep(0.3)
         pid = bridge.pid
+        result["idle_rss_mb"] = rss_mb(pid)         # connected, before the load: what the load adds
         meter = Meter({"broker": [broker.pid], "bridge": [pid]})
         if source == "perfdata":
             writer = threading.Thread(target=write_perfdata,
@@ -303,6 +305,7 @@ SUMMARY_FIGURES = [
     ("x 1d+hdr", lambda r: r.get("x_1dhdr"), ".2f"),
     ("us CPU/msg", lambda r: r.get("us_per_msg"), ".0f"),
     ("bridge RSS MB", lambda r: r.get("rss_mb"), ".0f"),
+    ("bridge RSS MB idle", lambda r: r.get("idle_rss_mb"), ".0f"),
 ]
 
 
@@ -409,7 +412,8 @@ How measured: 1a/1a+hdr: (N+1) / time from the first SEND until the RECEIPT of o
   bridge). 1d: STOMP transactions (BEGIN, SENDs, COMMIT with receipt), commits pipelined.
   bridge: N / time from the first line written until the spool had stored N and held none
   (a row is deleted only after its broker RECEIPT), polled read-only every 20 ms.
-  bridge CPU s: during the timed window (whole process life); RSS = VmHWM at the end.
+  bridge CPU s: during the timed window (whole process life); RSS = VmHWM at the end; idle RSS =
+  VmRSS once connected, before the first line.
   bench CPU s: this process (the raw client, or the line writer + spool poller).
   other CPU s: all other processes on the machine during the case (should be ~0).""")
 
