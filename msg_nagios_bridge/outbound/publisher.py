@@ -28,7 +28,7 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from stomp.exception import StompException
 
@@ -38,7 +38,7 @@ from ..broker.session import BrokerSession
 from ..config import BrokerSettings
 from ..daemon.health import Backoff, Health, RateLimitedLog
 from ..display import printable
-from ..spool import Spool, SpoolEntry, SpoolError
+from ..spool import Spool, SpoolError
 from ..wakeup import Wakeup
 from . import refusals
 from ..daemon.threadname import name_os_thread
@@ -52,6 +52,16 @@ BATCH = 500                 # messages per transaction
 BATCH_BYTES = 4 << 20
 MAX_IN_FLIGHT_BYTES = 16 << 20
 SPOOL_RETRY = 1.0           # seconds before trying a failing spool again
+
+
+class _Sent(NamedTuple):
+    """What the publisher keeps of a message in flight: enough to delete it on its receipt,
+    give it back, or dead-letter it when refused (its headers and body stay in the spool: a
+    thousand whole SpoolEntry objects held 3.2 MiB, docs/performance.md)."""
+    entry_id: int
+    attempts: int
+    message_id: str
+    destination: str
 
 
 class Publisher(threading.Thread):
@@ -73,7 +83,7 @@ class Publisher(threading.Thread):
                                      up_state=lambda address: f"connected to {address}",
                                      on_connect=self._connected)
         spool.wake_on_put(self.wakeup)
-        self._in_flight: Dict[str, tuple] = {}   # receipt -> (entries, sent_at, body bytes)
+        self._in_flight: Dict[str, tuple] = {}   # receipt -> ([_Sent], sent_at, body bytes)
         self._in_flight_count = 0
         self._in_flight_bytes = 0                 # of their bodies
         # Receipted, deleted at their deadline (monotonic); given back if the connection goes first.
@@ -260,7 +270,9 @@ class Publisher(threading.Thread):
 
     def _track(self, receipt: str, entries) -> None:
         size = sum(len(entry.message.body) for entry in entries)
-        self._in_flight[receipt] = (entries, time.monotonic(), size)
+        sent = [_Sent(entry.entry_id, entry.attempts, entry.message.message_id, entry.message.destination)
+                for entry in entries]
+        self._in_flight[receipt] = (sent, time.monotonic(), size)
         self._in_flight_count += len(entries)
         self._in_flight_bytes += size
 
@@ -357,7 +369,7 @@ class Publisher(threading.Thread):
         self.health.error(f"broker refused: {reason}")
         self.health.add("broker_errors")
         if item is not None and len(item[0]) == 1:
-            entry: SpoolEntry = item[0][0]
+            entry: _Sent = item[0][0]
             actions = self._step(refusals.RefusedOne(entry.entry_id, entry.attempts, self.settings.max_refusals,
                                                      time.monotonic(), inferred))
             if refusals.GIVE_BACK in actions:
@@ -368,8 +380,8 @@ class Publisher(threading.Thread):
                 with self._never_stranded([entry.entry_id]):
                     self.spool.reject(entry.entry_id, f"refused by the broker on try {entry.attempts + 1}: {reason}")
                 self.health.add("dead_letters")
-                self._warn(logging.ERROR, "dead-letter", f"message {entry.message.message_id} to "
-                           f"{entry.message.destination} moved to dead letters: {reason}")
+                self._warn(logging.ERROR, "dead-letter", f"message {entry.message_id} to "
+                           f"{entry.destination} moved to dead letters: {reason}")
             if refusals.RECONNECT in actions:
                 self._connection_lost(f"broker error: {reason}", replies_read=True, after_error=True)
                 return False

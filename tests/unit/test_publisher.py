@@ -418,3 +418,32 @@ def test_big_messages_in_flight_are_bounded_in_bytes_not_only_in_number(tmp_path
         publisher.stop()
         publisher.join(5)
         spool.close()
+
+
+def test_messages_in_flight_are_kept_without_their_bodies(tmp_path):
+    """What waits for a receipt is each message's id, tries, message id and destination: the
+    bodies and headers stay in the spool (a thousand whole entries held 3.2 MiB of a site
+    bridge's 50 MB). 10 MiB of bodies in flight hold well under 1 MiB of Python objects."""
+    import gc
+    import tracemalloc
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    spool.put([Message(f"m{i}", "/queue/q", {"h": "v"}, bytes([65 + i]) * (1 << 20)) for i in range(10)])
+    health = Health()
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),)), spool, health, drain_timeout=1)
+    broker = publisher.session.broker = HoldingBroker(publisher.wakeup)
+    tracemalloc.start()
+    publisher.start()
+    try:
+        assert wait_until(lambda: len(broker.sent) == 10 and len(broker.held) >= 1, 10), broker.sent
+        time.sleep(0.2)
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+        assert held < 1 << 20, f"{held} bytes held with 10 MiB in flight"
+        broker.release()
+        assert wait_until(lambda: health.counter("published") == 10, 5)
+        assert spool.stats().depth == 0
+    finally:
+        tracemalloc.stop()
+        publisher.stop()
+        publisher.join(5)
+        spool.close()
