@@ -407,6 +407,30 @@ def test_an_oversized_record_is_dead_lettered_whole_and_its_tail_never_read_as_a
         tailer._close()
 
 
+@pytest.mark.parametrize("kind", ["record", "line"])
+def test_a_backlog_is_read_a_mebibyte_at_a_time_and_a_longer_record_still_whole(tmp_path, monkeypatch, kind):
+    """A read takes READ_BYTES (a backlog is held a read at a time: less memory at the peak); a
+    line or record longer than that, up to MAX_BATCH_BYTES, is read again whole, not dead-lettered."""
+    from msg_nagios_bridge.cores.nagios import perfdata_file
+    reads = []
+    real_pread = os.pread
+    monkeypatch.setattr(perfdata_file.os, "pread", lambda fd, size, offset: reads.append(size) or
+                        real_pread(fd, size, offset))
+    long = CheckResult(host="h", service="s7", state=0, output="ok", timestamp=1700000000,
+                       long_output="A" * (perfdata_file.READ_BYTES + 1000))
+    fmt = result_line.format_record if kind == "record" else result_line.format_line
+    path = tmp_path / "perfdata"
+    path.write_text(lines(0, 7) + fmt(long) + "\n" + lines(8, 6000))
+    with Spool(str(tmp_path / "spool.sqlite")) as spool:
+        intake = Intake("perfdata", Router(SETTINGS), spool, Health(), threading.Event(), result_line.parse)
+        tailer = PerfdataTail(str(path), intake, Health(), poll_interval=0.02)
+        step_until_idle(tailer)
+        assert services_in(spool) == list(range(6008))
+        assert spool.dead_letters() == []
+        tailer._close()
+    assert [size for size in reads if size > perfdata_file.READ_BYTES] == [perfdata_file.MAX_BATCH_BYTES]
+
+
 def test_refused_lines_are_kept_in_the_transaction_of_their_batch(tmp_path):
     """Regression (review 2026-12-04): each refused line was kept in a transaction (an fsync)
     of its own: a perfdata file in Nagios's default template, or garbage on the OCSP pipe,

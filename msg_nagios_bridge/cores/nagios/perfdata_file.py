@@ -34,7 +34,11 @@ from ...daemon.threadname import name_os_thread
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_BYTES = 4 << 20
+MAX_BATCH_BYTES = 4 << 20      # the longest line or record read; a longer one is dead-lettered
+# What one read takes: a backlog is parsed and held a read at a time (the bytes, their lines and
+# records: about three copies), so a smaller read holds less at the peak. A read that holds no
+# whole record is done again, up to MAX_BATCH_BYTES.
+READ_BYTES = 1 << 20
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
 FINGERPRINT_BYTES = 1024
 
@@ -57,6 +61,16 @@ def split_records(lines: List[bytes]) -> Tuple[List[bytes], int]:
             records.append(lines[index])
             index += 1
     return records, index
+
+
+def _records(data: bytes) -> Tuple[List[bytes], List[bytes], int]:
+    """(the complete lines of a read, the whole records they make, how many lines those use).
+    The lines are split without copying the read up to its last newline first (a copy of the
+    read more at its peak): the part after the last newline is dropped."""
+    complete = data.split(b"\n")
+    complete.pop()
+    records, used = split_records(complete)
+    return complete, records, used
 
 
 def _identity(info: os.stat_result) -> Tuple[int, int]:
@@ -175,7 +189,7 @@ class PerfdataTail(threading.Thread):
             if newline < 0:
                 break
             cut, left = newline + 1, left - 1
-        if left == 0 or len(data) >= MAX_BATCH_BYTES:
+        if left == 0 or len(data) >= READ_BYTES:
             rest = data if left else data[:cut]
             self.intake.dead_letter(rest, f"the rest of a line or record longer than {MAX_BATCH_BYTES} bytes")
             self.offset += len(rest)
@@ -236,14 +250,13 @@ class PerfdataTail(threading.Thread):
             self._open(self.path, 0)
             self.health.set_state(self.state_name, "reading")
         self._discover()
-        data = os.pread(self.fd, MAX_BATCH_BYTES, self.offset)
+        data = os.pread(self.fd, READ_BYTES, self.offset)
         if self.skip_lines:
             return self._skip_rest_of_record(data)
-        # The complete lines, without a copy of the read up to its last newline first (4 MiB
-        # more at the peak of a backlog's read): the part after the last newline is dropped.
-        complete = data.split(b"\n")
-        complete.pop()
-        lines, used = split_records(complete)
+        complete, lines, used = _records(data)
+        if not used and len(data) == READ_BYTES:        # a long record: read it whole
+            data = os.pread(self.fd, MAX_BATCH_BYTES, self.offset)
+            complete, lines, used = _records(data)
         if used:
             new_offset = self.offset + sum(len(line) + 1 for line in complete[:used])
             cursor = json.dumps({"dev": self.file_id[0], "ino": self.file_id[1], "offset": new_offset,
