@@ -14,6 +14,7 @@ import pwd
 import stat
 from typing import FrozenSet, List, Optional
 
+from ..paths import shared_spool_directory
 from .settings import ConfigError, Settings
 
 
@@ -112,9 +113,9 @@ def _spool(settings: Settings, user: Optional[User], error) -> None:
         error(key, directory, f"is not writable by {user}: give it to that user, mode 0700")
         return
     info = os.stat(directory)
-    # As service._refuse_a_shared_directory. The owner only for daemon.user: without it the
-    # bridge runs as the unit's User= (nagios), which root running this check is not.
-    if info.st_mode & 0o002 or (settings.daemon.user and info.st_uid not in (user.uid, 0)):
+    # The bridge's own rule. The owner only for daemon.user: without it the bridge runs as the
+    # unit's User= (nagios), which root running this check is not.
+    if shared_spool_directory(info, user.uid if settings.daemon.user else info.st_uid):
         error(key, directory, f"can be written by other users (mode {info.st_mode & 0o7777:o}, owner uid"
                               f" {info.st_uid}): give it to {user.name}, mode 0700")
         return

@@ -27,7 +27,7 @@ from ..outbound.publisher import Publisher
 from ..outbound.intake import Intake
 from ..inbound.subscriber import Subscriber
 from ..model import SpooledResults
-from ..paths import inbound_spool_path, outbound_spool_path, status_path
+from ..paths import inbound_spool_path, outbound_spool_path, shared_spool_directory, status_path
 from ..spool import Spool, SpoolError
 
 # Seconds a stop may take in all: the unit's TimeoutStopSec is 30 s before a SIGKILL.
@@ -257,7 +257,7 @@ def _refuse_a_shared_directory(directory: str) -> None:
     file before the bridge does (or replaces it) decides what the writer injects into the core,
     past every inbound check, and what ``status`` and ``check`` report."""
     info = os.stat(directory)
-    if info.st_mode & 0o002 or info.st_uid not in (os.geteuid(), 0):
+    if shared_spool_directory(info, os.geteuid()):
         raise SpoolError(f"spool directory {directory} (mode {info.st_mode & 0o7777:o}, owner uid {info.st_uid})"
                          " can be written by other users: give it to the bridge's user, mode 0700")
 
