@@ -71,6 +71,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -81,7 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stomp  # noqa: E402
 
-from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
+from common import (POLL, REPO, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
                     disturbed, fs_type, loadavg, print_profiles, print_stages, print_summary,
                     print_table, rate, self_cpu, temp_dir, wait_connected)
 
@@ -239,7 +240,7 @@ def bridge_case(broker, workdir: Path, source: str, destination: str, lines, arg
     if signing:
         text = text.replace("host_checks: true}", "host_checks: true, sign: true}", 1) + \
             f"signing: {{cert_file: {signing[0]}, key_file: {signing[1]}}}\n"
-    bridge = Bridge(workdir, text)
+    bridge = Bridge(workdir, text, python=args.bridge_python)
     fifo = workdir / "ocsp.fifo"
     result = {"count": count}
     watch = SpoolWatch(workdir / "spool" / "outbound.sqlite")
@@ -329,6 +330,7 @@ def report(results, args, broker, body_sizes):
     print(f"ActiveMQ 5.x pid {broker.pid}, -Xmx256M, KahaDB on {args.fs}; {os.cpu_count()} CPUs;"
           f" Python {platform.python_version()}, stomp.py {stomp.__version__}")
     print(f"code: {code_fingerprint()}; bridge max_in_flight {args.window}")
+    print(f"bridges run by {args.bridge_python or sys.executable}: {args.bridge_libraries}")
     print(f"bodies: raw {body_sizes[0]} B; bridge WLCG {body_sizes[1]} B mean "
           f"(+ {body_sizes[2]} B of the bridge's 12 headers per frame)")
     print(f"{args.runs} runs, cases interleaved; load average at start {args.load_start}, at end {loadavg()}")
@@ -511,13 +513,33 @@ def parse_args():
     parser.add_argument("--sign", choices=("rsa", "ecdsa"),
                         help="add a case: the perfdata bridge with a route that signs every message"
                              " (an RSA 2048 or ECDSA P-256 certificate made for the run)")
+    parser.add_argument("--bridge-python", metavar="PATH",
+                        help="run the bridges with this interpreter instead of this one's, e.g."
+                             " /usr/bin/python3: Debian's python3-stomp, -yaml and -cryptography,"
+                             " as the Debian package runs it (the raw cases stay in this process)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     args.receipt_count = args.receipt_count or min(args.count, 5000)
     args.run_id = uuid.uuid4().hex[:8]
+    args.bridge_libraries = library_versions(args.bridge_python or sys.executable)
     return args
+
+
+def library_versions(python: str) -> str:
+    """The Python, stomp.py and cryptography versions ``python`` runs the bridge with (from the
+    repository, as tests/sandbox/bridge.py starts it): a wheel's cryptography carries its own
+    OpenSSL, Debian's uses the system's, and memory figures differ by it."""
+    probe = ("import platform, stomp\n"
+             "v = stomp.__version__; v = '.'.join(map(str, v)) if isinstance(v, tuple) else v\n"
+             "try:\n import cryptography; c = cryptography.__version__\n"
+             "except ImportError:\n c = 'not installed'\n"
+             "print(f'Python {platform.python_version()}, stomp.py {v}, cryptography {c}')")
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=str(REPO), timeout=60)
+    if done.returncode != 0:
+        raise SystemExit(f"{python} cannot run the bridge: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
 
 
 def main():

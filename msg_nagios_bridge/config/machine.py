@@ -56,6 +56,15 @@ def check_machine(settings: Settings) -> Findings:
         checks.append(lambda: _nagios(settings, user, error, warning))
     if settings.logging.target == "file":
         checks.append(lambda: _writable_file("logging.file", settings.logging.file, user, error))
+    # Warnings: run survives both. Only run --daemon uses the pidfile (it says so and stops);
+    # a textfile that cannot be written is logged every status interval.
+    checks.append(lambda: _made_in_directory(
+        "daemon.pidfile", settings.daemon.pidfile, user, warning, "run --daemon would stop at once (the systemd"
+        " unit does not use the pidfile)"))
+    if settings.metrics.textfile:
+        checks.append(lambda: _made_in_directory(
+            "metrics.textfile", settings.metrics.textfile, user, warning, "the bridge would log that it cannot"
+            " write the metrics"))
     for check in checks:
         try:
             check()
@@ -188,6 +197,18 @@ def _writable_file(key: str, path: str, user: Optional[User], error) -> None:
         error(key, path, f"its directory {directory} does not exist")
     elif user and not _may(directory, os.W_OK | os.X_OK, user):
         error(key, path, f"does not exist, and {user} cannot create it: {directory} is not writable by it")
+
+
+def _made_in_directory(key: str, path: str, user: Optional[User], warning, consequence: str) -> None:
+    """A file made anew in its directory (the pidfile; the textfile, through a temporary file and
+    a rename), so the bridge's user must be able to write the directory."""
+    directory = os.path.dirname(path)
+    if not _is_dir(directory):
+        # The runtime directory is made by the unit (RuntimeDirectory=) and by tmpfiles.d at boot.
+        if directory != RUNTIME_DIRECTORY:
+            warning(key, path, f"its directory {directory} does not exist: {consequence}")
+    elif user and not _may(directory, os.W_OK | os.X_OK, user):
+        warning(key, path, f"its directory {directory} is not writable by {user}: {consequence}")
 
 
 def _group_name(gid: int) -> str:

@@ -72,8 +72,10 @@ inbound:
 class Bridge:
     """``msg-nagios-bridge run`` in a child process; its PID is the one we stop."""
 
-    def __init__(self, workdir, config_text):
+    def __init__(self, workdir, config_text, python=None):
+        """``python``: the interpreter to run it with (default: this one's)."""
         self.workdir = Path(workdir)
+        self.python = python or sys.executable
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "bridge.yaml"
         self.config_path.write_text(config_text)
@@ -88,7 +90,7 @@ class Bridge:
         """Start; if ``wait_for`` is a path (the FIFO), wait until it exists."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "msg_nagios_bridge", "run", "--allow-root", "-c", str(self.config_path)],
+            [self.python, "-m", "msg_nagios_bridge", "run", "--allow-root", "-c", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
         log.close()
         track(self)

@@ -517,6 +517,47 @@ def test_check_config_warns_of_a_missing_nagios_command_file_and_refuses_a_missi
                          " exist" in err
 
 
+def test_check_config_warns_of_a_pidfile_or_metrics_textfile_the_bridge_could_not_make(tmp_path, capsys):
+    """run survives both (only run --daemon uses the pidfile; the textfile's failure is logged),
+    so they are warnings; before, check-config said nothing of them."""
+    missing = "daemon: {{pidfile: {dir}/gone/bridge.pid}}\nmetrics: {{textfile: {dir}/gone/bridge.prom}}"
+    code, out, err = check_here(tmp_path, capsys, more=missing.replace("{{", "{").replace("}}", "}"))
+    assert (code, err) == (0, "")
+    assert out == (f"warning: {tmp_path}/bridge.yaml: daemon.pidfile = '{tmp_path}/gone/bridge.pid': its directory"
+                   f" {tmp_path}/gone does not exist: run --daemon would stop at once (the systemd unit does not use"
+                   " the pidfile)\n"
+                   f"warning: {tmp_path}/bridge.yaml: metrics.textfile = '{tmp_path}/gone/bridge.prom': its directory"
+                   f" {tmp_path}/gone does not exist: the bridge would log that it cannot write the metrics\n"
+                   f"{tmp_path}/bridge.yaml: OK\n")
+    (tmp_path / "gone").mkdir(mode=0o755)
+    assert check_here(tmp_path, capsys, more=missing.replace("{{", "{").replace("}}", "}"))[:3] == (
+        0, f"{tmp_path}/bridge.yaml: OK\n", "")
+    if os.geteuid() != 0:
+        return              # another user's view needs root to make a spool that user owns
+    # As root, for daemon.user nobody: the mode bits of a directory root owns (in /tmp: nobody
+    # cannot search pytest's tmp_path).
+    top = pathlib.Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        (top / "gone").mkdir(mode=0o755)
+        (top / "spool").mkdir(mode=0o700)
+        os.chown(top / "spool", pwd.getpwnam("nobody").pw_uid, -1)
+        user = ("daemon: {user: nobody, pidfile: {dir}/gone/bridge.pid}\nmetrics: {textfile: {dir}/gone/bridge.prom}"
+                .replace("{dir}", str(top)))
+        perfdata = (f"{{ocsp_pipe: {{enabled: false}}, perfdata: {{enabled: true, service_file:"
+                    f" {top}/service-perfdata}}}}")           # no FIFO to make
+        code, out, err = check_here(tmp_path, capsys, spool=f"{top}/spool", sources=perfdata, more=user)
+        assert (code, err) == (0, "")
+        for key, name in (("daemon.pidfile", "bridge.pid"), ("metrics.textfile", "bridge.prom")):
+            assert f"warning: {tmp_path}/bridge.yaml: {key} = '{top}/gone/{name}': its directory {top}/gone is not" \
+                   " writable by nobody (daemon.user): " in out, out
+        (top / "gone").chmod(0o777)
+        assert check_here(tmp_path, capsys, spool=f"{top}/spool", sources=perfdata, more=user)[:3] == (
+            0, f"{tmp_path}/bridge.yaml: OK\n", "")
+    finally:
+        shutil.rmtree(top)
+
+
 def test_the_machine_check_reads_mode_bits_for_another_user(tmp_path):
     # Root's os.access says yes to everything: for daemon.user the bits decide.
     from msg_nagios_bridge.config.machine import User, _may
