@@ -16,21 +16,29 @@ class _LoadedOnFirstUse(types.ModuleType):
         return getattr(importlib.import_module(self.__name__), name)
 
 
-def _defer_websocket() -> None:
-    """``import stomp`` imports its WebSocket adapter, which imports websocket-client
-    (stomp.py 9; Debian's 8.0 has no such adapter): about 2 MB of RSS (it brings http and
-    its cookie parser) for a module the bridge never uses, since it speaks STOMP over TCP.
-    The adapter uses websocket's names only when a WebSocket connection is made, so a
-    stand-in that imports the module at its first use is enough. (importlib's LazyLoader
-    does not do here: Python 3.11's import reads the module's __spec__, which loads it.)"""
-    if "websocket" in sys.modules:
+def _defer(name: str) -> None:
+    """Put a stand-in for module ``name`` in sys.modules, if it is installed and not imported yet,
+    so that ``import name`` costs nothing until one of its names is used. (importlib's
+    LazyLoader does not do here: Python 3.11's import reads the module's __spec__, which loads
+    it.) For modules ``import stomp`` imports and the bridge never uses:
+
+    - websocket (websocket-client): stomp.py 9's WebSocket adapter imports it, about 2 MB of RSS
+      (it brings http and its cookie parser); the bridge speaks STOMP over TCP, and the adapter
+      uses websocket's names only when a WebSocket connection is made.
+    - OpenSSL (pyOpenSSL, Debian's python3-openssl, common on grid boxes): Debian's stomp.py
+      8.0.0 imports it, and with it the whole of ``cryptography``, about 10 MB of RSS, for
+      ``check_ssl_certificate``, which only its ``set_ssl`` connections call; the bridge makes
+      its own TLS connections (docs/packaging.md, "TLS").
+    """
+    if name in sys.modules:
         return
     try:
-        if importlib.util.find_spec("websocket") is None:
+        if importlib.util.find_spec(name) is None:
             return
     except (ImportError, ValueError):
         return
-    sys.modules["websocket"] = _LoadedOnFirstUse("websocket")
+    sys.modules[name] = _LoadedOnFirstUse(name)
 
 
-_defer_websocket()
+_defer("websocket")
+_defer("OpenSSL")
