@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import datetime
 import math
 import multiprocessing
@@ -527,8 +528,37 @@ def nagios_baseline(args, tmp, broker, nagios, grid):
     return inbound.nagios_fifo_case(env, count=args.baseline_count)
 
 
+@contextlib.contextmanager
+def on_cpus(cpus):
+    """Processes started inside run on ``cpus`` (None: wherever they like): a child inherits the
+    affinity of the thread that starts it, and so do the threads it starts."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def split_cores(args):
+    """--split-cores: (far, near) CPU sets, or (None, None). Far: the broker and the generators,
+    which run on other machines in MSG (its brokers, the sites' bridges); near: the central
+    bridge (or the raw consumer) and its Nagios, the monitoring box."""
+    if not args.split_cores:
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--split-cores needs at least 2 CPUs")
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
 def run(args, tmp: Path):
     started = time.monotonic()
+    far, near = split_cores(args)
     grid = Grid(args.sites, args.services, args.hosts_per_site)
     if args.ramp:
         rates = [float(r) for r in args.ramp_rates.split(",")]
@@ -550,9 +580,11 @@ def run(args, tmp: Path):
     nagios.start_timeout = 600
     bridge = gens = tail = watch = None
     try:
-        broker.start()
+        with on_cpus(far):
+            broker.start()
         t = time.monotonic()
-        nagios.start()
+        with on_cpus(near):
+            nagios.start()
         info["nagios_start"] = (time.monotonic() - t, nagios.started_in, peak_rss_mb(nagios.pid))
         print(f"ActiveMQ up in {broker.started_in:.1f} s; Nagios with "
               f"{grid.sites * grid.services:,} passive services up in {info['nagios_start'][0]:.1f} s"
@@ -578,7 +610,8 @@ def run(args, tmp: Path):
             if not args.cold:
                 info["primed_mb"] = grid.prime_echo_guard(work / "spool" / "inbound.sqlite")
             bridge = Bridge(work, bridge_config(work, [broker.stomp_port], ocsp=False, inbound=central))
-        bridge.start()
+        with on_cpus(near):
+            bridge.start()
         deadline = time.monotonic() + 60
         # A durable subscription must exist before the first SEND to a site topic.
         while not bridge.status().get("states", {}).get("subscriber", "").startswith("subscribed"):
@@ -594,9 +627,14 @@ def run(args, tmp: Path):
         info["bridge_idle_rss"] = rss_mb(bridge.pid)
         watch = RawWatch(bridge) if args.consumer == "raw" else SpoolWatch(work / "spool" / "inbound.sqlite")
         tail = InjectTail(nagios.log_file, tag, schedule.total)
-        gens = Generators(broker, nprocs, max(1, args.connections // nprocs), grid, schedule, tag,
-                          not args.non_persistent)
+        with on_cpus(far):
+            gens = Generators(broker, nprocs, max(1, args.connections // nprocs), grid, schedule, tag,
+                              not args.non_persistent)
         sampler = Sampler(gens, tail, watch, bridge, broker, nagios)
+        if args.split_cores:        # as the kernel has it, not as asked
+            cpus = lambda pids: ",".join(sorted({str(c) for pid in pids for c in os.sched_getaffinity(pid)}))  # noqa: E731
+            info["far"] = cpus([broker.pid, *gens.pids])
+            info["near"] = cpus([bridge.pid, nagios.pid, *children_of(nagios.pid)])
         print(f"{nprocs} generator(s), {schedule.total:,} results over {schedule.start[-1]:.0f} s: "
               + ", ".join(f"{r:,.0f}/s x {d:.0f} s" for r, d in steps), flush=True)
         bounds = [gens.t0 + s for s in schedule.start]
@@ -692,7 +730,10 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
         f"code {args.code}; {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"stomp.py {stomp.__version__}; temp dir on {info['fs']}.  ",
         f"Machine: load average {info['load_start']} at the start (other processes used "
-        f"{info['busy_start']:.2f} CPU s in the second before), {loadavg()} at the end.",
+        f"{info['busy_start']:.2f} CPU s in the second before), {loadavg()} at the end."
+        + (f" **Split cores** (--split-cores): the broker and the generators on CPU(s) {info['far']},"
+           f" the central {'consumer' if args.consumer == 'raw' else 'bridge'} and Nagios on {info['near']}"
+           " (MSG's brokers and sites are other machines)." if args.split_cores else ""),
         "",
         f"- Grid: {grid.sites} sites x {grid.services:,} services = {services:,} passive services "
         f"({grid.hosts_per_site} hosts x {grid.per_host} services per site) in one Nagios 4.4.6; "
@@ -911,6 +952,10 @@ def parse_args():
     parser.add_argument("--consumer", choices=("bridge", "raw"), default="bridge",
                         help="raw: benchmarks/raw_central.py (raw stomp.py into the FIFO, no spool "
                              "or judging) in the central bridge's place, the baseline for the ramp")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="the broker and the generators on one half of the CPUs, the central bridge"
+                             " (or raw consumer) and Nagios on the other: MSG's brokers and sites are"
+                             " other machines (this process stays on all)")
     parser.add_argument("--baseline-count", type=int, default=50000,
                         help="results for Nagios's own FIFO rate")
     parser.add_argument("--status-interval", type=int, default=3600,
