@@ -853,8 +853,21 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
                     ("in Nagios", end["in_nagios"]), key=lambda x: x[1])[0]
         busy = sum(cpu.values())
         broker_top, bridge_top = st["busiest"]["broker"], st["busiest"]["bridge"]
+        if args.split_cores:
+            far_cpus, near_cpus = (len(info[k].split(",")) for k in ("far", "near"))
+            far_busy = (cpu["broker"] + cpu["gen"]) / far_cpus
+            near_busy = (cpu["bridge"] + cpu["nagios"]) / near_cpus
+            sides = (f"the broker's CPU(s) {info['far']} {far_busy:.0f}% busy (broker {cpu['broker']:.0f}%,"
+                     f" generators {cpu['gen']:.0f}% of a core), the bridge's {info['near']} {near_busy:.0f}%"
+                     f" (bridge {cpu['bridge']:.0f}%, Nagios {cpu['nagios']:.0f}%)")
         if where == "in Nagios":
             limit = "**Nagios**"
+        elif args.split_cores and max(far_busy, near_busy) >= 85:
+            side = ("**the broker's side**" if far_busy >= 85 > near_busy else
+                    "**the bridge's side**" if near_busy >= 85 > far_busy else "**both sides' CPUs**")
+            limit = f"{side}: {sides}"
+        elif args.split_cores:
+            limit = f"**the bridge**, with CPU to spare on both sides: {sides}"
         elif cpu["bridge"] >= 85:
             limit = f"**the bridge**: it used {cpu['bridge']:.0f}% of a core"
         elif broker_top[0] >= 85:
