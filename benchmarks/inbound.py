@@ -1026,7 +1026,7 @@ def report(env: Env, results, started):
     print()
     print(f"=== inbound benchmark, run {args.run_id}: {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, stomp.py {stomp.__version__}; temp dir on {args.fs}")
-    print(f"code: {code_fingerprint()}; bridge prefetch {args.prefetch or f'default ({InboundSettings.prefetch})'}")
+    print(f"code: {args.code}; bridge prefetch {args.prefetch or f'default ({InboundSettings.prefetch})'}")
     print(f"ActiveMQ 5.x pid {env.broker.pid} (-Xmx256M, KahaDB); Nagios 4 pid {env.nagios.pid} with "
           f"{args.hosts} hosts x {args.services} passive services, no OCSP (the +ocsp baseline: a second "
           f"one obsessing over services); N = {args.count} per throughput case; {args.runs} runs, cases "
@@ -1220,6 +1220,7 @@ def parse_args():
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     args.run_id = uuid.uuid4().hex[:6]
+    args.code = code_fingerprint()      # now, not at the report: the bridges run the code of the start
     return args
 
 

@@ -329,7 +329,7 @@ def report(results, args, broker, body_sizes):
     print()
     print(f"ActiveMQ 5.x pid {broker.pid}, -Xmx256M, KahaDB on {args.fs}; {os.cpu_count()} CPUs;"
           f" Python {platform.python_version()}, stomp.py {stomp.__version__}")
-    print(f"code: {code_fingerprint()}; bridge max_in_flight {args.window}")
+    print(f"code: {args.code}; bridge max_in_flight {args.window}")
     print(f"bridges run by {args.bridge_python or sys.executable}: {args.bridge_libraries}")
     print(f"bodies: raw {body_sizes[0]} B; bridge WLCG {body_sizes[1]} B mean "
           f"(+ {body_sizes[2]} B of the bridge's 12 headers per frame)")
@@ -524,6 +524,7 @@ def parse_args():
     args.receipt_count = args.receipt_count or min(args.count, 5000)
     args.run_id = uuid.uuid4().hex[:8]
     args.bridge_libraries = library_versions(args.bridge_python or sys.executable)
+    args.code = code_fingerprint()      # now, not at the report: the bridges run the code of the start
     return args
 
 
