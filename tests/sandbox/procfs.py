@@ -90,31 +90,52 @@ def rss_fds_threads(pid):
     return fields["VmRSS"] / 1024, fds, fields["Threads"]
 
 
-THREAD_HEAP_ALIGN = 64 * 1024 * 1024   # glibc's HEAP_MAX_SIZE on 64-bit: thread arenas start aligned
+THREAD_HEAP_SIZE = 64 * 1024 * 1024    # glibc's HEAP_MAX_SIZE on 64-bit
 
 
 def rss_by_kind(pid):
     """Resident MB of ``pid`` by kind of mapping, from /proc/PID/smaps: {heap, thread_arenas, anon, file}.
 
-    ``heap`` is the main arena ([heap]); ``thread_arenas`` the anonymous mappings aligned to 64 MiB
-    (glibc's per-thread malloc heaps); ``anon`` every other anonymous mapping (Python's object
-    arenas, large blocks, stacks); ``file`` file-backed mappings (libraries, SQLite's shared memory).
-    Empty if the process is gone.
+    ``heap`` is the main arena ([heap]); ``thread_arenas`` glibc's per-thread malloc heaps;
+    ``anon`` every other anonymous mapping (Python's object arenas, large blocks, stacks); ``file``
+    file-backed mappings (libraries, SQLite's shared memory). Empty if the process is gone.
     """
-    kinds = dict.fromkeys(("heap", "thread_arenas", "anon", "file"), 0)
-    kind = None
     try:
         with open(f"/proc/{pid}/smaps") as handle:
-            for line in handle:
-                head = line.split()
-                if "-" in head[0] and len(head) >= 5:           # a mapping's first line
-                    name = head[5] if len(head) > 5 else ""
-                    start = int(head[0].split("-")[0], 16)
-                    kind = ("heap" if name == "[heap]" else "file" if name.startswith("/") else
-                            "thread_arenas" if not name and start % THREAD_HEAP_ALIGN == 0 else
-                            "anon" if not name or name.startswith("[stack") else None)
-                elif head[0] == "Rss:" and kind:
-                    kinds[kind] += int(head[1])
+            return smaps_rss_by_kind(handle.read())
     except OSError:
         return {}
+
+
+def smaps_rss_by_kind(text):
+    """rss_by_kind of the text of an smaps file.
+
+    A thread heap is told by its shape, not by its alignment alone: glibc reserves 64 MiB aligned
+    to 64 MiB with no access and opens it for reading and writing as the heap grows, so it is a
+    read-write mapping on a 64 MiB boundary that either fills the 64 MiB or is followed by the
+    rest of them, inaccessible. (Regression: alignment alone once counted two merged Python
+    object arenas, 2 MiB that happened to start on such a boundary, as a thread arena.)
+    """
+    mappings = []                       # [start, end, permissions, name, resident kB]
+    for line in text.splitlines():
+        head = line.split()
+        if not head:
+            continue
+        if "-" in head[0] and len(head) >= 5:           # a mapping's first line
+            start, end = (int(address, 16) for address in head[0].split("-"))
+            mappings.append([start, end, head[1], head[5] if len(head) > 5 else "", 0])
+        elif head[0] == "Rss:" and mappings:
+            mappings[-1][4] = int(head[1])
+    kinds = dict.fromkeys(("heap", "thread_arenas", "anon", "file"), 0)
+    for index, (start, end, permissions, name, resident) in enumerate(mappings):
+        reserve = mappings[index + 1] if index + 1 < len(mappings) else None
+        heap_end = start + THREAD_HEAP_SIZE
+        thread_heap = (not name and permissions.startswith("rw") and start % THREAD_HEAP_SIZE == 0 and
+                       (end == heap_end or reserve is not None and reserve[0] == end and
+                        reserve[1] == heap_end and reserve[2].startswith("---") and not reserve[3]))
+        kind = ("heap" if name == "[heap]" else "file" if name.startswith("/") else
+                "thread_arenas" if thread_heap else
+                "anon" if not name or name.startswith("[stack") else None)
+        if kind:
+            kinds[kind] += resident
     return {k: round(v / 1024, 2) for k, v in kinds.items()}
