@@ -148,6 +148,19 @@ def test_outbound():
     assert_all_delivered(out)
 
 
+def test_outbound_on_rabbitmq():
+    out = bench("outbound.py", "--broker", "rabbitmq", "--count", "300", "--runs", "1", "--receipt-count", "100",
+                "--tx-batch", "50", "--case-timeout", "30", timeout=240)
+    assert re.search(r"^RabbitMQ \(rabbitmq_stomp.*\) pid \d+;", out, re.M), out[-3000:]
+    assert_rows(out, ["1a raw no receipts", "1a+hdr raw, bridge headers", "1c raw receipt each, 1000 in flight",
+                      "1c+hdr raw receipt each, 1000 in flight, the bridge's headers",
+                      "bridge perfdata", "bridge ocsp", "1a raw no receipts (at the end)"])
+    assert out.count("queue drained afterwards: 300/300 ok") >= 6, out[-3000:]     # 1c, 1c+hdr, 1d, 1d+hdr, bridges
+    assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1a")
+    assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1c+hdr")
+    assert_all_delivered(out)
+
+
 def test_header_cost():
     out = bench("header_cost.py", "--count", "200", "--runs", "1")
     assert_code_recorded(out)
