@@ -405,3 +405,32 @@ def write_doc_section(path: Path, name: str, text: str) -> None:
     else:
         page = page.rstrip() + ("\n\n" if page else "") + block + "\n"
     path.write_text(page)
+
+
+@contextlib.contextmanager
+def on_cpus(cpus):
+    """Processes started inside run on ``cpus`` (None: wherever they like): a child inherits the
+    affinity of the thread that starts it, and so do the threads it starts."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def split_cores(args):
+    """--split-cores: (far, near) CPU sets, the first and second half of this process's CPUs, or
+    (None, None). Far: what runs on other machines in MSG (the broker; gridscale's generators, the
+    sites' bridges); near: the bridge measured (or the raw client standing in for it), and its
+    Nagios."""
+    if not args.split_cores:
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--split-cores needs at least 2 CPUs")
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])

@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import contextlib
 import datetime
 import math
 import multiprocessing
@@ -104,8 +103,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stomp  # noqa: E402
 
 import inbound  # noqa: E402
-from common import (REPO, Meter, SpoolWatch, code_fingerprint, fs_type, loadavg,  # noqa: E402
-                    rate as rate_of, self_cpu, summary_text, system_busy, temp_dir, write_doc_section)
+from common import (REPO, Meter, SpoolWatch, code_fingerprint, fs_type, loadavg, on_cpus,  # noqa: E402
+                    rate as rate_of, self_cpu, split_cores, summary_text, system_busy, temp_dir,
+                    write_doc_section)
 from inbound import COMMAND_LINE, Env, central_nagios, host_name, percentile, service_name  # noqa: E402
 
 from msg_nagios_bridge.config import InboundSettings, Route, Site  # noqa: E402
@@ -526,34 +526,6 @@ def nagios_baseline(args, tmp, broker, nagios, grid):
                                  services=grid.per_host, run_id=args.run_id, case_timeout=120,
                                  stall_timeout=10), tmp, broker, nagios)
     return inbound.nagios_fifo_case(env, count=args.baseline_count)
-
-
-@contextlib.contextmanager
-def on_cpus(cpus):
-    """Processes started inside run on ``cpus`` (None: wherever they like): a child inherits the
-    affinity of the thread that starts it, and so do the threads it starts."""
-    if cpus is None:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-def split_cores(args):
-    """--split-cores: (far, near) CPU sets, or (None, None). Far: the broker and the generators,
-    which run on other machines in MSG (its brokers, the sites' bridges); near: the central
-    bridge (or the raw consumer) and its Nagios, the monitoring box."""
-    if not args.split_cores:
-        return None, None
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise SystemExit("--split-cores needs at least 2 CPUs")
-    half = len(cpus) // 2
-    return set(cpus[:half]), set(cpus[half:])
 
 
 def run(args, tmp: Path):

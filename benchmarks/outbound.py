@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/outbound.py [--count N] [--runs 3] [--size 300] [--receipt-count M]
                                             [--tx-batch 500] [--broker-opt KEY=VALUE ...] [--keep]
-                                            [--broker rabbitmq]
+                                            [--broker rabbitmq] [--split-cores]
     .venv/bin/python benchmarks/outbound.py --profile {perfdata,ocsp} [--count N]
 
 One real ActiveMQ 5.x (tests/sandbox/activemq.py: Debian package, -Xmx256M, KahaDB, STOMP on
@@ -70,6 +70,11 @@ spool's emptiness still marks the end (the 5 s default would only delay the dele
 1a's final receipt comes once that message is confirmed (written to disk); the queue stores a
 channel's messages in order, and the drain checks that all N+1 are there.
 
+--split-cores starts the broker on the first half of the CPUs and runs everything else (the raw
+clients, this process, the bridges) on the other half: in MSG the brokers are other machines, and
+on 2 shared cores the bridge's CPU is taken from the broker. The report prints the CPUs each side
+has, as the kernel says.
+
 With the defaults a run takes 1-1.5 minutes (--runs 3: 3-4.5 minutes); every server is stopped
 by PID in a finally block.
 """
@@ -92,8 +97,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stomp  # noqa: E402
 
 from common import (POLL, REPO, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
-                    disturbed, fs_type, loadavg, print_profiles, print_stages, print_summary,
-                    print_table, rate, self_cpu, temp_dir, wait_connected)
+                    disturbed, fs_type, loadavg, on_cpus, print_profiles, print_stages, print_summary,
+                    print_table, rate, self_cpu, split_cores, temp_dir, wait_connected)
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
 from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
@@ -347,6 +352,8 @@ def report(results, args, broker, body_sizes):
     print(f"{broker_description(args)} pid {broker.pid}; {os.cpu_count()} CPUs;"
           f" Python {platform.python_version()}, stomp.py {stomp.__version__}")
     print(f"code: {args.code}; bridge max_in_flight {args.window}")
+    if args.split_cores:
+        print(args.cpus)
     print(f"bridges run by {args.bridge_python or sys.executable}: {args.bridge_libraries}")
     print(f"bodies: raw {body_sizes[0]} B; bridge WLCG {body_sizes[1]} B mean "
           f"(+ {body_sizes[2]} B of the bridge's 12 headers per frame)")
@@ -538,6 +545,9 @@ def parse_args():
     parser.add_argument("--broker", choices=("activemq", "rabbitmq"), default="activemq",
                         help="the broker of every case (default activemq); rabbitmq: the bridges"
                              " with kind: rabbitmq and settle_seconds: 0")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="the broker on one half of the CPUs, the bridges and raw clients on the other"
+                             " (in MSG the brokers are other machines)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
     args = parser.parse_args()
     if args.broker == "rabbitmq":
@@ -549,6 +559,11 @@ def parse_args():
     args.bridge_libraries = library_versions(args.bridge_python or sys.executable)
     args.code = code_fingerprint()      # now, not at the report: the bridges run the code of the start
     return args
+
+
+def cpu_list(pid: int) -> str:
+    """The CPUs ``pid``'s main thread may run on, as the kernel has it."""
+    return ",".join(map(str, sorted(os.sched_getaffinity(pid))))
 
 
 def broker_description(args) -> str:
@@ -582,8 +597,14 @@ def run(args, tmp: Path, started: float):
     args.fs = fs_type(tmp)
     args.load_start = loadavg()
     broker = RabbitMQ(tmp / "rabbitmq") if args.broker == "rabbitmq" else ActiveMQ(tmp / "activemq")
+    far, near = split_cores(args)
     try:
-        broker.start()
+        with on_cpus(far):
+            broker.start()
+        if near:        # the rest of the run: the raw clients' threads and the bridges inherit it
+            os.sched_setaffinity(0, near)
+            args.cpus = (f"split cores: the broker on CPU(s) {cpu_list(broker.pid)}, the bridges and raw"
+                         f" clients on {cpu_list(os.getpid())}")
         print(f"{broker_description(args)} up in {broker.started_in:.1f} s (pid {broker.pid}, STOMP "
               f"127.0.0.1:{broker.stomp_port}); temp dir {tmp} ({args.fs})", flush=True)
         example_dir = tmp / "example"

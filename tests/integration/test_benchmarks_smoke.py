@@ -148,10 +148,14 @@ def test_outbound():
     assert_all_delivered(out)
 
 
-def test_outbound_on_rabbitmq():
-    out = bench("outbound.py", "--broker", "rabbitmq", "--count", "300", "--runs", "1", "--receipt-count", "100",
-                "--tx-batch", "50", "--case-timeout", "30", timeout=240)
+def test_outbound_on_rabbitmq_split_cores():
+    out = bench("outbound.py", "--broker", "rabbitmq", "--split-cores", "--count", "300", "--runs", "1",
+                "--receipt-count", "100", "--tx-batch", "50", "--case-timeout", "30", timeout=240)
     assert re.search(r"^RabbitMQ \(rabbitmq_stomp.*\) pid \d+;", out, re.M), out[-3000:]
+    split = re.search(r"^split cores: the broker on CPU\(s\) ([\d,]+), the bridges and raw clients on ([\d,]+)$",
+                      out, re.M)
+    assert split, out[-3000:]
+    assert not set(split[1].split(",")) & set(split[2].split(",")), split[0]
     assert_rows(out, ["1a raw no receipts", "1a+hdr raw, bridge headers", "1c raw receipt each, 1000 in flight",
                       "1c+hdr raw receipt each, 1000 in flight, the bridge's headers",
                       "bridge perfdata", "bridge ocsp", "1a raw no receipts (at the end)"])
