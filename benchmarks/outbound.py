@@ -20,7 +20,9 @@ records the commit ("+dirty" when the tree differs from it) and the date.
   1a       raw stomp.py 9 Connection12, persistent SEND to a queue, no receipts; then ONE final
            SEND with a receipt. Timed from the first SEND until that receipt: the broker handles
            a connection's frames in order, so the receipt proves all N+1 were stored.
-  1a+hdr   the same with the bridge's 12 message headers on every frame (frame-size effect).
+  1a+hdr   the same with the bridge's 12 message headers on every frame (frame-size effect);
+           "x 1a+hdr" of a bridge row: against raw stomp.py publishing the same headers without
+           receipts (issue 16's point 3 with every header consumers filter on kept).
   1b       raw, persistent, a receipt per message, waiting for each before the next (context).
   1c       raw, a receipt per message with up to max_in_flight (the bridge's setting, 1000)
            unconfirmed: the bridge's delivery contract without the bridge's code.
@@ -324,6 +326,7 @@ def summary_figures(args):
     return [
         ("msgs/s", rate, ",.0f"),
         ("x 1a", lambda r: r.get("x_1a"), ".2f"),
+        ("x 1a+hdr", lambda r: r.get("x_1a_headers"), ".2f"),
         (f"x {same_frames_case(args)}", lambda r: r.get("x_same_frames"), ".2f"),
         ("us CPU/msg", lambda r: r.get("us_per_msg"), ".0f"),
         ("bridge RSS MB", lambda r: r.get("rss_mb"), ".0f"),
@@ -339,11 +342,14 @@ def report(results, args, broker, body_sizes):
         baselines[n] = statistics.mean(values) if values else 0.0
     own = same_frames_case(args)
     same_frames = {n: rate(r) for name, n, r in results if name.startswith(own)}
+    same_headers = {n: rate(r) for name, n, r in results if name.startswith("1a+hdr")}
     for name, n, r in results:
         if baselines.get(n):
             r["x_1a"] = rate(r) / baselines[n]
         if name.startswith("bridge") and same_frames.get(n):
             r["x_same_frames"] = rate(r) / same_frames[n]
+        if name.startswith("bridge") and same_headers.get(n):
+            r["x_1a_headers"] = rate(r) / same_headers[n]
         if "bridge_cpu" in r:
             r["us_per_msg"] = 1e6 * r["bridge_cpu"] / max(1, r["count"])
     order = list(dict.fromkeys(name for name, _, _ in results))
@@ -417,6 +423,11 @@ def report(results, args, broker, body_sizes):
             median = statistics.median(ratios)
             print(f"target (issue 16): bridge {source} >= 0.8x 1a: median {median:.2f}x "
                   f"({min(ratios):.2f}-{max(ratios):.2f}x), {'meets' if median >= 0.8 else 'falls short of'} it")
+        ratios = [r["x_1a_headers"] for r in cases.get(f"bridge {source}", []) if r and "x_1a_headers" in r]
+        if ratios:
+            print(f"  with the same headers: bridge {source} / 1a+hdr (raw stomp.py publishing the bridge's"
+                  f" message headers without receipts): median {statistics.median(ratios):.2f}x"
+                  f" ({min(ratios):.2f}-{max(ratios):.2f}x)")
         ratios = [r["x_same_frames"] for r in cases.get(f"bridge {source}", []) if r and "x_same_frames" in r]
         if ratios:
             how = "a receipt each, 1000 in flight" if own == "1c+hdr" else "transactions"

@@ -144,6 +144,7 @@ def test_outbound():
     assert "signed: 300/300 ok" in out, out
     assert re.search(r"^bridge perfdata, signed \(rsa\) / bridge perfdata of the same run: median [\d.]+x", out, re.M), out
     assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1a")
+    assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1a+hdr")
     assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1d+hdr")
     assert_all_delivered(out)
 
@@ -161,6 +162,7 @@ def test_outbound_on_rabbitmq_split_cores():
                       "bridge perfdata", "bridge ocsp", "1a raw no receipts (at the end)"])
     assert out.count("queue drained afterwards: 300/300 ok") >= 6, out[-3000:]     # 1c, 1c+hdr, 1d, 1d+hdr, bridges
     assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1a")
+    assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1a+hdr")
     assert_figures_recorded(out, ["bridge perfdata", "bridge ocsp"], "x 1c+hdr")
     assert_all_delivered(out)
 
