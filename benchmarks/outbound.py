@@ -67,10 +67,11 @@ done, intake, STOMP send) and the top functions by own time.
 --broker rabbitmq runs every case against one RabbitMQ 3.10 node (tests/sandbox/rabbitmq.py,
 rabbitmq_stomp on 127.0.0.1) instead, the bridges with ``kind: rabbitmq``: they publish with a
 receipt per message (1c's contract), not transactions (docs/rabbitmq.md), so a case 1c+hdr (1c
-with the bridge's frame headers) is added and a bridge row's own-cost ratio is "x 1c+hdr". Their ``settle_seconds`` is 0: a receipted row is deleted at once, so the
-spool's emptiness still marks the end (the 5 s default would only delay the deletes). On RabbitMQ
-1a's final receipt comes once that message is confirmed (written to disk); the queue stores a
-channel's messages in order, and the drain checks that all N+1 are there.
+with the bridge's frame headers) is added and a bridge row's own-cost ratio is "x 1c+hdr". Their
+``settle_seconds`` is 0: a receipted row is deleted at once, so the spool's emptiness still marks
+the end (the 5 s default would only delay the deletes). On RabbitMQ 1a's final receipt comes once
+that message is confirmed (written to disk); the queue stores a channel's messages in order, and
+the drain checks that all N+1 are there.
 
 --split-cores starts the broker on the first half of the CPUs and runs everything else (the raw
 clients, this process, the bridges) on the other half: in MSG the brokers are other machines, and
@@ -430,7 +431,7 @@ def report(results, args, broker, body_sizes):
                   f" ({min(ratios):.2f}-{max(ratios):.2f}x)")
         ratios = [r["x_same_frames"] for r in cases.get(f"bridge {source}", []) if r and "x_same_frames" in r]
         if ratios:
-            how = "a receipt each, 1000 in flight" if own == "1c+hdr" else "transactions"
+            how = f"a receipt each, {args.window} in flight" if own == "1c+hdr" else "transactions"
             print(f"  the bridge's own cost: bridge {source} / {own} (raw stomp.py sending the bridge's frames,"
                   f" headers and {how}): median {statistics.median(ratios):.2f}x"
                   f" ({min(ratios):.2f}-{max(ratios):.2f}x)")
