@@ -17,7 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 CHURN = """
 import collections, json, sys, threading, time
 from msg_nagios_bridge.daemon.malloc import keep_large_blocks_mapped
-from tests.sandbox.procfs import smaps_rss_by_kind
 from tests.sandbox.procfs import rss_mb
 class RecentIds:
     def __init__(self, size=200_000):
