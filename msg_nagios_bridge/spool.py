@@ -193,12 +193,17 @@ class SpoolStats:
     errors: int = 0
 
 
-def message_size(message: Message) -> int:
-    """The bytes ``message`` counts for against ``max_bytes``."""
-    return _encode(message)[4]
+Row = Tuple[str, str, str, bytes, int]     # message_id, destination, headers (JSON), body, size
 
 
-def _encode(message: Message) -> Tuple[str, str, str, bytes, int]:
+def encode(message: Message) -> Row:
+    """``message`` as the spool stores it; its last item is the bytes it counts for against
+    ``max_bytes``. put() takes these rows ready made (``encoded``) from a caller that needed
+    the sizes first: its headers' JSON is then made once, not twice."""
+    return _encode(message)
+
+
+def _encode(message: Message) -> Row:
     if not isinstance(message.body, bytes):
         raise TypeError(f"message {message.message_id!r}: body must be bytes")
     # Inbound entries carry no headers: skip the encoder for them.
@@ -399,7 +404,7 @@ class Spool:
             marks: Sequence[Tuple[str, str, float]] = (), *, numbered: bool = False,
             sign: Optional[Callable[[Mapping[str, str], bytes], Optional[Mapping[str, str]]]] = None,
             states: Sequence[Tuple[str, Optional[str]]] = (), newest: Sequence[Tuple[str, float, str]] = (),
-            dead_letters: Sequence[Tuple[Message, str]] = ()) -> int:
+            dead_letters: Sequence[Tuple[Message, str]] = (), encoded: Optional[Sequence[Row]] = None) -> int:
         """Store a batch, all or nothing, fsynced when this returns; return how many were new.
 
         A message_id already in the spool (queued or dead letter) or twice in the batch is a
@@ -410,6 +415,7 @@ class Spool:
         a later time replaces an object's time and tags, the same time adds the tag;
         ``dead_letters`` (message, reason), as add_dead_letter keeps them (a source's refused
         lines with the batch they came in: one fsync, not one each).
+        ``encoded``: encode(message) of each of ``messages``, if the caller has them.
         ``numbered``: each new message with a ``route`` header gets the next number of that
         route, with the route's epoch, in ``route_seq`` (formats/sequence.py);
         the counters are cursors named ``seq-out:<route>`` written in the same transaction,
@@ -420,7 +426,9 @@ class Spool:
         Raises SpoolFull (limit reached) or SpoolUnavailable (disk full, I/O error); in both
         cases nothing of the batch, cursor included, was written.
         """
-        rows = [_encode(message) for message in messages]
+        rows = list(encoded) if encoded is not None else [_encode(message) for message in messages]
+        if len(rows) != len(messages):
+            raise ValueError(f"{len(rows)} encoded rows for {len(messages)} messages")
         now = self._clock()
         if newest:
             self._need_memory()

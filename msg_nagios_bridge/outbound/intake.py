@@ -17,7 +17,7 @@ from ..daemon.health import Health, RateLimitedLog
 from ..model import CheckResult, Message
 from .routing import Router
 from ..wakeup import Wakeup
-from ..spool import Spool, SpoolError, SpoolFull, message_size
+from ..spool import Row, Spool, SpoolError, SpoolFull, encode
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ class Intake:
             messages = self._messages(lines[start:start + PIECE_LINES], now_ms, marks, marks_of, refused)
             last_piece = start + PIECE_LINES >= len(lines)
             chunks = self._chunks(messages)
-            for number, chunk in enumerate(chunks, 1):
+            for number, (chunk, rows) in enumerate(chunks, 1):
                 # The cursor and marks go with the last chunk: a crash in between re-reads the
                 # lines, and the spool drops the ids it already holds (dead letters too).
                 last = last_piece and number == len(chunks)
                 if not self._store(chunk, cursor if last else None, marks if last else [],
-                                   refused if number == 1 else []):
+                                   refused if number == 1 else [], rows):
                     return False
         return True
 
@@ -105,30 +105,34 @@ class Intake:
                 refused.append(self._refused(raw, f"cannot be turned into a message: {type(exc).__name__}: {exc}"))
         return messages
 
-    def _chunks(self, messages: List[Message]) -> List[List[Message]]:
-        """Split a batch into parts within the spool's batch_limits."""
+    def _chunks(self, messages: List[Message]) -> List[Tuple[List[Message], List[Row]]]:
+        """Split a batch into parts within the spool's batch_limits: (messages, their rows as
+        the spool stores them), the rows made here once for their sizes and handed to put."""
         most, most_bytes = self.spool.batch_limits()
-        chunks: List[List[Message]] = [[]]
+        chunks: List[Tuple[List[Message], List[Row]]] = [([], [])]
         size = 0
         for message in messages:
-            weight = message_size(message)
-            if chunks[-1] and (len(chunks[-1]) >= most or size + weight > most_bytes):
-                chunks.append([])
+            row = encode(message)
+            if chunks[-1][0] and (len(chunks[-1][0]) >= most or size + row[4] > most_bytes):
+                chunks.append(([], []))
                 size = 0
-            chunks[-1].append(message)
-            size += weight
+            chunks[-1][0].append(message)
+            chunks[-1][1].append(row)
+            size += row[4]
         return chunks
 
     def _store(self, messages: List[Message], cursor: Optional[Tuple[str, str]],
-               marks: Sequence[Mark] = (), refused: Sequence[Tuple[Message, str]] = ()) -> bool:
-        """Durably spool ``messages`` with ``cursor``, ``marks`` and ``refused`` (dead letters),
-        retrying while the spool is full or unavailable; False only if the bridge began
+               marks: Sequence[Mark] = (), refused: Sequence[Tuple[Message, str]] = (),
+               rows: Optional[Sequence[Row]] = None) -> bool:
+        """Durably spool ``messages`` (``rows``: encoded already) with ``cursor``, ``marks`` and
+        ``refused`` (dead letters), retrying while the spool is full or unavailable; False only if the bridge began
         stopping first."""
         while True:
             try:
                 if messages or cursor is not None or marks or refused:
                     self.spool.put(messages, cursor=cursor, marks=marks, numbered=True, dead_letters=refused,
-                                   sign=self.router.signature if self.router.signer is not None else None)
+                                   sign=self.router.signature if self.router.signer is not None else None,
+                                   encoded=rows)
                 self.health.add("spooled", len(messages))
                 self.health.set_state(self.source, "reading")
                 return True

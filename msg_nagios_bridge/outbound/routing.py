@@ -5,9 +5,11 @@ Pure functions over values: no sockets, files or clock.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+import string
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import ConfigError, Route, Settings, Site
 from ..formats import json as json_format
@@ -51,8 +53,15 @@ def destination(route: Route, site: Site, result: CheckResult) -> str:
         "flavour": result.attributes.get("flavour", "unknown"),
         "status": wlcg.metric_status(result),
     }
-    safe = {key: _UNSAFE_IN_DESTINATION.sub("_", value) for key, value in values.items()}
+    safe = {key: _UNSAFE_IN_DESTINATION.sub("_", values[key]) for key in _template_fields(route.destination)}
     return route.destination.format(**safe)
+
+
+@functools.lru_cache(maxsize=64)
+def _template_fields(template: str) -> Tuple[str, ...]:
+    """The fields a destination template uses (config/load.py allows only DESTINATION_FIELDS,
+    without specs): only those are made safe, not all seven for every message."""
+    return tuple({field for _, field, _, _ in string.Formatter().parse(template) if field})
 
 
 def message_group(result: CheckResult) -> str:

@@ -143,7 +143,7 @@ class RefusingSpool:
     def wake_on_room(self, wakeup):
         pass                      # never any room
 
-    def put(self, messages, cursor=None, marks=(), numbered=False, dead_letters=(), sign=None):
+    def put(self, messages, cursor=None, marks=(), numbered=False, dead_letters=(), sign=None, encoded=None):
         from msg_nagios_bridge.spool import SpoolUnavailable
         raise SpoolUnavailable("disk I/O error")
 

@@ -681,3 +681,24 @@ def test_a_commit_by_another_process_wakes_the_workers_of_this_one(tmp_path):
         assert daemon_side.notice_outside_changes()
         assert to_take.wait(0) and daemon_side.stats().depth == 2
         assert [entry.message.message_id for entry in daemon_side.take(10)] == ["id-1", "id-2"]
+
+
+def test_a_put_of_rows_encoded_before_stores_what_a_put_of_the_messages_stores(tmp_path):
+    """The intake encodes its messages once, to size its chunks, and hands put the rows: the
+    spool then holds exactly what it holds when it encodes them itself (numbers included)."""
+    from msg_nagios_bridge.spool import encode
+    batch = [Message(f"id-{n}", "/queue/q", {"route": "results", "site": "S", "é": "ü\"\\"}, b"body %d" % n)
+             for n in range(3)]
+    stored = []
+    for name, encoded in (("plain", None), ("encoded", [encode(m) for m in batch])):
+        with Spool(str(tmp_path / name / "s.sqlite")) as s:
+            assert s.put(batch, numbered=True, encoded=encoded) == 3
+            entries = s.take(10)
+            stored.append([(e.message.message_id, e.message.destination, e.message.body,
+                            {k: v for k, v in e.message.headers.items() if k != "route_seq"},
+                            e.message.headers["route_seq"].rpartition(":")[2]) for e in entries])
+            stored.append(s.stats().bytes)
+    assert stored[0] == stored[2] and stored[1] == stored[3]       # the entries, the bytes held
+    assert [number for *_, number in stored[2]] == ["1", "2", "3"]
+    with Spool(str(tmp_path / "mismatch" / "s.sqlite")) as s, pytest.raises(ValueError):
+        s.put(batch, encoded=[encode(batch[0])])
