@@ -74,6 +74,12 @@ _AS_UNKNOWN = ("MISSING", "DOWNTIME")
 
 
 _show = quoted      # a value in a refusal's message: quoted, every unprintable character escaped, cut
+# In a name from another site: characters that change how the text around them is shown (bidi
+# controls, zero-width characters, the byte order mark) or end a line for readers that split as
+# str.splitlines does (U+2028, U+2029). No object name needs them, and with them a sender's
+# result could read as another object's in Nagios's log and web pages (a U+202E reverses what
+# follows it). Only inbound: the local Nagios's own names are published as they are.
+_HIDDEN_IN_NAMES = re.compile("[\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +286,10 @@ def _result(record: Record, headers: typing.Mapping[str, str], mapping: Mapping,
         # takes a trailing backslash as a line continuation (see checkresult_file).
         if name.endswith("\\"):
             raise Refused(reason, f"{kind} {_show(name)} ends with a backslash")
+        hidden = _HIDDEN_IN_NAMES.search(name)
+        if hidden:
+            raise Refused(reason, f"{kind} {_show(name)} contains U+{ord(hidden.group()):04X}, which changes"
+                                  " how the text around it is shown")
     state, shown = _state(record)
     timestamp = _check_time(record.timestamp if record.timestamp is not None else math.nan, now)
 

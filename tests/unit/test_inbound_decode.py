@@ -126,6 +126,21 @@ def test_host_name_mapping_and_service_fallbacks():
     assert decode({}, wlcg_body(hostName=None), Mapping(host_from="hostName"), now=NOW).host == "se01.example.org"
 
 
+@pytest.mark.parametrize("hidden", ["\u202e", "\u2066", "\u200f", "\u200b", "\u2060", "\ufeff", "\u2028", "\u2029"])
+def test_a_name_with_a_character_that_changes_how_text_is_shown_is_refused(hidden):
+    """A right-to-left override, an isolate, a zero-width character or a line separator in a
+    sender's host or service name would let its result read as another object's in Nagios's
+    log and web pages: refused, with the character named and escaped in the reason."""
+    with pytest.raises(Refused) as info:
+        decode({}, wlcg_body(serviceURI=None, hostName=f"se01{hidden}gro.elpmaxe"), now=NOW)
+    assert info.value.reason == "bad-host-name" and f"U+{ord(hidden):04X}" in str(info.value)
+    assert hidden not in str(info.value)
+    assert refused(wlcg_body(nagiosName=f"SRM{hidden}-Put")) == "bad-service-name"
+    assert refused(wlcg_body(metricName=f"org.sam.SRM{hidden}-Put")) == "bad-service-name"
+    # Elsewhere in the result they are text, shown escaped by every display of the bridge.
+    assert decode({}, wlcg_body(summaryData=f"OK: {hidden}stored"), now=NOW).output == f"OK: {hidden}stored"
+
+
 def test_role_suffix_comes_from_the_record_then_the_header():
     mapping = Mapping(service_suffix_role=True)
     assert decode({}, wlcg_body(), mapping, now=NOW).service == "org.sam.SRM-Put"
