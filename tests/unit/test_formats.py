@@ -85,6 +85,15 @@ def test_wlcg_long_output_with_eot_and_a_second_record_forges_no_record_downstre
     assert wlcg.decode(body)["detailsData"] == FORGED_SECOND_RECORD    # our own round trip: exact
 
 
+def test_wlcg_blanks_before_an_eot_are_every_control_and_what_str_isspace_takes():
+    """The EOT escape's blanks are a regex now (the string of them, built by testing every code
+    point at import, cost 64 ms at each start): the same set, over all of Unicode."""
+    import sys
+    blanks = wlcg._LEADING_BLANKS
+    assert [c for c in range(sys.maxunicode + 1) if blanks.match(chr(c)).end()] == \
+        [c for c in range(sys.maxunicode + 1) if c <= 0x20 or chr(c).isspace()]
+
+
 def test_wlcg_eot_escape_is_dot_stuffing_and_round_trips():
     for text, sent in [("x\nEOT", "x\n.EOT"), ("x\n  eot x", "x\n  .eot x"), ("x\n..EOT", "x\n...EOT"),
                        ("a\u2028EOT", "a\u2028.EOT"), ("\x1c EOT\r\x00Eot", "\x1c .EOT\r\x00.Eot"),
