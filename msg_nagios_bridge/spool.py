@@ -203,11 +203,16 @@ def encode(message: Message) -> Row:
     return _encode(message)
 
 
+# One encoder for every message: json.dumps with other than its default arguments builds a new
+# one a call (4.4 against 3.4 us for a message's headers). Flat text, so no circular check.
+_headers_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, check_circular=False).encode
+
+
 def _encode(message: Message) -> Row:
     if not isinstance(message.body, bytes):
         raise TypeError(f"message {message.message_id!r}: body must be bytes")
     # Inbound entries carry no headers: skip the encoder for them.
-    headers = json.dumps(dict(message.headers), separators=(",", ":"), sort_keys=True) if message.headers else "{}"
+    headers = _headers_json(dict(message.headers)) if message.headers else "{}"
     size = len(message.body) + sum(len(text.encode("utf-8", "surrogatepass"))
                                    for text in (message.message_id, message.destination, headers))
     return message.message_id, message.destination, headers, message.body, size
