@@ -50,7 +50,7 @@ from common import Meter, code_fingerprint, fs_type, loadavg, print_summary  # n
 
 from msg_nagios_bridge.inbound.judgement import memory_tag  # noqa: E402
 from msg_nagios_bridge.model import Message  # noqa: E402
-from msg_nagios_bridge.spool import Spool, _encode  # noqa: E402
+from msg_nagios_bridge.spool import Spool, encode  # noqa: E402
 
 from tests.sandbox.procfs import rss_mb  # noqa: E402
 
@@ -83,7 +83,7 @@ class DirQueue:
             for message in messages:
                 self._seq += 1
                 name = f"{time.time_ns():020d}{self._seq:010d}"
-                message_id, destination, headers, body, _ = _encode(message)
+                message_id, destination, headers, body, _ = encode(message)
                 tmp = os.path.join(self.tmp, name)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 os.write(fd, f"{message_id}\n{destination}\n{headers}\n".encode() + body)

@@ -125,8 +125,8 @@ class Intake:
                marks: Sequence[Mark] = (), refused: Sequence[Tuple[Message, str]] = (),
                rows: Optional[Sequence[Row]] = None) -> bool:
         """Durably spool ``messages`` (``rows``: encoded already) with ``cursor``, ``marks`` and
-        ``refused`` (dead letters), retrying while the spool is full or unavailable; False only if the bridge began
-        stopping first."""
+        ``refused`` (dead letters), retrying while the spool is full or unavailable; False only
+        if the bridge began stopping first."""
         while True:
             try:
                 if messages or cursor is not None or marks or refused:

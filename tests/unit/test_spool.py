@@ -21,7 +21,7 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from msg_nagios_bridge.model import Message
-from msg_nagios_bridge.spool import Spool, SpoolError, SpoolFull, SpoolUnavailable, _encode
+from msg_nagios_bridge.spool import Spool, SpoolError, SpoolFull, SpoolUnavailable, encode
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -196,7 +196,7 @@ def test_full_by_count_writes_nothing(tmp_path):
 
 
 def test_full_by_bytes_writes_nothing(tmp_path):
-    size = _encode(msg(0))[4]
+    size = encode(msg(0))[4]
     with Spool(db_file(tmp_path), max_bytes=2 * size) as spool:
         spool.put([msg(0)])
         with pytest.raises(SpoolFull):
@@ -270,7 +270,7 @@ def test_reopen_keeps_everything_and_forgets_leases(tmp_path):
         assert [e.attempts for e in entries] == [1, 0, 0]
         assert spool.cursor("src") == "c1"
         stats = spool.stats()
-        assert (stats.depth, stats.dead_letters, stats.bytes) == (3, 1, 3 * _encode(msg(0))[4])
+        assert (stats.depth, stats.dead_letters, stats.bytes) == (3, 1, 3 * encode(msg(0))[4])
 
 
 def test_files_are_private_whatever_the_umask(tmp_path):
@@ -562,7 +562,7 @@ class SpoolModel(RuleBasedStateMachine):
         """take(limit, max_bytes): oldest first while their sizes fit, but at least one."""
         expected, left = [], budget
         for entry_id in sorted(set(self.queued) - self.leased)[:limit]:
-            size = _encode(msg(int(self.queued[entry_id][3:])))[4]
+            size = encode(msg(int(self.queued[entry_id][3:])))[4]
             if expected and size > left:
                 break
             expected.append(entry_id)
@@ -686,7 +686,6 @@ def test_a_commit_by_another_process_wakes_the_workers_of_this_one(tmp_path):
 def test_a_put_of_rows_encoded_before_stores_what_a_put_of_the_messages_stores(tmp_path):
     """The intake encodes its messages once, to size its chunks, and hands put the rows: the
     spool then holds exactly what it holds when it encodes them itself (numbers included)."""
-    from msg_nagios_bridge.spool import encode
     batch = [Message(f"id-{n}", "/queue/q", {"route": "results", "site": "S", "é": "ü\"\\"}, b"body %d" % n)
              for n in range(3)]
     stored = []
