@@ -13,7 +13,7 @@ from .. import __version__, config
 
 
 def _check_config(args) -> int:
-    settings = config.load(args.config)
+    settings = config.load(args.config, local_files=not args.syntax_only)
     if not args.syntax_only:
         from ..config.machine import check_machine
         found = check_machine(settings)
@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-v", "--verbose", action="store_true", help="also print the settings (secrets masked)")
     check.add_argument("--syntax-only", action="store_true",
                        help="check the syntax and the values only, not what run needs of this machine (users,"
-                            " directories): for a configuration meant for another machine")
+                            " directories, the TLS, CA and password files it names): for a configuration meant"
+                            " for another machine")
     command("nagios-config", _nagios_config, "print what to add to the core's configuration: Nagios's command"
             " definitions and nagios.cfg lines, or Icinga 2's ApiUser (core: icinga2)")
     command("core-config", _nagios_config, "the same as nagios-config (a name that fits every core)")

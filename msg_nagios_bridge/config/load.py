@@ -7,6 +7,7 @@ The example ``etc/msg-nagios-bridge.yaml`` documents every key.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import errno
@@ -31,6 +32,12 @@ from .settings import (
     TlsSettings, BrokerSettings, SpoolSettings, OcspPipeSettings, PerfdataSettings, Route,
     SigningSettings, SignatureCheck, Subscription, InboundSettings, LOG_LEVELS, LOG_TARGETS,
     LoggingSettings, DaemonSettings, MetricsSettings, Settings, Icinga2Settings, CORES, PREFETCH, _is_secret_key)
+
+
+# False while a config meant for another machine is checked (check-config --syntax-only): the
+# files it names (TLS files, CA directories, password files) are judged by their paths only,
+# as they need not exist here.
+_LOCAL_FILES = contextvars.ContextVar("local_files", default=True)
 
 
 class _Section:
@@ -153,6 +160,10 @@ def _secret(section: _Section, name: str) -> str:
     path = section.get(name + "_file", str, "", _optional_absolute)
     if inline and path:
         raise section.error(name + "_file", path, f"give either {name} or {name}_file, not both")
+    if inline:
+        _warn_if_readable_by_all(section, name)
+    if path and not _LOCAL_FILES.get():
+        return f"(read from {path} on the machine that runs the bridge)"
     if path:
         try:
             if os.stat(path).st_mode & 0o004:
@@ -217,12 +228,16 @@ def _readable_file(value: str) -> Optional[str]:
         return None
     if not os.path.isabs(value):
         return "must be an absolute path"
+    if not _LOCAL_FILES.get():
+        return None
     if not os.path.isfile(value) or not os.access(value, os.R_OK):
         return "is not a readable file"
     return None
 
 
 def _ca_dir(value: str) -> Optional[str]:
+    if not _LOCAL_FILES.get():
+        return None if not value or os.path.isabs(value) else "must be an absolute path"
     if value and not (os.path.isdir(value) and os.access(value, os.R_OK | os.X_OK)):
         return "is not a readable directory"
     try:
@@ -401,7 +416,8 @@ def _inbound(root: _Section, site: Site, core: str = "nagios") -> InboundSetting
             raise ConfigError(sec.file, rule_sec.path, item, str(exc)) from None
     if enabled and not rules:
         raise pol_sec.error("rules", [], "inbound is enabled but no rule allows any sender "
-                                         "(add e.g. {senders: ['*'], hosts: ['*'], services: ['*']})")
+                                         "(add one, e.g. {senders: ['nagios.site-a.org'], hosts: ['*.site-a.org']}:"
+                                         " see the example config and docs/inbound.md)")
     writer = sec.get("writer", str, "api" if core == "icinga2" else "command_file",
                      lambda v: None if v in WRITERS else f"must be one of {', '.join(WRITERS)}")
     if writer == "api" and core != "icinga2":
@@ -598,11 +614,12 @@ def _icinga2(root: _Section, site: Site, core: str) -> Icinga2Settings:
         ca_file=sec.get("ca_file", str, dataclasses.MISSING, _readable_file),
         cert_file=sec.get("cert_file", str, "", _readable_file),
         key_file=sec.get("key_file", str, "", _readable_file),
-        user=sec.get("user", str, "", _one_line),
+        # "" as the example shows them: no user (a client certificate), the default check_source.
+        user=sec.get("user", str, "", _one_line_or_empty),
         password=_secret(sec, "password"),
         publish=sec.get("publish", bool, True),
         event_queue=sec.get("event_queue", str, "msg-nagios-bridge", _one_line),
-        check_source=sec.get("check_source", str, f"msg-nagios-bridge@{site.nagios_name}", _one_line),
+        check_source=sec.get("check_source", str, "", _one_line_or_empty) or f"msg-nagios-bridge@{site.nagios_name}",
         objects_refresh=sec.get("objects_refresh", float, 60.0, _positive),
         timeout=sec.get("timeout", float, 10.0, _positive),
         connections=sec.get("connections", int, 8, lambda v: None if 1 <= v <= MAX_CONNECTIONS else
@@ -619,8 +636,17 @@ def _icinga2(root: _Section, site: Site, core: str) -> Icinga2Settings:
     return settings
 
 
-def parse(text: str, file: str = "<config>") -> Settings:
-    """Validate YAML text into Settings, or raise ConfigError."""
+def parse(text: str, file: str = "<config>", *, local_files: bool = True) -> Settings:
+    """Validate YAML text into Settings, or raise ConfigError. Not ``local_files``: the files
+    the config names are judged by their paths only (a config meant for another machine)."""
+    token = _LOCAL_FILES.set(local_files)
+    try:
+        return _parse(text, file)
+    finally:
+        _LOCAL_FILES.reset(token)
+
+
+def _parse(text: str, file: str) -> Settings:
     try:
         # SafeLoader: no Python objects. Aliases are refused below, which also
         # stops "billion laughs" anchor bombs before they expand.
@@ -719,8 +745,8 @@ _NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _NoAliasLoader.construct
 _NoAliasLoader.add_constructor("tag:yaml.org,2002:float", _NoAliasLoader.construct_number)
 
 
-def load(path: str = DEFAULT_PATH) -> Settings:
-    """Read and validate the file at ``path``, or raise ConfigError."""
+def load(path: str = DEFAULT_PATH, *, local_files: bool = True) -> Settings:
+    """Read and validate the file at ``path``, or raise ConfigError (``local_files``: as parse)."""
     try:
         with open(path, "rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
@@ -734,22 +760,21 @@ def load(path: str = DEFAULT_PATH) -> Settings:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(path, "", None, f"is not UTF-8 text ({exc})") from None
-    settings = parse(text, path)
-    _warn_if_secret_is_exposed(path, settings)
-    return settings
+    return parse(text, path, local_files=local_files)
 
 
-def _warn_if_secret_is_exposed(path: str, settings: Settings) -> None:
-    """A password in a file that others can read is a password for everyone on the box."""
+def _warn_if_readable_by_all(section: _Section, name: str) -> None:
+    """A password in a config file that others can read is a password for everyone on the box
+    (every secret given inline; one read from its ``<name>_file`` is that file's business)."""
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(section.file).st_mode
     except OSError:
-        return
-    inline = settings.brokers.password or settings.brokers.tls.key_password
-    if inline and mode & 0o004:
+        return                  # parse() of text, not of a file
+    if mode & 0o004:
         logging.getLogger(__name__).warning(
-            "%s holds a password and can be read by every user (mode %o): chmod o-r it, or move the "
-            "secret to a password_file readable only by the bridge", path, mode & 0o777)
+            "%s holds a password (%s) and can be read by every user (mode %o): chmod o-r it, or move"
+            " the secret to %s_file, readable only by the bridge", section.file, section.key(name),
+            mode & 0o777, name)
 
 
 def as_dict(settings: Settings) -> Dict[str, Any]:
@@ -763,4 +788,6 @@ def as_dict(settings: Settings) -> Dict[str, Any]:
         if isinstance(data, (list, tuple)):
             return [masked(item) for item in data]
         return data
-    return masked(dataclasses.asdict(settings))
+    data = masked(dataclasses.asdict(settings))
+    data["ocsp_pipe"]["mode"] = f"{settings.ocsp_pipe.mode:04o}"    # as the config writes it, not 400
+    return data

@@ -178,6 +178,15 @@ def _nagios(settings: Settings, user: Optional[User], error, warning) -> None:
         elif user and not _may(path, os.W_OK, user):
             error("inbound.command_file", path, f"cannot be written by {user}: put that user in the group of the"
                                                 f" file ({_group_name(os.stat(path).st_gid)})")
+    if inbound.shared_newest_file:
+        # Made there with its -wal, -shm and lock files: the directory, not only the file.
+        path = inbound.shared_newest_file
+        directory = os.path.dirname(path)
+        if not _is_dir(directory):
+            error("inbound.shared_newest_file", path, f"its directory {directory} does not exist")
+        elif user and not _may(directory, os.W_OK | os.X_OK, user):
+            error("inbound.shared_newest_file", path, f"its directory {directory} is not writable by {user}, who"
+                                                      " makes the file there")
     if inbound.check_result_path:
         path = inbound.check_result_path
         if not _is_dir(path):

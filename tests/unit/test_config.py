@@ -1,7 +1,9 @@
 """Config: every mistake names file, key and value; the example file is valid."""
+import json
 import os
 import pathlib
 import pwd
+import re
 import shutil
 import tempfile
 
@@ -149,11 +151,20 @@ def test_the_example_documents_every_key():
     assert not missing
 
 
-def test_an_enabled_inbound_section_from_the_example_validates():
-    text = EXAMPLE.read_text().replace("inbound:\n  # off by default.\n  enabled: false",
-                                       "inbound:\n  # off by default.\n  enabled: true")
-    settings = config.parse(text, "example")
-    assert settings.inbound.enabled and settings.inbound.rules[0].senders == ("*",)
+def test_an_enabled_inbound_section_from_the_example_validates_once_it_has_a_rule():
+    """The example ships no rule: enabling inbound alone must not accept every sender
+    (review 2026-12-06: it shipped senders ["*"]); the commented rules work as they are."""
+    enabled = EXAMPLE.read_text().replace("inbound:\n  # off by default.\n  enabled: false",
+                                          "inbound:\n  # off by default.\n  enabled: true")
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(enabled, "example")
+    assert caught.value.key == "inbound.policy.rules" and "no rule allows any sender" in str(caught.value)
+    commented = re.search(r"^    rules: \[\]\n    # rules:\n((?:    #  .*\n)+)", enabled, re.M)
+    settings = config.parse(enabled.replace(commented.group(), "    rules:\n" + re.sub(
+        r"^    #", "   ", commented.group(1), flags=re.M)), "example")
+    assert [rule.senders for rule in settings.inbound.rules] == [
+        ("nagios.site-a.org",), ("CN=nagios.site-a.org, O=Grid, C=XX",)]
+    assert settings.inbound.rules[1].exact_senders and settings.inbound.rules[0].hosts == ("*.site-a.org",)
     assert settings.inbound.client_id == "msg-nagios-bridge-nagios.example.org"
 
 
@@ -224,6 +235,45 @@ def test_a_readable_secret_draws_a_warning(tmp_path, caplog):
     assert "can be read by every user" not in caplog.text
 
 
+def test_check_config_verbose_shows_the_fifo_mode_as_the_config_writes_it(tmp_path, capsys):
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(MINIMAL + 'sources: {ocsp_pipe: {mode: "0660"}}\n')
+    assert main(["check-config", "--syntax-only", "-v", "-c", str(cfg)]) == 0
+    shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert shown["ocsp_pipe"]["mode"] == "0660"
+
+
+def test_a_password_from_its_file_draws_no_warning_for_a_readable_config(tmp_path, caplog):
+    """Only a secret written in the config makes a readable config a leak (review 2026-12-06:
+    the password read from password_file drew the warning too)."""
+    secret = tmp_path / "password"
+    secret.write_text("pw")
+    secret.chmod(0o600)
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(MINIMAL.replace("hosts:", f"password_file: {secret}, hosts:"))
+    cfg.chmod(0o644)
+    assert config.load(str(cfg)).brokers.password == "pw"
+    assert "every user" not in caplog.text
+
+
+def test_syntax_only_judges_the_files_a_config_names_by_their_paths(tmp_path, capsys):
+    """check-config --syntax-only is for a config meant for another machine: the TLS, CA and
+    password files it names need not exist here (review 2026-12-06: they had to)."""
+    missing = tmp_path / "not-here"
+    cfg = tmp_path / "bridge.yaml"
+    cfg.write_text(MINIMAL.replace("hosts:", f"password_file: {missing}/pw, tls: {{enabled: true,"
+                                   f" ca_file: {missing}/ca.pem, cert_file: {missing}/c.pem,"
+                                   f" key_file: {missing}/k.pem}}, hosts:"))
+    assert main(["check-config", "--syntax-only", "-c", str(cfg)]) == 0
+    assert f"{cfg}: OK" in capsys.readouterr().out
+    assert main(["check-config", "-c", str(cfg)]) == 2
+    assert "password_file" in capsys.readouterr().err
+    relative = tmp_path / "relative.yaml"
+    relative.write_text(MINIMAL.replace("hosts:", "tls: {enabled: true, ca_file: ca.pem}, hosts:"))
+    assert main(["check-config", "--syntax-only", "-c", str(relative)]) == 2
+    assert "must be an absolute path" in capsys.readouterr().err
+
+
 def test_a_password_file_that_is_not_utf8_is_a_clear_error(tmp_path):
     secret = tmp_path / "password"
     secret.write_bytes(b"\xff\xfe\x00pw")
@@ -286,6 +336,23 @@ def test_core_icinga2_reads_its_api_settings_and_defaults_to_the_api_writer(tmp_
     assert settings.icinga2.check_source == f"msg-nagios-bridge@{settings.site.nagios_name}"
     assert settings.inbound.writer == "api"
     assert not settings.ocsp_pipe.enabled
+
+
+def test_the_example_icinga2_block_uncommented_as_it_is_validates(tmp_path):
+    """The example shows user and check_source as "" (their defaults): uncommenting the block
+    and filling in the files must not fail on them (review 2026-12-06)."""
+    text = EXAMPLE.read_text()
+    block = re.search(r"^# icinga2:\n(?:#  .*\n)+", text, re.M).group()
+    ca, cert, key = (tmp_path / name for name in ("ca.crt", "client.crt", "client.key"))
+    for path in (ca, cert, key):
+        path.write_text("x")
+    uncommented = re.sub(r"^# ?", "", block, flags=re.M)
+    uncommented = (uncommented.replace("/var/lib/icinga2/certs/ca.crt", str(ca))
+                   .replace('cert_file: ""', f"cert_file: {cert}").replace('key_file: ""', f"key_file: {key}"))
+    assert 'user: ""' in uncommented and 'check_source: ""' in uncommented
+    settings = config.parse(ICINGA.split("icinga2:")[0] + uncommented)
+    assert settings.icinga2.user == "" and settings.icinga2.cert_file == str(cert)
+    assert settings.icinga2.check_source == f"msg-nagios-bridge@{settings.site.nagios_name}"
 
 
 @pytest.mark.parametrize("change, key, reason", [
@@ -515,6 +582,20 @@ def test_check_config_warns_of_a_missing_nagios_command_file_and_refuses_a_missi
     code, out, err = check_here(tmp_path, capsys, more=inbound.format(path="{dir}/rw/nagios.cmd"))
     assert code == 2 and f"inbound.command_file = '{tmp_path}/rw/nagios.cmd': its directory {tmp_path}/rw does not" \
                          " exist" in err
+
+
+def test_check_config_refuses_a_shared_newest_file_in_a_missing_directory(tmp_path, capsys):
+    """run stops at its start on it (review 2026-12-06: docs/scaling.md named a directory
+    nothing makes, and check-config said OK)."""
+    os.mkfifo(tmp_path / "nagios.cmd")
+    inbound = ("inbound: {{enabled: true, subscriptions: [{{destination: /queue/q}}], policy: {{rules: [{{senders:"
+               " ['*']}}]}}, command_file: {{dir}}/nagios.cmd, shared_newest_file: {path}}}")
+    code, out, err = check_here(tmp_path, capsys, more=inbound.format(path="{dir}/central/newest.sqlite"))
+    assert code == 2 and (f"inbound.shared_newest_file = '{tmp_path}/central/newest.sqlite': its directory"
+                          f" {tmp_path}/central does not exist") in err
+    (tmp_path / "central").mkdir()
+    assert check_here(tmp_path, capsys, more=inbound.format(path="{dir}/central/newest.sqlite"))[:3] == (
+        0, f"{tmp_path}/bridge.yaml: OK\n", "")
 
 
 def test_check_config_warns_of_a_pidfile_or_metrics_textfile_the_bridge_could_not_make(tmp_path, capsys):
