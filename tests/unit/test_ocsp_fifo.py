@@ -15,7 +15,7 @@ from msg_nagios_bridge.model import CheckResult
 from tests.sandbox.fifo import printf_command
 from msg_nagios_bridge.outbound.routing import Router
 from msg_nagios_bridge.outbound.intake import Intake
-from msg_nagios_bridge.cores.nagios.ocsp_pipe import FifoError, OcspPipeSource, prepare_fifo
+from msg_nagios_bridge.cores.nagios.ocsp_pipe import READ_CHUNK, FifoError, OcspPipeSource, prepare_fifo
 from msg_nagios_bridge.spool import Spool
 from tests.sandbox.ports import wait_until
 
@@ -306,3 +306,23 @@ def test_a_missing_or_read_only_fifo_directory_says_what_to_do(tmp_path, monkeyp
     monkeypatch.setattr(os, "mkfifo", read_only)
     with pytest.raises(FifoError, match=r"Read-only file system: the bridge's user cannot write.*ReadWritePaths="):
         prepare_fifo(settings(tmp_path / "ocsp.fifo"))
+
+
+def test_the_rest_of_an_overlong_line_in_a_recovered_file_is_not_read_as_lines(tmp_path):
+    """Review 2026-12-06: after the first part of a line over the limit, a recovered file's
+    reader took the rest of that line, up to its newline, as lines of their own, so a result
+    line inside plugin output at the cut was published (the FIFO's reader skips it)."""
+    forged = result_line.format_line(CheckResult(host="victim", service="forged", state=2,
+                                                 output="planted", timestamp=1700000000))
+    cut = 2 * READ_CHUNK * 16          # where the reader gives up on the line (over 1 MiB)
+    head = result_line.format_line(CheckResult(host="h", service="big", state=0, output="x", timestamp=1700000000))
+    recovered = tmp_path / "ocsp.fifo.recovered.1"
+    recovered.write_text(head + "A" * (cut - len(head)) + forged + "\n" + forged.replace("victim", "next") + "\n")
+    with Spool(str(tmp_path / "s.sqlite")) as spool:
+        source = OcspPipeSource(settings(tmp_path / "ocsp.fifo"), Intake("ocsp_pipe", ROUTER, spool, Health(),
+                                threading.Event(), result_line.parse), Health(), str(tmp_path / "ocsp.fifo.token"))
+        source.token = TOKEN.encode()
+        assert source._take_in(str(recovered))
+        assert [entry.message.headers["host"] for entry in spool.take(10)] == ["next"]
+        assert [letter.reason for letter in spool.dead_letters()] == [
+            f"line longer than {source.settings.max_line_bytes} bytes in {recovered}"]

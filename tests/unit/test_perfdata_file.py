@@ -448,3 +448,25 @@ def test_refused_lines_are_kept_in_the_transaction_of_their_batch(tmp_path):
         assert spool.cursors("perfdata:") == {"perfdata:x": "42"}
         assert intake.spool_lines(bad[:10])                                 # read again after a crash
         assert spool.stats().dead_letters == 1200                           # kept once
+
+
+def test_a_file_truncated_and_written_past_the_position_before_the_next_look_is_read_from_its_start(tmp_path):
+    """Review 2026-12-06: only a file shorter than the read position counted as truncated, so
+    one truncated and refilled past it between two looks (Nagios restarted with mode w while the
+    tailer waited for room in the spool) lost its first lines and was read from mid-line."""
+    path = str(tmp_path / "perfdata")
+    with open(path, "w") as f:
+        f.write(lines(0, 10))
+    with Spool(str(tmp_path / "s.sqlite")) as spool:
+        health = Health()
+        tail = PerfdataTail(path, Intake("perfdata", Router(SETTINGS), spool, health, threading.Event(),
+                                         result_line.parse), health, 0.02)
+        tail._resume()
+        step_until_idle(tail)
+        with open(path, "w") as f:
+            f.write(lines(100, 20))
+        step_until_idle(tail)
+        tail._close()
+        assert services_in(spool) == list(range(10)) + list(range(100, 120))
+        assert spool.stats().dead_letters == 0
+        assert health.counter("perfdata_truncations") == 1

@@ -266,15 +266,23 @@ class OcspPipeSource(threading.Thread):
         fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
             rest = b""
+            skipping = False   # inside a line too long to take in: drop it up to its newline
             while True:
                 chunk = os.read(fd, READ_CHUNK * 16)
-                lines = (rest + chunk).split(b"\n")
+                data = rest + chunk
+                if skipping:
+                    # As _read_lines does: the rest of that line is plugin output, and may hold
+                    # a whole result line of the plugin's making right after the cut.
+                    newline = data.find(b"\n")
+                    skipping = newline < 0
+                    data = b"" if skipping else data[newline + 1:]
+                lines = data.split(b"\n")
                 rest = lines.pop()
                 if not chunk:
                     break
                 if len(rest) > limit:
                     lines.append(rest)   # refused below with its length, like one from the FIFO
-                    rest = b""
+                    rest, skipping = b"", True
                 too_long = [line for line in lines if len(line) > limit]
                 for line in too_long:
                     self.intake.dead_letter(self._redacted(line[:limit]), f"line longer than {limit} bytes in {name}")

@@ -13,8 +13,10 @@ holds, then moves on to the next file. It opens every new file as soon as it
 appears at FILE, also while it waits for room in the spool, and reads them in
 turn: a later ``mv -f`` over ``FILE.old`` then unlinks a file it still holds
 open, not one it has not read. ``FILE.old`` matters only at start, when the
-file last read may be there. A file that shrinks below the read position was
-truncated (mode ``w``, or by hand): reading starts again at its beginning.
+file last read may be there. A file that shrinks below the read position, or
+whose first bytes are no longer those read, was truncated (mode ``w``,
+``copytruncate``, or by hand; perhaps written again past the position before
+the next look): reading starts again at its beginning.
 """
 from __future__ import annotations
 
@@ -106,6 +108,7 @@ class PerfdataTail(threading.Thread):
         self.file_id: Optional[Tuple[int, int]] = None
         self.offset = 0
         self.fingerprint = ""                          # of the current file, once it is long enough
+        self.head = ""                                 # _fingerprint(fd, offset) as read; "" at 0
         # Newlines still to pass before the next record, after an oversized one was cut.
         self.skip_lines = 0
         # Files that appeared at the path after the current one, opened, not yet read: oldest first.
@@ -130,7 +133,13 @@ class PerfdataTail(threading.Thread):
         if offset > info.st_size:
             log.warning("%s is shorter than the saved position; reading it from the start", path)
             self.offset = 0
+        self.head = _fingerprint(fd, self.offset) if self.offset else ""
         return True
+
+    def _move_to(self, offset: int, head: str = "") -> None:
+        """Read on from ``offset`` (``head``: _fingerprint there, if known)."""
+        self.offset = offset
+        self.head = head or (_fingerprint(self.fd, offset) if offset else "")
 
     def _close(self) -> None:
         if self.fd is not None:
@@ -192,7 +201,7 @@ class PerfdataTail(threading.Thread):
         if left == 0 or len(data) >= READ_BYTES:
             rest = data if left else data[:cut]
             self.intake.dead_letter(rest, f"the rest of a line or record longer than {MAX_BATCH_BYTES} bytes")
-            self.offset += len(rest)
+            self._move_to(self.offset + len(rest))
             self.skip_lines = left
             return True
         return self._at_end(data)
@@ -213,7 +222,8 @@ class PerfdataTail(threading.Thread):
             self.fd, self.file_id = self.queued.popleft()
         else:
             self.file_id = None
-        self.offset, self.fingerprint = 0, ""
+        self.fingerprint = ""
+        self._move_to(0)
         return True
 
     # -- loop ---------------------------------------------------------------
@@ -250,6 +260,15 @@ class PerfdataTail(threading.Thread):
             self._open(self.path, 0)
             self.health.set_state(self.state_name, "reading")
         self._discover()
+        if self.offset:
+            size = os.fstat(self.fd).st_size
+            if size < self.offset:
+                return self._start_again(f"was truncated (from {self.offset} to {size} bytes)")
+            # Truncated and written past the position again before this look (a pause while
+            # the spool was full, a quick restart of Nagios with mode w): the size cannot tell.
+            if _fingerprint(self.fd, self.offset) != self.head:
+                return self._start_again("was truncated and written again since it was read (its first"
+                                         " bytes changed)")
         data = os.pread(self.fd, READ_BYTES, self.offset)
         if self.skip_lines:
             return self._skip_rest_of_record(data)
@@ -259,15 +278,16 @@ class PerfdataTail(threading.Thread):
             complete, lines, used = _records(data)
         if used:
             new_offset = self.offset + sum(len(line) + 1 for line in complete[:used])
+            head = self._head(new_offset)
             cursor = json.dumps({"dev": self.file_id[0], "ino": self.file_id[1], "offset": new_offset,
-                                 "head": self._head(new_offset)})
+                                 "head": head})
             if not self.intake.spool_lines(lines, cursor=(self.cursor_name, cursor)):
                 return False
-            self.offset = new_offset
+            self._move_to(new_offset, head)
             return True
         if len(data) >= MAX_BATCH_BYTES:
             self.intake.dead_letter(data, f"line or record longer than {MAX_BATCH_BYTES} bytes")
-            self.offset += len(data)
+            self._move_to(self.offset + len(data))
             # Never resume inside it: the rest of its line is plugin output, which may hold a
             # whole result line of the plugin's making (for any host) right after the cut.
             first_line_ends = data.find(b"\n")
@@ -279,15 +299,16 @@ class PerfdataTail(threading.Thread):
 
     def _at_end(self, data: bytes) -> bool:
         """The file read to its end (``data``: an incomplete last line): switch to the next
-        file if it was rotated, start again if it was truncated. True if it did either."""
+        file if it was rotated. True if it did, or if the file is now shorter than the read
+        position (the next _step, at once, starts it again)."""
         if self._next_file(data):
             self.skip_lines = 0
             return True
-        size = os.fstat(self.fd).st_size
-        if size < self.offset:
-            log.warning("%s was truncated (from %d to %d bytes); reading it from the start",
-                        self.path, self.offset, size)
-            self.health.add("perfdata_truncations")
-            self.offset, self.fingerprint, self.skip_lines = 0, "", 0
-            return True
-        return False
+        return os.fstat(self.fd).st_size < self.offset
+
+    def _start_again(self, what: str) -> bool:
+        log.warning("%s %s; reading it from the start", self.path, what)
+        self.health.add("perfdata_truncations")
+        self.fingerprint, self.skip_lines = "", 0
+        self._move_to(0)
+        return True
