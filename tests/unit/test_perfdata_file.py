@@ -1,5 +1,6 @@
 """The perfdata tailer on real files and a real spool: rotation, truncation, restarts."""
 import dataclasses
+import errno
 import os
 import threading
 import time
@@ -470,3 +471,87 @@ def test_a_file_truncated_and_written_past_the_position_before_the_next_look_is_
         assert services_in(spool) == list(range(10)) + list(range(100, 120))
         assert spool.stats().dead_letters == 0
         assert health.counter("perfdata_truncations") == 1
+
+
+class _Lagging:
+    """A tailer on a spool of 20 messages with a drain that stands for the publisher: what a
+    long broker outage looks like to the perfdata source."""
+
+    def __init__(self, tmp_path):
+        self.path = str(tmp_path / "perfdata")
+        self.held = tmp_path / "perfdata-held"
+        self.spool = Spool(str(tmp_path / "spool.sqlite"), max_messages=20)
+        self.seen = set()
+        self.tail = self.stop = None
+
+    def drain(self):
+        entries = self.spool.take(1000)
+        self.seen.update(int(entry.message.headers["metric"][1:]) for entry in entries)
+        self.spool.done([entry.entry_id for entry in entries])
+
+    def start(self):
+        self.stop = threading.Event()
+        self.tail = PerfdataTail(self.path, Intake("perfdata", Router(SETTINGS), self.spool, Health(), self.stop,
+                                                   result_line.parse), Health(), 0.02)
+        self.tail.start()
+
+    def end(self):
+        self.stop.set()
+        self.tail.intake.wake()
+        self.tail.join(5)
+        assert not self.tail.is_alive()
+
+    def fill_and_rotate_twice(self):
+        """Lines 0-9 published; 10-39 written, 20 of them spooled (full); then two rotations,
+        of 30 lines each (100-129, 200-229)."""
+        with open(self.path, "w") as handle:
+            handle.write(lines(0, 10))
+        self.start()
+        assert wait_until(lambda: self.spool.stats().depth == 10, timeout=5)
+        self.drain()                                    # published: the cursor is after line 9
+        with open(self.path, "a") as handle:            # the broker away: the spool fills up
+            handle.write(lines(10, 30))
+        assert wait_until(lambda: self.spool.stats().depth == 20, timeout=5)
+        for rotation in (1, 2):
+            os.rename(self.path, self.path + ".old")
+            with open(self.path, "w") as handle:
+                handle.write(lines(100 * rotation, 30))
+            assert wait_until(lambda: len(self.tail.queued) == rotation, timeout=5)   # seen while waiting
+
+    def read_all(self):
+        expected = set(range(40)) | set(range(100, 130)) | set(range(200, 230))
+        assert wait_until(lambda: self.drain() or self.seen >= expected, timeout=15), sorted(expected - self.seen)
+        assert self.seen == expected
+
+
+def test_rotated_files_waiting_for_a_full_spool_survive_a_restart_of_the_bridge(tmp_path):
+    """Review 2026-12-06: while the spool was full, the files Nagios rotated were held only by
+    their open descriptors; after a second rotation (mv -f over FILE.old) a reload or restart
+    of the bridge closed them, and their unread lines were lost. They are now copied into the
+    spool's directory while the tailer waits, and found there at start; a copy goes once read."""
+    lagging = _Lagging(tmp_path)
+    lagging.fill_and_rotate_twice()
+    assert len(list(lagging.held.rglob("*-*-*"))) == 2    # the first file (unlinked now) and the second
+    lagging.end()                                         # a restart: the descriptors are gone
+    lagging.start()
+    lagging.read_all()
+    assert wait_until(lambda: not any(path.is_file() for path in lagging.held.rglob("*")), timeout=5), \
+        "each copy goes once its file is read"
+    lagging.end()
+    lagging.spool.close()
+
+
+def test_a_rotated_file_that_cannot_be_copied_is_still_read_while_the_bridge_runs(tmp_path, monkeypatch, caplog):
+    """Disk full when copying: a warning, no partial copy left, and the descriptors still
+    hold the files, as before copies were made."""
+    def no_room(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "sendfile", no_room)
+    lagging = _Lagging(tmp_path)
+    lagging.fill_and_rotate_twice()
+    assert not lagging.tail.holding and "cannot copy rotated files" in caplog.text
+    assert not any(path.is_file() for path in lagging.held.rglob("*"))
+    lagging.read_all()
+    lagging.end()
+    lagging.spool.close()

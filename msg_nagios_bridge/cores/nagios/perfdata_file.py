@@ -12,24 +12,31 @@ file is complete: the tailer reads it to its end through the descriptor it
 holds, then moves on to the next file. It opens every new file as soon as it
 appears at FILE, also while it waits for room in the spool, and reads them in
 turn: a later ``mv -f`` over ``FILE.old`` then unlinks a file it still holds
-open, not one it has not read. ``FILE.old`` matters only at start, when the
-file last read may be there. A file that shrinks below the read position, or
-whose first bytes are no longer those read, was truncated (mode ``w``,
+open, not one it has not read. While it waits for room, it also copies each
+rotated file it has not read to its end into the spool's directory
+(HELD_DIRECTORY), so that a restart or reload of the bridge during a long broker
+outage does not lose their unread lines with the descriptors; a copy goes once
+its file is read. At start the tailer looks for the file last read among those
+copies, ``FILE.old`` and ``FILE``, and reads on from there in that order. A file
+that shrinks below the read position, or whose first bytes are no longer those read, was truncated (mode ``w``,
 ``copytruncate``, or by hand; perhaps written again past the position before
 the next look): reading starts again at its beginning.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import stat
 import threading
+import time
 from collections import deque
-from typing import Deque, List, Optional, Tuple
+from typing import Deque, Dict, List, Optional, Tuple
 
 from . import result_line
+from ...files import fsync_dir
 from ...daemon.health import Health
 from ...outbound.intake import Intake
 from ...daemon.threadname import name_os_thread
@@ -43,6 +50,11 @@ MAX_BATCH_BYTES = 4 << 20      # the longest line or record read; a longer one i
 READ_BYTES = 1 << 20
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
 FINGERPRINT_BYTES = 1024
+# In the spool's directory: copies of rotated files not read to their end, one directory per
+# perfdata file, named <time_ns>-<dev>-<ino> of the file copied (their names sort oldest
+# first). Copies, not hard links: under the systemd unit the spool is another mount than
+# Nagios's directory (ReadWritePaths=), and link(2) across mounts fails (EXDEV).
+HELD_DIRECTORY = "perfdata-held"
 
 
 def split_records(lines: List[bytes]) -> Tuple[List[bytes], int]:
@@ -86,6 +98,22 @@ def _fingerprint(fd: int, size: int) -> str:
     return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
+def held_directory(spool_path: str, path: str) -> str:
+    """Where the tailer of the perfdata file ``path`` keeps its copies (see HELD_DIRECTORY)."""
+    tag = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+    return os.path.join(os.path.dirname(os.path.abspath(spool_path)), HELD_DIRECTORY,
+                        f"{os.path.basename(path)}-{tag}")
+
+
+def _same_start(path: str, other: str) -> bool:
+    """Whether two files have the same first FINGERPRINT_BYTES (a copy and its file)."""
+    try:
+        with open(path, "rb") as one, open(other, "rb") as two:
+            return one.read(FINGERPRINT_BYTES) == two.read(FINGERPRINT_BYTES)
+    except OSError:
+        return False
+
+
 def _stat(path: str) -> Optional[os.stat_result]:
     try:
         return os.stat(path)
@@ -113,11 +141,15 @@ class PerfdataTail(threading.Thread):
         self.skip_lines = 0
         # Files that appeared at the path after the current one, opened, not yet read: oldest first.
         self.queued: Deque[Tuple[int, Tuple[int, int]]] = deque()
-        intake.while_waiting = self._discover
+        self.held_dir = held_directory(intake.spool.path, path)
+        self.held: Dict[Tuple[int, int], str] = {}     # file identity -> its copy in held_dir
+        self.holding = True                           # False once a copy could not be made
+        intake.while_waiting = self._while_waiting
 
     # -- position -----------------------------------------------------------
 
-    def _open(self, path: str, offset: int) -> bool:
+    def _open(self, path: str, offset: int, identity: Optional[Tuple[int, int]] = None) -> bool:
+        """Read ``path`` from ``offset``; ``identity``: of the file it is a copy of."""
         try:
             fd = os.open(path, OPEN_FLAGS)
         except FileNotFoundError:
@@ -128,7 +160,7 @@ class PerfdataTail(threading.Thread):
             raise OSError(f"{path} is not a regular file (a perfdata file must use mode 'a')")
         self._close()
         self._close_queued()
-        self.fd, self.file_id, self.offset = fd, _identity(info), min(offset, info.st_size)
+        self.fd, self.file_id, self.offset = fd, identity or _identity(info), min(offset, info.st_size)
         self.fingerprint = ""
         if offset > info.st_size:
             log.warning("%s is shorter than the saved position; reading it from the start", path)
@@ -154,36 +186,129 @@ class PerfdataTail(threading.Thread):
         identity = _identity(info)
         if identity == self.file_id or any(identity == queued for _, queued in self.queued):
             return
-        try:
-            fd = os.open(self.path, OPEN_FLAGS)
-        except FileNotFoundError:
-            return
-        opened = os.fstat(fd)
-        if not stat.S_ISREG(opened.st_mode) or _identity(opened) != identity:
-            os.close(fd)       # replaced again in between: seen at the next look
-            return
-        self.queued.append((fd, identity))
+        self._queue([(self.path, identity, False)])
         if len(self.queued) > 1:
             log.warning("%s: %d rotated files wait to be read (the spool has no room)", self.path, len(self.queued))
 
+    def _queue(self, files: List[Tuple[str, Tuple[int, int], bool]]) -> None:
+        """Open (path, identity, is a copy) files to be read after the current one, in order;
+        a file replaced in between is left (seen at the next look)."""
+        for path, identity, copy in files:
+            try:
+                fd = os.open(path, OPEN_FLAGS)
+            except FileNotFoundError:
+                continue
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode) or (not copy and _identity(opened) != identity):
+                os.close(fd)
+                continue
+            self.queued.append((fd, identity))
+
+    def _while_waiting(self) -> None:
+        """About once a second while a batch waits for room in the spool: open a file rotated
+        meanwhile, and copy the rotated files not read to their end (see HELD_DIRECTORY)."""
+        self._discover()
+        if self.fd is None or not self.holding:
+            return
+        info = _stat(self.path)
+        at_path = _identity(info) if info is not None else None
+        for fd, identity in [(self.fd, self.file_id), *self.queued]:
+            if identity in self.held or identity == at_path:       # kept, or still being written
+                continue
+            if fd == self.fd and os.fstat(fd).st_size <= self.offset:
+                continue                                           # read to its end
+            self._hold(fd, identity)
+
+    def _hold(self, fd: int, identity: Tuple[int, int]) -> None:
+        """Copy the whole file open as ``fd`` (rotated: complete) into held_dir, durably."""
+        name = f"{time.time_ns():020d}-{identity[0]}-{identity[1]}"
+        temporary = os.path.join(self.held_dir, "." + name)
+        try:
+            os.makedirs(self.held_dir, mode=0o700, exist_ok=True)
+            out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                size, done = os.fstat(fd).st_size, 0
+                while done < size:
+                    sent = os.sendfile(out, fd, done, size - done)
+                    if sent == 0:
+                        break
+                    done += sent
+                os.fsync(out)
+            finally:
+                os.close(out)
+            os.rename(temporary, os.path.join(self.held_dir, name))
+            fsync_dir(self.held_dir)
+        except OSError as exc:
+            # Disk full, or the spool's directory not writable: the descriptors still hold
+            # the files while the bridge runs; only a restart before they are read loses lines.
+            self.holding = False
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            log.warning("%s: cannot copy rotated files that wait to be read into %s (%s); a restart while"
+                        " they wait loses their unread lines", self.path, self.held_dir, exc.strerror)
+            return
+        self.held[identity] = os.path.join(self.held_dir, name)
+        log.info("%s: copied a rotated file that waits to be read (%d bytes) to %s", self.path, size,
+                 self.held[identity])
+
+    def _release(self, identity: Optional[Tuple[int, int]]) -> None:
+        """The file read to its end: its copy goes."""
+        copy = self.held.pop(identity, None) if identity is not None else None
+        if copy is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(copy)
+
+    def _held_files(self) -> List[Tuple[str, Tuple[int, int]]]:
+        """The copies in held_dir, oldest first, as (path, identity of the file copied); a copy
+        cut short by a crash (its temporary name) is removed."""
+        try:
+            names = sorted(os.listdir(self.held_dir))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            parts = name.split("-")
+            if len(parts) == 3 and all(part.isdigit() for part in parts):
+                found.append((os.path.join(self.held_dir, name), (int(parts[1]), int(parts[2]))))
+            elif name.startswith("."):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.held_dir, name))
+        return found
+
     def _resume(self) -> None:
-        """At start: continue where the spool's cursor says, across one rotation if needed."""
+        """At start: continue where the spool's cursor says, in the held files (oldest first),
+        FILE.old or FILE, then read the ones after it in that order."""
+        held = self._held_files()
+        self.held = {identity: link for link, identity in held}
         saved = self.intake.spool.cursor(self.cursor_name)
         if saved is None:
+            for _, identity in held:       # a spool made anew: nothing says they are unread
+                self._release(identity)
             self._open(self.path, 0)
             return
+        # (path, identity, is a copy): the copies, FILE.old, FILE; each file once, the first
+        # of its names (a copy's identity is its file's, from its name; the same identity with
+        # other first bytes is another file that got a deleted one's inode number).
+        files: List[Tuple[str, Tuple[int, int], bool]] = [(copy, identity, True) for copy, identity in held]
+        for path in (self.old_path, self.path):
+            info = _stat(path)
+            if info is not None and not any(identity == _identity(info) and _same_start(kept, path)
+                                            for kept, identity, _ in files):
+                files.append((path, _identity(info), False))
         cursor = json.loads(saved)
         wanted = (cursor["dev"], cursor["ino"])
-        for path in (self.path, self.old_path):
-            info = _stat(path)
-            if info is not None and _identity(info) == wanted and self._open(path, cursor["offset"]):
+        for index, (path, identity, _) in enumerate(files):
+            if identity == wanted and self._open(path, cursor["offset"], identity):
                 if _fingerprint(self.fd, cursor["offset"]) == cursor.get("head"):
+                    for _, done, _ in files[:index]:
+                        self._release(done)
+                    self._queue(files[index + 1:])
                     return
                 self._close()   # same inode number, another file
-        log.warning("%s: the file last read was rotated away while the bridge was stopped; "
-                    "reading %s and %s from the start", self.path, self.old_path, self.path)
-        if not self._open(self.old_path, 0):
-            self._open(self.path, 0)
+        log.warning("%s: the file last read was rotated away while the bridge was stopped; reading %s from"
+                    " the start", self.path, ", ".join(path for path, _, _ in files) or "it")
+        if files and self._open(files[0][0], 0, files[0][1]):
+            self._queue(files[1:])
 
     def _close_queued(self) -> None:
         while self.queued:
@@ -217,6 +342,7 @@ class PerfdataTail(threading.Thread):
         if leftover:
             self.intake.dead_letter(leftover, "the file was rotated with an incomplete last line")
         self._discover()
+        self._release(self.file_id)
         self._close()
         if self.queued:
             self.fd, self.file_id = self.queued.popleft()
