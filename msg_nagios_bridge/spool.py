@@ -897,11 +897,14 @@ class Spool:
                                        " (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
                                        (excess,)).rowcount
         # Every dead letter older than the newest one that brings the newest ones, added
-        # up, past the byte limit.
+        # up, past the byte limit; never the newest itself: one larger than the whole limit
+        # (a 4 MiB perfdata record, the limit 1 MiB) is kept alone, not deleted as it comes
+        # (review 2026-12-06).
         return dropped + self._db.execute(
             "DELETE FROM dead_letters WHERE id <= (SELECT id FROM (SELECT id, sum(size) OVER"
             " (ORDER BY id DESC) AS newer FROM dead_letters)"
-            " WHERE newer > ? ORDER BY id DESC LIMIT 1)", (self.max_dead_letter_bytes,)).rowcount
+            " WHERE newer > ? AND id < (SELECT max(id) FROM dead_letters) ORDER BY id DESC LIMIT 1)",
+            (self.max_dead_letter_bytes,)).rowcount
 
     # -- dead letters (for operators) ------------------------------------------------------
 

@@ -90,6 +90,13 @@ class Publisher(threading.Thread):
         self.settle_seconds = settings.settle_seconds
         self._settling: Deque[Tuple[float, List[int]]] = collections.deque()
         self._refusals = refusals.State()
+        # Per message refused (spool entry id): the receipts counted at its last refusal, to
+        # tell whether the broker took anything since (refusals.RefusedOne.accepted_since).
+        self._refused_at: Dict[int, int] = {}
+        # Messages refused by name, held back (leased) until the broker takes another message,
+        # or nothing else is left to send: other messages go out between a message's tries,
+        # so that its refusals can be told from a broker that refuses everything.
+        self._deferred: List[int] = []
         self._generation = 0
         self._serial = 0
         self._warn = RateLimitedLog(log)
@@ -182,13 +189,17 @@ class Publisher(threading.Thread):
         self.session.lost(why)
 
     def _note_unread_errors(self) -> None:
-        """An ERROR that names no message may still be unread when the connection is given up:
-        ActiveMQ closes the connection right after it, and with a window of messages to send,
-        the next send usually fails first. Count it as if it had been read (see _refused)."""
-        for kind, headers, _ in self.broker.take_replies():
-            if kind == "error" and not headers.get("receipt-id"):
-                self._step(refusals.NamedNoMessage())      # its RECONNECT: under way already
-                return
+        """Replies may still be unread when the connection is given up: ActiveMQ and RabbitMQ
+        close it right after an ERROR, and with a window of messages to send, the next send
+        usually fails first. Take them in as if read: a receipt deletes its messages, an ERROR
+        naming a message counts a try or dead-letters it, one naming none starts isolating.
+        (Review 2026-12-06: only the last was taken in, so a message refused by name before
+        the broker closed was sent first again on every connection, for ever.)"""
+        try:
+            self._take_in_replies(losing=True)
+        except SpoolError as exc:
+            # Those not taken in stay in flight: given back by the caller, sent again.
+            self._warn(logging.ERROR, "spool", f"spool problem while taking in the last replies: {exc}")
 
     def _step(self, event: refusals.Event):
         self._refusals, actions = refusals.step(self._refusals, event)
@@ -206,6 +217,9 @@ class Publisher(threading.Thread):
                 return
             entries = self.spool.take(min(room, BATCH), max_bytes=min(bytes_room, BATCH_BYTES))
             if not entries:
+                if self._deferred and not self._in_flight:
+                    self._release_deferred()        # nothing else to send: try them again
+                    continue
                 return
             try:
                 if self._refusals.one_receipt_each:
@@ -277,28 +291,8 @@ class Publisher(threading.Thread):
         self._in_flight_bytes += size
 
     def _collect(self) -> None:
-        done = []
-        for kind, headers, body in self.broker.take_replies():
-            receipt = headers.get("receipt-id", "")
-            inferred = self._refusals.infers(kind, receipt, self._in_flight_count)
-            if inferred:
-                receipt = next(iter(self._in_flight))      # the one message in flight
-            item = self._in_flight.pop(receipt, None)
-            if item is not None:
-                self._in_flight_count -= len(item[0])
-                self._in_flight_bytes -= item[2]
-                self._step(refusals.Answered(inferred))
-            if kind == "receipt":
-                if item is not None:
-                    done.extend(entry.entry_id for entry in item[0])
-                    if refusals.RESET_PAUSE in self._step(refusals.Receipt(time.monotonic())):
-                        self._refusal_backoff.reset()
-                continue
-            self._mark_done(done)
-            done = []
-            if not self._refused(headers, body, item, inferred):
-                return          # connection abandoned: later replies belong to it
-        self._mark_done(done)
+        if not self._take_in_replies():
+            return              # connection abandoned: later replies belong to it
         self._delete_settled()
         if self._refusing_all:
             delay = self._refusal_backoff.next_delay()
@@ -314,8 +308,46 @@ class Publisher(threading.Thread):
         if self.broker.events.lost:
             self._connection_lost("disconnected by the broker or heartbeat timeout")
 
+    def _take_in_replies(self, losing: bool = False) -> bool:
+        """Match the broker's replies to what is in flight: delete what is receipted, handle
+        ERRORs (_refused). False if the connection was abandoned on one (the later replies
+        belong to it); ``losing``: it is being given up already."""
+        done = []
+        for kind, headers, body in self.broker.take_replies():
+            receipt = headers.get("receipt-id", "")
+            inferred = self._refusals.infers(kind, receipt, self._in_flight_count)
+            if inferred:
+                receipt = next(iter(self._in_flight))      # the one message in flight
+            item = self._in_flight.pop(receipt, None)
+            if item is not None:
+                self._in_flight_count -= len(item[0])
+                self._in_flight_bytes -= item[2]
+                self._step(refusals.Answered(inferred))
+            if kind == "receipt":
+                if item is not None:
+                    done.extend(entry.entry_id for entry in item[0])
+                    if refusals.RESET_PAUSE in self._step(refusals.Receipt()):
+                        self._refusal_backoff.reset()
+                    self._release_deferred()        # the broker took a message after them
+                continue
+            self._mark_done(done)
+            done = []
+            if not self._refused(headers, body, item, inferred, losing):
+                return False
+        self._mark_done(done)
+        return True
+
+    def _release_deferred(self) -> None:
+        """Give back the refused messages held back (each refusal a try)."""
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self.spool.give_back(deferred)
+
     def _mark_done(self, entry_ids) -> None:
         """Receipted: published; deleted now, or once settled (``settle_seconds``)."""
+        if entry_ids and self._refused_at:
+            for entry_id in entry_ids:
+                self._refused_at.pop(entry_id, None)
         if entry_ids:
             if self.settle_seconds:
                 self._settling.append((time.monotonic() + self.settle_seconds, list(entry_ids)))
@@ -338,20 +370,21 @@ class Publisher(threading.Thread):
                 self.spool.done(entry_ids)
 
     @contextlib.contextmanager
-    def _never_stranded(self, entry_ids):
+    def _never_stranded(self, entry_ids, tried: bool = False):
         """The entries are out of _in_flight: if the spool cannot delete (or reject) them, give
         them back, or they would stay leased, never sent again until a restart. (Sent again
-        later: duplicates, not loss.)"""
+        later: duplicates, not loss.) ``tried``: they were refused (a try); accepted ones,
+        whose delete failed, were not."""
         try:
             yield
         except SpoolError:
             try:
-                self.spool.give_back(entry_ids)      # unleases even when it cannot write
+                self.spool.give_back(entry_ids, tried=tried)      # unleases even when it cannot write
             except SpoolError:
                 pass
             raise
 
-    def _refused(self, headers, body: str, item, inferred: bool = False) -> bool:
+    def _refused(self, headers, body: str, item, inferred: bool = False, losing: bool = False) -> bool:
         """An ERROR frame. Returns False if the connection had to be abandoned.
 
         With a receipt-id of one message (sent one receipt each), that message was
@@ -362,7 +395,8 @@ class Publisher(threading.Thread):
         ``inferred``: the ERROR named no message but only one was in flight (probing).
         Such an ERROR closes the connection, and what the broker still sends before
         closing (ActiveMQ reads the rest of an oversize frame as more frames, each one
-        an ERROR) is about no message of ours: abandon it.
+        an ERROR) is about no message of ours: abandon it. ``losing``: the connection is
+        being given up already (only the bookkeeping is done here).
         """
         # The broker's text (which may quote our headers) goes into logs, status and dead letters.
         reason = printable(f"{headers.get('message', 'broker error')} {body.strip()[:300]}".strip(), 400)
@@ -370,26 +404,32 @@ class Publisher(threading.Thread):
         self.health.add("broker_errors")
         if item is not None and len(item[0]) == 1:
             entry: _Sent = item[0][0]
+            receipts = self._refusals.receipts
+            accepted_since = receipts > self._refused_at.get(entry.entry_id, receipts)
+            self._refused_at[entry.entry_id] = receipts
             actions = self._step(refusals.RefusedOne(entry.entry_id, entry.attempts, self.settings.max_refusals,
-                                                     time.monotonic(), inferred))
+                                                     accepted_since, inferred))
             if refusals.GIVE_BACK in actions:
-                self.spool.give_back([entry.entry_id])
+                self._deferred.append(entry.entry_id)
             if refusals.PAUSE in actions:
                 self._refusing_all = reason
             if refusals.DEAD_LETTER in actions:
-                with self._never_stranded([entry.entry_id]):
+                self._refused_at.pop(entry.entry_id, None)
+                with self._never_stranded([entry.entry_id], tried=True):
                     self.spool.reject(entry.entry_id, f"refused by the broker on try {entry.attempts + 1}: {reason}")
                 self.health.add("dead_letters")
                 self._warn(logging.ERROR, "dead-letter", f"message {entry.message_id} to "
                            f"{entry.destination} moved to dead letters: {reason}")
             if refusals.RECONNECT in actions:
-                self._connection_lost(f"broker error: {reason}", replies_read=True, after_error=True)
+                if not losing:
+                    self._connection_lost(f"broker error: {reason}", replies_read=True, after_error=True)
                 return False
             return True
         if item is not None:
             self.spool.give_back([entry.entry_id for entry in item[0]])
         self._step(refusals.NamedNoMessage())
-        self._connection_lost(f"broker error: {reason}", replies_read=True, after_error=True)
+        if not losing:
+            self._connection_lost(f"broker error: {reason}", replies_read=True, after_error=True)
         return False
 
     def _drain(self) -> None:
@@ -405,6 +445,7 @@ class Publisher(threading.Thread):
             self.spool.give_back(self._in_flight_ids(), tried=False)     # stopped: no try
             self._in_flight.clear()
             self._in_flight_count = self._in_flight_bytes = 0
+        self._release_deferred()        # a reload's next publisher takes them from this spool
         # A clean stop: what was receipted is deleted now, not sent again at the next start.
         try:
             self._delete_settled(everything=True)

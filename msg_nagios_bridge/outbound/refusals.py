@@ -10,11 +10,14 @@ transaction such an ERROR names no message, so the publisher narrows down:
   after which it closes the connection), one message at a time is in flight until a reply
   names its message again; an ERROR that names nothing is then inferred to be about the one
   message in flight;
-* a message refused by name is given back, and after ``max_refusals`` tries dead-lettered;
-* **refusing all**: two different messages refused in a row with no receipt between them and
-  none for ``REFUSING_ALL_AFTER`` seconds means the broker refuses everything (store full, a
-  permission withdrawn): the message is given back and the publisher pauses (with backoff)
-  instead of emptying the spool into the dead letters.
+* a message refused by name is given back, and after ``max_refusals`` tries dead-lettered, but
+  only if the broker took other messages since its previous refusal: proof that it refuses
+  this one, not everything;
+* **refusing all**: two different messages refused in a row with no receipt between them, or a
+  message at its limit while the broker took nothing since its previous refusal, may mean the
+  broker refuses everything (store full, a permission withdrawn): the message is given back
+  and the publisher pauses (with backoff) instead of emptying the spool into the dead letters
+  (and past ``max_dead_letters`` deleting them). A receipt ends the pause's backoff.
 
 ``step(state, event)`` returns the new state and the actions the publisher must carry out;
 times come in with the events. The publisher keeps the window, the transactions and the spool.
@@ -25,8 +28,6 @@ import dataclasses
 from typing import Optional, Tuple, Union
 
 ISOLATE_MESSAGES = 2000     # after an ERROR that named no message: this many with a receipt each
-# No receipt for this long and refusals of different messages in a row: the broker refuses all.
-REFUSING_ALL_AFTER = 30.0
 
 # Actions
 GIVE_BACK = "give back"                 # the refused message: send it again later
@@ -41,7 +42,6 @@ class State:
     isolate: int = 0                    # messages still to send with one receipt each
     probing: bool = False               # one message in flight at a time
     receipts: int = 0                   # receipts counted so far (to compare refusals)
-    receipt_at: float = float("-inf")   # monotonic time of the last receipt
     last_refusal: Optional[Tuple[int, int]] = None     # (entry id, receipts by then)
 
     def window(self, max_in_flight: int) -> int:
@@ -63,8 +63,7 @@ class State:
 
 @dataclasses.dataclass(frozen=True)
 class Receipt:
-    """A RECEIPT for one of ours (a message or a transaction) arrived at ``at``."""
-    at: float
+    """A RECEIPT for one of ours (a message or a transaction) arrived."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +85,14 @@ class NamedNoMessage:
 
 @dataclasses.dataclass(frozen=True)
 class RefusedOne:
-    """An ERROR about one message: its spool entry, the tries so far (before this one),
-    the limit, and when. ``inferred`` as in Answered: the broker then closes the connection."""
+    """An ERROR about one message: its spool entry, the tries so far (before this one) and
+    the limit; ``accepted_since``: a receipt came since this message's previous refusal (the
+    publisher keeps that per message). ``inferred`` as in Answered: the broker then closes
+    the connection."""
     entry_id: int
     attempts: int
     max_refusals: int
-    at: float
+    accepted_since: bool = False
     inferred: bool = False
 
 
@@ -102,7 +103,7 @@ def step(state: State, event: Event) -> Tuple[State, Tuple[str, ...]]:
     """The state after ``event`` and what the publisher must do, in order."""
     replace = dataclasses.replace
     if isinstance(event, Receipt):
-        return replace(state, receipts=state.receipts + 1, receipt_at=event.at), (RESET_PAUSE,)
+        return replace(state, receipts=state.receipts + 1), (RESET_PAUSE,)
     if isinstance(event, SentOne):
         return replace(state, isolate=state.isolate - 1), ()
     if isinstance(event, Answered):
@@ -114,19 +115,21 @@ def step(state: State, event: Event) -> Tuple[State, Tuple[str, ...]]:
     if isinstance(event, RefusedOne):
         last = state.last_refusal
         new = replace(state, isolate=ISOLATE_MESSAGES, last_refusal=(event.entry_id, state.receipts))
-        if last is None:
-            actions: Tuple[str, ...] = (GIVE_BACK,)         # the first: nothing to compare yet
-        elif last[1] == state.receipts and last[0] != event.entry_id and \
-                event.at - state.receipt_at > REFUSING_ALL_AFTER:
-            # Two messages refused in a row, none accepted between or for a while: the broker
-            # refuses everything (store full, a permission withdrawn). Dead-lettering would
-            # empty the spool into the dead letters (and past max_dead_letters delete them):
-            # keep them and retry, more slowly. (A broker that still took messages lately
-            # refuses these ones: their destination, say, as for a route it does not authorise.
-            # Those go to the dead letters after max_refusals.)
-            actions = (GIVE_BACK, PAUSE)
-        elif event.attempts + 1 >= event.max_refusals:
+        in_a_row = last is not None and last[1] == state.receipts and last[0] != event.entry_id
+        at_limit = event.attempts + 1 >= event.max_refusals
+        actions: Tuple[str, ...]
+        if at_limit and event.accepted_since:
+            # Refused again and again while the broker took other messages: it refuses this
+            # one (its destination, say, for a route it does not authorise).
             actions = (DEAD_LETTER,)
+        elif in_a_row or at_limit:
+            # Different messages refused in a row, or one at its limit with nothing accepted
+            # since its last try: the broker may refuse everything (store full, a permission
+            # withdrawn). Dead-lettering would empty the spool into the dead letters (and past
+            # max_dead_letters delete them): keep them and retry, more slowly. (Review
+            # 2026-12-06: a rule on the time since the last receipt dead-lettered a whole
+            # window within seconds of a broker that had just stopped taking messages.)
+            actions = (GIVE_BACK, PAUSE)
         else:
             actions = (GIVE_BACK,)
         if event.inferred:

@@ -11,6 +11,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from msg_nagios_bridge.config import BrokerSettings
 from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import Message
@@ -247,7 +249,9 @@ def test_resends_after_lost_connections_are_no_tries_towards_max_refusals(tmp_pa
     """Regression (review 2026-12-04): every message in flight when a connection went had a
     try counted, so one that rode through a few broker restarts was dead-lettered at its first
     refusals. Only refusals count: the bad message is refused max_refusals - 1 times on its
-    own (its transaction's refusal is the other try), however many connections were lost."""
+    own (its transaction's refusal is the other try), however many connections were lost.
+    New results keep coming, as at a site: a message is dead-lettered only when the broker
+    refuses it while it takes others (refusals.py)."""
 
     class LosingThenRefusingOne(AcceptingBroker):
         def __init__(self, wakeup):
@@ -258,6 +262,9 @@ def test_resends_after_lost_connections_are_no_tries_towards_max_refusals(tmp_pa
             return self.losses < 4
 
         def refuses(self, body):
+            if body == b"bad":
+                spool.put([Message(f"new{self.refused_alone}-{self.losses}-{time.monotonic_ns()}",
+                                   "/queue/q", {}, b"ok")])
             return body == b"bad"
 
         def send(self, destination, body, headers):
@@ -334,6 +341,82 @@ class ClosingOnBigFrames(AcceptingBroker):
             raise OSError(32, "Broken pipe")
         self.stored.extend(self.pending)
         super().commit(transaction, receipt)
+
+
+def test_a_broker_that_stops_taking_messages_right_after_a_receipt_dead_letters_nothing(tmp_path):
+    """Review 2026-12-06: "refusing all" needed 30 s without a receipt, so a broker that took
+    1,000 messages and then refused everything (store full) had every message of the window
+    refused max_refusals times within seconds: dead-lettered, and past max_dead_letters
+    deleted. A message is now dead-lettered only if the broker took others between its tries."""
+
+    class AcceptsThenRefusesAll(AcceptingBroker):
+        def __init__(self, wakeup, good):
+            super().__init__(wakeup)
+            self.good, self.seen, self.refusals = good, 0, 0
+
+        def refuses(self, body):
+            self.seen += 1
+            refused = self.seen > self.good
+            self.refusals += refused
+            return refused
+
+    spool = Spool(str(tmp_path / "spool.sqlite"), max_dead_letters=1000)
+    spool.put([Message(f"m{i}", "/queue/q", {}, b"ok") for i in range(5000)])
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), backoff_initial=0.05, backoff_max=0.2),
+                          spool, Health(), drain_timeout=1)
+    broker = publisher.session.broker = AcceptsThenRefusesAll(publisher.wakeup, good=1000)
+    publisher.start()
+    try:
+        assert wait_until(lambda: broker.refusals > 5 * 1000, timeout=30), broker.refusals
+        stats = spool.stats()
+        assert (stats.dead_letters, stats.dead_letters_dropped) == (0, 0), stats
+        assert stats.depth == 4000, stats
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()
+
+
+class ClosingAfterNamedRefusal(ClosingOnBigFrames):
+    """RabbitMQ after a channel error (access refused), ActiveMQ after a fatal one: an ERROR
+    that names the message, then the connection closes; the next send fails first."""
+
+    def send(self, destination, body, headers):
+        if not self.is_connected:
+            raise OSError(32, "Broken pipe")
+        if body == b"bad":
+            named = {"receipt-id": headers["receipt"]} if "receipt" in headers else {}
+            self.reply("error", message="access refused", **named)
+            self.is_connected, self.events.lost = False, True
+            return
+        if "receipt" in headers:
+            self.stored.append(body)
+            return AcceptingBroker.send(self, destination, body, headers)
+        self.pending.append(body)
+        AcceptingBroker.send(self, destination, body, headers)
+
+
+@pytest.mark.parametrize("kind", ["activemq", "rabbitmq"])
+def test_a_message_refused_by_name_just_before_the_broker_closes_is_dead_lettered(tmp_path, kind):
+    """Review 2026-12-06: the ERROR naming the message was left unread when the next send
+    failed on the closed connection, so no try was counted, the message went first again on
+    every new connection, and publishing stopped for good (41,709 connects in 10 s)."""
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    spool.put([Message(f"m{i}", "/queue/q", {}, b"bad" if i == 5 else f"ok {i}".encode()) for i in range(200)])
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), max_refusals=3, max_in_flight=20, kind=kind,
+                                         backoff_initial=0.05, backoff_max=0.1), spool, Health(), drain_timeout=1)
+    broker = publisher.session.broker = ClosingAfterNamedRefusal(publisher.wakeup, limit=1 << 20)
+    publisher.start()
+    try:
+        assert wait_until(lambda: spool.stats().depth == 0, timeout=20), (spool.stats(), broker.connects)
+        [dead] = spool.dead_letters()
+        assert dead.entry.message.message_id == "m5" and "access refused" in dead.reason
+        assert sorted(set(broker.stored)) == sorted(f"ok {i}".encode() for i in range(200) if i != 5)
+        assert broker.connects < 50, broker.connects
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()
 
 
 def test_a_message_over_the_brokers_frame_limit_is_dead_lettered_and_the_rest_go_through(tmp_path):

@@ -3,25 +3,23 @@
 import pytest
 
 from msg_nagios_bridge.outbound.refusals import (
-    DEAD_LETTER, GIVE_BACK, ISOLATE_MESSAGES, PAUSE, RECONNECT, REFUSING_ALL_AFTER, RESET_PAUSE,
+    DEAD_LETTER, GIVE_BACK, ISOLATE_MESSAGES, PAUSE, RECONNECT, RESET_PAUSE,
     Answered, NamedNoMessage, Receipt, RefusedOne, SentOne, State, step)
 
 QUIET = State()
 ISOLATING = State(isolate=ISOLATE_MESSAGES)
 PROBING = State(isolate=ISOLATE_MESSAGES, probing=True)
-T = 1000.0                                  # "now", monotonic
-LONG_AGO = T - REFUSING_ALL_AFTER - 1       # a receipt older than REFUSING_ALL_AFTER
-LATELY = T - 1
 
 
-def refused(entry_id, attempts=0, max_refusals=3, inferred=False):
-    return RefusedOne(entry_id=entry_id, attempts=attempts, max_refusals=max_refusals, at=T, inferred=inferred)
+def refused(entry_id, attempts=0, max_refusals=3, accepted_since=False, inferred=False):
+    return RefusedOne(entry_id=entry_id, attempts=attempts, max_refusals=max_refusals,
+                      accepted_since=accepted_since, inferred=inferred)
 
 
 TABLE = [
     # (why, state, event, new state, actions)
     ("a receipt is counted and ends a refusing-all pause's backoff",
-     State(receipts=4), Receipt(at=T), State(receipts=5, receipt_at=T), (RESET_PAUSE,)),
+     State(receipts=4), Receipt(), State(receipts=5), (RESET_PAUSE,)),
     ("a message sent with its own receipt counts down the isolation",
      State(isolate=2), SentOne(), State(isolate=1), ()),
     ("an unnamed ERROR in a transaction: isolate (one receipt each), reconnect",
@@ -36,30 +34,33 @@ TABLE = [
      PROBING, Answered(inferred=True), PROBING, ()),
     ("the first refusal is given back (nothing to compare yet); isolation starts",
      State(receipts=9), refused(1), State(isolate=ISOLATE_MESSAGES, receipts=9, last_refusal=(1, 9)), (GIVE_BACK,)),
-    ("refused again after max_refusals tries: dead letter",
-     State(last_refusal=(1, 0), receipts=5, receipt_at=LATELY), refused(1, attempts=2),
-     State(isolate=ISOLATE_MESSAGES, receipts=5, receipt_at=LATELY, last_refusal=(1, 5)), (DEAD_LETTER,)),
+    ("refused again at max_refusals tries, the broker taking others since: dead letter",
+     State(last_refusal=(1, 0), receipts=5), refused(1, attempts=2, accepted_since=True),
+     State(isolate=ISOLATE_MESSAGES, receipts=5, last_refusal=(1, 5)), (DEAD_LETTER,)),
+    ("... the broker taking nothing since: it may refuse all; kept, and a pause",
+     State(last_refusal=(1, 5), receipts=5), refused(1, attempts=2),
+     State(isolate=ISOLATE_MESSAGES, receipts=5, last_refusal=(1, 5)), (GIVE_BACK, PAUSE)),
     ("refused again before max_refusals: given back",
-     State(last_refusal=(1, 0), receipts=5), refused(1, attempts=1),
+     State(last_refusal=(1, 0), receipts=5), refused(1, attempts=1, accepted_since=True),
      State(isolate=ISOLATE_MESSAGES, receipts=5, last_refusal=(1, 5)), (GIVE_BACK,)),
-    ("two messages in a row, no receipt between or for long: the broker refuses all",
-     State(last_refusal=(1, 5), receipts=5, receipt_at=LONG_AGO), refused(2, attempts=5),
-     State(isolate=ISOLATE_MESSAGES, receipts=5, receipt_at=LONG_AGO, last_refusal=(2, 5)), (GIVE_BACK, PAUSE)),
-    ("... but not if the broker took a message lately: dead letter after max_refusals",
-     State(last_refusal=(1, 5), receipts=5, receipt_at=LATELY), refused(2, attempts=2),
-     State(isolate=ISOLATE_MESSAGES, receipts=5, receipt_at=LATELY, last_refusal=(2, 5)), (DEAD_LETTER,)),
-    ("... nor if a receipt came between the two refusals",
-     State(last_refusal=(1, 4), receipts=5, receipt_at=LONG_AGO), refused(2, attempts=2),
-     State(isolate=ISOLATE_MESSAGES, receipts=5, receipt_at=LONG_AGO, last_refusal=(2, 5)), (DEAD_LETTER,)),
-    ("... nor if the same message is refused twice",
-     State(last_refusal=(1, 5), receipts=5, receipt_at=LONG_AGO), refused(1, attempts=0),
-     State(isolate=ISOLATE_MESSAGES, receipts=5, receipt_at=LONG_AGO, last_refusal=(1, 5)), (GIVE_BACK,)),
+    ("two messages in a row, no receipt between: the broker may refuse all (however lately it took one)",
+     State(last_refusal=(1, 5), receipts=5), refused(2, attempts=1),
+     State(isolate=ISOLATE_MESSAGES, receipts=5, last_refusal=(2, 5)), (GIVE_BACK, PAUSE)),
+    ("... but one at its limit that the broker refused while it took others: dead letter",
+     State(last_refusal=(1, 5), receipts=5), refused(2, attempts=2, accepted_since=True),
+     State(isolate=ISOLATE_MESSAGES, receipts=5, last_refusal=(2, 5)), (DEAD_LETTER,)),
+    ("... a receipt between the two refusals: not in a row",
+     State(last_refusal=(1, 4), receipts=5), refused(2, attempts=0),
+     State(isolate=ISOLATE_MESSAGES, receipts=5, last_refusal=(2, 5)), (GIVE_BACK,)),
+    ("... nor the same message refused twice",
+     State(last_refusal=(1, 5), receipts=5), refused(1, attempts=0),
+     State(isolate=ISOLATE_MESSAGES, receipts=5, last_refusal=(1, 5)), (GIVE_BACK,)),
     ("an inferred refusal (probing) also drops the connection the broker is closing",
      State(isolate=5, probing=True), refused(1, inferred=True),
      State(isolate=ISOLATE_MESSAGES, probing=True, last_refusal=(1, 0)), (GIVE_BACK, RECONNECT)),
-    ("an inferred refusal at the limit: dead letter, then reconnect",
-     State(probing=True, last_refusal=(1, 0), receipt_at=LATELY), refused(1, attempts=2, inferred=True),
-     State(isolate=ISOLATE_MESSAGES, probing=True, receipt_at=LATELY, last_refusal=(1, 0)), (DEAD_LETTER, RECONNECT)),
+    ("an inferred refusal at the limit, the broker taking others since: dead letter, then reconnect",
+     State(probing=True, last_refusal=(1, 0), receipts=2), refused(1, attempts=2, accepted_since=True, inferred=True),
+     State(isolate=ISOLATE_MESSAGES, probing=True, receipts=2, last_refusal=(1, 2)), (DEAD_LETTER, RECONNECT)),
 ]
 
 
@@ -88,18 +89,23 @@ def test_an_unnamed_error_is_inferred_only_when_probing_with_one_in_flight(state
 
 def test_a_broker_that_refuses_every_message_is_told_apart_from_one_bad_message():
     """A run of events as the publisher sees them: a bad message among good ones is dead-
-    lettered; later, two messages refused in a row with no receipt for long pauses instead."""
+    lettered; a broker that stops taking anything right after a receipt pauses instead, and
+    never dead-letters, however many tries (review 2026-12-06: within 30 s of a receipt it
+    dead-lettered a whole window)."""
     state, actions_seen = QUIET, []
-    events = [Receipt(at=0.0), NamedNoMessage(), refused(7, attempts=0), Receipt(at=T - 2),
-              refused(7, attempts=1), Receipt(at=T - 1), refused(7, attempts=2)]
+    events = [Receipt(), NamedNoMessage(), refused(7, attempts=0), Receipt(),
+              refused(7, attempts=1, accepted_since=True), Receipt(), refused(7, attempts=2, accepted_since=True)]
     for event in events:
         state, actions = step(state, event)
         actions_seen.append(actions)
     assert actions_seen[-1] == (DEAD_LETTER,)
-    later = State(receipts=state.receipts, receipt_at=state.receipt_at)
-    state, first = step(later, RefusedOne(8, 0, 3, at=T + REFUSING_ALL_AFTER + 5))
-    state, second = step(state, RefusedOne(9, 0, 3, at=T + REFUSING_ALL_AFTER + 6))
-    assert (first, second) == ((GIVE_BACK,), (GIVE_BACK, PAUSE))
+    state, actions = step(state, Receipt())
+    seen = []
+    for attempts in range(6):                  # the broker now refuses all: 8 and 9, again and again
+        for entry_id in (8, 9):
+            state, actions = step(state, refused(entry_id, attempts=attempts))
+            seen.append(actions)
+    assert seen[0] == (GIVE_BACK,) and all(actions == (GIVE_BACK, PAUSE) for actions in seen[1:])
 
 
 def test_an_unknown_event_is_an_error():

@@ -405,6 +405,20 @@ def test_dead_letters_are_bounded_in_bytes_keeping_the_newest(tmp_path):
         assert [d.reason for d in spool.dead_letters()] == ["refused 3", "refused 4", "refused small"]
 
 
+def test_a_dead_letter_larger_than_the_byte_limit_is_kept_alone(tmp_path):
+    """Review 2026-12-06: one larger than max_dead_letter_bytes was deleted as it came (the
+    log said the oldest were), so a refused 4 MiB perfdata record left no trace but a count."""
+    with Spool(db_file(tmp_path), max_dead_letter_bytes=250_000) as spool:
+        spool.add_dead_letter(Message("small", "/queue/q", {}, b"x"), "refused small")
+        spool.put([Message("big", "/queue/q", {}, bytes(400_000))])
+        [entry] = spool.take(1)
+        spool.reject(entry.entry_id, "refused big")
+        assert [d.reason for d in spool.dead_letters()] == ["refused big"]
+        assert (spool.stats().dead_letters, spool.stats().dead_letters_dropped) == (1, 1)
+        spool.add_dead_letter(Message("next", "/queue/q", {}, b"y"), "refused next")
+        assert [d.reason for d in spool.dead_letters()] == ["refused next"]
+
+
 def test_stats_depth_bytes_and_oldest_age(tmp_path):
     clock = Clock()
     with Spool(db_file(tmp_path), clock=clock) as spool:
