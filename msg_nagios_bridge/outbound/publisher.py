@@ -90,7 +90,7 @@ class Publisher(threading.Thread):
         self.settle_seconds = settings.settle_seconds
         self._settling: Deque[Tuple[float, List[int]]] = collections.deque()
         self._refusals = refusals.State()
-        # Per message refused (spool entry id): the receipts counted at its last refusal, to
+        # Per message refused (spool entry id): the receipts counted at its first refusal, to
         # tell whether the broker took anything since (refusals.RefusedOne.accepted_since).
         self._refused_at: Dict[int, int] = {}
         # Messages refused by name, held back (leased) until the broker takes another message,
@@ -405,8 +405,7 @@ class Publisher(threading.Thread):
         if item is not None and len(item[0]) == 1:
             entry: _Sent = item[0][0]
             receipts = self._refusals.receipts
-            accepted_since = receipts > self._refused_at.get(entry.entry_id, receipts)
-            self._refused_at[entry.entry_id] = receipts
+            accepted_since = receipts > self._refused_at.setdefault(entry.entry_id, receipts)
             actions = self._step(refusals.RefusedOne(entry.entry_id, entry.attempts, self.settings.max_refusals,
                                                      accepted_since, inferred))
             if refusals.GIVE_BACK in actions:

@@ -11,10 +11,11 @@ transaction such an ERROR names no message, so the publisher narrows down:
   names its message again; an ERROR that names nothing is then inferred to be about the one
   message in flight;
 * a message refused by name is given back, and after ``max_refusals`` tries dead-lettered, but
-  only if the broker took other messages since its previous refusal: proof that it refuses
-  this one, not everything;
+  only if the broker took another message after its first refusal: proof that it refuses this
+  one, not everything (the publisher holds a refused message back until then, or until
+  nothing else is left to send, so that others go out between its tries);
 * **refusing all**: two different messages refused in a row with no receipt between them, or a
-  message at its limit while the broker took nothing since its previous refusal, may mean the
+  message at its limit while the broker took nothing since its first refusal, may mean the
   broker refuses everything (store full, a permission withdrawn): the message is given back
   and the publisher pauses (with backoff) instead of emptying the spool into the dead letters
   (and past ``max_dead_letters`` deleting them). A receipt ends the pause's backoff.
@@ -86,8 +87,8 @@ class NamedNoMessage:
 @dataclasses.dataclass(frozen=True)
 class RefusedOne:
     """An ERROR about one message: its spool entry, the tries so far (before this one) and
-    the limit; ``accepted_since``: a receipt came since this message's previous refusal (the
-    publisher keeps that per message). ``inferred`` as in Answered: the broker then closes
+    the limit; ``accepted_since``: a receipt came after this message's first refusal (the
+    publisher keeps that per message, in memory). ``inferred`` as in Answered: the broker then closes
     the connection."""
     entry_id: int
     attempts: int
@@ -119,12 +120,12 @@ def step(state: State, event: Event) -> Tuple[State, Tuple[str, ...]]:
         at_limit = event.attempts + 1 >= event.max_refusals
         actions: Tuple[str, ...]
         if at_limit and event.accepted_since:
-            # Refused again and again while the broker took other messages: it refuses this
-            # one (its destination, say, for a route it does not authorise).
+            # Refused again and again, the broker taking other messages after the first time:
+            # it refuses this one (its destination, say, for a route it does not authorise).
             actions = (DEAD_LETTER,)
         elif in_a_row or at_limit:
             # Different messages refused in a row, or one at its limit with nothing accepted
-            # since its last try: the broker may refuse everything (store full, a permission
+            # since its first refusal: the broker may refuse everything (store full, a permission
             # withdrawn). Dead-lettering would empty the spool into the dead letters (and past
             # max_dead_letters delete them): keep them and retry, more slowly. (Review
             # 2026-12-06: a rule on the time since the last receipt dead-lettered a whole

@@ -347,7 +347,7 @@ def test_a_broker_that_stops_taking_messages_right_after_a_receipt_dead_letters_
     """Review 2026-12-06: "refusing all" needed 30 s without a receipt, so a broker that took
     1,000 messages and then refused everything (store full) had every message of the window
     refused max_refusals times within seconds: dead-lettered, and past max_dead_letters
-    deleted. A message is now dead-lettered only if the broker took others between its tries."""
+    deleted. A message is now dead-lettered only if the broker took another after its first refusal."""
 
     class AcceptsThenRefusesAll(AcceptingBroker):
         def __init__(self, wakeup, good):
