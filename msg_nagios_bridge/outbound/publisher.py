@@ -169,23 +169,31 @@ class Publisher(threading.Thread):
         a reconnect, would send them all again)."""
         if not replies_read:
             self._note_unread_errors()
-        ids = self._in_flight_ids()
-        if ids:
-            # A try towards max_refusals only when the broker refused something (an ERROR
-            # naming no message): a connection lost (network, broker restart) refuses nothing,
-            # and counting it would dead-letter a message at its first refusal after a few.
-            self.spool.give_back(ids, tried=after_error)
-            self.health.add("retries", len(ids))
-            self._in_flight.clear()
-            self._in_flight_count = self._in_flight_bytes = 0
-        if not after_error:
-            settled = [entry_id for _, settling in self._settling for entry_id in settling]
-            self._settling.clear()
-            if settled:
-                # The broker confirmed them: not a try that counts towards max_refusals.
-                self.spool.give_back(settled, tried=False)
-                self.health.add("retries", len(settled))
-        self._delete_settled(everything=True)          # after an ERROR: confirmed by a live broker
+        try:
+            ids = self._in_flight_ids()
+            if ids:
+                self._in_flight.clear()
+                self._in_flight_count = self._in_flight_bytes = 0
+                self.health.add("retries", len(ids))
+                # A try towards max_refusals only when the broker refused something (an ERROR
+                # naming no message): a connection lost (network, broker restart) refuses
+                # nothing, and counting it would dead-letter a message at its first refusal
+                # after a few.
+                self.spool.give_back(ids, tried=after_error)
+            if not after_error:
+                settled = [entry_id for _, settling in self._settling for entry_id in settling]
+                self._settling.clear()
+                if settled:
+                    # The broker confirmed them: not a try that counts towards max_refusals.
+                    self.health.add("retries", len(settled))
+                    self.spool.give_back(settled, tried=False)
+            self._delete_settled(everything=True)      # after an ERROR: confirmed by a live broker
+        except SpoolError as exc:
+            # give_back unleases even when it cannot write the tries (disk full), and what
+            # could not be deleted is given back (_never_stranded): the connection is given up
+            # all the same (review 2026-12-06: this error ended the publisher's thread).
+            self._warn(logging.ERROR, "spool", f"spool problem while giving back what was in flight: {exc}")
+            self.health.error(f"spool: {exc}")
         self.session.lost(why)
 
     def _note_unread_errors(self) -> None:

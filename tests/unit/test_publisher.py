@@ -16,7 +16,7 @@ import pytest
 from msg_nagios_bridge.config import BrokerSettings
 from msg_nagios_bridge.daemon.health import Health
 from msg_nagios_bridge.model import Message
-from msg_nagios_bridge.outbound.publisher import Publisher
+from msg_nagios_bridge.outbound.publisher import BATCH, Publisher
 from msg_nagios_bridge.spool import Spool, SpoolUnavailable
 from tests.sandbox.ports import wait_until
 
@@ -171,6 +171,52 @@ def test_entries_the_spool_could_not_delete_after_their_receipt_are_not_stranded
             time.sleep(0.05)
         assert failures, "the delete never failed: the test did not test anything"
         assert spool.stats().depth == 0 and spool.stats().leased == 0
+    finally:
+        publisher.stop()
+        publisher.join(5)
+        spool.close()
+
+
+def test_a_connection_lost_while_the_spool_cannot_write_does_not_end_the_publisher(tmp_path, monkeypatch):
+    """Review 2026-12-06: giving back what was in flight writes the tries; when that failed
+    (disk full) while a failed send was handled, the error ended the publisher's thread."""
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    spool.put([Message(f"m{i}", "/queue/q", {}, b"ok") for i in range(BATCH + 10)])
+    first = spool.take(1)[0].entry_id
+    spool.give_back([first], tried=False)
+    real_give_back, failures = spool.give_back, []
+
+    def give_back_failing_once(ids, tried=True):
+        ids = list(ids)
+        real_give_back(ids, tried=False)                 # unleased, as Spool.give_back does
+        if first in ids and not failures:                # the first batch, in flight when lost
+            failures.append(ids)
+            raise SpoolUnavailable("database or disk is full")
+
+    class FailingSecondWrite(AcceptingBroker):
+        def __init__(self, wakeup):
+            super().__init__(wakeup)
+            self.transactions = 0
+
+        def begin(self, transaction):
+            self.transactions += 1
+            if self.transactions == 2 and not failures:
+                raise OSError(32, "Broken pipe")         # the first batch's COMMIT unanswered
+            super().begin(transaction)
+
+        def commit(self, transaction, receipt):
+            if self.transactions > 1 or failures:
+                super().commit(transaction, receipt)
+
+    monkeypatch.setattr(spool, "give_back", give_back_failing_once)
+    publisher = Publisher(BrokerSettings(hosts=(("127.0.0.1", 1),), backoff_initial=0.01, backoff_max=0.05),
+                          spool, Health(), drain_timeout=1)
+    publisher.session.broker = FailingSecondWrite(publisher.wakeup)
+    publisher.start()
+    try:
+        assert wait_until(lambda: not spool.stats().depth or not publisher.is_alive(), timeout=15)
+        assert failures, "the give back never failed: the test did not test anything"
+        assert publisher.is_alive() and spool.stats().depth == 0, spool.stats()
     finally:
         publisher.stop()
         publisher.join(5)
