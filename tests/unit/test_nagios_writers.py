@@ -846,3 +846,115 @@ def test_no_write_access_to_nagios_paths_says_what_to_do(tmp_path, monkeypatch, 
     assert os.strerror(code) in str(caught.value) and "nagios.cmd" in str(caught.value)
     with pytest.raises(NagiosUnavailable, match=r"write access.*ReadWritePaths="):
         write_results(str(tmp_path), [RESULT])
+
+
+# -- review 2026-12-06 ---------------------------------------------------------------------
+
+OLDER_BIG = CheckResult(host="h1", service="s1", state=2, output="CRIT", long_output="x" * 5000, timestamp=1700000000)
+NEWER_SMALL = CheckResult(host="h1", service="s1", state=0, output="OK now", timestamp=1700000060)
+
+
+def _files_waiting(directory):
+    return [result for name in os.listdir(directory) if len(name) == 7 and name.startswith("c")
+            for result in checkresult_file.parse(open(os.path.join(directory, name)).read())]
+
+
+def test_a_newer_line_does_not_overtake_an_older_result_of_its_object_waiting_in_a_file(tmp_path):
+    """A line reaches Nagios at once, a check result file at its next reaper pass: an older
+    result too big for a line went to a file and a newer one of the same object to the FIFO,
+    so Nagios ended showing the older. Now all of that object's results of the batch go to the
+    file, oldest first; other objects' lines still go to the FIFO."""
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    other = dataclasses.replace(NEWER_SMALL, host="h2")
+    spool.put([spooled(OLDER_BIG, "a"), spooled(NEWER_SMALL, "b"), spooled(other, "c")])
+    os.mkfifo(tmp_path / "nagios.cmd")
+    reader = FifoReader(tmp_path / "nagios.cmd")
+    reader.start()
+    writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard(may_be_echo=may_be_echo))
+    try:
+        writer.deliver(spool.take(500))
+        assert wait_until(lambda: ";h2;s1;" in reader.text(), timeout=5)
+        assert ";h1;" not in reader.text()
+        assert [result["output"].splitlines()[0] for result in _files_waiting(tmp_path)] == ["CRIT", "OK now"]
+    finally:
+        reader.close()
+        spool.close()
+
+
+def test_a_check_results_directory_that_cannot_take_a_file_holds_back_only_its_results(tmp_path):
+    """Review 2026-12-06: the whole batch was given back when the file could not be written
+    (directory full, read-only or gone), so no line reached Nagios while it lasted."""
+    settings = dataclasses.replace(writer_settings(tmp_path), check_result_path=str(tmp_path / "gone"))
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    spool.put([spooled(OLDER_BIG, "a")] + [spooled(dataclasses.replace(NEWER_SMALL, service=f"s{i}"), f"n{i}")
+                                           for i in range(2, 7)])
+    os.mkfifo(tmp_path / "nagios.cmd")
+    reader = FifoReader(tmp_path / "nagios.cmd")
+    reader.start()
+    writer = NagiosWriter(settings, spool, Health(), EchoGuard(may_be_echo=may_be_echo))
+    try:
+        writer.deliver(spool.take(500))
+        assert wait_until(lambda: reader.text().count("\n") == 5, timeout=5), reader.text()
+        assert spool.stats().depth == 6 and spool.stats().leased == 5     # the big one waits, given back
+    finally:
+        reader.close()
+        spool.close()
+
+
+def test_an_error_touching_the_waiting_check_result_file_does_not_end_the_writer(tmp_path, monkeypatch):
+    """Review 2026-12-06: os.utime raising EROFS (a file system remounted read-only) ended the
+    writer's thread, and every restart met the same file again."""
+    settings = dataclasses.replace(writer_settings(tmp_path), writer="checkresults_dir")
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    spool.put([spooled(NEWER_SMALL, "b")])
+    monkeypatch.setattr(checkresults_dir, "TOUCH_EVERY", 0.2)
+    writer = NagiosWriter(settings, spool, Health(), EchoGuard(may_be_echo=may_be_echo))
+    writer.start()
+    try:
+        assert wait_until(lambda: writer.files._file is not None, timeout=5)
+        touched = []
+
+        def read_only(*args, **kwargs):
+            touched.append(args)
+            raise OSError(errno.EROFS, "Read-only file system")
+        monkeypatch.setattr(os, "utime", read_only)
+        assert wait_until(lambda: touched, timeout=5), "the file was never touched: nothing tested"
+        time.sleep(0.5)
+        assert writer.is_alive()
+    finally:
+        writer.stop()
+        writer.join(5)
+        spool.close()
+
+
+def test_a_write_that_times_out_mid_batch_does_not_write_its_first_lines_again(tmp_path, monkeypatch):
+    """Review 2026-12-06: the FIFO filled mid-batch (Nagios stalled), the lines already in it
+    stayed there, and the whole batch was given back and written again: Nagios applied OLD,
+    NEW, OLD, NEW for one object. The lines in the FIFO now wait for confirmation instead."""
+    import fcntl
+    import functools
+    monkeypatch.setattr(command_file, "write_lines", functools.partial(command_file.write_lines, timeout=0.2))
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    fillers = [spooled(CheckResult(host="h2", service=f"f{i}", state=0, output="y" * 100, timestamp=1700000000),
+                       f"f{i}") for i in range(60)]
+    spool.put([spooled(dataclasses.replace(OLDER_BIG, long_output=""), "a"), spooled(NEWER_SMALL, "b")] + fillers)
+    os.mkfifo(tmp_path / "nagios.cmd")
+    stalled = os.open(tmp_path / "nagios.cmd", os.O_RDONLY | os.O_NONBLOCK)     # reads nothing for now
+    fcntl.fcntl(stalled, fcntl.F_SETPIPE_SZ, 4096)
+    writer = NagiosWriter(writer_settings(tmp_path), spool, Health(), EchoGuard(may_be_echo=may_be_echo))
+    try:
+        writer.deliver(spool.take(500))          # the pipe fills after about 4 KiB: a timeout
+        seen = os.read(stalled, 65536).decode()  # Nagios reads again
+        assert 0 < seen.count("\n") < 62
+        reader = FifoReader(tmp_path / "nagios.cmd")
+        reader.start()
+        try:
+            writer.deliver(spool.take(500))
+            assert wait_until(lambda: seen.count("\n") + reader.text().count("\n") == 62, timeout=5)
+        finally:
+            reader.close()
+    finally:
+        os.close(stalled)
+        spool.close()
+    states = [line.split(";")[3] for line in (seen + reader.text()).splitlines() if ";h1;s1;" in line]
+    assert states == ["2", "0"], f"Nagios applied h1/s1 states in this order: {states}"

@@ -141,6 +141,11 @@ class CheckResultsDirDelivery:
                 self.save()
             except FileNotFoundError:
                 return []                              # reaped just now: seen next time
+            except OSError as exc:
+                # Read-only, say (errors=remount-ro): Nagios may still read it; if it deems it
+                # too old unread, the wait below says so. Not the end of the writer (review
+                # 2026-12-06: this ended its thread, and every restart met the file again).
+                self.warn(logging.WARNING, "touch", f"cannot keep {self._file} fresh for Nagios: {exc.strerror}")
         age = now - self._since
         if age >= NOT_REAPED_AFTER:
             problem = (f"Nagios has not read {self._file} for {age:.0f} s"

@@ -63,22 +63,33 @@ WRITTEN_CURSOR = "nagios-written"
 
 
 class NagiosUnavailable(Exception):
-    """Nagios cannot take commands now: the message says why. Retry later."""
+    """Nagios cannot take commands now: the message says why. Retry later. ``written``: how
+    many of the lines were in the FIFO before it failed (write_lines)."""
+
+    def __init__(self, message: str, written: int = 0):
+        super().__init__(message)
+        self.written = written
 
 
 def _batches(lines: Sequence[str]) -> List[bytes]:
     """Pack lines into writes of at most PIPE_BUF bytes, never splitting a line."""
-    writes, current = [], b""
+    return [data for data, _ in _counted_batches(lines)]
+
+
+def _counted_batches(lines: Sequence[str]) -> List[Tuple[bytes, int]]:
+    """_batches, each write with how many lines it holds."""
+    writes, current, count = [], b"", 0
     for line in lines:
         data = line.encode("utf-8")
         if len(data) > PIPE_BUF:
             raise ValueError(f"a command line of {len(data)} bytes exceeds PIPE_BUF")
         if len(current) + len(data) > PIPE_BUF:
-            writes.append(current)
-            current = b""
+            writes.append((current, count))
+            current, count = b"", 0
         current += data
+        count += 1
     if current:
-        writes.append(current)
+        writes.append((current, count))
     return writes
 
 
@@ -140,8 +151,9 @@ def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> Tuple
     """Write ``lines`` (each ending in a newline, each <= PIPE_BUF) to the FIFO at ``path``.
 
     Returns the FIFO's (device, inode). Raises NagiosUnavailable when there is no FIFO, no
-    reader, or no room within ``timeout``. Lines written before the failure are written again
-    on the next try: a repeated passive result with the same time is harmless.
+    reader, or no room within ``timeout``, with how many lines were written before (its
+    ``written``): those are in the FIFO, and writing them again after newer results of their
+    objects would put an older state back (review 2026-12-06).
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
@@ -160,7 +172,8 @@ def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> Tuple
             raise NagiosUnavailable(f"{path} is not a FIFO; refusing to write commands into it")
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
-        for data in _batches(lines):
+        done = 0                                   # lines in the FIFO
+        for data, count in _counted_batches(lines):
             while True:
                 try:
                     written = os.write(fd, data)
@@ -168,11 +181,13 @@ def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> Tuple
                 except BlockingIOError:
                     # The pipe is full: Nagios is busy. Wait for room.
                     if not poller.poll(int(timeout * 1000)):
-                        raise NagiosUnavailable(f"the command file {path} stayed full for {timeout:g} s") from None
+                        raise NagiosUnavailable(f"the command file {path} stayed full for {timeout:g} s",
+                                                done) from None
                 except BrokenPipeError:
-                    raise NagiosUnavailable(f"Nagios stopped reading {path}") from None
+                    raise NagiosUnavailable(f"Nagios stopped reading {path}", done) from None
             if written != len(data):   # cannot happen for <= PIPE_BUF on a pipe; be loud if it does
-                raise NagiosUnavailable(f"partial write to {path} ({written} of {len(data)} bytes)")
+                raise NagiosUnavailable(f"partial write to {path} ({written} of {len(data)} bytes)", done)
+            done += count
         return info.st_dev, info.st_ino
     finally:
         os.close(fd)
@@ -331,9 +346,18 @@ class CommandFileDelivery:
             self._written_before.clear()            # that Nagios went away: write them all
         already = [p.entry.entry_id for p in batch if p.entry.entry_id in self._written_before]
         self._written_before.difference_update(already)
-        lines = [p.text for p in batch if p.entry.entry_id not in already]
-        if lines:
-            write_lines(self.path, lines)
+        to_write = [p for p in batch if p.entry.entry_id not in already]
+        try:
+            if to_write:
+                write_lines(self.path, [p.text for p in to_write])
+        except NagiosUnavailable as exc:
+            # The lines in the FIFO wait for confirmation as any written batch (given back if
+            # that Nagios goes away); the caller gives back the rest.
+            if exc.written:
+                self._unconfirmed.append((time.monotonic(), already + [p.entry.entry_id for p in to_write[:exc.written]],
+                                          reader))
+                self._unsaved = True
+            raise
         # The reader seen just before the write: if it changed in between, the next
         # confirmed() sees a different one and the batch is written again.
         self._unconfirmed.append((time.monotonic(), [p.entry.entry_id for p in batch], reader))

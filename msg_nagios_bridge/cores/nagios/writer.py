@@ -192,6 +192,7 @@ class NagiosWriter(threading.Thread):
         """Hand ``entries`` (taken from the spool) to their deliveries; refuse what neither can
         hold; give the rest back (and back off) if Nagios cannot take them now."""
         prepared: List[Tuple[Delivery, Prepared]] = []
+        in_file = set()                      # objects with a result going to a check result file
         for entry in entries:
             try:
                 result = self.results.decode(entry.message.body)
@@ -199,6 +200,8 @@ class NagiosWriter(threading.Thread):
                 kind, text = what_to_write(self.settings, result)
                 if kind == TRUNCATED_LINE:
                     self.health.add("truncated")
+                if kind == CHECK_RESULT_FILE:
+                    in_file.add(object_key(result))
                 delivery = self.files if kind == CHECK_RESULT_FILE else self.fifo
                 prepared.append((delivery, Prepared(entry, result, text)))
             except (ValueError, TypeError) as exc:   # decode() already refuses these; defence in depth
@@ -208,13 +211,22 @@ class NagiosWriter(threading.Thread):
                 self.health.add("refused.unwritable")
         if not prepared:
             return
+        if in_file and self.fifo is not None:
+            # A line reaches Nagios at once, a file at its next reaper pass: an object with a
+            # result too big for a line has all its results of the batch in the file (sorted by
+            # time there), or a newer line would be overtaken by the older file (review
+            # 2026-12-06). The next batch waits for the file (CheckResultsDirDelivery.ready).
+            prepared = [(self.files, Prepared(item.entry, item.result, checkresult_file.render_one(item.result)))
+                        if delivery is self.fifo and object_key(item.result) in in_file else (delivery, item)
+                        for delivery, item in prepared]
         if self.shared is None:
             self._write(prepared)
             return
         with self.shared.locked():
             prepared = self._newest_only(prepared)
-            if prepared and self._write(prepared):
-                self.shared.note([(object_key(item.result), item.result.timestamp) for _, item in prepared])
+            written = self._write(prepared) if prepared else []
+            if written:
+                self.shared.note([(object_key(item.result), item.result.timestamp) for item in written])
 
     def _newest_only(self, prepared: List[Tuple[Delivery, Prepared]]) -> List[Tuple[Delivery, Prepared]]:
         """``prepared`` without the results older than what a bridge sharing this Nagios
@@ -247,9 +259,11 @@ class NagiosWriter(threading.Thread):
         self.spool.put([], cursor=(MAYBE_WRITTEN_CURSOR, str(last_id)))
         self._maybe_written = last_id
 
-    def _write(self, prepared: List[Tuple[Delivery, Prepared]]) -> bool:
-        """Write ``prepared`` to their deliveries; False if Nagios could not take them (given
-        back to the spool, the worker backs off)."""
+    def _write(self, prepared: List[Tuple[Delivery, Prepared]]) -> List[Prepared]:
+        """Write ``prepared`` to their deliveries; what Nagios could not take is given back to
+        the spool and the worker backs off. Returns what was written. Each delivery on its own:
+        a check results directory that cannot take a file holds back only the results meant
+        for it, not the command lines (review 2026-12-06: every line waited behind it)."""
         try:
             self._bound_what_may_be_written(prepared)
             # Before the write: Nagios may run OCSP on a result before the write returns.
@@ -260,28 +274,32 @@ class NagiosWriter(threading.Thread):
         batches: Dict[int, List[Prepared]] = {}
         for delivery, item in prepared:
             batches.setdefault(id(delivery), []).append(item)
-        try:
-            if self.settings.nagios_lock_file:
-                problem = nagios_pid_alive(self.settings.nagios_lock_file)
+        problem = nagios_pid_alive(self.settings.nagios_lock_file) if self.settings.nagios_lock_file else None
+        written: List[Prepared] = []
+        for delivery in self.deliveries:
+            batch = batches.get(id(delivery), [])
+            try:
                 if problem:
                     raise NagiosUnavailable(problem)
-            for delivery in self.deliveries:
-                if id(delivery) in batches:
-                    delivery.write(batches[id(delivery)])
-        except NagiosUnavailable as exc:
-            pending = frozenset().union(*(delivery.pending for delivery in self.deliveries))
-            self.spool.give_back([item.entry.entry_id for _, item in prepared
-                                  if item.entry.entry_id not in pending])
-            self.health.set_state("nagios_writer", f"waiting: {exc}")
-            self.health.error(f"nagios: {exc}")
-            self._warn(logging.WARNING, "nagios", f"cannot hand results to Nagios, will retry: {exc}")
+                if batch:
+                    delivery.write(batch)
+                    written.extend(batch)
+            except NagiosUnavailable as exc:
+                pending = delivery.pending           # the part written before it failed
+                written.extend(item for item in batch if item.entry.entry_id in pending)
+                self.spool.give_back([item.entry.entry_id for item in batch if item.entry.entry_id not in pending])
+                self.health.set_state("nagios_writer", f"waiting: {exc}")
+                self.health.error(f"nagios: {exc}")
+                self._warn(logging.WARNING, "nagios", f"cannot hand results to Nagios, will retry: {exc}")
+        if len(written) < len(prepared):
             self._hold(self._backoff.next_delay())
-            return False
-        self._backoff.reset()
-        self.health.add("written", len(prepared))
-        self.health.mark("inject")
-        self.health.set_state("nagios_writer", "writing")
-        return True
+        else:
+            self._backoff.reset()
+            self.health.set_state("nagios_writer", "writing")
+        if written:
+            self.health.add("written", len(written))
+            self.health.mark("inject")
+        return written
 
 
 COMMAND_LINE, TRUNCATED_LINE, CHECK_RESULT_FILE = "command line", "command line, truncated", "check result file"
