@@ -958,3 +958,24 @@ def test_a_write_that_times_out_mid_batch_does_not_write_its_first_lines_again(t
         spool.close()
     states = [line.split(";")[3] for line in (seen + reader.text()).splitlines() if ";h1;s1;" in line]
     assert states == ["2", "0"], f"Nagios applied h1/s1 states in this order: {states}"
+
+
+def test_lines_still_unread_in_the_pipe_are_not_confirmed(tmp_path):
+    """Review 2026-12-06: a hung Nagios keeps the FIFO open and reads nothing; after
+    CONFIRM_AFTER the lines still in the kernel's pipe were confirmed and deleted, and a
+    restart of that Nagios then lost them. Confirmed once a look finds them read."""
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    spool.put([spooled(NEWER_SMALL, "b")])
+    os.mkfifo(tmp_path / "nagios.cmd")
+    hung = os.open(tmp_path / "nagios.cmd", os.O_RDONLY | os.O_NONBLOCK)
+    delivery = CommandFileDelivery(writer_settings(tmp_path), spool, Health(), WARN)
+    try:
+        [entry] = prepared(spool, lambda result: nagios_command.command_line(result, 1700000060))
+        delivery.write([entry])
+        later = time.monotonic() + CONFIRM_AFTER + 1
+        assert delivery.confirmed(now=later) == []
+        assert os.read(hung, 65536).count(b"\n") == 1          # Nagios reads it at last
+        assert delivery.confirmed(now=later + 1) == [entry.entry.entry_id]
+    finally:
+        os.close(hung)
+        spool.close()

@@ -20,11 +20,14 @@ was written shortly before Nagios went away.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
 import select
 import stat
+import struct
+import termios
 import time
 from collections import deque
 from typing import Deque, FrozenSet, List, Optional, Sequence, Tuple
@@ -96,13 +99,26 @@ def _counted_batches(lines: Sequence[str]) -> List[Tuple[bytes, int]]:
 def reader_identity(path: str) -> Optional[Tuple[int, int]]:
     """(device, inode) of the FIFO at ``path`` if someone (Nagios) has it open for reading,
     else None. A new inode, or a moment with no reader, means Nagios went away meanwhile."""
+    found = fifo_state(path)
+    return found[:2] if found is not None else None
+
+
+def fifo_state(path: str) -> Optional[Tuple[int, int, int]]:
+    """reader_identity's (device, inode), and how many bytes in the FIFO no reader has taken
+    yet (FIONREAD; 0 if it cannot be told)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None
     try:
         info = os.fstat(fd)
-        return (info.st_dev, info.st_ino) if stat.S_ISFIFO(info.st_mode) else None
+        if not stat.S_ISFIFO(info.st_mode):
+            return None
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            unread = 0
+        return info.st_dev, info.st_ino, unread
     finally:
         os.close(fd)
 
@@ -230,11 +246,13 @@ class ReaderWatch:
         self._held: Tuple[Tuple[int, int, int], ...] = ()     # (pid, start, fd) of the cached readers
         self.scanned_at = 0.0
         self.icinga2 = False        # the reader is Icinga 2 (its deprecated compat command pipe)
+        self.unread = 0             # at the last identity(): bytes in the FIFO not read yet
 
     def identity(self) -> Optional[tuple]:
-        fifo = reader_identity(self.path)
-        if fifo is None:
+        state = fifo_state(self.path)
+        if state is None:
             return None
+        fifo, self.unread = state[:2], state[2]
         cached = self.cached
         if cached is not None and cached[:2] == fifo and all(still_holds(fifo, *r) for r in self._held):
             if self._held or time.monotonic() - self.scanned_at < self.RESCAN:
@@ -285,6 +303,7 @@ class CommandFileDelivery:
         self._told_icinga2 = False
         self._looked: Optional[tuple] = None      # the last look: reader identity
         self._next_look = float("-inf")           # monotonic: when the next look is due
+        self._emptied_at = float("-inf")          # monotonic: the last look that found the FIFO read
         self._saved_at = float("-inf")            # monotonic: the cursor's last save
         self._unsaved = False                     # what waits changed since that save
 
@@ -293,6 +312,8 @@ class CommandFileDelivery:
         if fresh or now >= self._next_look:
             self._looked = self.reader()
             self._next_look = now + LOOK_EVERY
+            if self._looked is not None and self._readers.unread == 0:
+                self._emptied_at = now            # all written before now has been read
         return self._looked
 
     def reader(self) -> Optional[tuple]:
@@ -388,7 +409,11 @@ class CommandFileDelivery:
             self.warn(logging.WARNING, "rewrite", f"Nagios stopped reading {self.path}"
                       f" soon after {len(ids)} results were written: they will be written again")
             return []
-        settled = [batch for written_at, batch, _ in self._unconfirmed if now - written_at >= CONFIRM_AFTER]
+        # Only what a reader has taken from the pipe: a hung Nagios keeps the FIFO open and
+        # reads nothing, and what is still in the pipe is gone when it is restarted (review
+        # 2026-12-06: it was confirmed after CONFIRM_AFTER all the same).
+        settled = [batch for written_at, batch, _ in self._unconfirmed
+                   if now - written_at >= CONFIRM_AFTER and written_at < self._emptied_at]
         return [i for batch in settled for i in batch]
 
     def forget(self, entry_ids: List[int]) -> None:
