@@ -979,3 +979,23 @@ def test_lines_still_unread_in_the_pipe_are_not_confirmed(tmp_path):
     finally:
         os.close(hung)
         spool.close()
+
+
+def test_a_round_of_the_writer_takes_a_bounded_number_of_bytes(tmp_path, monkeypatch):
+    """Review 2026-12-06: a round took up to 10,000 results whatever their size (a check
+    result file of 170 MB with outputs near the limit, held several times over)."""
+    monkeypatch.setattr(writer_module, "BATCH_BYTES", 50_000)
+    settings = dataclasses.replace(writer_settings(tmp_path), writer="checkresults_dir")
+    spool = Spool(str(tmp_path / "inbound.sqlite"))
+    spool.put([spooled(dataclasses.replace(NEWER_SMALL, service=f"s{i}", long_output="z" * 8000), f"k{i}")
+               for i in range(40)])
+    writer = NagiosWriter(settings, spool, Health(), EchoGuard(may_be_echo=may_be_echo))
+    writer.start()
+    try:
+        assert wait_until(lambda: writer.files._file is not None, timeout=5)
+        in_file = len(checkresult_file.parse(open(writer.files._file).read()))
+        assert 1 <= in_file < 10, in_file
+    finally:
+        writer.stop()
+        writer.join(5)
+        spool.close()

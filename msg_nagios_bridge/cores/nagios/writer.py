@@ -32,6 +32,10 @@ from ...daemon.threadname import name_os_thread
 
 BATCH = 500                 # results per round through the command file
 FILE_BATCH = 10_000         # results per check result file (Nagios reads one about every second)
+# At most this many bytes of results (as spooled) a round: 10,000 results with outputs near
+# max_output_bytes would make a file of 170 MB, held several times over while it is made
+# (review 2026-12-06).
+BATCH_BYTES = 8 << 20
 
 # Nagios does not acknowledge, so a bridge killed just after a write cannot tell what of its
 # last writes Nagios has (the deliveries save that every SAVE_EVERY s at best). Written again in
@@ -102,7 +106,7 @@ class NagiosWriter(threading.Thread):
                 if not all(delivery.ready() for delivery in self.deliveries):
                     self._hold(self._next_look() or 0.0)
                     continue
-                entries = self.spool.take(batch)
+                entries = self.spool.take(batch, max_bytes=BATCH_BYTES)
                 if not entries:
                     self.wakeup.wait(self._next_look())
                     continue
