@@ -48,6 +48,22 @@ def expected_ids(lines):
     return {result_line.parse(line.rstrip("\n")).identity() for line in lines}
 
 
+def dead_letter_as_results_keep_coming(bridge, refused, timeout=60):
+    """Append a result a line at a time to the bridge's perfdata file until ``refused``
+    messages are dead letters, as a site's results keep coming: a message the broker refuses
+    is dead-lettered once the broker has taken another after its first refusal (proof that it
+    does not refuse everything, outbound/refusals.py), so a batch's last one waits for the next
+    result. Returns the dead letters counted and how many results were added."""
+    added = 0
+    deadline = time.time() + timeout
+    while bridge.counter("dead_letters") < refused and time.time() < deadline and added < 60:
+        with open(bridge.workdir / "service-perfdata", "a") as handle:
+            handle.write(result_lines(1, prefix=f"later{added}")[0])
+        added += 1
+        time.sleep(0.5)
+    return bridge.wait_counter("dead_letters", refused, timeout=max(1.0, deadline - time.time())), added
+
+
 def received_ids(probe):
     return [m.headers["result_id"] for m in probe.messages]
 
@@ -366,22 +382,12 @@ def test_a_destination_the_broker_refuses_ends_in_dead_letters_without_a_retry_s
                             extra_routes=refused_route, username="site", password="site-pw", max_refusals=3)
     bridge.start()
     lines = result_lines(300)
-    perfdata = bridge.workdir / "service-perfdata"
-    perfdata.write_text("".join(lines))
+    (bridge.workdir / "service-perfdata").write_text("".join(lines))
     got = wait_for_ids(allowed, expected_ids(lines), timeout=60)
     assert set(got) == expected_ids(lines), bridge.log_text()[-3000:]
-    # Results keep coming, as at a site: a refused message is dead-lettered once the broker has
-    # taken another after its first refusal (proof that it does not refuse everything), so the
-    # batch's last one waits for the next result (outbound/refusals.py).
-    later = result_lines(30, prefix="later")
-    for line in later:
-        if bridge.counter("dead_letters") >= len(lines):
-            break
-        with open(perfdata, "a") as handle:
-            handle.write(line)
-        time.sleep(0.5)
-    assert bridge.wait_counter("dead_letters", len(lines), timeout=60) >= len(lines), bridge.log_text()[-3000:]
+    dead, added = dead_letter_as_results_keep_coming(bridge, len(lines))
+    assert dead >= len(lines), bridge.log_text()[-3000:]
     errors = bridge.counter("broker_errors")
-    refused = len(lines) + len(later)
+    refused = len(lines) + added
     assert errors <= 3 * refused + 30, f"{errors} broker errors for at most {refused} refused messages"
     assert "moved to dead letters" in bridge.log_text() and "not authorized" in bridge.log_text().lower()
