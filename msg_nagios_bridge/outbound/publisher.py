@@ -353,10 +353,9 @@ class Publisher(threading.Thread):
 
     def _mark_done(self, entry_ids) -> None:
         """Receipted: published; deleted now, or once settled (``settle_seconds``)."""
-        if entry_ids and self._refused_at:
-            for entry_id in entry_ids:
-                self._refused_at.pop(entry_id, None)
         if entry_ids:
+            for entry_id in entry_ids if self._refused_at else ():
+                self._refused_at.pop(entry_id, None)
             if self.settle_seconds:
                 self._settling.append((time.monotonic() + self.settle_seconds, list(entry_ids)))
             else:

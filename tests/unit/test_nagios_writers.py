@@ -96,7 +96,7 @@ def test_writes_are_whole_lines_and_at_most_pipe_buf(tmp_path):
     finally:
         reader.close()
     assert reader.text() == "".join(lines)
-    assert all(len(batch) <= nagios_command.PIPE_BUF and batch.endswith(b"\n") for batch in _batches(lines))
+    assert all(len(batch) <= nagios_command.PIPE_BUF and batch.endswith(b"\n") for batch, _ in _batches(lines))
 
 
 def test_a_full_pipe_times_out_clearly(tmp_path):

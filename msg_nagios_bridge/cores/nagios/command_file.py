@@ -74,13 +74,9 @@ class NagiosUnavailable(Exception):
         self.written = written
 
 
-def _batches(lines: Sequence[str]) -> List[bytes]:
-    """Pack lines into writes of at most PIPE_BUF bytes, never splitting a line."""
-    return [data for data, _ in _counted_batches(lines)]
-
-
-def _counted_batches(lines: Sequence[str]) -> List[Tuple[bytes, int]]:
-    """_batches, each write with how many lines it holds."""
+def _batches(lines: Sequence[str]) -> List[Tuple[bytes, int]]:
+    """Pack lines into writes of at most PIPE_BUF bytes, never splitting a line; each write
+    with how many lines it holds."""
     writes, current, count = [], b"", 0
     for line in lines:
         data = line.encode("utf-8")
@@ -189,7 +185,7 @@ def write_lines(path: str, lines: Sequence[str], timeout: float = 10.0) -> Tuple
         poller = select.poll()
         poller.register(fd, select.POLLOUT)
         done = 0                                   # lines in the FIFO
-        for data, count in _counted_batches(lines):
+        for data, count in _batches(lines):
             while True:
                 try:
                     written = os.write(fd, data)

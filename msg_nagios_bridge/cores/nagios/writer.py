@@ -281,13 +281,14 @@ class NagiosWriter(threading.Thread):
         problem = nagios_pid_alive(self.settings.nagios_lock_file) if self.settings.nagios_lock_file else None
         written: List[Prepared] = []
         for delivery in self.deliveries:
-            batch = batches.get(id(delivery), [])
+            batch = batches.get(id(delivery))
+            if not batch:
+                continue
             try:
                 if problem:
                     raise NagiosUnavailable(problem)
-                if batch:
-                    delivery.write(batch)
-                    written.extend(batch)
+                delivery.write(batch)
+                written.extend(batch)
             except NagiosUnavailable as exc:
                 pending = delivery.pending           # the part written before it failed
                 written.extend(item for item in batch if item.entry.entry_id in pending)
