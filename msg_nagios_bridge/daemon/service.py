@@ -76,10 +76,14 @@ class Bridge:
             raise SpoolError(f"spool directory {s.spool.directory} (spool.directory) cannot be created:"
                              f" {exc.strerror}") from None
         _refuse_a_shared_directory(s.spool.directory)
+        known = None
         if s.inbound.enabled:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
+            known = self._known_objects()
+            # Given the object list from the start, the guard keeps its objects beside it.
             self.echo = EchoGuard(self.inbound_spool, max_objects=s.inbound.echo_guard_max_objects,
-                                  health=self.health, may_be_echo=self.core.may_be_echo)
+                                  health=self.health, may_be_echo=self.core.may_be_echo,
+                                  known_objects=known or None)
             # What the subscriber stores, the writer reads back without decoding it again.
             self.results = SpooledResults(keep=SPOOLED_RESULTS_KEPT)
             self.writer = self.core.writer(self.inbound_spool, self.health, self.echo, self.results)
@@ -90,7 +94,7 @@ class Bridge:
             self.publisher.start()
             self._start_outbound_sources()
         if s.inbound.enabled:
-            self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy(),
+            self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy(known),
                                          self.results)
             self.subscriber.start()
         log.info("bridge started: outbound %s, inbound %s, brokers %s",
@@ -98,8 +102,9 @@ class Bridge:
                  f"{len(s.inbound.subscriptions)} subscription(s)" if s.inbound.enabled else "off",
                  ", ".join(f"{h}:{p}" for h, p in s.brokers.hosts))
 
-    def _policy(self) -> policy_module.Policy:
-        """The inbound policy, with the objects the local core defines when configured."""
+    def _known_objects(self) -> Optional[KnownObjects]:
+        """The objects the local core defines (8 bytes an object: inbound/compact.py), None when
+        not configured, and empty when they cannot be read."""
         inbound = self.settings.inbound
         known = None
         if self.core.objects_source:
@@ -114,9 +119,11 @@ class Bridge:
                           " read", self.core.objects_source, key, exc.strerror)
                 self.health.error(f"objects cache: {exc}")
                 known = frozenset()
-        known = KnownObjects.of(known)           # 8 bytes an object (inbound/compact.py)
-        if self.echo is not None:
-            self.echo.known_objects = known      # only objects the core has can echo
+        return KnownObjects.of(known)
+
+    def _policy(self, known: Optional[KnownObjects]) -> policy_module.Policy:
+        """The inbound policy, with the objects the local core defines when configured."""
+        inbound = self.settings.inbound
         return policy_module.Policy(rules=inbound.rules, sender_header=inbound.sender_header,
                                     known_objects=known)
 
@@ -130,7 +137,10 @@ class Bridge:
         except OSError:
             return
         if version != self._objects_version:
-            self.subscriber.policy = self._policy()
+            known = self._known_objects()
+            if known and self.echo is not None:       # only objects the core has can echo
+                self.echo.known_objects = known
+            self.subscriber.policy = self._policy(known)
             log.info("reloaded the object list from %s", source)
 
     def _start_outbound_sources(self) -> None:

@@ -17,13 +17,14 @@ unless the name is a host's address), or one passive result that was no echo is 
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import sys
 from array import array
 from bisect import bisect_left
 from hashlib import blake2b
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 ObjectKey = Tuple[str, Optional[str]]
 CHUNK = 16_384       # names hashed and sorted at a time while building (bounds the transient list: 0.7 MB)
@@ -131,10 +132,13 @@ class KnownObjects:
         if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str)
                 and (key[1] is None or isinstance(key[1], str))):
             return False
-        value = self._hash(object_text(key))
+        return self.place(self._hash(object_text(key))) >= 0
+
+    def place(self, value: int) -> int:
+        """Index of the hash ``value`` in the sorted hashes, or -1."""
         hashes = self._hashes
         i = bisect_left(hashes, value)
-        return i < len(hashes) and hashes[i] == value
+        return i if i < len(hashes) and hashes[i] == value else -1
 
     def __len__(self) -> int:
         return len(self._hashes)
@@ -186,16 +190,23 @@ class TimedNames:
 
     def set(self, names: Iterable[str], when: float) -> None:
         """Each of ``names`` now maps to ``when`` (its whole second)."""
-        when = whole_second(when)
-        for name in names:
-            value = self._hash(name)
+        self.set_hashed((self._hash(name), when) for name in names)
+
+    def set_hashed(self, pairs: Iterable[Tuple[int, float]]) -> None:
+        """set() for (hash, time) pairs as items() gives them."""
+        for value, when in pairs:
             i = self._find(value)
             if i >= 0:
-                self._times[i] = when
+                self._times[i] = whole_second(when)
             else:
-                self._new[value] = when
+                self._new[value] = whole_second(when)
         if len(self._new) >= MERGE_AT:
             self._merge()
+
+    def items(self) -> Iterator[Tuple[int, int]]:
+        """(hash, whole second) for every name kept."""
+        yield from zip(self._hashes, self._times)
+        yield from list(self._new.items())
 
     def load(self, rows: Iterable[Tuple[str, float]]) -> None:
         """Add (name, time) rows, e.g. read from the spool a chunk at a time."""
@@ -231,3 +242,62 @@ class TimedNames:
         dropped = len(self._hashes) - len(hashes)
         self._hashes, self._times = hashes, times
         return dropped
+
+
+class TimedKnownObjects:
+    """TimedNames for the objects of one KnownObjects set (their object_text as names): a time
+    for each known object in one array beside the set's hashes, 4 bytes an object whether it
+    has a time or not (0: none). Names outside the set are not kept. The echo guard of a
+    central bridge remembers only objects Nagios defines: 2 MB at 500,000 objects where
+    TimedNames took 6 MB, and nothing to merge. Not thread-safe: callers lock."""
+
+    def __init__(self, known: KnownObjects) -> None:
+        self.known = known
+        self._times = array("I", bytes(4 * len(known)))
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self, name: str) -> Optional[int]:
+        i = self.known.place(self.known._hash(name))
+        return (self._times[i] or None) if i >= 0 else None
+
+    def set(self, names: Iterable[str], when: float) -> None:
+        self.set_hashed((self.known._hash(name), when) for name in names)
+
+    def set_hashed(self, pairs: Iterable[Tuple[int, float]]) -> None:
+        times = self._times
+        for value, when in pairs:
+            i = self.known.place(value)
+            if i >= 0:
+                self._count += not times[i]
+                times[i] = max(1, whole_second(when))      # 0 means none: 1970's first second is 1
+
+    def load(self, rows: Iterable[Tuple[str, float]]) -> None:
+        for name, when in rows:
+            self.set((name,), when)
+
+    def items(self) -> Iterator[Tuple[int, int]]:
+        return ((value, when) for value, when in zip(self.known._hashes, self._times) if when)
+
+    def time_counts(self) -> Dict[int, int]:
+        counts = collections.Counter(self._times)     # counted in C: 500,000 in about 20 ms
+        counts.pop(0, None)
+        return dict(counts)
+
+    def forget_before(self, before: float) -> int:
+        times = self._times
+        dropped = 0
+        for i, when in enumerate(times):
+            if when and when < before:
+                times[i] = 0
+                dropped += 1
+        self._count -= dropped
+        return dropped
+
+
+def timed_names_for(known: Optional[KnownObjects]):
+    """Where to keep a time per object: TimedKnownObjects beside ``known``, or TimedNames when
+    there is no known set (every name kept)."""
+    return TimedNames() if known is None else TimedKnownObjects(known)

@@ -9,11 +9,13 @@ and is dropped. Results the core checked itself, and handed results of objects t
 never injected into (e.g. from NSCA), are published as usual.
 
 The objects are kept in the inbound spool (one row each), so they survive
-restarts, and in memory as 64-bit hashes in sorted arrays with their times in whole seconds
-(compact.TimedNames: 12 bytes an object, 6 MB at 500,000, where a dict of the names took
-70 MB); a row is written when an object is new and refreshed at most once a
-``refresh`` period, so a steady stream of results writes nothing. Objects not
-injected into for ``ttl`` seconds (give or take ``refresh``) are forgotten.
+restarts, and in memory with their times in whole seconds: with ``known_objects`` as a time
+beside each of the known objects' hashes (compact.TimedKnownObjects: 4 bytes a known object,
+2 MB at 500,000), without as 64-bit hashes in sorted arrays (compact.TimedNames: 12 bytes an
+object, 6 MB at 500,000, where a dict of the names took 70 MB). A row is written when an
+object is new and refreshed at most once a ``refresh`` period, so a steady stream of results
+writes nothing. Objects not injected into for ``ttl`` seconds (give or take ``refresh``) are
+forgotten.
 
 Bounded, because a sender the policy lets name any host (``*``) could make it
 grow with every name it invents, each silencing that object's passive results
@@ -34,10 +36,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Container, Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional
 
 from ..daemon.health import Health
-from .compact import TimedNames, whole_second
+from .compact import KnownObjects, object_text, timed_names_for, whole_second
 from ..model import CheckResult
 from ..spool import Spool, SpoolError
 
@@ -47,54 +49,86 @@ MARK_KIND = "echo"
 
 
 def _key(result: CheckResult) -> str:
+    """The object's key in the spool."""
     return f"{result.host}\t{result.service or ''}"
+
+
+def _name(result: CheckResult) -> str:
+    """The object's name in memory: the text compact.KnownObjects hashes."""
+    return object_text((result.host, result.service))
+
+
+def _name_of_key(key: str) -> str:
+    host, _, service = key.partition("\t")
+    return object_text((host, service or None))
 
 
 class EchoGuard:
     def __init__(self, spool: Optional[Spool] = None, ttl: float = 7 * 86400,
                  refresh: float = 86400, max_objects: int = 1_000_000, health: Optional[Health] = None,
-                 may_be_echo: Optional[Callable[[CheckResult], bool]] = None):
+                 may_be_echo: Optional[Callable[[CheckResult], bool]] = None,
+                 known_objects: Optional[Iterable] = None):
         """With ``spool`` None the guard lives in memory only (tests, tools). ``may_be_echo``
-        is the core's echo signal; None takes every result of a remembered object for one."""
+        is the core's echo signal; None takes every result of a remembered object for one.
+        ``known_objects``: the (host, service or None) the core defines, or None (not known:
+        remember every object); given here rather than set later, the guard never holds the
+        spool's objects in the larger form first."""
         self.may_be_echo = may_be_echo
         self.spool = spool
         self.health = health
         self.ttl = ttl
         self.refresh = refresh
         self.max_objects = max_objects
-        # {(host, service or None)} Nagios defines, or None (unknown: remember every object).
-        self.known_objects: Optional[Container[Tuple[str, Optional[str]]]] = None
         self.evicted = 0
         self._lock = threading.Lock()
-        # object -> when it was last saved (not last injected: at most ``refresh`` older).
-        self._objects = TimedNames()
+        self._known = KnownObjects.of(known_objects)
+        # object name -> when it was last saved (not last injected: at most ``refresh`` older).
+        self._objects = timed_names_for(self._known)
         if spool is not None:
             cutoff = time.time() - ttl
             for rows in spool.each_mark(MARK_KIND, since=cutoff):
-                self._objects.load(rows)
+                self._objects.load((_name_of_key(key), at) for key, at in rows)
             try:
                 spool.forget_marks(MARK_KIND, before=cutoff)
             except SpoolError as exc:      # a full disk must not keep the bridge from starting
                 log.warning("cannot delete old echo guard entries now (%s): next start", exc)
             self._evict(keep_after=float("inf"))          # a smaller limit than last time
 
+    @property
+    def known_objects(self) -> Optional[KnownObjects]:
+        """The objects the core defines (only those are remembered), or None: every object."""
+        return self._known
+
+    @known_objects.setter
+    def known_objects(self, objects: Optional[Iterable]) -> None:
+        """A new object list (the core reloaded): what is remembered of objects it still has
+        moves over; the others can no longer echo."""
+        known = KnownObjects.of(objects)
+        with self._lock:
+            kept = timed_names_for(known)
+            kept.set_hashed(self._objects.items())    # one process, one hash key: the same values
+            self._known, self._objects = known, kept
+
     def about_to_inject(self, results: Iterable[CheckResult], now: Optional[float] = None) -> int:
         """Note results about to be injected, saving new objects before they return (the
         echo may come back before the write has returned); return how many rows were saved.
         Raises SpoolError if they cannot be saved (then none is noted)."""
         now = time.time() if now is None else now
-        known = self.known_objects
+        known = self._known
         if known is not None:
             results = [result for result in results if (result.host, result.service) in known]
-        # Only the writer thread calls this: the lock guards the dict against the outbound
+        # Only the writer thread calls this: the lock guards the memory against the outbound
         # side's lookups, and is not held across the (fsynced) save.
         with self._lock:
-            due = {key for key in map(_key, results)
-                   if now - _or_never(self._objects.get(key)) >= self.refresh}
+            due = {}                                 # spool key -> name in memory
+            for result in results:
+                name = _name(result)
+                if now - _or_never(self._objects.get(name)) >= self.refresh:
+                    due[_key(result)] = name
         if due and self.spool is not None:
             self.spool.save_marks(MARK_KIND, due, now)
         with self._lock:
-            self._objects.set(due, now)
+            self._objects.set(due.values(), now)
         if len(self._objects) > self.max_objects:
             self._evict(keep_after=now)
         return len(due)
@@ -136,7 +170,7 @@ class EchoGuard:
         if self.may_be_echo is not None and not self.may_be_echo(result):
             return False
         with self._lock:
-            saved = self._objects.get(_key(result))
+            saved = self._objects.get(_name(result))
         return saved is not None and time.time() - saved < self.ttl
 
     def __len__(self) -> int:

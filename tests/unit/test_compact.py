@@ -191,3 +191,36 @@ def test_a_merge_into_timed_names_holds_no_second_copy_of_them():
     assert names.get("new-9") == 1_800_000_000 and names.get("S7:h7") == 1_700_000_000
     # The arrays take 2.4 MB; a merge that built merged copies held both.
     assert peak < 1.5e6, f"{peak / 1e6:.1f} MB more at the peak of a merge"
+
+
+def test_times_beside_known_objects_keep_only_known_names_in_four_bytes_each():
+    known = KnownObjects([("h", "s"), ("h", None), ("h2", "s")])
+    timed = compact.TimedKnownObjects(known)
+    assert timed._times.itemsize == 4 and len(timed._times) == len(known) == 3 and len(timed) == 0
+    timed.set([object_text(("h", "s")), object_text(("other", "s"))], 1_700_000_000.7)
+    assert timed.get(object_text(("h", "s"))) == 1_700_000_000 and len(timed) == 1
+    assert timed.get(object_text(("other", "s"))) is None, "not a known object: not kept"
+    assert timed.get(object_text(("h", None))) is None, "known, never set"
+    timed.set([object_text(("h", "s")), object_text(("h", None))], 1_700_000_005)
+    assert len(timed) == 2 and timed.time_counts() == {1_700_000_005: 2}
+    timed.set([object_text(("h2", "s"))], 0.5)            # 0 means none: a time in 1970's first second is 1
+    assert timed.get(object_text(("h2", "s"))) == 1 and len(timed) == 3
+    assert timed.forget_before(1_700_000_005) == 1 and len(timed) == 2
+    assert timed.get(object_text(("h2", "s"))) is None and timed.forget_before(10) == 0
+    timed.load([(object_text(("h2", "s")), 1_700_000_009.0)])
+    assert sorted(when for _, when in timed.items()) == [1_700_000_005, 1_700_000_005, 1_700_000_009]
+
+
+def test_timed_names_move_into_times_beside_known_objects_by_their_hashes():
+    names = TimedNames()
+    names.set([object_text(("h", "s")), object_text(("gone", "s"))], 100.0)
+    names.set([f"n{i}" for i in range(compact.MERGE_AT)], 50.0)       # some in the arrays, some in the dict
+    names.set([object_text(("h", None))], 200.0)
+    known = KnownObjects([("h", "s"), ("h", None), ("new", "s")])
+    timed = compact.TimedKnownObjects(known)
+    timed.set_hashed(names.items())
+    assert timed.get(object_text(("h", "s"))) == 100 and timed.get(object_text(("h", None))) == 200
+    assert len(timed) == 2 and timed.get(object_text(("new", "s"))) is None
+    back = TimedNames()
+    back.set_hashed(timed.items())
+    assert len(back) == 2 and back.get(object_text(("h", None))) == 200

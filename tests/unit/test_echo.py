@@ -2,11 +2,13 @@
 import json
 import sqlite3
 import time
+import tracemalloc
 from contextlib import closing
 
 import pytest
 
 from msg_nagios_bridge.cores.nagios.core import may_be_echo
+from msg_nagios_bridge.inbound.compact import KnownObjects
 from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.model import CheckResult, Message
 from msg_nagios_bridge.spool import Spool, SpoolError
@@ -220,3 +222,44 @@ def test_eviction_forgets_the_same_objects_in_memory_and_in_the_spool_with_times
             assert all(guard(passive(f"b{batch}-{i}")) for i in range(20))
     with Spool(path) as spool:
         assert len(EchoGuard(spool, max_objects=100)) == saved_rows(path)
+
+
+def test_with_known_objects_the_guard_keeps_four_bytes_a_known_object_not_twelve_an_injected_one(tmp_path):
+    """Issue 16, point 4: a central bridge's guard held the same 500,000 objects as the known
+    objects a second time, as hashes with times (6 MB, 12 bytes an object). Beside the known
+    objects' hashes it takes a time each: 4 bytes a known object (2 MB)."""
+    objects = [(f"ce{i:05d}.example.org", "org.sam.CE-JobSubmit") for i in range(50_000)]
+    known = KnownObjects(objects)
+    path = str(tmp_path / "inbound.sqlite")
+    with Spool(path) as spool:
+        EchoGuard(spool).about_to_inject([passive(host, service) for host, service in objects], now=RECENT)
+    with Spool(path) as spool:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            guard = EchoGuard(spool, known_objects=known)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert len(guard) == 50_000 and guard(passive("ce00007.example.org", "org.sam.CE-JobSubmit"))
+    assert held < 5 * len(objects) + 100_000, f"{held / len(objects):.1f} bytes an object"
+
+
+def test_given_known_objects_the_guard_loads_only_those_and_follows_a_new_list(tmp_path):
+    path = str(tmp_path / "inbound.sqlite")
+    with Spool(path) as spool:
+        EchoGuard(spool).about_to_inject([passive("kept"), passive("removed"), passive("host-only", None)],
+                                         now=RECENT)
+    with Spool(path) as spool:
+        guard = EchoGuard(spool, known_objects={("kept", "s"), ("host-only", None), ("added", "s")})
+        assert len(guard) == 2 and guard(passive("kept")) and guard(passive("host-only", None))
+        assert not guard(passive("removed")), "Nagios does not define it: it cannot echo"
+        assert guard.about_to_inject([passive("added"), passive("kept")], now=RECENT + 1) == 1
+        # Nagios reloads without "kept": what it still defines stays remembered, at its time.
+        guard.known_objects = {("added", "s"), ("host-only", None), ("new", "s")}
+        assert len(guard) == 2 and guard(passive("added")) and guard(passive("host-only", None))
+        assert not guard(passive("kept"))
+        assert guard.about_to_inject([passive("added")], now=RECENT + 2) == 0, "still remembered: no new row"
+        guard.known_objects = None                     # no list any more: every object kept again
+        assert guard.about_to_inject([passive("anything")], now=RECENT + 3) == 1
+        assert len(guard) == 3 and guard(passive("anything")) and guard(passive("added"))
