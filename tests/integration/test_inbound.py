@@ -198,20 +198,27 @@ def test_site_nagios_to_central_nagios_through_two_bridges(activemq, nagios_fact
     assert central.status()[("ce01.site.org", "org.sam.CE-JobSubmit")]["current_state"] == "1"
 
 
-def test_no_echo_when_one_nagios_both_sends_and_receives(activemq, nagios_factory, stomp_probe_factory,
-                                                          bridge_factory, tmp_path):
+@pytest.mark.parametrize("objects_cache", [False, True], ids=["every-object", "objects-cache"])
+def test_no_echo_when_one_nagios_both_sends_and_receives(objects_cache, activemq, nagios_factory,
+                                                          stomp_probe_factory, bridge_factory, tmp_path):
+    """With the objects cache the guard keeps its objects beside Nagios's list, which the bridge
+    (started first) reads only once Nagios has written it: the guard follows that new list."""
     outbound = "/queue/outbound.echo"
     probe = stomp_probe_factory(activemq, outbound)
     bridge = bridge_factory([activemq.stomp_port], destination=outbound)
     nagios = nagios_factory(start=False, hosts=[host("local.org"), host("ce01.remote.org")], services=[
         active_service("local.org", "local-check", state=0, output="local ok", max_check_attempts=1),
         passive_service("ce01.remote.org", "org.sam.CE-JobSubmit")])
-    bridge.config_path.write_text(bridge.config_path.read_text() + inbound_config(nagios, QUEUE))
+    bridge.config_path.write_text(bridge.config_path.read_text()
+                                  + inbound_config(nagios, QUEUE, objects_cache=objects_cache))
     bridge.start(wait_for=bridge.workdir / "ocsp.fifo")
     settings = config.load(str(bridge.config_path))
     nagios.extra_cfg = dict(line.split("=", 1) for line in main_config_lines(settings).splitlines())
     nagios.objects = object_definitions(settings)
     nagios.start()
+    if objects_cache:
+        assert wait_until(lambda: "reloaded the object list" in bridge.log_text(), timeout=30), \
+            bridge.log_text()[-2000:]
     result = remote_result("org.sam.CE-JobSubmit")
     send(activemq, result)
     assert landed(nagios, result)
