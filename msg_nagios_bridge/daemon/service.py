@@ -76,14 +76,12 @@ class Bridge:
             raise SpoolError(f"spool directory {s.spool.directory} (spool.directory) cannot be created:"
                              f" {exc.strerror}") from None
         _refuse_a_shared_directory(s.spool.directory)
-        known = None
         if s.inbound.enabled:
             self.inbound_spool = self._open_spool(inbound_spool_path(s))
-            known = self._known_objects()
-            # Given the object list from the start, the guard keeps its objects beside it.
+            # Loaded once the core's object list is read (below), to keep its objects beside
+            # that list; until then it looks them up in the spool.
             self.echo = EchoGuard(self.inbound_spool, max_objects=s.inbound.echo_guard_max_objects,
-                                  health=self.health, may_be_echo=self.core.may_be_echo,
-                                  known_objects=known or None)
+                                  health=self.health, may_be_echo=self.core.may_be_echo, load=False)
             # What the subscriber stores, the writer reads back without decoding it again.
             self.results = SpooledResults(keep=SPOOLED_RESULTS_KEPT)
             self.writer = self.core.writer(self.inbound_spool, self.health, self.echo, self.results)
@@ -94,6 +92,10 @@ class Bridge:
             self.publisher.start()
             self._start_outbound_sources()
         if s.inbound.enabled:
+            # After the outbound sources: at grid scale reading the list takes seconds, while
+            # the OCSP FIFO holds about 3,000 results.
+            known = self._known_objects()
+            self.echo.load(known or None)         # unreadable (empty): remember every object
             self.subscriber = Subscriber(s.brokers, s.inbound, self.inbound_spool, self.health, self._policy(known),
                                          self.results)
             self.subscriber.start()
@@ -139,7 +141,7 @@ class Bridge:
         if version != self._objects_version:
             known = self._known_objects()
             if known and self.echo is not None:       # only objects the core has can echo
-                self.echo.known_objects = known
+                self.echo.load(known)
             self.subscriber.policy = self._policy(known)
             log.info("reloaded the object list from %s", source)
 

@@ -188,6 +188,11 @@ class TimedNames:
         i = self._find(value)
         return self._times[i] if i >= 0 else None
 
+    def time_of(self, name: str) -> int:
+        """``name``'s time, or 0 when it has none (every name may be kept here: never -1)."""
+        when = self.get(name)
+        return 0 if when is None else when
+
     def set(self, names: Iterable[str], when: float) -> None:
         """Each of ``names`` now maps to ``when`` (its whole second)."""
         self.set_hashed((self._hash(name), when) for name in names)
@@ -260,8 +265,12 @@ class TimedKnownObjects:
         return self._count
 
     def get(self, name: str) -> Optional[int]:
+        return max(self.time_of(name), 0) or None
+
+    def time_of(self, name: str) -> int:
+        """``name``'s time; 0 when it has none, -1 when it is not a known object (never kept)."""
         i = self.known.place(self.known._hash(name))
-        return (self._times[i] or None) if i >= 0 else None
+        return self._times[i] if i >= 0 else -1
 
     def set(self, names: Iterable[str], when: float) -> None:
         self.set_hashed((self.known._hash(name), when) for name in names)

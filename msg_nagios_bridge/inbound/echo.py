@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, List, Optional, Tuple
 
 from ..daemon.health import Health
 from .compact import KnownObjects, object_text, timed_names_for, whole_second
@@ -67,12 +67,14 @@ class EchoGuard:
     def __init__(self, spool: Optional[Spool] = None, ttl: float = 7 * 86400,
                  refresh: float = 86400, max_objects: int = 1_000_000, health: Optional[Health] = None,
                  may_be_echo: Optional[Callable[[CheckResult], bool]] = None,
-                 known_objects: Optional[Iterable] = None):
+                 known_objects: Optional[Iterable] = None, load: bool = True):
         """With ``spool`` None the guard lives in memory only (tests, tools). ``may_be_echo``
         is the core's echo signal; None takes every result of a remembered object for one.
         ``known_objects``: the (host, service or None) the core defines, or None (not known:
-        remember every object); given here rather than set later, the guard never holds the
-        spool's objects in the larger form first."""
+        remember every object). ``load`` False: the objects are loaded later, by load();
+        until then the guard looks its objects up in the spool (the bridge starts its
+        outbound side before it has read the core's object list, which takes seconds at
+        grid scale, and loads the guard only then, so it never holds the larger form)."""
         self.may_be_echo = may_be_echo
         self.spool = spool
         self.health = health
@@ -81,18 +83,45 @@ class EchoGuard:
         self.max_objects = max_objects
         self.evicted = 0
         self._lock = threading.Lock()
-        self._known = KnownObjects.of(known_objects)
+        self._known: Optional[KnownObjects] = None
         # object name -> when it was last saved (not last injected: at most ``refresh`` older).
-        self._objects = timed_names_for(self._known)
-        if spool is not None:
-            cutoff = time.time() - ttl
-            for rows in spool.each_mark(MARK_KIND, since=cutoff):
-                self._objects.load((_name_of_key(key), at) for key, at in rows)
+        self._objects = timed_names_for(None)
+        self._loaded = spool is None
+        self._noted_while_loading: Optional[List[Tuple[List[str], float]]] = None
+        if load:
+            self.load(known_objects)
+
+    def load(self, known_objects: Optional[Iterable] = None) -> None:
+        """(Re)build the memory for this object list (None: every object) from the spool, the
+        durable copy: an object a shorter list left out (a half-written objects.cache) is
+        back with the next full one. Built beside the memory in use and swapped in whole;
+        what is noted meanwhile is applied to it, so nothing noted is missed."""
+        known = KnownObjects.of(known_objects)
+        fresh = timed_names_for(known)
+        with self._lock:
+            self._noted_while_loading = []
+        try:
+            if self.spool is None:
+                fresh.set_hashed(self._objects.items())   # memory only: all there is
+            else:
+                cutoff = time.time() - self.ttl
+                for rows in self.spool.each_mark(MARK_KIND, since=cutoff):
+                    fresh.load((_name_of_key(key), at) for key, at in rows)
+        except BaseException:
+            with self._lock:
+                self._noted_while_loading = None
+            raise
+        with self._lock:
+            for names, when in self._noted_while_loading:
+                fresh.set(names, when)
+            self._noted_while_loading = None
+            self._known, self._objects, self._loaded = known, fresh, True
+        if self.spool is not None:
             try:
-                spool.forget_marks(MARK_KIND, before=cutoff)
+                self.spool.forget_marks(MARK_KIND, before=cutoff)
             except SpoolError as exc:      # a full disk must not keep the bridge from starting
                 log.warning("cannot delete old echo guard entries now (%s): next start", exc)
-            self._evict(keep_after=float("inf"))          # a smaller limit than last time
+        self._evict(keep_after=float("inf"))          # a smaller limit than last time
 
     @property
     def known_objects(self) -> Optional[KnownObjects]:
@@ -101,34 +130,30 @@ class EchoGuard:
 
     @known_objects.setter
     def known_objects(self, objects: Optional[Iterable]) -> None:
-        """A new object list (the core reloaded): what is remembered of objects it still has
-        moves over; the others can no longer echo."""
-        known = KnownObjects.of(objects)
-        with self._lock:
-            kept = timed_names_for(known)
-            kept.set_hashed(self._objects.items())    # one process, one hash key: the same values
-            self._known, self._objects = known, kept
+        self.load(objects)
 
     def about_to_inject(self, results: Iterable[CheckResult], now: Optional[float] = None) -> int:
         """Note results about to be injected, saving new objects before they return (the
         echo may come back before the write has returned); return how many rows were saved.
-        Raises SpoolError if they cannot be saved (then none is noted)."""
+        With known objects, only those are noted. Raises SpoolError if they cannot be saved
+        (then none is noted)."""
         now = time.time() if now is None else now
-        known = self._known
-        if known is not None:
-            results = [result for result in results if (result.host, result.service) in known]
         # Only the writer thread calls this: the lock guards the memory against the outbound
         # side's lookups, and is not held across the (fsynced) save.
         with self._lock:
             due = {}                                 # spool key -> name in memory
+            objects = self._objects
             for result in results:
                 name = _name(result)
-                if now - _or_never(self._objects.get(name)) >= self.refresh:
+                saved = objects.time_of(name)        # -1: not a known object
+                if saved == 0 or (saved > 0 and now - saved >= self.refresh):
                     due[_key(result)] = name
         if due and self.spool is not None:
             self.spool.save_marks(MARK_KIND, due, now)
         with self._lock:
             self._objects.set(due.values(), now)
+            if self._noted_while_loading is not None:
+                self._noted_while_loading.append((list(due.values()), now))
         if len(self._objects) > self.max_objects:
             self._evict(keep_after=now)
         return len(due)
@@ -170,8 +195,22 @@ class EchoGuard:
         if self.may_be_echo is not None and not self.may_be_echo(result):
             return False
         with self._lock:
-            saved = self._objects.get(_name(result))
-        return saved is not None and time.time() - saved < self.ttl
+            loaded = self._loaded
+            saved = self._objects.time_of(_name(result)) if loaded else 0
+        if not loaded:
+            saved = self._saved_in_spool(result)
+        return saved > 0 and time.time() - saved < self.ttl
+
+    def _saved_in_spool(self, result: CheckResult) -> float:
+        """When the object was last saved, read from the spool (before the first load); 0 if
+        never or when the spool cannot be read (then the result is published: a copy of a
+        result is better than the loss of one)."""
+        try:
+            return self.spool.find_marks(MARK_KIND, [_key(result)]).get(_key(result), 0)
+        except SpoolError as exc:
+            log.warning("echo guard: cannot read the spool (%s): %s/%s published", exc, result.host,
+                        result.service or "")
+            return 0
 
     def __len__(self) -> int:
         return len(self._objects)

@@ -201,6 +201,10 @@ def test_times_beside_known_objects_keep_only_known_names_in_four_bytes_each():
     assert timed.get(object_text(("h", "s"))) == 1_700_000_000 and len(timed) == 1
     assert timed.get(object_text(("other", "s"))) is None, "not a known object: not kept"
     assert timed.get(object_text(("h", None))) is None, "known, never set"
+    assert timed.time_of(object_text(("h", None))) == 0 and timed.time_of(object_text(("other", "s"))) == -1
+    names = TimedNames()                               # TimedNames keeps any name: never -1
+    names.set(["x"], 5.0)
+    assert names.time_of("x") == 5 and names.time_of("y") == 0
     timed.set([object_text(("h", "s")), object_text(("h", None))], 1_700_000_005)
     assert len(timed) == 2 and timed.time_counts() == {1_700_000_005: 2}
     timed.set([object_text(("h2", "s"))], 0.5)            # 0 means none: a time in 1970's first second is 1

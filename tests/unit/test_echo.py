@@ -8,7 +8,7 @@ from contextlib import closing
 import pytest
 
 from msg_nagios_bridge.cores.nagios.core import may_be_echo
-from msg_nagios_bridge.inbound.compact import KnownObjects
+from msg_nagios_bridge.inbound.compact import KnownObjects, object_text
 from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.model import CheckResult, Message
 from msg_nagios_bridge.spool import Spool, SpoolError
@@ -260,6 +260,63 @@ def test_given_known_objects_the_guard_loads_only_those_and_follows_a_new_list(t
         assert len(guard) == 2 and guard(passive("added")) and guard(passive("host-only", None))
         assert not guard(passive("kept"))
         assert guard.about_to_inject([passive("added")], now=RECENT + 2) == 0, "still remembered: no new row"
-        guard.known_objects = None                     # no list any more: every object kept again
+        guard.known_objects = None              # no list any more: every object of the spool again
         assert guard.about_to_inject([passive("anything")], now=RECENT + 3) == 1
-        assert len(guard) == 3 and guard(passive("anything")) and guard(passive("added"))
+        assert len(guard) == 5 and all(guard(passive(name)) for name in ("anything", "added", "kept", "removed"))
+
+
+def test_a_shorter_list_for_a_while_forgets_nothing_the_full_list_has(tmp_path):
+    """Review of 6f47f55: Nagios rewrites objects.cache in place; a list read while it was half
+    written dropped the other objects from the guard for good (their echoes published until
+    each was injected into again). The guard rebuilds from the spool with each list."""
+    path = str(tmp_path / "inbound.sqlite")
+    full = {("a", "s"), ("b", "s")}
+    with Spool(path) as spool:
+        guard = EchoGuard(spool, known_objects=full)
+        guard.about_to_inject([passive("a"), passive("b")], now=RECENT)
+        guard.known_objects = {("a", "s")}         # half written
+        assert not guard(passive("b"))
+        guard.known_objects = full
+        assert guard(passive("a")) and guard(passive("b")) and len(guard) == 2
+    with Spool(path) as spool:                        # the same when the short list came first
+        guard = EchoGuard(spool, known_objects={("a", "s")})
+        assert not guard(passive("b"))
+        guard.known_objects = full
+        assert guard(passive("b"))
+
+
+def test_before_its_objects_are_loaded_the_guard_looks_them_up_in_the_spool(tmp_path):
+    path = str(tmp_path / "inbound.sqlite")
+    with Spool(path) as spool:
+        EchoGuard(spool).about_to_inject([passive("injected")], now=RECENT)
+        guard = EchoGuard(spool, load=False, may_be_echo=may_be_echo)
+        assert len(guard) == 0
+        assert guard(passive("injected")) and not guard(passive("never"))
+        assert not guard(CheckResult(host="injected", service="s", state=0, attributes={"check_type": "ACTIVE"}))
+        assert guard.about_to_inject([passive("early")], now=RECENT + 1) == 1
+        assert guard(passive("early"))
+        guard.load({("injected", "s"), ("early", "s")})
+        assert len(guard) == 2 and guard(passive("injected")) and guard(passive("early"))
+
+
+def test_what_is_noted_while_the_guard_loads_is_in_its_memory_after(tmp_path):
+    path = str(tmp_path / "inbound.sqlite")
+    with Spool(path) as spool:
+        first = EchoGuard(spool)
+        first.about_to_inject([passive(f"h{i}") for i in range(30)], now=RECENT)
+        guard = EchoGuard(spool)
+        reading = spool.each_mark
+
+        def each_mark_while_the_writer_notes(kind, since, chunk=10):
+            for number, rows in enumerate(reading(kind, since, chunk=chunk)):
+                if number == 1:        # the writer injects between two chunks of the read
+                    guard.about_to_inject([passive("during"), passive("h0")], now=RECENT + 90_000)
+                yield rows
+        spool.each_mark = each_mark_while_the_writer_notes
+        guard.load(None)
+        assert guard(passive("during")) and len(guard) == 31
+        assert guard._objects.get(compact_name("h0")) == int(RECENT + 90_000), "refreshed during the load"
+
+
+def compact_name(host, service="s"):
+    return object_text((host, service))
