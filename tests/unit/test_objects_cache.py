@@ -1,4 +1,8 @@
 """Nagios's objects.cache: the object list the inbound policy checks against."""
+import io
+import random
+import time
+
 import pytest
 
 from msg_nagios_bridge.cores.nagios import objects_cache
@@ -88,3 +92,45 @@ def test_objects_cache_with_crlf_and_odd_spacing():
 def test_a_missing_objects_cache_is_an_os_error(tmp_path):
     with pytest.raises(OSError):
         objects_cache.read(str(tmp_path / "nope"))
+
+
+def read_in_blocks(data: bytes, block: int):
+    return frozenset(objects_cache.objects(objects_cache.lines_that_matter(io.BytesIO(data), block)))
+
+
+def test_the_lines_that_matter_give_the_objects_every_line_gives():
+    """objects() over the lines the regex keeps, read in blocks of any size, gives what it gives
+    over every line (parse: the text split on LF), for texts built from the pieces that matter."""
+    rng = random.Random(5)
+    pieces = [b"define ", b"define", b"host", b"service", b" {", b"{", b"}", b"host_name", b"service_description",
+              b"host_name_x", b"\t", b" ", b"\r", b"\n", b"\n", b"\n", b"h1", b"s1", b"\xc3\xa9", b"\xc3", b"\xff",
+              b"\xe2\x80\xa8", b"\x85", b"\x0b"]
+    generated = [b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40))) for _ in range(4000)]
+    shaped = [b"define service {\n\thost_name\th%d\n\tservice_description\ts%d\n\t}\n" % (i, i) for i in range(3)]
+    fixed = [OBJECTS_CACHE.encode(), b"".join(shaped), b"".join(shaped).rstrip(b"\n"), b"\n".join(shaped),
+             b"define host {\nhost_name h\n}", b"  define host {\r\n\t host_name\t\th \r\n }\r\n",
+             b"\r define host {\n\r\thost_name\th\n\r}\n"]        # CRs before the text, too
+    for data in fixed + generated:
+        expected = objects_cache.parse(data.decode("utf-8", "surrogateescape"))
+        for block in (1, 2, 3, 7, 64, objects_cache.BLOCK):
+            assert read_in_blocks(data, block) == expected, (data, block)
+    assert read_in_blocks(b"".join(shaped), 5) == {(f"h{i}", f"s{i}") for i in range(3)}
+
+
+def test_reading_the_objects_is_linear_in_lines_longer_than_a_block():
+    """16 MiB of one line and 16 MiB of empty lines, read 4 KiB at a time: a line longer than
+    a block is joined once, not again with each block (which would copy 32 GB)."""
+    line = b"define service {\n\thost_name\th\n\tservice_description\t" + b"s" * (1 << 24) + b"\n}\n"
+    started = time.monotonic()
+    assert read_in_blocks(line, 4096) == {("h", "s" * (1 << 24))}
+    assert read_in_blocks(b"\n" * (1 << 24), 4096) == frozenset()
+    assert time.monotonic() - started < 5
+
+
+def test_read_and_read_known_both_end_lines_at_lf_only(tmp_path):
+    """Nagios splits on LF only: a CR alone (or U+2028) is part of a name, in both readers."""
+    path = tmp_path / "objects.cache"
+    path.write_bytes(b"define service {\n\thost_name\th\rx\n\tservice_description\ts\xe2\x80\xa8y\n\t}\n")
+    assert objects_cache.read(str(path)) == {("h\rx", "s\u2028y")}
+    assert ("h\rx", "s\u2028y") in objects_cache.read_known(str(path))
+    assert len(objects_cache.read_known(str(path))) == 1
