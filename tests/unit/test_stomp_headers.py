@@ -47,6 +47,16 @@ def test_headers_parse_exactly_as_stomp_py_parses_them():
         "destination": "/queue/a:b", "x": "y"}
 
 
+def test_a_header_name_is_one_object_shared_by_every_frame():
+    """Names are interned as they are parsed: the 500 messages a prefetch holds do not each keep
+    a copy of the same 23 names."""
+    first = connection._parse_frame(b"MESSAGE\nresult_id:1\nnagios_host:a.example\n\nx")
+    second = connection._parse_frame(b"MESSAGE\nresult_id:2\nnagios_host:b.example\n\ny")
+    assert list(first.headers) == list(second.headers) == ["result_id", "nagios_host"]
+    assert all(a is b for a, b in zip(first.headers, second.headers))
+    assert first.headers["result_id"] == "1" and second.headers["nagios_host"] == "b.example"
+
+
 def test_a_huge_header_line_is_parsed_in_linear_time():
     """1 MB without a colon, and 1 MB of escapes: each line is matched once."""
     started = time.monotonic()
