@@ -48,13 +48,26 @@ def test_headers_parse_exactly_as_stomp_py_parses_them():
 
 
 def test_a_header_name_is_one_object_shared_by_every_frame():
-    """Names are interned as they are parsed: the 500 messages a prefetch holds do not each keep
+    """Names are shared as they are parsed: the 500 messages a prefetch holds do not each keep
     a copy of the same 23 names."""
     first = connection._parse_frame(b"MESSAGE\nresult_id:1\nnagios_host:a.example\n\nx")
     second = connection._parse_frame(b"MESSAGE\nresult_id:2\nnagios_host:b.example\n\ny")
     assert list(first.headers) == list(second.headers) == ["result_id", "nagios_host"]
     assert all(a is b for a, b in zip(first.headers, second.headers))
     assert first.headers["result_id"] == "1" and second.headers["nagios_host"] == "b.example"
+
+
+def test_the_shared_names_stay_bounded_whatever_names_senders_make_up():
+    """Made-up names (a new one in every frame, or long ones) are not kept beyond the table's
+    bound: it starts again when full, and a long name is never kept."""
+    for i in range(3 * connection.NAMES_KEPT):
+        connection._parse_frame(b"MESSAGE\nmade-up-%d:v\n\n" % i)
+        assert len(connection._NAMES) <= connection.NAMES_KEPT
+    long_name = "n" * (connection.NAME_KEPT_CHARS + 1)
+    frame = connection._parse_frame(f"MESSAGE\n{long_name}:v\n\n".encode())
+    assert frame.headers == {long_name: "v"} and long_name not in connection._NAMES
+    again = connection._parse_frame(b"MESSAGE\nresult_id:3\n\n")
+    assert again.headers == {"result_id": "3"} and connection._NAMES["result_id"] is next(iter(again.headers))
 
 
 def test_a_huge_header_line_is_parsed_in_linear_time():
