@@ -81,7 +81,8 @@ def _parse_headers(lines, offset=0):
 
 
 _NAMES: Dict[str, str] = {}
-NAMES_KEPT = 1024           # names shared at most; then the table starts again
+NAMES_KEPT = 1024           # names shared; then the table starts again (threads racing at the
+                            # check may each add one more: bounded all the same)
 NAME_KEPT_CHARS = 64        # a longer name is not shared
 
 
@@ -89,7 +90,8 @@ def _shared_name(key: str) -> str:
     """``key``, or the equal str an earlier frame brought: header names repeat in every frame,
     and a grid result's 23 names were 1.3 KB of each message waiting in the prefetch or its
     batch (tracemalloc, 1,000 frames: 3.5 -> 2.2 MB). A table of our own, bounded in names and
-    length, not sys.intern: Python 3.12 made interned strings immortal (CPython issue 113993,
+    length (a sender that sends more made-up names than it holds undoes the sharing, not the
+    bound), not sys.intern: Python 3.12 made interned strings immortal (CPython issue 113993,
     undone in a later 3.12 release), so a sender's made-up names would have stayed for good."""
     name = _NAMES.get(key)
     if name is None:

@@ -117,6 +117,11 @@ def test_the_lines_that_matter_give_the_objects_every_line_gives():
     assert read_in_blocks(b"".join(shaped), 5) == {(f"h{i}", f"s{i}") for i in range(3)}
 
 
+def test_a_block_of_no_bytes_is_an_error_not_an_empty_list():
+    with pytest.raises(ValueError):
+        read_in_blocks(b"define host {\nhost_name h\n}\n", 0)
+
+
 def test_reading_the_objects_is_linear_in_lines_longer_than_a_block():
     """16 MiB of one line and 16 MiB of empty lines, read 4 KiB at a time: a line longer than
     a block is joined once, not again with each block (which would copy 32 GB)."""

@@ -61,6 +61,8 @@ def lines_that_matter(handle: BinaryIO, block: int = BLOCK) -> Iterator[str]:
     lines fall (decoding a line alone gives what decoding the file gives: LF is never part of
     a UTF-8 sequence).
     """
+    if block < 1:
+        raise ValueError(f"block must be at least 1 byte, not {block}")
     rest = b"\n"            # the line not yet ended, from the LF before it (the first line has none)
     pieces = []
     while True:
