@@ -29,14 +29,25 @@ def bench(script, *args, timeout=180):
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        out = _interrupt(proc)
         pytest.fail(f"{script} {' '.join(args)} ran over {timeout} s:\n{out[-4000:]}")
+    except BaseException:       # pytest itself interrupted: the benchmark's servers go with it
+        _interrupt(proc)
+        raise
     assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{out[-4000:]}"
+    return out
+
+
+def _interrupt(proc):
+    """SIGINT (its finally blocks stop the servers it started), then SIGKILL after 60 s; its
+    output. (A SIGINT to pytest's PID alone left a soak benchmark running, with its ActiveMQ,
+    Nagios and bridges.)"""
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
     return out
 
 
