@@ -87,20 +87,17 @@ NAME_KEPT_CHARS = 64        # a longer name is not shared
 
 
 def _shared_name(key: str) -> str:
-    """``key``, or the equal str an earlier frame brought: header names repeat in every frame,
-    and a grid result's 23 names were 1.3 KB of each message waiting in the prefetch or its
-    batch (tracemalloc, 1,000 frames: 3.5 -> 2.2 MB). A table of our own, bounded in names and
+    """``key``, a name not in the table yet, kept there for the next frames (_parse_headers
+    looks it up first): header names repeat in every frame, and a grid result's 23 names were
+    1.3 KB of each message waiting in the prefetch or its batch (tracemalloc, 1,000 frames: 3.5 -> 2.2 MB). A table of our own, bounded in names and
     length (a sender that sends more made-up names than it holds undoes the sharing, not the
     bound), not sys.intern: Python 3.12 made interned strings immortal (CPython issue 113993,
     undone in a later 3.12 release), so a sender's made-up names would have stayed for good."""
-    name = _NAMES.get(key)
-    if name is None:
-        if len(key) > NAME_KEPT_CHARS:
-            return key
+    if len(key) <= NAME_KEPT_CHARS:
         if len(_NAMES) >= NAMES_KEPT:
             _NAMES.clear()      # in place: _parse_headers holds the table
-        name = _NAMES[key] = key
-    return name
+        _NAMES[key] = key
+    return key
 
 
 def _parse_frame(frame: bytes) -> Optional[stomp.utils.Frame]:
