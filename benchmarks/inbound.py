@@ -139,7 +139,7 @@ from tests.sandbox.bridge import Bridge, bridge_config, inbound_config  # noqa: 
 from tests.sandbox.nagios import Nagios, host, passive_service  # noqa: E402
 from tests.sandbox.fifo import write_lines  # noqa: E402
 from tests.sandbox.ports import children_of  # noqa: E402
-from tests.sandbox.procfs import cpu_seconds, peak_rss_mb  # noqa: E402
+from tests.sandbox.procfs import cpu_seconds, peak_rss_mb, thread_cpu  # noqa: E402
 from tests.sandbox.stomp_probe import connect  # noqa: E402
 
 FIELDS = {"siteName": "REMOTE", "gatheredAt": "remote-nagios", "role": "site"}
@@ -713,6 +713,7 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
             if t_first is None and seq > 0:
                 t_first = now
                 cpu_first = cpu_seconds(pid)
+                threads_first = thread_cpu(pid)
             if t_injected is None and injected >= payload.count:
                 t_injected = now
             if reader is not None:
@@ -745,6 +746,8 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
             time.sleep(POLL if t_first is not None else 0.005)
         t_end = time.monotonic()
         r.update(meter.stop())
+        if t_first:
+            r["threads_cpu"] = thread_cpu_between(threads_first, thread_cpu(pid))
         r["bridge_cpu_total"] = cpu_seconds(pid)
         r["bridge_cpu"] = r["bridge_cpu_total"] - (cpu_first if t_first else 0.0)
         r["rss_mb"] = peak_rss_mb(pid)
@@ -775,6 +778,14 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
         r["results_in_files"] = crdir_results(crdir) + crdir_results(crdir / "reaped")
         shutil.rmtree(crdir, ignore_errors=True)
     return r
+
+
+def thread_cpu_between(before, after):
+    """{thread name: CPU seconds between two thread_cpu samples}; threads of one name added up."""
+    used = {}
+    for tid, (name, cpu) in after.items():
+        used[name] = used.get(name, 0.0) + cpu - before.get(tid, (name, 0.0))[1]
+    return used
 
 
 class RawConsumer(stomp.ConnectionListener):
@@ -962,9 +973,13 @@ def _figures(results):
                 r["x_raw"] = msgs / raw[n]
             r["us_per_msg"] = 1e6 * r["bridge_cpu_total"] / max(1, r["count"])
             r["us_per_msg_window"] = 1e6 * r["bridge_cpu"] / max(1, r["count"])
+            r["us_per_msg_threads"] = {name: 1e6 * cpu / max(1, r["count"])
+                                       for name, cpu in r.get("threads_cpu", {}).items()}
         elif "consumer_cpu" in r:
             r["us_per_msg_window"] = 1e6 * r["consumer_cpu"] / max(1, r["count"])
 
+
+BRIDGE_THREADS = ("subscriber", "subscriber-rx", "nagios-writer")
 
 SUMMARY_FIGURES = [
     ("msgs/s", lambda r: None if "latencies" in r else rate_of(r), ",.0f"),
@@ -974,6 +989,9 @@ SUMMARY_FIGURES = [
     ("latency p99 ms", lambda r: r.get("p99_ms"), ".1f"),
     ("us CPU/msg, window", lambda r: r.get("us_per_msg_window"), ".0f"),
     ("us CPU/msg, whole life", lambda r: r.get("us_per_msg"), ".0f"),
+    # The window's CPU by thread (the bridge names its threads: daemon/threadname.py).
+    *((f"  of which {thread}", lambda r, t=thread: r.get("us_per_msg_threads", {}).get(t), ".0f")
+      for thread in BRIDGE_THREADS),
     ("bridge RSS MB", lambda r: r.get("rss_mb"), ".0f"),
 ]
 
@@ -997,6 +1015,10 @@ def _notes(args, r):
     if "results_in_files" in r:
         note.append(f"{r['files']} files holding {r['results_in_files']} results "
                     f"{'ok' if r['results_in_files'] == r['count'] else 'MISMATCH'}")
+    if r.get("us_per_msg_threads"):
+        note.append("us CPU/msg in the window by thread: " + ", ".join(
+            f"{name} {us:.1f}" for name, us in sorted(r["us_per_msg_threads"].items(), key=lambda kv: -kv[1])
+            if us >= 0.05))
     if "counters" in r:
         note.append("counters " + ", ".join(f"{k} {v}" for k, v in r["counters"].items() if v))
     if r.get("dead"):

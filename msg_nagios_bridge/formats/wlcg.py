@@ -134,31 +134,34 @@ def decode(body: str) -> Dict[str, str]:
 
     Raises BadMessage when the text does not end with ``EOT``, a line before
     detailsData is not ``key: value``, or a key repeats. Values are unescaped
-    (unescape_eot).
+    (unescape_eot). Blank lines are skipped.
     """
     text = body.replace("\r\n", "\n").rstrip("\n")
     lines = text.split("\n")
-    if not lines or lines[-1].strip() != "EOT":
+    if lines[-1].strip() != "EOT":
         raise BadMessage("record does not end with an EOT line")
     lines.pop()
     # The only "eot" is the last line's (nearly always): no value has anything to unescape,
     # and the check per value (a lowered copy each) is skipped.
-    unescape = unescape_eot if text.lower().count("eot") > 1 else str
+    escaped = text.lower().count("eot") > 1
     record: Dict[str, str] = {}
     for index, line in enumerate(lines):
-        if not line.strip():
-            continue
         key, sep, value = line.partition(":")
+        if not sep:
+            if line and not line.isspace():     # a blank line is skipped
+                raise BadMessage(f"line {index + 1} is not 'key: value': {line[:60]!r}")
+            continue
         key = key.strip()
-        if not sep or not key or " " in key:
+        if not key or " " in key:
             raise BadMessage(f"line {index + 1} is not 'key: value': {line[:60]!r}")
         if key in record:
             raise BadMessage(f"key {key!r} appears twice")
         if key == "detailsData":
             rest = "\n".join([value[1:] if value.startswith(" ") else value] + lines[index + 1:])
-            record[key] = unescape(rest)
+            record[key] = unescape_eot(rest) if escaped else rest
             break
-        record[key] = unescape(value.strip())
+        value = value.strip()
+        record[key] = unescape_eot(value) if escaped else value
     return record
 
 
@@ -178,24 +181,31 @@ def read_record(text: str) -> Record:
     record = Record()
     if raw.get("encrypted", "").strip().lower() in ("yes", "true", "1"):
         raise Refused("encrypted", "encrypted metric records are not supported")
-    get = lambda key: raw.get(key) or None  # noqa: E731 - an empty value is a missing value
-    record.host_name, record.service_uri = get("hostName"), get("serviceURI")
-    record.nagios_name, record.metric_name = get("nagiosName"), get("metricName")
+    # An empty value is a missing value (``or None``).
+    get = raw.get
+    record.host_name, record.service_uri = get("hostName") or None, get("serviceURI") or None
+    record.nagios_name, record.metric_name = get("nagiosName") or None, get("metricName") or None
     record.is_host = (record.metric_name or record.nagios_name) == HOST_METRIC_NAME
-    record.status = get("metricStatus")
+    record.status = get("metricStatus") or None
     if record.status is None:
         raise Refused("missing-field", "metricStatus is missing")
     stamp = get("timestamp")
-    if stamp is None:
+    if not stamp:
         raise Refused("missing-field", "timestamp is missing")
     record.timestamp = parse_timestamp(stamp)
-    record.output = raw.get("summaryData", "")
-    record.long_output = raw.get("detailsData", "")
-    record.perfdata = raw.get("performanceData") or raw.get("perfdata") or ""
+    record.output = get("summaryData", "")
+    record.long_output = get("detailsData", "")
+    record.perfdata = get("performanceData") or get("perfdata") or ""
     if get("statusType"):
         record.state_type = state_type(raw["statusType"])
-    for field, key in (("site", "siteName"), ("role", "role"), ("vo", "voName"),
-                       ("flavour", "serviceFlavour"), ("gathered_at", "gatheredAt")):
-        if get(key):
-            record.fields[field] = raw[key]
+    fields = record.fields
+    for field, key in _FIELDS:
+        value = get(key)
+        if value:
+            fields[field] = value
     return record
+
+
+# Record.fields from the record's keys.
+_FIELDS = (("site", "siteName"), ("role", "role"), ("vo", "voName"), ("flavour", "serviceFlavour"),
+           ("gathered_at", "gatheredAt"))

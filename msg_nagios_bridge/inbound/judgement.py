@@ -25,7 +25,6 @@ and the result_id, never by header text a sender can vary.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import math
 import typing
@@ -71,15 +70,16 @@ class Verdict:
     result: Optional[CheckResult] = None
     sender: str = ""
     refusal: Optional[Refused] = None
+    # Of the result and the key, made once here: the memory's look-up and its rows read them
+    # several times each (as properties they were a Python call each time).
+    object_key: str = ""              # object_key(result); "" without a result
+    tag: str = ""                     # memory_tag(key); "" without a key
 
-    @property
-    def object_key(self) -> str:
-        return object_key(self.result) if self.result is not None else ""
-
-    @functools.cached_property
-    def tag(self) -> str:
-        """memory_tag of the key, computed once: judging and the spool's row both use it."""
-        return memory_tag(self.key)
+    def __post_init__(self) -> None:
+        if self.result is not None and not self.object_key:
+            object.__setattr__(self, "object_key", object_key(self.result))
+        if self.key and not self.tag:
+            object.__setattr__(self, "tag", memory_tag(self.key))
 
 
 class Memory(typing.Protocol):
@@ -149,9 +149,12 @@ def _ascii_within_limits(headers: typing.Mapping[str, str]) -> bool:
         names, values = "".join(headers), "".join(headers.values())
     except TypeError:
         return False                    # not all text
+    # All names (all values) within one name's (value's) limit: each is, and the longest
+    # need not be looked for (nearly always: a grid result's names take about 200 characters).
     return (names.isascii() and values.isascii() and len(names) + len(values) <= MAX_HEADERS_BYTES
-            and max(map(len, headers), default=0) <= MAX_HEADER_NAME_BYTES
-            and max(map(len, headers.values()), default=0) <= MAX_HEADER_VALUE_BYTES
+            and (len(names) <= MAX_HEADER_NAME_BYTES or max(map(len, headers)) <= MAX_HEADER_NAME_BYTES)
+            and (len(values) <= MAX_HEADER_VALUE_BYTES
+                 or max(map(len, headers.values())) <= MAX_HEADER_VALUE_BYTES)
             and len(headers.get("result_id", "")) <= MAX_RESULT_ID)
 
 

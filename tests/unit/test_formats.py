@@ -6,7 +6,7 @@ import pathlib
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from msg_nagios_bridge.formats import json as json_format
 from msg_nagios_bridge.cores.nagios import result_line
@@ -134,6 +134,58 @@ def test_wlcg_decode_keeps_unknown_keys_and_refuses_broken_records():
         wlcg.decode("metricName: a\nmetricName: b\nEOT")
     with pytest.raises(wlcg.BadMessage, match="key: value"):
         wlcg.decode("not a pair\nEOT")
+
+
+def _reference_wlcg_decode(body):
+    """wlcg.decode as it was before it was made faster (2026-12-06), line by line: the
+    reference the faster one must equal."""
+    text = body.replace("\r\n", "\n").rstrip("\n")
+    lines = text.split("\n")
+    if not lines or lines[-1].strip() != "EOT":
+        raise wlcg.BadMessage("record does not end with an EOT line")
+    lines.pop()
+    unescape = wlcg.unescape_eot if text.lower().count("eot") > 1 else str
+    record = {}
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if not sep or not key or " " in key:
+            raise wlcg.BadMessage(f"line {index + 1} is not 'key: value': {line[:60]!r}")
+        if key in record:
+            raise wlcg.BadMessage(f"key {key!r} appears twice")
+        if key == "detailsData":
+            rest = "\n".join([value[1:] if value.startswith(" ") else value] + lines[index + 1:])
+            record[key] = unescape(rest)
+            break
+        record[key] = unescape(value.strip())
+    return record
+
+
+def _outcome(decode, body):
+    try:
+        return decode(body)
+    except wlcg.BadMessage as exc:
+        return ("BadMessage", str(exc))
+
+
+# Pieces of record lines, chosen to meet every branch: blanks of every kind (str.strip's and
+# others), colons, keys with spaces, repeated keys, detailsData anywhere, EOT (escaped or not).
+RECORD_PIECES = st.sampled_from(["hostName", "metricName", "detailsData", "x", ":", ": ", " ", "\t",
+                                 "\x0b", "\x1c", "\u2028", "\xa0", "\r", "\r\n", "\n", "EOT", ".EOT", "\x0b.EOT",
+                                 "eot", "a b", "", "v"])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.lists(RECORD_PIECES, max_size=6).map("".join), max_size=8).map("\n".join),
+       st.sampled_from(["", "\nEOT", "\nEOT\n", "\n EOT \r\n\n", "EOT"]))
+@example("hostName: x\x0b.EOT", "\nEOT")                  # an escaped EOT inside a one-line value
+@example(" \t\nhostName :\xa0a\xa0\n\x1c\ndetailsData:  d\n.EOT\n", "EOT")
+@example("a b: c", "\nEOT")
+def test_wlcg_decode_equals_the_line_by_line_reference(lines, end):
+    body = lines + end
+    assert _outcome(wlcg.decode, body) == _outcome(_reference_wlcg_decode, body)
 
 
 @pytest.mark.parametrize("brk", list(wlcg._LINE_BREAKS))

@@ -476,3 +476,21 @@ def test_content_type_decides_the_format_when_present():
     assert refused(_json(status=0, epoch=NOW), {"content-type": "text/plain"}) == "no-eot"
     assert decode({"content-type": "application/vnd.x+json"}, b"\n" + _json(status=0, epoch=NOW - 1),
                   now=NOW).state == 0
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"serviceFlavour": "x" * 256}, "field-too-long"),                          # one over the limit
+    ({"serviceFlavour": "é" * 256}, "field-too-long"),                          # non-ASCII, over it
+    ({"serviceFlavour": "x" * 200, "siteName": "y" * 200, "gatheredAt": "z" * 200}, None),  # each within
+    ({"serviceFlavour": "é" * 255}, None),                                      # non-ASCII, within
+])
+def test_attributes_are_checked_each_on_its_own_against_the_limit(changes, reason):
+    """The attributes are checked together when they are short ASCII (nearly always), else one
+    by one: the same verdict either way (2026-12-06)."""
+    body = wlcg_body(**changes)
+    if reason:
+        assert refused(body) == reason
+    else:
+        result = decode({}, body, now=NOW)
+        assert result.attributes["flavour"] == changes["serviceFlavour"]
+
