@@ -41,11 +41,30 @@ class InvalidResult(ValueError):
     """A check result that must not exist: says which field and why."""
 
 
+# Names check_name passed, so that an object's name, checked at every step of each of its
+# results (decoded, made a CheckResult, made a command line), is tested once and then looked
+# up. Only names that passed are kept, as exact str (a subclass could claim to equal one), so
+# what check_name accepts is unchanged. Bounded: started again when full.
+_PASSED: set = set()
+PASSED_KEPT = 4096
+
+
 def check_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a safe Nagios object name, else raise InvalidResult.
 
     Refuses rather than cleans: a renamed object would report on the wrong thing.
     """
+    if type(value) is str and value in _PASSED:
+        return value
+    _check_name(kind, value)
+    if type(value) is str:              # never a subclass: its __eq__ would answer look-ups
+        if len(_PASSED) >= PASSED_KEPT:
+            _PASSED.clear()
+        _PASSED.add(value)
+    return value
+
+
+def _check_name(kind: str, value: str) -> None:
     if not isinstance(value, str):
         raise InvalidResult(f"{kind} must be text, got {type(value).__name__}")
     if not value or value.strip() != value:
@@ -55,7 +74,6 @@ def check_name(kind: str, value: str) -> str:
     bad = _BAD_NAME_CHARS.search(value)
     if bad:
         raise InvalidResult(f"{kind} {value[:80]!r} contains the forbidden character {bad.group()!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)

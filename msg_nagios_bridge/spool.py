@@ -209,8 +209,8 @@ def encode(message: Message) -> Row:
         raise TypeError(f"message {message.message_id!r}: body must be bytes")
     # Inbound entries carry no headers: skip the encoder for them.
     headers = _headers_json(dict(message.headers)) if message.headers else "{}"
-    size = len(message.body) + sum(len(text.encode("utf-8", "surrogatepass"))
-                                   for text in (message.message_id, message.destination, headers))
+    size = len(message.body) + len("".join((message.message_id, message.destination, headers))
+                                   .encode("utf-8", "surrogatepass"))
     return message.message_id, message.destination, headers, message.body, size
 
 

@@ -200,18 +200,25 @@ def _state(record: Record) -> Tuple[int, Optional[str]]:
 
 def _names(record: Record, headers: typing.Mapping[str, str], mapping: Mapping) -> Tuple[str, Optional[str], Dict[str, str]]:
     by_uri = uri_host(record.service_uri) if record.service_uri else None
-    hosts = (by_uri, record.host_name) if mapping.host_from == "serviceURI" else (record.host_name, by_uri)
-    host = next((h for h in hosts if h), None)
+    # The first of each pair that is set (not empty).
+    if mapping.host_from == "serviceURI":
+        host = by_uri or record.host_name or None
+    else:
+        host = record.host_name or by_uri or None
     if host is None:
         raise Refused("missing-field", "no host: serviceURI and hostName are both missing or empty")
-    services = ((record.nagios_name, record.metric_name) if mapping.service_from == "nagiosName"
-                else (record.metric_name, record.nagios_name))
-    service = None if record.is_host else next((s for s in services if s), None)
+    if record.is_host:
+        service = None
+    elif mapping.service_from == "nagiosName":
+        service = record.nagios_name or record.metric_name or None
+    else:
+        service = record.metric_name or record.nagios_name or None
     if service is None and not record.is_host:
         raise Refused("missing-field", "no service: nagiosName and metricName are both missing or empty")
     values = dict(record.fields)
+    get = headers.get if hasattr(headers, "get") else {}.get
     for field in ("site", "role", "vo"):
-        header = headers.get(field) if hasattr(headers, "get") else None
+        header = get(field)
         if field not in values and isinstance(header, str) and header:
             values[field] = text_field(header, f"header {field}")
     values.update(host=host, metric=record.metric_name or record.nagios_name or wlcg.HOST_METRIC_NAME)
@@ -314,7 +321,10 @@ def _result(record: Record, headers: typing.Mapping[str, str], mapping: Mapping,
     if perf_cut:
         long_output += ("\n" if long_output else "") + "perfdata" + marker(perf_cut)
 
-    attributes = {key: values[key] for key in ("site", "role", "vo", "flavour", "gathered_at") if values.get(key)}
+    attributes = {}
+    for key in ("site", "role", "vo", "flavour", "gathered_at"):
+        if values.get(key):
+            attributes[key] = values[key]
     if record.service_uri:
         attributes["uri"] = record.service_uri
     if record.status is not None:

@@ -126,18 +126,29 @@ def check(policy: Policy, result: CheckResult, sender: str) -> None:
     """
     if not isinstance(sender, str) or not sender:
         raise Refused("no-sender", f"result for {_show(_what(result))} has no {policy.sender_header!r} sender")
-    rules = [rule for rule in policy.rules if rule.allows_sender(sender)]
-    if not rules:
+    # The furthest step a rule got to: 1 its sender, 2 and its host, 3 and the service (or a
+    # host result). One loop, stopping at the first rule that allows it all (nearly always the
+    # first rule: a list per step cost a Python call each, every result).
+    furthest = 0
+    for rule in policy.rules:
+        if not rule.allows_sender(sender):
+            continue
+        furthest = max(furthest, 1)
+        if not _matches(result.host, rule.hosts):
+            continue
+        furthest = 2
+        if rule.host_checks if result.service is None else _matches(result.service, rule.services):
+            furthest = 3
+            break
+    if furthest == 0:
         hint = " (the policy has no rules: inbound results are off)" if not policy.rules else ""
         raise Refused("sender-not-allowed", f"sender {_show(sender)} may not send results{hint}")
-    rules = [rule for rule in rules if _matches(result.host, rule.hosts)]
-    if not rules:
+    if furthest == 1:
         raise Refused("host-not-allowed", f"sender {_show(sender)} may not send results for host {_show(result.host)}")
-    if result.service is None:
-        if not any(rule.host_checks for rule in rules):
+    if furthest == 2:
+        if result.service is None:
             raise Refused("host-check-not-allowed",
                           f"sender {_show(sender)} may not send host results for {_show(result.host)}")
-    elif not any(_matches(result.service, rule.services) for rule in rules):
         raise Refused("service-not-allowed", f"sender {_show(sender)} may not send {_show(_what(result))}")
     if policy.known_objects is not None and (result.host, result.service) not in policy.known_objects:
         raise Refused("unknown-object", f"the local monitoring core defines no {_show(_what(result))}")

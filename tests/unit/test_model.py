@@ -109,3 +109,37 @@ def test_spooled_results_refuse_a_body_that_holds_no_result(body, error):
     from msg_nagios_bridge.model import SpooledResults
     with pytest.raises(error):
         SpooledResults(keep=8).decode(body)
+
+
+def test_a_name_checked_once_is_remembered_only_if_it_passed_and_only_as_exact_text():
+    """check_name remembers the names it passed (2026-12-06): a refused name is refused every
+    time, a str subclass that claims to equal a remembered name is checked itself, and the
+    memory is bounded."""
+    from msg_nagios_bridge import model
+    model._PASSED.clear()
+    assert model.check_name("host name", "ce01.example.org") == "ce01.example.org"
+    assert "ce01.example.org" in model._PASSED
+    for _ in range(2):
+        with pytest.raises(InvalidResult, match="forbidden"):
+            model.check_name("host name", "ce01;example")
+    assert "ce01;example" not in model._PASSED
+
+    class ClaimsEquality(str):
+        def __eq__(self, other):
+            return True
+
+        def __hash__(self):
+            return hash("ce01.example.org")
+
+    with pytest.raises(InvalidResult, match="forbidden"):
+        model.check_name("host name", ClaimsEquality("ce01;example"))
+    class Text(str):
+        pass
+
+    model.check_name("host name", Text("fine.example.org"))                # passes, not remembered
+    assert all(type(name) is str for name in model._PASSED)
+    for n in range(model.PASSED_KEPT + 10):
+        model.check_name("service description", f"svc{n}")
+    assert 0 < len(model._PASSED) <= model.PASSED_KEPT
+    with pytest.raises(InvalidResult):
+        CheckResult(host="ce01.example.org", service=" svc", state=0)     # remembered host, bad service

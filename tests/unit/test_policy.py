@@ -122,3 +122,35 @@ def test_check_either_passes_or_refuses_with_a_known_reason(sender, host, patter
         check(policy, CheckResult(host=host, service="s", state=0), sender)
     except Refused as e:
         assert e.reason in ("no-sender", "host-not-allowed")
+
+
+def _reference_check(policy, result, sender):
+    """policy.check's rule steps as they were before it became one loop (2026-12-06): a list
+    of the rules that pass each step. The reference the loop must equal."""
+    from msg_nagios_bridge.inbound.policy import _matches
+    rules = [rule for rule in policy.rules if rule.allows_sender(sender)]
+    if not rules:
+        return "sender-not-allowed"
+    rules = [rule for rule in rules if _matches(result.host, rule.hosts)]
+    if not rules:
+        return "host-not-allowed"
+    if result.service is None:
+        return None if any(rule.host_checks for rule in rules) else "host-check-not-allowed"
+    return None if any(_matches(result.service, rule.services) for rule in rules) else "service-not-allowed"
+
+
+PATTERNS = st.lists(st.sampled_from(["*", "a*", "b", "a"]), min_size=1, max_size=2).map(tuple)
+RULES = st.builds(Rule, senders=PATTERNS, hosts=PATTERNS, services=PATTERNS, host_checks=st.booleans())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(RULES, max_size=4), st.sampled_from(["a", "b", "c"]), st.sampled_from(["a", "ab", "b"]),
+       st.sampled_from([None, "a", "b", "c"]))
+def test_the_refusal_is_the_furthest_step_any_rule_got_to(rules, sender, host, service):
+    result = CheckResult(host=host, service=service, state=0)
+    try:
+        check(Policy(rules=tuple(rules)), result, sender)
+        got = None
+    except Refused as exc:
+        got = exc.reason
+    assert got == _reference_check(Policy(rules=tuple(rules)), result, sender)
