@@ -25,6 +25,7 @@ and the result_id, never by header text a sender can vary.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import typing
@@ -111,9 +112,22 @@ def dedupe_key(identity: str, headers: typing.Mapping[str, str], body: bytes) ->
     result_id, a hash of the body."""
     result_id = headers.get("result_id", "")
     if result_id:
-        scope = hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-        return f"id:{scope}:{result_id}"
+        return f"id:{_scope(identity)}:{result_id}"
     return "body:" + hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def _scope(identity: str) -> str:
+    """The hash of ``identity`` that scopes its result ids. A bridge's senders are few, so the
+    hashes of short identities are remembered (a sender's header can be 32 KiB long: a long one
+    is hashed each time, so that what is kept stays small)."""
+    return _short_scope(identity) if len(identity) <= 256 else _hashed_scope(identity)
+
+
+def _hashed_scope(identity: str) -> str:
+    return hashlib.blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+_short_scope = functools.lru_cache(maxsize=1024)(_hashed_scope)
 
 
 def check_headers(headers: typing.Mapping[str, str]) -> None:

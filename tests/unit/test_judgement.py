@@ -449,3 +449,15 @@ def test_the_memory_forgets_in_bounded_steps_with_the_same_outcome(tmp_path):
                 memory.forget(900.0)
             outcomes.append(memory.recall([obj for obj, _, _ in rows]))
     assert outcomes[0] == outcomes[1] and sorted(outcomes[0]) == [obj for obj, _, _ in rows[2:]]
+
+
+def test_a_dedupe_key_is_the_same_whether_its_sender_hash_was_remembered():
+    """The sender's hash in a dedupe key is remembered for short senders only (2026-12-06): the
+    key is the same either way, and a long sender is not kept."""
+    import hashlib
+    judgement._short_scope.cache_clear()
+    for identity in ("nagios.remote.org", "x" * 256, "y" * 257, "/DC=org/CN=\u00e9"):
+        expected = hashlib.blake2b(identity.encode("utf-8"), digest_size=8).hexdigest()
+        for _ in range(2):
+            assert judgement.dedupe_key(identity, {"result_id": "r1"}, b"") == f"id:{expected}:r1"
+    assert judgement._short_scope.cache_info().currsize == 3

@@ -325,3 +325,24 @@ def test_clean_text_takes_its_shortcut_only_where_the_full_steps_change_nothing(
     for _ in range(5000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 10)))
         assert nc.clean_text(text) == every_step(text), repr(text)
+
+
+@pytest.mark.parametrize("line, clean", [
+    ("[1] X;a;b\n", True),
+    ("[1] X;a\tb\n", True),                 # TAB is kept (not printable: the regex decides)
+    ("[1] X;a\u2028b\u200bc\n", True),       # not printable, not a control character either
+    ("[1] X;a\x1bb\n", False),
+    ("[1] X;a\x85b\n", False),               # C1
+    ("[1] X;a\rb\n", False),
+    ("[1] X;a\x7f\n", False),
+    ("[1] X;a\nb\n", False),
+    ("[1] X;a", False),
+])
+def test_the_last_check_before_the_fifo_passes_only_one_clean_line(line, clean):
+    """_assert_one_line, the belt and braces after command_line's cleaning: all printable text
+    skips the regex, anything else is searched as before (2026-12-06)."""
+    if clean:
+        nc._assert_one_line(line)
+    else:
+        with pytest.raises(nc.CommandRefused, match="internal error"):
+            nc._assert_one_line(line)

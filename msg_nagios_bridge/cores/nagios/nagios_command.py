@@ -175,8 +175,11 @@ def command_line(result: CheckResult, now: int) -> str:
 
 
 def _assert_one_line(line: str) -> None:
-    # Belt and braces: whatever happened above, never hand out a second line.
-    if line.count("\n") != 1 or not line.endswith("\n") or _CONTROL_BUT_NEWLINE.search(line):
+    # Belt and braces: whatever happened above, never hand out a second line. (Text that is all
+    # printable has none of the control characters: the regex, a tenth of the writer's work
+    # a result, looks only at the rest, such as text with a TAB.)
+    if line.count("\n") != 1 or not line.endswith("\n") or (
+            not line[:-1].isprintable() and _CONTROL_BUT_NEWLINE.search(line)):
         raise CommandRefused("internal error: command line is not exactly one clean line")
 
 
