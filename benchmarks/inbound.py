@@ -1117,7 +1117,9 @@ How measured: msgs/s = N / window. nagios fifo: window = first write into Nagios
   -> first message spooled (Python start, config, STOMP connect, subscribe, first batch).
   bridge CPU s: in the window (whole process life); us CPU/msg uses the whole life (Python's
   start included), in the summary also "window": from the first spooled message until the spool
-  was empty (every result handed over, acknowledged and deleted); RSS is VmHWM at the end. bench CPU: this process plus the FIFO reader child.
+  was empty (every result handed over, acknowledged and deleted), and "of which" that window's
+  CPU by the bridge's thread (/proc/PID/task: subscriber, its STOMP reader subscriber-rx, the
+  nagios-writer); RSS is VmHWM at the end. bench CPU: this process plus the FIFO reader child.
   raw stomp.py rows: the same N messages pre-loaded the same way, one stomp.py 9 consumer with
   the bridge's prefetch, no processing; window = first MESSAGE -> the RECEIPT of the last ACK.
   client-individual: an ACK frame per message, sent from the listener; client: one cumulative
