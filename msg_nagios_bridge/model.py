@@ -46,7 +46,7 @@ class InvalidResult(ValueError):
 # up. Only names that passed are kept, as exact str (a subclass could claim to equal one), so
 # what check_name accepts is unchanged. Bounded: started again when full.
 _PASSED: set = set()
-PASSED_KEPT = 4096
+PASSED_KEPT = 1024         # about 100 KB at most: a central bridge at grid scale is near its 50 MB
 
 
 def check_name(kind: str, value: str) -> str:

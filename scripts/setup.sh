@@ -10,8 +10,10 @@ cd "$(dirname "$0")/.."
 # python3-openssl (with python3-cryptography): common on grid boxes, and what made Debian's
 # stomp.py 8.0.0 probe the broker without the client certificate; test_tls.py runs TLS with it.
 # systemd: its systemd-analyze verifies the packaged units (test_package.py), offline.
+# valgrind: benchmarks/instructions.py counts the inbound path's instructions with callgrind.
 packages=(activemq nagios4-core monitoring-plugins-basic python3-venv
-          python3-stomp python3-yaml python3-daemon python3-openssl python3-cryptography systemd)
+          python3-stomp python3-yaml python3-daemon python3-openssl python3-cryptography systemd
+          valgrind)
 updated=0
 missing=()
 for p in "${packages[@]}"; do

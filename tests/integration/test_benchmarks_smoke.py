@@ -134,6 +134,18 @@ def test_icinga2_objects():
         assert re.search(rf"^{re.escape(case)}\s+after - before, MB\s+-?\d+\s+-?\d+\s+-?\d+$", out, re.M), out
 
 
+def test_instructions():
+    """The in-process parts once without valgrind, then a count under callgrind (valgrind is
+    one of scripts/setup.sh's packages): a few hundred thousand instructions a message."""
+    out = bench("instructions.py", "--no-callgrind", "--count", "300", timeout=120)
+    assert_code_recorded(out)
+    for part in ("subscriber", "writer"):
+        assert re.search(rf"^{part}: \d+\.\d us of thread CPU a message \(300 messages", out, re.M), out
+    out = bench("instructions.py", "--part", "subscriber", "--count", "40", "--runs", "1", timeout=300)
+    count = re.search(r"^subscriber: instructions a message: this checkout ([\d,]+) \(", out, re.M)
+    assert count and 50_000 < int(count.group(1).replace(",", "")) < 5_000_000, out
+
+
 def test_sequence():
     out = bench("sequence.py", "--count", "2000", "--runs", "2", timeout=60)
     assert_code_recorded(out)
