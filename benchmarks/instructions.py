@@ -171,8 +171,15 @@ def main() -> int:
     args = parser.parse_args()
     parts = args.part or list(PARTS)
     count = max(1, min(args.count, MESSAGES))
-    # The package (and tests.sandbox) of the checkout being counted; this script's payload.
-    sys.path[:0] = [str(HERE), os.environ.get("MNB_TREE", str(HERE.parent))]
+    # The package (and tests.sandbox) of the checkout being counted, imported before this
+    # script's payload (inbound.py, common.py) puts this checkout first on the path.
+    tree = Path(os.environ.get("MNB_TREE", str(HERE.parent))).resolve()
+    sys.path[:0] = [str(HERE), str(tree)]
+    import msg_nagios_bridge
+    import tests.sandbox.bridge  # noqa: F401
+    counted = Path(msg_nagios_bridge.__file__).resolve()
+    if tree not in counted.parents:
+        raise SystemExit(f"counting {counted}, not the package of {tree}")
     if args.inner:
         run_part(parts[0], args.count)
         return 0
