@@ -747,7 +747,7 @@ def bridge_throughput_case(env: Env, name, writer, to_nagios, prefetch=None, nag
         t_end = time.monotonic()
         r.update(meter.stop())
         if t_first:
-            r["threads_cpu"] = thread_cpu_between(threads_first, thread_cpu(pid))
+            r["cpu_by_thread"] = thread_cpu_between(threads_first, thread_cpu(pid))
         r["bridge_cpu_total"] = cpu_seconds(pid)
         r["bridge_cpu"] = r["bridge_cpu_total"] - (cpu_first if t_first else 0.0)
         r["rss_mb"] = peak_rss_mb(pid)
@@ -974,7 +974,7 @@ def _figures(results):
             r["us_per_msg"] = 1e6 * r["bridge_cpu_total"] / max(1, r["count"])
             r["us_per_msg_window"] = 1e6 * r["bridge_cpu"] / max(1, r["count"])
             r["us_per_msg_threads"] = {name: 1e6 * cpu / max(1, r["count"])
-                                       for name, cpu in r.get("threads_cpu", {}).items()}
+                                       for name, cpu in r.get("cpu_by_thread", {}).items()}
         elif "consumer_cpu" in r:
             r["us_per_msg_window"] = 1e6 * r["consumer_cpu"] / max(1, r["count"])
 
