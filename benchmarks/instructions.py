@@ -112,13 +112,18 @@ def _write(work: Path, settings, spool, results, count: int) -> float:
 
     fifo = work / "nagios.cmd"
     os.mkfifo(fifo)
-    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.DEVNULL)
+    received = work / "received.txt"
+    with open(received, "wb") as out:
+        reader = subprocess.Popen(["cat", str(fifo)], stdout=out)
+    # A writer of our own holds the FIFO open throughout: cat ends at the first EOF, which the
+    # close of the last writer is (a probe that opened and closed it once ended cat before the
+    # writer's first line, and the counts of 2026-12-06 were of a writer finding no reader).
+    keeper = None
     try:
         deadline = time.monotonic() + 10
-        while True:                     # until cat has it open: then a write finds a reader
+        while keeper is None:           # until cat has it open: then a write finds a reader
             try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-                break
+                keeper = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
             except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError("cat did not open the FIFO")
@@ -134,10 +139,18 @@ def _write(work: Path, settings, spool, results, count: int) -> float:
             writer.deliver(entries)
             spool.done([entry.entry_id for entry in entries])
             done += len(entries)
-        return time.thread_time() - start
+        took = time.thread_time() - start
     finally:
-        reader.kill()
-        reader.wait()
+        if keeper is not None:
+            os.close(keeper)
+        try:
+            reader.wait(timeout=30)
+        finally:
+            reader.kill()
+    lines = received.read_bytes().count(b"\n")
+    if lines != count:
+        raise RuntimeError(f"the writer wrote {lines} lines into the FIFO, not {count}")
+    return took
 
 
 def instructions(tree: Path, part: str, count: int) -> int:

@@ -53,6 +53,43 @@ def _result(**changes):
     return CheckResult(**fields)
 
 
+_ODD_VALUES = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
+
+
+_NAMES = st.text("abc.-_ é", min_size=1, max_size=20) | st.text(min_size=1, max_size=40)
+
+
+@given(host=_NAMES, service=st.none() | _NAMES,
+       state=st.integers(0, 3), output=st.text(max_size=60), long_output=st.text(max_size=60),
+       perfdata=st.text(max_size=40), timestamp=st.integers(0, 2**35 - 1) | st.floats(0, 2**35 - 1, exclude_max=True),
+       attempt=st.integers(-2**70, 2**70) | _ODD_VALUES,
+       attributes=st.dictionaries(st.text(max_size=10) | _ODD_VALUES, st.text(max_size=20) | _ODD_VALUES, max_size=4))
+def test_a_result_is_spooled_as_exactly_the_json_dumps_of_its_dict(host, service, state, output, long_output,
+                                                                   perfdata, timestamp, attempt, attributes):
+    """result_json makes the spool's text itself: byte for byte json.dumps's, whatever the
+    text (non-ASCII, controls, lone surrogates) and whatever odd values the fields hold."""
+    import json
+    from msg_nagios_bridge.model import result_json, result_to_dict
+    try:
+        result = CheckResult(host=host, service=service, state=state, output=output, long_output=long_output,
+                             perfdata=perfdata, timestamp=timestamp, attempt=attempt, attributes=attributes)
+    except InvalidResult:
+        return
+    assert result_json(result) == json.dumps(result_to_dict(result))
+
+
+def test_a_result_with_an_int_subclass_state_is_spooled_as_json_dumps_writes_it():
+    import enum
+    import json
+    from msg_nagios_bridge.model import result_json, result_to_dict
+
+    class State(enum.IntEnum):
+        WARNING = 1
+    result = _result(state=State.WARNING, attributes={"a": "\u00e9\x01\ud800", 3: "x"})
+    assert result_json(result) == json.dumps(result_to_dict(result))
+    assert result_json(_result(attempt=True)) == json.dumps(result_to_dict(_result(attempt=True)))
+
+
 @given(host=st.text(min_size=1, max_size=40), service=st.none() | st.text(min_size=1, max_size=40),
        state=st.integers(0, 3), state_type=st.sampled_from(["HARD", "SOFT"]), output=st.text(max_size=60),
        long_output=st.text(max_size=60), perfdata=st.text(max_size=40),
