@@ -75,10 +75,25 @@ def test_interrupt_and_missing_files_give_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 2 and b"Traceback" not in err and err.count(b"\n") == 1, err
     (tmp_path / "c.yaml").write_text(CONFIG + "inbound: {enabled: true, subscriptions: [{destination: /queue/q}],"
                                              " policy: {rules: [{senders: ['*']}]}}\n")
-    proc = run("try-message", "-c", str(tmp_path / "c.yaml"), "-", stdin=subprocess.PIPE)
-    time.sleep(1.5)                                  # reading the message from stdin
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    # The message from a FIFO: our end opens once the command opens its own, after its
+    # imports, so the interrupt comes while it reads (a fixed sleep of 1.5 s sent it during
+    # the imports on a loaded machine: a traceback, or exit 1).
+    fifo = tmp_path / "message"
+    os.mkfifo(fifo)
+    proc = run("try-message", "-c", str(tmp_path / "c.yaml"), str(fifo))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "try-message did not open the FIFO"
+            time.sleep(0.05)
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.close(writer)
     assert proc.returncode == 130 and b"Traceback" not in err, err
 
 
