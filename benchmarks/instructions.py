@@ -142,11 +142,13 @@ def _write(work: Path, settings, spool, results, count: int) -> float:
         took = time.thread_time() - start
     finally:
         if keeper is not None:
-            os.close(keeper)
-        try:
-            reader.wait(timeout=30)
-        finally:
-            reader.kill()
+            os.close(keeper)            # cat's end of file: it ends once it has read every line
+            try:
+                reader.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass                    # the count of lines below says so
+        reader.kill()
+        reader.wait()
     lines = received.read_bytes().count(b"\n")
     if lines != count:
         raise RuntimeError(f"the writer wrote {lines} lines into the FIFO, not {count}")
