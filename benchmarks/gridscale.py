@@ -149,10 +149,10 @@ class RawCentral(Bridge):
     what the sampler reads), the baseline that says whether a step the bridge cannot keep up
     with is the broker's and Nagios's limit too."""
 
-    def __init__(self, workdir, port, destination, prefetch, fifo):
+    def __init__(self, workdir, port, destination, prefetch, fifo, fsync=False):
         super().__init__(workdir, "")
         self.argv = [sys.executable, str(Path(__file__).resolve().parent / "raw_central.py"), str(port),
-                     destination, str(prefetch), str(fifo), str(workdir)]
+                     destination, str(prefetch), str(fifo), str(workdir)] + (["--fsync"] if fsync else [])
 
     def start(self, wait_for=None, timeout=15.0):
         log = open(self.log_path, "ab")
@@ -575,9 +575,10 @@ def run(args, tmp: Path):
             central += f"  prefetch: {args.prefetch}\n"
         if args.ack_delay:
             central += f"  ack_delay: {args.ack_delay}\n"
-        if args.consumer == "raw":
+        if args.consumer != "bridge":
             bridge = RawCentral(work, broker.stomp_port, SUBSCRIPTIONS[args.subscription],
-                                args.prefetch or RAW_PREFETCH, nagios.command_file)
+                                args.prefetch or RAW_PREFETCH, nagios.command_file,
+                                fsync=args.consumer == "raw-fsync")
         else:
             if not args.cold:
                 info["primed_mb"] = grid.prime_echo_guard(work / "spool" / "inbound.sqlite")
@@ -597,7 +598,7 @@ def run(args, tmp: Path):
         time.sleep(5.0)
         info["idle"] = idle.stop()
         info["bridge_idle_rss"] = rss_mb(bridge.pid)
-        watch = RawWatch(bridge) if args.consumer == "raw" else SpoolWatch(work / "spool" / "inbound.sqlite")
+        watch = RawWatch(bridge) if args.consumer != "bridge" else SpoolWatch(work / "spool" / "inbound.sqlite")
         tail = InjectTail(nagios.log_file, tag, schedule.total)
         with on_cpus(far):
             gens = Generators(broker, nprocs, max(1, args.connections // nprocs), grid, schedule, tag,
@@ -704,7 +705,7 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
         f"Machine: load average {info['load_start']} at the start (other processes used "
         f"{info['busy_start']:.2f} CPU s in the second before), {loadavg()} at the end."
         + (f" **Split cores** (--split-cores): the broker and the generators on CPU(s) {info['far']},"
-           f" the central {'consumer' if args.consumer == 'raw' else 'bridge'} and Nagios on {info['near']}"
+           f" the central {'bridge' if args.consumer == 'bridge' else 'consumer'} and Nagios on {info['near']}"
            " (MSG's brokers and sites are other machines)." if args.split_cores else ""),
         "",
         f"- Grid: {grid.sites} sites x {grid.services:,} services = {services:,} passive services "
@@ -724,8 +725,9 @@ def report(args, grid, steps, bounds, sampler, tail, stats, info):
         + (f". **INVALID: the generator fell behind by more than {BEHIND_LIMIT:.0f} s; the rates "
            "below are not the rates asked for.**" if invalid else "."),
         ("- **Central consumer: the raw stomp.py baseline (benchmarks/raw_central.py), not the bridge**:"
-         " no spool, no judging, cumulative acks, whole lines into the FIFO; every 'bridge' below is"
-         " this consumer. " if args.consumer == "raw" else "")
+         " no spool, no judging, cumulative acks, whole lines into the FIFO"
+         + (", each batch appended to a file and fdatasynced before its ack" if args.consumer == "raw-fsync"
+            else "") + "; every 'bridge' below is this consumer. " if args.consumer != "bridge" else "")
         + f"- Central bridge: subscribed to {SUBSCRIPTIONS[args.subscription]}"
         + (" (the broker forwards every site topic into it)" if args.subscription == "queue"
            else " (durable)") + f", prefetch {args.prefetch or f'default ({InboundSettings.prefetch})'}, writer "
@@ -934,7 +936,7 @@ def parse_args():
                         help="inbound.prefetch of the bridge (default: the bridge's default)")
     parser.add_argument("--ack-delay", type=float, default=0.0,
                         help="inbound.ack_delay of the bridge (default 0, the bridge's default)")
-    parser.add_argument("--consumer", choices=("bridge", "raw"), default="bridge",
+    parser.add_argument("--consumer", choices=("bridge", "raw", "raw-fsync"), default="bridge",
                         help="raw: benchmarks/raw_central.py (raw stomp.py into the FIFO, no spool "
                              "or judging) in the central bridge's place, the baseline for the ramp")
     parser.add_argument("--split-cores", action="store_true",
@@ -955,7 +957,7 @@ def parse_args():
     args = parser.parse_args()
     if args.runs < 0:
         parser.error("--runs must be at least 1 (or 0: the default)")
-    if args.consumer == "raw" and (args.write_doc or args.subscription == "durable"):
+    if args.consumer != "bridge" and (args.write_doc or args.subscription == "durable"):
         parser.error("--consumer raw is a baseline: no --write-doc, and only --subscription queue")
     args.rate = args.rate or args.sites * args.services / 300
     args.run_id = uuid.uuid4().hex[:6]

@@ -264,14 +264,17 @@ def test_gridscale():
     assert_all_delivered(out)
 
 
-def test_gridscale_raw_consumer_baseline():
+@pytest.mark.parametrize("consumer", ["raw", "raw-fsync"])
+def test_gridscale_raw_consumer_baseline(consumer):
     """--consumer raw: benchmarks/raw_central.py in the bridge's place takes every result into
-    Nagios, and the report says it is the baseline. With --split-cores: the broker and the
-    generators on one half of the CPUs, the consumer and Nagios on the other."""
+    Nagios, and the report says it is the baseline (raw-fsync: each batch on disk before its
+    ack). With --split-cores: the broker and the generators on one half of the CPUs, the
+    consumer and Nagios on the other."""
     out = bench("gridscale.py", "--duration", "6", "--warmup", "2", "--sites", "2", "--services", "20",
-                "--hosts-per-site", "2", "--rate", "100", "--baseline-count", "500", "--consumer", "raw",
+                "--hosts-per-site", "2", "--rate", "100", "--baseline-count", "500", "--consumer", consumer,
                 "--drain-timeout", "60", "--stall-timeout", "10", "--split-cores")
     assert "**Central consumer: the raw stomp.py baseline (benchmarks/raw_central.py), not the bridge**" in out, out
+    assert ("fdatasynced before its ack" in out) == (consumer == "raw-fsync"), out
     split = re.search(r"\*\*Split cores\*\* \(--split-cores\): the broker and the generators on CPU\(s\) ([\d,]+),"
                       r" the central consumer and Nagios on ([\d,]+) ", out)
     assert split and not set(split[1].split(",")) & set(split[2].split(",")), out

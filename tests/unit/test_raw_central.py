@@ -23,3 +23,17 @@ def test_lines_are_joined_into_writes_of_whole_lines_within_pipe_buf():
     assert all(chunk.endswith(b"\n") for chunk in chunks)
     assert all(len(chunk) <= raw_central.PIPE_BUF for chunk in chunks[:-1])
     assert chunks[-1] == lines[-1]          # a line longer than PIPE_BUF goes alone
+
+
+def test_a_durable_batch_is_appended_after_its_length_and_synced(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(raw_central.os, "fdatasync", lambda fd: synced.append(fd))
+    fd = raw_central.os.open(tmp_path / "raw.log", raw_central.os.O_WRONLY | raw_central.os.O_CREAT
+                             | raw_central.os.O_APPEND)
+    try:
+        raw_central.log_durably(fd, [b"one\nEOT\n", b""])
+        raw_central.log_durably(fd, [b"x" * 70000])
+    finally:
+        raw_central.os.close(fd)
+    assert (tmp_path / "raw.log").read_bytes() == b"8\none\nEOT\n0\n70000\n" + b"x" * 70000
+    assert synced == [fd, fd]
