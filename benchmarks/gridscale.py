@@ -145,9 +145,9 @@ class CentralBroker(ActiveMQ):
 
 
 class RawCentral(Bridge):
-    """--consumer raw: benchmarks/raw_central.py in the bridge's place (its status.json has
-    what the sampler reads), the baseline that says whether a step the bridge cannot keep up
-    with is the broker's and Nagios's limit too."""
+    """--consumer raw or raw-fsync: benchmarks/raw_central.py in the bridge's place (its
+    status.json has what the sampler reads), the baseline that says whether a step the bridge
+    cannot keep up with is the broker's and Nagios's limit too."""
 
     def __init__(self, workdir, port, destination, prefetch, fifo, fsync=False):
         super().__init__(workdir, "")
@@ -938,7 +938,8 @@ def parse_args():
                         help="inbound.ack_delay of the bridge (default 0, the bridge's default)")
     parser.add_argument("--consumer", choices=("bridge", "raw", "raw-fsync"), default="bridge",
                         help="raw: benchmarks/raw_central.py (raw stomp.py into the FIFO, no spool "
-                             "or judging) in the central bridge's place, the baseline for the ramp")
+                             "or judging) in the central bridge's place, the baseline for the ramp; "
+                             "raw-fsync: the same, each batch fdatasynced to a file before its ack")
     parser.add_argument("--split-cores", action="store_true",
                         help="the broker and the generators on one half of the CPUs, the central bridge"
                              " (or raw consumer) and Nagios on the other: MSG's brokers and sites are"

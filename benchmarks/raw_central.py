@@ -79,12 +79,15 @@ def chunks(lines):
         yield chunk
 
 
-def log_durably(fd: int, bodies) -> None:
-    """Append the bodies, each after its length, and wait until they are on disk."""
-    data = b"".join(b"%d\n%s" % (len(body), body) for body in bodies)
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def log_durably(fd: int, bodies) -> None:
+    """Append the bodies, each after its length, and wait until they are on disk."""
+    write_all(fd, b"".join(b"%d\n%s" % (len(body), body) for body in bodies))
     os.fdatasync(fd)
 
 
@@ -126,9 +129,7 @@ def main(argv) -> int:
                     conn.ack(frames[-1].headers["ack"])
                 now = int(time.time())
                 for chunk in chunks(command(frame.body, now) for frame in frames):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, chunk)
                 written += len(frames)
                 if log is None:
                     conn.ack(frames[-1].headers["ack"])
