@@ -126,12 +126,10 @@ class CheckResult:
 
     def identity(self) -> str:
         """A stable id: the same result read twice (after a crash) gets the same id."""
-        digest = hashlib.blake2b(digest_size=16)
-        for part in (self.host, self.service or "", str(self.state), self.state_type,
-                     repr(float(self.timestamp)), self.output, self.long_output, self.perfdata):
-            digest.update(part.encode("utf-8", "surrogateescape"))
-            digest.update(b"\0")
-        return digest.hexdigest()
+        # Each part followed by a NUL, hashed in one piece (the same bytes as a part at a time).
+        text = "\0".join((self.host, self.service or "", str(self.state), self.state_type,
+                          repr(float(self.timestamp)), self.output, self.long_output, self.perfdata))
+        return hashlib.blake2b((text + "\0").encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -312,6 +312,9 @@ def _escaped(text: str) -> str:
     return text
 
 
+_SET_BY_THE_FRAME = ("destination", "content-length")
+
+
 def send_frame(destination: str, body: bytes, headers: Mapping[str, str]) -> bytes:
     """One STOMP 1.2 SEND frame, encoded: what stomp.py's send() writes (escaped headers, a
     content-length). stomp.py stays the STOMP implementation (connect, heart-beats, receipts,
@@ -319,12 +322,19 @@ def send_frame(destination: str, body: bytes, headers: Mapping[str, str]) -> byt
     stomp.py's per-frame work (header merging and copying, sorting, a line encoded at a time,
     then listener calls and a lock per frame) was the largest part of the bridge's outbound
     CPU. Measured: 3.1 us per frame here against 8.6 us for stomp.py's encoding alone."""
-    lines = [f"SEND\ndestination:{_escaped(destination)}\ncontent-length:{len(body)}\n"]
-    for name, value in headers.items():
-        if name not in ("destination", "content-length"):
-            lines.append(f"{_escaped(name)}:{_escaped(str(value))}\n")
-    lines.append("\n")
-    head = "".join(lines)
+    if "destination" in headers or "content-length" in headers:
+        headers = {name: value for name, value in headers.items() if name not in _SET_BY_THE_FRAME}
+    # All the headers as one text, name and value joined by NUL and lines by SOH, escaped in
+    # one go (the escape maps each character on its own, so this is the escape of each part),
+    # then the separators made ":" and newline: a message's 13-16 headers without a Python call
+    # each. Text that holds a NUL or SOH of its own takes the header by header way.
+    lines = "\x01".join([f"{name}\x00{value}" for name, value in headers.items()])
+    count = len(headers)
+    if count and lines.count("\x00") == count and lines.count("\x01") == count - 1:
+        lines = _escaped(lines).replace("\x00", ":").replace("\x01", "\n") + "\n"
+    else:
+        lines = "".join([f"{_escaped(name)}:{_escaped(str(value))}\n" for name, value in headers.items()])
+    head = f"SEND\ndestination:{_escaped(destination)}\ncontent-length:{len(body)}\n{lines}\n"
     if "\0" in head:
         # STOMP has no escape for NUL, which ends a frame: a reader would see two frames.
         head = head.replace("\0", "\ufffd")

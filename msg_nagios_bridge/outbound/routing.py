@@ -26,7 +26,9 @@ _ENCODERS = {"wlcg": (wlcg.encode, "text/plain"), "json": (json_format.encode, "
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    # "*" matches every name (fnmatch's ".*" with DOTALL): the default route's, asked for
+    # every result, without a pattern match each.
+    return "*" in patterns or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def selects(route: Route, result: CheckResult) -> bool:

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from hypothesis import example, given, settings as hypothesis_settings, strategies as st
 
 from msg_nagios_bridge.broker.connection import BrokerConnection
 from msg_nagios_bridge.broker.session import BrokerSession
@@ -290,6 +291,33 @@ def test_a_send_frame_encoded_by_the_bridge_is_what_stomp_py_would_write():
     assert ours.cmd == theirs.cmd == "SEND"
     assert ours.headers == theirs.headers and ours.body == theirs.body == body
     assert ours.headers["odd"] == "a:b\\c\nd\re" and ours.headers["content-length"] == str(len(body))
+
+
+def _send_frame_header_by_header(destination, body, headers):
+    """send_frame as it was written first, each header escaped on its own: the reference."""
+    from msg_nagios_bridge.broker.connection import _escaped
+    lines = [f"SEND\ndestination:{_escaped(destination)}\ncontent-length:{len(body)}\n"]
+    for name, value in headers.items():
+        if name not in ("destination", "content-length"):
+            lines.append(f"{_escaped(name)}:{_escaped(str(value))}\n")
+    lines.append("\n")
+    return "".join(lines).replace("\0", "\ufffd").encode("utf-8") + body + b"\0"
+
+
+# Header text made mostly of what STOMP escapes and of the separators send_frame joins with.
+_HEADER_TEXT = st.lists(st.sampled_from(["\\", "\n", ":", "\r", "\x00", "\x01", "a", "é", "\\c", "\x00:"])
+                        | st.text(max_size=4), max_size=6).map("".join)
+
+
+@hypothesis_settings(max_examples=1500, deadline=None)
+@given(st.dictionaries(_HEADER_TEXT, _HEADER_TEXT | st.integers(), max_size=6), _HEADER_TEXT)
+@example({}, "/queue/q")
+@example({"destination": "/queue/other", "content-length": "9", "a": "b"}, "/queue/q")
+@example({"a\x00b": "c", "d": "e\x01f"}, "/queue/q")
+def test_send_frame_escapes_all_headers_at_once_as_it_does_one_by_one(headers, destination):
+    from msg_nagios_bridge.broker.connection import send_frame
+    body = b"body\x00\n"
+    assert send_frame(destination, body, headers) == _send_frame_header_by_header(destination, body, headers)
 
 
 def test_a_nul_in_a_header_never_ends_the_send_frame():

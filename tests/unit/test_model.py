@@ -180,3 +180,15 @@ def test_a_name_checked_once_is_remembered_only_if_it_passed_and_only_as_exact_t
     assert 0 < len(model._PASSED) <= model.PASSED_KEPT
     with pytest.raises(InvalidResult):
         CheckResult(host="ce01.example.org", service=" svc", state=0)     # remembered host, bad service
+
+
+def test_a_results_id_is_the_one_earlier_versions_gave():
+    """result_id is what receivers drop duplicates by, also across an upgrade: pinned to the
+    ids the code of 2026-12-07 gave (text with a surrogate-escaped byte and non-ASCII, a host
+    check with a fractional time)."""
+    service = CheckResult(host="ce01.example.org", service="org.sam.CE-JobSubmit", state=2,
+                          output="CRITICAL: no \udcff job", long_output="line 1\nline 2 é",
+                          perfdata="t=1.5s;2;3", timestamp=1765000000)
+    host = CheckResult(host="ce01.example.org", service=None, state=0, output="", timestamp=1765000000.25)
+    assert service.identity() == "d724d295b81bae598d625bda904db19a"
+    assert host.identity() == "9d8e86512622abc95b1ae291611dcfbe"

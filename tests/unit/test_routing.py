@@ -31,6 +31,14 @@ def test_hard_only_and_patterns():
     assert not routing.selects(JSON_CE, result(host="test01"))
 
 
+def test_a_star_among_patterns_matches_every_name_and_excludes_every_name():
+    odd = result(host="x.y-z_1", service="a b:c/d*[e]")
+    assert routing.selects(dataclasses.replace(JSON_CE, services=("nothing*", "*")), odd)
+    assert not routing.selects(dataclasses.replace(ALL, exclude_services=("*",)), odd)
+    assert not routing.selects(dataclasses.replace(ALL, exclude_hosts=("other", "*")), odd)
+    assert not routing.selects(dataclasses.replace(JSON_CE, services=("nothing*", "*x")), odd)
+
+
 def test_host_checks_only_where_asked():
     host = result(service=None)
     assert not routing.selects(ALL, host)
