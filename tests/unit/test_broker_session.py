@@ -1,6 +1,7 @@
 """The connect/backoff loop the publisher and subscriber share (broker/session.py), against
 real sockets on 127.0.0.1: a stop ends a connect under way at once, and a worker sleeps on
 its one wake-up (no poll interval between a new message and its SEND)."""
+import enum
 import logging
 import socket
 import threading
@@ -309,9 +310,27 @@ _HEADER_TEXT = st.lists(st.sampled_from(["\\", "\n", ":", "\r", "\x00", "\x01", 
                         | st.text(max_size=4), max_size=6).map("".join)
 
 
+class _TextEnum(str, enum.Enum):
+    A = "a:b"
+
+
+class _Shown:
+    """A value whose format() and str() differ: a header is its str()."""
+    def __format__(self, spec):
+        return "formatted"
+
+    def __str__(self):
+        return "str:\\"
+
+
+_ODD_VALUES = st.sampled_from([_TextEnum.A, enum.IntEnum("N", "ONE").ONE, _Shown(), 1.5, None, True])
+
+
 @hypothesis_settings(max_examples=1500, deadline=None)
-@given(st.dictionaries(_HEADER_TEXT, _HEADER_TEXT | st.integers(), max_size=6), _HEADER_TEXT)
+@given(st.dictionaries(_HEADER_TEXT, _HEADER_TEXT | st.integers() | _ODD_VALUES, max_size=6),
+       _HEADER_TEXT)
 @example({}, "/queue/q")
+@example({"k": _TextEnum.A, "f": _Shown()}, "/queue/q")
 @example({"destination": "/queue/other", "content-length": "9", "a": "b"}, "/queue/q")
 @example({"a\x00b": "c", "d": "e\x01f"}, "/queue/q")
 def test_send_frame_escapes_all_headers_at_once_as_it_does_one_by_one(headers, destination):
