@@ -254,8 +254,8 @@ class Publisher(threading.Thread):
         with self.broker.corked():
             self.broker.begin(transaction)
             for entry in entries:
-                headers = dict(entry.message.headers, transaction=transaction)
-                self.broker.send(entry.message.destination, entry.message.body, headers)
+                self.broker.send_stored(entry.message.destination, entry.message.body, entry.message.headers,
+                                        "transaction", transaction)
             self.broker.commit(transaction, receipt)
         self._track(receipt, entries)
 
@@ -267,8 +267,8 @@ class Publisher(threading.Thread):
         with self.broker.corked():
             for entry in entries:
                 receipt = self._next_receipt()
-                self.broker.send(entry.message.destination, entry.message.body,
-                                 dict(entry.message.headers, receipt=receipt))
+                self.broker.send_stored(entry.message.destination, entry.message.body, entry.message.headers,
+                                        "receipt", receipt)
                 receipts.append((receipt, entry))
             for receipt, entry in receipts:
                 self._track(receipt, [entry])
@@ -279,8 +279,8 @@ class Publisher(threading.Thread):
         for index, entry in enumerate(entries):
             receipt = self._next_receipt()
             try:
-                self.broker.send(entry.message.destination, entry.message.body,
-                                 dict(entry.message.headers, receipt=receipt))
+                self.broker.send_stored(entry.message.destination, entry.message.body, entry.message.headers,
+                                        "receipt", receipt)
             except BaseException:
                 # The ones before this are tracked in flight (given back with them); the caller
                 # gives back what is left in ``entries``: this one and the rest, once each.

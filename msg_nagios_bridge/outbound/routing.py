@@ -44,19 +44,32 @@ def selects(route: Route, result: CheckResult) -> bool:
     return _matches(result.service, route.services) and not _matches(result.service, route.exclude_services)
 
 
+# The destination fields that come from the site, the same for every result.
+_SITE_FIELDS = frozenset({"site", "role", "vo"})
+
+
 def destination(route: Route, site: Site, result: CheckResult) -> str:
     """Fill the route's template; every value has dots and wildcards made ``_``."""
-    values = {
-        "site": site.name,
-        "role": site.role,
-        "vo": site.vo or "none",
-        "host": result.host,
-        "service": result.service or wlcg.HOST_METRIC_NAME,
-        "flavour": result.attributes.get("flavour", "unknown"),
-        "status": wlcg.metric_status(result),
-    }
-    safe = {key: _UNSAFE_IN_DESTINATION.sub("_", values[key]) for key in _template_fields(route.destination)}
-    return route.destination.format(**safe)
+    if _SITE_FIELDS.issuperset(_template_fields(route.destination)):
+        return _site_destination(route.destination, site)      # the same for every result
+    values = dict(_site_values(site), host=result.host, service=result.service or wlcg.HOST_METRIC_NAME,
+                  flavour=result.attributes.get("flavour", "unknown"), status=wlcg.metric_status(result))
+    return _fill(route.destination, values)
+
+
+def _site_values(site: Site) -> Dict[str, str]:
+    return {"site": site.name, "role": site.role, "vo": site.vo or "none"}
+
+
+@functools.lru_cache(maxsize=64)
+def _site_destination(template: str, site: Site) -> str:
+    """A template with only the site's fields, filled: made once, not for every result."""
+    return _fill(template, _site_values(site))
+
+
+def _fill(template: str, values: Mapping[str, str]) -> str:
+    safe = {key: _UNSAFE_IN_DESTINATION.sub("_", values[key]) for key in _template_fields(template)}
+    return template.format(**safe)
 
 
 @functools.lru_cache(maxsize=64)

@@ -136,6 +136,9 @@ class CorkingBroker:
         assert self.pending is not None, "a SEND outside a corked block"
         self.pending.append(headers)
 
+    def send_stored(self, destination, body, headers, name, value):
+        self.send(destination, body, dict(headers, **{name: value}))
+
     def begin(self, transaction):
         self.transactions += 1
 

@@ -122,6 +122,10 @@ class AcceptingBroker:
         self.replies.append((kind, headers, ""))
         self.events.wakeup.set()
 
+    def send_stored(self, destination, body, headers, name, value):
+        """What BrokerConnection.send_stored sends (its frame: test_broker_session.py)."""
+        self.send(destination, body, dict(headers, **{name: value}))
+
     def send(self, destination, body, headers):
         refused = self.refuses(body)
         if "receipt" in headers:

@@ -1,5 +1,6 @@
 """Routing: selection, destination templates, headers, stable ids."""
 import dataclasses
+import re
 
 from msg_nagios_bridge import config
 from msg_nagios_bridge.outbound import routing
@@ -55,6 +56,23 @@ def test_destination_makes_dots_and_wildcards_safe():
     assert routing.destination(ALL, SETTINGS.site, result()) == "/topic/grid.probe.metricOutput.EGEE.site.CERN_PROD"
     weird = result(host="a*b>c", service="x y.z")
     assert routing.destination(JSON_CE, SETTINGS.site, weird) == "/queue/ce.a_b_c.x_y_z"
+
+
+def test_a_destination_of_the_site_fields_only_is_made_once_a_site_and_is_what_filling_it_gives():
+    """Templates with only {site}, {role} and {vo} are filled once a site (cached): each site,
+    each template, gets what filling all seven fields made safe gives."""
+    def filled(template, site, one):
+        values = {"site": site.name, "role": site.role, "vo": site.vo or "none", "host": one.host,
+                  "service": one.service, "flavour": "unknown", "status": "OK"}
+        return template.format(**{key: re.sub(r"[.\s*>,/:;\\\x00-\x1f\x7f]", "_", value) for key, value in values.items()})
+    sites = [SETTINGS.site, dataclasses.replace(SETTINGS.site, name="A.B*C", role="r>1", vo=""),
+             dataclasses.replace(SETTINGS.site, name="D,E/F", vo="v.o")]
+    for template in ("/queue/x", "/topic/a.{site}", "/topic/{role}.{vo}.{site}.{site}", "/queue/{vo}",
+                     "/queue/{site}.{host}", "/queue/{service}.{role}"):
+        route = dataclasses.replace(ALL, destination=template)
+        for site in sites:
+            for one in (result(), result(host="h.2", service="s*3")):
+                assert routing.destination(route, site, one) == filled(template, site, one), (template, site)
 
 
 def test_destination_keeps_control_characters_of_custom_variables_out():

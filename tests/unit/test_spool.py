@@ -1,6 +1,8 @@
 """The spool against real SQLite files in tmp_path: no mocks of the thing under test."""
 from __future__ import annotations
 
+import enum
+import json
 import os
 import random
 import re
@@ -17,11 +19,11 @@ import time
 from contextlib import closing
 
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from msg_nagios_bridge.model import Message
-from msg_nagios_bridge.spool import Spool, SpoolError, SpoolFull, SpoolUnavailable, encode
+from msg_nagios_bridge.spool import Spool, SpoolError, SpoolFull, SpoolUnavailable, encode, headers_dict, headers_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -75,6 +77,40 @@ def test_message_round_trips_unchanged(spool):
     (entry,) = spool.take(1)
     assert entry.message == original
     assert entry.attempts == 0
+
+
+# Text made mostly of what JSON escapes, of the separators headers_text joins with, and of
+# escapes' look-alikes.
+_JSON_TEXT = st.lists(st.sampled_from(['"', "\\", '":"', '","', "\\u0022", "\x00", "\x7f", "\n", "é", "\ud800",
+                                       "\U0001f600", "a"]) | st.text(max_size=4), max_size=6).map("".join)
+
+
+class _TextEnum(str, enum.Enum):
+    A = 'a"b'
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.dictionaries(_JSON_TEXT, _JSON_TEXT | st.sampled_from([_TextEnum.A, 1, 1.5, None, True]), max_size=8))
+@example({"persistent": "true", "site": "S", "host": "h.example.org"})
+@example({"a": 'x","y'})
+def test_headers_are_stored_as_the_json_encoder_writes_them_and_read_back_as_json_reads_them(headers):
+    """headers_text joins plain headers itself: its text is the encoder's, byte for byte; and
+    headers_dict reads it back as json.loads does."""
+    text = headers_text(headers)
+    assert text == json.dumps(headers, separators=(",", ":"), sort_keys=True)
+    assert headers_dict(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ['{"a":"b"}', ' {"a":"b"}', '{"a":"b"} ', '{ "a" : "b" }\n', "[1]", '"x"',
+                                  '{"a":"b"}x', '{"a":', "", "{}", '{"a":"b","a":"c"}'])
+def test_stored_headers_are_read_as_json_loads_reads_them_blanks_and_errors_included(text):
+    try:
+        expected = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            headers_dict(text)
+    else:
+        assert headers_dict(text) == expected
 
 
 def test_done_deletes_durably(spool):

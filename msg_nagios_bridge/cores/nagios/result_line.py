@@ -91,6 +91,8 @@ def _unescape_long_output(text: str) -> str:
     """Undo Nagios's escape_newlines (backslash -> two backslashes, newline -> backslash n),
     in one pass: ``C:\\\\new`` is ``C:\\new``, not ``C:`` + a line break + ``ew``. A backslash
     before anything else (which escape_newlines never writes) is kept as it is."""
+    if "\\" not in text:      # nearly every result: nothing to undo, no regex call
+        return text.strip("\n")
     return _NAGIOS_ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else "\\", text).strip("\n")
 
 
