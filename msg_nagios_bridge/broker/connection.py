@@ -981,8 +981,9 @@ class BrokerConnection:
         """send(destination, body, dict(headers, name=value)), for headers taken from the spool:
         encoded from their stored text where it can be (send_frame_stored)."""
         assert self.conn is not None
+        stored = getattr(headers, "stored_json", None)
         frame = None
-        if kinds.outgoing_headers(self.settings.kind, headers) is headers:       # nothing to add
+        if stored is not None and kinds.adds_no_headers(self.settings.kind, stored):
             frame = send_frame_stored(destination, body, headers, name, value)
         if frame is None:
             self.send(destination, body, dict(headers, **{name: value}))

@@ -76,6 +76,13 @@ def subscribe_headers(kind: str, index: int, destination: str, selector: str, du
     return str(index), headers
 
 
+def adds_no_headers(kind: str, stored_json: str) -> bool:
+    """True if outgoing_headers leaves the headers of ``kind`` whose JSON text, as the spool
+    writes it (spool.headers_text), is ``stored_json`` as they are, without reading the text
+    (send_frame_stored refuses any other text)."""
+    return kind != RABBITMQ or '"expires":' not in stored_json
+
+
 def outgoing_headers(kind: str, headers: Mapping[str, str], now_ms: Optional[int] = None) -> Mapping[str, str]:
     """A SEND's headers for ``kind``: on RabbitMQ an ``expires`` (absolute, ms) also becomes
     ``expiration`` (the time left, ms, at the moment of sending)."""

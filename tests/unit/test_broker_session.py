@@ -269,6 +269,48 @@ def test_the_acks_of_a_batch_go_out_in_one_write(monkeypatch):
         broker.close()
 
 
+@pytest.mark.parametrize("kind", ["activemq", "rabbitmq"])
+def test_messages_taken_from_a_numbered_spool_reach_the_socket_with_their_headers(tmp_path, kind):
+    """BrokerConnection.send_stored on entries as the publisher takes them (numbered by put(),
+    their headers left as stored text): each SEND carries the message's headers, its number and
+    the added header, whether made from the text or from the headers read back; on RabbitMQ an
+    ``expires`` also gives an ``expiration``."""
+    import stomp.utils
+    from msg_nagios_bridge.broker import kinds
+    server = TinyStompServer()
+    broker = BrokerConnection(settings(server.port, kind=kind))
+    spool = Spool(str(tmp_path / "spool.sqlite"))
+    later = str(int(time.time() * 1000) + 600_000)
+    header_sets = [{"persistent": "true", "route": "r", "site": "S"}, {"route": "r", "vo": "é"},
+                   {"route": "r", "note": "a:b", "odd": ":"}, {"route": "r", "expires": later},
+                   {"route": "r", "expires": "0"}, {"route": "r", "receipt": "theirs"}, {"a\\b": "c"}, {}]
+    spool.put([Message(f"m{i}", "/queue/q", headers, b"body %d" % i) for i, headers in enumerate(header_sets)],
+              numbered=True)
+    assert broker.connect() is None
+    try:
+        entries = spool.take(100)
+        for entry in entries:
+            broker.send_stored(entry.message.destination, entry.message.body, entry.message.headers,
+                               "receipt", f"r-{entry.entry_id}")
+        assert wait_until(lambda: len(server.frames(b"SEND")) == len(header_sets), 5)
+        numbers = []
+        for entry, frame in zip(entries, server.frames(b"SEND")):
+            parsed = stomp.utils.parse_frame(frame.lstrip(b"\n"))
+            expected = dict(entry.message.headers, receipt=f"r-{entry.entry_id}")
+            if "route" in expected:
+                numbers.append(int(parsed.headers["route_seq"].rpartition(":")[2]))
+            sent = dict(parsed.headers)
+            if kind == "rabbitmq" and expected.get("expires", "0") != "0":
+                assert 0 < int(sent.pop("expiration")) <= 600_000
+            assert sent == dict(expected, destination="/queue/q", **{"content-length": str(len(entry.message.body))})
+            assert parsed.body == entry.message.body
+        assert numbers == list(range(1, 7))                     # numbered by put(), in order
+        assert kinds.adds_no_headers(kind, '{"expires":"1"}') == (kind != "rabbitmq")
+    finally:
+        broker.close()
+        spool.close()
+
+
 def test_a_send_frame_encoded_by_the_bridge_is_what_stomp_py_would_write():
     """The publisher's SENDs (send_frame) parse, with stomp.py's own parser, to the headers and
     body stomp.py's send() writes, hostile header text included."""
