@@ -464,7 +464,7 @@ PROFILE_STAGES = [
     ("spool.take (SELECT)", "msg_nagios_bridge.spool:Spool.take"),
     ("spool.done (DELETE + fsync)", "msg_nagios_bridge.spool:Spool.done"),
     ("intake.spool_lines (parse+route+put)", "msg_nagios_bridge.outbound.intake:Intake.spool_lines"),
-    ("broker.send (stomp.py SEND)", "msg_nagios_bridge.broker.connection:BrokerConnection.send"),
+    ("broker.send_stored (SEND frame)", "msg_nagios_bridge.broker.connection:BrokerConnection.send_stored"),
 ]
 
 

@@ -205,7 +205,7 @@ def test_outbound_profile():
     assert "=== profile perfdata: 300 results in" in out, out
     assert "no longer in the code" not in out, out     # every stage named still exists
     assert_rows(out, ["thread"])
-    assert re.search(r"^  publisher #\d+ +broker\.send \(stomp\.py SEND\) +300 ", out, re.M), out
+    assert re.search(r"^  publisher #\d+ +broker\.send_stored \(SEND frame\) +300 ", out, re.M), out
     assert re.search(r"^--- thread publisher #\d+: [\d.]+ s profiled ---$", out, re.M), out
 
 
