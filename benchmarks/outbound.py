@@ -15,8 +15,10 @@ msgs/s, of the ratio to the 1a baseline of the same run, of CPU per message and 
 marks the cases during which other processes used > 25% of a CPU ("disturbed"); the header
 records the commit ("+dirty" when the tree differs from it) and the date.
 
-  warm-up  (once, before run 1) raw: max(5000, N/2) without receipts, 3000 with receipts in flight, 3000 in
-           transactions (not reported; the broker's JIT otherwise penalises the first case)
+  warm-up  (once, before run 1) raw: max(5000, N/2) without receipts, twice that with the bridge's
+           headers, 3000 with receipts in flight, 3000 in transactions, twice max(5000, N/2) in
+           transactions with the bridge's frame headers (not reported; the broker's JIT
+           otherwise penalises the first run's cases)
   1a       raw stomp.py 9 Connection12, persistent SEND to a queue, no receipts; then ONE final
            SEND with a receipt. Timed from the first SEND until that receipt: the broker handles
            a connection's frames in order, so the receipt proves all N+1 were stored.
@@ -649,11 +651,16 @@ def run(args, tmp: Path, started: float):
         q = lambda name: f"/queue/bench.{name}.{args.run_id}"
         timeout = args.case_timeout
 
-        # The broker's JIT needs warming on every path measured, or the first case pays for it.
+        # The broker's JIT needs warming on every path measured, or the first case pays for it:
+        # the bridge's headers too (JMS properties), or run 1's 1a+hdr, the baseline of point 3,
+        # ran cold at 11,200-12,500 msgs/s against 14,800-16,600 in runs 2 and 3 (2026-12-07,
+        # 4 sets), and every --runs 1 set it against a cold baseline.
         warm_n = max(5000, args.count // 2)
         warm = [raw_no_receipts(broker, q("warmup"), warm_n, body, plain, timeout),
+                raw_no_receipts(broker, q("warmup"), 2 * warm_n, body, bridge_headers, timeout),
                 raw_receipt_window(broker, q("warmup"), 3000, body, plain, timeout, window=1000),
-                raw_transactions(broker, q("warmup"), 3000, body, plain, timeout, batch=500)]
+                raw_transactions(broker, q("warmup"), 3000, body, plain, timeout, batch=500),
+                raw_transactions(broker, q("warmup"), 2 * warm_n, body, frame_headers, timeout, batch=500)]
         drain(broker, q("warmup"), sum(r["count"] for r in warm), timeout)
         print("warm-up (not reported): " + ", ".join(f"{rate(r):,.0f}" for r in warm) + " msgs/s",
               flush=True)
