@@ -367,8 +367,9 @@ def send_frame_stored(destination: str, body: bytes, headers: Mapping[str, str],
     when that text is plain (_PLAIN_STORED) and holds neither ``name`` nor a header the
     frame sets itself; else None. A plain text's header lines are the text itself, the
     values' colons escaped and the separators made a colon and a newline: less work a
-    message than reading the JSON and encoding the dict (docs/performance.md). Byte for byte send_frame's frame
-    (tests/unit/test_broker_session.py); the text comes from a dict, so no name repeats."""
+    message than reading the JSON and encoding the dict (docs/performance.md). Byte for
+    byte send_frame's frame (tests/unit/test_broker_session.py); the text comes from a dict,
+    so no name repeats."""
     text = getattr(headers, "stored_json", None)
     if (type(text) is not str or _PLAIN_STORED.fullmatch(text) is None or f'"{name}":' in text
             or '"destination":' in text or '"content-length":' in text):
