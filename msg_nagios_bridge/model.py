@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import threading
-from typing import Mapping, Optional, Tuple
+from typing import Mapping, NamedTuple, Optional, Tuple
 
 SERVICE_STATES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 HOST_STATES = ("UP", "DOWN", "UNREACHABLE")
@@ -132,9 +132,12 @@ class CheckResult:
         return hashlib.blake2b((text + "\0").encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
-@dataclasses.dataclass(frozen=True)
-class Message:
-    """A STOMP message ready to send: destination, headers, body (bytes)."""
+class Message(NamedTuple):
+    """A STOMP message ready to send: destination, headers, body (bytes).
+
+    A NamedTuple, not a frozen dataclass: one is made per result on the way out and one per
+    entry taken from the spool, and a frozen dataclass's __init__ (a setattr per field) cost
+    about eight times a tuple's (0.54 against 0.07 µs)."""
 
     message_id: str
     destination: str

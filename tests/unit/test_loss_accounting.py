@@ -509,6 +509,9 @@ def test_each_route_is_numbered_from_one_and_duplicates_take_no_number(tmp_path)
     with Spool(str(tmp_path / "out.sqlite")) as spool:
         assert spool.put([out(1), out(2, "other"), out(1), out(3)], numbered=True) == 3
         assert spool.put([out(3), out(4), out(5, "other")], numbered=True) == 2
+        stats = spool.stats()
+        assert (stats.put, stats.duplicates, stats.depth) == (5, 2, 5)
+        assert stats.bytes == spool._db.execute("SELECT sum(size) FROM messages").fetchone()[0] > 0
         got = numbers(spool)
     assert [(route, seq) for route, seq, _ in got] == [
         ("central", "1"), ("other", "1"), ("central", "2"), ("central", "3"), ("other", "2")]
