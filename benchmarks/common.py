@@ -74,9 +74,48 @@ def all_processes():
     return out
 
 
+# -- the machine's own speed -------------------------------------------------------------------
+# The host of a virtual machine may run its CPUs slower for a while (other guests): no process of
+# this machine shows it, and every figure of that while is off. On 2026-12-07 a fixed loop here
+# took 7 ms or 10.5-11 ms, changing every few seconds, with the machine otherwise idle. Each
+# Meter times the loop at its start and stop: a case whose loops took more than SLOW_FACTOR
+# times the fastest of the benchmark is disturbed too ("slow host").
+PROBE_LOOPS = 100_000
+SLOW_FACTOR = 1.3
+_probes: list = []          # every probe's ms, in order
+
+
+def speed_probe() -> float:
+    """ms of this thread's CPU for PROBE_LOOPS additions in Python (kept for slow/speed_line)."""
+    start = time.thread_time()
+    total = 0
+    for number in range(PROBE_LOOPS):
+        total += number
+    took = (time.thread_time() - start) * 1000
+    _probes.append(took)
+    return took
+
+
+def slow(r) -> bool:
+    """Whether a case's loops (a Meter's "probe_ms", the mean of its two) took more than
+    SLOW_FACTOR times the fastest loop of this benchmark so far."""
+    probe = r.get("probe_ms")
+    return probe is not None and probe > SLOW_FACTOR * min(_probes, default=probe)
+
+
+def speed_line() -> str:
+    """The probes of this benchmark so far, in one line."""
+    if not _probes:
+        return "machine speed: not probed"
+    return (f"machine speed: a fixed loop ({PROBE_LOOPS:,} additions) took {min(_probes):.1f} ms at the"
+            f" fastest, median {statistics.median(_probes):.1f}, max {max(_probes):.1f}, over {len(_probes)}"
+            f" probes (two a case); a case whose two took > {SLOW_FACTOR}x the fastest is disturbed (slow host)")
+
+
 class Meter:
     """CPU seconds over a window: "<group>_cpu" per group of PIDs, "bench_cpu" (this process),
-    "other_cpu" (everything else) and "window". With ``detail``, also the kernel's share
+    "other_cpu" (everything else) and "window"; "probe_ms", the machine's speed at the start and
+    the stop (speed_probe, outside the window). With ``detail``, also the kernel's share
     ("softirq_cpu", "steal_cpu") and the 3 busiest other processes ("other_top"). The groups
     named in ``with_children`` also count the CPU of their waited-for children; with
     ``bench_children``, "bench_cpu" counts this process's waited-for children too (servers a
@@ -86,6 +125,7 @@ class Meter:
         self.groups = {name: [p for p in pids if p] for name, pids in groups.items()}
         self.detail, self.with_children = detail, set(with_children)
         self.bench_children = bench_children
+        self.probe_start = speed_probe()
         self.t0 = time.monotonic()
         if detail:
             self.procs = all_processes()
@@ -104,6 +144,7 @@ class Meter:
         out = {f"{k}_cpu": end[k] - self.start[k] for k in end if k != "busy"}
         out["other_cpu"] = max(0.0, (end["busy"] - self.start["busy"]) - sum(out.values()))
         out["window"] = time.monotonic() - self.t0
+        out["probe_ms"] = (self.probe_start + speed_probe()) / 2
         if not self.detail:
             return out
         fields = [b - a for a, b in zip(self.fields, system_fields())]
@@ -252,11 +293,20 @@ BUSY_SHARE = 0.25      # other processes using more than this share of one CPU d
 BUSY_FLOOR = 0.05      # CPU seconds: /proc counts in 10 ms ticks, one tick in a 30 ms case is not "busy"
 
 
-def disturbed(r) -> bool:
+def busy_others(r) -> bool:
     """Whether other processes used > 25% of a CPU during a case (a Meter's "other_cpu" over
     its "window"), and more than 0.05 CPU seconds in all (below that it is tick rounding)."""
     other = r.get("other_cpu", 0.0)
     return other > BUSY_FLOOR and other > BUSY_SHARE * r.get("window", r.get("seconds", 0.0))
+
+
+def disturbed(r) -> bool:
+    """Whether other processes were busy during a case (busy_others) or the host ran this
+    machine slow (slow)."""
+    return busy_others(r) or slow(r)
+
+
+DISTURBED = f"other processes > 25% of a CPU, or a slow host (a fixed loop > {SLOW_FACTOR}x its fastest)"
 
 
 INTERLEAVED = "interleaved: each run measures every case once, in order"
@@ -292,18 +342,20 @@ def print_summary(cases, figures, runs: int, unit: str = "run", how: str = INTER
                           _formatted(min(values), fmt), _formatted(max(values), fmt), *per_run))
             first = False
     print(f"\nsummary over {runs} {unit}{'s' if runs != 1 else ''} ({how};"
-          " * = disturbed: other processes used > 25% of a CPU during it):")
+          f" * = disturbed: {DISTURBED} during it):")
     print_table(head, table)
     busy_runs = sorted({i + 1 for results in cases.values() for i, r in enumerate(results)
                         if r and disturbed(r)})
     measured = [r for results in cases.values() for r in results if r]
+    slow_ones = sum(map(slow, measured))
     if unit != "run":
-        print(f"disturbed {unit}s (other processes > 25% of a CPU during the {unit}):"
-              f" {sum(map(disturbed, measured))} of {len(measured)}")
-        return
-    print(f"disturbed runs (other processes > 25% of a CPU during a case): {len(busy_runs)} of {runs}"
-          + (f" (run {', '.join(map(str, busy_runs))}; {sum(map(disturbed, measured))} of"
-             f" {len(measured)} case measurements)" if busy_runs else ""))
+        print(f"disturbed {unit}s ({DISTURBED} during the {unit}):"
+              f" {sum(map(disturbed, measured))} of {len(measured)} ({slow_ones} by a slow host)")
+    else:
+        print(f"disturbed runs ({DISTURBED} during a case): {len(busy_runs)} of {runs}"
+              + (f" (run {', '.join(map(str, busy_runs))}; {sum(map(disturbed, measured))} of"
+                 f" {len(measured)} case measurements, {slow_ones} by a slow host)" if busy_runs else ""))
+    print(speed_line())
 
 
 def summary_text(*args, **kwargs) -> str:

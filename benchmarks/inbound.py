@@ -16,7 +16,8 @@ case once in the order below, then run 2, and so on, so that drift (the broker's
 the machine) hits all cases alike. Each run works in its own subdirectory and queues. The report
 prints every run's rows, then per case the median, min and max of each figure over the runs
 (msgs/s, ratios to the baselines of the same run, CPU per message, RSS, latency p50/p99), and
-marks the runs of a case during which other processes used > 25% of a CPU ("disturbed"). The
+marks the runs of a case during which other processes used > 25% of a CPU, or the host ran this
+machine slow (a fixed loop > 1.3x its fastest: common.slow), "disturbed". The
 header records the commit ("+dirty" when the tree differs from it) and the date.
 
   warm-up         a 3000-message "bridge fifo (alone)" run, once, not reported (broker JIT);
@@ -127,7 +128,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stomp  # noqa: E402
 
 from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
-                    disturbed, fs_type, loadavg, print_profiles, print_stages, print_summary,
+                    DISTURBED, disturbed, fs_type, loadavg, print_profiles, print_stages, print_summary,
                     print_table, rate as rate_of, self_cpu, system_busy, temp_dir, wait_connected)
 
 from msg_nagios_bridge.config.settings import InboundSettings  # noqa: E402
@@ -1095,7 +1096,7 @@ def report(env: Env, results, started):
                 f"{r['broker_cpu']:.2f}", f"{r['nagios_cpu']:.2f}", _other(r),
                 ("yes" if r["p99_ms"] < 100 else "NO") + ("" if r["received"] == r["count"] else " (MISSING)")))
         print_table(head, table)
-    print("\n(other CPU: * = disturbed, other processes used > 25% of a CPU during the case)")
+    print(f"\n(other CPU: * = disturbed: {DISTURBED} during the case)")
     cases = {name: [next((r for c, n, r in results if c == name and n == k), None)
                     for k in range(1, args.runs + 1)] for name in order}
     print_summary(cases, SUMMARY_FIGURES, args.runs)

@@ -12,7 +12,8 @@ on, so that drift (the broker's JIT and KahaDB, the machine) hits all cases alik
 fresh name per case and run, and are drained after their case, which also checks that every
 message arrived. The report prints every run's rows, then per case the median, min and max of
 msgs/s, of the ratio to the 1a baseline of the same run, of CPU per message and of RSS, and
-marks the cases during which other processes used > 25% of a CPU ("disturbed"); the header
+marks the cases during which other processes used > 25% of a CPU, or the host ran this machine
+slow (a fixed loop > 1.3x its fastest: common.slow), "disturbed"; the header
 records the commit ("+dirty" when the tree differs from it) and the date.
 
   warm-up  (once, before run 1) raw: max(5000, N/2) without receipts, twice that with the bridge's
@@ -102,7 +103,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stomp  # noqa: E402
 
 from common import (POLL, REPO, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
-                    disturbed, fs_type, loadavg, on_cpus, print_profiles, print_stages, print_summary,
+                    DISTURBED, disturbed, fs_type, loadavg, on_cpus, print_profiles, print_stages, print_summary,
                     print_table, rate, self_cpu, split_cores, temp_dir, wait_connected)
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
@@ -413,7 +414,7 @@ def report(results, args, broker, body_sizes):
     for name, note in notes:
         if note:
             print(f"  {name}: " + "; ".join(note))
-    print("\n(other CPU s: * = disturbed, other processes used > 25% of a CPU during the case)")
+    print(f"\n(other CPU s: * = disturbed: {DISTURBED} during the case)")
     cases = {name: [next((r for c, k, r in results if c == name and k == n), None)
                     for n in range(1, args.runs + 1)] for name in order}
     print_summary(cases, summary_figures(args), args.runs)

@@ -84,8 +84,9 @@ def assert_summary(out, unit, count, rows):
         pattern = (r"^ *" + re.escape(case) + r" +" + re.escape(figure) + f" +{number}" * 3
                    + rf"( +{number}( \*)?){{{count}}}$")
         assert re.search(pattern, summary, re.M), f"no summary row {case!r} {figure!r}:\n{summary}"
-    assert re.search(rf"^disturbed {unit}s \(other processes > 25% of a CPU during (a case|the {unit})\):"
-                     rf" \d+ of \d+", summary, re.M), summary
+    assert re.search(rf"^disturbed {unit}s \(other processes > 25% of a CPU, or a slow host \(a fixed loop"
+                     rf" > 1.3x its fastest\) during (a case|the {unit})\): \d+ of \d+", summary, re.M), summary
+    assert_speed_recorded(summary)
 
 
 def assert_figures_recorded(out, bridge_cases, ratio):
@@ -98,8 +99,18 @@ def assert_figures_recorded(out, bridge_cases, ratio):
         rows = summary[summary.index("\n" + case + " "):].splitlines()[1:6]
         assert re.match(re.escape(case) + r" +msgs/s +[\d,]+ +[\d,]+ +[\d,]+ +[\d,]+( \*)?$", rows[0]), rows
         assert any(re.match(r" +" + re.escape(ratio) + r" +[\d.]+ ", row) for row in rows), rows
-    assert re.search(r"^disturbed runs \(other processes > 25% of a CPU during a case\): [01] of 1", summary,
-                     re.M), summary
+    assert re.search(r"^disturbed runs \(other processes > 25% of a CPU, or a slow host \(a fixed loop > 1.3x"
+                     r" its fastest\) during a case\): [01] of 1", summary, re.M), summary
+    assert_speed_recorded(summary)
+
+
+def assert_speed_recorded(summary):
+    """The summary says how fast the machine ran a fixed loop over the benchmark (common.speed_line)."""
+    found = re.search(r"^machine speed: a fixed loop \(100,000 additions\) took ([\d.]+) ms at the fastest,"
+                      r" median ([\d.]+), max ([\d.]+), over (\d+) probes", summary, re.M)
+    assert found, summary
+    fastest, median, most, count = float(found[1]), float(found[2]), float(found[3]), int(found[4])
+    assert 0 < fastest <= median <= most and count >= 2, found[0]
 
 
 def assert_all_delivered(out):
