@@ -192,3 +192,20 @@ def test_a_results_id_is_the_one_earlier_versions_gave():
     host = CheckResult(host="ce01.example.org", service=None, state=0, output="", timestamp=1765000000.25)
     assert service.identity() == "d724d295b81bae598d625bda904db19a"
     assert host.identity() == "9d8e86512622abc95b1ae291611dcfbe"
+
+
+def test_a_result_is_frozen_and_keeps_its_own_copy_of_the_attributes():
+    """CheckResult's own __init__ (faster than the dataclass's) keeps the dataclass's contract:
+    frozen, equal by fields, replace() works, the caller's mapping copied."""
+    import dataclasses
+    given_attributes = {"flavour": "CE"}
+    result = CheckResult("h", "s", 1, "SOFT", "o", "", "p=1", 12.5, 2, given_attributes)
+    given_attributes["flavour"] = "changed"
+    assert result.attributes == {"flavour": "CE"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.state = 0
+    assert result == CheckResult(host="h", service="s", state=1, state_type="SOFT", output="o", perfdata="p=1",
+                                 timestamp=12.5, attempt=2, attributes={"flavour": "CE"})
+    assert CheckResult("h", None, 0).attributes == {} and CheckResult("h", None, 0).state_type == "HARD"
+    with pytest.raises(InvalidResult):
+        dataclasses.replace(result, state=7)
