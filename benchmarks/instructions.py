@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
-"""Instructions a result on the bridge's inbound path, counted by callgrind: the same count at
-every run, whatever else the machine does (a benchmark's CPU seconds a result moved by a fifth
-between runs on 2026-12-06's machine, more than the changes being measured).
+"""Instructions a result on the bridge's paths, counted by callgrind: the same count at every
+run, whatever else the machine does (a benchmark's CPU seconds a result moved by a fifth
+between runs on 2026-12-06's machine, more than the changes being measured; on 2026-12-07 the
+host itself ran the machine up to 1.8x slower for seconds at a time).
 
-Two parts, each in this process with the bridge's own classes and a real spool on disk, on the
-inbound benchmark's payload (10 hosts x 100 services, WLCG records with a site bridge's headers
-and those ActiveMQ adds):
+Three parts, each in this process with the bridge's own classes and a real spool on disk. Two
+inbound, on the inbound benchmark's payload (10 hosts x 100 services, WLCG records with a site
+bridge's headers and those ActiveMQ adds):
 
 - ``subscriber``: Subscriber._handle on batches of 200 messages: judge, store with the
   memory's rows, note the ACK (not sent: there is no broker);
 - ``writer``: NagiosWriter.deliver on what the subscriber stored (all 3,000, whatever the
   count), into a FIFO that ``cat`` reads, 500 a batch, then the spool's delete of each batch.
+
+and one outbound, on the outbound benchmark's results (distinct service results, bodies of about
+300 bytes, the perfdata bridge's route):
+
+- ``outbound``: perfdata lines parsed, routed, built, encoded and put in the spool (numbered),
+  500 a batch as the intake does, then taken, made SEND frames from the stored text (the
+  publisher's send_frame_stored) and deleted, as the publisher does once they are receipted.
 
 Each count is (Ir(K) - Ir(0)) / K from two runs under valgrind, one working through K of the
 3,000 messages and one through none (both make all of them first), so Python's start, the
@@ -18,7 +26,7 @@ imports and the making of the messages cancel out. User space only: the kernel's
 fsyncs and the FIFO writes is not counted. ``--against DIR`` counts a checkout of another commit
 the same way, in the same run, and prints the ratio.
 
-    .venv/bin/python benchmarks/instructions.py                 # both parts, this checkout
+    .venv/bin/python benchmarks/instructions.py                 # all three parts, this checkout
     .venv/bin/python benchmarks/instructions.py --against /tmp/old   # and another commit's
     .venv/bin/python benchmarks/instructions.py --part subscriber --count 3000 --no-callgrind
 
@@ -42,7 +50,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 MESSAGES = 3000
 SUBSCRIBER_BATCH = 200
-PARTS = ("subscriber", "writer")
+PARTS = ("subscriber", "writer", "outbound")
+OUTBOUND_BATCH = 500        # the intake's piece (outbound/intake.py) and the publisher's transaction
 
 
 def messages(count: int):
@@ -87,6 +96,8 @@ def bridge_parts(work: Path):
 
 def run_part(part: str, count: int) -> float:
     """Work through ``count`` messages in ``part``; the thread CPU seconds it took."""
+    if part == "outbound":
+        return run_outbound(count)
     batch = messages(MESSAGES)
     with tempfile.TemporaryDirectory(prefix="mnb-instr-") as tmp:
         work = Path(tmp)
@@ -103,6 +114,55 @@ def run_part(part: str, count: int) -> float:
             return _write(work, settings, spool, results, count)
         finally:
             spool.close()
+
+
+def run_outbound(count: int) -> float:
+    """``count`` of MESSAGES perfdata lines (all made first) through the outbound path; the
+    thread CPU seconds it took. Says the bytes it wrote a message (/proc/self/io's wchar)."""
+    from msg_nagios_bridge import config as config_mod
+    from msg_nagios_bridge.broker.connection import send_frame, send_frame_stored
+    from msg_nagios_bridge.cores.nagios import result_line
+    from msg_nagios_bridge.outbound.routing import Router
+    from msg_nagios_bridge.spool import Spool, encode
+    from outbound import make_results
+    from tests.sandbox.bridge import bridge_config
+
+    with tempfile.TemporaryDirectory(prefix="mnb-instr-") as tmp:
+        work = Path(tmp)
+        (work / "bridge.yaml").write_text(bridge_config(work, [1], ocsp=False, perfdata=True,
+                                                        destination="/queue/instr"))
+        router = Router(config_mod.load(str(work / "bridge.yaml")))
+        lines = [result_line.format_line(result) for result in make_results(MESSAGES, 300, router, "in")[0]]
+        now_ms = int(time.time() * 1000)
+        spool = Spool(str(work / "outbound.sqlite"))
+        try:
+            start, written = time.thread_time(), _written()
+            for first in range(0, count, OUTBOUND_BATCH):
+                piece = lines[first:min(count, first + OUTBOUND_BATCH)]
+                batch = [message for line in piece
+                         for message in router.messages(result_line.parse(line), now_ms, sign=False)]
+                spool.put(batch, numbered=True, encoded=[encode(message) for message in batch])
+                entries = spool.take(OUTBOUND_BATCH, max_bytes=4 << 20)
+                for entry in entries:
+                    message = entry.message
+                    if send_frame_stored(message.destination, message.body, message.headers,
+                                         "transaction", "tx") is None:
+                        send_frame(message.destination, message.body, dict(message.headers, transaction="tx"))
+                spool.done([entry.entry_id for entry in entries])
+            took, written = time.thread_time() - start, _written() - written
+            if spool.stats().depth:
+                raise RuntimeError(f"the outbound path left {spool.stats().depth} messages in the spool")
+        finally:
+            spool.close()
+    if count:
+        print(f"outbound: {written / count:,.0f} bytes written a message (the spool's writes)")
+    return took
+
+
+def _written() -> int:
+    """Bytes this process has passed to write calls so far (/proc/self/io, wchar)."""
+    with open("/proc/self/io") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("wchar:"))
 
 
 def _write(work: Path, settings, spool, results, count: int) -> float:
@@ -178,7 +238,7 @@ def _commit(tree: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=PARTS, action="append", help="both when not given")
+    parser.add_argument("--part", choices=PARTS, action="append", help="all three when not given")
     parser.add_argument("--count", type=int, default=MESSAGES, help=f"messages to work through (<= {MESSAGES})")
     parser.add_argument("--against", type=Path, help="a checkout of another commit, counted the same way")
     parser.add_argument("--runs", type=int, default=3, help="counts of each (they differ by a few instructions)")
@@ -200,7 +260,7 @@ def main() -> int:
         run_part(parts[0], args.count)
         return 0
     from common import code_fingerprint
-    print("=== instructions a result on the inbound path")
+    print("=== instructions a result on the bridge's paths")
     print(f"code: {code_fingerprint()}")
     if args.no_callgrind:
         for part in parts:

@@ -150,11 +150,14 @@ def test_instructions():
     one of scripts/setup.sh's packages): a few hundred thousand instructions a message."""
     out = bench("instructions.py", "--no-callgrind", "--count", "300", timeout=120)
     assert_code_recorded(out)
-    for part in ("subscriber", "writer"):
+    for part in ("subscriber", "writer", "outbound"):
         assert re.search(rf"^{part}: \d+\.\d us of thread CPU a message \(300 messages", out, re.M), out
-    out = bench("instructions.py", "--part", "subscriber", "--count", "40", "--runs", "1", timeout=300)
-    count = re.search(r"^subscriber: instructions a message: this checkout ([\d,]+) \(", out, re.M)
-    assert count and 50_000 < int(count.group(1).replace(",", "")) < 5_000_000, out
+    written = re.search(r"^outbound: ([\d,]+) bytes written a message", out, re.M)
+    assert written and 500 < int(written.group(1).replace(",", "")) < 20_000, out
+    for part in ("subscriber", "outbound"):
+        out = bench("instructions.py", "--part", part, "--count", "40", "--runs", "1", timeout=300)
+        count = re.search(rf"^{part}: instructions a message: this checkout ([\d,]+) \(", out, re.M)
+        assert count and 50_000 < int(count.group(1).replace(",", "")) < 5_000_000, out
 
 
 def test_sequence():
