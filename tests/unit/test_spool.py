@@ -165,7 +165,7 @@ def test_one_statement_for_any_number_of_ids_so_the_site_bridge_rss_does_not_cre
     assert spool.stats().depth == 400 - 330 - 6 and spool.stats().dead_letters == 0
     assert rows(spool.path)[0] == "id-336"
     by_ids = sorted(t for t in recording.texts if "IN (" in t)
-    assert len(by_ids) == 3, by_ids                # delete (returning sizes), take again, purge
+    assert len(by_ids) == 4, by_ids                # count + delete, take again, purge
     assert not any("?,?" in t for t in recording.texts)
 
 
@@ -751,3 +751,15 @@ def test_a_put_of_rows_encoded_before_stores_what_a_put_of_the_messages_stores(t
     assert [number for *_, number in stored[2]] == ["1", "2", "3"]
     with Spool(str(tmp_path / "mismatch" / "s.sqlite")) as s, pytest.raises(ValueError):
         s.put(batch, encoded=[encode(batch[0])])
+
+
+def test_the_spool_asks_for_nothing_newer_than_sqlite_3_34():
+    """EL9 and Debian 11 ship SQLite 3.34.1 (with Python 3.9, which pyproject.toml allows):
+    DELETE ... RETURNING (3.35), the ->> operators (3.38), unixepoch() (3.38) and STRICT
+    tables (3.37) would fail there at the first use, with the results held in the spool."""
+    import re
+    from msg_nagios_bridge import spool as spool_module
+    with open(spool_module.__file__, encoding="utf-8") as handle:
+        source = handle.read()
+    newer = re.findall(r"\bRETURNING\b|->>|\bunixepoch\(|\)\s*STRICT\b|\bSTRICT\s*[,;]", source)
+    assert newer == [], newer
