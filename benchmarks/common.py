@@ -103,6 +103,11 @@ def slow(r) -> bool:
     return probe is not None and probe > SLOW_FACTOR * min(_probes, default=probe)
 
 
+def slow_why(r) -> str:
+    """What made a case slow (slow(r)) in words, for its line in a report."""
+    return f"a slow host: its loops took {r['probe_ms']:.1f} ms, the benchmark's fastest {min(_probes):.1f}"
+
+
 def speed_line() -> str:
     """The probes of this benchmark so far, in one line."""
     if not _probes:

@@ -128,8 +128,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stomp  # noqa: E402
 
 from common import (POLL, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
-                    DISTURBED, disturbed, fs_type, loadavg, print_profiles, print_stages, print_summary,
-                    print_table, rate as rate_of, self_cpu, system_busy, temp_dir, wait_connected)
+                    DISTURBED, busy_others, disturbed, fs_type, loadavg, print_profiles, print_stages,
+                    print_summary, print_table, rate as rate_of, slow, slow_why, self_cpu, system_busy,
+                    temp_dir, wait_connected)
 
 from msg_nagios_bridge.config.settings import InboundSettings  # noqa: E402
 from msg_nagios_bridge.cores.nagios import checkresult_file, nagios_command  # noqa: E402
@@ -1024,7 +1025,9 @@ def _notes(args, r):
         note.append("counters " + ", ".join(f"{k} {v}" for k, v in r["counters"].items() if v))
     if r.get("dead"):
         note.append(f"{r['dead']} dead letters")
-    if disturbed(r):
+    if slow(r):
+        note.append("DISTURBED: " + slow_why(r))
+    if busy_others(r):
         note.append(f"DISTURBED: other CPU {r['other_cpu']:.2f} s in {r['window']:.2f} s = irq+softirq "
                     f"{r['softirq_cpu']:.2f} s, steal {r['steal_cpu']:.2f} s, busiest other processes: " +
                     (", ".join(f"{name} {cpu:.2f} s" for cpu, name in r["other_top"]) or "none"))

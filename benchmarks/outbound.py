@@ -103,8 +103,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stomp  # noqa: E402
 
 from common import (POLL, REPO, Meter, SpoolWatch, ThreadProfiles, code_fingerprint,  # noqa: E402
-                    DISTURBED, disturbed, fs_type, loadavg, on_cpus, print_profiles, print_stages, print_summary,
-                    print_table, rate, self_cpu, split_cores, temp_dir, wait_connected)
+                    DISTURBED, busy_others, disturbed, fs_type, loadavg, on_cpus, print_profiles,
+                    print_stages, print_summary, print_table, rate, slow, slow_why, self_cpu, split_cores,
+                    temp_dir, wait_connected)
 
 from msg_nagios_bridge import config as bridge_config_mod  # noqa: E402
 from msg_nagios_bridge.cores.nagios import result_line  # noqa: E402
@@ -402,8 +403,10 @@ def report(results, args, broker, body_sizes):
             note.append(f"signed: {r['signed']}/{r['received']} {'ok' if r['signed'] == r['received'] else 'UNSIGNED'}")
         if r.get("dead"):
             note.append(f"{r['dead']} dead letters")
-        if disturbed(r):
+        if busy_others(r):
             note.append(f"DISTURBED: other processes used {r['other_cpu']:.2f} CPU s in {r['window']:.2f} s")
+        if slow(r):
+            note.append("DISTURBED: " + slow_why(r))
         if r.get("incomplete"):
             note.append("INCOMPLETE: " + r["incomplete"])
         if r.get("exit") not in (None, 0):

@@ -25,6 +25,7 @@ def test_a_case_the_host_ran_slow_is_disturbed_though_no_process_was_busy(capsys
     quiet = {"count": 1000, "seconds": 1.0, "other_cpu": 0.0, "window": 1.0}
     runs = [dict(quiet, probe_ms=7.2), dict(quiet, probe_ms=10.7), dict(quiet, probe_ms=8.3), dict(quiet)]
     assert [common.disturbed(r) for r in runs] == [False, True, False, False]
+    assert common.slow_why(runs[1]) == "a slow host: its loops took 10.7 ms, the benchmark's fastest 7.0"
     busy = dict(quiet, probe_ms=7.0, other_cpu=0.5)
     assert common.disturbed(busy) and not common.slow(busy)
     common.print_summary({"case": runs}, [("msgs/s", common.rate, ",.0f")], 4)
