@@ -76,8 +76,9 @@ def all_processes():
 
 # -- the machine's own speed -------------------------------------------------------------------
 # The host of a virtual machine may run its CPUs slower for a while (other guests): no process of
-# this machine shows it, and every figure of that while is off. On 2026-12-07 a fixed loop here
-# took 7 ms or 10.5-11 ms, changing every few seconds, with the machine otherwise idle. Each
+# this machine shows it, and every figure of that while is off. On 2026-12-07 a loop of 200,000
+# additions took 10.5 ms (6.9-11.9, 60 tries in 15 s): 7 ms or 10.5-11, changing every few
+# seconds, with the machine otherwise idle. Each
 # Meter times the loop at its start and stop: a case whose loops took more than SLOW_FACTOR
 # times the fastest of the benchmark is disturbed too ("slow host").
 PROBE_LOOPS = 100_000

@@ -8,7 +8,8 @@ Each case runs --runs times in a row (not interleaved), --count messages a run (
 for the tracker, 20,000 for the others); measured is this process's CPU time per message.
 Printed: the commit measured, then per case the median, min and max over the runs and each
 run's value (common.print_summary), "*" on a run during which other processes used more than a
-quarter of a CPU (the machine's busy CPU less this process's, over the run's wall time).
+quarter of a CPU (the machine's busy CPU less this process's, over the run's wall time), or
+the host ran the machine slow (common.slow).
 """
 import argparse
 import os

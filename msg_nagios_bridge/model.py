@@ -101,8 +101,9 @@ class CheckResult:
                  output: str = "", long_output: str = "", perfdata: str = "", timestamp: float = 0.0,
                  attempt: int = 1, attributes: Optional[Mapping[str, str]] = None) -> None:
         # The fields in one update of the instance's dict: a frozen dataclass's own __init__
-        # sets them one object.__setattr__ at a time: 2.2 µs to make a result, against 1.5 (one
-        # is made for every result, in and out). The mapping is copied: what the caller
+        # sets them one object.__setattr__ at a time: 2.16 µs (2.13-2.21) to make a result,
+        # against 1.50 (1.48-1.52), medians of 5 processes (one is made for every result, in
+        # and out). The mapping is copied: what the caller
         # changes in its own afterwards does not reach the result.
         vars(self).update(host=host, service=service, state=state, state_type=state_type, output=output,
                           long_output=long_output, perfdata=perfdata, timestamp=timestamp, attempt=attempt,
@@ -146,8 +147,8 @@ class Message(NamedTuple):
     """A STOMP message ready to send: destination, headers, body (bytes).
 
     A NamedTuple, not a frozen dataclass: one is made per result on the way out and one per
-    entry taken from the spool, and a frozen dataclass's __init__ (a setattr per field) cost
-    about eight times a tuple's (0.54 against 0.07 µs)."""
+    entry taken from the spool, and a frozen dataclass's __init__ (a setattr per field) took
+    0.56 µs (0.53-0.56) against 0.26 (0.26-0.27), medians of 5 processes."""
 
     message_id: str
     destination: str
