@@ -91,12 +91,43 @@ def metric_status(result: CheckResult) -> str:
     return (_HOST_STATUS if result.is_host_check else _SERVICE_STATUS)[result.state]
 
 
+# Every line break but "\n": with the count of "\n", what tells that no one-line field holds one.
+_BREAK_BUT_NEWLINE = re.compile(f"[{_LINE_BREAKS[1:]}]")
+
+
 def encode(result: CheckResult, fields: Mapping[str, str]) -> str:
     """The metric-output text for ``result``.
 
     ``fields`` holds what the result cannot know: ``siteName``, ``gatheredAt``
     and optionally ``role``, ``voName``, ``serviceFlavour``, ``serviceURI``.
     """
+    # The one-line fields in one format, the key order _encode_record's: a record of 13
+    # fields cost a dict, a search of their joined values and a formatted line each. When a
+    # value holds a line break, the text has more lines than fields or a break other than
+    # "\n", and the record is made again the careful way (tests/unit/test_formats.py checks
+    # that both give the same text).
+    metric = result.service if result.service is not None else HOST_METRIC_NAME
+    get, attributes = fields.get, result.attributes
+    role, vo, perfdata = get("role"), get("voName"), result.perfdata
+    text = (f"serviceURI: {get('serviceURI') or attributes.get('uri') or result.host}\n"
+            f"hostName: {result.host}\n"
+            f"serviceFlavour: {get('serviceFlavour') or attributes.get('flavour') or 'unknown'}\n"
+            f"siteName: {fields['siteName']}\nmetricStatus: {metric_status(result)}\n"
+            f"metricName: {metric}\nsummaryData: {result.output}\ngatheredAt: {fields['gatheredAt']}\n"
+            f"timestamp: {format_time(result.timestamp)}\nnagiosName: {metric}\n"
+            f"statusType: {result.state_type}\n"
+            + (f"role: {role}\n" if role else "") + (f"voName: {vo}\n" if vo else "")
+            + (f"performanceData: {perfdata}\n" if perfdata else ""))
+    lines = 11 + bool(role) + bool(vo) + bool(perfdata)
+    if text.count("\n") != lines or _BREAK_BUT_NEWLINE.search(text) is not None:
+        return _encode_record(result, fields)
+    if result.long_output:
+        text += "detailsData: " + escape_eot(result.long_output) + "\n"
+    return text + "EOT\n"
+
+
+def _encode_record(result: CheckResult, fields: Mapping[str, str]) -> str:
+    """encode's text made a field at a time: for a record whose one-line fields hold line breaks."""
     metric = result.service if result.service is not None else HOST_METRIC_NAME
     record: Dict[str, str] = {
         "serviceURI": fields.get("serviceURI") or result.attributes.get("uri") or result.host,

@@ -205,6 +205,48 @@ def test_wlcg_a_line_break_of_any_readers_kind_in_a_one_line_field_adds_no_key(b
     assert record["metricStatus"] == "CRITICAL" and record["summaryData"] == "CRITICAL: down metricStatus: OK siteName: SITE-B"
 
 
+# Text with every line break some reader splits on, and EOT, more often than st.text() gives them.
+BREAKY_TEXT = st.lists(st.sampled_from(list(wlcg._LINE_BREAKS) + ["EOT", ".eot", "x"]) | st.text(max_size=4),
+                       max_size=6).map("".join)
+OPTIONAL = st.none() | st.just("") | BREAKY_TEXT
+
+
+@settings(max_examples=600)
+@given(output=BREAKY_TEXT, perfdata=BREAKY_TEXT, long_output=BREAKY_TEXT, flavour=OPTIONAL, uri=OPTIONAL,
+       site=BREAKY_TEXT, gathered=BREAKY_TEXT, role=OPTIONAL, vo=OPTIONAL, flavour_field=OPTIONAL,
+       is_host=st.booleans())
+@example(output="a\x0bb", perfdata="", long_output="", flavour=None, uri=None, site="S", gathered="g",
+         role=None, vo=None, flavour_field=None, is_host=False)
+def test_wlcg_encode_in_one_format_is_the_record_made_a_field_at_a_time(
+        output, perfdata, long_output, flavour, uri, site, gathered, role, vo, flavour_field, is_host):
+    """encode's one format (with its count of lines) gives _encode_record's text exactly, for
+    fields with and without line breaks of every kind, optional fields set, empty or absent."""
+    attributes = {key: value for key, value in (("flavour", flavour), ("uri", uri)) if value is not None}
+    try:
+        result = CheckResult(host="h1.example.org", service=None if is_host else "svc", state=1,
+                             output=output, perfdata=perfdata, long_output=long_output,
+                             timestamp=1253568948, attributes=attributes)
+    except InvalidResult:       # LF or CR in output: no result to encode
+        return
+    fields = {"siteName": site, "gatheredAt": gathered}
+    fields.update({key: value for key, value in (("role", role), ("voName", vo), ("serviceFlavour", flavour_field))
+                   if value is not None})
+    assert wlcg.encode(result, fields) == wlcg._encode_record(result, fields)
+
+
+def test_wlcg_encode_of_the_golden_results_takes_the_one_format(monkeypatch):
+    """The usual record (no line breaks in its one-line fields) is made by the single format,
+    not handed to _encode_record: a mutation that always fell back would pass every other test."""
+    calls = []
+    original = wlcg._encode_record
+    monkeypatch.setattr(wlcg, "_encode_record", lambda *args: calls.append(args) or original(*args))
+    assert wlcg.encode(SERVICE_RESULT, FIELDS) == golden("service.wlcg")
+    assert wlcg.encode(HOST_RESULT, FIELDS) == golden("host.wlcg")
+    assert calls == []
+    wlcg.encode(dataclasses.replace(SERVICE_RESULT, output="a\u2028b"), FIELDS)
+    assert len(calls) == 1
+
+
 @given(st.text(), st.text())
 def test_wlcg_details_round_trip(output_words, details):
     output = output_words.replace("\n", " ").replace("\r", " ")
