@@ -28,7 +28,7 @@ from .wakeup import Wakeup
 log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x4D4E4246  # "MNBF": marks a file as a msg-nagios-bridge spool
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Pragmas applied on every open. synchronous=FULL is what makes a WAL commit durable:
 # with NORMAL a commit is only written to the WAL and survives a crash of the process
@@ -123,6 +123,11 @@ DELETE FROM marks WHERE kind IN ('newest', 'seen');
 PRAGMA user_version=3;
 """
 
+# Version 3 stored every message's headers as JSON; version 4 stores plain headers as STOMP
+# header lines (headers_text) and reads both, so its rows need no change. The number changes
+# so that an older daemon, which reads JSON only, refuses the file instead of misreading it.
+_MIGRATE_FROM_3 = "PRAGMA user_version=4;"
+
 # Tags kept per object at its newest time, at most (each NEWEST_TAG_WIDTH characters): beyond
 # it the older ones of that time are forgotten.
 NEWEST_TAGS_MAX = 16
@@ -199,42 +204,79 @@ class SpoolStats:
     errors: int = 0
 
 
-Row = Tuple[str, str, str, bytes, int]     # message_id, destination, headers (JSON), body, size
+Row = Tuple[str, str, str, bytes, int]     # message_id, destination, headers (text), body, size
 
 
 # One encoder for every message: json.dumps with other than its default arguments builds a new
 # one a call (4.4 against 3.4 us for a message's headers). Flat text, so no circular check.
 _headers_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True, check_circular=False).encode
-_quoted = json.encoder.encode_basestring_ascii      # the C escaper the encoder itself uses
 
 
 def headers_text(headers: Mapping[str, str]) -> str:
-    """``headers`` as the spool stores them: compact JSON, keys sorted, ASCII (``_headers_json``).
+    """``headers`` as the spool stores them (docs/spool.md): as STOMP header lines when plain,
+    else as a JSON object (``_headers_json``: compact, keys sorted, ASCII).
 
-    Headers are nearly always plain text (printable ASCII without quotes or backslashes), whose
-    JSON is the text itself between quotes: the object is joined in one go, and one escape of
-    it tells whether that holds (the separators' four quotes a header are its only escapes).
-    Anything else (text to escape, values that are not text) goes through the encoder. The
-    text is the encoder's exactly (tests/unit/test_spool.py), in about half its time: the
-    encoder builds its C encoder anew at every call."""
-    try:
-        items = sorted(headers.items())
-        inner = '","'.join(map('":"'.join, items))
-    except TypeError:       # a name or value that is not text: the encoder's own answer
-        return _headers_json(dict(headers))
-    # The outer quotes and those of the 2n-1 separators: each one escaped adds a character.
-    if len(_quoted(inner)) != len(inner) + 4 * len(items):
-        return _headers_json(dict(headers))
-    return '{"' + inner + '"}'
+    Plain: names and values all text, ASCII, without a backslash, line break or NUL, the first
+    name not starting with "{". Their lines are ``name:value\n`` each, in the mapping's order,
+    with a colon in a name or value escaped as ``\\c``: the header lines of a STOMP 1.2 SEND
+    frame, which the publisher sends as they are (broker/connection.py send_frame_stored).
+    Nearly every outbound message's headers are plain, and JSON cost a message an encoding at
+    put and a conversion into header lines at every send. A JSON text starts with "{" and
+    ends with "}"; header lines end with a newline and never start with "{" (headers_dict)."""
+    if headers:
+        try:
+            # Name and value joined by NUL, headers by SOH (as broker/connection.py send_frame):
+            # their counts tell that no name or value holds one of its own.
+            joined = "\x01".join(map("\x00".join, headers.items()))
+        except TypeError:      # a name or value that is not text
+            return _headers_json(dict(headers))
+        count = len(headers)
+        if (joined.isascii() and joined[:1] != "{" and joined.count("\x00") == count
+                and joined.count("\x01") == count - 1 and "\\" not in joined and "\n" not in joined
+                and "\r" not in joined):
+            return joined.replace(":", "\\c").replace("\x00", ":").replace("\x01", "\n") + "\n"
+    return _headers_json(dict(headers))
+
+
+def stored_as_lines(text: str) -> bool:
+    """Whether a row's headers ``text`` is header lines (headers_text), not JSON."""
+    return text[-1:] == "\n" and text[:1] != "{"
+
+
+def stored_names(text: str, name: str) -> bool:
+    """Whether a row's headers ``text`` may hold a header ``name`` (a name of plain ASCII
+    without a colon or quote): exact for header lines, and for JSON never False when it does."""
+    if stored_as_lines(text):
+        return text.startswith(name + ":") or f"\n{name}:" in text
+    return f'"{name}":' in text
+
+
+def with_header_first(text: str, name: str, value: str) -> str:
+    """A row's headers ``text`` with the header ``name: value`` put first, without reading the
+    text: O(1) a message. ``name`` and ``value`` are plain (docs/spool.md): e.g. route_seq and
+    its stamp (an epoch of [0-9a-zA-Z_-] and a number)."""
+    if stored_as_lines(text):
+        return name + ":" + value.replace(":", "\\c") + "\n" + text
+    return f'{{"{name}":"{value}"' + ("}" if text == "{}" else "," + text[1:])
 
 
 _scan_json = json.JSONDecoder().scan_once
 
 
 def headers_dict(text: str) -> Dict[str, str]:
-    """The headers a spool row holds (``headers_text``), as json.loads reads them, without its
-    two whitespace searches a call: the scanner is called directly on text that starts and
-    ends with the object (any other text, e.g. with blanks, is left to json.loads)."""
+    """The headers a spool row holds (``headers_text``, either form) as a dict. JSON as
+    json.loads reads it, without its two whitespace searches a call: the scanner is called
+    directly on text that starts and ends with the object (any other text, e.g. with blanks,
+    is left to json.loads)."""
+    if stored_as_lines(text):
+        # No backslash but those of escaped colons (headers_text): each "\\c" is a colon, held
+        # as a NUL (which no such text holds) while each line is cut at its first colon.
+        escaped = "\\c" in text
+        lines = text[:-1].replace("\\c", "\x00") if escaped else text[:-1]
+        read = dict(line.partition(":")[::2] for line in lines.split("\n"))
+        if escaped:
+            read = {name.replace("\x00", ":"): value.replace("\x00", ":") for name, value in read.items()}
+        return read
     try:
         value, end = _scan_json(text, 0)
     except (StopIteration, ValueError):
@@ -245,7 +287,7 @@ def headers_dict(text: str) -> Dict[str, str]:
 def encode(message: Message) -> Row:
     """``message`` as the spool stores it; its last item is the bytes it counts for against
     ``max_bytes``. put() takes these rows ready made (``encoded``) from a caller that needed
-    the sizes first: its headers' JSON is then made once, not twice."""
+    the sizes first: its headers' text is then made once, not twice."""
     if not isinstance(message.body, bytes):
         raise TypeError(f"message {message.message_id!r}: body must be bytes")
     # Inbound entries carry no headers: skip the encoder for them.
@@ -256,19 +298,19 @@ def encode(message: Message) -> Row:
 
 
 class StoredHeaders(Mapping[str, str]):
-    """A taken entry's headers: the row's JSON text (``stored_json``), read into a dict only
-    when first looked into. The publisher sends most of them without reading them at all
-    (broker/connection.py send_frame_stored)."""
+    """A taken entry's headers: the row's text (``stored_text``, headers_text's), read into a
+    dict only when first looked into. The publisher sends most of them without reading them
+    at all (broker/connection.py send_frame_stored)."""
 
-    __slots__ = ("stored_json", "_read")
+    __slots__ = ("stored_text", "_read")
 
-    def __init__(self, stored_json: str):
-        self.stored_json = stored_json
+    def __init__(self, stored_text: str):
+        self.stored_text = stored_text
         self._read: Optional[Dict[str, str]] = None
 
     def _headers(self) -> Dict[str, str]:
         if self._read is None:
-            self._read = headers_dict(self.stored_json)
+            self._read = headers_dict(self.stored_text)
         return self._read
 
     def __getitem__(self, name: str) -> str:
@@ -411,9 +453,9 @@ class Spool:
             elif app_id != APPLICATION_ID:
                 raise sqlite3.DatabaseError("not a msg-nagios-bridge spool "
                                             f"(application_id {app_id:#x})")
-            elif version not in (1, 2, SCHEMA_VERSION):
+            elif version not in (1, 2, 3, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"spool format version {version} is not "
-                                            f"{SCHEMA_VERSION} (nor 1 or 2, which are converted)")
+                                            f"{SCHEMA_VERSION} (nor 1, 2 or 3, which are converted)")
             # Refuse to run on a damaged file rather than lose or mangle entries later.
             problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
             if problems != ["ok"]:
@@ -426,6 +468,9 @@ class Spool:
             if version == 2 and exclusive:
                 db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_FROM_2 + "COMMIT;")
                 version = 3
+            if version == 3 and exclusive:
+                db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_FROM_3 + "COMMIT;")
+                version = 4
             self.version = version
             if exclusive:
                 # The dead letters' sizes without reading their bodies (size comes after the
@@ -625,9 +670,8 @@ class Spool:
                 signed.update(signature)
                 text = headers_text(signed)
             elif stamp is not None:
-                # Spliced into the JSON text rather than encoded again: O(1) a message (the
-                # epoch is [0-9a-zA-Z_-] only, nothing to escape).
-                text = f'{{"{sequence.SEQ_HEADER}":"{stamp}"' + ("}" if headers == "{}" else "," + headers[1:])
+                # Spliced into the stored text rather than encoded again: O(1) a message.
+                text = with_header_first(headers, sequence.SEQ_HEADER, stamp)
             else:
                 numbered.append(row)
                 continue

@@ -42,6 +42,7 @@ from ..config import BrokerSettings, TlsSettings
 from ..trust.tlsfiles import ca_bundle_from_dir
 from ..daemon.threadname import named_thread_starter
 from . import kinds
+from .. import spool
 
 log = logging.getLogger(__name__)
 
@@ -352,33 +353,21 @@ def _send_frame(destination: str, body: bytes, lines: str) -> bytes:
     return head.encode("utf-8") + body + b"\0"
 
 
-# A spool row's headers as JSON (spool.headers_text) in which no name or value holds anything
-# JSON escapes or STOMP escapes, but a colon in a value (route_seq's): printable ASCII but '"'
-# and '\\', names without ':'. Linear: no character can end a name or value but a quote.
-_PLAIN_NAME = r'"[ !#-9;-\[\]-~]*"'
-_PLAIN_VALUE = r'"[ !#-\[\]-~]*"'
-_PLAIN_STORED = re.compile(rf"\{{{_PLAIN_NAME}:{_PLAIN_VALUE}(?:,{_PLAIN_NAME}:{_PLAIN_VALUE})*\}}")
-
-
 def send_frame_stored(destination: str, body: bytes, headers: Mapping[str, str], name: str, value: str
                       ) -> Optional[bytes]:
     """send_frame(destination, body, dict(headers, name=value)) for headers taken from the
-    spool (spool.StoredHeaders), made from their JSON text without reading it into a dict,
-    when that text is plain (_PLAIN_STORED) and holds neither ``name`` nor a header the
-    frame sets itself; else None. A plain text's header lines are the text itself, the
-    values' colons escaped and the separators made a colon and a newline: less work a
-    message than reading the JSON and encoding the dict (docs/performance.md). Byte for
-    byte send_frame's frame (tests/unit/test_broker_session.py); the text comes from a dict,
-    so no name repeats."""
-    text = getattr(headers, "stored_json", None)
-    if (type(text) is not str or _PLAIN_STORED.fullmatch(text) is None or f'"{name}":' in text
-            or '"destination":' in text or '"content-length":' in text):
+    spool (spool.StoredHeaders), made from their stored text without reading it, when that
+    text is STOMP header lines (spool.headers_text: plain headers, escaped as send_frame
+    escapes them) and holds neither ``name`` nor a header the frame sets itself; else None
+    (the caller then sends the headers read). Byte for byte send_frame's frame
+    (tests/unit/test_broker_session.py). ``name`` is plain ASCII without a colon."""
+    text = getattr(headers, "stored_text", None)
+    if type(text) is not str or not spool.stored_as_lines(text):
         return None
-    # Every quote is a separator's, and a name holds no colon: after the values' colons are
-    # escaped, the first '"\\c"' after a name is its separator (a value ":" makes another, which
-    # overlaps it and is skipped).
-    lines = text[2:-2].replace(":", "\\c").replace('"\\c"', ":").replace('","', "\n")
-    return _send_frame(destination, body, f"{lines}\n{_escaped(name)}:{_escaped(str(value))}\n")
+    lines = "\n" + text        # every header's line starts after a newline: one search a name
+    if f"\n{name}:" in lines or "\ndestination:" in lines or "\ncontent-length:" in lines:
+        return None
+    return _send_frame(destination, body, f"{text}{name}:{_escaped(str(value))}\n")
 
 
 def ack_frame(ack_id: str) -> bytes:
@@ -982,7 +971,7 @@ class BrokerConnection:
         """send(destination, body, dict(headers, name=value)), for headers taken from the spool:
         encoded from their stored text where it can be (send_frame_stored)."""
         assert self.conn is not None
-        stored = getattr(headers, "stored_json", None)
+        stored = getattr(headers, "stored_text", None)
         frame = None
         if stored is not None and kinds.adds_no_headers(self.settings.kind, stored):
             frame = send_frame_stored(destination, body, headers, name, value)

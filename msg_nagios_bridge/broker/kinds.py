@@ -31,6 +31,8 @@ from __future__ import annotations
 import time
 from typing import Dict, Mapping, Optional, Tuple
 
+from .. import spool
+
 ACTIVEMQ = "activemq"
 RABBITMQ = "rabbitmq"
 KINDS = (ACTIVEMQ, RABBITMQ)
@@ -76,11 +78,10 @@ def subscribe_headers(kind: str, index: int, destination: str, selector: str, du
     return str(index), headers
 
 
-def adds_no_headers(kind: str, stored_json: str) -> bool:
-    """True if outgoing_headers leaves the headers of ``kind`` whose JSON text, as the spool
-    writes it (spool.headers_text), is ``stored_json`` as they are, without reading the text
-    (send_frame_stored refuses any other text)."""
-    return kind != RABBITMQ or '"expires":' not in stored_json
+def adds_no_headers(kind: str, stored_text: str) -> bool:
+    """True if outgoing_headers leaves the headers of ``kind`` whose text, as the spool writes
+    it (spool.headers_text), is ``stored_text`` as they are, without reading the text."""
+    return kind != RABBITMQ or not spool.stored_names(stored_text, "expires")
 
 
 def outgoing_headers(kind: str, headers: Mapping[str, str], now_ms: Optional[int] = None) -> Mapping[str, str]:

@@ -3,7 +3,6 @@ certificates, the broker stamps each message with the certificate's DN (JMSXUser
 central bridge's policy maps DNs to the hosts they may report. What ActiveMQ 5.17 does here is
 described (as measured) in docs/inbound.md, "Authenticated senders"."""
 import contextlib
-import json
 import sqlite3
 import time
 
@@ -13,6 +12,7 @@ from stomp.exception import ConnectFailedException
 
 from msg_nagios_bridge.formats import wlcg
 from msg_nagios_bridge.model import CheckResult
+from msg_nagios_bridge.spool import headers_dict
 from tests.sandbox.bridge import inbound_config
 from tests.sandbox.nagios import host, passive_service
 from tests.sandbox.pki import Authority, ssl_broker_xml
@@ -99,7 +99,7 @@ def dead_letters(bridge):
     with sqlite3.connect(f"file:{bridge.workdir / 'spool' / 'inbound.sqlite'}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT headers, reason FROM dead_letters").fetchall()
     return {headers.get("label"): (headers.get("JMSXUserID"), reason)
-            for headers, reason in ((json.loads(h), r) for h, r in rows)}
+            for headers, reason in ((headers_dict(h), r) for h, r in rows)}
 
 
 def test_the_broker_stamped_certificate_dn_decides_what_a_site_may_report(tmp_path, activemq_factory,

@@ -383,9 +383,8 @@ def test_send_frame_escapes_all_headers_at_once_as_it_does_one_by_one(headers, d
 
 # Mostly plain text (what send_frame_stored takes as it is), with what it must not take.
 _STORED_TEXT = st.from_regex(r"[ -~]{0,5}", fullmatch=True) | _HEADER_TEXT | st.sampled_from(
-    ['"', ":", "\\", '":"', '","', "é", "destination", "content-length", "transaction", "receipt", "route_seq"])
-_PLAIN_VALUE_CHARACTERS = set(map(chr, range(0x20, 0x7F))) - set('"\\')
-_PLAIN_NAME_CHARACTERS = _PLAIN_VALUE_CHARACTERS - {":"}
+    ['"', ":", "\\", "\\c", "{", "\n", "é", "destination", "content-length", "transaction", "receipt", "route_seq"])
+_PLAIN_CHARACTERS = set(map(chr, range(0x80))) - set("\\\n\r\x00\x01")
 
 
 @hypothesis_settings(max_examples=1500, deadline=None)
@@ -396,35 +395,23 @@ _PLAIN_NAME_CHARACTERS = _PLAIN_VALUE_CHARACTERS - {":"}
 @example({"destination": "/queue/x"}, "receipt", "1-2", False)
 @example({"a": ":", "b": ":x:", "c": "", "d": ":"}, "receipt", "1:2", True)
 @example({"a": "b", ":": "c", "d": "e"}, "receipt", "1", False)
+@example({"a": "b", "x": "\ndestination:/queue/evil"}, "receipt", "1", False)
 def test_a_frame_made_from_the_stored_text_is_the_frame_of_its_headers(headers, name, value, numbered):
     """send_frame_stored, from a spool row's headers text (as put() writes it, numbered or
     not), gives send_frame's frame of the headers read back with the added header, byte for
     byte; and it takes every plain text (the publisher's usual case)."""
-    import json
     from msg_nagios_bridge.broker.connection import send_frame, send_frame_stored
-    from msg_nagios_bridge.spool import StoredHeaders, headers_text
+    from msg_nagios_bridge.spool import StoredHeaders, headers_dict, headers_text, with_header_first
     text = headers_text(headers) if headers else "{}"
-    if numbered and "route_seq" not in headers:        # spliced first, as put() numbers a message
-        text = '{"route_seq":"aB-c_1:7"' + ("}" if text == "{}" else "," + text[1:])
-    read = json.loads(text)
+    if numbered and "route_seq" not in headers:        # put first, as put() numbers a message
+        text = with_header_first(text, "route_seq", "aB-c_1:7")
+    read = headers_dict(text)
     frame = send_frame_stored("/queue/q", b"b\x00dy", StoredHeaders(text), name, value)
     if frame is not None:
         assert frame == send_frame("/queue/q", b"b\x00dy", dict(read, **{name: value}))
-    plain = all(type(value) is str and set(name) <= _PLAIN_NAME_CHARACTERS and set(value) <= _PLAIN_VALUE_CHARACTERS
-                for name, value in read.items())
-    if read and plain and not {name, "destination", "content-length"} & set(read):
+    plain = all(type(value) is str and set(name + value) <= _PLAIN_CHARACTERS for name, value in headers.items())
+    if headers and plain and not next(iter(headers)).startswith("{") and not {name, "destination", "content-length"} & set(read):
         assert frame is not None
-
-
-def test_a_stored_text_built_to_be_slow_is_judged_plain_or_not_in_linear_time():
-    """1 MB texts that nearly match, failing at their end: each is looked at once."""
-    from msg_nagios_bridge.broker.connection import send_frame_stored
-    from msg_nagios_bridge.spool import StoredHeaders
-    started = time.monotonic()
-    for text in ('{"' + '","' * (1 << 18), "{" + '"a":"b",' * (1 << 17) + "}", '{"a":"' + "b" * (1 << 20),
-                 '{"a":"b"' + ',"a":"b"' * (1 << 17) + ":}", '{"' + '":"' * (1 << 18) + '"}'):
-        assert send_frame_stored("/queue/q", b"", StoredHeaders(text), "receipt", "1") is None
-    assert time.monotonic() - started < 5
 
 
 def test_a_routed_message_is_sent_from_its_stored_text():

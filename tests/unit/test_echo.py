@@ -12,7 +12,7 @@ from msg_nagios_bridge.inbound import compact, echo
 from msg_nagios_bridge.inbound.compact import KnownObjects, object_text
 from msg_nagios_bridge.inbound.echo import EchoGuard
 from msg_nagios_bridge.model import CheckResult, Message
-from msg_nagios_bridge.spool import Spool, SpoolError
+from msg_nagios_bridge.spool import SCHEMA_VERSION, Spool, SpoolError
 
 NOW = 1_700_000_000.0
 
@@ -71,7 +71,7 @@ def test_a_version_1_spool_keeps_its_messages_and_echo_objects(tmp_path):
         assert spool.load_marks("echo", since=0) == {"ce01\tCE-JobSubmit": NOW, "host-only\t": NOW}
         assert spool.cursor("echo-guard-objects") is None
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_the_guard_loads_when_old_entries_cannot_be_deleted(tmp_path):
@@ -124,7 +124,7 @@ def test_a_version_2_spool_keeps_its_messages_newest_times_and_echo_objects(tmp_
         assert daemon.load_marks("echo", since=0) == {"ce01\tCE": NOW}
         assert daemon.find_marks("seen", ["id:x:r1"]) == {} and daemon.find_marks("newest", ["h\ts"]) == {}
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_a_version_1_spool_without_echo_objects_or_with_damaged_ones_still_opens(tmp_path):

@@ -23,6 +23,7 @@ from hypothesis import example, given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from msg_nagios_bridge.model import Message
+from msg_nagios_bridge import spool as spool_mod
 from msg_nagios_bridge.spool import Spool, SpoolError, SpoolFull, SpoolUnavailable, encode, headers_dict, headers_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,26 +80,58 @@ def test_message_round_trips_unchanged(spool):
     assert entry.attempts == 0
 
 
-# Text made mostly of what JSON escapes, of the separators headers_text joins with, and of
-# escapes' look-alikes.
-_JSON_TEXT = st.lists(st.sampled_from(['"', "\\", '":"', '","', "\\u0022", "\x00", "\x7f", "\n", "é", "\ud800",
-                                       "\U0001f600", "a"]) | st.text(max_size=4), max_size=6).map("".join)
+# Text made mostly of what JSON and STOMP escape, of the separators headers_text joins with, of
+# escapes' look-alikes, and of what tells the two forms apart.
+_JSON_TEXT = st.lists(st.sampled_from(['"', "\\", '":"', '","', "\\u0022", "\x00", "\x01", "\x7f", "\n", "\r", "é",
+                                       "\ud800", "\U0001f600", "a", ":", "\\c", "{", "}"]) | st.text(max_size=4),
+                      max_size=6).map("".join)
 
 
 class _TextEnum(str, enum.Enum):
     A = 'a"b'
 
 
+_PLAIN = set(map(chr, range(0x80))) - set("\\\n\r\x00\x01")
+
+
 @settings(max_examples=1500, deadline=None)
 @given(st.dictionaries(_JSON_TEXT, _JSON_TEXT | st.sampled_from([_TextEnum.A, 1, 1.5, None, True]), max_size=8))
 @example({"persistent": "true", "site": "S", "host": "h.example.org"})
 @example({"a": 'x","y'})
-def test_headers_are_stored_as_the_json_encoder_writes_them_and_read_back_as_json_reads_them(headers):
-    """headers_text joins plain headers itself: its text is the encoder's, byte for byte; and
-    headers_dict reads it back as json.loads does."""
+@example({"{a": "b"})
+@example({"a": "b\\c:d", "route_seq": "e:1"})
+def test_headers_are_stored_as_header_lines_when_plain_else_as_json_and_read_back_as_they_were(headers):
+    """headers_text writes plain headers (text, ASCII, no backslash, CR, LF, NUL; the first
+    name not starting with "{") as STOMP header lines in their order, anything else as the
+    JSON encoder writes it, byte for byte; headers_dict reads either back as json.loads reads
+    the headers' JSON (and header lines in their order)."""
     text = headers_text(headers)
-    assert text == json.dumps(headers, separators=(",", ":"), sort_keys=True)
-    assert headers_dict(text) == json.loads(text)
+    as_json = json.dumps(headers, separators=(",", ":"), sort_keys=True)
+    plain = bool(headers) and all(isinstance(part, str) and set(part) <= _PLAIN for item in headers.items()
+                                  for part in item) and not next(iter(headers)).startswith("{")
+    if plain:
+        in_order = json.loads(json.dumps(headers))         # their text, in their order
+        escaped = {name.replace(":", "\\c"): value.replace(":", "\\c") for name, value in in_order.items()}
+        assert text == "".join(f"{name}:{value}\n" for name, value in escaped.items())
+        assert spool_mod.stored_as_lines(text) and not text.startswith("{")
+        assert list(headers_dict(text).items()) == list(in_order.items())
+    else:
+        assert text == as_json and not spool_mod.stored_as_lines(text)
+    assert headers_dict(text) == json.loads(as_json)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(_JSON_TEXT, _JSON_TEXT, max_size=6), st.from_regex(r"[0-9a-zA-Z_-]{1,8}:[0-9]{1,6}", fullmatch=True))
+def test_a_header_put_first_into_a_stored_text_reads_back_first(headers, stamp):
+    """with_header_first (put() numbering a message) on either form gives the headers with
+    route_seq first, as headers_text of that mapping would be read back."""
+    headers.pop("route_seq", None)
+    text = spool_mod.with_header_first(headers_text(headers) if headers else "{}", "route_seq", stamp)
+    read = headers_dict(text)
+    assert read == {"route_seq": stamp, **json.loads(json.dumps(headers))}
+    if spool_mod.stored_as_lines(text):
+        assert list(read) == ["route_seq", *headers]
+    assert spool_mod.stored_names(text, "route_seq")
 
 
 @pytest.mark.parametrize("text", ['{"a":"b"}', ' {"a":"b"}', '{"a":"b"} ', '{ "a" : "b" }\n', "[1]", '"x"',
@@ -361,6 +394,38 @@ def test_foreign_sqlite_database_is_refused(tmp_path):
         Spool(db_file(tmp_path))
 
 
+def test_a_version_3_spool_keeps_its_json_headers_and_is_sent_from_them(tmp_path):
+    """Version 3 stored every message's headers as JSON. The daemon marks such a file version
+    4 without touching its rows, and takes and sends them as before (read into a dict, not
+    sent from the text); an operator tool leaves the number to the daemon. A spool of a
+    version it does not know (a newer daemon's) is refused, not misread."""
+    from msg_nagios_bridge.broker.connection import send_frame, send_frame_stored
+    path = db_file(tmp_path)
+    headers = {"persistent": "true", "route_seq": "e:1", "host": "h.example.org"}
+    with Spool(path) as spool:
+        spool.put([Message("m1", "/queue/q", headers, b"body")])
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT headers FROM messages").fetchone()[0] == "persistent:true\nroute_seq:e\\c1\nhost:h.example.org\n"
+        db.execute("UPDATE messages SET headers = ?", (json.dumps(headers, separators=(",", ":"), sort_keys=True),))
+        db.execute("PRAGMA user_version=3")
+        db.commit()
+    with Spool(path, exclusive=False) as tool:
+        assert tool.version == 3 and tool.stats().depth == 1
+    with Spool(path) as daemon:
+        assert daemon.version == spool_mod.SCHEMA_VERSION == 4
+        (entry,) = daemon.take(1)
+        assert dict(entry.message.headers) == headers
+        assert send_frame_stored("/queue/q", b"body", entry.message.headers, "transaction", "t") is None
+        assert send_frame("/queue/q", b"body", dict(entry.message.headers, transaction="t")).startswith(
+            b"SEND\ndestination:/queue/q\ncontent-length:4\nhost:h.example.org\npersistent:true\nroute_seq:e\\c1\n")
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        db.execute("PRAGMA user_version=5")
+        db.commit()
+    with pytest.raises(SpoolError, match="spool format version 5 is not 4"):
+        Spool(path)
+
+
 def test_closed_spool_refuses_work(tmp_path):
     spool = Spool(db_file(tmp_path))
     spool.close()
@@ -465,8 +530,7 @@ def test_stats_depth_bytes_and_oldest_age(tmp_path):
         spool.put([msg(2, body=b"")])
         clock.now += 5
         stats = spool.stats()
-        body_free = len("id-2") + len("/topic/grid.probe.metricOutput") + len(
-            '{"n":"2","persistent":"true"}')
+        body_free = len("id-2") + len("/topic/grid.probe.metricOutput") + len("persistent:true\nn:2\n")
         assert stats.depth == 2
         assert stats.bytes == 300 + 2 * body_free
         assert stats.oldest_age == 35
