@@ -27,7 +27,10 @@ _ENCODERS = {"wlcg": (wlcg.encode, "text/plain"), "json": (json_format.encode, "
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     # "*" matches every name (fnmatch's ".*" with DOTALL): the default route's, asked for
-    # every result, without a pattern match each.
+    # every result, without a pattern match each; no patterns (the usual exclude lists)
+    # without a generator made to look at none.
+    if not patterns:
+        return False
     return "*" in patterns or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
@@ -35,7 +38,8 @@ def selects(route: Route, result: CheckResult) -> bool:
     """True if ``route`` takes ``result``."""
     if route.hard_only and result.state_type != "HARD":
         return False
-    if result.attributes.get("publish", "").strip().lower() in _OPT_OUT:
+    publish = result.attributes.get("publish")
+    if publish is not None and publish.strip().lower() in _OPT_OUT:
         return False
     if not _matches(result.host, route.hosts) or _matches(result.host, route.exclude_hosts):
         return False
