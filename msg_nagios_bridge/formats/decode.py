@@ -293,7 +293,8 @@ def _result(record: Record, headers: typing.Mapping[str, str], mapping: Mapping,
         # takes a trailing backslash as a line continuation (see checkresult_file).
         if name.endswith("\\"):
             raise Refused(reason, f"{kind} {_show(name)} ends with a backslash")
-        hidden = _HIDDEN_IN_NAMES.search(name)
+        # All of them outside ASCII: an ASCII name (isascii is a flag) skips the regex.
+        hidden = None if name.isascii() else _HIDDEN_IN_NAMES.search(name)
         if hidden:
             raise Refused(reason, f"{kind} {_show(name)} contains U+{ord(hidden.group()):04X}, which changes"
                                   " how the text around it is shown")
