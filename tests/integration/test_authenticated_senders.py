@@ -3,6 +3,7 @@ certificates, the broker stamps each message with the certificate's DN (JMSXUser
 central bridge's policy maps DNs to the hosts they may report. What ActiveMQ 5.17 does here is
 described (as measured) in docs/inbound.md, "Authenticated senders"."""
 import contextlib
+import os
 import sqlite3
 import time
 
@@ -17,6 +18,7 @@ from tests.sandbox.bridge import inbound_config
 from tests.sandbox.nagios import host, passive_service
 from tests.sandbox.pki import Authority, ssl_broker_xml
 from tests.sandbox.ports import free_port
+from tests.sandbox.procfs import busiest_thread, thread_cpu
 from tests.sandbox.stomp_probe import Receipts
 
 pytestmark = pytest.mark.integration
@@ -75,6 +77,10 @@ def publish(address, result, label, cert=None, ca_file=None, login=None, headers
         # stomp.py wakes connect() on an ERROR frame before it hands the frame to the listeners:
         # wait a moment for the refusal's text (failed once in a fresh-clone run: 'CONNECT failed').
         error = replies.wait_error(5.0)
+        # stomp.py keeps its reader thread after a refused CONNECT, and over TLS that thread spun
+        # on the closed socket for the rest of the session: two of them took both cores of a CI
+        # run for 22 minutes (py-spy: BaseTransport.__io_loop in SSLSocket.read and select).
+        conn.transport.disconnect_socket()
         return _refusal(error) if error else "CONNECT failed"
     try:
         receipt = f"pub-{label}"
@@ -100,6 +106,19 @@ def dead_letters(bridge):
         rows = db.execute("SELECT headers, reason FROM dead_letters").fetchall()
     return {headers.get("label"): (headers.get("JMSXUserID"), reason)
             for headers, reason in ((headers_dict(h), r) for h, r in rows)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_thread_left_spinning():
+    """After this module's refused CONNECTs over TLS, no thread of the test process keeps
+    using CPU: stomp.py's reader of a refused connection spun on its closed socket for the
+    rest of the session (a whole core each) until publish() closed it."""
+    yield
+    time.sleep(1.0)         # the last connection's threads wind down
+    before = thread_cpu(os.getpid())
+    time.sleep(2.0)
+    used, name = busiest_thread(before, thread_cpu(os.getpid()), 2.0)
+    assert used < 25, f"thread {name!r} of the test process used {used:.0f}% of a core after the tests"
 
 
 def test_the_broker_stamped_certificate_dn_decides_what_a_site_may_report(tmp_path, activemq_factory,
