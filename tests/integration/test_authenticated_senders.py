@@ -78,8 +78,9 @@ def publish(address, result, label, cert=None, ca_file=None, login=None, headers
         # wait a moment for the refusal's text (failed once in a fresh-clone run: 'CONNECT failed').
         error = replies.wait_error(5.0)
         # stomp.py keeps its reader thread after a refused CONNECT, and over TLS that thread spun
-        # on the closed socket for the rest of the session: two of them took both cores of a CI
-        # run for 22 minutes (py-spy: BaseTransport.__io_loop in SSLSocket.read and select).
+        # on the closed socket for the rest of the session: two of them used 641 and 643 CPU
+        # seconds in the first 22 minutes of a CI run, a core between them (py-spy:
+        # BaseTransport.__io_loop in SSLSocket.read and select).
         conn.transport.disconnect_socket()
         return _refusal(error) if error else "CONNECT failed"
     try:
@@ -112,7 +113,7 @@ def dead_letters(bridge):
 def no_thread_left_spinning():
     """After this module's refused CONNECTs over TLS, no thread of the test process keeps
     using CPU: stomp.py's reader of a refused connection spun on its closed socket for the
-    rest of the session (a whole core each) until publish() closed it."""
+    rest of the session (about half a core each) until publish() closed it."""
     yield
     time.sleep(1.0)         # the last connection's threads wind down
     before = thread_cpu(os.getpid())
