@@ -97,8 +97,9 @@ _BREAK_BUT_NEWLINE = re.compile(f"[{_LINE_BREAKS[1:]}]")
 
 def _has_break_but_newline(text: str) -> bool:
     # ASCII text (isascii is a flag of the string) by a substring search for each of the six
-    # ASCII ones of _LINE_BREAKS but "\n": 0.13 us for a record, where the regex took 1.0
-    # (timeit, one process). A unit test keeps the six in step with _LINE_BREAKS.
+    # ASCII ones of _LINE_BREAKS but "\n": the regex's class holds breaks outside Latin-1 and
+    # cost the outbound path 16,600 instructions a message (docs/performance.md). A unit test
+    # keeps the six in step with _LINE_BREAKS.
     if text.isascii():
         return ("\r" in text or "\x0b" in text or "\x0c" in text or "\x1c" in text or "\x1d" in text
                 or "\x1e" in text)
