@@ -183,9 +183,45 @@ RECORD_PIECES = st.sampled_from(["hostName", "metricName", "detailsData", "x", "
 @example("hostName: x\x0b.EOT", "\nEOT")                  # an escaped EOT inside a one-line value
 @example(" \t\nhostName :\xa0a\xa0\n\x1c\ndetailsData:  d\n.EOT\n", "EOT")
 @example("a b: c", "\nEOT")
+@example("detailsData: a\n.eot\n..Eot", "\nEOT")               # lowercase and mixed escaped EOTs
 def test_wlcg_decode_equals_the_line_by_line_reference(lines, end):
     body = lines + end
     assert _outcome(wlcg.decode, body) == _outcome(_reference_wlcg_decode, body)
+
+
+# Lines that are nearly always "key: value", so that most records take the usual path and the
+# rest leave it at one line: a repeated key, detailsData first or spelt with blanks, a blank line.
+RECORD_KEYS = st.sampled_from(["hostName", "metricName", "x", "detailsData", " detailsData", "detailsData ",
+                               "a b", "", " ", "\x1c", "k\tk", "hostName "])
+RECORD_VALUES = st.one_of(st.sampled_from(["v", " a b ", "x:y"]),
+                          st.lists(st.sampled_from(["v", " ", ":", "\xa0", "\x0b", "\n", "\nk: v", "\ndetailsData: d",
+                                                    "\n\n", "EOT", "\n.EOT", "\n.eot", "\u2028"]), max_size=4).map("".join))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.tuples(RECORD_KEYS, st.sampled_from([":", ": ", " : ", ":\xa0"]), RECORD_VALUES)
+                .map("".join), max_size=8).map("\n".join),
+       st.sampled_from(["\nEOT", "\nEOT\n", "\r\nEOT\r\n"]))
+def test_wlcg_decode_of_key_value_lines_equals_the_line_by_line_reference(lines, end):
+    body = lines + end
+    assert _outcome(wlcg.decode, body) == _outcome(_reference_wlcg_decode, body)
+
+
+def test_wlcg_decode_of_the_usual_record_takes_no_loop_a_line(monkeypatch):
+    """The records bridges send go through the usual path only (a mutation that always falls
+    back to the careful parser fails this); a repeated key still reaches the careful one."""
+    usual = dataclasses.replace(SERVICE_RESULT, long_output="line one\nline two")     # no EOT inside
+    body = wlcg.encode(usual, FIELDS)
+    expected = wlcg.decode(body)
+
+    def careful(*args):
+        raise AssertionError("the careful parser ran")
+    monkeypatch.setattr(wlcg, "_careful_record", careful)
+    assert wlcg.decode(body) == expected
+    assert list(expected)[-1] == "detailsData" and expected["detailsData"] == "line one\nline two"
+    assert expected["metricStatus"] == "CRITICAL" and expected["siteName"] == "CERN-PROD"
+    with pytest.raises(AssertionError, match="careful parser ran"):
+        wlcg.decode("metricName: a\nmetricName: b\nEOT")
 
 
 @pytest.mark.parametrize("brk", list(wlcg._LINE_BREAKS))
