@@ -173,6 +173,30 @@ def test_too_old_and_from_the_future_are_refused():
     assert fine.outcome == judgement.ACCEPTED
 
 
+def test_a_verdict_keeps_the_frozen_dataclass_contract_with_its_own_init():
+    """Verdict's own __init__ (faster than the dataclass's) keeps its contract: frozen, equal by
+    fields, replace() keeps the key and tag made once, and they are made when not given."""
+    import dataclasses
+    from msg_nagios_bridge.model import CheckResult, Refused
+    result = CheckResult("h.example.org", "svc", 0, timestamp=1700000000.0)
+    verdict = judgement.Verdict(judgement.ACCEPTED, "id:abc:1", result, "sender")
+    assert verdict.object_key == "h.example.org\tsvc" == judgement.object_key(result)
+    assert verdict.tag == judgement.memory_tag("id:abc:1") and len(verdict.tag) == judgement.NEWEST_TAG_WIDTH
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verdict.outcome = judgement.STALE
+    stale = dataclasses.replace(verdict, outcome=judgement.STALE)
+    assert (stale.outcome, stale.key, stale.result, stale.sender, stale.object_key, stale.tag) == (
+        judgement.STALE, verdict.key, result, "sender", verdict.object_key, verdict.tag)
+    assert verdict == judgement.Verdict(outcome=judgement.ACCEPTED, key="id:abc:1", result=result, sender="sender")
+    assert verdict != stale
+    given = judgement.Verdict(judgement.ACCEPTED, "k", result, object_key="given", tag="t")
+    assert (given.object_key, given.tag) == ("given", "t")
+    refused = judgement.Verdict(judgement.REFUSED, refusal=Refused("x", "why"))
+    assert (refused.key, refused.result, refused.object_key, refused.tag) == ("", None, "", "")
+    host = judgement.Verdict(judgement.ACCEPTED, "k", CheckResult("h", None, 1, timestamp=1.0))
+    assert host.object_key == "h\t"
+
+
 def test_a_result_older_than_the_newest_injected_is_stale(tmp_path):
     """Regression: Nagios takes a passive result's time as last_check unconditionally, so a
     replayed week-old OK overwrote today's CRITICAL."""
