@@ -203,7 +203,7 @@ def _usual_record(head: str) -> Optional[Dict[str, str]]:
     lines = before.split("\n")
     try:
         # Each line's pair is made and dropped in turn: a list of them all, a million blank
-        # lines long, kept Python's collector busy (five times the careful parser's time).
+        # lines long, kept Python's collector busy (several times the careful parser's time).
         record = {key.strip(): value.strip() for key, value in map(str.split, lines, repeat(":"), repeat(1))}
     except ValueError:          # a line without a colon
         return None
