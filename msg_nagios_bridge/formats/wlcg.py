@@ -185,7 +185,7 @@ def decode(body: str) -> Dict[str, str]:
         raise BadMessage("record does not end with an EOT line")
     # An escaped EOT is a dot before "eot" (any case): without ".e" or ".E" (nearly always) no
     # value has anything to unescape, and the text is not lowered to count its "eot"s.
-    escaped = (".e" in head or ".E" in head) and head.lower().count("eot") > 0
+    escaped = (".e" in head or ".E" in head) and "eot" in head.lower()
     if not escaped:
         record = _usual_record(head)
         if record is not None:
