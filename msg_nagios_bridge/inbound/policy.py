@@ -113,8 +113,8 @@ def check_sender(policy: Policy, sender: str) -> None:
     decoding, and nothing it sends counts in the loss accounting (inbound/sequence.py)."""
     if not isinstance(sender, str) or not sender:
         raise Refused("no-sender", f"the message has no {policy.sender_header!r} sender")
-    for rule in policy.rules:       # a loop, not any() over a generator: half the
-        if rule.allows_sender(sender):   # instructions for the usual single rule
+    for rule in policy.rules:       # a loop, not any() over a generator and its frame:
+        if rule.allows_sender(sender):   # fewer instructions for the usual single rule
             return
     hint = " (the policy has no rules: inbound results are off)" if not policy.rules else ""
     raise Refused("sender-not-allowed", f"sender {_show(sender)} may not send results{hint}")
