@@ -154,6 +154,10 @@ class Message(NamedTuple):
     destination: str
     headers: Mapping[str, str]
     body: bytes
+    # ``headers`` as the spool stores them (spool.headers_text's header lines), when whoever
+    # made the message made them with the headers (outbound/routing.py build_message): the
+    # spool then stores them as they are. None: the spool makes them from ``headers``.
+    header_lines: Optional[str] = None
 
 
 def result_to_dict(result: CheckResult) -> dict:

@@ -290,8 +290,9 @@ def encode(message: Message) -> Row:
     the sizes first: its headers' text is then made once, not twice."""
     if not isinstance(message.body, bytes):
         raise TypeError(f"message {message.message_id!r}: body must be bytes")
-    # Inbound entries carry no headers: skip the encoder for them.
-    headers = headers_text(message.headers) if message.headers else "{}"
+    # Inbound entries carry no headers: skip the encoder for them. Outbound ones come with
+    # their header lines made (routing.build_message).
+    headers = message.header_lines or (headers_text(message.headers) if message.headers else "{}")
     size = len(message.body) + len("".join((message.message_id, message.destination, headers))
                                    .encode("utf-8", "surrogatepass"))
     return message.message_id, message.destination, headers, message.body, size

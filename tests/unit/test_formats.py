@@ -334,6 +334,14 @@ def test_result_line_reads_an_undefined_custom_variable_as_not_set():
     assert result_line.parse(line).attributes == {"check_type": "PASSIVE", "uri": "https://web01/"}
 
 
+@pytest.mark.parametrize("value", ["", "$", "$_", "$$", "$_$", "$_X$", "_X$", "$X$", "$_X", "x$_y$", "ACTIVE", "$_A$B"])
+def test_result_line_takes_a_value_as_unset_only_when_it_is_a_whole_custom_macro(value):
+    line = "\t".join(["MNB1S", "1700000000", "h", "s", "0", "HARD", "1", value, value, value, value, "o", "", ""])
+    kept = bool(value) and not (value.startswith("$_") and value.endswith("$"))
+    expected = dict.fromkeys(("check_type", "flavour", "uri", "publish"), value) if kept else {}
+    assert result_line.parse(line).attributes == expected
+
+
 @pytest.mark.parametrize("line, reason", [
     ("", "unknown tag"),
     ("XYZ\t1", "unknown tag"),

@@ -2,7 +2,10 @@
 import dataclasses
 import re
 
-from msg_nagios_bridge import config
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from msg_nagios_bridge import config, spool
 from msg_nagios_bridge.outbound import routing
 from msg_nagios_bridge.model import CheckResult
 
@@ -112,3 +115,43 @@ def test_ids_are_stable_and_differ_per_route_and_result():
 def test_echo_guard_suppresses_everything():
     router = routing.Router(SETTINGS, is_echo=lambda r: r.host == "ce01.cern.ch")
     assert router.messages(result()) == []
+
+
+_NAME_CHARS = st.sampled_from("ab.-_:\\!é{} \u2028")
+
+
+@settings(max_examples=400, deadline=None)
+@given(host=st.text(_NAME_CHARS, min_size=1, max_size=8), service=st.none() | st.text(_NAME_CHARS, min_size=1, max_size=8),
+       site_name=st.text(_NAME_CHARS, min_size=1, max_size=6), nagios_name=st.text(_NAME_CHARS, min_size=1, max_size=6),
+       vo=st.sampled_from(["", "ops", "o:p", "ö"]), route=st.sampled_from([ALL, JSON_CE, dataclasses.replace(ALL, message_group=False),
+                                                                          dataclasses.replace(ALL, name="r:1")]),
+       now_ms=st.sampled_from([0, 1000]))
+def test_the_header_lines_made_with_a_message_are_what_the_spool_makes_of_its_headers(
+        host, service, site_name, nagios_name, vo, route, now_ms):
+    """build_message makes the spool's header lines itself (spool.headers_text's text, without
+    its look at every name and value); names with a colon, a backslash, a line break or text
+    that is not ASCII, in the result or the site, leave them to the spool."""
+    try:
+        one = result(host=host, service=service)
+    except ValueError:          # not a name Nagios can have
+        return
+    site = dataclasses.replace(SETTINGS.site, name=site_name, nagios_name=nagios_name, vo=vo)
+    message = routing.build_message(route, site, one, now_ms)
+    made = spool.headers_text(message.headers)
+    plain = all(value.isascii() and not re.search(r"[\\\n\r\u2028]", value)
+                for value in (host, service or "", site_name, nagios_name, vo))
+    if plain and ":" not in host + (service or ""):
+        assert message.header_lines == made
+    else:
+        assert message.header_lines in (None, made)
+    assert spool.encode(message)[2] == made
+
+
+def test_a_signed_message_leaves_its_header_lines_to_the_spool():
+    class Signer:
+        def sign(self, headers, body):
+            return {"signature": "c2ln"}
+    signing = dataclasses.replace(ALL, sign=True)
+    message = routing.build_message(signing, SETTINGS.site, result(), 0, Signer())
+    assert message.headers["signature"] == "c2ln" and message.header_lines is None
+    assert routing.build_message(signing, SETTINGS.site, result()).header_lines is not None
