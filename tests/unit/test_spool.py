@@ -229,6 +229,32 @@ def test_duplicates_are_skipped_and_counted(spool):
     assert (stats.put, stats.duplicates, stats.depth) == (3, 2, 3)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=6) | st.text("0123456789abcdef", min_size=32, max_size=32), max_size=5))
+def test_an_array_of_message_ids_reads_back_as_the_ids(ids):
+    assert json.loads(spool_mod._id_array_text(ids)) == ids
+
+
+def test_numbered_duplicates_are_skipped_whatever_the_ids_hold(spool):
+    """The ids of a numbered put go into SQL as a JSON array, made without json.dumps when
+    they are letters and digits only: ids with quotes, backslashes or other text too."""
+    ids = ["0f" * 16, 'a"b', "c\\d", "é", "e,f", ""]
+    batch = [Message(message_id, "/queue/q", {"route": "r"}, b"x") for message_id in ids]
+    assert spool.put(batch, numbered=True) == len(ids)
+    assert spool.put(batch + [Message("new", "/queue/q", {"route": "r"}, b"x")], numbered=True) == 1
+    assert rows(spool.path) == ids + ["new"]
+    assert spool.stats().duplicates == len(ids)
+
+
+def test_a_body_of_a_bytes_subclass_is_stored_as_its_bytes(spool):
+    class Body(bytes):
+        pass
+    spool.put([msg(1, body=Body(b"\x00\xffz")), msg(2, body=b"")])
+    assert [entry.message.body for entry in spool.take(10)] == [b"\x00\xffz", b""]
+    with closing(sqlite3.connect(spool.path)) as reader:
+        assert reader.execute("SELECT group_concat(typeof(body)) FROM messages").fetchone()[0] == "blob,blob"
+
+
 def test_cursor_is_saved_with_the_batch(spool):
     assert spool.cursor("perfdata") is None
     spool.put([msg(1)], cursor=("perfdata", "1234:100"))
