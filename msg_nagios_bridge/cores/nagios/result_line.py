@@ -106,8 +106,8 @@ _ATTRIBUTE_NAMES = ("check_type", "flavour", "uri", "publish")
 
 def _attributes(check_type: str, flavour: str, uri: str, publish: str) -> dict:
     # Nagios leaves the macro of an undefined custom variable as its own text
-    # (``$_SERVICEMSG_URI$``): that means "not set". A loop without a dict of all four
-    # first: 0.6 us against 0.9 for ACTIVE and three unset variables.
+    # (``$_SERVICEMSG_URI$``): that means "not set". A loop, without a dict of all four made
+    # first: the usual line has ACTIVE and three unset variables, so three are dropped.
     attributes = {}
     for key, value in zip(_ATTRIBUTE_NAMES, (check_type, flavour, uri, publish)):
         if value and not (value[:2] == "$_" and value[-1] == "$"):
