@@ -160,8 +160,8 @@ _SHARED: Dict[Tuple[int, int], _Shared] = {}
 
 
 def _shared(route: Route, site: Site) -> _Shared:
-    """Made once for each route and site, and found by their ids: a frozen dataclass is hashed
-    field by field at every call (functools.lru_cache), 0.2 us for a Route."""
+    """Made once for each route and site, and found by their ids: functools.lru_cache would
+    hash the frozen dataclasses field by field at every call."""
     shared = _SHARED.get((id(route), id(site)))
     if shared is not None:
         return shared
