@@ -18,7 +18,6 @@ import os
 import sqlite3
 import threading
 import time
-from contextlib import closing
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .files import fsync_dir
@@ -862,7 +861,11 @@ class Spool:
                     fresh = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
                                        " WHERE id > ? ORDER BY id LIMIT ?", (high, limit - len(rows)), reader)
                 else:
-                    fresh = self._fresh_within(reader, high, limit - len(rows), budget, not rows)
+                    ids, budget = self._within(reader, budget, not rows,
+                                               "WHERE id > ? ORDER BY id LIMIT ?", (high, limit - len(rows)))
+                    if ids:
+                        fresh = self._read("take entries", f"SELECT {_ENTRY_COLUMNS} FROM messages"
+                                           " WHERE id > ? AND id <= ? ORDER BY id", (high, ids[-1]), reader)
                 rows += fresh
             entries = [_entry(row, stored=True) for row in rows]
             with self._lease_lock:
@@ -886,29 +889,6 @@ class Spool:
             ids.append(entry_id)
             left = max(0, left - size)
         return ids, left
-
-    def _fresh_within(self, reader: sqlite3.Connection, high: int, limit: int, budget: int,
-                      first_whatever: bool) -> list:
-        """Up to ``limit`` rows after ``high``, oldest first, as long as their sizes add up to
-        at most ``budget`` (``first_whatever``: the first row whatever its size).
-
-        One query read a row at a time, not the ids and sizes first and then the rows: each row
-        read is a step of SQLite with the GIL let go and taken again, and a tuple. The first
-        row past the budget is read and dropped: one message more in memory, for a moment."""
-        rows: list = []
-        try:
-            with closing(reader.execute(f"SELECT {_ENTRY_COLUMNS}, size FROM messages WHERE id > ?"
-                                        " ORDER BY id LIMIT ?", (high, limit))) as cursor:
-                for row in cursor:
-                    size = row[-1]
-                    if size > budget and (rows or not first_whatever):
-                        break
-                    rows.append(row[:-1])
-                    budget -= min(size, budget)
-        except sqlite3.Error as exc:
-            self._counters["errors"] += 1
-            raise SpoolUnavailable(f"spool {self.path}: cannot take entries: {exc}") from exc
-        return rows
 
     def _reader_connection(self) -> sqlite3.Connection:
         """take()'s own connection, opened at the first take (operator tools never take)."""
