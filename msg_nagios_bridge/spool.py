@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 # without looking for an adapter: it looks up ``__adapt__`` on its protocol type, which formats
 # an AttributeError that it then drops (callgrind: PyErr_Format under type_getattro, at every
 # body put). With bytes registered, it finds bytes() (the object itself for bytes) at once.
-# Global, and harmless to any other use of the module: bytes() gives a subclass's bytes,
-# which it binds as it did.
+# Global, and harmless to any other use of the module: it is found for bytes only (the
+# look-up is by exact type), and a subclass is bound as before.
 sqlite3.register_adapter(bytes, bytes)
 
 APPLICATION_ID = 0x4D4E4246  # "MNBF": marks a file as a msg-nagios-bridge spool

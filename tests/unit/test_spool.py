@@ -255,6 +255,18 @@ def test_a_body_of_a_bytes_subclass_is_stored_as_its_bytes(spool):
         assert reader.execute("SELECT group_concat(typeof(body)) FROM messages").fetchone()[0] == "blob,blob"
 
 
+def test_a_take_by_bytes_fills_its_budget_with_given_back_entries_first_and_new_ones_after(spool):
+    size = encode(msg(1))[4]
+    spool.put([msg(1), msg(2), msg(3), msg(4, body=b"x" * 3000)])
+    assert [e.entry_id for e in spool.take(1)] == [1]
+    spool.give_back([1])
+    # The given-back entry fills most of the budget: the next one does not fit beside it.
+    assert [e.entry_id for e in spool.take(3, max_bytes=size + 1)] == [1]
+    assert [e.entry_id for e in spool.take(3, max_bytes=2 * size)] == [2, 3]
+    # Alone, an entry bigger than the budget is taken all the same (else it would wait for ever).
+    assert [e.entry_id for e in spool.take(3, max_bytes=size)] == [4]
+
+
 def test_cursor_is_saved_with_the_batch(spool):
     assert spool.cursor("perfdata") is None
     spool.put([msg(1)], cursor=("perfdata", "1234:100"))
