@@ -96,6 +96,7 @@ def build_message(route: Route, site: Site, result: CheckResult, now_ms: int = 0
     """The message for ``result`` on ``route``; signed when the route says so (``signer``:
     a signing.Signer)."""
     encode, content_type = _ENCODERS[route.format]
+    shared = _shared(route, site)
     result_id = result.identity()
     metric = result.service or wlcg.HOST_METRIC_NAME
     status = wlcg.metric_status(result)
@@ -131,14 +132,14 @@ def build_message(route: Route, site: Site, result: CheckResult, now_ms: int = 0
         # be plain, rather than by spool.headers_text from the dict, which looks at every name
         # and value (docs/performance.md, "a sixth time"). tests/unit/test_routing.py checks
         # that both give one text.
-        shared = _shared(route, site)
         named = result.host + metric + result.state_type
         lines = None
         if shared.head is not None and named.isascii() and not _NOT_PLAIN.search(named):
             lines = (f"{shared.head}host:{result.host}\nmetric:{metric}\nstatus:{status}\n"
                      f"state_type:{result.state_type}\nresult_id:{result_id}\ncheck_time:{check_time}\n{shared.tail}"
                      + (f"JMSXGroupID:{group}\n" if group else "") + (f"expires:{expires}\n" if expires else ""))
-    return Message(message_id=message_id, destination=destination(route, site, result),
+    fixed = shared.destination
+    return Message(message_id=message_id, destination=fixed if fixed is not None else destination(route, site, result),
                    headers=headers, body=body, header_lines=lines)
 
 
